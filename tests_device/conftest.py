@@ -1,0 +1,65 @@
+"""Device tests: a virtual meter by default, a real board with --port."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from host_tools.sim import fleet
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--port", default=None,
+                     help="run the device tests against a real board on this serial port")
+
+
+@dataclass
+class Fleet:
+    base: Path
+    meters: list[dict[str, Any]]
+
+    def port(self, i: int) -> str:
+        return str(self.meters[i]["port"])
+
+    def status(self, i: int) -> dict[str, Any]:
+        return fleet.meter_status(i, self.base)
+
+
+@pytest.fixture(scope="session")
+def real_port(request: pytest.FixtureRequest) -> str | None:
+    port = request.config.getoption("--port")
+    return str(port) if port else None
+
+
+@pytest.fixture(scope="session")
+def sim(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> Iterator[Fleet]:
+    """Three virtual meters for the session: 0 for clients, 1 for flashing, 2 for the
+    board's own behaviour (resets, power cuts, pins)."""
+    if real_port:
+        pytest.skip("needs the virtual board's host-side control (running against --port)")
+    base = tmp_path_factory.mktemp("fleet")
+    meters = fleet.start(3, base)
+    yield Fleet(base, meters)
+    fleet.stop(base)
+
+
+@pytest.fixture
+def port(real_port: str | None, tmp_path_factory: pytest.TempPathFactory,
+         request: pytest.FixtureRequest) -> str:
+    """The board that client tests talk to: --port, or virtual meter 0."""
+    if real_port:
+        return real_port
+    sim_fleet: Fleet = request.getfixturevalue("sim")
+    return sim_fleet.port(0)
+
+
+def mpremote(port: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """The real mpremote, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "mpremote", "connect", port, *args],
+                          capture_output=True, text=True, timeout=timeout)
