@@ -155,10 +155,14 @@ def sim_load(meter: int, base: Path | None, **wave: float | None) -> None:
 @click.option("--source", is_flag=True, help="copy .py sources instead of compiling to .mpy")
 @click.option("--board", "board_name", default=None,
               help="board definition in board/ (default: from the board's sys.platform)")
+@click.option("--firmware", "firmware_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=None, help="firmware tree (default: the repository's firmware/)")
 @click.option("--timeout", type=float, default=10.0, show_default=True)
 @friendly_errors
-def flash(port: str, source: bool, board_name: str | None, timeout: float) -> None:
+def flash(port: str, source: bool, board_name: str | None, firmware_dir: Path | None,
+          timeout: float) -> None:
     """Deploy firmware/ and the board's own files, then soft-reset into main.py."""
+    from host_tools.flash.build import FIRMWARE_DIR
     from host_tools.flash.deploy import flash as do_flash
 
     with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
@@ -169,7 +173,7 @@ def flash(port: str, source: bool, board_name: str | None, timeout: float) -> No
             prog.update(task, description=stage, completed=done, total=total)
 
         r = do_flash(port, source=source, board_name=board_name, progress=progress,
-                     timeout=timeout)
+                     timeout=timeout, firmware_dir=firmware_dir or FIRMWARE_DIR)
     click.echo(f"{r.port}: {r.board.describe()}")
     click.echo(f"board definition: {r.board_name}; deployed as {r.mode}")
     if not r.written and not r.removed:

@@ -29,7 +29,6 @@ from host_tools.flash.build import (
     FIRMWARE_DIR,
     MPY_CROSS_VERSION,
     BuildError,
-    ImageFile,
     board_for_platform,
     build_image,
 )
@@ -95,8 +94,8 @@ def choose_mode(info: BoardInfo, source: bool) -> tuple[bool, str | None, str]:
     if info.mpy_version is None:
         return True, None, "source (the board does not report its .mpy version)"
     if info.mpy_version != MPY_CROSS_VERSION:
-        have = "%d.%d" % info.mpy_version
-        want = "%d.%d" % MPY_CROSS_VERSION
+        have = "{}.{}".format(*info.mpy_version)
+        want = "{}.{}".format(*MPY_CROSS_VERSION)
         return True, None, f"source (the board loads .mpy v{have}, mpy-cross writes v{want})"
     return False, info.arch, f".mpy for {info.arch or 'any architecture (bytecode only)'}"
 
@@ -139,12 +138,15 @@ def flash(port: str, *, source: bool = False, board_name: str | None = None,
 
         total = sum(len(f.data) for f in todo) + len(manifest)
         sent = 0
+
+        def staged(label: str, base: int) -> Callable[[int, int], None]:
+            return lambda n, _t: step(label, base + n, total)
+
         for f in todo:
-            _stage(b, f.dest, f.data, f.sha256,
-                   lambda n, _t, base=sent, d=f.dest: step(f"write {d}", base + n, total))
+            _stage(b, f.dest, f.data, f.sha256, staged(f"write {f.dest}", sent))
             sent += len(f.data)
         _stage(b, MANIFEST, manifest, hashlib.sha256(manifest).hexdigest(),
-               lambda n, _t: step("write manifest", sent + n, total))
+               staged("write manifest", sent))
         report.bytes_sent = sent + len(manifest)
 
         step("commit", 0, 1)

@@ -125,9 +125,9 @@ def start(n: int, base: Path | None = None, *, heap: str = "192K", seed: int = 1
                 "--rom", str(ROM)]
         if trace:
             args.append("--trace")
-        with open(mdir / "supervisor.err", "ab") as err:
+        with open(mdir / "supervisor.err", "ab") as err_log:
             procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL, stderr=err,
+                                          stdout=subprocess.DEVNULL, stderr=err_log,
                                           start_new_session=True, close_fds=True))
     deadline = time.monotonic() + timeout
     ready: dict[int, dict[str, Any]] = {}

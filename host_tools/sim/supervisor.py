@@ -34,13 +34,15 @@ import socket
 import sys
 import time
 import tty
+
 TYPE_CHECKING = False  # mypy sees True; importing typing would cost RAM at run time
 if TYPE_CHECKING:
     from typing import Any
 
 CTRL_A, CTRL_C = 0x01, 0x03
 RAW_BANNER = b"raw REPL; CTRL-B to exit\r\n"
-FRIENDLY_BANNER = re.compile(rb"MicroPython [^\r\n]*\r\nType \"help\(\)\" for more information\.\r\n>>> ")
+FRIENDLY_BANNER = re.compile(
+    rb"MicroPython [^\r\n]*\r\nType \"help\(\)\" for more information\.\r\n>>> ")
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
 OUT_CAP = 64 * 1024  # bytes buffered towards a slow client before the VM is held back
 SIGINT_BIT = 1 << (signal.SIGINT - 1)
@@ -164,7 +166,8 @@ class Supervisor:
 
     # -- the VM ------------------------------------------------------------
     def power_on(self, mode: str) -> None:
-        """Start the VM. mode 'run': boot.py + main.py; 'raw': boot.py, then raw REPL."""
+        """Start the VM. mode 'run': boot.py + main.py; 'raw': boot.py, then the raw
+        REPL; 'repl': boot.py, then the friendly REPL."""
         con_master, con_slave = pty.openpty()
         tty.setraw(con_slave)
         hw_in_r, hw_in_w = os.pipe()
@@ -173,9 +176,9 @@ class Supervisor:
         argv = [sys.executable, "-S", "-c", LAUNCHER, str(os.getpid()), self.a.site, "micropython",
                 "-X", f"heapsize={self.a.heap}", "-i", self.a.rom, self.fs, mode,
                 *(str(fd) for fd in VM_FDS), str(self.a.flash_bytes)]
-        actions = [(os.POSIX_SPAWN_DUP2, con_slave, 0), (os.POSIX_SPAWN_DUP2, con_slave, 1),
-                   (os.POSIX_SPAWN_DUP2, con_slave, 2), (os.POSIX_SPAWN_DUP2, hw_in_r, VM_FDS[0]),
-                   (os.POSIX_SPAWN_DUP2, hw_out_w, VM_FDS[1]), (os.POSIX_SPAWN_DUP2, han_w, VM_FDS[2])]
+        actions = [(os.POSIX_SPAWN_DUP2, src, dst) for src, dst in (
+            (con_slave, 0), (con_slave, 1), (con_slave, 2),
+            (hw_in_r, VM_FDS[0]), (hw_out_w, VM_FDS[1]), (han_w, VM_FDS[2]))]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.dir}
         self.vm_pid = os.posix_spawn(sys.executable, argv, env, file_actions=actions, setsid=True)
         for fd in (con_slave, hw_in_r, hw_out_w, han_w):
@@ -226,7 +229,12 @@ class Supervisor:
             self.power_on_at = now + self.cut_off_time
             self.power_mode = "run"
             return
-        if os.WIFSIGNALED(status):
+        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT:
+            # Our SIGINT met the VM just as it left the code it interrupted (the
+            # handler was gone): for the client it was a Ctrl-C at a prompt.
+            self.log("SIGINT arrived after execution ended; rebooting into the same REPL")
+            mode = "raw" if was_raw else "repl"
+        elif os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             self.stats["crashes"] += 1
             self.log(f"VM died on signal {sig}")
@@ -372,7 +380,10 @@ class Supervisor:
     def _feed_vm(self) -> None:
         """Pass client bytes to the VM, turning Ctrl-C into SIGINT where a board
         would raise KeyboardInterrupt."""
-        if self.state in ("off", "raw-boot") or self.vm_con < 0:
+        # Until the ROM runs (its "booted" event), a Ctrl-C could be neither a
+        # signal MicroPython handles nor a byte anyone reads: hold input back,
+        # as a board's USB stack does while it boots.
+        if self.state != "on" or self.vm_con < 0:
             return
         while self.to_vm:
             i = self.to_vm.find(bytes([CTRL_C]))
@@ -405,7 +416,8 @@ class Supervisor:
         age = time.monotonic() - self.led_changed if self.led_changed else None
         return {"ok": True, "id": self.a.index, "port": self.port, "han": self.han_port,
                 "dir": self.dir, "pid": os.getpid(), "vm_pid": self.vm_pid, "vm": self.state,
-                "repl": self.repl, "files": self.files, "pins": {**self.hw["outputs"], **self.hw["inputs"]},
+                "repl": self.repl, "files": self.files,
+                "pins": {**self.hw["outputs"], **self.hw["inputs"]},
                 "relay_changes": self.hw["relay_changes"], "wave": self.hw["wave"],
                 "led_last_change_s": None if age is None else round(age, 3),
                 "client_connected": self.client_connected, "heap": self.a.heap, **self.stats}
@@ -503,7 +515,7 @@ class Supervisor:
             ev = 0
             if len(self.to_client) < OUT_CAP or not self.client_connected:
                 ev |= select.POLLIN
-            if self.to_vm and self.state not in ("off", "raw-boot"):
+            if self.to_vm and self.state == "on":
                 ev |= select.POLLOUT
             p.register(self.vm_con, ev)
         for fd in (self.hw_out, self.han_in, self.vm_pidfd):

@@ -56,7 +56,7 @@ class BoardInfo:
     def describe(self) -> str:
         mv = self.mpy_version
         mpy = f"mpy v{mv[0]}.{mv[1]} {self.arch or 'bytecode'}" if mv else "no mpy info"
-        return f"{self.name} {self.version} on {self.platform} ({self.machine}; {mpy})"
+        return f"{self.name} {self.version}, {self.platform}, {mpy}"
 
 
 def find_boards() -> list[tuple[str, str]]:

@@ -13,8 +13,8 @@
 #     exactly as a Pico does; `-i` then drops into the REPL.
 #
 # argv: rom.py ROOT MODE HW_IN_FD HW_OUT_FD HAN_FD FLASH_BYTES
-#   MODE is "run" (boot.py + main.py) or "raw" (boot.py only: soft reset from
-#   the raw REPL, where a board skips main.py).
+#   MODE is "run" (boot.py + main.py), or "raw" / "repl" (boot.py only: a soft
+#   reset from the raw REPL, where a board skips main.py, or a recovery).
 
 
 def _rom():

@@ -1,0 +1,180 @@
+"""meterctl flash against a board: incremental, atomic, verified, and safe on bad input."""
+
+from __future__ import annotations
+
+import os
+import pty
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from host_tools.flash.build import FIRMWARE_DIR
+from host_tools.flash.deploy import flash
+from host_tools.sim import fleet
+from host_tools.transport.serial import BoardError
+
+from .conftest import Fleet, mpremote
+
+
+def meterctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "host_tools.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def firmware_copy(tmp_path: Path, version: str) -> Path:
+    """A firmware tree whose main.py prints a version marker and keeps running."""
+    fw = tmp_path / f"fw-{version}"
+    shutil.copytree(FIRMWARE_DIR, fw, ignore=shutil.ignore_patterns("__pycache__"))
+    (fw / "main.py").write_text(
+        "import time\nimport marker\nprint('firmware', marker.VERSION)\n"
+        "while True:\n    time.sleep_ms(50)\n")
+    (fw / "marker.py").write_text(f"VERSION = {version!r}\n")
+    return fw
+
+
+def board_version(port: str) -> str:
+    r = mpremote(port, "exec", "import marker; print(marker.VERSION)")
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
+def wait_main_running(sim: Fleet, i: int) -> None:
+    end = time.monotonic() + 5
+    while sim.status(i)["files"].get("main.py") != "running":
+        assert time.monotonic() < end, sim.status(i)
+        time.sleep(0.05)
+
+
+def test_flash_then_reflash_transfers_nothing(sim: Fleet) -> None:
+    port = sim.port(1)
+    r = meterctl("flash", "--port", port)
+    assert r.returncode == 0, r.stderr
+    assert "deployed as .mpy for x64" in r.stdout
+    assert "+ /main.py" in r.stdout and "+ /board/__init__.mpy" in r.stdout
+    wait_main_running(sim, 1)
+    toggles = sim.status(1)["led_toggles"]
+    time.sleep(0.7)
+    assert sim.status(1)["led_toggles"] > toggles  # the firmware's heartbeat runs
+    r = meterctl("flash", "--port", port)
+    assert r.returncode == 0, r.stderr
+    assert "nothing to transfer" in r.stdout
+    wait_main_running(sim, 1)
+
+
+def test_incremental_update_and_stale_removal(sim: Fleet, tmp_path: Path) -> None:
+    port = sim.port(1)
+    fw = firmware_copy(tmp_path, "1")
+    (fw / "extra.py").write_text("X = 1\n")
+    assert meterctl("flash", "--port", port, "--firmware", str(fw)).returncode == 0
+    # a file of the user's own, which flash must never touch
+    mpremote(port, "exec", "f = open('user_data.txt', 'w'); f.write('mine'); f.close()")
+    assert board_version(port) == "1"
+
+    (fw / "marker.py").write_text("VERSION = '2'\n")
+    (fw / "extra.py").unlink()
+    r = meterctl("flash", "--port", port, "--firmware", str(fw))
+    assert r.returncode == 0, r.stderr
+    assert "wrote 1 file(s)" in r.stdout and "3 unchanged" in r.stdout  # only marker.mpy
+    assert "+ /marker.mpy" in r.stdout and "- /extra.mpy" in r.stdout
+    assert board_version(port) == "2"
+    listing = mpremote(port, "fs", "ls", ":").stdout
+    assert "extra.mpy" not in listing
+    assert ".new" not in listing
+    assert "user_data.txt" in listing
+    mpremote(port, "fs", "rm", ":user_data.txt")
+
+
+def test_source_mode_copies_py(sim: Fleet, tmp_path: Path) -> None:
+    port = sim.port(1)
+    fw = firmware_copy(tmp_path, "src")
+    r = meterctl("flash", "--port", port, "--firmware", str(fw), "--source")
+    assert r.returncode == 0, r.stderr
+    assert "deployed as source" in r.stdout
+    listing = mpremote(port, "fs", "ls", ":").stdout
+    assert "marker.py" in listing and "marker.mpy" not in listing
+    assert board_version(port) == "src"
+
+
+def test_syntax_error_deploys_nothing(sim: Fleet, tmp_path: Path) -> None:
+    port = sim.port(1)
+    good = firmware_copy(tmp_path, "good")
+    assert meterctl("flash", "--port", port, "--firmware", str(good)).returncode == 0
+    bad = firmware_copy(tmp_path, "bad")
+    (bad / "broken.py").write_text("x = 1\ndef f(:\n    pass\n")
+    r = meterctl("flash", "--port", port, "--firmware", str(bad))
+    assert r.returncode == 1
+    assert "broken.py:2:" in r.stderr and "SyntaxError" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    wait_main_running(sim, 1)  # the old firmware is back at work
+    assert board_version(port) == "good"
+    assert "broken" not in mpremote(port, "fs", "ls", ":").stdout
+
+
+def test_missing_port_is_one_line_error() -> None:
+    r = meterctl("flash", "--port", "/dev/does-not-exist")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "error: /dev/does-not-exist: no such port"
+
+
+def test_auto_port_without_boards() -> None:
+    r = meterctl("flash", "--port", "auto")
+    assert r.returncode == 1
+    assert "no MicroPython board found" in r.stderr
+
+
+def test_silent_board_times_out_cleanly() -> None:
+    master, slave = pty.openpty()  # a port with nothing behind it
+    try:
+        t0 = time.monotonic()
+        r = meterctl("flash", "--port", os.ttyname(slave), "--timeout", "2")
+        assert time.monotonic() - t0 < 30
+        assert r.returncode == 1
+        assert "does not answer" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_disconnect_mid_flash_keeps_old_firmware(tmp_path: Path, real_port: str | None) -> None:
+    if real_port:
+        pytest.skip("needs the virtual board: the test pulls the meter's cable")
+    base = tmp_path / "fleet"
+    port = fleet.start(1, base)[0]["port"]
+    try:
+        assert meterctl("flash", "--port", port, "--firmware",
+                        str(firmware_copy(tmp_path, "old"))).returncode == 0
+        new = firmware_copy(tmp_path, "new")
+        (new / "big.py").write_text("DATA = %r\n" % ("x" * 20000))
+        sup = fleet.meter_status(0, base)["pid"]
+        pulled = []
+
+        def pull_cable(stage: str, done: int, total: int) -> None:
+            if stage.startswith("write") and done > 2000 and not pulled:
+                os.kill(sup, signal.SIGKILL)  # the port vanishes mid-transfer
+                pulled.append(stage)
+
+        with pytest.raises(BoardError, match="disconnected"):
+            flash(port, firmware_dir=new, progress=pull_cable)
+        assert pulled
+    finally:
+        fleet.stop(base)
+    port = fleet.start(1, base)[0]["port"]  # power the board up again
+    try:
+        st = fleet.meter_status(0, base)
+        end = time.monotonic() + 5
+        while st["files"].get("main.py") != "running" and time.monotonic() < end:
+            time.sleep(0.05)
+            st = fleet.meter_status(0, base)
+        assert st["files"].get("main.py") == "running"
+        assert board_version(port) == "old"
+        # and the next flash completes the update
+        assert meterctl("flash", "--port", port, "--firmware", str(new)).returncode == 0
+        assert board_version(port) == "new"
+    finally:
+        fleet.stop(base)

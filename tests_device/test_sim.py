@@ -1,0 +1,213 @@
+"""The virtual board itself: it must behave like a Pico on USB."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from host_tools.sim import fleet
+
+from .conftest import Fleet, mpremote
+
+
+def read_for(fd: int, seconds: float) -> bytes:
+    out = b""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        r, _, _ = select.select([fd], [], [], 0.05)
+        if r:
+            out += os.read(fd, 4096)
+    return out
+
+
+def test_start_prints_one_json_line_per_meter(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", "start", "--meters", "2",
+                        "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    try:
+        assert r.returncode == 0, r.stderr
+        recs = [json.loads(line) for line in r.stdout.splitlines()]
+        assert [m["id"] for m in recs] == [0, 1]
+        for m in recs:
+            assert os.path.realpath(m["port"]).startswith("/dev/pts/")
+            assert os.path.realpath(m["han"]).startswith("/dev/pts/")
+            assert Path(m["dir"]).is_dir()
+        # a second start on a running fleet is refused, and changes nothing
+        r2 = subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", "start", "--meters",
+                             "2", "--dir", str(tmp_path)], capture_output=True, text=True,
+                            timeout=60)
+        assert r2.returncode == 1
+        assert "already running" in r2.stderr
+        st = subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", "status", "--json",
+                             "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+        assert [json.loads(line)["vm"] for line in st.stdout.splitlines()] == ["on", "on"]
+    finally:
+        r3 = subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", "stop", "--dir",
+                             str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert "stopped 2 meter(s)" in r3.stdout
+    assert all(s["vm"] == "stopped" for s in fleet.status(tmp_path))
+
+
+def test_heap_is_capped_like_a_pico(sim: Fleet) -> None:
+    r = mpremote(sim.port(2), "exec",
+                 "import gc; gc.collect(); print(gc.mem_free() + gc.mem_alloc())")
+    assert r.returncode == 0, r.stderr
+    assert 150_000 < int(r.stdout.strip()) <= 192 * 1024
+
+
+def test_filesystem_is_a_jail(sim: Fleet) -> None:
+    code = (
+        "import os\n"
+        "print(os.listdir('/') == os.listdir('/..') == os.listdir('/../../..'))\n"
+        "try:\n    open('/../../../../etc/passwd')\n    print('escaped')\n"
+        "except OSError:\n    print('contained')\n"
+        "print(hasattr(os, 'system'), hasattr(os, 'getenv'))\n"
+        "import vfs\nprint(hasattr(vfs, 'VfsPosix'))\n"
+        "s = os.statvfs('/')\nprint(s[0] * s[2])\n"
+    )
+    r = mpremote(sim.port(2), "exec", code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["True", "contained", "False", "False", "False",
+                                str(1408 * 1024)]
+
+
+def test_files_survive_power_cut(sim: Fleet) -> None:
+    r = mpremote(sim.port(2), "exec", "f = open('keep.txt', 'w'); f.write('kept'); f.close()")
+    assert r.returncode == 0, r.stderr
+    before = sim.status(2)
+    st = fleet.power_cut(2, sim.base)
+    assert st["vm"] == "on"
+    assert st["power_cuts"] == before["power_cuts"] + 1
+    assert st["vm_pid"] != before["vm_pid"]
+    r = mpremote(sim.port(2), "exec", "print(open('keep.txt').read())")
+    assert r.stdout.strip() == "kept"
+
+
+def _write_boot_files(port: str) -> None:
+    code = ("f = open('boot.py', 'w'); f.write('print(\"boot.py ran\")\\n'); f.close()\n"
+            "f = open('main.py', 'w'); f.write('import time\\nprint(\"main.py ran\")\\n"
+            "while True:\\n    time.sleep_ms(20)\\n'); f.close()\n")
+    r = mpremote(port, "exec", code)
+    assert r.returncode == 0, r.stderr
+
+
+def test_friendly_soft_reset_runs_boot_and_main_and_ctrl_c_stops_main(sim: Fleet) -> None:
+    port = sim.port(2)
+    _write_boot_files(port)
+    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+    try:
+        os.write(fd, b"\r\x02")  # friendly REPL
+        read_for(fd, 0.3)
+        os.write(fd, b"\x04")  # Ctrl-D: soft reset, as on a board
+        out = read_for(fd, 1.5)
+        assert b"MPY: soft reboot\r\n" in out
+        assert b"boot.py ran\r\nmain.py ran\r\n" in out
+        assert sim.status(2)["files"]["main.py"] == "running"
+        os.write(fd, b"\x03")  # Ctrl-C stops main.py and gives the REPL
+        out = read_for(fd, 1.0)
+        assert b"KeyboardInterrupt" in out
+        assert out.rstrip().endswith(b">>>")
+        assert b"rom.py" not in out  # the traceback is the board's, not the ROM's
+        assert sim.status(2)["files"]["main.py"] == "ended (KeyboardInterrupt)"
+    finally:
+        os.close(fd)
+        mpremote(port, "fs", "rm", ":boot.py", "+", "fs", "rm", ":main.py")
+
+
+def test_raw_soft_reset_runs_boot_but_not_main(sim: Fleet) -> None:
+    port = sim.port(2)
+    _write_boot_files(port)
+    try:
+        r = mpremote(port, "soft-reset", "+", "exec", "print('after')")
+        assert r.returncode == 0, r.stderr
+        st = sim.status(2)
+        assert st["files"].get("boot.py") == "ended"
+        assert "main.py" not in st["files"]
+    finally:
+        mpremote(port, "fs", "rm", ":boot.py", "+", "fs", "rm", ":main.py")
+
+
+def test_clients_come_and_go_and_output_without_a_client_is_dropped(sim: Fleet) -> None:
+    port = sim.port(2)
+    for _ in range(3):
+        r = mpremote(port, "eval", "1 + 1")
+        assert r.stdout.strip() == "2"
+    # Print while nobody listens: a board's USB CDC drops it; the next client
+    # must not receive it.
+    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+    os.write(fd, b"\r\x02")
+    read_for(fd, 0.2)
+    os.write(fd, b"import time\r")
+    read_for(fd, 0.2)
+    os.write(fd, b"time.sleep_ms(400); print('UNHEARD' + '!')\r")
+    os.close(fd)
+    time.sleep(0.8)
+    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+    try:
+        assert b"UNHEARD!" not in read_for(fd, 0.3)
+    finally:
+        os.close(fd)
+
+
+def test_kbd_intr_disabled_passes_ctrl_c_as_data(sim: Fleet) -> None:
+    """After micropython.kbd_intr(-1) (a sealed meter), Ctrl-C is a byte for the
+    program, not KeyboardInterrupt, and the VM survives it."""
+    port = sim.port(2)
+    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+    try:
+        os.write(fd, b"\r\x03\r\x01")
+        read_for(fd, 0.3)
+        os.write(fd, b"import micropython, sys\nmicropython.kbd_intr(-1)\n"
+                     b"c = sys.stdin.buffer.read(1)\nmicropython.kbd_intr(3)\nprint('got', c)\x04")
+        time.sleep(0.3)
+        os.write(fd, b"\x03")
+        out = read_for(fd, 1.0)
+        assert b"got b'\\x03'" in out
+    finally:
+        os.close(fd)
+    assert mpremote(port, "eval", "1").stdout.strip() == "1"
+
+
+def test_input_pins_and_waveform_reach_the_firmware(sim: Fleet) -> None:
+    fleet.set_inputs(2, {"button": 1}, sim.base)
+    fleet.set_wave(2, {"vrms": 240.0, "irms": 10.0}, sim.base)
+    r = mpremote(sim.port(2), "exec",
+                 "import _vhw\n_vhw.poll()\nprint(_vhw.inputs['button'], _vhw.wave['irms'])")
+    assert r.stdout.split() == ["1", "10.0"]
+    fleet.set_inputs(2, {"button": 0}, sim.base)
+    r = mpremote(sim.port(2), "exec", "import _vhw\n_vhw.poll()\nprint(_vhw.inputs['button'])")
+    assert r.stdout.strip() == "0"
+    # the host's settings are the board's hardware: they hold across a power cut
+    fleet.power_cut(2, sim.base)
+    r = mpremote(sim.port(2), "exec", "import _vhw\n_vhw.poll()\nprint(_vhw.wave['vrms'])")
+    assert r.stdout.strip() == "240.0"
+
+
+def test_han_pty_carries_board_output_and_ignores_input(sim: Fleet) -> None:
+    st = sim.status(2)
+    han = os.open(st["han"], os.O_RDWR | os.O_NOCTTY)
+    try:
+        time.sleep(0.2)  # let the supervisor see the HAN port opened
+        os.write(han, b"/INJECT\r\n")  # a HAN port is a data diode: this goes nowhere
+        r = mpremote(sim.port(2), "exec",
+                     "import _vhw\n_vhw.han_write(b'/TELEGRAM\\r\\n!ABCD\\r\\n')")
+        assert r.returncode == 0, r.stderr
+        assert b"/TELEGRAM\r\n!ABCD\r\n" in read_for(han, 0.5)
+    finally:
+        os.close(han)
+    after = sim.status(2)
+    assert after["han_ignored_in"] >= st["han_ignored_in"] + len(b"/INJECT\r\n")
+
+
+@pytest.mark.parametrize("cmd", ["power-cut"])
+def test_unknown_meter_is_a_clear_error(sim: Fleet, cmd: str) -> None:
+    r = subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", cmd, "--meter", "9",
+                        "--dir", str(sim.base)], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1
+    assert r.stderr.strip().startswith("error: no meter 9")

@@ -1,0 +1,82 @@
+"""The flash image and board detection, on CPython without a board."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from host_tools.flash import build
+from host_tools.flash.deploy import choose_mode
+from host_tools.transport.serial import BoardError, BoardInfo, resolve_port
+
+
+def info(mpy: int | None, platform: str = "rp2") -> BoardInfo:
+    return BoardInfo("micropython", "1.29.0", platform, "Raspberry Pi Pico with RP2040", mpy)
+
+
+@pytest.mark.parametrize(("mpy", "arch", "version"), [
+    (0x0B06, "x64", (6, 3)),        # the unix VM on x86-64
+    (0x1306, "armv6m", (6, 3)),     # RP2040 (Cortex-M0+)
+    (0x1F06, "armv7emsp", (6, 3)),  # STM32F4 pyboard (Cortex-M4F)
+    (0x0306, None, (6, 3)),         # bytecode only
+    (0x1106, "armv6m", (6, 1)),     # an older firmware
+])
+def test_arch_and_version_from_sys_implementation_mpy(
+        mpy: int, arch: str | None, version: tuple[int, int]) -> None:
+    assert info(mpy).arch == arch
+    assert info(mpy).mpy_version == version
+
+
+def test_mode_follows_the_board() -> None:
+    assert choose_mode(info(0x1306), source=False) == (False, "armv6m", ".mpy for armv6m")
+    assert choose_mode(info(0x1306), source=True)[0] is True
+    as_source, _, why = choose_mode(info(0x1106), source=False)
+    assert as_source and "v6.1" in why and "v6.3" in why
+    as_source, _, why = choose_mode(info(None), source=False)
+    assert as_source and "does not report" in why
+
+
+def test_board_for_platform() -> None:
+    assert build.board_for_platform("linux") == "virtual"
+    with pytest.raises(build.BuildError, match="no board definition for platform 'esp32'"):
+        build.board_for_platform("esp32")
+
+
+def test_image_layout_for_the_virtual_board() -> None:
+    files = {f.dest: f for f in build.build_image("virtual", "x64")}
+    assert "/main.py" in files  # run by name: stays source
+    assert files["/main.py"].data == (build.FIRMWARE_DIR / "main.py").read_bytes()
+    assert "/board/__init__.mpy" in files and "/board/waveform.mpy" in files
+    assert not any("host" in d for d in files)  # the ROM is not flashed
+    mpy = files["/board/__init__.mpy"].data
+    assert mpy[0:1] == b"M" and mpy[1] == 6  # an .mpy header, format version 6
+
+
+def test_syntax_error_names_file_and_line(tmp_path: Path) -> None:
+    fw = tmp_path / "fw"
+    shutil.copytree(build.FIRMWARE_DIR, fw)
+    (fw / "bad.py").write_text("ok = 1\n\nwhile True print(1)\n")
+    with pytest.raises(build.BuildError) as e:
+        build.build_image("virtual", "x64", firmware_dir=fw)
+    assert str(e.value).startswith(f"{fw / 'bad.py'}:3: SyntaxError")
+    # a source-mode flash is checked just the same
+    (fw / "main.py").write_text("def broken(:\n")
+    (fw / "bad.py").unlink()
+    with pytest.raises(build.BuildError, match=r"main\.py:1: SyntaxError"):
+        build.build_image("virtual", None, source=True, firmware_dir=fw)
+
+
+def test_unknown_board_lists_the_known_ones() -> None:
+    with pytest.raises(build.BuildError, match=r"known: .*virtual"):
+        build.build_image("no_such_board", None)
+
+
+def test_resolve_port_errors(tmp_path: Path) -> None:
+    with pytest.raises(BoardError, match="no such port"):
+        resolve_port(str(tmp_path / "ttyACM9"))
+    regular = tmp_path / "file"
+    regular.write_text("")
+    with pytest.raises(BoardError, match="not a serial device"):
+        resolve_port(str(regular))
