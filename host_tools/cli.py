@@ -127,6 +127,29 @@ def sim_power_cut(meter: int, base: Path | None, off_time: float) -> None:
                            "boots": st["boots"]}))
 
 
+@sim.command("pin")
+@click.option("--meter", "-m", type=int, required=True)
+@click.argument("name")
+@click.argument("value", type=click.IntRange(0, 1), required=False)
+@dir_option
+@friendly_errors
+def sim_pin(meter: int, name: str, value: int | None, base: Path | None) -> None:
+    """Read a pin (relay, led, button, tamper), or drive an input pin to VALUE."""
+    from host_tools.sim import fleet
+
+    if value is None:
+        pins = fleet.meter_status(meter, base)["pins"]
+        if name not in pins:
+            raise SimError(f"meter {meter} has no pin {name!r} (pins: {', '.join(sorted(pins))})")
+        click.echo(pins[name])
+        return
+    if name not in fleet.INPUT_PINS:
+        raise SimError(f"{name!r} is not an input the host can drive "
+                       f"(inputs: {', '.join(fleet.INPUT_PINS)})")
+    st = fleet.set_inputs(meter, {name: value}, base)
+    click.echo(st["pins"][name])
+
+
 @sim.command("load")
 @click.option("--meter", "-m", type=int, required=True)
 @dir_option

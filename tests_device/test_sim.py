@@ -205,6 +205,22 @@ def test_han_pty_carries_board_output_and_ignores_input(sim: Fleet) -> None:
     assert after["han_ignored_in"] >= st["han_ignored_in"] + len(b"/INJECT\r\n")
 
 
+def test_sim_pin_command(sim: Fleet) -> None:
+    def pin(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", "pin", "--meter",
+                               "2", "--dir", str(sim.base), *args], capture_output=True,
+                              text=True, timeout=30)
+
+    assert pin("tamper", "1").stdout.strip() == "1"
+    r = mpremote(sim.port(2), "exec", "import _vhw\n_vhw.poll()\nprint(_vhw.inputs['tamper'])")
+    assert r.stdout.strip() == "1"
+    assert pin("tamper").stdout.strip() == "1"
+    assert pin("tamper", "0").stdout.strip() == "0"
+    bad = pin("relay", "1")  # an output: the firmware drives it, not the host
+    assert bad.returncode == 1 and "not an input" in bad.stderr
+    assert pin("nonesuch").returncode == 1
+
+
 @pytest.mark.parametrize("cmd", ["power-cut"])
 def test_unknown_meter_is_a_clear_error(sim: Fleet, cmd: str) -> None:
     r = subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", cmd, "--meter", "9",

@@ -30,7 +30,7 @@ sleep_ms = time.sleep_ms
 class _Out:
     def __init__(self, name):
         self._name = name
-        self._v = 0
+        self._v = _vhw.outputs.get(name, 0)
 
     def value(self, v=None):
         if v is None:

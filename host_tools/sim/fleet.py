@@ -23,6 +23,7 @@ from typing import Any
 from host_tools.flash.build import REPO
 
 ROM = REPO / "board" / "virtual" / "host" / "rom.py"
+INPUT_PINS = ("button", "tamper")  # what the host drives; outputs (relay, led) it only reads
 SUPERVISOR = Path(__file__).with_name("supervisor.py")
 
 

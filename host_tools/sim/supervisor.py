@@ -46,6 +46,7 @@ FRIENDLY_BANNER = re.compile(
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
 OUT_CAP = 64 * 1024  # bytes buffered towards a slow client before the VM is held back
 SIGINT_BIT = 1 << (signal.SIGINT - 1)
+SIGINT_SETTLE_S = 0.3  # how long a SIGINT may take to reach the VM's prompt
 VM_FDS = (3, 4, 5)  # hw in, hw out, HAN out, as the VM sees them
 
 # The VM process: CPython hosting the unix port's pybind11 module. SIGINT goes
@@ -135,6 +136,10 @@ class Supervisor:
         self.scan_tail = b""
         self.boot_buf = bytearray()
         self.raw_stage = 0  # raw-boot: 0 until the friendly banner, 1 until the raw one
+        self.rom_active = False  # the ROM runs its own code (not a file, not the REPL)
+        self.file_running = False  # boot.py or main.py runs
+        self.sigint_at = 0.0  # when the last SIGINT went out, until the VM acted on it
+        self.sigint_retries = 0
         self.power_mode = "run"
         self.last_cr = False
         self.expect_kill = False
@@ -190,12 +195,14 @@ class Supervisor:
         self.state = "raw-boot" if mode == "raw" else "booting"
         self.repl = "friendly"
         self.boot_buf.clear()
+        self.rom_active, self.file_running, self.sigint_at = True, False, 0.0
         self.raw_stage = 0
         self.scan_tail = b""
         self.files = {}
         self.stats["boots"] += 1
         # What the pins read at power-up, and which meter this is.
-        self._send_hw({"inputs": self.hw["inputs"], "wave": self.hw["wave"],
+        self._send_hw({"inputs": self.hw["inputs"], "outputs": self.hw["outputs"],
+                       "wave": self.hw["wave"],
                        "meter": {"index": self.a.index, "seed": self.a.seed}})
         self.log(f"power on ({mode}) pid={self.vm_pid}")
 
@@ -229,7 +236,10 @@ class Supervisor:
             self.power_on_at = now + self.cut_off_time
             self.power_mode = "run"
             return
-        if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT:
+        interrupted = self.sigint_at and (
+            (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT)
+            or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1 and self.sigint_retries))
+        if interrupted:
             # Our SIGINT met the VM just as it left the code it interrupted (the
             # handler was gone): for the client it was a Ctrl-C at a prompt.
             self.log("SIGINT arrived after execution ended; rebooting into the same REPL")
@@ -353,8 +363,13 @@ class Supervisor:
             if self.state == "booting":
                 self._ready()
         elif ev.get("ev") == "file":
+            self.file_running = ev["s"] == "start"
+            if not self.file_running:
+                self.sigint_at = 0.0  # whatever interrupted it has been handled
             self.files[str(ev["name"])] = "running" if ev["s"] == "start" else (
                 f"ended ({ev['err']})" if ev.get("err") else "ended")
+        elif ev.get("ev") == "rom-done":
+            self.rom_active = False
 
     def _read_han(self) -> None:
         while self.han_in >= 0:
@@ -400,16 +415,50 @@ class Supervisor:
                     return
                 continue
             # to_vm starts with Ctrl-C
-            if sigint_caught(self.vm_pid):
-                os.kill(self.vm_pid, signal.SIGINT)
-                self.stats["sigints"] += 1
+            caught = sigint_caught(self.vm_pid)
+            if caught and self._hold_ctrl_c():
+                return
+            if self.a.trace:
+                self.log(f"ctrl-c -> {'SIGINT' if caught else 'byte'} (state {self.state})")
+            if caught:
+                self._sigint(retry=False)
             else:
+                self.sigint_at = 0.0
                 try:
                     if os.write(self.vm_con, bytes([CTRL_C])) != 1:
                         return
                 except OSError:
                     return
             del self.to_vm[:1]
+
+    def _sigint(self, retry: bool) -> None:
+        os.kill(self.vm_pid, signal.SIGINT)
+        self.sigint_at = time.monotonic()
+        self.sigint_retries = self.sigint_retries + 1 if retry else 0
+        self.stats["sigints"] += 1
+
+    def _check_sigint(self) -> None:
+        """The unix port now and then drops a SIGINT that lands just as code
+        starts (seen right after main.py begins: the handler ran, nothing was
+        raised). A board never loses a Ctrl-C, so one that has had no effect
+        after SIGINT_SETTLE_S is sent again, at most twice."""
+        if not self.sigint_at or time.monotonic() - self.sigint_at < SIGINT_SETTLE_S:
+            return
+        if self.sigint_retries < 2 and self.vm_pid and sigint_caught(self.vm_pid) and (
+                self.file_running or not self.rom_active):
+            self.log("Ctrl-C had no effect; SIGINT again")
+            self._sigint(retry=True)
+        else:
+            self.sigint_at = 0.0
+
+    def _hold_ctrl_c(self) -> bool:
+        """While the VM executes, a Ctrl-C waits if a SIGINT now could hit the
+        ROM's own code (between files: it must land in boot.py, main.py or the
+        REPL), or if the previous SIGINT has not been acted on yet (two quick
+        Ctrl-Cs must not find the VM between its handler and its prompt)."""
+        if self.rom_active and not self.file_running:
+            return True
+        return bool(self.sigint_at) and time.monotonic() - self.sigint_at < SIGINT_SETTLE_S
 
     # -- control socket --------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -515,7 +564,7 @@ class Supervisor:
             ev = 0
             if len(self.to_client) < OUT_CAP or not self.client_connected:
                 ev |= select.POLLIN
-            if self.to_vm and self.state == "on":
+            if (self.to_vm and self.state == "on") or self.sigint_at:
                 ev |= select.POLLOUT
             p.register(self.vm_con, ev)
         for fd in (self.hw_out, self.han_in, self.vm_pidfd):
@@ -525,6 +574,8 @@ class Supervisor:
         for fd in self.conns:
             p.register(fd, select.POLLIN)
         timeout = 50 if not (self.client_connected and self.han_connected) else 500
+        if (self.to_vm and self.state == "on") or self.sigint_at:
+            timeout = 10  # held input (a Ctrl-C waiting for the VM) is looked at again soon
         if self.state == "off":
             timeout = min(timeout, max(0, int((self.power_on_at - now) * 1000)) + 1)
         for fd, ev in p.poll(timeout):
@@ -566,6 +617,7 @@ class Supervisor:
             elif fd in self.conns:
                 self._ctl_read(fd)
         if self.state != "off":
+            self._check_sigint()
             self._feed_vm()
 
     @staticmethod

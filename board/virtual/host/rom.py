@@ -130,6 +130,7 @@ def _rom():
         # wraps it behind the same interface as the real boards' adapters.
         def __init__(self):
             self.inputs = {}
+            self.outputs = {}  # as the pins were left (a latching relay keeps its state)
             self.wave = {}
             self.meter = {}
             self._poll = select.poll()
@@ -145,12 +146,15 @@ def _rom():
                 msg = json.loads(line)
                 if "inputs" in msg:
                     self.inputs.update(msg["inputs"])
+                if "outputs" in msg:
+                    self.outputs.update(msg["outputs"])
                 if "wave" in msg:
                     self.wave = msg["wave"]
                 if "meter" in msg:
                     self.meter = msg["meter"]
 
         def output(self, name, value):
+            self.outputs[name] = value
             hw_out.write(b'{"out":"%s","v":%d}\n' % (name, value))
 
         def event(self, msg):
@@ -208,9 +212,11 @@ def _rom():
                 src = f.read()
         except OSError:
             return False
-        hw.event({"ev": "file", "name": name, "s": "start"})
         err = None
         try:
+            # Inside the try: the supervisor turns Ctrl-C into SIGINT from
+            # this event on, so the interrupt always lands in the file.
+            hw.event({"ev": "file", "name": name, "s": "start"})
             exec(compile(src, name, "exec"), g)
         except BaseException as e:  # noqa: BLE001 - a board prints and goes on
             # Print it as a board would: without the ROM's own frame.
@@ -223,12 +229,17 @@ def _rom():
         hw.event({"ev": "file", "name": name, "s": "end", "err": err})
         return True
 
-    return mode, run_file
+    def done():
+        # From here on Ctrl-C reaches the REPL (as a byte at its prompt).
+        hw.event({"ev": "rom-done"})
+
+    return mode, run_file, done
 
 
-_mode, _run_file = _rom()
+_mode, _run_file, _done = _rom()
 del _rom
 _run_file("boot.py", globals())
 if _mode == "run":
     _run_file("main.py", globals())
-del _mode, _run_file
+_done()
+del _mode, _run_file, _done
