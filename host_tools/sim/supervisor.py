@@ -564,7 +564,7 @@ class Supervisor:
             ev = 0
             if len(self.to_client) < OUT_CAP or not self.client_connected:
                 ev |= select.POLLIN
-            if (self.to_vm and self.state == "on") or self.sigint_at:
+            if self.to_vm and self.state == "on":
                 ev |= select.POLLOUT
             p.register(self.vm_con, ev)
         for fd in (self.hw_out, self.han_in, self.vm_pidfd):
