@@ -227,3 +227,13 @@ def test_unknown_meter_is_a_clear_error(sim: Fleet, cmd: str) -> None:
                         "--dir", str(sim.base)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert r.stderr.strip().startswith("error: no meter 9")
+
+
+def test_vm_runs_under_the_native_launcher(sim: Fleet) -> None:
+    # The per-meter memory target depends on the VM not being hosted by CPython.
+    st = sim.status(0)
+    exe = os.readlink(f"/proc/{st['vm_pid']}/exe")
+    assert Path(exe).name.startswith("mpvm-"), exe
+    with open(f"/proc/{st['vm_pid']}/status") as f:
+        rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+    assert rss_kb < 8000, rss_kb

@@ -49,7 +49,8 @@ SIGINT_BIT = 1 << (signal.SIGINT - 1)
 SIGINT_SETTLE_S = 0.3  # how long a SIGINT may take to reach the VM's prompt
 VM_FDS = (3, 4, 5)  # hw in, hw out, HAN out, as the VM sees them
 
-# The VM process: CPython hosting the unix port's pybind11 module. SIGINT goes
+# The fallback VM process, when the native launcher (vmlaunch.py) cannot be
+# built: CPython hosting the unix port's pybind11 module. SIGINT goes
 # back to its default so that only MicroPython's own handler is ever seen, and
 # the VM dies with its supervisor (PR_SET_PDEATHSIG) instead of lingering.
 LAUNCHER = (
@@ -178,14 +179,20 @@ class Supervisor:
         hw_in_r, hw_in_w = os.pipe()
         hw_out_r, hw_out_w = os.pipe()
         han_r, han_w = os.pipe()
-        argv = [sys.executable, "-S", "-c", LAUNCHER, str(os.getpid()), self.a.site, "micropython",
-                "-X", f"heapsize={self.a.heap}", "-i", self.a.rom, self.fs, mode,
-                *(str(fd) for fd in VM_FDS), str(self.a.flash_bytes)]
+        vm_args = ["micropython", "-X", f"heapsize={self.a.heap}", "-i", self.a.rom, self.fs, mode,
+                   *(str(fd) for fd in VM_FDS), str(self.a.flash_bytes)]
+        if self.a.launcher:
+            # The native launcher (vmlaunch.py): the same VM without a CPython around it.
+            exe = self.a.launcher
+            argv = [exe, str(os.getpid()), self.a.vm_so, *vm_args]
+        else:
+            exe = sys.executable
+            argv = [exe, "-S", "-c", LAUNCHER, str(os.getpid()), self.a.site, *vm_args]
         actions = [(os.POSIX_SPAWN_DUP2, src, dst) for src, dst in (
             (con_slave, 0), (con_slave, 1), (con_slave, 2),
             (hw_in_r, VM_FDS[0]), (hw_out_w, VM_FDS[1]), (han_w, VM_FDS[2]))]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.dir}
-        self.vm_pid = os.posix_spawn(sys.executable, argv, env, file_actions=actions, setsid=True)
+        self.vm_pid = os.posix_spawn(exe, argv, env, file_actions=actions, setsid=True)
         for fd in (con_slave, hw_in_r, hw_out_w, han_w):
             os.close(fd)
         self.vm_con, self.hw_in, self.hw_out, self.han_in = con_master, hw_in_w, hw_out_r, han_r
@@ -660,6 +667,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--trace", action="store_true", help="log every byte to supervisor.log")
     ap.add_argument("--site", required=True, help="directory holding micropython_run")
     ap.add_argument("--rom", required=True, help="board/virtual/host/rom.py")
+    ap.add_argument("--launcher", help="native VM launcher (vmlaunch.py); else CPython hosts it")
+    ap.add_argument("--vm-so", help="the VM extension module the native launcher loads")
     Supervisor(ap.parse_args(argv)).run()
 
 
