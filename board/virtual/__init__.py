@@ -7,8 +7,9 @@
 #   button, tamper       input pins: value()
 #   adc                  read_into(v_buf, i_buf) -> n new samples per channel
 #   han_tx()             transmit-only UART for the HAN (write() only)
-#   rtc_get()/rtc_set(t) seconds since 2000-01-01 (MicroPython epoch)
+#   rtc_get()/rtc_set(t) Unix time, whole seconds since 1970-01-01 UTC
 #   entropy(n)           n random bytes from the board's entropy source
+#   wan()                the WAN link: readinto(buf) (non-blocking), write(data)
 #   ticks_us()/ticks_diff(a, b), sleep_ms(ms)
 # Here the surface is backed by the built-in module `_vhw`, which the
 # virtual board's ROM (board/virtual/host/rom.py) wires to the supervisor.
@@ -17,10 +18,14 @@ import time
 from micropython import const
 
 import _vhw
-from board.waveform import Waveform
+from board.waveform import I_FULL_SCALE, V_FULL_SCALE, Waveform
 
 NAME = "virtual"
 ADC_RATE_HZ = const(2000)  # per channel, as the Pico adapter samples
+# Metrology calibration (metro.Accumulator): volts and amps per 12-bit count
+# (u16 sample >> 4), phase in sample periods. The front end puts full scale
+# (peak) at 32767 u16 counts from mid-scale, i.e. 32767/16 12-bit counts.
+CAL_DEFAULT = (V_FULL_SCALE * 16 / 32767, I_FULL_SCALE * 16 / 32767, 0.0)
 
 ticks_us = time.ticks_us
 ticks_diff = time.ticks_diff
@@ -75,7 +80,9 @@ class _Adc:
         _vhw.poll()
         if self._params is not _vhw.wave:
             self._params = _vhw.wave
-            self._wave = Waveform(_vhw.meter.get("seed", 0), self._params, ADC_RATE_HZ)
+            # Without "irms" in the parameters the load follows the meter's
+            # household day, by the time of day of the board's RTC.
+            self._wave = Waveform(_vhw.meter.get("seed", 0), self._params, ADC_RATE_HZ, rtc_get)
         return self._wave
 
     def read_into(self, v_buf, i_buf):
@@ -114,17 +121,45 @@ def han_tx():
     return _han
 
 
-_rtc_offset = 0
+# A battery-backed RTC: host time plus an offset that the supervisor keeps
+# across power cuts.
+_rtc_offset = _vhw.meter.get("rtc_offset", 0)
 
 
 def rtc_get():
-    return time.time() + _rtc_offset
+    return int(time.time()) + _rtc_offset
 
 
 def rtc_set(t):
     global _rtc_offset
-    _rtc_offset = t - time.time()
+    _rtc_offset = int(t) - int(time.time())
+    _vhw.event({"ev": "rtc", "offset": _rtc_offset})
 
 
 def entropy(n):
     return os.urandom(n)
+
+
+_wan = None
+
+
+def wan():
+    # The WAN is the USB serial (here: the supervisor's client pty), as on a
+    # bare Pico. A board config could return a UART adapter instead.
+    global _wan
+    if _wan is None:
+        from stdio_wan import StdioWan
+
+        _wan = StdioWan()
+    return _wan
+
+
+class _Rtc:
+    def get(self):
+        return rtc_get()
+
+    def set(self, t):
+        rtc_set(t)
+
+
+rtc = _Rtc()

@@ -156,7 +156,7 @@ class Supervisor:
     # -- persisted hardware state ------------------------------------------
     def _load_hw(self) -> dict[str, Any]:
         hw: dict[str, Any] = {"inputs": {"button": 0, "tamper": 0}, "outputs": {"relay": 0},
-                              "wave": {}, "relay_changes": 0}
+                              "wave": {}, "relay_changes": 0, "rtc_offset": 0}
         try:
             with open(self.hw_path) as f:
                 saved = json.load(f)
@@ -210,7 +210,8 @@ class Supervisor:
         # What the pins read at power-up, and which meter this is.
         self._send_hw({"inputs": self.hw["inputs"], "outputs": self.hw["outputs"],
                        "wave": self.hw["wave"],
-                       "meter": {"index": self.a.index, "seed": self.a.seed}})
+                       "meter": {"index": self.a.index, "seed": self.a.seed,
+                                 "rtc_offset": self.hw["rtc_offset"]}})
         self.log(f"power on ({mode}) pid={self.vm_pid}")
 
     def _send_hw(self, msg: dict[str, Any]) -> None:
@@ -366,6 +367,10 @@ class Supervisor:
                 self.hw["relay_changes"] += 1
                 self.log(f"relay -> {v}")
             write_json_atomic(self.hw_path, self.hw)
+        elif ev.get("ev") == "rtc":
+            # The board's RTC is battery-backed: its offset from host time survives power cuts.
+            self.hw["rtc_offset"] = int(ev["offset"])
+            write_json_atomic(self.hw_path, self.hw)
         elif ev.get("ev") == "booted":
             if self.state == "booting":
                 self._ready()
@@ -407,7 +412,7 @@ class Supervisor:
         # as a board's USB stack does while it boots.
         if self.state != "on" or self.vm_con < 0:
             return
-        while self.to_vm:
+        while self.to_vm and not self._interrupt_pending():
             i = self.to_vm.find(bytes([CTRL_C]))
             chunk = self.to_vm if i < 0 else self.to_vm[:i]
             if chunk:
@@ -457,6 +462,13 @@ class Supervisor:
             self._sigint(retry=True)
         else:
             self.sigint_at = 0.0
+
+    def _interrupt_pending(self) -> bool:
+        """After a Ctrl-C became SIGINT in a running file, the bytes that follow belong to
+        what runs after the interrupt (the REPL), as on a board, where the USB stack acts
+        on Ctrl-C at once: they wait until the file has ended (or the SIGINT is given up),
+        so that firmware reading stdin never swallows mpremote's Ctrl-A."""
+        return bool(self.sigint_at) and self.file_running
 
     def _hold_ctrl_c(self) -> bool:
         """While the VM executes, a Ctrl-C waits if a SIGINT now could hit the
@@ -571,7 +583,7 @@ class Supervisor:
             ev = 0
             if len(self.to_client) < OUT_CAP or not self.client_connected:
                 ev |= select.POLLIN
-            if self.to_vm and self.state == "on":
+            if self.to_vm and self.state == "on" and not self._interrupt_pending():
                 ev |= select.POLLOUT
             p.register(self.vm_con, ev)
         for fd in (self.hw_out, self.han_in, self.vm_pidfd):

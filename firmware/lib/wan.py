@@ -1,0 +1,290 @@
+# WAN protocol v1 codec (docs/PROTOCOL.md) for MicroPython and CPython.
+#
+# Pure codec: no I/O and no counter state. The caller reads lines from the
+# serial port, turns them into frames (line_to_frame), opens them
+# (open_frame), checks the counter against its own high-water mark, and seals
+# and writes the answer (seal, frame_to_line).
+#
+# Frame (big-endian): ver u8 | kind u8 | flags u8 | meter u64 | ctr u32 |
+# ref u32 | len u16 | payload | mac (16 = HMAC-SHA256(k_mac_dir, all before)[:16]).
+# Keys: HKDF-SHA256(ikm=K, salt=meter id u64 BE, info=b"wan <dir> <use>").
+# ENC: AES-128-CTR, initial counter block meter(8) | ctr(4) | 00000000.
+#
+# RAM: one preallocated PAYLOAD_CAP buffer holds the counter blocks, which are
+# encrypted in place into the key stream (one ECB call); the XOR is one big-int
+# XOR. The buffer makes seal/open non-reentrant (the firmware is single-threaded).
+import binascii
+import struct
+
+from hmac_sha256 import hkdf_sha256, hmac_pads, hmac_sha256_pads
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+try:
+    import cryptolib
+
+    def _aes_ecb(key):
+        return cryptolib.aes(key, 1)
+
+except ImportError:  # CPython: only for unit tests on the host
+    try:
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    except ImportError:
+        Cipher = None
+
+    class _EcbFallback:
+        # the part of MicroPython's cryptolib.aes(key, 1) that this module uses
+        def __init__(self, key):
+            if Cipher is None:
+                raise OSError("wan: no AES (neither cryptolib nor cryptography)")
+            self._enc = Cipher(algorithms.AES(bytes(key)), modes.ECB()).encryptor()
+
+        def encrypt(self, src, dst=None):
+            out = self._enc.update(bytes(src))
+            if dst is None:
+                return out
+            dst[:] = out
+            return None
+
+    def _aes_ecb(key):
+        return _EcbFallback(key)
+
+
+VER = const(1)
+HEADER = const(21)
+MAC_LEN = const(16)
+PAYLOAD_CAP = const(1024)
+LINE_CAP = const(1500)
+
+FLAG_ENC = const(0x01)
+FLAG_RESP = const(0x02)
+_FLAGS_KNOWN = const(0x03)
+
+K_INFO = const(0x01)
+K_READ = const(0x10)
+K_PROFILE = const(0x11)
+K_LOGS = const(0x12)
+K_TIME_SET = const(0x13)
+K_CALIBRATE = const(0x14)
+K_STATS = const(0x15)
+K_ERROR = const(0x7F)
+
+# responses to these kinds carry personal data and must be sealed with encrypt=True
+ENC_RESPONSE_KINDS = (K_READ, K_PROFILE, K_LOGS)
+
+E_MALFORMED = const(1)
+E_TOO_BIG = const(2)
+E_REPLAY = const(3)
+E_UNKNOWN_KIND = const(4)
+E_POLICY = const(5)
+E_BAD_ARGS = const(6)
+E_FAILED = const(7)
+E_NOT_PROVISIONED = const(8)
+
+# a meter without a master key seals NOT_PROVISIONED with the keys of this one (public)
+UNPROVISIONED_MASTER = bytes(32)
+
+_HDR_FMT = ">BBBQIIH"
+_CTR_FMT = ">QII"
+_U32_MAX = const(0xFFFFFFFF)
+_U64_MAX = 0xFFFFFFFFFFFFFFFF
+
+_INFO_DOWN_MAC = b"wan down mac"
+_INFO_UP_MAC = b"wan up mac"
+_INFO_DOWN_ENC = b"wan down enc"
+_INFO_UP_ENC = b"wan up enc"
+
+# counter blocks, then (in place) key stream; 64 blocks of 16 bytes
+_ks_buf = bytearray(PAYLOAD_CAP)
+_ks_mv = memoryview(_ks_buf)
+
+
+class WanError(Exception):
+    """A frame or line that cannot be accepted.
+
+    code: one of the E_* (the answer to send), or 0 when silent.
+    silent: True when the meter must not answer (wrong MAC, meter id, direction).
+    ref: the frame's ctr when the frame was long enough to carry one, else 0.
+    """
+
+    def __init__(self, code, message, silent=False, ref=0):
+        super().__init__(message)
+        self.code = 0 if silent else code
+        self.silent = silent
+        self.ref = ref
+
+
+def derive_keys(meter_id, master):
+    """(k_down_mac, k_up_mac, k_down_enc, k_up_enc) for one meter's 32-byte master key."""
+    if len(master) != 32:
+        raise ValueError("wan: master key must be 32 bytes")
+    if meter_id < 0 or meter_id > _U64_MAX:
+        raise ValueError("wan: meter id must be a u64")
+    salt = meter_id.to_bytes(8, "big")
+    return (
+        hkdf_sha256(master, salt, _INFO_DOWN_MAC, 32),
+        hkdf_sha256(master, salt, _INFO_UP_MAC, 32),
+        hkdf_sha256(master, salt, _INFO_DOWN_ENC, 16),
+        hkdf_sha256(master, salt, _INFO_UP_ENC, 16),
+    )
+
+
+def ct_equal(a, b):
+    """a == b without an early exit (lengths are not secret)."""
+    if len(a) != len(b):
+        return False
+    acc = 0
+    for i in range(len(a)):
+        acc |= a[i] ^ b[i]
+    return acc == 0
+
+
+def _ctr_xor(key, meter_id, ctr, data):
+    """AES-128-CTR of data (<= PAYLOAD_CAP bytes) -> bytes."""
+    n = len(data)
+    if n == 0:
+        return b""
+    nb = (n + 15) >> 4
+    buf = _ks_buf
+    for i in range(nb):
+        struct.pack_into(_CTR_FMT, buf, i << 4, meter_id, ctr, i)
+    blocks = _ks_mv[: nb << 4]
+    _aes_ecb(key).encrypt(blocks, blocks)
+    x = int.from_bytes(data, "big") ^ int.from_bytes(_ks_mv[:n], "big")
+    return x.to_bytes(n, "big")
+
+
+def _mac(key, msg):
+    return hmac_sha256_pads(hmac_pads(key), msg)[:MAC_LEN]
+
+
+def seal(keys, meter_id, up, kind, ctr, ref, payload, encrypt=False):
+    """One frame. up=True: a response (RESP flag, up keys); up=False: a command (down keys)."""
+    n = len(payload)
+    if n > PAYLOAD_CAP:
+        raise WanError(E_TOO_BIG, "wan: payload over cap", ref=ref)
+    if not 0 < ctr <= _U32_MAX:
+        raise ValueError("wan: ctr must be 1..2^32-1")
+    if not 0 <= ref <= _U32_MAX or (ref and not up):
+        raise ValueError("wan: bad ref")
+    if not 0 <= kind <= 0xFF:
+        raise ValueError("wan: bad kind")
+    if up:
+        mac_key, enc_key, flags = keys[1], keys[3], FLAG_RESP
+    else:
+        mac_key, enc_key, flags = keys[0], keys[2], 0
+    if encrypt:
+        flags |= FLAG_ENC
+        payload = _ctr_xor(enc_key, meter_id, ctr, payload)
+    end = HEADER + n
+    frame = bytearray(end + MAC_LEN)
+    struct.pack_into(_HDR_FMT, frame, 0, VER, kind, flags, meter_id, ctr, ref, n)
+    frame[HEADER:end] = payload
+    frame[end:] = _mac(mac_key, memoryview(frame)[:end])
+    return bytes(frame)
+
+
+def open_frame(keys, meter_id, up, frame):
+    """Check and open one frame -> (kind, flags, ctr, ref, payload) with payload decrypted.
+
+    up=True: a response (as the head-end sees it); up=False: a command (as the meter
+    sees it). Raises WanError. Counters are the caller's: this does not check
+    that ctr is above the last accepted one."""
+    size = len(frame)
+    fctr = int.from_bytes(frame[11:15], "big") if size >= 15 else 0
+    if size < HEADER + MAC_LEN:
+        raise WanError(E_MALFORMED, "wan: short frame", ref=fctr)
+    ver, kind, flags, fmeter, fctr, ref, n = struct.unpack_from(_HDR_FMT, frame, 0)
+    if ver != VER:
+        raise WanError(E_MALFORMED, "wan: bad version", ref=fctr)
+    if HEADER + n + MAC_LEN != size:
+        raise WanError(E_MALFORMED, "wan: len mismatch", ref=fctr)
+    if n > PAYLOAD_CAP:
+        raise WanError(E_TOO_BIG, "wan: payload over cap", ref=fctr)
+    if fmeter != meter_id:
+        raise WanError(0, "wan: wrong meter id", True, fctr)
+    if bool(flags & FLAG_RESP) != bool(up):
+        raise WanError(0, "wan: wrong direction", True, fctr)
+    if up:
+        mac_key, enc_key = keys[1], keys[3]
+    else:
+        mac_key, enc_key = keys[0], keys[2]
+    end = HEADER + n
+    mv = memoryview(frame)
+    if not ct_equal(_mac(mac_key, mv[:end]), mv[end:]):
+        raise WanError(0, "wan: bad mac", True, fctr)
+    if fctr == 0:
+        raise WanError(E_MALFORMED, "wan: ctr 0", ref=0)
+    if flags & ~_FLAGS_KNOWN:
+        raise WanError(E_MALFORMED, "wan: reserved flags", ref=fctr)
+    if ref and not up:
+        raise WanError(E_MALFORMED, "wan: command with ref", ref=fctr)
+    payload = mv[HEADER:end]
+    if flags & FLAG_ENC:
+        payload = _ctr_xor(enc_key, meter_id, fctr, payload)
+    else:
+        payload = bytes(payload)
+    return kind, flags, fctr, ref, payload
+
+
+def line_to_frame(line):
+    """b"~<base64>\\r\\n" (the "~" and line end optional) -> frame bytes."""
+    if isinstance(line, str):
+        line = line.encode()
+    end = len(line)
+    while end and line[end - 1] in (10, 13):
+        end -= 1
+    start = 1 if end and line[0] == 126 else 0  # "~"
+    if end - start + 1 > LINE_CAP:
+        raise WanError(E_TOO_BIG, "wan: line over cap")
+    body = bytes(memoryview(line)[start:end])
+    try:
+        frame = binascii.a2b_base64(body)
+    except ValueError:  # binascii.Error is a ValueError
+        raise WanError(E_MALFORMED, "wan: bad base64") from None
+    # a2b_base64 skips stray characters: accept only the canonical encoding
+    if binascii.b2a_base64(frame)[:-1] != body:
+        raise WanError(E_MALFORMED, "wan: bad base64")
+    return frame
+
+
+def frame_to_line(frame):
+    """frame -> b"~<base64>\\n"."""
+    return b"~" + binascii.b2a_base64(frame)
+
+
+def error_payload(code, detail=None):
+    """An ERROR payload: code u8, then the detail: an int (REPLAY: the highest ctr
+    consumed) as u32 big-endian, a str as UTF-8, or bytes as they are."""
+    if not 0 < code <= 0xFF:
+        raise ValueError("wan: bad error code")
+    if detail is None:
+        return bytes((code,))
+    if isinstance(detail, int):
+        detail = detail.to_bytes(4, "big")
+    elif isinstance(detail, str):
+        detail = detail.encode()
+    return bytes((code,)) + bytes(detail[: PAYLOAD_CAP - 1])
+
+
+def parse_error(payload):
+    """ERROR payload -> (code, detail): detail None when absent, an int for REPLAY
+    (4 bytes), else the text (bytes if it is not UTF-8)."""
+    if len(payload) < 1:
+        raise WanError(E_MALFORMED, "wan: empty error payload")
+    code = payload[0]
+    rest = bytes(payload[1:])
+    if not rest:
+        return code, None
+    if code == E_REPLAY and len(rest) == 4:
+        return code, int.from_bytes(rest, "big")
+    try:
+        return code, rest.decode()
+    except UnicodeError:
+        return code, rest

@@ -1,0 +1,60 @@
+# The meter: the kernel and its tasks, built on the board. Each task gets a
+# port to the kernel and only the board objects that policy.HARDWARE grants.
+import sys
+
+import board
+import kernel
+import policy
+from tasks.clock import Clock
+from tasks.comm import Comm
+from tasks.cs_security import CsSecurity
+from tasks.metrology import Metrology
+from tasks.status import Status
+
+VERSION = "0.2.0"
+
+
+def hardware(task):
+    # The board objects a task may use, by policy.HARDWARE, and nothing else.
+    hw = {}
+    for name in policy.hardware_of(task):
+        if name == "adc":
+            hw["adc"] = board.adc
+            hw["adc_rate_hz"] = board.ADC_RATE_HZ
+            hw["cal_default"] = board.CAL_DEFAULT
+        elif name == "wan":
+            hw["wan"] = board.wan()
+        elif name == "han_tx":
+            hw["han_tx"] = board.han_tx()
+        elif name == "entropy":
+            hw["entropy"] = board.entropy
+        else:
+            hw[name] = getattr(board, name)
+    return hw
+
+
+def build(now_s=None):
+    k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, policy.LOGS, now_s or board.rtc.get)
+    # Metrology first and realtime: its step also runs between any two messages.
+    k.add("metrology", Metrology, hardware("metrology"), capacity=8, period_ms=20, realtime=True)
+    k.add("clock", Clock, hardware("clock"), capacity=4, period_ms=100)
+    info = {"fw": VERSION, "board": board.NAME}
+    hw = hardware("cs_security")
+    hw["info"] = info
+    k.add("cs_security", CsSecurity, hw, capacity=16)
+    k.add("comm", Comm, hardware("comm"), capacity=16, period_ms=10)
+    k.add("status", Status, hardware("status"), capacity=1, period_ms=250)
+    return k
+
+
+def main():
+    print("meter firmware %s on board %s (%s %s)" % (
+        VERSION, board.NAME, sys.implementation.name,
+        ".".join(str(v) for v in sys.implementation.version[:3])))
+    try:
+        import os
+
+        os.mkdir("/data")
+    except OSError:
+        pass
+    build().run()

@@ -1,0 +1,70 @@
+# THE information-flow policy of the meter: the only place that says who may
+# talk to whom, with which message kinds, who owns which piece of hardware,
+# and which log each task writes. The kernel (kernel.py) enforces it: a
+# message whose (sender, receiver, kind) is not listed here is refused and
+# written to the security log. Nothing else in the firmware grants a flow.
+#
+# Who may drive the relay? Only the task "offswitch" (see HARDWARE): it owns
+# the relay pin, the local button and the tamper input, and runs on core 1.
+# The only message kind that reaches it from the main core is "switch", and
+# only cs_security may send it; it carries a command that the central system
+# authenticated end to end, which the off-switch verifies again with its own
+# key. The credit task may only ask for a local disconnect at zero credit
+# ("credit_disconnect"); it never drives the relay itself. (Both rows are in
+# force now; the off-switch and credit tasks arrive with the off-switch issue.)
+
+# Data flows one way: ADC -> metrology -> dc_security (LoPA) and han;
+# WAN bytes -> comm -> cs_security -> (this table) -> task -> cs_security -> comm.
+FLOWS = {
+    # sender          receiver          kinds
+    ("comm", "cs_security"): ("frame_in", "frame_err"),
+    ("cs_security", "comm"): ("frame_out",),
+    # Verified head-end requests, and their answers (payloads: (ref, code, json)).
+    ("cs_security", "metrology"): ("read", "profile", "calibrate"),
+    ("metrology", "cs_security"): ("reading", "profile_data", "calibrated"),
+    ("cs_security", "clock"): ("time_set",),
+    ("clock", "cs_security"): ("time_set_done",),
+    ("cs_security", "kernel"): ("stats", "log_read"),
+    ("kernel", "cs_security"): ("stats_data", "log_data"),
+    # The clock owns time: it marks seconds and interval boundaries.
+    ("clock", "metrology"): ("tick",),
+    # The off-switch (core 1): relay commands only from the central system.
+    ("cs_security", "offswitch"): ("switch",),
+    ("offswitch", "cs_security"): ("switch_done",),
+    ("credit", "offswitch"): ("credit_disconnect",),
+}
+
+# Hardware each task may use; main.py hands a task only these board objects.
+HARDWARE = {
+    "metrology": ("adc",),
+    "clock": ("rtc",),
+    "comm": ("wan",),
+    "offswitch": ("relay", "button", "tamper"),
+    "han": ("han_tx",),
+    "cs_security": ("entropy",),
+    "dc_security": ("entropy",),
+    "status": ("led",),
+}
+
+# Each log is a bounded ring in its own file: flooding one never evicts
+# another's records. Tasks not listed (and the kernel) write the security log.
+# The kernel copies these tables when it starts: changing them later grants nothing.
+LOG_OF = {
+    "metrology": "metrology",
+    "offswitch": "offswitch",
+}
+LOGS = {
+    # name: (file, capacity in records, record size in bytes)
+    "security": ("/data/log_security.bin", 128, 64),
+    "metrology": ("/data/log_metrology.bin", 128, 64),
+    "offswitch": ("/data/log_offswitch.bin", 128, 64),
+}
+
+
+def allowed(sender, receiver, kind):
+    kinds = FLOWS.get((sender, receiver))
+    return kinds is not None and kind in kinds
+
+
+def hardware_of(task):
+    return HARDWARE.get(task, ())

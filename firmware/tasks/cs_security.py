@@ -1,0 +1,179 @@
+# CS security module: the end-to-end channel with the central system. Every
+# inbound frame comes here first (from comm); only frames that verify (MAC
+# under this meter's key, meter id, a counter above the last accepted) are
+# turned into requests, and those go to tasks only through the policy. Each
+# answer goes back authenticated, encrypted where it carries personal data.
+# Every rejected frame is logged in the security log; wrong MACs and wrong
+# meter ids get silence, because an answer would give a prober an oracle.
+import json
+import struct
+from micropython import const
+
+import store
+import wan
+
+KEYS = "/data/cs_keys.json"
+COUNTERS = "/data/cs_ctr.json"
+RESERVE = const(32)  # counters persisted in steps: one flash write per 32 frames
+MAX_PENDING = const(8)
+PROFILE_MAX = const(12)  # records per answer, to stay under the payload cap
+LOGS_MAX = const(10)
+
+# (request kind, task, message kind, answer encrypted); a tuple: nothing to alter
+_ROUTES = (
+    (wan.K_READ, "metrology", "read", True),
+    (wan.K_PROFILE, "metrology", "profile", True),
+    (wan.K_CALIBRATE, "metrology", "calibrate", False),
+    (wan.K_TIME_SET, "clock", "time_set", False),
+    (wan.K_STATS, "kernel", "stats", False),
+    (wan.K_LOGS, "kernel", "log_read", True),
+)
+
+
+def _route_of(kind):
+    for r in _ROUTES:
+        if r[0] == kind:
+            return r
+    return None
+
+
+class CsSecurity:
+    def __init__(self, port, hw):
+        self._port = port
+        self._info = hw.get("info", {})
+        k = store.load(KEYS, None)
+        self.meter_id = k["meter"] if k else None
+        self._keys = wan.derive_keys(k["meter"], bytes.fromhex(k["master"])) if k else None
+        c = store.load(COUNTERS, {"down": 0, "up": 0})
+        # After a reboot every counter up to the reserved marks counts as used.
+        self._down = self._down_res = c["down"]
+        self._up = self._up_res = c["up"]
+        self._pending = {}
+        self.accepted = 0
+        self.rejected = 0
+
+    # -- counters --------------------------------------------------------------
+    def _persist(self):
+        store.save(COUNTERS, {"down": self._down_res, "up": self._up_res})
+
+    def _next_up(self):
+        self._up += 1
+        if self._up > self._up_res:
+            self._up_res = self._up + RESERVE
+            self._persist()  # before use: an uplink counter never repeats
+        return self._up
+
+    # -- sending -----------------------------------------------------------------
+    def _send(self, kind, ref, payload, encrypt=False):
+        frame = wan.seal(self._keys, self.meter_id, True, kind, self._next_up(), ref, payload,
+                         encrypt)
+        self._port.send("comm", "frame_out", wan.frame_to_line(frame))
+
+    def _error(self, code, ref, detail=None):
+        self._send(wan.K_ERROR, ref, wan.error_payload(code, detail))
+
+    def _reject(self, why, code=0, ref=0, detail=None):
+        self.rejected += 1
+        self._port.log("wan: rejected (%s)" % why)
+        if code and self._keys:
+            self._error(code, ref, detail)
+
+    # -- inbound -----------------------------------------------------------------
+    def handle(self, sender, kind, payload):
+        if kind == "frame_in":
+            self._frame(payload)
+        elif kind == "frame_err":
+            self._reject("line over cap", payload)
+        elif sender in ("metrology", "clock", "kernel"):
+            self._answer(payload)
+
+    def _frame(self, line):
+        if self._keys is None:
+            self._unprovisioned(line)
+            return
+        try:
+            frame = wan.line_to_frame(line)
+            kind, flags, ctr, ref, body = wan.open_frame(self._keys, self.meter_id, False, frame)
+        except wan.WanError as e:
+            self._reject("%s code %d" % (e.args[0] if e.args else "bad frame", e.code),
+                         0 if e.silent else e.code, e.ref)
+            return
+        if ctr <= self._down:
+            self._reject("replay ctr %d <= %d" % (ctr, self._down), wan.E_REPLAY, ctr, self._down)
+            return
+        self._down = ctr
+        if ctr > self._down_res:
+            self._down_res = ctr + RESERVE
+            self._persist()
+        self.accepted += 1
+        self._request(kind, ctr, body)
+
+    def _unprovisioned(self, line):
+        # No key yet: a well-formed command gets NOT_PROVISIONED, sealed under the
+        # all-zero master key (PROTOCOL.md): a hint anyone could forge, never trusted.
+        self.rejected += 1
+        self._port.log("wan: rejected (not provisioned)")
+        try:
+            frame = wan.line_to_frame(line)
+        except wan.WanError:
+            return
+        if len(frame) < wan.HEADER + wan.MAC_LEN:
+            return
+        ver, _, flags, meter, ctr, _, n = struct.unpack_from(">BBBQIIH", frame, 0)
+        if ver != wan.VER or wan.HEADER + n + wan.MAC_LEN != len(frame) or flags & wan.FLAG_RESP:
+            return
+        keys = wan.derive_keys(meter, wan.UNPROVISIONED_MASTER)
+        out = wan.seal(keys, meter, True, wan.K_ERROR, self._next_up(), ctr,
+                       wan.error_payload(wan.E_NOT_PROVISIONED))
+        self._port.send("comm", "frame_out", wan.frame_to_line(out))
+
+    def _request(self, kind, ctr, body):
+        if kind == wan.K_INFO:
+            info = {"meter": self.meter_id}
+            info.update(self._info)
+            self._send(wan.K_INFO, ctr, json.dumps(info).encode())
+            return
+        route = _route_of(kind)
+        if route is None:
+            self._reject("unknown kind %d" % kind, wan.E_UNKNOWN_KIND, ctr)
+            return
+        try:
+            args = json.loads(body) if body else {}
+            msg = self._args(kind, ctr, args)
+        except (ValueError, KeyError, TypeError) as e:
+            self._reject("bad args for kind %d: %s" % (kind, e), wan.E_BAD_ARGS, ctr)
+            return
+        if len(self._pending) >= MAX_PENDING:
+            self._reject("busy", wan.E_FAILED, ctr)
+            return
+        _, task, mkind, enc = route
+        if not self._port.send(task, mkind, msg):
+            self._reject("not routed: %s %s" % (task, mkind), wan.E_FAILED, ctr)
+            return
+        self._pending[ctr] = (kind, enc)
+
+    @staticmethod
+    def _args(kind, ctr, a):
+        # Only plain numbers and names leave here: tasks never see raw JSON.
+        if kind == wan.K_PROFILE:
+            return (ctr, int(a.get("from", 0)), max(1, min(PROFILE_MAX, int(a.get("max", 12)))))
+        if kind == wan.K_LOGS:
+            name = str(a.get("log", "security"))
+            return (ctr, name, int(a.get("from", 0)), max(1, min(LOGS_MAX, int(a.get("max", 10)))))
+        if kind == wan.K_TIME_SET:
+            return (ctr, int(a["t"]))
+        if kind == wan.K_CALIBRATE:
+            return (ctr, float(a["volts"]), float(a["amps"]), float(a.get("pf", 1.0)))
+        return (ctr,)
+
+    def _answer(self, payload):
+        ref, code, body = payload
+        req = self._pending.pop(ref, None)
+        if req is None:
+            return  # not asked for (or asked before a reboot)
+        kind, enc = req
+        if code:
+            self._port.log("request %d kind %d failed: %s" % (ref, kind, body))
+            self._error(code, ref, body.encode())
+        else:
+            self._send(kind, ref, body.encode(), enc)

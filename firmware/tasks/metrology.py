@@ -1,0 +1,124 @@
+# Metrology: samples V and I through the board's ADC at the board's rate,
+# computes Vrms, Irms, P, S, PF and frequency every second, keeps the import
+# and export energy registers, and closes each load-profile interval on the
+# clock's boundary. The math lives in lib/metro.py (pure, tested on CPython
+# and MicroPython); this module is the task around it.
+import json
+import struct
+from array import array
+from micropython import const
+
+import metro
+import store
+from ringlog import Ring
+
+ENERGY = "/data/energy.json"
+CALIB = "/data/calib.json"
+PROFILE = "/data/profile.bin"
+PROFILE_CAP = const(192)  # two days of 15-minute intervals
+PROFILE_REC = const(32)
+_REC = ">IIIII"  # t_end, import mWh, export mWh, import Wh, export Wh
+BUF = const(256)  # samples per channel per read: > 100 ms at 2 kHz
+_FIELDS = ("vrms", "irms", "power_w", "apparent_va", "pf", "freq_hz")
+
+
+class Metrology:
+    def __init__(self, port, hw):
+        self._port = port
+        self._adc = hw["adc"]
+        self._rate = hw["adc_rate_hz"]
+        cal = store.load(CALIB, None) or list(hw["cal_default"])
+        self.cal = tuple(cal)
+        self._acc = metro.Accumulator(self._rate, cal[0], cal[1], cal[2])
+        self._vbuf = array("H", bytes(2 * BUF))
+        self._ibuf = array("H", bytes(2 * BUF))
+        st = store.load(ENERGY, None)
+        self.energy = metro.Energy.from_state(st["e"]) if st else metro.Energy()
+        self._closed_idx = st["idx"] if st else -1
+        self._profile = Ring(PROFILE, PROFILE_CAP, PROFILE_REC)
+        self.last = None  # the last complete second
+        self.seconds = 0
+        self._t = 0
+        self._idx = -1
+        self._start = 0
+        self._len = 0
+
+    def step(self):
+        n = self._adc.read_into(self._vbuf, self._ibuf)
+        if n:
+            self._acc.feed(self._vbuf, self._ibuf, n)
+        if self._acc.ready():
+            r = self._acc.result()
+            self.last = r
+            self.seconds += 1
+            self.energy.add(r[2], 1)
+
+    def _close(self, idx):
+        imp, exp = self.energy.close_interval()
+        e = self.energy
+        t_end = self._start  # the new interval's start is the old one's end
+        self._profile.append(struct.pack(_REC, t_end, imp, exp, e.import_wh, e.export_wh))
+        store.save(ENERGY, {"e": e.state(), "idx": idx})
+        self._closed_idx = idx
+        self._port.log("interval %d closed: +%d/-%d mWh" % (t_end, imp, exp))
+
+    def _tick(self, payload):
+        t, idx, start, length = payload
+        self._t = t
+        if self._idx >= 0 and idx != self._idx:
+            self._start, self._len = start, length
+            self._close(idx)
+        elif self._idx < 0 and self._closed_idx >= 0 and idx != self._closed_idx:
+            # Booted into a later interval than the last one closed: what was
+            # measured before the power cut in the unfinished one is lost.
+            self._port.log("boot: interval %d open, last closed %d" % (idx, self._closed_idx))
+        self._idx, self._start, self._len = idx, start, length
+
+    def reading(self):
+        r = self.last or (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        d = {}
+        for k in range(6):
+            d[_FIELDS[k]] = round(r[k], 3)
+        e = self.energy
+        d["energy_import_wh"] = e.import_wh
+        d["energy_export_wh"] = e.export_wh
+        d["interval"] = {"start": self._start, "length": self._len, "index": self._idx,
+                         "import_mwh": e.interval_import_mwh, "export_mwh": e.interval_export_mwh}
+        d["clock"] = self._t
+        d["seconds"] = self.seconds
+        return d
+
+    def handle(self, sender, kind, payload):
+        if kind == "tick":
+            self._tick(payload)
+        elif kind == "read":
+            self._port.send(sender, "reading", (payload[0], 0, json.dumps(self.reading())))
+        elif kind == "profile":
+            self._send_profile(sender, payload)
+        elif kind == "calibrate":
+            self._calibrate(sender, payload)
+
+    def _send_profile(self, sender, payload):
+        ref, from_seq, max_n = payload
+        recs = []
+        for seq, data in self._profile.records(from_seq, max_n):
+            recs.append([seq] + list(struct.unpack(_REC, data)))
+        nxt = recs[-1][0] + 1 if recs else from_seq
+        body = json.dumps({"records": recs, "next": nxt, "last": self._profile.last_seq})
+        self._port.send(sender, "profile_data", (ref, 0, body))
+
+    def _calibrate(self, sender, payload):
+        ref, volts, amps, pf = payload
+        r = self.last
+        if r is None or r[0] <= 0 or r[1] <= 0:
+            self._port.send(sender, "calibrated", (ref, 6, "no load measured yet"))
+            return
+        v_gain, i_gain, phase = metro.calibrate(
+            r[0], r[1], r[4], volts, amps, pf, self.cal[0], self.cal[1], self.cal[2],
+            self._rate, r[5] or 50.0)
+        self.cal = (v_gain, i_gain, phase)
+        self._acc.set_cal(v_gain, i_gain, phase)
+        store.save(CALIB, list(self.cal))
+        self._port.log("calibrated: v_gain %.6g i_gain %.6g phase %.4f" % self.cal)
+        body = json.dumps({"v_gain": v_gain, "i_gain": i_gain, "phase": phase})
+        self._port.send(sender, "calibrated", (ref, 0, body))

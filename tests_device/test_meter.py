@@ -1,0 +1,268 @@
+"""The HASM firmware on a board: provisioning, the authenticated WAN protocol, the three
+logs, the load profile, and bad input (each refused, logged, and changing nothing)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from host_tools.flash.deploy import flash
+from host_tools.headend import wire
+from host_tools.headend.client import LinkError, MeterError, MeterLink, open_link
+from host_tools.headend.keystore import Keystore
+from host_tools.headend.provision import ProvisionError, provision
+from host_tools.headend.queries import read_log, read_profile
+from host_tools.sim import fleet
+
+INTERVAL_S = 3
+
+
+@dataclass
+class Meter:
+    port: str
+    keystore: Keystore
+    base: Path | None  # the fleet dir on the virtual board, None on a real one
+    meter_id: int
+
+    def link(self, timeout: float = 5.0) -> MeterLink:
+        return open_link(self.port, self.keystore, None, timeout)
+
+    def request(self, kind: int, args: dict[str, Any] | None = None) -> Any:
+        with self.link() as link:
+            return link.request(kind, args)
+
+    def reading(self) -> dict[str, Any]:
+        """A READ with at least one complete second measured since the meter booted."""
+        end = time.monotonic() + 5
+        while True:
+            r: dict[str, Any] = self.request(wire.K_READ)
+            if r["seconds"] >= 1 or time.monotonic() > end:
+                return r
+            time.sleep(0.3)
+
+
+@pytest.fixture(scope="module")
+def meter(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> Iterator[Meter]:
+    tmp = tmp_path_factory.mktemp("meter")
+    base = None
+    if real_port:
+        port = real_port
+    else:
+        base = tmp / "fleet"
+        port = fleet.start(1, base)[0]["port"]
+    try:
+        flash(port)
+        ks = Keystore(tmp / "keystore.json")
+        r = provision(port, ks, force=True, interval_s=INTERVAL_S)
+        yield Meter(port, ks, base, r.meter_id)
+    finally:
+        if base:
+            fleet.stop(base)
+
+
+def sim_only(m: Meter) -> Path:
+    if m.base is None:
+        pytest.skip("needs the virtual board's host-side control")
+    return m.base
+
+
+def meterctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "host_tools.cli", *args], capture_output=True,
+                          text=True, timeout=60)
+
+
+def security_log(m: Meter) -> list[str]:
+    with m.link() as link:
+        return [r[2] for r in read_log(link, "security")]
+
+
+# -- provisioning -------------------------------------------------------------------
+def test_keystore_is_private_and_holds_the_meter(meter: Meter) -> None:
+    assert meter.keystore.path.stat().st_mode & 0o777 == 0o600
+    e = meter.keystore.get(meter.meter_id)
+    assert e is not None and len(e.master) == 32 and e.port == meter.port
+
+
+def test_provision_is_idempotent_and_refuses_to_replace_keys(meter: Meter,
+                                                              tmp_path: Path) -> None:
+    before = meter.keystore.get(meter.meter_id)
+    again = provision(meter.port, meter.keystore)
+    assert again.meter_id == meter.meter_id and not again.new_key
+    after = meter.keystore.get(meter.meter_id)
+    assert after is not None and before is not None and after.master == before.master
+    # Another head-end (another keystore) must not take the meter over silently.
+    other = Keystore(tmp_path / "other.json")
+    with pytest.raises(ProvisionError, match=r"already has keys.*--force"):
+        provision(meter.port, other)
+    assert other.meters() == []
+    assert meter.request(wire.K_INFO)["meter"] == meter.meter_id  # still ours
+
+
+# -- the WAN protocol ------------------------------------------------------------------
+def test_read_returns_live_values(meter: Meter) -> None:
+    r = meter.reading()
+    for key in ("vrms", "irms", "power_w", "apparent_va", "pf", "freq_hz",
+                "energy_import_wh", "energy_export_wh", "interval", "clock"):
+        assert key in r, key
+    assert 200 < r["vrms"] < 260 and 49 < r["freq_hz"] < 51
+    assert abs(r["clock"] - time.time()) < 5  # provisioning set the clock
+    assert r["interval"]["length"] == INTERVAL_S
+
+
+def test_read_follows_the_load(meter: Meter) -> None:
+    base = sim_only(meter)
+    readings = []
+    for irms in (2.0, 12.0):
+        fleet.set_wave(0, {"vrms": 230.0, "irms": irms, "pf": 1.0}, base)
+        time.sleep(2.2)  # a full second measured on the new load
+        readings.append(meter.request(wire.K_READ))
+    assert readings[0]["irms"] == pytest.approx(2.0, rel=0.01)
+    assert readings[1]["irms"] == pytest.approx(12.0, rel=0.01)
+    assert readings[1]["power_w"] == pytest.approx(230 * 12, rel=0.01)
+
+
+def test_cli_read_json(meter: Meter) -> None:
+    r = meterctl("read", "--port", meter.port, "--keystore", str(meter.keystore.path), "--json")
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["vrms"] > 0 and "energy_import_wh" in d
+
+
+def test_profile_closes_intervals_on_the_clock(meter: Meter) -> None:
+    time.sleep(2 * INTERVAL_S + 1)
+    with meter.link() as link:
+        recs = read_profile(link)
+    assert len(recs) >= 2
+    ends = [r["t_end"] for r in recs]
+    assert all(t % INTERVAL_S == 0 for t in ends)
+    assert ends == sorted(ends) and len(set(ends)) == len(ends)
+    imports = [r["import_wh"] for r in recs]
+    assert imports == sorted(imports)  # registers never go back
+
+
+def test_stats_report_cpu_shares_and_latency(meter: Meter) -> None:
+    st = meter.request(wire.K_STATS)
+    assert 900_000 < st["window_us"] < 1_500_000
+    assert set(st["tasks"]) >= {"metrology", "clock", "cs_security", "comm"}
+    assert 0 < st["tasks"]["metrology"]["cpu_pct"] < 100
+    assert st["tasks"]["metrology"]["late_worst_us"] < 100_000
+
+
+# -- bad input: each refused and logged, with no state change -----------------------------
+def _raw_exchange(meter: Meter, line: bytes, wait: float = 1.0) -> list[wire.Frame]:
+    """Send one raw line; return the authenticated frames that come back within `wait`."""
+    with meter.link() as link:
+        link.send_line(line)
+        got = []
+        end = time.monotonic() + wait
+        reader = wire.LineReader()
+        while time.monotonic() < end:
+            for ln in reader.feed(link.ser.read(4096)):
+                got.append(wire.open_frame(link.keys, True, wire.from_line(ln)))
+        return got
+
+
+def _keys(meter: Meter) -> wire.Keys:
+    e = meter.keystore.get(meter.meter_id)
+    assert e is not None
+    return wire.Keys.derive(e.meter_id, e.master)
+
+
+def _error(frames: list[wire.Frame]) -> int:
+    assert len(frames) == 1, frames
+    assert frames[0].kind == wire.K_ERROR
+    return wire.parse_error(frames[0].payload)[0]
+
+
+def test_replayed_and_reordered_frames_are_rejected(meter: Meter) -> None:
+    keys = _keys(meter)
+    c1 = meter.keystore.next_down_ctr(meter.meter_id)
+    c2 = meter.keystore.next_down_ctr(meter.meter_id)
+    first = wire.to_line(wire.seal(keys, False, wire.K_INFO, c1, 0, b""))
+    second = wire.to_line(wire.seal(keys, False, wire.K_INFO, c2, 0, b""))
+    assert [f.kind for f in _raw_exchange(meter, second)] == [wire.K_INFO]
+    assert _error(_raw_exchange(meter, second)) == wire.E_REPLAY  # replayed
+    assert _error(_raw_exchange(meter, first)) == wire.E_REPLAY  # reordered (older)
+    log = security_log(meter)
+    assert any(f"replay ctr {c2}" in t for t in log) and any(f"replay ctr {c1}" in t for t in log)
+
+
+def test_wrong_mac_and_wrong_meter_get_silence_and_a_log_entry(meter: Meter) -> None:
+    keys = _keys(meter)
+    ctr = meter.keystore.next_down_ctr(meter.meter_id)
+    frame = bytearray(wire.seal(keys, False, wire.K_TIME_SET, ctr, 0, b'{"t": 1800000000}'))
+    frame[-1] ^= 1
+    before = meter.request(wire.K_READ)["clock"]
+    assert _raw_exchange(meter, wire.to_line(bytes(frame))) == []
+    other = wire.Keys.derive(meter.meter_id + 1, keys.master)
+    assert _raw_exchange(meter, wire.to_line(
+        wire.seal(other, False, wire.K_INFO, ctr + 1, 0, b""))) == []
+    assert abs(meter.request(wire.K_READ)["clock"] - before) < 5  # time unchanged
+    log = security_log(meter)
+    assert sum("bad MAC" in t or "mac" in t.lower() for t in log) >= 1
+    assert any("meter" in t.lower() and "rejected" in t for t in log)
+
+
+@pytest.mark.parametrize(("line", "code"), [
+    (b"~!!!not base64!!!\n", wire.E_MALFORMED),
+    (b"~" + b"QUFB" * 400 + b"\n", wire.E_TOO_BIG),
+    (b"~AAAA\n", wire.E_MALFORMED),
+])
+def test_malformed_and_oversized_lines_get_an_error(meter: Meter, line: bytes,
+                                                    code: int) -> None:
+    assert _error(_raw_exchange(meter, line)) == code
+
+
+def test_unknown_kind_and_bad_args_get_errors(meter: Meter) -> None:
+    with meter.link() as link, pytest.raises(MeterError) as e:
+        link.request(0x55)
+    assert e.value.code == wire.E_UNKNOWN_KIND
+    with meter.link() as link, pytest.raises(MeterError) as e:
+        link.request(wire.K_TIME_SET, {"when": 5})
+    assert e.value.code == wire.E_BAD_ARGS
+
+
+def test_time_set_back_beyond_the_bound_is_refused_and_logged(meter: Meter) -> None:
+    now = meter.request(wire.K_READ)["clock"]
+    with meter.link() as link, pytest.raises(MeterError) as e:
+        link.request(wire.K_TIME_SET, {"t": now - 3600})
+    assert e.value.code == wire.E_BAD_ARGS
+    assert meter.request(wire.K_READ)["clock"] >= now
+    ok = meter.request(wire.K_TIME_SET, {"t": now + 1})
+    assert ok["t"] == now + 1
+    log = security_log(meter)
+    assert any(f"time set {now - 3600} refused" in t for t in log)
+    assert any(f"time set {now + 1}" in t and "refused" not in t for t in log)
+
+
+def test_meter_that_does_not_answer_is_a_clear_error(meter: Meter) -> None:
+    # A counter the meter has already consumed, sent as if new: it answers REPLAY, and the
+    # link resyncs once. A silent meter (here: a frame for another meter id) times out.
+    with open_link(meter.port, meter.keystore, None, timeout=1.0) as link:
+        link.keys = wire.Keys.derive(meter.meter_id + 7, link.keys.master)
+        with pytest.raises(LinkError, match="did not answer"):
+            link.request(wire.K_INFO)
+
+
+# -- persistence ----------------------------------------------------------------------------
+def test_power_cut_keeps_committed_registers_profile_and_keys(meter: Meter) -> None:
+    base = sim_only(meter)
+    with meter.link() as link:
+        before = read_profile(link)
+    fleet.power_cut(0, base)
+    time.sleep(1.0)
+    r = meter.request(wire.K_READ)  # keys and counters survived: the channel still works
+    with meter.link() as link:
+        after = read_profile(link)
+    assert after[: len(before)] == before
+    last = before[-1]
+    assert r["energy_import_wh"] >= last["import_wh"]
+    assert r["energy_export_wh"] >= last["export_wh"]

@@ -1,0 +1,309 @@
+"""firmware/lib/ringlog.py: bounded rings of fixed-size records, one file each. Every scenario
+runs on CPython and on the real MicroPython VM (192 KB heap); the slot format on CPython."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ringlog
+
+Run = Callable[[str], Any]
+
+# MicroPython-compatible helpers for the scenarios; each scenario's last line is out(result).
+PRELUDE = """
+import json, os
+from ringlog import Ring
+def rd(p):
+    with open(p, "rb") as f:
+        return f.read()
+def wr(p, b):
+    with open(p, "wb") as f:
+        f.write(b)
+def poke(p, off, b):
+    with open(p, "r+b") as f:
+        f.seek(off)
+        f.write(b)
+def size(p):
+    return os.stat(p)[6]
+def rec(i):
+    return b"rec-%d" % i
+def recs(r, *a):
+    return [[s, x.decode()] for s, x in r.records(*a)]
+def out(x):
+    print(json.dumps(x))
+"""
+
+
+def run_cpython(code: str) -> str:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        exec(compile(code, "<scenario>", "exec"), {"__name__": "__scenario__"})
+    return buf.getvalue()
+
+
+@pytest.fixture(params=["cpython", "micropython"])
+def run(request: pytest.FixtureRequest, tmp_path: Path) -> Run:
+    """run(code) -> the JSON value the scenario printed last, on one runtime; the scenario
+    sees its temp dir as T."""
+    if request.param == "micropython":
+        vm: Callable[[str], str] = request.getfixturevalue("micropython")
+        execute = vm
+    else:
+        execute = run_cpython
+
+    def go(code: str) -> Any:
+        lines = execute(f"T = {str(tmp_path)!r}\n" + PRELUDE + code).splitlines()
+        assert lines, "scenario printed nothing"
+        return json.loads(lines[-1])
+
+    return go
+
+
+def recs(first: int, last: int) -> list[list[Any]]:
+    return [[s, f"rec-{s}"] for s in range(first, last + 1)]
+
+
+def test_round_trip(run: Run) -> None:
+    got = run("""
+p = T + "/logs/metro.bin"  # parent directory does not exist yet
+r = Ring(p, 8, 32)
+res = [r.capacity, r.max_payload, r.last_seq, r.count, r.records(), size(p), rd(p) == bytes(256)]
+seqs = [r.append(rec(1)), r.append(rec(2)), r.append(rec(3))]
+odd = [b"", b"a\\x00\\x00", b"\\xff" * r.max_payload]  # trailing zeros keep their length
+seqs += [r.append(x) for x in odd]
+back = [x for _, x in r.records()[3:]]
+first3 = [[q, x.decode()] for q, x in r.records(0, 3)]
+res += [seqs, r.last_seq, r.count, first3, back == odd, recs(r, 2, 2), recs(r, 99),
+        recs(r, 0, 0), size(p)]
+out(res)
+""")
+    assert got == [8, 22, 0, 0, [], 256, True,
+                   [1, 2, 3, 4, 5, 6], 6, 6, recs(1, 3), True, recs(2, 3), [], [], 256]
+
+
+def test_wrap_around_keeps_last_capacity_records_in_order(run: Run) -> None:
+    got = run("""
+p = T + "/ring.bin"
+r = Ring(p, 8, 24)
+bad = []  # n wherever the ring did not hold exactly max(1, n - 7) .. n
+for n in range(1, 30):
+    r.append(rec(n))
+    want = [[s, "rec-%d" % s] for s in range(max(1, n - 7), n + 1)]
+    if recs(r) != want or r.count != len(want) or r.last_seq != n:
+        bad.append(n)
+r2 = Ring(p, 8, 24)
+out([bad, recs(r), recs(r2), r2.count, r2.last_seq, size(p), recs(r, 25, 2)])
+""")
+    bad, held, reopened, count, last, size, window = got
+    assert bad == []
+    assert held == reopened == recs(22, 29)
+    assert (count, last, size) == (8, 29, 8 * 24)
+    assert window == recs(25, 26)
+
+
+def test_reopen_recovers_last_seq_and_continues(run: Run) -> None:
+    got = run("""
+p = T + "/ring.bin"
+r = Ring(p, 5, 20)
+for n in range(1, 14):
+    r.append(rec(n))
+r = Ring(p, 5, 20)
+a = [r.last_seq, r.count]
+s = r.append(rec(14))
+r = Ring(p, 5, 20)
+e = Ring(T + "/empty.bin", 5, 20)
+e = Ring(T + "/empty.bin", 5, 20)
+out([a, s, r.last_seq, recs(r), e.last_seq, e.count, e.records()])
+""")
+    assert got == [[13, 5], 14, 14, recs(10, 14), 0, 0, []]
+
+
+def test_torn_append_loses_only_that_record(run: Run) -> None:
+    # Ring "img" gets record 11 intact; ring p gets only the first k bytes of that same slot,
+    # as if the power failed during the in-place write. Slot 2 held record 3 (about to drop
+    # out of the window anyway), so only record 11 may be lost, for every k.
+    got = run("""
+cap, rs = 8, 24
+img = Ring(T + "/img.bin", cap, rs)
+for n in range(1, 12):
+    img.append(rec(n))
+slot = rd(T + "/img.bin")[2 * rs:3 * rs]
+p = T + "/ring.bin"
+r = Ring(p, cap, rs)
+for n in range(1, 11):
+    r.append(rec(n))
+good = rd(p)
+bad = []  # [k, what was held] wherever it was not records 4..10
+for k in range(1, rs):
+    wr(p, good)
+    poke(p, 2 * rs, slot[:k])
+    r = Ring(p, cap, rs)
+    want = [[s, "rec-%d" % s] for s in range(4, 11)]
+    if recs(r) != want or r.last_seq != 10 or r.count != 7:
+        bad.append([k, recs(r)])
+s = r.append(rec(11))  # the lost record is simply written again
+out([bad, s, recs(Ring(p, cap, rs))])
+""")
+    bad, s, after = got
+    assert bad == []
+    assert s == 11
+    assert after == recs(4, 11)
+
+
+def test_corrupt_slot_loses_only_that_record(run: Run) -> None:
+    # Flip one bit in each checksummed byte of record 6 (seq, len, payload, checksum).
+    got = run("""
+cap, rs = 8, 24
+p = T + "/ring.bin"
+r = Ring(p, cap, rs)
+for n in range(1, 11):
+    r.append(rec(n))
+good = rd(p)
+off = ((6 - 1) % cap) * rs
+used = list(range(6 + len(rec(6)))) + list(range(rs - 4, rs))
+bad = []
+for i in used:
+    b = bytearray(good)
+    b[off + i] ^= 1 << (i % 8)
+    wr(p, bytes(b))
+    r = Ring(p, cap, rs)
+    want = [[s, "rec-%d" % s] for s in (3, 4, 5, 7, 8, 9, 10)]
+    if recs(r) != want or r.count != 7 or r.last_seq != 10:
+        bad.append([i, recs(r)])
+# Damage after opening is caught on read as well.
+wr(p, good)
+r = Ring(p, cap, rs)
+poke(p, off + 7, b"X")
+late = [s for s, _ in r.records()]
+# Damaging the newest record makes the ring end one earlier.
+wr(p, good)
+poke(p, ((10 - 1) % cap) * rs + 8, b"X")
+r = Ring(p, cap, rs)
+out([len(used), bad, late, r.last_seq, r.count, r.append(rec(10))])
+""")
+    n_used, bad, late, last, count, s = got
+    assert n_used == 6 + 5 + 4
+    assert bad == []
+    assert late == [3, 4, 5, 7, 8, 9, 10]
+    assert (last, count, s) == (9, 7, 10)
+
+
+def test_flooding_one_ring_leaves_another_untouched(run: Run) -> None:
+    got = run("""
+a = Ring(T + "/security.bin", 16, 32)
+b = Ring(T + "/metro.bin", 8, 24)
+for n in range(1, 11):
+    a.append(rec(n))
+    b.append(rec(n))
+before = rd(T + "/security.bin")
+held = recs(a)
+for n in range(11, 11 + 10 * 8):
+    b.append(rec(n))
+a2 = Ring(T + "/security.bin", 16, 32)
+out([rd(T + "/security.bin") == before, recs(a2) == held, a2.last_seq, recs(a2)[-1],
+     b.last_seq, recs(b)[0], b.count, sorted(os.listdir(T))])
+""")
+    assert got == [True, True, 10, [10, "rec-10"], 90, [83, "rec-83"], 8,
+                   ["metro.bin", "security.bin"]]
+
+
+def test_oversize_payload_raises_and_writes_nothing(run: Run) -> None:
+    got = run("""
+p = T + "/ring.bin"
+r = Ring(p, 4, 16)
+for n in range(1, 7):
+    r.append(rec(n))
+before = rd(p)
+err = "none"
+try:
+    r.append(b"x" * (r.max_payload + 1))
+except ValueError:
+    err = "ValueError"
+same = rd(p) == before
+fits = r.append(b"y" * r.max_payload)
+out([r.max_payload, err, same, fits, r.count, [s for s, _ in r.records()]])
+""")
+    assert got == [6, "ValueError", True, 7, 4, [4, 5, 6, 7]]
+
+
+def test_wrong_size_file_is_set_aside(run: Run) -> None:
+    got = run("""
+p = T + "/ring.bin"
+wr(p, b"junk" * 10)
+r = Ring(p, 4, 16)
+res = [r.last_seq, size(p), rd(p + ".old").decode(), r.append(rec(1))]
+r = Ring(p, 8, 16)  # the geometry changed: the old ring goes aside, too
+res += [r.last_seq, size(p), size(p + ".old"), r.records(), sorted(os.listdir(T))]
+out(res)
+""")
+    assert got == [0, 64, "junk" * 10, 1, 0, 128, 64, [], ["ring.bin", "ring.bin.old"]]
+
+
+def test_bad_geometry_rejected(tmp_path: Path) -> None:
+    for cap, rs in [(0, 32), (4, 10), (4, 0x10000 + 10)]:
+        with pytest.raises(ValueError):
+            ringlog.Ring(str(tmp_path / "r.bin"), cap, rs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_slot_format(tmp_path: Path) -> None:
+    p = tmp_path / "ring.bin"
+    r = ringlog.Ring(str(p), 4, 20)
+    # Shorter payloads after longer ones: padding must be zeros, not the previous slot's bytes.
+    payloads = [b"x" * 10, b"long-one", b"rec-3", b"r4", b"", b"rec-6"]
+    for x in payloads:
+        r.append(x)
+    raw = p.read_bytes()
+    assert len(raw) == 4 * 20
+    for seq in (5, 6, 3, 4):
+        slot = raw[((seq - 1) % 4) * 20:][:20]
+        x = payloads[seq - 1]
+        body = struct.pack("<IH", seq, len(x)) + x
+        assert slot == body + bytes(20 - 4 - len(body)) + hashlib.sha256(body).digest()[:4]
+
+
+def test_stale_record_from_an_older_lap_is_not_held(run: Run) -> None:
+    # Slot 0 gets a valid image of record 1 back while the ring is at 8 (window 5..8): it
+    # must not be counted or returned (it can only appear through damage or tampering).
+    got = run("""
+old = Ring(T + "/old.bin", 4, 16)
+old.append(rec(1))
+img = rd(T + "/old.bin")[:16]
+p = T + "/ring.bin"
+r = Ring(p, 4, 16)
+for n in range(1, 9):
+    r.append(rec(n))
+poke(p, 0, img)
+r = Ring(p, 4, 16)
+res = [r.last_seq, r.count, recs(r), recs(r, 1)]
+r.append(rec(9))
+out(res + [r.count, recs(r)])
+""")
+    assert got == [8, 3, recs(6, 8), recs(6, 8), 4, recs(6, 9)]
+
+
+def test_big_ring_fits_the_pico_heap(micropython: Callable[..., str], tmp_path: Path) -> None:
+    # A 150 KB ring on the 192 KB heap: opening and reading must not hold the file in RAM.
+    p = str(tmp_path / "profile.bin")
+    out = micropython(f"""
+import gc
+from ringlog import Ring
+r = Ring({p!r}, 4800, 32)
+for n in range(1, 4811):
+    r.append(b"%d" % n)
+gc.collect()
+free = gc.mem_free()
+r = Ring({p!r}, 4800, 32)
+tail = r.records(4806)
+gc.collect()
+print(r.last_seq, r.count, [s for s, _ in tail], free - gc.mem_free() < 4096)
+""", timeout=120)
+    assert out.split() == ["4810", "4800", "[4806,", "4807,", "4808,", "4809,", "4810]", "True"]
