@@ -156,6 +156,29 @@ def test_stats_report_cpu_shares_and_latency(meter: Meter) -> None:
     assert st["tasks"]["metrology"]["late_worst_us"] < 100_000
 
 
+def test_calibrate_against_a_known_load_persists(meter: Meter) -> None:
+    base = sim_only(meter)
+    fleet.set_wave(0, {"vrms": 230.0, "irms": 10.0, "pf": 1.0, "noise": 8}, base)
+    time.sleep(2.2)
+    # Tell the meter the reference load is 240 V / 11 A: its gains must follow.
+    cal = meter.request(wire.K_CALIBRATE, {"volts": 240.0, "amps": 11.0, "pf": 1.0})
+    assert set(cal) == {"v_gain", "i_gain", "phase"}
+    time.sleep(2.2)
+    r = meter.reading()
+    assert r["vrms"] == pytest.approx(240.0, rel=0.005)
+    assert r["irms"] == pytest.approx(11.0, rel=0.005)
+    fleet.power_cut(0, base)  # calibration is persisted
+    time.sleep(2.2)
+    r = meter.reading()
+    assert r["vrms"] == pytest.approx(240.0, rel=0.005)
+    with meter.link() as link:
+        assert any("calibrated" in rec[2] for rec in read_log(link, "metrology"))
+    # Back to the truth, for the tests that follow.
+    meter.request(wire.K_CALIBRATE, {"volts": 230.0, "amps": 10.0, "pf": 1.0})
+    time.sleep(2.2)
+    assert meter.reading()["vrms"] == pytest.approx(230.0, rel=0.005)
+
+
 # -- bad input: each refused and logged, with no state change -----------------------------
 def _raw_exchange(meter: Meter, line: bytes, wait: float = 1.0) -> list[wire.Frame]:
     """Send one raw line; return the authenticated frames that come back within `wait`."""

@@ -73,10 +73,26 @@ K_LOGS = const(0x12)
 K_TIME_SET = const(0x13)
 K_CALIBRATE = const(0x14)
 K_STATS = const(0x15)
+# LoPA kinds (DC security module, docs/PROTOCOL.md "LoPA kinds"); binary payloads
+K_KEYGEN = const(0x20)
+K_PUBKEY = const(0x21)
+K_GROUP_BEGIN = const(0x22)
+K_GROUP_KEYS = const(0x23)
+K_GROUP_COMMIT = const(0x24)
+K_CIPHERTEXT = const(0x25)
+K_RECOVER = const(0x26)
+K_GROUPS = const(0x27)
+K_GROUP_DELETE = const(0x28)
 K_ERROR = const(0x7F)
 
 # responses to these kinds carry personal data and must be sealed with encrypt=True
 ENC_RESPONSE_KINDS = (K_READ, K_PROFILE, K_LOGS)
+# the LoPA kinds, all answered by the DC security module; every response is ENC except
+# KEYGEN/PUBKEY (a public key is public)
+LOPA_KINDS = (K_KEYGEN, K_PUBKEY, K_GROUP_BEGIN, K_GROUP_KEYS, K_GROUP_COMMIT,
+              K_CIPHERTEXT, K_RECOVER, K_GROUPS, K_GROUP_DELETE)
+LOPA_ENC_RESPONSE_KINDS = (K_GROUP_BEGIN, K_GROUP_KEYS, K_GROUP_COMMIT, K_CIPHERTEXT,
+                           K_RECOVER, K_GROUPS, K_GROUP_DELETE)
 
 E_MALFORMED = const(1)
 E_TOO_BIG = const(2)
@@ -157,6 +173,8 @@ def _ctr_xor(key, meter_id, ctr, data):
     blocks = _ks_mv[: nb << 4]
     _aes_ecb(key).encrypt(blocks, blocks)
     x = int.from_bytes(data, "big") ^ int.from_bytes(_ks_mv[:n], "big")
+    for i in range(nb << 4):
+        buf[i] = 0  # no key stream left in a buffer that any importer could read
     return x.to_bytes(n, "big")
 
 

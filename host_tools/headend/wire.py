@@ -36,6 +36,16 @@ K_LOGS = 0x12
 K_TIME_SET = 0x13
 K_CALIBRATE = 0x14
 K_STATS = 0x15
+# LoPA kinds (DC security module, docs/PROTOCOL.md "LoPA kinds"); binary payloads
+K_KEYGEN = 0x20
+K_PUBKEY = 0x21
+K_GROUP_BEGIN = 0x22
+K_GROUP_KEYS = 0x23
+K_GROUP_COMMIT = 0x24
+K_CIPHERTEXT = 0x25
+K_RECOVER = 0x26
+K_GROUPS = 0x27
+K_GROUP_DELETE = 0x28
 K_ERROR = 0x7F
 
 KIND_NAMES: dict[int, str] = {
@@ -46,10 +56,24 @@ KIND_NAMES: dict[int, str] = {
     K_TIME_SET: "TIME_SET",
     K_CALIBRATE: "CALIBRATE",
     K_STATS: "STATS",
+    K_KEYGEN: "KEYGEN",
+    K_PUBKEY: "PUBKEY",
+    K_GROUP_BEGIN: "GROUP_BEGIN",
+    K_GROUP_KEYS: "GROUP_KEYS",
+    K_GROUP_COMMIT: "GROUP_COMMIT",
+    K_CIPHERTEXT: "CIPHERTEXT",
+    K_RECOVER: "RECOVER",
+    K_GROUPS: "GROUPS",
+    K_GROUP_DELETE: "GROUP_DELETE",
     K_ERROR: "ERROR",
 }
 # responses to these kinds carry personal data: the meter always encrypts them
 ENC_RESPONSE_KINDS: frozenset[int] = frozenset({K_READ, K_PROFILE, K_LOGS})
+# the LoPA kinds (DC security module); the meter encrypts every answer except KEYGEN/PUBKEY
+LOPA_KINDS: frozenset[int] = frozenset({K_KEYGEN, K_PUBKEY, K_GROUP_BEGIN, K_GROUP_KEYS,
+                                        K_GROUP_COMMIT, K_CIPHERTEXT, K_RECOVER, K_GROUPS,
+                                        K_GROUP_DELETE})
+LOPA_ENC_RESPONSE_KINDS: frozenset[int] = LOPA_KINDS - {K_KEYGEN, K_PUBKEY}
 
 E_MALFORMED = 1
 E_TOO_BIG = 2
