@@ -5,9 +5,10 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+STUBS := $(VENV)/.port-stubs
 METERS ?= 3
 
-.PHONY: setup run test lint typecheck test-host test-device bench-sim clean
+.PHONY: setup run test lint typecheck mpy test-host test-device bench-sim clean
 
 setup: $(STAMP)
 
@@ -16,12 +17,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	@touch $(STAMP)
 
+# One typeshed per MicroPython port (the two stub packages overwrite each other's files in
+# .venv): assembled once into ~/.cache/meterctl/typeshed, fetching a stub wheel only when its
+# installed copy was overwritten. After this, typecheck needs no network.
+$(STUBS): $(STAMP)
+	$(BIN)/python -m host_tools.flash.typecheck --prepare
+	@touch $(STUBS)
+
 run: setup
 	$(BIN)/meterctl demo --meters $(METERS) --dir .sim/run
 
-lint: setup
+lint: setup typecheck
 	$(BIN)/ruff check host_tools tests_host tests_device
 	$(BIN)/mypy
+
+# mypy over firmware/ + each board/<port> against that port's MicroPython stubs (~5 s).
+typecheck: setup $(STUBS)
+	$(BIN)/python -m host_tools.flash.typecheck
+
+# mpy-cross every board's image for its architecture; sizes against docs/hardware.md's budgets.
+mpy: setup
+	$(BIN)/python -m host_tools.flash.sizes
 
 test: setup lint
 	$(BIN)/pytest -q tests_host tests_device
@@ -37,3 +53,25 @@ bench-sim: setup
 
 clean:
 	rm -rf build .sim .pytest_cache .ruff_cache .mypy_cache
+
+# --- Emulated Cortex-M boards (issue 8): MicroPython's VM for ARMv6-M / ARMv7E-M under QEMU,
+# counted in instructions. The toolchain (gcc-arm-none-eabi, libnewlib-arm-none-eabi,
+# qemu-system-arm) is apt-get installed only when missing; MicroPython's py/ and shared/ come
+# from the PyPI sdist; images are cached (~/.cache/meterctl-emu, METER_EMU_CACHE).
+# `make test` runs the Cortex-M0+ smoke test and quick bench; bench-emulated adds the M4
+# board and the RP2040 cycle model (rp2040js from npm), and writes the component figures into
+# docs/BENCH.md.
+.PHONY: emulated-toolchain emulated bench-emulated
+emulated-toolchain: setup
+	$(BIN)/python -m host_tools.emu toolchain
+
+emulated: emulated-toolchain
+	$(BIN)/python -m host_tools.emu build --board m0plus
+	$(BIN)/python -m host_tools.emu build --board m4
+	$(BIN)/python -m host_tools.emu build --board rp2040
+
+bench-emulated: emulated
+	METER_EMU_FULL=1 $(BIN)/pytest -q tests_host/test_emulated.py
+	$(BIN)/python -m host_tools.emu run-bench --board m0plus --update-doc docs/BENCH.md
+	$(BIN)/python -m host_tools.emu run-bench --board m4 --update-doc docs/BENCH.md
+	$(BIN)/python -m host_tools.emu run-bench --board rp2040 --update-doc docs/BENCH.md

@@ -281,7 +281,15 @@ class Kernel:
 
         ref = payload[0]
         if kind == "stats":
-            self._route("kernel", sender, "stats_data", (ref, 0, json.dumps(self.stats())))
+            # Compact, and a task's "dropped"/"errors" only when not 0: with every HASM task
+            # the answer must stay under the WAN payload cap (1024 bytes).
+            st = self.stats()
+            for v in st["tasks"].values():
+                for f in ("dropped", "errors"):
+                    if not v[f]:
+                        del v[f]
+            body = json.dumps(st, separators=(",", ":"))
+            self._route("kernel", sender, "stats_data", (ref, 0, body))
         elif kind == "log_read":
             _, name, from_seq, max_n = payload
             recs = self.read_log(name, from_seq, max_n)

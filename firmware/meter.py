@@ -1,5 +1,6 @@
 # The meter: the kernel and its tasks, built on the board. Each task gets a
 # port to the kernel and only the board objects that policy.HARDWARE grants.
+import gc
 import sys
 
 import board
@@ -8,6 +9,7 @@ import policy
 from tasks.clock import Clock
 from tasks.comm import Comm
 from tasks.cs_security import CsSecurity
+from tasks.dc_security import DcSecurity
 from tasks.metrology import Metrology
 from tasks.status import Status
 
@@ -34,6 +36,11 @@ def hardware(task):
 
 
 def build(now_s=None):
+    # Unless frozen into flash, the modules' code lives in the heap, among the garbage its
+    # loading left: collect it before the tasks make their long-lived objects, so that they
+    # fill the holes and leave large free blocks for run time (without this, a 192-KB heap
+    # ends up in holes too small for a 1-KB WAN frame).
+    gc.collect()
     k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, policy.LOGS, now_s or board.rtc.get)
     # Metrology first and realtime: its step also runs between any two messages.
     k.add("metrology", Metrology, hardware("metrology"), capacity=8, period_ms=20, realtime=True)
@@ -42,8 +49,23 @@ def build(now_s=None):
     hw = hardware("cs_security")
     hw["info"] = info
     k.add("cs_security", CsSecurity, hw, capacity=16)
+    # LoPA: its step() does one unit of queued work (one X25519, or a slice of a blinding).
+    k.add("dc_security", DcSecurity, hardware("dc_security"), capacity=8, period_ms=5)
     k.add("comm", Comm, hardware("comm"), capacity=16, period_ms=10)
     k.add("status", Status, hardware("status"), capacity=1, period_ms=250)
+    # Prepaid credit, the HAN data diode, and the off-switch on core 1 (tasks/offswitch.py):
+    # core 1 gets the relay, button and tamper; the main core only a proxy holding the Link.
+    # Imported here, after the tasks above have made their large allocations (a fragmented
+    # heap has no room for them afterwards).
+    from tasks import offswitch
+    from tasks.credit import Credit
+    from tasks.han import Han
+
+    k.add("credit", Credit, {}, capacity=8)
+    k.add("han", Han, hardware("han"), capacity=4)
+    link = offswitch.Link()
+    k.add("offswitch", offswitch.OffSwitch, {"link": link}, capacity=4, period_ms=20)
+    offswitch.start(offswitch.Core(hardware("offswitch"), link))
     return k
 
 

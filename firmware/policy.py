@@ -6,12 +6,12 @@
 #
 # Who may drive the relay? Only the task "offswitch" (see HARDWARE): it owns
 # the relay pin, the local button and the tamper input, and runs on core 1.
-# The only message kind that reaches it from the main core is "switch", and
+# The only message kind that can move it from the main core is "switch", and
 # only cs_security may send it; it carries a command that the central system
 # authenticated end to end, which the off-switch verifies again with its own
-# key. The credit task may only ask for a local disconnect at zero credit
-# ("credit_disconnect"); it never drives the relay itself. (Both rows are in
-# force now; the off-switch and credit tasks arrive with the off-switch issue.)
+# key ("switch_status" only reads the state, signed with that key). The credit
+# task may only ask for a local disconnect at zero credit ("credit_disconnect");
+# it never drives the relay itself. (tasks/offswitch.py, docs/OFFSWITCH.md)
 
 # Data flows one way: ADC -> metrology -> dc_security (LoPA) and han;
 # WAN bytes -> comm -> cs_security -> (this table) -> task -> cs_security -> comm.
@@ -26,12 +26,31 @@ FLOWS = {
     ("clock", "cs_security"): ("time_set_done",),
     ("cs_security", "kernel"): ("stats", "log_read"),
     ("kernel", "cs_security"): ("stats_data", "log_data"),
+    # LoPA (DC security module): head-end requests, binary (ref, meter id, bytes), and their
+    # answers (ref, code, bytes or error text). The private key never leaves dc_security.
+    ("cs_security", "dc_security"): ("keygen", "pubkey", "group_begin", "group_keys",
+                                     "group_commit", "ciphertext", "recover", "groups",
+                                     "group_delete"),
+    ("dc_security", "cs_security"): ("lopa_data",),
     # The clock owns time: it marks seconds and interval boundaries.
     ("clock", "metrology"): ("tick",),
+    # Each closed interval's import energy (t index, mWh) goes to LoPA, one way only.
+    ("metrology", "dc_security"): ("interval_value",),
     # The off-switch (core 1): relay commands only from the central system.
-    ("cs_security", "offswitch"): ("switch",),
+    ("cs_security", "offswitch"): ("switch", "switch_status"),
     ("offswitch", "cs_security"): ("switch_done",),
     ("credit", "offswitch"): ("credit_disconnect",),
+    # The relay state (relay, armed, locked), one way: to the HAN and to credit.
+    ("offswitch", "han"): ("relay_state",),
+    ("offswitch", "credit"): ("relay_state",),
+    # Each second's reading (t, V, I, P, import Wh, export Wh), one way: the HAN data diode
+    # and prepaid credit; credit's tariff registers go to the HAN.
+    ("metrology", "han"): ("reading",),
+    ("metrology", "credit"): ("reading",),
+    ("credit", "han"): ("tariff_state",),
+    # Prepaid credit and tariffs: verified head-end requests (payloads: numbers only).
+    ("cs_security", "credit"): ("topup", "tariff", "prepaid", "credit_read"),
+    ("credit", "cs_security"): ("credit_data",),
 }
 
 # Hardware each task may use; main.py hands a task only these board objects.

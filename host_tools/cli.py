@@ -17,6 +17,7 @@ from rich.table import Table
 from host_tools.flash.build import BuildError
 from host_tools.headend.client import LinkError, MeterError
 from host_tools.headend.keystore import Keystore, KeystoreError
+from host_tools.headend.lopa import LopaError, StateError
 from host_tools.headend.provision import ProvisionError
 from host_tools.sim.fleet import SimError
 from host_tools.transport.serial import BoardError
@@ -34,7 +35,7 @@ def friendly_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (BoardError, SimError, BuildError, KeystoreError, ProvisionError, LinkError,
-                MeterError) as e:
+                MeterError, LopaError, StateError) as e:
             err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             sys.exit(1)
 
@@ -369,6 +370,357 @@ def stats(port: str, keystore: Path | None, meter_id: int | None, timeout: float
     from host_tools.headend import wire
 
     click.echo(json.dumps(_request(port, keystore, meter_id, timeout, wire.K_STATS)))
+
+
+# -- headend: LoPA key set-up and aggregation rounds (S1-S4) ---------------------------
+def _headend_options(fn: F) -> F:
+    opts = [
+        click.option("--ports", default=None, help="serial ports, comma-separated: a,b,c"),
+        click.option("--dir", "base", type=click.Path(path_type=Path), default=None,
+                     help="all meters of a virtual fleet (its keystore.json and headend.db "
+                          "become the defaults)"),
+        keystore_option,
+        click.option("--db", type=click.Path(path_type=Path), default=None,
+                     help="head-end database (default: $METERCTL_HEADEND_DB or "
+                          "~/.local/state/meterctl/headend.db)"),
+        json_option,
+        click.option("--timeout", type=float, default=5.0, show_default=True,
+                     help="seconds to wait for each answer"),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def _headend_run(base_ports: str | None, base: Path | None, keystore: Path | None,
+                 db: Path | None, timeout: float, work: Callable[..., Any],
+                 need_ports: bool = True) -> tuple[Any, Callable[[], None]]:
+    """Open the session, database and head-end; run ``work(he, sess, targets)`` under a
+    progress bar. Returns its result and a function printing the S-test figures (stderr)."""
+    from host_tools.headend.lopa import HeadEnd, State, serial_connector
+    from host_tools.headend.lopa.report import figures_table
+    from host_tools.headend.lopa.session import session
+
+    sess = session(base_ports, base, keystore, db)
+    targets = sess.targets() if need_ports or sess.ports else None
+    with Progress(TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), console=err_console,
+                  transient=True) as prog, State(sess.db) as state:
+        task = prog.add_task("head-end", total=None)
+
+        def progress(what: str, done: int, total: int) -> None:
+            prog.update(task, description=what, completed=done, total=total)
+
+        with HeadEnd(state, serial_connector(sess.keystore), timeout=timeout,
+                     say=lambda m: err_console.print(m, highlight=False),
+                     progress=progress) as he:
+            res = work(he, sess, targets)
+
+    def figures() -> None:
+        err_console.print(figures_table([res.op.summary()], sess.platform(targets or [])))
+        err_console.print(f"head-end database: {sess.db}", highlight=False)
+
+    return res, figures
+
+
+def _headend_done(res: Any, figures: Callable[[], None], as_json: bool, title: str) -> None:
+    from host_tools.headend.lopa.report import outcomes_table
+
+    if as_json:
+        click.echo(json.dumps(res.to_json()))
+    else:
+        console.print(outcomes_table(res, title))
+    figures()
+    if res.note:
+        err_console.print(res.note, highlight=False)
+    for o in res.failed:
+        err_console.print(f"[bold red]error:[/] {o.target.name}: {o.error}", highlight=False,
+                          soft_wrap=True)
+    if res.failed:
+        sys.exit(1)
+
+
+@main.group()
+def headend() -> None:
+    """LoPA head-end (EIServer's part in the paper): key pairs (S1), public keys (S2), group
+    keys (S3) and aggregation rounds (S4) over many meters at once. Its state lives in SQLite
+    (--db); a second run resumes where a killed one stopped."""
+
+
+@headend.command("keys")
+@_headend_options
+@click.option("--replace", is_flag=True, help="make new key pairs even where one exists")
+@friendly_errors
+def headend_keys(ports: str | None, base: Path | None, keystore: Path | None, db: Path | None,
+                 as_json: bool, timeout: float, replace: bool) -> None:
+    """S1: create each meter's X25519 key pair (on the meter) and store its public key."""
+    res, figures = _headend_run(ports, base, keystore, db, timeout,
+                                lambda he, _s, targets: he.keys(targets, replace=replace))
+    _headend_done(res, figures, as_json, "S1: key pairs")
+
+
+@headend.command("pubkeys")
+@_headend_options
+@friendly_errors
+def headend_pubkeys(ports: str | None, base: Path | None, keystore: Path | None,
+                    db: Path | None, as_json: bool, timeout: float) -> None:
+    """S2: read each meter's public key and store it."""
+    res, figures = _headend_run(ports, base, keystore, db, timeout,
+                                lambda he, _s, targets: he.pubkeys(targets))
+    _headend_done(res, figures, as_json, "S2: public keys")
+
+
+@headend.group("group")
+def headend_group() -> None:
+    """LoPA groups."""
+
+
+@headend_group.command("create")
+@_headend_options
+@click.option("--gid", required=True, help="group id: text, or 0x + hex (1..16 bytes)")
+@click.option("--robust", "m", type=int, default=0, show_default=True,
+              help="M: most members that may fail to report (DREAM recovery); 0: plain")
+@click.option("--noise", "lam", type=float, default=0.0, show_default=True,
+              help="lambda of the distributed Laplace noise; 0: none")
+@click.option("--force", is_flag=True, help="set the group up again even if it is ready")
+@friendly_errors
+def headend_group_create(ports: str | None, base: Path | None, keystore: Path | None,
+                         db: Path | None, as_json: bool, timeout: float, gid: str, m: int,
+                         lam: float, force: bool) -> None:
+    """S3: give every member the ids and public keys of all members (chunks of 25) and commit
+    the group on each; resumes an interrupted set-up."""
+    from host_tools.headend.lopa import parse_gid
+
+    g = parse_gid(gid)
+    res, figures = _headend_run(
+        ports, base, keystore, db, timeout,
+        lambda he, _s, targets: he.group_create(g, targets, m, lam, force))
+    _headend_done(res, figures, as_json, f"S3: group {gid}")
+
+
+@headend.command("run")
+@_headend_options
+@click.option("--gid", required=True, help="group id: text, or 0x + hex")
+@click.option("--rounds", type=int, default=1, show_default=True)
+@click.option("--lab", is_flag=True,
+              help="afterwards read each meter's plaintexts through its REPL (lab truth) and "
+                   "compare")
+@friendly_errors
+def headend_run(ports: str | None, base: Path | None, keystore: Path | None, db: Path | None,
+                as_json: bool, timeout: float, gid: str, rounds: int, lab: bool) -> None:
+    """S4: for each of ROUNDS load-profile intervals, read every member's ciphertext, run the
+    recovery round when members are missing (robust groups) and print the aggregate. A
+    member without a port (--ports/--dir) counts as not reporting."""
+    from host_tools.headend.lopa import parse_gid
+    from host_tools.headend.lopa.lab import serial_probe
+    from host_tools.headend.lopa.report import rounds_table
+
+    g = parse_gid(gid)
+    if rounds < 1:
+        raise click.BadParameter("--rounds must be at least 1")
+    res, figures = _headend_run(
+        ports, base, keystore, db, timeout,
+        lambda he, _s, targets: he.run(g, rounds, targets, serial_probe() if lab else None),
+        need_ports=False)
+    if as_json:
+        for r in res.rounds:
+            click.echo(json.dumps(r.to_json()))
+    else:
+        console.print(rounds_table(res))
+    figures()
+    for i, why in sorted(res.lab_errors.items()):
+        err_console.print(f"[yellow]lab probe, meter {i}:[/] {why}", highlight=False)
+    failed = [r for r in res.rounds if not r.ok]
+    for r in failed:
+        err_console.print(f"[bold red]error:[/] {r.error}", highlight=False, soft_wrap=True)
+    if failed:
+        sys.exit(1)
+
+
+# -- doctor ----------------------------------------------------------------------
+@main.command()
+@port_option
+@click.option("--timeout", type=float, default=10.0, show_default=True)
+@friendly_errors
+def doctor(port: str, timeout: float) -> None:
+    """Examine a board: what it is, its clock, heap and flash, the firmware, every pin, the
+    ADC; print each problem with its fix (exit status 1 if there is one). Interrupts the
+    firmware and soft-resets it back into main.py afterwards."""
+    from host_tools.doctor import doctor as examine
+
+    r = examine(port, timeout=timeout)
+    for line in r.lines():
+        click.echo(line)
+    if not r.ok:
+        sys.exit(1)
+
+
+# -- off-switch, prepaid credit, HAN (docs/OFFSWITCH.md) --------------------------------
+@sim.command("relay")
+@click.option("--meter", "-m", type=int, required=True)
+@dir_option
+@friendly_errors
+def sim_relay(meter: int, base: Path | None) -> None:
+    """The relay pin as the virtual board sees it, and the off-switch's armed/locked state."""
+    from host_tools.sim import relay
+
+    click.echo(json.dumps(relay.relay(meter, base)))
+
+
+@sim.command("press")
+@click.option("--meter", "-m", type=int, required=True)
+@click.argument("pin", type=click.Choice(["button", "tamper"]))
+@click.option("--hold", type=float, default=0.2, show_default=True, help="seconds pressed")
+@click.option("--latch", is_flag=True, help="leave the input active (a tamper switch left open;"
+                                            " `sim pin NAME 0` releases it)")
+@dir_option
+@friendly_errors
+def sim_press(meter: int, pin: str, hold: float, latch: bool, base: Path | None) -> None:
+    """Press the local button or the tamper switch; print the relay state afterwards."""
+    from host_tools.sim import relay
+
+    click.echo(json.dumps(relay.press(meter, pin, base, hold, latch)))
+
+
+@main.command("switch")
+@port_option
+@keystore_option
+@meter_option
+@click.argument("op", type=click.Choice(["off", "on", "unlock", "status"]))
+@timeout_option
+@friendly_errors
+def switch_cmd(port: str, keystore: Path | None, meter_id: int | None, op: str,
+               timeout: float) -> None:
+    """Command the off-switch, signed with its own key: OFF opens the relay, ON arms a
+    reconnect (the local button closes the relay), UNLOCK clears a tamper lock, STATUS reads
+    the state. The answer is signed by the off-switch itself."""
+    from host_tools.headend import switch
+    from host_tools.headend.client import open_link
+
+    with open_link(port, Keystore(keystore), meter_id, timeout) as link:
+        r = switch.status(link) if op == "status" else switch.switch(link, op)
+    click.echo(json.dumps(r.to_json()))
+
+
+def _money(mc: int) -> str:
+    return f"{mc / 100_000:.5f}".rstrip("0").rstrip(".")
+
+
+@main.command()
+@port_option
+@keystore_option
+@meter_option
+@click.option("--amount", type=float, required=True, help="credit to add, currency units")
+@timeout_option
+@friendly_errors
+def topup(port: str, keystore: Path | None, meter_id: int | None, amount: float,
+          timeout: float) -> None:
+    """Add prepaid credit (an authenticated command, logged in the security log)."""
+    from host_tools.headend import switch
+    from host_tools.headend.client import open_link
+
+    with open_link(port, Keystore(keystore), meter_id, timeout) as link:
+        r = switch.topup(link, switch.to_mc(amount))
+    click.echo(json.dumps({**r, "balance": _money(r["balance_mc"])}))
+
+
+@main.command()
+@port_option
+@keystore_option
+@meter_option
+@click.option("--t1", type=float, required=True, help="low tariff, currency units per kWh")
+@click.option("--t2", type=float, required=True, help="normal tariff, currency units per kWh")
+@click.option("--t2-from", type=click.IntRange(0, 24), default=7, show_default=True,
+              help="normal tariff from this hour (local)")
+@click.option("--t2-to", type=click.IntRange(0, 24), default=23, show_default=True,
+              help="normal tariff until this hour (local)")
+@click.option("--tz", "tz_s", type=int, default=3600, show_default=True,
+              help="local time: UTC offset in seconds (EU summer time added)")
+@click.option("--weekend-t1/--no-weekend-t1", default=True, show_default=True,
+              help="low tariff all weekend")
+@click.option("--prepaid/--postpaid", default=None, help="also switch the billing mode")
+@timeout_option
+@friendly_errors
+def tariff(port: str, keystore: Path | None, meter_id: int | None, t1: float, t2: float,
+           t2_from: int, t2_to: int, tz_s: int, weekend_t1: bool, prepaid: bool | None,
+           timeout: float) -> None:
+    """Set the time-of-use tariffs (and the prepaid mode); authenticated, logged."""
+    from host_tools.headend import switch
+    from host_tools.headend.client import open_link
+
+    with open_link(port, Keystore(keystore), meter_id, timeout) as link:
+        r = switch.set_tariff(link, switch.to_mc(t1), switch.to_mc(t2), t2_from, t2_to, tz_s,
+                              True, weekend_t1)
+        if prepaid is not None:
+            r = switch.set_prepaid(link, prepaid)
+    click.echo(json.dumps(r))
+
+
+@main.command()
+@port_option
+@keystore_option
+@meter_option
+@json_option
+@timeout_option
+@friendly_errors
+def credit(port: str, keystore: Path | None, meter_id: int | None, as_json: bool,
+           timeout: float) -> None:
+    """Show the prepaid balance, the tariffs and the tariff registers."""
+    from host_tools.headend import switch
+    from host_tools.headend.client import open_link
+
+    with open_link(port, Keystore(keystore), meter_id, timeout) as link:
+        r = switch.credit(link)
+    if as_json:
+        click.echo(json.dumps(r))
+        return
+    reg = r["registers_wh"]
+    click.echo(f"{'prepaid' if r['prepaid'] else 'postpaid'}, balance {_money(r['balance_mc'])}"
+               f", tariff now T{r['tariff_now']}; import T1 {reg['import_t1']} Wh, "
+               f"T2 {reg['import_t2']} Wh; export T1 {reg['export_t1']} Wh, "
+               f"T2 {reg['export_t2']} Wh")
+
+
+@main.command()
+@click.option("--port", "-p", required=True, help="the HAN (P1) port: a serial adapter, or a "
+                                                  "virtual meter's han pty")
+@click.option("--count", "-n", type=int, default=0, help="stop after N telegrams (0: never)")
+@click.option("--raw", is_flag=True, help="print each telegram as it came")
+@click.option("--timeout", type=float, default=10.0, show_default=True,
+              help="give up after this long without a telegram")
+@friendly_errors
+def han(port: str, count: int, raw: bool, timeout: float) -> None:
+    """Read DSMR 5 P1 telegrams from a HAN port and print them, parsed (checksums validated)
+    by the PyPI dsmr-parser, as a user checks a P1 port. Reads only."""
+    from host_tools.headend import switch
+
+    texts: list[str] = []
+    n = 0
+    for t in switch.han_telegrams(port, timeout, raw=texts):
+        n += 1
+        if raw:
+            click.echo(texts.pop(), nl=False)
+        else:
+            texts.clear()
+            v = {name: getattr(t, name).value for name in (
+                "P1_MESSAGE_TIMESTAMP", "ELECTRICITY_USED_TARIFF_1", "ELECTRICITY_USED_TARIFF_2",
+                "ELECTRICITY_DELIVERED_TARIFF_1", "ELECTRICITY_DELIVERED_TARIFF_2",
+                "ELECTRICITY_ACTIVE_TARIFF", "CURRENT_ELECTRICITY_USAGE",
+                "CURRENT_ELECTRICITY_DELIVERY", "INSTANTANEOUS_VOLTAGE_L1",
+                "INSTANTANEOUS_CURRENT_L1")}
+            breaker = getattr(t, "ACTUAL_SWITCH_POSITION", None)
+            click.echo(f"{v['P1_MESSAGE_TIMESTAMP']:%Y-%m-%d %H:%M:%S}Z "
+                       f"import {v['ELECTRICITY_USED_TARIFF_1']}/"
+                       f"{v['ELECTRICITY_USED_TARIFF_2']} kWh "
+                       f"export {v['ELECTRICITY_DELIVERED_TARIFF_1']}/"
+                       f"{v['ELECTRICITY_DELIVERED_TARIFF_2']} kWh "
+                       f"tariff {int(v['ELECTRICITY_ACTIVE_TARIFF'])} "
+                       f"+{v['CURRENT_ELECTRICITY_USAGE']}/-{v['CURRENT_ELECTRICITY_DELIVERY']} kW"
+                       f" {v['INSTANTANEOUS_VOLTAGE_L1']} V {v['INSTANTANEOUS_CURRENT_L1']} A"
+                       + (f" breaker {breaker.value}" if breaker is not None else ""))
+        if count and n >= count:
+            return
+    raise switch.SwitchError(f"{port}: no telegram for {timeout:g} s")
 
 
 # -- demo (make run) -------------------------------------------------------------

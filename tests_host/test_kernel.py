@@ -165,13 +165,13 @@ print(json.dumps({"before": before, "after": texts("metrology"), "sec_n": len(se
 
 
 def test_realtime_task_is_not_starved_by_a_flood(micropython: Run, tmp_path: Path) -> None:
-    # b handles each message in ~3 ms; the realtime task (period 10 ms) must still run
+    # b handles each message in ~10 ms; the realtime task (period 10 ms) must still run
     # between messages: its worst lateness stays near one handler's time, not the flood's.
     r = run_kernel(micropython, tmp_path, """
 class Slow(T):
     def handle(self, sender, kind, payload):
         t = time.ticks_us()
-        while time.ticks_diff(time.ticks_us(), t) < 3000:
+        while time.ticks_diff(time.ticks_us(), t) < 10000:
             pass
 class Rt(T):
     n = 0
@@ -192,8 +192,10 @@ print(json.dumps({"rt_runs": rt.n, "late_worst": st["tasks"]["rt"]["late_worst_u
                   "slow_cpu": st["tasks"]["slow"]["cpu_pct"], "cpu": st["cpu_pct"],
                   "window": st["window_us"]}))
 """)
-    assert int(str(r["rt_runs"])) >= 100  # 1.3 s at a 10 ms period
-    assert int(str(r["late_worst"])) < 8000  # ~one 3 ms handler, plus scheduling noise
+    assert int(str(r["rt_runs"])) >= 80  # 1.3 s at a 10 ms period, each run late by a handler
+    # ~one 10 ms handler plus scheduling noise on a loaded host; without the realtime
+    # step between messages it would wait for a whole batch of 4 handlers (40 ms).
+    assert int(str(r["late_worst"])) < 25_000
     assert float(str(r["slow_cpu"])) > 50  # the flood kept the slow task busy...
     assert float(str(r["cpu"])) > 90  # ...and the meter busy
     assert 1_000_000 <= int(str(r["window"])) < 1_100_000

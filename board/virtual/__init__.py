@@ -17,6 +17,7 @@ import os
 import time
 from micropython import const
 
+import _thread
 import _vhw
 from board.waveform import I_FULL_SCALE, V_FULL_SCALE, Waveform
 
@@ -31,6 +32,15 @@ ticks_us = time.ticks_us
 ticks_diff = time.ticks_diff
 sleep_ms = time.sleep_ms
 
+# Both cores reach the hardware (core 1: the off-switch's relay, button and tamper), and
+# `_vhw` talks to the supervisor through one pipe each way: one core at a time.
+_hw_lock = _thread.allocate_lock()
+
+
+def _poll():
+    with _hw_lock:
+        _vhw.poll()
+
 
 class _Out:
     def __init__(self, name):
@@ -43,7 +53,8 @@ class _Out:
         v = 1 if v else 0
         if v != self._v:
             self._v = v
-            _vhw.output(self._name, v)
+            with _hw_lock:
+                _vhw.output(self._name, v)
         return None
 
     def on(self):
@@ -61,7 +72,7 @@ class _In:
         self._name = name
 
     def value(self):
-        _vhw.poll()
+        _poll()
         return 1 if _vhw.inputs.get(self._name) else 0
 
 
@@ -77,7 +88,7 @@ class _Adc:
         self._t0 = time.ticks_us()
 
     def _source(self):
-        _vhw.poll()
+        _poll()
         if self._params is not _vhw.wave:
             self._params = _vhw.wave
             # Without "irms" in the parameters the load follows the meter's

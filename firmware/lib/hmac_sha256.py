@@ -10,7 +10,7 @@ try:
     from micropython import const
 except ImportError:  # CPython
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # the CPython stand-in
         return x
 
 

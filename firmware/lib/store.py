@@ -10,12 +10,16 @@
 #
 # load() picks the valid copy with the highest seq, so a power cut at any point of save()
 # leaves either the old or the new object readable. Runs unchanged on CPython and MicroPython.
+#
+# Binary records (save_bytes/load_bytes) use the same files, header, checksum and commit, with
+# the magic b"SB1" and raw bytes as the payload: save() / load() never read one as the other.
 import hashlib
 import json
 import os
 import struct
 
 _MAGIC = b"ST1"
+_MAGIC_BIN = b"SB1"
 _HDR = 11  # magic 3 + seq 4 + len 4
 _SUM = 8
 _CHUNK = 64  # streaming-hash buffer: verifying a copy never holds its payload in RAM
@@ -56,11 +60,11 @@ def _mkparent(path):
             pass  # made by someone else meanwhile; open() will tell if it really failed
 
 
-def _header(f, size):
+def _header(f, size, magic=_MAGIC):
     # (seq, len) if the header is sane and the length matches the file size, else None.
     # Checking the size first means a corrupt length never makes us allocate a huge buffer.
     hdr = f.read(_HDR)
-    if len(hdr) != _HDR or hdr[:3] != _MAGIC:
+    if len(hdr) != _HDR or hdr[:3] != magic:
         return None
     seq, n = struct.unpack_from("<II", hdr, 3)
     if seq == 0 or _HDR + n + _SUM != size:
@@ -68,14 +72,14 @@ def _header(f, size):
     return hdr, seq, n
 
 
-def _valid_seq(p):
+def _valid_seq(p, magic=_MAGIC):
     # seq of p if its checksum verifies, else 0. Hashes in small chunks (no payload in RAM).
     size = _size(p)
     if size < _HDR + _SUM:
         return 0
     try:
         with open(p, "rb") as f:
-            h = _header(f, size)
+            h = _header(f, size, magic)
             if h is None:
                 return 0
             hdr, seq, n = h
@@ -93,35 +97,57 @@ def _valid_seq(p):
         return 0
 
 
-def _head_seq(p):
+def _head_seq(p, magic=_MAGIC):
     # Cheap pre-sort for load(): the header's seq, unverified (0 if missing or malformed).
     size = _size(p)
     if size < _HDR + _SUM:
         return 0
     try:
         with open(p, "rb") as f:
-            h = _header(f, size)
+            h = _header(f, size, magic)
             return 0 if h is None else h[1]
     except OSError:
         return 0
 
 
-def _read(p):
+def _read(p, magic=_MAGIC, split=None):
     # (True, obj) if p is fully valid (magic, length, checksum, JSON), else (False, None).
+    # With magic _MAGIC_BIN: (True, payload bytes); with split = (head, piece): (True, list of
+    # pieces), see load_bytes().
     size = _size(p)
     if size < _HDR + _SUM:
         return False, None
     try:
         with open(p, "rb") as f:
-            h = _header(f, size)
+            h = _header(f, size, magic)
             if h is None:
                 return False, None
             hdr, _, n = h
-            payload = f.read(n)
             d = hashlib.sha256(hdr)
-            d.update(payload)
-            if len(payload) != n or f.read(_SUM) != d.digest()[:_SUM]:
+            if split is None:
+                payload = f.read(n)
+                got = len(payload)
+                d.update(payload)
+            else:
+                payload = []
+                got = 0
+                want = split[0] if split[0] < n else n
+                while got < n:
+                    b = f.read(want)
+                    if len(b) != want:
+                        return False, None
+                    d.update(b)
+                    payload.append(b)
+                    got += want
+                    if len(payload) == 1:
+                        step = split[1](b) if callable(split[1]) else split[1]
+                        if step < 1:
+                            return False, None
+                    want = step if step < n - got else n - got
+            if got != n or f.read(_SUM) != d.digest()[:_SUM]:
                 return False, None
+        if magic == _MAGIC_BIN:
+            return True, payload
         return True, json.loads(payload.decode())
     except (OSError, ValueError):  # ValueError covers bad JSON and bad UTF-8 on both runtimes
         return False, None
@@ -141,47 +167,84 @@ def _commit(path, main_valid):
     _sync()
 
 
-def save(path, obj):
-    """Persist the JSON-serialisable obj atomically (see the module comment)."""
-    # Encode first: a non-serialisable obj raises here (CPython) before any file is touched.
-    payload = json.dumps(obj).encode()
+def _save(path, parts, magic):
+    # parts: a tuple of bytes-like objects, written (and hashed) one after the other.
+    n = 0
+    for b in parts:
+        n += len(b)
     _mkparent(path)
     tmp = path + ".tmp"
-    s_main = _valid_seq(path)
-    s_tmp = _valid_seq(tmp)
-    s_bak = _valid_seq(path + ".bak")
+    s_main = _valid_seq(path, magic)
+    s_tmp = _valid_seq(tmp, magic)
+    s_bak = _valid_seq(path + ".bak", magic)
     if s_tmp > s_main and s_tmp > s_bak:
         # A crash hit the last save after its .tmp was complete: that .tmp is the newest state,
         # so finish its commit rather than overwrite it (a torn write now would lose it).
         _commit(path, s_main > 0)
         s_main = s_tmp
     seq = max(s_main, s_tmp, s_bak) + 1
-    hdr = _MAGIC + struct.pack("<II", seq, len(payload))
+    hdr = magic + struct.pack("<II", seq, n)
     d = hashlib.sha256(hdr)
-    d.update(payload)
     with open(tmp, "wb") as f:
         f.write(hdr)
-        f.write(payload)
+        for b in parts:
+            d.update(b)
+            f.write(b)
         f.write(d.digest()[:_SUM])
         f.flush()
     _sync()  # .tmp must be durable before the rename makes it the current copy
     _commit(path, s_main > 0)
 
 
-def load(path, default=None):
-    """The object of the newest valid copy of path, else default. Never raises for bad files."""
+def _load(path, default, magic, split=None):
     cands = []
     for p in (path, path + ".tmp", path + ".bak"):
-        s = _head_seq(p)
+        s = _head_seq(p, magic)
         if s:
             cands.append((s, p))
     cands.sort(reverse=True)
     # Newest first, so normally only one payload is read and parsed.
     for _, p in cands:
-        ok, obj = _read(p)
+        ok, obj = _read(p, magic, split)
         if ok:
             return obj
     return default
+
+
+def save(path, obj):
+    """Persist the JSON-serialisable obj atomically (see the module comment)."""
+    # Encode first: a non-serialisable obj raises here (CPython) before any file is touched.
+    payload = json.dumps(obj).encode()
+    _save(path, (payload,), _MAGIC)
+
+
+def load(path, default=None):
+    """The object of the newest valid copy of path, else default. Never raises for bad files."""
+    return _load(path, default, _MAGIC)
+
+
+def save_bytes(path, data):
+    """Persist binary data atomically, like save(). data: bytes-like, or a tuple/list of
+    bytes-like parts written one after the other (a large record is never joined in RAM)."""
+    if not isinstance(data, (tuple, list)):
+        data = (data,)
+    _save(path, tuple(data), _MAGIC_BIN)
+
+
+def load_bytes(path, default=None, head=0, piece=0):
+    """The payload (bytes) of the newest valid binary copy of path, else default.
+
+    With head > 0, the payload comes as a list of pieces, so that a large record never needs
+    one contiguous buffer (a fragmented heap may not have one): the first `head` bytes, then
+    pieces of `piece` bytes (the last one shorter); `piece` may be a function of the head
+    piece. The checksum is verified over all of it before anything is returned."""
+    return _load(path, default, _MAGIC_BIN, (head, piece) if head > 0 else None)
+
+
+def size(path):
+    """Bytes the current copy of path takes on flash (0 if missing)."""
+    n = _size(path)
+    return n if n > 0 else 0
 
 
 def remove(path):

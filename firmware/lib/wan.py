@@ -22,7 +22,7 @@ try:
     from micropython import const
 except ImportError:  # CPython
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # the CPython stand-in
         return x
 
 
@@ -83,6 +83,13 @@ K_CIPHERTEXT = const(0x25)
 K_RECOVER = const(0x26)
 K_GROUPS = const(0x27)
 K_GROUP_DELETE = const(0x28)
+# Off-switch and prepaid credit (docs/PROTOCOL.md "Off-switch and credit kinds")
+K_SWITCH = const(0x30)
+K_SWITCH_STATUS = const(0x31)
+K_TOPUP = const(0x32)
+K_TARIFF = const(0x33)
+K_CREDIT = const(0x34)
+K_PREPAID = const(0x35)
 K_ERROR = const(0x7F)
 
 # responses to these kinds carry personal data and must be sealed with encrypt=True

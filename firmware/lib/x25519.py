@@ -1,6 +1,16 @@
-# X25519 (RFC 7748) in pure Python, for MicroPython (RP2040) and CPython.
+# X25519 (RFC 7748) for MicroPython (RP2040, STM32) and CPython.
 #
-# Field elements are plain Python ints. Reduction uses the special form of
+# Two implementations of one ladder, the same results (tests: RFC 7748 vectors and the
+# `cryptography` package, on CPython, the unix VM and the emulated Cortex-M0+):
+# - machine code (x25519_thumb, generated from host_tools/emu/x25519_gen.py), used where it
+#   runs: a Cortex-M MicroPython with the inline assembler. Field elements in fixed 32-byte
+#   buffers, 16x16-bit limb multiply, no branch or address on secret data. One X25519:
+#   3.85 M instructions on the emulated Cortex-M0+, 5.24 M cycles on the rp2040js model
+#   (42 ms at 125 MHz; docs/BENCH.md);
+# - pure Python on ints, below, everywhere else (CPython, the unix VM, a port without the
+#   inline assembler): 36.6 M instructions, 51.5 M cycles on the same boards.
+#
+# Pure Python: field elements are plain Python ints. Reduction uses the special form of
 # p = 2^255 - 19: since 2^255 = 19 (mod p), a product x folds as
 #     x = (x & M) + 19 * (x >> 255)        (M = 2^255 - 1)
 # which is congruent to x and much cheaper than `% p` on MicroPython (on the
@@ -18,22 +28,20 @@
 # So 13 folds per ladder step instead of 20 (about 20% faster than folding
 # twice after every multiply: 6.1 ms against 7.5 ms in one A/B run on the unix
 # VM). One X25519 takes ~4.5 ms (median of 5; 4.3-5.7 ms across runs) on the
-# MicroPython unix VM on an x86-64 host; an RP2040 is far slower (16-bit bignum
-# digits, no 32x32->64 multiply) and has not been measured here.
+# MicroPython unix VM on an x86-64 host.
 #
-# Side channels: the ladder always runs all 255 steps, the conditional swap is
-# done by masking (no branch and no table index depends on a key bit), and the
-# only key-dependent indexing is the public loop counter t. What remains: Python
-# big-int operations take time depending on the operands' sizes (an int whose
-# top digits happen to be zero is shorter, a fold whose high part is zero is
-# cheaper, allocation and GC timing vary), so this is *not* constant-time in
-# the strict sense. That residual leakage is accepted for this firmware.
+# Side channels (docs/SECURITY.md has the whole account): both variants always run all 255
+# ladder steps and swap by masking; no branch and no table index depends on a key bit. The
+# pure-Python variant's big-int operations take time depending on the operands' sizes
+# (an int whose top digits happen to be zero is shorter, a fold whose high part is zero is
+# cheaper, allocation and GC timing vary), so it is *not* constant-time in the strict
+# sense; the machine code is, final reduction included.
 
 try:
     from micropython import const
 except ImportError:  # CPython
 
-    def const(x):
+    def const(x):  # type: ignore[misc]  # the CPython stand-in
         return x
 
 
@@ -45,6 +53,33 @@ _P8 = const((2**255 - 19) << 8)  # 2^8 p >= bb
 _A24 = const(121665)
 
 BASE_POINT = b"\x09" + bytes(31)
+
+
+def _load_thumb():
+    # The ladder and inversion in ARMv6-M machine code (x25519_thumb) where it can run: a
+    # Cortex-M port (armv6m .. armv7emdp) with the inline assembler. None elsewhere (CPython,
+    # the unix VM: x25519_thumb is not even imported there), and then the Python code below.
+    try:
+        import sys
+
+        arch = getattr(sys.implementation, "_mpy", 0) >> 10
+        if arch < 4 or arch > 8:
+            return None
+        import micropython
+        import x25519_thumb as t
+
+        g = {"micropython": micropython}
+        exec(t.TRAMPOLINE, g)
+        layout = (t.STATE_SIZE, t.X1, t.X2, t.X3, t.Z3, t.K, t.RES, t.OP_LADDER, t.OP_FINISH)
+        code = bytearray(t.CODE)  # in RAM, word-aligned
+        # Drop the module: its constant (the code as bytes, 7.6 KB) is then freed.
+        del sys.modules["x25519_thumb"]
+        return g["run"], code, layout
+    except Exception:  # no inline assembler, no x25519_thumb: the Python code
+        return None
+
+
+_THUMB = _load_thumb()
 
 
 def _sqn(x, n):
@@ -136,6 +171,24 @@ def _ladder(k, x1):
     return x2, z2
 
 
+def _ladder_thumb(k, u32):
+    # The same ladder and inversion in machine code: two calls, the clamped scalar handed over
+    # in the state buffer, the result fully reduced mod p by the code.
+    run, code, (size, x1, x2, x3, z3, ks, res, op_ladder, op_finish) = _THUMB
+    st = bytearray(size)
+    st[x1:x1 + 32] = u32
+    st[x1 + 31] &= 127
+    st[x2] = 1
+    st[x3:x3 + 32] = st[x1:x1 + 32]
+    st[z3] = 1
+    st[ks:ks + 32] = k
+    run(code, op_ladder, st, 0)
+    run(code, op_finish, st, 0)
+    out = bytes(st[res:res + 32])
+    st[:] = bytes(size)  # wipe the key and the secret intermediate values
+    return out
+
+
 def x25519(sk32, u32):
     """X25519(k, u) per RFC 7748: 32-byte scalar, 32-byte u-coordinate -> 32 bytes.
 
@@ -149,6 +202,8 @@ def x25519(sk32, u32):
     k = bytearray(sk32)
     k[0] &= 248
     k[31] = (k[31] & 127) | 64
+    if _THUMB is not None:
+        return _ladder_thumb(k, u32)
     x2, z2 = _ladder(k, int.from_bytes(u32, "little") & _M)
     return (_mul(x2, _inv(z2)) % _P).to_bytes(32, "little")
 

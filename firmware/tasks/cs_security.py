@@ -27,6 +27,25 @@ _ROUTES = (
     (wan.K_TIME_SET, "clock", "time_set", False),
     (wan.K_STATS, "kernel", "stats", False),
     (wan.K_LOGS, "kernel", "log_read", True),
+    # LoPA (DC security module): binary payloads both ways; every answer ENC except the
+    # public ones (PROTOCOL.md "LoPA kinds")
+    (wan.K_KEYGEN, "dc_security", "keygen", False),
+    (wan.K_PUBKEY, "dc_security", "pubkey", False),
+    (wan.K_GROUP_BEGIN, "dc_security", "group_begin", True),
+    (wan.K_GROUP_KEYS, "dc_security", "group_keys", True),
+    (wan.K_GROUP_COMMIT, "dc_security", "group_commit", True),
+    (wan.K_CIPHERTEXT, "dc_security", "ciphertext", True),
+    (wan.K_RECOVER, "dc_security", "recover", True),
+    (wan.K_GROUPS, "dc_security", "groups", True),
+    (wan.K_GROUP_DELETE, "dc_security", "group_delete", True),
+    # Off-switch (binary; verified again on core 1 with the off-switch key) and prepaid credit
+    # (PROTOCOL.md "Off-switch and credit kinds")
+    (wan.K_SWITCH, "offswitch", "switch", True),
+    (wan.K_SWITCH_STATUS, "offswitch", "switch_status", True),
+    (wan.K_TOPUP, "credit", "topup", True),
+    (wan.K_TARIFF, "credit", "tariff", False),
+    (wan.K_CREDIT, "credit", "credit_read", True),
+    (wan.K_PREPAID, "credit", "prepaid", False),
 )
 
 
@@ -84,7 +103,7 @@ class CsSecurity:
             self._frame(payload)
         elif kind == "frame_err":
             self._reject("line over cap", payload)
-        elif sender in ("metrology", "clock", "kernel"):
+        elif sender in ("metrology", "clock", "kernel", "dc_security", "offswitch", "credit"):
             self._answer(payload)
 
     def _frame(self, line):
@@ -138,8 +157,17 @@ class CsSecurity:
             self._reject("unknown kind %d" % kind, wan.E_UNKNOWN_KIND, ctr)
             return
         try:
-            args = json.loads(body) if body else {}
-            msg = self._args(kind, ctr, args)
+            if route[1] == "dc_security":
+                # Binary (PROTOCOL.md "LoPA kinds"): the DC security module parses it; it also
+                # gets the meter id this channel authenticated (its own id in LoPA groups).
+                msg = (ctr, self.meter_id, bytes(body))
+            elif route[1] == "offswitch":
+                # Binary: the off-switch's own signed command (or a status nonce), which it
+                # verifies itself with its own key (OFFSWITCH.md).
+                msg = (ctr, bytes(body))
+            else:
+                args = json.loads(body) if body else {}
+                msg = self._args(kind, ctr, args)
         except (ValueError, KeyError, TypeError) as e:
             self._reject("bad args for kind %d: %s" % (kind, e), wan.E_BAD_ARGS, ctr)
             return
@@ -164,6 +192,14 @@ class CsSecurity:
             return (ctr, int(a["t"]))
         if kind == wan.K_CALIBRATE:
             return (ctr, float(a["volts"]), float(a["amps"]), float(a.get("pf", 1.0)))
+        if kind == wan.K_TOPUP:
+            return (ctr, int(a["amount_mc"]))
+        if kind == wan.K_TARIFF:
+            return (ctr, int(a["t1_mc_kwh"]), int(a["t2_mc_kwh"]), int(a.get("t2_from_h", 7)),
+                    int(a.get("t2_to_h", 23)), int(a.get("tz_s", 3600)),
+                    bool(a.get("eu_dst", True)), bool(a.get("weekend_t1", True)))
+        if kind == wan.K_PREPAID:
+            return (ctr, bool(a["on"]))
         return (ctr,)
 
     def _answer(self, payload):
@@ -176,4 +212,4 @@ class CsSecurity:
             self._port.log("request %d kind %d failed: %s" % (ref, kind, body))
             self._error(code, ref, body.encode())
         else:
-            self._send(kind, ref, body.encode(), enc)
+            self._send(kind, ref, body if isinstance(body, bytes) else body.encode(), enc)

@@ -52,6 +52,10 @@ class Metrology:
             self.last = r
             self.seconds += 1
             self.energy.add(r[2], 1)
+            # Each second, one way: the HAN data diode and prepaid credit (policy.py).
+            s = (self._t, r[0], r[1], r[2], self.energy.import_wh, self.energy.export_wh)
+            self._port.send("han", "reading", s)
+            self._port.send("credit", "reading", s)
 
     def _close(self, idx):
         imp, exp = self.energy.close_interval()
@@ -61,6 +65,9 @@ class Metrology:
         store.save(ENERGY, {"e": e.state(), "idx": idx})
         self._closed_idx = idx
         self._port.log("interval %d closed: +%d/-%d mWh" % (t_end, imp, exp))
+        # LoPA: the closed interval's index (its start // length: self._idx, not yet moved
+        # on) and the very import_mwh of its profile record.
+        self._port.send("dc_security", "interval_value", (self._idx, imp))
 
     def _tick(self, payload):
         t, idx, start, length = payload

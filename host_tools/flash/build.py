@@ -1,9 +1,10 @@
 """What goes on a board, and compiling it with mpy-cross.
 
 The image is ``firmware/`` plus ``board/<name>/`` (deployed as the package
-``board``). main.py and boot.py stay source, since a board runs them by name;
-every other module becomes .mpy for the board's architecture, unless the
-caller asks for source.
+``board``); files under ``board/<name>/root/`` go to the board's root instead
+(the Pyboard's boot.py). main.py and boot.py stay source, since a board runs
+them by name; every other module becomes .mpy for the board's architecture,
+unless the caller asks for source.
 """
 
 from __future__ import annotations
@@ -24,6 +25,12 @@ RUN_BY_NAME = {"main.py", "boot.py"}
 # Files under board/<name>/ that are never flashed: the virtual board's
 # host-side parts (its ROM runs in the VM outside the meter's filesystem).
 NOT_FLASHED = ("host/",)
+# Files under board/<name>/ that go to the board's root, not into the package.
+BOARD_ROOT = "root/"
+# USB vendor id -> board definition, for boards that speak MicroPython over
+# native USB: 2E8A Raspberry Pi (RP2040/RP2350; MicroPython's PID is 0005),
+# F055 MicroPython (pyboard; PID 9800 CDC+MSC, 9801 CDC+HID, 9802 CDC).
+BOARD_BY_USB_VID = {0x2E8A: "rp2_pico", 0xF055: "stm32_pybv11"}
 # The mpy format our mpy-cross writes (MicroPython 1.29: v6.3).
 MPY_CROSS_VERSION = (6, 3)
 
@@ -58,6 +65,11 @@ def board_for_platform(platform: str) -> str:
     return name
 
 
+def board_for_usb(vid: int) -> str | None:
+    """The board definition for a USB serial port's vendor id, if we know the vendor."""
+    return BOARD_BY_USB_VID.get(vid)
+
+
 def sources(board: str, firmware_dir: Path = FIRMWARE_DIR) -> list[tuple[Path, str]]:
     """(source path, destination on the board) for the whole image."""
     board_dir = BOARDS_DIR / board
@@ -70,8 +82,17 @@ def sources(board: str, firmware_dir: Path = FIRMWARE_DIR) -> list[tuple[Path, s
            for p in sorted(firmware_dir.rglob("*")) if _wanted(p)]
     for p in sorted(board_dir.rglob("*")):
         rel = p.relative_to(board_dir).as_posix()
-        if _wanted(p) and not rel.startswith(NOT_FLASHED):
+        if not _wanted(p) or rel.startswith(NOT_FLASHED):
+            continue
+        if rel.startswith(BOARD_ROOT):
+            out.append((p, "/" + rel[len(BOARD_ROOT):]))
+        else:
             out.append((p, "/board/" + rel))
+    seen: dict[str, Path] = {}
+    for p, dest in out:
+        if dest in seen:
+            raise BuildError(f"{_rel(p)} and {_rel(seen[dest])} both go to {dest} on the board")
+        seen[dest] = p
     return out
 
 

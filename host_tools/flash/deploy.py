@@ -1,8 +1,12 @@
 """``meterctl flash``: deploy the image to a board, safely and incrementally.
 
-1. Enter the raw REPL with a soft reset (main.py stops; boot.py runs).
-2. Read the board's sys.implementation: the mpy version and architecture
-   decide between .mpy for that architecture and plain source.
+1. Enter the raw REPL with a soft reset (main.py stops; boot.py runs). A board
+   whose flash is mounted at /flash (the stm32 port, before our boot.py is on
+   it) has it remounted at / for the session, so the image lands on the flash.
+2. Pick the board definition: --board, else the USB VID:PID of the port (2E8A
+   rp2_pico, F055 stm32_pybv11), else the board's sys.platform. Read the
+   board's sys.implementation: the mpy version and architecture decide between
+   .mpy for that architecture and plain source.
 3. Build the whole image first; a file that does not compile stops the flash
    before the board is touched.
 4. Hash what the board holds (one round trip) and skip every file that is
@@ -30,9 +34,10 @@ from host_tools.flash.build import (
     MPY_CROSS_VERSION,
     BuildError,
     board_for_platform,
+    board_for_usb,
     build_image,
 )
-from host_tools.transport.serial import Board, BoardError, BoardInfo
+from host_tools.transport.serial import Board, BoardError, BoardInfo, usb_id
 
 MANIFEST = "/.flash-manifest.json"
 STAGED = ".new"
@@ -73,6 +78,26 @@ def _fl_rm(p):
         pass
 """
 
+# The stm32 port mounts its flash at /flash; the image's paths are absolute, as
+# on a Pico. The board's boot.py (board/stm32_pybv11/root/boot.py) remounts it
+# at / on every boot; this does the same for a flash session on a board that
+# does not have that boot.py yet.
+ROOT_FN = """
+def _fl_root():
+    import os
+    try:
+        mounts = os.mount()
+    except Exception:
+        return ''
+    for fs, mp in mounts:
+        if mp == '/flash':
+            os.umount('/flash')
+            os.mount(fs, '/')
+            os.chdir('/')
+            return 'remounted /flash at / for this session'
+    return ''
+"""
+
 
 @dataclass
 class FlashReport:
@@ -100,6 +125,17 @@ def choose_mode(info: BoardInfo, source: bool) -> tuple[bool, str | None, str]:
     return False, info.arch, f".mpy for {info.arch or 'any architecture (bytecode only)'}"
 
 
+def pick_board(port: str, info: BoardInfo) -> tuple[str, str]:
+    """(board definition, why): by the port's USB VID:PID when the vendor is a
+    MicroPython board's, else by the board's sys.platform."""
+    ids = usb_id(port)
+    if ids is not None:
+        name = board_for_usb(ids[0])
+        if name is not None:
+            return name, f"USB VID:PID {ids[0]:04X}:{ids[1]:04X}"
+    return board_for_platform(info.platform), f"sys.platform {info.platform!r}"
+
+
 def flash(port: str, *, source: bool = False, board_name: str | None = None,
           firmware_dir: Path = FIRMWARE_DIR, progress: Progress | None = None,
           timeout: float = 10.0) -> FlashReport:
@@ -110,9 +146,14 @@ def flash(port: str, *, source: bool = False, board_name: str | None = None,
     with Board(port, timeout=timeout) as b:
         b.enter_raw(soft_reset=True)
         info = b.info()
-        name = board_name or board_for_platform(info.platform)
+        try:
+            name, why = (board_name, "--board") if board_name else pick_board(b.port, info)
+        except BuildError:
+            b.soft_reset_to_main()  # no definition for this board: it goes on running
+            raise
         as_source, arch, mode = choose_mode(info, source)
         report = FlashReport(b.port, info, name, mode)
+        report.notes.append(f"board definition {name} chosen by {why}")
         try:
             image = build_image(name, arch, as_source, firmware_dir)
         except BuildError:
@@ -121,7 +162,10 @@ def flash(port: str, *, source: bool = False, board_name: str | None = None,
         image_paths = {f.dest for f in image}
 
         step("hash", 0, 1)
-        b.exec(_HASH_FN, "loading the flash helpers")
+        b.exec(_HASH_FN + ROOT_FN, "loading the flash helpers")
+        remounted = b.eval("_fl_root()", "finding the flash filesystem")
+        if remounted:
+            report.notes.append(str(remounted))
         old = _read_manifest(b)
         stale = sorted(p for p in old if p not in image_paths)
         on_board = _board_hashes(b, sorted(image_paths | set(stale)))

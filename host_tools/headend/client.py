@@ -35,7 +35,8 @@ class MeterError(Exception):
 
 
 # Requests whose answers carry personal data, and so travel encrypted.
-ENCRYPTED_ANSWERS = {wire.K_READ, wire.K_PROFILE, wire.K_LOGS}
+ENCRYPTED_ANSWERS = ({wire.K_READ, wire.K_PROFILE, wire.K_LOGS} | wire.LOPA_ENC_RESPONSE_KINDS
+                     | wire.OFFSWITCH_ENC_RESPONSE_KINDS)
 
 
 class MeterLink:
@@ -79,7 +80,21 @@ class MeterLink:
                 return self._request(kind, body, at_least=e.detail)
             raise
 
+    def request_raw(self, kind: int, payload: bytes) -> bytes:
+        """Send a command with a binary payload (the LoPA kinds) and return the decrypted
+        answer payload; raise MeterError on ERROR. Resyncs once on REPLAY, as request()."""
+        try:
+            return self._exchange(kind, payload).payload
+        except MeterError as e:
+            if e.code == wire.E_REPLAY and isinstance(e.detail, int):
+                return self._exchange(kind, payload, at_least=e.detail).payload
+            raise
+
     def _request(self, kind: int, body: bytes, at_least: int = 0) -> Any:
+        resp = self._exchange(kind, body, at_least)
+        return json.loads(resp.payload) if resp.payload else None
+
+    def _exchange(self, kind: int, body: bytes, at_least: int = 0) -> wire.Frame:
         ctr = self.keystore.next_down_ctr(self.entry.meter_id, at_least)
         frame = wire.seal(self.keys, False, kind, ctr, 0, body)
         self.send_line(wire.to_line(frame))
@@ -94,7 +109,7 @@ class MeterLink:
                             f"to {wire.KIND_NAMES.get(kind, hex(kind))}")
         if kind in ENCRYPTED_ANSWERS and not resp.encrypted:
             raise LinkError(f"meter {self.entry.meter_id}: personal data sent in clear")
-        return json.loads(resp.payload) if resp.payload else None
+        return resp
 
     def send_line(self, line: bytes) -> None:
         try:

@@ -39,15 +39,22 @@ class MeterEntry:
     up_ctr: int = 0  # the highest response counter accepted
     port: str = ""  # where it was last seen
     provisioned: str = ""
+    os_key: bytes = b""  # the off-switch's own key (independent of master), b"" if none
+    os_ctr: int = 0  # the last off-switch command counter used
 
     def to_json(self) -> dict[str, Any]:
-        return {"master": self.master.hex(), "down_ctr": self.down_ctr, "up_ctr": self.up_ctr,
-                "port": self.port, "provisioned": self.provisioned}
+        d = {"master": self.master.hex(), "down_ctr": self.down_ctr, "up_ctr": self.up_ctr,
+             "port": self.port, "provisioned": self.provisioned}
+        if self.os_key:
+            d["os_key"] = self.os_key.hex()
+            d["os_ctr"] = self.os_ctr
+        return d
 
     @classmethod
     def from_json(cls, meter_id: int, d: dict[str, Any]) -> MeterEntry:
         return cls(meter_id, bytes.fromhex(d["master"]), int(d.get("down_ctr", 0)),
-                   int(d.get("up_ctr", 0)), str(d.get("port", "")), str(d.get("provisioned", "")))
+                   int(d.get("up_ctr", 0)), str(d.get("port", "")), str(d.get("provisioned", "")),
+                   bytes.fromhex(d.get("os_key", "")), int(d.get("os_ctr", 0)))
 
 
 class Keystore:
@@ -141,6 +148,21 @@ class Keystore:
             if ctr > 0xFFFFFFFF:
                 raise KeystoreError(f"meter {meter_id}: command counter exhausted; re-provision")
             d["down_ctr"] = ctr
+            return ctr
+
+    def next_os_ctr(self, meter_id: int, at_least: int = 0) -> int:
+        """Reserve the next off-switch command counter (as next_down_ctr, for the off-switch's
+        own counter)."""
+        with self._locked() as data:
+            d = data["meters"].get(str(meter_id))
+            if d is None or not d.get("os_key"):
+                raise KeystoreError(f"meter {meter_id} has no off-switch key in {self.path}; "
+                                    "run `meterctl provision` again")
+            ctr = max(int(d.get("os_ctr", 0)), at_least) + 1
+            if ctr > 0xFFFFFFFF:
+                raise KeystoreError(f"meter {meter_id}: off-switch counter exhausted; "
+                                    "re-provision")
+            d["os_ctr"] = ctr
             return ctr
 
     def accept_up_ctr(self, meter_id: int, ctr: int) -> bool:

@@ -8,6 +8,7 @@ A factory step over the REPL (the board is on the bench, not yet sealed):
 3. otherwise make a new meter id and 32-byte master key on the host, save them in the
    keystore FIRST (so a failure later never leaves a board with a key nobody holds), then
    write them to the board with the firmware's own atomic store, and reset its WAN counters;
+   the off-switch gets its own key the same way (``switch.install_offswitch``);
 4. soft-reset into the firmware and set the clock with an authenticated TIME_SET, which also
    proves the channel end to end.
 """
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from host_tools.headend import wire
 from host_tools.headend.client import MeterLink
 from host_tools.headend.keystore import Keystore, MeterEntry
+from host_tools.headend.switch import Limits, install_offswitch
 from host_tools.transport.serial import Board, BoardError, resolve_port
 
 KEYS_FILE = "/data/cs_keys.json"
@@ -119,7 +121,8 @@ def _install(b: Board, port: str, keystore: Keystore, force: bool, interval_s: i
 
 def provision(port: str, keystore: Keystore, *, force: bool = False,
               interval_s: int | None = None, set_time: bool = True, timeout: float = 10.0,
-              say: Callable[[str], None] = lambda s: None) -> Provisioned:
+              say: Callable[[str], None] = lambda s: None,
+              offswitch_limits: Limits | None = None) -> Provisioned:
     port = resolve_port(port)
     if interval_s is not None and not 1 <= interval_s <= 86400:
         raise ProvisionError("--interval must be 1..86400 seconds")
@@ -127,6 +130,8 @@ def provision(port: str, keystore: Keystore, *, force: bool = False,
         b.enter_raw()
         try:
             entry, new_key = _install(b, port, keystore, force, interval_s, say)
+            # The off-switch's own key (OFFSWITCH.md): new with a new identity, else kept.
+            install_offswitch(b, keystore, entry.meter_id, new_key, offswitch_limits, say)
         except BaseException:
             # Refused or failed: the meter still goes back to running its firmware.
             with contextlib.suppress(BoardError):

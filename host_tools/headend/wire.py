@@ -46,6 +46,13 @@ K_CIPHERTEXT = 0x25
 K_RECOVER = 0x26
 K_GROUPS = 0x27
 K_GROUP_DELETE = 0x28
+# Off-switch and prepaid credit (docs/PROTOCOL.md "Off-switch and credit kinds")
+K_SWITCH = 0x30
+K_SWITCH_STATUS = 0x31
+K_TOPUP = 0x32
+K_TARIFF = 0x33
+K_CREDIT = 0x34
+K_PREPAID = 0x35
 K_ERROR = 0x7F
 
 KIND_NAMES: dict[int, str] = {
@@ -65,6 +72,12 @@ KIND_NAMES: dict[int, str] = {
     K_RECOVER: "RECOVER",
     K_GROUPS: "GROUPS",
     K_GROUP_DELETE: "GROUP_DELETE",
+    K_SWITCH: "SWITCH",
+    K_SWITCH_STATUS: "SWITCH_STATUS",
+    K_TOPUP: "TOPUP",
+    K_TARIFF: "TARIFF",
+    K_CREDIT: "CREDIT",
+    K_PREPAID: "PREPAID",
     K_ERROR: "ERROR",
 }
 # responses to these kinds carry personal data: the meter always encrypts them
@@ -74,6 +87,9 @@ LOPA_KINDS: frozenset[int] = frozenset({K_KEYGEN, K_PUBKEY, K_GROUP_BEGIN, K_GRO
                                         K_GROUP_COMMIT, K_CIPHERTEXT, K_RECOVER, K_GROUPS,
                                         K_GROUP_DELETE})
 LOPA_ENC_RESPONSE_KINDS: frozenset[int] = LOPA_KINDS - {K_KEYGEN, K_PUBKEY}
+# the off-switch and credit kinds whose answers the meter encrypts (relay state, balance)
+OFFSWITCH_ENC_RESPONSE_KINDS: frozenset[int] = frozenset({K_SWITCH, K_SWITCH_STATUS, K_TOPUP,
+                                                          K_CREDIT})
 
 E_MALFORMED = 1
 E_TOO_BIG = 2

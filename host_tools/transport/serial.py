@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -63,6 +64,18 @@ def find_boards() -> list[tuple[str, str]]:
     """(device, kind) for every USB serial port with a MicroPython board's VID."""
     return [(p.device, BOARD_VIDS[p.vid]) for p in serial.tools.list_ports.comports()
             if p.vid in BOARD_VIDS]
+
+
+def usb_id(port: str) -> tuple[int, int] | None:
+    """(VID, PID) of the USB serial port behind ``port`` (a /dev/serial/by-id link works
+    too); None for anything else: a pty, a plain UART, a URL."""
+    if "://" in port:
+        return None
+    real = os.path.realpath(port)
+    for p in serial.tools.list_ports.comports():
+        if p.vid is not None and os.path.realpath(p.device) == real:
+            return p.vid, p.pid or 0
+    return None
 
 
 def resolve_port(port: str) -> str:
@@ -137,8 +150,18 @@ class Board:
                              ) from None
 
     def enter_raw(self, soft_reset: bool = True) -> None:
-        with self._errors("entering the raw REPL"):
-            self.t.enter_raw_repl(soft_reset=soft_reset, timeout_overall=self.timeout)
+        try:
+            with self._errors("entering the raw REPL"):
+                self.t.enter_raw_repl(soft_reset=soft_reset,
+                                      timeout_overall=self.timeout / 2)
+        except BoardError:
+            # A Ctrl-C that reached firmware starting up (or reading stdin) can be lost, and
+            # the Ctrl-A after it eaten: interrupt once more and try again, as a user would.
+            with self._errors("entering the raw REPL"):
+                self.t.serial.write(b"\r\x03\x03")
+                time.sleep(0.3)
+                self.t.enter_raw_repl(soft_reset=soft_reset,
+                                      timeout_overall=self.timeout / 2)
 
     def exit_raw(self) -> None:
         with self._errors("leaving the raw REPL"):

@@ -199,6 +199,9 @@ def _rom():
     host_os.chdir("/")
     sys.path[:] = ["", ".frozen", "/lib"]
     hw = Hardware()
+    # The supervisor sends the pins as they were left (a latching relay) right after it
+    # powers the VM on: wait for that first message, so that no pin is read before it.
+    hw._poll.poll(2000)
     hw.poll()
     sys.modules["_vhw"] = hw
     sys.modules["os"] = BoardOS

@@ -1,0 +1,1 @@
+// qstrs specific to the emulated port (none beyond those found automatically)

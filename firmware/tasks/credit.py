@@ -1,0 +1,181 @@
+# Prepaid credit and time-of-use tariffs (seed 002 §4.3.4 "smart billing", §4.5 memory
+# segments "the tariffs, the credit balance and the prepaid flag"). This task owns them, in
+# one atomically persisted record (/data/credit.json).
+#
+# - Each second metrology's reading (t, V, I, P, import Wh, export Wh) comes in; the new
+#   import/export Wh go to the tariff registers of the tariff in force (1 low, 2 normal),
+#   and, in prepaid mode, the imported energy's cost comes off the balance (integers:
+#   money in milli-cents, "mc"; prices in mc per kWh; the sub-mc remainder carries).
+# - Top-up, tariff and prepaid-mode updates arrive as authenticated head-end commands
+#   (cs_security verified them); each one, valid or refused, is logged in the security log.
+# - At zero credit in prepaid mode, it asks the off-switch for a local disconnect
+#   ("credit_disconnect", logged); it cannot drive the relay, and it cannot reconnect: after a
+#   top-up the central system sends an authenticated reconnect, confirmed by the button.
+# - Each second it gives the HAN the tariff indicator and the four tariff registers.
+import json
+from micropython import const
+
+import store
+
+import dsmr
+
+STATE = "/data/credit.json"
+SAVE_EVERY_S = const(60)  # the balance is persisted at most this often (and on each command)
+RETRY_S = const(30)  # a refused (rate-limited) disconnect is asked for again this often
+MAX_TOPUP_MC = const(100000000)  # 1000.00 in one top-up
+MAX_PRICE_MC = const(10000000)  # 100.00 per kWh
+# (T1 price, T2 price, T2 from hour, T2 to hour, UTC offset s, EU summer time, weekend T1)
+DEFAULT_TARIFF = (21000, 25000, 7, 23, 3600, True, True)
+_TARIFF_KEYS = ("t1_mc_kwh", "t2_mc_kwh", "t2_from_h", "t2_to_h", "tz_s", "eu_dst",
+                "weekend_t1")
+
+
+def tariff_at(tariff, t):
+    """The tariff in force at Unix time t: 2 (normal) on weekdays from T2-from to T2-to local
+    time, else 1 (low); all weekend with weekend_t1."""
+    _, _, start_h, end_h, tz_s, eu_dst, weekend_t1 = tariff
+    local = t + tz_s + (3600 if eu_dst and dsmr.eu_summer(t) else 0)
+    days = local // 86400
+    if weekend_t1 and (days + 4) % 7 in (0, 6):  # 1970-01-01 was a Thursday; 0 = Sunday
+        return 1
+    hour = local % 86400 // 3600
+    return 2 if start_h <= hour < end_h else 1
+
+
+class Credit:
+    def __init__(self, port, hw):
+        self._port = port
+        self._path = hw.get("state_path", STATE)
+        st = store.load(self._path, None) or {}
+        self.prepaid = bool(st.get("prepaid", False))
+        self.balance = int(st.get("balance", 0))  # mc
+        self._rem = int(st.get("rem", 0))  # price x Wh below one mc
+        self.tariff = tuple(st.get("tariff", DEFAULT_TARIFF))
+        self.reg = [int(x) for x in st.get("reg", (0, 0, 0, 0))]  # imp T1, T2, exp T1, T2 Wh
+        last = st.get("last")  # metrology's import, export Wh when last accounted
+        self._imp, self._exp = (int(last[0]), int(last[1])) if last else (-1, -1)
+        self._relay = None  # (relay, armed, locked) as the off-switch last reported
+        self._t = 0
+        self._saved_t = 0
+        self._dirty = False
+        self._asked_t = 0
+        self._exhausted = False
+        self.now_tariff = 1
+
+    # -- persistence ----------------------------------------------------------------
+    def _save(self, t):
+        store.save(self._path, {"prepaid": self.prepaid, "balance": self.balance,
+                                "rem": self._rem, "tariff": list(self.tariff), "reg": self.reg,
+                                "last": [self._imp, self._exp] if self._imp >= 0 else None})
+        self._saved_t = t
+        self._dirty = False
+
+    # -- each second ------------------------------------------------------------------
+    def _reading(self, r):
+        t, _v, _i, _p, imp, exp = r
+        if t <= 0:
+            return
+        self._t = t
+        tr = tariff_at(self.tariff, t)
+        self.now_tariff = tr
+        if self._imp < 0:
+            self._imp, self._exp = imp, exp
+        d_imp, d_exp = imp - self._imp, exp - self._exp
+        # Registers going back mean metrology lost an unfinished interval in a power cut:
+        # start again from where it is (nothing is charged twice, nothing negative).
+        self._imp, self._exp = imp, exp
+        if d_imp > 0:
+            self.reg[tr - 1] += d_imp
+            if self.prepaid:
+                self._rem += d_imp * self.tariff[tr - 1]
+                self.balance -= self._rem // 1000
+                self._rem %= 1000
+            self._dirty = True
+        if d_exp > 0:
+            self.reg[tr + 1] += d_exp
+            self._dirty = True
+        self._port.send("han", "tariff_state", (tr, self.reg[0], self.reg[1], self.reg[2],
+                                                self.reg[3]))
+        self._check(t)
+        if self._dirty and t - self._saved_t >= SAVE_EVERY_S:
+            self._save(t)
+
+    def _connected(self):
+        s = self._relay
+        return s is None or s[0] or s[1]  # unknown, closed or armed
+
+    def _check(self, t):
+        if not self.prepaid or self.balance > 0:
+            self._exhausted = False
+            return
+        if not self._connected() or t - self._asked_t < RETRY_S:
+            return
+        self._asked_t = t
+        if not self._exhausted:
+            self._exhausted = True
+            self._save(t)
+            self._port.log("credit: zero (%d mc): local disconnect" % self.balance)
+        self._port.send("offswitch", "credit_disconnect", None)
+
+    # -- head-end commands ----------------------------------------------------------------
+    def handle(self, sender, kind, payload):
+        if kind == "reading":
+            self._reading(payload)
+        elif kind == "relay_state":
+            self._relay = payload
+        elif kind == "topup":
+            self._topup(sender, payload)
+        elif kind == "tariff":
+            self._set_tariff(sender, payload)
+        elif kind == "prepaid":
+            self._prepaid(sender, payload)
+        elif kind == "credit_read":
+            self._answer(sender, payload[0])
+
+    def _refuse(self, sender, ref, text):
+        self._port.log(text)
+        self._port.send(sender, "credit_data", (ref, 6, text))
+
+    def _answer(self, sender, ref):
+        tr = {}
+        for k in range(7):
+            tr[_TARIFF_KEYS[k]] = self.tariff[k]
+        s = self._relay
+        body = {"prepaid": self.prepaid, "balance_mc": self.balance, "tariff": tr,
+                "tariff_now": self.now_tariff,
+                "registers_wh": {"import_t1": self.reg[0], "import_t2": self.reg[1],
+                                 "export_t1": self.reg[2], "export_t2": self.reg[3]},
+                "relay": None if s is None else {"relay": s[0], "armed": s[1], "locked": s[2]},
+                "disconnect_asked": self._exhausted}
+        self._port.send(sender, "credit_data", (ref, 0, json.dumps(body)))
+
+    def _topup(self, sender, payload):
+        ref, amount = payload
+        if not 0 < amount <= MAX_TOPUP_MC:
+            self._refuse(sender, ref, "topup %d refused: out of range" % amount)
+            return
+        self.balance += amount
+        self._save(self._t)
+        self._port.log("topup +%d mc: balance %d" % (amount, self.balance))
+        if self.balance > 0:
+            self._exhausted = False
+        self._answer(sender, ref)
+
+    def _set_tariff(self, sender, payload):
+        ref = payload[0]
+        t1, t2, start_h, end_h, tz_s, eu_dst, weekend = payload[1:]
+        if not (0 <= t1 <= MAX_PRICE_MC and 0 <= t2 <= MAX_PRICE_MC
+                and 0 <= start_h <= end_h <= 24 and -43200 <= tz_s <= 50400):
+            self._refuse(sender, ref, "tariff refused: out of range")
+            return
+        self.tariff = (t1, t2, start_h, end_h, tz_s, bool(eu_dst), bool(weekend))
+        self._save(self._t)
+        self._port.log("tariff: T1 %d T2 %d mc/kWh %d-%dh" % (t1, t2, start_h, end_h))
+        self._answer(sender, ref)
+
+    def _prepaid(self, sender, payload):
+        ref, on = payload
+        self.prepaid = bool(on)
+        self._save(self._t)
+        self._port.log("prepaid mode %s" % ("on" if on else "off"))
+        self._answer(sender, ref)

@@ -1,0 +1,299 @@
+# The DC security module's rarely used requests (tasks/dc_security.py): the key pair (KEYGEN,
+# PUBKEY), group set-up (GROUP_BEGIN, GROUP_KEYS with one X25519 derivation per kernel step,
+# GROUP_COMMIT), GROUPS and GROUP_DELETE. Part of that module, in its own file so that its code
+# is in RAM only while it works: dc_security imports it for one of these requests and drops it
+# again unless a set-up is pending (on a 192 KB heap every kilobyte of resident bytecode counts).
+# Every function here takes the DcSecurity object first and the request as
+# (ref, meter_id, body, t0); refusals raise Refused before any state changes.
+import gc
+import json
+import struct
+import time
+from micropython import const
+
+import lopa
+import store
+import x25519
+from tasks.dc_security import (
+    CHUNK_MAX,
+    GROUP_BASE,
+    MAX_GROUPS_CAP,
+    MAX_N,
+    MIN_N,
+    REF_N,
+    Refused,
+    _cap,
+    _gid,
+    _Group,
+    _hex,
+    _Members,
+)
+
+_REC = const(40)  # id u64 + pk 32
+_E_BAD_ARGS = const(6)
+_E_FAILED = const(7)
+_FILE_VER = const(1)
+
+
+class Setup:
+    # A pending set-up (RAM only: a power cut discards it).
+    def __init__(self, gid, n, m, lam, my_id):
+        self.gid = gid
+        self.n = n
+        self.m = m
+        self.lam = lam
+        self.my_id = my_id
+        self.my_b = struct.pack(">Q", my_id)
+        self.mem = _Members(n)
+        self.got = 0  # others accepted (chunks done)
+        self.received = 0  # members accepted, this meter included
+        self.self_seen = False
+        self.seq = 0  # next chunk expected
+        self.us = 0  # sum of the K_ij derivation times (C3)
+        # the chunk being derived
+        self.work = None  # list of (slot, id, payload offset) still to derive
+        self.work_body = None
+        self.work_ref = 0
+        self.work_count = 0
+        self.work_others = 0
+        self.work_self = False
+        self.work_us = 0  # the chunk: parsing and derivations
+        self.work_dus = 0  # its derivations only
+
+
+def group_begin(dc, ref, meter_id, body, t0):
+    gid, off = _gid(body, 0)
+    if len(body) != off + 7:
+        raise Refused(_E_BAD_ARGS, "malformed: gid n u16 m u8 lambda f32")
+    n, m, lam = struct.unpack_from(">HBf", body, off)
+    if n < MIN_N or n > MAX_N:
+        raise Refused(_E_BAD_ARGS, "n %d outside 3..512" % n)
+    if m and not 1 <= m <= n - 2:
+        raise Refused(_E_BAD_ARGS, "m %d outside 1..n-2" % m)
+    if lam != lam or lam < 0 or lam > 3.0e38:
+        raise Refused(_E_BAD_ARGS, "lambda must be 0 or > 0")
+    if dc._sk is None:
+        raise Refused(_E_FAILED, "no key pair")
+    others = len(dc._groups) - (1 if gid in dc._groups else 0)
+    # A pending set-up being replaced still counts as used here: refusing leaves it.
+    if others >= MAX_GROUPS_CAP or free() - group_ram(n) < dc._reserve:
+        raise Refused(_E_FAILED, "no memory for another group (max_groups %d)"
+                      % max_groups(dc))
+    try:
+        setup = Setup(gid, n, m, lam, meter_id)
+    except MemoryError:  # free, but not in one piece
+        setup = None
+        gc.collect()
+        raise Refused(_E_FAILED, "no memory for another group (max_groups %d)"
+                      % max_groups(dc))
+    dc._drop_setup("set-up replaced")
+    dc._setup = setup
+    dc._port.log("lopa: set-up %s n %d m %d" % (_hex(gid), n, m))
+    dc._ok(ref, struct.pack(">I", time.ticks_diff(time.ticks_us(), t0)))
+
+
+def pending(dc, gid):
+    s = dc._setup
+    if s is None or s.gid != gid:
+        raise Refused(_E_FAILED, "no pending set-up for this gid")
+    if s.work is not None:
+        raise Refused(_E_FAILED, "busy: chunk %d still deriving" % (s.seq))
+    return s
+
+
+def group_keys(dc, ref, meter_id, body, t0):
+    gid, off = _gid(body, 0)
+    if len(body) < off + 3:
+        raise Refused(_E_BAD_ARGS, "malformed: gid seq u16 count u8")
+    seq, count = struct.unpack_from(">HB", body, off)
+    off += 3
+    s = pending(dc, gid)
+    if len(body) - off != count * _REC:
+        raise Refused(_E_BAD_ARGS, "count %d does not match %d bytes (40 per member: "
+                      "id u64, pk 32)" % (count, len(body) - off))
+    if count < 1 or count > CHUNK_MAX:
+        raise Refused(_E_BAD_ARGS, "count %d outside 1..25" % count)
+    if seq != s.seq:
+        raise Refused(_E_BAD_ARGS, "chunk %d out of order or repeated (expected %d)"
+                      % (seq, s.seq))
+    if s.received + count > s.n:
+        raise Refused(_E_BAD_ARGS, "count %d exceeds n %d (have %d)"
+                      % (count, s.n, s.received))
+    my_pk = dc.pk
+    has_self = False
+    work = []
+    chunk_ids = []
+    for k in range(count):
+        o = off + k * _REC
+        idb = bytes(body[o:o + 8])
+        pk = bytes(body[o + 8:o + _REC])
+        if idb in chunk_ids or s.mem.find(s.got, idb) >= 0 \
+                or (idb == s.my_b and s.self_seen):
+            raise Refused(_E_BAD_ARGS, "duplicate member id %s" % _hex(idb))
+        chunk_ids.append(idb)
+        if idb == s.my_b:
+            if pk != my_pk:
+                raise Refused(_E_BAD_ARGS, "this meter's id with another public key")
+            has_self = True
+            continue
+        if pk == my_pk:
+            raise Refused(_E_BAD_ARGS, "this meter's public key under id %s" % _hex(idb))
+        work.append((s.got + len(work), int.from_bytes(idb, "big"), o))
+    if not has_self and not s.self_seen and s.received + count == s.n:
+        raise Refused(_E_BAD_ARGS, "this meter is not in the member list")
+    # Staged beyond s.got: nothing counts until every key of the chunk is derived.
+    for slot, id_j, o in work:
+        s.mem.put_id(slot, body[o:o + 8])
+    s.work = work
+    s.work_body = body
+    s.work_ref = ref
+    s.work_count = count
+    s.work_others = len(work)
+    s.work_self = has_self
+    s.work_us = time.ticks_diff(time.ticks_us(), t0)
+    s.work_dus = 0
+    if not work:
+        chunk_done(dc, s)
+
+def derive_one(dc, s):
+    # ONE X25519 + HKDF: the unit of work of one step during set-up.
+    t0 = time.ticks_us()
+    slot, id_j, o = s.work.pop()
+    pk = s.work_body[o + 8:o + _REC]
+    try:
+        k = lopa.pair_key(dc._sk, pk, s.gid, s.my_id, id_j)
+    except ValueError:
+        # low-order point (all-zero X25519 output): the chunk is undone, nothing counts
+        ref = s.work_ref
+        s.work = s.work_body = None
+        dc._refuse(ref, "group_keys", Refused(
+            _E_BAD_ARGS, "low-order public key for id %016x" % id_j))
+        return
+    s.mem.put_key(slot, k)
+    dt = time.ticks_diff(time.ticks_us(), t0)
+    s.work_us += dt
+    s.work_dus += dt
+    if not s.work:
+        chunk_done(dc, s)
+
+def chunk_done(dc, s):
+    s.got += s.work_others
+    s.received += s.work_count
+    s.self_seen = s.self_seen or s.work_self
+    s.seq += 1
+    s.us += s.work_dus
+    ref = s.work_ref
+    s.work = s.work_body = None
+    dc._ok(ref, struct.pack(">HHI", s.received, s.got, s.work_us))
+
+def group_commit(dc, ref, meter_id, body, t0):
+    gid, off = _gid(body, 0)
+    if off != len(body):
+        raise Refused(_E_BAD_ARGS, "malformed: gid only")
+    s = pending(dc, gid)
+    if s.received != s.n or not s.self_seen:
+        raise Refused(_E_FAILED, "commit before all members arrived (%d of %d)"
+                      % (s.received, s.n))
+    path = dc._path(gid)
+    head = bytes((_FILE_VER, len(gid))) + gid + bytes(16 - len(gid)) \
+        + struct.pack(">HBfQ", s.n, s.m, s.lam, s.my_id)
+    store.save_bytes(path, [head] + s.mem.blocks)
+    g = _Group(gid, s.n, s.m, s.lam, s.my_id, s.mem)
+    g.bytes = store.size(path)
+    old = dc._groups.get(gid)
+    if old is not None:
+        g.last_t = old.last_t
+    dc._groups[gid] = g
+    dc._setup = None
+    dc._port.log("lopa: group %s committed n %d" % (_hex(gid), s.n))
+    if dc._t >= 0:
+        dc._start_job(g, dc._t + 1, -1, 0)
+    dc._ok(ref, struct.pack(">HII", s.n, s.us, g.bytes))
+
+
+# -- the key pair (S1/C1, S2/C2) ------------------------------------------------------------
+def keygen(dc, ref, meter_id, body, t0):
+    if len(body) != 1:
+        raise Refused(_E_BAD_ARGS, "malformed: flags u8")
+    created = 0
+    if dc._sk is None or body[0] & 1:
+        sk = dc._entropy(32)
+        if len(sk) != 32:
+            raise Refused(_E_FAILED, "no entropy")
+        pk = x25519.public_key(sk)
+        store.save_bytes(dc._key_path, (sk, pk))
+        replaced = dc._sk is not None
+        dc._sk, dc.pk = bytes(sk), pk
+        sk = None
+        created = 1
+        if dc._setup is not None:
+            dc._drop_setup("key pair replaced")
+        dc._port.log("lopa: key pair %s" % ("replaced" if replaced else "created"))
+    us = time.ticks_diff(time.ticks_us(), t0)
+    dc._ok(ref, dc.pk + struct.pack(">IB", us, created))
+
+
+def pubkey(dc, ref, meter_id, body, t0):
+    if len(body):
+        raise Refused(_E_BAD_ARGS, "malformed: PUBKEY takes no payload")
+    if dc.pk is None:
+        raise Refused(_E_FAILED, "no key pair")
+    pk = dc.pk
+    dc._ok(ref, pk + struct.pack(">I", time.ticks_diff(time.ticks_us(), t0)))
+
+
+# -- memory, GROUPS, GROUP_DELETE ---------------------------------------------------------------
+def group_ram(n):
+    # a group's RAM: its blocks of ids and keys, and the rest (objects, round history)
+    cap = _cap(n)
+    return (40 * cap + 16) * ((n - 2 + cap) // cap) + GROUP_BASE
+
+
+def free():
+    gc.collect()
+    return gc.mem_free()
+
+
+def max_groups(dc):
+    # Groups of the size of the largest committed one (REF_N if none) that fit: those
+    # committed, plus what the free heap above the reserve holds, capped at MAX_GROUPS_CAP.
+    ref_n = 0
+    for g in dc._groups.values():
+        if g.n > ref_n:
+            ref_n = g.n
+    more = (free() - dc._reserve) // group_ram(ref_n or REF_N)
+    return min(MAX_GROUPS_CAP, len(dc._groups) + (more if more > 0 else 0))
+
+
+def groups(dc, ref, meter_id, body, t0):
+    gs = []
+    for g in dc._groups.values():
+        gs.append({"gid": _hex(g.gid), "n": g.n, "m": g.m, "lambda": g.lam,
+                   "bytes": g.bytes, "enc_us_hot": g.enc_hot, "enc_us_cold": g.enc_cold})
+    persisted = store.size(dc._key_path)
+    for g in dc._groups.values():
+        persisted += g.bytes
+    mg = max_groups(dc)
+    gc.collect()
+    dc._ok(ref, json.dumps({
+        "groups": gs, "max_groups": mg,
+        "pending": _hex(dc._setup.gid) if dc._setup is not None else None,
+        "ram_alloc": gc.mem_alloc(), "ram_free": gc.mem_free(),
+        "persisted_bytes": persisted, "key": dc.pk is not None}).encode())
+
+
+def group_delete(dc, ref, meter_id, body, t0):
+    gid, off = _gid(body, 0)
+    if off != len(body):
+        raise Refused(_E_BAD_ARGS, "malformed: gid only")
+    g = dc._groups.get(gid)
+    s = dc._setup
+    if g is None and (s is None or s.gid != gid):
+        raise Refused(_E_BAD_ARGS, "unknown group")
+    if s is not None and s.gid == gid:
+        dc._drop_setup("set-up deleted")
+    if g is not None:
+        store.remove(dc._path(gid))
+        del dc._groups[gid]
+    dc._port.log("lopa: group %s deleted" % _hex(gid))
+    dc._ok(ref, b"")

@@ -1,0 +1,64 @@
+"""python -m host_tools.emu toolchain|build|run|run-bench|gen-x25519 [--board m0plus|m4|rp2040]
+
+toolchain   apt-get install the cross compiler and QEMU, only what is missing
+build       build the board's MicroPython (cached); prints the image's path
+run         boot the board under QEMU; prints its pty (mpremote connect PTY) and waits
+run-bench   C1, C4, C5 on the board beside Elster's figures (--update-doc docs/BENCH.md)
+gen-x25519  regenerate firmware/lib/x25519_thumb.py from host_tools/emu/x25519_gen.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "run-bench":
+        from host_tools.emu.bench import main as bench_main
+
+        return bench_main(argv[1:])
+    ap = argparse.ArgumentParser(prog="python -m host_tools.emu")
+    ap.add_argument("command", choices=["toolchain", "build", "run", "gen-x25519", "run-bench"])
+    ap.add_argument("--board", default="m0plus", choices=["m0plus", "m4", "rp2040"])
+    args = ap.parse_args(argv)
+    from host_tools.emu.build import EmuError
+
+    try:
+        if args.command == "toolchain":
+            from host_tools.emu.build import ensure_toolchain
+
+            ensure_toolchain()
+        elif args.command == "build":
+            from host_tools.emu.build import build
+
+            print(build(args.board))
+        elif args.command == "gen-x25519":
+            from host_tools.emu.x25519_gen import OUT, generate
+
+            n = generate()
+            print(f"wrote {OUT} ({n} bytes of machine code)")
+        else:
+            import signal
+
+            from host_tools.emu.run import Emulator
+
+            # SIGTERM ends like Ctrl-C: through the with block, which stops QEMU.
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+            with Emulator(args.board, quiet=False) as emu:
+                print(f"{emu.spec.label}: UART on {emu.port} (mpremote connect {emu.port}); "
+                      "Ctrl-C stops it", flush=True)
+                while emu.proc is not None and emu.proc.poll() is None:
+                    time.sleep(0.5)
+    except EmuError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

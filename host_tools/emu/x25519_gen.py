@@ -1,0 +1,548 @@
+"""Generate firmware/lib/x25519_thumb.py: the X25519 ladder, inversion and final reduction
+in ARMv6-M machine code, for MicroPython on Cortex-M0+ (RP2040) and every later Cortex-M.
+
+Why machine code in a bytes constant and not ``@micropython.asm_thumb`` source: mpy-cross
+refuses an asm_thumb function for any target but ARM ("invalid arch"), so such a source file
+would break the firmware's build for the virtual board (x64) and for bytecode-only images;
+and the straight-line code below (about 3,700 instructions, 7.6 KB: multiply and squaring
+fully unrolled, so that nothing branches on data) is far too large to compile on the device.
+So the assembly
+is written here, assembled on the host by GNU as for ``-mcpu=cortex-m0plus`` (which rejects
+any instruction the M0+ lacks), and the module carries the bytes plus an 8-instruction
+``@micropython.asm_thumb`` trampoline that it compiles with ``exec`` on Thumb ports only.
+
+Field elements are 32 bytes, little-endian, any value below 2^256 ("weakly reduced", congruent
+mod p = 2^255 - 19) until the final, branch-free reduction. The multiply reads them as
+16 limbs of 16 bits (a 16x16 multiply is one MULS on the M0+), accumulates each column of the
+512-bit product in 64 bits, then folds the top half with 2^256 = 38 (mod p). Additions and
+subtractions run on 32-bit words with the carry flag, and fold their carry or borrow the same
+way. Constant time: the only branches are on the operation code and on public loop counters;
+the conditional swap is done with a mask; no address depends on data.
+
+    python -m host_tools.emu gen-x25519     # rewrites firmware/lib/x25519_thumb.py
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+from host_tools.emu.build import REPO, EmuError, ensure_toolchain
+
+OUT = REPO / "firmware" / "lib" / "x25519_thumb.py"
+
+# Slots of the state buffer (32 bytes each, word-aligned offsets).
+X1, X2, Z2, X3, Z3 = 0, 32, 64, 96, 128
+A, B, C, D, AA, BB, E, DA, CB, T = (160 + 32 * i for i in range(10))
+P = 480  # 64-byte product scratch
+K = 544  # the clamped scalar (op 3)
+STATE_SIZE = 576
+RES = A  # op 1 leaves X2 / Z2 here
+
+OP_STEP, OP_FINISH, OP_CSWAP, OP_LADDER = 0, 1, 2, 3
+
+
+class Asm:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.n = 0
+
+    def __call__(self, line: str) -> None:
+        self.lines.append("    " + line)
+
+    def label(self, name: str) -> None:
+        self.lines.append(f"{name}:")
+
+    def fresh(self, stem: str) -> str:
+        self.n += 1
+        return f".L{stem}{self.n}"
+
+    def ptr(self, reg: str, off: int) -> None:
+        """reg = state base (r8) + off."""
+        self(f"mov {reg}, r8")
+        while off > 0:
+            step = min(off, 255)
+            self(f"adds {reg}, #{step}")
+            off -= step
+
+
+def fe_mul(a: Asm) -> None:
+    """fe_mul: r0 = dst, r1 = a, r2 = b (state pointers); dst = a * b mod p (< 2^256).
+    Clobbers r0-r7. The 512-bit product goes through the P slot."""
+    a.label("fe_mul")
+    a("push {r0, lr}")
+    a.ptr("r0", P)
+    a("movs r3, #0")
+    a("movs r6, #0")
+    a("movs r7, #0")
+    for k in range(31):
+        for i in range(max(0, k - 15), min(k, 15) + 1):
+            j = k - i
+            a(f"ldrh r4, [r1, #{2 * i}]")
+            a(f"ldrh r5, [r2, #{2 * j}]")
+            a("muls r4, r5, r4")
+            a("adds r6, r6, r4")
+            a("adcs r7, r3")
+        a(f"strh r6, [r0, #{2 * k}]")
+        a("lsrs r6, r6, #16")
+        a("lsls r4, r7, #16")
+        a("orrs r6, r4")
+        a("movs r7, #0")
+    a("strh r6, [r0, #62]")
+    # Fold: t = lo + 38 * hi, 16 limbs, then the carry (< 40) times 38 once more.
+    # r0 = the product, the stack holds dst and lr (fe_sq jumps here too).
+    a.label("fe_fold")
+    a("movs r3, #0")
+    a("pop {r1}")  # dst
+    a("movs r2, #38")
+    a("movs r6, #0")
+    for i in range(16):
+        a(f"ldrh r4, [r0, #{2 * i}]")
+        a(f"ldrh r5, [r0, #{2 * i + 32}]")
+        a("muls r5, r2, r5")
+        a("adds r4, r4, r5")
+        a("adds r4, r4, r6")
+        a(f"strh r4, [r1, #{2 * i}]")
+        a("lsrs r6, r4, #16")
+    _fold_words(a, "r1", "r6", "r2", "r3")
+    a("pop {pc}")
+
+
+def fe_sq(a: Asm) -> None:
+    """fe_sq: r0 = dst, r1 = a; dst = a^2 mod p. Each column adds its cross products
+    a_i * a_j (i < j) once, doubles them, then adds the square a_(k/2)^2: 136 multiplies
+    instead of 256. Clobbers r0-r7 and r12."""
+    a.label("fe_sq")
+    a("push {r0, lr}")
+    a.ptr("r0", P)
+    a("mov r12, r0")
+    a("movs r0, #0")
+    a("movs r6, #0")
+    a("movs r7, #0")
+    for k in range(31):
+        pairs = [(i, k - i) for i in range(max(0, k - 15), min(k, 15) + 1) if i < k - i]
+        if pairs:
+            a("movs r2, #0")
+            a("movs r3, #0")
+            for i, j in pairs:
+                a(f"ldrh r4, [r1, #{2 * i}]")
+                a(f"ldrh r5, [r1, #{2 * j}]")
+                a("muls r4, r5, r4")
+                a("adds r2, r2, r4")
+                a("adcs r3, r0")
+            a("adds r2, r2, r2")
+            a("adcs r3, r3")
+            a("adds r6, r6, r2")
+            a("adcs r7, r3")
+        if k % 2 == 0:
+            a(f"ldrh r4, [r1, #{k}]")
+            a("muls r4, r4, r4")
+            a("adds r6, r6, r4")
+            a("adcs r7, r0")
+        a("mov r5, r12")
+        a(f"strh r6, [r5, #{2 * k}]")
+        a("lsrs r6, r6, #16")
+        a("lsls r4, r7, #16")
+        a("orrs r6, r4")
+        a("movs r7, #0")
+    a("mov r0, r12")
+    a("strh r6, [r0, #62]")
+    a("bl fe_fold")  # a long jump (B reaches 2 KB only); lr is already on the stack
+
+
+def _fold_words(a: Asm, dst: str, add: str, k38: str, zero: str) -> None:
+    """dst (8 words) += add * 38 with the carry chain; a carry out adds 38 once more (it cannot
+    carry again: after a wrap the value is below 38 * 2^7). Needs k38 = 38, zero = 0;
+    clobbers r4, r5 and add."""
+    a(f"muls {add}, {k38}, {add}")
+    a(f"ldr r4, [{dst}, #0]")
+    a(f"adds r4, r4, {add}")
+    a(f"str r4, [{dst}, #0]")
+    for w in range(1, 8):
+        a(f"ldr r4, [{dst}, #{4 * w}]")
+        a(f"adcs r4, {zero}")
+        a(f"str r4, [{dst}, #{4 * w}]")
+    a(f"movs {add}, #0")
+    a(f"adcs {add}, {zero}")
+    a(f"muls {add}, {k38}, {add}")
+    a(f"ldr r4, [{dst}, #0]")
+    a(f"adds r4, r4, {add}")
+    a(f"str r4, [{dst}, #0]")
+
+
+def fe_add(a: Asm) -> None:
+    """fe_add: r0 = dst, r1 = a, r2 = b; dst = a + b mod p (< 2^256). Clobbers r1-r5."""
+    a.label("fe_add")
+    a("ldr r3, [r1, #0]")
+    a("ldr r4, [r2, #0]")
+    a("adds r3, r3, r4")
+    a("str r3, [r0, #0]")
+    for w in range(1, 8):
+        a(f"ldr r3, [r1, #{4 * w}]")
+        a(f"ldr r4, [r2, #{4 * w}]")
+        a("adcs r3, r4")
+        a(f"str r3, [r0, #{4 * w}]")
+    a("movs r1, #0")
+    a("movs r3, #0")
+    a("adcs r3, r1")
+    a("movs r2, #38")
+    _fold_words(a, "r0", "r3", "r2", "r1")
+    a("bx lr")
+
+
+def fe_sub(a: Asm) -> None:
+    """fe_sub: r0 = dst, r1 = a, r2 = b; dst = a - b mod p (< 2^256). A borrow means the
+    stored value is a - b + 2^256, so 38 is taken off (twice at most; the second time the
+    value is at least 2^256 - 38 and the low word cannot borrow). Clobbers r1-r5."""
+    a.label("fe_sub")
+    a("ldr r3, [r1, #0]")
+    a("ldr r4, [r2, #0]")
+    a("subs r3, r3, r4")
+    a("str r3, [r0, #0]")
+    for w in range(1, 8):
+        a(f"ldr r3, [r1, #{4 * w}]")
+        a(f"ldr r4, [r2, #{4 * w}]")
+        a("sbcs r3, r4")
+        a(f"str r3, [r0, #{4 * w}]")
+    a("movs r1, #0")
+    a("movs r2, #38")
+    for last in (False, True):
+        # borrow = 1 - C; r3 = 38 * borrow
+        a("movs r3, #0")
+        a("adcs r3, r1")  # C
+        a("movs r5, #1")
+        a("subs r3, r5, r3")
+        a("muls r3, r2, r3")
+        a("ldr r4, [r0, #0]")
+        a("subs r4, r4, r3")
+        a("str r4, [r0, #0]")
+        if not last:
+            for w in range(1, 8):
+                a(f"ldr r4, [r0, #{4 * w}]")
+                a("sbcs r4, r1")
+                a(f"str r4, [r0, #{4 * w}]")
+    a("bx lr")
+
+
+def fe_mul121665(a: Asm) -> None:
+    """fe_mul121665: r0 = dst, r1 = a; dst = 121665 * a mod p. 121665 = 2^16 + 56129, so limb
+    i of the product is a_i * 56129 + a_(i-1) + carry (< 2^32). Clobbers r1-r7."""
+    a.label("fe_mul121665")
+    a("movs r2, #219")
+    a("lsls r2, r2, #8")
+    a("adds r2, #65")  # 0xDB41 = 56129
+    a("movs r6, #0")
+    a("movs r7, #0")
+    for i in range(16):
+        a(f"ldrh r4, [r1, #{2 * i}]")
+        a("mov r3, r4")
+        a("muls r4, r2, r4")
+        a("adds r4, r4, r7")
+        a("adds r4, r4, r6")
+        a(f"strh r4, [r0, #{2 * i}]")
+        a("lsrs r6, r4, #16")
+        a("mov r7, r3")
+    a("adds r6, r6, r7")  # the part at 2^256 (< 2^17)
+    a("movs r2, #38")
+    a("movs r1, #0")
+    _fold_words(a, "r0", "r6", "r2", "r1")
+    a("bx lr")
+
+
+def cswap(a: Asm) -> None:
+    """cswap: r2 = 0 or 1 (the swap bit); swaps (X2, Z2) with (X3, Z3) by masking. Clobbers
+    r0-r5."""
+    a.label("cswap")
+    a("rsbs r2, r2, #0")  # mask: 0 or all ones
+    a.ptr("r0", X2)
+    for w in range(8):
+        for p, q in ((X2 - X2, X3 - X2), (Z2 - X2, Z3 - X2)):
+            a(f"ldr r3, [r0, #{p + 4 * w}]")
+            a(f"ldr r4, [r0, #{q + 4 * w}]")
+            a("mov r5, r3")
+            a("eors r5, r4")
+            a("ands r5, r2")
+            a("eors r3, r5")
+            a("eors r4, r5")
+            a(f"str r3, [r0, #{p + 4 * w}]")
+            a(f"str r4, [r0, #{q + 4 * w}]")
+    a("bx lr")
+
+
+def fe_freeze(a: Asm) -> None:
+    """fe_freeze: r0 = x (< 2^256); x = x mod p, fully reduced, without a branch: two folds of
+    bit 255 (x < 2^255 after them), then t = x + 19 and, by mask, x = t - 2^255 when t has
+    bit 255 set (that is, when x >= p). t goes through the P slot. Clobbers r1-r7."""
+    a.label("fe_freeze")
+    a("movs r1, #0")
+    a("movs r5, #19")
+    for _ in range(2):
+        a("ldr r3, [r0, #28]")
+        a("lsrs r4, r3, #31")
+        a("lsls r3, r3, #1")
+        a("lsrs r3, r3, #1")
+        a("str r3, [r0, #28]")
+        a("muls r4, r5, r4")
+        a("ldr r3, [r0, #0]")
+        a("adds r3, r3, r4")
+        a("str r3, [r0, #0]")
+        for w in range(1, 8):
+            a(f"ldr r3, [r0, #{4 * w}]")
+            a("adcs r3, r1")
+            a(f"str r3, [r0, #{4 * w}]")
+    a.ptr("r2", P)
+    a("ldr r3, [r0, #0]")
+    a("adds r3, r3, r5")
+    a("str r3, [r2, #0]")
+    for w in range(1, 8):
+        a(f"ldr r3, [r0, #{4 * w}]")
+        a("adcs r3, r1")
+        a(f"str r3, [r2, #{4 * w}]")
+    a("ldr r3, [r2, #28]")
+    a("lsrs r6, r3, #31")
+    a("rsbs r6, r6, #0")  # mask: all ones when x >= p
+    a("lsls r3, r3, #1")
+    a("lsrs r3, r3, #1")
+    a("str r3, [r2, #28]")
+    for w in range(8):
+        a(f"ldr r3, [r0, #{4 * w}]")
+        a(f"ldr r4, [r2, #{4 * w}]")
+        a("eors r4, r3")
+        a("ands r4, r6")
+        a("eors r3, r4")
+        a(f"str r3, [r0, #{4 * w}]")
+    a("bx lr")
+
+
+def call(a: Asm, fn: str, *slots: int) -> None:
+    for reg, off in zip(("r0", "r1", "r2"), slots, strict=False):
+        a.ptr(reg, off)
+    a(f"bl {fn}")
+
+
+def op_step(a: Asm) -> None:
+    """One Montgomery ladder step (RFC 7748 section 5), after the conditional swap by r2."""
+    a.label("op_step")
+    a.label("op_step_body")
+    a("push {lr}")
+    a("bl cswap")
+    call(a, "fe_add", A, X2, Z2)
+    call(a, "fe_sub", B, X2, Z2)
+    call(a, "fe_add", C, X3, Z3)
+    call(a, "fe_sub", D, X3, Z3)
+    call(a, "fe_mul", DA, D, A)
+    call(a, "fe_mul", CB, C, B)
+    call(a, "fe_sq", AA, A)
+    call(a, "fe_sq", BB, B)
+    call(a, "fe_add", X3, DA, CB)
+    call(a, "fe_sq", X3, X3)
+    call(a, "fe_sub", Z3, DA, CB)
+    call(a, "fe_sq", Z3, Z3)
+    call(a, "fe_mul", Z3, X1, Z3)
+    call(a, "fe_mul", X2, AA, BB)
+    call(a, "fe_sub", E, AA, BB)
+    call(a, "fe_mul121665", T, E)
+    call(a, "fe_add", T, AA, T)
+    call(a, "fe_mul", Z2, E, T)
+    a("pop {pc}")
+
+
+def op_ladder(a: Asm) -> None:
+    """The whole ladder: for t = 254 .. 0, kt = bit t of the scalar in slot K, swap ^= kt,
+    cswap and step, swap = kt; then the last cswap. The loop counter t (public) lives in r9,
+    swap in r10. The only key-dependent values are data: the byte load's address depends on t
+    alone."""
+    a.label("op_ladder")
+    a("push {lr}")
+    a("movs r4, #254")
+    a("mov r9, r4")
+    a("movs r4, #0")
+    a("mov r10, r4")
+    a.label(".Lladder")
+    a("mov r4, r9")
+    a("lsrs r5, r4, #3")
+    a.ptr("r6", K)
+    a("ldrb r5, [r6, r5]")
+    a("movs r6, #7")
+    a("ands r6, r4")
+    a("lsrs r5, r6")
+    a("movs r6, #1")
+    a("ands r5, r6")  # kt
+    a("mov r2, r10")
+    a("eors r2, r5")  # swap ^ kt
+    a("mov r10, r5")
+    a("bl op_step_body")
+    a("mov r4, r9")
+    a("subs r4, #1")
+    a("mov r9, r4")
+    a("bpl .Lladder")
+    a("mov r2, r10")
+    a("bl cswap")
+    a("pop {pc}")
+
+
+def sqn(a: Asm, dst: int, src: int, n: int) -> None:
+    """dst = src^(2^n): one squaring from src, then n - 1 in place (a loop on the public n,
+    its counter in r9)."""
+    call(a, "fe_sq", dst, src)
+    if n == 1:
+        return
+    loop = a.fresh("sq")
+    a(f"movs r4, #{n - 1}")
+    a("mov r9, r4")
+    a.label(loop)
+    call(a, "fe_sq", dst, dst)
+    a("mov r4, r9")
+    a("subs r4, #1")
+    a("mov r9, r4")
+    a(f"bne {loop}")
+
+
+def op_finish(a: Asm) -> None:
+    """RES = X2 / Z2 = X2 * Z2^(p-2) mod p, fully reduced, by the standard addition chain
+    (254 squarings, 11 multiplies). Z2 = 0 gives 0, as RFC 7748 requires."""
+    a.label("op_finish")
+    a("push {lr}")
+    s1, z9, z11, z5, z10, z20, z50, z100, t = A, B, C, D, AA, BB, E, DA, T
+    sqn(a, s1, Z2, 1)  # z^2
+    sqn(a, t, s1, 2)  # z^8
+    call(a, "fe_mul", z9, t, Z2)  # z^9
+    call(a, "fe_mul", z11, z9, s1)  # z^11
+    sqn(a, t, z11, 1)
+    call(a, "fe_mul", z5, t, z9)  # 2^5 - 1
+    sqn(a, t, z5, 5)
+    call(a, "fe_mul", z10, t, z5)  # 2^10 - 1
+    sqn(a, t, z10, 10)
+    call(a, "fe_mul", z20, t, z10)  # 2^20 - 1
+    sqn(a, t, z20, 20)
+    call(a, "fe_mul", t, t, z20)  # 2^40 - 1
+    sqn(a, t, t, 10)
+    call(a, "fe_mul", z50, t, z10)  # 2^50 - 1
+    sqn(a, t, z50, 50)
+    call(a, "fe_mul", z100, t, z50)  # 2^100 - 1
+    sqn(a, t, z100, 100)
+    call(a, "fe_mul", t, t, z100)  # 2^200 - 1
+    sqn(a, t, t, 50)
+    call(a, "fe_mul", t, t, z50)  # 2^250 - 1
+    sqn(a, t, t, 5)
+    call(a, "fe_mul", t, t, z11)  # 2^255 - 21 = p - 2
+    call(a, "fe_mul", RES, X2, t)
+    call(a, "fe_freeze", RES)
+    a("pop {pc}")
+
+
+def source() -> str:
+    """The assembly: entry(r0 = op, r1 = state, r2 = argument) at offset 0."""
+    a = Asm()
+    a.lines += [".syntax unified", ".cpu cortex-m0plus", ".thumb", ".text", ".align 2",
+                ".global entry", ".thumb_func"]
+    a.label("entry")
+    a("push {r4-r7, lr}")
+    a("mov r4, r8")
+    a("mov r5, r9")
+    a("mov r6, r10")
+    a("push {r4-r6}")
+    a("mov r8, r1")
+    for op, fn in ((OP_STEP, "op_step"), (OP_FINISH, "op_finish"), (OP_CSWAP, "cswap"),
+                   (OP_LADDER, "op_ladder")):
+        nxt = a.fresh("op")
+        a(f"cmp r0, #{op}")
+        a(f"bne {nxt}")
+        a(f"bl {fn}")
+        a("b .Ldone")
+        a.label(nxt)
+    a.label(".Ldone")
+    a("pop {r4-r6}")
+    a("mov r8, r4")
+    a("mov r9, r5")
+    a("mov r10, r6")
+    a("movs r0, #0")
+    a("pop {r4-r7, pc}")
+    for gen in (op_ladder, op_step, op_finish, cswap, fe_add, fe_sub, fe_mul121665, fe_freeze,
+                fe_sq, fe_mul):
+        gen(a)
+    return "\n".join(a.lines) + "\n"
+
+
+def assemble(asm: str) -> bytes:
+    """Machine code of ``asm``, by arm-none-eabi-as for the Cortex-M0+."""
+    ensure_toolchain(quiet=True)
+    as_ = shutil.which("arm-none-eabi-as")
+    objcopy = shutil.which("arm-none-eabi-objcopy")
+    if as_ is None or objcopy is None:
+        raise EmuError("arm-none-eabi-as / objcopy not found")
+    with tempfile.TemporaryDirectory() as d:
+        src, obj, binf = Path(d) / "x.s", Path(d) / "x.o", Path(d) / "x.bin"
+        src.write_text(asm)
+        for args in ([as_, "-mcpu=cortex-m0plus", "-mthumb", "-o", str(obj), str(src)],
+                     [objcopy, "-O", "binary", "-j", ".text", str(obj), str(binf)]):
+            r = subprocess.run(args, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise EmuError(f"{Path(args[0]).name}: {(r.stderr or r.stdout).strip()}")
+        return binf.read_bytes()
+
+
+TEMPLATE = '''\
+# X25519 field arithmetic in ARMv6-M machine code, for MicroPython on Cortex-M0+ (RP2040)
+# and every later Cortex-M. GENERATED by `python -m host_tools.emu gen-x25519` from
+# host_tools/emu/x25519_gen.py (the assembly, and why it is machine code); do not edit.
+#
+# Data only: x25519.py imports it on Thumb ports alone, compiles TRAMPOLINE (an 8-instruction
+# @micropython.asm_thumb function, kept in a string so that this file stays valid Python for
+# every target mpy-cross builds for), copies CODE into a bytearray (aligned, in RAM) and
+# drops this module, and calls run(code, op, state, arg).
+# Ops: {op_ladder} = the whole ladder with the clamped scalar in slot K, {op_step} = cswap by
+# the bit arg then one ladder step, {op_finish} = RES = X2 / Z2 mod p (fully reduced),
+# {op_cswap} = cswap by arg only. The state buffer: STATE_SIZE bytes, 32-byte little-endian
+# slots at these offsets.
+STATE_SIZE = {state_size}
+X1 = {x1}
+X2 = {x2}
+Z2 = {z2}
+X3 = {x3}
+Z3 = {z3}
+RES = {res}
+K = {k}
+OP_LADDER = {op_ladder}
+OP_STEP = {op_step}
+OP_FINISH = {op_finish}
+OP_CSWAP = {op_cswap}
+
+TRAMPOLINE = """
+@micropython.asm_thumb
+def run(r0, r1, r2, r3):
+    add(r0, 1)
+    mov(r12, r0)
+    mov(r0, r1)
+    mov(r1, r2)
+    mov(r2, r3)
+    bl(call)
+    b(done)
+    label(call)
+    bx(r12)
+    label(done)
+"""
+
+CODE = (
+{code}
+)
+'''
+
+
+def render(code: bytes) -> str:
+    rows = []
+    for i in range(0, len(code), 24):
+        esc = "".join(f"\\x{b:02x}" for b in code[i:i + 24])
+        rows.append(f'    b"{esc}"')
+    return TEMPLATE.format(state_size=STATE_SIZE, x1=X1, x2=X2, z2=Z2, x3=X3, z3=Z3,
+                           res=RES, k=K, op_ladder=OP_LADDER, op_step=OP_STEP,
+                           op_finish=OP_FINISH, op_cswap=OP_CSWAP, code="\n".join(rows))
+
+
+def generate(out: Path = OUT) -> int:
+    """Write the module; returns the machine code's size in bytes."""
+    code = assemble(source())
+    out.write_text(render(code))
+    return len(code)

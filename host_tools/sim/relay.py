@@ -1,0 +1,66 @@
+"""``meterctl sim relay`` / ``sim press``: the off-switch's hardware on a virtual meter.
+
+The relay is an output pin the host reads (the supervisor latches it across VM restarts, as a
+latching relay keeps its contacts without power); the button and the tamper switch are inputs
+the host drives. Armed and locked are the off-switch's own state: the host reads them where
+the board keeps them, the off-switch's record in the meter's flash (written before the relay
+pin moves), with the firmware's own ``store`` reader.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from host_tools.flash.build import FIRMWARE_DIR
+from host_tools.sim import fleet
+
+OS_STATE = "data/os_state.json"  # in the meter's flash (fs/)
+PRESS_S = 0.2
+
+
+@cache
+def _store() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("_fw_store", FIRMWARE_DIR / "lib" / "store.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def offswitch_record(mdir: Path) -> dict[str, Any] | None:
+    """The off-switch's persisted state in a meter's flash, or None before its first save."""
+    rec: dict[str, Any] | None = _store().load(str(mdir / "fs" / OS_STATE), None)
+    return rec
+
+
+def relay(index: int, base: Path | None = None) -> dict[str, Any]:
+    """The relay pin as the board drives it, with the off-switch's armed/locked state."""
+    st = fleet.meter_status(index, base)
+    mdir = Path(st["dir"])
+    rec = offswitch_record(mdir) or {}
+    pins = st["pins"]
+    return {"id": st["id"], "relay": "closed" if pins.get("relay") else "open",
+            "pin": int(pins.get("relay", 0)), "armed": bool(rec.get("armed")),
+            "locked": bool(rec.get("locked")), "button": int(pins.get("button", 0)),
+            "tamper": int(pins.get("tamper", 0)), "offswitch_ctr": rec.get("ctr"),
+            "relay_changes": st.get("relay_changes")}
+
+
+def press(index: int, pin: str, base: Path | None = None, hold_s: float = PRESS_S,
+          latch: bool = False) -> dict[str, Any]:
+    """Press an input: set it to 1, then back to 0 after ``hold_s`` (``latch``: leave it at 1,
+    e.g. a tamper switch whose cover stays open; `sim pin NAME 0` releases it)."""
+    if pin not in fleet.INPUT_PINS:
+        raise fleet.SimError(f"{pin!r} is not an input the host can press "
+                             f"(inputs: {', '.join(fleet.INPUT_PINS)})")
+    fleet.set_inputs(index, {pin: 1}, base)
+    if not latch:
+        time.sleep(hold_s)
+        fleet.set_inputs(index, {pin: 0}, base)
+    time.sleep(0.1)  # the off-switch polls its inputs every 10 ms
+    return relay(index, base)

@@ -1,0 +1,193 @@
+"""The LoPA head-end against three virtual meters running the real firmware: key pairs (S1),
+public keys (S2), group set-up (S3) and rounds (S4) with lab truth; a robust round that still
+decrypts with a meter killed mid-round; a plain group that names the missing meter; and a
+head-end killed mid-run that resumes from its SQLite state (through the CLI)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from host_tools.flash.deploy import flash
+from host_tools.headend.keystore import Keystore
+from host_tools.headend.lopa import HeadEnd, Hooks, State, Target, serial_connector
+from host_tools.headend.lopa.lab import serial_probe
+from host_tools.headend.provision import provision
+from host_tools.sim import fleet
+
+INTERVAL_S = 3
+OFF_S = 20.0  # a power cut long enough for two rounds
+
+
+@dataclass
+class Bench:
+    base: Path
+    keystore: Keystore
+    db: Path
+    targets: list[Target]  # by fleet index
+
+    def headend(self, timeout: float = 2.0) -> HeadEnd:
+        return HeadEnd(State(self.db), serial_connector(self.keystore), timeout=timeout)
+
+    @property
+    def ports(self) -> str:
+        return ",".join(t.port for t in self.targets)
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> Iterator[Bench]:
+    if real_port:
+        pytest.skip("needs three meters: runs on virtual ones")
+    tmp = tmp_path_factory.mktemp("headend")
+    base = tmp / "fleet"
+    recs = fleet.start(3, base)
+    try:
+        ks = Keystore(tmp / "keystore.json")
+        for r in recs:
+            flash(r["port"])
+        targets = []
+        for r in recs:
+            p = provision(r["port"], ks, force=True, interval_s=INTERVAL_S)
+            targets.append(Target(p.meter_id, r["port"]))
+        time.sleep(1.0)
+        yield Bench(base, ks, tmp / "headend.db", targets)
+    finally:
+        fleet.stop(base)
+
+
+def meterctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "host_tools.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_keys_and_public_keys(bench: Bench) -> None:
+    with bench.headend() as he:
+        made = he.keys(bench.targets)
+        assert not made.failed, made.to_json()
+        assert all(o.created for o in made.outcomes)
+        again = he.keys(bench.targets)  # idempotent: an existing key pair is kept
+        assert [o.pk for o in again.outcomes] == [o.pk for o in made.outcomes]
+        assert not any(o.created for o in again.outcomes)
+        read = he.pubkeys(bench.targets)
+        assert [o.pk for o in read.outcomes] == [o.pk for o in made.outcomes]
+        assert len({o.pk for o in read.outcomes}) == 3
+        for o in read.outcomes:
+            row = he.state.meter(o.target.meter_id)
+            assert row is not None and row.pk == o.pk and row.port == o.target.port
+        figs = {op["test"]: op for op in he.state.ops()}
+        assert figs["S1"]["bytes"] > 0 and figs["S2"]["rtt_ms_mean"] > 0
+
+
+def test_plain_group_rounds_equal_the_lab_truth(bench: Bench) -> None:
+    with bench.headend() as he:
+        res = he.group_create(b"plain", bench.targets)
+        assert not res.failed, res.to_json()
+        run = he.run(b"plain", 2, lab=serial_probe())
+    assert len(run.rounds) == 2, run.to_json()
+    assert run.rounds[1].t > run.rounds[0].t
+    for r in run.rounds:
+        assert r.ok, r.error
+        assert r.missing == [] and len(r.ciphertexts) == 3
+        assert r.lab is not None and len(r.lab) == 3, run.lab_errors
+        assert r.aggregate == r.expected  # no noise: exactly
+        assert r.expected is not None and r.expected > 0
+        for i, c in r.ciphertexts.items():
+            assert c != r.lab[i]  # no ciphertext equals its plaintext
+        assert r.to_json()["lab_truth"] is True
+
+
+def _cut(bench: Bench, index: int) -> threading.Thread:
+    th = threading.Thread(target=fleet.power_cut, args=(index, bench.base, OFF_S), daemon=True)
+    th.start()
+    return th
+
+
+def test_robust_group_decrypts_with_a_meter_killed_mid_round_and_plain_names_it(
+        bench: Bench) -> None:
+    victim = bench.targets[2]
+    cutter: list[threading.Thread] = []
+
+    def kill_mid_round(t: int) -> None:
+        # interval t is open: the meter dies before it closes
+        cutter.append(_cut(bench, 2))
+        time.sleep(0.3)
+
+    with bench.headend() as he:
+        res = he.group_create(b"robust", bench.targets, m=1)
+        assert not res.failed, res.to_json()
+        run = he.run(b"robust", 1, lab=serial_probe(), hooks=Hooks(before_wait=kill_mid_round))
+        r = run.rounds[0]
+        assert r.ok, r.error
+        assert r.missing == [victim.meter_id]
+        assert "did not answer" in r.why[victim.meter_id]
+        assert set(r.answers) == {bench.targets[0].meter_id, bench.targets[1].meter_id}
+        assert r.aggregate == r.expected and r.expected is not None, run.lab_errors
+        # The meter is still down: a plain group cannot decrypt, and says which meter.
+        plain = he.run(b"plain", 1).rounds[0]
+    assert not plain.ok and plain.aggregate is None
+    assert plain.missing == [victim.meter_id]
+    assert f"meter {victim.meter_id} ({victim.port}) did not report" in (plain.error or "")
+    for th in cutter:
+        th.join(OFF_S + 20)
+    assert fleet.meter_status(2, bench.base)["vm"] == "on"
+
+
+def test_cli_run_killed_mid_run_resumes(bench: Bench) -> None:
+    args = ["headend", "run", "--ports", bench.ports, "--keystore", str(bench.keystore.path),
+            "--db", str(bench.db), "--gid", "plain", "--rounds", "3", "--json"]
+    time.sleep(2)  # the meter that was cut is booting its firmware
+    proc = subprocess.Popen([sys.executable, "-m", "host_tools.cli", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def done_in_open_run() -> list[int]:
+        with sqlite3.connect(bench.db) as db:
+            return [t for (t,) in db.execute(
+                "SELECT r.t FROM rounds r JOIN runs u ON r.run_id = u.run_id "
+                "WHERE u.state = 'running' AND r.state = 'done'")]
+
+    deadline = time.monotonic() + 60
+    while not done_in_open_run() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    os.kill(proc.pid, signal.SIGKILL)  # no clean-up, no last commit
+    proc.communicate()
+    first = done_in_open_run()
+    assert len(first) == 1, first
+    with sqlite3.connect(bench.db) as db:
+        n_ct = db.execute("SELECT COUNT(*) FROM ciphertexts WHERE t = ?", first).fetchone()[0]
+    out = meterctl(*args)
+    assert out.returncode == 0, out.stderr
+    assert "resuming run" in out.stderr
+    rounds = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(rounds) == 3
+    assert rounds[0]["interval"] == first[0] and rounds[0].get("resumed") is True
+    assert len({r["interval"] for r in rounds}) == 3
+    assert all(r["status"] == "ok" and r["missing"] == [] for r in rounds)
+    with sqlite3.connect(bench.db) as db:
+        # the round done before the kill was not asked again
+        assert db.execute("SELECT COUNT(*) FROM ciphertexts WHERE t = ?",
+                          first).fetchone()[0] == n_ct
+        assert db.execute("SELECT COUNT(*) FROM runs WHERE state = 'running'").fetchone()[0] == 0
+
+
+def test_cli_keys_json_and_friendly_error(bench: Bench) -> None:
+    out = meterctl("headend", "pubkeys", "--ports", bench.ports, "--keystore",
+                   str(bench.keystore.path), "--db", str(bench.db), "--json")
+    assert out.returncode == 0, out.stderr
+    d = json.loads(out.stdout)
+    assert d["test"] == "S2" and d["failed"] == [] and len(d["meters"]) == 3
+    assert "virtual board" in out.stderr  # figures say which platform produced them
+    bad = meterctl("headend", "run", "--db", str(bench.db), "--keystore",
+                   str(bench.keystore.path), "--gid", "nope")
+    assert bad.returncode == 1
+    assert bad.stderr.strip().startswith("error:") and "no group nope" in bad.stderr

@@ -1,0 +1,256 @@
+"""The emulated Cortex-M0+ board (QEMU, ARMv6-M): built from registry packages (cached),
+booted, reached over its pty through host_tools.transport.serial.Board exactly as a Pico is,
+and running the firmware's crypto compiled for armv6m: the FIPS 180-4 SHA-256 vectors of the
+port's C hashlib, the RFC 7748 X25519 vectors with the machine-code ladder and with the pure
+Python fallback, and the instruction count of one X25519 against the 15 M-cycle goal.
+
+The toolchain (gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm) is installed with
+apt-get when missing; the tests skip only where that cannot be done. The quick component bench
+(C1, C4, C5) runs here too; the Cortex-M4 board and the RP2040 cycle model (rp2040js, from
+npm) run with `make bench-emulated` (METER_EMU_FULL=1)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections.abc import Iterator
+
+import pytest
+
+from host_tools.emu import x25519_gen
+from host_tools.emu.bench import M0PLUS_CPI, emulated_board, upload_libs
+from host_tools.emu.build import apt_available, board_spec, missing_tools
+from host_tools.transport.serial import Board
+
+from .test_crypto_cpython import (
+    ALICE_PK,
+    ALICE_SK,
+    BOB_PK,
+    BOB_SK,
+    DH_SHARED,
+    HMAC_VECTORS,
+    LOW_ORDER_U,
+    X25519_ITERATED,
+    X25519_VECTORS,
+    ref_hmac,
+    ref_x25519,
+)
+
+needs_toolchain = pytest.mark.skipif(
+    bool(missing_tools()) and not apt_available(),
+    reason=f"emulated boards need {', '.join(missing_tools())} and apt-get (as root) is not "
+           "available to install them")
+
+# FIPS 180-4 / NIST example vectors: (message, SHA-256)
+SHA256_VECTORS = [
+    (b"", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+    (b"abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+    (b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+     "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"),
+    (b"abcdefghbcdefghicdefghijdefghijkefghijklfghijklmghijklmnhijklmnoijklmnopjklmnopq"
+     b"klmnopqrlmnopqrsmnopqrstnopqrstu",
+     "cf5b16a778af8380036ce59e7b0492370b249b11e8f07a51afac45037afee9d1"),
+]
+MILLION_A = "cdc76e5c9914fb9281a1c7e284d73e67f1809a48a497200e046d39ccc7112cd0"
+
+
+@pytest.fixture(scope="module")
+def board() -> Iterator[Board]:
+    with emulated_board("m0plus") as (_, b):
+        upload_libs(b, board_spec("m0plus"))
+        yield b
+
+
+def lines(b: Board, code: str) -> list[str]:
+    return b.exec(code).decode().split()
+
+
+@needs_toolchain
+def test_boots_as_an_armv6m_board(board: Board) -> None:
+    info = board.info()
+    assert info.platform == "emulated"
+    assert info.arch == "armv6m"
+    assert "Cortex-M0+" in info.machine
+    assert board.eval("__import__('machine').freq()") == 125_000_000
+
+
+@needs_toolchain
+def test_sha256_fips_vectors(board: Board) -> None:
+    msgs = [m.hex() for m, _ in SHA256_VECTORS]
+    code = f"""
+import hashlib
+for m in {msgs!r}:
+    print(hashlib.sha256(bytes.fromhex(m)).digest().hex())
+h = hashlib.sha256()
+chunk = b"a" * 1000
+for _ in range(1000):
+    h.update(chunk)
+print(h.digest().hex())
+# digest() does not end the hash; odd-sized updates across block edges
+h = hashlib.sha256(b"ab")
+d1 = h.digest()
+for n in (1, 63, 64, 65, 127):
+    h.update(bytes(range(n)))
+print(d1.hex(), h.digest().hex())
+"""
+    data = b"ab" + b"".join(bytes(range(n)) for n in (1, 63, 64, 65, 127))
+    want = [d for _, d in SHA256_VECTORS] + [MILLION_A, hashlib.sha256(b"ab").hexdigest(),
+                                              hashlib.sha256(data).hexdigest()]
+    assert lines(board, code) == want
+
+
+@needs_toolchain
+def test_hmac_rfc4231_on_the_c_hashlib(board: Board) -> None:
+    code = f"""
+import hmac_sha256
+for k, d in {[(k, d) for k, d, _ in HMAC_VECTORS]!r}:
+    print(hmac_sha256.hmac_sha256(bytes.fromhex(k), bytes.fromhex(d)).hex())
+"""
+    assert lines(board, code) == [ref_hmac(bytes.fromhex(k), bytes.fromhex(d)).hex()
+                                  for k, d, _ in HMAC_VECTORS]
+
+
+X25519_CODE = f"""
+import x25519, emu
+h = bytes.fromhex
+assert x25519._THUMB is not None  # the board runs the machine code
+if not THUMB:
+    x25519._THUMB = None
+for k, u in {[(k, u) for k, u, _ in X25519_VECTORS]!r}:
+    print(x25519.x25519(h(k), h(u)).hex())
+print(x25519.x25519(x25519.BASE_POINT, x25519.BASE_POINT).hex())
+print(x25519.public_key(h({ALICE_SK!r})).hex(), x25519.public_key(h({BOB_SK!r})).hex())
+print(x25519.shared_secret(h({ALICE_SK!r}), h({BOB_PK!r})).hex())
+sk = bytes(range(32))
+for u in {LOW_ORDER_U!r}:
+    try:
+        x25519.shared_secret(sk, h(u))
+        print("accepted")
+    except ValueError:
+        print("rejected")
+t0 = emu.count()
+x25519.x25519(h({X25519_VECTORS[0][0]!r}), h({X25519_VECTORS[0][1]!r}))
+print(emu.count() - t0)
+"""
+
+
+@needs_toolchain
+@pytest.mark.parametrize("thumb", [True, False], ids=["machine-code", "pure-python"])
+def test_x25519_rfc7748_on_the_board(board: Board, thumb: bool,
+                                     capsys: pytest.CaptureFixture[str]) -> None:
+    out = lines(board, f"THUMB = {thumb}\n" + X25519_CODE
+                + ("" if thumb else "x25519._THUMB = x25519._load_thumb()\n"))
+    want = [o for _, _, o in X25519_VECTORS] + [X25519_ITERATED[1], ALICE_PK, BOB_PK,
+                                                DH_SHARED] + ["rejected"] * len(LOW_ORDER_U)
+    assert out[:-1] == want
+    insns = int(out[-1])
+    with capsys.disabled():
+        print(f"\n[emulated Cortex-M0+] one X25519, {'machine code' if thumb else 'pure Python'}:"
+              f" {insns:,} instructions (~{insns * M0PLUS_CPI / 1e6:.1f} M cycles at CPI "
+              f"{M0PLUS_CPI}, {insns * M0PLUS_CPI / 125e3:.0f} ms at 125 MHz)")
+    if thumb:
+        assert insns * M0PLUS_CPI <= 15_000_000  # issue 8's goal: at most 15 M M0+ cycles
+
+
+@needs_toolchain
+def test_x25519_random_inputs_match_cryptography(board: Board) -> None:
+    rng = random.Random(25519)
+    xs = [(rng.randbytes(32), rng.randbytes(32)) for _ in range(12)]
+    # u values near and above p, and with the top bit set
+    p = 2**255 - 19
+    xs += [(rng.randbytes(32), (p + d).to_bytes(32, "little")) for d in (-2, 2, 18)]
+    xs += [(rng.randbytes(32), (2**256 - 1 - d).to_bytes(32, "little")) for d in (0, 5)]
+    code = f"""
+import x25519
+for sk, u in {[(a.hex(), b.hex()) for a, b in xs]!r}:
+    print(x25519.x25519(bytes.fromhex(sk), bytes.fromhex(u)).hex())
+"""
+    assert lines(board, code) == [ref_x25519(sk, u).hex() for sk, u in xs]
+
+
+@needs_toolchain
+def test_x25519_heap_use_is_small(board: Board) -> None:
+    code = """
+import gc, x25519
+gc.collect()
+free = gc.mem_free()
+gc.disable()
+x25519.public_key(bytes(range(32)))
+print(free - gc.mem_free())
+gc.enable()
+"""
+    assert int(lines(board, code)[0]) < 8_000  # bytes allocated by one X25519
+
+
+@needs_toolchain
+def test_machine_code_module_is_generated_from_its_source() -> None:
+    code = x25519_gen.assemble(x25519_gen.source())
+    assert x25519_gen.OUT.read_text() == x25519_gen.render(code), (
+        "firmware/lib/x25519_thumb.py is stale: run python -m host_tools.emu gen-x25519")
+
+
+@needs_toolchain
+@pytest.mark.skipif(not os.environ.get("METER_EMU_FULL"),
+                    reason="the Cortex-M4 board runs with make bench-emulated")
+def test_m4_board_runs_the_rfc_vectors() -> None:
+    with emulated_board("m4") as (_, b):
+        assert b.info().arch == "armv7emsp"
+        upload_libs(b, board_spec("m4"), ("x25519_thumb", "x25519"))
+        out = lines(b, "THUMB = True\n" + X25519_CODE)
+    assert out[:len(X25519_VECTORS)] == [o for _, _, o in X25519_VECTORS]
+
+
+@needs_toolchain
+def test_machine_code_finish_reduces_fully(board: Board) -> None:
+    """Op 1 with Z2 = 1 is X2 mod p: the multiply's weak reduction and the branch-free final
+    one, at the edges (p, 2^255, 2^256 - 1, ...); Z2 = 0 gives 0."""
+    p = 2**255 - 19
+    vals = [0, 1, 18, 19, p - 1, p, p + 1, 2**255 - 1, 2**255, 2**255 + 18, 2**255 + 19,
+            2 * p - 1, 2 * p, 2**256 - 39, 2**256 - 38, 2**256 - 1]
+    code = f"""
+import x25519
+run, code, (size, x1, x2, x3, z3, ks, res, op_ladder, op_finish) = x25519._THUMB
+z2 = {x25519_gen.Z2}
+for v, z in {[(v, 1) for v in vals] + [(5, 0), (p, 0)]!r}:
+    st = bytearray(size)
+    st[x2:x2 + 32] = v.to_bytes(32, "little")
+    st[z2:z2 + 32] = z.to_bytes(32, "little")
+    run(code, op_finish, st, 0)
+    print(int.from_bytes(st[res:res + 32], "little"))
+"""
+    assert [int(x) for x in lines(board, code)] == [v % p for v in vals] + [0, 0]
+
+
+@needs_toolchain
+def test_quick_component_bench(capsys: pytest.CaptureFixture[str]) -> None:
+    """C1, C4 and C5 on the emulated Cortex-M0+, printed beside Elster's figures (issue 8:
+    the quick bench belongs in the default suite when it is this fast)."""
+    from host_tools.emu.bench import render, run_bench
+
+    figs, raw = run_bench("m0plus")
+    by = {(f.test, f.members): f for f in figs}
+    assert by["C1", None].count * M0PLUS_CPI < 15_000_000
+    assert by["C4", None].count > by["C1", None].count  # X25519 + HKDF
+    assert by["C5", 50].count > by["C5", 3].count
+    assert raw["heap_free"] > 100_000
+    with capsys.disabled():
+        print("\n" + board_spec("m0plus").label + "\n" + render(figs, board_spec("m0plus")))
+
+
+@needs_toolchain
+@pytest.mark.skipif(not os.environ.get("METER_EMU_FULL"),
+                    reason="the rp2040js board runs with make bench-emulated")
+def test_rp2040js_board_measures_x25519_cycles(capsys: pytest.CaptureFixture[str]) -> None:
+    """The same ARMv6-M image on rp2040js, which counts RP2040 cycles: the RFC vector, and
+    the measured cycles of one X25519 against the 15 M goal."""
+    with emulated_board("rp2040") as (_, b):
+        assert b.eval("__import__('emu').UNIT") == "cycles"
+        upload_libs(b, board_spec("rp2040"), ("x25519_thumb", "x25519"))
+        out = lines(b, "THUMB = True\n" + X25519_CODE)
+    assert out[:len(X25519_VECTORS)] == [o for _, _, o in X25519_VECTORS]
+    cycles = int(out[-1])
+    with capsys.disabled():
+        print(f"\n[emulated RP2040, rp2040js] one X25519: {cycles:,} cycles "
+              f"({cycles / 125e3:.1f} ms at 125 MHz)")
+    assert cycles <= 15_000_000

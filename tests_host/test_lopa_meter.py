@@ -1,0 +1,800 @@
+"""The DC security module (firmware/tasks/dc_security.py, LoPA) on the real MicroPython VM with a
+192 KB heap, driven directly (fake ports, or a real kernel with the real flow policy).
+
+Covers issue 5's meter side: key pair, chunked group set-up with one X25519 per step, a
+300-member group (RAM and persisted bytes printed), several groups, rounds that sum to the
+readings, robust rounds with recovery, every bad input of the issue refused with the state
+unchanged, a power cut discarding a pending set-up, and the private key never leaving. Host-side
+(CPython, same lib code): the noise shares sum to Laplace(lambda), and a malicious head-end that
+tells meters different missing sets learns no sum over fewer than N - M members.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import random
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lopa
+import pytest
+import store
+
+from .test_crypto_cpython import ref_blinding, ref_pair_key
+
+Run = Callable[..., str]
+MASK = 0xFFFFFFFF
+
+# Test harness on the VM: M is one meter's DC security module on a fake port (its own data
+# directory, deterministic entropy); req() sends one request the way cs_security does and runs
+# step() until the answer for that ref comes back.
+HARNESS = r"""
+import json, os, struct, time, gc, hashlib, binascii
+import x25519, lopa, store
+from tasks.dc_security import DcSecurity
+
+class Port:
+    def __init__(self):
+        self.out = []
+        self.logs = []
+        self.answers = []  # every payload that left the module
+    def send(self, to, kind, payload=None):
+        self.out.append((to, kind, payload))
+        if kind == "lopa_data":
+            self.answers.append(payload[2])
+        return True
+    def log(self, text):
+        self.logs.append(text)
+
+class Ent:
+    def __init__(self, seed):
+        self.s = seed
+        self.c = 0
+    def __call__(self, n):
+        out = b""
+        while len(out) < n:
+            self.c += 1
+            out += hashlib.sha256(b"%s %d" % (self.s, self.c)).digest()
+        return out[:n]
+
+class M:
+    def __init__(self, d, mid, seed):
+        try:
+            os.mkdir(d)
+        except OSError:
+            pass
+        self.d = d
+        self.port = Port()
+        self.ent = Ent(seed)
+        self.id = mid
+        self.ref = 0
+        self.pk = None
+        self.boot()
+    def boot(self):  # a power cut: a new module on the same files
+        self.port.out = []
+        self.dc = DcSecurity(self.port, {"entropy": self.ent, "dir": self.d})
+    def req(self, kind, body, steps=200000):
+        self.ref += 1
+        ref = self.ref
+        self.dc.handle("cs_security", kind, (ref, self.id, body))
+        for _ in range(steps):
+            for i in range(len(self.port.out)):
+                m = self.port.out[i]
+                if m[1] == "lopa_data" and m[2][0] == ref:
+                    self.port.out.pop(i)
+                    return m[2][1], m[2][2]
+            self.dc.step()
+        raise Exception("no answer")
+    def close(self, t, x):
+        self.dc.handle("metrology", "interval_value", (t, x))
+    def idle(self, n=200):
+        for _ in range(n):
+            self.dc.step()
+    def c(self, gid, t):
+        code, body = self.req("ciphertext", G(gid) + struct.pack(">I", t))
+        assert code == 0, body
+        tt, c = struct.unpack(">II", body)
+        assert tt == t
+        return c
+    def recover(self, gid, t, ids):
+        body = G(gid) + struct.pack(">IH", t, len(ids))
+        for i in ids:
+            body += struct.pack(">Q", i)
+        return self.req("recover", body)
+    def groups(self):
+        code, body = self.req("groups", b"")
+        assert code == 0
+        return json.loads(body)
+    def sk(self):
+        return store.load_bytes(self.d + "/dc_key.bin")[:32]
+    def leaked(self):
+        sk = self.sk()
+        bad = [a for a in self.port.answers if isinstance(a, bytes) and sk in a]
+        return len(bad) + len([t for t in self.port.logs if sk.hex() in t])
+
+def G(gid):
+    return bytes((len(gid),)) + gid
+
+def begin(gid, n, m=0, lam=0.0):
+    return G(gid) + struct.pack(">HBf", n, m, lam)
+
+def chunk(gid, seq, members, count=None):
+    b = G(gid) + struct.pack(">HB", seq, len(members) if count is None else count)
+    for mid, pk in members:
+        b += struct.pack(">Q", mid) + pk
+    return b
+
+def setup(meters, gid, m=0, lam=0.0, size=25, members=None):
+    members = members or [(x.id, x.pk) for x in meters]
+    for x in meters:
+        code, body = x.req("group_begin", begin(gid, len(members), m, lam))
+        assert code == 0, body
+        for s in range(0, len(members), size):
+            code, body = x.req("group_keys", chunk(gid, s // size, members[s:s + size]))
+            assert code == 0, body
+        code, body = x.req("group_commit", G(gid))
+        assert code == 0, body
+
+def keygen(x):
+    code, body = x.req("keygen", b"\x00")
+    assert code == 0, body
+    x.pk = body[:32]
+    return body
+
+def state(x):
+    # everything a refusal must leave as it was: the pending set-up, the groups and their
+    # rounds, the files
+    s = x.dc._setup
+    pend = None
+    if s is not None:
+        h = hashlib.sha256()
+        for i in range(s.got):
+            h.update(s.mem.id_at(i))
+            h.update(s.mem.key_at(i))
+        pend = (s.gid, s.n, s.m, s.received, s.got, s.seq, s.self_seen, s.work is None,
+                h.digest())
+    gs = []
+    for gid in sorted(x.dc._groups):
+        g = x.dc._groups[gid]
+        h = hashlib.sha256()
+        for b in g.mem.blocks:
+            h.update(b)
+        gs.append((gid, g.n, g.m, g.last_t, bytes(g.h_f), list(g.h_C), list(g.h_c),
+                   h.digest()))
+    files = sorted(os.listdir(x.d))
+    return repr((pend, gs, files, x.pk))
+
+def agg(meters, gid, t, robust=False):
+    # the head-end's aggregate when all report: sum c_i, less sum r_i (S empty) if robust
+    s = sum(x.c(gid, t) for x in meters)
+    if robust:
+        for x in meters:
+            code, body = x.recover(gid, t, [])
+            assert code == 0, body
+            s -= struct.unpack(">II", body)[1]
+    return s & 0xFFFFFFFF
+
+def out(obj):
+    print(json.dumps(obj))
+"""
+
+
+def vm(micropython: Run, body: str, timeout: float = 120) -> Any:
+    out = micropython(HARNESS + body, timeout=timeout)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# -- keys -------------------------------------------------------------------------------------
+def test_keygen_keeps_or_replaces_persists_and_never_returns_the_private_key(
+        micropython: Run, tmp_path: Path) -> None:
+    r = vm(micropython, f"""
+a = M({str(tmp_path / "a")!r}, 11, "a")
+code, p0 = a.req("pubkey", b"")                # no key yet
+k1 = keygen(a)
+k2 = keygen(a)                                  # kept
+code2, pk = a.req("pubkey", b"")
+a.boot()                                        # persisted
+code3, pk_boot = a.req("pubkey", b"")
+code4, k3 = a.req("keygen", b"\\x01")          # replaced
+bad = a.req("keygen", b"")
+out({{"nokey": [code, p0], "created": [k1[36], k2[36], k3[36]],
+     "kept": k1[:32] == k2[:32] == pk[:32] == pk_boot[:32], "replaced": k3[:32] != k1[:32],
+     "pk_ok": x25519.public_key(a.sk()) == k3[:32], "bad": bad[0],
+     "keygen_us": struct.unpack(">I", k1[32:36])[0], "leaked": a.leaked(),
+     "g": a.groups()["key"]}})
+""")
+    assert r["nokey"] == [7, "no key pair"]
+    assert r["created"] == [1, 0, 1] and r["kept"] and r["replaced"] and r["pk_ok"]
+    assert r["bad"] == 6 and r["g"] is True and r["leaked"] == 0
+    print(f"\nvirtual board (MicroPython unix VM): KEYGEN (C1, incl. persist) "
+          f"{r['keygen_us']} us")
+
+
+# -- rounds -----------------------------------------------------------------------------------
+def test_three_meters_plain_rounds_sum_to_the_readings(micropython: Run, tmp_path: Path) -> None:
+    r = vm(micropython, f"""
+ms = [M({str(tmp_path)!r} + "/m%d" % i, 1000 + 37 * i, "s%d" % i) for i in range(3)]
+for x in ms:
+    keygen(x)
+setup(ms, b"g3")
+rounds = []
+xs = [[1234, 5678, 91011], [0, 0, 0], [4294967295, 7, 1]]
+for k, t in enumerate((100, 101, 102)):
+    for x, v in zip(ms, xs[k]):
+        x.close(t, v)
+    for x in ms:
+        x.idle()          # idle time: b(t+1) precomputed
+    rounds.append([x.c(b"g3", t) for x in ms])
+g = ms[0].groups()["groups"][0]
+import sys
+out({{"setup_code_loaded": "tasks.dc_setup" in sys.modules,
+     "rounds": rounds, "xs": xs, "sk": ms[0].sk().hex(), "ids": [x.id for x in ms],
+     "pks": [x.pk.hex() for x in ms], "g": g, "leaked": sum(x.leaked() for x in ms)}})
+""")
+    for cs, xs in zip(r["rounds"], r["xs"], strict=True):
+        assert sum(cs) & MASK == sum(xs) & MASK
+        assert all(c != x for c, x in zip(cs, xs, strict=True))
+    # meter 0's blinding, recomputed on the host with `cryptography` from its key file
+    sk = bytes.fromhex(r["sk"])
+    ids, pks = r["ids"], [bytes.fromhex(p) for p in r["pks"]]
+    keys = [(ids[j], ref_pair_key(sk, pks[j], b"g3", ids[0], ids[j])) for j in (1, 2)]
+    for k, t in enumerate((100, 101, 102)):
+        assert r["rounds"][k][0] == (r["xs"][k][0] + ref_blinding(keys, ids[0], b"g3", t)) & MASK
+    g = r["g"]
+    assert g["n"] == 3 and g["m"] == 0 and g["enc_us_hot"] is not None
+    assert g["enc_us_cold"] is not None and r["leaked"] == 0
+    assert r["setup_code_loaded"] is False  # dc_setup.py left RAM when the set-up committed
+
+
+def test_noise_group_adds_noise_and_no_more(micropython: Run, tmp_path: Path) -> None:
+    r = vm(micropython, f"""
+ms = [M({str(tmp_path)!r} + "/m%d" % i, 50 + i, "n%d" % i) for i in range(3)]
+for x in ms:
+    keygen(x)
+setup(ms, b"noisy", lam=20.0)
+errs = []
+for t in range(200, 230):
+    for x in ms:
+        x.close(t, 1000)
+        x.idle(20)
+    errs.append(((sum(x.c(b"noisy", t) for x in ms) - 3000 + 2**31) & 0xFFFFFFFF) - 2**31)
+out({{"errs": errs, "lam": ms[0].groups()["groups"][0]["lambda"]}})
+""")
+    errs = r["errs"]
+    assert r["lam"] == 20.0
+    assert any(errs) and all(abs(e) < 20 * 15 for e in errs)
+    # Laplace(20): mean |e| = 20; 30 draws are within a factor 2 with overwhelming probability
+    assert 10 < sum(abs(e) for e in errs) / len(errs) < 40
+
+
+def test_robust_round_recovers_a_missing_member_and_refuses_every_bad_recovery(
+        micropython: Run, tmp_path: Path) -> None:
+    r = vm(micropython, f"""
+ms = [M({str(tmp_path)!r} + "/m%d" % i, 7000 + 3 * i, "r%d" % i) for i in range(5)]
+for x in ms:
+    keygen(x)
+setup(ms, b"rob", m=2)
+setup(ms[:3], b"plain")
+a, b, c, d, e = ms
+xs = [100, 250, 333, 4000, 55555]
+t = 300
+for x, v in zip(ms, xs):
+    x.close(t, v)
+cs = [x.c(b"rob", t) for x in ms[:4]]       # e never reports
+for x in ms[:3]:
+    x.c(b"plain", t)
+refusals = []
+def refused(x, gid, tt, ids, why):
+    before, nlog = state(x), len(x.port.logs)
+    code, body = x.recover(gid, tt, ids)
+    refusals.append([why, code, body, state(x) == before, len(x.port.logs) == nlog + 1])
+refused(a, b"rob", t, [a.id], "names itself")
+refused(a, b"rob", t, [e.id, d.id, c.id], "more than m")
+refused(a, b"rob", t, [999], "non-member")
+refused(a, b"rob", t, [e.id, e.id], "repeats")
+refused(e, b"rob", t, [d.id], "no c sent")
+refused(a, b"rob", t + 1, [e.id], "no such t")
+refused(a, b"plain", t, [c.id], "plain group")
+refused(a, b"nope", t, [e.id], "unknown group")
+rs = []
+for x in ms[:4]:
+    code, body = x.recover(b"rob", t, [e.id])
+    assert code == 0, body
+    rs.append(struct.unpack(">II", body)[1])
+refused(a, b"rob", t, [e.id], "second time")
+erased = [x.dc._groups[b"rob"].h_C[x.dc._groups[b"rob"].slot_of(t)] for x in ms[:4]]
+out({{"cs": cs, "rs": rs, "xs": xs, "refusals": refusals, "erased": erased,
+     "log": a.port.logs[-1], "leaked": sum(x.leaked() for x in ms)}})
+""")
+    for why, code, body, unchanged, logged in r["refusals"]:
+        assert code in (6, 7), why
+        assert unchanged and logged, (why, body)
+    assert [w for w, *_ in r["refusals"]] == [
+        "names itself", "more than m", "non-member", "repeats", "no c sent", "no such t",
+        "plain group", "unknown group", "second time"]
+    agg = (sum(r["cs"]) - sum(r["rs"])) & MASK
+    assert agg == sum(r["xs"][:4])  # the four that reported; e's reading is not in it
+    assert r["erased"] == [0, 0, 0, 0]  # C_i(t) erased after the answer
+    assert "refused" in r["log"] and r["leaked"] == 0
+
+
+def test_every_bad_setup_input_is_refused_logged_and_changes_nothing(
+        micropython: Run, tmp_path: Path) -> None:
+    r = vm(micropython, f"""
+ms = [M({str(tmp_path)!r} + "/m%d" % i, 500 + i, "b%d" % i) for i in range(5)]
+for x in ms:
+    keygen(x)
+a, b, c, d, e = ms
+fresh = M({str(tmp_path)!r} + "/nokey", 9, "z")
+setup(ms, b"old")                                  # a committed group, to stay untouched
+for x in ms:
+    x.close(40, 1)
+    x.c(b"old", 40)
+gid = b"new"
+A, B, C, D, E = [(x.id, x.pk) for x in ms]
+assert a.req("group_begin", begin(gid, 5, 2))[0] == 0
+assert a.req("group_keys", chunk(gid, 0, [B, C]))[0] == 0   # a itself comes in chunk 1
+P = b"\\x09" + bytes(31)
+res = []
+def refused(why, kind, body, x=a):
+    before, nlog = state(x), len(x.port.logs)
+    code, text = x.req(kind, body)
+    res.append([why, code, text, state(x) == before, len(x.port.logs) == nlog + 1])
+refused("wrong count", "group_keys", chunk(gid, 1, [A, D], count=3))
+refused("wrong count 0", "group_keys", chunk(gid, 1, [], count=0))
+refused("count exceeds n", "group_keys", chunk(gid, 1, [A, D, E, (77, P)]))
+refused("duplicate in chunk", "group_keys", chunk(gid, 1, [A, D, D]))
+refused("duplicate across chunks", "group_keys", chunk(gid, 1, [A, B, E]))
+refused("pk wrong length", "group_keys",
+        G(gid) + struct.pack(">HB", 1, 3) + struct.pack(">Q", A[0]) + A[1]
+        + struct.pack(">Q", D[0]) + D[1][:31] + struct.pack(">Q", E[0]) + E[1])
+refused("low-order point 0", "group_keys", chunk(gid, 1, [A, D, (66, bytes(32))]))
+refused("low-order point 1", "group_keys",
+        chunk(gid, 1, [A, D, (66, (1).to_bytes(32, "little"))]))
+refused("own key under another id", "group_keys", chunk(gid, 1, [D, (88, a.pk), E]))
+refused("own id, another key", "group_keys", chunk(gid, 1, [(a.id, D[1]), E]))
+refused("this meter missing", "group_keys", chunk(gid, 1, [D, E, (99, P)]))
+refused("out of order", "group_keys", chunk(gid, 2, [A, D, E]))
+refused("repeated", "group_keys", chunk(gid, 0, [B, C]))
+refused("no pending set-up", "group_keys", chunk(b"zz", 1, [A, D, E]))
+refused("commit early", "group_commit", G(gid))
+refused("commit unknown", "group_commit", G(b"zz"))
+refused("n too small", "group_begin", begin(b"x", 2))
+refused("n too big", "group_begin", begin(b"x", 513))
+refused("m too big", "group_begin", begin(b"x", 5, 4))
+refused("lambda < 0", "group_begin", begin(b"x", 5, 0, -1.0))
+refused("lambda nan", "group_begin", begin(b"x", 5, 0, float("nan")))
+refused("gid empty", "group_begin", b"\\x00" + struct.pack(">HBf", 5, 0, 0.0))
+refused("gid too long", "group_begin", G(b"x" * 17) + struct.pack(">HBf", 5, 0, 0.0))
+refused("malformed", "group_begin", G(b"x") + b"\\x00")
+refused("no key pair", "group_begin", begin(b"x", 5), fresh)
+refused("delete unknown", "group_delete", G(b"zz"))
+refused("ciphertext unknown group", "ciphertext", G(b"zz") + struct.pack(">I", 40))
+refused("ciphertext not closed", "ciphertext", G(b"old") + struct.pack(">I", 41))
+# ... and after all that, the set-up completes as if nothing had happened
+assert a.req("group_keys", chunk(gid, 1, [A, D, E]))[0] == 0
+assert a.req("group_commit", G(gid))[0] == 0
+setup(ms[1:], gid, m=2, members=[B, C, A, D, E])
+for x in ms:
+    x.close(41, 10)
+cs = [x.c(gid, 41) for x in ms]
+rs = [struct.unpack(">II", x.recover(gid, 41, [])[1])[1] for x in ms]   # robust: S empty
+out({{"res": res, "sum": (sum(cs) - sum(rs)) & 0xFFFFFFFF,
+     "old": sum(x.c(b"old", 41) for x in ms) & 0xFFFFFFFF,
+     "leaked": sum(x.leaked() for x in ms)}})
+""")
+    whys = []
+    for why, code, text, unchanged, logged in r["res"]:
+        whys.append(why)
+        assert code in (6, 7), (why, code, text)
+        assert unchanged, (why, text)
+        assert logged, (why, text)
+    assert len(whys) == 28
+    texts = {w: t for w, _, t, *_ in r["res"]}
+    assert "low-order" in texts["low-order point 0"] and "low-order" in texts["low-order point 1"]
+    assert "duplicate" in texts["duplicate across chunks"]
+    assert "out of order" in texts["out of order"] and "out of order" in texts["repeated"]
+    assert "public key under" in texts["own key under another id"]
+    assert r["sum"] == 50 and r["old"] == 50 and r["leaked"] == 0
+
+
+def test_power_cut_discards_a_pending_setup_and_keeps_committed_groups(
+        micropython: Run, tmp_path: Path) -> None:
+    r = vm(micropython, f"""
+ms = [M({str(tmp_path)!r} + "/m%d" % i, 20 + i, "p%d" % i) for i in range(3)]
+for x in ms:
+    keygen(x)
+setup(ms, b"keep")
+a = ms[0]
+members = [(x.id, x.pk) for x in ms] + [(77, x25519.public_key(b"\\x05" * 32))]
+assert a.req("group_begin", begin(b"half", 4))[0] == 0
+assert a.req("group_keys", chunk(b"half", 0, members[:2]))[0] == 0
+pend = a.groups()["pending"]
+# a chunk half-derived when the power goes
+a.dc.handle("cs_security", "group_keys", (999, a.id, chunk(b"half", 1, members[2:])))
+a.dc.step()
+a.boot()
+g = a.groups()
+for x in ms:
+    x.close(500, 5)
+out({{"pend": pend, "after": g["pending"], "gids": [x["gid"] for x in g["groups"]],
+     "files": sorted(os.listdir(a.d)),
+     "sum": sum(x.c(b"keep", 500) for x in ms) & 0xFFFFFFFF,
+     "keys": a.req("group_keys", chunk(b"half", 1, members[2:]))}})
+""")
+    assert r["pend"] == b"half".hex() and r["after"] is None
+    assert r["gids"] == [b"keep".hex()]
+    assert [f for f in r["files"] if "half" in f or b"half".hex() in f] == []
+    assert r["sum"] == 15
+    assert r["keys"][0] == 7 and "no pending" in r["keys"][1]
+
+
+def test_several_groups_at_once_and_a_memory_bound(micropython: Run, tmp_path: Path) -> None:
+    r = vm(micropython, f"""
+ms = [M({str(tmp_path)!r} + "/m%d" % i, 300 + i, "g%d" % i) for i in range(3)]
+for x in ms:
+    keygen(x)
+gids = [b"g%d" % k for k in range(6)]
+for k, gid in enumerate(gids):
+    setup(ms, gid, m=1 if k % 2 else 0)
+for x, v in zip(ms, (5, 6, 7)):
+    x.close(9, v)
+sums = [agg(ms, gid, 9, k % 2) for k, gid in enumerate(gids)]
+g = ms[0].groups()
+# Less heap to spare (the reserve for the rest of the meter raised to what is free now, less
+# 16 KB): a 512-member set-up (20 KB) no longer fits, and is refused without harm.
+gc.collect()
+reserve = ms[0].dc._reserve
+ms[0].dc._reserve = gc.mem_free() - 16384
+before = state(ms[0])
+refused = ms[0].req("group_begin", begin(b"big", 512))
+same = state(ms[0]) == before
+small = ms[0].req("group_begin", begin(b"small", 50))[0]   # 2.7 KB still fits
+ms[0].dc._reserve = reserve
+ok = ms[0].req("group_begin", begin(b"big", 512))[0]
+d = ms[0].req("group_delete", G(b"g0"))
+out({{"sums": sums, "n": len(g["groups"]), "max": g["max_groups"], "refused": refused,
+     "same": same, "ok": ok, "small": small, "del": d[0], "after": len(ms[0].groups()["groups"]),
+     "files": len([f for f in os.listdir(ms[0].d) if f.startswith("lopa_")])}})
+""")
+    assert r["sums"] == [18] * 6
+    assert r["n"] == 6 and r["max"] >= 6
+    assert r["refused"][0] == 7 and "max_groups" in r["refused"][1]
+    assert r["same"] and r["small"] == 0
+    assert r["ok"] == 0 and r["del"] == 0 and r["after"] == 5 and r["files"] == 5
+
+
+# -- 300 members, through a real kernel with the real flow policy -----------------------------
+def _member_sk(j: int) -> bytes:
+    import hashlib
+    return hashlib.sha256(b"member %d" % j).digest()
+
+
+def test_300_member_group_sets_up_in_25_member_chunks_on_a_192k_heap(
+        micropython: Run, tmp_path: Path) -> None:
+    n = 300
+    r = vm(micropython, f"""
+import kernel, policy
+LOGS = {{"security": ({str(tmp_path / "sec.bin")!r}, 16, 64),
+         "metrology": ({str(tmp_path / "met.bin")!r}, 16, 64),
+         "offswitch": ({str(tmp_path / "off.bin")!r}, 16, 64)}}
+class Cs:
+    def __init__(self, port, hw):
+        self.port = port
+        self.got = {{}}
+    def handle(self, sender, kind, payload):
+        self.got[payload[0]] = payload
+class Rt:   # stands in for metrology: realtime, 10 ms period; records how late it ran
+    def __init__(self, port, hw):
+        self.port = port
+        self.last = None
+        self.worst = 0
+        self.runs = 0
+    def step(self):
+        now = time.ticks_us()
+        if self.last is not None:
+            self.worst = max(self.worst, time.ticks_diff(now, self.last))
+        self.last = now
+        self.runs += 1
+    def handle(self, sender, kind, payload):
+        pass
+k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, LOGS, lambda: 1000)
+cs = k.add("cs_security", Cs, {{}}, capacity=16)
+rt = k.add("metrology", Rt, {{}}, capacity=4, period_ms=10, realtime=True)
+ent = Ent("big")
+dc = k.add("dc_security", DcSecurity, {{"entropy": ent, "dir": {str(tmp_path / "m")!r}}},
+           capacity=8, period_ms=5)
+MY = 1 << 40
+ref = [0]
+def req(kind, body):
+    ref[0] += 1
+    cs.port.send("dc_security", kind, (ref[0], MY, body))
+    while ref[0] not in cs.got:
+        k.run_once()
+    _, code, ans = cs.got.pop(ref[0])
+    assert code == 0, ans
+    return ans
+pk = req("keygen", b"\\x00")[:32]
+def member(i):  # position i of the list: this meter at 137, member j = 1..299 elsewhere
+    if i == 137:
+        return (MY, pk)
+    j = i + 1 if i < 137 else i
+    return (j * 1000003, x25519.public_key(hashlib.sha256(b"member %d" % j).digest()))
+bodies = [None] * 12   # the head-end's 12 GROUP_KEYS payloads, made beforehand
+for s in range(0, {n}, 25):
+    bodies[s // 25] = chunk(b"big300", s // 25, [member(i) for i in range(s, min(s + 25, {n}))])
+wire = sum(len(b) for b in bodies)
+t0 = time.ticks_ms()
+req("group_begin", begin(b"big300", {n}, 5))
+rt.worst = 0
+chunk_us = []
+for q in range(12):
+    body = bodies[q]
+    bodies[q] = None
+    chunk_us.append(struct.unpack(">HHI", req("group_keys", body))[2])
+    body = None
+setup_ms = time.ticks_diff(time.ticks_ms(), t0)
+late = rt.worst
+nn, c3_us, nbytes = struct.unpack(">HII", req("group_commit", G(b"big300")))
+# two rounds: the first one cold (blinding computed at the boundary), the second hot
+rt.worst = 0
+for t, x in ((1000, 777), (1001, 888)):
+    dc.handle("metrology", "interval_value", (t, x))
+    k.run(1000)   # 1 s of meter time: the boundary's work, then b(t+1) in idle steps
+late_rounds = rt.worst
+c1000 = struct.unpack(">II", req("ciphertext", G(b"big300") + struct.pack(">I", 1000)))[1]
+c1001 = struct.unpack(">II", req("ciphertext", G(b"big300") + struct.pack(">I", 1001)))[1]
+# robust (m=5): round 2 with nobody missing at t=1000, with members 1..5 missing at t=1001
+r1000 = struct.unpack(">II", req("recover", G(b"big300") + struct.pack(">IH", 1000, 0)))[1]
+gone = b"".join(struct.pack(">Q", j * 1000003) for j in range(1, 6))
+r1001 = struct.unpack(">II", req("recover", G(b"big300") + struct.pack(">IH", 1001, 5) + gone))[1]
+g = json.loads(req("groups", b""))
+# RAM the committed group holds (ids, K_ij, round history, job state): what goes when it goes
+gc.collect()
+a1 = gc.mem_alloc()
+del dc._groups[b"big300"]
+gc.collect()
+ram = a1 - gc.mem_alloc()
+dc._groups[b"big300"] = dc._read_group(dc._path(b"big300"))   # as after a reboot
+out({{"n": nn, "c3_us": c3_us, "bytes": nbytes, "ram": ram, "chunk_us": chunk_us,
+     "setup_ms": setup_ms, "late_us": late, "late_rounds": late_rounds, "groups": g,
+     "c": [c1000, c1001], "r": [r1000, r1001],
+     "sk": store.load_bytes({str(tmp_path / "m")!r} + "/dc_key.bin")[:32].hex(),
+     "pk": pk.hex(), "wire": wire, "heap": gc.mem_free() + gc.mem_alloc()}})
+""", timeout=300)
+    g = r["groups"]
+    grp = g["groups"][0]
+    assert r["n"] == n and grp["n"] == n and grp["m"] == 5
+    assert r["bytes"] == grp["bytes"] and g["persisted_bytes"] >= r["bytes"]
+    assert r["bytes"] > 40 * (n - 1)  # ids + pair keys of the 299 others, + header
+    assert g["max_groups"] >= 4 and g["pending"] is None
+    # about 40 B per other member in RAM (ids + K_ij), not 128 B of HMAC pads
+    assert 40 * (n - 1) < r["ram"] < 48 * (n - 1) + 4096, r["ram"]
+    # One X25519 per step: the realtime task never waited much longer than one derivation.
+    assert r["late_us"] < 150_000, r["late_us"]
+    assert r["late_rounds"] < 50_000, r["late_rounds"]
+    # the meter's first two ciphertexts, checked on the host with `cryptography`
+    sk, my = bytes.fromhex(r["sk"]), 1 << 40
+    keys = [(j * 1000003, ref_pair_key(sk, _pub(j), b"big300", my, j * 1000003))
+            for j in range(1, n)]
+    (c0, c1), (r0, r1) = r["c"], r["r"]
+    assert (c0 - r0) & MASK == (777 + ref_blinding(keys, my, b"big300", 1000)) & MASK
+    gone = keys[:5]  # members 1..5 named missing: their pads are left out
+    assert (c1 - r1) & MASK == (888 + ref_blinding(keys, my, b"big300", 1001)
+                                - ref_blinding(gone, my, b"big300", 1001)) & MASK
+    print(f"\nvirtual board (MicroPython unix VM, 192 KB heap), one meter, {n}-member group "
+          f"(m=5) in 25-member chunks:\n"
+          f"  RAM held by the committed group (gc.mem_alloc with it - without it): {r['ram']} B\n"
+          f"  persisted: group file {r['bytes']} B; key + groups {g['persisted_bytes']} B\n"
+          f"  meter heap {r['heap']} B: ram_alloc {g['ram_alloc']} B, ram_free {g['ram_free']} B,"
+          f" max_groups {g['max_groups']}\n"
+          f"  C3 (all {n - 1} K_ij) {r['c3_us'] / 1000:.0f} ms; per chunk of 25: "
+          f"{min(r['chunk_us']) / 1000:.0f}-{max(r['chunk_us']) / 1000:.0f} ms; "
+          f"set-up wall time {r['setup_ms']} ms; worst realtime gap {r['late_us'] / 1000:.1f} ms "
+          f"(set-up), {r['late_rounds'] / 1000:.1f} ms (rounds)\n"
+          f"  C5 encrypt: hot {grp['enc_us_hot']} us (precomputed), cold "
+          f"{grp['enc_us_cold']} us (blinding of {n - 1} pads then); GROUP_KEYS bytes "
+          f"{r['wire']}")
+
+
+def _pub(j: int) -> bytes:
+    from .test_crypto_cpython import ref_public_key
+    return ref_public_key(_member_sk(j))
+
+
+# -- a malicious head-end (brief "Why it is safe") ----------------------------------------------
+N, M_FAIL = 6, 2
+
+
+def _missing_sets(i: int) -> list[frozenset[int]]:
+    others = [j for j in range(N) if j != i]
+    out = [frozenset()]
+    for k in range(1, M_FAIL + 1):
+        out += [frozenset(s) for s in itertools.combinations(others, k)]
+    return out
+
+
+def _pads_cancel(t_set: tuple[int, ...], s_of: dict[int, frozenset[int]]) -> bool:
+    # sum over i in T of (c_i - r_i) = sum x_i + sum_{i in T} sum_{j not in S_i, j != i}
+    # s_ij P_ij; the pad P_ij (i < j) cancels iff both or neither of its two terms appear
+    for i, j in itertools.combinations(range(N), 2):
+        left = i in t_set and j not in s_of[i]
+        right = j in t_set and i not in s_of[j]
+        if left != right:
+            return False
+    return True
+
+
+def test_malicious_headend_learns_no_sum_over_fewer_than_n_minus_m_members() -> None:
+    # Symbolic, exhaustive: every set T of answering members, every way of telling each of
+    # them a different missing set S_i (|S_i| <= M, i not in S_i).
+    for size in range(1, N + 1):
+        for t_set in itertools.combinations(range(N), size):
+            found = False
+            for choice in itertools.product(*[_missing_sets(i) for i in t_set]):
+                s_of = dict(zip(t_set, choice, strict=True))
+                for j in range(N):
+                    s_of.setdefault(j, frozenset())
+                if _pads_cancel(t_set, s_of):
+                    found = True
+                    break
+            assert found == (size >= N - M_FAIL), (t_set, found)
+    # Numeric, with real pads (lib/lopa.py on CPython) and random secrets C_i, for adversarial
+    # assignments: what the head-end can form never equals the plaintext sum for |T| < N - M.
+    rng = random.Random(5)
+    ids = [rng.getrandbits(63) for _ in range(N)]
+    gid, t = b"evil", 77
+    k = {}
+    for i, j in itertools.combinations(range(N), 2):
+        k[i, j] = k[j, i] = rng.randbytes(32)
+    xs = [rng.getrandbits(20) for _ in range(N)]
+    big_c = [rng.getrandbits(32) for _ in range(N)]
+
+    def pad_sum(i: int, only: set[int] | None) -> int:
+        keys = [(ids[j], k[i, j]) for j in range(N) if j != i]
+        return lopa.blinding(keys, ids[i], gid, t, None if only is None else
+                             {ids[j] for j in only})
+
+    c = [(xs[i] + pad_sum(i, None) + big_c[i]) & MASK for i in range(N)]
+    for trial in range(300):
+        s_of = {i: rng.choice(_missing_sets(i)) for i in range(N)}
+        r = [(big_c[i] + pad_sum(i, set(s_of[i]))) & MASK for i in range(N)]
+        for size in range(1, N - M_FAIL):
+            for t_set in itertools.combinations(range(N), size):
+                got = sum(c[i] - r[i] for i in t_set) & MASK
+                assert got != sum(xs[i] for i in t_set) & MASK, (trial, t_set)
+    # and the honest case decrypts: S = {5} told to everyone, T = the other five
+    r = [(big_c[i] + pad_sum(i, {5})) & MASK for i in range(5)]
+    assert sum(c[i] - r[i] for i in range(5)) & MASK == sum(xs[:5])
+
+
+def test_malicious_headend_against_the_firmware_on_the_vm(micropython: Run,
+                                                          tmp_path: Path) -> None:
+    # Six real DC security modules, N=6, M=2; the head-end tells each meter a different
+    # missing set S_i = {i+1, i+2}. No T with |T| < 4 gives a plaintext sum.
+    r = vm(micropython, f"""
+ms = [M({str(tmp_path)!r} + "/m%d" % i, 900 + i, "e%d" % i) for i in range(6)]
+for x in ms:
+    keygen(x)
+setup(ms, b"evil", m=2)
+xs = [11, 222, 3333, 44444, 555, 66]
+for x, v in zip(ms, xs):
+    x.close(7, v)
+cs = [x.c(b"evil", 7) for x in ms]
+rs = []
+for i, x in enumerate(ms):
+    code, body = x.recover(b"evil", 7, [ms[(i + 1) % 6].id, ms[(i + 2) % 6].id])
+    assert code == 0, body
+    rs.append(struct.unpack(">II", body)[1])
+out({{"cs": cs, "rs": rs, "xs": xs}})
+""")
+    cs, rs, xs = r["cs"], r["rs"], r["xs"]
+    for size in range(1, N - M_FAIL):
+        for t_set in itertools.combinations(range(N), size):
+            assert sum(cs[i] - rs[i] for i in t_set) & MASK != sum(xs[i] for i in t_set)
+    assert _pads_cancel(tuple(range(N)), {i: frozenset({(i + 1) % N, (i + 2) % N})
+                                          for i in range(N)}) is False
+
+
+# -- noise shares (host side, the same lib code) --------------------------------------------------
+def _laplace_cdf(x: float, lam: float) -> float:
+    return 0.5 * math.exp(x / lam) if x < 0 else 1 - 0.5 * math.exp(-x / lam)
+
+
+@pytest.mark.parametrize(("n", "m", "lam"), [(3, 0, 50.0), (10, 2, 200.0), (300, 5, 1000.0)])
+def test_noise_shares_sum_to_laplace(n: int, m: int, lam: float) -> None:
+    rng = random.Random(1234)
+
+    def rnd() -> float:
+        return lopa.uniform_u32(rng.getrandbits(32))
+
+    k = n - m
+    samples = sorted(float(sum(lopa.noise_share(n, m, lam, rnd) for _ in range(k)))
+                     for _ in range(3000 if k < 50 else 600))
+    # Kolmogorov-Smirnov against Laplace(lam). Each share is rounded to an integer: allow the
+    # sum's rounding error (k terms in [-0.5, 0.5]: 4 standard deviations) on the x axis.
+    delta = 0.5 + 4 * math.sqrt(k / 12)
+    size = len(samples)
+    d = 0.0
+    for i, x in enumerate(samples):
+        d = max(d, (i + 1) / size - _laplace_cdf(x + delta, lam),
+                _laplace_cdf(x - delta, lam) - i / size)
+    assert d < 1.63 / math.sqrt(size), d  # 1 % level
+    assert lopa.noise_share(n, m, 0.0, rnd) == 0
+
+
+def test_gamma_sampler_moments() -> None:
+    rng = random.Random(7)
+
+    def rnd() -> float:
+        return lopa.uniform_u32(rng.getrandbits(32))
+
+    for shape, scale in ((0.1, 3.0), (0.5, 2.0), (1.0, 1.0), (4.0, 0.5)):
+        xs = [lopa.gamma(shape, scale, rnd) for _ in range(20000)]
+        mean = sum(xs) / len(xs)
+        var = sum((x - mean) ** 2 for x in xs) / len(xs)
+        assert mean == pytest.approx(shape * scale, rel=0.06)
+        assert var == pytest.approx(shape * scale * scale, rel=0.15)
+
+
+def test_store_binary_records_roundtrip_on_cpython(tmp_path: Path) -> None:
+    p = str(tmp_path / "x.bin")
+    store.save_bytes(p, (b"ab", bytearray(b"cd"), memoryview(b"ef")))
+    assert store.load_bytes(p) == b"abcdef"
+    store.save_bytes(p, b"second")
+    assert store.load_bytes(p) == b"second" and store.size(p) == 11 + 6 + 8
+    assert store.load(p, "json") == "json"  # a binary record is never read as JSON
+    store.save(p + "j", {"a": 1})
+    assert store.load_bytes(p + "j", None) is None
+
+
+# -- metrology -> dc_security, and the task module itself ------------------------------------------
+def test_metrology_sends_the_closed_intervals_index_and_its_profile_value(
+        micropython: Run, tmp_path: Path) -> None:
+    r = vm(micropython, f"""
+import tasks.metrology as tm
+D = {str(tmp_path)!r}
+tm.ENERGY, tm.CALIB, tm.PROFILE = D + "/e.json", D + "/c.json", D + "/p.bin"
+class Adc:
+    def read_into(self, v, i):
+        return 0
+met = tm.Metrology(Port(), {{"adc": Adc(), "adc_rate_hz": 2000, "cal_default": (1.0, 1.0, 0.0)}})
+L = 3
+sent = []
+for t in range(3000, 3013):          # 4 boundaries: 3003, 3006, 3009, 3012
+    met.energy.add(1000.0 + 7 * t % 50, 1)
+    met._tick((t, t // L, t - t % L, L))
+    for to, kind, p in met._port.out:
+        if to == "dc_security":
+            sent.append([kind, list(p)])
+    met._port.out = []
+recs = [list(struct.unpack(">II", d[:8])) for _, d in met._profile.records(0, 10)]
+out({{"sent": sent, "recs": recs}})
+""")
+    sent, recs = r["sent"], r["recs"]
+    assert [k for k, _ in sent] == ["interval_value"] * len(recs) and len(recs) == 4
+    for (_, (t_index, x)), (t_end, import_mwh) in zip(sent, recs, strict=True):
+        assert t_index == t_end // 3 - 1  # the closed interval's start // length
+        assert x == import_mwh  # the very value of its profile record (lab truth)
+    assert recs[0][0] == 3003 and sent[0][1][0] == 1000
+
+
+def test_dc_security_modules_hold_no_mutable_state(micropython: Run) -> None:
+    out = micropython("""
+import json
+import tasks.dc_security, tasks.dc_setup
+bad = []
+for m in (tasks.dc_security, tasks.dc_setup):
+    for g in dir(m):
+        v = getattr(m, g)
+        if g.startswith("__") or isinstance(v, (int, float, str, bytes, tuple, type)):
+            continue
+        if type(v).__name__ in ("function", "module", "bound_method", "closure"):
+            continue
+        bad.append(g + ":" + type(v).__name__)
+print(json.dumps(bad))
+""")
+    assert json.loads(out.strip().splitlines()[-1]) == []

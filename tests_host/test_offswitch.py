@@ -1,0 +1,453 @@
+"""The off-switch on the real MicroPython VM (192 KB heap): its own key and counter, the arm +
+button reconnect, rate limits, the tamper latch, state across reset, the cross-core Link on a
+real VM thread, and every kind of bad input refused, logged and leaving the relay unmoved.
+
+The Core runs here with fake pins and a fake clock (ms), one poll() at a time, so that windows
+and rate limits are exact; test_core_runs_on_a_vm_thread runs it on a real `_thread`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+Run = Callable[..., str]
+
+PRELUDE = """
+import json, os
+import store
+import offswitch_auth as osa
+from tasks import offswitch
+D = {d!r}
+KEY = bytes(range(32))
+METER = 4242
+LIMITS = {{"max_per_hour": 4, "min_spacing_s": 5, "arm_window_s": 30}}
+store.save(D + "/keys.json", dict({{"meter": METER, "key": KEY.hex()}}, **LIMITS))
+KEYS = osa.derive(KEY, METER)
+import struct
+from hmac_sha256 import hmac_sha256_pads
+
+def command(keys, meter, op, ctr):
+    # the head-end's side (the firmware never signs a command)
+    head = struct.pack(">BBQI", 1, op, meter, ctr)
+    return head + hmac_sha256_pads(keys[0], head)[:16]
+
+def open_reply(keys, meter, data):
+    # (op, result, state, ctr, last, nonce) if the off-switch signed it, else None
+    if len(data) != 44 or hmac_sha256_pads(keys[1], data[:28])[:16] != data[28:]:
+        return None
+    v = struct.unpack(">BBBBQII", data[:20])
+    return (v[1], v[2], v[3], v[5], v[6], bytes(data[20:28]))
+
+class Pin:
+    def __init__(self, v=0):
+        self.v = v
+        self.writes = 0
+    def value(self, v=None):
+        if v is None:
+            return self.v
+        self.v = 1 if v else 0
+        self.writes += 1
+
+clock = [0]
+pins = {{"relay": Pin({relay}), "button": Pin(), "tamper": Pin()}}
+link = offswitch.Link()
+logs = []
+states = []
+
+def boot(keys_path=D + "/keys.json"):
+    global core
+    core = offswitch.Core(pins, link, lambda: clock[0], keys_path, D + "/state.json")
+    drain()
+    return core
+
+def drain():
+    out = []
+    while True:
+        it = link.get(offswitch.OUT)
+        if it is None:
+            return out
+        if it[0] == "log":
+            logs.append(it[1])
+        elif it[0] == "state":
+            states.append(list(it[1]))
+        out.append(it)
+
+def poll(n=1):
+    for _ in range(n):
+        core.poll()
+    return drain()
+
+def send(token, kind="switch", ref=1):
+    link.put(offswitch.IN, (kind, (ref, token)))
+    for k, p in poll():
+        if k == "done":
+            r = open_reply(KEYS, METER, p[2])
+            return None if r is None else list(r[:5])
+
+def cmd(op, ctr, keys=None, meter=METER):
+    return send(command(keys or KEYS, meter, op, ctr))
+
+def press(pin="button", ms=200):
+    pins[pin].v = 1
+    for _ in range(ms // 10):
+        clock[0] += 10
+        poll()
+    pins[pin].v = 0
+    clock[0] += 10
+    poll()
+
+def after(s):
+    clock[0] += int(s * 1000)
+
+def out(**kw):
+    kw.setdefault("relay", pins["relay"].v)
+    kw.setdefault("logs", logs)
+    print(json.dumps(kw))
+
+boot()
+"""
+
+OK, OFF, ON, UNLOCK = 0, 1, 2, 3
+
+
+def run_core(micropython: Run, tmp_path: Path, body: str, relay: int = 1) -> dict[str, Any]:
+    out = micropython(PRELUDE.format(d=str(tmp_path), relay=relay) + body)
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def test_authentic_off_opens_the_relay_and_is_logged(micropython: Run, tmp_path: Path) -> None:
+    r = run_core(micropython, tmp_path, """
+writes = pins["relay"].writes
+res = cmd(osa.OP_OFF, 1)
+out(res=res, writes=pins["relay"].writes - writes, ctr=core.ctr)
+""")
+    assert r["res"] == [OFF, OK, 0, 1, 1]  # op, result, state (open), ctr, last accepted
+    assert r["relay"] == 0 and r["writes"] == 1 and r["ctr"] == 1
+    assert r["logs"] == ["boot: relay 1 armed 0 locked 0 ctr 0", "OFF #1: relay opened"]
+
+
+@pytest.mark.parametrize(("what", "body", "result", "logged"), [
+    ("unsigned", "send(b'')", 1, "op0 #0 refused: malformed"),
+    ("truncated", "send(command(KEYS, METER, osa.OP_OFF, 1)[:-1])", 1, "refused: malformed"),
+    ("forged", "cmd(osa.OP_OFF, 1, keys=osa.derive(bytes(32), METER))", 3,
+     "OFF #1 refused: bad MAC"),
+    ("tampered", "send(command(KEYS, METER, osa.OP_ON, 1)[:1] + b'\\x01' + "
+                 "command(KEYS, METER, osa.OP_ON, 1)[2:])", 3, "OFF #1 refused: bad MAC"),
+    ("another meter's", "cmd(osa.OP_OFF, 1, meter=METER + 1)", 2,
+     "OFF #1 refused: for meter 4243"),
+    ("another meter's, its own key", "cmd(osa.OP_OFF, 1, keys=osa.derive(KEY, METER + 1), "
+                                      "meter=METER + 1)", 2, "refused: for meter 4243"),
+])
+def test_bad_commands_are_refused_logged_and_move_nothing(
+        micropython: Run, tmp_path: Path, what: str, body: str, result: int,
+        logged: str) -> None:
+    r = run_core(micropython, tmp_path, f"""
+writes = pins["relay"].writes
+res = {body}
+out(res=res, writes=pins["relay"].writes - writes, ctr=core.ctr)
+""")
+    assert r["res"][1] == result, what
+    assert r["res"][2] == 1  # the signed answer says: relay still closed
+    assert r["relay"] == 1 and r["writes"] == 0 and r["ctr"] == 0, what
+    assert any(logged in line for line in r["logs"]), r["logs"]
+
+
+def test_replayed_and_reordered_commands_are_refused(micropython: Run, tmp_path: Path) -> None:
+    r = run_core(micropython, tmp_path, """
+off5 = command(KEYS, METER, osa.OP_OFF, 5)
+a = send(off5)
+after(10)
+b = send(off5)                      # replayed
+c = cmd(osa.OP_ON, 3)               # older counter
+out(res=[a, b, c], ctr=core.ctr, armed=core.armed)
+""")
+    assert r["res"][0][1] == OK and r["res"][1][1] == 4 and r["res"][2][1] == 4
+    assert r["res"][1][4] == 5  # REPLAY answers carry the last accepted counter (resync)
+    assert r["relay"] == 0 and r["ctr"] == 5 and r["armed"] == 0
+    assert "OFF #5 refused: replay" in r["logs"] and "ON #3 refused: replay" in r["logs"]
+
+
+def test_reconnect_only_arms_and_the_button_closes_within_the_window(
+        micropython: Run, tmp_path: Path) -> None:
+    r = run_core(micropython, tmp_path, """
+cmd(osa.OP_OFF, 1)
+after(6)
+res = cmd(osa.OP_ON, 2)
+poll(50)
+armed_open = (pins["relay"].v, core.armed)
+after(10)
+press()
+out(res=res, armed_open=armed_open, armed=core.armed, states=states)
+""")
+    assert r["res"] == [ON, OK, 2, 2, 2]  # state: armed, relay open
+    assert r["armed_open"] == [0, 1]  # no button: the relay stays open
+    assert r["relay"] == 1 and r["armed"] == 0
+    assert "ON #2: armed 30s: press button" in r["logs"]
+    assert r["logs"][-1] == "button: reconnect confirmed, relay closed"
+    assert r["states"][-3:] == [[0, 0, 0], [0, 1, 0], [1, 0, 0]]
+
+
+def test_no_press_or_a_late_press_leaves_the_relay_open(micropython: Run,
+                                                         tmp_path: Path) -> None:
+    r = run_core(micropython, tmp_path, """
+press()                              # nothing armed: a button alone does nothing
+first = pins["relay"].v
+cmd(osa.OP_OFF, 1)
+after(6)
+cmd(osa.OP_ON, 2)
+after(31)
+poll()
+press()                              # after the window
+out(first=first, armed=core.armed)
+""", relay=0)
+    assert r["first"] == 0 and r["relay"] == 0 and r["armed"] == 0
+    assert "arm window over: relay stays open" in r["logs"]
+    assert not any("closed" in line for line in r["logs"])
+
+
+def test_a_held_button_is_not_a_press(micropython: Run, tmp_path: Path) -> None:
+    r = run_core(micropython, tmp_path, """
+cmd(osa.OP_OFF, 1)
+pins["button"].v = 1                 # held down before the reconnect arrives
+poll(5)
+after(6)
+cmd(osa.OP_ON, 2)
+poll(20)
+held = pins["relay"].v
+pins["button"].v = 0
+poll()
+press()                              # a real press
+out(held=held)
+""")
+    assert r["held"] == 0 and r["relay"] == 1
+
+
+def test_rate_limits_spacing_and_per_hour(micropython: Run, tmp_path: Path) -> None:
+    r = run_core(micropython, tmp_path, """
+res = []
+res.append(cmd(osa.OP_OFF, 1)[1])
+res.append(cmd(osa.OP_ON, 2)[1])        # 0 s later: under the 5-s spacing
+for i in range(3, 20):                  # a flood, 5 s apart
+    after(5)
+    res.append(cmd(osa.OP_OFF if i % 2 else osa.OP_ON, i)[1])
+after(3600)
+res.append(cmd(osa.OP_OFF, 20)[1])      # an hour later: allowed again
+out(res=res, ctr=core.ctr)
+""")
+    res = r["res"]
+    assert res[0] == OK and res[1] == 5  # spacing
+    assert res[2:5] == [OK, OK, OK]  # 4 per hour in all
+    assert set(res[5:19]) == {5}  # the rest of the flood: refused
+    assert res[19] == OK
+    assert r["ctr"] == 20  # refused but authentic: every counter consumed
+    assert "ON #2: refused: rate limit: spacing" in r["logs"]
+    assert any("rate limit: 4/h" in line for line in r["logs"])
+
+
+def test_tamper_opens_locks_and_only_an_authenticated_unlock_clears_it(
+        micropython: Run, tmp_path: Path) -> None:
+    r = run_core(micropython, tmp_path, """
+pins["tamper"].v = 1
+poll()
+opened = pins["relay"].v
+after(6)
+on = cmd(osa.OP_ON, 1)[1]               # refused: locked
+un1 = cmd(osa.OP_UNLOCK, 2)[1]          # refused: tamper input still active
+pins["tamper"].v = 0
+poll()
+forged = cmd(osa.OP_UNLOCK, 3, keys=osa.derive(bytes(32), METER))[1]
+press()
+still = (pins["relay"].v, core.locked)
+un2 = cmd(osa.OP_UNLOCK, 4)[1]
+after(6)
+on2 = cmd(osa.OP_ON, 5)[1]
+press()
+out(opened=opened, res=[on, un1, forged, un2, on2], still=still, locked=core.locked)
+""")
+    assert r["opened"] == 0
+    assert r["res"] == [6, 7, 3, OK, OK]  # locked, tamper active, bad MAC, ok, ok
+    assert r["still"] == [0, 1]
+    assert r["relay"] == 1 and r["locked"] == 0
+    assert "TAMPER: relay opened, locked" in r["logs"]
+    assert "UNLOCK #4: unlocked" in r["logs"]
+
+
+def test_tamper_during_an_armed_reconnect_disarms_and_locks(micropython: Run,
+                                                             tmp_path: Path) -> None:
+    r = run_core(micropython, tmp_path, """
+cmd(osa.OP_OFF, 1)
+after(6)
+cmd(osa.OP_ON, 2)
+press("tamper")
+press()                                 # the button no longer closes anything
+out(armed=core.armed, locked=core.locked)
+""")
+    assert r["relay"] == 0 and r["armed"] == 0 and r["locked"] == 1
+    assert "TAMPER: locked (relay was open)" in r["logs"]
+    assert r["logs"][-1] == "tamper input cleared"
+
+
+def test_state_survives_reset_and_the_relay_never_toggles_at_boot(micropython: Run,
+                                                                   tmp_path: Path) -> None:
+    r = run_core(micropython, tmp_path, """
+cmd(osa.OP_OFF, 1)
+after(6)
+cmd(osa.OP_ON, 2)                       # armed, 30-s window
+after(7)
+clock[0] = 0                            # power cut: ticks restart from 0
+w = pins["relay"].writes
+boot()
+again = (core.relay, core.armed, core.locked, core.ctr, pins["relay"].writes - w)
+replay = cmd(osa.OP_ON, 2)[1]           # the counter was persisted
+spacing = cmd(osa.OP_OFF, 3)[1]         # so were the rate-limit times (0 s since ON: refused)
+after(10)
+press()                                 # the window carried over the reset (13 s used)
+closed = pins["relay"].v
+pins["relay"].v = 0                     # a relay that did not latch over a power cut
+w = pins["relay"].writes
+boot()
+out(again=again, replay=replay, spacing=spacing, closed=closed,
+    boot_writes=pins["relay"].writes - w)
+""")
+    assert r["again"] == [0, 1, 0, 2, 0]  # relay open, armed, not locked, ctr 2; no pin write
+    assert r["replay"] == 4 and r["spacing"] == 5
+    assert r["closed"] == 1
+    assert r["relay"] == 1 and r["boot_writes"] == 1  # driven back to the commanded state
+    assert "boot: relay pin 0 set to 1" in r["logs"]
+
+
+def test_a_new_key_resets_the_counter(micropython: Run, tmp_path: Path) -> None:
+    r = run_core(micropython, tmp_path, """
+cmd(osa.OP_OFF, 9)
+KEY2 = bytes(32 * [7])
+store.save(D + "/keys2.json", dict({"meter": METER, "key": KEY2.hex()}, **LIMITS))
+boot(D + "/keys2.json")
+KEYS = osa.derive(KEY2, METER)
+after(6)
+res = cmd(osa.OP_ON, 1)
+out(res=res[1], relay_state=core.relay, ctr=core.ctr)
+""")
+    assert r["res"] == OK and r["ctr"] == 1 and r["relay_state"] == 0
+    assert "new key: counter reset" in r["logs"]
+
+
+def test_status_is_signed_over_a_nonce_and_not_logged(micropython: Run, tmp_path: Path) -> None:
+    r = run_core(micropython, tmp_path, """
+n = len(logs)
+link.put(offswitch.IN, ("switch_status", (7, b"12345678")))
+done = [p for k, p in poll() if k == "done"][0]
+rep = open_reply(KEYS, METER, done[2])
+bad = open_reply(osa.derive(bytes(32), METER), METER, done[2])
+out(ref=done[0], rep=[rep[0], rep[1], rep[2], rep[5].decode()], bad=bad, new_logs=logs[n:])
+""")
+    assert r["ref"] == 7 and r["rep"] == [0, OK, 1, "12345678"]
+    assert r["bad"] is None and r["new_logs"] == []
+
+
+def test_credit_may_only_disconnect(micropython: Run, tmp_path: Path) -> None:
+    r = run_core(micropython, tmp_path, """
+link.put(offswitch.IN, ("credit_disconnect", None))
+poll()
+first = pins["relay"].v
+link.put(offswitch.IN, ("credit_disconnect", None))   # already open: nothing to do, nothing logged
+poll()
+n = len(logs)
+out(first=first, new=logs[n:])
+""")
+    assert r["first"] == 0 and r["relay"] == 0
+    assert "credit: local disconnect, relay opened" in r["logs"]
+    assert r["new"] == []
+
+
+def test_a_flood_of_refusals_cannot_evict_the_log(micropython: Run, tmp_path: Path) -> None:
+    r = run_core(micropython, tmp_path, """
+cmd(osa.OP_OFF, 1)
+for i in range(100):
+    cmd(osa.OP_OFF, 1000 + i, keys=osa.derive(bytes(32), METER))
+n_flood = len(logs)
+after(3600)
+cmd(osa.OP_OFF, 2)
+out(n_flood=n_flood, last=logs[-2:])
+""")
+    # boot + OFF + 32 refusals; then the count of the rest when the hour is over
+    assert r["n_flood"] == 2 + 32
+    assert r["last"] == ["68 more refusals (log cap)", "OFF #2: already open"]
+
+
+def test_core_runs_on_a_vm_thread(micropython: Run, tmp_path: Path) -> None:
+    # The real thing: Core.run() on a _thread, the main thread talking through the Link only.
+    r = run_core(micropython, tmp_path, """
+import time, _thread
+core = offswitch.Core(pins, link, None, D + "/keys.json", D + "/state.json")
+drain()
+offswitch.start(core)
+def ask(token, ref):
+    link.put(offswitch.IN, ("switch", (ref, token)))
+    t = time.ticks_ms()
+    while time.ticks_diff(time.ticks_ms(), t) < 2000:
+        it = link.get(offswitch.OUT)
+        if it and it[0] == "done":
+            return list(open_reply(KEYS, METER, it[1][2])[:2])
+        time.sleep_ms(1)
+a = ask(command(KEYS, METER, osa.OP_OFF, 1), 1)
+pins["tamper"].v = 1
+time.sleep_ms(50)
+locked = core.locked
+link.running = False
+time.sleep_ms(50)
+out(a=a, locked=locked)
+""")
+    assert r["a"] == [OFF, OK] and r["relay"] == 0 and r["locked"] == 1
+
+
+def test_the_link_is_safe_across_threads(micropython: Run) -> None:
+    out = micropython("""
+import _thread, time, json
+from tasks import offswitch
+link = offswitch.Link(cap_in=8, cap_out=8)
+N = 2000
+done = []
+def producer():
+    i = 0
+    while i < N:
+        if link.put(offswitch.OUT, ("log", i)):
+            i += 1
+    done.append(1)
+_thread.start_new_thread(producer, ())
+got = []
+t = time.ticks_ms()
+while len(got) < N and time.ticks_diff(time.ticks_ms(), t) < 20000:
+    it = link.get(offswitch.OUT)
+    if it is not None:
+        got.append(it[1])
+print(json.dumps({"n": len(got), "in_order": got == list(range(N)), "done": done}))
+""")
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r == {"n": 2000, "in_order": True, "done": [1]}
+
+
+def test_offswitch_task_modules_hold_no_mutable_state(micropython: Run) -> None:
+    out = micropython("""
+import json
+mods = {}
+for name in ("tasks.offswitch", "tasks.credit", "tasks.han"):
+    m = __import__(name, None, None, ["x"])
+    bad = []
+    for g in dir(m):
+        v = getattr(m, g)
+        if g.startswith("__") or isinstance(v, (int, float, str, bytes, tuple, type)):
+            continue
+        if type(v).__name__ in ("function", "module", "bound_method", "closure"):
+            continue
+        bad.append(g + ":" + type(v).__name__)
+    mods[name] = bad
+print(json.dumps(mods))
+""")
+    mods = json.loads(out.strip().splitlines()[-1])
+    assert mods == {m: [] for m in mods} and len(mods) == 3
