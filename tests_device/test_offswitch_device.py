@@ -85,6 +85,10 @@ def meterctl(*args: str) -> subprocess.CompletedProcess[str]:
 # -- the HAN data diode ---------------------------------------------------------------------
 def test_han_pty_carries_dsmr5_telegrams_that_dsmr_parser_accepts(meter: Meter) -> None:
     assert fleet.meter_status(0, meter.base)["han"] == meter.han
+    # A fixed import load: around midday the household profile's PV may export, and then the
+    # telegram's delivered power is 0 while READ's power is negative.
+    fleet.set_wave(0, {"irms": 5.0, "pf": 1.0, "export": 0}, meter.base)
+    time.sleep(1.5)  # a telegram measured under the new load
     raw: list[str] = []
     tels = switch.read_han(meter.han, 3, timeout=10, raw=raw)
     v5 = TelegramParser(telegram_specifications.V5)  # plain V5, checksum validated

@@ -234,26 +234,27 @@ def test_relay_boot_state_is_persisted(vm: Callable[[str, str], str], board: str
     code = f'''
 import os
 p = {str(path)!r}
-print(board.load_state(p))        # nothing stored: 0
+import hw_common
+print(hw_common.load_state(p))        # nothing stored: 0
 fakes.PIN_LOG.clear()
-r = board._Relay(board.PIN_RELAY, p)
+r = hw_common.Relay(board.PIN_RELAY, p)
 print(fakes.PIN_LOG[-1][1:], r.value())
 r.on()
 print(open(p).read(), fakes.LEVELS[board.PIN_RELAY])
 fakes.PIN_LOG.clear()
-r2 = board._Relay(board.PIN_RELAY, p)   # a reset: the pin comes up driving 1
+r2 = hw_common.Relay(board.PIN_RELAY, p)   # a reset: the pin comes up driving 1
 print(fakes.PIN_LOG[-1][1:], r2.value())
 r2.toggle()
-print(open(p).read(), r2.value(), board.load_state(p))
+print(open(p).read(), r2.value(), hw_common.load_state(p))
 # a power cut between removing the old file and renaming the new one (FAT)
-board.save_state(p, 1)
+hw_common.save_state(p, 1)
 os.rename(p, p + ".new")
-print(board.load_state(p))
+print(hw_common.load_state(p))
 f = open(p, "w")
 f.write("x")
 f.close()
 os.remove(p + ".new")
-print(board.load_state(p))        # garbage: 0
+print(hw_common.load_state(p))        # garbage: 0
 '''
     lines = vm(board, code).splitlines()
     assert lines[0] == "0"
@@ -299,8 +300,9 @@ class Port2000:
         return time.gmtime(s + 946684800)
 
 
-board.time = Port2000()
-board._epoch = 946684800
+import hw_common
+hw_common.time = Port2000()
+board.rtc.epoch = 946684800
 board.rtc.set(t)
 print(rtc.set_to)
 print(abs(board.rtc.get() - time.time()) <= 1)
@@ -337,7 +339,7 @@ print(type(w).__name__, w.readinto(buf), bytes(buf), w.readinto(bytearray(16)), 
     assert lines[2] == "True"
     assert lines[3] == "[b'/ABC5\\r\\n']"
     assert lines[4] == "StdioWan"
-    assert lines[5] == "_UartWan 4 b'~AAA' 2 0"
+    assert lines[5] == "UartWan 4 b'~AAA' 2 0"
 
 
 def test_pin_maps_are_documented() -> None:

@@ -43,14 +43,16 @@
 # Sampling uses a hardware timer (pyb.Timer, TIM7) with a hard interrupt: the
 # stm32 port's machine.Timer is a software timer with 1 ms resolution and a
 # scheduled callback, which cannot sample at 2 kHz.
-import os
 import time
-from array import array
 
 import machine
-import micropython
 import pyb
 from micropython import const
+
+# The adapter code both real boards share: pins, the relay with its boot state, the ADC ring,
+# the HAN and WAN UART wrappers, the RTC (firmware/lib/hw_common.py).
+from hw_common import Adc, HanTx, In, Out, Relay, Rtc, UartWan
+from hw_common import entropy as entropy  # the surface's entropy(n): os.urandom
 
 NAME = "stm32_pybv11"
 
@@ -69,7 +71,6 @@ RELAY_BOOT = "/data/relay_boot"
 SAMPLE_TIMER = const(7)  # a basic timer with no pins; 3, 5 and 6 belong to pyb
 
 ADC_RATE_HZ = const(2000)  # per channel; V and I are read back to back
-RING = const(512)  # samples per channel the interrupt can hold: 256 ms
 # The analogue front end: the mains voltage and current that swing the ADC
 # input from mid-scale to full scale (peak). A ZMPT101B-style voltage module
 # trimmed so that 400 V peak gives 1.65 V, and a 100 A : 50 mA CT (SCT-013-000)
@@ -81,182 +82,17 @@ I_PEAK_FS = 100.0
 # the same convention as board/virtual (metro.Accumulator).
 CAL_DEFAULT = (V_PEAK_FS * 16 / 32767, I_PEAK_FS * 16 / 32767, 0.0)
 
-_WRAP = const(0x3FFFFFFF)  # sample counters wrap here and stay small ints
-_EPOCH_2000 = const(946684800)  # 2000-01-01 in Unix time
 _WEEKDAY_BASE = const(1)  # RTC.datetime weekday of a Monday: 1..7 on stm32
 
 ticks_us = time.ticks_us
 ticks_diff = time.ticks_diff
 sleep_ms = time.sleep_ms
 
-# An exception raised in the sampling interrupt can still be reported.
-micropython.alloc_emergency_exception_buf(100)
-
-
-class _Out:
-    def __init__(self, pin):
-        self._pin = pin
-
-    def value(self, v=None):
-        if v is None:
-            return self._pin.value()
-        self._pin.value(1 if v else 0)
-        return None
-
-    def on(self):
-        self.value(1)
-
-    def off(self):
-        self.value(0)
-
-    def toggle(self):
-        self.value(0 if self.value() else 1)
-
-
-class _Relay(_Out):
-    # The relay pin with a defined boot state (see the top of this file).
-    def __init__(self, pin_id, path):
-        self._path = path
-        self._v = load_state(path)
-        _Out.__init__(self, machine.Pin(pin_id, machine.Pin.OUT, value=self._v))
-
-    def value(self, v=None):
-        if v is None:
-            return self._pin.value()
-        v = 1 if v else 0
-        if v != self._v:
-            save_state(self._path, v)  # first: what was commanded survives a reset
-            self._v = v
-        self._pin.value(v)
-        return None
-
-
-def load_state(path):
-    # "0" or "1" from path; a write cut short leaves path + ".new" (on FAT,
-    # where a rename cannot replace a file); nothing at all means 0.
-    for p in (path, path + ".new"):
-        try:
-            with open(p) as f:
-                s = f.read(1)
-        except OSError:
-            continue
-        if s in ("0", "1"):
-            return int(s)
-    return 0
-
-
-def save_state(path, v):
-    new = path + ".new"
-    try:
-        os.mkdir(path[: path.rfind("/")] or "/")
-    except OSError:
-        pass
-    with open(new, "w") as f:
-        f.write("1" if v else "0")
-    try:
-        os.rename(new, path)  # littlefs: replaces path atomically
-    except OSError:
-        try:
-            os.remove(path)  # FAT: make way; load_state falls back to .new
-        except OSError:
-            pass
-        os.rename(new, path)
-
-
-class _In:
-    def __init__(self, pin_id, invert):
-        self._pin = machine.Pin(pin_id, machine.Pin.IN, machine.Pin.PULL_UP)
-        self._invert = invert
-
-    def value(self):
-        v = self._pin.value()
-        return 1 - v if self._invert else v
-
-
-class _Adc:
-    # Continuous sampling: a timer interrupt reads V then I (machine.ADC
-    # read_u16, 0..65535) into two preallocated rings and counts the samples.
-    # The interrupt allocates nothing: it only indexes arrays and adds small
-    # ints. read_into(v_buf, i_buf) (array("H") buffers) copies what arrived
-    # since the previous call; when more arrived than the caller's buffers (or
-    # the ring) hold, the oldest are dropped and counted in `dropped`.
-    RATE_HZ = ADC_RATE_HZ
-
-    def __init__(self, read_v, read_i, ring=RING):
-        self._rv = read_v  # bound methods, made once here
-        self._ri = read_i
-        self._v = array("H", bytes(2 * ring))
-        self._i = array("H", bytes(2 * ring))
-        self._mv_v = memoryview(self._v)
-        self._mv_i = memoryview(self._i)
-        self._size = ring
-        self._mask = ring - 1  # ring is a power of two
-        # At most this many are handed out per call: the interrupt may go on
-        # writing (over the oldest slots) while read_into copies.
-        self._keep = ring - ring // 4
-        self._count = 0  # samples taken, mod 2**30 (written by the interrupt only)
-        self._taken = 0  # samples handed out (read_into only)
-        self.dropped = 0
-
-    def sample(self, _timer):
-        c = self._count
-        k = c & self._mask
-        self._v[k] = self._rv()
-        self._i[k] = self._ri()
-        self._count = (c + 1) & _WRAP
-
-    def read_into(self, v_buf, i_buf):
-        c = self._count
-        new = (c - self._taken) & _WRAP
-        n = min(new, len(v_buf), len(i_buf), self._keep)
-        self._taken = c
-        if n < new:
-            self.dropped += new - n
-        if not n:
-            return 0
-        k = (c - n) & self._mask  # the oldest slot handed out
-        a = min(n, self._size - k)  # up to the end of the ring, then from its start
-        vb = memoryview(v_buf)
-        ib = memoryview(i_buf)
-        vb[0:a] = self._mv_v[k:k + a]
-        ib[0:a] = self._mv_i[k:k + a]
-        if a < n:
-            vb[a:n] = self._mv_v[0:n - a]
-            ib[a:n] = self._mv_i[0:n - a]
-        return n
-
-
-class _HanTx:
-    # Transmit-only: a HAN port is a data diode, so there is no read().
-    def __init__(self, uart):
-        self._uart = uart
-
-    def write(self, data):
-        return self._uart.write(data)
-
-
-class _UartWan:
-    # The WAN on a UART (WAN_UART): non-blocking readinto, like stdio_wan.
-    def __init__(self, uart):
-        self._uart = uart
-
-    def readinto(self, buf):
-        n = self._uart.any()
-        if not n:
-            return 0
-        if n < len(buf):
-            buf = memoryview(buf)[:n]
-        return self._uart.readinto(buf) or 0
-
-    def write(self, data):
-        self._uart.write(data)
-
-
-led = _Out(machine.Pin(PIN_LED, machine.Pin.OUT))
-relay = _Relay(PIN_RELAY, RELAY_BOOT)
-button = _In(PIN_BUTTON, True)
-tamper = _In(PIN_TAMPER, False)
-adc = _Adc(machine.ADC(machine.Pin(PIN_V)).read_u16, machine.ADC(machine.Pin(PIN_I)).read_u16)
+led = Out(machine.Pin(PIN_LED, machine.Pin.OUT))
+relay = Relay(PIN_RELAY, RELAY_BOOT)
+button = In(PIN_BUTTON, True)
+tamper = In(PIN_TAMPER, False)
+adc = Adc(machine.ADC(machine.Pin(PIN_V)).read_u16, machine.ADC(machine.Pin(PIN_I)).read_u16)
 # pyb.Timer callbacks run in the timer's interrupt (a hard callback).
 _timer = pyb.Timer(SAMPLE_TIMER, freq=ADC_RATE_HZ, callback=adc.sample)
 
@@ -272,43 +108,13 @@ def han_tx():
         # The RX pin goes back to plain GPIO: the UART's receiver is then wired
         # to nothing, and the HAN side cannot send the meter a byte.
         machine.Pin(PIN_HAN_RX, machine.Pin.IN, machine.Pin.PULL_DOWN)
-        _han = _HanTx(uart)
+        _han = HanTx(uart)
     return _han
 
 
-# The RTC counts in the port's epoch: 1970 on rp2, 2000 on stm32. Asked of
-# the port at run time rather than assumed.
-_epoch = _EPOCH_2000 if time.gmtime(0)[0] == 2000 else 0
-_rtc = machine.RTC()
-
-
-def rtc_get():
-    # Unix time, whole seconds. The RTC keeps time across power cuts only with a
-    # cell on VBAT; without one, the clock task resumes from its saved time.
-    return int(time.time()) + _epoch
-
-
-def rtc_set(t):
-    g = time.gmtime(int(t) - _epoch)
-    # (year, month, day, weekday, hours, minutes, seconds, subseconds)
-    _rtc.datetime((g[0], g[1], g[2], g[6] + _WEEKDAY_BASE, g[3], g[4], g[5], 0))
-
-
-class _Rtc:
-    def get(self):
-        return rtc_get()
-
-    def set(self, t):
-        rtc_set(t)
-
-
-rtc = _Rtc()
-
-
-def entropy(n):
-    # The STM32F405's hardware RNG, through os.urandom.
-    return os.urandom(n)
-
+rtc = Rtc(_WEEKDAY_BASE)
+rtc_get = rtc.get
+rtc_set = rtc.set
 
 _wan = None  # type: object
 
@@ -322,5 +128,5 @@ def wan():
 
             _wan = StdioWan()
         else:
-            _wan = _UartWan(machine.UART(WAN_UART, WAN_BAUD, rxbuf=2048))
+            _wan = UartWan(machine.UART(WAN_UART, WAN_BAUD, rxbuf=2048))
     return _wan

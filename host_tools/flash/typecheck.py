@@ -83,8 +83,9 @@ strict_equality = True
 show_error_codes = True
 cache_dir = {cache}
 
-# The board adapter and its boot.py: every function body.
-[mypy-board,board.*,boot]
+# The board adapter, its boot.py and the adapter code the real boards share (lib/hw_common.py):
+# every function body.
+[mypy-board,board.*,boot,hw_common]
 check_untyped_defs = True
 
 # firmware/lib's fallbacks for unit tests on CPython import host packages; the board has none.

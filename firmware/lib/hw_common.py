@@ -1,0 +1,205 @@
+# The hardware adapter code that the real boards share: board/rp2_pico and board/stm32_pybv11
+# import it, and keep only what differs in their own package (pin maps, the sampling timer,
+# the UARTs' set-up, the RTC's weekday numbering, core 1 or a thread). It lives in /lib, which
+# `meterctl flash` deploys to every board; only those two adapters import it (the firmware
+# itself reaches the hardware through `board` alone, docs/ARCHITECTURE.md). `make typecheck`
+# checks it against both ports' stubs, as strictly as the adapters.
+import os
+import time
+from array import array
+
+import machine
+import micropython
+from micropython import const
+
+RING = const(512)  # samples per channel the interrupt can hold: 256 ms at 2 kHz
+_WRAP = const(0x3FFFFFFF)  # sample counters wrap here and stay small ints
+_EPOCH_2000 = const(946684800)  # 2000-01-01 in Unix time
+
+# An exception raised in the sampling interrupt can still be reported.
+micropython.alloc_emergency_exception_buf(100)
+
+
+class Out:
+    def __init__(self, pin):
+        self._pin = pin
+
+    def value(self, v=None):
+        if v is None:
+            return self._pin.value()
+        self._pin.value(1 if v else 0)
+        return None
+
+    def on(self):
+        self.value(1)
+
+    def off(self):
+        self.value(0)
+
+    def toggle(self):
+        self.value(0 if self.value() else 1)
+
+
+class Relay(Out):
+    # The relay pin with a defined boot state: the adapter owns `path` ("0" or "1"), written
+    # before the pin moves whenever the relay is commanded to a new state. The pin is
+    # initialised with value= that state, so the output latch holds the level before the pin
+    # becomes an output: after a soft reset the pin goes on driving the level it drove,
+    # without a glitch (docs/hardware.md).
+    def __init__(self, pin_id, path):
+        self._path = path
+        self._v = load_state(path)
+        Out.__init__(self, machine.Pin(pin_id, machine.Pin.OUT, value=self._v))
+
+    def value(self, v=None):
+        if v is None:
+            return self._pin.value()
+        v = 1 if v else 0
+        if v != self._v:
+            save_state(self._path, v)  # first: what was commanded survives a reset
+            self._v = v
+        self._pin.value(v)
+        return None
+
+
+def load_state(path):
+    # "0" or "1" from path; a write cut short leaves path + ".new" (on FAT,
+    # where a rename cannot replace a file); nothing at all means 0.
+    for p in (path, path + ".new"):
+        try:
+            with open(p) as f:
+                s = f.read(1)
+        except OSError:
+            continue
+        if s in ("0", "1"):
+            return int(s)
+    return 0
+
+
+def save_state(path, v):
+    new = path + ".new"
+    try:
+        os.mkdir(path[: path.rfind("/")] or "/")
+    except OSError:
+        pass
+    with open(new, "w") as f:
+        f.write("1" if v else "0")
+    try:
+        os.rename(new, path)  # littlefs: replaces path atomically
+    except OSError:
+        try:
+            os.remove(path)  # FAT: make way; load_state falls back to .new
+        except OSError:
+            pass
+        os.rename(new, path)
+
+
+class In:
+    def __init__(self, pin_id, invert):
+        self._pin = machine.Pin(pin_id, machine.Pin.IN, machine.Pin.PULL_UP)
+        self._invert = invert
+
+    def value(self):
+        v = self._pin.value()
+        return 1 - v if self._invert else v
+
+
+class Adc:
+    # Continuous sampling: a timer interrupt (the board sets it up) calls sample(), which
+    # reads V then I (machine.ADC read_u16, 0..65535) into two preallocated rings and counts
+    # the samples. The interrupt allocates nothing: it only indexes arrays and adds small
+    # ints. read_into(v_buf, i_buf) (array("H") buffers) copies what arrived since the
+    # previous call; when more arrived than the caller's buffers (or the ring) hold, the
+    # oldest are dropped and counted in `dropped`.
+    def __init__(self, read_v, read_i, ring=RING):
+        self._rv = read_v  # bound methods, made once here
+        self._ri = read_i
+        self._v = array("H", bytes(2 * ring))
+        self._i = array("H", bytes(2 * ring))
+        self._mv_v = memoryview(self._v)
+        self._mv_i = memoryview(self._i)
+        self._size = ring
+        self._mask = ring - 1  # ring is a power of two
+        # At most this many are handed out per call: the interrupt may go on
+        # writing (over the oldest slots) while read_into copies.
+        self._keep = ring - ring // 4
+        self._count = 0  # samples taken, mod 2**30 (written by the interrupt only)
+        self._taken = 0  # samples handed out (read_into only)
+        self.dropped = 0
+
+    def sample(self, _timer):
+        c = self._count
+        k = c & self._mask
+        self._v[k] = self._rv()
+        self._i[k] = self._ri()
+        self._count = (c + 1) & _WRAP
+
+    def read_into(self, v_buf, i_buf):
+        c = self._count
+        new = (c - self._taken) & _WRAP
+        n = min(new, len(v_buf), len(i_buf), self._keep)
+        self._taken = c
+        if n < new:
+            self.dropped += new - n
+        if not n:
+            return 0
+        k = (c - n) & self._mask  # the oldest slot handed out
+        a = min(n, self._size - k)  # up to the end of the ring, then from its start
+        vb = memoryview(v_buf)
+        ib = memoryview(i_buf)
+        vb[0:a] = self._mv_v[k:k + a]
+        ib[0:a] = self._mv_i[k:k + a]
+        if a < n:
+            vb[a:n] = self._mv_v[0:n - a]
+            ib[a:n] = self._mv_i[0:n - a]
+        return n
+
+
+class HanTx:
+    # Transmit-only: a HAN port is a data diode, so there is no read().
+    def __init__(self, uart):
+        self._uart = uart
+
+    def write(self, data):
+        return self._uart.write(data)
+
+
+class UartWan:
+    # The WAN on a UART (the board's WAN_UART): non-blocking readinto, like stdio_wan.
+    def __init__(self, uart):
+        self._uart = uart
+
+    def readinto(self, buf):
+        n = self._uart.any()
+        if not n:
+            return 0
+        if n < len(buf):
+            buf = memoryview(buf)[:n]
+        return self._uart.readinto(buf) or 0
+
+    def write(self, data):
+        self._uart.write(data)
+
+
+class Rtc:
+    # Unix time, whole seconds, on the port's RTC. The RTC counts in the port's epoch: 1970
+    # on rp2, 2000 on stm32, asked of the port at run time rather than assumed.
+    # weekday_base: RTC.datetime's weekday of a Monday (0 on rp2, which ignores it; 1 on
+    # stm32, 1..7).
+    def __init__(self, weekday_base):
+        self._rtc = machine.RTC()
+        self._monday = weekday_base
+        self.epoch = _EPOCH_2000 if time.gmtime(0)[0] == 2000 else 0
+
+    def get(self):
+        return int(time.time()) + self.epoch
+
+    def set(self, t):
+        g = time.gmtime(int(t) - self.epoch)
+        # (year, month, day, weekday, hours, minutes, seconds, subseconds)
+        self._rtc.datetime((g[0], g[1], g[2], g[6] + self._monday, g[3], g[4], g[5], 0))
+
+
+def entropy(n):
+    # The port's hardware random source (the RP2040's ring oscillator, the STM32's RNG).
+    return os.urandom(n)
