@@ -51,6 +51,40 @@ test-device: setup
 bench-sim: setup
 	$(BIN)/python -m host_tools.sim.bench --meters $(or $(BENCH_METERS),50)
 
+# `meterctl bench` (issue 7): C1-C14 and S1-S4 on virtual meters beside the Elster AS300,
+# quick form (setups 1x3,1x25, 3 runs); figures, tables and chart in build/bench/.
+.PHONY: bench
+bench: setup
+	$(BIN)/meterctl bench --sim --quick --json build/bench/bench.json \
+		--md build/bench/bench.md --png build/bench/bench.png
+
+# Fuzzing on the MicroPython VM (issue 10): FUZZ_N inputs per target (WAN parser, CS
+# verification, LoPA chunk handler, RECOVER handler); the default suite runs 5000 in all
+# (tests_host/test_fuzz.py). FUZZ_SEED picks another input stream.
+FUZZ_N ?= 100000
+FUZZ_SEED ?= 1
+.PHONY: fuzz
+fuzz: setup
+	$(BIN)/python -m host_tools.fuzz --inputs $(FUZZ_N) --seed $(FUZZ_SEED)
+
+# Power-cut campaign (issue 10, host_tools/reliability/powercut.py): POWERCUT_N cuts over
+# POWERCUT_METERS virtual meters, at random moments and at every persisted write point; the
+# default suite runs 51 (tests_device/test_powercut.py).
+POWERCUT_N ?= 1000
+POWERCUT_METERS ?= 4
+.PHONY: powercut
+powercut: setup
+	$(BIN)/python -m host_tools.reliability.powercut --cuts $(POWERCUT_N) --meters $(POWERCUT_METERS)
+
+# Soak (issue 10, host_tools/reliability/soak.py): SOAK_METERS meters on an accelerated
+# clock for SOAK_INTERVALS 15-min intervals (672: a week), a LoPA round each, with failures
+# and power cuts; the default suite runs a short one (tests_device/test_soak.py).
+SOAK_METERS ?= 50
+SOAK_INTERVALS ?= 672
+.PHONY: soak
+soak: setup
+	$(BIN)/python -m host_tools.reliability.soak --meters $(SOAK_METERS) --intervals $(SOAK_INTERVALS)
+
 clean:
 	rm -rf build .sim .pytest_cache .ruff_cache .mypy_cache
 

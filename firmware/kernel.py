@@ -9,6 +9,7 @@
 # (MicroPython functions expose no __closure__ to reach into). Payloads must
 # be immutable (None, numbers, str, bytes, tuples of these), so no message
 # can smuggle shared mutable state between tasks.
+import gc
 import struct
 import time
 from micropython import const
@@ -257,6 +258,11 @@ class Kernel:
                 t.late_worst = t.late_last
             t.overflow_logged = False
         self._win_start, self._win_sleep = now, 0
+        # Once a second, collect, rather than only when the heap is full: run-time garbage then
+        # never spreads over the free end of the heap, so the few small objects that outlive
+        # it stay low down and the large free blocks (WAN frames, a group set-up) stay whole
+        # (docs/hardware.md, "Memory"). The time counts as the kernel's (busy, no task's).
+        gc.collect()
 
     def run(self, duration_ms=None):
         start = time.ticks_ms()
@@ -299,3 +305,17 @@ class Kernel:
             nxt = recs[-1][0] + 1 if recs else from_seq
             body = json.dumps({"log": name, "records": recs, "next": nxt})
             self._route("kernel", sender, "log_data", (ref, 0, body))
+        elif kind == "seal":
+            # The console (the REPL over the WAN's USB serial) is the platform's door around
+            # every task: only the kernel opens or closes it (lib/seal.py).
+            import seal
+
+            on = bool(payload[1])
+            try:
+                seal.set_sealed(on)
+            except OSError as e:  # the flash refused the write: nothing changed
+                self.log("kernel", "seal: failed %s" % e)
+                self._route("kernel", sender, "seal_data", (ref, 7, "seal not persisted"))
+                return
+            self.log("kernel", "seal: %s (WAN command)" % ("sealed" if on else "unsealed"))
+            self._route("kernel", sender, "seal_data", (ref, 0, json.dumps({"sealed": on})))

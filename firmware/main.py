@@ -1,4 +1,29 @@
-# Boot: start the meter (meter.py builds the kernel and its tasks on the board).
-import meter
+# Boot: close the console if the meter is sealed, then start the meter (meter.py builds the
+# kernel and its tasks on the board).
+#
+# Sealed (lib/seal.py): Ctrl-C goes off before anything else runs, so that the REPL cannot be
+# reached; the check is one stat(), because until it is done a Ctrl-C still interrupts. A
+# Ctrl-C that lands before it is ignored on a sealed meter and honoured on an unsealed one.
+import os
 
-meter.main()
+import micropython
+
+_broke = False
+while True:
+    try:
+        try:
+            os.stat("/data/sealed")  # lib/seal.py SEALED
+            micropython.kbd_intr(-1)
+            _sealed = True
+        except OSError:
+            _sealed = False
+        break
+    except KeyboardInterrupt:
+        _broke = True
+if _broke and not _sealed:
+    raise KeyboardInterrupt
+del _broke
+
+import meter  # noqa: E402 - after the seal check, which must come first
+
+meter.main(_sealed)

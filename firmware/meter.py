@@ -5,7 +5,6 @@ import sys
 
 import board
 import kernel
-import policy
 from tasks.clock import Clock
 from tasks.comm import Comm
 from tasks.cs_security import CsSecurity
@@ -18,6 +17,8 @@ VERSION = "0.2.0"
 
 def hardware(task):
     # The board objects a task may use, by policy.HARDWARE, and nothing else.
+    import policy
+
     hw = {}
     for name in policy.hardware_of(task):
         if name == "adc":
@@ -41,6 +42,8 @@ def build(now_s=None):
     # fill the holes and leave large free blocks for run time (without this, a 192-KB heap
     # ends up in holes too small for a 1-KB WAN frame).
     gc.collect()
+    import policy
+
     k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, policy.LOGS, now_s or board.rtc.get)
     # Metrology first and realtime: its step also runs between any two messages.
     k.add("metrology", Metrology, hardware("metrology"), capacity=8, period_ms=20, realtime=True)
@@ -66,17 +69,42 @@ def build(now_s=None):
     link = offswitch.Link()
     k.add("offswitch", offswitch.OffSwitch, {"link": link}, capacity=4, period_ms=20)
     offswitch.start(offswitch.Core(hardware("offswitch"), link))
+    # The kernel took private copies of policy.py's tables: the module is not needed any
+    # more, and its tables and code would hold RAM for nothing (docs/hardware.md, "Memory").
+    sys.modules.pop("policy", None)
+    gc.collect()
     return k
 
 
-def main():
-    print("meter firmware %s on board %s (%s %s)" % (
+def main(sealed=False):
+    # sealed: main.py found the seal and turned Ctrl-C off (lib/seal.py).
+    print("meter firmware %s on board %s (%s %s)%s" % (
         VERSION, board.NAME, sys.implementation.name,
-        ".".join(str(v) for v in sys.implementation.version[:3])))
+        ".".join(str(v) for v in sys.implementation.version[:3]), " sealed" if sealed else ""))
     try:
         import os
 
         os.mkdir("/data")
     except OSError:
         pass
-    build().run()
+    import seal
+
+    by_button = False
+    if sealed:
+        # A technician on site: the local button held at power-up unseals (before core 1
+        # takes the button; the off-switch does not count a button held at boot as a press).
+        if seal.button_held(board.button, board.ticks_us, board.ticks_diff, board.sleep_ms):
+            seal.set_sealed(False)
+            sealed, by_button = False, True
+            print("unsealed: the button was held at power-up")
+    k = build()
+    if by_button:
+        k.log("kernel", "seal: unsealed (button held at power-up)")
+    while True:
+        try:
+            k.run()
+        except Exception as e:  # noqa: BLE001
+            # Sealed, the firmware never returns to the REPL: it logs and goes on.
+            if not seal.is_sealed():
+                raise
+            k.log("kernel", "main loop error: %s %s" % (type(e).__name__, e))

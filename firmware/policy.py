@@ -24,8 +24,9 @@ FLOWS = {
     ("metrology", "cs_security"): ("reading", "profile_data", "calibrated"),
     ("cs_security", "clock"): ("time_set",),
     ("clock", "cs_security"): ("time_set_done",),
-    ("cs_security", "kernel"): ("stats", "log_read"),
-    ("kernel", "cs_security"): ("stats_data", "log_data"),
+    # The kernel also owns the console: SEAL/UNSEAL close or open the REPL (lib/seal.py).
+    ("cs_security", "kernel"): ("stats", "log_read", "seal"),
+    ("kernel", "cs_security"): ("stats_data", "log_data", "seal_data"),
     # LoPA (DC security module): head-end requests, binary (ref, meter id, bytes), and their
     # answers (ref, code, bytes or error text). The private key never leaves dc_security.
     ("cs_security", "dc_security"): ("keygen", "pubkey", "group_begin", "group_keys",

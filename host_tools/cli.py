@@ -372,6 +372,39 @@ def stats(port: str, keystore: Path | None, meter_id: int | None, timeout: float
     click.echo(json.dumps(_request(port, keystore, meter_id, timeout, wire.K_STATS)))
 
 
+# -- sealing (docs/SECURITY.md "Sealed meters") ------------------------------------------
+@main.command("seal")
+@port_option
+@keystore_option
+@meter_option
+@timeout_option
+@friendly_errors
+def seal_cmd(port: str, keystore: Path | None, meter_id: int | None, timeout: float) -> None:
+    """Seal a provisioned meter: Ctrl-C off and the REPL closed for good (persisted), so no
+    client (mpremote, flash) gets in over the wire. Undo with `meterctl unseal`."""
+    from host_tools.headend import seal
+    from host_tools.headend.client import open_link
+
+    with open_link(port, Keystore(keystore), meter_id, timeout) as link:
+        click.echo(json.dumps(seal.seal(link)))
+
+
+@main.command("unseal")
+@port_option
+@keystore_option
+@meter_option
+@timeout_option
+@friendly_errors
+def unseal_cmd(port: str, keystore: Path | None, meter_id: int | None, timeout: float) -> None:
+    """Unseal a meter (an authenticated maintenance command): its REPL answers Ctrl-C again.
+    On site, holding the button at power-up does the same."""
+    from host_tools.headend import seal
+    from host_tools.headend.client import open_link
+
+    with open_link(port, Keystore(keystore), meter_id, timeout) as link:
+        click.echo(json.dumps(seal.unseal(link)))
+
+
 # -- headend: LoPA key set-up and aggregation rounds (S1-S4) ---------------------------
 def _headend_options(fn: F) -> F:
     opts = [
@@ -721,6 +754,100 @@ def han(port: str, count: int, raw: bool, timeout: float) -> None:
         if count and n >= count:
             return
     raise switch.SwitchError(f"{port}: no telegram for {timeout:g} s")
+
+
+# -- bench (issue 7): C1-C14 and S1-S4 beside the Elster AS300 ---------------------------
+def _csv_ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: comma-separated numbers, e.g. 3,50") from None
+
+
+@main.command()
+@click.option("--sim", "mode", flag_value="sim", help="virtual meters started for the bench "
+              "(the default)")
+@click.option("--port", "port", default=None, help="the component tests on this board")
+@click.option("--ports", "ports", default=None,
+              help="boards a,b,...: the system tests on all, the component tests on the first")
+@click.option("--emulated", "emulated", type=click.Choice(["m0plus", "m4", "rp2040"]),
+              default=None, help="the component tests on an emulated board")
+@click.option("--quick", is_flag=True, help="setups 1x3,1x25 and 3 runs (unless --runs)")
+@click.option("--runs", type=int, default=None, help="runs of each test [default: 10; 3 with "
+              "--quick]")
+@click.option("--sizes", default="3,50", show_default=True, help="group sizes of C1-C5")
+@click.option("--setups", default=None,
+              help="system test setups GxM (G groups of M meters) [default: 1x3,1x25,2x25,"
+                   "10x10; 1x3,1x25 with --quick]")
+@click.option("--interval", type=int, default=None,
+              help="load-profile interval in s set on the meters for S4 [default with --sim: "
+                   "2; boards: left as provisioned]")
+@keystore_option
+@click.option("--dir", "base", type=click.Path(path_type=Path), default=None,
+              help="--sim: fleet directory (default: a temporary one, removed afterwards)")
+@click.option("--timeout", type=float, default=30.0, show_default=True,
+              help="seconds a board may take to answer the bench")
+@click.option("--no-check", is_flag=True, help="skip the S4 lab-truth check of the "
+              "aggregates (it reads each meter's plaintexts through its REPL)")
+@click.option("--json", "json_file", type=click.Path(path_type=Path), default=None,
+              help="write every raw figure, with Elster's beside it, here")
+@click.option("--md", "md_file", type=click.Path(path_type=Path), default=None,
+              help="write the tables and goal lines as Markdown here")
+@click.option("--png", "png_file", type=click.Path(path_type=Path), default=None,
+              help="write a chart of ours vs Elster (C1-C5, S1-S4 bytes) here")
+@friendly_errors
+def bench(mode: str | None, port: str | None, ports: str | None, emulated: str | None,
+          quick: bool, runs: int | None, sizes: str, setups: str | None, interval: int | None,
+          keystore: Path | None, base: Path | None, timeout: float, no_check: bool,
+          json_file: Path | None, md_file: Path | None, png_file: Path | None) -> None:
+    """The paper's component tests C1-C14 and system tests S1-S4 on our meters, printed beside
+    the Elster AS300's (seed 000, Tables 1-4). docs/BENCH.md says what each test measures."""
+    from host_tools.bench import report
+    from host_tools.bench.runner import BenchConfig, BenchError, run_bench
+
+    chosen = [m for m, on in (("sim", mode == "sim"), ("port", port), ("ports", ports),
+                              ("emulated", emulated)) if on]
+    if len(chosen) > 1:
+        raise click.UsageError("give one of --sim, --port, --ports, --emulated")
+    what = chosen[0] if chosen else "sim"
+    port_list = ([port] if port else [p.strip() for p in (ports or "").split(",")
+                                      if p.strip()])
+    cfg = BenchConfig(what, port_list, emulated, quick, runs, _csv_ints(sizes),
+                      [s for s in setups.split(",")] if setups is not None else None,
+                      keystore, interval, timeout, base)
+    try:
+        cfg.resolved()
+    except BenchError as e:
+        raise click.UsageError(str(e)) from None
+
+    def progress(msg: str) -> None:
+        err_console.print(msg, highlight=False, soft_wrap=True)
+
+    try:
+        run = run_bench(cfg, progress)
+    except BenchError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    for line in report.header_lines(run):
+        console.print(line, highlight=False, soft_wrap=True)
+    for t in report.component_tables(run.results) + report.system_tables(run.results):
+        click.echo(t.text())
+    for g in report.goals(run.results, run.capacity):
+        colour = {"pass": "green", "fail": "red"}.get(g.status, "yellow")
+        console.print(f"[{colour}]{g.status.upper()}[/]: {g.goal}: {g.detail}",
+                      highlight=False, soft_wrap=True)
+    for path, write in ((json_file, report.write_json), (md_file, report.write_markdown),
+                        (png_file, report.write_png)):
+        if path is not None:
+            write(run, path)
+            err_console.print(f"wrote {path}", highlight=False)
+    if run.aborted:
+        for f in run.failures or [run.aborted]:
+            err_console.print(f"[bold red]error:[/] bench aborted in {f['test']}: "
+                              f"{f['message']}", highlight=False, soft_wrap=True)
+        if json_file:
+            err_console.print(f"the results measured are in {json_file}", highlight=False)
+        sys.exit(1)
 
 
 # -- demo (make run) -------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,6 +12,9 @@ from typing import Any
 
 import pytest
 
+from host_tools.flash.deploy import flash
+from host_tools.headend.keystore import Keystore
+from host_tools.headend.provision import provision
 from host_tools.sim import fleet
 
 
@@ -63,3 +67,33 @@ def mpremote(port: str, *args: str, timeout: float = 60) -> subprocess.Completed
     """The real mpremote, as a user runs it."""
     return subprocess.run([sys.executable, "-m", "mpremote", "connect", port, *args],
                           capture_output=True, text=True, timeout=timeout)
+
+
+@dataclass
+class OwnMeter:
+    """A virtual meter of a test module's own: flashed and provisioned, its keystore apart."""
+
+    base: Path
+    port: str
+    han: str
+    keystore: Keystore
+    meter_id: int
+
+    @property
+    def dir(self) -> Path:
+        return fleet.meter_dir(self.base, 0)
+
+
+@contextlib.contextmanager
+def own_meter(tmp: Path, **provision_kwargs: Any) -> Iterator[OwnMeter]:
+    """Start one virtual meter in ``tmp``, flash the firmware, provision it (keystore in
+    ``tmp``; ``provision_kwargs`` as for provision()), and stop it afterwards."""
+    base = tmp / "fleet"
+    rec = fleet.start(1, base)[0]
+    try:
+        flash(rec["port"])
+        ks = Keystore(tmp / "keystore.json")
+        r = provision(rec["port"], ks, force=True, **provision_kwargs)
+        yield OwnMeter(base, rec["port"], rec["han"], ks, r.meter_id)
+    finally:
+        fleet.stop(base)

@@ -1,10 +1,10 @@
-"""`meterctl doctor` against a board, and the firmware's boot under the heap caps of the real
-boards (192 KB, the Pico; 100 KB, the Pyboard).
+"""`meterctl doctor` against a board. (The firmware's boot under the heap caps of the real
+boards is in test_heap.py, which uses this module's fleet helpers.)
 
 Virtual meters come from this module's own fleets (not the session's three), so these tests
 stay out of the others' way. With --port the doctor tests run against the real board (flashed
-beforehand); what needs the virtual board's host side (a blank board, the heartbeat counter,
-the heap cap) is skipped, and the skip says why."""
+beforehand); what needs the virtual board's host side (a blank board, the heartbeat counter)
+is skipped, and the skip says why."""
 
 from __future__ import annotations
 
@@ -175,34 +175,3 @@ def test_soft_resets_into_main_py_even_when_the_probe_fails(
                                              "ValueError: probe broke"):
             doctor(flashed_port)
     back_in_main_py(flashed_port, request, real_port)
-
-
-# -- RAM: boot under the heap caps of the real boards --------------------------------------
-# The VM is the unix port for x86-64: its objects and pointers take twice the bytes of a
-# Cortex-M's, so a heap cap on the VM is stricter than the same cap on a board.
-def boots_with_heap(tmp: Path, heap: str) -> None:
-    m = start_fleet(tmp, 1, heap)
-    try:
-        flash(m.port(0))
-        time.sleep(1)
-        st = m.status(0)
-        assert st["files"] == {"main.py": "running"}, st["files"]
-        assert_beating(m, 0)
-    finally:
-        fleet.stop(m.base)
-
-
-def test_firmware_boots_with_the_picos_heap(tmp_path: Path, real_port: str | None) -> None:
-    if real_port:
-        pytest.skip(NEEDS_SIM + "; the heap cap is a VM option")
-    boots_with_heap(tmp_path, "192K")
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the firmware's imported code alone takes ~100 KB of heap on the "
-                          "64-bit VM (it boots with 140K, not 120K); the Pyboard needs it frozen "
-                          "into flash: docs/hardware.md, 'Memory'")
-def test_firmware_boots_with_the_pyboards_heap(tmp_path: Path, real_port: str | None) -> None:
-    if real_port:
-        pytest.skip(NEEDS_SIM + "; the heap cap is a VM option")
-    boots_with_heap(tmp_path, "100K")

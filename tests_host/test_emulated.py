@@ -5,9 +5,10 @@ port's C hashlib, the RFC 7748 X25519 vectors with the machine-code ladder and w
 Python fallback, and the instruction count of one X25519 against the 15 M-cycle goal.
 
 The toolchain (gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm) is installed with
-apt-get when missing; the tests skip only where that cannot be done. The quick component bench
-(C1, C4, C5) runs here too; the Cortex-M4 board and the RP2040 cycle model (rp2040js, from
-npm) run with `make bench-emulated` (METER_EMU_FULL=1)."""
+apt-get when missing; the tests skip only where that cannot be done. The quick component
+bench (C1–C5, C13/C14, one metrology tick: host_tools.bench.components) runs here too; the
+Cortex-M4 board and the RP2040 cycle model (rp2040js, from npm) run with
+`make bench-emulated` (METER_EMU_FULL=1)."""
 
 from __future__ import annotations
 
@@ -224,18 +225,42 @@ for v, z in {[(v, 1) for v in vals] + [(5, 0), (p, 0)]!r}:
 
 @needs_toolchain
 def test_quick_component_bench(capsys: pytest.CaptureFixture[str]) -> None:
-    """C1, C4 and C5 on the emulated Cortex-M0+, printed beside Elster's figures (issue 8:
-    the quick bench belongs in the default suite when it is this fast)."""
+    """The component bench on the emulated Cortex-M0+ (issue 8: `meterctl bench --emulated
+    m0plus --quick`): C1–C5, C13/C14 and one metrology tick through the same on-board code
+    as on a virtual meter (host_tools.bench.components.run_emulated, which checks every key,
+    pair key and ciphertext against `cryptography`), counted in instructions and printed
+    beside Elster's figures."""
     from host_tools.emu.bench import render, run_bench
 
-    figs, raw = run_bench("m0plus")
-    by = {(f.test, f.members): f for f in figs}
-    assert by["C1", None].count * M0PLUS_CPI < 15_000_000
-    assert by["C4", None].count > by["C1", None].count  # X25519 + HKDF
-    assert by["C5", 50].count > by["C5", 3].count
-    assert raw["heap_free"] > 100_000
+    spec = board_spec("m0plus")
+    results = run_bench("m0plus", sizes=(3, 50), runs=1)
+    by = {(r.test, r.size, r.variant): r for r in results}
+    want: set[tuple[str, int | None, str | None]] = {
+        (t, n, None) for t in ("C1", "C2", "C3", "C4", "C14") for n in (3, 50)}
+    want |= {("C5", n, v) for n in (3, 50) for v in ("cold", "precomputed")}
+    want |= {("C13", None, None), ("tick", None, None), ("C11", None, None),
+             ("C12", None, None)}
+    assert want <= set(by), sorted(want - set(by))
+    for r in results:
+        assert r.platform == spec.label and r.runs == 1
+        if r.unit == "us":  # the count kept raw, the figure at the nominal clock
+            assert r.extra["nominal_hz"] == 125_000_000
+            assert r.samples[0] == pytest.approx(r.extra["instructions"][0] / 125, rel=1e-9)
+
+    def count(test: str, n: int | None, variant: str | None = None) -> int:
+        return int(by[test, n, variant].extra["instructions"][0])
+
+    assert count("C1", 3) * M0PLUS_CPI < 15_000_000  # issue 8: X25519 in 15 M cycles
+    assert count("C2", 3) < count("C1", 3)
+    assert count("C4", 3) >= count("C1", 3)  # X25519 + HKDF
+    assert count("C3", 50) > 45 * count("C4", 50)  # 49 pair keys
+    assert count("C5", 50, "cold") > count("C5", 3, "cold")
+    assert by["C5", 50, "precomputed"].samples[0] <= 1000  # issue 7's goal: 1 ms at 50
+    assert 0 < by["C13", None, None].samples[0] < by["C14", 50, None].samples[0]
+    assert by["C14", 50, None].samples[0] - by["C13", None, None].samples[0] <= 8192
+    assert 0 < by["C11", None, None].samples[0] < by["C12", None, None].samples[0]
     with capsys.disabled():
-        print("\n" + board_spec("m0plus").label + "\n" + render(figs, board_spec("m0plus")))
+        print("\n" + spec.label + "\n" + render(results, spec))
 
 
 @needs_toolchain

@@ -559,7 +559,8 @@ a1 = gc.mem_alloc()
 del dc._groups[b"big300"]
 gc.collect()
 ram = a1 - gc.mem_alloc()
-dc._groups[b"big300"] = dc._read_group(dc._path(b"big300"))   # as after a reboot
+from tasks import dc_rare
+dc._groups[b"big300"] = dc_rare.read_group(dc._path(b"big300"))   # as after a reboot
 out({{"n": nn, "c3_us": c3_us, "bytes": nbytes, "ram": ram, "chunk_us": chunk_us,
      "setup_ms": setup_ms, "late_us": late, "late_rounds": late_rounds, "groups": g,
      "c": [c1000, c1001], "r": [r1000, r1001],

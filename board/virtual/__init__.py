@@ -133,17 +133,25 @@ def han_tx():
 
 
 # A battery-backed RTC: host time plus an offset that the supervisor keeps
-# across power cuts.
+# across power cuts. For soak tests the supervisor may make it run faster than host
+# time (`--time-scale`): anchor + (host time - anchor) * scale, the firmware unchanged.
 _rtc_offset = _vhw.meter.get("rtc_offset", 0)
+_scale = _vhw.meter.get("time_scale", 1)
+_anchor = _vhw.meter.get("time_anchor", 0)
+
+
+def _host_s():
+    t = time.time()
+    return t if _scale == 1 else _anchor + (t - _anchor) * _scale
 
 
 def rtc_get():
-    return int(time.time()) + _rtc_offset
+    return int(_host_s()) + _rtc_offset
 
 
 def rtc_set(t):
     global _rtc_offset
-    _rtc_offset = int(t) - int(time.time())
+    _rtc_offset = int(t) - int(_host_s())
     _vhw.event({"ev": "rtc", "offset": _rtc_offset})
 
 

@@ -9,7 +9,6 @@
 #
 # Ids and round numbers are public, so branching on them is fine.
 from hmac_sha256 import hkdf_sha256, hmac_pads, hmac_sha256_pads
-from x25519 import shared_secret
 
 try:
     from micropython import const
@@ -41,6 +40,10 @@ def pair_info(id_i, id_j):
 def pair_key(sk_i, pk_j, gid, id_i, id_j):
     """K_ij (32 bytes); equal to K_ji computed by member j. ValueError for a
     malformed or low-order public key, equal ids, or ids outside 64 bits."""
+    # x25519 is imported here, not at the top: on the meter only a group set-up needs it
+    # (tasks/dc_setup.py), and its code is then in RAM only while the set-up runs.
+    from x25519 import shared_secret
+
     info = pair_info(id_i, id_j)
     return hkdf_sha256(shared_secret(sk_i, pk_j), gid, info, 32)
 

@@ -11,24 +11,11 @@ import hashlib
 import os
 import struct
 
+from store import _rm, _size  # -1 if missing; remove if there (one copy of each, in store)
+
 _HDR = 6  # seq u32 + len u16
 _SUM = 4
 OVERHEAD = _HDR + _SUM
-
-
-def _size(p):
-    # -1 if missing. os.stat works on every MicroPython VFS; os.path does not exist there.
-    try:
-        return os.stat(p)[6]
-    except OSError:
-        return -1
-
-
-def _rm(p):
-    try:
-        os.remove(p)
-    except OSError:
-        pass
 
 
 class Ring:

@@ -1,7 +1,8 @@
 # The WAN link over the board's USB serial (stdin/stdout): the default, so
 # that a bare Pico on USB works. Non-blocking: readinto() returns what has
 # arrived (0 if nothing). Frames never contain Ctrl-A..Ctrl-E, and Ctrl-C
-# still interrupts, so mpremote can always break in.
+# still interrupts, so mpremote can always break in - unless the meter is
+# sealed (lib/seal.py): then Ctrl-C is a byte like any other.
 import select
 import sys
 

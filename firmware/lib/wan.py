@@ -11,8 +11,9 @@
 # ENC: AES-128-CTR, initial counter block meter(8) | ctr(4) | 00000000.
 #
 # RAM: one preallocated PAYLOAD_CAP buffer holds the counter blocks, which are
-# encrypted in place into the key stream (one ECB call); the XOR is one big-int
-# XOR. The buffer makes seal/open non-reentrant (the firmware is single-threaded).
+# encrypted in place into the key stream (one ECB call), XORed with the data in place
+# there: the result is the only allocation. The buffer makes seal/open non-reentrant (the
+# firmware is single-threaded).
 import binascii
 import struct
 
@@ -90,6 +91,9 @@ K_TOPUP = const(0x32)
 K_TARIFF = const(0x33)
 K_CREDIT = const(0x34)
 K_PREPAID = const(0x35)
+# Sealing (docs/PROTOCOL.md "Seal kinds"): close / open the REPL over the WAN's USB serial
+K_SEAL = const(0x40)
+K_UNSEAL = const(0x41)
 K_ERROR = const(0x7F)
 
 # responses to these kinds carry personal data and must be sealed with encrypt=True
@@ -179,10 +183,14 @@ def _ctr_xor(key, meter_id, ctr, data):
         struct.pack_into(_CTR_FMT, buf, i << 4, meter_id, ctr, i)
     blocks = _ks_mv[: nb << 4]
     _aes_ecb(key).encrypt(blocks, blocks)
-    x = int.from_bytes(data, "big") ^ int.from_bytes(_ks_mv[:n], "big")
+    # XOR in place: the only allocation is the result (big ints would take four 1-KB blocks,
+    # which a fragmented meter heap may not have)
+    for i in range(n):
+        buf[i] ^= data[i]
+    out = bytes(_ks_mv[:n])
     for i in range(nb << 4):
         buf[i] = 0  # no key stream left in a buffer that any importer could read
-    return x.to_bytes(n, "big")
+    return out
 
 
 def _mac(key, msg):
@@ -268,14 +276,21 @@ def line_to_frame(line):
     start = 1 if end and line[0] == 126 else 0  # "~"
     if end - start + 1 > LINE_CAP:
         raise WanError(E_TOO_BIG, "wan: line over cap")
-    body = bytes(memoryview(line)[start:end])
+    body = memoryview(line)[start:end]  # no copy: on a meter the heap may be fragmented
     try:
         frame = binascii.a2b_base64(body)
     except ValueError:  # binascii.Error is a ValueError
         raise WanError(E_MALFORMED, "wan: bad base64") from None
-    # a2b_base64 skips stray characters: accept only the canonical encoding
-    if binascii.b2a_base64(frame)[:-1] != body:
+    # a2b_base64 skips stray characters: accept only the canonical encoding, compared in
+    # pieces of 57 bytes (76 characters), so that no second line-sized buffer is needed
+    if len(body) != (len(frame) + 2) // 3 * 4:
         raise WanError(E_MALFORMED, "wan: bad base64")
+    fm = memoryview(frame)
+    for i in range(0, len(frame), 57):
+        piece = binascii.b2a_base64(fm[i:i + 57], newline=False)
+        j = i // 3 * 4
+        if piece != body[j:j + len(piece)]:
+            raise WanError(E_MALFORMED, "wan: bad base64")
     return frame
 
 

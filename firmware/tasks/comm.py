@@ -1,13 +1,25 @@
 # Communication module: WAN framing only. It cuts the byte stream into frame
 # lines and hands every one to the CS security module; it never interprets
 # a frame, and never routes to any other task (policy.py).
+import time
 from micropython import const
 
+import seal
 import wan
 
 _NL = const(10)
 _CR = const(13)
 _TILDE = const(126)
+_CTRL_A = const(1)
+_CTRL_C = const(3)
+_SPACE = const(32)
+# A Ctrl-C reaches the firmware as a byte while the interrupt character is off, i.e. on a
+# sealed meter (lib/seal.py; and in a race at boot, hence the check): whoever sent it, or
+# the Ctrl-A that asks for the raw REPL (mpremote, meterctl flash), is told why the REPL does
+# not come. At most once a second for each, so that a flood is no flood of text; Ctrl-A has
+# its own turn because clients drain their input between the two.
+SEALED_NOTICE = (b"\r\nmeter sealed: Ctrl-C is off and the REPL is closed; unseal with "
+                 b"`meterctl unseal --port PORT` or hold the button at power-up\r\n")
 
 
 class Comm:
@@ -15,11 +27,13 @@ class Comm:
         self._port = port
         self._link = hw["wan"]
         self._buf = bytearray(wan.LINE_CAP)  # preallocated: a line never grows memory
+        self._mv = memoryview(self._buf)
         self._chunk = bytearray(64)
         self._n = 0
         self._overflow = False
         self.frames_in = 0
         self.frames_out = 0
+        self._notice_at = [None, None]  # ticks_ms of the last sealed notice: Ctrl-C, Ctrl-A
 
     def step(self):
         chunk = self._chunk
@@ -35,6 +49,16 @@ class Comm:
             self._line()
         elif b == _CR:
             pass
+        elif b < _SPACE:
+            # A frame never holds a control byte: whatever came before it is not a frame.
+            self._n, self._overflow = 0, False
+            if b == _CTRL_C or b == _CTRL_A:
+                i = 1 if b == _CTRL_A else 0
+                now = time.ticks_ms()
+                last = self._notice_at[i]
+                if (last is None or time.ticks_diff(now, last) >= 1000) and seal.is_sealed():
+                    self._notice_at[i] = now
+                    self._link.write(SEALED_NOTICE)
         elif self._n < len(self._buf):
             self._buf[self._n] = b
             self._n += 1
@@ -50,7 +74,7 @@ class Comm:
         if over:
             self._port.send("cs_security", "frame_err", wan.E_TOO_BIG)
         else:
-            self._port.send("cs_security", "frame_in", bytes(self._buf[:n]))
+            self._port.send("cs_security", "frame_in", bytes(self._mv[:n]))  # one copy
 
     def handle(self, sender, kind, payload):
         if kind == "frame_out":

@@ -12,9 +12,9 @@
 #   ("credit_disconnect", logged); it cannot drive the relay, and it cannot reconnect: after a
 #   top-up the central system sends an authenticated reconnect, confirmed by the button.
 # - Each second it gives the HAN the tariff indicator and the four tariff registers.
-import json
 from micropython import const
 
+import lazy
 import store
 
 import dsmr
@@ -22,12 +22,8 @@ import dsmr
 STATE = "/data/credit.json"
 SAVE_EVERY_S = const(60)  # the balance is persisted at most this often (and on each command)
 RETRY_S = const(30)  # a refused (rate-limited) disconnect is asked for again this often
-MAX_TOPUP_MC = const(100000000)  # 1000.00 in one top-up
-MAX_PRICE_MC = const(10000000)  # 100.00 per kWh
 # (T1 price, T2 price, T2 from hour, T2 to hour, UTC offset s, EU summer time, weekend T1)
 DEFAULT_TARIFF = (21000, 25000, 7, 23, 3600, True, True)
-_TARIFF_KEYS = ("t1_mc_kwh", "t2_mc_kwh", "t2_from_h", "t2_to_h", "tz_s", "eu_dst",
-                "weekend_t1")
 
 
 def tariff_at(tariff, t):
@@ -117,65 +113,11 @@ class Credit:
             self._port.log("credit: zero (%d mc): local disconnect" % self.balance)
         self._port.send("offswitch", "credit_disconnect", None)
 
-    # -- head-end commands ----------------------------------------------------------------
+    # -- head-end commands (tasks/credit_cmd.py, in RAM only while one runs) -------------
     def handle(self, sender, kind, payload):
         if kind == "reading":
             self._reading(payload)
         elif kind == "relay_state":
             self._relay = payload
-        elif kind == "topup":
-            self._topup(sender, payload)
-        elif kind == "tariff":
-            self._set_tariff(sender, payload)
-        elif kind == "prepaid":
-            self._prepaid(sender, payload)
-        elif kind == "credit_read":
-            self._answer(sender, payload[0])
-
-    def _refuse(self, sender, ref, text):
-        self._port.log(text)
-        self._port.send(sender, "credit_data", (ref, 6, text))
-
-    def _answer(self, sender, ref):
-        tr = {}
-        for k in range(7):
-            tr[_TARIFF_KEYS[k]] = self.tariff[k]
-        s = self._relay
-        body = {"prepaid": self.prepaid, "balance_mc": self.balance, "tariff": tr,
-                "tariff_now": self.now_tariff,
-                "registers_wh": {"import_t1": self.reg[0], "import_t2": self.reg[1],
-                                 "export_t1": self.reg[2], "export_t2": self.reg[3]},
-                "relay": None if s is None else {"relay": s[0], "armed": s[1], "locked": s[2]},
-                "disconnect_asked": self._exhausted}
-        self._port.send(sender, "credit_data", (ref, 0, json.dumps(body)))
-
-    def _topup(self, sender, payload):
-        ref, amount = payload
-        if not 0 < amount <= MAX_TOPUP_MC:
-            self._refuse(sender, ref, "topup %d refused: out of range" % amount)
-            return
-        self.balance += amount
-        self._save(self._t)
-        self._port.log("topup +%d mc: balance %d" % (amount, self.balance))
-        if self.balance > 0:
-            self._exhausted = False
-        self._answer(sender, ref)
-
-    def _set_tariff(self, sender, payload):
-        ref = payload[0]
-        t1, t2, start_h, end_h, tz_s, eu_dst, weekend = payload[1:]
-        if not (0 <= t1 <= MAX_PRICE_MC and 0 <= t2 <= MAX_PRICE_MC
-                and 0 <= start_h <= end_h <= 24 and -43200 <= tz_s <= 50400):
-            self._refuse(sender, ref, "tariff refused: out of range")
-            return
-        self.tariff = (t1, t2, start_h, end_h, tz_s, bool(eu_dst), bool(weekend))
-        self._save(self._t)
-        self._port.log("tariff: T1 %d T2 %d mc/kWh %d-%dh" % (t1, t2, start_h, end_h))
-        self._answer(sender, ref)
-
-    def _prepaid(self, sender, payload):
-        ref, on = payload
-        self.prepaid = bool(on)
-        self._save(self._t)
-        self._port.log("prepaid mode %s" % ("on" if on else "off"))
-        self._answer(sender, ref)
+        elif kind in ("topup", "tariff", "prepaid", "credit_read"):
+            lazy.call("tasks.credit_cmd", kind, self, sender, payload)

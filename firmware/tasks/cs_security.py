@@ -9,6 +9,7 @@ import json
 import struct
 from micropython import const
 
+import seal
 import store
 import wan
 
@@ -46,6 +47,9 @@ _ROUTES = (
     (wan.K_TARIFF, "credit", "tariff", False),
     (wan.K_CREDIT, "credit", "credit_read", True),
     (wan.K_PREPAID, "credit", "prepaid", False),
+    # Sealing: the kernel owns the console (PROTOCOL.md "Seal kinds", lib/seal.py)
+    (wan.K_SEAL, "kernel", "seal", False),
+    (wan.K_UNSEAL, "kernel", "seal", False),
 )
 
 
@@ -148,7 +152,7 @@ class CsSecurity:
 
     def _request(self, kind, ctr, body):
         if kind == wan.K_INFO:
-            info = {"meter": self.meter_id}
+            info = {"meter": self.meter_id, "sealed": seal.is_sealed()}
             info.update(self._info)
             self._send(wan.K_INFO, ctr, json.dumps(info).encode())
             return
@@ -167,8 +171,10 @@ class CsSecurity:
                 msg = (ctr, bytes(body))
             else:
                 args = json.loads(body) if body else {}
+                if not isinstance(args, dict):  # fuzz: [1] or 5 has no .get (AttributeError)
+                    raise TypeError("arguments must be a JSON object")
                 msg = self._args(kind, ctr, args)
-        except (ValueError, KeyError, TypeError) as e:
+        except (ValueError, KeyError, TypeError, OverflowError) as e:  # fuzz: int(1e400)
             self._reject("bad args for kind %d: %s" % (kind, e), wan.E_BAD_ARGS, ctr)
             return
         if len(self._pending) >= MAX_PENDING:
@@ -200,6 +206,8 @@ class CsSecurity:
                     bool(a.get("eu_dst", True)), bool(a.get("weekend_t1", True)))
         if kind == wan.K_PREPAID:
             return (ctr, bool(a["on"]))
+        if kind == wan.K_SEAL or kind == wan.K_UNSEAL:
+            return (ctr, kind == wan.K_SEAL)
         return (ctr,)
 
     def _answer(self, payload):

@@ -17,12 +17,12 @@
 # ("lopa_data", (ref, code, body)): code 0 and bytes, or an error code and a short text.
 # Every refusal is logged (security log) and changes no state.
 import gc
-import os
 import struct
 import time
 from array import array
 from micropython import const
 
+import lazy
 import lopa
 import store
 
@@ -40,14 +40,12 @@ RESERVE = const(16384)  # heap left free for the rest of the meter when admittin
 GROUP_BASE = const(768)  # a group's RAM besides ids and keys: objects, history, job state
 REF_N = const(50)  # max_groups is counted for groups this size when none is committed
 BLOCK = const(25)  # member slots per RAM block: no buffer above 1000 B (a fragmented heap)
-_HEAD = const(33)  # group file head: ver, gid_len, gid (16, zero-padded), n, m, lambda, my id
 _MASK = const(0xFFFFFFFF)
 _E_BAD_ARGS = const(6)
 _E_FAILED = const(7)
 _F_VALID = const(1)  # c is ready
 _F_SENT = const(2)  # c went out in a CIPHERTEXT answer
-_F_DONE = const(4)  # RECOVER answered; C erased
-_FILE_VER = const(1)
+# 4: RECOVER answered, C erased (set in tasks/dc_rare.py, which has these flags too)
 
 
 class Refused(Exception):
@@ -206,7 +204,7 @@ class DcSecurity:
         self._recover = []  # queued recoveries: [ref, group, t, C, slots, i, acc, round msg]
         self._t = -1  # the last closed interval seen
         self._jobs = False  # some group may have a blinding job: step() looks
-        self._load_groups()
+        lazy.call("tasks.dc_rare", "load_groups", self)
 
     # -- helpers ----------------------------------------------------------------------
     def _rand_u32(self):
@@ -226,50 +224,6 @@ class DcSecurity:
         self._port.log("lopa %s refused: %s" % (what, text))
         self._port.send("cs_security", "lopa_data", (ref, code, text))
 
-    # -- persistence --------------------------------------------------------------------
-    def _load_groups(self):
-        try:
-            names = os.listdir(self._dir)
-        except OSError:
-            return
-        seen = []
-        for name in names:
-            for suf in (".tmp", ".bak"):
-                if name.endswith(suf):
-                    name = name[:-len(suf)]
-            if name.startswith(GROUP_PREFIX) and name.endswith(GROUP_SUFFIX) \
-                    and name not in seen:
-                seen.append(name)
-        for name in seen:
-            path = self._dir + "/" + name
-            g = self._read_group(path)
-            if g is None:
-                self._port.log("lopa: group file %s unreadable, skipped" % name)
-                continue
-            g.bytes = store.size(path)
-            self._groups[g.gid] = g
-
-    @staticmethod
-    def _piece(head):
-        # block size of a group file, from its head (store.load_bytes calls this)
-        n = struct.unpack_from(">H", head, 18)[0]
-        return 40 * _cap(n) if n >= MIN_N else 0
-
-    def _read_group(self, path):
-        parts = store.load_bytes(path, None, _HEAD, self._piece)
-        if parts is None or len(parts[0]) != _HEAD or parts[0][0] != _FILE_VER:
-            return None
-        head = parts[0]
-        gl = head[1]
-        if not 1 <= gl <= 16:
-            return None
-        n, m, lam, my_id = struct.unpack_from(">HBfQ", head, 18)
-        mem = _Members(n, parts[1:])
-        if len(mem.blocks) != (mem.k + mem.cap - 1) // mem.cap \
-                or len(mem.blocks[-1]) != 40 * mem.cap:
-            return None
-        return _Group(bytes(head[2:2 + gl]), n, m, lam, my_id, mem)
-
     # -- requests -----------------------------------------------------------------------
     def handle(self, sender, kind, payload):
         if kind == "interval_value":
@@ -281,11 +235,11 @@ class DcSecurity:
         ref, meter_id, body = payload
         t0 = time.ticks_us()
         try:
-            if kind in ("ciphertext", "recover"):
-                if kind == "ciphertext":
-                    self._ciphertext(ref, body)
-                else:
-                    self._recover_req(ref, body)
+            if kind == "ciphertext":
+                self._ciphertext(ref, body)
+                return
+            if kind == "recover":
+                lazy.call("tasks.dc_rare", "recover", self, ref, body)
                 return
             if kind in ("group_keys", "group_commit") and self._setup is None:
                 raise Refused(_E_FAILED, "no pending set-up for this gid")
@@ -311,17 +265,20 @@ class DcSecurity:
     def _setup_code():
         # tasks/dc_setup.py: the code of the rare requests, in RAM only while one runs or a
         # set-up is pending
-        from tasks import dc_setup
-
-        return dc_setup
-
-    def _release(self):
         import sys
 
-        sys.modules.pop("tasks.dc_setup", None)
-        pkg = sys.modules.get("tasks")
-        if pkg is not None and "dc_setup" in dir(pkg):
-            delattr(pkg, "dc_setup")
+        mod = sys.modules.get("tasks.dc_setup")
+        if mod is None:
+            # Collected first, so that its code (kept while a set-up is pending) fills the
+            # holes low in the heap rather than landing among garbage and splitting the
+            # large free blocks that a WAN frame needs once the garbage is gone.
+            gc.collect()
+            from tasks import dc_setup as mod
+        return mod
+
+    def _release(self):
+        lazy.drop("tasks.dc_setup")
+        lazy.drop("x25519")  # only set-ups use it (lopa.pair_key, KEYGEN)
         gc.collect()
 
     def _drop_setup(self, why):
@@ -421,50 +378,6 @@ class DcSecurity:
             raise Refused(_E_FAILED, "no value")
         g.h_f[k] |= _F_SENT
         self._ok(ref, struct.pack(">II", t, g.h_c[k]))
-
-    def _recover_req(self, ref, body):
-        gid, off = _gid(body, 0)
-        if len(body) < off + 6:
-            raise Refused(_E_BAD_ARGS, "malformed: gid t u32 count u16")
-        t, count = struct.unpack_from(">IH", body, off)
-        off += 6
-        if len(body) - off != 8 * count:
-            raise Refused(_E_BAD_ARGS, "count %d does not match %d bytes"
-                          % (count, len(body) - off))
-        g = self._groups.get(gid)
-        if g is None:
-            raise Refused(_E_BAD_ARGS, "unknown group")
-        if not g.m:
-            raise Refused(_E_FAILED, "plain group: no recovery")
-        k = g.slot_of(t)
-        if k < 0 or not g.h_f[k] & _F_SENT:
-            raise Refused(_E_FAILED, "no ciphertext sent for t %d" % t)
-        if g.h_f[k] & _F_DONE:
-            raise Refused(_E_FAILED, "already answered for t %d" % t)
-        if count > g.m:
-            raise Refused(_E_BAD_ARGS, "%d missing > m %d" % (count, g.m))
-        slots = []
-        seen = []
-        for i in range(count):
-            idb = bytes(body[off + 8 * i:off + 8 * i + 8])
-            if idb == g.my_b:
-                raise Refused(_E_BAD_ARGS, "names this meter")
-            if idb in seen:
-                raise Refused(_E_BAD_ARGS, "repeats id %s" % _hex(idb))
-            seen.append(idb)
-            j = g.mem.find(g.others(), idb)
-            if j < 0:
-                raise Refused(_E_BAD_ARGS, "non-member %s" % _hex(idb))
-            slots.append(j)
-        big_c = g.h_C[k]
-        g.h_C[k] = 0  # erased now; the job holds it until the answer goes
-        g.h_f[k] |= _F_DONE
-        self._port.log("lopa: recover %s t %d |S| %d" % (_hex(g.gid), t, count))
-        job = [ref, g, t, big_c, slots, 0, 0, lopa.round_msg(g.gid, t)]
-        if count <= SLICE:
-            self._recover_slice(job)
-        else:
-            self._recover.append(job)
 
     def _recover_slice(self, job):
         ref, g, t, big_c, slots, i, acc, msg = job

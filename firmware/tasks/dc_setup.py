@@ -13,7 +13,6 @@ from micropython import const
 
 import lopa
 import store
-import x25519
 from tasks.dc_security import (
     CHUNK_MAX,
     GROUP_BASE,
@@ -59,6 +58,19 @@ class Setup:
         self.work_self = False
         self.work_us = 0  # the chunk: parsing and derivations
         self.work_dus = 0  # its derivations only
+
+
+def _x25519(fn, *args):
+    # fn(*args), an X25519, with the run-time GC threshold (meter.py) off: in pure Python (the
+    # VM, a port without the inline assembler) one X25519 leaves ~100 KB of garbage big ints,
+    # which the threshold would collect dozens of times over. All of it is garbage, so leaving
+    # it to the collection on a full heap does not spoil the heap's layout.
+    th = gc.threshold()
+    gc.threshold(-1)
+    try:
+        return fn(*args)
+    finally:
+        gc.threshold(th)
 
 
 def group_begin(dc, ref, meter_id, body, t0):
@@ -161,7 +173,7 @@ def derive_one(dc, s):
     slot, id_j, o = s.work.pop()
     pk = s.work_body[o + 8:o + _REC]
     try:
-        k = lopa.pair_key(dc._sk, pk, s.gid, s.my_id, id_j)
+        k = _x25519(lopa.pair_key, dc._sk, pk, s.gid, s.my_id, id_j)
     except ValueError:
         # low-order point (all-zero X25519 output): the chunk is undone, nothing counts
         ref = s.work_ref
@@ -220,7 +232,9 @@ def keygen(dc, ref, meter_id, body, t0):
         sk = dc._entropy(32)
         if len(sk) != 32:
             raise Refused(_E_FAILED, "no entropy")
-        pk = x25519.public_key(sk)
+        from x25519 import public_key
+
+        pk = _x25519(public_key, sk)
         store.save_bytes(dc._key_path, (sk, pk))
         replaced = dc._sk is not None
         dc._sk, dc.pk = bytes(sk), pk

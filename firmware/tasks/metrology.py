@@ -8,6 +8,7 @@ import struct
 from array import array
 from micropython import const
 
+import lazy
 import metro
 import store
 from ringlog import Ring
@@ -36,12 +37,22 @@ class Metrology:
         self.energy = metro.Energy.from_state(st["e"]) if st else metro.Energy()
         self._closed_idx = st["idx"] if st else -1
         self._profile = Ring(PROFILE, PROFILE_CAP, PROFILE_REC)
+        if st and st.get("rec"):
+            self._restore(st["rec"])
         self.last = None  # the last complete second
         self.seconds = 0
         self._t = 0
         self._idx = -1
         self._start = 0
         self._len = 0
+
+    def _restore(self, rec):
+        # The record committed with the registers is the profile's last one, unless a power
+        # cut came between the two writes (or tore the ring's slot): then append it now.
+        last = self._profile.records(self._profile.last_seq, 1)
+        if not last or tuple(struct.unpack(_REC, last[0][1])) != tuple(rec):
+            self._profile.append(struct.pack(_REC, *rec))
+            self._port.log("boot: restored profile record %d" % rec[0])
 
     def step(self):
         n = self._adc.read_into(self._vbuf, self._ibuf)
@@ -61,8 +72,12 @@ class Metrology:
         imp, exp = self.energy.close_interval()
         e = self.energy
         t_end = self._start  # the new interval's start is the old one's end
-        self._profile.append(struct.pack(_REC, t_end, imp, exp, e.import_wh, e.export_wh))
-        store.save(ENERGY, {"e": e.state(), "idx": idx})
+        rec = (t_end, imp, exp, e.import_wh, e.export_wh)
+        # The commit point: the registers with the interval's record, in one atomic save; the
+        # profile ring gets the record after it, and again at boot if a power cut came
+        # between the two (_restore). The other order let registers go back after a cut.
+        store.save(ENERGY, {"e": e.state(), "idx": idx, "rec": rec})
+        self._profile.append(struct.pack(_REC, *rec))
         self._closed_idx = idx
         self._port.log("interval %d closed: +%d/-%d mWh" % (t_end, imp, exp))
         # LoPA: the closed interval's index (its start // length: self._idx, not yet moved
@@ -100,32 +115,6 @@ class Metrology:
             self._tick(payload)
         elif kind == "read":
             self._port.send(sender, "reading", (payload[0], 0, json.dumps(self.reading())))
-        elif kind == "profile":
-            self._send_profile(sender, payload)
-        elif kind == "calibrate":
-            self._calibrate(sender, payload)
-
-    def _send_profile(self, sender, payload):
-        ref, from_seq, max_n = payload
-        recs = []
-        for seq, data in self._profile.records(from_seq, max_n):
-            recs.append([seq] + list(struct.unpack(_REC, data)))
-        nxt = recs[-1][0] + 1 if recs else from_seq
-        body = json.dumps({"records": recs, "next": nxt, "last": self._profile.last_seq})
-        self._port.send(sender, "profile_data", (ref, 0, body))
-
-    def _calibrate(self, sender, payload):
-        ref, volts, amps, pf = payload
-        r = self.last
-        if r is None or r[0] <= 0 or r[1] <= 0:
-            self._port.send(sender, "calibrated", (ref, 6, "no load measured yet"))
-            return
-        v_gain, i_gain, phase = metro.calibrate(
-            r[0], r[1], r[4], volts, amps, pf, self.cal[0], self.cal[1], self.cal[2],
-            self._rate, r[5] or 50.0)
-        self.cal = (v_gain, i_gain, phase)
-        self._acc.set_cal(v_gain, i_gain, phase)
-        store.save(CALIB, list(self.cal))
-        self._port.log("calibrated: v_gain %.6g i_gain %.6g phase %.4f" % self.cal)
-        body = json.dumps({"v_gain": v_gain, "i_gain": i_gain, "phase": phase})
-        self._port.send(sender, "calibrated", (ref, 0, body))
+        elif kind in ("profile", "calibrate"):
+            # rare: tasks/metrology_cmd.py, in RAM only while it runs
+            lazy.call("tasks.metrology_cmd", kind, self, sender, payload)

@@ -3,7 +3,7 @@
 toolchain   apt-get install the cross compiler and QEMU, only what is missing
 build       build the board's MicroPython (cached); prints the image's path
 run         boot the board under QEMU; prints its pty (mpremote connect PTY) and waits
-run-bench   C1, C4, C5 on the board beside Elster's figures (--update-doc docs/BENCH.md)
+run-bench   C1-C5, C13/C14, a metrology tick beside Elster's figures (--update-doc docs/BENCH.md)
 gen-x25519  regenerate firmware/lib/x25519_thumb.py from host_tools/emu/x25519_gen.py
 """
 

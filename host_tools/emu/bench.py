@@ -1,6 +1,8 @@
-"""The firmware's timed code on an emulated board: C1 (key pair), C4 (one pair key: X25519 +
-HKDF) and C5 (blinding of one value, plus the addition) in emulated instructions, and in ms at
-the board's nominal clock beside the Elster AS300's figures (seed 000, 72 MHz).
+"""The component tests on an emulated board, beside the Elster AS300's figures (seed 000,
+72 MHz): C1–C5, C13/C14 and one metrology tick, run by ``host_tools.bench.components``
+(``run_emulated``) through the same on-board code as on a virtual meter or a Pico, and
+rendered here as the tables in docs/BENCH.md (``python -m host_tools.emu run-bench``,
+``make bench-emulated``).
 
 The board counts its own time: ``emu.count()`` reads QEMU's instruction clock on the m0plus
 and m4 boards (exact to the timer's resolution, 63 ns on the M0+ board) and rp2040js's cycle
@@ -15,10 +17,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-from collections.abc import Iterator
-from dataclasses import dataclass
+import statistics
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from host_tools.bench.results import BenchAborted, Result
 from host_tools.emu.build import REPO, BoardSpec
 from host_tools.emu.run import Emulator
 from host_tools.flash.build import compile_one
@@ -29,8 +33,6 @@ LIB = REPO / "firmware" / "lib"
 CRYPTO_LIBS = ("x25519_thumb", "x25519", "hmac_sha256", "lopa")
 # Cycles per instruction of this code on an RP2040 (rp2040js against QEMU's count, issue 8).
 M0PLUS_CPI = 1.287
-# Elster AS300 at 72 MHz (seed 000, table 2): (3 meters, 50 meters) in ms.
-ELSTER_MS = {"C1": (124.9, 126.9), "C4": (173.8, 181.2), "C5": (5.02, 96.7)}
 
 
 @contextlib.contextmanager
@@ -50,88 +52,48 @@ def upload_libs(b: Board, spec: BoardSpec, names: tuple[str, ...] = CRYPTO_LIBS)
         b.write_file(dest, compile_one(LIB / f"{name}.py", dest, spec.mpy_arch))
 
 
-@dataclass(frozen=True)
-class Figure:
-    test: str
-    what: str
-    members: int | None
-    count: int  # instructions or cycles, as the board counts (BoardSpec.unit)
-    nominal_hz: int
+def run_bench(board: str = "m0plus", sizes: tuple[int, ...] = (3, 50), runs: int = 1,
+              progress: Callable[[str], None] | None = None) -> list[Result]:
+    """The component tests on the emulated ``board`` (host_tools.bench.components)."""
+    from host_tools.bench.components import run_emulated
 
-    @property
-    def ms(self) -> float:
-        return self.count / self.nominal_hz * 1000
-
-    def elster(self) -> str:
-        """Elster's figure for the same test: per group size where ours has one, else both
-        (3 / 50 meters)."""
-        pair = ELSTER_MS.get(self.test)
-        if pair is None:
-            return ""
-        if self.members is None:
-            return f"{pair[0]:g} / {pair[1]:g}"
-        return f"{pair[1] if self.members >= 50 else pair[0]:g}"
+    return run_emulated(board, sizes=list(sizes), runs=runs, quick=True, progress=progress)
 
 
-BENCH_CODE = """
-import emu, gc, os, x25519, lopa
-def count(fn):
-    gc.collect()
-    t0 = emu.count()
-    r = fn()
-    return emu.count() - t0, r
-out = {}
-def keypair():
-    sk = os.urandom(32)
-    return sk, x25519.public_key(sk)
-out["C1"], (sk, pk) = count(keypair)
-sk2 = os.urandom(32)
-pk2 = x25519.public_key(sk2)
-gid = b"group-1"
-out["C4"], k = count(lambda: lopa.pair_key(sk, pk2, gid, 1, 2))
-for n in (3, 50):
-    keys = [(j + 2, os.urandom(32)) for j in range(n - 1)]
-    prepared = lopa.prepare_keys(keys)
-    out["C5_%d" % n], c = count(lambda: lopa.encrypt(123456, lopa.blinding(keys, 1, gid, 96)))
-    out["C5p_%d" % n], c = count(lambda: lopa.encrypt(123456, lopa.blinding(prepared, 1, gid, 96)))
-gc.collect()
-out["heap_free"] = gc.mem_free()
-print(repr(out))
-"""
+def elster_ms(r: Result) -> str:
+    """Elster's figure for the same test and group size, in ms ("" where it has none)."""
+    from host_tools.bench import elster
+
+    f = elster.component(r.test, r.size, r.variant, r.unit)
+    return f"{f.bound}{f.value:g}" if f is not None and f.unit == "ms" else ""
 
 
-def run_bench(board: str = "m0plus", quiet: bool = True) -> tuple[list[Figure], dict[str, int]]:
-    from host_tools.emu.build import board_spec
-
-    spec = board_spec(board)
-    with emulated_board(board, quiet=quiet) as (_, b):
-        upload_libs(b, spec)
-        raw = b.exec(BENCH_CODE, "running the bench").decode().strip()
-    import ast
-
-    out: dict[str, int] = ast.literal_eval(raw.splitlines()[-1])
-    hz = spec.nominal_hz
-    figs = [
-        Figure("C1", "create key pair (X25519 with the base point)", None, out["C1"], hz),
-        Figure("C4", "create one group key (X25519 + HKDF-SHA256)", None, out["C4"], hz),
-    ]
-    for n in (3, 50):
-        figs.append(Figure("C5", f"encrypt one value, {n} members (blinding + addition)", n,
-                           out[f"C5_{n}"], hz))
-        figs.append(Figure("C5'", f"same with the HMAC pads prepared ({n} members)", n,
-                           out[f"C5p_{n}"], hz))
-    return figs, out
+RAM_NOTE = ("C13/C14: gc.mem_alloc() after gc.collect() with the firmware's LoPA modules "
+            "loaded and a key pair, without and with a group; C11/C12: the .mpy image")
 
 
-def render(figs: list[Figure], spec: BoardSpec) -> str:
+def render(results: list[Result], spec: BoardSpec) -> str:
+    """The timing table (in the board's count and in ms at its clock) and the memory lines."""
     cpi = spec.name == "m0plus"
-    head = (f"| test | what | {spec.unit} | ms @ {spec.nominal_hz // 1_000_000} MHz "
+    head = (f"| test | members | what | {spec.unit} | ms @ {spec.nominal_hz // 1_000_000} MHz "
             f"(lower bound) |{' est. ms at CPI 1.287 |' if cpi else ''} Elster AS300 ms |")
-    sep = "|---|---|---:|---:|" + ("---:|" if cpi else "") + "---:|"
+    sep = "|---|---:|---|---:|---:|" + ("---:|" if cpi else "") + "---:|"
     rows = [head, sep]
-    for f in figs:
-        est = f" {f.ms * M0PLUS_CPI:.1f} |" if cpi else ""
-        rows.append(f"| {f.test} | {f.what} | {f.count:,} | {f.ms:.1f} |{est} {f.elster()} |")
+    for r in results:
+        if r.unit != "us":
+            continue
+        count = int(statistics.median(r.extra[spec.unit]))
+        ms = r.median / 1000
+        est = f" {ms * M0PLUS_CPI:.1f} |" if cpi else ""
+        what = r.what.split(":")[0]
+        rows.append(f"| {r.test} | {r.size or ''} | {what} | {count:,} | {ms:.2f} |{est} "
+                    f"{elster_ms(r)} |")
+    mem = [r for r in results if r.unit == "bytes"]
+    if mem:
+        rows += ["", f"Memory ({RAM_NOTE}):", ""]
+        for r in mem:
+            size = f", {r.size} members" if r.size else ""
+            rows.append(f"- {r.test}{size}: {r.median:,.0f} bytes ({r.what.split(':')[0]})")
     return "\n".join(rows)
 
 
@@ -153,21 +115,30 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m host_tools.emu run-bench")
     ap.add_argument("--board", default="m0plus", choices=["m0plus", "m4", "rp2040"])
-    ap.add_argument("--json", type=Path, help="also write the raw counts here")
+    ap.add_argument("--runs", type=int, default=1, help="runs of each test (default 1)")
+    ap.add_argument("--json", type=Path, help="also write every Result here")
     ap.add_argument("--update-doc", type=Path, metavar="MD",
                     help="replace this board's table in MD (between its bench-emulated "
                          "markers) with the new figures")
     args = ap.parse_args(argv)
     spec = board_spec(args.board)
-    figs, raw = run_bench(args.board, quiet=False)
+    if args.runs < 1:
+        ap.error("--runs must be at least 1")
+    try:
+        results = run_bench(args.board, runs=args.runs,
+                            progress=lambda m: print(f"[bench] {m}", file=sys.stderr,
+                                                     flush=True))
+    except BenchAborted as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     how = "QEMU instruction count" if spec.unit == "instructions" else "rp2040js cycle count"
-    text = (f"{spec.label} ({how}; Elster AS300 at 72 MHz beside it)\n\n"
-            f"{render(figs, spec)}\n\nheap free after the bench: {raw['heap_free']:,} bytes "
-            f"of 192 KB")
+    runs = f"median of {args.runs} runs" if args.runs > 1 else "1 run"
+    text = (f"{spec.label} ({how}, {runs}; Elster AS300 at 72 MHz beside it)\n\n"
+            f"{render(results, spec)}")
     print(text)
     if args.update_doc:
         update_doc(args.update_doc, args.board, text)
     if args.json:
-        args.json.write_text(json.dumps({"board": args.board, "label": spec.label, **raw},
-                                        indent=1))
+        args.json.write_text(json.dumps({"board": args.board, "label": spec.label,
+                                         "results": [r.to_json() for r in results]}, indent=1))
     return 0

@@ -10,6 +10,7 @@ system tests report them).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from typing import Any
@@ -25,6 +26,10 @@ class LinkError(Exception):
     """The meter did not answer, or answered with something we must not accept."""
 
 
+class Disconnected(LinkError):
+    """The port went away under the link (a cable pulled, a board reset off the bus)."""
+
+
 class MeterError(Exception):
     """The meter answered with an authenticated ERROR frame."""
 
@@ -33,6 +38,12 @@ class MeterError(Exception):
         self.code = code
         self.detail = detail
 
+
+# Requests that only read: after a disconnect they are sent again (with a new counter) once the
+# port is back. Anything that changes the meter is never repeated blindly: it may have been
+# carried out before the answer was lost.
+RETRY_SAFE = frozenset({wire.K_INFO, wire.K_READ, wire.K_PROFILE, wire.K_LOGS, wire.K_STATS,
+                        wire.K_PUBKEY, wire.K_GROUPS, wire.K_CREDIT, wire.K_SWITCH_STATUS})
 
 # Requests whose answers carry personal data, and so travel encrypted.
 ENCRYPTED_ANSWERS = ({wire.K_READ, wire.K_PROFILE, wire.K_LOGS} | wire.LOPA_ENC_RESPONSE_KINDS
@@ -51,10 +62,32 @@ class MeterLink:
         self.rx_bytes = 0
         self.ignored: list[bytes] = []  # non-frame lines the meter printed
         self._reader = wire.LineReader(on_text=self._text)
+        self.ser = self._open()
+
+    def _open(self) -> serial.Serial:
+        # Every read waits at most 50 ms and every write at most `timeout`: nothing here can
+        # hang; await_response bounds the whole wait for an answer.
         try:
-            self.ser = serial.Serial(self.port, 115200, timeout=0.05, write_timeout=timeout)
+            return serial.Serial(self.port, 115200, timeout=0.05, write_timeout=self.timeout)
         except (serial.SerialException, OSError) as e:
             raise LinkError(f"{self.port}: cannot open ({e})") from None
+
+    def reconnect(self, wait: float) -> None:
+        """Open the port again once it is back (a board plugged in again keeps its
+        /dev/serial/by-id name); LinkError if it is not back within ``wait`` seconds."""
+        with contextlib.suppress(Exception):
+            self.ser.close()
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self.ser = self._open()
+                self._reader = wire.LineReader(on_text=self._text)
+                return
+            except LinkError:
+                if time.monotonic() >= deadline:
+                    raise LinkError(f"{self.port}: the meter was disconnected and its port did "
+                                    f"not come back within {wait:g} s") from None
+                time.sleep(0.2)
 
     def _text(self, line: bytes) -> None:
         self.ignored = [*self.ignored, line][-20:]
@@ -71,28 +104,38 @@ class MeterLink:
     # -- one request -------------------------------------------------------------------
     def request(self, kind: int, args: dict[str, Any] | None = None) -> Any:
         """Send a command and return its decoded JSON answer; raise MeterError on ERROR."""
-        body = json.dumps(args).encode() if args else b""
-        try:
-            return self._request(kind, body)
-        except MeterError as e:
-            if e.code == wire.E_REPLAY and isinstance(e.detail, int):
-                # The meter reserved counters across a reboot: continue above them.
-                return self._request(kind, body, at_least=e.detail)
-            raise
+        resp = self._robust(kind, json.dumps(args).encode() if args else b"")
+        return json.loads(resp.payload) if resp.payload else None
 
     def request_raw(self, kind: int, payload: bytes) -> bytes:
         """Send a command with a binary payload (the LoPA kinds) and return the decrypted
         answer payload; raise MeterError on ERROR. Resyncs once on REPLAY, as request()."""
+        return self._robust(kind, payload).payload
+
+    def _robust(self, kind: int, body: bytes) -> wire.Frame:
+        # A disconnect: read-only requests are sent again once the port is back; the others
+        # are not, and the error says that it may have been carried out.
         try:
-            return self._exchange(kind, payload).payload
+            return self._resyncing(kind, body)
+        except Disconnected as e:
+            name = wire.KIND_NAMES.get(kind, hex(kind))
+            if kind not in RETRY_SAFE:
+                raise Disconnected(f"{e}; {name} was not sent again: it may have been carried "
+                                   "out, so check the meter before repeating it") from None
+            self.reconnect(self.timeout)
+            try:
+                return self._resyncing(kind, body)
+            except LinkError as e2:
+                raise LinkError(f"{e}; reconnected and sent {name} again, but: {e2}") from None
+
+    def _resyncing(self, kind: int, body: bytes) -> wire.Frame:
+        try:
+            return self._exchange(kind, body)
         except MeterError as e:
             if e.code == wire.E_REPLAY and isinstance(e.detail, int):
-                return self._exchange(kind, payload, at_least=e.detail).payload
+                # The meter reserved counters across a reboot: continue above them.
+                return self._exchange(kind, body, at_least=e.detail)
             raise
-
-    def _request(self, kind: int, body: bytes, at_least: int = 0) -> Any:
-        resp = self._exchange(kind, body, at_least)
-        return json.loads(resp.payload) if resp.payload else None
 
     def _exchange(self, kind: int, body: bytes, at_least: int = 0) -> wire.Frame:
         ctr = self.keystore.next_down_ctr(self.entry.meter_id, at_least)
@@ -116,7 +159,7 @@ class MeterLink:
             self.ser.write(line)
             self.ser.flush()
         except (serial.SerialException, OSError) as e:
-            raise LinkError(f"{self.port}: meter disconnected ({e})") from None
+            raise Disconnected(f"{self.port}: meter disconnected ({e})") from None
         self.tx_bytes += len(line)
 
     def await_response(self, ctr: int) -> wire.Frame:
@@ -125,7 +168,8 @@ class MeterLink:
             try:
                 data = self.ser.read(4096)
             except (serial.SerialException, OSError) as e:
-                raise LinkError(f"{self.port}: meter disconnected ({e})") from None
+                raise Disconnected(f"{self.port}: meter disconnected while waiting for the "
+                                   f"answer ({e})") from None
             if not data:
                 continue
             self.rx_bytes += len(data)

@@ -2,7 +2,9 @@
 
 One JSON file, mode 0600, at ``$METERCTL_KEYSTORE`` or
 ``$XDG_CONFIG_HOME/meterctl/keystore.json`` (default ``~/.config/meterctl/keystore.json``);
-``--keystore`` picks another. Every change is a locked read-modify-write (``flock`` on a
+``--keystore`` picks another. It holds every meter's master key: a keystore that its group or
+others may read or write is refused (chmod 600 fixes it), and no key is ever in a repr, a log
+line or an error message. Every change is a locked read-modify-write (``flock`` on a
 sibling lock file) and an atomic replace, so concurrent ``meterctl`` processes and power
 cuts never lose a counter: a lost command counter could make the head-end reuse one.
 """
@@ -13,8 +15,9 @@ import contextlib
 import fcntl
 import json
 import os
+import stat
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +37,12 @@ def default_path() -> Path:
 @dataclass
 class MeterEntry:
     meter_id: int
-    master: bytes
+    master: bytes = field(repr=False)  # secrets never reach a repr, a log or a message
     down_ctr: int = 0  # the last command counter used
     up_ctr: int = 0  # the highest response counter accepted
     port: str = ""  # where it was last seen
     provisioned: str = ""
-    os_key: bytes = b""  # the off-switch's own key (independent of master), b"" if none
+    os_key: bytes = field(default=b"", repr=False)  # the off-switch's own key, b"" if none
     os_ctr: int = 0  # the last off-switch command counter used
 
     def to_json(self) -> dict[str, Any]:
@@ -55,6 +58,14 @@ class MeterEntry:
         return cls(meter_id, bytes.fromhex(d["master"]), int(d.get("down_ctr", 0)),
                    int(d.get("up_ctr", 0)), str(d.get("port", "")), str(d.get("provisioned", "")),
                    bytes.fromhex(d.get("os_key", "")), int(d.get("os_ctr", 0)))
+
+
+def check_private(path: Path, mode: int) -> None:
+    """Refuse a keystore whose group or others have any permission on it."""
+    if mode & 0o077:
+        raise KeystoreError(f"{path}: its permissions ({stat.filemode(mode)}) let others read "
+                            "or change the meters' master keys; refusing to use it. Make it "
+                            f"private: chmod 600 {path}")
 
 
 class Keystore:
@@ -78,11 +89,21 @@ class Keystore:
 
     def _read(self) -> dict[str, Any]:
         try:
-            text = self.path.read_text()
+            fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return {"version": 1, "meters": {}}
         except OSError as e:
             raise KeystoreError(f"{self.path}: cannot read ({e.strerror})") from None
+        try:
+            check_private(self.path, os.fstat(fd).st_mode)
+            with os.fdopen(fd, "r") as f:
+                fd = -1
+                text = f.read()
+        except OSError as e:
+            raise KeystoreError(f"{self.path}: cannot read ({e.strerror})") from None
+        finally:
+            if fd >= 0:
+                os.close(fd)
         try:
             data = json.loads(text)
             if not isinstance(data, dict) or not isinstance(data.get("meters"), dict):

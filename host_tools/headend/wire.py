@@ -53,6 +53,9 @@ K_TOPUP = 0x32
 K_TARIFF = 0x33
 K_CREDIT = 0x34
 K_PREPAID = 0x35
+# Sealing (docs/PROTOCOL.md "Seal kinds"): close / open the REPL over the WAN's USB serial
+K_SEAL = 0x40
+K_UNSEAL = 0x41
 K_ERROR = 0x7F
 
 KIND_NAMES: dict[int, str] = {
@@ -78,6 +81,8 @@ KIND_NAMES: dict[int, str] = {
     K_TARIFF: "TARIFF",
     K_CREDIT: "CREDIT",
     K_PREPAID: "PREPAID",
+    K_SEAL: "SEAL",
+    K_UNSEAL: "UNSEAL",
     K_ERROR: "ERROR",
 }
 # responses to these kinds carry personal data: the meter always encrypts them

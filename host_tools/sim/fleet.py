@@ -104,8 +104,10 @@ def meter_record(st: dict[str, Any]) -> dict[str, Any]:
 
 def start(n: int, base: Path | None = None, *, heap: str = "192K", seed: int = 1,
           timeout: float = 30.0, trace: bool = False,
-          progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
-    """Start meters 0..n-1 in ``base`` and wait until every VM is up."""
+          progress: Callable[[int, int], None] | None = None,
+          time_scale: float | None = None) -> list[dict[str, Any]]:
+    """Start meters 0..n-1 in ``base`` and wait until every VM is up. ``time_scale``: the
+    virtual RTC runs that many times as fast as host time (soak tests; default 1)."""
     if n < 1:
         raise SimError("--meters must be at least 1")
     base = (base or default_dir()).resolve()
@@ -135,6 +137,8 @@ def start(n: int, base: Path | None = None, *, heap: str = "192K", seed: int = 1
                 "--rom", str(ROM), *launcher]
         if trace:
             args.append("--trace")
+        if time_scale is not None:
+            args += ["--time-scale", repr(float(time_scale))]
         with open(mdir / "supervisor.err", "ab") as err_log:
             procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=err_log,

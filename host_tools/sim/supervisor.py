@@ -106,6 +106,7 @@ class Supervisor:
         self.log_f = open(os.path.join(self.dir, "supervisor.log"), "a", buffering=1)
         self.hw_path = os.path.join(self.dir, "hw.json")
         self.hw = self._load_hw()
+        self._time_scale(float(a.time_scale))
         self.client, self.port = open_pty()
         self.han, self.han_port = open_pty()
         for link, target in (("port", self.port), ("han", self.han_port)):
@@ -152,11 +153,16 @@ class Supervisor:
                       "sigints": 0, "han_bytes": 0, "han_ignored_in": 0, "led_toggles": 0}
         self.led_changed = 0.0
         self.recent_exits: list[float] = []
+        # The power-cut campaign's write-point hook (rom.py WritePoints): armed for one VM run.
+        self.wcut: dict[str, Any] = {"k": 0, "armed": False, "cuts": 0, "points": [],
+                                     "last": None}
+        self.arm_waiters: list[socket.socket] = []
 
     # -- persisted hardware state ------------------------------------------
     def _load_hw(self) -> dict[str, Any]:
         hw: dict[str, Any] = {"inputs": {"button": 0, "tamper": 0}, "outputs": {"relay": 0},
-                              "wave": {}, "relay_changes": 0, "rtc_offset": 0}
+                              "wave": {}, "relay_changes": 0, "rtc_offset": 0,
+                              "time_scale": 1.0, "time_anchor": 0.0}
         try:
             with open(self.hw_path) as f:
                 saved = json.load(f)
@@ -166,6 +172,21 @@ class Supervisor:
         except (OSError, ValueError):
             pass
         return hw
+
+    def _time_scale(self, scale: float) -> None:
+        """Virtual board only (the soak, host_tools/reliability/soak.py): the RTC runs
+        ``scale`` times as fast as host time from an anchor, RTC = anchor + (now - anchor) *
+        scale + rtc_offset (board/virtual/__init__.py). A new scale re-anchors at now and
+        moves the offset so that the RTC goes on from where it was."""
+        if scale <= 0:
+            raise SystemExit("--time-scale must be > 0")
+        old, anchor = float(self.hw["time_scale"]), float(self.hw["time_anchor"])
+        if scale == old:
+            return
+        now = time.time()
+        rtc_now = int(anchor + (now - anchor) * old) + int(self.hw["rtc_offset"])
+        self.hw.update(time_scale=scale, time_anchor=now, rtc_offset=rtc_now - int(now))
+        write_json_atomic(self.hw_path, self.hw)
 
     def log(self, msg: str) -> None:
         self.log_f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
@@ -207,11 +228,17 @@ class Supervisor:
         self.scan_tail = b""
         self.files = {}
         self.stats["boots"] += 1
+        self.wcut.update(k=0, armed=False)  # a new VM starts disarmed
+        for c in self.arm_waiters:
+            self._reply(c, {"ok": False, "error": "the VM restarted before it was armed"})
+        self.arm_waiters.clear()
         # What the pins read at power-up, and which meter this is.
         self._send_hw({"inputs": self.hw["inputs"], "outputs": self.hw["outputs"],
                        "wave": self.hw["wave"],
                        "meter": {"index": self.a.index, "seed": self.a.seed,
-                                 "rtc_offset": self.hw["rtc_offset"]}})
+                                 "rtc_offset": self.hw["rtc_offset"],
+                                 "time_scale": self.hw["time_scale"],
+                                 "time_anchor": self.hw["time_anchor"]}})
         self.log(f"power on ({mode}) pid={self.vm_pid}")
 
     def _send_hw(self, msg: dict[str, Any]) -> None:
@@ -250,8 +277,15 @@ class Supervisor:
         if interrupted:
             # Our SIGINT met the VM just as it left the code it interrupted (the
             # handler was gone): for the client it was a Ctrl-C at a prompt.
-            self.log("SIGINT arrived after execution ended; rebooting into the same REPL")
-            mode = "raw" if was_raw else "repl"
+            if os.WIFSIGNALED(status) and self.files.get("main.py") == "running":
+                # Killed by SIGINT's default action while main.py runs: the firmware turned
+                # Ctrl-C off (a sealed meter, firmware/lib/seal.py) as the SIGINT went out,
+                # and a Pico would have handed it the byte. Never a REPL.
+                self.log("SIGINT met main.py with Ctrl-C off; rebooting into main.py")
+                mode = "run"
+            else:
+                self.log("SIGINT arrived after execution ended; rebooting into the same REPL")
+                mode = "raw" if was_raw else "repl"
         elif os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
             self.stats["crashes"] += 1
@@ -382,6 +416,27 @@ class Supervisor:
                 f"ended ({ev['err']})" if ev.get("err") else "ended")
         elif ev.get("ev") == "rom-done":
             self.rom_active = False
+        elif ev.get("ev") == "cut-armed":
+            self.wcut.update(k=int(ev["k"]), armed=bool(ev["k"]))
+            if ev["k"]:
+                self.wcut["points"] = []  # disarming keeps what a counting run saw
+            for c in self.arm_waiters:
+                self._reply(c, self.status())
+            self.arm_waiters.clear()
+        elif ev.get("ev") == "wp":  # counting: one persisted write point
+            pts = self.wcut["points"]
+            if len(pts) < 1000:
+                pts.append([ev["n"], ev["op"], ev["path"]])
+        elif ev.get("ev") == "cut":  # the VM stopped at the k-th write point: cut the power
+            self.wcut.update(armed=False, k=0, cuts=self.wcut["cuts"] + 1,
+                             last={"n": ev["n"], "op": ev["op"], "path": ev["path"],
+                                   "torn": ev["torn"], "boot": self.stats["boots"],
+                                   "at": time.monotonic()})
+            self.log(f"power cut at write point {ev['n']}: {ev['op']} {ev['path']}"
+                     f"{' (torn)' if ev['torn'] else ''}")
+            if self.vm_pid:
+                self.expect_kill = True
+                os.kill(self.vm_pid, signal.SIGKILL)
 
     def _read_han(self) -> None:
         while self.han_in >= 0:
@@ -488,7 +543,8 @@ class Supervisor:
                 "pins": {**self.hw["outputs"], **self.hw["inputs"]},
                 "relay_changes": self.hw["relay_changes"], "wave": self.hw["wave"],
                 "led_last_change_s": None if age is None else round(age, 3),
-                "client_connected": self.client_connected, "heap": self.a.heap, **self.stats}
+                "client_connected": self.client_connected, "heap": self.a.heap,
+                "write_cut": self.wcut, **self.stats}
 
     def _reply(self, c: socket.socket, obj: dict[str, Any]) -> None:
         try:
@@ -509,6 +565,17 @@ class Supervisor:
                 self.expect_kill = True
                 os.kill(self.vm_pid, signal.SIGKILL)
             self.waiters.append(c)  # answered once the meter has booted again
+            self.conns.pop(c.fileno(), None)
+        elif cmd == "arm-cut":
+            # Virtual board only: cut the power at the k-th persisted write from now (k < 0:
+            # count them, k == 0: disarm); answered once the VM has armed.
+            if self.state != "on" or not self.vm_pid:
+                self._reply(c, {"ok": False, "error": "the VM is not running"})
+                return
+            self.cut_off_time = float(req.get("off_s", self.a.off_time))
+            self._send_hw({"cut": {"k": int(req.get("k", 0)), "torn": bool(req.get("torn")),
+                                   "match": str(req.get("match") or "")}})
+            self.arm_waiters.append(c)
             self.conns.pop(c.fileno(), None)
         elif cmd == "set-inputs":
             inputs = {str(k): int(v) for k, v in dict(req.get("inputs", {})).items()}
@@ -677,6 +744,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--flash-bytes", type=int, default=1408 * 1024)
     ap.add_argument("--off-time", type=float, default=0.2, help="seconds without power on a cut")
     ap.add_argument("--trace", action="store_true", help="log every byte to supervisor.log")
+    ap.add_argument("--time-scale", type=float, default=1.0,
+                    help="the RTC runs this many times as fast as host time (soak tests)")
     ap.add_argument("--site", required=True, help="directory holding micropython_run")
     ap.add_argument("--rom", required=True, help="board/virtual/host/rom.py")
     ap.add_argument("--launcher", help="native VM launcher (vmlaunch.py); else CPython hosts it")

@@ -30,6 +30,17 @@ class BoardError(Exception):
     """A board-level failure, with a message fit to print as one line."""
 
 
+class SealedError(BoardError):
+    """The board is a sealed meter: it said so when asked for its REPL (firmware/tasks/comm.py
+    SEALED_NOTICE), and it will not give one until it is unsealed."""
+
+
+# What a sealed meter answers to a Ctrl-C (firmware/tasks/comm.py SEALED_NOTICE).
+SEALED_MARK = "meter sealed:"
+HOW_TO_UNSEAL = ("unseal it with `meterctl unseal --port {port}` (authenticated with the meter's "
+                 "keys from the keystore), or on site by holding the button at power-up")
+
+
 @dataclass(frozen=True)
 class BoardInfo:
     name: str  # sys.implementation.name
@@ -132,8 +143,9 @@ class Board:
 
     @contextlib.contextmanager
     def _errors(self, doing: str) -> Iterator[None]:
+        printed = io.StringIO()
         try:
-            with contextlib.redirect_stdout(io.StringIO()):  # mpremote prints on failure
+            with contextlib.redirect_stdout(printed):  # mpremote prints on failure
                 yield
         except TransportExecError as e:
             raise BoardError(f"{self.port}: {doing} failed on the board: "
@@ -141,6 +153,10 @@ class Board:
                              ) from None
         except TransportError as e:
             msg = str(e.args[0]) if e.args else str(e)
+            if "raw repl" in msg and SEALED_MARK in printed.getvalue():
+                raise SealedError(f"{self.port}: the meter is sealed: its REPL is closed, so "
+                                  f"{doing} is refused; "
+                                  + HOW_TO_UNSEAL.format(port=self.port)) from None
             if "raw repl" in msg:
                 raise BoardError(f"{self.port}: the board does not answer (no raw REPL within "
                                  f"{self.timeout:g} s) while {doing}") from None
@@ -154,6 +170,8 @@ class Board:
             with self._errors("entering the raw REPL"):
                 self.t.enter_raw_repl(soft_reset=soft_reset,
                                       timeout_overall=self.timeout / 2)
+        except SealedError:
+            raise
         except BoardError:
             # A Ctrl-C that reached firmware starting up (or reading stdin) can be lost, and
             # the Ctrl-A after it eaten: interrupt once more and try again, as a user would.

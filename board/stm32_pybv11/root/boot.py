@@ -1,14 +1,6 @@
-# boot.py for a Pyboard (deployed to the flash's root by `meterctl flash`).
-#
-# The stm32 port mounts the internal flash at /flash and runs from there; the
-# firmware, like a Pico, expects its filesystem at / with /lib on sys.path.
-# So, on every boot: remount the flash at /, and point sys.path at /lib.
-#
-# USB: serial only (VCP), no mass storage. With mass storage on, the host PC
-# can write the same FAT volume the meter writes its logs and counters to, and
-# one of the two corrupts it. To get the drive back for a while, start in safe
-# mode (hold USR while pressing RST, release at the orange LED): boot.py is
-# skipped.
+# Pyboard boot.py (docs/hardware.md): flash at / as on a Pico, /lib on sys.path; USB
+# serial only, no mass storage (the host and the meter would both write the FAT volume).
+# Safe mode (hold USR while pressing RST) skips this file.
 import os
 import sys
 
@@ -16,8 +8,7 @@ import pyb
 
 pyb.usb_mode("VCP")
 
-# mount() without arguments lists the mounts (MicroPython >= 1.25; the stubs
-# know only the two-argument form).
+# os.mount() with no arguments lists the mounts (MicroPython >= 1.25; not in the stubs).
 for _fs, _mp in os.mount():  # type: ignore[call-arg]
     if _mp == "/flash":
         os.umount("/flash")

@@ -26,6 +26,8 @@ def _rom():
     import select
     import json
     import io
+    import time
+    import _thread
 
     rom_path, root, mode = sys.argv[0], sys.argv[1], sys.argv[2]
     fd_in, fd_out, fd_han, flash_bytes = [int(a) for a in sys.argv[3:7]]
@@ -50,6 +52,89 @@ def _rom():
                 parts.append(p)
         return "/" + "/".join(parts)
 
+    class WritePoints:
+        # The power-cut campaign's hook (host_tools/reliability/powercut.py), modelled on
+        # littlefs's power-loss tests: while the supervisor has armed it, every persisted
+        # change to the flash (open for writing, write, rename, remove, mkdir, rmdir) is
+        # counted. At the k-th the VM reports the point and stops right there (torn: a write
+        # is first half done), and the supervisor cuts the power (SIGKILL) at exactly that
+        # point. k < 0 only counts and reports each point; with `match`, only points whose
+        # path contains it count. Disarmed (k == 0), it costs one test.
+        def __init__(self):
+            self.k = 0
+            self.n = 0
+            self.torn = False
+            self.match = ""
+            self.cutting = False
+            self._lock = _thread.allocate_lock()
+
+        def arm(self, spec):
+            with self._lock:
+                self.k, self.n = int(spec.get("k", 0)), 0
+                self.torn = bool(spec.get("torn", False))
+                self.match = str(spec.get("match") or "")
+            hw.event({"ev": "cut-armed", "k": self.k})
+
+        def hit(self, op, path, f=None, data=None):
+            if not self.k and not self.cutting:
+                return
+            with self._lock:
+                cut = self.cutting
+                if not cut and self.match not in path:
+                    return
+                if not cut:
+                    self.n += 1
+                    if self.k < 0:
+                        hw.event({"ev": "wp", "n": self.n, "op": op, "path": path})
+                    elif self.n == self.k:
+                        cut = self.cutting = True
+                        torn = self.torn and data is not None and len(data) > 1
+                        if torn:
+                            f.write(data[: len(data) // 2])
+                        hw.event({"ev": "cut", "n": self.n, "op": op, "path": path,
+                                  "torn": torn})
+            while cut:  # until the supervisor's SIGKILL; any other writer stops here too
+                time.sleep_ms(1000)
+
+    wp = WritePoints()
+
+    class WFile:
+        # A file open for writing while the hook is armed: each write() is a write point.
+        def __init__(self, f, path):
+            self._f = f
+            self._path = path
+
+        def write(self, data):
+            wp.hit("write", self._path, self._f, data)
+            return self._f.write(data)
+
+        def read(self, *a):
+            return self._f.read(*a)
+
+        def readinto(self, *a):
+            return self._f.readinto(*a)
+
+        def readline(self, *a):
+            return self._f.readline(*a)
+
+        def seek(self, *a):
+            return self._f.seek(*a)
+
+        def tell(self):
+            return self._f.tell()
+
+        def flush(self):
+            return self._f.flush()
+
+        def close(self):
+            return self._f.close()
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self._f.close()
+
     class JailFS:
         # A VFS object: MicroPython's VFS layer calls these with paths
         # relative to the mount point ("/"), already stripped of it.
@@ -73,7 +158,13 @@ def _rom():
             return self._root + norm(self._cwd, path)
 
         def open(self, path, mode):
-            return self._fs.open(self._p(path), mode)
+            if not wp.k and not wp.cutting:
+                return self._fs.open(self._p(path), mode)
+            p = norm(self._cwd, path)
+            if "w" in mode or "a" in mode or "x" in mode:
+                wp.hit("open-" + mode, p)  # creates or truncates
+            f = self._fs.open(self._p(path), mode)
+            return WFile(f, p) if "r" not in mode or "+" in mode else f
 
         def ilistdir(self, path):
             base = self._p(path)
@@ -98,15 +189,19 @@ def _rom():
             return self._cwd
 
         def mkdir(self, path):
+            wp.hit("mkdir", norm(self._cwd, path))
             self._fs.mkdir(self._p(path))
 
         def rmdir(self, path):
+            wp.hit("rmdir", norm(self._cwd, path))
             self._fs.rmdir(self._p(path))
 
         def remove(self, path):
+            wp.hit("remove", norm(self._cwd, path))
             self._fs.remove(self._p(path))
 
         def rename(self, old, new):
+            wp.hit("rename", norm(self._cwd, old) + ">" + norm(self._cwd, new))
             self._fs.rename(self._p(old), self._p(new))
 
         def _used_blocks(self, path):
@@ -152,6 +247,8 @@ def _rom():
                     self.wave = msg["wave"]
                 if "meter" in msg:
                     self.meter = msg["meter"]
+                if "cut" in msg:
+                    wp.arm(msg["cut"])
 
         def output(self, name, value):
             self.outputs[name] = value

@@ -576,13 +576,7 @@ class HeadEnd:
             raise LopaError(f"group {gid_text(gid)}: set-up not complete on meter(s) "
                             f"{', '.join(pending)}; run `meterctl headend group create` again")
         where = {t.meter_id: t for t in targets} if targets is not None else {}
-        tg: dict[int, Target] = {}
-        for r in members:
-            if targets is not None:
-                tg[r.meter_id] = where.get(r.meter_id, Target(r.meter_id, ""))
-            else:
-                row = self.state.meter(r.meter_id)
-                tg[r.meter_id] = Target(r.meter_id, row.port if row else "")
+        tg = self._member_targets(members, targets)
         strangers = sorted(set(where) - set(tg))
         if strangers:
             self.say(f"meter(s) {', '.join(map(str, strangers))} are not members of group "
@@ -632,6 +626,46 @@ class HeadEnd:
         if lab is not None:
             self.lab_truth(res, lab, tg)
         return res
+
+    def _member_targets(self, members: list[MemberRow], targets: list[Target] | None
+                        ) -> dict[int, Target]:
+        """Where each member is: in ``targets`` (a member not there has no port and counts
+        as not reporting), or by default at the port in the database."""
+        where = {t.meter_id: t for t in targets} if targets is not None else {}
+        tg: dict[int, Target] = {}
+        for r in members:
+            if targets is not None:
+                tg[r.meter_id] = where.get(r.meter_id, Target(r.meter_id, ""))
+            else:
+                row = self.state.meter(r.meter_id)
+                tg[r.meter_id] = Target(r.meter_id, row.port if row else "")
+        return tg
+
+    def round_at(self, gid: bytes, t: int, length: int, run_id: int,
+                 targets: list[Target] | None = None, hooks: Hooks | None = None
+                 ) -> RoundResult:
+        """One S4 round for interval ``t`` (of ``length`` s), which the caller knows has
+        closed less than HISTORY intervals ago (the meters keep that many ciphertexts): for a
+        caller that sets its own pace, e.g. reading in batches (host_tools/reliability/
+        soak.py), where run() follows the clock one interval at a time. Recorded under
+        ``run_id`` (State.open_run) like run()'s rounds; a round already finished is returned
+        as it is, one left half-way is finished with the missing set it had committed."""
+        g = self.state.group(gid)
+        if g is None or g.state != "ready":
+            raise LopaError(f"group {gid_text(gid)} is not set up in {self.state.path}")
+        members = self.state.members(gid)
+        tg = self._member_targets(members, targets)
+        rd = self.state.round(gid, t)
+        if rd is not None and rd.state in ("done", "failed"):
+            return self._result(g, rd, tg, resumed=True)
+        if rd is None:
+            self.state.start_round(gid, t, run_id, length)
+        op = Op("S4", len(members), gid)
+        try:
+            return self._round(op, g, members, tg, t, length, hooks or Hooks(),
+                               resumed=rd is not None)
+        finally:
+            self._save(op)
 
     def _wait(self, op: Op, seconds: float) -> None:
         t0 = time.perf_counter()

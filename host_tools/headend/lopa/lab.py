@@ -4,7 +4,7 @@ output that contains it labels it as lab truth.
 
 The probe interrupts the firmware (raw REPL), reads ``/data/profile.bin`` with the firmware's
 own ring log, and soft-resets the board back into ``main.py``: so it runs after the rounds,
-once per meter.
+once per meter. A sealed meter has no REPL to probe: lab mode works only while it is unsealed.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import ast
 import contextlib
 
 from host_tools.headend.lopa.headend import LabProbe, Target
-from host_tools.transport.serial import Board, BoardError
+from host_tools.transport.serial import HOW_TO_UNSEAL, Board, BoardError, SealedError
 
 # The load profile as firmware/tasks/metrology.py keeps it: PROFILE, PROFILE_CAP, PROFILE_REC,
 # records ">IIIII" = t_end, import_mwh, export_mwh, import_wh, export_wh.
@@ -31,9 +31,15 @@ PROFILE_CODE = (
 
 
 def read_profile(port: str, timeout: float = 10.0) -> dict[int, int]:
-    """{t_end: import_mwh} of every interval in the meter's load profile (lab truth)."""
+    """{t_end: import_mwh} of every interval in the meter's load profile (lab truth). Only
+    while the meter is unsealed: a sealed meter's REPL is closed (SealedError)."""
     with Board(port, timeout=timeout) as b:
-        b.enter_raw()
+        try:
+            b.enter_raw()
+        except SealedError:
+            raise SealedError(f"{port}: lab mode reads the plaintext truth through the REPL, "
+                              "which works only while the meter is unsealed, and this meter is "
+                              "sealed; " + HOW_TO_UNSEAL.format(port=port)) from None
         try:
             out = b.exec(PROFILE_CODE, "lab probe: reading the load profile")
         except BaseException:

@@ -1,0 +1,496 @@
+"""The soak (``make soak``): a fleet of virtual meters on an accelerated clock, a LoPA round
+every 15-minute interval for a simulated week, meters failing and losing power meanwhile.
+
+**The accelerated clock.** The firmware's intervals follow its RTC (firmware/tasks/clock.py
+reads ``board.rtc_get()`` and marks a boundary whenever ``t // length`` changes). The virtual
+board's RTC is host time plus an offset the supervisor keeps; ``sim start --time-scale S``
+(supervisor ``--time-scale``, board/virtual/__init__.py ``rtc_get``) makes it run S times as fast
+from an anchor, so a 15-minute interval lasts 900/S real seconds. Nothing in the firmware
+knows: it is the board's clock that runs fast, as a crystal would. The other choice, the
+head-end stepping every RTC forward with the authenticated TIME_SET, costs one more WAN round
+trip per meter per interval and moves time in jumps the firmware never sees in the field.
+What stays at host speed: the ADC (2 kHz of real time, so an interval's energy is that of
+900/S real seconds: small numbers, the same on the meter and in the lab truth) and the
+off-switch's own millisecond clock. The clock task persists the time every 60 RTC seconds,
+so it writes S times as often as in the field.
+
+**Rounds in batches.** The meters keep 16 intervals of ciphertexts (dc_security HIST), so the
+head-end does the rounds of BATCH intervals at once after the last of them has closed
+(:meth:`HeadEnd.round_at`), one thread per group. A round not done within those 16 intervals
+is lost (counted).
+
+**Failures and cuts**, between batches, at most one meter per group per two batches (a
+robust group tolerates M missing members; a meter that answered a round's CIPHERTEXT and
+loses power before its RECOVER makes that round undecryptable by design, DREAM section 6,
+so no meter is disturbed while its group's rounds run): a *failure* powers a meter off for
+1..BATCH/2 intervals, a *power cut* SIGKILLs and restarts it at once (it loses the ciphertexts
+it held and the unfinished interval), and the *lab probe* (lab truth through the REPL,
+host_tools/headend/lopa/lab.py) interrupts it and soft-resets it, every meter in turn before
+its 192-record load profile wraps, and all at the end.
+
+**Pass**: no interval lost (every round decrypted, by recovery when members were missing);
+every aggregate equals the lab truth (the sum of the reporting members' plaintexts); the
+free heap (GROUPS ``ram_free``, after a gc.collect on the meter) shows no sustained downward
+trend; metrology's mailbox never overflowed (STATS ``dropped``, and the kernel's "mailbox
+metrology full" line in the security log). Figures are printed; the platform is the virtual
+board (this PC), never a Pico.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from host_tools.headend import wire
+from host_tools.headend.client import LinkError, MeterError, open_link
+from host_tools.headend.keystore import Keystore
+from host_tools.headend.lopa import HeadEnd, LopaError, State, Target, serial_connector
+from host_tools.headend.lopa.headend import HISTORY, METER_FAILURES, RoundResult
+from host_tools.headend.lopa.lab import read_profile
+from host_tools.headend.lopa.ref import aggregate
+from host_tools.reliability.fleetup import PLATFORM, Meter, bring_up, parallel, spread
+from host_tools.sim import fleet
+
+LENGTH = 900  # 15-minute intervals
+WEEK = 672
+PROFILE_CAP = 192  # records in a meter's load profile (firmware/tasks/metrology.py)
+TREND_MAX_B_PER_DAY = 512  # a leak: free heap falling faster than this, all run long ...
+DECLINE_MIN_B = 2048  # ... and by more than this (gc and fragmentation move it by ~1-4 KB)
+
+
+@dataclass
+class Config:
+    meters: int = 50
+    intervals: int = WEEK
+    group: int = 10  # members per group
+    m: int = 2  # robust: members that may be missing
+    scale: float = 400.0  # RTC seconds per host second
+    batch: int = 8  # intervals per batch of rounds (< HISTORY)
+    fail_p: float = 0.25  # per group and batch (when allowed): a failure
+    cut_p: float = 0.25  # ... or a power cut
+    seed: int = 1
+
+
+@dataclass
+class Figures:
+    rounds: int = 0
+    decrypted: int = 0
+    by_recovery: int = 0  # rounds that decrypted with members missing
+    missing_members: int = 0
+    lost: list[str] = field(default_factory=list)  # intervals without an aggregate
+    wrong: list[str] = field(default_factory=list)  # aggregate != lab truth
+    unverified: list[str] = field(default_factory=list)  # no lab truth for a reporter
+    failures: int = 0
+    cuts: int = 0
+    probes: int = 0
+    batch_s: list[float] = field(default_factory=list)
+    mem: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # id -> (t, ram_free)
+    slopes: dict[int, float] = field(default_factory=dict)  # bytes per simulated day
+    leaks: list[str] = field(default_factory=list)
+    dropped: dict[int, int] = field(default_factory=dict)  # metrology mailbox drops seen
+    overflow_logs: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+    simulated_s: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.lost or self.wrong or self.unverified or self.leaks
+                    or any(self.dropped.values()) or self.overflow_logs or self.errors)
+
+    def report(self, cfg: Config) -> str:
+        slopes = list(self.slopes.values())
+        lines = [
+            f"soak: {cfg.meters} meters in groups of {cfg.group} (robust, M={cfg.m}), "
+            f"{cfg.intervals} intervals of {LENGTH} s = {cfg.intervals * LENGTH / 86400:.2f} "
+            f"simulated days, clock x{cfg.scale:g}; {self.wall_s:.0f} s wall; "
+            f"platform: {PLATFORM}",
+            f"rounds: {self.rounds}, decrypted {self.decrypted} ({self.by_recovery} by "
+            f"recovery, {self.missing_members} member-rounds missing); lost intervals: "
+            f"{len(self.lost)}",
+            f"aggregates equal to the lab truth: {self.decrypted - len(self.wrong)} of "
+            f"{self.decrypted} (wrong {len(self.wrong)}, without truth "
+            f"{len(self.unverified)})",
+            f"disturbances: {self.failures} failures (powered off 1..{cfg.batch // 2} "
+            f"intervals), {self.cuts} power cuts, {self.probes} lab probes (REPL, soft reset)",
+            f"batch of {cfg.batch} rounds, wall time: {spread(self.batch_s)}",
+            f"free heap (GROUPS ram_free after gc.collect): {sum(map(len, self.mem.values()))} "
+            f"samples on {len(self.mem)} meters; trend per simulated day: "
+            f"{spread(slopes, 'B/day', 0)}; meters with a sustained fall (> "
+            f"{TREND_MAX_B_PER_DAY} B/day and > {DECLINE_MIN_B} B): {len(self.leaks)}",
+            f"metrology mailbox overflows: STATS dropped {sum(self.dropped.values())}, "
+            f"'mailbox metrology full' log lines {len(self.overflow_logs)}",
+        ]
+        for what, items in (("LOST", self.lost), ("WRONG", self.wrong),
+                            ("UNVERIFIED", self.unverified), ("LEAK", self.leaks),
+                            ("OVERFLOW", self.overflow_logs), ("ERROR", self.errors)):
+            lines += [f"  {what} {x}" for x in items[:20]]
+        lines.append("PASS" if self.ok else "FAIL")
+        return "\n".join(lines)
+
+
+def leak(samples: list[tuple[int, int]]) -> str | None:
+    """Why these (interval, free heap) samples show a sustained fall, or None: a fitted
+    slope below -TREND_MAX_B_PER_DAY and the last third's mean below the first third's by
+    more than the slope's worth over the run and DECLINE_MIN_B."""
+    s = trend(samples)
+    if len(samples) < 3 or s >= -TREND_MAX_B_PER_DAY:
+        return None
+    days = (samples[-1][0] - samples[0][0]) * LENGTH / 86400
+    k = max(1, len(samples) // 3)
+    first = statistics.fmean(v for _, v in samples[:k])
+    last = statistics.fmean(v for _, v in samples[-k:])
+    if first - last <= max(DECLINE_MIN_B, TREND_MAX_B_PER_DAY * days):
+        return None
+    return f"{s:.0f} B/day, free heap {first:.0f} -> {last:.0f} B"
+
+
+def trend(samples: list[tuple[int, int]]) -> float:
+    """Least-squares slope of ram_free over the interval index, in bytes per day."""
+    if len(samples) < 3:
+        return 0.0
+    xs = [float(t) for t, _ in samples]
+    ys = [float(v) for _, v in samples]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    if den == 0:
+        return 0.0
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den * (86400 / LENGTH)
+
+
+class Soak:
+    def __init__(self, cfg: Config, base: Path, say: Callable[[str], None] = print) -> None:
+        if not 1 <= cfg.batch < HISTORY:
+            raise ValueError(f"batch must be 1..{HISTORY - 1}")
+        if cfg.meters < cfg.group or cfg.group < 3 or not 1 <= cfg.m <= cfg.group - 2:
+            raise ValueError("need groups of >= 3 members, 1 <= M <= members - 2")
+        self.cfg = cfg
+        self.base = base
+        self.say = say
+        self.rng = random.Random(cfg.seed)
+        self.fig = Figures()
+        self.ks = Keystore(base / "keystore.json")
+        self.meters: list[Meter] = []
+        self.groups: list[list[Meter]] = []
+        self.heads: list[HeadEnd] = []
+        self.runs: list[int] = []
+        self.results: dict[tuple[int, int], RoundResult] = {}
+        self.truth: dict[int, dict[int, int]] = {}  # meter id -> {t_end: import_mwh}
+        self.busy: dict[int, threading.Thread] = {}  # meter index -> its disturbance
+        self.quiet: set[int] = set()  # groups left alone in the next batch
+        self.last_probe: dict[int, int] = {}  # meter index -> batch of its last lab probe
+        self.clock: tuple[float, int] = (0.0, 0)  # (host monotonic, meter RTC) at a READ
+
+    # -- set-up -------------------------------------------------------------------------------
+    def set_up(self) -> None:
+        cfg = self.cfg
+        t0 = time.monotonic()
+        self.meters = bring_up(cfg.meters, self.base / "fleet", self.ks, LENGTH,
+                               time_scale=cfg.scale, timeout=120)
+        self.say(f"{cfg.meters} meters up, flashed, provisioned in {time.monotonic() - t0:.0f} s")
+        n_groups = cfg.meters // cfg.group
+        for gi in range(n_groups):
+            ms = self.meters[gi * cfg.group:(gi + 1) * cfg.group]
+            if gi == n_groups - 1:
+                ms = self.meters[gi * cfg.group:]  # the rest join the last group
+            self.groups.append(ms)
+
+        def one(gi: int) -> tuple[HeadEnd, int]:
+            he = HeadEnd(State(self.base / f"headend-{gi}.db"), serial_connector(self.ks),
+                         timeout=15.0, key_s=3.0, margin_s=0.0, value_wait_s=1.0)
+            tg = [Target(m.meter_id, m.port) for m in self.groups[gi]]
+            for what, res in (("keys", he.keys(tg)),
+                              ("group", he.group_create(self.gid(gi), tg, m=cfg.m))):
+                if res.failed:
+                    raise LopaError(f"group {gi}: {what}: "
+                                    + "; ".join(f"{o.target.name}: {o.error}"
+                                                for o in res.failed))
+            run, _ = he.state.open_run(self.gid(gi), cfg.intervals)
+            he.close()
+            return he, run.run_id
+
+        for he, run_id in parallel(range(n_groups), one, workers=n_groups):
+            self.heads.append(he)
+            self.runs.append(run_id)
+        self.say(f"{n_groups} groups set up in {time.monotonic() - t0:.0f} s")
+
+    @staticmethod
+    def gid(gi: int) -> bytes:
+        return f"soak{gi}".encode()
+
+    # -- time -----------------------------------------------------------------------------------
+    def read_clock(self) -> None:
+        """The meters' RTC now, from a READ of a meter that is up."""
+        for m in self.rng.sample(self.meters, len(self.meters)):
+            if m.index in self.busy:
+                continue
+            try:
+                with open_link(m.port, self.ks, m.meter_id, 10.0) as link:
+                    t_host = time.monotonic()
+                    r = link.request(wire.K_READ)
+                self.clock = (t_host, int(r["clock"]))
+                return
+            except (LinkError, MeterError, OSError, KeyError):
+                continue
+        raise LopaError("no meter tells the time")
+
+    def rtc(self) -> float:
+        h, t = self.clock
+        return t + (time.monotonic() - h) * self.cfg.scale
+
+    def wait_closed(self, t: int, margin_real: float = 1.0) -> None:
+        """Until interval ``t`` has closed (plus a margin of real seconds)."""
+        end = (t + 1) * LENGTH
+        while True:
+            left = (end - self.rtc()) / self.cfg.scale
+            if left <= 0:
+                break
+            time.sleep(min(left, 5.0))
+            if left > 2.0:
+                self.read_clock()
+        time.sleep(margin_real)
+
+    # -- the rounds --------------------------------------------------------------------------
+    def rounds(self, ts: list[int]) -> None:
+        def group(gi: int) -> None:
+            he = self.heads[gi]
+            for t in ts:
+                tg = [Target(m.meter_id, "" if m.index in self.busy else m.port)
+                      for m in self.groups[gi]]
+                try:
+                    res = he.round_at(self.gid(gi), t, LENGTH, self.runs[gi], tg)
+                except (LopaError, *METER_FAILURES) as e:
+                    self.fig.errors.append(f"group {gi} round {t}: {e}")
+                    continue
+                self.results[(gi, t)] = res
+            he.close()
+
+        parallel(range(len(self.groups)), group, workers=len(self.groups))
+
+    # -- disturbances ----------------------------------------------------------------------------
+    def _off(self, m: Meter, off_s: float) -> None:
+        try:
+            fleet.ctl(m.dir, {"cmd": "power-cut", "off_s": off_s}, timeout=off_s + 60)
+        except fleet.SimError as e:
+            self.fig.errors.append(f"meter {m.index}: power cut: {e}")
+
+    def _probe(self, m: Meter) -> None:
+        for attempt in (1, 2):  # a busy host can make the raw REPL slow to come
+            try:
+                prof = read_profile(m.port, timeout=30.0)
+            except Exception as e:  # a probe that fails is reported, not fatal
+                if attempt == 2:
+                    self.fig.errors.append(f"meter {m.index}: lab probe: {e}")
+                continue
+            self.truth.setdefault(m.meter_id, {}).update(prof)
+            return
+
+    def _start(self, m: Meter, fn: Callable[[], None]) -> None:
+        def body() -> None:
+            try:
+                fn()
+            finally:
+                self.busy.pop(m.index, None)
+
+        th = threading.Thread(target=body, daemon=True)
+        self.busy[m.index] = th
+        th.start()
+
+    def disturb(self, batch_no: int) -> None:
+        """Between batches, in each group not disturbed in the batch before (so that a robust
+        group never misses more than M members in an interval): the lab probe of
+        the member probed longest ago, when due (every member once in 2 x members batches,
+        before its load profile wraps), and with some chance a failure or a power cut of
+        another member."""
+        cfg = self.cfg
+        out, err = sys.stdout, sys.stderr
+        quiet_next: set[int] = set()
+        for gi, ms in enumerate(self.groups):
+            if gi in self.quiet:
+                continue
+            free = [m for m in ms if m.index not in self.busy]
+            oldest = min(free, key=lambda m: self.last_probe.get(m.index, -1), default=None)
+            if oldest is not None and (batch_no - self.last_probe.get(oldest.index, -1)
+                                       >= 2 * len(ms) - 1):
+                self.last_probe[oldest.index] = batch_no
+                self.fig.probes += 1
+                self._start(oldest, lambda m=oldest: self._probe(m))  # type: ignore[misc]
+                free.remove(oldest)
+                quiet_next.add(gi)
+            r = self.rng.random()
+            if not free or r >= cfg.fail_p + cfg.cut_p or (gi in quiet_next and cfg.m < 2):
+                continue  # with M = 1, one disturbance at a time
+            m = self.rng.choice(free)
+            if r < cfg.fail_p:
+                off = self.rng.uniform(1, max(1, cfg.batch // 2)) * LENGTH / cfg.scale
+                self.fig.failures += 1
+                self._start(m, lambda m=m, off=off: self._off(m, off))  # type: ignore[misc]
+            else:
+                self.fig.cuts += 1
+                self._start(m, lambda m=m: self._off(m, 0.05))  # type: ignore[misc]
+            quiet_next.add(gi)
+        self.quiet = quiet_next
+        sys.stdout, sys.stderr = out, err
+
+    def wait_quiet(self) -> None:
+        for th in list(self.busy.values()):
+            th.join()
+
+    # -- watching ---------------------------------------------------------------------------
+    def sample(self, t: int, meters: list[Meter]) -> None:
+        """ram_free (GROUPS) and metrology's mailbox drops (STATS) of these meters."""
+        def one(m: Meter) -> None:
+            if m.index in self.busy:
+                return
+            try:
+                with open_link(m.port, self.ks, m.meter_id, 15.0) as link:
+                    g = json.loads(link.request_raw(wire.K_GROUPS, b""))
+                    st = link.request(wire.K_STATS)
+            except (LinkError, MeterError, OSError, ValueError):
+                return  # a meter just restarting: the next sample
+            self.fig.mem.setdefault(m.meter_id, []).append((t, int(g["ram_free"])))
+            d = int(st["tasks"].get("metrology", {}).get("dropped", 0))
+            if d:
+                self.fig.dropped[m.meter_id] = max(d, self.fig.dropped.get(m.meter_id, 0))
+
+        parallel(meters, one, workers=16)
+
+    # -- the run ----------------------------------------------------------------------------
+    def run(self) -> Figures:
+        cfg = self.cfg
+        t_wall = time.monotonic()
+        self.set_up()
+        self.read_clock()
+        first = int(self.rtc()) // LENGTH  # the open interval: its round is the first
+        self.say(f"rounds from interval {first} (RTC {int(self.rtc())})")
+        t = first
+        batch_no = 0
+        per_sample = max(1, min(cfg.meters, 10))
+        while t < first + cfg.intervals:
+            ts = list(range(t, min(t + cfg.batch, first + cfg.intervals)))
+            self.wait_closed(ts[-1])
+            self.wait_quiet()
+            b0 = time.monotonic()
+            self.rounds(ts)
+            self.fig.batch_s.append(time.monotonic() - b0)
+            lag = int(self.rtc()) // LENGTH - ts[0]
+            ok = sum(1 for gi in range(len(self.groups)) for x in ts
+                     if (r := self.results.get((gi, x))) is not None and r.ok)
+            self.say(f"batch {batch_no}: intervals {ts[0]}..{ts[-1]}: {ok} of "
+                     f"{len(ts) * len(self.groups)} rounds decrypted in "
+                     f"{self.fig.batch_s[-1]:.1f} s (head-end {lag} intervals behind)")
+            sample = [self.meters[(batch_no * per_sample + k) % cfg.meters]
+                      for k in range(per_sample)]
+            self.sample(ts[-1], sample)
+            self.disturb(batch_no)
+            batch_no += 1
+            t = ts[-1] + 1
+        self.wait_quiet()
+        # the lab truth of the last records, every meter
+        out, err = sys.stdout, sys.stderr
+        try:
+            parallel(self.meters, self._probe, workers=8)
+        finally:
+            sys.stdout, sys.stderr = out, err
+        self.fig.probes += len(self.meters)
+        self.sample(first + cfg.intervals, self.meters)
+        self.overflow_logs()
+        self.judge(first)
+        self.fig.wall_s = time.monotonic() - t_wall
+        self.fig.simulated_s = cfg.intervals * LENGTH
+        return self.fig
+
+    def overflow_logs(self) -> None:
+        from host_tools.headend import queries
+
+        def one(m: Meter) -> None:
+            try:
+                with open_link(m.port, self.ks, m.meter_id, 15.0) as link:
+                    recs = queries.read_log(link, "security")
+            except (LinkError, MeterError, OSError) as e:
+                self.fig.errors.append(f"meter {m.index}: security log: {e}")
+                return
+            for r in recs:
+                if "mailbox metrology full" in str(r[2]):
+                    self.fig.overflow_logs.append(f"meter {m.index}: {r}")
+
+        parallel(self.meters, one, workers=16)
+
+    def judge(self, first: int) -> None:
+        f = self.fig
+        for gi in range(len(self.groups)):
+            for t in range(first, first + self.cfg.intervals):
+                f.rounds += 1
+                r = self.results.get((gi, t))
+                if r is None or not r.ok:
+                    f.lost.append(f"group {gi} interval {t}: "
+                                  + (r.error or "failed" if r else "no round"))
+                    continue
+                f.decrypted += 1
+                if r.missing:
+                    f.by_recovery += 1
+                    f.missing_members += len(r.missing)
+                reporters = [i for i in r.ciphertexts if i not in r.missing]
+                t_end = (t + 1) * LENGTH
+                vals = [self.truth.get(i, {}).get(t_end) for i in reporters]
+                if any(v is None for v in vals):
+                    no = [i for i, v in zip(reporters, vals, strict=True) if v is None]
+                    f.unverified.append(f"group {gi} interval {t}: no lab truth for {no}")
+                    continue
+                expected = aggregate(v for v in vals if v is not None)
+                if expected != r.aggregate:
+                    f.wrong.append(f"group {gi} interval {t}: aggregate {r.aggregate}, lab "
+                                   f"truth {expected}")
+        for mid, samples in f.mem.items():
+            f.slopes[mid] = trend(samples)
+            why = leak(samples)
+            if why:
+                f.leaks.append(f"meter {mid}: {why}")
+
+
+def run(cfg: Config, base: Path, say: Callable[[str], None] = print) -> Figures:
+    soak = Soak(cfg, base, say)
+    try:
+        fig = soak.run()
+    finally:
+        for he in soak.heads:
+            he.close()
+            he.state.close()
+        fleet.stop(base / "fleet")
+    say(fig.report(cfg))
+    return fig
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    c = Config()
+    ap.add_argument("--meters", type=int, default=c.meters)
+    ap.add_argument("--intervals", type=int, default=c.intervals)
+    ap.add_argument("--group", type=int, default=c.group, help="members per group")
+    ap.add_argument("--m", type=int, default=c.m, help="robust groups: M")
+    ap.add_argument("--scale", type=float, default=c.scale, help="RTC seconds per second")
+    ap.add_argument("--batch", type=int, default=c.batch)
+    ap.add_argument("--seed", type=int, default=c.seed)
+    ap.add_argument("--dir", type=Path, help="keep the fleet here (default: a temp dir)")
+    a = ap.parse_args(argv)
+    cfg = Config(meters=a.meters, intervals=a.intervals, group=a.group, m=a.m, scale=a.scale,
+                 batch=a.batch, seed=a.seed)
+    if a.dir:
+        fig = run(cfg, a.dir)
+    else:
+        with tempfile.TemporaryDirectory(prefix="soak-") as d:
+            fig = run(cfg, Path(d))
+    return 0 if fig.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

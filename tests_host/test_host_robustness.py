@@ -1,0 +1,173 @@
+"""Host robustness (issue 10): a meter or board that goes silent in the middle of an answer
+never hangs the head-end, and the keystore is private (0600, refused otherwise, never in a
+repr, a log or a message). Real pyserial and mpremote over real ptys; the "meter" on the other
+end is this test, byte by byte."""
+
+from __future__ import annotations
+
+import os
+import pty
+import stat
+import subprocess
+import sys
+import threading
+import time
+import tty
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from host_tools.headend import wire
+from host_tools.headend.client import LinkError, MeterLink
+from host_tools.headend.keystore import Keystore, KeystoreError, MeterEntry
+from host_tools.transport.serial import Board, BoardError
+
+MASTER = bytes(range(32))
+METER = 0x1234
+
+
+class FakePort:
+    """A pty whose far end this test plays: it records what the host sends and answers with
+    `reply(received_so_far) -> bytes | None` (None: say nothing more)."""
+
+    def __init__(self, reply: object) -> None:
+        self.master, slave = pty.openpty()
+        tty.setraw(slave)
+        self.name = os.ttyname(slave)
+        self._slave = slave  # kept open: the port stays "plugged in"
+        self.got = bytearray()
+        self._reply = reply
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _run(self) -> None:
+        import select
+
+        while not self._stop.is_set():
+            r, _, _ = select.select([self.master], [], [], 0.05)
+            if not r:
+                continue
+            try:
+                data = os.read(self.master, 4096)
+            except OSError:
+                return
+            self.got += data
+            out = self._reply(bytes(self.got))  # type: ignore[operator]
+            if out:
+                os.write(self.master, out)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._t.join()
+        os.close(self.master)
+        os.close(self._slave)
+
+
+@pytest.fixture
+def keystore(tmp_path: Path) -> Keystore:
+    ks = Keystore(tmp_path / "ks" / "keystore.json")
+    ks.put(MeterEntry(METER, MASTER))
+    return ks
+
+
+def test_a_meter_silent_mid_reply_gives_a_clear_error_in_time(keystore: Keystore) -> None:
+    keys = wire.Keys.derive(METER, MASTER)
+    sent: list[int] = []
+
+    def half_an_answer(got: bytes) -> bytes | None:
+        if b"\n" not in got or sent:
+            return None
+        cmd = wire.open_frame(keys, False, wire.from_line(got.split(b"\n")[0]))
+        line = wire.to_line(wire.seal(keys, True, wire.K_READ, 1, cmd.ctr, b'{"vrms": 230}',
+                                      encrypt=True))
+        sent.append(len(line))
+        return line[: len(line) // 2]  # and then nothing: the meter hung mid-reply
+
+    port = FakePort(half_an_answer)
+    try:
+        entry = keystore.get(METER)
+        assert entry is not None
+        with MeterLink(port.name, entry, keystore, timeout=1.5) as link:
+            t0 = time.monotonic()
+            with pytest.raises(LinkError, match=r"did not answer within 1\.5 s"):
+                link.request(wire.K_READ)
+            assert time.monotonic() - t0 < 5
+        assert sent  # the half answer did go out
+    finally:
+        port.close()
+
+
+def test_a_board_silent_mid_exec_gives_a_clear_error_in_time() -> None:
+    # A raw REPL that accepts the code, prints half of its output and goes silent.
+    def raw_repl(got: bytes) -> bytes | None:
+        if got.endswith(b"\r\x01"):
+            return b"raw REPL; CTRL-B to exit\r\n>"
+        if got.endswith(b"\x05A\x01"):
+            return b"R\x00"  # no raw-paste: plain raw REPL
+        if got.endswith(b"\x04") and b"print" in got:
+            return b"OK12"  # ... and never the \x04 that ends the output
+        return None
+
+    port = FakePort(raw_repl)
+    try:
+        with Board(port.name, timeout=4) as b:
+            b.enter_raw(soft_reset=False)
+            t0 = time.monotonic()
+            with pytest.raises(BoardError, match="reading: timeout") as e:
+                b.exec("print(1234)", "reading")
+            assert port.name in str(e.value)
+            assert time.monotonic() - t0 < 30
+    finally:
+        port.close()
+
+
+def test_the_keystore_is_private_and_one_others_can_read_is_refused(keystore: Keystore,
+                                                                    tmp_path: Path) -> None:
+    path = keystore.path
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    for mode in (0o644, 0o640, 0o604, 0o660, 0o601):
+        os.chmod(path, mode)
+        with pytest.raises(KeystoreError, match=f"chmod 600 {path}"):
+            keystore.get(METER)
+    for mode in (0o644,):  # and meterctl says so, with the fix
+        os.chmod(path, mode)
+        r = subprocess.run([sys.executable, "-m", "host_tools.cli", "read", "--port",
+                            "/dev/null", "--keystore", str(path)], capture_output=True,
+                           text=True, timeout=60)
+        assert r.returncode == 1
+        assert "let others read" in r.stderr and "chmod 600" in r.stderr, r.stderr
+        assert MASTER.hex() not in r.stdout + r.stderr
+    os.chmod(path, 0o600)
+    assert keystore.get(METER) is not None
+    # a counter update keeps it private
+    keystore.next_down_ctr(METER)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_keys_never_reach_a_repr_or_a_message(keystore: Keystore) -> None:
+    entry = keystore.get(METER)
+    assert entry is not None
+    entry.os_key = bytes(range(100, 132))
+    for text in (repr(entry), str(entry), repr(wire.Keys.derive(METER, MASTER))):
+        assert MASTER.hex() not in text and entry.os_key.hex() not in text
+        assert "master" not in text
+    # a meter that never answers: the error names the port and the meter, not the key
+    port = FakePort(lambda got: None)
+    try:
+        r = subprocess.run([sys.executable, "-m", "host_tools.cli", "read", "--port", port.name,
+                            "--meter", str(METER), "--keystore", str(keystore.path),
+                            "--timeout", "1"], capture_output=True, text=True, timeout=60)
+    finally:
+        port.close()
+    assert r.returncode == 1 and "did not answer" in r.stderr, r.stderr
+    assert MASTER.hex() not in r.stdout + r.stderr
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_threads() -> Iterator[None]:
+    n = threading.active_count()
+    yield
+    assert threading.active_count() <= n
