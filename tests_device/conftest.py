@@ -35,6 +35,25 @@ class Fleet:
         return fleet.meter_status(i, self.base)
 
 
+_FLEET_BASES: list[Path] = []
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed device test carries the tail of each session meter's supervisor log, so
+    that a failure seen only in CI can be read afterwards."""
+    outcome = yield
+    report = outcome.get_result()
+    if not report.failed or not _FLEET_BASES:
+        return
+    for mdir in fleet.meter_dirs(_FLEET_BASES[-1]):
+        for name in ("supervisor.log", "supervisor.err"):
+            f = mdir / name
+            if f.exists():
+                tail = f.read_text(errors="replace").splitlines()[-25:]
+                report.sections.append((f"{mdir.name}/{name} (last 25 lines)", "\n".join(tail)))
+
+
 @pytest.fixture(scope="session")
 def real_port(request: pytest.FixtureRequest) -> str | None:
     port = request.config.getoption("--port")
@@ -49,6 +68,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> Iter
         pytest.skip("needs the virtual board's host-side control (running against --port)")
     base = tmp_path_factory.mktemp("fleet")
     meters = fleet.start(3, base)
+    _FLEET_BASES.append(base)
     yield Fleet(base, meters)
     fleet.stop(base)
 
