@@ -98,22 +98,39 @@ class OwnMeter:
     han: str
     keystore: Keystore
     meter_id: int
+    index: int = 0  # in its fleet
 
     @property
     def dir(self) -> Path:
-        return fleet.meter_dir(self.base, 0)
+        return fleet.meter_dir(self.base, self.index)
 
 
 @contextlib.contextmanager
-def own_meter(tmp: Path, **provision_kwargs: Any) -> Iterator[OwnMeter]:
-    """Start one virtual meter in ``tmp``, flash the firmware, provision it (keystore in
-    ``tmp``; ``provision_kwargs`` as for provision()), and stop it afterwards."""
+def own_meters(tmp: Path, n: int, *, wave: dict[str, float] | None = None,
+               timeout: float = 30.0, **provision_kwargs: Any) -> Iterator[list[OwnMeter]]:
+    """Start `n` virtual meters in ``tmp`` (their load fixed to `wave` from power-up, if
+    given), flash the firmware, provision each (one keystore in ``tmp``; ``provision_kwargs``
+    as for provision()), and stop them afterwards. Timeouts are generous: several VMs boot at
+    once on a busy host."""
     base = tmp / "fleet"
-    rec = fleet.start(1, base)[0]
+    recs = fleet.start(n, base)
     try:
-        flash(rec["port"])
+        if wave is not None:
+            for i in range(n):
+                fleet.set_wave(i, wave, base)
         ks = Keystore(tmp / "keystore.json")
-        r = provision(rec["port"], ks, force=True, **provision_kwargs)
-        yield OwnMeter(base, rec["port"], rec["han"], ks, r.meter_id)
+        meters = []
+        for i, rec in enumerate(recs):
+            flash(rec["port"], timeout=timeout)
+            r = provision(rec["port"], ks, force=True, timeout=timeout, **provision_kwargs)
+            meters.append(OwnMeter(base, rec["port"], rec["han"], ks, r.meter_id, i))
+        yield meters
     finally:
         fleet.stop(base)
+
+
+@contextlib.contextmanager
+def own_meter(tmp: Path, **kwargs: Any) -> Iterator[OwnMeter]:
+    """One meter of own_meters()."""
+    with own_meters(tmp, 1, **kwargs) as meters:
+        yield meters[0]

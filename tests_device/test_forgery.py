@@ -32,15 +32,15 @@ from typing import Any
 
 import pytest
 
-from host_tools.flash.deploy import flash
 from host_tools.fuzz.corpus import sample_payloads
 from host_tools.headend import switch, wire
 from host_tools.headend.client import MeterLink, open_link
 from host_tools.headend.keystore import Keystore
 from host_tools.headend.lopa import codec
-from host_tools.headend.provision import provision
 from host_tools.headend.queries import read_log
-from host_tools.sim import fleet, relay
+from host_tools.sim import relay
+
+from .conftest import own_meter
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
@@ -159,18 +159,14 @@ class Meter:
 def meter(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> Iterator[Meter]:
     if real_port:
         pytest.skip("needs the virtual board's relay and flash (own virtual meter)")
-    tmp = tmp_path_factory.mktemp("forgery")
-    base = tmp / "fleet"
-    rec = fleet.start(1, base)[0]
-    try:
-        flash(rec["port"])
-        ks = Keystore(tmp / "keystore.json")
-        # 5-s intervals: the metrology log has records (one per interval) for the flood test
-        r = provision(rec["port"], ks, force=True, interval_s=5, offswitch_limits=LIMITS)
-        fleet.set_wave(0, {"vrms": 230.0, "irms": 0.0, "pf": 1.0}, base)  # no energy flows
-        with open_link(rec["port"], ks, None, 10.0) as link:
+    # 5-s intervals: the metrology log has records (one per interval) for the flood test;
+    # no energy flows, so that the registers stay as they were
+    with own_meter(tmp_path_factory.mktemp("forgery"), wave={"vrms": 230.0, "irms": 0.0,
+                   "pf": 1.0}, interval_s=5, offswitch_limits=LIMITS) as own:
+        base, ks = own.base, own.keystore
+        with open_link(own.port, ks, None, 10.0) as link:
             link.ser.timeout = 0.005  # answers are short: do not wait 50 ms on each read
-            m = Meter(base, rec["port"], ks, r.meter_id, link)
+            m = Meter(base, own.port, ks, own.meter_id, link)
             link.request_raw(wire.K_KEYGEN, codec.keygen_cmd(False))  # a LoPA key pair
             switch.switch(link, "on")  # the relay closed: a forged OFF would show
             relay.press(0, "button", base)
@@ -187,8 +183,6 @@ def meter(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> It
             m.before = m.state()
             m.skip_records()
             yield m
-    finally:
-        fleet.stop(base)
 
 
 def harmful(m: Meter, kind: int, os_ctr: int) -> bytes:

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.flash.deploy import flash
 from host_tools.headend.keystore import Keystore
 from host_tools.headend.lopa import HeadEnd, Hooks, State, Target, serial_connector
 from host_tools.headend.lopa.lab import serial_probe
-from host_tools.headend.provision import provision
 from host_tools.sim import fleet
+
+from .conftest import own_meters
 
 INTERVAL_S = 3
 OFF_S = 20.0  # a power cut long enough for two rounds
@@ -50,24 +50,13 @@ def bench(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> It
     if real_port:
         pytest.skip("needs three meters: runs on virtual ones")
     tmp = tmp_path_factory.mktemp("headend")
-    base = tmp / "fleet"
-    recs = fleet.start(3, base)
     # A fixed import load from power-up: the household profile's PV exports around midday on
     # some meters, which leaves an interval's imported energy, and so a round's sum, at 0.
-    for i in range(3):
-        fleet.set_wave(i, {"irms": 5.0, "pf": 1.0, "export": 0}, base)
-    try:
-        ks = Keystore(tmp / "keystore.json")
-        for r in recs:
-            flash(r["port"])
-        targets = []
-        for r in recs:
-            p = provision(r["port"], ks, force=True, interval_s=INTERVAL_S)
-            targets.append(Target(p.meter_id, r["port"]))
+    with own_meters(tmp, 3, wave={"irms": 5.0, "pf": 1.0, "export": 0},
+                    interval_s=INTERVAL_S) as meters:
         time.sleep(1.0)
-        yield Bench(base, ks, tmp / "headend.db", targets)
-    finally:
-        fleet.stop(base)
+        yield Bench(meters[0].base, meters[0].keystore, tmp / "headend.db",
+                    [Target(m.meter_id, m.port) for m in meters])
 
 
 def meterctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

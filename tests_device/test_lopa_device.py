@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.flash.deploy import flash
 from host_tools.headend import wire
 from host_tools.headend.client import LinkError, MeterError, MeterLink, open_link
 from host_tools.headend.keystore import Keystore
-from host_tools.headend.provision import provision
 from host_tools.sim import fleet
 from host_tools.transport.serial import Board
+
+from .conftest import own_meters
 
 INTERVAL_S = 2
 MASK = 0xFFFFFFFF
@@ -51,19 +51,9 @@ class Fleet3:
 def meters(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> Iterator[Fleet3]:
     if real_port:
         pytest.skip("needs three virtual meters (host-side power control and lab REPL)")
-    tmp = tmp_path_factory.mktemp("lopa")
-    base = tmp / "fleet"
-    ports = [m["port"] for m in fleet.start(3, base)]
-    try:
-        ks = Keystore(tmp / "keystore.json")
-        ids = []
-        for p in ports:  # generous timeouts: three VMs boot at once on a busy host
-            flash(p, timeout=30)
-            ids.append(provision(p, ks, force=True, interval_s=INTERVAL_S,
-                                 timeout=30).meter_id)
-        yield Fleet3(base, ports, ks, ids)
-    finally:
-        fleet.stop(base)
+    with own_meters(tmp_path_factory.mktemp("lopa"), 3, interval_s=INTERVAL_S) as meters:
+        yield Fleet3(meters[0].base, [m.port for m in meters], meters[0].keystore,
+                     [m.meter_id for m in meters])
 
 
 def gid_b(gid: bytes) -> bytes:

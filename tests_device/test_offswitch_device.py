@@ -21,13 +21,13 @@ import pytest
 from dsmr_parser import telegram_specifications
 from dsmr_parser.parsers import TelegramParser
 
-from host_tools.flash.deploy import flash
 from host_tools.headend import switch, wire
 from host_tools.headend.client import MeterLink, open_link
 from host_tools.headend.keystore import Keystore
-from host_tools.headend.provision import provision
 from host_tools.headend.queries import read_log
 from host_tools.sim import fleet, relay
+
+from .conftest import own_meter
 
 LIMITS = switch.Limits(max_per_hour=60, min_spacing_s=1, arm_window_s=20)
 
@@ -65,16 +65,9 @@ class Meter:
 def meter(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> Iterator[Meter]:
     if real_port:
         pytest.skip("needs the virtual board's relay, button and tamper")
-    tmp = tmp_path_factory.mktemp("offswitch")
-    base = tmp / "fleet"
-    rec = fleet.start(1, base)[0]
-    try:
-        flash(rec["port"])
-        ks = Keystore(tmp / "keystore.json")
-        r = provision(rec["port"], ks, force=True, interval_s=3, offswitch_limits=LIMITS)
-        yield Meter(base, rec["port"], rec["han"], ks, r.meter_id)
-    finally:
-        fleet.stop(base)
+    with own_meter(tmp_path_factory.mktemp("offswitch"), interval_s=3,
+                   offswitch_limits=LIMITS) as m:
+        yield Meter(m.base, m.port, m.han, m.keystore, m.meter_id)
 
 
 def meterctl(*args: str) -> subprocess.CompletedProcess[str]:

@@ -21,6 +21,7 @@ from host_tools.sim import fleet
 
 OS_STATE = "data/os_state.json"  # in the meter's flash (fs/)
 PRESS_S = 0.2
+SETTLE_S = 1.0  # the longest a press may take to move the relay on a busy host
 
 
 @cache
@@ -58,9 +59,17 @@ def press(index: int, pin: str, base: Path | None = None, hold_s: float = PRESS_
     if pin not in fleet.INPUT_PINS:
         raise fleet.SimError(f"{pin!r} is not an input the host can press "
                              f"(inputs: {', '.join(fleet.INPUT_PINS)})")
+    before = relay(index, base)["relay_changes"]
     fleet.set_inputs(index, {pin: 1}, base)
     if not latch:
         time.sleep(hold_s)
         fleet.set_inputs(index, {pin: 0}, base)
-    time.sleep(0.1)  # the off-switch polls its inputs every 10 ms
-    return relay(index, base)
+    # The off-switch polls its inputs every 10 ms; on a busy host its answer, if the press
+    # moves the relay at all, can take longer: wait for the relay, up to SETTLE_S.
+    deadline = time.monotonic() + SETTLE_S
+    time.sleep(0.1)
+    st = relay(index, base)
+    while st["relay_changes"] == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+        st = relay(index, base)
+    return st

@@ -271,9 +271,17 @@ class Supervisor:
             self.power_on_at = now + self.cut_off_time
             self.power_mode = "run"
             return
+        # Exit status 1 while our SIGINT was in flight: the interrupt ended the VM instead of
+        # the code it interrupted. Either a second SIGINT met the ROM after the file had ended,
+        # or the unix port raised the KeyboardInterrupt while the heap was locked (inside its
+        # GC, with the off-switch's thread running) and died on "MemoryError: heap is
+        # locked" + "FATAL: uncaught NLR". A board's Ctrl-C always reaches the REPL, so both
+        # reboot into the REPL the client asked for, and the bytes held behind the Ctrl-C
+        # (mpremote's Ctrl-A) go to the new VM.
+        died_on_interrupt = os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1
         interrupted = self.sigint_at and (
             (os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGINT)
-            or (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 1 and self.sigint_retries))
+            or died_on_interrupt)
         if interrupted:
             # Our SIGINT met the VM just as it left the code it interrupted (the
             # handler was gone): for the client it was a Ctrl-C at a prompt.
@@ -284,7 +292,9 @@ class Supervisor:
                 self.log("SIGINT met main.py with Ctrl-C off; rebooting into main.py")
                 mode = "run"
             else:
-                self.log("SIGINT arrived after execution ended; rebooting into the same REPL")
+                self.log("the VM died on the interrupt (exit 1); rebooting into the REPL"
+                         if died_on_interrupt and not self.sigint_retries else
+                         "SIGINT arrived after execution ended; rebooting into the same REPL")
                 mode = "raw" if was_raw else "repl"
         elif os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
