@@ -77,6 +77,7 @@ class BoardKind:
     unit: str = "us"  # what the board's clock counts: us, or instructions / cycles
     nominal_hz: int = 0  # emulated boards: the clock counts are converted at
     emulated: str | None = None  # emulated board name (m0plus, m4, rp2040)
+    cpi_est: float | None = None  # instruction counts: the target's estimated cycles each
 
 
 def host_cpu() -> str:
@@ -95,7 +96,8 @@ def board_kind(b: Board, info: BoardInfo | None = None) -> BoardKind:
         emu = ("rp2040" if "RP2040" in name else "m4" if "M4" in name else "m0plus")
         spec = BOARDS[emu]
         return BoardKind(spec.label, spec.mpy_arch,
-                         "stm32_pybv11" if emu == "m4" else "rp2_pico", str(unit), int(hz), emu)
+                         "stm32_pybv11" if emu == "m4" else "rp2_pico", str(unit), int(hz), emu,
+                         spec.cpi_est)
     if info.platform == "linux":
         return BoardKind(f"virtual board (unix VM {info.name} {info.version}) on {host_cpu()}",
                          info.arch, "virtual")
@@ -165,12 +167,16 @@ class _Bench:
         extra = dict(extra or {})
         if self.kind.nominal_hz:
             extra[self.kind.unit] = count
+            if self.kind.cpi_est:  # the target's cycles, estimated from the instructions
+                extra["cycles_est"] = round(count * self.kind.cpi_est)
             us = count * 1e6 / self.kind.nominal_hz
         else:
             us = float(count)
         r = self.add(test, what, "us", us, size=size, variant=variant, extra=extra)
         if self.kind.nominal_hz:
             r.extra["nominal_hz"] = self.kind.nominal_hz
+        if self.kind.cpi_est:
+            r.extra["cpi_est"] = self.kind.cpi_est
 
 
 def firmware_modules(roots: tuple[str, ...] = BENCH_IMPORTS) -> list[tuple[Path, str]]:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from host_tools.bench.results import BenchAborted, Result
-from host_tools.emu.build import REPO, BoardSpec
+from host_tools.emu.build import BOARDS, REPO, BoardSpec
 from host_tools.emu.run import Emulator
 from host_tools.flash.build import compile_one
 from host_tools.transport.serial import Board
@@ -32,7 +32,7 @@ LIB = REPO / "firmware" / "lib"
 # What the timed code imports, in dependency order.
 CRYPTO_LIBS = ("x25519_thumb", "x25519", "hmac_sha256", "lopa")
 # Cycles per instruction of this code on an RP2040 (rp2040js against QEMU's count, issue 8).
-M0PLUS_CPI = 1.287
+M0PLUS_CPI: float = BOARDS["m0plus"].cpi_est or 1.0
 
 
 @contextlib.contextmanager
