@@ -340,3 +340,41 @@ def test_report_columns_for_emulated_counts() -> None:
     virtual = Result("C1", "t", "us", [20_000.0], "virtual board", size=3)
     (tv,) = component_tables([virtual])
     assert "ms (median)" in tv.columns and not any("instructions" in c for c in tv.columns)
+
+
+def test_missing_toolchain_is_installed_with_apt_get(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fresh machine: only the Debian packages whose tool is missing are apt-get installed
+    (what `make test` and `meterctl bench --emulated` rely on); without apt-get as root the
+    error names them."""
+    from host_tools.emu import build
+
+    have: set[str] = {"arm-none-eabi-gcc"}  # the compiler, but no newlib and no QEMU
+    calls: list[list[str]] = []
+
+    def run(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
+        calls.append(list(args))
+        if args[0] == "apt-get" and args[1] == "install":
+            have.add("qemu-system-arm")
+            have.add("newlib")
+        if args[1:] == ["-print-file-name=nano.specs"]:
+            out = "/usr/lib/nano.specs" if "newlib" in have else "nano.specs"
+            return subprocess.CompletedProcess(args, 0, out + "\n", "")
+        return subprocess.CompletedProcess(args, 0, "", "")
+
+    monkeypatch.setattr(build.shutil, "which",
+                        lambda t: f"/usr/bin/{t}" if t in have or t == "apt-get" else None)
+    monkeypatch.setattr(build.subprocess, "run", run)
+    monkeypatch.setattr(build, "apt_available", lambda: True)
+    assert build.missing_tools() == ["libnewlib-arm-none-eabi", "qemu-system-arm"]
+    build.ensure_toolchain(quiet=True)
+    apt = [c for c in calls if c[0] == "apt-get"]
+    assert apt == [["apt-get", "update", "-qq"],
+                   ["apt-get", "install", "-y", "-qq", "--no-install-recommends",
+                    "libnewlib-arm-none-eabi", "qemu-system-arm"]]
+    calls.clear()
+    build.ensure_toolchain(quiet=True)  # nothing missing now: no apt-get at all
+    assert not [c for c in calls if c[0] == "apt-get"]
+    have.discard("qemu-system-arm")
+    monkeypatch.setattr(build, "apt_available", lambda: False)
+    with pytest.raises(build.ToolchainMissing, match="apt-get install qemu-system-arm"):
+        build.ensure_toolchain(quiet=True)

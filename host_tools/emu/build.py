@@ -137,12 +137,18 @@ def apt_available() -> bool:
 def ensure_toolchain(quiet: bool = False) -> None:
     """Install the missing Debian packages (only those; nothing when all are there)."""
     missing = missing_tools()
-    if not missing:
-        return
+    if missing:
+        _apt_install(missing, quiet)
+        still = missing_tools()
+        if still:
+            raise ToolchainMissing(f"still missing after apt-get install: {', '.join(still)}")
+
+
+def _apt_install(missing: list[str], quiet: bool) -> None:
     if not apt_available():
         raise ToolchainMissing(
             f"missing {', '.join(missing)} and cannot install them here (needs apt-get as "
-            f"root): apt-get install {' '.join(APT_PACKAGES)}")
+            f"root): apt-get install {' '.join(missing)}")
     _log(f"installing {' '.join(missing)} with apt-get", quiet)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     t0 = time.monotonic()
@@ -152,10 +158,7 @@ def ensure_toolchain(quiet: bool = False) -> None:
         if r.returncode != 0:
             tail = (r.stderr or r.stdout).strip().splitlines()[-3:]
             raise ToolchainMissing(f"{' '.join(args[:2])} failed: {' / '.join(tail)}")
-    still = missing_tools()
-    if still:
-        raise ToolchainMissing(f"still missing after apt-get install: {', '.join(still)}")
-    _log(f"toolchain installed in {time.monotonic() - t0:.0f} s", quiet)
+    _log(f"installed in {time.monotonic() - t0:.0f} s", quiet)
 
 
 # --- MicroPython sources from the PyPI sdist -------------------------------------------------
@@ -231,11 +234,15 @@ def source_key(spec: BoardSpec) -> str:
 
 
 def ensure_rp2040js(quiet: bool = False) -> Path:
-    """The node_modules directory holding rp2040js (pinned), installed once with npm."""
+    """The node_modules directory holding rp2040js (pinned), installed once with npm (and
+    Debian's nodejs and npm with apt-get where they are missing)."""
     root = cache_dir() / f"rp2040js-{RP2040JS_VERSION}"
     mods = root / "node_modules"
     if (mods / "rp2040js" / "package.json").exists():
         return mods
+    need = [pkg for pkg, tool in (("nodejs", "node"), ("npm", "npm")) if not shutil.which(tool)]
+    if need:  # Debian's Node.js and npm, only what is missing
+        _apt_install(need, quiet)
     npm = shutil.which("npm")
     if npm is None or shutil.which("node") is None:
         raise ToolchainMissing("the rp2040js board needs Node.js and npm")
