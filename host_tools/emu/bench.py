@@ -110,6 +110,88 @@ def update_doc(path: Path, board: str, text: str) -> None:
     path.write_text(doc)
 
 
+# RFC 7748 section 5.2, the first vector: (scalar, u, X25519(scalar, u)).
+RFC7748_VECTOR = ("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4",
+                  "e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c",
+                  "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552")
+
+_X25519_COUNT = """
+import gc, emu, x25519
+k, u, want = (bytes.fromhex(x) for x in {vector!r})
+thumb = x25519._THUMB
+for name in ("machine code", "pure Python"):
+    if name == "machine code" and thumb is None:
+        continue
+    x25519._THUMB = thumb if name == "machine code" else None
+    counts = []
+    for _ in range({runs}):
+        gc.collect()
+        t0 = emu.count()
+        out = x25519.x25519(k, u)
+        counts.append(emu.count() - t0)
+        if out != want:
+            raise ValueError(name + ": not the RFC 7748 result")
+    gc.collect()
+    free = gc.mem_free()
+    gc.disable()
+    try:
+        x25519.x25519(k, u)
+        heap = free - gc.mem_free()
+    except MemoryError:
+        heap = -free
+    gc.enable()
+    print("R", repr((name, counts, heap)))
+x25519._THUMB = thumb
+"""
+
+
+def x25519_counts(board: str = "m0plus", runs: int = 3) -> list[tuple[str, list[int], int]]:
+    """One full X25519 (the RFC 7748 section 5.2 vector, checked) on the emulated ``board``,
+    ``runs`` times for each variant the board runs (the machine code where it can run, and
+    the pure-Python fallback): (variant, counts, heap bytes one X25519 allocates; negative:
+    more than that many bytes, the whole free heap, with the GC off)."""
+    from host_tools.emu.build import board_spec
+
+    spec = board_spec(board)
+    timeout = 60.0 if spec.runner == "qemu" else 900.0
+    with emulated_board(board, timeout=timeout) as (_, b):
+        upload_libs(b, spec, ("x25519_thumb", "x25519"))
+        out = b.exec(_X25519_COUNT.format(vector=RFC7748_VECTOR, runs=runs),
+                     "timing X25519").decode()
+    import ast
+
+    return [ast.literal_eval(ln[2:]) for ln in out.splitlines() if ln.startswith("R ")]
+
+
+def x25519_main(argv: list[str]) -> int:
+    from host_tools.emu.build import EmuError, board_spec
+
+    ap = argparse.ArgumentParser(prog="python -m host_tools.emu x25519")
+    ap.add_argument("--board", default="m0plus", choices=["m0plus", "m4", "rp2040"])
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args(argv)
+    spec = board_spec(args.board)
+    try:
+        rows = x25519_counts(args.board, max(1, args.runs))
+    except EmuError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    mhz = spec.nominal_hz // 1_000_000
+    print(f"one X25519 (RFC 7748 5.2 vector, matches), {spec.label}, {spec.unit} "
+          f"min / median / max of {max(1, args.runs)} runs")
+    for name, counts, heap in rows:
+        med = statistics.median(counts)
+        line = (f"  {name}: {min(counts):,} / {med:,.0f} / {max(counts):,} {spec.unit}, "
+                f"{med / spec.nominal_hz * 1e3:.1f} ms at {mhz} MHz")
+        if spec.cpi_est:
+            line += (f", est. {med * spec.cpi_est / 1e6:.2f} M cycles "
+                     f"({med * spec.cpi_est / spec.nominal_hz * 1e3:.1f} ms) at CPI "
+                     f"{spec.cpi_est}")
+        heap_s = f"{heap:,} B" if heap >= 0 else f"more than the free {-heap:,} B"
+        print(f"{line}; heap allocated by one X25519 with the GC off: {heap_s}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from host_tools.emu.build import board_spec
 
