@@ -39,7 +39,9 @@ M0PLUS_CPI: float = BOARDS["m0plus"].cpi_est or 1.0
 def emulated_board(board: str = "m0plus", quiet: bool = True,
                    timeout: float = 60.0) -> Iterator[tuple[Emulator, Board]]:
     """Build (cached) and boot an emulated board; yields it with a Board in the raw REPL."""
-    with Emulator(board, quiet=quiet) as emu, Board(emu.port, timeout=timeout) as b:
+    with Emulator(board, quiet=quiet) as emu, \
+            Board(emu.port, timeout=timeout, read_timeout=emu.read_timeout,
+                  exec_timeout=emu.exec_timeout) as b:
         b.enter_raw(soft_reset=True)
         yield emu, b
 
