@@ -286,7 +286,7 @@ def _emu_counts(rs: list[Result]) -> tuple[list[str], str, list[str]]:
     cpi = next((r.extra["cpi_est"] for r in rs if r.extra.get("cpi_est")), None)
     if "cycles_est" in keys and cpi:
         notes.append(f"est. cycles: instructions x {cpi:g}, this code's cycles per "
-                     "instruction on the rp2040js model (issue 8)")
+                     "instruction on the rp2040js model (docs/BENCH.md)")
     return keys, f"ms @ {mhz} (median)", notes
 
 

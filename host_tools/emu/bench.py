@@ -8,8 +8,8 @@ The board counts its own time: ``emu.count()`` reads QEMU's instruction clock on
 and m4 boards (exact to the timer's resolution, 63 ns on the M0+ board) and rp2040js's cycle
 clock on the rp2040 board (to 1 us, 125 cycles). An instruction count is converted to time at
 one instruction per cycle, which no Cortex-M achieves: those figures are a lower bound, and for
-the M0+ the CPI of this code under rp2040js (1.287, issue 8; the rp2040 board measures it
-again) gives the cycle estimate printed beside them.
+the M0+ the CPI of this code under rp2040js (1.36, the rp2040 board's cycles over the m0plus
+board's instructions for the component bench) gives the cycle estimate printed beside them.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from host_tools.transport.serial import Board
 LIB = REPO / "firmware" / "lib"
 # What the timed code imports, in dependency order.
 CRYPTO_LIBS = ("x25519_thumb", "x25519", "hmac_sha256", "lopa")
-# Cycles per instruction of this code on an RP2040 (rp2040js against QEMU's count, issue 8).
+# Cycles per instruction of this code on an RP2040 (rp2040js against QEMU's count).
 M0PLUS_CPI: float = BOARDS["m0plus"].cpi_est or 1.0
 
 
@@ -77,8 +77,9 @@ RAM_NOTE = ("C13/C14: gc.mem_alloc() after gc.collect() with the firmware's LoPA
 def render(results: list[Result], spec: BoardSpec) -> str:
     """The timing table (in the board's count and in ms at its clock) and the memory lines."""
     cpi = spec.name == "m0plus"
+    est = f" est. ms at CPI {M0PLUS_CPI:g} |" if cpi else ""
     head = (f"| test | members | what | {spec.unit} | ms @ {spec.nominal_hz // 1_000_000} MHz "
-            f"(lower bound) |{' est. ms at CPI 1.287 |' if cpi else ''} Elster AS300 ms |")
+            f"(lower bound) |{est} Elster AS300 ms |")
     sep = "|---|---:|---|---:|---:|" + ("---:|" if cpi else "") + "---:|"
     rows = [head, sep]
     for r in results:
