@@ -93,8 +93,8 @@ clean:
 # qemu-system-arm) is apt-get installed only when missing; MicroPython's py/ and shared/ come
 # from the PyPI sdist; images are cached (~/.cache/meterctl-emu, METER_EMU_CACHE).
 # `make test` runs the Cortex-M0+ smoke test and quick bench; bench-emulated adds the M4
-# board and the RP2040 cycle model (rp2040js from npm), and writes the component figures into
-# docs/BENCH.md.
+# board and the RP2040 cycle model (rp2040js from npm), writes the component figures into
+# docs/BENCH.md, and prints one X25519's count on each board (docs/BENCH.md's X25519 table).
 .PHONY: emulated-toolchain emulated bench-emulated
 emulated-toolchain: setup
 	$(BIN)/python -m host_tools.emu toolchain
@@ -109,3 +109,6 @@ bench-emulated: emulated
 	$(BIN)/python -m host_tools.emu run-bench --board m0plus --update-doc docs/BENCH.md
 	$(BIN)/python -m host_tools.emu run-bench --board m4 --update-doc docs/BENCH.md
 	$(BIN)/python -m host_tools.emu run-bench --board rp2040 --update-doc docs/BENCH.md
+	$(BIN)/python -m host_tools.emu x25519 --board m0plus
+	$(BIN)/python -m host_tools.emu x25519 --board m4
+	$(BIN)/python -m host_tools.emu x25519 --board rp2040 --runs 1

@@ -77,6 +77,7 @@ class BoardKind:
     unit: str = "us"  # what the board's clock counts: us, or instructions / cycles
     nominal_hz: int = 0  # emulated boards: the clock counts are converted at
     emulated: str | None = None  # emulated board name (m0plus, m4, rp2040)
+    cpi_est: float | None = None  # instruction counts: the target's estimated cycles each
 
 
 def host_cpu() -> str:
@@ -95,7 +96,8 @@ def board_kind(b: Board, info: BoardInfo | None = None) -> BoardKind:
         emu = ("rp2040" if "RP2040" in name else "m4" if "M4" in name else "m0plus")
         spec = BOARDS[emu]
         return BoardKind(spec.label, spec.mpy_arch,
-                         "stm32_pybv11" if emu == "m4" else "rp2_pico", str(unit), int(hz), emu)
+                         "stm32_pybv11" if emu == "m4" else "rp2_pico", str(unit), int(hz), emu,
+                         spec.cpi_est)
     if info.platform == "linux":
         return BoardKind(f"virtual board (unix VM {info.name} {info.version}) on {host_cpu()}",
                          info.arch, "virtual")
@@ -165,12 +167,16 @@ class _Bench:
         extra = dict(extra or {})
         if self.kind.nominal_hz:
             extra[self.kind.unit] = count
+            if self.kind.cpi_est:  # the target's cycles, estimated from the instructions
+                extra["cycles_est"] = round(count * self.kind.cpi_est)
             us = count * 1e6 / self.kind.nominal_hz
         else:
             us = float(count)
         r = self.add(test, what, "us", us, size=size, variant=variant, extra=extra)
         if self.kind.nominal_hz:
             r.extra["nominal_hz"] = self.kind.nominal_hz
+        if self.kind.cpi_est:
+            r.extra["cpi_est"] = self.kind.cpi_est
 
 
 def firmware_modules(roots: tuple[str, ...] = BENCH_IMPORTS) -> list[tuple[Path, str]]:
@@ -623,7 +629,8 @@ def _files_phase(bench: _Bench, runs: int) -> None:
 
 def run_components(port: str, *, sizes: list[int], runs: int, quick: bool,
                    progress: Callable[[str], None] | None = None,
-                   keystore: Path | None = None, timeout: float = 30.0) -> list[Result]:
+                   keystore: Path | None = None, timeout: float = 30.0,
+                   read_timeout: float = 1.0, exec_timeout: float = 10.0) -> list[Result]:
     """C1–C14 on one flashed (and, where needed, provisioned) board at `port`: a virtual
     meter, a real Pico, or an emulated board's pty. Returns one Result per
     test/size/variant; each Result.samples has `runs` entries and Result.platform names the
@@ -643,7 +650,8 @@ def run_components(port: str, *, sizes: list[int], runs: int, quick: bool,
         raise ValueError(f"group sizes must be at least {codec.N_MIN} members")
     rng = random.Random(int.from_bytes(os.urandom(8), "big"))
     say = progress or (lambda s: None)
-    bench = _repl_phase(port, sorted(sizes), runs, timeout, rng, say)
+    bench = _repl_phase(port, sorted(sizes), runs, timeout, rng, say,
+                        (read_timeout, exec_timeout))
     code_size(bench)
     if not bench.has_main:
         return bench.results
@@ -674,18 +682,21 @@ def run_components(port: str, *, sizes: list[int], runs: int, quick: bool,
     return bench.results
 
 
-def _open(port: str, timeout: float, results: list[Result]) -> Board:
+def _open(port: str, timeout: float, results: list[Result],
+          serial_timeouts: tuple[float, float] = (1.0, 10.0)) -> Board:
+    """The board at ``port``; ``serial_timeouts``: Board's read_timeout and exec_timeout."""
     try:
-        return Board(port, timeout=timeout)
+        return Board(port, timeout=timeout, read_timeout=serial_timeouts[0],
+                     exec_timeout=serial_timeouts[1])
     except BoardError as e:
         raise BenchAborted("C1", str(e), results) from None
 
 
 def _repl_phase(port: str, sizes: list[int], runs: int, timeout: float, rng: random.Random,
-                say: Progress) -> _Bench:
+                say: Progress, serial_timeouts: tuple[float, float] = (1.0, 10.0)) -> _Bench:
     """C1–C5, C13/C14 and the tick with main.py stopped; the board is left running main.py
     again (where it has one) and the port closed, so that the WAN can use it."""
-    with _open(port, timeout, []) as b:
+    with _open(port, timeout, [], serial_timeouts) as b:
         try:
             b.enter_raw(soft_reset=True)
             info = b.info()
@@ -759,7 +770,9 @@ def run_emulated(board: str, *, sizes: list[int], runs: int, quick: bool,
         say(f"building (cached) and booting the emulated {spec.name} board")
         with Emulator(board, quiet=True) as emu:
             return run_components(emu.port, sizes=sizes, runs=runs, quick=quick,
-                                  progress=progress, timeout=EMU_TIMEOUT.get(board, 60.0))
+                                  progress=progress, timeout=EMU_TIMEOUT.get(board, 60.0),
+                                  read_timeout=emu.read_timeout,
+                                  exec_timeout=emu.exec_timeout)
     except EmuError as e:
         raise BenchAborted("C1", f"emulated {board}: {e}", []) from None
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -265,6 +266,30 @@ def _mmm(r: Result) -> str:
     return f"{fmt(r.min, u)} / {fmt(r.median, u)} / {fmt(r.max, u)}"
 
 
+# The counts an emulated board keeps beside a timing (Result.extra: one per run, with its
+# nominal_hz and cpi_est), as columns.
+EMU_COUNTS = {"instructions": "instructions (median)", "cycles": "cycles (median)",
+              "cycles_est": "est. cycles (median)"}
+
+
+def _emu_counts(rs: list[Result]) -> tuple[list[str], str, list[str]]:
+    """For timings an emulated board counted: the extra keys to show as columns, the ms
+    column's name (at the board's nominal clock) and a note on how they were counted."""
+    keys = [k for k in EMU_COUNTS if any(r.extra.get(k) for r in rs)]
+    hz = next((r.extra["nominal_hz"] for r in rs if r.extra.get("nominal_hz")), 0)
+    if not hz:
+        return [], "ms (median)", []
+    mhz = f"{hz / 1e6:g} MHz"
+    notes = [f"ms @ {mhz}: the board's count at its nominal clock"
+             + (", one instruction per cycle (a lower bound)" if "instructions" in keys
+                else "")]
+    cpi = next((r.extra["cpi_est"] for r in rs if r.extra.get("cpi_est")), None)
+    if "cycles_est" in keys and cpi:
+        notes.append(f"est. cycles: instructions x {cpi:g}, this code's cycles per "
+                     "instruction on the rp2040js model (docs/BENCH.md)")
+    return keys, f"ms @ {mhz} (median)", notes
+
+
 def component_tables(results: list[Result]) -> list[Table]:
     tables: list[Table] = []
     by_test: dict[str, list[Result]] = {}
@@ -272,21 +297,25 @@ def component_tables(results: list[Result]) -> list[Table]:
         if not r.test.startswith("S"):
             by_test.setdefault(r.test, []).append(r)
     for test, rs in by_test.items():
-        cols = ["size", "variant", "ours min / median / max", "unit", "ms (median)", "runs",
-                "Elster AS300", "ratio"]
+        counts, ms_col, count_notes = _emu_counts(rs)
+        cols = ["size", "variant", "ours min / median / max", "unit",
+                *(EMU_COUNTS[k] for k in counts), ms_col, "runs", "Elster AS300", "ratio"]
         rows = []
         for r in rs:
             fig = elster_for(r)
             ms = to_unit(r.median, r.unit, "ms") if r.unit == "us" and r.samples else None
+            emu = [fmt(statistics.median(r.extra[k]), "B") if r.extra.get(k) else "-"
+                   for k in counts]
             rows.append([str(r.size) if r.size is not None else "", r.variant or "",
                          _mmm(r) if r.samples else "no samples", UNIT_SHORT.get(r.unit, r.unit),
-                         fmt(ms, "ms"), str(r.runs), fig.text if fig else "-",
+                         *emu, fmt(ms, "ms"), str(r.runs), fig.text if fig else "-",
                          fmt_ratio(ratio(r, fig))])
         notes = [f"{r.variant + ': ' if r.variant and len(rs) > 1 else ''}{r.what}"
                  for r in _distinct_what(rs)]
+        notes += count_notes
         notes.append("ours: " + "; ".join(sorted({r.platform for r in rs})))
         tables.append(_drop_empty(Table(f"{test} {NAMES.get(test, '')}".strip(), cols, rows,
-                                        notes), ("size", "variant", "ms (median)")))
+                                        notes), ("size", "variant", ms_col)))
     return tables
 
 

@@ -1,9 +1,10 @@
-"""python -m host_tools.emu toolchain|build|run|run-bench|gen-x25519 [--board m0plus|m4|rp2040]
+"""python -m host_tools.emu COMMAND [--board m0plus|m4|rp2040]
 
 toolchain   apt-get install the cross compiler and QEMU, only what is missing
 build       build the board's MicroPython (cached); prints the image's path
 run         boot the board under QEMU; prints its pty (mpremote connect PTY) and waits
 run-bench   C1-C5, C13/C14, a metrology tick beside Elster's figures (--update-doc docs/BENCH.md)
+x25519      one X25519 (RFC 7748 vector) in instructions or cycles, machine code and pure Python
 gen-x25519  regenerate firmware/lib/x25519_thumb.py from host_tools/emu/x25519_gen.py
 """
 
@@ -20,8 +21,13 @@ def main(argv: list[str] | None = None) -> int:
         from host_tools.emu.bench import main as bench_main
 
         return bench_main(argv[1:])
+    if argv and argv[0] == "x25519":
+        from host_tools.emu.bench import x25519_main
+
+        return x25519_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m host_tools.emu")
-    ap.add_argument("command", choices=["toolchain", "build", "run", "gen-x25519", "run-bench"])
+    ap.add_argument("command", choices=["toolchain", "build", "run", "gen-x25519", "run-bench",
+                                        "x25519"])
     ap.add_argument("--board", default="m0plus", choices=["m0plus", "m4", "rp2040"])
     args = ap.parse_args(argv)
     from host_tools.emu.build import EmuError

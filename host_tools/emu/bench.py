@@ -8,8 +8,8 @@ The board counts its own time: ``emu.count()`` reads QEMU's instruction clock on
 and m4 boards (exact to the timer's resolution, 63 ns on the M0+ board) and rp2040js's cycle
 clock on the rp2040 board (to 1 us, 125 cycles). An instruction count is converted to time at
 one instruction per cycle, which no Cortex-M achieves: those figures are a lower bound, and for
-the M0+ the CPI of this code under rp2040js (1.287, issue 8; the rp2040 board measures it
-again) gives the cycle estimate printed beside them.
+the M0+ the CPI of this code under rp2040js (1.36, the rp2040 board's cycles over the m0plus
+board's instructions for the component bench) gives the cycle estimate printed beside them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from host_tools.bench.results import BenchAborted, Result
-from host_tools.emu.build import REPO, BoardSpec
+from host_tools.emu.build import BOARDS, REPO, BoardSpec
 from host_tools.emu.run import Emulator
 from host_tools.flash.build import compile_one
 from host_tools.transport.serial import Board
@@ -31,15 +31,17 @@ from host_tools.transport.serial import Board
 LIB = REPO / "firmware" / "lib"
 # What the timed code imports, in dependency order.
 CRYPTO_LIBS = ("x25519_thumb", "x25519", "hmac_sha256", "lopa")
-# Cycles per instruction of this code on an RP2040 (rp2040js against QEMU's count, issue 8).
-M0PLUS_CPI = 1.287
+# Cycles per instruction of this code on an RP2040 (rp2040js against QEMU's count).
+M0PLUS_CPI: float = BOARDS["m0plus"].cpi_est or 1.0
 
 
 @contextlib.contextmanager
 def emulated_board(board: str = "m0plus", quiet: bool = True,
                    timeout: float = 60.0) -> Iterator[tuple[Emulator, Board]]:
     """Build (cached) and boot an emulated board; yields it with a Board in the raw REPL."""
-    with Emulator(board, quiet=quiet) as emu, Board(emu.port, timeout=timeout) as b:
+    with Emulator(board, quiet=quiet) as emu, \
+            Board(emu.port, timeout=timeout, read_timeout=emu.read_timeout,
+                  exec_timeout=emu.exec_timeout) as b:
         b.enter_raw(soft_reset=True)
         yield emu, b
 
@@ -75,8 +77,9 @@ RAM_NOTE = ("C13/C14: gc.mem_alloc() after gc.collect() with the firmware's LoPA
 def render(results: list[Result], spec: BoardSpec) -> str:
     """The timing table (in the board's count and in ms at its clock) and the memory lines."""
     cpi = spec.name == "m0plus"
+    est = f" est. ms at CPI {M0PLUS_CPI:g} |" if cpi else ""
     head = (f"| test | members | what | {spec.unit} | ms @ {spec.nominal_hz // 1_000_000} MHz "
-            f"(lower bound) |{' est. ms at CPI 1.287 |' if cpi else ''} Elster AS300 ms |")
+            f"(lower bound) |{est} Elster AS300 ms |")
     sep = "|---|---:|---|---:|---:|" + ("---:|" if cpi else "") + "---:|"
     rows = [head, sep]
     for r in results:
@@ -108,6 +111,88 @@ def update_doc(path: Path, board: str, text: str) -> None:
     else:
         doc = doc.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(doc)
+
+
+# RFC 7748 section 5.2, the first vector: (scalar, u, X25519(scalar, u)).
+RFC7748_VECTOR = ("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449ac4",
+                  "e6db6867583030db3594c1a424b15f7c726624ec26b3353b10a903a6d0ab1c4c",
+                  "c3da55379de9c6908e94ea4df28d084f32eccf03491c71f754b4075577a28552")
+
+_X25519_COUNT = """
+import gc, emu, x25519
+k, u, want = (bytes.fromhex(x) for x in {vector!r})
+thumb = x25519._THUMB
+for name in ("machine code", "pure Python"):
+    if name == "machine code" and thumb is None:
+        continue
+    x25519._THUMB = thumb if name == "machine code" else None
+    counts = []
+    for _ in range({runs}):
+        gc.collect()
+        t0 = emu.count()
+        out = x25519.x25519(k, u)
+        counts.append(emu.count() - t0)
+        if out != want:
+            raise ValueError(name + ": not the RFC 7748 result")
+    gc.collect()
+    free = gc.mem_free()
+    gc.disable()
+    try:
+        x25519.x25519(k, u)
+        heap = free - gc.mem_free()
+    except MemoryError:
+        heap = -free
+    gc.enable()
+    print("R", repr((name, counts, heap)))
+x25519._THUMB = thumb
+"""
+
+
+def x25519_counts(board: str = "m0plus", runs: int = 3) -> list[tuple[str, list[int], int]]:
+    """One full X25519 (the RFC 7748 section 5.2 vector, checked) on the emulated ``board``,
+    ``runs`` times for each variant the board runs (the machine code where it can run, and
+    the pure-Python fallback): (variant, counts, heap bytes one X25519 allocates; negative:
+    more than that many bytes, the whole free heap, with the GC off)."""
+    from host_tools.emu.build import board_spec
+
+    spec = board_spec(board)
+    timeout = 60.0 if spec.runner == "qemu" else 900.0
+    with emulated_board(board, timeout=timeout) as (_, b):
+        upload_libs(b, spec, ("x25519_thumb", "x25519"))
+        out = b.exec(_X25519_COUNT.format(vector=RFC7748_VECTOR, runs=runs),
+                     "timing X25519").decode()
+    import ast
+
+    return [ast.literal_eval(ln[2:]) for ln in out.splitlines() if ln.startswith("R ")]
+
+
+def x25519_main(argv: list[str]) -> int:
+    from host_tools.emu.build import EmuError, board_spec
+
+    ap = argparse.ArgumentParser(prog="python -m host_tools.emu x25519")
+    ap.add_argument("--board", default="m0plus", choices=["m0plus", "m4", "rp2040"])
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args(argv)
+    spec = board_spec(args.board)
+    try:
+        rows = x25519_counts(args.board, max(1, args.runs))
+    except EmuError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    mhz = spec.nominal_hz // 1_000_000
+    print(f"one X25519 (RFC 7748 5.2 vector, matches), {spec.label}, {spec.unit} "
+          f"min / median / max of {max(1, args.runs)} runs")
+    for name, counts, heap in rows:
+        med = statistics.median(counts)
+        line = (f"  {name}: {min(counts):,} / {med:,.0f} / {max(counts):,} {spec.unit}, "
+                f"{med / spec.nominal_hz * 1e3:.1f} ms at {mhz} MHz")
+        if spec.cpi_est:
+            line += (f", est. {med * spec.cpi_est / 1e6:.2f} M cycles "
+                     f"({med * spec.cpi_est / spec.nominal_hz * 1e3:.1f} ms) at CPI "
+                     f"{spec.cpi_est}")
+        heap_s = f"{heap:,} B" if heap >= 0 else f"more than the free {-heap:,} B"
+        print(f"{line}; heap allocated by one X25519 with the GC off: {heap_s}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -52,6 +52,13 @@ class Emulator:
         self._dir = tempfile.TemporaryDirectory(prefix="meter-emu-")
         self._pty: tuple[int, ...] = ()
         self.log_path = Path(self._dir.name) / "qemu.log"
+        # What a client (host_tools.transport.serial.Board) should allow: the wait for each
+        # byte it reads (raw-paste flow control) and the longest silence of running code.
+        # Emulated time runs slower than wall time (rp2040js about 40 times slower than
+        # QEMU), and slower still on a loaded host.
+        qemu = self.spec.runner == "qemu"
+        self.read_timeout = 10.0 if qemu else 30.0
+        self.exec_timeout = 300.0 if qemu else 1800.0
 
     def start(self, timeout: float = 10.0) -> str:
         """Start the emulator; returns the pty of the board's UART."""

@@ -119,13 +119,16 @@ INFO_CODE = (
 class Board:
     """A MicroPython board on a serial port, driven through its raw REPL."""
 
-    def __init__(self, port: str, timeout: float = 10.0) -> None:
+    def __init__(self, port: str, timeout: float = 10.0, read_timeout: float = 1.0,
+                 exec_timeout: float = 10.0) -> None:
         self.port = resolve_port(port)
         self.timeout = timeout
+        self.exec_timeout = exec_timeout  # the longest silence of code run by exec/eval
         try:
             # A read timeout keeps a silent board from blocking forever (mpremote
-            # reads ptys with a blocking read otherwise).
-            self.t = SerialTransport(self.port, baudrate=115200, timeout=1.0)
+            # reads ptys with a blocking read otherwise). It also bounds the wait for each
+            # raw-paste flow-control byte: a slow emulator (rp2040js) needs a longer one.
+            self.t = SerialTransport(self.port, baudrate=115200, timeout=read_timeout)
         except TransportError as e:
             raise BoardError(f"{self.port}: cannot open ({e})") from None
         except (serial.SerialException, OSError) as e:
@@ -188,12 +191,19 @@ class Board:
     def exec(self, code: str, doing: str = "running code",
              data_consumer: Callable[[bytes], None] | None = None) -> bytes:
         with self._errors(doing):
-            out: bytes = self.t.exec(code, data_consumer=data_consumer)
-            return out
+            # mpremote's exec, with our limit on the silence instead of its fixed 10 s
+            out, err = self.t.exec_raw(code, timeout=self.exec_timeout,
+                                       data_consumer=data_consumer)
+            if err:
+                raise TransportExecError(out, err.decode())
+            return bytes(out)
 
     def eval(self, expr: str, doing: str = "evaluating") -> Any:
+        import ast
+
+        out = self.exec(f"print(repr({expr}))", doing)
         with self._errors(doing):
-            return self.t.eval(expr)
+            return ast.literal_eval(out.strip().decode())
 
     def info(self) -> BoardInfo:
         import ast
