@@ -233,3 +233,30 @@ def test_romfs_partition_cannot_be_written_from_the_vm(tmp_path: Path,
         from host_tools.sim import fleet
 
         fleet.stop(m.base)
+
+
+def test_mpremote_romfs_deploy_writes_the_partition(tmp_path: Path,
+                                                    real_port: str | None) -> None:
+    """`mpremote romfs query` and `mpremote romfs deploy` drive the virtual board's partition
+    through vfs.rom_ioctl as they drive a board's: the image lands in the partition, and the
+    next boot mounts it at /rom."""
+    if real_port:
+        pytest.skip(NEEDS_SIM + "; it reads the partition file on the host")
+    from host_tools.flash.build import build_image, romfs_image
+    from host_tools.sim import fleet
+
+    m = start_fleet(tmp_path / "fleet", 1, "192K")
+    try:
+        port = m.port(0)
+        img = romfs_image([f for f in build_image("virtual", "x64") if f.dest.endswith(".mpy")])
+        (tmp_path / "fw.romfs").write_bytes(img)
+        r = mpremote(port, "romfs", "query")
+        assert r.returncode == 0 and "ROMFS0 partition has size 262144 bytes" in r.stdout, r
+        r = mpremote(port, "romfs", "deploy", str(tmp_path / "fw.romfs"), timeout=120)
+        assert r.returncode == 0 and "ROMFS image deployed" in r.stdout, r
+        part = Path(str(m.status(0)["dir"])) / "romfs.bin"
+        assert part.read_bytes()[:len(img)] == img
+        r = mpremote(port, "exec", "import os; print(sorted(os.listdir('/rom/lib')))")
+        assert "'wan.mpy'" in r.stdout, r
+    finally:
+        fleet.stop(m.base)
