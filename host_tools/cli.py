@@ -185,11 +185,15 @@ def sim_load(meter: int, base: Path | None, **wave: float | None) -> None:
               help="board definition in board/ (default: from the board's sys.platform)")
 @click.option("--firmware", "firmware_dir", type=click.Path(path_type=Path, file_okay=False),
               default=None, help="firmware tree (default: the repository's firmware/)")
+@click.option("--no-romfs", is_flag=True,
+              help="keep the modules on the filesystem even if the board has a ROMFS partition")
 @click.option("--timeout", type=float, default=10.0, show_default=True)
 @friendly_errors
 def flash(port: str, source: bool, board_name: str | None, firmware_dir: Path | None,
-          timeout: float) -> None:
-    """Deploy firmware/ and the board's own files, then soft-reset into main.py."""
+          no_romfs: bool, timeout: float) -> None:
+    """Deploy firmware/ and the board's own files, then soft-reset into main.py. Compiled
+    modules go into the board's ROMFS partition when it has one (run in place, outside the
+    heap), else onto its filesystem."""
     from host_tools.flash.build import FIRMWARE_DIR
     from host_tools.flash.deploy import flash as do_flash
 
@@ -201,9 +205,13 @@ def flash(port: str, source: bool, board_name: str | None, firmware_dir: Path | 
             prog.update(task, description=stage, completed=done, total=total)
 
         r = do_flash(port, source=source, board_name=board_name, progress=progress,
-                     timeout=timeout, firmware_dir=firmware_dir or FIRMWARE_DIR)
+                     timeout=timeout, firmware_dir=firmware_dir or FIRMWARE_DIR,
+                     romfs=not no_romfs)
     click.echo(f"{r.port}: {r.board.describe()}")
     click.echo(f"board definition: {r.board_name}; deployed as {r.mode}")
+    for note in r.notes:
+        if "ROMFS" in note:
+            click.echo(note)
     if not r.written and not r.removed:
         click.echo(f"nothing to transfer: all {len(r.unchanged)} files are up to date")
     else:

@@ -52,17 +52,26 @@ def wait_main_running(sim: Fleet, i: int) -> None:
 
 def test_flash_then_reflash_transfers_nothing(sim: Fleet, tmp_path: Path) -> None:
     port = sim.port(1)
-    # start from another image, so that this flash has something to do
-    assert meterctl("flash", "--port", port, "--firmware",
-                    str(firmware_copy(tmp_path, "other"))).returncode == 0
+    # start from another image with its modules on the filesystem (as on a board without a
+    # ROMFS partition), so that this flash has something to do: its modules go to /rom
+    r = meterctl("flash", "--port", port, "--no-romfs", "--firmware",
+                 str(firmware_copy(tmp_path, "other")))
+    assert r.returncode == 0, r.stderr
+    assert "marker.mpy" in mpremote(port, "fs", "ls", ":").stdout
     r = meterctl("flash", "--port", port)
     assert r.returncode == 0, r.stderr
     assert "deployed as .mpy for x64" in r.stdout
+    assert "modules in the ROMFS partition at /rom" in r.stdout
+    # the filesystem keeps main.py; the old modules there, which would shadow /rom, go
     assert "+ /main.py" in r.stdout and "- /marker.mpy" in r.stdout
+    assert "+ /rom/meter.mpy" in r.stdout and "+ /rom/lib/wan.mpy" in r.stdout
     wait_main_running(sim, 1)
     toggles = sim.status(1)["led_toggles"]
     time.sleep(0.7)
     assert sim.status(1)["led_toggles"] > toggles  # the firmware's heartbeat runs
+    listing = mpremote(port, "fs", "ls", ":").stdout
+    assert "marker.mpy" not in listing and "meter.mpy" not in listing
+    assert "tasks/" not in listing and "board/" not in listing  # emptied directories go too
     r = meterctl("flash", "--port", port)
     assert r.returncode == 0, r.stderr
     assert "nothing to transfer" in r.stdout
@@ -83,10 +92,11 @@ def test_incremental_update_and_stale_removal(sim: Fleet, tmp_path: Path) -> Non
     r = meterctl("flash", "--port", port, "--firmware", str(fw))
     assert r.returncode == 0, r.stderr
     assert "wrote 1 file(s)" in r.stdout  # only marker.mpy: the rest is unchanged
-    assert "+ /marker.mpy" in r.stdout and "- /extra.mpy" in r.stdout
+    assert "+ /rom/marker.mpy" in r.stdout and "- /rom/extra.mpy" in r.stdout
     assert board_version(port) == "2"
     listing = mpremote(port, "fs", "ls", ":").stdout
     assert "extra.mpy" not in listing
+    assert "extra.mpy" not in mpremote(port, "fs", "ls", ":/rom").stdout
     assert ".new" not in listing
     assert "user_data.txt" in listing
     mpremote(port, "fs", "rm", ":user_data.txt")

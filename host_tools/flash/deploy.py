@@ -19,10 +19,22 @@
 7. Soft-reset from the friendly REPL, so that main.py runs.
 
 Until step 6, the board's previous firmware is untouched and boots as before.
+
+ROMFS. When the board has a ROMFS partition (``vfs.rom_ioctl``, MicroPython >= 1.25: the
+virtual board always, a Pico or Pyboard only with a build that reserves one) and the compiled
+modules fit it, they go into one ROMFS image written to that partition (as ``mpremote romfs
+deploy`` does), mounted at /rom at boot, where the .mpy files run in place instead of being
+loaded into the heap (docs/hardware.md, "Memory"). Only what a board runs by name (main.py,
+boot.py) and non-module files go to the filesystem; modules a previous flash left there are
+removed as stale, since the filesystem comes first on ``sys.path``. The image is written after
+the filesystem files are staged and before they are committed; it is skipped when the
+partition already holds it. ``romfs=False`` (``meterctl flash --no-romfs``) keeps every file
+on the filesystem, as on a board without a partition.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Callable
@@ -33,9 +45,11 @@ from host_tools.flash.build import (
     FIRMWARE_DIR,
     MPY_CROSS_VERSION,
     BuildError,
+    ImageFile,
     board_for_platform,
     board_for_usb,
     build_image,
+    romfs_image,
 )
 from host_tools.transport.serial import Board, BoardError, BoardInfo, usb_id
 
@@ -99,6 +113,25 @@ def _fl_root():
 """
 
 
+# The board's ROMFS partition 0: its size, or 0 when it has none that flash can write (no
+# vfs.rom_ioctl, no partition, or one reached through a block-device object).
+ROMFS_FN = """
+def _fl_romfs():
+    try:
+        import vfs
+        if vfs.rom_ioctl(1) < 1:
+            return 0
+        d = vfs.rom_ioctl(2, 0)
+        return 0 if isinstance(d, int) or hasattr(d, 'ioctl') else len(d)
+    except Exception:
+        return 0
+def _fl_romhash(n):
+    import vfs
+    return binascii.hexlify(hashlib.sha256(memoryview(vfs.rom_ioctl(2, 0))[:n]).digest()).decode()
+"""
+ROMFS_CHUNK = 4096
+
+
 @dataclass
 class FlashReport:
     port: str
@@ -110,6 +143,7 @@ class FlashReport:
     removed: list[str] = field(default_factory=list)
     bytes_sent: int = 0
     notes: list[str] = field(default_factory=list)
+    romfs_bytes: int = 0  # the ROMFS image's size, 0 when everything is on the filesystem
 
 
 def choose_mode(info: BoardInfo, source: bool) -> tuple[bool, str | None, str]:
@@ -138,7 +172,7 @@ def pick_board(port: str, info: BoardInfo) -> tuple[str, str]:
 
 def flash(port: str, *, source: bool = False, board_name: str | None = None,
           firmware_dir: Path = FIRMWARE_DIR, progress: Progress | None = None,
-          timeout: float = 10.0) -> FlashReport:
+          timeout: float = 10.0, romfs: bool = True) -> FlashReport:
     def step(stage: str, done: int, total: int) -> None:
         if progress:
             progress(stage, done, total)
@@ -159,28 +193,60 @@ def flash(port: str, *, source: bool = False, board_name: str | None = None,
         except BuildError:
             b.soft_reset_to_main()  # the old firmware goes on running
             raise
-        image_paths = {f.dest for f in image}
 
         step("hash", 0, 1)
-        b.exec(_HASH_FN + ROOT_FN, "loading the flash helpers")
+        b.exec(_HASH_FN + ROOT_FN + ROMFS_FN, "loading the flash helpers")
         remounted = b.eval("_fl_root()", "finding the flash filesystem")
         if remounted:
             report.notes.append(str(remounted))
-        old = _read_manifest(b)
+        rom_files: list[ImageFile] = []
+        rom_img = b""
+        if romfs and not as_source:
+            part = int(b.eval("_fl_romfs()", "looking for a ROMFS partition"))
+            mods = [f for f in image if f.dest.endswith(".mpy")]
+            if part and mods:
+                rom_img = romfs_image(mods)
+                if len(rom_img) <= part:
+                    rom_files = mods
+                    image = [f for f in image if f not in mods]
+                    report.romfs_bytes = len(rom_img)
+                    report.notes.append(f"modules in the ROMFS partition at /rom: "
+                                        f"{len(rom_img)} of {part} bytes")
+                else:
+                    report.notes.append(f"the ROMFS image ({len(rom_img)} B) does not fit the "
+                                        f"partition ({part} B): modules go to the filesystem")
+                    rom_img = b""
+            elif not part:
+                report.notes.append("no writable ROMFS partition: modules go to the filesystem")
+        image_paths = {f.dest for f in image}
+        old, old_rom = _read_manifest(b)
         stale = sorted(p for p in old if p not in image_paths)
         on_board = _board_hashes(b, sorted(image_paths | set(stale)))
+        rom_sha = hashlib.sha256(rom_img).hexdigest() if rom_img else ""
+        rom_same = bool(rom_img) and b.eval(f"_fl_romhash({len(rom_img)})",
+                                            "hashing the ROMFS partition") == rom_sha
         step("hash", 1, 1)
 
         todo = [f for f in image if on_board.get(f.dest) != f.sha256]
         report.unchanged = sorted(f.dest for f in image if f not in todo)
         stale = [p for p in stale if on_board.get(p) is not None]
-        manifest = json.dumps({"board": name, "files": {f.dest: f.sha256 for f in image}},
-                              sort_keys=True).encode()
-        if not todo and not stale and old == {f.dest: f.sha256 for f in image}:
+        new_rom = {"/rom" + f.dest: f.sha256 for f in rom_files}
+        rom_todo = [] if rom_same else [p for p, h in new_rom.items() if old_rom.get(p) != h]
+        if rom_img and not rom_same and not rom_todo:
+            rom_todo = sorted(new_rom)  # the partition holds something else: all of it anew
+        report.unchanged += sorted(p for p in new_rom if p not in rom_todo)
+        rom_gone = [] if rom_same else sorted(p for p in old_rom if p not in new_rom)
+        man: dict[str, object] = {"board": name, "files": {f.dest: f.sha256 for f in image}}
+        if rom_img:
+            man["romfs"] = {"sha256": rom_sha, "size": len(rom_img), "files": new_rom}
+        manifest = json.dumps(man, sort_keys=True).encode()
+        if (not todo and not stale and old == {f.dest: f.sha256 for f in image}
+                and (rom_same or not rom_img) and old_rom == new_rom):
             b.soft_reset_to_main()
             return report
 
-        total = sum(len(f.data) for f in todo) + len(manifest)
+        total = sum(len(f.data) for f in todo) + len(manifest) + (0 if rom_same
+                                                                  else len(rom_img))
         sent = 0
 
         def staged(label: str, base: int) -> Callable[[int, int], None]:
@@ -191,30 +257,86 @@ def flash(port: str, *, source: bool = False, board_name: str | None = None,
             sent += len(f.data)
         _stage(b, MANIFEST, manifest, hashlib.sha256(manifest).hexdigest(),
                staged("write manifest", sent))
-        report.bytes_sent = sent + len(manifest)
+        sent += len(manifest)
+        if rom_img and not rom_same:
+            _write_romfs(b, rom_img, lambda n, _t: step("write ROMFS image", sent + n, total))
+            sent += len(rom_img)
+        report.bytes_sent = sent
 
         step("commit", 0, 1)
         renames = [f.dest for f in todo] + [MANIFEST]
+        dirs = sorted({p.rsplit("/", 1)[0] for p in stale if p.count("/") > 1}, reverse=True)
         b.exec("import os\n"
                f"for p in {renames!r}:\n    _fl_rm(p)\n    os.rename(p + {STAGED!r}, p)\n"
-               f"for p in {stale!r}:\n    _fl_rm(p)\n", "committing the new image")
+               f"for p in {stale!r}:\n    _fl_rm(p)\n"
+               # a directory the stale modules leave empty would shadow its package in /rom
+               f"for d in {dirs!r}:\n    try:\n        os.rmdir(d)\n"
+               "    except OSError:\n        pass\n", "committing the new image")
         step("commit", 1, 1)
-        report.written = [f.dest for f in todo]
-        report.removed = stale
+        report.written = [f.dest for f in todo] + rom_todo
+        report.removed = stale + rom_gone
         b.soft_reset_to_main()
         return report
 
 
-def _read_manifest(b: Board) -> dict[str, str]:
+def _read_manifest(b: Board) -> tuple[dict[str, str], dict[str, str]]:
+    """(filesystem files, ROMFS files) of the previous flash, path -> sha256."""
     text = b.eval(f"open({MANIFEST!r}).read() if _fl_hash({MANIFEST!r}) else ''",
                   "reading the flash manifest")
     if not text:
-        return {}
+        return {}, {}
     try:
-        files = json.loads(text)["files"]
-        return {str(k): str(v) for k, v in files.items()}
+        man = json.loads(text)
+        files = {str(k): str(v) for k, v in man["files"].items()}
     except (ValueError, KeyError, TypeError, AttributeError):
-        return {}  # a damaged manifest: treat the board as holding nothing of ours
+        return {}, {}  # a damaged manifest: treat the board as holding nothing of ours
+    try:
+        rom = {str(k): str(v) for k, v in man["romfs"]["files"].items()}
+    except (KeyError, TypeError, AttributeError):
+        rom = {}
+    return files, rom
+
+
+def _write_romfs(b: Board, img: bytes, progress: Callable[[int, int], None]) -> None:
+    """Write a ROMFS image to partition 0 through vfs.rom_ioctl, as mpremote romfs deploy does
+    (prepare: erase; write in chunks; end), then check what the partition holds."""
+    b.exec("import vfs, binascii\ntry:\n    vfs.umount('/rom')\nexcept OSError:\n    pass",
+           "unmounting /rom")
+    before = b.eval(f"_fl_romhash({len(img)})", "hashing the ROMFS partition")
+    size = int(b.eval("len(vfs.rom_ioctl(2, 0))", "sizing the ROMFS partition"))
+    block = int(b.eval("vfs.rom_ioctl(6, 0)", "reading the ROMFS erase block size"))
+    block = block if 0 < block < size else size
+    min_write = 4
+    if block < size:
+        off = 0
+        while off < len(img):
+            n = -(-min(len(img) - off, 32768) // block) * block
+            min_write = int(b.eval(f"vfs.rom_ioctl(3, 0, {off}, {n})", "erasing the partition"))
+            off += n
+    else:
+        min_write = int(b.eval(f"vfs.rom_ioctl(3, 0, {len(img)})", "erasing the partition"))
+    if min_write < 0:
+        raise BoardError(f"{b.port}: the ROMFS partition refused to erase ({min_write})")
+    chunk = max(ROMFS_CHUNK, min_write)
+    for off in range(0, len(img), chunk):
+        part = img[off:off + chunk]
+        part += b"\xff" * (-len(part) % min_write)
+        b64 = base64.b64encode(part).decode()
+        r = b.eval(f"vfs.rom_ioctl(4, 0, {off}, binascii.a2b_base64({b64!r}))",
+                   f"writing the ROMFS image at {off}")
+        if r != 0:
+            raise BoardError(f"{b.port}: ROMFS write at {off} failed ({r})")
+        progress(min(off + chunk, len(img)), len(img))
+    r = b.eval("vfs.rom_ioctl(5, 0)", "finishing the ROMFS write")
+    if isinstance(r, int) and r < 0:
+        raise BoardError(f"{b.port}: finishing the ROMFS write failed ({r})")
+    # A board's partition is its memory-mapped flash: it reads back what was written. The
+    # virtual board writes a copy that replaces the partition whole, for the next boot (a
+    # power cut mid-write leaves the old image); its mapping reads back the old image until
+    # then, so there is nothing to compare, and its rom_ioctl(4) checked each write itself.
+    got = b.eval(f"_fl_romhash({len(img)})", "verifying the ROMFS image")
+    if got != hashlib.sha256(img).hexdigest() and got != before:
+        raise BoardError(f"{b.port}: the ROMFS partition does not hold the image just written")
 
 
 def _board_hashes(b: Board, paths: list[str]) -> dict[str, str | None]:

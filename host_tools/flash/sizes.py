@@ -11,6 +11,11 @@ board's architecture, main.py and boot.py as source. Two budgets per board:
   big peak during its import on a fragmented heap; past the budget, split it (or freeze the
   firmware into the MicroPython build, see docs/hardware.md).
 
+A board whose build must have a ROMFS partition (``romfs_budget``; the Pyboard: its
+MicroPython has to be built anyway, docs/hardware.md) gets its modules as one ROMFS image in
+that partition, as ``meterctl flash`` writes it: the image against the partition, and only
+what stays on the filesystem (main.py, boot.py) against the flash budget.
+
     python -m host_tools.flash.sizes [--board NAME]... [--json]
 
 Exit status 1 when a budget is exceeded.
@@ -23,7 +28,7 @@ import json
 import sys
 from dataclasses import dataclass
 
-from host_tools.flash.build import MPY_CROSS_VERSION, BuildError, build_image
+from host_tools.flash.build import MPY_CROSS_VERSION, BuildError, build_image, romfs_image
 
 
 @dataclass(frozen=True)
@@ -33,12 +38,14 @@ class Target:
     cpu: str
     flash_budget: int  # bytes of filesystem for the image
     module_budget: int  # bytes, the largest single module
+    romfs_budget: int = 0  # the ROMFS partition its build must have; 0: none, files only
 
 
 # Keep in step with the budget table in docs/hardware.md (tests_host/test_mpy_sizes.py checks).
 TARGETS = (
     Target("rp2_pico", "armv6m", "RP2040, Cortex-M0+", 256 * 1024, 16 * 1024),
-    Target("stm32_pybv11", "armv7emsp", "STM32F405, Cortex-M4F", 64 * 1024, 16 * 1024),
+    Target("stm32_pybv11", "armv7emsp", "STM32F405, Cortex-M4F", 64 * 1024, 16 * 1024,
+           128 * 1024),
 )
 
 
@@ -53,10 +60,18 @@ class Module:
 class Report:
     target: Target
     modules: list[Module]
+    romfs_bytes: int = 0  # the ROMFS image of the .mpy modules, as meterctl flash builds it
 
     @property
     def total(self) -> int:
         return sum(m.image_bytes for m in self.modules)
+
+    @property
+    def on_filesystem(self) -> int:
+        """What the filesystem holds: everything, or with a ROMFS partition what is not in it."""
+        if not self.target.romfs_budget:
+            return self.total
+        return sum(m.image_bytes for m in self.modules if not m.dest.endswith(".mpy"))
 
     @property
     def largest(self) -> Module:
@@ -65,8 +80,12 @@ class Report:
     @property
     def over(self) -> list[str]:
         out = []
-        if self.total > self.target.flash_budget:
-            out.append(f"image {self.total} B > flash budget {self.target.flash_budget} B")
+        if self.on_filesystem > self.target.flash_budget:
+            out.append(f"image {self.on_filesystem} B > flash budget "
+                       f"{self.target.flash_budget} B")
+        if self.target.romfs_budget and self.romfs_bytes > self.target.romfs_budget:
+            out.append(f"ROMFS image {self.romfs_bytes} B > ROMFS partition "
+                       f"{self.target.romfs_budget} B")
         if self.largest.image_bytes > self.target.module_budget:
             out.append(f"{self.largest.dest} {self.largest.image_bytes} B > module budget "
                        f"{self.target.module_budget} B")
@@ -79,6 +98,8 @@ class Report:
                 "modules": {m.dest: {"source": m.source_bytes, "image": m.image_bytes}
                             for m in self.modules},
                 "total": self.total, "flash_budget": t.flash_budget,
+                "on_filesystem": self.on_filesystem, "romfs_image": self.romfs_bytes,
+                "romfs_budget": t.romfs_budget,
                 "largest": self.largest.dest, "module_budget": t.module_budget,
                 "over": self.over}
 
@@ -87,7 +108,8 @@ def measure(target: Target) -> Report:
     """Compile the board's whole image for its architecture (raises BuildError)."""
     files = build_image(target.board, target.arch)
     mods = [Module(f.dest, f.src.stat().st_size, len(f.data)) for f in files]
-    return Report(target, sorted(mods, key=lambda m: m.dest))
+    rom = romfs_image([f for f in files if f.dest.endswith(".mpy")])
+    return Report(target, sorted(mods, key=lambda m: m.dest), len(rom))
 
 
 def format_report(r: Report) -> str:
@@ -99,9 +121,23 @@ def format_report(r: Report) -> str:
     for m in r.modules:
         lines.append(f"  {m.dest:<{width}}  {m.source_bytes:7d}  {m.image_bytes:8d}")
     src = sum(m.source_bytes for m in r.modules)
-    lines.append(f"  {'total (' + str(len(r.modules)) + ' files)':<{width}}  {src:7d}  "
-                 f"{r.total:8d}  {_pct(r.total, t.flash_budget)} of the {_k(t.flash_budget)} "
-                 "flash budget")
+    if not t.romfs_budget:
+        lines.append(f"  {'total (' + str(len(r.modules)) + ' files)':<{width}}  {src:7d}  "
+                     f"{r.total:8d}  {_pct(r.total, t.flash_budget)} of the "
+                     f"{_k(t.flash_budget)} flash budget")
+        lines.append(f"  as a ROMFS image (a build with a partition, optional): "
+                     f"{r.romfs_bytes} B")
+    else:
+        n_rom = sum(1 for m in r.modules if m.dest.endswith(".mpy"))
+        lines.append(f"  {'total (' + str(len(r.modules)) + ' files)':<{width}}  {src:7d}  "
+                     f"{r.total:8d}")
+        lines.append(f"  ROMFS image ({n_rom} modules): {r.romfs_bytes} B, "
+                     f"{_pct(r.romfs_bytes, t.romfs_budget)} of the {_k(t.romfs_budget)} "
+                     "ROMFS partition")
+        lines.append(f"  on the filesystem: {r.on_filesystem} B, "
+                     f"{_pct(r.on_filesystem, t.flash_budget)} of the {_k(t.flash_budget)} "
+                     f"flash budget (as plain files, without the partition, the image would "
+                     f"take {_pct(r.total, t.flash_budget)})")
     lines.append(f"  largest module {r.largest.dest}: {r.largest.image_bytes} B, "
                  f"{_pct(r.largest.image_bytes, t.module_budget)} of the "
                  f"{_k(t.module_budget)} module budget")

@@ -53,11 +53,22 @@ VM_FDS = (3, 4, 5)  # hw in, hw out, HAN out, as the VM sees them
 # built: CPython hosting the unix port's pybind11 module. SIGINT goes
 # back to its default so that only MicroPython's own handler is ever seen, and
 # the VM dies with its supervisor (PR_SET_PDEATHSIG) instead of lingering.
+# It maps the ROMFS partition read-only as the native launcher does (vmlaunch.py).
 LAUNCHER = (
     "import sys,signal,os,ctypes\n"
-    "ctypes.CDLL(None).prctl(1,signal.SIGKILL)\n"
+    "c=ctypes.CDLL(None)\n"
+    "c.prctl(1,signal.SIGKILL)\n"
     "os.getppid()==int(sys.argv[1]) or sys.exit(1)\n"
     "signal.signal(signal.SIGINT,signal.SIG_DFL)\n"
+    "os.environ.pop('MPVM_ROMFS_MAP',None)\n"
+    "r=os.environ.get('MPVM_ROMFS','')\n"
+    "n=os.path.getsize(r) if r and os.path.isfile(r) else 0\n"
+    "if n:\n"
+    " fd=os.open(r,os.O_RDONLY);c.mmap.restype=ctypes.c_void_p\n"
+    " c.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,ctypes.c_int,"
+    "ctypes.c_long]\n"
+    " p=c.mmap(None,n,1,2,fd,0);os.close(fd)\n"
+    " if p and p!=ctypes.c_void_p(-1).value:os.environ['MPVM_ROMFS_MAP']='%d %d'%(p,n)\n"
     "sys.path.insert(0,sys.argv[2])\n"
     "from micropython_run import run_main\n"
     "sys.exit(run_main(sys.argv[3:]))\n"
@@ -103,6 +114,14 @@ class Supervisor:
         self.dir = os.path.abspath(a.dir)
         self.fs = os.path.join(self.dir, "fs")
         os.makedirs(self.fs, exist_ok=True)
+        # The ROMFS partition: flash outside the filesystem, erased (0xFF) until an image is
+        # written through vfs.rom_ioctl (rom.py); the launcher maps it read-only.
+        self.romfs = os.path.join(self.dir, "romfs.bin")
+        if a.romfs_bytes and (not os.path.exists(self.romfs)
+                              or os.path.getsize(self.romfs) != a.romfs_bytes):
+            with open(self.romfs + ".tmp", "wb") as f:
+                f.write(b"\xff" * a.romfs_bytes)
+            os.replace(self.romfs + ".tmp", self.romfs)
         self.log_f = open(os.path.join(self.dir, "supervisor.log"), "a", buffering=1)
         self.hw_path = os.path.join(self.dir, "hw.json")
         self.hw = self._load_hw()
@@ -213,6 +232,8 @@ class Supervisor:
             (con_slave, 0), (con_slave, 1), (con_slave, 2),
             (hw_in_r, VM_FDS[0]), (hw_out_w, VM_FDS[1]), (han_w, VM_FDS[2]))]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.dir}
+        if self.a.romfs_bytes:
+            env["MPVM_ROMFS"] = self.romfs
         self.vm_pid = os.posix_spawn(exe, argv, env, file_actions=actions, setsid=True)
         for fd in (con_slave, hw_in_r, hw_out_w, han_w):
             os.close(fd)
@@ -752,6 +773,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--heap", default="192K")
     ap.add_argument("--flash-bytes", type=int, default=1408 * 1024)
+    ap.add_argument("--romfs-bytes", type=int, default=256 * 1024,
+                    help="size of the ROMFS partition (0: none), outside the filesystem")
     ap.add_argument("--off-time", type=float, default=0.2, help="seconds without power on a cut")
     ap.add_argument("--trace", action="store_true", help="log every byte to supervisor.log")
     ap.add_argument("--time-scale", type=float, default=1.0,

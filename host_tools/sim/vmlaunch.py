@@ -11,6 +11,14 @@ The extension refers to CPython's API (pybind11 glue that this path never runs),
 launcher defines each referenced ``Py*`` symbol as an inert placeholder; a call into one
 would crash, which the self-test below would catch. When gcc or nm is missing, or the
 self-test fails, callers fall back to the Python launcher in supervisor.py.
+
+The launcher is also the virtual board's flash controller: when the environment names a ROMFS
+partition file (``MPVM_ROMFS``), it maps that file read-only (``PROT_READ``) before the VM
+starts and tells the VM where (``MPVM_ROMFS_MAP`` = "address size"). The mapping is outside
+the MicroPython heap, as a board's memory-mapped flash is, and cannot be written: a store into
+it kills the VM (SIGSEGV), as a write to a board's XIP flash faults. The ROM
+(board/virtual/host/rom.py) mounts it as ``vfs.VfsRom`` at /rom, whose .mpy files then run in
+place (docs/hardware.md, "Memory").
 """
 
 from __future__ import annotations
@@ -29,11 +37,37 @@ ENTRY = "micropython_unix_main"
 # the VM dies with its supervisor (PR_SET_PDEATHSIG) instead of lingering.
 _MAIN = r"""
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
+
+/* The ROMFS partition (MPVM_ROMFS: a file), mapped read-only outside the VM's heap. */
+static void map_romfs(void) {
+    const char *path = getenv("MPVM_ROMFS");
+    unsetenv("MPVM_ROMFS_MAP");
+    if (!path || !*path) {
+        return;
+    }
+    int fd = open(path, O_RDONLY);
+    struct stat st;
+    if (fd < 0) {
+        return;
+    }
+    if (fstat(fd, &st) == 0 && st.st_size > 0) {
+        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (p != MAP_FAILED) {
+            char v[64];
+            snprintf(v, sizeof v, "%lu %lu", (unsigned long)p, (unsigned long)st.st_size);
+            setenv("MPVM_ROMFS_MAP", v, 1);
+        }
+    }
+    close(fd); /* the mapping stays */
+}
 
 int main(int argc, char **argv) {
     if (argc < 4) {
@@ -45,6 +79,7 @@ int main(int argc, char **argv) {
         return 1; /* the supervisor died before the death signal was armed */
     }
     signal(SIGINT, SIG_DFL);
+    map_romfs();
     void *vm = dlopen(argv[2], RTLD_LAZY | RTLD_GLOBAL);
     if (!vm) {
         fprintf(stderr, "mpvm: %s\n", dlerror());

@@ -9,6 +9,13 @@
 #     board-like `os` and `vfs` modules;
 #   - provides the hardware surface as the built-in module `_vhw` (pins, HAN TX,
 #     waveform parameters), backed by pipes to the supervisor;
+#   - mounts the ROMFS partition, when it holds a valid image, as vfs.VfsRom at /rom with
+#     "/rom" and "/rom/lib" on sys.path, as a port with a ROMFS partition does at boot: .mpy
+#     files imported from it run in place, outside the heap. The partition is a file the
+#     launcher (host_tools/sim/vmlaunch.py) maps read-only before the VM starts
+#     (MPVM_ROMFS_MAP); `vfs.rom_ioctl` writes a new image as a board's does (mpremote romfs
+#     deploy, meterctl flash), into a copy that replaces the partition file at once when
+#     complete, for the next boot;
 #   - runs boot.py, then main.py when powering up into the friendly REPL,
 #     exactly as a Pico does; `-i` then drops into the REPL.
 #
@@ -38,6 +45,8 @@ def _rom():
     han_out = open("/proc/self/fd/%d" % fd_han, "wb")
     host_vfs = vfs.VfsPosix
     host_os = os
+    rom_file = host_os.getenv("MPVM_ROMFS")
+    rom_map = host_os.getenv("MPVM_ROMFS_MAP")
 
     def norm(cwd, path):
         # Resolve against the jail's own cwd and clamp ".." at the root.
@@ -290,11 +299,73 @@ def _rom():
     class BoardVFS:
         mount = staticmethod(vfs.mount)
         umount = staticmethod(vfs.umount)
+        VfsRom = vfs.VfsRom
+
+    rom_mem = None
+    if rom_map:
+        import uctypes
+
+        a = rom_map.split()
+        rom_mem = uctypes.bytearray_at(int(a[0]), int(a[1]))  # the mapping: no heap, no writes
+
+    class RomIoctl:
+        # vfs.rom_ioctl(op, ...), as a port with one ROMFS partition implements it (extmod/
+        # vfs.h: 1 count, 2 memory, 3 prepare, 4 write, 5 end, 6 erase block size). Writes
+        # go to a copy of the partition file; the end renames it into place (a power cut
+        # leaves the old image whole), and the next boot maps it.
+        def __init__(self):
+            self._f = None
+
+        def __call__(self, op, *a):
+            if op == 1:
+                return 1
+            if not a or a[0] != 0:
+                return -22  # EINVAL: no such partition
+            if op == 2:
+                return memoryview(rom_mem)
+            if op == 6:
+                return 4096
+            if op == 3:
+                off, n = (0, a[1]) if len(a) == 2 else (a[1], a[2])
+                if off < 0 or off + n > len(rom_mem):
+                    return -22
+                if self._f is None:
+                    self._f = host_vfs().open(rom_file + ".new", "wb")
+                    for i in range(0, len(rom_mem), 4096):
+                        self._f.write(memoryview(rom_mem)[i:i + 4096])
+                    self._f.close()
+                    self._f = host_vfs().open(rom_file + ".new", "r+b")
+                self._f.seek(off)
+                for i in range(0, n, 4096):
+                    self._f.write(b"\xff" * min(4096, n - i))  # erased flash
+                return 4  # smallest write
+            if self._f is None:
+                return -1  # EPERM: not prepared
+            if op == 4:
+                if a[1] < 0 or a[1] + len(a[2]) > len(rom_mem):
+                    return -22
+                self._f.seek(a[1])
+                self._f.write(a[2])
+                self._f.seek(a[1])
+                return 0 if self._f.read(len(a[2])) == a[2] else -5  # read back, or EIO
+            if op == 5:
+                self._f.close()
+                self._f = None
+                host_vfs().rename(rom_file + ".new", rom_file)
+                return 0
+            return -22
 
     vfs.umount("/")
     vfs.mount(JailFS(root, flash_bytes), "/")
     host_os.chdir("/")
     sys.path[:] = ["", ".frozen", "/lib"]
+    if rom_mem is not None:
+        BoardVFS.rom_ioctl = RomIoctl()
+        try:
+            vfs.mount(vfs.VfsRom(rom_mem), "/rom")
+            sys.path[2:2] = ["/rom", "/rom/lib"]
+        except OSError:
+            pass  # an erased partition, or no valid image in it: the filesystem alone
     hw = Hardware()
     # The supervisor sends the pins as they were left (a latching relay) right after it
     # powers the VM on: wait for that first message, so that no pin is read before it.
