@@ -772,7 +772,8 @@ EMU_TIMEOUT = {"m0plus": 120.0, "m4": 120.0, "rp2040": 1800.0}
 
 def capacity(port: str, *, keystore: Path | None = None, quick: bool = False,
              timeout: float = 30.0, progress: Callable[[str], None] | None = None,
-             group_size: int = C6_SIZE, max_tries: int = 16) -> dict[str, Any]:
+             group_size: int = C6_SIZE, max_tries: int = 16,
+             commit_groups: bool = True) -> dict[str, Any]:
     """The largest group and the most groups the meter at `port` holds within its heap, with
     its firmware running (over the WAN; the meter must be provisioned).
 
@@ -780,7 +781,10 @@ def capacity(port: str, *, keystore: Path | None = None, quick: bool = False,
       the group's RAM must leave its reserve free), found by bisection on GROUP_BEGIN alone
       (cheap: nothing is derived), then, unless `quick`, set up and committed for real;
     - most groups: `group_size`-member groups set up and committed one after another until
-      the meter refuses one (at most `max_tries`; the firmware caps groups at 16).
+      the meter refuses one (at most `max_tries`; the firmware caps groups at 16); without
+      `commit_groups`, the firmware's own estimate (GROUPS max_groups), nothing set up: a
+      meter filled until its heap gives out may stop answering, and it keeps the groups it
+      committed across a reset.
     Every group the bench made is deleted again. Returns a dict for the JSON."""
     from host_tools.headend import wire
     from host_tools.headend.client import LinkError, MeterError
@@ -832,7 +836,7 @@ def capacity(port: str, *, keystore: Path | None = None, quick: bool = False,
                     except (MeterError, LinkError) as e:
                         out["largest_group_committed"] = f"no: {e}"
                     _delete_groups(link, made)
-                if quick:
+                if not commit_groups:
                     # Nothing committed: a meter set up with group after group until its heap
                     # gives out may stop answering (and keeps the groups it committed across
                     # a reset), which would spoil what runs after. The firmware's own count.
@@ -841,7 +845,7 @@ def capacity(port: str, *, keystore: Path | None = None, quick: bool = False,
                     out["most_groups_limit"] = (
                         f"the firmware's estimate for {REF_GROUP}-"
                         "member groups (GROUPS max_groups: those committed and what the free "
-                        "heap above its reserve holds); --quick sets none up")
+                        "heap above its reserve holds); none set up (--quick)")
                     out["ram_free_with_most"] = g1["ram_free"]
                     out["seconds"] = round(time.monotonic() - t0, 1)
                     return out
