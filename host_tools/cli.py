@@ -803,11 +803,15 @@ def _csv_ints(text: str) -> list[int]:
               help="write the tables and goal lines as Markdown here")
 @click.option("--png", "png_file", type=click.Path(path_type=Path), default=None,
               help="write a chart of ours vs Elster (C1-C5, S1-S4 bytes) here")
+@click.option("--update-doc", "doc_file", type=click.Path(path_type=Path), default=None,
+              help="put the Markdown between the <!-- bench-sim:results --> markers of this "
+                   "file (docs/BENCH.md; only when the bench was not aborted)")
 @friendly_errors
 def bench(mode: str | None, port: str | None, ports: str | None, emulated: str | None,
           quick: bool, runs: int | None, sizes: str, setups: str | None, interval: int | None,
           keystore: Path | None, base: Path | None, timeout: float, no_check: bool,
-          json_file: Path | None, md_file: Path | None, png_file: Path | None) -> None:
+          json_file: Path | None, md_file: Path | None, png_file: Path | None,
+          doc_file: Path | None) -> None:
     """The paper's component tests C1-C14 and system tests S1-S4 on our meters, printed beside
     the Elster AS300's (seed 000, Tables 1-4). docs/BENCH.md says what each test measures."""
     from host_tools.bench import report
@@ -849,6 +853,9 @@ def bench(mode: str | None, port: str | None, ports: str | None, emulated: str |
         if path is not None:
             write(run, path)
             err_console.print(f"wrote {path}", highlight=False)
+    if doc_file is not None and not run.aborted:
+        report.update_doc(run, doc_file)
+        err_console.print(f"updated {doc_file}", highlight=False)
     if run.aborted:
         for f in run.failures or [run.aborted]:
             err_console.print(f"[bold red]error:[/] bench aborted in {f['test']}: "

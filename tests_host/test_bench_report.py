@@ -133,6 +133,7 @@ def test_bytes_goal_covers_every_setup_run() -> None:
     s3 = _goal(res, "S3 bytes")
     assert s3.status == "pass"  # 840 <= 840.98 (84098/100), 15000 <= 15457
     assert "not run: 2x25, 10x10" in s3.detail
+    assert "1x3 192 B, 1x25 19,200 B" in s3.detail  # 3*2*32, 25*24*32: the keys alone
     s4 = _goal(res, "S4 bytes")
     assert s4.status == "fail" and "1x25: 26,000 B > 25,189 B (over)" in s4.detail
     assert _goal([], "S3 bytes").status == "not measured"
@@ -195,6 +196,26 @@ def test_markdown_has_a_table_per_test_and_the_goals(tmp_path: Path) -> None:
     assert VIRTUAL in md and elster.PLATFORM in md
     text = "\n".join(t.text() for t in report.component_tables(run.results))
     assert "C5 encrypt one value" in text and "precomputed" in text
+
+
+def test_update_doc_replaces_only_the_marked_block(tmp_path: Path) -> None:
+    doc = tmp_path / "BENCH.md"
+    doc.write_text("# Bench\n\nbefore\n\n<!-- bench-sim:results -->\n(not yet generated)\n"
+                   "<!-- /bench-sim:results -->\n\nafter\n")
+    run = run_of(_results())
+    report.update_doc(run, doc)
+    text = doc.read_text()
+    assert text.startswith("# Bench\n\nbefore\n\n<!-- bench-sim:results -->\n")
+    assert text.endswith("<!-- /bench-sim:results -->\n\nafter\n")
+    assert "not yet generated" not in text
+    block = text[text.index("-->") + 3:text.index("<!-- /bench-sim")]
+    assert block.strip() == report.markdown(run).strip()
+    assert VIRTUAL in block and "runs 3" in block
+    report.update_doc(run, doc)  # again: the same file, one block
+    assert doc.read_text() == text
+    other = tmp_path / "new.md"
+    report.update_doc(run, other)  # no markers: appended with them
+    assert other.read_text().count("<!-- bench-sim:results -->") == 1
 
 
 def test_png_chart(tmp_path: Path) -> None:

@@ -172,25 +172,31 @@ def ct_equal(a, b):
     return acc == 0
 
 
-def _ctr_xor(key, meter_id, ctr, data):
-    """AES-128-CTR of data (<= PAYLOAD_CAP bytes) -> bytes."""
+def _ctr_xor(key, meter_id, ctr, data, out=None, at=0):
+    """AES-128-CTR of data (<= PAYLOAD_CAP bytes) -> bytes; or, with ``out`` (a bytearray),
+    written into out[at:at + len(data)] and None returned (no allocation at all)."""
     n = len(data)
     if n == 0:
-        return b""
+        return None if out is not None else b""
     nb = (n + 15) >> 4
     buf = _ks_buf
     for i in range(nb):
         struct.pack_into(_CTR_FMT, buf, i << 4, meter_id, ctr, i)
     blocks = _ks_mv[: nb << 4]
     _aes_ecb(key).encrypt(blocks, blocks)
-    # XOR in place: the only allocation is the result (big ints would take four 1-KB blocks,
-    # which a fragmented meter heap may not have)
-    for i in range(n):
-        buf[i] ^= data[i]
-    out = bytes(_ks_mv[:n])
+    # XOR in place: the only allocation is the result, if any (big ints would take four
+    # 1-KB blocks, which a fragmented meter heap may not have)
+    if out is None:
+        for i in range(n):
+            buf[i] ^= data[i]
+        res = bytes(_ks_mv[:n])
+    else:
+        for i in range(n):
+            out[at + i] = buf[i] ^ data[i]
+        res = None
     for i in range(nb << 4):
         buf[i] = 0  # no key stream left in a buffer that any importer could read
-    return out
+    return res
 
 
 def _mac(key, msg):
@@ -198,7 +204,9 @@ def _mac(key, msg):
 
 
 def seal(keys, meter_id, up, kind, ctr, ref, payload, encrypt=False):
-    """One frame. up=True: a response (RESP flag, up keys); up=False: a command (down keys)."""
+    """One frame (a bytearray: on the meter the frame is the only allocation here; it is
+    encrypted straight into it). up=True: a response (RESP flag, up keys); up=False: a
+    command (down keys)."""
     n = len(payload)
     if n > PAYLOAD_CAP:
         raise WanError(E_TOO_BIG, "wan: payload over cap", ref=ref)
@@ -214,13 +222,15 @@ def seal(keys, meter_id, up, kind, ctr, ref, payload, encrypt=False):
         mac_key, enc_key, flags = keys[0], keys[2], 0
     if encrypt:
         flags |= FLAG_ENC
-        payload = _ctr_xor(enc_key, meter_id, ctr, payload)
     end = HEADER + n
     frame = bytearray(end + MAC_LEN)
     struct.pack_into(_HDR_FMT, frame, 0, VER, kind, flags, meter_id, ctr, ref, n)
-    frame[HEADER:end] = payload
+    if encrypt:
+        _ctr_xor(enc_key, meter_id, ctr, payload, frame, HEADER)
+    else:
+        frame[HEADER:end] = payload
     frame[end:] = _mac(mac_key, memoryview(frame)[:end])
-    return bytes(frame)
+    return frame
 
 
 def open_frame(keys, meter_id, up, frame):
@@ -296,7 +306,13 @@ def line_to_frame(line):
 
 def frame_to_line(frame):
     """frame -> b"~<base64>\\n"."""
-    return b"~" + binascii.b2a_base64(frame)
+    return b"~" + frame_to_b64(frame)
+
+
+def frame_to_b64(frame):
+    """frame -> b"<base64>\\n": a line without its "~", which the meter's comm task writes
+    first (one line-sized allocation fewer than frame_to_line)."""
+    return binascii.b2a_base64(frame)
 
 
 def error_payload(code, detail=None):

@@ -78,5 +78,8 @@ class Comm:
 
     def handle(self, sender, kind, payload):
         if kind == "frame_out":
+            # cs_security sends the base64 and its line end; the "~" that starts every
+            # frame line is written here (no line-sized copy to prepend it)
+            self._link.write(b"~")
             self._link.write(payload)
             self.frames_out += 1

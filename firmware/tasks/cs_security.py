@@ -90,7 +90,8 @@ class CsSecurity:
     def _send(self, kind, ref, payload, encrypt=False):
         frame = wan.seal(self._keys, self.meter_id, True, kind, self._next_up(), ref, payload,
                          encrypt)
-        self._port.send("comm", "frame_out", wan.frame_to_line(frame))
+        # comm writes the line's "~" (PROTOCOL.md framing): one line-sized copy fewer
+        self._port.send("comm", "frame_out", wan.frame_to_b64(frame))
 
     def _error(self, code, ref, detail=None):
         self._send(wan.K_ERROR, ref, wan.error_payload(code, detail))
@@ -148,7 +149,7 @@ class CsSecurity:
         keys = wan.derive_keys(meter, wan.UNPROVISIONED_MASTER)
         out = wan.seal(keys, meter, True, wan.K_ERROR, self._next_up(), ctr,
                        wan.error_payload(wan.E_NOT_PROVISIONED))
-        self._port.send("comm", "frame_out", wan.frame_to_line(out))
+        self._port.send("comm", "frame_out", wan.frame_to_b64(out))
 
     def _request(self, kind, ctr, body):
         if kind == wan.K_INFO:
@@ -164,7 +165,8 @@ class CsSecurity:
             if route[1] == "dc_security":
                 # Binary (PROTOCOL.md "LoPA kinds"): the DC security module parses it; it also
                 # gets the meter id this channel authenticated (its own id in LoPA groups).
-                msg = (ctr, self.meter_id, bytes(body))
+                # open_frame's payload is bytes already: passed on, not copied
+                msg = (ctr, self.meter_id, body)
             elif route[1] == "offswitch":
                 # Binary: the off-switch's own signed command (or a status nonce), which it
                 # verifies itself with its own key (OFFSWITCH.md).

@@ -49,9 +49,9 @@ class Setup:
         self.self_seen = False
         self.seq = 0  # next chunk expected
         self.us = 0  # sum of the K_ij derivation times (C3)
-        # the chunk being derived
-        self.work = None  # list of (slot, id, payload offset) still to derive
-        self.work_body = None
+        # the chunk being derived: each member's public key waits in its key slot (staged
+        # beyond `got`) until its pair key replaces it, so the request's payload is not kept
+        self.work = None  # list of (slot, id) still to derive
         self.work_ref = 0
         self.work_count = 0
         self.work_others = 0
@@ -150,14 +150,19 @@ def group_keys(dc, ref, meter_id, body, t0):
             continue
         if pk == my_pk:
             raise Refused(_E_BAD_ARGS, "this meter's public key under id %s" % _hex(idb))
-        work.append((s.got + len(work), int.from_bytes(idb, "big"), o))
+        work.append((s.got + len(work), o))
     if not has_self and not s.self_seen and s.received + count == s.n:
         raise Refused(_E_BAD_ARGS, "this meter is not in the member list")
-    # Staged beyond s.got: nothing counts until every key of the chunk is derived.
-    for slot, id_j, o in work:
-        s.mem.put_id(slot, body[o:o + 8])
+    # Staged beyond s.got: nothing counts until every key of the chunk is derived. The public
+    # key waits in the slot of the pair key that replaces it.
+    mv = memoryview(body)
+    for k in range(len(work)):
+        slot, o = work[k]
+        s.mem.put_id(slot, mv[o:o + 8])
+        s.mem.put_key(slot, mv[o + 8:o + _REC])
+        work[k] = (slot, int.from_bytes(mv[o:o + 8], "big"))
+    mv = body = chunk_ids = None
     s.work = work
-    s.work_body = body
     s.work_ref = ref
     s.work_count = count
     s.work_others = len(work)
@@ -170,14 +175,14 @@ def group_keys(dc, ref, meter_id, body, t0):
 def derive_one(dc, s):
     # ONE X25519 + HKDF: the unit of work of one step during set-up.
     t0 = time.ticks_us()
-    slot, id_j, o = s.work.pop()
-    pk = s.work_body[o + 8:o + _REC]
+    slot, id_j = s.work.pop()
+    pk = s.mem.key_at(slot)  # the member's public key, staged there by group_keys
     try:
         k = _x25519(lopa.pair_key, dc._sk, pk, s.gid, s.my_id, id_j)
     except ValueError:
         # low-order point (all-zero X25519 output): the chunk is undone, nothing counts
         ref = s.work_ref
-        s.work = s.work_body = None
+        s.work = None
         dc._refuse(ref, "group_keys", Refused(
             _E_BAD_ARGS, "low-order public key for id %016x" % id_j))
         return
@@ -195,7 +200,7 @@ def chunk_done(dc, s):
     s.seq += 1
     s.us += s.work_dus
     ref = s.work_ref
-    s.work = s.work_body = None
+    s.work = None
     dc._ok(ref, struct.pack(">HHI", s.received, s.got, s.work_us))
 
 def group_commit(dc, ref, meter_id, body, t0):

@@ -45,9 +45,9 @@ MASK32 = 0xFFFF_FFFF
 BENCH_ME = 0x6265_6E63_6800_0001  # the board's member id in the bench's groups ("bench")
 C6_SIZE = 50  # the group C6/C7–C9 are measured with (issue 7: "with LoPA at 50 members")
 SUM_CHECK_MAX = 64  # check the group sum over every member up to this size (host pair keys)
-# Members per GROUP_KEYS chunk over the WAN. The protocol allows 25, but on the virtual meter
-# a chunk of 20 or more (a frame line over about 1,000 characters) is never answered and the
-# meter's WAN then stays silent until a reset (seen 2026-11-23); 15 works, 12 leaves room.
+# Members per GROUP_KEYS chunk over the WAN: as the system tests (system.CHUNK, which says
+# why not the protocol's 25: a meter with its bytecode in the heap may have no free block for
+# a 1,400-character line, and its comm or CS security task then drops it with a MemoryError).
 WAN_CHUNK = 12
 KEY_WAIT_S = 2.0  # the longest one pair key may take on the running meter (C6 set-up)
 STATS_GAP_S = 2.2
@@ -785,7 +785,8 @@ EMU_TIMEOUT = {"m0plus": 120.0, "m4": 120.0, "rp2040": 1800.0}
 
 def capacity(port: str, *, keystore: Path | None = None, quick: bool = False,
              timeout: float = 30.0, progress: Callable[[str], None] | None = None,
-             group_size: int = C6_SIZE, max_tries: int = 16) -> dict[str, Any]:
+             group_size: int = C6_SIZE, max_tries: int = 16,
+             commit_groups: bool = True) -> dict[str, Any]:
     """The largest group and the most groups the meter at `port` holds within its heap, with
     its firmware running (over the WAN; the meter must be provisioned).
 
@@ -793,7 +794,10 @@ def capacity(port: str, *, keystore: Path | None = None, quick: bool = False,
       the group's RAM must leave its reserve free), found by bisection on GROUP_BEGIN alone
       (cheap: nothing is derived), then, unless `quick`, set up and committed for real;
     - most groups: `group_size`-member groups set up and committed one after another until
-      the meter refuses one (at most `max_tries`; the firmware caps groups at 16).
+      the meter refuses one (at most `max_tries`; the firmware caps groups at 16); without
+      `commit_groups`, the firmware's own estimate (GROUPS max_groups), nothing set up: a
+      meter filled until its heap gives out may stop answering, and it keeps the groups it
+      committed across a reset.
     Every group the bench made is deleted again. Returns a dict for the JSON."""
     from host_tools.headend import wire
     from host_tools.headend.client import LinkError, MeterError
@@ -845,6 +849,19 @@ def capacity(port: str, *, keystore: Path | None = None, quick: bool = False,
                     except (MeterError, LinkError) as e:
                         out["largest_group_committed"] = f"no: {e}"
                     _delete_groups(link, made)
+                if not commit_groups:
+                    # Nothing committed: a meter set up with group after group until its heap
+                    # gives out may stop answering (and keeps the groups it committed across
+                    # a reset), which would spoil what runs after. The firmware's own count.
+                    g1 = _groups(link)
+                    out["most_groups"] = g1["max_groups"]
+                    out["most_groups_limit"] = (
+                        f"the firmware's estimate for {REF_GROUP}-"
+                        "member groups (GROUPS max_groups: those committed and what the free "
+                        "heap above its reserve holds); none set up (--quick)")
+                    out["ram_free_with_most"] = g1["ram_free"]
+                    out["seconds"] = round(time.monotonic() - t0, 1)
+                    return out
                 count = 0
                 refusal = ""
                 for i in range(max_tries):
@@ -859,7 +876,10 @@ def capacity(port: str, *, keystore: Path | None = None, quick: bool = False,
                     count += 1
                 out["most_groups"] = out["groups_before"] + count
                 out["most_groups_limit"] = refusal or f"stopped after {max_tries} groups"
-                out["ram_free_with_most"] = _groups(link)["ram_free"]
+                try:
+                    out["ram_free_with_most"] = _groups(link)["ram_free"]
+                except (LinkError, MeterError) as e:  # the heap gave out: that is the figure
+                    out["ram_free_with_most"] = f"not answered: {e}"
             finally:  # whatever happened, the bench's groups go
                 with contextlib.suppress(LinkError, MeterError):
                     _delete_groups(link, made)
@@ -870,6 +890,7 @@ def capacity(port: str, *, keystore: Path | None = None, quick: bool = False,
 
 
 CAP_GID = b"bench-cap"
+REF_GROUP = 50  # the firmware's max_groups counts groups of this size when none is committed
 
 
 def _delete_groups(link: Any, gids: list[bytes]) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from host_tools.bench import elster
+from host_tools.bench import elster, system
 from host_tools.bench.results import Result
 
 if TYPE_CHECKING:
@@ -189,6 +189,15 @@ def goals(results: list[Result], capacity: dict[str, Any] | None = None) -> list
         detail = "; ".join(parts) + " (medians)"
         if missing:
             detail += f"; not run: {', '.join(missing)}"
+        if test == "S3":
+            # What no framing can go below: every member is sent the other members' 32-byte
+            # public keys (LoPA's all-pairs keys, one serial line per meter).
+            floors = []
+            for setup in seen:
+                g, n = system.parse_setup(setup)
+                floors.append(f"{setup} {g * n * (n - 1) * 32:,} B")
+            detail += ("; floor, the public keys alone (G*N*(N-1)*32 B, before any framing): "
+                       + ", ".join(floors))
         out.append(Goal(name, "pass" if ok else "fail", detail))
 
     name = "the largest group and the most groups one meter holds within its heap"
@@ -443,6 +452,21 @@ def write_json(run: BenchRun, path: Path) -> None:
 def write_markdown(run: BenchRun, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(markdown(run))
+
+
+DOC_BEGIN, DOC_END = "<!-- bench-sim:results -->", "<!-- /bench-sim:results -->"
+
+
+def update_doc(run: BenchRun, path: Path) -> None:
+    """Put :func:`markdown` of ``run`` between the ``<!-- bench-sim:results -->`` markers of
+    ``path`` (docs/BENCH.md; the markers and the block are appended when absent)."""
+    doc = path.read_text() if path.exists() else ""
+    block = f"{DOC_BEGIN}\n{markdown(run).rstrip()}\n{DOC_END}"
+    if DOC_BEGIN in doc and DOC_END in doc:
+        doc = doc[:doc.index(DOC_BEGIN)] + block + doc[doc.index(DOC_END) + len(DOC_END):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(doc)
 
 
 # -- the chart --------------------------------------------------------------------------------

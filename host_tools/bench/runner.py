@@ -257,7 +257,9 @@ def _run_components(run: BenchRun, port: str, say: Progress, keystore: Path | No
     if cap is not None:
         say("capacity: the largest group and the most groups within the heap")
         try:
-            run.capacity = dict(cap(port))
+            run.capacity = dict(cap(port, keystore=keystore, quick=cfg.quick,
+                                    timeout=cfg.timeout, progress=say,
+                                    commit_groups=not cfg.quick))
         except BenchAborted as e:
             run.add(e.results)
             raise

@@ -261,7 +261,8 @@ class Hooks:
 class HeadEnd:
     def __init__(self, state: State, connect: Connector, *, timeout: float = 5.0,
                  key_s: float = 1.5, margin_s: float = 0.5, value_wait_s: float = 2.0,
-                 workers: int = 64, sleep: Callable[[float], None] = time.sleep,
+                 workers: int = 64, chunk: int = CHUNK_MAX,
+                 sleep: Callable[[float], None] = time.sleep,
                  now: Callable[[], float] = time.monotonic,
                  say: Callable[[str], None] | None = None,
                  progress: Callable[[str, int, int], None] | None = None) -> None:
@@ -277,6 +278,9 @@ class HeadEnd:
         self.margin_s = margin_s
         self.value_wait_s = value_wait_s
         self.workers = workers
+        if not 1 <= chunk <= CHUNK_MAX:
+            raise ValueError(f"chunk: 1..{CHUNK_MAX} members per GROUP_KEYS")
+        self.chunk = chunk  # members per GROUP_KEYS chunk (the protocol allows up to 25)
         self.sleep = sleep
         self.now = now
         self.say = say or (lambda _m: None)
@@ -496,7 +500,7 @@ class HeadEnd:
         if len(todo) < n:
             self.say(f"group {gid_text(gid)}: resuming set-up; {n - len(todo)} of {n} members "
                      "already committed")
-        chunks = [members[k:k + CHUNK_MAX] for k in range(0, n, CHUNK_MAX)]
+        chunks = [members[k:k + self.chunk] for k in range(0, n, self.chunk)]
         op = Op("S3", n, gid)
         total = len(todo) * (len(chunks) + 2)
         steps = 0
@@ -592,6 +596,11 @@ class HeadEnd:
         self.progress(f"group {gid_text(gid)}: rounds", len(before), rounds)
         try:
             cur: int | None = None
+            # The meter's clock is read once per run (a READ on one member); every later
+            # interval is reckoned from it and this host's clock, which over a run's few
+            # intervals agree to well under the margin (PROTOCOL.md: the meter keeps
+            # HISTORY intervals, and a CIPHERTEXT asked a moment early is asked again).
+            clock: tuple[int, float, int] | None = None  # (meter clock, host now, length)
             for rd in before:
                 if rd.state in ("done", "failed"):
                     results.append(self._result(g, rd, tg, resumed=True))
@@ -608,7 +617,10 @@ class HeadEnd:
                     results.append(self._round(op, g, members, tg, rd.t, rd.length, hooks,
                                                resumed=True))
             while len(results) < rounds:
-                t, length, wait = self._interval(op, list(tg.values()))
+                if clock is None:
+                    t, length, wait, clock = self._interval_read(op, list(tg.values()))
+                else:
+                    t, length, wait = self._interval_from(clock)
                 if self.state.round(gid, t) is not None:
                     self._wait(op, wait)  # done by another run: take the next interval
                     continue
@@ -675,6 +687,21 @@ class HeadEnd:
     def _interval(self, op: Op, targets: list[Target]) -> tuple[int, int, float]:
         """(t, length, seconds to wait): the open interval of the first member that answers,
         and how long until it has closed (plus the margin)."""
+        return self._interval_read(op, targets)[:3]
+
+    def _interval_from(self, clock: tuple[int, float, int]) -> tuple[int, int, float]:
+        """(t, length, seconds to wait) for the interval open now, reckoned from a READ made
+        earlier (``clock``: the meter's clock then, this host's ``now()`` then, the
+        interval's length) instead of a READ per round. The meter's clock is whole seconds,
+        so the reckoned time is behind by less than a second: a wait is never too short."""
+        meter_then, host_then, length = clock
+        meter_now = meter_then + max(0.0, self.now() - host_then)
+        t = int(meter_now // length)
+        return t, length, max(0.0, (t + 1) * length - meter_now) + self.margin_s
+
+    def _interval_read(self, op: Op, targets: list[Target]
+                       ) -> tuple[int, int, float, tuple[int, float, int]]:
+        """``_interval`` and the clock it read (for ``_interval_from``)."""
         errors = []
         # the member that told the time last goes first: a dead one costs a timeout each round
         for tgt in sorted(targets, key=lambda t: (t.meter_id != self._clock_from, t.meter_id)):
@@ -686,7 +713,8 @@ class HeadEnd:
                 start, length, clock = int(iv["start"]), int(iv["length"]), int(r["clock"])
                 t = start // length
                 self._clock_from = tgt.meter_id
-                return t, length, max(0.0, start + length - clock) + self.margin_s
+                return (t, length, max(0.0, start + length - clock) + self.margin_s,
+                        (clock, self.now(), length))
             except METER_FAILURES as e:
                 errors.append(f"{tgt.name}: {_why(e)}")
             except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
