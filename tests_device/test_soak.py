@@ -1,7 +1,7 @@
 """The soak's default-suite run (host_tools/reliability/soak.py; the week-long run of 50 meters
-is `make soak`): six virtual meters in two robust groups on a clock running 300 times as fast,
-a LoPA round for each of 8 fifteen-minute intervals, read in batches of 4, with meters
-failing, losing power and being probed through the REPL for the lab truth in between. No
+is `make soak`): six virtual meters in two robust groups on a clock the head-end moves on,
+a LoPA round for each of 8 fifteen-minute intervals, with meters failing, losing power and
+being probed through the REPL for the lab truth between batches of 4. No
 interval may be lost, every aggregate must equal the lab truth, the free heap must not fall
 all along (two hours of simulated time cannot show a slow leak: the judgement itself is
 tested on made-up samples below; the week-long `make soak` applies it), and metrology's
@@ -23,7 +23,7 @@ def _virtual_only(real_port: str | None) -> None:
 
 
 def test_soak_short(tmp_path: Path) -> None:
-    cfg = soak.Config(meters=6, intervals=8, group=3, m=1, scale=300.0, batch=4,
+    cfg = soak.Config(meters=6, intervals=8, group=3, m=1, batch=4,
                       fail_p=0.5, cut_p=0.5, seed=3)
     lines: list[str] = []
     fig = soak.run(cfg, tmp_path, say=lines.append)
