@@ -34,7 +34,9 @@ def test_soak_short(tmp_path: Path) -> None:
     assert not fig.lost and not fig.wrong and not fig.unverified, report
     assert fig.failures + fig.cuts >= 2, report  # disturbed between batches ...
     assert fig.by_recovery >= 1, report  # ... and some round decrypted by recovery
-    assert len(fig.mem) == 6 and all(len(v) >= 2 for v in fig.mem.values()), report
+    # the free heap of every meter, twice per meter on average (a meter busy when sampled
+    # is left out of that sample)
+    assert len(fig.mem) == 6 and sum(map(len, fig.mem.values())) >= 12, report
 
 
 def test_leak_judgement() -> None:
