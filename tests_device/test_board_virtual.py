@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import math
 import os
+import subprocess
+import sys
+import threading
+import time
 
 import pytest
 
@@ -64,3 +68,51 @@ def test_han_tx_is_transmit_only(sim: Fleet, flashed: str) -> None:
         assert b"/P1 test\r\n" in read_for(han, 0.5)
     finally:
         os.close(han)
+
+
+def test_rtc_held_and_moved_by_the_host(sim: Fleet, flashed: str) -> None:
+    """set-clock (the soak's time, paced by the head-end): the board's RTC stays at the time
+    the host gave, moves only when the host moves it (also while the firmware runs, without a
+    restart), keeps it across a power cut, and follows host time again after ``t: null``."""
+    mdir = fleet.meter_dir(sim.base, 1)
+    t0 = 1_900_000_000
+    st = fleet.ctl(mdir, {"cmd": "set-clock", "t": t0})
+    assert st["sim_time"] == t0
+    # the firmware runs (main.py) or not: read the RTC through the REPL twice, 1.2 s apart
+    code = ("import board, time\na = board.rtc_get()\ntime.sleep_ms(1200)\n"
+            "print(a, board.rtc_get())")
+    a, b = map(int, mpremote(flashed, "exec", code).stdout.split())
+    assert a == b == t0
+    # moved while a program runs: the running VM sees the new time at its next poll
+    code = ("import board, time, _vhw\nprint(board.rtc_get())\n"
+            "for _ in range(100):\n    _vhw.poll()\n    time.sleep_ms(50)\n"
+            f"    if board.rtc_get() != {t0}: break\nprint(board.rtc_get())")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mpremote", "connect", flashed, "exec", code],
+        stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    first = proc.stdout.readline()  # the program runs: now move the clock
+    fleet.ctl(mdir, {"cmd": "set-clock", "t": t0 + 900})
+    out, _ = proc.communicate(timeout=60)
+    assert [first.strip(), out.strip()] == [str(t0), str(t0 + 900)]
+    # a battery-backed RTC: the held time survives a power cut; a long cut ends on power-on
+    fleet.ctl(mdir, {"cmd": "power-cut", "off_s": 0.05}, timeout=60)
+    assert mpremote(flashed, "exec", "import board\nprint(board.rtc_get())").stdout.strip() \
+        == str(t0 + 900)
+    done: list[dict[str, object]] = []
+    th = threading.Thread(target=lambda: done.append(
+        fleet.ctl(mdir, {"cmd": "power-cut", "off_s": 1e6}, timeout=120)))
+    th.start()
+    deadline = time.monotonic() + 30
+    while fleet.ctl(mdir, {"cmd": "status"})["vm"] != "off":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert fleet.ctl(mdir, {"cmd": "status"})["vm"] == "off" and not done  # still off
+    fleet.ctl(mdir, {"cmd": "power-on"})
+    th.join(60)
+    assert done and done[0]["vm"] == "on"
+    # host time again
+    fleet.ctl(mdir, {"cmd": "set-clock", "t": None})
+    now = int(mpremote(flashed, "exec", "import board\nprint(board.rtc_get())").stdout)
+    assert abs(now - time.time()) < 30

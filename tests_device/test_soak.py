@@ -1,7 +1,7 @@
 """The soak's default-suite run (host_tools/reliability/soak.py; the week-long run of 50 meters
-is `make soak`): six virtual meters in two robust groups on a clock running 300 times as fast,
-a LoPA round for each of 8 fifteen-minute intervals, read in batches of 4, with meters
-failing, losing power and being probed through the REPL for the lab truth in between. No
+is `make soak`): six virtual meters in two robust groups on a clock the head-end moves on,
+a LoPA round for each of 8 fifteen-minute intervals, with meters failing, losing power and
+being probed through the REPL for the lab truth between batches of 4. No
 interval may be lost, every aggregate must equal the lab truth, the free heap must not fall
 all along (two hours of simulated time cannot show a slow leak: the judgement itself is
 tested on made-up samples below; the week-long `make soak` applies it), and metrology's
@@ -23,7 +23,7 @@ def _virtual_only(real_port: str | None) -> None:
 
 
 def test_soak_short(tmp_path: Path) -> None:
-    cfg = soak.Config(meters=6, intervals=8, group=3, m=1, scale=300.0, batch=4,
+    cfg = soak.Config(meters=6, intervals=8, group=3, m=1, batch=4,
                       fail_p=0.5, cut_p=0.5, seed=3)
     lines: list[str] = []
     fig = soak.run(cfg, tmp_path, say=lines.append)
@@ -34,7 +34,9 @@ def test_soak_short(tmp_path: Path) -> None:
     assert not fig.lost and not fig.wrong and not fig.unverified, report
     assert fig.failures + fig.cuts >= 2, report  # disturbed between batches ...
     assert fig.by_recovery >= 1, report  # ... and some round decrypted by recovery
-    assert len(fig.mem) == 6 and all(len(v) >= 2 for v in fig.mem.values()), report
+    # the free heap of every meter, twice per meter on average (a meter busy when sampled
+    # is left out of that sample)
+    assert len(fig.mem) == 6 and sum(map(len, fig.mem.values())) >= 12, report
 
 
 def test_leak_judgement() -> None:

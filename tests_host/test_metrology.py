@@ -532,3 +532,88 @@ def test_household_waveform_without_clock_starts_at_midnight() -> None:
     fixed_params = dict(zip(("irms", "pf", "export"), waveform.household(1001, 0), strict=True))
     fixed = waveform.Waveform(1001, fixed_params, RATE)
     assert [w.sample(k) for k in range(50)] == [fixed.sample(k) for k in range(50)]
+
+
+# The virtual ADC (board/virtual/__init__.py) fills its buffers with Waveform.fill(), which
+# copies one computed mains cycle: it must give exactly what sample() gives, sample by sample,
+# across chunk boundaries, household load changes (once a second) and the cycle's wrap.
+FILL = """
+import array
+
+
+def fill_vs_sample(Waveform, params, clock, k0, chunks):
+    w = Waveform(11, params, 2000, clock)
+    ref = Waveform(11, params, 2000, clock)
+    k = k0
+    bad = 0
+    n_all = 0
+    for n in chunks:
+        vb = array.array('H', bytes(2 * n))
+        ib = array.array('H', bytes(2 * n))
+        w.fill(vb, ib, k, n)
+        for j in range(n):
+            if (vb[j], ib[j]) != ref.sample(k + j):
+                bad += 1
+        k += n
+        n_all += n
+    return w.per, n_all, bad
+"""
+FILL_CASES: list[dict[str, Any]] = [
+    {"vrms": 230.0, "irms": 7.5, "pf": 0.8, "h3": 0.04, "h5": 0.02, "ih3": 0.1},
+    {"vrms": 230.0},  # household: the load changes once a second of samples
+    {"vrms": 230.0, "irms": 3.0, "noise": 4},  # noise: not periodic
+    {"vrms": 230.0, "irms": 3.0, "freq_hz": 60.0},  # 33.3 samples a cycle: not periodic
+    {"vrms": 230.0, "irms": 3.0, "export": 1, "pf": -0.9},
+]
+
+
+def _fill_results(run: Callable[[str], Any]) -> list[Any]:
+    return [run(p) for p in FILL_CASES]
+
+
+@pytest.mark.parametrize("where", ["cpython", "vm"])
+def test_adc_fill_gives_what_sample_gives(micropython: Run, where: str) -> None:
+    # 3 s of samples from a large sample index, in chunks that divide neither the cycle (40)
+    # nor the second (2000); the household clock moves between seconds (kettle on at 7:00).
+    chunks = [173, 40, 1, 256, 39, 977, 2000, 1514]
+    k0 = 123_456_789
+    if where == "cpython":
+        g: dict[str, Any] = {}
+        exec(FILL, g)
+        clock_t = [9000 * 86400 + 25200 - 2]
+
+        def clock() -> int:
+            clock_t[0] += 1
+            return clock_t[0]
+
+        got = [list(g["fill_vs_sample"](waveform.Waveform, p, clock, k0, chunks))
+               for p in FILL_CASES]
+    else:
+        code = ("import sys, json\nsys.path.append('board/virtual')\nimport waveform\n" + FILL
+                + "ct = [9000 * 86400 + 25200 - 2]\n"
+                "def clock():\n    ct[0] += 1\n    return ct[0]\n"
+                f"print(json.dumps([fill_vs_sample(waveform.Waveform, p, clock, {k0}, "
+                f"{chunks!r}) for p in {FILL_CASES!r}]))")
+        got = json.loads(micropython(code, timeout=120))
+    # the two clocks of each case are one shared counter: fill and sample see the same times
+    pers = [g_[0] for g_ in got]
+    assert pers == [40, 40, 40, 0, 40]  # noise keeps per but is computed sample by sample
+    for (_, n, bad), p in zip(got, FILL_CASES, strict=True):
+        assert n == sum(chunks) and bad == 0, p
+
+
+def test_adc_fill_computes_one_cycle_not_every_sample(micropython: Run) -> None:
+    """What makes an idle virtual meter cheap: a second of a fixed load costs a small share
+    of computing its 2000 samples one by one (the same VM, timed side by side)."""
+    code = ("import sys, time, array\nsys.path.append('board/virtual')\nimport waveform\n"
+            "p = {'vrms': 230.0, 'irms': 5.0, 'pf': 0.9, 'h3': 0.03}\n"
+            "w = waveform.Waveform(3, p, 2000)\nr = waveform.Waveform(3, p, 2000)\n"
+            "vb = array.array('H', bytes(512)); ib = array.array('H', bytes(512))\n"
+            "t0 = time.ticks_us()\n"
+            "for c in range(16):\n    w.fill(vb, ib, c * 256, 256)\n"
+            "t1 = time.ticks_us()\n"
+            "for k in range(16 * 256):\n    r.sample(k)\n"
+            "t2 = time.ticks_us()\n"
+            "print(time.ticks_diff(t1, t0), time.ticks_diff(t2, t1))\n")
+    fill_us, sample_us = map(int, micropython(code).split())
+    assert fill_us * 4 < sample_us, (fill_us, sample_us)

@@ -104,8 +104,7 @@ class _Adc:
             # The consumer fell behind the ring: the oldest samples are lost.
             self._next = due - len(v_buf)
             n = len(v_buf)
-        for k in range(n):
-            v_buf[k], i_buf[k] = wave.sample(self._next + k)
+        wave.fill(v_buf, i_buf, self._next, n)
         self._next += n
         return n
 
@@ -134,13 +133,18 @@ def han_tx():
 
 # A battery-backed RTC: host time plus an offset that the supervisor keeps
 # across power cuts. For soak tests the supervisor may make it run faster than host
-# time (`--time-scale`): anchor + (host time - anchor) * scale, the firmware unchanged.
+# time (`--time-scale`): anchor + (host time - anchor) * scale; or hold it at a time
+# that only the host moves (`set-clock`, "sim_time", which the supervisor's
+# messages update while the VM runs): the firmware unchanged either way.
 _rtc_offset = _vhw.meter.get("rtc_offset", 0)
 _scale = _vhw.meter.get("time_scale", 1)
 _anchor = _vhw.meter.get("time_anchor", 0)
 
 
 def _host_s():
+    t = _vhw.meter.get("sim_time")
+    if t is not None:
+        return t
     t = time.time()
     return t if _scale == 1 else _anchor + (t - _anchor) * _scale
 

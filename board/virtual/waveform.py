@@ -17,6 +17,7 @@
 # regardless, so the current stays continuous when its amplitude changes.
 # vrms, freq_hz, the harmonics and the noise still come from the parameters.
 import math
+from array import array
 
 V_FULL_SCALE = 400.0 * 1.4142135  # volts at ADC full scale (peak)
 I_FULL_SCALE = 100.0 * 1.4142135  # amps at ADC full scale (peak)
@@ -31,7 +32,15 @@ class Waveform:
         rng = _Rng(seed)
         g = params.get
         self.rate = rate_hz
-        self.w = 2 * math.pi * g("freq_hz", 50.0) / rate_hz
+        freq = g("freq_hz", 50.0)
+        self.w = 2 * math.pi * freq / rate_hz
+        # Samples per mains cycle when that is a whole number (50 Hz at 2 kHz: 40): the
+        # waveform then repeats every cycle, and fill() copies one computed cycle instead of
+        # computing every sample (a virtual meter's ADC costs little CPU: a fleet of them
+        # fits on a small host). 0: not periodic in samples, every sample is computed.
+        per = rate_hz / freq if freq > 0 else 0.0
+        self.per = int(per) if per >= 2 and per == int(per) else 0
+        self._tab = None  # (v, i) of one cycle, for the load set last
         self.vrms = g("vrms", 230.0)
         self.va = self.vrms * 1.4142135 / V_FULL_SCALE * 32767
         self.h3, self.h5, self.ih3 = g("h3", 0.0), g("h5", 0.0), g("ih3", 0.0)
@@ -53,6 +62,7 @@ class Waveform:
         self.phi = -phi if pf < 0 else phi
         sign = -1.0 if export else 1.0
         self.ia = sign * irms * 1.4142135 / I_FULL_SCALE * 32767
+        self._tab = None
 
     def _update(self, k):
         # Once per second of samples: the household load at this time of day.
@@ -65,6 +75,10 @@ class Waveform:
         # Sample k of the continuous stream: (V counts, I counts).
         if self._household and k >= self._next:
             self._update(k)
+        return self._at(k % self.per if self.per else k)
+
+    def _at(self, k):
+        # The waveform at sample k for the load set now (k reduced to one cycle when periodic).
         a = self.w * k
         v = self.va * (math.sin(a) + self.h3 * math.sin(3 * a + self.p3) + self.h5 * math.sin(5 * a + self.p5))
         i = self.ia * (math.sin(a - self.phi) + self.ih3 * math.sin(3 * (a - self.phi) + self.p3))
@@ -73,6 +87,41 @@ class Waveform:
             v += (self._rng.random() * 2 - 1) * n
             i += (self._rng.random() * 2 - 1) * n
         return _clip(int(MID + v)), _clip(int(MID + i))
+
+    def fill(self, v_buf, i_buf, k0, n):
+        # Samples k0 .. k0+n-1 into v_buf[0:n], i_buf[0:n]: what sample() gives, sample by
+        # sample, but one mains cycle is computed per load (a household changes it once a
+        # second) and copied, unless the waveform does not repeat (noise, or a frequency
+        # that is no whole number of samples).
+        per = self.per
+        if not per or self.noise:
+            for j in range(n):
+                v_buf[j], i_buf[j] = self.sample(k0 + j)
+            return
+        j = 0
+        while j < n:
+            k = k0 + j
+            if self._household and k >= self._next:
+                self._update(k)
+            end = n
+            if self._household and self._next - k0 < end:
+                end = self._next - k0
+            tab = self._tab
+            if tab is None:
+                tv = array("H", bytes(2 * per))
+                ti = array("H", bytes(2 * per))
+                for m in range(per):
+                    tv[m], ti[m] = self._at(m)
+                tab = self._tab = (tv, ti)
+            tv, ti = tab
+            m = k % per
+            while j < end:
+                v_buf[j] = tv[m]
+                i_buf[j] = ti[m]
+                j += 1
+                m += 1
+                if m == per:
+                    m = 0
 
 
 # The household day. Appliances: (watts, power factor). Times in seconds of the day.

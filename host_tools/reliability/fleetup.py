@@ -38,26 +38,33 @@ def parallel(items: Iterable[T], fn: Callable[[T], Any], workers: int = 8) -> li
 
 def bring_up(n: int, base: Path, keystore: Keystore, interval_s: int,
              limits: Limits | None = None, time_scale: float | None = None,
-             timeout: float = 60.0, workers: int = 8) -> list[Meter]:
-    """Start ``n`` meters in ``base`` (``time_scale``: the virtual RTC's rate, see
-    host_tools/sim/supervisor.py), flash and provision each; the fleet is stopped if any
-    step fails."""
+             timeout: float = 60.0, workers: int = 8, sim_time: int | None = None
+             ) -> list[Meter]:
+    """Start ``n`` meters in ``base`` (``time_scale``: the virtual RTC's rate; ``sim_time``:
+    the RTCs held at this time, which only the host moves on, with the supervisor's
+    set-clock; see host_tools/sim/supervisor.py), flash and provision each; the fleet is
+    stopped if any step fails."""
     recs = fleet.start(n, base, timeout=timeout, time_scale=time_scale)
     try:
         def one(rec: dict[str, Any]) -> Meter:
             port = str(rec["port"])
+            if sim_time is not None:
+                fleet.ctl(Path(rec["dir"]), {"cmd": "set-clock", "t": sim_time})
             flash(port, timeout=timeout)
-            # A fast RTC started at host time when its supervisor did: setting it to host
-            # time now would move it back (refused); it needs no setting.
+            # A fast or a host-paced RTC needs no setting (a fast one started at host time
+            # when its supervisor did: setting it to host time now would move it back).
             p = provision(port, keystore, force=True, interval_s=interval_s, timeout=timeout,
-                          offswitch_limits=limits, set_time=time_scale is None)
+                          offswitch_limits=limits,
+                          set_time=time_scale is None and sim_time is None)
             return Meter(int(rec["id"]), port, p.meter_id, Path(rec["dir"]))
 
         # mpremote silences itself with contextlib.redirect_stdout, which swaps the
         # process-wide sys.stdout: threads doing it at once can leave a StringIO behind.
         out, err = sys.stdout, sys.stderr
         try:
-            return parallel(recs, one, workers)
+            # The first alone: it compiles the image into the build cache (host_tools/flash/
+            # build.py), which meters flashed at once would race to write.
+            return [one(recs[0]), *parallel(recs[1:], one, workers)] if recs else []
         finally:
             sys.stdout, sys.stderr = out, err
     except BaseException:

@@ -1,32 +1,35 @@
-"""The soak (``make soak``): a fleet of virtual meters on an accelerated clock, a LoPA round
-every 15-minute interval for a simulated week, meters failing and losing power meanwhile.
+"""The soak (``make soak``): a fleet of virtual meters whose clock the head-end moves on, a
+LoPA round every 15-minute interval for a simulated week, meters failing and losing power
+meanwhile.
 
-**The accelerated clock.** The firmware's intervals follow its RTC (firmware/tasks/clock.py
-reads ``board.rtc_get()`` and marks a boundary whenever ``t // length`` changes). The virtual
-board's RTC is host time plus an offset the supervisor keeps; ``sim start --time-scale S``
-(supervisor ``--time-scale``, board/virtual/__init__.py ``rtc_get``) makes it run S times as fast
-from an anchor, so a 15-minute interval lasts 900/S real seconds. Nothing in the firmware
-knows: it is the board's clock that runs fast, as a crystal would. The other choice, the
-head-end stepping every RTC forward with the authenticated TIME_SET, costs one more WAN round
-trip per meter per interval and moves time in jumps the firmware never sees in the field.
-What stays at host speed: the ADC (2 kHz of real time, so an interval's energy is that of
-900/S real seconds: small numbers, the same on the meter and in the lab truth) and the
-off-switch's own millisecond clock. The clock task persists the time every 60 RTC seconds,
-so it writes S times as often as in the field.
+**Time paced by the head-end.** The firmware's intervals follow its RTC (firmware/tasks/
+clock.py reads ``board.rtc_get()`` and marks a boundary whenever ``t // length`` changes). The
+virtual board's RTC is host-side state of its supervisor: ``set-clock`` (host_tools/sim/
+supervisor.py, board/virtual/__init__.py ``rtc_get``) holds it at a time that only the host
+moves on, as a lab's master clock would drive the board's crystal. So simulated time does not
+depend on how fast the host is: the soak closes interval t by moving every meter's clock to
+5 s into interval t+1, then runs the round of t (:meth:`HeadEnd.round_at`, one thread per
+group): a meter that is up answers its CIPHERTEXT once it has closed the interval (the
+head-end asks again while it says "no value"), and time moves on only when every meter that
+is up has caught up (it answered, or a READ shows it in interval t+1): a meter that saw two
+boundaries at once would close one interval for two. A slow host makes the soak slower,
+never wrong. Nothing in the firmware knows. (The other choice, the head-end moving each
+RTC with the authenticated TIME_SET, costs a WAN round trip per meter per interval and a
+security-log record each time, which would evict the records the soak looks for.) What
+stays at host speed: the ADC (2 kHz of real time, so an interval's energy is that of the
+real seconds between two steps: small numbers, the same on the meter and in the lab truth)
+and the off-switch's own millisecond clock.
 
-**Rounds in batches.** The meters keep 16 intervals of ciphertexts (dc_security HIST), so the
-head-end does the rounds of BATCH intervals at once after the last of them has closed
-(:meth:`HeadEnd.round_at`), one thread per group. A round not done within those 16 intervals
-is lost (counted).
-
-**Failures and cuts**, between batches, at most one meter per group per two batches (a
-robust group tolerates M missing members; a meter that answered a round's CIPHERTEXT and
-loses power before its RECOVER makes that round undecryptable by design, DREAM section 6,
-so no meter is disturbed while its group's rounds run): a *failure* powers a meter off for
-1..BATCH/2 intervals, a *power cut* SIGKILLs and restarts it at once (it loses the ciphertexts
-it held and the unfinished interval), and the *lab probe* (lab truth through the REPL,
-host_tools/headend/lopa/lab.py) interrupts it and soft-resets it, every meter in turn before
-its 192-record load profile wraps, and all at the end.
+**Failures and cuts**, between batches of BATCH intervals, at most one meter per group at a
+time and none in a group disturbed in the batch before (a robust group tolerates M missing
+members; a meter that answered a round's CIPHERTEXT and loses power before its RECOVER makes
+that round undecryptable by design, DREAM section 6, so no meter is disturbed while its
+group's rounds run): a *failure* powers a meter off for 1..BATCH/2 intervals (the supervisor's
+``power-on`` ends it), a *power cut* SIGKILLs and restarts it at once (it loses the
+ciphertexts it held and the unfinished interval), and the *lab probe* (lab truth through the
+REPL, host_tools/headend/lopa/lab.py) interrupts it and soft-resets it, every meter in turn
+before its 192-record load profile wraps, and all at the end. A meter disturbed when an
+interval closes is not asked for that interval's round (it counts as missing).
 
 **Pass**: no interval lost (every round decrypted, by recovery when members were missing);
 every aggregate equals the lab truth (the sum of the reporting members' plaintexts); the
@@ -54,13 +57,16 @@ from host_tools.headend import wire
 from host_tools.headend.client import LinkError, MeterError, open_link
 from host_tools.headend.keystore import Keystore
 from host_tools.headend.lopa import HeadEnd, LopaError, State, Target, serial_connector
-from host_tools.headend.lopa.headend import HISTORY, METER_FAILURES, RoundResult
+from host_tools.headend.lopa.headend import METER_FAILURES, RoundResult
 from host_tools.headend.lopa.lab import read_profile
 from host_tools.headend.lopa.ref import aggregate
 from host_tools.reliability.fleetup import PLATFORM, Meter, bring_up, parallel, spread
 from host_tools.sim import fleet
 
 LENGTH = 900  # 15-minute intervals
+INTO = 5  # the clock is moved to this many seconds into the next interval
+MIN_INTERVAL_S = 1.5  # real seconds an interval lasts at least: >= 1 s of ADC samples in it
+UP_S = 120.0  # how long a meter may take to be up again, or to catch up with the clock
 WEEK = 672
 PROFILE_CAP = 192  # records in a meter's load profile (firmware/tasks/metrology.py)
 TREND_MAX_B_PER_DAY = 512  # a leak: free heap falling faster than this, all run long ...
@@ -73,8 +79,7 @@ class Config:
     intervals: int = WEEK
     group: int = 10  # members per group
     m: int = 2  # robust: members that may be missing
-    scale: float = 400.0  # RTC seconds per host second
-    batch: int = 8  # intervals per batch of rounds (< HISTORY)
+    batch: int = 8  # intervals between disturbances (and memory samples)
     fail_p: float = 0.25  # per group and batch (when allowed): a failure
     cut_p: float = 0.25  # ... or a power cut
     seed: int = 1
@@ -93,12 +98,15 @@ class Figures:
     cuts: int = 0
     probes: int = 0
     batch_s: list[float] = field(default_factory=list)
+    interval_s: list[float] = field(default_factory=list)  # wall time of step + round
+    catch_up: int = 0  # meters up that did not report and were waited for (READ)
     mem: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # id -> (t, ram_free)
     slopes: dict[int, float] = field(default_factory=dict)  # bytes per simulated day
     leaks: list[str] = field(default_factory=list)
     dropped: dict[int, int] = field(default_factory=dict)  # metrology mailbox drops seen
     overflow_logs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    aggregates: list[int] = field(default_factory=list)  # of the decrypted rounds
     wall_s: float = 0.0
     simulated_s: int = 0
 
@@ -109,20 +117,25 @@ class Figures:
 
     def report(self, cfg: Config) -> str:
         slopes = list(self.slopes.values())
+        aggs = [float(a) for a in self.aggregates]
         lines = [
             f"soak: {cfg.meters} meters in groups of {cfg.group} (robust, M={cfg.m}), "
             f"{cfg.intervals} intervals of {LENGTH} s = {cfg.intervals * LENGTH / 86400:.2f} "
-            f"simulated days, clock x{cfg.scale:g}; {self.wall_s:.0f} s wall; "
+            f"simulated days, clock paced by the head-end; {self.wall_s:.0f} s wall; "
             f"platform: {PLATFORM}",
             f"rounds: {self.rounds}, decrypted {self.decrypted} ({self.by_recovery} by "
             f"recovery, {self.missing_members} member-rounds missing); lost intervals: "
             f"{len(self.lost)}",
             f"aggregates equal to the lab truth: {self.decrypted - len(self.wrong)} of "
             f"{self.decrypted} (wrong {len(self.wrong)}, without truth "
-            f"{len(self.unverified)})",
+            f"{len(self.unverified)}); aggregate per round: {spread(aggs, 'mWh', 0)}, "
+            f"{sum(1 for a in aggs if a == 0)} of them 0",
             f"disturbances: {self.failures} failures (powered off 1..{cfg.batch // 2} "
             f"intervals), {self.cuts} power cuts, {self.probes} lab probes (REPL, soft reset)",
-            f"batch of {cfg.batch} rounds, wall time: {spread(self.batch_s)}",
+            f"interval (clock step + the groups' rounds), wall time: "
+            f"{spread(self.interval_s)}; meters up that missed a round and were waited for: "
+            f"{self.catch_up}",
+            f"batch of {cfg.batch} intervals, wall time: {spread(self.batch_s)}",
             f"free heap (GROUPS ram_free after gc.collect): {sum(map(len, self.mem.values()))} "
             f"samples on {len(self.mem)} meters; trend per simulated day: "
             f"{spread(slopes, 'B/day', 0)}; meters with a sustained fall (> "
@@ -169,8 +182,8 @@ def trend(samples: list[tuple[int, int]]) -> float:
 
 class Soak:
     def __init__(self, cfg: Config, base: Path, say: Callable[[str], None] = print) -> None:
-        if not 1 <= cfg.batch < HISTORY:
-            raise ValueError(f"batch must be 1..{HISTORY - 1}")
+        if cfg.batch < 1:
+            raise ValueError("batch must be >= 1")
         if cfg.meters < cfg.group or cfg.group < 3 or not 1 <= cfg.m <= cfg.group - 2:
             raise ValueError("need groups of >= 3 members, 1 <= M <= members - 2")
         self.cfg = cfg
@@ -186,16 +199,19 @@ class Soak:
         self.results: dict[tuple[int, int], RoundResult] = {}
         self.truth: dict[int, dict[int, int]] = {}  # meter id -> {t_end: import_mwh}
         self.busy: dict[int, threading.Thread] = {}  # meter index -> its disturbance
+        self.off_until: dict[int, int] = {}  # meter index -> last interval it is off for
         self.quiet: set[int] = set()  # groups left alone in the next batch
         self.last_probe: dict[int, int] = {}  # meter index -> batch of its last lab probe
-        self.clock: tuple[float, int] = (0.0, 0)  # (host monotonic, meter RTC) at a READ
+        # The first interval: a whole one ahead of host time, so that no RTC goes back (a
+        # meter's clock saved host time while it ran before the fleet's clock was set).
+        self.first = int(time.time()) // LENGTH + 2
 
     # -- set-up -------------------------------------------------------------------------------
     def set_up(self) -> None:
         cfg = self.cfg
         t0 = time.monotonic()
-        self.meters = bring_up(cfg.meters, self.base / "fleet", self.ks, LENGTH,
-                               time_scale=cfg.scale, timeout=120)
+        self.meters = bring_up(cfg.meters, self.base / "fleet", self.ks, LENGTH, timeout=120,
+                               sim_time=self.first * LENGTH + INTO)
         self.say(f"{cfg.meters} meters up, flashed, provisioned in {time.monotonic() - t0:.0f} s")
         n_groups = cfg.meters // cfg.group
         for gi in range(n_groups):
@@ -206,7 +222,7 @@ class Soak:
 
         def one(gi: int) -> tuple[HeadEnd, int]:
             he = HeadEnd(State(self.base / f"headend-{gi}.db"), serial_connector(self.ks),
-                         timeout=15.0, key_s=3.0, margin_s=0.0, value_wait_s=1.0)
+                         timeout=30.0, key_s=3.0, margin_s=0.0, value_wait_s=UP_S / 2)
             tg = [Target(m.meter_id, m.port) for m in self.groups[gi]]
             for what, res in (("keys", he.keys(tg)),
                               ("group", he.group_create(self.gid(gi), tg, m=cfg.m))):
@@ -228,51 +244,65 @@ class Soak:
         return f"soak{gi}".encode()
 
     # -- time -----------------------------------------------------------------------------------
-    def read_clock(self) -> None:
-        """The meters' RTC now, from a READ of a meter that is up."""
-        for m in self.rng.sample(self.meters, len(self.meters)):
-            if m.index in self.busy:
-                continue
+    def step(self, t: int) -> None:
+        """Close interval ``t`` on every meter: its clock (the supervisor's, a battery-backed
+        RTC that runs on while the meter is off) to INTO seconds into interval t + 1."""
+        def one(m: Meter) -> None:
             try:
-                with open_link(m.port, self.ks, m.meter_id, 10.0) as link:
-                    t_host = time.monotonic()
-                    r = link.request(wire.K_READ)
-                self.clock = (t_host, int(r["clock"]))
-                return
-            except (LinkError, MeterError, OSError, KeyError):
-                continue
-        raise LopaError("no meter tells the time")
+                fleet.ctl(m.dir, {"cmd": "set-clock", "t": (t + 1) * LENGTH + INTO}, 30.0)
+            except fleet.SimError as e:
+                self.fig.errors.append(f"meter {m.index}: set-clock: {e}")
 
-    def rtc(self) -> float:
-        h, t = self.clock
-        return t + (time.monotonic() - h) * self.cfg.scale
+        parallel(self.meters, one, workers=16)
 
-    def wait_closed(self, t: int, margin_real: float = 1.0) -> None:
-        """Until interval ``t`` has closed (plus a margin of real seconds)."""
-        end = (t + 1) * LENGTH
-        while True:
-            left = (end - self.rtc()) / self.cfg.scale
-            if left <= 0:
-                break
-            time.sleep(min(left, 5.0))
-            if left > 2.0:
-                self.read_clock()
-        time.sleep(margin_real)
+    def _read_interval(self, m: Meter) -> int:
+        with open_link(m.port, self.ks, m.meter_id, 15.0) as link:
+            return int(link.request(wire.K_READ)["interval"]["index"])
+
+    def _wait_up(self, m: Meter, t: int = 0) -> bool:
+        """Until the meter's firmware answers a READ in interval t or later (by default: in
+        any interval, i.e. its clock has told metrology which one is open)."""
+        deadline = time.monotonic() + UP_S
+        while time.monotonic() < deadline:
+            try:
+                if self._read_interval(m) >= t:
+                    return True
+            except (LinkError, MeterError, OSError, KeyError, TypeError, ValueError):
+                pass
+            time.sleep(0.5)
+        return False
+
+    def catch_up(self, t: int, up: list[Meter]) -> None:
+        """Before the clock moves on from interval t + 1: every meter that was up when t
+        closed and did not report for t has closed t too (else it would see two boundaries
+        at once, and close one interval for two)."""
+        reported = {i for gi in range(len(self.groups))
+                    if (r := self.results.get((gi, t))) is not None for i in r.ciphertexts}
+        slow = [m for m in up if m.meter_id not in reported and m.index not in self.busy]
+        if not slow:
+            return
+        for he in self.heads:
+            he.close()  # the READs below open the meters' ports themselves
+        self.fig.catch_up += len(slow)
+
+        def one(m: Meter) -> None:
+            if not self._wait_up(m, t + 1):
+                self.fig.errors.append(f"meter {m.index}: not in interval {t + 1} "
+                                       f"{UP_S:.0f} s after it began")
+
+        parallel(slow, one, workers=16)
 
     # -- the rounds --------------------------------------------------------------------------
-    def rounds(self, ts: list[int]) -> None:
+    def round(self, t: int, up: set[int]) -> None:
+        """The round of interval t in every group, at once; members not ``up`` when t closed
+        are not asked (they count as missing)."""
         def group(gi: int) -> None:
             he = self.heads[gi]
-            for t in ts:
-                tg = [Target(m.meter_id, "" if m.index in self.busy else m.port)
-                      for m in self.groups[gi]]
-                try:
-                    res = he.round_at(self.gid(gi), t, LENGTH, self.runs[gi], tg)
-                except (LopaError, *METER_FAILURES) as e:
-                    self.fig.errors.append(f"group {gi} round {t}: {e}")
-                    continue
-                self.results[(gi, t)] = res
-            he.close()
+            tg = [Target(m.meter_id, m.port if m.index in up else "") for m in self.groups[gi]]
+            try:
+                self.results[(gi, t)] = he.round_at(self.gid(gi), t, LENGTH, self.runs[gi], tg)
+            except (LopaError, *METER_FAILURES) as e:
+                self.fig.errors.append(f"group {gi} round {t}: {e}")
 
         parallel(range(len(self.groups)), group, workers=len(self.groups))
 
@@ -282,6 +312,32 @@ class Soak:
             fleet.ctl(m.dir, {"cmd": "power-cut", "off_s": off_s}, timeout=off_s + 60)
         except fleet.SimError as e:
             self.fig.errors.append(f"meter {m.index}: power cut: {e}")
+            return
+        if not self._wait_up(m):
+            self.fig.errors.append(f"meter {m.index}: not up {UP_S:.0f} s after its power cut")
+
+    def _fail(self, m: Meter) -> None:
+        # Off until power_on() (after its last interval, off_until) ends it.
+        try:
+            fleet.ctl(m.dir, {"cmd": "power-cut", "off_s": 1e6}, timeout=UP_S * 30)
+        except fleet.SimError as e:
+            self.fig.errors.append(f"meter {m.index}: failure: {e}")
+            return
+        if not self._wait_up(m):
+            self.fig.errors.append(f"meter {m.index}: not up {UP_S:.0f} s after its failure")
+
+    def power_on(self, t: int) -> None:
+        """Failed meters whose failure ends with interval t: power on (once they are off)."""
+        for idx, last in list(self.off_until.items()):
+            if last > t:
+                continue
+            m = self.meters[idx]
+            try:
+                if fleet.ctl(m.dir, {"cmd": "status"})["vm"] == "off":
+                    fleet.ctl(m.dir, {"cmd": "power-on"})
+                    del self.off_until[idx]
+            except fleet.SimError as e:
+                self.fig.errors.append(f"meter {m.index}: power-on: {e}")
 
     def _probe(self, m: Meter) -> None:
         for attempt in (1, 2):  # a busy host can make the raw REPL slow to come
@@ -292,7 +348,9 @@ class Soak:
                     self.fig.errors.append(f"meter {m.index}: lab probe: {e}")
                 continue
             self.truth.setdefault(m.meter_id, {}).update(prof)
-            return
+            break
+        if not self._wait_up(m):
+            self.fig.errors.append(f"meter {m.index}: not up {UP_S:.0f} s after its lab probe")
 
     def _start(self, m: Meter, fn: Callable[[], None]) -> None:
         def body() -> None:
@@ -305,35 +363,34 @@ class Soak:
         self.busy[m.index] = th
         th.start()
 
-    def disturb(self, batch_no: int) -> None:
-        """Between batches, in each group not disturbed in the batch before (so that a robust
-        group never misses more than M members in an interval): the lab probe of
-        the member probed longest ago, when due (every member once in 2 x members batches,
-        before its load profile wraps), and with some chance a failure or a power cut of
-        another member."""
+    def disturb(self, batch_no: int, t: int) -> None:
+        """After interval t, between batches, in each group with no member disturbed now
+        and none in the batch before (so that a robust group never misses more than M
+        members in an interval): the lab probe of the member probed longest ago, when due
+        (every member once in 2 x members batches, before its load profile wraps), and with
+        some chance a failure or a power cut of another member."""
         cfg = self.cfg
         out, err = sys.stdout, sys.stderr
         quiet_next: set[int] = set()
         for gi, ms in enumerate(self.groups):
-            if gi in self.quiet:
+            if gi in self.quiet or any(m.index in self.busy for m in ms):
                 continue
-            free = [m for m in ms if m.index not in self.busy]
-            oldest = min(free, key=lambda m: self.last_probe.get(m.index, -1), default=None)
-            if oldest is not None and (batch_no - self.last_probe.get(oldest.index, -1)
-                                       >= 2 * len(ms) - 1):
+            free = list(ms)
+            oldest = min(free, key=lambda m: self.last_probe.get(m.index, -1))
+            if batch_no - self.last_probe.get(oldest.index, -1) >= 2 * len(ms) - 1:
                 self.last_probe[oldest.index] = batch_no
                 self.fig.probes += 1
                 self._start(oldest, lambda m=oldest: self._probe(m))  # type: ignore[misc]
                 free.remove(oldest)
                 quiet_next.add(gi)
             r = self.rng.random()
-            if not free or r >= cfg.fail_p + cfg.cut_p or (gi in quiet_next and cfg.m < 2):
+            if r >= cfg.fail_p + cfg.cut_p or (gi in quiet_next and cfg.m < 2):
                 continue  # with M = 1, one disturbance at a time
             m = self.rng.choice(free)
             if r < cfg.fail_p:
-                off = self.rng.uniform(1, max(1, cfg.batch // 2)) * LENGTH / cfg.scale
+                self.off_until[m.index] = t + self.rng.randint(1, max(1, cfg.batch // 2))
                 self.fig.failures += 1
-                self._start(m, lambda m=m, off=off: self._off(m, off))  # type: ignore[misc]
+                self._start(m, lambda m=m: self._fail(m))  # type: ignore[misc]
             else:
                 self.fig.cuts += 1
                 self._start(m, lambda m=m: self._off(m, 0.05))  # type: ignore[misc]
@@ -346,54 +403,70 @@ class Soak:
             th.join()
 
     # -- watching ---------------------------------------------------------------------------
-    def sample(self, t: int, meters: list[Meter]) -> None:
-        """ram_free (GROUPS) and metrology's mailbox drops (STATS) of these meters."""
+    def sample(self, t: int, meters: list[Meter], final: bool = False) -> None:
+        """ram_free (GROUPS) and metrology's mailbox drops (STATS) of these meters (``final``:
+        the last, given more time)."""
         def one(m: Meter) -> None:
             if m.index in self.busy:
                 return
             try:
-                with open_link(m.port, self.ks, m.meter_id, 15.0) as link:
+                with open_link(m.port, self.ks, m.meter_id, 30.0 if final else 15.0) as link:
                     g = json.loads(link.request_raw(wire.K_GROUPS, b""))
                     st = link.request(wire.K_STATS)
             except (LinkError, MeterError, OSError, ValueError):
-                return  # a meter just restarting: the next sample
+                # a meter just restarting: the next sample (at the end: one sample fewer; a
+                # STATS that never came has been seen on a loaded host, not yet understood)
+                return
             self.fig.mem.setdefault(m.meter_id, []).append((t, int(g["ram_free"])))
             d = int(st["tasks"].get("metrology", {}).get("dropped", 0))
             if d:
                 self.fig.dropped[m.meter_id] = max(d, self.fig.dropped.get(m.meter_id, 0))
 
-        parallel(meters, one, workers=16)
+        parallel(meters, one, workers=4 if final else 16)
 
     # -- the run ----------------------------------------------------------------------------
     def run(self) -> Figures:
         cfg = self.cfg
         t_wall = time.monotonic()
         self.set_up()
-        self.read_clock()
-        first = int(self.rtc()) // LENGTH  # the open interval: its round is the first
-        self.say(f"rounds from interval {first} (RTC {int(self.rtc())})")
+        first = self.first
+        self.say(f"rounds from interval {first} (RTC {first * LENGTH + INTO})")
         t = first
         batch_no = 0
         per_sample = max(1, min(cfg.meters, 10))
         while t < first + cfg.intervals:
             ts = list(range(t, min(t + cfg.batch, first + cfg.intervals)))
-            self.wait_closed(ts[-1])
-            self.wait_quiet()
             b0 = time.monotonic()
-            self.rounds(ts)
+            for x in ts:
+                i0 = time.monotonic()
+                # who is up as x closes: a meter that comes up later has not closed x
+                up = [m for m in self.meters if m.index not in self.busy]
+                self.step(x)
+                self.round(x, {m.index for m in up})
+                self.catch_up(x, up)
+                self.power_on(x)
+                left = MIN_INTERVAL_S - (time.monotonic() - i0)
+                if left > 0:  # each interval measures energy for at least one second
+                    time.sleep(left)
+                self.fig.interval_s.append(time.monotonic() - i0)
+            for he in self.heads:
+                he.close()  # the ports free for the samples and the lab probes
             self.fig.batch_s.append(time.monotonic() - b0)
-            lag = int(self.rtc()) // LENGTH - ts[0]
             ok = sum(1 for gi in range(len(self.groups)) for x in ts
                      if (r := self.results.get((gi, x))) is not None and r.ok)
             self.say(f"batch {batch_no}: intervals {ts[0]}..{ts[-1]}: {ok} of "
                      f"{len(ts) * len(self.groups)} rounds decrypted in "
-                     f"{self.fig.batch_s[-1]:.1f} s (head-end {lag} intervals behind)")
+                     f"{self.fig.batch_s[-1]:.1f} s")
             sample = [self.meters[(batch_no * per_sample + k) % cfg.meters]
                       for k in range(per_sample)]
             self.sample(ts[-1], sample)
-            self.disturb(batch_no)
+            self.disturb(batch_no, ts[-1])
             batch_no += 1
             t = ts[-1] + 1
+        deadline = time.monotonic() + UP_S
+        while self.off_until and time.monotonic() < deadline:
+            self.power_on(first + cfg.intervals)
+            time.sleep(0.2)
         self.wait_quiet()
         # the lab truth of the last records, every meter
         out, err = sys.stdout, sys.stderr
@@ -402,7 +475,7 @@ class Soak:
         finally:
             sys.stdout, sys.stderr = out, err
         self.fig.probes += len(self.meters)
-        self.sample(first + cfg.intervals, self.meters)
+        self.sample(first + cfg.intervals, self.meters, final=True)
         self.overflow_logs()
         self.judge(first)
         self.fig.wall_s = time.monotonic() - t_wall
@@ -413,17 +486,20 @@ class Soak:
         from host_tools.headend import queries
 
         def one(m: Meter) -> None:
-            try:
-                with open_link(m.port, self.ks, m.meter_id, 15.0) as link:
-                    recs = queries.read_log(link, "security")
-            except (LinkError, MeterError, OSError) as e:
-                self.fig.errors.append(f"meter {m.index}: security log: {e}")
-                return
+            for attempt in (1, 2, 3):
+                try:
+                    with open_link(m.port, self.ks, m.meter_id, UP_S / 2) as link:
+                        recs = queries.read_log(link, "security")
+                    break
+                except (LinkError, MeterError, OSError) as e:
+                    if attempt == 3:
+                        self.fig.errors.append(f"meter {m.index}: security log: {e}")
+                        return
             for r in recs:
                 if "mailbox metrology full" in str(r[2]):
                     self.fig.overflow_logs.append(f"meter {m.index}: {r}")
 
-        parallel(self.meters, one, workers=16)
+        parallel(self.meters, one, workers=4)
 
     def judge(self, first: int) -> None:
         f = self.fig
@@ -436,6 +512,7 @@ class Soak:
                                   + (r.error or "failed" if r else "no round"))
                     continue
                 f.decrypted += 1
+                f.aggregates.append(int(r.aggregate or 0))
                 if r.missing:
                     f.by_recovery += 1
                     f.missing_members += len(r.missing)
@@ -477,12 +554,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--intervals", type=int, default=c.intervals)
     ap.add_argument("--group", type=int, default=c.group, help="members per group")
     ap.add_argument("--m", type=int, default=c.m, help="robust groups: M")
-    ap.add_argument("--scale", type=float, default=c.scale, help="RTC seconds per second")
     ap.add_argument("--batch", type=int, default=c.batch)
     ap.add_argument("--seed", type=int, default=c.seed)
     ap.add_argument("--dir", type=Path, help="keep the fleet here (default: a temp dir)")
     a = ap.parse_args(argv)
-    cfg = Config(meters=a.meters, intervals=a.intervals, group=a.group, m=a.m, scale=a.scale,
+    cfg = Config(meters=a.meters, intervals=a.intervals, group=a.group, m=a.m,
                  batch=a.batch, seed=a.seed)
     if a.dir:
         fig = run(cfg, a.dir)

@@ -18,7 +18,8 @@ Run as its own process (``python -S supervisor.py ...``), one per meter, by
   otherwise (at a prompt, or after ``micropython.kbd_intr(-1)``);
 - backs the hardware surface: input pins the host sets, output pins it reads,
   the waveform parameters of the ADC, and the HAN TX line on a second pty;
-- answers a JSON control socket (``ctl.sock``): status, power-cut, pins, stop.
+- answers a JSON control socket (``ctl.sock``): status, power-cut, power-on, pins,
+  set-clock (time paced by the host), stop.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ class Supervisor:
     def _load_hw(self) -> dict[str, Any]:
         hw: dict[str, Any] = {"inputs": {"button": 0, "tamper": 0}, "outputs": {"relay": 0},
                               "wave": {}, "relay_changes": 0, "rtc_offset": 0,
-                              "time_scale": 1.0, "time_anchor": 0.0}
+                              "time_scale": 1.0, "time_anchor": 0.0, "sim_time": None}
         try:
             with open(self.hw_path) as f:
                 saved = json.load(f)
@@ -256,11 +257,13 @@ class Supervisor:
         # What the pins read at power-up, and which meter this is.
         self._send_hw({"inputs": self.hw["inputs"], "outputs": self.hw["outputs"],
                        "wave": self.hw["wave"],
-                       "meter": {"index": self.a.index, "seed": self.a.seed,
-                                 "rtc_offset": self.hw["rtc_offset"],
-                                 "time_scale": self.hw["time_scale"],
-                                 "time_anchor": self.hw["time_anchor"]}})
+                       "meter": self._meter_info()})
         self.log(f"power on ({mode}) pid={self.vm_pid}")
+
+    def _meter_info(self) -> dict[str, Any]:
+        return {"index": self.a.index, "seed": self.a.seed, "rtc_offset": self.hw["rtc_offset"],
+                "time_scale": self.hw["time_scale"], "time_anchor": self.hw["time_anchor"],
+                "sim_time": self.hw["sim_time"]}
 
     def _send_hw(self, msg: dict[str, Any]) -> None:
         if self.hw_in >= 0:
@@ -575,6 +578,7 @@ class Supervisor:
                 "relay_changes": self.hw["relay_changes"], "wave": self.hw["wave"],
                 "led_last_change_s": None if age is None else round(age, 3),
                 "client_connected": self.client_connected, "heap": self.a.heap,
+                "sim_time": self.hw["sim_time"],
                 "write_cut": self.wcut, **self.stats}
 
     def _reply(self, c: socket.socket, obj: dict[str, Any]) -> None:
@@ -618,6 +622,20 @@ class Supervisor:
             self.hw["wave"] = dict(req.get("wave", {}))
             write_json_atomic(self.hw_path, self.hw)
             self._send_hw({"wave": self.hw["wave"]})
+            self._reply(c, self.status())
+        elif cmd == "set-clock":
+            # Virtual board only (the soak, host_tools/reliability/soak.py): the time the
+            # RTC counts from is no longer host time but ``t``, held until the next
+            # set-clock, so that simulated time moves only when the head-end moves it
+            # (RTC = t + rtc_offset, board/virtual/__init__.py); ``t: null`` gives host time back.
+            t = req.get("t")
+            self.hw["sim_time"] = None if t is None else int(t)
+            write_json_atomic(self.hw_path, self.hw)
+            self._send_hw({"meter": self._meter_info()})
+            self._reply(c, self.status())
+        elif cmd == "power-on":
+            # End a power cut now (one given a long off_s: a meter off until told).
+            self.power_on_at = time.monotonic()
             self._reply(c, self.status())
         elif cmd == "stop":
             self._reply(c, {"ok": True, "id": self.a.index})
