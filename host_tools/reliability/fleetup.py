@@ -62,8 +62,8 @@ def bring_up(n: int, base: Path, keystore: Keystore, interval_s: int,
         # process-wide sys.stdout: threads doing it at once can leave a StringIO behind.
         out, err = sys.stdout, sys.stderr
         try:
-            # The first alone: it compiles the image into the build cache (host_tools/flash/
-            # build.py), which meters flashed at once would race to write.
+            # The first alone: it fills the build cache (host_tools/flash/build.py), so the
+            # others don't all compile the same files at once.
             return [one(recs[0]), *parallel(recs[1:], one, workers)] if recs else []
         finally:
             sys.stdout, sys.stderr = out, err
