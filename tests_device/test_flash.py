@@ -52,12 +52,18 @@ def wait_main_running(sim: Fleet, i: int) -> None:
 
 def test_flash_then_reflash_transfers_nothing(sim: Fleet, tmp_path: Path) -> None:
     port = sim.port(1)
-    # start from another image with its modules on the filesystem (as on a board without a
-    # ROMFS partition), so that this flash has something to do: its modules go to /rom
+    assert meterctl("flash", "--port", port).returncode == 0  # our modules in /rom
+    # then another image with its modules on the filesystem (as on a board without a ROMFS
+    # partition): the partition's image of the earlier flash is erased, since a module
+    # there that this image lacks could still be imported
     r = meterctl("flash", "--port", port, "--no-romfs", "--firmware",
                  str(firmware_copy(tmp_path, "other")))
     assert r.returncode == 0, r.stderr
+    assert "- /rom/meter.mpy" in r.stdout
     assert "marker.mpy" in mpremote(port, "fs", "ls", ":").stdout
+    r = mpremote(port, "exec", "import os; print(os.listdir('/rom'))")
+    assert r.returncode != 0 and "ENOENT" in r.stdout + r.stderr, r.stdout
+    # so this flash has something to do: its modules go to /rom
     r = meterctl("flash", "--port", port)
     assert r.returncode == 0, r.stderr
     assert "deployed as .mpy for x64" in r.stdout

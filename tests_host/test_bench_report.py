@@ -258,16 +258,25 @@ def test_clone_copies_the_image_checked_and_no_data(tmp_path: Path) -> None:
     src, dest = tmp_path / "m0", tmp_path / "m1"
     files = {"/main.py": b"print(1)\n", "/lib/lopa.mpy": b"M\x06lopa"}
     for p, data in files.items():
-        (src / p.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
-        (src / p.lstrip("/")).write_bytes(data)
-    (src / "data").mkdir()
-    (src / "data" / "cs_keys.json").write_text("{}")  # the meter's own: never cloned
+        (src / "fs" / p.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (src / "fs" / p.lstrip("/")).write_bytes(data)
+    (src / "fs" / "data").mkdir()
+    (src / "fs" / "data" / "cs_keys.json").write_text("{}")  # the meter's own: never cloned
+    image = b"\xd2\xcd\x31rom image"
+    (src / "romfs.bin").write_bytes(image + b"\xff" * 32)  # the partition, image and erased
     manifest = {"board": "virtual",
-                "files": {p: hashlib.sha256(d).hexdigest() for p, d in files.items()}}
-    (src / ".flash-manifest.json").write_text(json.dumps(manifest))
-    assert clone_image(src, dest) == sum(map(len, files.values()))
-    assert (dest / "lib" / "lopa.mpy").read_bytes() == files["/lib/lopa.mpy"]
-    assert not (dest / "data").exists()
-    (src / "main.py").write_bytes(b"tampered\n")
+                "files": {p: hashlib.sha256(d).hexdigest() for p, d in files.items()},
+                "romfs": {"size": len(image), "sha256": hashlib.sha256(image).hexdigest()}}
+    (src / "fs" / ".flash-manifest.json").write_text(json.dumps(manifest))
+    assert clone_image(src, dest) == sum(map(len, files.values())) + len(image) + 32
+    assert (dest / "fs" / "lib" / "lopa.mpy").read_bytes() == files["/lib/lopa.mpy"]
+    assert (dest / "romfs.bin").read_bytes() == (src / "romfs.bin").read_bytes()
+    assert not (dest / "fs" / "data").exists()
+    (src / "romfs.bin").write_bytes(b"\xff" * 64)  # a partition erased since: not cloned
+    with pytest.raises(BenchError, match=r"romfs\.bin: differs from the flash manifest"):
+        clone_image(src, tmp_path / "m2")
+    (src / "romfs.bin").write_bytes(image)
+    (src / "fs" / "main.py").write_bytes(b"tampered\n")
     with pytest.raises(BenchError, match="differs from the flash manifest"):
         clone_image(src, tmp_path / "m2")
+    assert not (tmp_path / "m2").exists()  # nothing copied from an image that fails its check

@@ -194,26 +194,37 @@ def _quiet_threads(fn: Callable[[Any], Any], items: list[Any], workers: int) -> 
         sys.stdout, sys.stderr = out, err
 
 
-def clone_image(src_fs: Path, dest_fs: Path) -> int:
-    """Copy the files of the flash image in ``src_fs`` (its flash manifest's files and the
-    manifest) into ``dest_fs``, each checked against the manifest's sha256. Returns the bytes
-    copied. The meter's own data (/data: keys, logs, profile) is never copied."""
+def clone_image(src: Path, dest: Path) -> int:
+    """Copy the flash image of the virtual meter in directory ``src`` into the one in ``dest``:
+    its flash manifest's files and the manifest (in ``fs/``) and, when the manifest says the
+    modules are in the ROMFS partition, the partition (``romfs.bin``), each checked against
+    the manifest's sha256. Returns the bytes copied. The meter's own data (/data: keys, logs,
+    profile) is never copied."""
+    src_fs, dest_fs = src / "fs", dest / "fs"
     manifest = src_fs / ".flash-manifest.json"
     try:
-        files: dict[str, str] = json.loads(manifest.read_text())["files"]
-    except (OSError, ValueError, KeyError) as e:
+        man = json.loads(manifest.read_text())
+        files: dict[str, str] = man["files"]
+        rom: dict[str, Any] = man.get("romfs") or {}
+    except (OSError, ValueError, KeyError, AttributeError) as e:
         raise BenchError(f"{src_fs}: no usable flash manifest to clone ({e})") from None
-    total = 0
-    for dest, sha in sorted(files.items()):
-        rel = dest.lstrip("/")
-        data = (src_fs / rel).read_bytes()
+    copies: list[tuple[str, bytes]] = []
+    for name, sha in sorted(files.items()):
+        rel = "fs/" + name.lstrip("/")
+        data = (src / rel).read_bytes()
         if hashlib.sha256(data).hexdigest() != sha:
-            raise BenchError(f"{src_fs / rel}: differs from the flash manifest; not cloned")
-        (dest_fs / rel).parent.mkdir(parents=True, exist_ok=True)
-        (dest_fs / rel).write_bytes(data)
-        total += len(data)
+            raise BenchError(f"{src / rel}: differs from the flash manifest; not cloned")
+        copies.append((rel, data))
+    if rom:
+        part = (src / "romfs.bin").read_bytes()
+        if hashlib.sha256(part[:int(rom["size"])]).hexdigest() != rom["sha256"]:
+            raise BenchError(f"{src / 'romfs.bin'}: differs from the flash manifest; not cloned")
+        copies.append(("romfs.bin", part))
+    for rel, data in copies:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_bytes(data)
     shutil.copyfile(manifest, dest_fs / ".flash-manifest.json")
-    return total
+    return sum(len(d) for _, d in copies)
 
 
 def _provision_all(ports: list[str], keystore: Any, interval_s: int | None,
@@ -356,13 +367,10 @@ def grow_fleet(base: Path, n: int, keystore: Any, *, interval_s: int | None,
     start the n meters and provision every one. Their ports, meter 0 first."""
     from host_tools.sim import fleet
 
-    src = fleet.meter_dir(base, 0) / "fs"
     if n > 1:
         say(f"cloning meter 0's flash image into meters 1..{n - 1}")
     for i in range(1, n):
-        dest = fleet.meter_dir(base, i) / "fs"
-        dest.mkdir(parents=True, exist_ok=True)
-        clone_image(src, dest)
+        clone_image(fleet.meter_dir(base, 0), fleet.meter_dir(base, i))
     say(f"starting {n} virtual meters")
     recs = fleet.start(n, base, heap=heap, timeout=max(120.0, timeout))
     ports = [str(r["port"]) for r in recs]

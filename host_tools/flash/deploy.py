@@ -130,6 +130,7 @@ def _fl_romhash(n):
     return binascii.hexlify(hashlib.sha256(memoryview(vfs.rom_ioctl(2, 0))[:n]).digest()).decode()
 """
 ROMFS_CHUNK = 4096
+ROMFS_MIN_CHUNK = 256  # the smallest write tried when the board's heap refuses larger ones
 
 
 @dataclass
@@ -201,8 +202,8 @@ def flash(port: str, *, source: bool = False, board_name: str | None = None,
             report.notes.append(str(remounted))
         rom_files: list[ImageFile] = []
         rom_img = b""
+        part = int(b.eval("_fl_romfs()", "looking for a ROMFS partition"))
         if romfs and not as_source:
-            part = int(b.eval("_fl_romfs()", "looking for a ROMFS partition"))
             mods = [f for f in image if f.dest.endswith(".mpy")]
             if part and mods:
                 rom_img = romfs_image(mods)
@@ -236,6 +237,9 @@ def flash(port: str, *, source: bool = False, board_name: str | None = None,
             rom_todo = sorted(new_rom)  # the partition holds something else: all of it anew
         report.unchanged += sorted(p for p in new_rom if p not in rom_todo)
         rom_gone = [] if rom_same else sorted(p for p in old_rom if p not in new_rom)
+        # our modules of an earlier flash, when this one puts none in the partition: erased,
+        # so that a module this image no longer has cannot still be imported from /rom
+        rom_erase = bool(old_rom) and not rom_img and part > 0
         man: dict[str, object] = {"board": name, "files": {f.dest: f.sha256 for f in image}}
         if rom_img:
             man["romfs"] = {"sha256": rom_sha, "size": len(rom_img), "files": new_rom}
@@ -261,6 +265,9 @@ def flash(port: str, *, source: bool = False, board_name: str | None = None,
         if rom_img and not rom_same:
             _write_romfs(b, rom_img, lambda n, _t: step("write ROMFS image", sent + n, total))
             sent += len(rom_img)
+        elif rom_erase:
+            _erase_romfs(b)
+            report.notes.append("the ROMFS partition's image of the earlier flash erased")
         report.bytes_sent = sent
 
         step("commit", 0, 1)
@@ -297,15 +304,32 @@ def _read_manifest(b: Board) -> tuple[dict[str, str], dict[str, str]]:
     return files, rom
 
 
+def _unmount_romfs(b: Board) -> tuple[int, int]:
+    """Unmount /rom before its partition changes; (partition size, erase block size)."""
+    b.exec("import vfs, binascii\ntry:\n    vfs.umount('/rom')\nexcept OSError:\n    pass",
+           "unmounting /rom")
+    size = int(b.eval("len(vfs.rom_ioctl(2, 0))", "sizing the ROMFS partition"))
+    block = int(b.eval("vfs.rom_ioctl(6, 0)", "reading the ROMFS erase block size"))
+    return size, block if 0 < block < size else size
+
+
+def _erase_romfs(b: Board) -> None:
+    """Erase the partition's first block: without its header the partition holds no image
+    and is not mounted at /rom on the next boot."""
+    size, block = _unmount_romfs(b)
+    args = f"0, {block}" if block < size else f"{size}"
+    r = int(b.eval(f"vfs.rom_ioctl(3, 0, {args})", "erasing the ROMFS partition"))
+    if r >= 0:
+        r = int(b.eval("vfs.rom_ioctl(5, 0)", "finishing the ROMFS erase") or 0)
+    if r < 0:
+        raise BoardError(f"{b.port}: the ROMFS partition refused to erase ({r})")
+
+
 def _write_romfs(b: Board, img: bytes, progress: Callable[[int, int], None]) -> None:
     """Write a ROMFS image to partition 0 through vfs.rom_ioctl, as mpremote romfs deploy does
     (prepare: erase; write in chunks; end), then check what the partition holds."""
-    b.exec("import vfs, binascii\ntry:\n    vfs.umount('/rom')\nexcept OSError:\n    pass",
-           "unmounting /rom")
+    size, block = _unmount_romfs(b)
     before = b.eval(f"_fl_romhash({len(img)})", "hashing the ROMFS partition")
-    size = int(b.eval("len(vfs.rom_ioctl(2, 0))", "sizing the ROMFS partition"))
-    block = int(b.eval("vfs.rom_ioctl(6, 0)", "reading the ROMFS erase block size"))
-    block = block if 0 < block < size else size
     min_write = 4
     if block < size:
         off = 0
@@ -318,15 +342,24 @@ def _write_romfs(b: Board, img: bytes, progress: Callable[[int, int], None]) -> 
     if min_write < 0:
         raise BoardError(f"{b.port}: the ROMFS partition refused to erase ({min_write})")
     chunk = max(ROMFS_CHUNK, min_write)
-    for off in range(0, len(img), chunk):
+    off = 0
+    while off < len(img):
         part = img[off:off + chunk]
         part += b"\xff" * (-len(part) % min_write)
         b64 = base64.b64encode(part).decode()
-        r = b.eval(f"vfs.rom_ioctl(4, 0, {off}, binascii.a2b_base64({b64!r}))",
-                   f"writing the ROMFS image at {off}")
+        try:
+            r = b.eval(f"vfs.rom_ioctl(4, 0, {off}, binascii.a2b_base64({b64!r}))",
+                       f"writing the ROMFS image at {off}")
+        except BoardError as e:
+            # a small or fragmented heap: the same bytes again in smaller writes
+            if "MemoryError" not in str(e) or chunk <= max(min_write, ROMFS_MIN_CHUNK):
+                raise
+            chunk = max(chunk // 2, min_write)
+            continue
         if r != 0:
             raise BoardError(f"{b.port}: ROMFS write at {off} failed ({r})")
-        progress(min(off + chunk, len(img)), len(img))
+        off += len(part)
+        progress(min(off, len(img)), len(img))
     r = b.eval("vfs.rom_ioctl(5, 0)", "finishing the ROMFS write")
     if isinstance(r, int) and r < 0:
         raise BoardError(f"{b.port}: finishing the ROMFS write failed ({r})")

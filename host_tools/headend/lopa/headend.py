@@ -721,6 +721,17 @@ class HeadEnd:
                 errors.append(f"{tgt.name}: bad READ answer ({_why(e)})")
         raise LopaError("no member tells the time: " + "; ".join(errors or ["no ports"]))
 
+    def _clock_note(self, op: Op, tgt: Target, t: int) -> str:
+        """Where the clock of a meter without a value for interval ``t`` is: a meter behind
+        (its clock set wrong, or it was off) from one that lost the value."""
+        try:
+            r = self._read(op, tgt)
+            length = int(r["interval"]["length"])
+            return (f"its clock {int(r['clock'])} is in interval "
+                    f"{int(r['interval']['start']) // length}, asked for {t}")
+        except (*METER_FAILURES, KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            return f"and no READ of its clock: {_why(e)}"
+
     def _row(self, gid: bytes, t: int) -> RoundRow:
         rd = self.state.round(gid, t)
         assert rd is not None
@@ -763,6 +774,8 @@ class HeadEnd:
                         if e.code == wire.E_FAILED and self.now() < deadline:
                             self.sleep(0.25)
                             continue
+                        if e.code == wire.E_FAILED:
+                            raise LopaError(f"{e} ({self._clock_note(op, tgt, t)})") from None
                         raise
                     t2, c = codec.parse_value(raw, "CIPHERTEXT answer")
                     if t2 != t & codec.MASK32:
