@@ -52,11 +52,12 @@ bench-sim: setup
 	$(BIN)/python -m host_tools.sim.bench --meters $(or $(BENCH_METERS),50)
 
 # `meterctl bench` (issue 7): C1-C14 and S1-S4 on virtual meters beside the Elster AS300,
-# quick form (setups 1x3,1x25, 3 runs); figures, tables and chart in build/bench/.
+# quick form (setups 1x3,1x25, 3 runs); figures, tables and chart in build/bench/, and the
+# results block of docs/BENCH.md rewritten.
 .PHONY: bench
 bench: setup
 	$(BIN)/meterctl bench --sim --quick --json build/bench/bench.json \
-		--md build/bench/bench.md --png build/bench/bench.png
+		--md build/bench/bench.md --png build/bench/bench.png --update-doc docs/BENCH.md
 
 # Fuzzing on the MicroPython VM (issue 10): FUZZ_N inputs per target (WAN parser, CS
 # verification, LoPA chunk handler, RECOVER handler); the default suite runs 5000 in all
