@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from host_tools.bench import elster, system
-from host_tools.bench.results import Result
+from host_tools.bench.results import Result, replace_marked_block
 
 if TYPE_CHECKING:
     from host_tools.bench.runner import BenchRun
@@ -460,13 +460,7 @@ DOC_BEGIN, DOC_END = "<!-- bench-sim:results -->", "<!-- /bench-sim:results -->"
 def update_doc(run: BenchRun, path: Path) -> None:
     """Put :func:`markdown` of ``run`` between the ``<!-- bench-sim:results -->`` markers of
     ``path`` (docs/BENCH.md; the markers and the block are appended when absent)."""
-    doc = path.read_text() if path.exists() else ""
-    block = f"{DOC_BEGIN}\n{markdown(run).rstrip()}\n{DOC_END}"
-    if DOC_BEGIN in doc and DOC_END in doc:
-        doc = doc[:doc.index(DOC_BEGIN)] + block + doc[doc.index(DOC_END) + len(DOC_END):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(doc)
+    replace_marked_block(path, DOC_BEGIN, DOC_END, markdown(run).rstrip())
 
 
 # -- the chart --------------------------------------------------------------------------------

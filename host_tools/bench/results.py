@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -54,3 +55,15 @@ class BenchAborted(Exception):
         super().__init__(f"{test}: {message}")
         self.test = test
         self.results = results
+
+
+def replace_marked_block(path: Path, begin: str, end: str, text: str) -> None:
+    """Put ``text`` between the marker lines ``begin`` and ``end`` of the document at ``path``
+    (docs/BENCH.md), which keeps everything else; markers and block are appended when absent."""
+    doc = path.read_text() if path.exists() else ""
+    block = f"{begin}\n{text}\n{end}"
+    if begin in doc and end in doc:
+        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
+    path.write_text(doc)

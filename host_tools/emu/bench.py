@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from host_tools.bench.results import BenchAborted, Result
+from host_tools.bench.results import BenchAborted, Result, replace_marked_block
 from host_tools.emu.build import BOARDS, REPO, BoardSpec
 from host_tools.emu.run import Emulator
 from host_tools.flash.build import compile_one
@@ -103,14 +103,8 @@ def render(results: list[Result], spec: BoardSpec) -> str:
 def update_doc(path: Path, board: str, text: str) -> None:
     """Put ``text`` between ``<!-- bench-emulated:BOARD -->`` and
     ``<!-- /bench-emulated:BOARD -->`` in ``path`` (appended with the markers if absent)."""
-    begin, end = f"<!-- bench-emulated:{board} -->", f"<!-- /bench-emulated:{board} -->"
-    doc = path.read_text() if path.exists() else ""
-    block = f"{begin}\n{text}\n{end}"
-    if begin in doc and end in doc:
-        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + block + "\n"
-    path.write_text(doc)
+    replace_marked_block(path, f"<!-- bench-emulated:{board} -->",
+                         f"<!-- /bench-emulated:{board} -->", text)
 
 
 # RFC 7748 section 5.2, the first vector: (scalar, u, X25519(scalar, u)).
