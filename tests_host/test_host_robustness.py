@@ -99,6 +99,27 @@ def test_a_meter_silent_mid_reply_gives_a_clear_error_in_time(keystore: Keystore
         port.close()
 
 
+def test_a_request_aborted_from_another_thread_ends_at_once_and_its_port_stays_its_own(
+        keystore: Keystore) -> None:
+    """The power-cut watcher's way to end a request: abort(), not closing the port under the
+    reading thread (whose freed descriptor number another thread's open could get)."""
+    port = FakePort(lambda _got: None)  # a meter that never answers
+    try:
+        entry = keystore.get(METER)
+        assert entry is not None
+        with MeterLink(port.name, entry, keystore, timeout=10.0) as link:
+            fd = link.ser.fd
+            threading.Timer(0.3, link.abort, args=("the meter's power was cut",)).start()
+            t0 = time.monotonic()
+            with pytest.raises(LinkError, match="the meter's power was cut"):
+                link.request(wire.K_READ)
+            assert time.monotonic() - t0 < 2
+            assert link.ser.is_open and link.ser.fd == fd  # closed by its own thread only
+        assert b"\n" in port.got  # the request went out before the abort
+    finally:
+        port.close()
+
+
 def test_a_board_silent_mid_exec_gives_a_clear_error_in_time() -> None:
     # A raw REPL that accepts the code, prints half of its output and goes silent.
     def raw_repl(got: bytes) -> bytes | None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from typing import Any
 
@@ -62,6 +63,8 @@ class MeterLink:
         self.rx_bytes = 0
         self.ignored: list[bytes] = []  # non-frame lines the meter printed
         self._reader = wire.LineReader(on_text=self._text)
+        self._abort = threading.Event()
+        self._abort_why = ""
         self.ser = self._open()
 
     def _open(self) -> serial.Serial:
@@ -94,6 +97,17 @@ class MeterLink:
 
     def close(self) -> None:
         self.ser.close()
+
+    def abort(self, why: str = "aborted") -> None:
+        """From another thread: the request under way ends with Disconnected within one
+        50-ms read. (Closing the port instead would free its file descriptor under that
+        thread's read or write, and the number can go to a file another thread opens.)"""
+        self._abort_why = why
+        self._abort.set()
+
+    def _check_abort(self) -> None:
+        if self._abort.is_set():
+            raise Disconnected(f"{self.port}: {self._abort_why}")
 
     def __enter__(self) -> MeterLink:
         return self
@@ -155,6 +169,7 @@ class MeterLink:
         return resp
 
     def send_line(self, line: bytes) -> None:
+        self._check_abort()
         try:
             self.ser.write(line)
             self.ser.flush()
@@ -165,6 +180,7 @@ class MeterLink:
     def await_response(self, ctr: int) -> wire.Frame:
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
+            self._check_abort()
             try:
                 data = self.ser.read(4096)
             except (serial.SerialException, OSError) as e:

@@ -284,7 +284,6 @@ class Campaign:
         as soon as the supervisor reports the cut, so no request waits for its timeout."""
         before = self.power_cuts
         stop = threading.Event()
-        closed = threading.Event()
 
         def watch() -> None:
             while not stop.wait(0.02):
@@ -295,8 +294,7 @@ class Campaign:
                 if cut:
                     lk = self.link
                     if lk is not None:
-                        closed.set()
-                        lk.ser.close()
+                        lk.abort("the meter's power was cut")
                     return
 
         th = threading.Thread(target=watch, daemon=True)
@@ -307,10 +305,6 @@ class Campaign:
         except (LinkError, MeterError, OSError, codec.CodecError, switch.SwitchError,
                 fleet.SimError):
             return False
-        except (TypeError, AttributeError):
-            if closed.is_set():  # pyserial, its port closed under a read by the watcher
-                return False
-            raise
         finally:
             stop.set()
             th.join()
