@@ -86,6 +86,25 @@ def open_pty() -> tuple[int, str]:
     return master, name
 
 
+def vm_threads(pid: int) -> str:
+    """Each VM thread's state and the kernel function it waits in: where a VM that ignores
+    Ctrl-C is stuck (for the supervisor's log)."""
+    out = []
+    try:
+        for tid in sorted(os.listdir(f"/proc/{pid}/task"), key=int):
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                    state = f.read().rsplit(")", 1)[1].split()[0]
+                with open(f"/proc/{pid}/task/{tid}/wchan") as f:
+                    wchan = f.read().strip() or "-"
+            except OSError:
+                continue
+            out.append(f"{tid} {state} {wchan}")
+    except OSError:
+        return "gone"
+    return ", ".join(out)
+
+
 def sigint_caught(pid: int) -> bool:
     """True while the VM has its SIGINT handler installed, i.e. it is executing
     code with the interrupt character enabled. Idle at a prompt, or after
@@ -170,7 +189,8 @@ class Supervisor:
         self.running = True
         self.files: dict[str, str] = {}
         self.stats = {"boots": 0, "soft_reboots": 0, "power_cuts": 0, "crashes": 0,
-                      "sigints": 0, "han_bytes": 0, "han_ignored_in": 0, "led_toggles": 0}
+                      "sigints": 0, "han_bytes": 0, "han_ignored_in": 0,
+                      "led_toggles": 0}
         self.led_changed = 0.0
         self.recent_exits: list[float] = []
         # The power-cut campaign's write-point hook (rom.py WritePoints): armed for one VM run.
@@ -539,10 +559,14 @@ class Supervisor:
         self.stats["sigints"] += 1
 
     def _check_sigint(self) -> None:
-        """The unix port now and then drops a SIGINT that lands just as code
-        starts (seen right after main.py begins: the handler ran, nothing was
-        raised). A board never loses a Ctrl-C, so one that has had no effect
-        after SIGINT_SETTLE_S is sent again, at most twice."""
+        """The VM now and then loses a SIGINT, mostly just as main.py starts. One cause is
+        known: MicroPython's import takes whatever a Python VFS's stat raises for "not
+        found" (extmod/vfs.c, mp_vfs_import_stat), and the virtual board's filesystem is
+        Python (board/virtual/host/rom.py, JailFS), so a KeyboardInterrupt raised there while
+        main.py imports is swallowed; a board's littlefs stat is C. A board never loses a
+        Ctrl-C, so one that has had no effect after SIGINT_SETTLE_S is sent again, at most
+        twice: a SIGINT that meets one still pending makes the unix port exit(1) inside its
+        signal handler. Giving up logs where the VM's threads wait."""
         if not self.sigint_at or time.monotonic() - self.sigint_at < SIGINT_SETTLE_S:
             return
         if self.sigint_retries < 2 and self.vm_pid and sigint_caught(self.vm_pid) and (
@@ -550,6 +574,8 @@ class Supervisor:
             self.log("Ctrl-C had no effect; SIGINT again")
             self._sigint(retry=True)
         else:
+            if self.file_running and self.vm_pid:
+                self.log(f"Ctrl-C had no effect; giving up (VM threads: {vm_threads(self.vm_pid)})")
             self.sigint_at = 0.0
 
     def _interrupt_pending(self) -> bool:
