@@ -189,8 +189,7 @@ class Supervisor:
         self.running = True
         self.files: dict[str, str] = {}
         self.stats = {"boots": 0, "soft_reboots": 0, "power_cuts": 0, "crashes": 0,
-                      "sigints": 0, "han_bytes": 0, "han_ignored_in": 0,
-                      "led_toggles": 0}
+                      "sigints": 0, "han_bytes": 0, "han_ignored_in": 0, "led_toggles": 0}
         self.led_changed = 0.0
         self.recent_exits: list[float] = []
         # The power-cut campaign's write-point hook (rom.py WritePoints): armed for one VM run.
