@@ -8,7 +8,7 @@ Power is cut (the VM SIGKILLed, as the supervisor's power cut does) in two ways:
 
 - **at a write point**: the virtual board's filesystem counts every persisted change (open
   for writing, each write, rename, remove, mkdir) from the moment the supervisor arms it, and
-  stops the VM at exactly the k-th (``arm-cut``, board/virtual/host/rom.py ``WritePoints``);
+  stops the VM at exactly the k-th (``arm-cut``, board/virtual/host/rom.py ``_wp_hit``);
   every k from 1 to the number of write points the operation made in a counting run is cut,
   every other one torn (half of that write done). Writes of background work (an interval
   closing) that fall in the window are write points too, and are named in the figures;

@@ -9,6 +9,7 @@ supervisor's control socket), ``port`` and ``han`` (links to its ptys) and
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -20,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from host_tools.flash.build import REPO
+from host_tools.flash.build import REPO, ImageFile, compile_one, romfs_image
 from host_tools.sim import vmlaunch
 
 ROM = REPO / "board" / "virtual" / "host" / "rom.py"
@@ -80,6 +81,24 @@ def ctl(mdir: Path, request: dict[str, Any], timeout: float = 10.0) -> dict[str,
     return reply
 
 
+def rom_image(cache: Path | None = None) -> Path:
+    """The virtual board's ROM as the VM runs it: board/virtual/host/*.py compiled by mpy-cross
+    into a ROMFS image, which the VM's launcher maps read-only outside the heap and the VM runs
+    in place (supervisor.BOOT), as a board runs its ROM's C code from flash: its bytecode,
+    strings and names take no heap (docs/hardware.md, "Memory"). Built once, cached."""
+    files = [ImageFile(p, "/" + p.stem + ".mpy", compile_one(p, "/" + p.name, None))
+             for p in sorted(ROM.parent.glob("*.py"))]
+    img = romfs_image(files)
+    cache = cache or vmlaunch.default_cache()
+    out = cache / f"boardrom-{hashlib.sha256(img).hexdigest()[:16]}.romfs"
+    if not out.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f"{out.name}.{os.getpid()}.tmp")
+        tmp.write_bytes(img)
+        os.replace(tmp, out)  # concurrent fleets each publish a complete file
+    return out
+
+
 def is_running(mdir: Path) -> bool:
     try:
         ctl(mdir, {"cmd": "status"}, timeout=2)
@@ -125,6 +144,7 @@ def start(n: int, base: Path | None = None, *, heap: str = "192K", seed: int = 1
         # Still works, hosted by CPython: about 9 MB more per meter.
         print(f"sim: native VM launcher unavailable ({e}); using the CPython host",
               file=sys.stderr)
+    rom = rom_image()
     procs = []
     for i in range(n):
         mdir = meter_dir(base, i)
@@ -134,7 +154,7 @@ def start(n: int, base: Path | None = None, *, heap: str = "192K", seed: int = 1
             (mdir / stale).unlink(missing_ok=True)
         args = [sys.executable, "-S", str(SUPERVISOR), "--dir", str(mdir), "--index", str(i),
                 "--seed", str(seed * 1000 + i), "--heap", heap, "--site", site,
-                "--rom", str(ROM), *launcher]
+                "--rom", str(rom), *launcher]
         if trace:
             args.append("--trace")
         if time_scale is not None:

@@ -7,8 +7,8 @@ Run as its own process (``python -S supervisor.py ...``), one per meter, by
 - owns the pty that clients (mpremote, pyserial, ampy, meterctl) open, in raw
   mode, and survives clients connecting and disconnecting, as a USB CDC port
   does; output while no client is attached is dropped, as on a Pico;
-- runs the VM (``micropython -i board/virtual/host/rom.py``) on a pty of its
-  own, with the heap capped like a Pico's;
+- runs the VM (``micropython -i -c BOOT``: the board's ROM, board/virtual/host/rom.py, run in
+  place from a read-only mapping) on a pty of its own, with the heap capped like a Pico's;
 - reboots the VM when it exits on a soft reset (the unix port exits where a
   board reboots), printing what a board prints and returning to the REPL mode
   the board was in: boot.py only after a raw-REPL soft reset, boot.py and
@@ -61,18 +61,34 @@ LAUNCHER = (
     "c.prctl(1,signal.SIGKILL)\n"
     "os.getppid()==int(sys.argv[1]) or sys.exit(1)\n"
     "signal.signal(signal.SIGINT,signal.SIG_DFL)\n"
-    "os.environ.pop('MPVM_ROMFS_MAP',None)\n"
-    "r=os.environ.get('MPVM_ROMFS','')\n"
-    "n=os.path.getsize(r) if r and os.path.isfile(r) else 0\n"
-    "if n:\n"
-    " fd=os.open(r,os.O_RDONLY);c.mmap.restype=ctypes.c_void_p\n"
-    " c.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,ctypes.c_int,"
+    "c.mmap.restype=ctypes.c_void_p\n"
+    "c.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,ctypes.c_int,"
     "ctypes.c_long]\n"
-    " p=c.mmap(None,n,1,2,fd,0);os.close(fd)\n"
-    " if p and p!=ctypes.c_void_p(-1).value:os.environ['MPVM_ROMFS_MAP']='%d %d'%(p,n)\n"
+    "for e in ('MPVM_ROMFS','MPVM_BOARDROM'):\n"
+    " os.environ.pop(e+'_MAP',None)\n"
+    " r=os.environ.get(e,'')\n"
+    " n=os.path.getsize(r) if r and os.path.isfile(r) else 0\n"
+    " if n:\n"
+    "  fd=os.open(r,os.O_RDONLY)\n"
+    "  p=c.mmap(None,n,1,2,fd,0);os.close(fd)\n"
+    "  if p and p!=ctypes.c_void_p(-1).value:os.environ[e+'_MAP']='%d %d'%(p,n)\n"
     "sys.path.insert(0,sys.argv[2])\n"
     "from micropython_run import run_main\n"
     "sys.exit(run_main(sys.argv[3:]))\n"
+)
+
+# The first code the VM runs (``micropython -i -c BOOT ARGS``): it mounts the board's ROM (the
+# launcher's read-only mapping of a ROMFS image of board/virtual/host/rom.py compiled,
+# ``MPVM_BOARDROM_MAP``, fleet.rom_image()) and runs it in place, outside the heap, as a board
+# runs its ROM's code from flash; rom.boot() unmounts it and goes on as a board's port does.
+BOOT = (
+    "import os,sys,vfs,uctypes\n"
+    "a=os.getenv('MPVM_BOARDROM_MAP').split()\n"
+    "vfs.mount(vfs.VfsRom(uctypes.bytearray_at(int(a[0]),int(a[1]))),'/_rom')\n"
+    "sys.path[:]=['/_rom']\n"
+    "import rom\n"
+    "del a,os,sys,vfs,uctypes\n"
+    "rom.boot(globals())\n"
 )
 
 
@@ -192,7 +208,7 @@ class Supervisor:
                       "sigints": 0, "han_bytes": 0, "han_ignored_in": 0, "led_toggles": 0}
         self.led_changed = 0.0
         self.recent_exits: list[float] = []
-        # The power-cut campaign's write-point hook (rom.py WritePoints): armed for one VM run.
+        # The power-cut campaign's write-point hook (rom.py _wp_hit): armed for one VM run.
         self.wcut: dict[str, Any] = {"k": 0, "armed": False, "cuts": 0, "points": [],
                                      "last": None}
         self.arm_waiters: list[socket.socket] = []
@@ -239,7 +255,7 @@ class Supervisor:
         hw_in_r, hw_in_w = os.pipe()
         hw_out_r, hw_out_w = os.pipe()
         han_r, han_w = os.pipe()
-        vm_args = ["micropython", "-X", f"heapsize={self.a.heap}", "-i", self.a.rom, self.fs, mode,
+        vm_args = ["micropython", "-X", f"heapsize={self.a.heap}", "-i", "-c", BOOT, self.fs, mode,
                    *(str(fd) for fd in VM_FDS), str(self.a.flash_bytes)]
         if self.a.launcher:
             # The native launcher (vmlaunch.py): the same VM without a CPython around it.
@@ -251,7 +267,8 @@ class Supervisor:
         actions = [(os.POSIX_SPAWN_DUP2, src, dst) for src, dst in (
             (con_slave, 0), (con_slave, 1), (con_slave, 2),
             (hw_in_r, VM_FDS[0]), (hw_out_w, VM_FDS[1]), (han_w, VM_FDS[2]))]
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.dir}
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.dir,
+               "MPVM_BOARDROM": self.a.rom}
         if self.a.romfs_bytes:
             env["MPVM_ROMFS"] = self.romfs
         self.vm_pid = os.posix_spawn(exe, argv, env, file_actions=actions, setsid=True)
@@ -823,7 +840,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--time-scale", type=float, default=1.0,
                     help="the RTC runs this many times as fast as host time (soak tests)")
     ap.add_argument("--site", required=True, help="directory holding micropython_run")
-    ap.add_argument("--rom", required=True, help="board/virtual/host/rom.py")
+    ap.add_argument("--rom", required=True,
+                    help="the board's ROM: a ROMFS image of board/virtual/host/rom.py compiled "
+                         "(fleet.rom_image())")
     ap.add_argument("--launcher", help="native VM launcher (vmlaunch.py); else CPython hosts it")
     ap.add_argument("--vm-so", help="the VM extension module the native launcher loads")
     Supervisor(ap.parse_args(argv)).run()

@@ -18,7 +18,9 @@ starts and tells the VM where (``MPVM_ROMFS_MAP`` = "address size"). The mapping
 the MicroPython heap, as a board's memory-mapped flash is, and cannot be written: a store into
 it kills the VM (SIGSEGV), as a write to a board's XIP flash faults. The ROM
 (board/virtual/host/rom.py) mounts it as ``vfs.VfsRom`` at /rom, whose .mpy files then run in
-place (docs/hardware.md, "Memory").
+place (docs/hardware.md, "Memory"). The ROM itself is mapped the same way (``MPVM_BOARDROM``, a
+ROMFS image of its compiled code, ``MPVM_BOARDROM_MAP``): the VM runs it in place, as a board
+runs its ROM's C code from flash, so that its bytecode takes no heap.
 """
 
 from __future__ import annotations
@@ -46,10 +48,12 @@ _MAIN = r"""
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* The ROMFS partition (MPVM_ROMFS: a file), mapped read-only outside the VM's heap. */
-static void map_romfs(void) {
-    const char *path = getenv("MPVM_ROMFS");
-    unsetenv("MPVM_ROMFS_MAP");
+/* A read-only flash region: the file named by $file_env, mapped read-only outside the VM's
+ * heap; where, in $map_env ("address size"). The ROMFS partition (MPVM_ROMFS), and the board's
+ * ROM (MPVM_BOARDROM: the ROM's compiled code, run in place as a board runs its C from flash). */
+static void map_ro(const char *file_env, const char *map_env) {
+    const char *path = getenv(file_env);
+    unsetenv(map_env);
     if (!path || !*path) {
         return;
     }
@@ -63,7 +67,7 @@ static void map_romfs(void) {
         if (p != MAP_FAILED) {
             char v[64];
             snprintf(v, sizeof v, "%lu %lu", (unsigned long)p, (unsigned long)st.st_size);
-            setenv("MPVM_ROMFS_MAP", v, 1);
+            setenv(map_env, v, 1);
         }
     }
     close(fd); /* the mapping stays */
@@ -79,7 +83,8 @@ int main(int argc, char **argv) {
         return 1; /* the supervisor died before the death signal was armed */
     }
     signal(SIGINT, SIG_DFL);
-    map_romfs();
+    map_ro("MPVM_ROMFS", "MPVM_ROMFS_MAP");
+    map_ro("MPVM_BOARDROM", "MPVM_BOARDROM_MAP");
     void *vm = dlopen(argv[2], RTLD_LAZY | RTLD_GLOBAL);
     if (!vm) {
         fprintf(stderr, "mpvm: %s\n", dlerror());
