@@ -14,12 +14,36 @@ import struct
 import time
 from micropython import const
 
+import lazy
 from ringlog import Ring
 
 WINDOW_US = const(1000000)  # the accounting tick
 BATCH = const(4)  # messages a task handles per turn before others get theirs
 IDLE_MAX_MS = const(10)
 _IMMUTABLE = (type(None), bool, int, float, str, bytes)
+
+# RAM: a task's bookkeeping is a row of _NF small ints in one flat list (self._f), and its
+# mailbox a ring of 3-entry slots (sender, kind, payload) in one list shared by all (self._q):
+# no object, dict or list per task or mailbox (docs/hardware.md, "Memory"). Row 0 is the
+# kernel's own mailbox (requests from tasks: stats, log reads, seal); tasks are rows 1 and up.
+_PERIOD = const(0)  # step period, us (0: the task has no step)
+_DUE = const(1)  # next step due, ticks_us
+_BUSY = const(2)  # us busy in the current window
+_SHARE = const(3)  # us busy in the last complete window
+_LATE = const(4)  # worst lateness of step() in the current window
+_LATE_LAST = const(5)  # ... in the last complete window
+_LATE_WORST = const(6)  # ... since boot
+_HANDLED = const(7)
+_ERRORS = const(8)
+_OVERFLOW = const(9)  # a full mailbox was logged in this window
+_RT = const(10)  # realtime: its step also runs between any two messages
+_QOFF = const(11)  # its mailbox: first entry in self._q
+_QCAP = const(12)  # capacity, messages
+_QHEAD = const(13)
+_QN = const(14)  # messages waiting
+_QDROP = const(15)  # messages dropped on a full mailbox
+_NF = const(16)
+_KBOX = const(4)  # the kernel's own mailbox
 
 
 def frozen(payload, depth=0):
@@ -34,69 +58,34 @@ def frozen(payload, depth=0):
     return False
 
 
-class Mailbox:
-    # A fixed-capacity ring, preallocated: put() never allocates or blocks.
-    def __init__(self, capacity):
-        self.cap = capacity
-        self._s = [None] * capacity
-        self._k = [None] * capacity
-        self._p = [None] * capacity
-        self._head = 0
-        self.n = 0
-        self.dropped = 0
-
-    def put(self, sender, kind, payload):
-        if self.n >= self.cap:
-            self.dropped += 1
-            return False
-        i = (self._head + self.n) % self.cap
-        self._s[i], self._k[i], self._p[i] = sender, kind, payload
-        self.n += 1
-        return True
-
-    def get(self):
-        i = self._head
-        msg = (self._s[i], self._k[i], self._p[i])
-        self._s[i] = self._k[i] = self._p[i] = None
-        self._head = (i + 1) % self.cap
-        self.n -= 1
-        return msg
-
-
 class Port:
-    # What a task holds: its name (for reading only), send() and log().
-    def __init__(self, name, send, log):
+    # What a task holds: its name (for reading only), send() and log(). Both go through one
+    # closure over the task's name that the kernel made (kernel.add), so whatever the task
+    # does to its Port, it sends and logs as itself.
+    def __init__(self, name, fn):
         self.name = name
-        self.send = send
-        self.log = log
+        self._fn = fn
 
+    def send(self, to, kind, payload=None):
+        return self._fn(to, kind, payload)
 
-class _Task:
-    def __init__(self, name, obj, box, period_us, realtime):
-        self.name = name
-        self.obj = obj
-        self.box = box
-        self.period_us = period_us
-        self.realtime = realtime
-        self.step = getattr(obj, "step", None) if period_us else None
-        self.due = time.ticks_us()
-        self.busy_us = 0  # in the current window
-        self.share_us = 0  # in the last complete window
-        self.late_us = 0  # worst lateness of step() in the current window
-        self.late_last = 0
-        self.late_worst = 0  # since boot
-        self.handled = 0
-        self.errors = 0
-        self.overflow_logged = False
+    def log(self, text):
+        self._fn(None, None, text)
 
 
 class Kernel:
     def __init__(self, flows, log_of, logs, now_s, sleep_ms=time.sleep_ms):
-        # Private copies: changing policy.py's tables at run time grants nothing.
-        # Nested by sender then receiver: a lookup allocates no key tuple.
-        self._flows = {}
+        # Private copies: changing policy.py's tables at run time grants nothing. Per sender
+        # one flat tuple: receiver, its kinds..., None, the next receiver, ... (a lookup
+        # allocates nothing).
+        by = {}
         for sender, receiver in flows:
-            self._flows.setdefault(sender, {})[receiver] = tuple(flows[(sender, receiver)])
+            by.setdefault(sender, []).extend((receiver,) + tuple(flows[(sender, receiver)])
+                                             + (None,))
+        self._flows = {}
+        for sender in by:
+            self._flows[sender] = tuple(by[sender])
+        by = None
         self._log_of = dict(log_of)
         self._now_s = now_s
         self._sleep_ms = sleep_ms
@@ -104,9 +93,13 @@ class Kernel:
         for name in logs:
             path, cap, rec = logs[name]
             self._logs[name] = Ring(path, cap, rec)
-        self._tasks = []
-        self._by_name = {}
-        self._box = Mailbox(4)  # the kernel's own requests (stats, log reads)
+        self._names = ["kernel"]
+        self._objs = [None]
+        self._steps = [None]
+        self._f = [0] * _NF
+        self._f[_QCAP] = _KBOX
+        self._q = [None] * (3 * _KBOX)
+        self._by_name = {"kernel": 0}
         self.refused = 0
         self._win_start = time.ticks_us()
         self._win_sleep = 0
@@ -116,26 +109,80 @@ class Kernel:
     def add(self, name, factory, hw=None, capacity=8, period_ms=0, realtime=False):
         """Create task `name` as factory(port, hw) with a mailbox of `capacity`;
         if period_ms, its step() runs that often (realtime: between messages too)."""
-        route, log = self._route, self.log
+        k = self
 
-        def send(to, kind, payload=None):
-            return route(name, to, kind, payload)
+        def port(to, kind, payload):
+            if to is None:
+                k.log(name, payload)
+                return None
+            return k._route(name, to, kind, payload)
 
-        def task_log(text):
-            log(name, text)
-
-        obj = factory(Port(name, send, task_log), hw or {})
-        t = _Task(name, obj, Mailbox(capacity), period_ms * 1000, realtime)
-        self._tasks.append(t)
-        self._by_name[name] = t
+        obj = factory(Port(name, port), hw or {})
+        i = len(self._names)
+        row = [0] * _NF
+        row[_PERIOD] = period_ms * 1000
+        row[_DUE] = time.ticks_us()
+        row[_RT] = 1 if realtime else 0
+        row[_QOFF] = len(self._q)
+        row[_QCAP] = capacity
+        self._f.extend(row)
+        self._q.extend([None] * (3 * capacity))
+        self._names.append(name)
+        self._objs.append(obj)
+        self._steps.append(getattr(obj, "step", None) if period_ms else None)
+        self._by_name[name] = i
         return obj
+
+    # -- mailboxes: fixed-capacity rings, preallocated; a put never allocates or blocks -------
+    def _put(self, i, sender, kind, payload):
+        f = self._f
+        b = i * _NF
+        n = f[b + _QN]
+        cap = f[b + _QCAP]
+        if n >= cap:
+            f[b + _QDROP] += 1
+            return False
+        j = f[b + _QOFF] + 3 * ((f[b + _QHEAD] + n) % cap)
+        q = self._q
+        q[j] = sender
+        q[j + 1] = kind
+        q[j + 2] = payload
+        f[b + _QN] = n + 1
+        return True
+
+    def _take(self, i):
+        # the oldest message of mailbox i (it must hold one) -> (sender, kind, payload)
+        f = self._f
+        b = i * _NF
+        h = f[b + _QHEAD]
+        j = f[b + _QOFF] + 3 * h
+        q = self._q
+        msg = (q[j], q[j + 1], q[j + 2])
+        q[j] = q[j + 1] = q[j + 2] = None
+        f[b + _QHEAD] = (h + 1) % f[b + _QCAP]
+        f[b + _QN] -= 1
+        return msg
 
     # -- routing -----------------------------------------------------------------
     def _route(self, sender, receiver, kind, payload):
-        kinds = self._flows.get(sender)
-        if kinds is not None:
-            kinds = kinds.get(receiver)
-        if kinds is None or kind not in kinds:
+        fl = self._flows.get(sender)
+        ok = False
+        if fl is not None:
+            j = 0
+            n = len(fl)
+            while j < n:
+                if fl[j] == receiver:
+                    j += 1
+                    while fl[j] is not None:
+                        if fl[j] == kind:
+                            ok = True
+                            break
+                        j += 1
+                    break
+                while fl[j] is not None:  # this receiver's kinds
+                    j += 1
+                j += 1
+        if not ok:
             self.refused += 1
             self.log("kernel", "policy refused %s->%s %s" % (sender, receiver, kind))
             return False
@@ -143,19 +190,16 @@ class Kernel:
             self.refused += 1
             self.log("kernel", "refused mutable payload %s->%s %s" % (sender, receiver, kind))
             return False
-        if receiver == "kernel":
-            box = self._box
-        else:
-            t = self._by_name.get(receiver)
-            if t is None:
-                self.log("kernel", "no task %s for %s from %s" % (receiver, kind, sender))
-                return False
-            box = t.box
-        if box.put(sender, kind, payload):
+        i = self._by_name.get(receiver)
+        if i is None:
+            self.log("kernel", "no task %s for %s from %s" % (receiver, kind, sender))
+            return False
+        if self._put(i, sender, kind, payload):
             return True
-        if receiver != "kernel" and not t.overflow_logged:
+        b = i * _NF
+        if i and not self._f[b + _OVERFLOW]:
             # Logged once per window, so that a flood cannot flood the log too.
-            t.overflow_logged = True
+            self._f[b + _OVERFLOW] = 1
             self.log("kernel", "mailbox %s full: dropped %s from %s" % (receiver, kind, sender))
         return False
 
@@ -179,56 +223,65 @@ class Kernel:
         return out
 
     # -- scheduling ------------------------------------------------------------
-    def _run_step(self, t, now):
-        late = time.ticks_diff(now, t.due)
+    def _run_step(self, i, now):
+        f = self._f
+        b = i * _NF
+        late = time.ticks_diff(now, f[b + _DUE])
         if late < 0:
             return
-        if late > t.late_us:
-            t.late_us = late
+        if late > f[b + _LATE]:
+            f[b + _LATE] = late
         t0 = time.ticks_us()
         try:
-            t.step()
+            self._steps[i]()
         except Exception as e:  # noqa: BLE001 - one task's fault must not stop the meter
-            self._fault(t, e)
+            self._fault(i, e)
         t1 = time.ticks_us()
-        t.busy_us += time.ticks_diff(t1, t0)
+        f[b + _BUSY] += time.ticks_diff(t1, t0)
         # Next due on the period grid; skip missed slots rather than bunching.
-        t.due = time.ticks_add(t.due, t.period_us)
-        if time.ticks_diff(t1, t.due) > 0:
-            t.due = time.ticks_add(t1, t.period_us)
+        due = time.ticks_add(f[b + _DUE], f[b + _PERIOD])
+        if time.ticks_diff(t1, due) > 0:
+            due = time.ticks_add(t1, f[b + _PERIOD])
+        f[b + _DUE] = due
 
     def _run_realtime(self):
         now = time.ticks_us()
-        for t in self._tasks:
-            if t.realtime and t.step:
-                self._run_step(t, now)
+        f = self._f
+        for i in range(1, len(self._names)):
+            if f[i * _NF + _RT] and self._steps[i] is not None:
+                self._run_step(i, now)
 
-    def _fault(self, t, e):
-        t.errors += 1
-        self.log(t.name, "task %s error: %s %s" % (t.name, type(e).__name__, e))
+    def _fault(self, i, e):
+        self._f[i * _NF + _ERRORS] += 1
+        name = self._names[i]
+        self.log(name, "task %s error: %s %s" % (name, type(e).__name__, e))
 
     def run_once(self):
         now = time.ticks_us()
-        for t in self._tasks:
-            if t.step:
-                self._run_step(t, now)
+        n = len(self._names)
+        steps = self._steps
+        for i in range(1, n):
+            if steps[i] is not None:
+                self._run_step(i, now)
         pending = False
-        for t in self._tasks:
-            n = 0
-            while t.box.n and n < BATCH:
-                sender, kind, payload = t.box.get()
+        f = self._f
+        for i in range(1, n):
+            b = i * _NF
+            k = 0
+            while f[b + _QN] and k < BATCH:
+                sender, kind, payload = self._take(i)
                 t0 = time.ticks_us()
                 try:
-                    t.obj.handle(sender, kind, payload)
+                    self._objs[i].handle(sender, kind, payload)
                 except Exception as e:  # noqa: BLE001
-                    self._fault(t, e)
-                t.busy_us += time.ticks_diff(time.ticks_us(), t0)
-                t.handled += 1
-                n += 1
+                    self._fault(i, e)
+                f[b + _BUSY] += time.ticks_diff(time.ticks_us(), t0)
+                f[b + _HANDLED] += 1
+                k += 1
                 self._run_realtime()  # sampling is never starved by a busy mailbox
-            pending = pending or t.box.n > 0
-        while self._box.n:
-            self._own(*self._box.get())
+            pending = pending or f[b + _QN] > 0
+        while f[_QN]:
+            self._own(*self._take(0))
         self._window()
         if not pending:
             self._idle()
@@ -236,9 +289,10 @@ class Kernel:
     def _idle(self):
         now = time.ticks_us()
         wait = IDLE_MAX_MS * 1000
-        for t in self._tasks:
-            if t.step:
-                d = time.ticks_diff(t.due, now)
+        f = self._f
+        for i in range(1, len(self._names)):
+            if self._steps[i] is not None:
+                d = time.ticks_diff(f[i * _NF + _DUE], now)
                 if d < wait:
                     wait = d
         if wait >= 1000:
@@ -251,12 +305,16 @@ class Kernel:
         if length < WINDOW_US:
             return
         self._last_window = (length, self._win_sleep)
-        for t in self._tasks:
-            t.share_us, t.busy_us = t.busy_us, 0
-            t.late_last, t.late_us = t.late_us, 0
-            if t.late_last > t.late_worst:
-                t.late_worst = t.late_last
-            t.overflow_logged = False
+        f = self._f
+        for i in range(1, len(self._names)):
+            b = i * _NF
+            f[b + _SHARE] = f[b + _BUSY]
+            f[b + _BUSY] = 0
+            f[b + _LATE_LAST] = f[b + _LATE]
+            f[b + _LATE] = 0
+            if f[b + _LATE_LAST] > f[b + _LATE_WORST]:
+                f[b + _LATE_WORST] = f[b + _LATE_LAST]
+            f[b + _OVERFLOW] = 0
         self._win_start, self._win_sleep = now, 0
         # Once a second, collect, rather than only when the heap is full: run-time garbage then
         # never spreads over the free end of the heap, so the few small objects that outlive
@@ -269,53 +327,22 @@ class Kernel:
         while duration_ms is None or time.ticks_diff(time.ticks_ms(), start) < duration_ms:
             self.run_once()
 
-    # -- the kernel's own services (policy rows with receiver "kernel") --------
     def stats(self):
         length, sleep = self._last_window
         tasks = {}
-        for t in self._tasks:
-            tasks[t.name] = {
-                "cpu_pct": round(t.share_us * 100 / length, 2) if length else 0,
-                "late_us": t.late_last, "late_worst_us": t.late_worst,
-                "handled": t.handled, "dropped": t.box.dropped, "errors": t.errors,
+        f = self._f
+        for i in range(1, len(self._names)):
+            b = i * _NF
+            tasks[self._names[i]] = {
+                "cpu_pct": round(f[b + _SHARE] * 100 / length, 2) if length else 0,
+                "late_us": f[b + _LATE_LAST], "late_worst_us": f[b + _LATE_WORST],
+                "handled": f[b + _HANDLED], "dropped": f[b + _QDROP], "errors": f[b + _ERRORS],
             }
         busy = round((length - sleep) * 100 / length, 2) if length else 0
         return {"window_us": length, "cpu_pct": busy, "refused": self.refused, "tasks": tasks}
 
+    # -- the kernel's own services (policy rows with receiver "kernel") --------
     def _own(self, sender, kind, payload):
-        import json
-
-        ref = payload[0]
-        if kind == "stats":
-            # Compact, and a task's "dropped"/"errors" only when not 0: with every HASM task
-            # the answer must stay under the WAN payload cap (1024 bytes).
-            st = self.stats()
-            for v in st["tasks"].values():
-                for f in ("dropped", "errors"):
-                    if not v[f]:
-                        del v[f]
-            body = json.dumps(st, separators=(",", ":"))
-            self._route("kernel", sender, "stats_data", (ref, 0, body))
-        elif kind == "log_read":
-            _, name, from_seq, max_n = payload
-            recs = self.read_log(name, from_seq, max_n)
-            if recs is None:
-                self._route("kernel", sender, "log_data", (ref, 6, "unknown log"))
-                return
-            nxt = recs[-1][0] + 1 if recs else from_seq
-            body = json.dumps({"log": name, "records": recs, "next": nxt})
-            self._route("kernel", sender, "log_data", (ref, 0, body))
-        elif kind == "seal":
-            # The console (the REPL over the WAN's USB serial) is the platform's door around
-            # every task: only the kernel opens or closes it (lib/seal.py).
-            import seal
-
-            on = bool(payload[1])
-            try:
-                seal.set_sealed(on)
-            except OSError as e:  # the flash refused the write: nothing changed
-                self.log("kernel", "seal: failed %s" % e)
-                self._route("kernel", sender, "seal_data", (ref, 7, "seal not persisted"))
-                return
-            self.log("kernel", "seal: %s (WAN command)" % ("sealed" if on else "unsealed"))
-            self._route("kernel", sender, "seal_data", (ref, 0, json.dumps({"sealed": on})))
+        # stats, log reads, seal: rare head-end requests, their code in RAM only while one runs
+        # (kernel_svc.py)
+        lazy.call("kernel_svc", "own", self, sender, kind, payload)

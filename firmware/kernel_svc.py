@@ -1,0 +1,41 @@
+# The kernel's own services (kernel.py; policy rows with receiver "kernel"): STATS, log reads
+# and SEAL/UNSEAL, rare head-end requests. In their own module so that their code is in RAM
+# only while one runs (lib/lazy.py, docs/hardware.md "Memory").
+import json
+
+
+def own(k, sender, kind, payload):
+    ref = payload[0]
+    if kind == "stats":
+        # Compact, and a task's "dropped"/"errors" only when not 0: with every HASM task
+        # the answer must stay under the WAN payload cap (1024 bytes).
+        st = k.stats()
+        for v in st["tasks"].values():
+            for f in ("dropped", "errors"):
+                if not v[f]:
+                    del v[f]
+        body = json.dumps(st, separators=(",", ":"))
+        k._route("kernel", sender, "stats_data", (ref, 0, body))
+    elif kind == "log_read":
+        _, name, from_seq, max_n = payload
+        recs = k.read_log(name, from_seq, max_n)
+        if recs is None:
+            k._route("kernel", sender, "log_data", (ref, 6, "unknown log"))
+            return
+        nxt = recs[-1][0] + 1 if recs else from_seq
+        body = json.dumps({"log": name, "records": recs, "next": nxt})
+        k._route("kernel", sender, "log_data", (ref, 0, body))
+    elif kind == "seal":
+        # The console (the REPL over the WAN's USB serial) is the platform's door around
+        # every task: only the kernel opens or closes it (lib/seal.py).
+        import seal
+
+        on = bool(payload[1])
+        try:
+            seal.set_sealed(on)
+        except OSError as e:  # the flash refused the write: nothing changed
+            k.log("kernel", "seal: failed %s" % e)
+            k._route("kernel", sender, "seal_data", (ref, 7, "seal not persisted"))
+            return
+        k.log("kernel", "seal: %s (WAN command)" % ("sealed" if on else "unsealed"))
+        k._route("kernel", sender, "seal_data", (ref, 0, json.dumps({"sealed": on})))
