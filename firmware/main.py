@@ -1,5 +1,5 @@
 # Boot: close the console if the meter is sealed, then start the meter (meter.py builds the
-# kernel and its tasks on the board).
+# kernel and its tasks on the board) and run it (seal.run).
 #
 # Sealed (lib/seal.py): Ctrl-C goes off before anything else runs, so that the REPL cannot be
 # reached; the check is one stat(), because until it is done a Ctrl-C still interrupts. A
@@ -25,5 +25,11 @@ if _broke and not _sealed:
 del _broke
 
 import meter  # noqa: E402 - after the seal check, which must come first
+import seal  # noqa: E402
+import sys  # noqa: E402
 
-meter.main(_sealed)
+_k = meter.start(_sealed)
+# meter.py only builds the meter: dropped, its code leaves the heap (docs/hardware.md, "Memory")
+del meter, _sealed
+sys.modules.pop("meter", None)
+seal.run(_k)

@@ -76,8 +76,9 @@ def build(now_s=None):
     return k
 
 
-def main(sealed=False):
-    # sealed: main.py found the seal and turned Ctrl-C off (lib/seal.py).
+def start(sealed=False):
+    # sealed: main.py found the seal and turned Ctrl-C off (lib/seal.py). Returns the kernel,
+    # for main.py to run (seal.run); this module is not needed after it.
     print("meter firmware %s on board %s (%s %s)%s" % (
         VERSION, board.NAME, sys.implementation.name,
         ".".join(str(v) for v in sys.implementation.version[:3]), " sealed" if sealed else ""))
@@ -95,16 +96,10 @@ def main(sealed=False):
         # takes the button; the off-switch does not count a button held at boot as a press).
         if seal.button_held(board.button, board.ticks_us, board.ticks_diff, board.sleep_ms):
             seal.set_sealed(False)
-            sealed, by_button = False, True
+            by_button = True
             print("unsealed: the button was held at power-up")
     k = build()
     if by_button:
         k.log("kernel", "seal: unsealed (button held at power-up)")
-    while True:
-        try:
-            k.run()
-        except Exception as e:  # noqa: BLE001
-            # Sealed, the firmware never returns to the REPL: it logs and goes on.
-            if not seal.is_sealed():
-                raise
-            k.log("kernel", "main loop error: %s %s" % (type(e).__name__, e))
+    return k
+

@@ -71,9 +71,9 @@ def accepted_kinds() -> list[int]:
                   and any(isinstance(t, ast.Name) and t.id == "_ROUTES" for t in n.targets))
     names = ["K_INFO"]
     assert isinstance(routes, ast.Tuple)
-    for row in routes.elts:
-        assert isinstance(row, ast.Tuple) and isinstance(row.elts[0], ast.Attribute)
-        names.append(row.elts[0].attr)
+    for kind in routes.elts[::4]:  # flat: kind, task, message kind, encrypted, kind, ...
+        assert isinstance(kind, ast.Attribute)
+        names.append(kind.attr)
     return sorted({int(getattr(fw, n)) for n in names})
 
 

@@ -50,3 +50,15 @@ def button_held(button, ticks_us, ticks_diff, sleep_ms, hold_ms=HOLD_MS):
             return False
         sleep_ms(20)
     return bool(button.value())
+
+
+def run(k):
+    # The meter's main loop: kernel k runs for ever. Sealed, the firmware never returns to the
+    # REPL: an error is logged and the loop goes on; unsealed it ends main.py, as on any board.
+    while True:
+        try:
+            k.run()
+        except Exception as e:  # noqa: BLE001
+            if not is_sealed():
+                raise
+            k.log("kernel", "main loop error: %s %s" % (type(e).__name__, e))

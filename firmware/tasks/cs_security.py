@@ -20,44 +20,45 @@ MAX_PENDING = const(8)
 PROFILE_MAX = const(12)  # records per answer, to stay under the payload cap
 LOGS_MAX = const(10)
 
-# (request kind, task, message kind, answer encrypted); a tuple: nothing to alter
+# Request kind -> (task, message kind, answer encrypted), 4 entries a route in one flat tuple
+# (RAM: one object, not one tuple a route); a tuple: nothing to alter.
 _ROUTES = (
-    (wan.K_READ, "metrology", "read", True),
-    (wan.K_PROFILE, "metrology", "profile", True),
-    (wan.K_CALIBRATE, "metrology", "calibrate", False),
-    (wan.K_TIME_SET, "clock", "time_set", False),
-    (wan.K_STATS, "kernel", "stats", False),
-    (wan.K_LOGS, "kernel", "log_read", True),
+    wan.K_READ, "metrology", "read", True,
+    wan.K_PROFILE, "metrology", "profile", True,
+    wan.K_CALIBRATE, "metrology", "calibrate", False,
+    wan.K_TIME_SET, "clock", "time_set", False,
+    wan.K_STATS, "kernel", "stats", False,
+    wan.K_LOGS, "kernel", "log_read", True,
     # LoPA (DC security module): binary payloads both ways; every answer ENC except the
     # public ones (PROTOCOL.md "LoPA kinds")
-    (wan.K_KEYGEN, "dc_security", "keygen", False),
-    (wan.K_PUBKEY, "dc_security", "pubkey", False),
-    (wan.K_GROUP_BEGIN, "dc_security", "group_begin", True),
-    (wan.K_GROUP_KEYS, "dc_security", "group_keys", True),
-    (wan.K_GROUP_COMMIT, "dc_security", "group_commit", True),
-    (wan.K_CIPHERTEXT, "dc_security", "ciphertext", True),
-    (wan.K_RECOVER, "dc_security", "recover", True),
-    (wan.K_GROUPS, "dc_security", "groups", True),
-    (wan.K_GROUP_DELETE, "dc_security", "group_delete", True),
+    wan.K_KEYGEN, "dc_security", "keygen", False,
+    wan.K_PUBKEY, "dc_security", "pubkey", False,
+    wan.K_GROUP_BEGIN, "dc_security", "group_begin", True,
+    wan.K_GROUP_KEYS, "dc_security", "group_keys", True,
+    wan.K_GROUP_COMMIT, "dc_security", "group_commit", True,
+    wan.K_CIPHERTEXT, "dc_security", "ciphertext", True,
+    wan.K_RECOVER, "dc_security", "recover", True,
+    wan.K_GROUPS, "dc_security", "groups", True,
+    wan.K_GROUP_DELETE, "dc_security", "group_delete", True,
     # Off-switch (binary; verified again on core 1 with the off-switch key) and prepaid credit
     # (PROTOCOL.md "Off-switch and credit kinds")
-    (wan.K_SWITCH, "offswitch", "switch", True),
-    (wan.K_SWITCH_STATUS, "offswitch", "switch_status", True),
-    (wan.K_TOPUP, "credit", "topup", True),
-    (wan.K_TARIFF, "credit", "tariff", False),
-    (wan.K_CREDIT, "credit", "credit_read", True),
-    (wan.K_PREPAID, "credit", "prepaid", False),
+    wan.K_SWITCH, "offswitch", "switch", True,
+    wan.K_SWITCH_STATUS, "offswitch", "switch_status", True,
+    wan.K_TOPUP, "credit", "topup", True,
+    wan.K_TARIFF, "credit", "tariff", False,
+    wan.K_CREDIT, "credit", "credit_read", True,
+    wan.K_PREPAID, "credit", "prepaid", False,
     # Sealing: the kernel owns the console (PROTOCOL.md "Seal kinds", lib/seal.py)
-    (wan.K_SEAL, "kernel", "seal", False),
-    (wan.K_UNSEAL, "kernel", "seal", False),
+    wan.K_SEAL, "kernel", "seal", False,
+    wan.K_UNSEAL, "kernel", "seal", False,
 )
 
 
 def _route_of(kind):
-    for r in _ROUTES:
-        if r[0] == kind:
-            return r
-    return None
+    for j in range(0, len(_ROUTES), 4):
+        if _ROUTES[j] == kind:
+            return j
+    return -1
 
 
 class CsSecurity:
@@ -158,16 +159,17 @@ class CsSecurity:
             self._send(wan.K_INFO, ctr, json.dumps(info).encode())
             return
         route = _route_of(kind)
-        if route is None:
+        if route < 0:
             self._reject("unknown kind %d" % kind, wan.E_UNKNOWN_KIND, ctr)
             return
         try:
-            if route[1] == "dc_security":
+            task = _ROUTES[route + 1]
+            if task == "dc_security":
                 # Binary (PROTOCOL.md "LoPA kinds"): the DC security module parses it; it also
                 # gets the meter id this channel authenticated (its own id in LoPA groups).
                 # open_frame's payload is bytes already: passed on, not copied
                 msg = (ctr, self.meter_id, body)
-            elif route[1] == "offswitch":
+            elif task == "offswitch":
                 # Binary: the off-switch's own signed command (or a status nonce), which it
                 # verifies itself with its own key (OFFSWITCH.md).
                 msg = (ctr, bytes(body))
@@ -182,7 +184,7 @@ class CsSecurity:
         if len(self._pending) >= MAX_PENDING:
             self._reject("busy", wan.E_FAILED, ctr)
             return
-        _, task, mkind, enc = route
+        mkind, enc = _ROUTES[route + 2], _ROUTES[route + 3]
         if not self._port.send(task, mkind, msg):
             self._reject("not routed: %s %s" % (task, mkind), wan.E_FAILED, ctr)
             return
