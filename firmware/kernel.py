@@ -74,7 +74,10 @@ class Port:
 
 
 class Kernel:
-    def __init__(self, flows, log_of, logs, now_s, sleep_ms=time.sleep_ms):
+    def __init__(self, flows, log_of, logs, now_s, sleep_ms=time.sleep_ms, size=(0, 0)):
+        # size: (tasks, messages in all their mailboxes) that add() will be asked for, so that
+        # the two lists are made once, whole (growing them as tasks come would leave their
+        # old copies as holes in the heap); more still works, it only grows them.
         # Private copies: changing policy.py's tables at run time grants nothing. Per sender
         # one flat tuple: receiver, its kinds..., None, the next receiver, ... (a lookup
         # allocates nothing).
@@ -96,9 +99,10 @@ class Kernel:
         self._names = ["kernel"]
         self._objs = [None]
         self._steps = [None]
-        self._f = [0] * _NF
+        self._f = [0] * (_NF * (1 + size[0]))
         self._f[_QCAP] = _KBOX
-        self._q = [None] * (3 * _KBOX)
+        self._q = [None] * (3 * (_KBOX + size[1]))
+        self._qend = 3 * _KBOX  # entries of self._q in use
         self._by_name = {"kernel": 0}
         self.refused = 0
         self._win_start = time.ticks_us()
@@ -119,14 +123,18 @@ class Kernel:
 
         obj = factory(Port(name, port), hw or {})
         i = len(self._names)
-        row = [0] * _NF
-        row[_PERIOD] = period_ms * 1000
-        row[_DUE] = time.ticks_us()
-        row[_RT] = 1 if realtime else 0
-        row[_QOFF] = len(self._q)
-        row[_QCAP] = capacity
-        self._f.extend(row)
-        self._q.extend([None] * (3 * capacity))
+        f = self._f
+        if len(f) < _NF * (i + 1):
+            f.extend([0] * _NF)
+        b = i * _NF
+        f[b + _PERIOD] = period_ms * 1000
+        f[b + _DUE] = time.ticks_us()
+        f[b + _RT] = 1 if realtime else 0
+        f[b + _QOFF] = self._qend
+        f[b + _QCAP] = capacity
+        self._qend += 3 * capacity
+        if len(self._q) < self._qend:
+            self._q.extend([None] * (self._qend - len(self._q)))
         self._names.append(name)
         self._objs.append(obj)
         self._steps.append(getattr(obj, "step", None) if period_ms else None)

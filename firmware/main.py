@@ -24,9 +24,12 @@ if _broke and not _sealed:
     raise KeyboardInterrupt
 del _broke
 
+import gc  # noqa: E402
+import sys  # noqa: E402
+
+gc.collect()  # this file's compilation left garbage: none of it under the modules' objects
 import meter  # noqa: E402 - after the seal check, which must come first
 import seal  # noqa: E402
-import sys  # noqa: E402
 
 _k = meter.start(_sealed)
 # meter.py only builds the meter: dropped, its code leaves the heap (docs/hardware.md, "Memory")

@@ -44,7 +44,10 @@ def build(now_s=None):
     gc.collect()
     import policy
 
-    k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, policy.LOGS, now_s or board.rtc.get)
+    # 9 tasks, 69 messages in their mailboxes (the capacities below): the kernel's tables are
+    # made once, whole
+    k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, policy.LOGS, now_s or board.rtc.get,
+                      size=(9, 69))
     # Metrology first and realtime: its step also runs between any two messages.
     k.add("metrology", Metrology, hardware("metrology"), capacity=8, period_ms=20, realtime=True)
     k.add("clock", Clock, hardware("clock"), capacity=4, period_ms=100)

@@ -32,6 +32,7 @@ from typing import Any
 
 import pytest
 
+from host_tools import mpcompat
 from host_tools.fuzz.corpus import sample_payloads
 from host_tools.headend import switch, wire
 from host_tools.headend.client import MeterLink, open_link
@@ -51,6 +52,7 @@ FORGED_BASE = 50_000_000  # counters of forged frames: far above any the head-en
 
 def _firmware(path: str) -> ModuleType:
     # a firmware module that also runs on CPython (lib/wan.py, policy.py)
+    mpcompat.install()  # lib/wan.py imports MicroPython's cryptolib
     sys.path.insert(0, str(FIRMWARE / "lib"))
     try:
         spec = importlib.util.spec_from_file_location("_fw_" + Path(path).stem, FIRMWARE / path)

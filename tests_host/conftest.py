@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from host_tools import mpcompat
+
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 FIRMWARE_LIB = FIRMWARE / "lib"
 
 if str(FIRMWARE_LIB) not in sys.path:
     sys.path.insert(0, str(FIRMWARE_LIB))
+mpcompat.install()  # `import cryptolib` for the firmware's modules on CPython
 
 
 def micropython_binary() -> str | None:

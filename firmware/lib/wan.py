@@ -27,34 +27,11 @@ except ImportError:  # CPython
         return x
 
 
-try:
-    import cryptolib
+import cryptolib  # MicroPython's AES; on CPython (the host's tests) host_tools/mpcompat.py
 
-    def _aes_ecb(key):
-        return cryptolib.aes(key, 1)
 
-except ImportError:  # CPython: only for unit tests on the host
-    try:
-        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-    except ImportError:
-        Cipher = None
-
-    class _EcbFallback:
-        # the part of MicroPython's cryptolib.aes(key, 1) that this module uses
-        def __init__(self, key):
-            if Cipher is None:
-                raise OSError("wan: no AES (neither cryptolib nor cryptography)")
-            self._enc = Cipher(algorithms.AES(bytes(key)), modes.ECB()).encryptor()
-
-        def encrypt(self, src, dst=None):
-            out = self._enc.update(bytes(src))
-            if dst is None:
-                return out
-            dst[:] = out
-            return None
-
-    def _aes_ecb(key):
-        return _EcbFallback(key)
+def _aes_ecb(key):
+    return cryptolib.aes(key, 1)
 
 
 VER = const(1)

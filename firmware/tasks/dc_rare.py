@@ -7,7 +7,7 @@ import os
 import struct
 from micropython import const
 
-import lopa
+import lopa_core as lopa
 import store
 from tasks.dc_security import (
     GROUP_PREFIX,

@@ -23,7 +23,7 @@ from array import array
 from micropython import const
 
 import lazy
-import lopa
+import lopa_core as lopa
 import store
 
 KEY_FILE = "/dc_key.bin"  # under the data directory (hw["dir"], default /data)
@@ -309,7 +309,8 @@ class DcSecurity:
         g.job_acc = g.pads(None, i, end, g.job_msg, g.job_acc)
         g.job_i = i = end
         if i >= k:
-            noise = lopa.noise_share(g.n, g.m, g.lam, self._rnd)
+            noise = lazy.call("lopa_noise", "noise_share", g.n, g.m, g.lam, self._rnd) \
+                if g.lam > 0 else 0  # the noise's code in RAM only while it runs
             big_c = self._rand_u32() if g.m else 0
             g.pre_t = g.job_t
             g.pre_C = big_c

@@ -11,7 +11,7 @@ import struct
 import time
 from micropython import const
 
-import lopa
+import lopa_core as lopa
 import store
 from tasks.dc_security import (
     CHUNK_MAX,

@@ -30,7 +30,7 @@ from host_tools.transport.serial import Board
 
 LIB = REPO / "firmware" / "lib"
 # What the timed code imports, in dependency order.
-CRYPTO_LIBS = ("x25519_thumb", "x25519", "hmac_sha256", "lopa")
+CRYPTO_LIBS = ("x25519_thumb", "x25519", "hmac_sha256", "lopa_core", "lopa_noise", "lopa")
 # Cycles per instruction of this code on an RP2040 (rp2040js against QEMU's count).
 M0PLUS_CPI: float = BOARDS["m0plus"].cpi_est or 1.0
 
