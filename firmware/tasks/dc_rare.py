@@ -1,7 +1,7 @@
 # The DC security module's code that runs once at boot (loading the committed groups from
 # flash) or rarely (RECOVER, DREAM round 2). Part of tasks/dc_security.py, in its own file so
 # that its code is in RAM only while it runs (lib/lazy.py); the recovery sums themselves run
-# in kernel steps in dc_security (_recover_slice). Refusals raise Refused before any state
+# in kernel steps (tasks/dc_round.py recover_slice). Refusals raise Refused before any state
 # changes.
 import os
 import struct
@@ -17,7 +17,6 @@ from tasks.dc_security import (
     Refused,
     _cap,
     _gid,
-    _Group,
     _hex,
     _Members,
 )
@@ -72,12 +71,14 @@ def read_group(path):
     if len(mem.blocks) != (mem.k + mem.cap - 1) // mem.cap \
             or len(mem.blocks[-1]) != 40 * mem.cap:
         return None
+    from tasks.dc_round import _Group  # the round code comes in with the first group
+
     return _Group(bytes(head[2:2 + gl]), n, m, lam, my_id, mem)
 
 
 # -- RECOVER (DREAM round 2) --------------------------------------------------------------------
 def recover(dc, ref, body):
-    # Checks the request and queues the recovery job; dc._recover_slice (resident: it runs in
+    # Checks the request and queues the recovery job; dc_round.recover_slice (it runs in
     # steps) sums the pads and answers.
     gid, off = _gid(body, 0)
     if len(body) < off + 6:
@@ -118,6 +119,6 @@ def recover(dc, ref, body):
     dc._port.log("lopa: recover %s t %d |S| %d" % (_hex(g.gid), t, count))
     job = [ref, g, t, big_c, slots, 0, 0, lopa.round_msg(g.gid, t)]
     if count <= SLICE:
-        dc._recover_slice(job)
+        dc._rounds().recover_slice(dc, job)
     else:
         dc._recover.append(job)

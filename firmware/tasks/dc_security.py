@@ -13,17 +13,18 @@
 #     boundary, so that encrypting at the boundary is one addition (enc_us_hot); the whole
 #     precomputation is what encrypting would cost without it (enc_us_cold);
 #   - recovery sums: SLICE pair keys per step.
+# Its rarely run code is in modules of its own, in RAM only while needed (lib/lazy.py,
+# docs/hardware.md "Memory"): the rounds (tasks/dc_round.py) while this meter is in a group,
+# the set-up (tasks/dc_setup.py) while one is pending, loading and RECOVER (tasks/dc_rare.py).
 # Requests come from cs_security as (ref, meter_id, payload bytes) and are answered with
 # ("lopa_data", (ref, code, body)): code 0 and bytes, or an error code and a short text.
 # Every refusal is logged (security log) and changes no state.
 import gc
 import struct
 import time
-from array import array
 from micropython import const
 
 import lazy
-import lopa_core as lopa
 import store
 
 KEY_FILE = "/dc_key.bin"  # under the data directory (hw["dir"], default /data)
@@ -40,12 +41,8 @@ RESERVE = const(16384)  # heap left free for the rest of the meter when admittin
 GROUP_BASE = const(768)  # a group's RAM besides ids and keys: objects, history, job state
 REF_N = const(50)  # max_groups is counted for groups this size when none is committed
 BLOCK = const(25)  # member slots per RAM block: no buffer above 1000 B (a fragmented heap)
-_MASK = const(0xFFFFFFFF)
 _E_BAD_ARGS = const(6)
 _E_FAILED = const(7)
-_F_VALID = const(1)  # c is ready
-_F_SENT = const(2)  # c went out in a CIPHERTEXT answer
-# 4: RECOVER answered, C erased (set in tasks/dc_rare.py, which has these flags too)
 
 
 class Refused(Exception):
@@ -131,62 +128,6 @@ class _Members:
         return -1
 
 
-class _Group:
-    # A committed group: the other members' ids and keys (_Members), and the rounds, in RAM.
-    def __init__(self, gid, n, m, lam, my_id, members):
-        self.gid = gid
-        self.n = n
-        self.m = m
-        self.lam = lam
-        self.my_id = my_id
-        self.my_b = struct.pack(">Q", my_id)
-        self.mem = members
-        self.bytes = 0  # persisted file size
-        self.last_t = -1  # never encrypt one interval twice
-        self.h_t = array("I", bytes(4 * HIST))
-        self.h_c = array("I", bytes(4 * HIST))
-        self.h_C = array("I", bytes(4 * HIST))
-        self.h_f = bytearray(HIST)
-        self.h_x = 0  # slot written next
-        # precomputed x-independent part for interval pre_t: b + n_i + C_i
-        self.pre_t = -1
-        self.pre = 0
-        self.pre_C = 0
-        # the blinding job (target job_t; job_slot >= 0: a cold boundary waits for it)
-        self.job_t = -1
-        self.job_i = 0
-        self.job_acc = 0
-        self.job_msg = None
-        self.job_us = 0
-        self.job_slot = -1
-        self.job_x = 0
-        self.enc_hot = None
-        self.enc_cold = None
-
-    def others(self):
-        return self.n - 1
-
-    def slot_of(self, t):
-        for k in range(HIST):
-            if self.h_f[k] and self.h_t[k] == t:
-                return k
-        return -1
-
-    def pads(self, slots, i, end, msg, acc):
-        # acc + sum of s_ij * PRF(K_ij, t) over slots[i:end] (slots None: all others)
-        mem = self.mem
-        my_b = self.my_b
-        while i < end:
-            j = i if slots is None else slots[i]
-            v = lopa.prf_msg(mem.key_at(j), msg)
-            if my_b < mem.id_at(j):
-                acc += v
-            else:
-                acc -= v
-            i += 1
-        return acc & _MASK
-
-
 class DcSecurity:
     def __init__(self, port, hw):
         self._port = port
@@ -205,13 +146,11 @@ class DcSecurity:
         self._t = -1  # the last closed interval seen
         self._jobs = False  # some group may have a blinding job: step() looks
         lazy.call("tasks.dc_rare", "load_groups", self)
+        self._rounds()  # loaded with the groups; dropped if there is none
 
     # -- helpers ----------------------------------------------------------------------
     def _rand_u32(self):
         return int.from_bytes(self._entropy(4), "big")
-
-    def _rnd(self):
-        return lopa.uniform_u32(self._rand_u32())
 
     def _path(self, gid):
         return self._dir + "/" + GROUP_PREFIX + _hex(gid) + GROUP_SUFFIX
@@ -236,7 +175,9 @@ class DcSecurity:
         t0 = time.ticks_us()
         try:
             if kind == "ciphertext":
-                self._ciphertext(ref, body)
+                if not self._groups:
+                    raise Refused(_E_BAD_ARGS, "unknown group")
+                self._rounds().ciphertext(self, ref, body)
                 return
             if kind == "recover":
                 lazy.call("tasks.dc_rare", "recover", self, ref, body)
@@ -279,7 +220,8 @@ class DcSecurity:
     def _release(self):
         lazy.drop("tasks.dc_setup")
         lazy.drop("x25519")  # only set-ups use it (lopa.pair_key, KEYGEN)
-        gc.collect()
+        if self._rounds() is None:  # the round code, dropped when no group is left
+            gc.collect()
 
     def _drop_setup(self, why):
         s = self._setup
@@ -287,113 +229,26 @@ class DcSecurity:
         if s is not None and s.work is not None:
             self._refuse(s.work_ref, "group_keys", Refused(_E_FAILED, why))
 
-    # -- rounds -------------------------------------------------------------------------
-    def _start_job(self, g, t, slot, x):
-        self._jobs = True
-        g.job_t = t
-        g.job_i = 0
-        g.job_acc = 0
-        g.job_msg = lopa.round_msg(g.gid, t)
-        g.job_us = 0
-        g.job_slot = slot
-        g.job_x = x
+    # -- rounds: tasks/dc_round.py, in RAM while this meter is in a group -------------------
+    def _rounds(self):
+        # The round code (tasks/dc_round.py), imported while a group exists, dropped when none
+        # is left (no group: nothing to encrypt, and a first group's set-up has it out of RAM).
+        import sys
 
-    def _job_slice(self, g, count):
-        # `count` pair keys of the blinding job; when done, the x-independent part is ready
-        t0 = time.ticks_us()
-        i = g.job_i
-        end = i + count
-        k = g.others()
-        if end > k:
-            end = k
-        g.job_acc = g.pads(None, i, end, g.job_msg, g.job_acc)
-        g.job_i = i = end
-        if i >= k:
-            noise = lazy.call("lopa_noise", "noise_share", g.n, g.m, g.lam, self._rnd) \
-                if g.lam > 0 else 0  # the noise's code in RAM only while it runs
-            big_c = self._rand_u32() if g.m else 0
-            g.pre_t = g.job_t
-            g.pre_C = big_c
-            g.pre = (g.job_acc + noise + big_c) & _MASK
-            g.job_msg = None
-            g.job_t = -1
-            slot = g.job_slot
-            if slot >= 0:  # a cold boundary waits for this: finish its ciphertext now
-                g.h_c[slot] = (g.job_x + g.pre) & _MASK
-                g.h_C[slot] = g.pre_C
-                g.h_f[slot] = _F_VALID
-                g.pre_t = -1
-            g.job_us += time.ticks_diff(time.ticks_us(), t0)
-            g.enc_cold = g.job_us
-            if slot >= 0:
-                self._start_job(g, self.next_t(g), -1, 0)
-            return True
-        g.job_us += time.ticks_diff(time.ticks_us(), t0)
-        return False
-
-    def next_t(self, g):
-        return g.last_t + 1
+        mod = sys.modules.get("tasks.dc_round")
+        if mod is None and self._groups:
+            gc.collect()  # its code fills low holes rather than splitting the free blocks
+            from tasks import dc_round as mod
+        elif mod is not None and not self._groups:
+            lazy.drop("tasks.dc_round")
+            gc.collect()
+            return None
+        return mod
 
     def _interval(self, t, x):
         self._t = t
-        for g in self._groups.values():
-            if t <= g.last_t:
-                self._port.log("lopa: interval %d already encrypted for %s" % (t, _hex(g.gid)))
-                continue
-            g.last_t = t
-            slot = g.h_x
-            g.h_x = (slot + 1) % HIST
-            g.h_t[slot] = t
-            g.h_C[slot] = 0
-            if g.pre_t == t:
-                t0 = time.ticks_us()
-                g.h_c[slot] = (x + g.pre) & _MASK
-                g.enc_hot = time.ticks_diff(time.ticks_us(), t0)
-                g.h_C[slot] = g.pre_C
-                g.h_f[slot] = _F_VALID
-                g.pre_t = -1
-                g.pre = g.pre_C = 0
-                self._start_job(g, t + 1, -1, 0)
-            else:
-                # Cold: the blinding was not ready (first interval after boot or commit,
-                # or time moved): compute it now, at once for a small group, else in steps.
-                g.h_f[slot] = 0
-                g.h_c[slot] = 0
-                if g.job_t == t and g.job_slot < 0:
-                    g.job_slot, g.job_x = slot, x & _MASK  # under way: let it finish
-                else:
-                    self._start_job(g, t, slot, x & _MASK)
-                if g.others() <= INLINE_MAX:
-                    self._job_slice(g, INLINE_MAX)
-
-    def _ciphertext(self, ref, body):
-        gid, off = _gid(body, 0)
-        if len(body) != off + 4:
-            raise Refused(_E_BAD_ARGS, "malformed: gid t u32")
-        t = _u32(body, off)
-        g = self._groups.get(gid)
-        if g is None:
-            raise Refused(_E_BAD_ARGS, "unknown group")
-        k = g.slot_of(t)
-        if k < 0 or not g.h_f[k] & _F_VALID:
-            raise Refused(_E_FAILED, "no value")
-        g.h_f[k] |= _F_SENT
-        self._ok(ref, struct.pack(">II", t, g.h_c[k]))
-
-    def _recover_slice(self, job):
-        ref, g, t, big_c, slots, i, acc, msg = job
-        end = i + SLICE
-        if end > len(slots):
-            end = len(slots)
-        acc = g.pads(slots, i, end, msg, acc)
-        job[5] = i = end
-        job[6] = acc
-        if i < len(slots):
-            return False
-        r = (big_c + acc) & _MASK
-        job[3] = 0
-        self._ok(ref, struct.pack(">II", t, r))
-        return True
+        if self._groups:
+            self._rounds().interval(self, t, x)
 
     # -- idle work ----------------------------------------------------------------------
     def step(self):
@@ -401,21 +256,10 @@ class DcSecurity:
         if s is not None and s.work:
             self._setup_code().derive_one(self, s)
             return
-        if self._recover:
-            if self._recover_slice(self._recover[0]):
-                self._recover.pop(0)
-            return
-        if not self._jobs:
-            return  # idle: nothing allocated, every 5 ms
-        wait = None
-        for g in self._groups.values():
-            if g.job_t >= 0:
-                if g.job_slot >= 0:  # a boundary waits: first
-                    self._job_slice(g, SLICE)
-                    return
-                if wait is None:
-                    wait = g
-        if wait is None:
-            self._jobs = False
-        else:
-            self._job_slice(wait, SLICE)
+        if self._recover or self._jobs:
+            mod = self._rounds()
+            if mod is None:  # the last group went meanwhile: nothing left to do
+                self._jobs = False
+                self._recover = []
+                return
+            mod.step(self)

@@ -13,6 +13,7 @@ from micropython import const
 
 import lopa_core as lopa
 import store
+import lazy
 from tasks.dc_security import (
     CHUNK_MAX,
     GROUP_BASE,
@@ -23,7 +24,6 @@ from tasks.dc_security import (
     Refused,
     _cap,
     _gid,
-    _Group,
     _hex,
     _Members,
 )
@@ -215,7 +215,12 @@ def group_commit(dc, ref, meter_id, body, t0):
     head = bytes((_FILE_VER, len(gid))) + gid + bytes(16 - len(gid)) \
         + struct.pack(">HBfQ", s.n, s.m, s.lam, s.my_id)
     store.save_bytes(path, [head] + s.mem.blocks)
-    g = _Group(gid, s.n, s.m, s.lam, s.my_id, s.mem)
+    # The derivations are done: X25519 leaves RAM before the round code comes in.
+    lazy.drop("x25519")
+    gc.collect()
+    from tasks import dc_round
+
+    g = dc_round._Group(gid, s.n, s.m, s.lam, s.my_id, s.mem)
     g.bytes = store.size(path)
     old = dc._groups.get(gid)
     if old is not None:
@@ -224,7 +229,7 @@ def group_commit(dc, ref, meter_id, body, t0):
     dc._setup = None
     dc._port.log("lopa: group %s committed n %d" % (_hex(gid), s.n))
     if dc._t >= 0:
-        dc._start_job(g, dc._t + 1, -1, 0)
+        dc_round.start_job(dc, g, dc._t + 1, -1, 0)
     dc._ok(ref, struct.pack(">HII", s.n, s.us, g.bytes))
 
 

@@ -374,7 +374,9 @@ def _run_file(name, g):
         # Inside the try: the supervisor turns Ctrl-C into SIGINT from
         # this event on, so the interrupt always lands in the file.
         hw.event({"ev": "file", "name": name, "s": "start"})
-        exec(compile(src, name, "exec"), g)
+        code = compile(src, name, "exec")
+        src = None  # not kept for as long as the file runs (main.py: for ever)
+        exec(code, g)
     except BaseException as e:  # noqa: BLE001 - a board prints and goes on
         # Print it as a board would: without the ROM's own frame.
         buf = io.StringIO()
