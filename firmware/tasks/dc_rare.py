@@ -1,10 +1,13 @@
 # The DC security module's code that runs once at boot (loading the committed groups from
-# flash) or rarely (RECOVER, DREAM round 2). Part of tasks/dc_security.py, in its own file so
+# flash) or rarely: the key pair (KEYGEN, PUBKEY), GROUPS, GROUP_DELETE, RECOVER (DREAM round 2). Part of tasks/dc_security.py, in its own file so
 # that its code is in RAM only while it runs (lib/lazy.py); the recovery sums themselves run
 # in kernel steps (tasks/dc_round.py recover_slice). Refusals raise Refused before any state
 # changes.
+import gc
+import json
 import os
 import struct
+import time
 from micropython import const
 
 import lopa_core as lopa
@@ -12,13 +15,17 @@ import store
 from tasks.dc_security import (
     GROUP_PREFIX,
     GROUP_SUFFIX,
+    MAX_GROUPS_CAP,
     MIN_N,
+    REF_N,
     SLICE,
     Refused,
     _cap,
     _gid,
     _hex,
     _Members,
+    free,
+    group_ram,
 )
 
 _HEAD = const(33)  # group file head: ver, gid_len, gid (16, zero-padded), n, m, lambda, my id
@@ -122,3 +129,88 @@ def recover(dc, ref, body):
         dc._rounds().recover_slice(dc, job)
     else:
         dc._recover.append(job)
+
+
+# -- the key pair (S1/C1, S2/C2) ------------------------------------------------------------
+def keygen(dc, ref, meter_id, body, t0):
+    if len(body) != 1:
+        raise Refused(_E_BAD_ARGS, "malformed: flags u8")
+    created = 0
+    if dc._sk is None or body[0] & 1:
+        sk = dc._entropy(32)
+        if len(sk) != 32:
+            raise Refused(_E_FAILED, "no entropy")
+        from x25519 import public_key
+
+        # with the run-time GC threshold off, as for a set-up's derivations (tasks/dc_setup.py)
+        th = gc.threshold()
+        gc.threshold(-1)
+        try:
+            pk = public_key(sk)
+        finally:
+            gc.threshold(th)
+        store.save_bytes(dc._key_path, (sk, pk))
+        replaced = dc._sk is not None
+        dc._sk, dc.pk = bytes(sk), pk
+        sk = None
+        created = 1
+        if dc._setup is not None:
+            dc._drop_setup("key pair replaced")
+        dc._port.log("lopa: key pair %s" % ("replaced" if replaced else "created"))
+    us = time.ticks_diff(time.ticks_us(), t0)
+    dc._ok(ref, dc.pk + struct.pack(">IB", us, created))
+
+
+def pubkey(dc, ref, meter_id, body, t0):
+    if len(body):
+        raise Refused(_E_BAD_ARGS, "malformed: PUBKEY takes no payload")
+    if dc.pk is None:
+        raise Refused(_E_FAILED, "no key pair")
+    pk = dc.pk
+    dc._ok(ref, pk + struct.pack(">I", time.ticks_diff(time.ticks_us(), t0)))
+
+
+# -- GROUPS, GROUP_DELETE ---------------------------------------------------------------
+def groups(dc, ref, meter_id, body, t0):
+    gs = []
+    for g in dc._groups.values():
+        gs.append({"gid": _hex(g.gid), "n": g.n, "m": g.m, "lambda": g.lam,
+                   "bytes": g.bytes, "enc_us_hot": g.enc_hot, "enc_us_cold": g.enc_cold})
+    persisted = store.size(dc._key_path)
+    for g in dc._groups.values():
+        persisted += g.bytes
+    mg = max_groups(dc)
+    gc.collect()
+    dc._ok(ref, json.dumps({
+        "groups": gs, "max_groups": mg,
+        "pending": _hex(dc._setup.gid) if dc._setup is not None else None,
+        "ram_alloc": gc.mem_alloc(), "ram_free": gc.mem_free(),
+        "persisted_bytes": persisted, "key": dc.pk is not None}).encode())
+
+
+def group_delete(dc, ref, meter_id, body, t0):
+    gid, off = _gid(body, 0)
+    if off != len(body):
+        raise Refused(_E_BAD_ARGS, "malformed: gid only")
+    g = dc._groups.get(gid)
+    s = dc._setup
+    if g is None and (s is None or s.gid != gid):
+        raise Refused(_E_BAD_ARGS, "unknown group")
+    if s is not None and s.gid == gid:
+        dc._drop_setup("set-up deleted")
+    if g is not None:
+        store.remove(dc._path(gid))
+        del dc._groups[gid]
+    dc._port.log("lopa: group %s deleted" % _hex(gid))
+    dc._ok(ref, b"")
+
+
+def max_groups(dc):
+    # Groups of the size of the largest committed one (REF_N if none) that fit: those
+    # committed, plus what the free heap above the reserve holds, capped at MAX_GROUPS_CAP.
+    ref_n = 0
+    for g in dc._groups.values():
+        if g.n > ref_n:
+            ref_n = g.n
+    more = (free() - dc._reserve) // group_ram(ref_n or REF_N)
+    return min(MAX_GROUPS_CAP, len(dc._groups) + (more if more > 0 else 0))

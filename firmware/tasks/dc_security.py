@@ -85,6 +85,17 @@ def _cap(n):
     return n - 1 if n - 1 < BLOCK else BLOCK
 
 
+def group_ram(n):
+    # a group's RAM: its blocks of ids and keys, and the rest (objects, round history)
+    cap = _cap(n)
+    return (40 * cap + 16) * ((n - 2 + cap) // cap) + GROUP_BASE
+
+
+def free():
+    gc.collect()
+    return gc.mem_free()
+
+
 class _Members:
     # The other n-1 members' ids and pair keys, in blocks of `cap` slots. Block layout: id j
     # (8 B, big-endian) at [8j], K_ij (32 B) at [8 cap + 32 j]. A group file is the same blocks.
@@ -184,8 +195,13 @@ class DcSecurity:
                 return
             if kind in ("group_keys", "group_commit") and self._setup is None:
                 raise Refused(_E_FAILED, "no pending set-up for this gid")
-            if kind in ("keygen", "pubkey", "group_begin", "group_keys", "group_commit",
-                        "groups", "group_delete"):
+            if kind in ("keygen", "pubkey", "groups", "group_delete"):
+                try:
+                    lazy.call("tasks.dc_rare", kind, self, ref, meter_id, body, t0)
+                finally:
+                    if self._setup is None:
+                        self._release()
+            elif kind in ("group_begin", "group_keys", "group_commit"):
                 fn = getattr(self._setup_code(), kind)
                 try:
                     fn(self, ref, meter_id, body, t0)
@@ -204,7 +220,7 @@ class DcSecurity:
 
     @staticmethod
     def _setup_code():
-        # tasks/dc_setup.py: the code of the rare requests, in RAM only while one runs or a
+        # tasks/dc_setup.py: the set-up's code, in RAM only while a set-up request runs or a
         # set-up is pending
         import sys
 

@@ -1,12 +1,11 @@
-# The DC security module's rarely used requests (tasks/dc_security.py): the key pair (KEYGEN,
-# PUBKEY), group set-up (GROUP_BEGIN, GROUP_KEYS with one X25519 derivation per kernel step,
-# GROUP_COMMIT), GROUPS and GROUP_DELETE. Part of that module, in its own file so that its code
-# is in RAM only while it works: dc_security imports it for one of these requests and drops it
-# again unless a set-up is pending (on a 192 KB heap every kilobyte of resident bytecode counts).
+# The DC security module's group set-up (tasks/dc_security.py): GROUP_BEGIN, GROUP_KEYS with one
+# X25519 derivation per kernel step, GROUP_COMMIT. Part of that module, in its own file so that
+# its code is in RAM only while it works: dc_security imports it for one of these requests and
+# drops it again unless a set-up is pending (on a 100 KB heap every kilobyte of resident
+# bytecode counts). The key pair, GROUPS and GROUP_DELETE are in tasks/dc_rare.py.
 # Every function here takes the DcSecurity object first and the request as
 # (ref, meter_id, body, t0); refusals raise Refused before any state changes.
 import gc
-import json
 import struct
 import time
 from micropython import const
@@ -16,16 +15,15 @@ import store
 import lazy
 from tasks.dc_security import (
     CHUNK_MAX,
-    GROUP_BASE,
     MAX_GROUPS_CAP,
     MAX_N,
     MIN_N,
-    REF_N,
     Refused,
-    _cap,
     _gid,
     _hex,
     _Members,
+    free,
+    group_ram,
 )
 
 _REC = const(40)  # id u64 + pk 32
@@ -51,7 +49,7 @@ class Setup:
         self.us = 0  # sum of the K_ij derivation times (C3)
         # the chunk being derived: each member's public key waits in its key slot (staged
         # beyond `got`) until its pair key replaces it, so the request's payload is not kept
-        self.work = None  # list of (slot, id) still to derive
+        self.work = None  # a chunk: derivations left (None: no chunk under way)
         self.work_ref = 0
         self.work_count = 0
         self.work_others = 0
@@ -90,14 +88,14 @@ def group_begin(dc, ref, meter_id, body, t0):
     # A pending set-up being replaced still counts as used here: refusing leaves it.
     if others >= MAX_GROUPS_CAP or free() - group_ram(n) < dc._reserve:
         raise Refused(_E_FAILED, "no memory for another group (max_groups %d)"
-                      % max_groups(dc))
+                      % lazy.call("tasks.dc_rare", "max_groups", dc))
     try:
         setup = Setup(gid, n, m, lam, meter_id)
     except MemoryError:  # free, but not in one piece
         setup = None
         gc.collect()
         raise Refused(_E_FAILED, "no memory for another group (max_groups %d)"
-                      % max_groups(dc))
+                      % lazy.call("tasks.dc_rare", "max_groups", dc))
     dc._drop_setup("set-up replaced")
     dc._setup = setup
     dc._port.log("lopa: set-up %s n %d m %d" % (_hex(gid), n, m))
@@ -133,49 +131,50 @@ def group_keys(dc, ref, meter_id, body, t0):
                       % (count, s.n, s.received))
     my_pk = dc.pk
     has_self = False
-    work = []
-    chunk_ids = []
+    # Each other member is staged in the next slot beyond s.got as it is checked: its id, and
+    # its public key in the slot of the pair key that replaces it. Nothing counts until every
+    # key of the chunk is derived (chunk_done), so a refusal changes no state; and no list of
+    # ids or keys is built (on the 64-bit VM a 32-byte bytes object takes 96 bytes).
+    mem = s.mem
+    mv = memoryview(body)
+    n = 0
     for k in range(count):
         o = off + k * _REC
-        idb = bytes(body[o:o + 8])
-        pk = bytes(body[o + 8:o + _REC])
-        if idb in chunk_ids or s.mem.find(s.got, idb) >= 0 \
-                or (idb == s.my_b and s.self_seen):
-            raise Refused(_E_BAD_ARGS, "duplicate member id %s" % _hex(idb))
-        chunk_ids.append(idb)
+        idb = bytes(mv[o:o + 8])
         if idb == s.my_b:
-            if pk != my_pk:
+            if s.self_seen or has_self:
+                raise Refused(_E_BAD_ARGS, "duplicate member id %s" % _hex(idb))
+            if bytes(mv[o + 8:o + _REC]) != my_pk:
                 raise Refused(_E_BAD_ARGS, "this meter's id with another public key")
             has_self = True
             continue
-        if pk == my_pk:
+        if mem.find(s.got + n, idb) >= 0:
+            raise Refused(_E_BAD_ARGS, "duplicate member id %s" % _hex(idb))
+        if bytes(mv[o + 8:o + _REC]) == my_pk:
             raise Refused(_E_BAD_ARGS, "this meter's public key under id %s" % _hex(idb))
-        work.append((s.got + len(work), o))
+        mem.put_id(s.got + n, idb)
+        mem.put_key(s.got + n, mv[o + 8:o + _REC])
+        n += 1
     if not has_self and not s.self_seen and s.received + count == s.n:
         raise Refused(_E_BAD_ARGS, "this meter is not in the member list")
-    # Staged beyond s.got: nothing counts until every key of the chunk is derived. The public
-    # key waits in the slot of the pair key that replaces it.
-    mv = memoryview(body)
-    for k in range(len(work)):
-        slot, o = work[k]
-        s.mem.put_id(slot, mv[o:o + 8])
-        s.mem.put_key(slot, mv[o + 8:o + _REC])
-        work[k] = (slot, int.from_bytes(mv[o:o + 8], "big"))
-    mv = body = chunk_ids = None
-    s.work = work
+    mv = body = None
+    s.work = n  # slots s.got .. s.got + n - 1 to derive, the last first
     s.work_ref = ref
     s.work_count = count
-    s.work_others = len(work)
+    s.work_others = n
     s.work_self = has_self
     s.work_us = time.ticks_diff(time.ticks_us(), t0)
     s.work_dus = 0
-    if not work:
+    if not n:
         chunk_done(dc, s)
+
 
 def derive_one(dc, s):
     # ONE X25519 + HKDF: the unit of work of one step during set-up.
     t0 = time.ticks_us()
-    slot, id_j = s.work.pop()
+    s.work -= 1
+    slot = s.got + s.work
+    id_j = int.from_bytes(s.mem.id_at(slot), "big")
     pk = s.mem.key_at(slot)  # the member's public key, staged there by group_keys
     try:
         k = _x25519(lopa.pair_key, dc._sk, pk, s.gid, s.my_id, id_j)
@@ -192,6 +191,7 @@ def derive_one(dc, s):
     s.work_dus += dt
     if not s.work:
         chunk_done(dc, s)
+
 
 def chunk_done(dc, s):
     s.got += s.work_others
@@ -231,93 +231,3 @@ def group_commit(dc, ref, meter_id, body, t0):
     if dc._t >= 0:
         dc_round.start_job(dc, g, dc._t + 1, -1, 0)
     dc._ok(ref, struct.pack(">HII", s.n, s.us, g.bytes))
-
-
-# -- the key pair (S1/C1, S2/C2) ------------------------------------------------------------
-def keygen(dc, ref, meter_id, body, t0):
-    if len(body) != 1:
-        raise Refused(_E_BAD_ARGS, "malformed: flags u8")
-    created = 0
-    if dc._sk is None or body[0] & 1:
-        sk = dc._entropy(32)
-        if len(sk) != 32:
-            raise Refused(_E_FAILED, "no entropy")
-        from x25519 import public_key
-
-        pk = _x25519(public_key, sk)
-        store.save_bytes(dc._key_path, (sk, pk))
-        replaced = dc._sk is not None
-        dc._sk, dc.pk = bytes(sk), pk
-        sk = None
-        created = 1
-        if dc._setup is not None:
-            dc._drop_setup("key pair replaced")
-        dc._port.log("lopa: key pair %s" % ("replaced" if replaced else "created"))
-    us = time.ticks_diff(time.ticks_us(), t0)
-    dc._ok(ref, dc.pk + struct.pack(">IB", us, created))
-
-
-def pubkey(dc, ref, meter_id, body, t0):
-    if len(body):
-        raise Refused(_E_BAD_ARGS, "malformed: PUBKEY takes no payload")
-    if dc.pk is None:
-        raise Refused(_E_FAILED, "no key pair")
-    pk = dc.pk
-    dc._ok(ref, pk + struct.pack(">I", time.ticks_diff(time.ticks_us(), t0)))
-
-
-# -- memory, GROUPS, GROUP_DELETE ---------------------------------------------------------------
-def group_ram(n):
-    # a group's RAM: its blocks of ids and keys, and the rest (objects, round history)
-    cap = _cap(n)
-    return (40 * cap + 16) * ((n - 2 + cap) // cap) + GROUP_BASE
-
-
-def free():
-    gc.collect()
-    return gc.mem_free()
-
-
-def max_groups(dc):
-    # Groups of the size of the largest committed one (REF_N if none) that fit: those
-    # committed, plus what the free heap above the reserve holds, capped at MAX_GROUPS_CAP.
-    ref_n = 0
-    for g in dc._groups.values():
-        if g.n > ref_n:
-            ref_n = g.n
-    more = (free() - dc._reserve) // group_ram(ref_n or REF_N)
-    return min(MAX_GROUPS_CAP, len(dc._groups) + (more if more > 0 else 0))
-
-
-def groups(dc, ref, meter_id, body, t0):
-    gs = []
-    for g in dc._groups.values():
-        gs.append({"gid": _hex(g.gid), "n": g.n, "m": g.m, "lambda": g.lam,
-                   "bytes": g.bytes, "enc_us_hot": g.enc_hot, "enc_us_cold": g.enc_cold})
-    persisted = store.size(dc._key_path)
-    for g in dc._groups.values():
-        persisted += g.bytes
-    mg = max_groups(dc)
-    gc.collect()
-    dc._ok(ref, json.dumps({
-        "groups": gs, "max_groups": mg,
-        "pending": _hex(dc._setup.gid) if dc._setup is not None else None,
-        "ram_alloc": gc.mem_alloc(), "ram_free": gc.mem_free(),
-        "persisted_bytes": persisted, "key": dc.pk is not None}).encode())
-
-
-def group_delete(dc, ref, meter_id, body, t0):
-    gid, off = _gid(body, 0)
-    if off != len(body):
-        raise Refused(_E_BAD_ARGS, "malformed: gid only")
-    g = dc._groups.get(gid)
-    s = dc._setup
-    if g is None and (s is None or s.gid != gid):
-        raise Refused(_E_BAD_ARGS, "unknown group")
-    if s is not None and s.gid == gid:
-        dc._drop_setup("set-up deleted")
-    if g is not None:
-        store.remove(dc._path(gid))
-        del dc._groups[gid]
-    dc._port.log("lopa: group %s deleted" % _hex(gid))
-    dc._ok(ref, b"")
