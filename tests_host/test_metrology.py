@@ -1,7 +1,7 @@
 """Metrology (firmware/lib/metro.py) on CPython and on the MicroPython VM: rms, power, power
 factor and frequency against waveforms whose true values are worked out analytically here,
 phase calibration, drift-free energy registers, no allocation while feeding; and the virtual
-board's household day (board/virtual/waveform.py)."""
+board's household day (board/virtual/host/waveform.py)."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ RATE = 2000
 
 def _load_waveform() -> ModuleType:
     spec = importlib.util.spec_from_file_location(
-        "virtual_waveform", ROOT / "board" / "virtual" / "waveform.py")
+        "virtual_waveform", ROOT / "board" / "virtual" / "host" / "waveform.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -179,7 +179,7 @@ def measure_vm(micropython: Run) -> dict[str, Any]:
     cases = {n: list(c) for n, c in CASES.items()}
     phased = {n: [cal_params(ct), [V_GAIN, I_GAIN, ph]] for n, (ct, ph) in PHASED.items()}
     cal_cases = {n: [cal_params(ct), cal0, cal_truth(ct)] for n, (ct, cal0) in CAL_CASES.items()}
-    code = ("import sys, json\nsys.path.append('board/virtual')\nimport waveform\n" + MEASURE
+    code = ("import sys, json\nsys.path.append('board/virtual/host')\nimport waveform\n" + MEASURE
             + f"""
 for name, c in {cases!r}.items():
     print(json.dumps([name, measure(waveform.Waveform, c[0], c[1], {CAL!r}, c[2], c[3])]))
@@ -410,7 +410,7 @@ def test_energy_state_round_trips() -> None:
 def test_feeding_does_not_allocate_on_the_vm(micropython: Run) -> None:
     code = f"""
 import array, gc, sys, json
-sys.path.append('board/virtual')
+sys.path.append('board/virtual/host')
 import waveform, metro
 w = waveform.Waveform(3, {{'vrms': 230.0, 'irms': 7.0, 'pf': 0.8, 'h3': 0.03}}, 2000)
 N = 256
@@ -486,7 +486,7 @@ def test_household_pv_exports_around_midday_on_some_meters() -> None:
 def test_household_on_the_vm_matches_cpython(micropython: Run) -> None:
     pts = [(s, t, d) for s in (1001, 1002, 1007) for t in (3 * 3600, 7 * 3600 + 60, 12 * 3600,
                                                           18 * 3600 + 900) for d in (0, 9000)]
-    code = ("import sys, json\nsys.path.append('board/virtual')\nimport waveform\n"
+    code = ("import sys, json\nsys.path.append('board/virtual/host')\nimport waveform\n"
             f"print(json.dumps([waveform.household(s, t, d) for s, t, d in {pts!r}]))")
     got = json.loads(micropython(code))
     want = [waveform.household(s, t, d) for s, t, d in pts]
@@ -589,7 +589,7 @@ def test_adc_fill_gives_what_sample_gives(micropython: Run, where: str) -> None:
         got = [list(g["fill_vs_sample"](waveform.Waveform, p, clock, k0, chunks))
                for p in FILL_CASES]
     else:
-        code = ("import sys, json\nsys.path.append('board/virtual')\nimport waveform\n" + FILL
+        code = ("import sys, json\nsys.path.append('board/virtual/host')\nimport waveform\n" + FILL
                 + "ct = [9000 * 86400 + 25200 - 2]\n"
                 "def clock():\n    ct[0] += 1\n    return ct[0]\n"
                 f"print(json.dumps([fill_vs_sample(waveform.Waveform, p, clock, {k0}, "
@@ -605,7 +605,7 @@ def test_adc_fill_gives_what_sample_gives(micropython: Run, where: str) -> None:
 def test_adc_fill_computes_one_cycle_not_every_sample(micropython: Run) -> None:
     """What makes an idle virtual meter cheap: a second of a fixed load costs a small share
     of computing its 2000 samples one by one (the same VM, timed side by side)."""
-    code = ("import sys, time, array\nsys.path.append('board/virtual')\nimport waveform\n"
+    code = ("import sys, time, array\nsys.path.append('board/virtual/host')\nimport waveform\n"
             "p = {'vrms': 230.0, 'irms': 5.0, 'pf': 0.9, 'h3': 0.03}\n"
             "w = waveform.Waveform(3, p, 2000)\nr = waveform.Waveform(3, p, 2000)\n"
             "vb = array.array('H', bytes(512)); ib = array.array('H', bytes(512))\n"

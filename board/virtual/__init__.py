@@ -19,14 +19,14 @@ from micropython import const
 
 import _thread
 import _vhw
-from board.waveform import I_FULL_SCALE, V_FULL_SCALE, Waveform
 
 NAME = "virtual"
-ADC_RATE_HZ = const(2000)  # per channel, as the Pico adapter samples
+ADC_RATE_HZ = const(2000)  # per channel, as the Pico adapter samples (the supervisor's ADC_RATE)
 # Metrology calibration (metro.Accumulator): volts and amps per 12-bit count
-# (u16 sample >> 4), phase in sample periods. The front end puts full scale
-# (peak) at 32767 u16 counts from mid-scale, i.e. 32767/16 12-bit counts.
-CAL_DEFAULT = (V_FULL_SCALE * 16 / 32767, I_FULL_SCALE * 16 / 32767, 0.0)
+# (u16 sample >> 4), phase in sample periods. The front end (board/virtual/host/waveform.py)
+# puts full scale (peak) at 32767 u16 counts from mid-scale, i.e. 32767/16 12-bit counts:
+# 400 V and 100 A rms at full scale.
+CAL_DEFAULT = (400.0 * 1.4142135 * 16 / 32767, 100.0 * 1.4142135 * 16 / 32767, 0.0)
 
 ticks_us = time.ticks_us
 ticks_diff = time.ticks_diff
@@ -77,34 +77,31 @@ class _In:
 
 
 class _Adc:
-    # Continuous sampling, as a timer-driven ADC with a DMA ring does on a
-    # Pico: each call returns the samples taken since the previous one.
+    # Continuous sampling, as a timer-driven ADC with a DMA ring does on a Pico: each call
+    # returns the samples taken since the previous one. The board's analog front end (the
+    # supervisor) writes them into a ring that the VM maps read-only (the ROM's _vhw.adc_*),
+    # a little ahead of real time; they count as taken when this board's clock reaches them.
     RATE_HZ = ADC_RATE_HZ
 
     def __init__(self):
-        self._wave = None
-        self._params = None
-        self._next = 0  # index of the next sample to deliver
+        written, _, lead, _ = _vhw.adc_head()
+        self._next = written - lead if written > lead else 0  # the sample of now
+        self._k0 = self._next
         self._t0 = time.ticks_us()
 
-    def _source(self):
-        _poll()
-        if self._params is not _vhw.wave:
-            self._params = _vhw.wave
-            # Without "irms" in the parameters the load follows the meter's
-            # household day, by the time of day of the board's RTC.
-            self._wave = Waveform(_vhw.meter.get("seed", 0), self._params, ADC_RATE_HZ, rtc_get)
-        return self._wave
-
     def read_into(self, v_buf, i_buf):
-        wave = self._source()
-        due = time.ticks_diff(time.ticks_us(), self._t0) * ADC_RATE_HZ // 1000000
+        due = self._k0 + time.ticks_diff(time.ticks_us(), self._t0) * ADC_RATE_HZ // 1000000
+        written = _vhw.adc_head()[0]
+        if due > written:
+            due = written  # not written yet (the host held the front end back): next time
         n = due - self._next
+        if n <= 0:
+            return 0
         if n > len(v_buf):
             # The consumer fell behind the ring: the oldest samples are lost.
             self._next = due - len(v_buf)
             n = len(v_buf)
-        wave.fill(v_buf, i_buf, self._next, n)
+        _vhw.adc_read(self._next, n, v_buf, i_buf)
         self._next += n
         return n
 

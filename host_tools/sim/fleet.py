@@ -82,13 +82,11 @@ def ctl(mdir: Path, request: dict[str, Any], timeout: float = 10.0) -> dict[str,
 
 
 def rom_image(cache: Path | None = None) -> Path:
-    """The virtual board's ROM as the VM runs it: board/virtual/host/*.py compiled by mpy-cross
+    """The virtual board's ROM as the VM runs it: board/virtual/host/rom.py compiled by mpy-cross
     into a ROMFS image, which the VM's launcher maps read-only outside the heap and the VM runs
     in place (supervisor.BOOT), as a board runs its ROM's C code from flash: its bytecode,
     strings and names take no heap (docs/hardware.md, "Memory"). Built once, cached."""
-    files = [ImageFile(p, "/" + p.stem + ".mpy", compile_one(p, "/" + p.name, None))
-             for p in sorted(ROM.parent.glob("*.py"))]
-    img = romfs_image(files)
+    img = romfs_image([ImageFile(ROM, "/rom.mpy", compile_one(ROM, "/rom.py", None))])
     cache = cache or vmlaunch.default_cache()
     out = cache / f"boardrom-{hashlib.sha256(img).hexdigest()[:16]}.romfs"
     if not out.exists():

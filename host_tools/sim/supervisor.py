@@ -26,12 +26,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import pty
 import re
 import select
 import signal
 import socket
+import struct
 import sys
 import time
 import tty
@@ -54,7 +56,8 @@ VM_FDS = (3, 4, 5)  # hw in, hw out, HAN out, as the VM sees them
 # built: CPython hosting the unix port's pybind11 module. SIGINT goes
 # back to its default so that only MicroPython's own handler is ever seen, and
 # the VM dies with its supervisor (PR_SET_PDEATHSIG) instead of lingering.
-# It maps the ROMFS partition read-only as the native launcher does (vmlaunch.py).
+# It maps the ROMFS partition, the ROM and the ADC's ring as the native launcher does
+# (vmlaunch.py).
 LAUNCHER = (
     "import sys,signal,os,ctypes\n"
     "c=ctypes.CDLL(None)\n"
@@ -64,13 +67,13 @@ LAUNCHER = (
     "c.mmap.restype=ctypes.c_void_p\n"
     "c.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,ctypes.c_int,"
     "ctypes.c_long]\n"
-    "for e in ('MPVM_ROMFS','MPVM_BOARDROM'):\n"
+    "for e,fl in (('MPVM_ROMFS',2),('MPVM_BOARDROM',2),('MPVM_ADC',1)):\n"
     " os.environ.pop(e+'_MAP',None)\n"
     " r=os.environ.get(e,'')\n"
     " n=os.path.getsize(r) if r and os.path.isfile(r) else 0\n"
     " if n:\n"
     "  fd=os.open(r,os.O_RDONLY)\n"
-    "  p=c.mmap(None,n,1,2,fd,0);os.close(fd)\n"
+    "  p=c.mmap(None,n,1,fl,fd,0);os.close(fd)\n"
     "  if p and p!=ctypes.c_void_p(-1).value:os.environ[e+'_MAP']='%d %d'%(p,n)\n"
     "sys.path.insert(0,sys.argv[2])\n"
     "from micropython_run import run_main\n"
@@ -90,6 +93,67 @@ BOOT = (
     "del a,os,sys,vfs,uctypes\n"
     "rom.boot(globals())\n"
 )
+
+# The ADC's DMA ring (board/virtual/__init__.py _Adc, the ROM's _vhw.adc_*): this process is the
+# board's analog front end. It synthesises the samples (board/virtual/host/waveform.py) and
+# writes them into a file that the VM's launcher maps read-only and shared, a little ahead of
+# real time, as a board's ADC writes them into RAM by DMA; the firmware takes them as its clock
+# reaches them. The VM's heap holds none of it.
+ADC_RATE = 2000  # samples a second per channel: the virtual board's ADC_RATE_HZ
+ADC_LEAD = 4000  # samples written ahead of real time (2 s): a busy host may hold this process
+ADC_RING = 16384  # samples per channel the ring holds (8 s)
+ADC_HEAD = struct.Struct("<QIII")  # written (since power-on), rate, lead, ring size
+ADC_DATA = 32  # V ring at ADC_DATA, I ring after it (u16 each, little-endian)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "board", "virtual", "host"))
+import waveform  # noqa: E402 - the front end's own code, next to the ROM
+
+
+class AdcRing:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        size = ADC_DATA + 4 * ADC_RING
+        with open(path, "wb") as f:
+            f.write(bytes(size))
+        self.f = open(path, "r+b")  # open for the process's life
+        self.mm = mmap.mmap(self.f.fileno(), size)
+        mv = memoryview(self.mm)
+        self.v = mv[ADC_DATA:ADC_DATA + 2 * ADC_RING].cast("H")
+        self.i = mv[ADC_DATA + 2 * ADC_RING:].cast("H")
+        self.written = 0
+        self.t0 = 0.0
+        self.wave: Any = None
+
+    def start(self, wave: Any) -> None:
+        """A new VM: sample 0 is now."""
+        self.written, self.t0, self.wave = 0, time.monotonic(), wave
+        self._head()
+        self.top_up()
+
+    def restart(self, wave: Any) -> None:
+        """A new load from now on: what was written ahead of now is written again."""
+        self.wave = wave
+        self.written = min(self.written, self._now())
+        self.top_up()
+
+    def _now(self) -> int:
+        return int((time.monotonic() - self.t0) * ADC_RATE)
+
+    def _head(self) -> None:
+        ADC_HEAD.pack_into(self.mm, 0, self.written, ADC_RATE, ADC_LEAD, ADC_RING)
+
+    def top_up(self) -> None:
+        if self.wave is None:
+            return
+        target = self._now() + ADC_LEAD
+        self.written = max(self.written, target - ADC_RING // 2)  # after a long stall
+        while self.written < target:
+            k = self.written
+            pos = k % ADC_RING
+            n = min(target - k, ADC_RING - pos, 1000)
+            self.wave.fill(self.v[pos:pos + n], self.i[pos:pos + n], k, n)
+            self.written = k + n
+        self._head()
 
 
 def open_pty() -> tuple[int, str]:
@@ -158,6 +222,7 @@ class Supervisor:
             with open(self.romfs + ".tmp", "wb") as f:
                 f.write(b"\xff" * a.romfs_bytes)
             os.replace(self.romfs + ".tmp", self.romfs)
+        self.adc = AdcRing(os.path.join(self.dir, "adc.bin"))
         self.log_f = open(os.path.join(self.dir, "supervisor.log"), "a", buffering=1)
         self.hw_path = os.path.join(self.dir, "hw.json")
         self.hw = self._load_hw()
@@ -243,6 +308,21 @@ class Supervisor:
         self.hw.update(time_scale=scale, time_anchor=now, rtc_offset=rtc_now - int(now))
         write_json_atomic(self.hw_path, self.hw)
 
+    def _rtc(self) -> int:
+        """The board's RTC, as board/virtual/__init__.py rtc_get() computes it (host time, or
+        the head-end's set-clock time, scaled; plus the offset the firmware set)."""
+        t = self.hw["sim_time"]
+        if t is None:
+            t = time.time()
+            scale, anchor = float(self.hw["time_scale"]), float(self.hw["time_anchor"])
+            if scale != 1:
+                t = anchor + (t - anchor) * scale
+        return int(t) + int(self.hw["rtc_offset"])
+
+    def _wave(self) -> Any:
+        """The front end for the load set now (without "irms": the household day, by the RTC)."""
+        return waveform.Waveform(self.a.seed, dict(self.hw["wave"]), ADC_RATE, self._rtc)
+
     def log(self, msg: str) -> None:
         self.log_f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
 
@@ -268,7 +348,8 @@ class Supervisor:
             (con_slave, 0), (con_slave, 1), (con_slave, 2),
             (hw_in_r, VM_FDS[0]), (hw_out_w, VM_FDS[1]), (han_w, VM_FDS[2]))]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.dir,
-               "MPVM_BOARDROM": self.a.rom}
+               "MPVM_BOARDROM": self.a.rom, "MPVM_ADC": self.adc.path}
+        self.adc.start(self._wave())
         if self.a.romfs_bytes:
             env["MPVM_ROMFS"] = self.romfs
         self.vm_pid = os.posix_spawn(exe, argv, env, file_actions=actions, setsid=True)
@@ -663,6 +744,7 @@ class Supervisor:
         elif cmd == "set-wave":
             self.hw["wave"] = dict(req.get("wave", {}))
             write_json_atomic(self.hw_path, self.hw)
+            self.adc.restart(self._wave())
             self._send_hw({"wave": self.hw["wave"]})
             self._reply(c, self.status())
         elif cmd == "set-clock":
@@ -720,6 +802,8 @@ class Supervisor:
         self.shutdown()
 
     def _step(self) -> None:
+        if self.vm_pid:
+            self.adc.top_up()
         now = time.monotonic()
         if self.state == "off" and self.vm_pid == 0 and now >= self.power_on_at:
             self.power_on(self.power_mode)

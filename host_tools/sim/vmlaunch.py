@@ -20,7 +20,9 @@ it kills the VM (SIGSEGV), as a write to a board's XIP flash faults. The ROM
 (board/virtual/host/rom.py) mounts it as ``vfs.VfsRom`` at /rom, whose .mpy files then run in
 place (docs/hardware.md, "Memory"). The ROM itself is mapped the same way (``MPVM_BOARDROM``, a
 ROMFS image of its compiled code, ``MPVM_BOARDROM_MAP``): the VM runs it in place, as a board
-runs its ROM's C code from flash, so that its bytecode takes no heap.
+runs its ROM's C code from flash, so that its bytecode takes no heap. The ADC's ring
+(``MPVM_ADC``, ``MPVM_ADC_MAP``) is mapped read-only and shared: the supervisor, the board's
+analog front end, writes the samples into it, as a board's ADC writes them by DMA.
 """
 
 from __future__ import annotations
@@ -48,10 +50,11 @@ _MAIN = r"""
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* A read-only flash region: the file named by $file_env, mapped read-only outside the VM's
- * heap; where, in $map_env ("address size"). The ROMFS partition (MPVM_ROMFS), and the board's
- * ROM (MPVM_BOARDROM: the ROM's compiled code, run in place as a board runs its C from flash). */
-static void map_ro(const char *file_env, const char *map_env) {
+/* A read-only region: the file named by $file_env, mapped read-only outside the VM's heap;
+ * where, in $map_env ("address size"). Flash: the ROMFS partition (MPVM_ROMFS), the board's ROM
+ * (MPVM_BOARDROM: the ROM's compiled code, run in place as a board runs its C from flash). And
+ * the ADC's DMA ring (MPVM_ADC), shared: the supervisor, the analog front end, writes it. */
+static void map_ro(const char *file_env, const char *map_env, int flags) {
     const char *path = getenv(file_env);
     unsetenv(map_env);
     if (!path || !*path) {
@@ -63,7 +66,7 @@ static void map_ro(const char *file_env, const char *map_env) {
         return;
     }
     if (fstat(fd, &st) == 0 && st.st_size > 0) {
-        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, flags, fd, 0);
         if (p != MAP_FAILED) {
             char v[64];
             snprintf(v, sizeof v, "%lu %lu", (unsigned long)p, (unsigned long)st.st_size);
@@ -83,8 +86,9 @@ int main(int argc, char **argv) {
         return 1; /* the supervisor died before the death signal was armed */
     }
     signal(SIGINT, SIG_DFL);
-    map_ro("MPVM_ROMFS", "MPVM_ROMFS_MAP");
-    map_ro("MPVM_BOARDROM", "MPVM_BOARDROM_MAP");
+    map_ro("MPVM_ROMFS", "MPVM_ROMFS_MAP", MAP_PRIVATE);
+    map_ro("MPVM_BOARDROM", "MPVM_BOARDROM_MAP", MAP_PRIVATE);
+    map_ro("MPVM_ADC", "MPVM_ADC_MAP", MAP_SHARED);
     void *vm = dlopen(argv[2], RTLD_LAZY | RTLD_GLOBAL);
     if (!vm) {
         fprintf(stderr, "mpvm: %s\n", dlerror());

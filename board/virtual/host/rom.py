@@ -11,8 +11,8 @@
 #     path (not even "/..") leaves it, with Pico-like statvfs and ilistdir sizes;
 #   - hides the unix-only escape hatches (os.system, vfs.VfsPosix, ...) behind
 #     board-like `os` and `vfs` modules;
-#   - provides the hardware surface as the built-in module `_vhw` (pins, HAN TX,
-#     waveform parameters), backed by pipes to the supervisor;
+#   - provides the hardware surface as the built-in module `_vhw` (pins, HAN TX, the ADC's
+#     DMA ring), backed by pipes to the supervisor and the ring it writes (mapped read-only);
 #   - mounts the ROMFS partition, when it holds a valid image, as vfs.VfsRom at /rom with
 #     "/rom" and "/rom/lib" on sys.path, as a port with a ROMFS partition does at boot: .mpy
 #     files imported from it run in place, outside the heap. The partition is a file the
@@ -34,8 +34,10 @@ import io
 import json
 import os
 import select
+import struct
 import sys
 import time
+import uctypes
 import vfs
 
 import _thread
@@ -48,6 +50,7 @@ _host_vfs = vfs.VfsPosix  # kept before the board's `vfs` hides it
 _hw_in = _hw_out = _han_out = None
 _rom_file = None
 _rom_mem = None
+_adc = None  # the ADC's ring, the launcher's read-only shared mapping (MPVM_ADC_MAP)
 
 
 def _norm(cwd, path):
@@ -274,6 +277,28 @@ class _Hardware:
     def han_write(self, data):
         return _han_out.write(data)
 
+    # The ADC's DMA ring: the supervisor (the analog front end) writes V and I samples into it,
+    # a little ahead of real time, as a board's ADC does by DMA (supervisor.py AdcRing).
+    def adc_head(self):
+        # (samples written since power-on, rate, how many of them are ahead of now, ring size)
+        return struct.unpack_from("<QIII", _adc, 0)
+
+    def adc_read(self, k, n, v_buf, i_buf):
+        # samples k .. k+n-1 of both channels into v_buf[0:n], i_buf[0:n] (array "H")
+        size = struct.unpack_from("<I", _adc, 16)[0]
+        ring = memoryview(_adc)
+        v = uctypes.bytearray_at(uctypes.addressof(v_buf), 2 * n)
+        i = uctypes.bytearray_at(uctypes.addressof(i_buf), 2 * n)
+        j = 0
+        while j < n:
+            pos = (k + j) % size
+            m = size - pos if size - pos < n - j else n - j
+            a = 32 + 2 * pos
+            v[2 * j:2 * (j + m)] = ring[a:a + 2 * m]
+            a += 2 * size
+            i[2 * j:2 * (j + m)] = ring[a:a + 2 * m]
+            j += m
+
 
 def _uname():
     return ("virtual", "virtual", "1.29.0", sys.version, "virtual meter (MicroPython unix VM)")
@@ -392,7 +417,7 @@ def _run_file(name, g):
 def boot(g):
     # Called by the supervisor's BOOT with the REPL's globals `g`, in which boot.py and main.py
     # run. The ROM's own image is unmounted first: nothing of it is left to the firmware.
-    global _hw_in, _hw_out, _han_out, _rom_file, _rom_mem, hw
+    global _hw_in, _hw_out, _han_out, _rom_file, _rom_mem, _adc, hw
     g.pop("rom", None)
     sys.modules.pop("rom", None)
     vfs.umount("/_rom")
@@ -405,10 +430,10 @@ def boot(g):
     _rom_file = os.getenv("MPVM_ROMFS")
     rom_map = os.getenv("MPVM_ROMFS_MAP")
     if rom_map:
-        import uctypes
-
         a = rom_map.split()
         _rom_mem = uctypes.bytearray_at(int(a[0]), int(a[1]))  # the mapping: no heap, no writes
+    a = os.getenv("MPVM_ADC_MAP").split()
+    _adc = uctypes.bytearray_at(int(a[0]), int(a[1]))
     vfs.umount("/")
     vfs.mount(_JailFS(root, flash_bytes), "/")
     os.chdir("/")

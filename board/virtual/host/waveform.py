@@ -1,6 +1,10 @@
 # The virtual board's analog front end: mains voltage and load current as
 # a 16-bit ADC would read them through a bias network (mid-scale = 0 V/0 A).
 #
+# Hardware, not firmware: the supervisor (host_tools/sim/supervisor.py AdcRing) runs it on the
+# host and writes the samples into the ADC's DMA ring, which the VM maps read-only (the ROM's
+# _vhw.adc_*); it is never flashed. It runs on CPython and MicroPython (the host tests use both).
+#
 # Parameters (set from the host with `meterctl sim load`, all optional):
 #   vrms (230), irms (5), pf (1.0, negative = capacitive), freq_hz (50),
 #   h3 / h5 (voltage 3rd/5th harmonic, fraction of the fundamental),
