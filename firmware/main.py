@@ -28,10 +28,14 @@ import gc  # noqa: E402
 import sys  # noqa: E402
 
 gc.collect()  # this file's compilation left garbage: none of it under the modules' objects
+import lazy  # noqa: E402
+
+lazy.compact_imports(True)  # the firmware's objects packed low in the heap (lib/lazy.py)
 import meter  # noqa: E402 - after the seal check, which must come first
 import seal  # noqa: E402
 
 _k = meter.start(_sealed)
+lazy.compact_imports(False)
 # meter.py only builds the meter: dropped, its code leaves the heap (docs/hardware.md, "Memory")
 del meter, _sealed
 sys.modules.pop("meter", None)

@@ -4,6 +4,7 @@
 # commands, set-up) in a second one, which it imports for the one call and drops again
 # (docs/hardware.md, "Memory"). The module's names (qstrs) stay interned; its code, its
 # constants and its functions are freed.
+import gc
 import sys
 
 
@@ -25,3 +26,32 @@ def call(name, fn, *args):
         return getattr(mod, fn)(*args)
     finally:
         drop(name)
+
+
+_import = None  # the import function compact_imports() replaced
+
+
+def _compacting_import(*args):
+    mod = _import(*args)
+    gc.collect()
+    return mod
+
+
+def compact_imports(on):
+    """While on, garbage is collected after every import. For the boot: an import leaves
+    garbage (the file system's lookups, tables that grew), and without this the objects that
+    the next imports keep land among it and stay scattered over the heap when it is collected,
+    so that the free heap is left in pieces too small for a WAN frame (docs/hardware.md,
+    "Memory"); with it they pack low. A port that cannot replace __import__ boots as before."""
+    global _import
+    import builtins
+
+    try:
+        if on and _import is None:
+            _import = builtins.__import__
+            builtins.__import__ = _compacting_import
+        elif not on and _import is not None:
+            builtins.__import__ = _import
+            _import = None
+    except (AttributeError, TypeError):
+        pass

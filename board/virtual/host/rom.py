@@ -161,6 +161,7 @@ class _JailFS:
         # builds both paths of rename() in one shared buffer and fails.
         self._fs = _host_vfs()
         self._root = root.rstrip("/")
+        self._root_s = self._root + "/"
         self._cwd = "/"
         self._size = size
 
@@ -171,6 +172,15 @@ class _JailFS:
         pass
 
     def _p(self, path):
+        # A path with no component that starts with "." (every import's lookups) is joined as
+        # it is; others are normalised first, ".." clamped at the root. A board's filesystem is
+        # C code that allocates nothing to look a file up: in Python here each lookup leaves
+        # garbage, which spread among the firmware's objects as it boots (fragmentation).
+        if path.find("/.") < 0 and not path.startswith("."):
+            if path.startswith("/"):
+                return self._root + path
+            if self._cwd == "/":
+                return self._root_s + path
         return self._root + _norm(self._cwd, path)
 
     def open(self, path, mode):
