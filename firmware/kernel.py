@@ -12,6 +12,7 @@
 import gc
 import struct
 import time
+from array import array
 from micropython import const
 
 import lazy
@@ -22,12 +23,13 @@ BATCH = const(4)  # messages a task handles per turn before others get theirs
 IDLE_MAX_MS = const(10)
 _IMMUTABLE = (type(None), bool, int, float, str, bytes)
 
-# RAM: a task's bookkeeping is a row of _NF small ints in one flat list (self._f), and its
-# mailbox a ring of 3-entry slots (sender, kind, payload) in one list shared by all (self._q):
+# RAM: a task's bookkeeping is a row of _NF ints in one flat array (self._f; the time its next
+# step is due, a ticks value, in the list self._due), and its mailbox a ring of 3-entry slots
+# (sender, kind, payload) in one list shared by all (self._q):
 # no object, dict or list per task or mailbox (docs/hardware.md, "Memory"). Row 0 is the
 # kernel's own mailbox (requests from tasks: stats, log reads, seal); tasks are rows 1 and up.
 _PERIOD = const(0)  # step period, us (0: the task has no step)
-_DUE = const(1)  # next step due, ticks_us
+_RT = const(1)  # realtime: its step also runs between any two messages
 _BUSY = const(2)  # us busy in the current window
 _SHARE = const(3)  # us busy in the last complete window
 _LATE = const(4)  # worst lateness of step() in the current window
@@ -36,13 +38,12 @@ _LATE_WORST = const(6)  # ... since boot
 _HANDLED = const(7)
 _ERRORS = const(8)
 _OVERFLOW = const(9)  # a full mailbox was logged in this window
-_RT = const(10)  # realtime: its step also runs between any two messages
-_QOFF = const(11)  # its mailbox: first entry in self._q
-_QCAP = const(12)  # capacity, messages
-_QHEAD = const(13)
-_QN = const(14)  # messages waiting
-_QDROP = const(15)  # messages dropped on a full mailbox
-_NF = const(16)
+_QOFF = const(10)  # its mailbox: first entry in self._q
+_QCAP = const(11)  # capacity, messages
+_QHEAD = const(12)
+_QN = const(13)  # messages waiting
+_QDROP = const(14)  # messages dropped on a full mailbox
+_NF = const(15)
 _KBOX = const(4)  # the kernel's own mailbox
 
 
@@ -78,17 +79,20 @@ class Kernel:
         # size: (tasks, messages in all their mailboxes) that add() will be asked for, so that
         # the two lists are made once, whole (growing them as tasks come would leave their
         # old copies as holes in the heap); more still works, it only grows them.
-        # Private copies: changing policy.py's tables at run time grants nothing. Per sender
-        # one flat tuple: receiver, its kinds..., None, the next receiver, ... (a lookup
-        # allocates nothing).
+        # Private copies: changing policy.py's tables at run time grants nothing. One flat
+        # tuple: a sender, then each of its receivers followed by its kinds and None, then
+        # None; the next sender... (one object; a lookup allocates nothing).
         by = {}
         for sender, receiver in flows:
             by.setdefault(sender, []).extend((receiver,) + tuple(flows[(sender, receiver)])
                                              + (None,))
-        self._flows = {}
+        fl = []
         for sender in by:
-            self._flows[sender] = tuple(by[sender])
-        by = None
+            fl.append(sender)
+            fl.extend(by[sender])
+            fl.append(None)
+        self._flows = tuple(fl)
+        by = fl = None
         self._log_of = dict(log_of)
         self._now_s = now_s
         self._sleep_ms = sleep_ms
@@ -99,8 +103,9 @@ class Kernel:
         self._names = ["kernel"]
         self._objs = [None]
         self._steps = [None]
-        self._f = [0] * (_NF * (1 + size[0]))
+        self._f = array("i", bytes(4 * _NF * (1 + size[0])))
         self._f[_QCAP] = _KBOX
+        self._due = [0] * (1 + size[0])
         self._q = [None] * (3 * (_KBOX + size[1]))
         self._qend = 3 * _KBOX  # entries of self._q in use
         self._by_name = {"kernel": 0}
@@ -125,10 +130,12 @@ class Kernel:
         i = len(self._names)
         f = self._f
         if len(f) < _NF * (i + 1):
-            f.extend([0] * _NF)
+            f.extend(array("i", bytes(4 * _NF)))
         b = i * _NF
         f[b + _PERIOD] = period_ms * 1000
-        f[b + _DUE] = time.ticks_us()
+        if len(self._due) <= i:
+            self._due.append(0)
+        self._due[i] = time.ticks_us()
         f[b + _RT] = 1 if realtime else 0
         f[b + _QOFF] = self._qend
         f[b + _QCAP] = capacity
@@ -173,13 +180,15 @@ class Kernel:
 
     # -- routing -----------------------------------------------------------------
     def _route(self, sender, receiver, kind, payload):
-        fl = self._flows.get(sender)
+        fl = self._flows
         ok = False
-        if fl is not None:
-            j = 0
-            n = len(fl)
-            while j < n:
-                if fl[j] == receiver:
+        j = 0
+        n = len(fl)
+        while j < n:  # at a sender
+            mine = fl[j] == sender
+            j += 1
+            while fl[j] is not None:  # at a receiver of it
+                if mine and fl[j] == receiver:
                     j += 1
                     while fl[j] is not None:
                         if fl[j] == kind:
@@ -187,9 +196,13 @@ class Kernel:
                             break
                         j += 1
                     break
-                while fl[j] is not None:  # this receiver's kinds
+                j += 1
+                while fl[j] is not None:  # its kinds
                     j += 1
                 j += 1
+            if mine:
+                break
+            j += 1
         if not ok:
             self.refused += 1
             self.log("kernel", "policy refused %s->%s %s" % (sender, receiver, kind))
@@ -234,7 +247,7 @@ class Kernel:
     def _run_step(self, i, now):
         f = self._f
         b = i * _NF
-        late = time.ticks_diff(now, f[b + _DUE])
+        late = time.ticks_diff(now, self._due[i])
         if late < 0:
             return
         if late > f[b + _LATE]:
@@ -247,10 +260,10 @@ class Kernel:
         t1 = time.ticks_us()
         f[b + _BUSY] += time.ticks_diff(t1, t0)
         # Next due on the period grid; skip missed slots rather than bunching.
-        due = time.ticks_add(f[b + _DUE], f[b + _PERIOD])
+        due = time.ticks_add(self._due[i], f[b + _PERIOD])
         if time.ticks_diff(t1, due) > 0:
             due = time.ticks_add(t1, f[b + _PERIOD])
-        f[b + _DUE] = due
+        self._due[i] = due
 
     def _run_realtime(self):
         now = time.ticks_us()
@@ -300,7 +313,7 @@ class Kernel:
         f = self._f
         for i in range(1, len(self._names)):
             if self._steps[i] is not None:
-                d = time.ticks_diff(f[i * _NF + _DUE], now)
+                d = time.ticks_diff(self._due[i], now)
                 if d < wait:
                     wait = d
         if wait >= 1000:

@@ -16,6 +16,15 @@ from store import _rm, _size  # -1 if missing; remove if there (one copy of each
 _HDR = 6  # seq u32 + len u16
 _SUM = 4
 OVERHEAD = _HDR + _SUM
+_SHARED = 64  # the slot buffer shared by the rings whose records fit in it
+_shared_mv = None
+
+
+def _shared():
+    global _shared_mv
+    if _shared_mv is None:
+        _shared_mv = memoryview(bytearray(_SHARED))
+    return _shared_mv
 
 
 class Ring:
@@ -28,9 +37,11 @@ class Ring:
         self.max_payload = rec_size - OVERHEAD
         self.last_seq = 0  # highest valid seq, 0 if empty
         self.count = 0  # valid records held (seq in last_seq - capacity + 1 .. last_seq)
-        # One slot buffer for every read and write: no per-record allocation.
-        self._buf = bytearray(rec_size)
-        self._mv = memoryview(self._buf)
+        # One slot buffer for every read and write: no per-record allocation. Rings whose
+        # records fit share one (_SHARED bytes): their users take turns (the meter's rings
+        # are the main core's).
+        self._mv = (_shared() if rec_size <= _SHARED else memoryview(bytearray(rec_size)))[
+            :rec_size]
         # Bit per slot: holds a valid record inside the window. Lets append() keep count
         # exact without reading the slot it overwrites (capacity / 8 bytes of RAM).
         self._valid = bytearray((capacity + 7) // 8)
@@ -60,7 +71,7 @@ class Ring:
         # Zero-fill under another name and rename, so a power cut mid-fill never leaves a
         # short file at path.
         tmp = self.path + ".new"
-        buf = self._buf
+        buf = self._mv
         for i in range(self.rec_size):
             buf[i] = 0
         with open(tmp, "wb") as f:
@@ -70,12 +81,12 @@ class Ring:
         os.rename(tmp, self.path)
 
     def _check(self, slot):
-        # seq of the record in self._buf if it is valid and belongs in slot, else 0.
-        seq, n = struct.unpack_from("<IH", self._buf, 0)
+        # seq of the record in the slot buffer if it is valid and belongs in slot, else 0.
+        seq, n = struct.unpack_from("<IH", self._mv, 0)
         if seq == 0 or n > self.max_payload or (seq - 1) % self.capacity != slot:
             return 0
         d = hashlib.sha256(self._mv[: _HDR + n]).digest()
-        if self._buf[self.rec_size - _SUM :] != d[:_SUM]:
+        if bytes(self._mv[self.rec_size - _SUM :]) != d[:_SUM]:
             return 0
         return seq
 
@@ -119,7 +130,7 @@ class Ring:
         seq = self.last_seq + 1
         slot = (seq - 1) % self.capacity
         rs = self.rec_size
-        buf = self._buf
+        buf = self._mv
         struct.pack_into("<IH", buf, 0, seq, n)
         buf[_HDR : _HDR + n] = payload
         for i in range(_HDR + n, rs - _SUM):
@@ -154,7 +165,7 @@ class Ring:
                 if self._bit(slot):
                     f.seek(slot * rs)
                     if f.readinto(self._mv) == rs and self._check(slot) == s:
-                        n = self._buf[4] | (self._buf[5] << 8)
+                        n = self._mv[4] | (self._mv[5] << 8)
                         out.append((s, bytes(self._mv[_HDR : _HDR + n])))
                         if max_n is not None and len(out) >= max_n:
                             break

@@ -10,10 +10,10 @@
 # Keys: HKDF-SHA256(ikm=K, salt=meter id u64 BE, info=b"wan <dir> <use>").
 # ENC: AES-128-CTR, initial counter block meter(8) | ctr(4) | 00000000.
 #
-# RAM: one preallocated PAYLOAD_CAP buffer holds the counter blocks, which are
-# encrypted in place into the key stream (one ECB call), XORed with the data in place
-# there: the result is the only allocation. The buffer makes seal/open non-reentrant (the
-# firmware is single-threaded).
+# RAM: one preallocated 64-byte buffer holds 4 counter blocks at a time, which are encrypted
+# in place into the key stream (one ECB call) and XORed with the data into the result: the
+# result is the only allocation. The buffer makes seal/open non-reentrant (the firmware is
+# single-threaded).
 import binascii
 import struct
 
@@ -104,8 +104,9 @@ _INFO_UP_MAC = b"wan up mac"
 _INFO_DOWN_ENC = b"wan down enc"
 _INFO_UP_ENC = b"wan up enc"
 
-# counter blocks, then (in place) key stream; 64 blocks of 16 bytes
-_ks_buf = bytearray(PAYLOAD_CAP)
+# counter blocks, then (in place) key stream: 4 blocks of 16 bytes at a time
+_KS = const(64)
+_ks_buf = bytearray(_KS)
 _ks_mv = memoryview(_ks_buf)
 
 
@@ -155,25 +156,27 @@ def _ctr_xor(key, meter_id, ctr, data, out=None, at=0):
     n = len(data)
     if n == 0:
         return None if out is not None else b""
-    nb = (n + 15) >> 4
     buf = _ks_buf
-    for i in range(nb):
-        struct.pack_into(_CTR_FMT, buf, i << 4, meter_id, ctr, i)
-    blocks = _ks_mv[: nb << 4]
-    _aes_ecb(key).encrypt(blocks, blocks)
-    # XOR in place: the only allocation is the result, if any (big ints would take four
-    # 1-KB blocks, which a fragmented meter heap may not have)
+    aes = _aes_ecb(key)
     if out is None:
-        for i in range(n):
-            buf[i] ^= data[i]
-        res = bytes(_ks_mv[:n])
+        out = bytearray(n)
+        at = 0
+        res = out
     else:
-        for i in range(n):
-            out[at + i] = buf[i] ^ data[i]
         res = None
-    for i in range(nb << 4):
+    # _KS bytes of key stream at a time: the counter blocks, encrypted in place
+    for o in range(0, n, _KS):
+        m = n - o if n - o < _KS else _KS
+        nb = (m + 15) >> 4
+        for i in range(nb):
+            struct.pack_into(_CTR_FMT, buf, i << 4, meter_id, ctr, (o >> 4) + i)
+        blocks = _ks_mv[: nb << 4]
+        aes.encrypt(blocks, blocks)
+        for i in range(m):
+            out[at + o + i] = buf[i] ^ data[o + i]
+    for i in range(_KS):
         buf[i] = 0  # no key stream left in a buffer that any importer could read
-    return res
+    return None if res is None else bytes(res)
 
 
 def _mac(key, msg):

@@ -6,9 +6,9 @@
 # Every rejected frame is logged in the security log; wrong MACs and wrong
 # meter ids get silence, because an answer would give a prober an oracle.
 import json
-import struct
 from micropython import const
 
+import lazy
 import seal
 import store
 import wan
@@ -17,8 +17,6 @@ KEYS = "/data/cs_keys.json"
 COUNTERS = "/data/cs_ctr.json"
 RESERVE = const(32)  # counters persisted in steps: one flash write per 32 frames
 MAX_PENDING = const(8)
-PROFILE_MAX = const(12)  # records per answer, to stay under the payload cap
-LOGS_MAX = const(10)
 
 # Request kind -> (task, message kind, answer encrypted), 4 entries a route in one flat tuple
 # (RAM: one object, not one tuple a route); a tuple: nothing to alter.
@@ -114,7 +112,7 @@ class CsSecurity:
 
     def _frame(self, line):
         if self._keys is None:
-            self._unprovisioned(line)
+            lazy.call("tasks.cs_rare", "unprovisioned", self, line)
             return
         try:
             frame = wan.line_to_frame(line)
@@ -132,25 +130,6 @@ class CsSecurity:
             self._persist()
         self.accepted += 1
         self._request(kind, ctr, body)
-
-    def _unprovisioned(self, line):
-        # No key yet: a well-formed command gets NOT_PROVISIONED, sealed under the
-        # all-zero master key (PROTOCOL.md): a hint anyone could forge, never trusted.
-        self.rejected += 1
-        self._port.log("wan: rejected (not provisioned)")
-        try:
-            frame = wan.line_to_frame(line)
-        except wan.WanError:
-            return
-        if len(frame) < wan.HEADER + wan.MAC_LEN:
-            return
-        ver, _, flags, meter, ctr, _, n = struct.unpack_from(">BBBQIIH", frame, 0)
-        if ver != wan.VER or wan.HEADER + n + wan.MAC_LEN != len(frame) or flags & wan.FLAG_RESP:
-            return
-        keys = wan.derive_keys(meter, wan.UNPROVISIONED_MASTER)
-        out = wan.seal(keys, meter, True, wan.K_ERROR, self._next_up(), ctr,
-                       wan.error_payload(wan.E_NOT_PROVISIONED))
-        self._port.send("comm", "frame_out", wan.frame_to_b64(out))
 
     def _request(self, kind, ctr, body):
         if kind == wan.K_INFO:
@@ -174,10 +153,8 @@ class CsSecurity:
                 # verifies itself with its own key (OFFSWITCH.md).
                 msg = (ctr, bytes(body))
             else:
-                args = json.loads(body) if body else {}
-                if not isinstance(args, dict):  # fuzz: [1] or 5 has no .get (AttributeError)
-                    raise TypeError("arguments must be a JSON object")
-                msg = self._args(kind, ctr, args)
+                # JSON arguments, checked into plain numbers and names (tasks/cs_rare.py)
+                msg = lazy.call("tasks.cs_rare", "args", kind, ctr, body)
         except (ValueError, KeyError, TypeError, OverflowError) as e:  # fuzz: int(1e400)
             self._reject("bad args for kind %d: %s" % (kind, e), wan.E_BAD_ARGS, ctr)
             return
@@ -189,30 +166,6 @@ class CsSecurity:
             self._reject("not routed: %s %s" % (task, mkind), wan.E_FAILED, ctr)
             return
         self._pending[ctr] = (kind, enc)
-
-    @staticmethod
-    def _args(kind, ctr, a):
-        # Only plain numbers and names leave here: tasks never see raw JSON.
-        if kind == wan.K_PROFILE:
-            return (ctr, int(a.get("from", 0)), max(1, min(PROFILE_MAX, int(a.get("max", 12)))))
-        if kind == wan.K_LOGS:
-            name = str(a.get("log", "security"))
-            return (ctr, name, int(a.get("from", 0)), max(1, min(LOGS_MAX, int(a.get("max", 10)))))
-        if kind == wan.K_TIME_SET:
-            return (ctr, int(a["t"]))
-        if kind == wan.K_CALIBRATE:
-            return (ctr, float(a["volts"]), float(a["amps"]), float(a.get("pf", 1.0)))
-        if kind == wan.K_TOPUP:
-            return (ctr, int(a["amount_mc"]))
-        if kind == wan.K_TARIFF:
-            return (ctr, int(a["t1_mc_kwh"]), int(a["t2_mc_kwh"]), int(a.get("t2_from_h", 7)),
-                    int(a.get("t2_to_h", 23)), int(a.get("tz_s", 3600)),
-                    bool(a.get("eu_dst", True)), bool(a.get("weekend_t1", True)))
-        if kind == wan.K_PREPAID:
-            return (ctr, bool(a["on"]))
-        if kind == wan.K_SEAL or kind == wan.K_UNSEAL:
-            return (ctr, kind == wan.K_SEAL)
-        return (ctr,)
 
     def _answer(self, payload):
         ref, code, body = payload

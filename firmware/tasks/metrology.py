@@ -3,7 +3,6 @@
 # and export energy registers, and closes each load-profile interval on the
 # clock's boundary. The math lives in lib/metro.py (pure, tested on CPython
 # and MicroPython); this module is the task around it.
-import json
 import struct
 from array import array
 from micropython import const
@@ -20,7 +19,6 @@ PROFILE_CAP = const(192)  # two days of 15-minute intervals
 PROFILE_REC = const(32)
 _REC = ">IIIII"  # t_end, import mWh, export mWh, import Wh, export Wh
 BUF = const(256)  # samples per channel per read: > 100 ms at 2 kHz
-_FIELDS = ("vrms", "irms", "power_w", "apparent_va", "pf", "freq_hz")
 
 
 class Metrology:
@@ -38,21 +36,13 @@ class Metrology:
         self._closed_idx = st["idx"] if st else -1
         self._profile = Ring(PROFILE, PROFILE_CAP, PROFILE_REC)
         if st and st.get("rec"):
-            self._restore(st["rec"])
+            lazy.call("tasks.metrology_cmd", "restore", self, st["rec"])
         self.last = None  # the last complete second
         self.seconds = 0
         self._t = 0
         self._idx = -1
         self._start = 0
         self._len = 0
-
-    def _restore(self, rec):
-        # The record committed with the registers is the profile's last one, unless a power
-        # cut came between the two writes (or tore the ring's slot): then append it now.
-        last = self._profile.records(self._profile.last_seq, 1)
-        if not last or tuple(struct.unpack(_REC, last[0][1])) != tuple(rec):
-            self._profile.append(struct.pack(_REC, *rec))
-            self._port.log("boot: restored profile record %d" % rec[0])
 
     def step(self):
         n = self._adc.read_into(self._vbuf, self._ibuf)
@@ -96,25 +86,9 @@ class Metrology:
             self._port.log("boot: interval %d open, last closed %d" % (idx, self._closed_idx))
         self._idx, self._start, self._len = idx, start, length
 
-    def reading(self):
-        r = self.last or (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-        d = {}
-        for k in range(6):
-            d[_FIELDS[k]] = round(r[k], 3)
-        e = self.energy
-        d["energy_import_wh"] = e.import_wh
-        d["energy_export_wh"] = e.export_wh
-        d["interval"] = {"start": self._start, "length": self._len, "index": self._idx,
-                         "import_mwh": e.interval_import_mwh, "export_mwh": e.interval_export_mwh}
-        d["clock"] = self._t
-        d["seconds"] = self.seconds
-        return d
-
     def handle(self, sender, kind, payload):
         if kind == "tick":
             self._tick(payload)
-        elif kind == "read":
-            self._port.send(sender, "reading", (payload[0], 0, json.dumps(self.reading())))
-        elif kind in ("profile", "calibrate"):
-            # rare: tasks/metrology_cmd.py, in RAM only while it runs
+        elif kind in ("read", "profile", "calibrate"):
+            # head-end requests: tasks/metrology_cmd.py, in RAM only while one runs
             lazy.call("tasks.metrology_cmd", kind, self, sender, payload)

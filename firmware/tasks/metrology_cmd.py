@@ -1,13 +1,15 @@
-# The metrology task's rare head-end requests (tasks/metrology.py): PROFILE and CALIBRATE.
-# Part of that task, in its own file so that its code is in RAM only while a request runs
-# (lib/lazy.py); sampling, the energy registers and READ stay in tasks/metrology.py.
-# Each function takes the Metrology object, the sender and the payload.
+# The metrology task's head-end requests (tasks/metrology.py): READ, PROFILE and CALIBRATE,
+# and the profile record restored at boot. Part of that task, in its own file so that its code
+# is in RAM only while a request runs (lib/lazy.py); sampling and the energy registers stay in
+# tasks/metrology.py. Each request takes the Metrology object, the sender and the payload.
 import json
 import struct
 
 import metro
 import store
 from tasks.metrology import _REC, CALIB
+
+_FIELDS = ("vrms", "irms", "power_w", "apparent_va", "pf", "freq_hz")
 
 
 def profile(m, sender, payload):
@@ -35,3 +37,27 @@ def calibrate(m, sender, payload):
     m._port.log("calibrated: v_gain %.6g i_gain %.6g phase %.4f" % m.cal)
     body = json.dumps({"v_gain": v_gain, "i_gain": i_gain, "phase": phase})
     m._port.send(sender, "calibrated", (ref, 0, body))
+
+
+def read(m, sender, payload):
+    r = m.last or (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    d = {}
+    for k in range(6):
+        d[_FIELDS[k]] = round(r[k], 3)
+    e = m.energy
+    d["energy_import_wh"] = e.import_wh
+    d["energy_export_wh"] = e.export_wh
+    d["interval"] = {"start": m._start, "length": m._len, "index": m._idx,
+                     "import_mwh": e.interval_import_mwh, "export_mwh": e.interval_export_mwh}
+    d["clock"] = m._t
+    d["seconds"] = m.seconds
+    m._port.send(sender, "reading", (payload[0], 0, json.dumps(d)))
+
+
+def restore(m, rec):
+    # The record committed with the registers is the profile's last one, unless a power
+    # cut came between the two writes (or tore the ring's slot): then append it now.
+    last = m._profile.records(m._profile.last_seq, 1)
+    if not last or tuple(struct.unpack(_REC, last[0][1])) != tuple(rec):
+        m._profile.append(struct.pack(_REC, *rec))
+        m._port.log("boot: restored profile record %d" % rec[0])

@@ -27,12 +27,11 @@
 # "credit_disconnect" into the Link, and forwards what comes back: answers ("switch_done"),
 # the relay state (to han and credit), and the off-switch's log lines, which the proxy
 # writes to the off-switch log (the rings belong to the kernel, on the main core).
-import binascii
-import hashlib
 import time
 from micropython import const
 
 import _thread
+import lazy
 import offswitch_auth as osa
 import store
 
@@ -84,52 +83,10 @@ class Core:
     window, one command); run() loops it on core 1."""
 
     def __init__(self, hw, link, ticks_ms=None, keys_path=KEYS, state_path=STATE):
-        self._relay = hw["relay"]
-        self._button = hw["button"]
-        self._tamper = hw["tamper"]
-        self._link = link
-        self._ticks = ticks_ms or time.ticks_ms
-        self._path = state_path
-        k = store.load(keys_path, None) or {}
-        self.meter_id = int(k.get("meter", 0))
-        key = bytes.fromhex(k.get("key", ""))
-        self._keys = osa.derive(key, self.meter_id) if key else None
-        kid = binascii.hexlify(hashlib.sha256(b"os kid" + key).digest()[:8]).decode() \
-            if key else ""
-        self._max_hour = int(k.get("max_per_hour", MAX_PER_HOUR))
-        self._spacing = int(k.get("min_spacing_s", MIN_SPACING_S) * 1000)
-        self._window = int(k.get("arm_window_s", ARM_WINDOW_S) * 1000)
-        st = store.load(state_path, None)
-        pin = self._relay.value()
-        # The off-switch's clock: milliseconds powered, persisted with the state and
-        # resumed from it, so windows and rate limits survive a reset (time without power
-        # does not count: that only makes the limits stricter).
-        self._t = self._ticks()
-        self._btn = DEBOUNCE if self._button.value() else 0  # held at boot: not a press
-        self._tamper_in = 0
-        self._ref_n = self._ref_sup = self._ref_win = 0
-        if st is None:
-            # A new meter: adopt the relay as it is, never move it.
-            st = {"relay": pin, "kid": kid}
-        self.relay = 1 if st["relay"] else 0
-        self.armed = 1 if st.get("armed") else 0
-        self.locked = 1 if st.get("locked") else 0
-        self.ctr = int(st.get("ctr", 0))
-        self.deadline = int(st.get("deadline", 0))
-        self._clock = int(st.get("clock", 0))
-        self._ops = [int(x) for x in st.get("ops", ())]  # clock times of counted operations
-        self._kid = kid
-        if st.get("kid", "") != kid:
-            # A new key (re-provisioned): counters of the old key mean nothing any more.
-            self.ctr = 0
-            self._log("new key: counter reset")
-        self._log("boot: relay %d armed %d locked %d ctr %d" % (
-            self.relay, self.armed, self.locked, self.ctr))
-        if pin != self.relay:
-            # Only when the pin lost the commanded state (a relay that does not latch).
-            self._relay.value(self.relay)
-            self._log("boot: relay pin %d set to %d" % (pin, self.relay))
-        self._publish()
+        # Its keys and state, read from flash once at boot (on the main core, before core 1
+        # starts): tasks/offswitch_boot.py, in RAM only while it runs.
+        lazy.call("tasks.offswitch_boot", "init", self, hw, link, ticks_ms, keys_path,
+                  state_path)
 
     # -- time, state, log ---------------------------------------------------------
     def _now(self):
