@@ -25,7 +25,6 @@ import binascii
 
 from crc16 import arc
 
-HEADER = "/HSM5\\2HASM-MicroPython"
 BREAKER_DISCONNECTED = 0
 BREAKER_CONNECTED = 1
 BREAKER_READY = 2  # armed: a remote reconnect waits for the local button
@@ -102,27 +101,23 @@ def equipment_hex(ident):
     return binascii.hexlify(ident.encode()[:48]).decode().upper()
 
 
+# The telegram as one format: one string constant and one formatting a second, not a string
+# per line (each a heap object on the meter) joined. The breaker line is the one that may be left
+# out, so the format is split there.
+_HEAD = ("/HSM5\\2HASM-MicroPython\r\n\r\n1-3:0.2.8(50)\r\n0-0:1.0.0(%s)\r\n0-0:96.1.1(%s)\r\n"
+         "1-0:1.8.1(%s*kWh)\r\n1-0:1.8.2(%s*kWh)\r\n1-0:2.8.1(%s*kWh)\r\n1-0:2.8.2(%s*kWh)\r\n"
+         "0-0:96.14.0(%04d)\r\n1-0:1.7.0(%s*kW)\r\n1-0:2.7.0(%s*kW)\r\n")
+_TAIL = "1-0:32.7.0(%05.1f*V)\r\n1-0:31.7.0(%03d*A)\r\n!"
+
+
 def telegram(t, equipment, imp1_wh, imp2_wh, exp1_wh, exp2_wh, tariff, power_w, vrms, irms,
              breaker=None, tz_s=3600, eu_dst=True):
     """One complete P1 telegram (bytes), CRC included. power_w: active power, negative when
     exporting; tariff: 1 or 2; breaker: one of BREAKER_* or None to leave the line out."""
-    lines = [
-        HEADER,
-        "",
-        "1-3:0.2.8(50)",
-        "0-0:1.0.0(%s)" % timestamp(t, tz_s, eu_dst),
-        "0-0:96.1.1(%s)" % equipment_hex(equipment),
-        "1-0:1.8.1(%s*kWh)" % _kwh(imp1_wh),
-        "1-0:1.8.2(%s*kWh)" % _kwh(imp2_wh),
-        "1-0:2.8.1(%s*kWh)" % _kwh(exp1_wh),
-        "1-0:2.8.2(%s*kWh)" % _kwh(exp2_wh),
-        "0-0:96.14.0(%04d)" % tariff,
-        "1-0:1.7.0(%s*kW)" % _kw(power_w if power_w > 0 else 0),
-        "1-0:2.7.0(%s*kW)" % _kw(-power_w if power_w < 0 else 0),
-    ]
-    if breaker is not None:
-        lines.append("0-0:96.3.10(%d)" % breaker)
-    lines.append("1-0:32.7.0(%05.1f*V)" % min(999.9, max(0.0, vrms)))
-    lines.append("1-0:31.7.0(%03d*A)" % min(999, max(0, int(round(irms)))))
-    body = ("\r\n".join(lines) + "\r\n!").encode()
+    body = (_HEAD % (timestamp(t, tz_s, eu_dst), equipment_hex(equipment), _kwh(imp1_wh),
+                     _kwh(imp2_wh), _kwh(exp1_wh), _kwh(exp2_wh), tariff,
+                     _kw(power_w if power_w > 0 else 0), _kw(-power_w if power_w < 0 else 0))
+            + ("" if breaker is None else "0-0:96.3.10(%d)\r\n" % breaker)
+            + _TAIL % (min(999.9, max(0.0, vrms)), min(999, max(0, int(round(irms)))))
+            ).encode()
     return body + ("%04X\r\n" % arc(body)).encode()

@@ -18,6 +18,8 @@ import json
 import os
 import struct
 
+import lazy
+
 _MAGIC = b"ST1"
 _MAGIC_BIN = b"SB1"
 _HDR = 11  # magic 3 + seq 4 + len 4
@@ -97,62 +99,6 @@ def _valid_seq(p, magic=_MAGIC):
         return 0
 
 
-def _head_seq(p, magic=_MAGIC):
-    # Cheap pre-sort for load(): the header's seq, unverified (0 if missing or malformed).
-    size = _size(p)
-    if size < _HDR + _SUM:
-        return 0
-    try:
-        with open(p, "rb") as f:
-            h = _header(f, size, magic)
-            return 0 if h is None else h[1]
-    except OSError:
-        return 0
-
-
-def _read(p, magic=_MAGIC, split=None):
-    # (True, obj) if p is fully valid (magic, length, checksum, JSON), else (False, None).
-    # With magic _MAGIC_BIN: (True, payload bytes); with split = (head, piece): (True, list of
-    # pieces), see load_bytes().
-    size = _size(p)
-    if size < _HDR + _SUM:
-        return False, None
-    try:
-        with open(p, "rb") as f:
-            h = _header(f, size, magic)
-            if h is None:
-                return False, None
-            hdr, _, n = h
-            d = hashlib.sha256(hdr)
-            if split is None:
-                payload = f.read(n)
-                got = len(payload)
-                d.update(payload)
-            else:
-                payload = []
-                got = 0
-                want = split[0] if split[0] < n else n
-                while got < n:
-                    b = f.read(want)
-                    if len(b) != want:
-                        return False, None
-                    d.update(b)
-                    payload.append(b)
-                    got += want
-                    if len(payload) == 1:
-                        step = split[1](b) if callable(split[1]) else split[1]
-                        if step < 1:
-                            return False, None
-                    want = step if step < n - got else n - got
-            if got != n or f.read(_SUM) != d.digest()[:_SUM]:
-                return False, None
-        if magic == _MAGIC_BIN:
-            return True, payload
-        return True, json.loads(payload.decode())
-    except (OSError, ValueError):  # ValueError covers bad JSON and bad UTF-8 on both runtimes
-        return False, None
-
-
 def _commit(path, main_valid):
     # Move the finished .tmp into place, keeping the current copy as .bak if it is good.
     tmp = path + ".tmp"
@@ -196,21 +142,6 @@ def _save(path, parts, magic):
     _commit(path, s_main > 0)
 
 
-def _load(path, default, magic, split=None):
-    cands = []
-    for p in (path, path + ".tmp", path + ".bak"):
-        s = _head_seq(p, magic)
-        if s:
-            cands.append((s, p))
-    cands.sort(reverse=True)
-    # Newest first, so normally only one payload is read and parsed.
-    for _, p in cands:
-        ok, obj = _read(p, magic, split)
-        if ok:
-            return obj
-    return default
-
-
 def save(path, obj):
     """Persist the JSON-serialisable obj atomically (see the module comment)."""
     # Encode first: a non-serialisable obj raises here (CPython) before any file is touched.
@@ -220,7 +151,9 @@ def save(path, obj):
 
 def load(path, default=None):
     """The object of the newest valid copy of path, else default. Never raises for bad files."""
-    return _load(path, default, _MAGIC)
+    # Reading is for the boot and for rare requests: its code in RAM only while it runs
+    # (lib/store_read.py, lib/lazy.py).
+    return lazy.call("store_read", "load", path, default, _MAGIC)
 
 
 def save_bytes(path, data):
@@ -238,7 +171,8 @@ def load_bytes(path, default=None, head=0, piece=0):
     one contiguous buffer (a fragmented heap may not have one): the first `head` bytes, then
     pieces of `piece` bytes (the last one shorter); `piece` may be a function of the head
     piece. The checksum is verified over all of it before anything is returned."""
-    return _load(path, default, _MAGIC_BIN, (head, piece) if head > 0 else None)
+    return lazy.call("store_read", "load", path, default, _MAGIC_BIN,
+                     (head, piece) if head > 0 else None)
 
 
 def size(path):

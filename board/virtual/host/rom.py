@@ -113,42 +113,52 @@ def _wp_hit(op, path, f=None, data=None):
         time.sleep_ms(1000)
 
 
-class _WFile:
-    # A file open for writing while the hook is armed: each write() is a write point.
-    def __init__(self, f, path):
-        self._f = f
-        self._path = path
+_wfile = None  # the class below, made the first time the hook is armed
 
-    def write(self, data):
-        _wp_hit("write", self._path, self._f, data)
-        return self._f.write(data)
 
-    def read(self, *a):
-        return self._f.read(*a)
+def _WFile(f, path):
+    # A file open for writing while the hook is armed: each write() is a write point. Its
+    # class is made on the first use (the power-cut campaign's), not at every boot.
+    global _wfile
+    if _wfile is None:
+        class WFile:
+            def __init__(self, f, path):
+                self._f = f
+                self._path = path
 
-    def readinto(self, *a):
-        return self._f.readinto(*a)
+            def write(self, data):
+                _wp_hit("write", self._path, self._f, data)
+                return self._f.write(data)
 
-    def readline(self, *a):
-        return self._f.readline(*a)
+            def read(self, *a):
+                return self._f.read(*a)
 
-    def seek(self, *a):
-        return self._f.seek(*a)
+            def readinto(self, *a):
+                return self._f.readinto(*a)
 
-    def tell(self):
-        return self._f.tell()
+            def readline(self, *a):
+                return self._f.readline(*a)
 
-    def flush(self):
-        return self._f.flush()
+            def seek(self, *a):
+                return self._f.seek(*a)
 
-    def close(self):
-        return self._f.close()
+            def tell(self):
+                return self._f.tell()
 
-    def __enter__(self):
-        return self
+            def flush(self):
+                return self._f.flush()
 
-    def __exit__(self, *a):
-        self._f.close()
+            def close(self):
+                return self._f.close()
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *a):
+                self._f.close()
+
+        _wfile = WFile
+    return _wfile(f, path)
 
 
 class _JailFS:
