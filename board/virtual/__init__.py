@@ -13,7 +13,6 @@
 #   ticks_us()/ticks_diff(a, b), sleep_ms(ms)
 # Here the surface is backed by the built-in module `_vhw`, which the
 # virtual board's ROM (board/virtual/host/rom.py) wires to the supervisor.
-import os
 import time
 from micropython import const
 
@@ -157,6 +156,8 @@ def rtc_set(t):
 
 
 def entropy(n):
+    import os
+
     return os.urandom(n)
 
 

@@ -18,7 +18,7 @@
 # (reconnect waiting for the button), bit2 locked (tamper), bit3 tamper input active.
 import struct
 
-from hmac_sha256 import hkdf_sha256, hmac_pads, hmac_sha256_pads
+import hmac_sha256 as _h
 from wan import ct_equal
 
 try:
@@ -63,8 +63,7 @@ S_TAMPER = const(8)
 # a meter without an off-switch key signs its (NO_KEY) replies under this one: never trusted
 NO_KEY = bytes(32)
 
-_CMD_HEAD = ">BBQI"  # 14 bytes
-_REP_HEAD = ">BBBBQII"  # 20 bytes, then the nonce
+# (the command's head: ">BBQI", 14 bytes; the reply's: ">BBBBQII", 20 bytes, then the nonce)
 
 
 def derive(key, meter_id):
@@ -72,8 +71,8 @@ def derive(key, meter_id):
     if len(key) != 32:
         raise ValueError("offswitch: key must be 32 bytes")
     salt = meter_id.to_bytes(8, "big")
-    return (hmac_pads(hkdf_sha256(key, salt, b"offswitch cmd", 32)),
-            hmac_pads(hkdf_sha256(key, salt, b"offswitch reply", 32)))
+    return (_h.hmac_pads(_h.hkdf_sha256(key, salt, b"offswitch cmd", 32)),
+            _h.hmac_pads(_h.hkdf_sha256(key, salt, b"offswitch reply", 32)))
 
 
 def open_command(keys, meter_id, data):
@@ -82,12 +81,12 @@ def open_command(keys, meter_id, data):
     The counter is the caller's to check."""
     if len(data) != CMD_LEN:
         return R_MALFORMED, 0, 0, 0
-    ver, op, meter, ctr = struct.unpack_from(_CMD_HEAD, data, 0)
+    ver, op, meter, ctr = struct.unpack_from(">BBQI", data, 0)
     if ver != VER:
         return R_MALFORMED, op, ctr, meter
     if meter != meter_id:
         return R_WRONG_METER, op, ctr, meter
-    mac = hmac_sha256_pads(keys[0], memoryview(data)[:14])[:MAC_LEN]
+    mac = _h.hmac_sha256_pads(keys[0], memoryview(data)[:14])[:MAC_LEN]
     if not ct_equal(mac, memoryview(data)[14:]):
         return R_BAD_MAC, op, ctr, meter
     return R_OK, op, ctr, meter
@@ -95,6 +94,6 @@ def open_command(keys, meter_id, data):
 
 def reply(keys, meter_id, op, result, state, ctr, last, nonce=None):
     """The off-switch's signed answer."""
-    head = struct.pack(_REP_HEAD, VER, op, result, state, meter_id, ctr, last)
+    head = struct.pack(">BBBBQII", VER, op, result, state, meter_id, ctr, last)
     head += nonce if nonce else bytes(NONCE_LEN)
-    return head + hmac_sha256_pads(keys[1], head)[:MAC_LEN]
+    return head + _h.hmac_sha256_pads(keys[1], head)[:MAC_LEN]

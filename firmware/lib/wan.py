@@ -14,10 +14,7 @@
 # in place into the key stream (one ECB call) and XORed with the data into the result: the
 # result is the only allocation. The buffer makes seal/open non-reentrant (the firmware is
 # single-threaded).
-import binascii
-import struct
-
-from hmac_sha256 import hkdf_sha256, hmac_pads, hmac_sha256_pads
+import hmac_sha256 as _h
 
 try:
     from micropython import const
@@ -29,11 +26,8 @@ except ImportError:  # CPython
 
 import cryptolib  # MicroPython's AES; on CPython (the host's tests) host_tools/mpcompat.py
 
-
-def _aes_ecb(key):
-    return cryptolib.aes(key, 1)
-
-
+# RAM: this module's globals are one dict, sized for the most names it ever held: what only
+# one function uses is written in that function (struct, binascii, formats, HKDF infos).
 VER = const(1)
 HEADER = const(21)
 MAC_LEN = const(16)
@@ -75,12 +69,8 @@ K_ERROR = const(0x7F)
 
 # responses to these kinds carry personal data and must be sealed with encrypt=True
 ENC_RESPONSE_KINDS = (K_READ, K_PROFILE, K_LOGS)
-# the LoPA kinds, all answered by the DC security module; every response is ENC except
-# KEYGEN/PUBKEY (a public key is public)
-LOPA_KINDS = (K_KEYGEN, K_PUBKEY, K_GROUP_BEGIN, K_GROUP_KEYS, K_GROUP_COMMIT,
-              K_CIPHERTEXT, K_RECOVER, K_GROUPS, K_GROUP_DELETE)
-LOPA_ENC_RESPONSE_KINDS = (K_GROUP_BEGIN, K_GROUP_KEYS, K_GROUP_COMMIT, K_CIPHERTEXT,
-                           K_RECOVER, K_GROUPS, K_GROUP_DELETE)
+# (the LoPA kinds are all answered by the DC security module; every response is ENC except
+# KEYGEN/PUBKEY's, a public key: tasks/cs_security.py's routes)
 
 E_MALFORMED = const(1)
 E_TOO_BIG = const(2)
@@ -94,20 +84,12 @@ E_NOT_PROVISIONED = const(8)
 # a meter without a master key seals NOT_PROVISIONED with the keys of this one (public)
 UNPROVISIONED_MASTER = bytes(32)
 
-_HDR_FMT = ">BBBQIIH"
-_CTR_FMT = ">QII"
 _U32_MAX = const(0xFFFFFFFF)
-_U64_MAX = 0xFFFFFFFFFFFFFFFF
 
-_INFO_DOWN_MAC = b"wan down mac"
-_INFO_UP_MAC = b"wan up mac"
-_INFO_DOWN_ENC = b"wan down enc"
-_INFO_UP_ENC = b"wan up enc"
 
 # counter blocks, then (in place) key stream: 4 blocks of 16 bytes at a time
 _KS = const(64)
 _ks_buf = bytearray(_KS)
-_ks_mv = memoryview(_ks_buf)
 
 
 class WanError(Exception):
@@ -129,14 +111,14 @@ def derive_keys(meter_id, master):
     """(k_down_mac, k_up_mac, k_down_enc, k_up_enc) for one meter's 32-byte master key."""
     if len(master) != 32:
         raise ValueError("wan: master key must be 32 bytes")
-    if meter_id < 0 or meter_id > _U64_MAX:
+    if meter_id < 0 or meter_id > 0xFFFFFFFFFFFFFFFF:
         raise ValueError("wan: meter id must be a u64")
     salt = meter_id.to_bytes(8, "big")
     return (
-        hkdf_sha256(master, salt, _INFO_DOWN_MAC, 32),
-        hkdf_sha256(master, salt, _INFO_UP_MAC, 32),
-        hkdf_sha256(master, salt, _INFO_DOWN_ENC, 16),
-        hkdf_sha256(master, salt, _INFO_UP_ENC, 16),
+        _h.hkdf_sha256(master, salt, b"wan down mac", 32),
+        _h.hkdf_sha256(master, salt, b"wan up mac", 32),
+        _h.hkdf_sha256(master, salt, b"wan down enc", 16),
+        _h.hkdf_sha256(master, salt, b"wan up enc", 16),
     )
 
 
@@ -156,8 +138,10 @@ def _ctr_xor(key, meter_id, ctr, data, out=None, at=0):
     n = len(data)
     if n == 0:
         return None if out is not None else b""
+    import struct
+
     buf = _ks_buf
-    aes = _aes_ecb(key)
+    aes = cryptolib.aes(key, 1)
     if out is None:
         out = bytearray(n)
         at = 0
@@ -169,18 +153,14 @@ def _ctr_xor(key, meter_id, ctr, data, out=None, at=0):
         m = n - o if n - o < _KS else _KS
         nb = (m + 15) >> 4
         for i in range(nb):
-            struct.pack_into(_CTR_FMT, buf, i << 4, meter_id, ctr, (o >> 4) + i)
-        blocks = _ks_mv[: nb << 4]
+            struct.pack_into(">QII", buf, i << 4, meter_id, ctr, (o >> 4) + i)
+        blocks = memoryview(buf)[: nb << 4]
         aes.encrypt(blocks, blocks)
         for i in range(m):
             out[at + o + i] = buf[i] ^ data[o + i]
     for i in range(_KS):
         buf[i] = 0  # no key stream left in a buffer that any importer could read
     return None if res is None else bytes(res)
-
-
-def _mac(key, msg):
-    return hmac_sha256_pads(hmac_pads(key), msg)[:MAC_LEN]
 
 
 def seal(keys, meter_id, up, kind, ctr, ref, payload, encrypt=False):
@@ -204,12 +184,14 @@ def seal(keys, meter_id, up, kind, ctr, ref, payload, encrypt=False):
         flags |= FLAG_ENC
     end = HEADER + n
     frame = bytearray(end + MAC_LEN)
-    struct.pack_into(_HDR_FMT, frame, 0, VER, kind, flags, meter_id, ctr, ref, n)
+    import struct
+
+    struct.pack_into(">BBBQIIH", frame, 0, VER, kind, flags, meter_id, ctr, ref, n)
     if encrypt:
         _ctr_xor(enc_key, meter_id, ctr, payload, frame, HEADER)
     else:
         frame[HEADER:end] = payload
-    frame[end:] = _mac(mac_key, memoryview(frame)[:end])
+    frame[end:] = _h.hmac_sha256_pads(_h.hmac_pads(mac_key), memoryview(frame)[:end])[:MAC_LEN]
     return frame
 
 
@@ -223,7 +205,9 @@ def open_frame(keys, meter_id, up, frame):
     fctr = int.from_bytes(frame[11:15], "big") if size >= 15 else 0
     if size < HEADER + MAC_LEN:
         raise WanError(E_MALFORMED, "wan: short frame", ref=fctr)
-    ver, kind, flags, fmeter, fctr, ref, n = struct.unpack_from(_HDR_FMT, frame, 0)
+    import struct
+
+    ver, kind, flags, fmeter, fctr, ref, n = struct.unpack_from(">BBBQIIH", frame, 0)
     if ver != VER:
         raise WanError(E_MALFORMED, "wan: bad version", ref=fctr)
     if HEADER + n + MAC_LEN != size:
@@ -240,7 +224,7 @@ def open_frame(keys, meter_id, up, frame):
         mac_key, enc_key = keys[0], keys[2]
     end = HEADER + n
     mv = memoryview(frame)
-    if not ct_equal(_mac(mac_key, mv[:end]), mv[end:]):
+    if not ct_equal(_h.hmac_sha256_pads(_h.hmac_pads(mac_key), mv[:end])[:MAC_LEN], mv[end:]):
         raise WanError(0, "wan: bad mac", True, fctr)
     if fctr == 0:
         raise WanError(E_MALFORMED, "wan: ctr 0", ref=0)
@@ -267,6 +251,8 @@ def line_to_frame(line):
     if end - start + 1 > LINE_CAP:
         raise WanError(E_TOO_BIG, "wan: line over cap")
     body = memoryview(line)[start:end]  # no copy: on a meter the heap may be fragmented
+    import binascii
+
     try:
         frame = binascii.a2b_base64(body)
     except ValueError:  # binascii.Error is a ValueError
@@ -292,6 +278,8 @@ def frame_to_line(frame):
 def frame_to_b64(frame):
     """frame -> b"<base64>\\n": a line without its "~", which the meter's comm task writes
     first (one line-sized allocation fewer than frame_to_line)."""
+    import binascii
+
     return binascii.b2a_base64(frame)
 
 

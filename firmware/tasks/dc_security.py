@@ -38,9 +38,9 @@ SLICE = const(8)  # PRF evaluations per step (blinding, recovery)
 INLINE_MAX = const(32)  # a cold boundary computes a blinding of up to this many keys at once
 MAX_GROUPS_CAP = const(16)
 RESERVE = const(16384)  # heap left free for the rest of the meter when admitting a group
-GROUP_BASE = const(768)  # a group's RAM besides ids and keys: objects, history, job state
+_GROUP_BASE = const(768)  # a group's RAM besides ids and keys: objects, history, job state
 REF_N = const(50)  # max_groups is counted for groups this size when none is committed
-BLOCK = const(25)  # member slots per RAM block: no buffer above 1000 B (a fragmented heap)
+_BLOCK = const(25)  # member slots per RAM block: no buffer above 1000 B (a fragmented heap)
 _E_BAD_ARGS = const(6)
 _E_FAILED = const(7)
 
@@ -70,25 +70,14 @@ def _hex(b):
     return binascii.hexlify(b).decode()
 
 
-def _index8(buf, count, needle):
-    # slot of the 8-byte needle among the first `count` 8-byte records of buf, else -1
-    end = count << 3
-    i = buf.find(needle, 0, end)
-    while i >= 0:
-        if not i & 7:
-            return i >> 3
-        i = buf.find(needle, i + 1, end)
-    return -1
-
-
 def _cap(n):
-    return n - 1 if n - 1 < BLOCK else BLOCK
+    return n - 1 if n - 1 < _BLOCK else _BLOCK
 
 
 def group_ram(n):
     # a group's RAM: its blocks of ids and keys, and the rest (objects, round history)
     cap = _cap(n)
-    return (40 * cap + 16) * ((n - 2 + cap) // cap) + GROUP_BASE
+    return (40 * cap + 16) * ((n - 2 + cap) // cap) + _GROUP_BASE
 
 
 def free():
@@ -133,9 +122,14 @@ class _Members:
             k = count - bi * cap
             if k <= 0:
                 break
-            j = _index8(self.blocks[bi], k if k < cap else cap, needle)
-            if j >= 0:
-                return bi * cap + j
+            # the needle among the block's first k (at most cap) 8-byte ids
+            buf = self.blocks[bi]
+            end = (k if k < cap else cap) << 3
+            i = buf.find(needle, 0, end)
+            while i >= 0:
+                if not i & 7:
+                    return bi * cap + (i >> 3)
+                i = buf.find(needle, i + 1, end)
         return -1
 
 
