@@ -79,6 +79,17 @@ def build(now_s=None):
     return k
 
 
+def _button_held(button, ticks_us, ticks_diff, sleep_ms, hold_ms=3000):
+    # True when the button reads pressed without a break for hold_ms from now (3 s: a
+    # technician on site unseals by holding it at power-up, lib/seal.py).
+    t0 = ticks_us()
+    while ticks_diff(ticks_us(), t0) < hold_ms * 1000:
+        if not button.value():
+            return False
+        sleep_ms(20)
+    return bool(button.value())
+
+
 def start(sealed=False):
     # sealed: main.py found the seal and turned Ctrl-C off (lib/seal.py). Returns the kernel,
     # for main.py to run (seal.run); this module is not needed after it.
@@ -97,7 +108,7 @@ def start(sealed=False):
     if sealed:
         # A technician on site: the local button held at power-up unseals (before core 1
         # takes the button; the off-switch does not count a button held at boot as a press).
-        if seal.button_held(board.button, board.ticks_us, board.ticks_diff, board.sleep_ms):
+        if _button_held(board.button, board.ticks_us, board.ticks_diff, board.sleep_ms):
             seal.set_sealed(False)
             by_button = True
             print("unsealed: the button was held at power-up")

@@ -29,6 +29,7 @@
 # hysteresis), each located between two samples by linear interpolation:
 #   freq = (crossings - 1) * rate / (t_last - t_first)
 import math
+from array import array
 
 try:
     from micropython import const
@@ -153,8 +154,9 @@ class Accumulator:
 
     def __init__(self, rate_hz, v_gain, i_gain, phase=0.0):
         self.rate = rate_hz
-        self._st = [0] * _STATE_LEN
-        self._done = [0] * _STATE_LEN  # the last completed second, until result()
+        # int arrays, not lists: half the RAM (every value fits 32 bits: sums of one second)
+        self._st = array("i", [0] * _STATE_LEN)
+        self._done = array("i", [0] * _STATE_LEN)  # the last completed second, until result()
         self._ready = False
         st = self._st
         st[_OV] = st[_OI] = st[_VP] = st[_IP] = 2048

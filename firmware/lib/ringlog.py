@@ -11,6 +11,8 @@ import hashlib
 import os
 import struct
 
+import lazy
+
 from store import _rm, _size  # -1 if missing; remove if there (one copy of each, in store)
 
 _HDR = 6  # seq u32 + len u16
@@ -51,9 +53,9 @@ class Ring:
                 # Other geometry (or a half-created file): keep it aside, start afresh.
                 _rm(path + ".old")
                 os.rename(path, path + ".old")
-            self._create()
+            lazy.call("ringlog_read", "create", self)
         else:
-            self._scan()
+            lazy.call("ringlog_read", "scan", self)  # the boot's: in RAM only while it runs
 
     def _bit(self, slot):
         return self._valid[slot >> 3] & (1 << (slot & 7))
@@ -63,64 +65,6 @@ class Ring:
             self._valid[slot >> 3] |= 1 << (slot & 7)
         else:
             self._valid[slot >> 3] &= ~(1 << (slot & 7)) & 0xFF
-
-    def _create(self):
-        i = self.path.rfind("/")
-        if i > 0 and _size(self.path[:i]) < 0:
-            os.mkdir(self.path[:i])
-        # Zero-fill under another name and rename, so a power cut mid-fill never leaves a
-        # short file at path.
-        tmp = self.path + ".new"
-        buf = self._mv
-        for i in range(self.rec_size):
-            buf[i] = 0
-        with open(tmp, "wb") as f:
-            for _ in range(self.capacity):
-                f.write(buf)
-            f.flush()
-        os.rename(tmp, self.path)
-
-    def _check(self, slot):
-        # seq of the record in the slot buffer if it is valid and belongs in slot, else 0.
-        seq, n = struct.unpack_from("<IH", self._mv, 0)
-        if seq == 0 or n > self.max_payload or (seq - 1) % self.capacity != slot:
-            return 0
-        d = hashlib.sha256(self._mv[: _HDR + n]).digest()
-        if bytes(self._mv[self.rec_size - _SUM :]) != d[:_SUM]:
-            return 0
-        return seq
-
-    def _scan(self):
-        # One pass, slot by slot, into the one preallocated buffer.
-        cap = self.capacity
-        rs = self.rec_size
-        last = 0
-        low = 0  # lowest valid seq seen
-        with open(self.path, "rb") as f:
-            for slot in range(cap):
-                if f.readinto(self._mv) != rs:
-                    break
-                s = self._check(slot)
-                if s:
-                    self._set(slot, True)
-                    if s > last:
-                        last = s
-                    if low == 0 or s < low:
-                        low = s
-            self.last_seq = last
-            if low and low <= last - cap:
-                # Rare (corruption, not normal appends): drop stale records outside the window.
-                for slot in range(cap):
-                    if self._bit(slot):
-                        f.seek(slot * rs)
-                        f.readinto(self._mv)
-                        if self._check(slot) <= last - cap:
-                            self._set(slot, False)
-        n = 0
-        for slot in range(cap):
-            if self._bit(slot):
-                n += 1
-        self.count = n
 
     def append(self, payload):
         """Write payload as record last_seq + 1 in its slot, in place; returns its seq."""
@@ -152,22 +96,5 @@ class Ring:
 
     def records(self, from_seq=0, max_n=None):
         """[(seq, payload bytes)] with seq >= from_seq, oldest first, valid slots only."""
-        out = []
-        last = self.last_seq
-        s = max(from_seq, last - self.capacity + 1, 1)
-        if s > last or (max_n is not None and max_n <= 0):
-            return out
-        rs = self.rec_size
-        with open(self.path, "rb") as f:
-            while s <= last:
-                slot = (s - 1) % self.capacity
-                # Re-verify on read: the file may have been damaged since the scan.
-                if self._bit(slot):
-                    f.seek(slot * rs)
-                    if f.readinto(self._mv) == rs and self._check(slot) == s:
-                        n = self._mv[4] | (self._mv[5] << 8)
-                        out.append((s, bytes(self._mv[_HDR : _HDR + n])))
-                        if max_n is not None and len(out) >= max_n:
-                            break
-                s += 1
-        return out
+        # Reading is for head-end requests: its code in RAM only while it runs (ringlog_read.py)
+        return lazy.call("ringlog_read", "records", self, from_seq, max_n)

@@ -15,7 +15,6 @@ import micropython
 from micropython import const
 
 SEALED = "/data/sealed"
-HOLD_MS = const(3000)  # the button held this long at power-up unseals
 _CTRL_C = const(3)
 
 
@@ -40,16 +39,6 @@ def set_sealed(on):
     elif is_sealed():
         os.remove(SEALED)
     apply(on)
-
-
-def button_held(button, ticks_us, ticks_diff, sleep_ms, hold_ms=HOLD_MS):
-    # True when the button reads pressed without a break for hold_ms from now.
-    t0 = ticks_us()
-    while ticks_diff(ticks_us(), t0) < hold_ms * 1000:
-        if not button.value():
-            return False
-        sleep_ms(20)
-    return bool(button.value())
 
 
 def run(k):

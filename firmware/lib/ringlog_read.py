@@ -1,0 +1,92 @@
+# Reading a ring (lib/ringlog.py): creating or scanning its file at boot, and reading records
+# (log reads, the load profile). In its own module so that its code is in RAM only while it runs
+# (lib/lazy.py). Part of lib/ringlog.py, which has the slot layout.
+import hashlib
+import os
+import struct
+
+from ringlog import _HDR, _SUM
+from store import _size
+
+
+def create(r):
+    i = r.path.rfind("/")
+    if i > 0 and _size(r.path[:i]) < 0:
+        os.mkdir(r.path[:i])
+    # Zero-fill under another name and rename, so a power cut mid-fill never leaves a
+    # short file at path.
+    tmp = r.path + ".new"
+    buf = r._mv
+    for i in range(r.rec_size):
+        buf[i] = 0
+    with open(tmp, "wb") as f:
+        for _ in range(r.capacity):
+            f.write(buf)
+        f.flush()
+    os.rename(tmp, r.path)
+
+
+def _check(r, slot):
+    # seq of the record in the slot buffer if it is valid and belongs in slot, else 0.
+    seq, n = struct.unpack_from("<IH", r._mv, 0)
+    if seq == 0 or n > r.max_payload or (seq - 1) % r.capacity != slot:
+        return 0
+    d = hashlib.sha256(r._mv[: _HDR + n]).digest()
+    if bytes(r._mv[r.rec_size - _SUM :]) != d[:_SUM]:
+        return 0
+    return seq
+
+
+def scan(r):
+    # One pass, slot by slot, into the one preallocated buffer.
+    cap = r.capacity
+    rs = r.rec_size
+    last = 0
+    low = 0  # lowest valid seq seen
+    with open(r.path, "rb") as f:
+        for slot in range(cap):
+            if f.readinto(r._mv) != rs:
+                break
+            s = _check(r, slot)
+            if s:
+                r._set(slot, True)
+                if s > last:
+                    last = s
+                if low == 0 or s < low:
+                    low = s
+        r.last_seq = last
+        if low and low <= last - cap:
+            # Rare (corruption, not normal appends): drop stale records outside the window.
+            for slot in range(cap):
+                if r._bit(slot):
+                    f.seek(slot * rs)
+                    f.readinto(r._mv)
+                    if _check(r, slot) <= last - cap:
+                        r._set(slot, False)
+    n = 0
+    for slot in range(cap):
+        if r._bit(slot):
+            n += 1
+    r.count = n
+
+
+def records(r, from_seq, max_n):
+    out = []
+    last = r.last_seq
+    s = max(from_seq, last - r.capacity + 1, 1)
+    if s > last or (max_n is not None and max_n <= 0):
+        return out
+    rs = r.rec_size
+    with open(r.path, "rb") as f:
+        while s <= last:
+            slot = (s - 1) % r.capacity
+            # Re-verify on read: the file may have been damaged since the scan.
+            if r._bit(slot):
+                f.seek(slot * rs)
+                if f.readinto(r._mv) == rs and _check(r, slot) == s:
+                    n = r._mv[4] | (r._mv[5] << 8)
+                    out.append((s, bytes(r._mv[_HDR : _HDR + n])))
+                    if max_n is not None and len(out) >= max_n:
+                        break
+            s += 1
+    return out
