@@ -147,6 +147,7 @@ class DcSecurity:
             self._sk, self.pk = bytes(k[:32]), bytes(k[32:])
         self._groups = {}  # gid -> _Group
         self._setup = None
+        self._free0 = 0  # free heap before a GROUP_BEGIN loaded the set-up code (0: unknown)
         self._recover = []  # queued recoveries: [ref, group, t, C, slots, i, acc, round msg]
         self._t = -1  # the last closed interval seen
         self._jobs = False  # some group may have a blinding job: step() looks
@@ -196,6 +197,10 @@ class DcSecurity:
                     if self._setup is None:
                         self._release()
             elif kind in ("group_begin", "group_keys", "group_commit"):
+                if kind == "group_begin":
+                    # What a group is admitted against: the heap free without the set-up's
+                    # own code, which leaves again at the commit (tasks/dc_setup.py)
+                    self._free0 = 0 if self._setup is not None else free()
                 fn = getattr(self._setup_code(), kind)
                 try:
                     fn(self, ref, meter_id, body, t0)

@@ -30,6 +30,9 @@ _REC = const(40)  # id u64 + pk 32
 _E_BAD_ARGS = const(6)
 _E_FAILED = const(7)
 _FILE_VER = const(1)
+# RAM the round code (tasks/dc_round.py) takes, which the first group brings in: its objects on
+# the 64-bit VM (about half that on a Cortex-M)
+_ROUND_CODE = const(1536)
 
 
 class Setup:
@@ -85,8 +88,15 @@ def group_begin(dc, ref, meter_id, body, t0):
     if dc._sk is None:
         raise Refused(_E_FAILED, "no key pair")
     others = len(dc._groups) - (1 if gid in dc._groups else 0)
-    # A pending set-up being replaced still counts as used here: refusing leaves it.
-    if others >= MAX_GROUPS_CAP or free() - group_ram(n) < dc._reserve:
+    # Admitted if, once it is committed, the rest of the meter keeps the reserve: the heap free
+    # now, without this code (dc._free0, taken before it was loaded; else now, with it), less
+    # the group and, for a first group, the round code it brings in. A pending set-up being
+    # replaced still counts as used here: refusing leaves it.
+    avail = dc._free0 or free()
+    dc._free0 = 0
+    if not dc._groups:
+        avail -= _ROUND_CODE
+    if others >= MAX_GROUPS_CAP or avail - group_ram(n) < dc._reserve:
         raise Refused(_E_FAILED, "no memory for another group (max_groups %d)"
                       % lazy.call("tasks.dc_rare", "max_groups", dc))
     try:
