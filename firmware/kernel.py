@@ -24,8 +24,8 @@ IDLE_MAX_MS = const(10)
 _IMMUTABLE = (type(None), bool, int, float, str, bytes)
 
 # RAM: a task's bookkeeping is a row of _NF ints in one flat array (self._f; the time its next
-# step is due, a ticks value, in the list self._due), and its mailbox a ring of 3-entry slots
-# (sender, kind, payload) in one list shared by all (self._q):
+# step is due, a ticks value, in the list self._due), and its mailbox a ring of 2-entry slots
+# (where the flow table holds sender and kind, payload) in one list shared by all (self._q):
 # no object, dict or list per task or mailbox (docs/hardware.md, "Memory"). Row 0 is the
 # kernel's own mailbox (requests from tasks: stats, log reads, seal); tasks are rows 1 and up.
 _PERIOD = const(0)  # step period, us (0: the task has no step)
@@ -106,8 +106,8 @@ class Kernel:
         self._f = array("i", bytes(4 * _NF * (1 + size[0])))
         self._f[_QCAP] = _KBOX
         self._due = [0] * (1 + size[0])
-        self._q = [None] * (3 * (_KBOX + size[1]))
-        self._qend = 3 * _KBOX  # entries of self._q in use
+        self._q = [None] * (2 * (_KBOX + size[1]))
+        self._qend = 2 * _KBOX  # entries of self._q in use
         self._by_name = {"kernel": 0}
         self.refused = 0
         self._win_start = time.ticks_us()
@@ -139,7 +139,7 @@ class Kernel:
         f[b + _RT] = 1 if realtime else 0
         f[b + _QOFF] = self._qend
         f[b + _QCAP] = capacity
-        self._qend += 3 * capacity
+        self._qend += 2 * capacity
         if len(self._q) < self._qend:
             self._q.extend([None] * (self._qend - len(self._q)))
         self._names.append(name)
@@ -149,7 +149,8 @@ class Kernel:
         return obj
 
     # -- mailboxes: fixed-capacity rings, preallocated; a put never allocates or blocks -------
-    def _put(self, i, sender, kind, payload):
+    def _put(self, i, code, payload):
+        # code: where the flow table holds the sender and the kind (_route)
         f = self._f
         b = i * _NF
         n = f[b + _QN]
@@ -157,11 +158,10 @@ class Kernel:
         if n >= cap:
             f[b + _QDROP] += 1
             return False
-        j = f[b + _QOFF] + 3 * ((f[b + _QHEAD] + n) % cap)
+        j = f[b + _QOFF] + 2 * ((f[b + _QHEAD] + n) % cap)
         q = self._q
-        q[j] = sender
-        q[j + 1] = kind
-        q[j + 2] = payload
+        q[j] = code
+        q[j + 1] = payload
         f[b + _QN] = n + 1
         return True
 
@@ -170,10 +170,12 @@ class Kernel:
         f = self._f
         b = i * _NF
         h = f[b + _QHEAD]
-        j = f[b + _QOFF] + 3 * h
+        j = f[b + _QOFF] + 2 * h
         q = self._q
-        msg = (q[j], q[j + 1], q[j + 2])
-        q[j] = q[j + 1] = q[j + 2] = None
+        code = q[j]
+        fl = self._flows
+        msg = (fl[code >> 16], fl[code & 0xFFFF], q[j + 1])
+        q[j] = q[j + 1] = None
         f[b + _QHEAD] = (h + 1) % f[b + _QCAP]
         f[b + _QN] -= 1
         return msg
@@ -181,18 +183,19 @@ class Kernel:
     # -- routing -----------------------------------------------------------------
     def _route(self, sender, receiver, kind, payload):
         fl = self._flows
-        ok = False
+        code = -1  # where the table holds the sender (<< 16) and the kind
         j = 0
         n = len(fl)
         while j < n:  # at a sender
             mine = fl[j] == sender
+            s = j
             j += 1
             while fl[j] is not None:  # at a receiver of it
                 if mine and fl[j] == receiver:
                     j += 1
                     while fl[j] is not None:
                         if fl[j] == kind:
-                            ok = True
+                            code = s << 16 | j
                             break
                         j += 1
                     break
@@ -203,7 +206,7 @@ class Kernel:
             if mine:
                 break
             j += 1
-        if not ok:
+        if code < 0:
             self.refused += 1
             self.log("kernel", "policy refused %s->%s %s" % (sender, receiver, kind))
             return False
@@ -215,7 +218,7 @@ class Kernel:
         if i is None:
             self.log("kernel", "no task %s for %s from %s" % (receiver, kind, sender))
             return False
-        if self._put(i, sender, kind, payload):
+        if self._put(i, code, payload):
             return True
         b = i * _NF
         if i and not self._f[b + _OVERFLOW]:
@@ -304,21 +307,18 @@ class Kernel:
         while f[_QN]:
             self._own(*self._take(0))
         self._window()
-        if not pending:
-            self._idle()
-
-    def _idle(self):
-        now = time.ticks_us()
-        wait = IDLE_MAX_MS * 1000
-        f = self._f
-        for i in range(1, len(self._names)):
-            if self._steps[i] is not None:
-                d = time.ticks_diff(self._due[i], now)
-                if d < wait:
-                    wait = d
-        if wait >= 1000:
-            self._sleep_ms(wait // 1000)
-            self._win_sleep += time.ticks_diff(time.ticks_us(), now)
+        if not pending:  # idle: sleep until the next step is due (at most IDLE_MAX_MS)
+            now = time.ticks_us()
+            wait = IDLE_MAX_MS * 1000
+            f = self._f
+            for i in range(1, len(self._names)):
+                if self._steps[i] is not None:
+                    d = time.ticks_diff(self._due[i], now)
+                    if d < wait:
+                        wait = d
+            if wait >= 1000:
+                self._sleep_ms(wait // 1000)
+                self._win_sleep += time.ticks_diff(time.ticks_us(), now)
 
     def _window(self):
         now = time.ticks_us()

@@ -21,8 +21,6 @@
 #   1-0:31.7.0(004*A)                current L1 (F3(0,0): whole amperes)
 #   !ABCD                            CRC-16/ARC over "/" through "!", uppercase hex
 # Every line ends in "\r\n".
-import binascii
-
 from crc16 import arc
 
 BREAKER_DISCONNECTED = 0
@@ -98,6 +96,8 @@ def _kw(w):
 
 def equipment_hex(ident):
     """The equipment identifier as P1 carries it: ASCII, hex-encoded (at most 96 digits)."""
+    import binascii
+
     return binascii.hexlify(ident.encode()[:48]).decode().upper()
 
 

@@ -13,12 +13,12 @@
 #
 # Binary records (save_bytes/load_bytes) use the same files, header, checksum and commit, with
 # the magic b"SB1" and raw bytes as the payload: save() / load() never read one as the other.
-import hashlib
-import json
 import os
-import struct
 
 import lazy
+
+# (RAM: the module's globals are one dict, sized for the most names it held: hashlib, json and
+# struct are imported by the functions that use them)
 
 _MAGIC = b"ST1"
 _MAGIC_BIN = b"SB1"
@@ -33,10 +33,6 @@ def _size(p):
         return os.stat(p)[6]
     except OSError:
         return -1
-
-
-def _exists(p):
-    return _size(p) >= 0
 
 
 def _rm(p):
@@ -54,7 +50,7 @@ def _sync():
 
 def _mkparent(path):
     i = path.rfind("/")
-    if i > 0 and not _exists(path[:i]):
+    if i > 0 and _size(path[:i]) < 0:
         _mkparent(path[:i])
         try:
             os.mkdir(path[:i])
@@ -65,6 +61,8 @@ def _mkparent(path):
 def _header(f, size, magic=_MAGIC):
     # (seq, len) if the header is sane and the length matches the file size, else None.
     # Checking the size first means a corrupt length never makes us allocate a huge buffer.
+    import struct
+
     hdr = f.read(_HDR)
     if len(hdr) != _HDR or hdr[:3] != magic:
         return None
@@ -76,6 +74,8 @@ def _header(f, size, magic=_MAGIC):
 
 def _valid_seq(p, magic=_MAGIC):
     # seq of p if its checksum verifies, else 0. Hashes in small chunks (no payload in RAM).
+    import hashlib
+
     size = _size(p)
     if size < _HDR + _SUM:
         return 0
@@ -103,7 +103,7 @@ def _commit(path, main_valid):
     # Move the finished .tmp into place, keeping the current copy as .bak if it is good.
     tmp = path + ".tmp"
     bak = path + ".bak"
-    if _exists(path):
+    if _size(path) >= 0:
         if main_valid:
             _rm(bak)  # rename onto an existing file fails on some MicroPython filesystems
             os.rename(path, bak)
@@ -115,6 +115,9 @@ def _commit(path, main_valid):
 
 def _save(path, parts, magic):
     # parts: a tuple of bytes-like objects, written (and hashed) one after the other.
+    import hashlib
+    import struct
+
     n = 0
     for b in parts:
         n += len(b)
@@ -145,6 +148,8 @@ def _save(path, parts, magic):
 def save(path, obj):
     """Persist the JSON-serialisable obj atomically (see the module comment)."""
     # Encode first: a non-serialisable obj raises here (CPython) before any file is touched.
+    import json
+
     payload = json.dumps(obj).encode()
     _save(path, (payload,), _MAGIC)
 

@@ -37,15 +37,15 @@ import store
 
 KEYS = "/data/os_keys.json"
 STATE = "/data/os_state.json"
-POLL_MS = const(10)
-HOUR_MS = const(3600000)
+_POLL_MS = const(10)
+_HOUR_MS = const(3600000)
 DEBOUNCE = const(2)  # polls the button must read pressed: a press is a rising edge + 20 ms
 MAX_PER_HOUR = const(6)  # defaults; the factory may set others in os_keys.json
 MIN_SPACING_S = const(10)
 ARM_WINDOW_S = const(120)
-REFUSALS_LOGGED = const(32)  # per hour: a flood of refusals never evicts the switch records
-STACK = const(8192)  # core 1's stack, bytes
-ANSWER_MS = const(3000)  # the proxy answers FAILED for core 1 after this long
+_REFUSALS_LOGGED = const(32)  # per hour: a flood of refusals never evicts the switch records
+_STACK = const(8192)  # core 1's stack, bytes
+_ANSWER_MS = const(3000)  # the proxy answers FAILED for core 1 after this long
 IN = const(0)  # Link queues: main core -> core 1
 OUT = const(1)  # core 1 -> main core
 _E_FAILED = const(7)  # WAN error code (PROTOCOL.md) for an answer the off-switch cannot give
@@ -113,16 +113,16 @@ class Core:
         self._link.put(OUT, ("log", text))
 
     def _ref_hour(self, now):
-        if now - self._ref_win >= HOUR_MS:
+        if now - self._ref_win >= _HOUR_MS:
             if self._ref_sup:
                 self._log("%d more refusals (log cap)" % self._ref_sup)
             self._ref_win, self._ref_n, self._ref_sup = now, 0, 0
 
     def _refused(self, text, now):
-        # Every refusal is logged, up to REFUSALS_LOGGED an hour; past that they are
+        # Every refusal is logged, up to _REFUSALS_LOGGED an hour; past that they are
         # counted and the count logged when the hour ends (OFFSWITCH.md "Logs").
         self._ref_hour(now)
-        if self._ref_n < REFUSALS_LOGGED:
+        if self._ref_n < _REFUSALS_LOGGED:
             self._ref_n += 1
             self._log(text)
         else:
@@ -176,7 +176,7 @@ class Core:
             except Exception as e:  # noqa: BLE001 - the off-switch must keep running
                 self._log("error: %s" % type(e).__name__)
                 time.sleep_ms(100)
-            time.sleep_ms(POLL_MS)
+            time.sleep_ms(_POLL_MS)
 
     def _switch(self, relay, text):
         # A local change (button, window, credit): relay to `relay`, disarmed.
@@ -212,7 +212,7 @@ class Core:
         self._link.put(OUT, ("done", (ref, 0, data)))
 
     def _rate(self, now):
-        ops = [t for t in self._ops if now - t < HOUR_MS]
+        ops = [t for t in self._ops if now - t < _HOUR_MS]
         self._ops = ops
         if len(ops) >= self._max_hour:
             return "rate limit: %d/h" % self._max_hour
@@ -307,7 +307,7 @@ class OffSwitch:
             # A core 1 that stopped answering must not leave the head-end waiting forever.
             now = time.ticks_ms()
             for ref in list(self._waiting):
-                if time.ticks_diff(now, self._waiting[ref]) > ANSWER_MS:
+                if time.ticks_diff(now, self._waiting[ref]) > _ANSWER_MS:
                     del self._waiting[ref]
                     port.log("core 1 did not answer #%d" % ref)
                     port.send("cs_security", "switch_done",
@@ -329,5 +329,5 @@ def start(core):
     # The deepest path (a command persisted: store.save under HMAC checks) takes ~3.5 KB of C
     # stack on the x86-64 VM; rp2's default for core 1 is 4 KB (3.5 usable), so ask for 8 KB
     # (on rp2 it comes from the heap).
-    _thread.stack_size(STACK)
+    _thread.stack_size(_STACK)
     _thread.start_new_thread(core.run, ())
