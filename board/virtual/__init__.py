@@ -41,12 +41,17 @@ def _poll():
         _vhw.poll()
 
 
-class _Out:
-    def __init__(self, name):
+class _Pin:
+    # A pin, as a machine.Pin: an output (relay, LED) or an input (button, tamper, set by the
+    # host). value([v]), on(), off(), toggle(); an input's value() is what the host set.
+    def __init__(self, name, out):
         self._name = name
-        self._v = _vhw.outputs.get(name, 0)
+        self._v = _vhw.outputs.get(name, 0) if out else None
 
     def value(self, v=None):
+        if self._v is None:  # an input
+            _poll()
+            return 1 if _vhw.inputs.get(self._name) else 0
         if v is None:
             return self._v
         v = 1 if v else 0
@@ -64,15 +69,6 @@ class _Out:
 
     def toggle(self):
         self.value(not self._v)
-
-
-class _In:
-    def __init__(self, name):
-        self._name = name
-
-    def value(self):
-        _poll()
-        return 1 if _vhw.inputs.get(self._name) else 0
 
 
 class _Adc:
@@ -111,10 +107,10 @@ class _HanTx:
         return _vhw.han_write(data)
 
 
-led = _Out("led")
-relay = _Out("relay")
-button = _In("button")
-tamper = _In("tamper")
+led = _Pin("led", True)
+relay = _Pin("relay", True)
+button = _Pin("button", False)
+tamper = _Pin("tamper", False)
 adc = _Adc()
 
 _han = None

@@ -9,8 +9,11 @@ pin moves), with the firmware's own ``store`` reader.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import sys
 import time
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 from types import ModuleType
@@ -29,13 +32,26 @@ def _store() -> ModuleType:
     spec = importlib.util.spec_from_file_location("_fw_store", FIRMWARE_DIR / "lib" / "store.py")
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    with _firmware_lib():
+        spec.loader.exec_module(mod)
     return mod
+
+
+@contextlib.contextmanager
+def _firmware_lib() -> Iterator[None]:
+    # the firmware's store imports its helpers (lazy, store_read) by name, as on the board
+    lib = str(FIRMWARE_DIR / "lib")
+    sys.path.insert(0, lib)
+    try:
+        yield
+    finally:
+        sys.path.remove(lib)
 
 
 def offswitch_record(mdir: Path) -> dict[str, Any] | None:
     """The off-switch's persisted state in a meter's flash, or None before its first save."""
-    rec: dict[str, Any] | None = _store().load(str(mdir / "fs" / OS_STATE), None)
+    with _firmware_lib():
+        rec: dict[str, Any] | None = _store().load(str(mdir / "fs" / OS_STATE), None)
     return rec
 
 

@@ -30,24 +30,16 @@
 # Module-level code, not closures: every captured variable would be a cell and every function
 # reaching one a closure object, both on the heap. Nothing of this module reaches the REPL's
 # globals (a Pico's REPL starts with an empty namespace): boot() takes itself out of them.
-import io
 import json
 import os
-import select
-import struct
 import sys
 import time
-import uctypes
 import vfs
 
 import _thread
 
-# How this module's own frames show in a traceback (mpy-cross -s): hidden from the board's.
-_SRC = 'File "rom.py"'
 _host_vfs = vfs.VfsPosix  # kept before the board's `vfs` hides it
-# set by boot(): the hardware channels (opened before the jail hides the host filesystem),
-# the ROMFS partition (its file, and the launcher's read-only mapping of it)
-_hw_in = _hw_out = _han_out = None
+# set by boot(): the ROMFS partition (its file, and the launcher's read-only mapping of it)
 _rom_file = None
 _rom_mem = None
 _adc = None  # the ADC's ring, the launcher's read-only shared mapping (MPVM_ADC_MAP)
@@ -74,41 +66,37 @@ def _norm(cwd, path):
 # supervisor cuts the power (SIGKILL) at exactly that point. k < 0 only counts and reports
 # each point; with `match`, only points whose path contains it count. Disarmed (k == 0), it
 # costs one test.
-_wp_k = 0
-_wp_n = 0
-_wp_torn = False
-_wp_match = ""
-_wp_cutting = False
+# its state: k, points counted, torn, match, cutting (one list: the ROM's globals stay few)
+_wp = [0, 0, False, "", False]
 _wp_lock = _thread.allocate_lock()
 
 
 def _wp_arm(spec):
-    global _wp_k, _wp_n, _wp_torn, _wp_match
     with _wp_lock:
-        _wp_k, _wp_n = int(spec.get("k", 0)), 0
-        _wp_torn = bool(spec.get("torn", False))
-        _wp_match = str(spec.get("match") or "")
-    hw.event({"ev": "cut-armed", "k": _wp_k})
+        _wp[0], _wp[1] = int(spec.get("k", 0)), 0
+        _wp[2] = bool(spec.get("torn", False))
+        _wp[3] = str(spec.get("match") or "")
+    hw.event({"ev": "cut-armed", "k": _wp[0]})
 
 
 def _wp_hit(op, path, f=None, data=None):
-    global _wp_n, _wp_cutting
-    if not _wp_k and not _wp_cutting:
+    wp = _wp
+    if not wp[0] and not wp[4]:
         return
     with _wp_lock:
-        cut = _wp_cutting
-        if not cut and _wp_match not in path:
+        cut = wp[4]
+        if not cut and wp[3] not in path:
             return
         if not cut:
-            _wp_n += 1
-            if _wp_k < 0:
-                hw.event({"ev": "wp", "n": _wp_n, "op": op, "path": path})
-            elif _wp_n == _wp_k:
-                cut = _wp_cutting = True
-                torn = _wp_torn and data is not None and len(data) > 1
+            wp[1] += 1
+            if wp[0] < 0:
+                hw.event({"ev": "wp", "n": wp[1], "op": op, "path": path})
+            elif wp[1] == wp[0]:
+                cut = wp[4] = True
+                torn = wp[2] and data is not None and len(data) > 1
                 if torn:
                     f.write(data[: len(data) // 2])
-                hw.event({"ev": "cut", "n": _wp_n, "op": op, "path": path, "torn": torn})
+                hw.event({"ev": "cut", "n": wp[1], "op": op, "path": path, "torn": torn})
     while cut:  # until the supervisor's SIGKILL; any other writer stops here too
         time.sleep_ms(1000)
 
@@ -194,7 +182,7 @@ class _JailFS:
         return self._root + _norm(self._cwd, path)
 
     def open(self, path, mode):
-        if not _wp_k and not _wp_cutting:
+        if not _wp[0] and not _wp[4]:
             return self._fs.open(self._p(path), mode)
         p = _norm(self._cwd, path)
         if "w" in mode or "a" in mode or "x" in mode:
@@ -259,21 +247,27 @@ class _JailFS:
 
 class _Hardware:
     # The hardware surface, as the built-in module `_vhw`. board/virtual
-    # wraps it behind the same interface as the real boards' adapters.
-    def __init__(self):
+    # wraps it behind the same interface as the real boards' adapters. Its channels to the
+    # supervisor are opened before the jail hides the host filesystem.
+    def __init__(self, fd_in, fd_out, fd_han):
+        import select
+
+        self._in = open("/proc/self/fd/%d" % fd_in, "rb")
+        self._out = open("/proc/self/fd/%d" % fd_out, "wb")
+        self._han = open("/proc/self/fd/%d" % fd_han, "wb")
         self.inputs = {}
         self.outputs = {}  # as the pins were left (a latching relay keeps its state)
         self.wave = {}
         self.meter = {}
         self._poll = select.poll()
-        self._poll.register(_hw_in, select.POLLIN)
+        self._poll.register(self._in, select.POLLIN)
 
     def poll(self):
         # Apply whatever the supervisor sent (input pins, waveform).
         while self._poll.poll(0):
-            line = _hw_in.readline()
+            line = self._in.readline()
             if not line:
-                self._poll.unregister(_hw_in)
+                self._poll.unregister(self._in)
                 return
             msg = json.loads(line)
             if "inputs" in msg:
@@ -289,22 +283,27 @@ class _Hardware:
 
     def output(self, name, value):
         self.outputs[name] = value
-        _hw_out.write(b'{"out":"%s","v":%d}\n' % (name, value))
+        self._out.write(b'{"out":"%s","v":%d}\n' % (name, value))
 
     def event(self, msg):
-        _hw_out.write(json.dumps(msg).encode() + b"\n")
+        self._out.write(json.dumps(msg).encode() + b"\n")
 
     def han_write(self, data):
-        return _han_out.write(data)
+        return self._han.write(data)
 
     # The ADC's DMA ring: the supervisor (the analog front end) writes V and I samples into it,
     # a little ahead of real time, as a board's ADC does by DMA (supervisor.py AdcRing).
     def adc_head(self):
         # (samples written since power-on, rate, how many of them are ahead of now, ring size)
+        import struct
+
         return struct.unpack_from("<QIII", _adc, 0)
 
     def adc_read(self, k, n, v_buf, i_buf):
         # samples k .. k+n-1 of both channels into v_buf[0:n], i_buf[0:n] (array "H")
+        import struct
+        import uctypes
+
         size = struct.unpack_from("<I", _adc, 16)[0]
         ring = memoryview(_adc)
         v = uctypes.bytearray_at(uctypes.addressof(v_buf), 2 * n)
@@ -318,15 +317,6 @@ class _Hardware:
             a += 2 * size
             i[2 * j:2 * (j + m)] = ring[a:a + 2 * m]
             j += m
-
-
-def _uname():
-    return ("virtual", "virtual", "1.29.0", sys.version, "virtual meter (MicroPython unix VM)")
-
-
-def _sync():
-    # Writes already reach the host kernel; nothing is cached here.
-    pass
 
 
 class _BoardOS:
@@ -347,8 +337,14 @@ class _BoardOS:
     urandom = os.urandom
     mount = vfs.mount
     umount = vfs.umount
-    uname = _uname
-    sync = _sync
+
+    def uname():
+        return ("virtual", "virtual", "1.29.0", sys.version,
+                "virtual meter (MicroPython unix VM)")
+
+    def sync():
+        # Writes already reach the host kernel; nothing is cached here.
+        pass
 
 
 class _BoardVFS:
@@ -424,10 +420,12 @@ def _run_file(name, g):
         exec(code, g)
     except BaseException as e:  # noqa: BLE001 - a board prints and goes on
         # Print it as a board would: without the ROM's own frame.
+        import io
+
         buf = io.StringIO()
         sys.print_exception(e, buf)
         for line in buf.getvalue().split("\n"):
-            if line and _SRC not in line:
+            if line and 'File "rom.py"' not in line:  # the ROM's own frames (mpy-cross -s)
                 print(line)
         err = type(e).__name__
     hw.event({"ev": "file", "name": name, "s": "end", "err": err})
@@ -437,17 +435,17 @@ def _run_file(name, g):
 def boot(g):
     # Called by the supervisor's BOOT with the REPL's globals `g`, in which boot.py and main.py
     # run. The ROM's own image is unmounted first: nothing of it is left to the firmware.
-    global _hw_in, _hw_out, _han_out, _rom_file, _rom_mem, _adc, hw
+    global _rom_file, _rom_mem, _adc, hw
     g.pop("rom", None)
     sys.modules.pop("rom", None)
     vfs.umount("/_rom")
     root, mode = sys.argv[1], sys.argv[2]
     fd_in, fd_out, fd_han, flash_bytes = [int(a) for a in sys.argv[3:7]]
     sys.argv[:] = []
-    _hw_in = open("/proc/self/fd/%d" % fd_in, "rb")
-    _hw_out = open("/proc/self/fd/%d" % fd_out, "wb")
-    _han_out = open("/proc/self/fd/%d" % fd_han, "wb")
+    hw = _Hardware(fd_in, fd_out, fd_han)  # before the jail hides the host filesystem
     _rom_file = os.getenv("MPVM_ROMFS")
+    import uctypes
+
     rom_map = os.getenv("MPVM_ROMFS_MAP")
     if rom_map:
         a = rom_map.split()
@@ -465,7 +463,6 @@ def boot(g):
             sys.path[2:2] = ["/rom", "/rom/lib"]
         except OSError:
             pass  # an erased partition, or no valid image in it: the filesystem alone
-    hw = _Hardware()
     # The supervisor sends the pins as they were left (a latching relay) right after it
     # powers the VM on: wait for that first message, so that no pin is read before it.
     hw._poll.poll(2000)
