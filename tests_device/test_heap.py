@@ -141,12 +141,6 @@ def test_boots_and_runs_a_50_member_group_with_the_picos_heap(
     run_50_member_group(tmp_path, "192K")
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="with its code in ROMFS the firmware needs ~88 KB of heap after boot "
-                          "on the 64-bit VM, plus the VM's own ROM (~15 KB) and the group's "
-                          "set-up: it boots at 128K but runs out of memory in KEYGEN there, "
-                          "and does not boot at 112K (November 2026); docs/hardware.md, "
-                          "'Memory'")
 def test_boots_and_runs_a_50_member_group_with_the_pyboards_heap(
         tmp_path: Path, real_port: str | None) -> None:
     if real_port:
