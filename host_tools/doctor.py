@@ -54,7 +54,8 @@ PROBES: tuple[tuple[str, str], ...] = (
              "print((im.name, '.'.join(str(v) for v in im.version[:3]), "
              "getattr(im, '_machine', ''), getattr(im, '_mpy', None)))\n"),
     ("platform", "import sys\nprint(repr(sys.platform))\n"),
-    ("running", "import sys\nprint('meter' in sys.modules)\n"),
+    # the kernel stays imported while the firmware runs (meter.py, which builds it, does not)
+    ("running", "import sys\nprint('kernel' in sys.modules)\n"),
     ("freq", "try:\n import machine\n f = machine.freq()\n"
              " print(list(f) if isinstance(f, tuple) else f)\nexcept Exception:\n print(None)\n"),
     ("fs", "import os\ntry:\n st = os.statvfs('/')\n print((st[1] * st[2], st[1] * st[4]))\n"
