@@ -2,6 +2,13 @@
 # and SEAL/UNSEAL, rare head-end requests. In their own module so that their code is in RAM
 # only while one runs (lib/lazy.py, docs/hardware.md "Memory").
 import json
+import os
+from micropython import const
+
+import micropython
+import seal
+
+_CTRL_C = const(3)
 
 
 def own(k, sender, kind, payload):
@@ -28,14 +35,29 @@ def own(k, sender, kind, payload):
     elif kind == "seal":
         # The console (the REPL over the WAN's USB serial) is the platform's door around
         # every task: only the kernel opens or closes it (lib/seal.py).
-        import seal
-
         on = bool(payload[1])
         try:
-            seal.set_sealed(on)
+            set_sealed(on)
         except OSError as e:  # the flash refused the write: nothing changed
             k.log("kernel", "seal: failed %s" % e)
             k._route("kernel", sender, "seal_data", (ref, 7, "seal not persisted"))
             return
         k.log("kernel", "seal: %s (WAN command)" % ("sealed" if on else "unsealed"))
         k._route("kernel", sender, "seal_data", (ref, 0, json.dumps({"sealed": on})))
+
+
+# -- the seal (lib/seal.py): only the kernel changes it, and the boot when the button is held
+# at power-up (meter.py) ------------------------------------------------------------------------
+def _apply(on):
+    # Ctrl-C off while sealed; on again (the board default) when not.
+    micropython.kbd_intr(-1 if on else _CTRL_C)
+
+
+def set_sealed(on):
+    # Persist first, then act: a power cut in between boots in the persisted state.
+    if on:
+        with open(seal.SEALED, "w") as f:
+            f.write("sealed\n")
+    elif seal.is_sealed():
+        os.remove(seal.SEALED)
+    _apply(on)

@@ -7,15 +7,11 @@
 # The seal is the file SEALED: creating or removing one file is a single atomic metadata
 # update on littlefs, so a power cut leaves the meter either sealed or not, never torn.
 # main.py checks it first thing at boot (the check must be quick: Ctrl-C works until then).
-# Only the kernel changes it (an authenticated SEAL/UNSEAL through cs_security), and boot
-# when the local button is held at power-up (a technician on site).
+# Only the kernel changes it (an authenticated SEAL/UNSEAL through cs_security; kernel_svc.py
+# set_sealed), and boot when the local button is held at power-up (a technician on site).
 import os
 
-import micropython
-from micropython import const
-
 SEALED = "/data/sealed"
-_CTRL_C = const(3)
 
 
 def is_sealed():
@@ -24,21 +20,6 @@ def is_sealed():
         return True
     except OSError:
         return False
-
-
-def apply(on):
-    # Ctrl-C off while sealed; on again (the board default) when not.
-    micropython.kbd_intr(-1 if on else _CTRL_C)
-
-
-def set_sealed(on):
-    # Persist first, then act: a power cut in between boots in the persisted state.
-    if on:
-        with open(SEALED, "w") as f:
-            f.write("sealed\n")
-    elif is_sealed():
-        os.remove(SEALED)
-    apply(on)
 
 
 def run(k):
