@@ -241,8 +241,8 @@ class Kernel:
                 d = time.ticks_diff(t.due, now)
                 if d < wait:
                     wait = d
-        if wait >= 1000:
-            self._sleep_ms(wait // 1000)
+        if wait > 0:
+            self._sleep_ms((wait + 999) // 1000)
             self._win_sleep += time.ticks_diff(time.ticks_us(), now)
 
     def _window(self):

@@ -89,6 +89,7 @@ class Core:
         self._tamper = hw["tamper"]
         self._link = link
         self._ticks = ticks_ms or time.ticks_ms
+        self._sleep_ms = hw.get("sleep_ms", time.sleep_ms)
         self._path = state_path
         k = store.load(keys_path, None) or {}
         self.meter_id = int(k.get("meter", 0))
@@ -218,8 +219,8 @@ class Core:
                 self.poll()
             except Exception as e:  # noqa: BLE001 - the off-switch must keep running
                 self._log("error: %s" % type(e).__name__)
-                time.sleep_ms(100)
-            time.sleep_ms(POLL_MS)
+                self._sleep_ms(100)
+            self._sleep_ms(POLL_MS)
 
     def _switch(self, relay, text):
         # A local change (button, window, credit): relay to `relay`, disarmed.
