@@ -73,7 +73,7 @@ LAUNCHER = (
     " fd=os.open(r,os.O_RDONLY);c.mmap.restype=ctypes.c_void_p\n"
     " c.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,ctypes.c_int,"
     "ctypes.c_long]\n"
-    " p=c.mmap(None,n,1,2,fd,0);os.close(fd)\n"
+    " p=c.mmap(None,n,1,1,fd,0);os.close(fd)\n"
     " if p and p!=ctypes.c_void_p(-1).value:os.environ['MPVM_ROMFS_MAP']='%d %d'%(p,n)\n"
     "sys.path.insert(0,sys.argv[2])\n"
     "from micropython_run import run_main\n"

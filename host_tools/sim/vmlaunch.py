@@ -46,7 +46,8 @@ _MAIN = r"""
 #include <sys/stat.h>
 #include <unistd.h>
 
-/* The ROMFS partition (MPVM_ROMFS: a file), mapped read-only outside the VM's heap. */
+/* The ROMFS partition (MPVM_ROMFS: a file), mapped read-only outside the VM's heap; shared, so
+   that what the flash controller (the ROM's vfs.rom_ioctl) writes into the file shows in it. */
 static void map_romfs(void) {
     const char *path = getenv("MPVM_ROMFS");
     unsetenv("MPVM_ROMFS_MAP");
@@ -59,7 +60,7 @@ static void map_romfs(void) {
         return;
     }
     if (fstat(fd, &st) == 0 && st.st_size > 0) {
-        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
         if (p != MAP_FAILED) {
             char v[64];
             snprintf(v, sizeof v, "%lu %lu", (unsigned long)p, (unsigned long)st.st_size);

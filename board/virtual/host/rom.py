@@ -13,9 +13,9 @@
 #     "/rom" and "/rom/lib" on sys.path, as a port with a ROMFS partition does at boot: .mpy
 #     files imported from it run in place, outside the heap. The partition is a file the
 #     launcher (host_tools/sim/vmlaunch.py) maps read-only before the VM starts
-#     (MPVM_ROMFS_MAP); `vfs.rom_ioctl` writes a new image as a board's does (mpremote romfs
-#     deploy, meterctl flash), into a copy that replaces the partition file at once when
-#     complete, for the next boot;
+#     (MPVM_ROMFS_MAP, shared); `vfs.rom_ioctl` writes a new image as a board's flash
+#     controller does (mpremote romfs deploy, meterctl flash): in place, so the mapping
+#     reads back what was written, and a power cut mid-write leaves a torn image;
 #   - runs boot.py, then main.py when powering up into the friendly REPL,
 #     exactly as a Pico does; `-i` then drops into the REPL.
 #
@@ -310,9 +310,9 @@ def _rom():
 
     class RomIoctl:
         # vfs.rom_ioctl(op, ...), as a port with one ROMFS partition implements it (extmod/
-        # vfs.h: 1 count, 2 memory, 3 prepare, 4 write, 5 end, 6 erase block size). Writes
-        # go to a copy of the partition file; the end renames it into place (a power cut
-        # leaves the old image whole), and the next boot maps it.
+        # vfs.h: 1 count, 2 memory, 3 prepare, 4 write, 5 end, 6 erase block size). Like a
+        # board's flash controller it writes the partition in place: the (shared, read-only)
+        # mapping then holds what was written, and a power cut mid-write leaves a torn image.
         def __init__(self):
             self._f = None
 
@@ -330,14 +330,11 @@ def _rom():
                 if off < 0 or off + n > len(rom_mem):
                     return -22
                 if self._f is None:
-                    self._f = host_vfs().open(rom_file + ".new", "wb")
-                    for i in range(0, len(rom_mem), 4096):
-                        self._f.write(memoryview(rom_mem)[i:i + 4096])
-                    self._f.close()
-                    self._f = host_vfs().open(rom_file + ".new", "r+b")
+                    self._f = host_vfs().open(rom_file, "r+b")
                 self._f.seek(off)
                 for i in range(0, n, 4096):
                     self._f.write(b"\xff" * min(4096, n - i))  # erased flash
+                self._f.flush()
                 return 4  # smallest write
             if self._f is None:
                 return -1  # EPERM: not prepared
@@ -346,12 +343,11 @@ def _rom():
                     return -22
                 self._f.seek(a[1])
                 self._f.write(a[2])
-                self._f.seek(a[1])
-                return 0 if self._f.read(len(a[2])) == a[2] else -5  # read back, or EIO
+                self._f.flush()
+                return 0
             if op == 5:
                 self._f.close()
                 self._f = None
-                host_vfs().rename(rom_file + ".new", rom_file)
                 return 0
             return -22
 
