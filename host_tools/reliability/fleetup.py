@@ -29,6 +29,12 @@ class Meter:
     dir: Path
 
 
+def say(text: str) -> None:
+    """A campaign's progress line: flushed at once, since a long run's output often goes to a
+    file or a pipe (block-buffered: a soak's batch lines would show up an hour late)."""
+    print(text, flush=True)
+
+
 def parallel(items: Iterable[T], fn: Callable[[T], Any], workers: int = 8) -> list[Any]:
     """fn over items in threads; results in order; the first exception propagates."""
     items = list(items)

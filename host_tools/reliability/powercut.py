@@ -49,7 +49,7 @@ from host_tools.headend import queries, switch, wire
 from host_tools.headend.client import LinkError, MeterError, MeterLink, open_link
 from host_tools.headend.keystore import Keystore
 from host_tools.headend.lopa import codec, ref
-from host_tools.reliability.fleetup import PLATFORM, Meter, bring_up, parallel, spread
+from host_tools.reliability.fleetup import PLATFORM, Meter, bring_up, parallel, say, spread
 from host_tools.sim import fleet, relay
 
 LOAD = {"irms": 40.0, "pf": 0.95}  # 8.7 kW
@@ -570,7 +570,7 @@ class Campaign:
 
 
 def run(cuts: int, meters: int, base: Path, seed: int = 1, random_share: float = 0.25,
-        say: Callable[[str], None] = print) -> Figures:
+        say: Callable[[str], None] = say) -> Figures:
     """The campaign over ``meters`` virtual meters in parallel, ``cuts`` cuts in all."""
     ks = Keystore(base / "keystore.json")
     t0 = time.monotonic()

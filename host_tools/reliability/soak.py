@@ -60,7 +60,7 @@ from host_tools.headend.lopa import HeadEnd, LopaError, State, Target, serial_co
 from host_tools.headend.lopa.headend import METER_FAILURES, RoundResult
 from host_tools.headend.lopa.lab import read_profile
 from host_tools.headend.lopa.ref import aggregate
-from host_tools.reliability.fleetup import PLATFORM, Meter, bring_up, parallel, spread
+from host_tools.reliability.fleetup import PLATFORM, Meter, bring_up, parallel, say, spread
 from host_tools.sim import fleet
 
 LENGTH = 900  # 15-minute intervals
@@ -181,7 +181,7 @@ def trend(samples: list[tuple[int, int]]) -> float:
 
 
 class Soak:
-    def __init__(self, cfg: Config, base: Path, say: Callable[[str], None] = print) -> None:
+    def __init__(self, cfg: Config, base: Path, say: Callable[[str], None] = say) -> None:
         if cfg.batch < 1:
             raise ValueError("batch must be >= 1")
         if cfg.meters < cfg.group or cfg.group < 3 or not 1 <= cfg.m <= cfg.group - 2:
@@ -534,7 +534,7 @@ class Soak:
                 f.leaks.append(f"meter {mid}: {why}")
 
 
-def run(cfg: Config, base: Path, say: Callable[[str], None] = print) -> Figures:
+def run(cfg: Config, base: Path, say: Callable[[str], None] = say) -> Figures:
     soak = Soak(cfg, base, say)
     try:
         fig = soak.run()
