@@ -47,6 +47,17 @@ class _ThreadStdout(io.TextIOBase):
         buf = getattr(self.local, "buf", None)
         (buf if buf is not None else self.wrapped).flush()
 
+    # what a console asks of stdout (rich: is it a terminal, how wide, which encoding)
+    def isatty(self) -> bool:
+        return bool(self.wrapped.isatty())
+
+    def fileno(self) -> int:
+        return int(self.wrapped.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self.wrapped, "encoding", "utf-8"))
+
 
 _capture_lock = threading.Lock()
 _capture_users = 0
