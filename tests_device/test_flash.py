@@ -160,16 +160,27 @@ def test_silent_board_times_out_cleanly() -> None:
         os.close(slave)
 
 
+def old_flashed_and_new(tmp_path: Path, base: Path) -> tuple[str, Path]:
+    """A meter started in base with firmware "old" flashed; a firmware "new" with 20 KB more to
+    write, not flashed. Returns (port, new firmware directory)."""
+    port = str(fleet.start(1, base)[0]["port"])
+    try:
+        assert meterctl("flash", "--port", port, "--firmware",
+                        str(firmware_copy(tmp_path, "old"))).returncode == 0
+    except BaseException:
+        fleet.stop(base)
+        raise
+    new = firmware_copy(tmp_path, "new")
+    (new / "big.py").write_text("DATA = %r\n" % ("x" * 20000))
+    return port, new
+
+
 def test_disconnect_mid_flash_keeps_old_firmware(tmp_path: Path, real_port: str | None) -> None:
     if real_port:
         pytest.skip("needs the virtual board: the test pulls the meter's cable")
     base = tmp_path / "fleet"
-    port = fleet.start(1, base)[0]["port"]
+    port, new = old_flashed_and_new(tmp_path, base)
     try:
-        assert meterctl("flash", "--port", port, "--firmware",
-                        str(firmware_copy(tmp_path, "old"))).returncode == 0
-        new = firmware_copy(tmp_path, "new")
-        (new / "big.py").write_text("DATA = %r\n" % ("x" * 20000))
         sup = fleet.meter_status(0, base)["pid"]
         pulled = []
 
@@ -208,14 +219,10 @@ def test_disconnect_mid_romfs_write_tears_the_image_and_the_next_flash_repairs_i
     if real_port:
         pytest.skip("needs the virtual board: the test pulls the meter's cable")
     base = tmp_path / "fleet"
-    port = fleet.start(1, base)[0]["port"]
+    port, new = old_flashed_and_new(tmp_path, base)
     try:
-        assert meterctl("flash", "--port", port, "--firmware",
-                        str(firmware_copy(tmp_path, "old"))).returncode == 0
         part = Path(str(fleet.meter_status(0, base)["dir"])) / "romfs.bin"
         old_image = part.read_bytes()
-        new = firmware_copy(tmp_path, "new")
-        (new / "big.py").write_text("DATA = %r\n" % ("x" * 20000))
         sup = fleet.meter_status(0, base)["pid"]
         pulled = []
 
