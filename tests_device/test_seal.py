@@ -74,8 +74,9 @@ def sealed(m: Meter, cli: bool = False) -> None:
 
 def wait_main_running(m: Meter) -> None:
     end = time.monotonic() + 20
-    while fleet.meter_status(0, m.base)["files"].get("main.py") != "running":
-        assert time.monotonic() < end, fleet.meter_status(0, m.base)
+    while (st := fleet.meter_status(0, m.base))["files"].get("main.py") != "running":
+        # the whole status: what the VM is doing, its REPL, files, boots, crashes, SIGINTs
+        assert time.monotonic() < end, json.dumps(st)
         time.sleep(0.05)
 
 

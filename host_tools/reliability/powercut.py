@@ -49,6 +49,7 @@ from host_tools.headend import queries, switch, wire
 from host_tools.headend.client import LinkError, MeterError, MeterLink, open_link
 from host_tools.headend.keystore import Keystore
 from host_tools.headend.lopa import codec, ref
+from host_tools.headend.provision import meter_time_now
 from host_tools.reliability.fleetup import PLATFORM, Meter, bring_up, parallel, say, spread
 from host_tools.sim import fleet, relay
 
@@ -223,7 +224,7 @@ class Campaign:
             self.pk = codec.parse_keygen(
                 link.request_raw(wire.K_KEYGEN, codec.keygen_cmd(True))).pk
         elif name == "time":
-            link.request(wire.K_TIME_SET, {"t": int(time.time())})
+            link.request(wire.K_TIME_SET, {"t": meter_time_now()})
         elif name == "interval":
             time.sleep(INTERVAL_S * 1.25)  # an interval closes: profile, registers, logs
         elif name == "read":
