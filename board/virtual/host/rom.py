@@ -381,18 +381,38 @@ def _rom():
             return False
         err = None
         try:
-            # Inside the try: the supervisor turns Ctrl-C into SIGINT from
-            # this event on, so the interrupt always lands in the file.
-            hw.event({"ev": "file", "name": name, "s": "start"})
-            exec(compile(src, name, "exec"), g)
-        except BaseException as e:  # noqa: BLE001 - a board prints and goes on
-            # Print it as a board would: without the ROM's own frame.
-            buf = io.StringIO()
-            sys.print_exception(e, buf)
-            for line in buf.getvalue().split("\n"):
-                if line and rom_path not in line:
-                    print(line)
-            err = type(e).__name__
+            # Compiled before Ctrl-C turns into SIGINT, as a board's pyexec compiles a file
+            # before it turns its interrupt character on.
+            code = compile(src, name, "exec")
+        except Exception as e:  # noqa: BLE001 - a board prints and goes on
+            code, err = None, e
+        while True:
+            finished = False
+            try:
+                # The supervisor turns Ctrl-C into SIGINT from this event on.
+                hw.event({"ev": "file", "name": name, "s": "start"})
+                if err is not None:
+                    raise err
+                exec(code, g)
+                finished = True
+            except BaseException as e:  # noqa: BLE001 - a board prints and goes on
+                buf = io.StringIO()
+                sys.print_exception(e, buf)
+                text = buf.getvalue()
+                if isinstance(e, KeyboardInterrupt) and ('File "%s"' % name) not in text:
+                    # The SIGINT landed in these lines, not in the file: before it began (on
+                    # a board the interrupt is not on yet, and a Ctrl-C then is a byte), or
+                    # after it ended. The file runs as if it had not come (the supervisor
+                    # sends a Ctrl-C that had no effect again).
+                    if finished:
+                        break
+                    continue
+                # Print it as a board would: without the ROM's own frame.
+                for line in text.split("\n"):
+                    if line and rom_path not in line:
+                        print(line)
+                err = type(e).__name__
+            break
         hw.event({"ev": "file", "name": name, "s": "end", "err": err})
         return True
 
