@@ -307,18 +307,22 @@ class Kernel:
         while f[_QN]:
             self._own(*self._take(0))
         self._window()
-        if not pending:  # idle: sleep until the next step is due (at most IDLE_MAX_MS)
-            now = time.ticks_us()
-            wait = IDLE_MAX_MS * 1000
-            f = self._f
-            for i in range(1, len(self._names)):
-                if self._steps[i] is not None:
-                    d = time.ticks_diff(self._due[i], now)
-                    if d < wait:
-                        wait = d
-            if wait >= 1000:
-                self._sleep_ms(wait // 1000)
-                self._win_sleep += time.ticks_diff(time.ticks_us(), now)
+        if not pending:
+            self._idle()
+
+    def _idle(self):
+        # sleep until the next step is due (at most IDLE_MAX_MS), rounded up to whole ms: a
+        # step runs at most 1 ms late, and the kernel never spins through the rest of a wait
+        now = time.ticks_us()
+        wait = IDLE_MAX_MS * 1000
+        for i in range(1, len(self._names)):
+            if self._steps[i] is not None:
+                d = time.ticks_diff(self._due[i], now)
+                if d < wait:
+                    wait = d
+        if wait > 0:
+            self._sleep_ms((wait + 999) // 1000)
+            self._win_sleep += time.ticks_diff(time.ticks_us(), now)
 
     def _window(self):
         now = time.ticks_us()

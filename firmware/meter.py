@@ -48,7 +48,7 @@ def build(now_s=None):
     # 9 tasks, 69 messages in their mailboxes (the capacities below): the kernel's tables are
     # made once, whole
     k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, policy.LOGS, now_s or board.rtc.get,
-                      size=(9, 69))
+                      board.sleep_ms, size=(9, 69))
     # Metrology first and realtime: its step also runs between any two messages.
     k.add("metrology", Metrology, hardware("metrology"), capacity=8, period_ms=20, realtime=True)
     k.add("clock", Clock, hardware("clock"), capacity=4, period_ms=100)
@@ -72,7 +72,9 @@ def build(now_s=None):
     k.add("han", Han, hardware("han"), capacity=4)
     link = offswitch.Link()
     k.add("offswitch", offswitch.OffSwitch, {"link": link}, capacity=4, period_ms=20)
-    offswitch.start(offswitch.Core(hardware("offswitch"), link))
+    hw = hardware("offswitch")
+    hw["sleep_ms"] = board.sleep_ms
+    offswitch.start(offswitch.Core(hw, link))
     # The kernel took private copies of policy.py's tables: the module is not needed any
     # more, and its tables and code would hold RAM for nothing (docs/hardware.md, "Memory").
     sys.modules.pop("policy", None)

@@ -35,23 +35,26 @@ class Fleet:
         return fleet.meter_status(i, self.base)
 
 
-_FLEET_BASES: list[Path] = []
+_LIVE_FLEETS: list[Path] = []  # the fleets running now: a module's own ones last
+LOG_TAIL = 40
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """A failed device test carries the tail of each session meter's supervisor log, so
-    that a failure seen only in CI can be read afterwards."""
+    """A failed device test carries the tail of each running meter's supervisor log (its
+    module's own meters first), so that a failure seen only in CI can be read afterwards."""
     outcome = yield
     report = outcome.get_result()
-    if not report.failed or not _FLEET_BASES:
+    if not report.failed:
         return
-    for mdir in fleet.meter_dirs(_FLEET_BASES[-1]):
-        for name in ("supervisor.log", "supervisor.err"):
-            f = mdir / name
-            if f.exists():
-                tail = f.read_text(errors="replace").splitlines()[-25:]
-                report.sections.append((f"{mdir.name}/{name} (last 25 lines)", "\n".join(tail)))
+    for base in reversed(_LIVE_FLEETS):
+        for mdir in fleet.meter_dirs(base):
+            for name in ("supervisor.log", "supervisor.err"):
+                f = mdir / name
+                if f.exists():
+                    tail = f.read_text(errors="replace").splitlines()[-LOG_TAIL:]
+                    report.sections.append((f"{base.parent.name}/{mdir.name}/{name} "
+                                            f"(last {LOG_TAIL} lines)", "\n".join(tail)))
 
 
 @pytest.fixture(scope="session")
@@ -68,9 +71,12 @@ def sim(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> Iter
         pytest.skip("needs the virtual board's host-side control (running against --port)")
     base = tmp_path_factory.mktemp("fleet")
     meters = fleet.start(3, base)
-    _FLEET_BASES.append(base)
-    yield Fleet(base, meters)
-    fleet.stop(base)
+    _LIVE_FLEETS.append(base)
+    try:
+        yield Fleet(base, meters)
+    finally:
+        _LIVE_FLEETS.remove(base)
+        fleet.stop(base)
 
 
 @pytest.fixture
@@ -114,6 +120,7 @@ def own_meters(tmp: Path, n: int, *, wave: dict[str, float] | None = None,
     once on a busy host."""
     base = tmp / "fleet"
     recs = fleet.start(n, base)
+    _LIVE_FLEETS.append(base)
     try:
         if wave is not None:
             for i in range(n):
@@ -126,6 +133,7 @@ def own_meters(tmp: Path, n: int, *, wave: dict[str, float] | None = None,
             meters.append(OwnMeter(base, rec["port"], rec["han"], ks, r.meter_id, i))
         yield meters
     finally:
+        _LIVE_FLEETS.remove(base)
         fleet.stop(base)
 
 

@@ -160,16 +160,27 @@ def test_silent_board_times_out_cleanly() -> None:
         os.close(slave)
 
 
+def old_flashed_and_new(tmp_path: Path, base: Path) -> tuple[str, Path]:
+    """A meter started in base with firmware "old" flashed; a firmware "new" with 20 KB more to
+    write, not flashed. Returns (port, new firmware directory)."""
+    port = str(fleet.start(1, base)[0]["port"])
+    try:
+        assert meterctl("flash", "--port", port, "--firmware",
+                        str(firmware_copy(tmp_path, "old"))).returncode == 0
+    except BaseException:
+        fleet.stop(base)
+        raise
+    new = firmware_copy(tmp_path, "new")
+    (new / "big.py").write_text("DATA = %r\n" % ("x" * 20000))
+    return port, new
+
+
 def test_disconnect_mid_flash_keeps_old_firmware(tmp_path: Path, real_port: str | None) -> None:
     if real_port:
         pytest.skip("needs the virtual board: the test pulls the meter's cable")
     base = tmp_path / "fleet"
-    port = fleet.start(1, base)[0]["port"]
+    port, new = old_flashed_and_new(tmp_path, base)
     try:
-        assert meterctl("flash", "--port", port, "--firmware",
-                        str(firmware_copy(tmp_path, "old"))).returncode == 0
-        new = firmware_copy(tmp_path, "new")
-        (new / "big.py").write_text("DATA = %r\n" % ("x" * 20000))
         sup = fleet.meter_status(0, base)["pid"]
         pulled = []
 
@@ -195,5 +206,49 @@ def test_disconnect_mid_flash_keeps_old_firmware(tmp_path: Path, real_port: str 
         # and the next flash completes the update
         assert meterctl("flash", "--port", port, "--firmware", str(new)).returncode == 0
         assert board_version(port) == "new"
+    finally:
+        fleet.stop(base)
+
+
+def test_disconnect_mid_romfs_write_tears_the_image_and_the_next_flash_repairs_it(
+        tmp_path: Path, real_port: str | None) -> None:
+    """The ROMFS partition is written in place, as a board's flash is: a cable pulled while it
+    is written leaves a torn image. The meter still comes up to a reachable REPL (its old
+    main.py, staged files uncommitted, fails to import what the image no longer holds), and
+    the next flash writes the image again, verified against its sha256."""
+    if real_port:
+        pytest.skip("needs the virtual board: the test pulls the meter's cable")
+    base = tmp_path / "fleet"
+    port, new = old_flashed_and_new(tmp_path, base)
+    try:
+        part = Path(str(fleet.meter_status(0, base)["dir"])) / "romfs.bin"
+        old_image = part.read_bytes()
+        sup = fleet.meter_status(0, base)["pid"]
+        pulled = []
+
+        def pull_cable(stage: str, done: int, total: int) -> None:
+            if stage == "write ROMFS image" and not pulled:
+                pulled.append(done)
+                if len(pulled) == 1:
+                    os.kill(sup, signal.SIGKILL)  # after the first 4 KB of the new image
+
+        with pytest.raises(BoardError, match="disconnected"):
+            flash(port, firmware_dir=new, progress=pull_cable)
+        assert pulled
+        torn = part.read_bytes()
+        assert torn != old_image and b"\xff" * 4096 in torn  # part new, part erased
+    finally:
+        fleet.stop(base)
+    port = fleet.start(1, base)[0]["port"]
+    try:
+        end = time.monotonic() + 10
+        while not str(fleet.meter_status(0, base)["files"].get("main.py", "")).startswith("ended"):
+            assert time.monotonic() < end, fleet.meter_status(0, base)
+            time.sleep(0.05)
+        assert fleet.meter_status(0, base)["files"]["main.py"] == "ended (ImportError)"
+        r = meterctl("flash", "--port", port, "--firmware", str(new))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert board_version(port) == "new"
+        assert int(fleet.meter_status(0, base)["crashes"]) == 0
     finally:
         fleet.stop(base)

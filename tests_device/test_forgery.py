@@ -139,6 +139,15 @@ class Meter:
         self.new_records()
         self.new_records("offswitch")
 
+    def wait_interval_closed(self, timeout: float = 30.0) -> None:
+        """Until metrology has closed an interval: it has measured (a READ has volts), and
+        its log has a record for the flood test to keep. A fast host reaches this in under
+        one 5-s interval after boot."""
+        end = time.monotonic() + timeout
+        while not read_log(self.link, "metrology"):
+            assert time.monotonic() < end, f"no interval closed in {timeout:.0f} s"
+            time.sleep(0.2)
+
     def state(self) -> dict[str, Any]:
         """What no refused frame may change."""
         r = relay.relay(0, self.base)
@@ -182,6 +191,7 @@ def meter(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> It
                 m.originals[kind] = (original, m.seal(kind, payload, early))
                 link.send_line(wire.to_line(original))
                 m.sync()
+            m.wait_interval_closed()
             m.before = m.state()
             m.skip_records()
             yield m

@@ -192,3 +192,40 @@ def _no_stray_threads() -> Iterator[None]:
     n = threading.active_count()
     yield
     assert threading.active_count() <= n
+
+
+def test_mpremote_output_captured_in_threads_never_takes_the_process_stdout(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Board sessions in many threads at once each capture what mpremote prints; every other
+    print still reaches the process's stdout, which is the same object afterwards (with
+    contextlib.redirect_stdout a soak's progress lines once vanished into a left-over
+    StringIO)."""
+    import io
+
+    from host_tools.transport.serial import capture_stdout
+
+    real = sys.stdout
+    bufs = [io.StringIO() for _ in range(16)]
+    start = threading.Barrier(len(bufs) + 1)
+
+    def session(k: int) -> None:
+        start.wait()
+        for n in range(200):
+            with capture_stdout(bufs[k]):
+                print(f"mpremote {k} {n}")
+                time.sleep(0)
+
+    threads = [threading.Thread(target=session, args=(k,)) for k in range(len(bufs))]
+    for th in threads:
+        th.start()
+    start.wait()
+    for n in range(200):  # a progress line meanwhile, from the main thread
+        print(f"progress {n}")
+        time.sleep(0)
+    for th in threads:
+        th.join()
+    assert sys.stdout is real
+    out = capsys.readouterr().out
+    assert out.split("\n")[:-1] == [f"progress {n}" for n in range(200)]
+    for k, b in enumerate(bufs):
+        assert b.getvalue().split("\n")[:-1] == [f"mpremote {k} {n}" for n in range(200)]

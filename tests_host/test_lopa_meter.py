@@ -784,6 +784,35 @@ out({{"sent": sent, "recs": recs}})
     assert recs[0][0] == 3003 and sent[0][1][0] == 1000
 
 
+def test_a_clock_set_back_never_makes_the_load_profile_go_back(
+        micropython: Run, tmp_path: Path) -> None:
+    """A TIME_SET that moves the clock back into an interval already closed (a head-end's
+    time a second behind, under load): the open interval stays open until the clock passes
+    its end again; the profile's ends and the intervals sent to LoPA only move forward."""
+    r = vm(micropython, f"""
+import tasks.metrology as tm
+D = {str(tmp_path)!r}
+tm.ENERGY, tm.CALIB, tm.PROFILE = D + "/e.json", D + "/c.json", D + "/p.bin"
+class Adc:
+    def read_into(self, v, i):
+        return 0
+met = tm.Metrology(Port(), {{"adc": Adc(), "adc_rate_hz": 2000, "cal_default": (1.0, 1.0, 0.0)}})
+L = 2
+sent = []
+for t in (600, 601, 602, 603, 601, 602, 603, 604, 605, 606):  # set back 2 s at 603 -> 601
+    met.energy.add(500.0, 1)
+    met._tick((t, t // L, t - t % L, L))
+    sent += [list(p) for to, kind, p in met._port.out if to == "dc_security"]
+    met._port.out = []
+recs = [list(struct.unpack(">II", d[:8])) for _, d in met._profile.records(0, 10)]
+out({{"sent": sent, "recs": recs}})
+""")
+    ends = [t_end for t_end, _ in r["recs"]]
+    assert ends == [602, 604, 606]
+    assert [t for t, _ in r["sent"]] == [300, 301, 302]
+    assert sum(mwh for _, mwh in r["recs"]) == sum(x for _, x in r["sent"])
+
+
 def test_dc_security_modules_hold_no_mutable_state(micropython: Run) -> None:
     out = micropython("""
 import json

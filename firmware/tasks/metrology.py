@@ -77,6 +77,11 @@ class Metrology:
     def _tick(self, payload):
         t, idx, start, length = payload
         self._t = t
+        if self._idx >= 0 and idx < self._idx:
+            # The clock was set back (a TIME_SET a little behind it, or a head-end's master
+            # clock): the open interval stays open until the clock passes its end again, so
+            # that the load profile never goes back in time.
+            return
         if self._idx >= 0 and idx != self._idx:
             self._start, self._len = start, length
             self._close(idx)

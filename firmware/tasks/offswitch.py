@@ -87,6 +87,8 @@ class Core:
         # starts): tasks/offswitch_boot.py, in RAM only while it runs.
         lazy.call("tasks.offswitch_boot", "init", self, hw, link, ticks_ms, keys_path,
                   state_path)
+        # the board's sleep (on the virtual board one select, not the unix port's polling)
+        self._sleep_ms = hw.get("sleep_ms", time.sleep_ms)
 
     # -- time, state, log ---------------------------------------------------------
     def _now(self):
@@ -175,8 +177,8 @@ class Core:
                 self.poll()
             except Exception as e:  # noqa: BLE001 - the off-switch must keep running
                 self._log("error: %s" % type(e).__name__)
-                time.sleep_ms(100)
-            time.sleep_ms(_POLL_MS)
+                self._sleep_ms(100)
+            self._sleep_ms(_POLL_MS)
 
     def _switch(self, relay, text):
         # A local change (button, window, credit): relay to `relay`, disarmed.

@@ -329,7 +329,6 @@ def _write_romfs(b: Board, img: bytes, progress: Callable[[int, int], None]) -> 
     """Write a ROMFS image to partition 0 through vfs.rom_ioctl, as mpremote romfs deploy does
     (prepare: erase; write in chunks; end), then check what the partition holds."""
     size, block = _unmount_romfs(b)
-    before = b.eval(f"_fl_romhash({len(img)})", "hashing the ROMFS partition")
     min_write = 4
     if block < size:
         off = 0
@@ -363,12 +362,9 @@ def _write_romfs(b: Board, img: bytes, progress: Callable[[int, int], None]) -> 
     r = b.eval("vfs.rom_ioctl(5, 0)", "finishing the ROMFS write")
     if isinstance(r, int) and r < 0:
         raise BoardError(f"{b.port}: finishing the ROMFS write failed ({r})")
-    # A board's partition is its memory-mapped flash: it reads back what was written. The
-    # virtual board writes a copy that replaces the partition whole, for the next boot (a
-    # power cut mid-write leaves the old image); its mapping reads back the old image until
-    # then, so there is nothing to compare, and its rom_ioctl(4) checked each write itself.
+    # The partition is memory-mapped flash: it reads back what was written.
     got = b.eval(f"_fl_romhash({len(img)})", "verifying the ROMFS image")
-    if got != hashlib.sha256(img).hexdigest() and got != before:
+    if got != hashlib.sha256(img).hexdigest():
         raise BoardError(f"{b.port}: the ROMFS partition does not hold the image just written")
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import hashlib
+import math
 import os
 import secrets
 import time
@@ -119,6 +120,13 @@ def _install(b: Board, port: str, keystore: Keystore, force: bool, interval_s: i
     return entry, True
 
 
+def meter_time_now() -> int:
+    """The time to set a meter's RTC (whole seconds) to: host time rounded up, so that the
+    meter starts at most the request's latency behind the host, not a second more. A meter
+    behind the host has not yet closed the interval the head-end asks for."""
+    return math.ceil(time.time())
+
+
 def provision(port: str, keystore: Keystore, *, force: bool = False,
               interval_s: int | None = None, set_time: bool = True, timeout: float = 10.0,
               say: Callable[[str], None] = lambda s: None,
@@ -142,7 +150,7 @@ def provision(port: str, keystore: Keystore, *, force: bool = False,
     if set_time:
         time.sleep(0.3)  # let main.py start its tasks
         with MeterLink(port, entry, keystore, timeout=timeout) as link:
-            ans = link.request(wire.K_TIME_SET, {"t": int(time.time())})
+            ans = link.request(wire.K_TIME_SET, {"t": meter_time_now()})
             clock = int(ans["t"])
         say(f"meter {entry.meter_id}: clock set to {clock}")
     return Provisioned(entry.meter_id, port, new_key, clock, interval_s)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import statistics
-import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,12 @@ class Meter:
     port: str
     meter_id: int
     dir: Path
+
+
+def say(text: str) -> None:
+    """A campaign's progress line: flushed at once, since a long run's output often goes to a
+    file or a pipe (block-buffered: a soak's batch lines would show up an hour late)."""
+    print(text, flush=True)
 
 
 def parallel(items: Iterable[T], fn: Callable[[T], Any], workers: int = 8) -> list[Any]:
@@ -58,15 +63,9 @@ def bring_up(n: int, base: Path, keystore: Keystore, interval_s: int,
                           set_time=time_scale is None and sim_time is None)
             return Meter(int(rec["id"]), port, p.meter_id, Path(rec["dir"]))
 
-        # mpremote silences itself with contextlib.redirect_stdout, which swaps the
-        # process-wide sys.stdout: threads doing it at once can leave a StringIO behind.
-        out, err = sys.stdout, sys.stderr
-        try:
-            # The first alone: it fills the build cache (host_tools/flash/build.py), so the
-            # others don't all compile the same files at once.
-            return [one(recs[0]), *parallel(recs[1:], one, workers)] if recs else []
-        finally:
-            sys.stdout, sys.stderr = out, err
+        # The first alone: it fills the build cache (host_tools/flash/build.py), so the
+        # others don't all compile the same files at once.
+        return [one(recs[0]), *parallel(recs[1:], one, workers)] if recs else []
     except BaseException:
         fleet.stop(base)
         raise

@@ -49,7 +49,8 @@ from host_tools.headend import queries, switch, wire
 from host_tools.headend.client import LinkError, MeterError, MeterLink, open_link
 from host_tools.headend.keystore import Keystore
 from host_tools.headend.lopa import codec, ref
-from host_tools.reliability.fleetup import PLATFORM, Meter, bring_up, parallel, spread
+from host_tools.headend.provision import meter_time_now
+from host_tools.reliability.fleetup import PLATFORM, Meter, bring_up, parallel, say, spread
 from host_tools.sim import fleet, relay
 
 LOAD = {"irms": 40.0, "pf": 0.95}  # 8.7 kW
@@ -63,6 +64,7 @@ GID = b"pc-group"
 PEERS = [(1000 + i, ref.keypair(bytes([i + 1]) * 32)[1]) for i in range(3)]
 OPS = ("topup", "switch", "group", "keygen", "time", "interval", "read")
 BOOT_TIMEOUT_S = 30.0
+PROGRESS_S = 30.0  # a progress line at most this often
 
 
 class Violation(Exception):
@@ -222,7 +224,7 @@ class Campaign:
             self.pk = codec.parse_keygen(
                 link.request_raw(wire.K_KEYGEN, codec.keygen_cmd(True))).pk
         elif name == "time":
-            link.request(wire.K_TIME_SET, {"t": int(time.time())})
+            link.request(wire.K_TIME_SET, {"t": meter_time_now()})
         elif name == "interval":
             time.sleep(INTERVAL_S * 1.25)  # an interval closes: profile, registers, logs
         elif name == "read":
@@ -543,9 +545,11 @@ class Campaign:
                 self._drop_link()
                 time.sleep(1)
 
-    def run(self, cuts: int, random_share: float) -> Figures:
+    def run(self, cuts: int, random_share: float,
+            progress: Callable[[], None] = lambda: None) -> Figures:
         """About ``cuts`` cuts: every write point of every operation in turn (each k of the
-        counting run), with random cuts mixed in at ``random_share``."""
+        counting run), with random cuts mixed in at ``random_share``; ``progress`` is called
+        after each step."""
         self.start()
         plan: list[tuple[str, str, int]] = []
         torn = False
@@ -561,12 +565,13 @@ class Campaign:
                 kind, name, k = plan.pop()
                 torn = not torn
                 self.step(kind, name, k, torn)
+            progress()
         self._drop_link()
         return self.fig
 
 
 def run(cuts: int, meters: int, base: Path, seed: int = 1, random_share: float = 0.25,
-        say: Callable[[str], None] = print) -> Figures:
+        say: Callable[[str], None] = say) -> Figures:
     """The campaign over ``meters`` virtual meters in parallel, ``cuts`` cuts in all."""
     ks = Keystore(base / "keystore.json")
     t0 = time.monotonic()
@@ -575,12 +580,29 @@ def run(cuts: int, meters: int, base: Path, seed: int = 1, random_share: float =
         fleet.set_wave(m.index, LOAD, base / "fleet")
     say(f"{meters} meters up, flashed and provisioned in {time.monotonic() - t0:.1f} s")
     total = Figures()
+    campaigns: list[Campaign] = []
+    lock = threading.Lock()
+    shown = [time.monotonic()]
+
+    def progress() -> None:
+        # a line every PROGRESS_S: the campaign takes minutes, and prints its figures at the end
+        with lock:
+            now = time.monotonic()
+            if now - shown[0] < PROGRESS_S:
+                return
+            shown[0] = now
+            done = sum(c.fig.cuts for c in campaigns)
+            bad = sum(len(c.fig.violations) for c in campaigns)
+            say(f"{done} of {cuts} cuts, {bad} violations, {now - t0:.0f} s")
+
     try:
         per = [cuts // meters + (1 if i < cuts % meters else 0) for i in range(meters)]
 
         def one(i: int) -> Figures:
             c = Campaign(fl[i], base / "fleet", ks, random.Random(seed * 1000 + i), say)
-            return c.run(per[i], random_share)
+            with lock:
+                campaigns.append(c)
+            return c.run(per[i], random_share, progress)
 
         for f in parallel(range(meters), one, workers=meters):
             total.merge(f)

@@ -60,7 +60,7 @@ from host_tools.headend.lopa import HeadEnd, LopaError, State, Target, serial_co
 from host_tools.headend.lopa.headend import METER_FAILURES, RoundResult
 from host_tools.headend.lopa.lab import read_profile
 from host_tools.headend.lopa.ref import aggregate
-from host_tools.reliability.fleetup import PLATFORM, Meter, bring_up, parallel, spread
+from host_tools.reliability.fleetup import PLATFORM, Meter, bring_up, parallel, say, spread
 from host_tools.sim import fleet
 
 LENGTH = 900  # 15-minute intervals
@@ -181,7 +181,7 @@ def trend(samples: list[tuple[int, int]]) -> float:
 
 
 class Soak:
-    def __init__(self, cfg: Config, base: Path, say: Callable[[str], None] = print) -> None:
+    def __init__(self, cfg: Config, base: Path, say: Callable[[str], None] = say) -> None:
         if cfg.batch < 1:
             raise ValueError("batch must be >= 1")
         if cfg.meters < cfg.group or cfg.group < 3 or not 1 <= cfg.m <= cfg.group - 2:
@@ -370,7 +370,6 @@ class Soak:
         (every member once in 2 x members batches, before its load profile wraps), and with
         some chance a failure or a power cut of another member."""
         cfg = self.cfg
-        out, err = sys.stdout, sys.stderr
         quiet_next: set[int] = set()
         for gi, ms in enumerate(self.groups):
             if gi in self.quiet or any(m.index in self.busy for m in ms):
@@ -396,7 +395,6 @@ class Soak:
                 self._start(m, lambda m=m: self._off(m, 0.05))  # type: ignore[misc]
             quiet_next.add(gi)
         self.quiet = quiet_next
-        sys.stdout, sys.stderr = out, err
 
     def wait_quiet(self) -> None:
         for th in list(self.busy.values()):
@@ -469,11 +467,7 @@ class Soak:
             time.sleep(0.2)
         self.wait_quiet()
         # the lab truth of the last records, every meter
-        out, err = sys.stdout, sys.stderr
-        try:
-            parallel(self.meters, self._probe, workers=8)
-        finally:
-            sys.stdout, sys.stderr = out, err
+        parallel(self.meters, self._probe, workers=8)
         self.fig.probes += len(self.meters)
         self.sample(first + cfg.intervals, self.meters, final=True)
         self.overflow_logs()
@@ -534,7 +528,7 @@ class Soak:
                 f.leaks.append(f"meter {mid}: {why}")
 
 
-def run(cfg: Config, base: Path, say: Callable[[str], None] = print) -> Figures:
+def run(cfg: Config, base: Path, say: Callable[[str], None] = say) -> Figures:
     soak = Soak(cfg, base, say)
     try:
         fig = soak.run()

@@ -50,6 +50,11 @@ SOFT_REBOOT = b"MPY: soft reboot\r\n"
 OUT_CAP = 64 * 1024  # bytes buffered towards a slow client before the VM is held back
 SIGINT_BIT = 1 << (signal.SIGINT - 1)
 SIGINT_SETTLE_S = 0.3  # how long a SIGINT may take to reach the VM's prompt
+# A SIGINT still unanswered once the VM's main thread has run this long since it went out has
+# been lost (the VM looks at a pending interrupt within microseconds of running); one that
+# meets a busy host may have to wait for the CPU, up to SIGINT_WAIT_MAX_S.
+SIGINT_CPU_NS = 30_000_000
+SIGINT_WAIT_MAX_S = 30.0
 VM_FDS = (3, 4, 5)  # hw in, hw out, HAN out, as the VM sees them
 
 # The fallback VM process, when the native launcher (vmlaunch.py) cannot be
@@ -67,7 +72,7 @@ LAUNCHER = (
     "c.mmap.restype=ctypes.c_void_p\n"
     "c.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,ctypes.c_int,"
     "ctypes.c_long]\n"
-    "for e,fl in (('MPVM_ROMFS',2),('MPVM_BOARDROM',2),('MPVM_ADC',1)):\n"
+    "for e,fl in (('MPVM_ROMFS',1),('MPVM_BOARDROM',2),('MPVM_ADC',1)):\n"
     " os.environ.pop(e+'_MAP',None)\n"
     " r=os.environ.get(e,'')\n"
     " n=os.path.getsize(r) if r and os.path.isfile(r) else 0\n"
@@ -185,6 +190,21 @@ def vm_threads(pid: int) -> str:
     return ", ".join(out)
 
 
+def main_thread_cpu_ns(pid: int) -> int:
+    """CPU time the VM's main thread (the one a SIGINT interrupts) has had, in ns."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open(f"/proc/{pid}/task/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) * 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def sigint_caught(pid: int) -> bool:
     """True while the VM has its SIGINT handler installed, i.e. it is executing
     code with the interrupt character enabled. Idle at a prompt, or after
@@ -262,6 +282,7 @@ class Supervisor:
         self.file_running = False  # boot.py or main.py runs
         self.sigint_at = 0.0  # when the last SIGINT went out, until the VM acted on it
         self.sigint_retries = 0
+        self.sigint_cpu_ns = 0  # the VM main thread's CPU time when the last SIGINT went out
         self.power_mode = "run"
         self.last_cr = False
         self.expect_kill = False
@@ -650,10 +671,26 @@ class Supervisor:
             del self.to_vm[:1]
 
     def _sigint(self, retry: bool) -> None:
+        self.sigint_cpu_ns = main_thread_cpu_ns(self.vm_pid)
         os.kill(self.vm_pid, signal.SIGINT)
         self.sigint_at = time.monotonic()
         self.sigint_retries = self.sigint_retries + 1 if retry else 0
         self.stats["sigints"] += 1
+
+    def _sigint_unsettled(self) -> bool:
+        """True while the last SIGINT may still be pending in the VM: sent less than
+        SIGINT_SETTLE_S ago, or since then the VM's main thread has not had SIGINT_CPU_NS of
+        CPU (a loaded host) and its handler is still installed (at a prompt it is not). A
+        SIGINT that meets one still pending makes the unix port exit(1) inside its signal
+        handler, which can hang the VM: no second SIGINT goes out before this is False."""
+        if not self.sigint_at:
+            return False
+        waited = time.monotonic() - self.sigint_at
+        if waited < SIGINT_SETTLE_S:
+            return True
+        if not (self.vm_pid and sigint_caught(self.vm_pid)) or waited > SIGINT_WAIT_MAX_S:
+            return False
+        return main_thread_cpu_ns(self.vm_pid) - self.sigint_cpu_ns < SIGINT_CPU_NS
 
     def _check_sigint(self) -> None:
         """The VM now and then loses a SIGINT, mostly just as main.py starts. One cause is
@@ -661,13 +698,13 @@ class Supervisor:
         found" (extmod/vfs.c, mp_vfs_import_stat), and the virtual board's filesystem is
         Python (board/virtual/host/rom.py, JailFS), so a KeyboardInterrupt raised there while
         main.py imports is swallowed; a board's littlefs stat is C. A board never loses a
-        Ctrl-C, so one that has had no effect after SIGINT_SETTLE_S is sent again, at most
-        twice: a SIGINT that meets one still pending makes the unix port exit(1) inside its
-        signal handler. Giving up logs where the VM's threads wait."""
-        if not self.sigint_at or time.monotonic() - self.sigint_at < SIGINT_SETTLE_S:
+        Ctrl-C, so one that has had no effect once the VM has run on (_sigint_unsettled) is
+        sent again, at most twice. Giving up logs where the VM's threads wait."""
+        if not self.sigint_at or self._sigint_unsettled():
             return
         if self.sigint_retries < 2 and self.vm_pid and sigint_caught(self.vm_pid) and (
-                self.file_running or not self.rom_active):
+                self.file_running or not self.rom_active) and \
+                time.monotonic() - self.sigint_at <= SIGINT_WAIT_MAX_S:
             self.log("Ctrl-C had no effect; SIGINT again")
             self._sigint(retry=True)
         else:
@@ -685,11 +722,11 @@ class Supervisor:
     def _hold_ctrl_c(self) -> bool:
         """While the VM executes, a Ctrl-C waits if a SIGINT now could hit the
         ROM's own code (between files: it must land in boot.py, main.py or the
-        REPL), or if the previous SIGINT has not been acted on yet (two quick
+        REPL), or if the previous SIGINT may not have been acted on yet (two quick
         Ctrl-Cs must not find the VM between its handler and its prompt)."""
         if self.rom_active and not self.file_running:
             return True
-        return bool(self.sigint_at) and time.monotonic() - self.sigint_at < SIGINT_SETTLE_S
+        return self._sigint_unsettled()
 
     # -- control socket --------------------------------------------------------
     def status(self) -> dict[str, Any]:

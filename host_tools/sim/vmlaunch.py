@@ -53,7 +53,9 @@ _MAIN = r"""
 /* A read-only region: the file named by $file_env, mapped read-only outside the VM's heap;
  * where, in $map_env ("address size"). Flash: the ROMFS partition (MPVM_ROMFS), the board's ROM
  * (MPVM_BOARDROM: the ROM's compiled code, run in place as a board runs its C from flash). And
- * the ADC's DMA ring (MPVM_ADC), shared: the supervisor, the analog front end, writes it. */
+ * the ADC's DMA ring (MPVM_ADC). The ROMFS and the ring are shared: what the flash controller
+ * (the ROM's vfs.rom_ioctl) writes into the partition's file, and what the supervisor (the analog
+ * front end) writes into the ring, shows in them. */
 static void map_ro(const char *file_env, const char *map_env, int flags) {
     const char *path = getenv(file_env);
     unsetenv(map_env);
@@ -86,7 +88,7 @@ int main(int argc, char **argv) {
         return 1; /* the supervisor died before the death signal was armed */
     }
     signal(SIGINT, SIG_DFL);
-    map_ro("MPVM_ROMFS", "MPVM_ROMFS_MAP", MAP_PRIVATE);
+    map_ro("MPVM_ROMFS", "MPVM_ROMFS_MAP", MAP_SHARED);
     map_ro("MPVM_BOARDROM", "MPVM_BOARDROM_MAP", MAP_PRIVATE);
     map_ro("MPVM_ADC", "MPVM_ADC_MAP", MAP_SHARED);
     void *vm = dlopen(argv[2], RTLD_LAZY | RTLD_GLOBAL);

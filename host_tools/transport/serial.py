@@ -12,6 +12,8 @@ import contextlib
 import io
 import os
 import stat
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,6 +26,66 @@ from mpremote.transport_serial import SerialTransport
 
 # USB vendor ids of MicroPython boards: Raspberry Pi (RP2040) and MicroPython (pyboard).
 BOARD_VIDS = {0x2E8A: "rp2", 0xF055: "pyboard"}
+
+
+class _ThreadStdout(io.TextIOBase):
+    """sys.stdout while some thread captures what mpremote prints: that thread's prints go to
+    its own buffer, every other thread's to the stdout it replaced. (contextlib.
+    redirect_stdout swaps the process-wide sys.stdout: threads doing it at once left a
+    StringIO behind, and a soak's progress lines went into it for the rest of the run.)"""
+
+    def __init__(self, wrapped: Any) -> None:
+        super().__init__()
+        self.wrapped = wrapped
+        self.local = threading.local()
+
+    def write(self, s: str) -> int:
+        buf = getattr(self.local, "buf", None)
+        return int((buf if buf is not None else self.wrapped).write(s))
+
+    def flush(self) -> None:
+        buf = getattr(self.local, "buf", None)
+        (buf if buf is not None else self.wrapped).flush()
+
+    # what a console asks of stdout (rich: is it a terminal, how wide, which encoding)
+    def isatty(self) -> bool:
+        return bool(self.wrapped.isatty())
+
+    def fileno(self) -> int:
+        return int(self.wrapped.fileno())
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return str(getattr(self.wrapped, "encoding", "utf-8"))
+
+
+_capture_lock = threading.Lock()
+_capture_users = 0
+_capture_stdout: _ThreadStdout | None = None
+
+
+@contextlib.contextmanager
+def capture_stdout(buf: io.StringIO) -> Iterator[None]:
+    """What this thread prints goes to buf (and nothing of the others'), thread-safely."""
+    global _capture_users, _capture_stdout
+    with _capture_lock:
+        if _capture_users == 0:
+            _capture_stdout = _ThreadStdout(sys.stdout)
+            sys.stdout = _capture_stdout
+        _capture_users += 1
+        proxy = _capture_stdout
+    assert proxy is not None
+    proxy.local.buf = buf
+    try:
+        yield
+    finally:
+        proxy.local.buf = None
+        with _capture_lock:
+            _capture_users -= 1
+            if _capture_users == 0:
+                if sys.stdout is proxy:
+                    sys.stdout = proxy.wrapped
+                _capture_stdout = None
 
 
 class BoardError(Exception):
@@ -148,7 +210,7 @@ class Board:
     def _errors(self, doing: str) -> Iterator[None]:
         printed = io.StringIO()
         try:
-            with contextlib.redirect_stdout(printed):  # mpremote prints on failure
+            with capture_stdout(printed):  # mpremote prints on failure
                 yield
         except TransportExecError as e:
             raise BoardError(f"{self.port}: {doing} failed on the board: "

@@ -17,9 +17,9 @@
 #     "/rom" and "/rom/lib" on sys.path, as a port with a ROMFS partition does at boot: .mpy
 #     files imported from it run in place, outside the heap. The partition is a file the
 #     launcher (host_tools/sim/vmlaunch.py) maps read-only before the VM starts
-#     (MPVM_ROMFS_MAP); `vfs.rom_ioctl` writes a new image as a board's does (mpremote romfs
-#     deploy, meterctl flash), into a copy that replaces the partition file at once when
-#     complete, for the next boot;
+#     (MPVM_ROMFS_MAP, shared); `vfs.rom_ioctl` writes a new image as a board's flash
+#     controller does (mpremote romfs deploy, meterctl flash): in place, so the mapping
+#     reads back what was written, and a power cut mid-write leaves a torn image;
 #   - runs boot.py, then main.py when powering up into the friendly REPL,
 #     exactly as a Pico does; `-i` then drops into the REPL.
 #
@@ -354,9 +354,9 @@ class _BoardVFS:
 
 
 # vfs.rom_ioctl(op, ...), as a port with one ROMFS partition implements it (extmod/vfs.h:
-# 1 count, 2 memory, 3 prepare, 4 write, 5 end, 6 erase block size). Writes go to a copy of the
-# partition file; the end renames it into place (a power cut leaves the old image whole), and
-# the next boot maps it.
+# 1 count, 2 memory, 3 prepare, 4 write, 5 end, 6 erase block size). Like a board's flash
+# controller it writes the partition in place: the (shared, read-only) mapping then holds what
+# was written, and a power cut mid-write leaves a torn image.
 _rom_f = None
 
 
@@ -375,14 +375,11 @@ def _rom_ioctl(op, *a):
         if off < 0 or off + n > len(_rom_mem):
             return -22
         if _rom_f is None:
-            f = _host_vfs().open(_rom_file + ".new", "wb")
-            for i in range(0, len(_rom_mem), 4096):
-                f.write(memoryview(_rom_mem)[i:i + 4096])
-            f.close()
-            _rom_f = _host_vfs().open(_rom_file + ".new", "r+b")
+            _rom_f = _host_vfs().open(_rom_file, "r+b")
         _rom_f.seek(off)
         for i in range(0, n, 4096):
             _rom_f.write(b"\xff" * min(4096, n - i))  # erased flash
+        _rom_f.flush()
         return 4  # smallest write
     if _rom_f is None:
         return -1  # EPERM: not prepared
@@ -391,12 +388,11 @@ def _rom_ioctl(op, *a):
             return -22
         _rom_f.seek(a[1])
         _rom_f.write(a[2])
-        _rom_f.seek(a[1])
-        return 0 if _rom_f.read(len(a[2])) == a[2] else -5  # read back, or EIO
+        _rom_f.flush()
+        return 0
     if op == 5:
         _rom_f.close()
         _rom_f = None
-        _host_vfs().rename(_rom_file + ".new", _rom_file)
         return 0
     return -22
 
@@ -412,22 +408,41 @@ def _run_file(name, g):
         return False
     err = None
     try:
-        # Inside the try: the supervisor turns Ctrl-C into SIGINT from
-        # this event on, so the interrupt always lands in the file.
-        hw.event({"ev": "file", "name": name, "s": "start"})
+        # Compiled before Ctrl-C turns into SIGINT, as a board's pyexec compiles a file before
+        # it turns its interrupt character on.
         code = compile(src, name, "exec")
-        src = None  # not kept for as long as the file runs (main.py: for ever)
-        exec(code, g)
-    except BaseException as e:  # noqa: BLE001 - a board prints and goes on
-        # Print it as a board would: without the ROM's own frame.
-        import io
+    except Exception as e:  # noqa: BLE001 - a board prints and goes on
+        code, err = None, e
+    src = None  # not kept for as long as the file runs (main.py: for ever)
+    while True:
+        finished = False
+        try:
+            # The supervisor turns Ctrl-C into SIGINT from this event on.
+            hw.event({"ev": "file", "name": name, "s": "start"})
+            if err is not None:
+                raise err
+            exec(code, g)
+            finished = True
+        except BaseException as e:  # noqa: BLE001 - a board prints and goes on
+            import io
 
-        buf = io.StringIO()
-        sys.print_exception(e, buf)
-        for line in buf.getvalue().split("\n"):
-            if line and 'File "rom.py"' not in line:  # the ROM's own frames (mpy-cross -s)
-                print(line)
-        err = type(e).__name__
+            buf = io.StringIO()
+            sys.print_exception(e, buf)
+            text = buf.getvalue()
+            if isinstance(e, KeyboardInterrupt) and ('File "%s"' % name) not in text:
+                # The SIGINT landed in these lines, not in the file: before it began (on a
+                # board the interrupt is not on yet, and a Ctrl-C then is a byte), or after it
+                # ended. The file runs as if it had not come (the supervisor sends a Ctrl-C
+                # that had no effect again).
+                if finished:
+                    break
+                continue
+            # Print it as a board would: without the ROM's own frames (mpy-cross -s).
+            for line in text.split("\n"):
+                if line and 'File "rom.py"' not in line:
+                    print(line)
+            err = type(e).__name__
+        break
     hw.event({"ev": "file", "name": name, "s": "end", "err": err})
     return True
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import struct
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -851,17 +850,11 @@ class HeadEnd:
         needed = sorted({i for r in res.rounds for i in r.ciphertexts
                          if i not in r.missing})
         profiles: dict[int, dict[int, int]] = {}
-        # The serial probe silences mpremote with contextlib.redirect_stdout, which swaps the
-        # process-wide sys.stdout: threads doing it at once can leave a StringIO behind.
-        out, err = sys.stdout, sys.stderr
-        try:
-            for tgt, got in self._each([tg[i] for i in needed if tg[i].port], probe):
-                if isinstance(got, BaseException):
-                    res.lab_errors[tgt.meter_id] = _why(got)
-                else:
-                    profiles[tgt.meter_id] = got
-        finally:
-            sys.stdout, sys.stderr = out, err
+        for tgt, got in self._each([tg[i] for i in needed if tg[i].port], probe):
+            if isinstance(got, BaseException):
+                res.lab_errors[tgt.meter_id] = _why(got)
+            else:
+                profiles[tgt.meter_id] = got
         for r in res.rounds:
             t_end = (r.t + 1) * r.length
             values: dict[int, int] = {}
