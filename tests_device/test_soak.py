@@ -50,3 +50,21 @@ def test_leak_judgement() -> None:
     assert soak.leak(leaking)
     assert soak.leak(flat) is None
     assert soak.leak(dip) is None
+
+
+def test_every_member_is_probed_before_its_load_profile_wraps() -> None:
+    """The week's schedule (groups of 10, batches of 8, a group probed at most every other
+    batch): every member's lab probes, the first one included, come less than a load
+    profile (192 intervals) apart, so that every round of the week has its lab truth."""
+    cfg = soak.Config()
+    batches = cfg.intervals // cfg.batch
+    last: dict[int, int] = {}
+    probes: dict[int, list[int]] = {i: [] for i in range(cfg.group)}
+    for b in range(0, batches, 2):  # a probed group stays quiet for the next batch
+        oldest = min(range(cfg.group), key=lambda i: last.get(i, -soak.PROBE_NEVER))
+        if soak.probe_due(b, last.get(oldest), cfg.group):
+            last[oldest] = b
+            probes[oldest].append(b)
+    for i, bs in probes.items():
+        gaps = [b2 - b1 for b1, b2 in zip([0, *bs], [*bs, batches], strict=True)]
+        assert max(gaps) * cfg.batch <= soak.PROFILE_CAP - cfg.batch, (i, bs)

@@ -151,6 +151,19 @@ class Figures:
         return "\n".join(lines)
 
 
+PROBE_NEVER = 1 << 30  # a member never probed sorts first
+
+
+def probe_due(batch_no: int, last: int | None, group_size: int) -> bool:
+    """Whether a group's member probed longest ago (at batch ``last``, None: never) is due
+    for its lab probe. A group can be probed every other batch (a disturbed group stays
+    quiet for the next one), so each member once in 2 x group_size batches: from the first
+    batch on, so that the first probe of the group's last member also comes before its load
+    profile wraps (the probes once began only after 2 x group_size batches, and a week's
+    first days had no lab truth)."""
+    return last is None or batch_no - last >= 2 * group_size - 1
+
+
 def leak(samples: list[tuple[int, int]]) -> str | None:
     """Why these (interval, free heap) samples show a sustained fall, or None: a fitted
     slope below -TREND_MAX_B_PER_DAY and the last third's mean below the first third's by
@@ -375,8 +388,8 @@ class Soak:
             if gi in self.quiet or any(m.index in self.busy for m in ms):
                 continue
             free = list(ms)
-            oldest = min(free, key=lambda m: self.last_probe.get(m.index, -1))
-            if batch_no - self.last_probe.get(oldest.index, -1) >= 2 * len(ms) - 1:
+            oldest = min(free, key=lambda m: self.last_probe.get(m.index, -PROBE_NEVER))
+            if probe_due(batch_no, self.last_probe.get(oldest.index), len(ms)):
                 self.last_probe[oldest.index] = batch_no
                 self.fig.probes += 1
                 self._start(oldest, lambda m=oldest: self._probe(m))  # type: ignore[misc]
@@ -554,6 +567,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     cfg = Config(meters=a.meters, intervals=a.intervals, group=a.group, m=a.m,
                  batch=a.batch, seed=a.seed)
+    cycle = 2 * min(cfg.group, cfg.meters) * cfg.batch  # intervals between a member's probes
+    if cycle + cfg.batch > PROFILE_CAP and cfg.intervals > PROFILE_CAP:
+        ap.error(f"each member is probed once in {cycle} intervals, and its load profile "
+                 f"holds {PROFILE_CAP}: use a smaller --group or --batch (or fewer "
+                 f"--intervals), or the early rounds have no lab truth")
     if a.dir:
         fig = run(cfg, a.dir)
     else:
