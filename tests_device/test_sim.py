@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.sim import fleet
+from host_tools.sim import fleet, vmlaunch
 
 from .conftest import Fleet, mpremote
 
@@ -237,3 +238,31 @@ def test_vm_runs_under_the_native_launcher(sim: Fleet) -> None:
     with open(f"/proc/{st['vm_pid']}/status") as f:
         rss_kb = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
     assert rss_kb < 8000, rss_kb
+
+
+def test_ctrl_c_is_raised_between_bytecodes_as_on_a_board(real_port: str | None) -> None:
+    """The launcher schedules a SIGINT as a board schedules Ctrl-C: the KeyboardInterrupt comes
+    at the VM's next check between bytecodes, never from inside C code (the unix port's own
+    handler raises it there, and inside the qstr table's lock that left the VM hung)."""
+    if real_port:
+        pytest.skip("the virtual board's VM launcher")
+    site = fleet._site_dir()
+    exe, so = vmlaunch.build(site), vmlaunch.extension_path(site)
+    code = ("print('go')\n"
+            "try:\n"
+            " x = sum(range(30000000))\n"  # one long C call: no check between bytecodes
+            " print('after the C call')\n"
+            " for i in range(1000): pass\n"
+            " print('not interrupted')\n"
+            "except KeyboardInterrupt:\n"
+            " print('interrupted')\n")
+    p = subprocess.Popen([str(exe), "0", str(so), "micropython", "-X", "heapsize=64K", "-c",
+                          code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout is not None and p.stdout.readline() == "go\n"
+        time.sleep(0.05)  # inside the sum by now
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert out == "after the C call\ninterrupted\n", (out, err)

@@ -40,6 +40,7 @@ ENTRY = "micropython_unix_main"
 # SIGINT back to its default so that only MicroPython's own handler is ever seen, and
 # the VM dies with its supervisor (PR_SET_PDEATHSIG) instead of lingering.
 _MAIN = r"""
+#define _GNU_SOURCE
 #include <dlfcn.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -78,6 +79,37 @@ static void map_ro(const char *file_env, const char *map_env, int flags) {
     close(fd); /* the mapping stays */
 }
 
+/* Ctrl-C as a board raises it. The unix port's own SIGINT handler raises KeyboardInterrupt
+   from inside the signal handler (MICROPY_ASYNC_KBD_INTR, on when threads run without a GIL),
+   so wherever the VM is: inside C code holding the qstr table's mutex (the next import then
+   waits for ever: a meter that ignores every Ctrl-C), inside the GC ("heap is locked"), or in
+   the ROM's own lines around a file. A board schedules it: the VM raises it at its next
+   pending-exception check, between bytecodes, and a blocking call that the signal interrupts
+   (EINTR) checks at once. The VM installs its handler with sigaction(); this executable's
+   sigaction() comes first in the lookup (-rdynamic), and for SIGINT it installs one that
+   schedules the interrupt with the VM's own mp_sched_keyboard_interrupt(). */
+static void (*sched_kbd_intr)(void);
+
+static void scheduled_sigint(int sig) {
+    (void)sig;
+    sched_kbd_intr();
+}
+
+int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+    static int (*real)(int, const struct sigaction *, struct sigaction *);
+    if (!real) {
+        real = (int (*)(int, const struct sigaction *, struct sigaction *))dlsym(RTLD_NEXT,
+                                                                                "sigaction");
+    }
+    if (sig == SIGINT && act && sched_kbd_intr && !(act->sa_flags & SA_SIGINFO)
+        && act->sa_handler != SIG_DFL && act->sa_handler != SIG_IGN) {
+        struct sigaction mine = *act;
+        mine.sa_handler = scheduled_sigint;
+        return real(sig, &mine, old);
+    }
+    return real(sig, act, old);
+}
+
 int main(int argc, char **argv) {
     if (argc < 4) {
         fprintf(stderr, "usage: %s SUPERVISOR_PID EXTENSION_SO micropython [args...]\n", argv[0]);
@@ -96,6 +128,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "mpvm: %s\n", dlerror());
         return 127;
     }
+    sched_kbd_intr = (void (*)(void))dlsym(vm, "mp_sched_keyboard_interrupt");
     int (*vm_main)(int, char **) = (int (*)(int, char **))dlsym(vm, "%(entry)s");
     if (!vm_main) {
         fprintf(stderr, "mpvm: %s\n", dlerror());
