@@ -62,9 +62,13 @@ def test_every_member_is_probed_before_its_load_profile_wraps() -> None:
     probes: dict[int, list[int]] = {i: [] for i in range(cfg.group)}
     for b in range(0, batches, 2):  # a probed group stays quiet for the next batch
         oldest = min(range(cfg.group), key=lambda i: last.get(i, -soak.PROBE_NEVER))
-        if soak.probe_due(b, last.get(oldest), cfg.group):
+        if soak.probe_due(b, last.get(oldest), cfg):
             last[oldest] = b
             probes[oldest].append(b)
     for i, bs in probes.items():
         gaps = [b2 - b1 for b1, b2 in zip([0, *bs], [*bs, batches], strict=True)]
         assert max(gaps) * cfg.batch <= soak.PROFILE_CAP - cfg.batch, (i, bs)
+    # a run that one load profile holds is probed at its end only (its disturbances are
+    # failures and cuts)
+    day = soak.Config(intervals=96)
+    assert not any(soak.probe_due(b, None, day) for b in range(day.intervals // day.batch))

@@ -154,14 +154,17 @@ class Figures:
 PROBE_NEVER = 1 << 30  # a member never probed sorts first
 
 
-def probe_due(batch_no: int, last: int | None, group_size: int) -> bool:
+def probe_due(batch_no: int, last: int | None, cfg: Config) -> bool:
     """Whether a group's member probed longest ago (at batch ``last``, None: never) is due
-    for its lab probe. A group can be probed every other batch (a disturbed group stays
-    quiet for the next one), so each member once in 2 x group_size batches: from the first
-    batch on, so that the first probe of the group's last member also comes before its load
-    profile wraps (the probes once began only after 2 x group_size batches, and a week's
-    first days had no lab truth)."""
-    return last is None or batch_no - last >= 2 * group_size - 1
+    for its lab probe. A run that a load profile holds whole needs none before the final
+    probes. Otherwise: a group can be probed every other batch (a disturbed group stays quiet
+    for the next one), so each member once in 2 x group batches, from the first batch on, so
+    that the first probe of the group's last member also comes before its profile wraps (the
+    probes once began only after 2 x group batches, and a week's first days had no lab
+    truth)."""
+    if cfg.intervals + cfg.batch <= PROFILE_CAP:
+        return False
+    return last is None or batch_no - last >= 2 * cfg.group - 1
 
 
 def leak(samples: list[tuple[int, int]]) -> str | None:
@@ -389,7 +392,7 @@ class Soak:
                 continue
             free = list(ms)
             oldest = min(free, key=lambda m: self.last_probe.get(m.index, -PROBE_NEVER))
-            if probe_due(batch_no, self.last_probe.get(oldest.index), len(ms)):
+            if probe_due(batch_no, self.last_probe.get(oldest.index), cfg):
                 self.last_probe[oldest.index] = batch_no
                 self.fig.probes += 1
                 self._start(oldest, lambda m=oldest: self._probe(m))  # type: ignore[misc]
