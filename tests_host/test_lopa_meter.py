@@ -754,9 +754,9 @@ def test_store_binary_records_roundtrip_on_cpython(tmp_path: Path) -> None:
 
 
 # -- metrology -> dc_security, and the task module itself ------------------------------------------
-def test_metrology_sends_the_closed_intervals_index_and_its_profile_value(
-        micropython: Run, tmp_path: Path) -> None:
-    r = vm(micropython, f"""
+def _metrology_task(tmp_path: Path) -> str:
+    """VM code: `met`, a metrology task on files in tmp_path, with an ADC that gives nothing."""
+    return f"""
 import tasks.metrology as tm
 D = {str(tmp_path)!r}
 tm.ENERGY, tm.CALIB, tm.PROFILE = D + "/e.json", D + "/c.json", D + "/p.bin"
@@ -764,6 +764,12 @@ class Adc:
     def read_into(self, v, i):
         return 0
 met = tm.Metrology(Port(), {{"adc": Adc(), "adc_rate_hz": 2000, "cal_default": (1.0, 1.0, 0.0)}})
+"""
+
+
+def test_metrology_sends_the_closed_intervals_index_and_its_profile_value(
+        micropython: Run, tmp_path: Path) -> None:
+    r = vm(micropython, _metrology_task(tmp_path) + """
 L = 3
 sent = []
 for t in range(3000, 3013):          # 4 boundaries: 3003, 3006, 3009, 3012
@@ -774,7 +780,7 @@ for t in range(3000, 3013):          # 4 boundaries: 3003, 3006, 3009, 3012
             sent.append([kind, list(p)])
     met._port.out = []
 recs = [list(struct.unpack(">II", d[:8])) for _, d in met._profile.records(0, 10)]
-out({{"sent": sent, "recs": recs}})
+out({"sent": sent, "recs": recs})
 """)
     sent, recs = r["sent"], r["recs"]
     assert [k for k, _ in sent] == ["interval_value"] * len(recs) and len(recs) == 4
@@ -789,14 +795,7 @@ def test_a_clock_set_back_never_makes_the_load_profile_go_back(
     """A TIME_SET that moves the clock back into an interval already closed (a head-end's
     time a second behind, under load): the open interval stays open until the clock passes
     its end again; the profile's ends and the intervals sent to LoPA only move forward."""
-    r = vm(micropython, f"""
-import tasks.metrology as tm
-D = {str(tmp_path)!r}
-tm.ENERGY, tm.CALIB, tm.PROFILE = D + "/e.json", D + "/c.json", D + "/p.bin"
-class Adc:
-    def read_into(self, v, i):
-        return 0
-met = tm.Metrology(Port(), {{"adc": Adc(), "adc_rate_hz": 2000, "cal_default": (1.0, 1.0, 0.0)}})
+    r = vm(micropython, _metrology_task(tmp_path) + """
 L = 2
 sent = []
 for t in (600, 601, 602, 603, 601, 602, 603, 604, 605, 606):  # set back 2 s at 603 -> 601
@@ -805,7 +804,7 @@ for t in (600, 601, 602, 603, 601, 602, 603, 604, 605, 606):  # set back 2 s at 
     sent += [list(p) for to, kind, p in met._port.out if to == "dc_security"]
     met._port.out = []
 recs = [list(struct.unpack(">II", d[:8])) for _, d in met._profile.records(0, 10)]
-out({{"sent": sent, "recs": recs}})
+out({"sent": sent, "recs": recs})
 """)
     ends = [t_end for t_end, _ in r["recs"]]
     assert ends == [602, 604, 606]
