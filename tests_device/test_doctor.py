@@ -108,7 +108,7 @@ def test_doctor_reports_the_board(flashed_port: str) -> None:
     assert r.fs_total and r.fs_free is not None and 0 < r.fs_free < r.fs_total
     assert set(r.pins) == {"relay", "button", "tamper", "led"}
     assert all(v in ("0", "1") for v in r.pins.values()), r.pins  # every pin answers
-    assert r.adc_samples and r.adc_rate_hz
+    assert r.adc_samples and r.adc_rate_hz, [p.problem for p in r.problems]  # the ADC's answer
     # 100 ms of samples at the board's rate, give or take the scheduling
     assert 0.5 * r.adc_rate_hz / 10 <= r.adc_samples <= 2 * r.adc_rate_hz / 10
     assert r.modules == {"_thread": True, "cryptolib": True, "hashlib": True}

@@ -680,9 +680,11 @@ class Supervisor:
     def _sigint_unsettled(self) -> bool:
         """True while the last SIGINT may still be pending in the VM: sent less than
         SIGINT_SETTLE_S ago, or since then the VM's main thread has not had SIGINT_CPU_NS of
-        CPU (a loaded host) and its handler is still installed (at a prompt it is not). A
-        SIGINT that meets one still pending makes the unix port exit(1) inside its signal
-        handler, which can hang the VM: no second SIGINT goes out before this is False."""
+        CPU (a loaded host) and its handler is still installed (at a prompt it is not). Under
+        the fallback (CPython) launcher the unix port's own handler runs, and a SIGINT that
+        meets one still pending makes it exit(1) inside the handler, which can hang the VM; the
+        native launcher's handler only schedules the interrupt (vmlaunch.py). Either way no
+        second SIGINT goes out before this is False."""
         if not self.sigint_at:
             return False
         waited = time.monotonic() - self.sigint_at
