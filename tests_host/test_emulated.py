@@ -378,3 +378,19 @@ def test_missing_toolchain_is_installed_with_apt_get(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(build, "apt_available", lambda: False)
     with pytest.raises(build.ToolchainMissing, match="apt-get install qemu-system-arm"):
         build.ensure_toolchain(quiet=True)
+
+
+@needs_toolchain
+def test_heap_ratio_of_32_bit_objects_is_measured_on_both_vms() -> None:
+    # The same probe on the emulated 32-bit board and on the virtual board's 64-bit VM: every
+    # step measured on both, and the 32-bit heap is the smaller one (a probe that ran the same
+    # VM twice, or measured nothing, would give 1.0 or 0).
+    from host_tools.emu import heap32
+
+    rows = heap32.compare("m0plus")
+    assert {r.step for r in rows} >= set(heap32.MODULES)
+    assert all(r.bytes32 > 0 and r.bytes64 > 0 for r in rows), rows
+    objs = [r for r in rows if r.step not in heap32.MODULES]
+    ratio = sum(r.bytes32 for r in objs) / sum(r.bytes64 for r in objs)
+    assert 0.4 < ratio < 0.8, heap32.render(rows)
+    assert "| **modules imported, total** |" in heap32.render(rows)

@@ -221,12 +221,14 @@ def firmware_modules(roots: tuple[str, ...] = BENCH_IMPORTS) -> list[tuple[Path,
     return [(p, n) for n, p in sorted(seen.items())]
 
 
-def upload_firmware_modules(b: Board, arch: str | None) -> None:
-    """Put the modules the bench runs into an emulated board's RAM filesystem, compiled for
-    its architecture, as `meterctl flash` puts them into a Pico's flash."""
+def upload_firmware_modules(b: Board, arch: str | None,
+                            roots: tuple[str, ...] = BENCH_IMPORTS) -> None:
+    """Put the modules the bench runs (``roots`` and what they import) into an emulated
+    board's RAM filesystem, compiled for its architecture, as `meterctl flash` puts them into
+    a Pico's flash."""
     from host_tools.flash.build import compile_one
 
-    for src, name in firmware_modules():
+    for src, name in firmware_modules(roots):
         dest = "/" + name.replace(".", "/") + ("/__init__" if name == "tasks" else "") + ".mpy"
         _emu_put(b, dest, compile_one(src, dest, arch))
     for dest, data in EMU_STUBS.items():

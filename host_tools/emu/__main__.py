@@ -5,6 +5,7 @@ build       build the board's MicroPython (cached); prints the image's path
 run         boot the board under QEMU; prints its pty (mpremote connect PTY) and waits
 run-bench   C1-C5, C13/C14, a metrology tick beside Elster's figures (--update-doc docs/BENCH.md)
 x25519      one X25519 (RFC 7748 vector) in instructions or cycles, machine code and pure Python
+heap32      heap bytes of firmware modules and objects, 32-bit board vs the 64-bit virtual board
 gen-x25519  regenerate firmware/lib/x25519_thumb.py from host_tools/emu/x25519_gen.py
 """
 
@@ -25,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         from host_tools.emu.bench import x25519_main
 
         return x25519_main(argv[1:])
+    if argv and argv[0] == "heap32":
+        from host_tools.emu.heap32 import main as heap32_main
+
+        return heap32_main(argv[1:])
     ap = argparse.ArgumentParser(prog="python -m host_tools.emu")
     ap.add_argument("command", choices=["toolchain", "build", "run", "gen-x25519", "run-bench",
                                         "x25519"])
