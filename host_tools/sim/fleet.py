@@ -145,7 +145,8 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
     """Start meters 0..n-1 in ``base`` and wait until every VM is up. ``time_scale``: the
     virtual RTC runs that many times as fast as host time (soak tests; default 1).
     ``profile``: the port profile (host_tools/sim/profiles.py) each meter presents itself as;
-    None keeps the one a meter was last started with (``profiles.DEFAULT`` for a new meter).
+    None keeps the one a meter was last started with (for a new meter: $METER_PROFILE, else
+    ``profiles.DEFAULT``).
     The profile sets the heap (unless ``heap`` is given), the flash size and the ROMFS
     partition. An unknown name raises SimError before anything starts."""
     if n < 1:
@@ -163,7 +164,8 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
                        f"stop them first: meterctl sim stop --dir {base}")
     chosen: list[dict[str, Any]] = []
     for i in range(n):
-        name = profile or meter_profile(meter_dir(base, i)) or profiles.DEFAULT
+        name = (profile or meter_profile(meter_dir(base, i)) or os.environ.get("METER_PROFILE")
+                or profiles.DEFAULT)
         try:
             chosen.append(profiles.get(name))
         except profiles.ProfileError as e:
