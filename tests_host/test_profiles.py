@@ -155,7 +155,7 @@ def test_values_match_micropython_source(tag: str) -> None:
     pyb = _src(tag, "ports/stm32/boards/PYBV11/mpconfigboard.h")
     assert _define(pyb, "MICROPY_HW_BOARD_NAME") == '"PYBv1.1"'
     assert _define(pyb, "MICROPY_HW_MCU_NAME") == '"STM32F405RG"'
-    assert profiles.get("pybv11")["machine"] == "%s with %s" % (
+    assert profiles.get("pybv11")["machine"] == "{} with {}".format(
         _define(pyb, "MICROPY_HW_BOARD_NAME").strip('"'),
         _define(pyb, "MICROPY_HW_MCU_NAME").strip('"'))
     ld = _src(tag, "ports/stm32/boards/stm32f405.ld")
