@@ -100,7 +100,7 @@ def sim_start(meters: int, base: Path | None, heap: str | None, profile: str | N
 @friendly_errors
 def sim_status(base: Path | None, as_json: bool) -> None:
     """Show each meter: its profile, ports, VM state, REPL mode and whether main.py runs."""
-    from host_tools.sim import fleet
+    from host_tools.sim import fleet, profiles
 
     sts = fleet.status(base)
     if as_json:
@@ -110,8 +110,10 @@ def sim_status(base: Path | None, as_json: bool) -> None:
     if not sts:
         click.echo(f"no meters in {(base or fleet.default_dir()).resolve()}")
         return
-    t = Table("id", "profile", "port", "han", "vm", "repl", "main.py", "boots", "relay",
-              box=None)
+    t = Table("id", box=None)
+    t.add_column("profile", min_width=max(len(n) for n in profiles.names()), no_wrap=True)
+    for col in ("port", "han", "vm", "repl", "main.py", "boots", "relay"):
+        t.add_column(col)
     for st in sts:
         t.add_row(str(st.get("id")), st.get("profile", "-"), st.get("port", "-"),
                   st.get("han", "-"), st.get("vm", "?"),
