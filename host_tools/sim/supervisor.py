@@ -386,7 +386,8 @@ class Supervisor:
         self.adc.start(self._wave())
         if self.a.romfs_bytes:
             env["MPVM_ROMFS"] = self.romfs
-        if self.profile is not None:
+        if self.profile is not None and self.profile.get("port") != "unix":
+            # the unix profile is the ROM's own default: nothing of it need take the VM's heap
             env["MPVM_PROFILE"] = json.dumps(self.profile, separators=(",", ":"))
         self.vm_pid = os.posix_spawn(exe, argv, env, file_actions=actions, setsid=True)
         for fd in (con_slave, hw_in_r, hw_out_w, han_w):

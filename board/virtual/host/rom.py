@@ -319,24 +319,6 @@ class _Hardware:
             j += m
 
 
-def _attrtuple(name, fields, values):
-    # What a board's C attrtuple is (py/objattrtuple.c): a tuple whose items are also named
-    # attributes, printed as "(field=value, ...)". A namedtuple prints its type's name first.
-    from collections import namedtuple
-
-    class AttrTuple(namedtuple(name, fields)):
-        def __repr__(self):
-            return "(" + ", ".join("%s=%r" % (f, self[i]) for i, f in enumerate(fields)) + ")"
-
-        __str__ = __repr__
-
-    return AttrTuple(*values)
-
-
-_UNAME = ("sysname", "nodename", "release", "version", "machine")
-_uname = None  # os.uname()'s one object (a board's is static)
-
-
 class _BoardOS:
     # What a Pico's `os` offers: no system(), no getenv(), no Vfs classes. Used as the module
     # itself (the class, never an instance), so its functions need no staticmethod.
@@ -355,9 +337,29 @@ class _BoardOS:
     urandom = os.urandom
     mount = vfs.mount
     umount = vfs.umount
+    # os.uname()'s one object (a board's is static), made on its first call: no heap at boot
+    # for a rarely asked question. Until then None (the unix profile's values) or a board
+    # profile's values (boot()). A class attribute, not a new global of the ROM's.
+    _uname = None
 
     def uname():
-        return _uname
+        # an attrtuple, as a board's (py/objattrtuple.c): a tuple whose items are also named
+        # attributes, printed "(sysname=..., ...)" (a namedtuple prints its type's name first)
+        u = _BoardOS._uname
+        if u is None or type(u) is tuple:
+            from collections import namedtuple
+
+            class AttrTuple(namedtuple("uname_result",
+                                       ("sysname", "nodename", "release", "version", "machine"))):
+                def __repr__(self):
+                    return ("(sysname=%r, nodename=%r, release=%r, version=%r, machine=%r)"
+                            % tuple(self))
+
+                __str__ = __repr__
+
+            u = _BoardOS._uname = AttrTuple(*(u or ("virtual", "virtual", "1.29.0", sys.version,
+                                                    "virtual meter (MicroPython unix VM)")))
+        return u
 
     def sync():
         # Writes already reach the host kernel; nothing is cached here.
@@ -369,6 +371,7 @@ class _BoardVFS:
     # build without one (ports/rp2/mpconfigport.h).
     mount = vfs.mount
     umount = vfs.umount
+    VfsRom = vfs.VfsRom
 
 
 # vfs.rom_ioctl(op, ...), as a port with one ROMFS partition implements it (extmod/vfs.h:
@@ -416,102 +419,6 @@ def _rom_ioctl(op, *a):
 
 
 hw = None  # the _Hardware, once boot() made it
-
-# -- port profiles (host_tools/sim/profiles.py, docs/virtual-board.md "Port profiles") --------
-# The supervisor passes the profile as JSON in MPVM_PROFILE. Under a board's profile the VM
-# presents itself as that build: its os.uname(), its sys (platform, implementation, maxsize,
-# version), only its built-in modules.
-_UNIX = {"name": "unix", "port": "unix", "fs": {"type": "posix"}, "romfs_bytes": 1,
-         "hidden": []}
-_real_import = None
-_hidden = None  # {name: True} of the unix built-ins the board lacks (None: nothing hidden)
-
-
-def _on_path(top):
-    # A module `top` on sys.path's filesystems (a board imports it from there when it has no
-    # built-in of that name). Frozen modules are the VM's, not the board's: not looked at.
-    for p in sys.path:
-        if p == ".frozen":
-            continue
-        base = (p + "/" + top) if p else top
-        for cand in (base + ".py", base + ".mpy", base):
-            try:
-                os.stat(cand)
-                return True
-            except OSError:
-                pass
-    return False
-
-
-def _import(name, g=None, loc=None, fromlist=None, level=0):
-    # builtins.__import__ while a board's profile is on: py/runtime.c mp_import_name calls it
-    # for every import statement (MICROPY_CAN_OVERRIDE_BUILTINS). A unix built-in the board
-    # lacks raises ImportError as the board does (py/builtinimport.c: "no module named '%q'",
-    # the top-level name), unless the filesystem holds a module of that name. sys.modules is
-    # still consulted first, as py/builtinimport.c does: a hidden name there was put there by
-    # the ROM's port models or loaded from the filesystem.
-    if level == 0:
-        i = name.find(".")
-        top = name if i < 0 else name[:i]
-        if top in _hidden and top not in sys.modules and not _on_path(top):
-            raise ImportError("no module named '%s'" % top)
-    return _real_import(name, g, loc, fromlist, level)
-
-
-class _BoardSys:
-    # The board's `sys`, used as the module itself (the class: its functions are not bound):
-    # everything the real sys has, with the board's identity over it. sys.path, sys.modules,
-    # stdin/stdout are the real objects, so imports and the REPL see what firmware changes in
-    # them.
-    pass
-
-
-def _apply_profile(prof):
-    global _uname, _real_import, _hidden
-    import builtins
-
-    if prof["port"] == "unix":
-        _uname = _attrtuple("uname_result", _UNAME, (
-            "virtual", "virtual", "1.29.0", sys.version, "virtual meter (MicroPython unix VM)"))
-        return
-    _uname = _attrtuple("uname_result", _UNAME, (
-        prof["sysname"], prof["nodename"], prof["release"], prof["version"], prof["machine"]))
-    for n in dir(sys):
-        if not n.startswith("__"):
-            setattr(_BoardSys, n, getattr(sys, n))
-    fields = ["name", "version", "_machine", "_mpy", "_build"]
-    values = ["micropython", tuple(prof["impl_version"]), prof["machine"], prof["mpy"],
-              prof["build"]]
-    if prof["thread"]:
-        # py/modsys.c: "GIL" with MICROPY_PY_THREAD_GIL, else "unsafe"
-        fields.append("_thread")
-        values.append("GIL" if prof["thread"] == "gil" else "unsafe")
-    _BoardSys.implementation = _attrtuple("implementation", tuple(fields), values)
-    _BoardSys.platform = prof["platform"]
-    _BoardSys.maxsize = 2147483647  # a 32-bit port's (MP_SSIZE_MAX)
-    # py/modsys.c: "3.4.0; " MICROPY_BANNER_NAME_AND_VERSION
-    _BoardSys.version = "3.4.0; MicroPython " + prof["version"]
-    sys.modules["sys"] = _BoardSys
-    sys.modules["usys"] = _BoardSys
-    _hidden = {}
-    for n in prof["hidden"]:
-        _hidden[n] = True
-    _real_import = builtins.__import__
-    builtins.__import__ = _import
-
-
-def _port_module(prof):
-    # The rp2 / stm32 hardware models (port_rp2.py, port_stm32.py), imported from the ROM image
-    # while it is still mounted; None when the image holds none (skipped silently).
-    if prof["port"] not in ("rp2", "stm32"):
-        return None
-    name = "port_" + prof["port"]
-    try:
-        return __import__(name)
-    except ImportError as e:
-        if name not in str(e):
-            raise  # the model is there and failed: say so, as a board's broken ROM would
-        return None
 
 
 def _run_file(name, g):
@@ -567,8 +474,19 @@ def boot(g):
     global _rom_file, _rom_mem, _adc, hw
     g.pop("rom", None)
     sys.modules.pop("rom", None)
-    prof = json.loads(os.getenv("MPVM_PROFILE") or "null") or _UNIX
-    port_mod = _port_module(prof)
+    # A board's port profile (host_tools/sim/profiles.py; none: the unix profile): boardid.py,
+    # in this ROM image, makes the VM present itself as that build; the port's hardware
+    # models (port_rp2.py, port_stm32.py) when the image holds them. Both are imported while
+    # the image is still mounted; their code stays in its mapping.
+    prof = os.getenv("MPVM_PROFILE")
+    boardid = port_mod = None
+    if prof:
+        prof = json.loads(prof)
+        import boardid
+
+        port_mod = boardid.port_module(prof)
+    else:
+        prof = {"name": "unix", "port": "unix", "fs": {"type": "posix"}}
     vfs.umount("/_rom")
     root, mode = sys.argv[1], sys.argv[2]
     fd_in, fd_out, fd_han, flash_bytes = [int(a) for a in sys.argv[3:7]]
@@ -588,8 +506,9 @@ def boot(g):
     vfs.mount(_JailFS(root, flash_bytes), "/")
     os.chdir("/")
     sys.path[:] = ["", ".frozen", "/lib"]
-    if _rom_mem is not None and prof["romfs_bytes"]:
-        _BoardVFS.VfsRom = vfs.VfsRom
+    if prof.get("romfs_bytes") == 0:  # a board's profile without a ROMFS partition
+        del _BoardVFS.VfsRom
+    elif _rom_mem is not None:
         _BoardVFS.rom_ioctl = _rom_ioctl
         try:
             vfs.mount(vfs.VfsRom(_rom_mem), "/rom")
@@ -605,7 +524,8 @@ def boot(g):
     sys.modules["os"] = _BoardOS
     sys.modules["uos"] = _BoardOS
     sys.modules["vfs"] = _BoardVFS
-    _apply_profile(prof)
+    if boardid is not None:
+        _BoardOS._uname = boardid.apply(prof)
     if port_mod is not None:
         port_mod.install(hw)
     hw.event({"ev": "booted", "mode": mode})
