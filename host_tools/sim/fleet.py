@@ -28,7 +28,7 @@ ROM = REPO / "board" / "virtual" / "host" / "rom.py"
 # Modules the ROM image holds besides rom.py when they exist (a board profile's identity, the
 # flash models, the rp2 and stm32 hardware models): the ROM imports them under a profile that
 # needs them.
-ROM_EXTRAS = ("boardid.py", "flashdev.py", "port_rp2.py", "port_stm32.py")
+ROM_EXTRAS = ("board_identity.py", "flashdev.py", "port_rp2.py", "port_stm32.py")
 PROFILE_FILE = "profile.json"  # a meter's port profile, kept across restarts
 INPUT_PINS = ("button", "tamper")  # what the host drives; outputs (relay, led) it only reads
 SUPERVISOR = Path(__file__).with_name("supervisor.py")

@@ -337,28 +337,28 @@ class _BoardOS:
     urandom = os.urandom
     mount = vfs.mount
     umount = vfs.umount
-    # os.uname()'s one object (a board's is static), made on its first call: no heap at boot
-    # for a rarely asked question. Until then None (the unix profile's values) or a board
-    # profile's values (boot()). A class attribute, not a new global of the ROM's.
-    _uname = None
-
     def uname():
-        # an attrtuple, as a board's (py/objattrtuple.c): a tuple whose items are also named
-        # attributes, printed "(sysname=..., ...)" (a namedtuple prints its type's name first)
-        u = _BoardOS._uname
+        # An attrtuple, as a board's (py/objattrtuple.c): a tuple whose items are also named
+        # attributes, printed "(sysname=..., ...)" (a namedtuple prints its type's name first).
+        # One object (a board's is static), made on the first call and kept on hw: no heap at
+        # boot for a rarely asked question. Until then hw.uname holds a board profile's values
+        # (boot()); none: the unix profile's. The names are split from one string, not
+        # identifiers: each identifier in the ROM is a qstr interned at boot (heap).
+        u = getattr(hw, "uname", None)
         if u is None or type(u) is tuple:
             from collections import namedtuple
 
-            class AttrTuple(namedtuple("uname_result",
-                                       ("sysname", "nodename", "release", "version", "machine"))):
+            n = "uname_result sysname nodename release version machine".split()
+
+            class uname(namedtuple(n[0], n[1:])):
                 def __repr__(self):
                     return ("(sysname=%r, nodename=%r, release=%r, version=%r, machine=%r)"
                             % tuple(self))
 
                 __str__ = __repr__
 
-            u = _BoardOS._uname = AttrTuple(*(u or ("virtual", "virtual", "1.29.0", sys.version,
-                                                    "virtual meter (MicroPython unix VM)")))
+            u = hw.uname = uname(*(u or ("virtual", "virtual", "1.29.0", sys.version,
+                                         "virtual meter (MicroPython unix VM)")))
         return u
 
     def sync():
@@ -474,19 +474,19 @@ def boot(g):
     global _rom_file, _rom_mem, _adc, hw
     g.pop("rom", None)
     sys.modules.pop("rom", None)
-    # A board's port profile (host_tools/sim/profiles.py; none: the unix profile): boardid.py,
-    # in this ROM image, makes the VM present itself as that build; the port's hardware
-    # models (port_rp2.py, port_stm32.py) when the image holds them. Both are imported while
-    # the image is still mounted; their code stays in its mapping.
+    # A board's port profile (host_tools/sim/profiles.py; none: the unix profile):
+    # board_identity.py, in this ROM image, makes the VM present itself as that build, and
+    # imports the port's hardware models (port_rp2.py, port_stm32.py) when the image holds
+    # them, while it is still mounted (their code stays in its mapping). hw.profile: the
+    # profile's dict; None on the unix profile, which passes none. The module is named by a
+    # string over 10 characters and held in a local: neither is a qstr, and every identifier
+    # of the ROM's is interned at boot into the heap's qstr pools, profile or not (9 more
+    # pushed the firmware's import into a sixth, 7 KB pool).
     prof = os.getenv("MPVM_PROFILE")
-    boardid = port_mod = None
+    identity = None
     if prof:
         prof = json.loads(prof)
-        import boardid
-
-        port_mod = boardid.port_module(prof)
-    else:
-        prof = {"name": "unix", "port": "unix", "fs": {"type": "posix"}}
+        identity = __import__("board_identity").load(prof)
     vfs.umount("/_rom")
     root, mode = sys.argv[1], sys.argv[2]
     fd_in, fd_out, fd_han, flash_bytes = [int(a) for a in sys.argv[3:7]]
@@ -506,7 +506,7 @@ def boot(g):
     vfs.mount(_JailFS(root, flash_bytes), "/")
     os.chdir("/")
     sys.path[:] = ["", ".frozen", "/lib"]
-    if prof.get("romfs_bytes") == 0:  # a board's profile without a ROMFS partition
+    if identity is not None and _rom_mem is None:  # a board's profile without ROMFS partition
         del _BoardVFS.VfsRom
     elif _rom_mem is not None:
         _BoardVFS.rom_ioctl = _rom_ioctl
@@ -519,15 +519,13 @@ def boot(g):
     # powers the VM on: wait for that first message, so that no pin is read before it.
     hw._poll.poll(2000)
     hw.poll()
-    if prof["port"] == "unix":
+    if identity is None:
         sys.modules["_vhw"] = hw  # board/virtual's; hidden under a board's profile
     sys.modules["os"] = _BoardOS
     sys.modules["uos"] = _BoardOS
     sys.modules["vfs"] = _BoardVFS
-    if boardid is not None:
-        _BoardOS._uname = boardid.apply(prof)
-    if port_mod is not None:
-        port_mod.install(hw)
+    if identity is not None:
+        hw.uname = identity(prof, hw)
     hw.event({"ev": "booted", "mode": mode})
     _run_file("boot.py", g)
     if mode == "run":

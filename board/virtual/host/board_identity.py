@@ -9,6 +9,7 @@ import sys
 
 _real_import = None
 _hidden = None  # {name: True}: the unix VM's modules the board lacks (and _vhw)
+_port = None  # the port's hardware models (port_rp2 / port_stm32), when the ROM image has them
 
 
 def _attrtuple(name, fields, values):
@@ -64,10 +65,12 @@ class BoardSys:
     pass
 
 
-def apply(prof):
-    """Install the board's sys and import filter; returns os.uname()'s values."""
+def apply(prof, hw):
+    """Install the board's sys and import filter, then the port's models (install(hw): they
+    put machine, rp2, pyb, stm, ... into sys.modules); returns os.uname()'s values."""
     global _real_import, _hidden
     import builtins
+
 
     for n in dir(sys):
         if not n.startswith("__"):
@@ -90,19 +93,22 @@ def apply(prof):
     prof.pop("modules")  # what the board has is now what imports: the list is not kept
     _real_import = builtins.__import__
     builtins.__import__ = _import
+    if _port is not None:
+        _port.install(hw)
     return (prof["sysname"], prof["nodename"], prof["release"], prof["version"],
             prof["machine"])
 
 
-def port_module(prof):
-    """The port's hardware models (port_rp2 / port_stm32, in the ROM image when the rp2 and
-    stm32 work has landed), imported; None when the image holds none."""
-    if prof["port"] not in ("rp2", "stm32"):
-        return None
-    name = "port_" + prof["port"]
-    try:
-        return __import__(name)
-    except ImportError as e:
-        if name not in str(e):
-            raise  # the model is there and failed: say so, as a board's broken ROM would
-        return None
+def load(prof):
+    """Import the port's hardware models (port_rp2 / port_stm32, in the ROM image once the rp2
+    and stm32 work has landed) while the image is mounted; nothing when it holds none.
+    Returns apply(), for rom.py to call once the filesystem is mounted."""
+    global _port
+    if prof["port"] in ("rp2", "stm32"):
+        name = "port_" + prof["port"]
+        try:
+            _port = __import__(name)
+        except ImportError as e:
+            if name not in str(e):
+                raise  # the model is there and failed: say so, as a board's broken ROM would
+    return apply
