@@ -66,8 +66,8 @@ def sim() -> None:
               help="VM heap, e.g. 192K [default: the profile's, the board's GC heap]")
 @click.option("--profile", default=None, metavar="NAME",
               help="the official build each meter presents itself as: rp2-pico, rp2-pico2, "
-                   "pybv11, pybv11-thread or unix [default: the meter's last, else "
-                   "unix]")
+                   "pybv11, pybv11-thread or unix (docs/virtual-board.md, Port profiles) "
+                   "[default: the meter's last, else $METER_PROFILE, else unix]")
 @click.option("--seed", type=int, default=1, show_default=True,
               help="fleet seed; each meter's waveform seed derives from it")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
