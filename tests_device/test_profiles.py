@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from host_tools.flash.build import BOARDS_DIR as REPO_BOARDS
+from host_tools.flash.deploy import flash
 from host_tools.sim import fleet, profiles
 from host_tools.transport.serial import Board
 
@@ -202,6 +204,31 @@ def test_a_file_module_shadows_a_missing_builtin(tmp_path: Path) -> None:
         fleet.power_cut(0, base)
         r = mpremote(port, "exec", "import sys; print(sys.platform)")
         assert r.stdout.strip() == "pyboard", r.stderr
+    finally:
+        _LIVE_FLEETS.remove(base)
+        fleet.stop(base)
+
+
+@pytest.mark.parametrize(("name", "board", "arch"), [("rp2-pico2", "rp2_pico", "armv7emsp"),
+                                                     ("pybv11", "stm32_pybv11", "armv7emsp")])
+def test_flash_picks_the_boards_definition_and_arch(tmp_path: Path, name: str, board: str,
+                                                    arch: str) -> None:
+    """`meterctl flash` reads the identity as on a real board: the definition (an RP2350 gets
+    rp2_pico, and says why, until board/rp2_pico2 exists), .mpy for the board's architecture,
+    no ROMFS image where the build has no partition."""
+    if (REPO_BOARDS / "rp2_pico2" / "__init__.py").exists() and name == "rp2-pico2":
+        board = "rp2_pico2"
+    base = tmp_path / "fleet"
+    port = fleet.start(1, base, profile=name)[0]["port"]
+    _LIVE_FLEETS.append(base)
+    try:
+        r = flash(port, timeout=60)
+        assert r.board_name == board
+        assert r.mode == f".mpy for {arch}"
+        assert r.romfs_bytes == 0
+        if board == "rp2_pico" and name == "rp2-pico2":
+            assert any("rp2_pico2 does not exist yet" in n for n in r.notes), r.notes
+        assert (fleet.meter_dir(base, 0) / "fs" / "board" / "__init__.mpy").exists()
     finally:
         _LIVE_FLEETS.remove(base)
         fleet.stop(base)
