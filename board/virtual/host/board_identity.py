@@ -88,9 +88,9 @@ def apply(prof, hw):
     sys.modules["sys"] = BoardSys
     sys.modules["usys"] = BoardSys
     _hidden = {}
-    for n in prof.pop("hidden"):
+    for n in prof.pop("hidden", ()):
         _hidden[n] = True
-    prof.pop("modules")  # what the board has is now what imports: the list is not kept
+    prof.pop("modules", None)  # what the board has is now what imports: the list is not kept
     _real_import = builtins.__import__
     builtins.__import__ = _import
     if _port is not None:
