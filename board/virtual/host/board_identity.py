@@ -71,7 +71,6 @@ def apply(prof, hw):
     global _real_import, _hidden
     import builtins
 
-
     for n in dir(sys):
         if not n.startswith("__"):
             setattr(BoardSys, n, getattr(sys, n))
