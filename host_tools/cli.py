@@ -62,22 +62,34 @@ def sim() -> None:
 @sim.command("start")
 @click.option("--meters", "-n", type=int, default=1, show_default=True)
 @dir_option
-@click.option("--heap", default="192K", show_default=True, help="VM heap (a Pico has ~192K)")
+@click.option("--heap", default=None,
+              help="VM heap, e.g. 192K [default: the profile's, the board's GC heap]")
+@click.option("--profile", default=None, metavar="NAME",
+              help="the official build each meter presents itself as: rp2-pico, rp2-pico2, "
+                   "pybv11, pybv11-thread or unix (docs/virtual-board.md, Port profiles) "
+                   "[default: the meter's last, else $METER_PROFILE, else unix]")
 @click.option("--seed", type=int, default=1, show_default=True,
               help="fleet seed; each meter's waveform seed derives from it")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @click.option("--trace", is_flag=True, help="log every byte in each supervisor.log")
 @friendly_errors
-def sim_start(meters: int, base: Path | None, heap: str, seed: int, timeout: float,
-              trace: bool) -> None:
+def sim_start(meters: int, base: Path | None, heap: str | None, profile: str | None, seed: int,
+              timeout: float, trace: bool) -> None:
     """Start METERS virtual meters; print one JSON line per meter once all are up."""
-    from host_tools.sim import fleet
+    from host_tools.sim import fleet, profiles
+
+    if profile is not None and profile not in profiles.PROFILES:
+        # a usage error: one line, exit status 2, nothing started
+        err_console.print(f"[bold red]error:[/] unknown profile {profile!r}; valid: "
+                          f"{', '.join(profiles.names())}", highlight=False, soft_wrap=True)
+        sys.exit(2)
 
     with Progress(TextColumn("starting meters"), BarColumn(), TextColumn("{task.completed}/"
                   "{task.total}"), console=err_console, transient=True) as prog:
         task = prog.add_task("start", total=meters)
         recs = fleet.start(meters, base, heap=heap, seed=seed, timeout=timeout, trace=trace,
-                           progress=lambda done, _n: prog.update(task, completed=done))
+                           progress=lambda done, _n: prog.update(task, completed=done),
+                           profile=profile)
     for r in recs:
         click.echo(json.dumps(r))
 
@@ -87,8 +99,8 @@ def sim_start(meters: int, base: Path | None, heap: str, seed: int, timeout: flo
 @click.option("--json", "as_json", is_flag=True, help="one JSON object per meter")
 @friendly_errors
 def sim_status(base: Path | None, as_json: bool) -> None:
-    """Show each meter: its ports, VM state, REPL mode and whether main.py runs."""
-    from host_tools.sim import fleet
+    """Show each meter: its profile, ports, VM state, REPL mode and whether main.py runs."""
+    from host_tools.sim import fleet, profiles
 
     sts = fleet.status(base)
     if as_json:
@@ -98,9 +110,13 @@ def sim_status(base: Path | None, as_json: bool) -> None:
     if not sts:
         click.echo(f"no meters in {(base or fleet.default_dir()).resolve()}")
         return
-    t = Table("id", "port", "han", "vm", "repl", "main.py", "boots", "relay", box=None)
+    t = Table("id", box=None)
+    t.add_column("profile", min_width=max(len(n) for n in profiles.names()), no_wrap=True)
+    for col in ("port", "han", "vm", "repl", "main.py", "boots", "relay"):
+        t.add_column(col)
     for st in sts:
-        t.add_row(str(st.get("id")), st.get("port", "-"), st.get("han", "-"), st.get("vm", "?"),
+        t.add_row(str(st.get("id")), st.get("profile", "-"), st.get("port", "-"),
+                  st.get("han", "-"), st.get("vm", "?"),
                   st.get("repl", "-"), st.get("files", {}).get("main.py", "-"),
                   str(st.get("boots", "-")), str(st.get("pins", {}).get("relay", "-")))
     console.print(t)

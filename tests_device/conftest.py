@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,12 +16,33 @@ import pytest
 from host_tools.flash.deploy import flash
 from host_tools.headend.keystore import Keystore
 from host_tools.headend.provision import provision
-from host_tools.sim import fleet
+from host_tools.sim import fleet, profiles
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--port", default=None,
                      help="run the device tests against a real board on this serial port")
+    parser.addoption("--profile", default=None,
+                     help="port profile of the session's virtual meters (host_tools/sim/"
+                          "profiles.py; default: $METER_PROFILE, else the fleet's default)")
+
+
+_SESSION_PROFILE: list[str | None] = [None]  # set by pytest_configure: own_meters' default
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    name = config.getoption("--profile") or os.environ.get("METER_PROFILE") or None
+    if name is not None and name not in profiles.PROFILES:
+        raise pytest.UsageError(f"unknown profile {name!r}; valid: {', '.join(profiles.names())}")
+    _SESSION_PROFILE[0] = name
+    if name is not None:
+        # fleets the tests start with fleet.start() directly follow it too (for a new meter)
+        os.environ["METER_PROFILE"] = name
+
+
+def session_profile() -> str | None:
+    """The profile chosen for the session (--profile or $METER_PROFILE), if any."""
+    return _SESSION_PROFILE[0]
 
 
 @dataclass
@@ -70,7 +92,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> Iter
     if real_port:
         pytest.skip("needs the virtual board's host-side control (running against --port)")
     base = tmp_path_factory.mktemp("fleet")
-    meters = fleet.start(3, base)
+    meters = fleet.start(3, base, profile=session_profile())
     _LIVE_FLEETS.append(base)
     try:
         yield Fleet(base, meters)
@@ -113,13 +135,14 @@ class OwnMeter:
 
 @contextlib.contextmanager
 def own_meters(tmp: Path, n: int, *, wave: dict[str, float] | None = None,
-               timeout: float = 30.0, **provision_kwargs: Any) -> Iterator[list[OwnMeter]]:
+               timeout: float = 30.0, profile: str | None = None,
+               **provision_kwargs: Any) -> Iterator[list[OwnMeter]]:
     """Start `n` virtual meters in ``tmp`` (their load fixed to `wave` from power-up, if
-    given), flash the firmware, provision each (one keystore in ``tmp``; ``provision_kwargs``
-    as for provision()), and stop them afterwards. Timeouts are generous: several VMs boot at
-    once on a busy host."""
+    given; under ``profile``, else the session's), flash the firmware, provision each (one
+    keystore in ``tmp``; ``provision_kwargs`` as for provision()), and stop them afterwards.
+    Timeouts are generous: several VMs boot at once on a busy host."""
     base = tmp / "fleet"
-    recs = fleet.start(n, base)
+    recs = fleet.start(n, base, profile=profile or session_profile())
     _LIVE_FLEETS.append(base)
     try:
         if wave is not None:

@@ -58,14 +58,29 @@ def board_names() -> list[str]:
                   if p.is_dir() and (p / "__init__.py").exists())
 
 
-def board_for_platform(platform: str) -> str:
-    """The board definition for a board's sys.platform."""
+def board_for_platform(platform: str, machine: str = "") -> str:
+    """The board definition for a board's sys.platform and, on rp2, its machine (os.uname():
+    "... with RP2040" or "... with RP2350"): an RP2350 gets rp2_pico2 once that definition
+    exists, rp2_pico until then (the same port API; rp2_pico_fallback() says so)."""
     by_platform = {"linux": "virtual", "rp2": "rp2_pico", "pyboard": "stm32_pybv11"}
     name = by_platform.get(platform)
     if name is None:
         raise BuildError(f"no board definition for platform {platform!r}; use --board "
                          f"(known: {', '.join(board_names())})")
+    return rp2_model(name, machine)
+
+
+def rp2_model(name: str, machine: str) -> str:
+    """rp2_pico2 for an rp2 board whose machine names the RP2350, if board/rp2_pico2 exists."""
+    if name == "rp2_pico" and "RP2350" in machine and \
+            (BOARDS_DIR / "rp2_pico2" / "__init__.py").exists():
+        return "rp2_pico2"
     return name
+
+
+def rp2_pico_fallback(name: str, machine: str) -> bool:
+    """True when an RP2350 board gets rp2_pico because board/rp2_pico2 does not exist yet."""
+    return name == "rp2_pico" and "RP2350" in machine
 
 
 def board_for_usb(vid: int) -> str | None:

@@ -50,6 +50,8 @@ from host_tools.flash.build import (
     board_for_usb,
     build_image,
     romfs_image,
+    rp2_model,
+    rp2_pico_fallback,
 )
 from host_tools.transport.serial import Board, BoardError, BoardInfo, usb_id
 
@@ -164,11 +166,18 @@ def pick_board(port: str, info: BoardInfo) -> tuple[str, str]:
     """(board definition, why): by the port's USB VID:PID when the vendor is a
     MicroPython board's, else by the board's sys.platform."""
     ids = usb_id(port)
+    name = why = None
     if ids is not None:
         name = board_for_usb(ids[0])
         if name is not None:
-            return name, f"USB VID:PID {ids[0]:04X}:{ids[1]:04X}"
-    return board_for_platform(info.platform), f"sys.platform {info.platform!r}"
+            # a Pico 2 has a Pico's VID:PID: its machine (RP2350) decides
+            name, why = rp2_model(name, info.machine), f"USB VID:PID {ids[0]:04X}:{ids[1]:04X}"
+    if name is None or why is None:
+        name = board_for_platform(info.platform, info.machine)
+        why = f"sys.platform {info.platform!r}"
+    if rp2_pico_fallback(name, info.machine):
+        why += " (an RP2350: board/rp2_pico2 does not exist yet, so rp2_pico)"
+    return name, why
 
 
 def flash(port: str, *, source: bool = False, board_name: str | None = None,

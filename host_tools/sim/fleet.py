@@ -22,9 +22,14 @@ from pathlib import Path
 from typing import Any
 
 from host_tools.flash.build import REPO, ImageFile, compile_one, romfs_image
-from host_tools.sim import vmlaunch
+from host_tools.sim import profiles, vmlaunch
 
 ROM = REPO / "board" / "virtual" / "host" / "rom.py"
+# Modules the ROM image holds besides rom.py when they exist (a board profile's identity, the
+# flash models, the rp2 and stm32 hardware models): the ROM imports them under a profile that
+# needs them.
+ROM_EXTRAS = ("board_identity.py", "flashdev.py", "port_rp2.py", "port_stm32.py")
+PROFILE_FILE = "profile.json"  # a meter's port profile, kept across restarts
 INPUT_PINS = ("button", "tamper")  # what the host drives; outputs (relay, led) it only reads
 SUPERVISOR = Path(__file__).with_name("supervisor.py")
 
@@ -86,7 +91,13 @@ def rom_image(cache: Path | None = None) -> Path:
     into a ROMFS image, which the VM's launcher maps read-only outside the heap and the VM runs
     in place (supervisor.BOOT), as a board runs its ROM's C code from flash: its bytecode,
     strings and names take no heap (docs/hardware.md, "Memory"). Built once, cached."""
-    img = romfs_image([ImageFile(ROM, "/rom.mpy", compile_one(ROM, "/rom.py", None))])
+    files = [ImageFile(ROM, "/rom.mpy", compile_one(ROM, "/rom.py", None))]
+    for name in ROM_EXTRAS:
+        src = ROM.with_name(name)
+        if src.exists():
+            mpy = "/" + name[:-3] + ".mpy"
+            files.append(ImageFile(src, mpy, compile_one(src, "/" + name, None)))
+    img = romfs_image(files)
     cache = cache or vmlaunch.default_cache()
     out = cache / f"boardrom-{hashlib.sha256(img).hexdigest()[:16]}.romfs"
     if not out.exists():
@@ -119,20 +130,47 @@ def meter_record(st: dict[str, Any]) -> dict[str, Any]:
             "pid": st["pid"]}
 
 
-def start(n: int, base: Path | None = None, *, heap: str = "192K", seed: int = 1,
+def meter_profile(mdir: Path) -> str | None:
+    """The profile a meter was last started with (None: never started with one)."""
+    try:
+        name = json.loads((mdir / PROFILE_FILE).read_text())["name"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(name)
+
+
+def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: int = 1,
           timeout: float = 30.0, trace: bool = False,
           progress: Callable[[int, int], None] | None = None,
-          time_scale: float | None = None) -> list[dict[str, Any]]:
+          time_scale: float | None = None, profile: str | None = None) -> list[dict[str, Any]]:
     """Start meters 0..n-1 in ``base`` and wait until every VM is up. ``time_scale``: the
-    virtual RTC runs that many times as fast as host time (soak tests; default 1)."""
+    virtual RTC runs that many times as fast as host time (soak tests; default 1).
+    ``profile``: the port profile (host_tools/sim/profiles.py) each meter presents itself as;
+    None keeps the one a meter was last started with (for a new meter: $METER_PROFILE, else
+    ``profiles.DEFAULT``).
+    The profile sets the heap (unless ``heap`` is given), the flash size and the ROMFS
+    partition. An unknown name raises SimError before anything starts."""
     if n < 1:
         raise SimError("--meters must be at least 1")
+    if profile is not None:
+        try:
+            profiles.get(profile)
+        except profiles.ProfileError as e:
+            raise SimError(str(e)) from None
     base = (base or default_dir()).resolve()
     base.mkdir(parents=True, exist_ok=True)
     running = [d.name for d in meter_dirs(base) if is_running(d)]
     if running:
         raise SimError(f"{base}: meters already running ({', '.join(running[:5])}); "
                        f"stop them first: meterctl sim stop --dir {base}")
+    chosen: list[dict[str, Any]] = []
+    for i in range(n):
+        name = (profile or meter_profile(meter_dir(base, i)) or os.environ.get("METER_PROFILE")
+                or profiles.DEFAULT)
+        try:
+            chosen.append(profiles.get(name))
+        except profiles.ProfileError as e:
+            raise SimError(f"meter {i}: {e}; give --profile") from None
     site = _site_dir()
     launcher: list[str] = []
     try:
@@ -150,8 +188,14 @@ def start(n: int, base: Path | None = None, *, heap: str = "192K", seed: int = 1
         (mdir / "fs").mkdir(exist_ok=True)
         for stale in ("ctl.sock", "port", "han"):
             (mdir / stale).unlink(missing_ok=True)
+        prof = chosen[i]
+        tmp = mdir / f"{PROFILE_FILE}.tmp"
+        tmp.write_text(json.dumps(prof, indent=1))
+        os.replace(tmp, mdir / PROFILE_FILE)
         args = [sys.executable, "-S", str(SUPERVISOR), "--dir", str(mdir), "--index", str(i),
-                "--seed", str(seed * 1000 + i), "--heap", heap, "--site", site,
+                "--seed", str(seed * 1000 + i), "--heap", heap or str(prof["heap"]),
+                "--flash-bytes", str(prof["fs"]["bytes"]),
+                "--romfs-bytes", str(prof["romfs_bytes"]), "--site", site,
                 "--rom", str(rom), *launcher]
         if trace:
             args.append("--trace")
@@ -197,7 +241,8 @@ def status(base: Path | None = None) -> list[dict[str, Any]]:
             out.append(ctl(d, {"cmd": "status"}, timeout=5))
         except SimError as e:
             out.append({"ok": False, "id": int(d.name.split("-")[1]), "dir": str(d),
-                        "vm": "stopped", "error": str(e)})
+                        "vm": "stopped", "profile": meter_profile(d) or profiles.DEFAULT,
+                        "error": str(e)})
     return out
 
 

@@ -246,6 +246,9 @@ class Supervisor:
         self.log_f = open(os.path.join(self.dir, "supervisor.log"), "a", buffering=1)
         self.hw_path = os.path.join(self.dir, "hw.json")
         self.hw = self._load_hw()
+        # The port profile (host_tools/sim/profiles.py) the fleet chose for this meter and kept
+        # in its directory, so that restarts and power cuts keep it; none: the unix profile.
+        self.profile = self._load_profile()
         self._time_scale(float(a.time_scale))
         self.client, self.port = open_pty()
         self.han, self.han_port = open_pty()
@@ -314,6 +317,16 @@ class Supervisor:
             pass
         return hw
 
+    def _load_profile(self) -> dict[str, Any] | None:
+        try:
+            with open(os.path.join(self.dir, "profile.json")) as f:
+                p = json.load(f)
+        except FileNotFoundError:
+            return None
+        if not isinstance(p, dict) or not isinstance(p.get("name"), str):
+            raise SystemExit(f"{self.dir}/profile.json: not a port profile")
+        return p
+
     def _time_scale(self, scale: float) -> None:
         """Virtual board only (the soak, host_tools/reliability/soak.py): the RTC runs
         ``scale`` times as fast as host time from an anchor, RTC = anchor + (now - anchor) *
@@ -373,6 +386,9 @@ class Supervisor:
         self.adc.start(self._wave())
         if self.a.romfs_bytes:
             env["MPVM_ROMFS"] = self.romfs
+        if self.profile is not None and self.profile.get("port") != "unix":
+            # the unix profile is the ROM's own default: nothing of it need take the VM's heap
+            env["MPVM_PROFILE"] = json.dumps(self.profile, separators=(",", ":"))
         self.vm_pid = os.posix_spawn(exe, argv, env, file_actions=actions, setsid=True)
         for fd in (con_slave, hw_in_r, hw_out_w, han_w):
             os.close(fd)
@@ -740,6 +756,7 @@ class Supervisor:
                 "relay_changes": self.hw["relay_changes"], "wave": self.hw["wave"],
                 "led_last_change_s": None if age is None else round(age, 3),
                 "client_connected": self.client_connected, "heap": self.a.heap,
+                "profile": self.profile["name"] if self.profile else "unix",
                 "sim_time": self.hw["sim_time"],
                 "write_cut": self.wcut, **self.stats}
 

@@ -337,10 +337,29 @@ class _BoardOS:
     urandom = os.urandom
     mount = vfs.mount
     umount = vfs.umount
-
     def uname():
-        return ("virtual", "virtual", "1.29.0", sys.version,
-                "virtual meter (MicroPython unix VM)")
+        # An attrtuple, as a board's (py/objattrtuple.c): a tuple whose items are also named
+        # attributes, printed "(sysname=..., ...)" (a namedtuple prints its type's name first).
+        # One object (a board's is static), made on the first call and kept on hw: no heap at
+        # boot for a rarely asked question. Until then hw.uname holds a board profile's values
+        # (boot()); none: the unix profile's. The names are split from one string, not
+        # identifiers: each identifier in the ROM is a qstr interned at boot (heap).
+        u = getattr(hw, "uname", None)
+        if u is None or type(u) is tuple:
+            from collections import namedtuple
+
+            n = "uname_result sysname nodename release version machine".split()
+
+            class uname(namedtuple(n[0], n[1:])):
+                def __repr__(self):
+                    return ("(sysname=%r, nodename=%r, release=%r, version=%r, machine=%r)"
+                            % tuple(self))
+
+                __str__ = __repr__
+
+            u = hw.uname = uname(*(u or ("virtual", "virtual", "1.29.0", sys.version,
+                                         "virtual meter (MicroPython unix VM)")))
+        return u
 
     def sync():
         # Writes already reach the host kernel; nothing is cached here.
@@ -348,6 +367,8 @@ class _BoardOS:
 
 
 class _BoardVFS:
+    # VfsRom and rom_ioctl only with a ROMFS partition (boot()), as MICROPY_VFS_ROM is 0 on a
+    # build without one (ports/rp2/mpconfigport.h).
     mount = vfs.mount
     umount = vfs.umount
     VfsRom = vfs.VfsRom
@@ -453,11 +474,25 @@ def boot(g):
     global _rom_file, _rom_mem, _adc, hw
     g.pop("rom", None)
     sys.modules.pop("rom", None)
+    # A board's port profile (host_tools/sim/profiles.py; none: the unix profile):
+    # board_identity.py, in this ROM image, makes the VM present itself as that build, and
+    # imports the port's hardware models (port_rp2.py, port_stm32.py) when the image holds
+    # them, while it is still mounted (their code stays in its mapping). hw.profile: the
+    # profile's dict; None on the unix profile, which passes none. The module is named by a
+    # string over 10 characters and held in a local: neither is a qstr, and every identifier
+    # of the ROM's is interned at boot into the heap's qstr pools, profile or not (9 more
+    # pushed the firmware's import into a sixth, 7 KB pool).
+    prof = os.getenv("MPVM_PROFILE")
+    identity = None
+    if prof:
+        prof = json.loads(prof)
+        identity = __import__("board_identity").load(prof)
     vfs.umount("/_rom")
     root, mode = sys.argv[1], sys.argv[2]
     fd_in, fd_out, fd_han, flash_bytes = [int(a) for a in sys.argv[3:7]]
     sys.argv[:] = []
     hw = _Hardware(fd_in, fd_out, fd_han)  # before the jail hides the host filesystem
+    hw.profile = prof
     _rom_file = os.getenv("MPVM_ROMFS")
     import uctypes
 
@@ -471,7 +506,9 @@ def boot(g):
     vfs.mount(_JailFS(root, flash_bytes), "/")
     os.chdir("/")
     sys.path[:] = ["", ".frozen", "/lib"]
-    if _rom_mem is not None:
+    if identity is not None and _rom_mem is None:  # a board's profile without ROMFS partition
+        del _BoardVFS.VfsRom
+    elif _rom_mem is not None:
         _BoardVFS.rom_ioctl = _rom_ioctl
         try:
             vfs.mount(vfs.VfsRom(_rom_mem), "/rom")
@@ -482,10 +519,13 @@ def boot(g):
     # powers the VM on: wait for that first message, so that no pin is read before it.
     hw._poll.poll(2000)
     hw.poll()
-    sys.modules["_vhw"] = hw
+    if identity is None:
+        sys.modules["_vhw"] = hw  # board/virtual's; hidden under a board's profile
     sys.modules["os"] = _BoardOS
     sys.modules["uos"] = _BoardOS
     sys.modules["vfs"] = _BoardVFS
+    if identity is not None:
+        hw.uname = identity(prof, hw)
     hw.event({"ev": "booted", "mode": mode})
     _run_file("boot.py", g)
     if mode == "run":

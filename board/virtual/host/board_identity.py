@@ -1,0 +1,113 @@
+# The virtual board's identity under a board's port profile (host_tools/sim/profiles.py;
+# docs/virtual-board.md, "Port profiles"): part of the ROM image (host_tools/sim/fleet.py
+# rom_image), imported by rom.py only when the supervisor passes a profile (MPVM_PROFILE), so
+# the unix profile pays no heap for it. It makes the VM present itself as that official build:
+#   - `sys` / `usys`: the VM's sys with the board's platform, implementation, maxsize, version;
+#   - only the board's built-in modules import (an overridden builtins.__import__);
+# and returns os.uname()'s values for rom.py's attrtuple.
+import sys
+
+_real_import = None
+_hidden = None  # {name: True}: the unix VM's modules the board lacks (and _vhw)
+_port = None  # the port's hardware models (port_rp2 / port_stm32), when the ROM image has them
+
+
+def _attrtuple(name, fields, values):
+    # A board's C attrtuple (py/objattrtuple.c): a tuple whose items are also attributes,
+    # printed "(field=value, ...)"; a namedtuple would print its type's name first.
+    from collections import namedtuple
+
+    class AttrTuple(namedtuple(name, fields)):
+        def __repr__(self):
+            return "(" + ", ".join("%s=%r" % (f, self[i]) for i, f in enumerate(fields)) + ")"
+
+        __str__ = __repr__
+
+    return AttrTuple(*values)
+
+
+def _on_path(top):
+    # A module `top` on sys.path's filesystems: a board imports it from there when it has no
+    # built-in of that name. The VM's frozen modules are not the board's: not looked at.
+    import os
+
+    for p in sys.path:
+        if p == ".frozen":
+            continue
+        base = (p + "/" + top) if p else top
+        for cand in (base + ".py", base + ".mpy", base):
+            try:
+                os.stat(cand)
+                return True
+            except OSError:
+                pass
+    return False
+
+
+def _import(name, g=None, loc=None, fromlist=None, level=0):
+    # builtins.__import__: py/runtime.c mp_import_name calls it for every import statement
+    # (MICROPY_CAN_OVERRIDE_BUILTINS). A unix built-in the board lacks raises the board's
+    # ImportError (py/builtinimport.c: "no module named '%q'", the top-level name), unless
+    # sys.modules holds the name (py/builtinimport.c looks there first: a port model put it
+    # there, or it came from the filesystem) or a file of that name is on sys.path.
+    if level == 0:
+        i = name.find(".")
+        top = name if i < 0 else name[:i]
+        if top in _hidden and top not in sys.modules and not _on_path(top):
+            raise ImportError("no module named '%s'" % top)
+    return _real_import(name, g, loc, fromlist, level)
+
+
+class BoardSys:
+    # The board's `sys`, used as the module itself (the class: functions stored on it are not
+    # bound): every attribute of the VM's sys - the same path, modules, stdin/stdout, exit,
+    # atexit, print_exception objects - with the board's identity over them.
+    pass
+
+
+def apply(prof, hw):
+    """Install the board's sys and import filter, then the port's models (install(hw): they
+    put machine, rp2, pyb, stm, ... into sys.modules); returns os.uname()'s values."""
+    global _real_import, _hidden
+    import builtins
+
+    for n in dir(sys):
+        if not n.startswith("__"):
+            setattr(BoardSys, n, getattr(sys, n))
+    fields = ["name", "version", "_machine", "_mpy", "_build"]
+    values = ["micropython", tuple(prof["impl_version"]), prof["machine"], prof["mpy"],
+              prof["build"]]
+    if prof["thread"]:
+        fields.append("_thread")  # py/modsys.c: "GIL" with MICROPY_PY_THREAD_GIL, else "unsafe"
+        values.append("GIL" if prof["thread"] == "gil" else "unsafe")
+    BoardSys.implementation = _attrtuple("implementation", tuple(fields), values)
+    BoardSys.platform = prof["platform"]
+    BoardSys.maxsize = 2147483647  # a 32-bit port's (MP_SSIZE_MAX)
+    BoardSys.version = "3.4.0; MicroPython " + prof["version"]  # py/modsys.c
+    sys.modules["sys"] = BoardSys
+    sys.modules["usys"] = BoardSys
+    _hidden = {}
+    for n in prof.pop("hidden", ()):
+        _hidden[n] = True
+    prof.pop("modules", None)  # what the board has is now what imports: the list is not kept
+    _real_import = builtins.__import__
+    builtins.__import__ = _import
+    if _port is not None:
+        _port.install(hw)
+    return (prof["sysname"], prof["nodename"], prof["release"], prof["version"],
+            prof["machine"])
+
+
+def load(prof):
+    """Import the port's hardware models (port_rp2 / port_stm32, in the ROM image once the rp2
+    and stm32 work has landed) while the image is mounted; nothing when it holds none.
+    Returns apply(), for rom.py to call once the filesystem is mounted."""
+    global _port
+    if prof["port"] in ("rp2", "stm32"):
+        name = "port_" + prof["port"]
+        try:
+            _port = __import__(name)
+        except ImportError as e:
+            if name not in str(e):
+                raise  # the model is there and failed: say so, as a board's broken ROM would
+    return apply
