@@ -25,6 +25,8 @@ from host_tools.flash.build import REPO, ImageFile, compile_one, romfs_image
 from host_tools.sim import vmlaunch
 
 ROM = REPO / "board" / "virtual" / "host" / "rom.py"
+# the ROM's own modules beside it, when present (PROFILE_SCHEMA.md): the flash model, ...
+ROM_MODULES = [ROM.with_name("flashdev.py")]
 INPUT_PINS = ("button", "tamper")  # what the host drives; outputs (relay, led) it only reads
 SUPERVISOR = Path(__file__).with_name("supervisor.py")
 
@@ -86,7 +88,12 @@ def rom_image(cache: Path | None = None) -> Path:
     into a ROMFS image, which the VM's launcher maps read-only outside the heap and the VM runs
     in place (supervisor.BOOT), as a board runs its ROM's C code from flash: its bytecode,
     strings and names take no heap (docs/hardware.md, "Memory"). Built once, cached."""
-    img = romfs_image([ImageFile(ROM, "/rom.mpy", compile_one(ROM, "/rom.py", None))])
+    files = [ImageFile(ROM, "/rom.mpy", compile_one(ROM, "/rom.py", None))]
+    for extra in ROM_MODULES:
+        if extra.exists():
+            files.append(ImageFile(extra, f"/{extra.stem}.mpy",
+                                   compile_one(extra, f"/{extra.name}", None)))
+    img = romfs_image(files)
     cache = cache or vmlaunch.default_cache()
     out = cache / f"boardrom-{hashlib.sha256(img).hexdigest()[:16]}.romfs"
     if not out.exists():

@@ -369,7 +369,8 @@ class Supervisor:
             (con_slave, 0), (con_slave, 1), (con_slave, 2),
             (hw_in_r, VM_FDS[0]), (hw_out_w, VM_FDS[1]), (han_w, VM_FDS[2]))]
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": self.dir,
-               "MPVM_BOARDROM": self.a.rom, "MPVM_ADC": self.adc.path}
+               "MPVM_BOARDROM": self.a.rom, "MPVM_ADC": self.adc.path,
+               **{k: v for k, v in os.environ.items() if k == "MPVM_PROFILE"}}
         self.adc.start(self._wave())
         if self.a.romfs_bytes:
             env["MPVM_ROMFS"] = self.romfs

@@ -343,8 +343,10 @@ class _BoardOS:
                 "virtual meter (MicroPython unix VM)")
 
     def sync():
-        # Writes already reach the host kernel; nothing is cached here.
-        pass
+        # extmod/modos.c mp_os_sync(): a CTRL_SYNC to every FAT mount, i.e. the pyboard's
+        # flash cache written back (flashdev.py). littlefs and the jail cache nothing.
+        if _fat_dev is not None:
+            _fat_dev.ioctl(3, 0)
 
 
 class _BoardVFS:
@@ -398,6 +400,7 @@ def _rom_ioctl(op, *a):
 
 
 hw = None  # the _Hardware, once boot() made it
+_fat_dev = None  # the FAT filesystem's block device (flashdev.py), which os.sync() syncs
 
 
 def _run_file(name, g):
@@ -450,9 +453,15 @@ def _run_file(name, g):
 def boot(g):
     # Called by the supervisor's BOOT with the REPL's globals `g`, in which boot.py and main.py
     # run. The ROM's own image is unmounted first: nothing of it is left to the firmware.
-    global _rom_file, _rom_mem, _adc, hw
+    global _rom_file, _rom_mem, _adc, hw, _fat_dev
     g.pop("rom", None)
     sys.modules.pop("rom", None)
+    # A profile with a board's filesystem (PROFILE_SCHEMA: fs.type lfs2 or fat) mounts it on
+    # the modelled flash (flashdev.py, imported while the ROM image is still mounted).
+    fs_spec = json.loads(os.getenv("MPVM_PROFILE") or "{}").get("fs") or {}
+    flashdev = None
+    if fs_spec.get("type") in ("lfs2", "fat"):
+        import flashdev
     vfs.umount("/_rom")
     root, mode = sys.argv[1], sys.argv[2]
     fd_in, fd_out, fd_han, flash_bytes = [int(a) for a in sys.argv[3:7]]
@@ -467,10 +476,25 @@ def boot(g):
         _rom_mem = uctypes.bytearray_at(int(a[0]), int(a[1]))  # the mapping: no heap, no writes
     a = os.getenv("MPVM_ADC_MAP").split()
     _adc = uctypes.bytearray_at(int(a[0]), int(a[1]))
+    # The supervisor sends the pins as they were left (a latching relay) right after it
+    # powers the VM on: wait for that first message, so that no pin is read before it.
+    hw._poll.poll(2000)
+    hw.poll()
     vfs.umount("/")
-    vfs.mount(_JailFS(root, flash_bytes), "/")
-    os.chdir("/")
-    sys.path[:] = ["", ".frozen", "/lib"]
+    if flashdev is None:
+        vfs.mount(_JailFS(root, flash_bytes), "/")
+        os.chdir("/")
+        sys.path[:] = ["", ".frozen", "/lib"]
+    else:
+        mdir = root.rstrip("/").rsplit("/", 1)[0]  # the meter's directory, above fs/
+        mp, dev = flashdev.mount(hw, _host_vfs(), mdir, fs_spec, _wp_hit)
+        os.chdir(mp)
+        if mp == "/":
+            sys.path[:] = ["", ".frozen", "/lib"]
+        else:  # stm32 main.c: the flash's directory and its lib after the frozen modules
+            sys.path[:] = ["", ".frozen", mp, mp + "/lib"]
+            _fat_dev = dev
+        flashdev = None
     if _rom_mem is not None:
         _BoardVFS.rom_ioctl = _rom_ioctl
         try:
@@ -478,10 +502,6 @@ def boot(g):
             sys.path[2:2] = ["/rom", "/rom/lib"]
         except OSError:
             pass  # an erased partition, or no valid image in it: the filesystem alone
-    # The supervisor sends the pins as they were left (a latching relay) right after it
-    # powers the VM on: wait for that first message, so that no pin is read before it.
-    hw._poll.poll(2000)
-    hw.poll()
     sys.modules["_vhw"] = hw
     sys.modules["os"] = _BoardOS
     sys.modules["uos"] = _BoardOS
