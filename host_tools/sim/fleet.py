@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from host_tools.flash.build import REPO, ImageFile, compile_one, romfs_image
-from host_tools.sim import vmlaunch
+from host_tools.sim import flashimg, flashwear, vmlaunch
 
 ROM = REPO / "board" / "virtual" / "host" / "rom.py"
 # the ROM's own modules beside it, when present (PROFILE_SCHEMA.md): the flash model, ...
@@ -201,11 +201,28 @@ def status(base: Path | None = None) -> list[dict[str, Any]]:
     out = []
     for d in meter_dirs(base):
         try:
-            out.append(ctl(d, {"cmd": "status"}, timeout=5))
+            st = ctl(d, {"cmd": "status"}, timeout=5)
         except SimError as e:
-            out.append({"ok": False, "id": int(d.name.split("-")[1]), "dir": str(d),
-                        "vm": "stopped", "error": str(e)})
+            st = {"ok": False, "id": int(d.name.split("-")[1]), "dir": str(d),
+                  "vm": "stopped", "error": str(e)}
+        try:
+            wear = flashwear.summary(d, st.get("sim_time"))
+        except flashwear.WearError as e:
+            wear = {"error": str(e)}
+        if wear is not None:
+            st["flash"] = wear
+        out.append(st)
     return out
+
+
+def read_file(mdir: Path, path: str) -> bytes:
+    """A file from a meter's flash, on either layout (fs/ directory or flash image)."""
+    return flashimg.read_file(mdir, path)
+
+
+def exists(mdir: Path, path: str) -> bool:
+    """Whether a meter's flash holds ``path``, on either layout."""
+    return flashimg.exists(mdir, path)
 
 
 def stop(base: Path | None = None, timeout: float = 10.0) -> list[int]:

@@ -97,6 +97,10 @@ class _Flash:
             except OSError:
                 pass
         self.wear = _Wear(host_vfs, mdir + "/flash-wear.bin", units)
+        try:
+            host_vfs.stat(mdir + "/flash-wear.json")
+        except OSError:
+            self.fresh = True  # an image the host put in place (a bench clone): described now
         if self.fresh:
             with host_vfs.open(mdir + "/flash-wear.json", "w") as f:
                 f.write(json.dumps({
