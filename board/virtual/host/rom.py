@@ -69,6 +69,7 @@ def _norm(cwd, path):
 # its state: k, points counted, torn, match, cutting (one list: the ROM's globals stay few)
 _wp = [0, 0, False, "", False]
 _wp_lock = _thread.allocate_lock()
+_poll_lock = _thread.allocate_lock()  # _Hardware.poll()'s
 
 
 def _wp_arm(spec):
@@ -263,7 +264,16 @@ class _Hardware:
         self._poll.register(self._in, select.POLLIN)
 
     def poll(self):
-        # Apply whatever the supervisor sent (input pins, waveform).
+        # Apply whatever the supervisor sent (input pins, waveform). One thread reads the pipe
+        # at a time (the flash model polls too, flashdev.py); another one returns at once.
+        if not _poll_lock.acquire(0):
+            return
+        try:
+            self._poll_pending()
+        finally:
+            _poll_lock.release()
+
+    def _poll_pending(self):
         while self._poll.poll(0):
             line = self._in.readline()
             if not line:
