@@ -44,8 +44,10 @@ class Dev:
             s.f.seek(arg * s.bs)
             for _ in range(s.bs // 256): s.f.write(b'\xff' * 256)
         return 0
-rw = any(op[0] in ('write', 'rm') for op in job['ops'])
+rw = job.get('mkfs') or any(op[0] in ('write', 'rm') for op in job['ops'])
 dev = Dev(job['img'], job['block'], job['bytes'] // job['block'], rw)
+if job.get('mkfs'):
+    (vfs.VfsLfs2.mkfs(dev, progsize=256) if job['type'] == 'lfs2' else vfs.VfsFat.mkfs(dev))
 if job['type'] == 'lfs2':
     fs = vfs.VfsLfs2(dev, progsize=256)
 else:
@@ -143,19 +145,49 @@ def _running(mdir: Path) -> bool:
     return (mdir / "ctl.sock").exists() and fleet.is_running(mdir)
 
 
-def run(mdir: Path, ops: list[list[str]], tries: int = 3) -> list[Any]:
+# The erase units flashdev.py describes: rp2 4 KiB blocks; the F405's FAT sectors 1-4.
+def _units(fs_type: str, size: int) -> list[list[int]]:
+    return [[4096, size // 4096]] if fs_type == "lfs2" else [[16384, 3], [65536, 1]]
+
+
+RATED = {"lfs2": (100_000, "W25Q16JV"), "fat": (10_000, "STM32F405 internal flash")}
+
+
+def format_image(mdir: Path, fs_type: str, size: int) -> None:
+    """A blank chip formatted as the board's port formats it (rp2 _boot.py: VfsLfs2 with
+    progsize 256; stm32: VfsFat.mkfs, without the factory files), with its description: an
+    image for host tools and tests, as a meter would leave it."""
+    if fs_type not in RATED:
+        raise FlashImageError(f"unknown filesystem type {fs_type!r} (lfs2, fat)")
+    if fs_type == "fat" and size != 112 * 1024:
+        raise FlashImageError("a FAT image is the F405's 112 KiB (sectors 1-4)")
+    if size <= 0 or size % 4096:
+        raise FlashImageError(f"image size must be a positive multiple of 4096 (got {size})")
+    mdir.mkdir(parents=True, exist_ok=True)
+    (mdir / IMAGE).write_bytes(b"\xff" * size)
+    rated, chip = RATED[fs_type]
+    (mdir / GEOMETRY).write_text(json.dumps({
+        "type": fs_type, "bytes": size, "units": _units(fs_type, size),
+        "unit": "block" if fs_type == "lfs2" else "sector", "rated_cycles": rated,
+        "chip": chip, "created": time.time(), "created_sim": None}))
+    (mdir / "flash-wear.bin").unlink(missing_ok=True)
+    run(mdir, [], mkfs=True)
+
+
+def run(mdir: Path, ops: list[list[str]], tries: int = 3, mkfs: bool = False) -> list[Any]:
     """The ops on the meter's image, in one VM run (see _SCRIPT). A read of a running meter's
     image can meet the VM half-way through a commit: it is tried again."""
     geo = geometry(mdir)
     if geo is None:
         raise FlashImageError(f"{mdir}: no flash image ({IMAGE})")
-    if any(op[0] in ("write", "rm") for op in ops) and _running(mdir):
+    if (mkfs or any(op[0] in ("write", "rm") for op in ops)) and _running(mdir):
         raise FlashImageError(f"{mdir.name}: running; stop it before writing to its flash image")
     block = 4096 if geo["type"] == "lfs2" else 512
     with tempfile.TemporaryDirectory(prefix="flashimg-") as tmp:
         job = Path(tmp) / "job.json"
         job.write_text(json.dumps({"img": str(mdir / IMAGE), "type": geo["type"],
-                                   "bytes": int(geo["bytes"]), "block": block, "ops": ops}))
+                                   "bytes": int(geo["bytes"]), "block": block, "ops": ops,
+                                   "mkfs": mkfs}))
         script = Path(tmp) / "flashimg.py"
         script.write_text(_SCRIPT)
         err = ""
