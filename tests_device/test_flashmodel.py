@@ -19,6 +19,7 @@ import pytest
 
 from host_tools.sim import flashwear, fleet
 from host_tools.transport.serial import Board, BoardError
+from tests_device.conftest import mpremote
 
 # The profiles' filesystem part (PROFILE_SCHEMA.md "fs"); host_tools/sim/profiles.py supplies
 # the whole profile when it exists.
@@ -279,10 +280,34 @@ def test_pyb_unsynced_write_is_lost_by_a_power_cut(pyb: Meter) -> None:
     assert "main.py" in out  # a FAT is mounted (the old one, or a factory one if it was wiped)
 
 
-def test_pyb_idle_cache_goes_back_to_flash_after_5_s(pyb: Meter) -> None:
-    pyb.run("f = open('idle.txt', 'w')\nf.write('I' * 1000)\nf.close()")
+def test_pyb_close_syncs_and_idle_cache_goes_back_after_5_s(pyb: Meter) -> None:
+    pyb.run("f = open('closed.txt', 'w')\nf.write('C' * 1000)\nf.close()")
     # f.close() syncs (FatFs f_sync -> CTRL_SYNC -> storage_flush): on flash at once
-    assert fleet.read_file(pyb.dir, "idle.txt") == b"I" * 1000
+    assert fleet.read_file(pyb.dir, "closed.txt") == b"C" * 1000
+    # a write left in the cache (the file stays open): the IRQ erases its sector within
+    # 512 ms, and programs it back once 5 s passed without writes (flashbdev.c)
+    before = _wear(pyb)
+    pyb.run("f = open('idle.txt', 'w')\nf.write('I' * 2000)")
+    time.sleep(1.5)
+    mid = _wear(pyb)
+    # (sectors the write left before it went back whole: erased and programmed)
+    erased = sum(mid["counts"]) - sum(before["counts"])
+    assert erased >= 1 and mid["programs"] - before["programs"] == erased - 1
+    time.sleep(6.0)
+    after = _wear(pyb)
+    assert after["programs"] == mid["programs"] + 1 and after["counts"] == mid["counts"]
+    pyb.run("f.close()")
+
+
+def test_pyb_soft_reset_syncs_the_cache(pyb: Meter) -> None:
+    # stm32 main.c: a soft reset runs storage_flush(); the VM exits on one
+    pyb.run("import os\nos.mkdir('soft')")
+    boots = fleet.meter_status(0, pyb.base)["boots"]
+    r = mpremote(pyb.port, "soft-reset")
+    assert r.returncode == 0, r.stderr
+    assert fleet.meter_status(0, pyb.base)["boots"] > boots
+    assert "soft" in pyb.run("import os\nprint(os.listdir())")
+    assert fleet.exists(pyb.dir, "soft")
 
 
 def test_pyb_sector_erase_stalls_by_size(pyb: Meter) -> None:

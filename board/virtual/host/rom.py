@@ -504,6 +504,8 @@ def boot(g):
         else:  # stm32 main.c: the flash's directory and its lib after the frozen modules
             sys.path[:] = ["", ".frozen", mp, mp + "/lib"]
             _fat_dev = dev
+            # stm32 main.c: a soft reset runs storage_flush() (the VM exits on one)
+            sys.atexit(_BoardOS.sync)
         flashdev = None
     if _rom_mem is not None:
         _BoardVFS.rom_ioctl = _rom_ioctl
