@@ -1,7 +1,9 @@
 """``meterctl sim``: start, inspect, power-cut and stop a fleet of virtual meters.
 
 A fleet lives in a directory: ``meter-000/``, ``meter-001/``, ... each with
-``fs/`` (the meter's flash, kept across restarts), ``ctl.sock`` (its
+``fs/`` (the meter's flash, kept across restarts; under a board profile the flash is the image
+``flash.bin`` instead, read with ``read_file``/``exists``, docs/virtual-board.md "Flash
+model"), ``ctl.sock`` (its
 supervisor's control socket), ``port`` and ``han`` (links to its ptys) and
 ``supervisor.log``. Each meter is one supervisor process running one VM
 (see supervisor.py).
