@@ -62,6 +62,7 @@ def test_summary_reads_the_vms_wear_file(tmp_path: Path) -> None:
     line = flashwear.life_line(s)
     assert line.startswith("flash life at this write rate: ")
     assert "max erases/day on one block: 25" in line and "rated 100k (W25Q16JV)" in line
+    assert line.endswith("over 2.0 days of board time)")
     # along the head-end's clock (set-clock) when the image's creation is on it
     _wear_files(tmp_path, [2, 50, 0, 1], 1000.0, 5000.0, [[4096, 4]], 100_000)
     s = flashwear.summary(tmp_path, sim_time=5000.0 + 10 * DAY, now=1000.0 + 2 * DAY)

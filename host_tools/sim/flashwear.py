@@ -92,5 +92,10 @@ def summary(mdir: Path, sim_time: float | None = None, now: float | None = None
 def life_line(s: dict[str, Any]) -> str:
     """The one line a human reads."""
     years = "unlimited (no erases yet)" if s["life_years"] is None else f"{s['life_years']:g} years"
+    span = s["seconds"]
+    over = (f"{span / SECONDS_PER_DAY:.1f} days" if span >= SECONDS_PER_DAY else
+            f"{span / 3600:.1f} h" if span >= 3600 else f"{span:.0f} s")
+    # the rate of a young image is mostly its formatting: the span says how much to trust it
     return (f"flash life at this write rate: {years} (max erases/day on one {s['unit']}: "
-            f"{s['erases_per_day_max']:g}; rated {s['rated'] // 1000}k ({s['chip']}))")
+            f"{s['erases_per_day_max']:g}; rated {s['rated'] // 1000}k ({s['chip']}); "
+            f"over {over} of board time)")
