@@ -7,6 +7,7 @@ factory files (pybv11): the firmware's adapters for these profiles come from oth
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import os
 import threading
@@ -64,10 +65,14 @@ class Meter:
         assert fleet.meter_status(0, self.base)["boots"] == boots + 1
 
 
-def _start(tmp: Path, profile: str) -> Iterator[Meter]:
-    base = tmp / "fleet"
+def _power_up(base: Path, profile: str) -> None:
+    """Start meter 0 under ``profile``: through fleet.start(profile=...) once the profiles
+    plumbing has it, else through MPVM_PROFILE, which the supervisor passes to the VM."""
+    if "profile" in inspect.signature(fleet.start).parameters:
+        fleet.start(1, base, timeout=60, profile=profile)  # type: ignore[call-arg,unused-ignore]
+        return
     old = os.environ.get("MPVM_PROFILE")
-    os.environ["MPVM_PROFILE"] = _profile(profile)  # the supervisor passes it to the VM
+    os.environ["MPVM_PROFILE"] = _profile(profile)
     try:
         fleet.start(1, base, timeout=60)
     finally:
@@ -75,6 +80,11 @@ def _start(tmp: Path, profile: str) -> Iterator[Meter]:
             del os.environ["MPVM_PROFILE"]
         else:
             os.environ["MPVM_PROFILE"] = old
+
+
+def _start(tmp: Path, profile: str) -> Iterator[Meter]:
+    base = tmp / "fleet"
+    _power_up(base, profile)
     try:
         yield Meter(base)
     finally:
@@ -157,11 +167,7 @@ def test_rp2_erase_counts_survive_cuts_and_restarts(rp2: Meter) -> None:
     assert _wear(rp2)["counts"] == before  # a power-up erases nothing
     fleet.stop(rp2.base)
     assert _wear(rp2)["counts"] == before
-    os.environ["MPVM_PROFILE"] = _profile("rp2-pico")
-    try:
-        fleet.start(1, rp2.base, timeout=60)
-    finally:
-        del os.environ["MPVM_PROFILE"]
+    _power_up(rp2.base, "rp2-pico")
     assert _wear(rp2)["counts"] == before
     rp2.run("with open('w0', 'wb') as f:\n f.write(bytes(8192))")
     after = _wear(rp2)["counts"]
