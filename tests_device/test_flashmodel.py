@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from host_tools.sim import flashwear, fleet
+from host_tools.sim import flashimg, flashwear, fleet
 from host_tools.transport.serial import Board, BoardError
 from tests_device.conftest import mpremote
 
@@ -130,6 +130,14 @@ def test_rp2_synced_file_survives_a_power_cut(rp2: Meter) -> None:
     assert rp2.run("print(len(open('kept.txt').read()))") == "5000"
     assert fleet.read_file(rp2.dir, "/kept.txt") == b"A" * 5000
     assert fleet.exists(rp2.dir, "kept.txt") and not fleet.exists(rp2.dir, "nope.txt")
+
+
+def test_host_writes_to_a_running_meters_image_are_refused(rp2: Meter) -> None:
+    with pytest.raises(flashimg.FlashImageError, match="running; stop it before writing"):
+        flashimg.write_file(rp2.dir, "/x.txt", b"x")
+    with pytest.raises(flashimg.FlashImageError, match="running"):
+        flashimg.remove(rp2.dir, "/kept.txt")
+    assert not fleet.exists(rp2.dir, "/x.txt")
 
 
 def test_rp2_rename_onto_an_existing_file_replaces_it(rp2: Meter) -> None:
