@@ -110,16 +110,27 @@ def sim_status(base: Path | None, as_json: bool) -> None:
     if not sts:
         click.echo(f"no meters in {(base or fleet.default_dir()).resolve()}")
         return
+    from host_tools.sim import flashwear
+
     t = Table("id", box=None)
     t.add_column("profile", min_width=max(len(n) for n in profiles.names()), no_wrap=True)
-    for col in ("port", "han", "vm", "repl", "main.py", "boots", "relay"):
+    for col in ("port", "han", "vm", "repl", "main.py", "boots", "relay", "erases max/total"):
         t.add_column(col)
+    lives = []
     for st in sts:
+        fl = st.get("flash") or {}
         t.add_row(str(st.get("id")), st.get("profile", "-"), st.get("port", "-"),
                   st.get("han", "-"), st.get("vm", "?"),
                   st.get("repl", "-"), st.get("files", {}).get("main.py", "-"),
-                  str(st.get("boots", "-")), str(st.get("pins", {}).get("relay", "-")))
+                  str(st.get("boots", "-")), str(st.get("pins", {}).get("relay", "-")),
+                  f"{fl['erases_max']}/{fl['erases_total']}" if "erases_max" in fl else "-")
+        if "erases_max" in fl:
+            lives.append(f"meter {st.get('id')}: {flashwear.life_line(fl)}")
+        elif "error" in fl:
+            lives.append(f"meter {st.get('id')}: {fl['error']}")
     console.print(t)
+    for line in lives:
+        click.echo(line)
 
 
 @sim.command("stop")

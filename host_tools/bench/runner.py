@@ -32,6 +32,7 @@ from typing import Any
 
 from host_tools.bench import system
 from host_tools.bench.results import BenchAborted, Result
+from host_tools.sim import flashimg
 
 MODES = ("sim", "port", "ports", "emulated")
 EMULATED = ("m0plus", "m4", "rp2040")
@@ -199,7 +200,11 @@ def clone_image(src: Path, dest: Path) -> int:
     its flash manifest's files and the manifest (in ``fs/``) and, when the manifest says the
     modules are in the ROMFS partition, the partition (``romfs.bin``), each checked against
     the manifest's sha256. Returns the bytes copied. The meter's own data (/data: keys, logs,
-    profile) is never copied."""
+    profile) is never copied. A meter whose flash is an image (a board profile) is cloned as a
+    board is programmed: the whole image, checked against its manifest, then its /data
+    removed; the clone's erase counts start at zero."""
+    if flashimg.geometry(src) is not None:
+        return _clone_flash_image(src, dest)
     src_fs, dest_fs = src / "fs", dest / "fs"
     manifest = src_fs / ".flash-manifest.json"
     try:
@@ -225,6 +230,38 @@ def clone_image(src: Path, dest: Path) -> int:
         (dest / rel).write_bytes(data)
     shutil.copyfile(manifest, dest_fs / ".flash-manifest.json")
     return sum(len(d) for _, d in copies)
+
+
+def _clone_flash_image(src: Path, dest: Path) -> int:
+    name = "/.flash-manifest.json"
+    try:
+        man = json.loads(flashimg.read_file(src, name))
+        files: dict[str, str] = man["files"]
+        rom: dict[str, Any] = man.get("romfs") or {}
+    except (OSError, ValueError, KeyError, AttributeError, flashimg.FlashImageError) as e:
+        raise BenchError(f"{src / flashimg.IMAGE}: no usable flash manifest to clone ({e})"
+                         ) from None
+    sums = flashimg.sha256s(src, sorted(files))
+    for path, sha in sorted(files.items()):
+        if sums[path] != sha:
+            raise BenchError(f"{src / flashimg.IMAGE}:{path}: differs from the flash manifest; "
+                             "not cloned")
+    copies = [flashimg.IMAGE]
+    if rom:
+        part = (src / "romfs.bin").read_bytes()
+        if hashlib.sha256(part[:int(rom["size"])]).hexdigest() != rom["sha256"]:
+            raise BenchError(f"{src / 'romfs.bin'}: differs from the flash manifest; not cloned")
+        copies.append("romfs.bin")
+    dest.mkdir(parents=True, exist_ok=True)
+    for rel in copies:
+        shutil.copyfile(src / rel, dest / rel)
+    geo = json.loads((src / flashimg.GEOMETRY).read_text())
+    geo.update(created=time.time(), created_sim=None)
+    (dest / "flash-wear.bin").unlink(missing_ok=True)  # a new chip: no erases yet
+    (dest / flashimg.GEOMETRY).write_text(json.dumps(geo))
+    if flashimg.exists(dest, "/data"):
+        flashimg.remove(dest, "/data")
+    return sum((dest / rel).stat().st_size for rel in copies)
 
 
 def _provision_all(ports: list[str], keystore: Any, interval_s: int | None,

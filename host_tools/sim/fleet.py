@@ -1,7 +1,9 @@
 """``meterctl sim``: start, inspect, power-cut and stop a fleet of virtual meters.
 
 A fleet lives in a directory: ``meter-000/``, ``meter-001/``, ... each with
-``fs/`` (the meter's flash, kept across restarts), ``ctl.sock`` (its
+``fs/`` (the meter's flash, kept across restarts; under a board profile the flash is the image
+``flash.bin`` instead, read with ``read_file``/``exists``, docs/virtual-board.md "Flash
+model"), ``ctl.sock`` (its
 supervisor's control socket), ``port`` and ``han`` (links to its ptys) and
 ``supervisor.log``. Each meter is one supervisor process running one VM
 (see supervisor.py).
@@ -22,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from host_tools.flash.build import REPO, ImageFile, compile_one, romfs_image
-from host_tools.sim import profiles, vmlaunch
+from host_tools.sim import flashimg, flashwear, profiles, vmlaunch
 
 ROM = REPO / "board" / "virtual" / "host" / "rom.py"
 # Modules the ROM image holds besides rom.py when they exist (a board profile's identity, the
@@ -238,12 +240,29 @@ def status(base: Path | None = None) -> list[dict[str, Any]]:
     out = []
     for d in meter_dirs(base):
         try:
-            out.append(ctl(d, {"cmd": "status"}, timeout=5))
+            st = ctl(d, {"cmd": "status"}, timeout=5)
         except SimError as e:
-            out.append({"ok": False, "id": int(d.name.split("-")[1]), "dir": str(d),
-                        "vm": "stopped", "profile": meter_profile(d) or profiles.DEFAULT,
-                        "error": str(e)})
+            st = {"ok": False, "id": int(d.name.split("-")[1]), "dir": str(d),
+                  "vm": "stopped", "profile": meter_profile(d) or profiles.DEFAULT,
+                  "error": str(e)}
+        try:
+            wear = flashwear.summary(d, st.get("sim_time"))
+        except flashwear.WearError as e:
+            wear = {"error": str(e)}
+        if wear is not None:
+            st["flash"] = wear
+        out.append(st)
     return out
+
+
+def read_file(mdir: Path, path: str) -> bytes:
+    """A file from a meter's flash, on either layout (fs/ directory or flash image)."""
+    return flashimg.read_file(mdir, path)
+
+
+def exists(mdir: Path, path: str) -> bool:
+    """Whether a meter's flash holds ``path``, on either layout."""
+    return flashimg.exists(mdir, path)
 
 
 def stop(base: Path | None = None, timeout: float = 10.0) -> list[int]:

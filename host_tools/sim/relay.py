@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from functools import cache
@@ -20,7 +21,7 @@ from types import ModuleType
 from typing import Any
 
 from host_tools.flash.build import FIRMWARE_DIR
-from host_tools.sim import fleet
+from host_tools.sim import flashimg, fleet
 
 OS_STATE = "data/os_state.json"  # in the meter's flash (fs/)
 PRESS_S = 0.2
@@ -49,9 +50,20 @@ def _firmware_lib() -> Iterator[None]:
 
 
 def offswitch_record(mdir: Path) -> dict[str, Any] | None:
-    """The off-switch's persisted state in a meter's flash, or None before its first save."""
-    with _firmware_lib():
-        rec: dict[str, Any] | None = _store().load(str(mdir / "fs" / OS_STATE), None)
+    """The off-switch's persisted state in a meter's flash, or None before its first save.
+    On a flash image (a board profile) the record's copies (the file, .tmp, .bak) are read
+    out of the image first, with the board's own filesystem code (flashimg.py)."""
+    if flashimg.geometry(mdir) is None:
+        with _firmware_lib():
+            rec: dict[str, Any] | None = _store().load(str(mdir / "fs" / OS_STATE), None)
+        return rec
+    names = [OS_STATE + ext for ext in ("", ".tmp", ".bak")]
+    files = flashimg.read_files(mdir, names)
+    with tempfile.TemporaryDirectory(prefix="os-state-") as tmp:
+        for name, data in files.items():
+            (Path(tmp) / Path(name).name).write_bytes(data)
+        with _firmware_lib():
+            rec = _store().load(str(Path(tmp) / Path(OS_STATE).name), None)
     return rec
 
 

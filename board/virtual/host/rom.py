@@ -69,6 +69,7 @@ def _norm(cwd, path):
 # its state: k, points counted, torn, match, cutting (one list: the ROM's globals stay few)
 _wp = [0, 0, False, "", False]
 _wp_lock = _thread.allocate_lock()
+_poll_lock = _thread.allocate_lock()  # _Hardware.poll()'s
 
 
 def _wp_arm(spec):
@@ -263,7 +264,16 @@ class _Hardware:
         self._poll.register(self._in, select.POLLIN)
 
     def poll(self):
-        # Apply whatever the supervisor sent (input pins, waveform).
+        # Apply whatever the supervisor sent (input pins, waveform). One thread reads the pipe
+        # at a time (the flash model polls too, flashdev.py); another one returns at once.
+        if not _poll_lock.acquire(0):
+            return
+        try:
+            self._poll_pending()
+        finally:
+            _poll_lock.release()
+
+    def _poll_pending(self):
         while self._poll.poll(0):
             line = self._in.readline()
             if not line:
@@ -337,6 +347,7 @@ class _BoardOS:
     urandom = os.urandom
     mount = vfs.mount
     umount = vfs.umount
+
     def uname():
         # An attrtuple, as a board's (py/objattrtuple.c): a tuple whose items are also named
         # attributes, printed "(sysname=..., ...)" (a namedtuple prints its type's name first).
@@ -362,8 +373,10 @@ class _BoardOS:
         return u
 
     def sync():
-        # Writes already reach the host kernel; nothing is cached here.
-        pass
+        # extmod/modos.c mp_os_sync(): a CTRL_SYNC to every FAT mount, i.e. the pyboard's
+        # flash cache written back (flashdev.py). littlefs and the jail cache nothing.
+        if _fat_dev is not None:
+            _fat_dev.ioctl(3, 0)
 
 
 class _BoardVFS:
@@ -419,6 +432,7 @@ def _rom_ioctl(op, *a):
 
 
 hw = None  # the _Hardware, once boot() made it
+_fat_dev = None  # the FAT filesystem's block device (flashdev.py), which os.sync() syncs
 
 
 def _run_file(name, g):
@@ -471,22 +485,25 @@ def _run_file(name, g):
 def boot(g):
     # Called by the supervisor's BOOT with the REPL's globals `g`, in which boot.py and main.py
     # run. The ROM's own image is unmounted first: nothing of it is left to the firmware.
-    global _rom_file, _rom_mem, _adc, hw
+    global _rom_file, _rom_mem, _adc, hw, _fat_dev
     g.pop("rom", None)
     sys.modules.pop("rom", None)
     # A board's port profile (host_tools/sim/profiles.py; none: the unix profile):
     # board_identity.py, in this ROM image, makes the VM present itself as that build, and
     # imports the port's hardware models (port_rp2.py, port_stm32.py) when the image holds
     # them, while it is still mounted (their code stays in its mapping). hw.profile: the
-    # profile's dict; None on the unix profile, which passes none. The module is named by a
-    # string over 10 characters and held in a local: neither is a qstr, and every identifier
-    # of the ROM's is interned at boot into the heap's qstr pools, profile or not (9 more
-    # pushed the firmware's import into a sixth, 7 KB pool).
+    # profile's dict; None on the unix profile, which passes none. A profile with a board's
+    # filesystem (fs.type lfs2 or fat) mounts it on the modelled flash (flashdev.py, imported
+    # now too). Modules are named by strings and held in locals reused below: every
+    # identifier of the ROM's is interned at boot into the heap's qstr pools, profile or not
+    # (9 more pushed the firmware's import into a sixth, 7 KB pool).
     prof = os.getenv("MPVM_PROFILE")
-    identity = None
+    identity = flashdev = None
     if prof:
         prof = json.loads(prof)
         identity = __import__("board_identity").load(prof)
+        if prof["fs"]["type"] in ("lfs2", "fat"):
+            flashdev = __import__("flashdev")
     vfs.umount("/_rom")
     root, mode = sys.argv[1], sys.argv[2]
     fd_in, fd_out, fd_han, flash_bytes = [int(a) for a in sys.argv[3:7]]
@@ -502,10 +519,28 @@ def boot(g):
         _rom_mem = uctypes.bytearray_at(int(a[0]), int(a[1]))  # the mapping: no heap, no writes
     a = os.getenv("MPVM_ADC_MAP").split()
     _adc = uctypes.bytearray_at(int(a[0]), int(a[1]))
+    # The supervisor sends the pins as they were left (a latching relay) right after it
+    # powers the VM on: wait for that first message, so that no pin is read before it.
+    hw._poll.poll(2000)
+    hw.poll()
     vfs.umount("/")
-    vfs.mount(_JailFS(root, flash_bytes), "/")
-    os.chdir("/")
-    sys.path[:] = ["", ".frozen", "/lib"]
+    if flashdev is None:
+        vfs.mount(_JailFS(root, flash_bytes), "/")
+        os.chdir("/")
+        sys.path[:] = ["", ".frozen", "/lib"]
+    else:
+        # the meter's directory is the one above fs/; a is (mount point, block device)
+        a = flashdev.mount(hw, _host_vfs(), root.rstrip("/").rsplit("/", 1)[0], prof["fs"],
+                           _wp_hit)
+        os.chdir(a[0])
+        if a[0] == "/":
+            sys.path[:] = ["", ".frozen", "/lib"]
+        else:  # stm32 main.c: the flash's directory and its lib after the frozen modules
+            sys.path[:] = ["", ".frozen", a[0], a[0] + "/lib"]
+            _fat_dev = a[1]
+            # stm32 main.c: a soft reset runs storage_flush() (the VM exits on one)
+            sys.atexit(_BoardOS.sync)
+        flashdev = None
     if identity is not None and _rom_mem is None:  # a board's profile without ROMFS partition
         del _BoardVFS.VfsRom
     elif _rom_mem is not None:
@@ -515,10 +550,6 @@ def boot(g):
             sys.path[2:2] = ["/rom", "/rom/lib"]
         except OSError:
             pass  # an erased partition, or no valid image in it: the filesystem alone
-    # The supervisor sends the pins as they were left (a latching relay) right after it
-    # powers the VM on: wait for that first message, so that no pin is read before it.
-    hw._poll.poll(2000)
-    hw.poll()
     if identity is None:
         sys.modules["_vhw"] = hw  # board/virtual's; hidden under a board's profile
     sys.modules["os"] = _BoardOS
