@@ -136,7 +136,7 @@ def test_rp2_erase_counts_survive_cuts_and_restarts(rp2: Meter) -> None:
     assert _wear(rp2)["counts"] == before  # a power-up erases nothing
     fleet.stop(rp2.base)
     assert _wear(rp2)["counts"] == before
-    _power_up(rp2.base, "rp2-pico")
+    fleet.start(1, rp2.base, timeout=60, profile="rp2-pico")
     assert _wear(rp2)["counts"] == before
     rp2.run("with open('w0', 'wb') as f:\n f.write(bytes(8192))")
     after = _wear(rp2)["counts"]
