@@ -31,6 +31,32 @@ _RP2 = {"bytes": 1408 * 1024, "block": 4096, "erase_ms": 45, "page": 256, "prog_
 _STM32 = {"bytes": 112 * 1024, "block": 512, "sectors": [16384, 16384, 16384, 65536],
           "erase_ms": {"16384": 250, "65536": 550}, "prog_us": 16, "rated_cycles": 10000,
           "chip": "STM32F405 internal flash", "idle_ms": 5000, "tick_ms": 512}
+
+
+def _spec(defaults, fs):
+    # The profile's "fs" (host_tools/sim/profiles.py) in this model's terms, over the
+    # datasheet defaults: erase times per erase unit, program time per program unit, cycles.
+    s = dict(defaults)
+    for k in ("type", "bytes", "block", "chip"):
+        if k in fs:
+            s[k] = fs[k]
+    if "cycles" in fs:
+        s["rated_cycles"] = fs["cycles"]
+    if "program_ms" in fs:
+        s["prog_us"] = int(fs["program_ms"] * 1000)
+    if "flush_idle_ms" in fs:
+        s["idle_ms"] = fs["flush_idle_ms"]
+    units, ms = fs.get("erase_bytes"), fs.get("erase_ms")
+    if units and ms:
+        if "sectors" in defaults:  # stm32: sectors of several sizes, each its erase time
+            s["sectors"] = list(units)
+            s["erase_ms"] = {str(u): t for u, t in zip(units, ms)}
+        else:  # rp2: one erase unit; the page is the program unit
+            s["erase_ms"] = ms[0]
+            s["page"] = fs.get("program_bytes", s["page"])
+    return s
+
+
 _FF = b"\xff" * 256  # what an erase leaves, written 256 bytes at a time
 _HEAD = 24  # flash-wear.bin: programs, bytes programmed, stall us (3 x u64), then u32 per unit
 _STALLS = 16
@@ -144,8 +170,7 @@ class RP2Flash(_Flash):
     UNIT = "block"
 
     def __init__(self, hw, host_vfs, mdir, spec, wp_hit):
-        s = dict(_RP2)
-        s.update(spec)
+        s = _spec(_RP2, spec)
         self.block = s["block"]
         self.count = s["bytes"] // self.block
         super().__init__(hw, host_vfs, mdir, s, self.count, wp_hit)
@@ -210,8 +235,7 @@ class STM32Flash(_Flash):
     UNIT = "sector"
 
     def __init__(self, hw, host_vfs, mdir, spec, wp_hit):
-        s = dict(_STM32)
-        s.update(spec)
+        s = _spec(_STM32, spec)
         self.block = s["block"]
         self.sectors = s["sectors"]
         self.count = s["bytes"] // self.block
