@@ -114,7 +114,7 @@ def sim_status(base: Path | None, as_json: bool) -> None:
 
     t = Table("id", box=None)
     t.add_column("profile", min_width=max(len(n) for n in profiles.names()), no_wrap=True)
-    for col in ("port", "han", "vm", "repl", "main.py", "boots", "relay", "erases max/total"):
+    for col in ("port", "han", "vm", "repl", "main.py", "boots", "relay", "erases"):
         t.add_column(col)
     lives = []
     for st in sts:
