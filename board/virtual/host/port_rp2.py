@@ -595,17 +595,19 @@ class Pin:
         return "Pin(GPIO%d)" % self.id
 
     def init(self, mode=None, pull=None, *, value=None, alt=5):
+        # value= sets the output latch before the mode: an output starts at that level
         g = self.id
         if value is not None:
-            self._drive(1 if value else 0)
+            _LEVEL[g] = 1 if value else 0
         if mode is not None:
             if int(mode) not in (0, 1, 2, 3):
                 raise ValueError("invalid pin mode: %d" % mode)
             _MODE[g] = int(mode)
-            if mode == Pin.OUT and g in _WIRED_OUT:
-                _hw.output(_WIRED_OUT[g], _LEVEL.get(g, 0))
         if pull is not None:
             _PULL[g] = int(pull)
+        if (mode is not None or value is not None) and _MODE.get(g) == Pin.OUT \
+                and g in _WIRED_OUT:
+            _hw.output(_WIRED_OUT[g], _LEVEL.get(g, 0))
 
     def _drive(self, v):
         g = self.id
@@ -723,9 +725,10 @@ class Timer:
         _vm_thread.start_new_thread(self._loop, ())
 
     def _loop(self):
-        # An alarm interrupt: a tick whose time falls inside a flash stall (hw.stalls) is
-        # lost, as the CPU ran no interrupt then; a hard callback runs at once, a soft one is
-        # scheduled (mp_irq_dispatch).
+        # An alarm interrupt: a hard callback runs at once, a soft one is scheduled
+        # (mp_irq_dispatch). A tick due inside a flash stall that hw.stalls already records
+        # when the tick is handled (a stall that held this thread too) is lost, as the CPU ran
+        # no interrupt then; a stall still under way cannot be seen from here.
         import micropython
 
         due = time.ticks_add(time.ticks_us(), self._delta)
