@@ -46,6 +46,7 @@
 # the channel's write_err and stops it, as a bus error does.
 import sys
 import time
+from array import array
 
 import _thread as _vm_thread
 import uctypes
@@ -180,36 +181,46 @@ class _AdcModel:
         lim = (q_max + 1) * cyc - 1
         return n if n < lim else lim
 
-    def ring_k(self, i):
+    def ring_k(self, i, rate):
+        # the front end's sample that conversion i reads: its round-robin cycle's instant
         cyc = len(self.seq)
-        rate = _hw.adc_head()[1]
-        q = i // cyc
-        return self.k0 + q * cyc * self.period_cycles256() * rate // (_ADC_CLK * 256)
+        return self.k0 + (i // cyc) * cyc * self.period_cycles256() * rate // (_ADC_CLK * 256)
 
-    def values(self, i, n):
-        # raw 12-bit results of conversions i .. i+n-1
-        cyc = len(self.seq)
-        out = [0] * n
-        k_lo = self.ring_k(i)
-        k_hi = self.ring_k(i + n - 1)
-        m = k_hi - k_lo + 1
-        from array import array
-
+    def fill(self, i, out, n):
+        # the raw 12-bit results of conversions i .. i+n-1 into out[0:n]
+        written, rate, _lead, size = _hw.adc_head()
+        k_lo = self.ring_k(i, rate)
+        m = self.ring_k(i + n - 1, rate) - k_lo + 1
         vb = array("H", bytes(2 * m))
         ib = array("H", bytes(2 * m))
-        written, _rate, _lead, size = _hw.adc_head()
-        if k_lo >= written - size:
+        if k_lo >= written - size:  # older samples are gone from the front end's ring
             _hw.adc_read(k_lo, m, vb, ib)
+        if self.seq == (0, 1) and 2 * self.period_cycles256() * rate == _ADC_CLK * 256:
+            # V, I at the front end's own rate (the adapters' set-up): one sample a cycle
+            t = q = 0
+            if i & 1:
+                out[0] = ib[0] >> 4
+                t = q = 1
+            while t + 1 < n:
+                out[t] = vb[q] >> 4
+                out[t + 1] = ib[q] >> 4
+                t += 2
+                q += 1
+            if t < n:
+                out[t] = vb[q] >> 4
+            return
+        cyc = len(self.seq)
         for j in range(n):
             c = i + j
             ch = self.seq[c % cyc]
             if ch == 0:
-                out[j] = vb[self.ring_k(c) - k_lo] >> 4
+                out[j] = vb[self.ring_k(c, rate) - k_lo] >> 4
             elif ch == 1:
-                out[j] = ib[self.ring_k(c) - k_lo] >> 4
+                out[j] = ib[self.ring_k(c, rate) - k_lo] >> 4
             elif ch == 4:
                 out[j] = 876 if self.temp_on else 0  # 0.706 V: 27 C (RP2040 datasheet 4.9.5)
-        return out
+            else:
+                out[j] = 0
 
     def reg_read(self, off):
         _advance()
@@ -281,11 +292,15 @@ class _Channel:
     def finish(self):
         self.busy = False
         if self.irq is not None and self.irq[0] is not None and not _field(self.ctrl, "irq_quiet"):
+            # the channel's IRQ (rp2_dma_irq_handler): hard runs at once, soft is scheduled
             self.irq[2] = 1
             h = self.irq[0]
-            import micropython
+            if self.irq[1]:
+                h(self.obj)
+            else:
+                import micropython
 
-            micropython.schedule(h, self.obj) if not self.irq[1] else h(self.obj)
+                micropython.schedule(h, self.obj)
         c = _field(self.ctrl, "chain_to")
         if c != self.n:
             _chan[c].trigger()
@@ -362,14 +377,15 @@ def _advance():
                         break
             n = due - _adc.conv
             if ch is None:
-                vals = _adc.values(_adc.conv, min(n, 4)) if _adc.fcs & 1 else []
-                for v in vals:
-                    if len(_adc.fifo) < 4:
-                        _adc.fifo.append(v)
-                    else:
+                # nobody drains the FIFO: it keeps its first 4 and flags the overflow
+                if _adc.fcs & 1:
+                    k = 4 - len(_adc.fifo)
+                    if k > 0:
+                        vals = array("H", bytes(2 * min(n, k)))
+                        _adc.fill(_adc.conv, vals, len(vals))
+                        _adc.fifo.extend(vals)
+                    if n > k:
                         _adc.over = 1
-                if _adc.fcs & 1 and n > 4:
-                    _adc.over = 1
                 _adc.lost += n
                 _adc.conv = due
                 break
@@ -381,13 +397,13 @@ def _advance():
             if dst is None or ch.read != _ADC_BASE + 0x0C:
                 ch.err()
                 continue
-            vals = _adc.values(_adc.conv, m)
+            vals = array("BHI"[size >> 1], bytes(size * m))
+            _adc.fill(_adc.conv, vals, m)
             if inc:
-                for j in range(m):
-                    dst[size * j:size * j + size] = vals[j].to_bytes(size, "little")
+                dst[0:span] = uctypes.bytearray_at(uctypes.addressof(vals), span)
                 ch.write += span
             else:
-                dst[0:size] = vals[-1].to_bytes(size, "little")
+                dst[0:size] = uctypes.bytearray_at(uctypes.addressof(vals) + size * (m - 1), size)
             ch.count -= m
             _adc.conv += m
             if not ch.count:
@@ -676,8 +692,6 @@ class ADC:
         if self._ch == 4:
             raw = 876
         else:
-            from array import array
-
             vb = array("H", [0])
             ib = array("H", [0])
             _hw.adc_read(_ring_now_by_time(), 1, vb, ib)
