@@ -113,6 +113,8 @@ _FCS_LEVEL_LSB = const(16)
 _FCS_THRESH_1 = const(1 << 24)
 _ADC_CLOCK_HZ = const(48000000)
 RING_PAIRS = const(512)  # (V, I) pairs in the ring: 256 ms at 2 kHz, 2 KiB
+_LAPS = const(16)  # the lap counter's table: 16 words, 64 bytes
+_LAPS_RING = const(6)  # ... wrapping at 2**6 bytes
 
 
 class DmaAdc:
@@ -149,42 +151,63 @@ class DmaAdc:
         data.config(read=ADC_BASE + _FIFO, write=self._ring, count=2 * pairs,
                     ctrl=data.pack_ctrl(size=1, inc_read=False, inc_write=True,
                                         treq_sel=DREQ_ADC, chain_to=ctl_ch))
-        self._start = array("I", [data.write])  # type: ignore[attr-defined]
-        ctl.config(read=self._start, write=_DMA_BASE + _DMA_STRIDE * data_ch + _AL2_WRITE_ADDR_TRIG,
-                   count=1, ctrl=ctl.pack_ctrl(size=2, inc_read=False, inc_write=False))
+        # The control channel reads the ring's address from a table of _LAPS copies, its read
+        # address advancing one word a lap and wrapping at the table's end (ring_size: the
+        # table is aligned to its 64 bytes inside a buffer twice that size), so its `read`
+        # register counts the laps, modulo _LAPS, in hardware.
+        table = array("I", bytes(8 * _LAPS))
+        ctl.config(read=table)
+        base = ctl.read  # type: ignore[attr-defined]
+        skip = (-base) & (4 * _LAPS - 1)
+        ring_addr = data.write  # type: ignore[attr-defined]
+        for j in range(skip // 4, skip // 4 + _LAPS):
+            table[j] = ring_addr
+        self._table = table  # the DMA reads it: it must stay alive
+        self._laps_at = base + skip
+        ctl.config(read=base + skip,
+                   write=_DMA_BASE + _DMA_STRIDE * data_ch + _AL2_WRITE_ADDR_TRIG, count=1,
+                   ctrl=ctl.pack_ctrl(size=2, inc_read=True, inc_write=False,
+                                      ring_size=_LAPS_RING, ring_sel=False))
         self._data = data
         self._ctl = ctl
         data.active(1)  # armed: it waits for the ADC's DREQ
         mem[ADC_BASE + _FCS] = _FCS_EN | _FCS_DREQ_EN | _FCS_THRESH_1
         mem[ADC_BASE + _CS] = _CS_EN | (0b11 << _CS_RROBIN_LSB) | _CS_START_MANY
         self._t = time.ticks_us()
-        self._pos = 0  # transfers done in the ring, at the last call
-        self._us_per_ring = 1000000 * pairs // rate_hz
+        self._done = 0  # transfers made at the last call, modulo _LAPS rings
         self.gaps = 0
         self.dropped = 0
         self.last_gap = 0
 
-    def _head(self):
-        # (transfers done in the current pass, the time): the count first, then the clock
-        done = 2 * self._pairs - self._data.count  # type: ignore[attr-defined]
-        return done, time.ticks_us()
+    def _transfers(self):
+        # Transfers made since the start, modulo _LAPS rings: the lap count from the control
+        # channel's read address, the position from the data channel's count; read again if a
+        # lap ended in between. A count of 0 (the lap just ended, the restart a few cycles
+        # away) reads as a full ring on the old lap: the same number.
+        size = 2 * self._pairs
+        ctl = self._ctl
+        lap = ctl.read  # type: ignore[attr-defined]
+        count = self._data.count  # type: ignore[attr-defined]
+        lap2 = ctl.read  # type: ignore[attr-defined]
+        if lap2 != lap:
+            count = self._data.count  # type: ignore[attr-defined]
+        return ((lap2 - self._laps_at) >> 2) * size + size - count
 
     def read_into(self, v_buf, i_buf):
-        pos, t = self._head()
+        done = self._transfers()
+        t = time.ticks_us()
         dt = time.ticks_diff(t, self._t)
         self._t = t
         size = 2 * self._pairs
-        # The ring's position gives the transfers made modulo the ring; whole laps (a caller
-        # later than the ring) only the elapsed time can tell: the ADC's clock and ticks_us
-        # both come from the crystal, and an error below half a lap (128 ms) cannot matter.
-        delta = (pos - self._pos) % size
-        laps = (dt * 2 * self.rate // 1000000 - delta + size // 2) // size
-        p0 = self._pos >> 1  # the first whole pair not yet handed out
-        p1 = pos >> 1
-        self._pos = pos
-        new = (p1 - p0) % self._pairs
-        if laps > 0:
-            new += laps * self._pairs
+        span = _LAPS * size
+        # The hardware counts the transfers modulo _LAPS rings (4 s at 2 kHz); only a caller
+        # later than that needs the clock, to within 2 s, for whole multiples of it.
+        d = (done - self._done) % span
+        m = (dt * 2 * self.rate // 1000000 - d + span // 2) // span
+        new = ((done >> 1) - (self._done >> 1)) % (span >> 1)  # whole pairs (V first)
+        if m > 0:
+            new += m * (span >> 1)
+        self._done = done
         n = min(new, len(v_buf), len(i_buf), self._keep)
         self.last_gap = new - n
         if self.last_gap:
@@ -192,7 +215,7 @@ class DmaAdc:
             self.dropped += self.last_gap
         if not n:
             return 0
-        k = (p1 - n) % self._pairs  # the oldest pair handed out
+        k = ((done >> 1) - n) % self._pairs  # the oldest pair handed out
         a = self._pairs - k  # up to the ring's end, then from its start
         if a > n:
             a = n

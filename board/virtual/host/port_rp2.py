@@ -59,7 +59,10 @@ _DREQ_ADC = 36
 _NUM_DMA = 12
 _TREQ_PERMANENT = 0x3F
 _ADC_CLK = 48000000
-_MEM = {}  # board address -> (length in bytes, VM address, the object): what a DMA may reach
+# board address -> (length in bytes, VM address, the object): what a DMA may reach. The object
+# is kept alive: on a board, a buffer the GC frees under a running DMA is memory corrupted; here
+# the VM's heap must not be.
+_MEM = {}
 
 _READ_ONLY = ("busy", "ahb_err")
 
@@ -176,9 +179,11 @@ class _AdcModel:
         n = dt * _ADC_CLK * 256 // (1000000 * self.period_cycles256())
         written, rate, _lead, _size = _hw.adc_head()
         cyc = len(self.seq)
-        # the last conversion whose ring sample exists
-        q_max = ((written - self.k0) * _ADC_CLK * 256) // (rate * cyc * self.period_cycles256())
-        lim = (q_max + 1) * cyc - 1
+        # no further than the front end has written: cycle q reads sample
+        # k0 + floor(q * d / c) (ring_k), which exists while q * d < (written - k0) * c
+        d = cyc * self.period_cycles256() * rate
+        c = _ADC_CLK * 256
+        lim = ((written - self.k0) * c + d - 1) // d * cyc
         return n if n < lim else lim
 
     def ring_k(self, i, rate):
@@ -329,10 +334,16 @@ class _Channel:
                     return
                 dst[0:size] = val.to_bytes(size, "little")
             self.count -= 1
+            # ring_size: the selected address wraps at a 2**ring_size-byte boundary
+            ring = _field(self.ctrl, "ring_size")
+            wrap = (1 << ring) - 1 if ring else 0xFFFFFFFF
+            sel = _field(self.ctrl, "ring_sel")
             if _field(self.ctrl, "inc_read"):
-                self.read += size
+                r = self.read + size
+                self.read = (self.read & ~wrap) | (r & wrap) if not sel else r
             if _field(self.ctrl, "inc_write"):
-                self.write += size
+                w = self.write + size
+                self.write = (self.write & ~wrap) | (w & wrap) if sel else w
         if self.busy:
             self.finish()
 
@@ -390,6 +401,8 @@ def _advance():
                 _adc.conv = due
                 break
             m = n if n < ch.count else ch.count
+            if _field(ch.ctrl, "ring_size"):
+                raise ValueError("port_rp2: no model of ring_size on a DREQ-paced channel")
             size = 1 << _field(ch.ctrl, "size")
             inc = _field(ch.ctrl, "inc_write")
             span = size * m if inc else size
