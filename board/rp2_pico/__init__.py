@@ -38,9 +38,11 @@
 # the data channel, paced by the ADC's DREQ, writes RING_PAIRS (V, I) pairs and then chains
 # to the control channel, which writes the ring's start address back into the data channel's
 # WRITE_ADDR_TRIG alias: the data channel restarts at the ring's start (its count reloaded)
-# within a few bus cycles, while the FIFO holds the next conversion. The DMA never writes
-# outside the ring, and no CPU time is spent per sample; read_into() de-interleaves what
-# arrived since its last call. A single re-armed channel would stop at the ring's end until
+# within a few bus cycles, while the FIFO holds the next conversion. The control channel
+# reads that address from a table whose words it walks one per lap (wrapping by ring_size),
+# so its read address counts the laps. The DMA never writes outside the ring, no CPU time is
+# spent per sample, and read_into() knows exactly how many samples arrived since its last
+# call (up to 16 laps, 4 s; beyond, the clock says how many times 16), de-interleaving them. A single re-armed channel would stop at the ring's end until
 # software re-armed it (a gap whenever the consumer is late); the DMA's own address wrapping
 # (ring_size) needs a buffer aligned to its size, which the GC heap does not promise.
 # Facts (cited in docs/hardware.md, "Sampling by DMA"): pico-sdk 2.2.0 hardware_regs
