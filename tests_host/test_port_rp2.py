@@ -435,6 +435,41 @@ print(rp2.DMA.unpack_ctrl(bad.ctrl)["write_err"], rp2.DMA.unpack_ctrl(bad.ctrl)[
     assert out.splitlines() == ["b'0123456789abcdef' False False 0 0", "1 True 0 1", "1 1"]
 
 
+def test_adc_registers_read_u16_and_reset(vm: Callable[[str, str], str]) -> None:
+    """read_u16 scales the 12-bit result as the port does; the ADC free-running with no DMA
+    fills its 4-entry FIFO and flags the overflow (FCS.OVER, write 1 to clear); the
+    temperature channel; soft_reset/reset ask the supervisor and end the program."""
+    out = vm("rp2_pico", '''
+import fakehw
+u = machine.ADC(26).read_u16()
+raw = u >> 4
+print(u == raw << 4 | raw >> 8, raw == fakehw.v_of(port_rp2._ring_now_by_time()) >> 4 or "near")
+print(machine.ADC(machine.ADC.CORE_TEMP).read_u16() >> 4, machine.ADC(4).read_u16() >> 4)
+m = machine.mem32
+A = board.ADC_BASE
+board.adc._data.active(0)                  # the DMA stops draining the FIFO
+time.sleep_ms(5)
+fcs = m[A + 8]
+print((fcs >> 16) & 0xF, bool(fcs & 0x800), bool(fcs & 0x200))   # LEVEL 4, OVER, FULL
+first = m[A + 0x0C]
+print((m[A + 8] >> 16) & 0xF)              # one popped
+m[A] = 1                                   # CS: EN only, conversions stopped
+m[A + 8] = fcs | 0x800                     # OVER: write 1 to clear
+print(bool(m[A + 8] & 0x800), (m[A + 8] >> 16) & 0xF, 0 <= first < 4096)
+for f in (machine.soft_reset, machine.reset):
+    try:
+        f()
+    except SystemExit:
+        print("SystemExit", hw.events[-1])
+''')
+    lines = out.splitlines()
+    assert lines[0] in ("True True", "True near")
+    assert lines[1] == "876 876"  # 0.706 V of 3.3 V: 27 C
+    assert lines[2:5] == ["4 True True", "3", "False 3 True"]
+    assert lines[5:] == ["SystemExit {'ev': 'reset', 'kind': 'soft'}",
+                         "SystemExit {'ev': 'reset', 'kind': 'hard'}"]
+
+
 def test_whole_adapter_feeds_metrology_for_seconds(vm: Callable[[str, str], str]) -> None:
     """The adapter imported as the firmware imports it, then 3 s of metrology's own loop
     (metro.Accumulator fed by adc.read_into every 20 ms): three whole seconds of samples, no
