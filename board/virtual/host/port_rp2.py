@@ -42,8 +42,20 @@
 # register), every conversion the elapsed board time holds is delivered at once, so the DMA
 # keeps running through flash stalls (hw.stalls) as on the chip: no sample is lost there. A
 # whole round-robin cycle reads one sample k of the supervisor's ring (the front end's V and I
-# of that instant). A DMA transfer to an address that no buffer or register model covers sets
-# the channel's write_err and stops it, as a bus error does.
+# of that instant). Unpaced channels (treq_sel 0x3f) run at once when triggered: memory to
+# memory, or into another channel's registers (the four aliases; a *_TRIG alias starts it),
+# with ring_size wrapping the selected address as the hardware does. A DMA transfer to an
+# address that no buffer or register model covers sets the channel's write_err and stops it,
+# as a bus error does. Buffers get addresses in the RP2040's SRAM range (0x20000000: the VM is
+# 64-bit). `time` is replaced too: time()/gmtime()/localtime()/mktime() read the RTC model, as
+# on the port (its AON timer). The models run in the firmware's VM and use its heap: the
+# lazy fill allocates two small arrays per DMA block, nothing per sample.
+#
+# What the ROM must do (PROFILE_SCHEMA.md): set hw.profile, then install(hw) before boot.py.
+# Import this module while the ROM image is still mounted (rom.py boot() unmounts /_rom first
+# thing). machine.reset()/soft_reset() send {"ev": "reset", "kind": "hard"|"soft"} and raise
+# SystemExit (the port's soft_reset is sys.exit, extmod/modmachine.c): the supervisor
+# restarts the VM on that event (a hard reset is a power-up for the RTC model).
 import sys
 import time
 from array import array
@@ -1050,6 +1062,8 @@ class _Machine:
 
     @staticmethod
     def soft_reset():
+        # extmod/modmachine.c: machine.soft_reset is sys.exit, which pyexec turns into a soft
+        # reset on a board; the supervisor is told, as the unix VM's REPL would not reset
         _hw.event({"ev": "reset", "kind": "soft"})
         raise SystemExit
 
