@@ -42,9 +42,11 @@
 # reads that address from a table whose words it walks one per lap (wrapping by ring_size),
 # so its read address counts the laps. The DMA never writes outside the ring, no CPU time is
 # spent per sample, and read_into() knows exactly how many samples arrived since its last
-# call (up to 16 laps, 4 s; beyond, the clock says how many times 16), de-interleaving them. A single re-armed channel would stop at the ring's end until
-# software re-armed it (a gap whenever the consumer is late); the DMA's own address wrapping
-# (ring_size) needs a buffer aligned to its size, which the GC heap does not promise.
+# call (up to 16 laps, 4 s; beyond, the clock says how many times 16), de-interleaving them.
+# A single re-armed channel would stop at the ring's end until software re-armed it (a gap
+# whenever the consumer is late); the DMA's own address wrapping on the ring needs the ring
+# aligned to its 2 KiB, which the GC heap does not promise (the 64-byte lap table is aligned
+# by hand inside a buffer twice its size).
 # Facts (cited in docs/hardware.md, "Sampling by DMA"): pico-sdk 2.2.0 hardware_regs
 # addressmap.h, adc.h, dma.h, dreq.h; MicroPython ports/rp2/rp2_dma.c.
 import time
