@@ -110,7 +110,9 @@ class Adc:
     # the samples. The interrupt allocates nothing: it only indexes arrays and adds small
     # ints. read_into(v_buf, i_buf) (array("H") buffers) copies what arrived since the
     # previous call; when more arrived than the caller's buffers (or the ring) hold, the
-    # oldest are dropped and counted in `dropped`.
+    # oldest are dropped: `gaps` counts the calls that dropped some, `dropped` the samples,
+    # `last_gap` those of the latest call (0: its samples follow the previous call's). The
+    # rp2 adapters' DMA ring (board/rp2_pico DmaAdc) keeps the same three.
     def __init__(self, read_v, read_i, ring=RING):
         self._rv = read_v  # bound methods, made once here
         self._ri = read_i
@@ -126,6 +128,8 @@ class Adc:
         self._count = 0  # samples taken, mod 2**30 (written by the interrupt only)
         self._taken = 0  # samples handed out (read_into only)
         self.dropped = 0
+        self.gaps = 0
+        self.last_gap = 0
 
     def sample(self, _timer):
         c = self._count
@@ -139,8 +143,10 @@ class Adc:
         new = (c - self._taken) & _WRAP
         n = min(new, len(v_buf), len(i_buf), self._keep)
         self._taken = c
+        self.last_gap = new - n
         if n < new:
             self.dropped += new - n
+            self.gaps += 1
         if not n:
             return 0
         k = (c - n) & self._mask  # the oldest slot handed out

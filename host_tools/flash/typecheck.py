@@ -54,6 +54,7 @@ from host_tools.flash.build import REPO, BuildError, sources
 # Board definition -> the stub distribution of its MicroPython port.
 BOARD_STUBS = {
     "rp2_pico": "micropython-rp2-rpi_pico-stubs",
+    "rp2_pico2": "micropython-rp2-rpi_pico-stubs",  # the same rp2 port and modules (RP2350)
     "stm32_pybv11": "micropython-stm32-stubs",
 }
 STDLIB_STUBS = "micropython-stdlib-stubs"

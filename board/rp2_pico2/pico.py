@@ -1,0 +1,1 @@
+../rp2_pico/__init__.py
