@@ -18,7 +18,11 @@ import pytest
 
 from .conftest import FIRMWARE_LIB, ROOT, micropython_binary
 
-BOARDS = ["rp2_pico", "stm32_pybv11"]
+# The Pyboard's adapter samples through registers (stm.mem32) and keeps state in the backup
+# SRAM, beyond what these fakes offer: tests_host/test_port_stm32.py runs it on the stm32
+# port's models instead. Its pin map is checked here with the others'.
+BOARDS = ["rp2_pico"]
+DOCUMENTED = ["rp2_pico", "stm32_pybv11"]
 # What every adapter offers (docs/ARCHITECTURE.md, board/virtual/__init__.py).
 SURFACE = ["NAME", "ADC_RATE_HZ", "CAL_DEFAULT", "led", "relay", "button", "tamper", "adc",
            "han_tx", "rtc", "rtc_get", "rtc_set", "entropy", "wan", "ticks_us", "ticks_diff",
@@ -345,7 +349,7 @@ print(type(w).__name__, w.readinto(buf), bytes(buf), w.readinto(bytearray(16)), 
 def test_pin_maps_are_documented() -> None:
     """Every pin constant of each adapter appears in docs/hardware.md's pin table."""
     doc = (ROOT / "docs" / "hardware.md").read_text()
-    for board in BOARDS:
+    for board in DOCUMENTED:
         tree = ast.parse((ROOT / "board" / board / "__init__.py").read_text())
         for node in tree.body:
             if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
