@@ -1,5 +1,5 @@
 # STM32F4 drivers below MicroPython's own, through stm.mem32 (register map and bits: ST's
-# RM0090, rev 19; docs/hardware.md, "Pyboard: sampling" and "Pyboard: backup SRAM"):
+# RM0090, rev 19; docs/hardware.md, "The Pyboard below MicroPython's drivers"):
 #   DmaAdc      V and I sampled by hardware alone: a timer triggers two ADCs at once, two DMA
 #               streams write their conversions into rings, a second timer counts the triggers.
 #               Nothing of it needs the CPU, so sampling goes on while a flash erase stalls it.
@@ -12,7 +12,7 @@ import stm
 import uctypes
 from micropython import const
 
-# RCC (RM0090 6.3.10, 6.3.13, 6.3.14) and PWR (5.4.1, 5.4.2) bits
+# RCC_AHB1ENR, RCC_APB1ENR, RCC_APB2ENR, PWR_CR and PWR_CSR bits (RM0090)
 _AHB1_BKPSRAMEN = const(1 << 18)
 _AHB1_DMA2EN = const(1 << 22)
 _APB1_TIM5EN = const(1 << 3)
@@ -22,16 +22,16 @@ _APB2_ADC3EN = const(1 << 10)
 _PWR_DBP = const(1 << 8)
 _PWR_BRE = const(1 << 9)
 _PWR_BRR = const(1 << 3)
-# ADC (RM0090 13.13): CR2 = ADON | DMA | DDS | ALIGN (left: a 12-bit result << 4, the 16-bit
+# ADC_CR2 (RM0090) = ADON | DMA | DDS | ALIGN (left: a 12-bit result << 4, the 16-bit
 # scale of read_u16) | EXTSEL 0110 (TIM2_TRGO) | EXTEN 01 (rising edge); one conversion (L = 0)
 _ADC_CR2 = const(0x1 | 0x100 | 0x200 | 0x800 | (6 << 24) | (1 << 28))
 _ADC_CCR = const(0x04)  # ADC_CCR's offset in ADC123_COMMON (the stm module has no name for it)
 _ADCPRE_DIV4 = const(1 << 16)  # the ADCs' clock: PCLK2 (84 MHz) / 4 = 21 MHz (<= 36 MHz)
 _SMP_480 = const(7)  # 480 cycles: 23 us per conversion at 21 MHz, for the sensors' impedance
-# DMA stream (RM0090 10.5.5): CHSEL << 25 | PL very high | MSIZE, PSIZE 16 bit | MINC | CIRC | EN
+# DMA_SxCR (RM0090): CHSEL << 25 | PL very high | MSIZE, PSIZE 16 bit | MINC | CIRC | EN
 _DMA_CR = const((3 << 16) | (1 << 13) | (1 << 11) | (1 << 10) | (1 << 8) | 1)
-# the ADCs' DMA requests (RM0090 table 43): ADC1 on DMA2 stream 4 channel 0, ADC3 on stream 1
-# channel 2; MicroPython's own drivers take neither on an F405 (ports/stm32/dma.c)
+# the ADCs' DMA requests (RM0090, "DMA2 request mapping"): ADC1 on DMA2 stream 4 channel 0,
+# ADC3 on stream 1 channel 2; MicroPython's own drivers take neither on an F405 (ports/stm32/dma.c)
 _V_STREAM = const(4)
 _V_CHSEL = const(0)
 _I_STREAM = const(1)

@@ -23,7 +23,7 @@ import _thread
 import micropython
 
 _hw = None
-_EPOCH_2000 = 946684800  # the stm32 port counts time from 2000 (py/mpconfig.h MICROPY_EPOCH_IS_2000)
+_EPOCH_2000 = 946684800  # the stm32 port counts from 2000 (py/mpconfig.h MICROPY_EPOCH_IS_2000)
 _W = 0xFFFFFFFF
 
 # -- board time: microseconds since install(), never wrapping (the VM's ticks_us wraps at 2**30)
@@ -70,7 +70,7 @@ STM_CONSTANTS = {
     "RCC_CSR": 0x74, "PWR_CR": 0x00, "PWR_CSR": 0x04,
 }
 
-# RCC enable bits (RM0090 6.3.10, 6.3.13, 6.3.14)
+# RCC enable bits (RM0090: RCC_AHB1ENR, RCC_APB1ENR, RCC_APB2ENR)
 _AHB1_DMA2EN = 1 << 22
 _AHB1_BKPSRAMEN = 1 << 18
 _APB1_TIM2EN = 1 << 0
@@ -78,7 +78,7 @@ _APB1_TIM5EN = 1 << 3
 _APB1_PWREN = 1 << 28
 _APB2_ADC1EN = 1 << 8
 _APB2_ADC3EN = 1 << 10
-# PWR (RM0090 5.4.1, 5.4.2): DBP unlocks the backup domain; BRE keeps the backup SRAM on VBAT
+# PWR (RM0090: PWR_CR, PWR_CSR): DBP unlocks the backup domain; BRE keeps the backup SRAM on VBAT
 _PWR_DBP = 1 << 8
 _PWR_BRE = 1 << 9
 _PWR_BRR = 1 << 3
@@ -179,7 +179,7 @@ def _peripheral_off(regs, addr):
     return False
 
 
-# DMA2's request mapping for the ADCs (RM0090 rev 19, 10.3.3, table 43): (stream, channel) -> ADC
+# DMA2's request mapping for the ADCs (RM0090, "DMA2 request mapping"): (stream, channel) -> ADC
 _DMA2_ADC = {(0, 0): ADC1, (4, 0): ADC1, (2, 1): ADC2, (3, 1): ADC2, (0, 2): ADC3, (1, 2): ADC3}
 
 
@@ -290,7 +290,7 @@ class _Sampler:
         if not self.regs.enabled(0x44, 1 << (8 + (adc - ADC1) // 0x100)):
             return None
         cr2 = g(adc + 0x08)
-        # ADON, DMA, DDS; EXTSEL = 0110 (TIM2_TRGO), EXTEN = 01 (rising): RM0090 13.13.3
+        # ADON, DMA, DDS; EXTSEL = 0110 (TIM2_TRGO), EXTEN = 01 (rising): RM0090 ADC_CR2
         if cr2 & 0x301 != 0x301 or (cr2 >> 24) & 0xF != 6 or (cr2 >> 28) & 3 != 1:
             return None
         if (g(adc + 0x04) >> 24) & 3 or (g(adc + 0x2C) >> 20) & 0xF:
