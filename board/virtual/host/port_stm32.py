@@ -23,6 +23,10 @@ import _thread
 import micropython
 
 _hw = None
+# The ROM's pipes to the supervisor take one writer at a time (the off-switch's thread reaches
+# its pins too); the register model one access at a time.
+_hw_lock = _thread.allocate_lock()
+_reg_lock = _thread.allocate_lock()
 _EPOCH_2000 = 946684800  # the stm32 port counts from 2000 (py/mpconfig.h MICROPY_EPOCH_IS_2000)
 _W = 0xFFFFFFFF
 
@@ -134,7 +138,8 @@ class _Regs:
             data = bytes(((v >> (8 * k)) & 0xFF) for k in range(4))
             self.nvram[o:o + 4] = data
             if self.get(PWR + 4) & _PWR_BRE and self.persist:
-                _hw.nvram_write(o, data)  # kept across a power cut only with the regulator on
+                with _hw_lock:  # kept across a power cut only with the regulator on
+                    _hw.nvram_write(o, data)
             return
         _check(addr)
         if addr in (DMA2 + 0x08, DMA2 + 0x0C):  # LIFCR/HIFCR: write 1 to clear (no flags)
@@ -369,7 +374,8 @@ class _Mem:
         w = self._w
         if addr & (w - 1):
             raise ValueError("address %08x is not aligned to %d bytes" % (addr, w))
-        word = _regs.read(addr & ~3)
+        with _reg_lock:
+            word = _regs.read(addr & ~3)
         v = (word >> (8 * (addr & 3))) & ((1 << (8 * w)) - 1)
         if w == 4 and v & 0x80000000:
             v -= 1 << 32
@@ -381,7 +387,8 @@ class _Mem:
             raise ValueError("address %08x is not aligned to %d bytes" % (addr, w))
         sh = 8 * (addr & 3)
         mask = ((1 << (8 * w)) - 1) << sh
-        _regs.write(addr & ~3, (v << sh) & mask, mask, v)
+        with _reg_lock:
+            _regs.write(addr & ~3, (v << sh) & mask, mask, v)
 
 
 mem8 = _Mem(1)
@@ -509,7 +516,8 @@ class Pin:
 def _drive(s):
     name = _OUTPUTS.get(s.cpu)
     if name is not None and _hw is not None and _hw.outputs.get(name) != s.latch:
-        _hw.output(name, s.latch)
+        with _hw_lock:
+            _hw.output(name, s.latch)
 
 
 def _level(s):
@@ -518,7 +526,8 @@ def _level(s):
     name = _INPUTS.get(s.cpu)
     if name is None or _hw is None:
         return 1 if s.pull == Pin.PULL_UP else 0
-    _hw.poll()
+    with _hw_lock:
+        _hw.poll()
     active = 1 if _hw.inputs.get(name) else 0
     if name == "button":  # the USR switch connects PB3 to GND
         return 0 if active else (1 if s.pull == Pin.PULL_UP else 0)
@@ -714,7 +723,8 @@ class UART:
         # returns once the last one is in the shifter, len * (start + bits + stop) / baud later
         _time.sleep_us(len(data) * self._char_bits * 1000000 // self._baud)
         if self._id == 1 and _hw is not None:
-            _hw.han_write(data)
+            with _hw_lock:
+                _hw.han_write(data)
         return len(data)
 
     def any(self):
@@ -781,7 +791,8 @@ class RTC:
             raise ValueError("weekday out of range")
         _rtc_offset[0] = _unix_seconds(y, mo, d, h, mi, s) - int(_host_s())
         if _hw is not None:
-            _hw.event({"ev": "rtc", "offset": _rtc_offset[0]})
+            with _hw_lock:
+                _hw.event({"ev": "rtc", "offset": _rtc_offset[0]})
         return None
 
     def wakeup(self, timeout, callback=None):
