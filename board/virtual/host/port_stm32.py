@@ -662,26 +662,33 @@ class Timer:
     def _run(self):
         period = 1000000 // self.freq() or 1
         t = _time.ticks_us()
+        late = None  # the stall whose first tick is pending
         while self._cb is not None:
             t = _time.ticks_add(t, period)
-            wait = _time.ticks_diff(t, _time.ticks_us())
+            stall = _stall_at(t)
+            if stall is not None:
+                if stall is late:
+                    self._lost += 1  # the NVIC holds one pending update, not more
+                    continue
+                late = stall
+                t_run = stall[1]  # runs when the stall ends
+            else:
+                t_run = t
+            wait = _time.ticks_diff(t_run, _time.ticks_us())
             if wait > 0:
                 _time.sleep_us(wait)
-            if _stalled(t):
-                self._lost += 1
-                continue
             cb = self._cb
             if cb is not None:
                 cb(self)
         self._thread = None
 
 
-def _stalled(t):
-    # inside a stall, other than at its first tick (which fires when it ends)
-    for s, e in getattr(_hw, "stalls", ()):
-        if _time.ticks_diff(t, s) > 0 and _time.ticks_diff(e, t) >= 0:
-            return True
-    return False
+def _stall_at(t):
+    # the stall (of hw.stalls) that tick time t falls in, or None
+    for st in getattr(_hw, "stalls", ()):
+        if _time.ticks_diff(t, st[0]) >= 0 and _time.ticks_diff(st[1], t) > 0:
+            return st
+    return None
 
 
 # -- UART (extmod/machine_uart.c with ports/stm32/machine_uart.c; pyb.UART is machine.UART)
@@ -964,6 +971,7 @@ class _Thread:
         old = _Thread._stack[0]
         if size is not None:
             _Thread._stack[0] = max(2560, size) if size else 4096
+            _thread.stack_size(size)  # the VM thread's own (OS) stack, as on the unix profile
         return old
 
     def start_new_thread(fun, args, kwargs=None):
