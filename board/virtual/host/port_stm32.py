@@ -793,9 +793,7 @@ class RTC:
             g = _time.gmtime(int(t))
             sub = 255 - int((t - int(t)) * 256) % 256  # counts down from PREDIV_S (255)
             return (g[0], g[1], g[2], g[6] + 1, g[3], g[4], g[5], sub)
-        y, mo, d, wd, h, mi, s = datetimetuple[:7]
-        if not 1 <= wd <= 7:
-            raise ValueError("weekday out of range")
+        y, mo, d, wd, h, mi, s = datetimetuple[:7]  # the weekday is stored, not checked
         _rtc_offset[0] = _unix_seconds(y, mo, d, h, mi, s) - int(_host_s())
         if _hw is not None:
             with _hw_lock:
