@@ -436,14 +436,15 @@ def check(f):
 check(lambda: pyb.Timer(4, frequency=100))
 check(lambda: pyb.Timer(4, freq=100, hard=True))        # v1.27 and later have it
 check(lambda: pyb.UART(1, 9600, rxbuf=0, txbuf=64))     # stm32's UART has no txbuf
+check(lambda: pyb.UART(1, 9600, invert=0))              # STM32H7 only
 check(lambda: machine.Pin("X1", machine.Pin.OUT, value=1, drive=1))
 check(lambda: machine.Pin("X1", machine.Pin.OUT, value=1))
 check(lambda: pyb.LED(5))
 check(lambda: stm.mem32[stm.RCC + 2])                   # misaligned
 check(lambda: stm.mem32[stm.GPIOA] if hasattr(stm, "GPIOA") else stm.mem32[0x40020000])
 ''', board=False)
-    assert out.splitlines() == ["TypeError", "ok", "TypeError", "TypeError", "ok", "ValueError",
-                                "ValueError", "OSError"]
+    assert out.splitlines() == ["TypeError", "ok", "TypeError", "TypeError", "TypeError", "ok",
+                                "ValueError", "ValueError", "OSError"]
     out = vm('''
 try:
     pyb.Timer(4, freq=100, hard=True)

@@ -711,8 +711,9 @@ class UART:
         if args or kw:
             self.init(*args, **kw)
 
+    # `invert` is STM32H7 only (ports/stm32/machine_uart.c): a TypeError on the F405
     def init(self, baudrate, bits=8, parity=None, stop=1, *, flow=0, timeout=0,
-             timeout_char=0, rxbuf=-1, read_buf_len=64, invert=0):
+             timeout_char=0, rxbuf=-1, read_buf_len=64):
         if bits not in (7, 8, 9) or stop not in (1, 2) or parity not in (None, 0, 1):
             raise ValueError("unsupported combination of bits and parity")
         self._baud = baudrate
