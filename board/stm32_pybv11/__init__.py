@@ -1,16 +1,17 @@
 # Board adapter: Pyboard v1.1 (STM32F405RG, Cortex-M4F at 168 MHz), MicroPython's
-# stm32 port, firmware variant THREAD (pybv11-thread-*.dfu): the standard
-# PYBV11 build has no `_thread`, which the off-switch needs.
+# stm32 port: the THREAD variant (pybv11-thread-*.dfu) has the `_thread` the off-switch
+# runs in; the standard PYBV11 build has none (docs/hardware.md).
 #
 # Deployed to the meter as the package `board`, with the same surface as
 # board/virtual (see there and docs/ARCHITECTURE.md): NAME, ADC_RATE_HZ,
 # CAL_DEFAULT, led, relay, button, tamper, adc.read_into(v_buf, i_buf),
 # han_tx(), rtc (get/set) and rtc_get/rtc_set, entropy(n), wan(),
-# ticks_us/ticks_diff/sleep_ms.
+# ticks_us/ticks_diff/sleep_ms, and nvram (the backup SRAM, kept on VBAT).
 #
 # Pin map (X pins on the Pyboard's X header; the MCU pin in brackets):
-#   V, mains voltage   X19 [PC0, ADC123_IN10]  sensor output biased to mid-scale (1.65 V)
-#   I, load current    X20 [PC1, ADC123_IN11]  CT + burden, biased to mid-scale
+#   V, mains voltage   X19 [PC0, ADC123_IN10]  sensor output biased to mid-scale (1.65 V);
+#                                       read by ADC1
+#   I, load current    X20 [PC1, ADC123_IN11]  CT + burden, biased to mid-scale; read by ADC3
 #   relay              X11 [PC4]        to the relay driver's input; 1 = energised
 #   button             X17 [PB3]        the on-board USR switch (also on the header):
 #                                       pressed reads 1
@@ -40,19 +41,24 @@
 # the other tasks: the stm32 port switches threads under a GIL, every few
 # bytecodes or when a thread sleeps. It is not a second core.
 #
-# Sampling uses a hardware timer (pyb.Timer, TIM7) with a hard interrupt: the
-# stm32 port's machine.Timer is a software timer with 1 ms resolution and a
-# scheduled callback, which cannot sample at 2 kHz.
+# Sampling needs no interrupt (board/stm32_pybv11/stm32f4.py, docs/hardware.md): TIM2's update
+# events trigger ADC1 (V) and ADC3 (I) at once, 2000 times a second, two DMA2 streams write
+# the conversions into rings of ADC_RING samples, and TIM5 counts the triggers. It runs in
+# hardware while a flash sector erase stalls the CPU (up to about a second); read_into hands
+# out what arrived and counts a gap (adc.gaps, adc.lost) when the firmware came back later
+# than the ring lasts. TIM3, 5 and 6 are pyb's own: TIM5 only for pyb.Servo, unused here.
 import time
 
 import machine
-import pyb
 from micropython import const
 
-# The adapter code both real boards share: pins, the relay with its boot state, the ADC ring,
-# the HAN and WAN UART wrappers, the RTC (firmware/lib/hw_common.py).
-from hw_common import Adc, HanTx, In, Out, Relay, Rtc, UartWan
+# The adapter code both real boards share: pins, the relay with its boot state, the HAN and
+# WAN UART wrappers, the RTC (firmware/lib/hw_common.py); the STM32F4's own below MicroPython's
+# drivers (stm32f4.py, in this package).
+from hw_common import HanTx, In, Out, Relay, Rtc, UartWan
 from hw_common import entropy as entropy  # the surface's entropy(n): os.urandom
+
+from .stm32f4 import BackupSram, DmaAdc
 
 NAME = "stm32_pybv11"
 
@@ -68,9 +74,13 @@ HAN_BAUD = const(115200)  # DSMR 5 P1: 115200 8N1
 WAN_UART = None  # type: int | None  # 4: the WAN on UART(4) (X1 TX, X2 RX)
 WAN_BAUD = const(115200)
 RELAY_BOOT = "/data/relay_boot"
-SAMPLE_TIMER = const(7)  # a basic timer with no pins; 3, 5 and 6 belong to pyb
+ADC_CH_V = const(10)  # PC0 = ADC123_IN10
+ADC_CH_I = const(11)  # PC1 = ADC123_IN11
 
-ADC_RATE_HZ = const(2000)  # per channel; V and I are read back to back
+ADC_RATE_HZ = const(2000)  # per channel; V and I converted at the same instant
+# Samples per channel in the DMA rings: 1.5 s at 2 kHz, longer than a sector erase stalls the
+# CPU (0.25-1 s on the F405's 16 KiB and 64 KiB sectors), 12 KB of RAM for both.
+ADC_RING = const(3072)
 # The analogue front end: the mains voltage and current that swing the ADC
 # input from mid-scale to full scale (peak). A ZMPT101B-style voltage module
 # trimmed so that 400 V peak gives 1.65 V, and a 100 A : 50 mA CT (SCT-013-000)
@@ -92,9 +102,8 @@ led = Out(machine.Pin(PIN_LED, machine.Pin.OUT))
 relay = Relay(PIN_RELAY, RELAY_BOOT)
 button = In(PIN_BUTTON, True)
 tamper = In(PIN_TAMPER, False)
-adc = Adc(machine.ADC(machine.Pin(PIN_V)).read_u16, machine.ADC(machine.Pin(PIN_I)).read_u16)
-# pyb.Timer callbacks run in the timer's interrupt (a hard callback).
-_timer = pyb.Timer(SAMPLE_TIMER, freq=ADC_RATE_HZ, callback=adc.sample)
+adc = DmaAdc(PIN_V, ADC_CH_V, PIN_I, ADC_CH_I, ADC_RATE_HZ, ADC_RING)
+nvram = BackupSram()
 
 _han = None
 
