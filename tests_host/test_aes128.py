@@ -8,6 +8,7 @@ VM's C module in test_wan_protocol.py) and this fallback (here)."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import random
 import sys
@@ -191,13 +192,17 @@ def _branch_trace(fn: Callable[[], Any]) -> list[tuple[str, int]]:
     return lines
 
 
+def _encrypt(key: bytes, data: bytes) -> bytes:
+    return aes128.aes(key, 1).encrypt(data)  # type: ignore[no-any-return]
+
+
 def test_control_flow_does_not_depend_on_key_or_data() -> None:
     """What an attacker timing branches could see: the same lines, in the same order, for
     every key and every block (keys and data chosen to differ in every bit and byte)."""
     cases = [(bytes(16), bytes(32)), (b"\xff" * 16, b"\xff" * 32)]
     cases += random_cases(4, 6)
     cases = [(k, d[:32].ljust(32, b"\x80")) for k, d in cases]
-    traces = [_branch_trace(lambda k=k, d=d: aes128.aes(k, 1).encrypt(d)) for k, d in cases]
+    traces = [_branch_trace(functools.partial(_encrypt, k, d)) for k, d in cases]
     assert len(traces[0]) > 1000  # the rounds were traced
     for t in traces[1:]:
         assert t == traces[0]
@@ -278,12 +283,13 @@ m0 = gc.mem_alloc()
 for _ in range(8):
     a.encrypt(buf, buf)
 m1 = gc.mem_alloc()
-n = 100
-t = time.ticks_us()
-for _ in range(n):
-    a.encrypt(buf, buf)
-dt = time.ticks_diff(time.ticks_us(), t)
-print(f0 - f1, f1 - f2, m1 - m0, dt / (4 * n))
+best = 1e9
+for _ in range(5):  # the best of 5 runs: the least disturbed by a loaded host
+    t = time.ticks_us()
+    for _ in range(25):
+        a.encrypt(buf, buf)
+    best = min(best, time.ticks_diff(time.ticks_us(), t) / 100)
+print(f0 - f1, f1 - f2, m1 - m0, best)
 """
     module, per_key, per_call, us = micropython(code).split()
     print(f"aes128 on the VM: module {module} B, per key {per_key} B, "

@@ -5,7 +5,7 @@
 #
 # Secrets: the key and every state byte. No branch and no loop bound depends on them; the
 # S-box is the one memory access indexed by a secret, into a RAM bytearray (what that leaks
-# where: docs/SECURITY.md, "AES without cryptolib"). xtime is arithmetic, not a table.
+# where: docs/SECURITY.md, "AES without cryptolib"). xtime is a mask, not a branch or table.
 # RAM: the S-box (256 B) built once at import; per key 176 B of round keys and a 16-byte
 # state, allocated in aes(): encrypt() into dst allocates nothing.
 
@@ -110,15 +110,16 @@ def _encrypt_block(rk, s, src, out, o):
             a2 = sb[s[a + ((c + 10) & 15)]]
             a3 = sb[s[a + ((c + 15) & 15)]]
             t = a0 ^ a1 ^ a2 ^ a3
-            # xtime(v) = v * 2 in GF(2^8): shift, and reduce by a multiply (no branch)
+            # xtime(v) = v * 2 in GF(2^8): shift, and reduce under a mask of v's top bit
+            # (0 or -1): no branch, no table
             v = a0 ^ a1
-            s[b + c] = a0 ^ t ^ ((v << 1) ^ (v >> 7) * 0x1B) & 0xFF ^ rk[k + c]
+            s[b + c] = a0 ^ t ^ ((v << 1) ^ 0x1B & -(v >> 7)) & 0xFF ^ rk[k + c]
             v = a1 ^ a2
-            s[b + c + 1] = a1 ^ t ^ ((v << 1) ^ (v >> 7) * 0x1B) & 0xFF ^ rk[k + c + 1]
+            s[b + c + 1] = a1 ^ t ^ ((v << 1) ^ 0x1B & -(v >> 7)) & 0xFF ^ rk[k + c + 1]
             v = a2 ^ a3
-            s[b + c + 2] = a2 ^ t ^ ((v << 1) ^ (v >> 7) * 0x1B) & 0xFF ^ rk[k + c + 2]
+            s[b + c + 2] = a2 ^ t ^ ((v << 1) ^ 0x1B & -(v >> 7)) & 0xFF ^ rk[k + c + 2]
             v = a3 ^ a0
-            s[b + c + 3] = a3 ^ t ^ ((v << 1) ^ (v >> 7) * 0x1B) & 0xFF ^ rk[k + c + 3]
+            s[b + c + 3] = a3 ^ t ^ ((v << 1) ^ 0x1B & -(v >> 7)) & 0xFF ^ rk[k + c + 3]
         a = b
     for i in range(16):  # the last round has no MixColumns
         out[o + i] = sb[s[a + ((i * 5) & 15)]] ^ rk[160 + i]

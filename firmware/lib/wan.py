@@ -28,8 +28,9 @@ except ImportError:  # CPython
 try:
     # MicroPython's AES (C); on CPython (the host's tests) host_tools/mpcompat.py's
     from cryptolib import aes as _aes
-except ImportError:  # no cryptolib in the build (the official PYBV11 firmware)
-    from aes128 import aes as _aes  # the same AES-128 in MicroPython: slower, same frames
+except ImportError:  # no cryptolib in the build (the official PYBV11 firmware): the same
+    # AES-128 in MicroPython, slower, the same frames (its class is not cryptolib's for mypy)
+    from aes128 import aes as _aes  # type: ignore[assignment]
 
 # RAM: this module's globals are one dict, sized for the most names it ever held: what only
 # one function uses is written in that function (struct, binascii, formats, HKDF infos).
