@@ -36,9 +36,9 @@ sys.modules.pop("port_check", None)
 del port_check
 if _why:
     print(_why)
-    while _sealed:
-        import time
+    import time
 
+    while _sealed:
         time.sleep(60)
 else:
     gc.collect()  # this file's compilation left garbage: none of it under the modules' objects
