@@ -29,9 +29,8 @@ from host_tools.transport.serial import Board
 
 NEEDS_SIM = "needs the virtual board's host-side control (running against --port)"
 # A None in sys.modules: `from cryptolib import aes` (lib/wan.py) raises ImportError, as on a
-# Pyboard. (An override of builtins.__import__ would not do: lib/lazy.py's compact_imports
-# saves builtins.__import__, which MicroPython reads as the built-in one, not an override,
-# and puts that back.)
+# Pyboard. (The board profiles' way, an override of builtins.__import__, works as well since
+# lib/lazy.py keeps the import in force: test_aes128.py checks that on the VM.)
 BOOT_NO_CRYPTOLIB = "import sys\nsys.modules['cryptolib'] = None\n"
 
 

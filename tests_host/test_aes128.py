@@ -296,3 +296,23 @@ print(f0 - f1, f1 - f2, m1 - m0, best)
           f"{float(us):.1f} us per 16-byte block")
     assert int(per_call) == 0
     assert 208 <= int(per_key) <= 512  # 176 B round keys + 32 B state + object headers
+
+
+def test_vm_an_import_filter_survives_the_boots_compacting_imports(micropython: Run) -> None:
+    """main.py imports the firmware under lib/lazy.py's compact_imports, which replaces
+    __import__ for the boot and puts it back. A filter already in place (the virtual board's
+    pybv11 profile hides cryptolib with one) must stay in force through it and after it:
+    MicroPython's builtins.__import__ attribute reads as the built-in one, not the filter."""
+    code = VM_HIDE_CRYPTOLIB + """
+import lazy
+lazy.compact_imports(True)
+import aes128, wan
+print(wan._aes is aes128.aes)
+lazy.compact_imports(False)
+try:
+    import cryptolib
+    print("cryptolib visible")
+except ImportError:
+    print("cryptolib hidden")
+"""
+    assert micropython(code).splitlines() == ["True", "cryptolib hidden"]
