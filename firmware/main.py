@@ -27,16 +27,31 @@ del _broke
 import gc  # noqa: E402
 import sys  # noqa: E402
 
-gc.collect()  # this file's compilation left garbage: none of it under the modules' objects
-import lazy  # noqa: E402
+# An unsupported MicroPython: one line, and the REPL (docs/hardware.md, "Boards and versions");
+# a sealed meter's REPL stays closed, so it idles instead
+import port_check  # noqa: E402
 
-lazy.compact_imports(True)  # the firmware's objects packed low in the heap (lib/lazy.py)
-import meter  # noqa: E402 - after the seal check, which must come first
-import seal  # noqa: E402
+_why = port_check.problem(port_check.identity())
+sys.modules.pop("port_check", None)
+del port_check
+if _why:
+    print(_why)
+    import time
 
-_k = meter.start(_sealed)
-lazy.compact_imports(False)
-# meter.py only builds the meter: dropped, its code leaves the heap (docs/hardware.md, "Memory")
-del meter, _sealed
-sys.modules.pop("meter", None)
-seal.run(_k)
+    while _sealed:
+        time.sleep(60)
+else:
+    gc.collect()  # this file's compilation left garbage: none of it under the modules' objects
+    import lazy
+
+    lazy.compact_imports(True)  # the firmware's objects packed low in the heap (lib/lazy.py)
+    import meter  # after the seal check, which must come first
+    import seal
+
+    _k = meter.start(_sealed)
+    lazy.compact_imports(False)
+    # meter.py only builds the meter: dropped, its code leaves the heap (docs/hardware.md,
+    # "Memory")
+    del meter, _sealed
+    sys.modules.pop("meter", None)
+    seal.run(_k)

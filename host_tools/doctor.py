@@ -2,11 +2,13 @@
 
 1. Interrupt the firmware with Ctrl-C into the raw REPL (no soft reset: the heap and the
    imported modules are the running firmware's, so the memory figures are its own).
+   Read the board's MicroPython (sys.implementation) and the built-in modules the firmware
+   uses; an unsupported version or board, or a missing module, stops here with one line that
+   names the firmware to flash (host_tools/flash/versions.py).
 2. Run one probe on the board: sys.implementation, machine.freq(), gc.mem_free/mem_alloc,
    os.statvfs, the firmware version (meter.VERSION), every pin of the `board` package read
    through it (relay, button, tamper, led), whether the ADC delivers samples, the RTC,
-   the files that matter (main.py, the flash manifest, the WAN keys), the modules the
-   firmware needs from the MicroPython build (_thread, cryptolib, hashlib).
+   the files that matter (main.py, the flash manifest, the WAN keys).
 3. Soft-reset back into main.py, whatever happened in between.
 
 Each problem comes with its fix. The library returns a :class:`DoctorReport`; the CLI prints
@@ -22,6 +24,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from host_tools.flash import versions
 from host_tools.flash.build import MPY_CROSS_VERSION, board_for_platform
 from host_tools.transport.serial import Board, BoardError
 
@@ -35,12 +38,6 @@ FIRST_TRY_S = 3.0  # to reach the raw REPL; a healthy board needs well under a s
 MEMORY_FIX = ("imported .mpy code lives in the heap: freeze the firmware into the MicroPython "
               "build so that it runs from flash (docs/hardware.md, 'Memory')")
 PINS = ("relay", "button", "tamper", "led")
-# Modules the firmware needs from the MicroPython build, and what for.
-NEEDED = {
-    "_thread": "the off-switch runs as a thread (on core 1 of an RP2040)",
-    "cryptolib": "AES for the WAN protocol (firmware/lib/wan.py)",
-    "hashlib": "SHA-256 for HMAC, HKDF and LoPA",
-}
 
 # The probe: small snippets, each compiled and run on its own and printing one literal. A
 # running firmware leaves the heap fragmented (on the VM at 192K: ~58 KB free, the largest
@@ -68,8 +65,6 @@ PROBES: tuple[tuple[str, str], ...] = (
     # hash per file) can be bigger than the largest free piece of a busy heap.
     ("manifest", "try:\n f = open(" + repr(MANIFEST) + ")\n print(repr(f.read(100)))\n"
                  " f.close()\nexcept OSError:\n print(None)\n"),
-    ("modules", "r = {}\nfor m in " + repr(tuple(NEEDED)) + ":\n try:\n  __import__(m)\n"
-                "  r[m] = True\n except ImportError:\n  r[m] = False\nprint(r)\n"),
     ("board", "try:\n import board\n print(repr(board.NAME))\n"
               "except Exception as e:\n print(repr('error: ' + repr(e)))\n"),
     ("pins", "import board\nr = {}\nfor n in " + repr(PINS) + ":\n try:\n"
@@ -118,7 +113,7 @@ class DoctorReport:
     adc_rate_hz: int | None = None
     rtc: int | None = None
     keys: bool = False
-    modules: dict[str, bool] = field(default_factory=dict)
+    modules: dict[str, bool] = field(default_factory=dict)  # versions.MODULES: importable?
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -153,8 +148,11 @@ class DoctorReport:
                        "from the host's)")
         out.append(f"keys: {'provisioned' if self.keys else 'none'} ({KEYS})")
         if self.modules:
-            out.append("build: " + ", ".join(f"{m} {'yes' if ok else 'NO'}"
+            out.append("build: " + ", ".join(f"{m} {'yes' if ok else 'no'}"
                                              for m, ok in self.modules.items()))
+            out.extend(f"without {m}: {versions.OPTIONAL_MODULES[m]}"
+                       for m, ok in self.modules.items()
+                       if not ok and m in versions.OPTIONAL_MODULES)
         out.extend(p.line() for p in self.problems)
         out.append("ok: nothing wrong found" if self.ok
                    else f"{len(self.problems)} problem(s) found")
@@ -180,15 +178,20 @@ def doctor(port: str, timeout: float = 10.0) -> DoctorReport:
         try:
             _interrupt(b)
             try:
+                ident = versions.check(b)  # UnsupportedBoard: one line, nothing else done
                 raw = _probe(b)
+            except versions.UnsupportedBoard:
+                raise
             except BoardError as e:
                 if "MemoryError" not in str(e):
                     raise
                 # What the firmware left fills the heap; a soft reset frees it (main.py
                 # does not run from the raw REPL), and the probe then runs on its own.
                 b.enter_raw(soft_reset=True)
+                ident = versions.check(b)
                 raw = _probe(b)
                 raw["out_of_memory"] = str(e).split("board: ", 1)[-1]
+            raw["modules"] = ident.modules
         except BaseException:
             with contextlib.suppress(BoardError):
                 b.soft_reset_to_main()
@@ -319,7 +322,7 @@ def _problems(port: str, r: dict[str, Any], rep: DoctorReport) -> list[Problem]:
     if rep.flashed_board and rep.board and rep.flashed_board != rep.board:
         p.append(Problem(f"the flash manifest says {rep.flashed_board!r} but the board package "
                          f"is {rep.board!r}", flash))
-    for key in ("pins", "modules"):
+    for key in ("pins",):
         v = r.get(key)
         if isinstance(v, str) and v.startswith("error: "):
             p.append(Problem(f"reading the {key} failed ({v[7:]})",
@@ -355,16 +358,16 @@ def _problems(port: str, r: dict[str, Any], rep: DoctorReport) -> list[Problem]:
         p.append(Problem(f"low memory: {_kib(rep.mem_free)} of heap free while the firmware runs",
                          MEMORY_FIX))
     for m, ok in rep.modules.items():
-        if not ok:
-            fix = {"_thread": "flash a MicroPython build with threads (Pyboard: the THREAD "
-                              "variant, pybv11-thread-*.dfu)",
-                   "cryptolib": "build MicroPython with MICROPY_PY_SSL=1 MICROPY_SSL_AXTLS=1 "
-                                "(docs/hardware.md)"}.get(m, "use a MicroPython build with it")
-            p.append(Problem(f"this MicroPython build has no {m}: {NEEDED[m]}", fix))
+        if not ok and m in versions.REQUIRED_MODULES:  # (versions.check refused it already)
+            p.append(Problem(f"this MicroPython build has no {m}: "
+                             f"{versions.REQUIRED_MODULES[m]}",
+                             f"flash MicroPython v{versions.LATEST} (docs/hardware.md, "
+                             "'Boards and versions')"))
     mv = r["impl"][3]
     if mv is not None and (mv & 0xFF, (mv >> 8) & 3) != MPY_CROSS_VERSION:
         p.append(Problem(f"the board loads {_mpy(mv)}, our mpy-cross writes "
                          f"v{MPY_CROSS_VERSION[0]}.{MPY_CROSS_VERSION[1]}: flash sends sources "
                          "(slower imports, more RAM)",
-                         "flash MicroPython 1.29 (or any with .mpy v6.3) onto the board"))
+                         f"flash MicroPython v{versions.LATEST} (.mpy v6.3, as every "
+                         "supported release)"))
     return p

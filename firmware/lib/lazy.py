@@ -48,7 +48,10 @@ def compact_imports(on):
 
     try:
         if on and _import is None:
-            _import = builtins.__import__
+            # The import in force, by its bare name: MicroPython's builtins.__import__
+            # attribute is always the built-in one, even where an override is in place (a
+            # board profile's import filter on the virtual board), which that would drop.
+            _import = __import__
             builtins.__import__ = _compacting_import
         elif not on and _import is not None:
             builtins.__import__ = _import

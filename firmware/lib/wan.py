@@ -8,7 +8,8 @@
 # Frame (big-endian): ver u8 | kind u8 | flags u8 | meter u64 | ctr u32 |
 # ref u32 | len u16 | payload | mac (16 = HMAC-SHA256(k_mac_dir, all before)[:16]).
 # Keys: HKDF-SHA256(ikm=K, salt=meter id u64 BE, info=b"wan <dir> <use>").
-# ENC: AES-128-CTR, initial counter block meter(8) | ctr(4) | 00000000.
+# ENC: AES-128-CTR, initial counter block meter(8) | ctr(4) | 00000000. The AES is
+# cryptolib's, or lib/aes128.py's where the build has no cryptolib.
 #
 # RAM: one preallocated 64-byte buffer holds 4 counter blocks at a time, which are encrypted
 # in place into the key stream (one ECB call) and XORed with the data into the result: the
@@ -24,7 +25,12 @@ except ImportError:  # CPython
         return x
 
 
-import cryptolib  # MicroPython's AES; on CPython (the host's tests) host_tools/mpcompat.py
+try:
+    # MicroPython's AES (C); on CPython (the host's tests) host_tools/mpcompat.py's
+    from cryptolib import aes as _aes
+except ImportError:  # no cryptolib in the build (the official PYBV11 firmware): the same
+    # AES-128 in MicroPython, slower, the same frames (its class is not cryptolib's for mypy)
+    from aes128 import aes as _aes  # type: ignore[assignment]
 
 # RAM: this module's globals are one dict, sized for the most names it ever held: what only
 # one function uses is written in that function (struct, binascii, formats, HKDF infos).
@@ -141,7 +147,7 @@ def _ctr_xor(key, meter_id, ctr, data, out=None, at=0):
     import struct
 
     buf = _ks_buf
-    aes = cryptolib.aes(key, 1)
+    aes = _aes(key, 1)
     if out is None:
         out = bytearray(n)
         at = 0

@@ -3,7 +3,9 @@
 1. Enter the raw REPL with a soft reset (main.py stops; boot.py runs). A board
    whose flash is mounted at /flash (the stm32 port, before our boot.py is on
    it) has it remounted at / for the session, so the image lands on the flash.
-2. Pick the board definition: --board, else the USB VID:PID of the port (2E8A
+2. Refuse a MicroPython the firmware does not support (version, board, a missing built-in
+   module: host_tools/flash/versions.py), with one line naming the firmware to flash.
+   Pick the board definition: --board, else the USB VID:PID of the port (2E8A
    rp2_pico, F055 stm32_pybv11), else the board's sys.platform. Read the
    board's sys.implementation: the mpy version and architecture decide between
    .mpy for that architecture and plain source.
@@ -41,6 +43,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from host_tools.flash import versions
 from host_tools.flash.build import (
     FIRMWARE_DIR,
     MPY_CROSS_VERSION,
@@ -189,6 +192,11 @@ def flash(port: str, *, source: bool = False, board_name: str | None = None,
 
     with Board(port, timeout=timeout) as b:
         b.enter_raw(soft_reset=True)
+        try:
+            versions.check(b)  # an unsupported MicroPython: one line, nothing written
+        except BoardError:
+            b.soft_reset_to_main()  # the old firmware goes on running
+            raise
         info = b.info()
         try:
             name, why = (board_name, "--board") if board_name else pick_board(b.port, info)

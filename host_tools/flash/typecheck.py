@@ -25,11 +25,11 @@ What is checked. The board adapters (``board/<name>/``, and the boot.py they put
 board) with ``check_untyped_defs``: every function body against the port's stubs, since this is
 where the firmware meets ``machine``, ``pyb`` and friends. The firmware with mypy's defaults:
 every module it imports must exist on the port (this is how the Pyboard's missing cryptolib
-shows), and module-level code and annotated functions are checked. ``--strict-firmware`` checks
-the firmware's untyped function bodies too; it reports mostly inference noise in untyped code
-(empty containers, dicts of mixed values), so it is a tool for the firmware's authors, not the
-gate. ``--no-site-packages`` keeps the host's packages (``cryptography``, ...) out: the board
-has none of them.
+showed; wan.py now falls back to lib/aes128.py), and module-level code and annotated
+functions are checked. ``--strict-firmware`` checks the firmware's untyped function bodies
+too; it reports mostly inference noise in untyped code (empty containers, dicts of mixed
+values), so it is a tool for the firmware's authors, not the gate. ``--no-site-packages``
+keeps the host's packages (``cryptography``, ...) out: the board has none of them.
 
     python -m host_tools.flash.typecheck [--board NAME]... [--strict-firmware]
 """
@@ -58,10 +58,11 @@ BOARD_STUBS = {
     "stm32_pybv11": "micropython-stm32-stubs",
 }
 STDLIB_STUBS = "micropython-stdlib-stubs"
-# Modules the firmware needs that a port's standard build lacks, so its stubs do too:
-# board -> {module: the stub distribution to take it from}. The Pyboard needs a build with
-# cryptolib (AES for the WAN protocol; docs/hardware.md says how); cryptolib is extmod code,
-# the same API on every port, so the rp2 stubs describe it.
+# Modules the firmware imports that a port's standard build lacks, so its stubs do too:
+# board -> {module: the stub distribution to take it from}. lib/wan.py tries cryptolib first
+# and falls back to lib/aes128.py (the PYBV11 builds have none), but mypy resolves an import
+# inside a try all the same; cryptolib is extmod code, the same API on every port, so the rp2
+# stubs describe it.
 EXTRA_MODULES = {
     "stm32_pybv11": {"cryptolib": "micropython-rp2-rpi_pico-stubs"},
 }
