@@ -239,11 +239,14 @@ print(hw_common.load_state(p))        # nothing stored: 0
 fakes.PIN_LOG.clear()
 r = hw_common.Relay(board.PIN_RELAY, p)
 print(fakes.PIN_LOG[-1][1:], r.value())
-r.on()
+r.on()                                   # core 1 drives the pin: no file
+print(hw_common.load_state(p), fakes.LEVELS[board.PIN_RELAY])
+r.boot.save(1)                           # the main core stores the boot state
 print(open(p).read(), fakes.LEVELS[board.PIN_RELAY])
 fakes.PIN_LOG.clear()
 r2 = hw_common.Relay(board.PIN_RELAY, p)   # a reset: the pin comes up driving 1
 print(fakes.PIN_LOG[-1][1:], r2.value())
+r2.boot.save(0)
 r2.toggle()
 print(open(p).read(), r2.value(), hw_common.load_state(p))
 # a power cut between removing the old file and renaming the new one (FAT)
@@ -259,9 +262,10 @@ print(hw_common.load_state(p))        # garbage: 0
     lines = vm(board, code).splitlines()
     assert lines[0] == "0"
     assert lines[1] == "(1, -1, 0) 0"  # Pin(..., OUT, value=0): the level set with the mode
-    assert lines[2] == "1 1"
-    assert lines[3] == "(1, -1, 1) 1"
-    assert lines[4:] == ["0 0 0", "1", "0"]
+    assert lines[2] == "0 1"  # the pin moved, the boot state did not
+    assert lines[3] == "1 1"
+    assert lines[4] == "(1, -1, 1) 1"
+    assert lines[5:] == ["0 0 0", "1", "0"]
 
 
 @pytest.mark.parametrize("board", BOARDS)

@@ -58,6 +58,8 @@ pins = {{"relay": Pin({relay}), "button": Pin(), "tamper": Pin()}}
 link = offswitch.Link()
 logs = []
 states = []
+stored = []
+KIND = {{"switch": 1, "switch_status": 2, "credit_disconnect": 3}}
 
 def boot(keys_path=D + "/keys.json"):
     global core
@@ -65,29 +67,51 @@ def boot(keys_path=D + "/keys.json"):
     drain()
     return core
 
+seq = [link.state_seq]
+
 def drain():
+    # what the proxy on the main core does: store core 1's record, word its events, take
+    # its answers and the relay state
+    from tasks import offswitch_text
     out = []
+    if link.persist_wanted():
+        store.save_bytes(D + "/state.json", bytes(link.record))
+        stored.append(link.req_relay)
+        link.persisted(True)
     while True:
-        it = link.get(offswitch.OUT)
-        if it is None:
-            return out
-        if it[0] == "log":
-            logs.append(it[1])
-        elif it[0] == "state":
-            states.append(list(it[1]))
-        out.append(it)
+        ev = link.take_event()
+        if ev is None:
+            break
+        logs.append(offswitch_text.words(*ev))
+        out.append(("log", logs[-1]))
+    while True:
+        d = link.take_done()
+        if d is None:
+            break
+        out.append(("done", (d[0], 0, d[1])))
+    if link.state_seq != seq[0]:
+        seq[0] = link.state_seq
+        states.append(list(link.state))
+        out.append(("state", tuple(link.state)))
+    return out
 
 def poll(n=1):
+    got = []
     for _ in range(n):
         core.poll()
-    return drain()
+        got += drain()
+    return got
+
+def put(kind, ref, data):
+    return link.put_in(KIND[kind], ref, data)
 
 def send(token, kind="switch", ref=1):
-    link.put(offswitch.IN, (kind, (ref, token)))
-    for k, p in poll():
-        if k == "done":
-            r = open_reply(KEYS, METER, p[2])
-            return None if r is None else list(r[:5])
+    put(kind, ref, token)
+    for _ in range(4):
+        for k, p in poll():
+            if k == "done":
+                r = open_reply(KEYS, METER, p[2])
+                return None if r is None else list(r[:5])
 
 def cmd(op, ctr, keys=None, meter=METER):
     return send(command(keys or KEYS, meter, op, ctr))
@@ -340,8 +364,8 @@ out(res=res[1], relay_state=core.relay, ctr=core.ctr)
 def test_status_is_signed_over_a_nonce_and_not_logged(micropython: Run, tmp_path: Path) -> None:
     r = run_core(micropython, tmp_path, """
 n = len(logs)
-link.put(offswitch.IN, ("switch_status", (7, b"12345678")))
-done = [p for k, p in poll() if k == "done"][0]
+put("switch_status", 7, b"12345678")
+done = [p for k, p in poll(2) if k == "done"][0]
 rep = open_reply(KEYS, METER, done[2])
 bad = open_reply(osa.derive(bytes(32), METER), METER, done[2])
 out(ref=done[0], rep=[rep[0], rep[1], rep[2], rep[5].decode()], bad=bad, new_logs=logs[n:])
@@ -352,11 +376,11 @@ out(ref=done[0], rep=[rep[0], rep[1], rep[2], rep[5].decode()], bad=bad, new_log
 
 def test_credit_may_only_disconnect(micropython: Run, tmp_path: Path) -> None:
     r = run_core(micropython, tmp_path, """
-link.put(offswitch.IN, ("credit_disconnect", None))
-poll()
+put("credit_disconnect", 0, None)
+poll(2)
 first = pins["relay"].v
-link.put(offswitch.IN, ("credit_disconnect", None))   # already open: nothing to do, nothing logged
-poll()
+put("credit_disconnect", 0, None)   # already open: nothing to do, nothing logged
+poll(2)
 n = len(logs)
 out(first=first, new=logs[n:])
 """)
@@ -381,51 +405,58 @@ out(n_flood=n_flood, last=logs[-2:])
 
 
 def test_core_runs_on_a_vm_thread(micropython: Run, tmp_path: Path) -> None:
-    # The real thing: Core.run() on a _thread, the main thread talking through the Link only.
+    # The real thing: Core.run() on a _thread, the main thread talking through the Link only
+    # (and storing the record core 1 hands it, as the proxy does).
     r = run_core(micropython, tmp_path, """
 import time, _thread
 core = offswitch.Core(pins, link, None, D + "/keys.json", D + "/state.json")
 drain()
-offswitch.start(core)
+assert offswitch.start(core) is None
 def ask(token, ref):
-    link.put(offswitch.IN, ("switch", (ref, token)))
+    put("switch", ref, token)
     t = time.ticks_ms()
     while time.ticks_diff(time.ticks_ms(), t) < 2000:
-        it = link.get(offswitch.OUT)
-        if it and it[0] == "done":
-            return list(open_reply(KEYS, METER, it[1][2])[:2])
+        for k, p in drain():
+            if k == "done" and p[0] == ref:
+                return list(open_reply(KEYS, METER, p[2])[:2])
         time.sleep_ms(1)
 a = ask(command(KEYS, METER, osa.OP_OFF, 1), 1)
 pins["tamper"].v = 1
 time.sleep_ms(50)
+drain()
 locked = core.locked
 link.running = False
 time.sleep_ms(50)
-out(a=a, locked=locked)
+out(a=a, locked=locked, stored=stored)
 """)
     assert r["a"] == [OFF, OK] and r["relay"] == 0 and r["locked"] == 1
+    assert r["stored"] == [0, 0]  # the OFF, then the tamper lock: both handed to the main core
 
 
 def test_the_link_is_safe_across_threads(micropython: Run) -> None:
     out = micropython("""
 import _thread, time, json
 from tasks import offswitch
-link = offswitch.Link(cap_in=8, cap_out=8)
+link = offswitch.Link(cap_ev=8)
 N = 2000
 done = []
 def producer():
     i = 0
     while i < N:
-        if link.put(offswitch.OUT, ("log", i)):
+        s = link.ev_slot()
+        if s >= 0:
+            link.ev[s * offswitch.EV_SIZE] = i & 0xFF
+            link.ev[s * offswitch.EV_SIZE + 1] = i >> 8
+            link.ev_put()
             i += 1
     done.append(1)
 _thread.start_new_thread(producer, ())
 got = []
 t = time.ticks_ms()
 while len(got) < N and time.ticks_diff(time.ticks_ms(), t) < 20000:
-    it = link.get(offswitch.OUT)
+    it = link.take_event()
     if it is not None:
-        got.append(it[1])
+        got.append(it[0][0] | it[0][1] << 8)
 print(json.dumps({"n": len(got), "in_order": got == list(range(N)), "done": done}))
 """)
     r = json.loads(out.strip().splitlines()[-1])

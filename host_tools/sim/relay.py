@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import struct
 import sys
 import time
 from collections.abc import Iterator
@@ -50,9 +51,18 @@ def _firmware_lib() -> Iterator[None]:
 
 def offswitch_record(mdir: Path) -> dict[str, Any] | None:
     """The off-switch's persisted state in a meter's flash, or None before its first save."""
+    path = str(mdir / "fs" / OS_STATE)
     with _firmware_lib():
-        rec: dict[str, Any] | None = _store().load(str(mdir / "fs" / OS_STATE), None)
-    return rec
+        raw: bytes | None = _store().load_bytes(path, None)
+        if raw is None:  # a record from before the sealed format (JSON)
+            old: dict[str, Any] | None = _store().load(path, None)
+            return old
+    # the sealed record's layout: firmware/lib/offswitch_auth.py (STATE_*); its MAC is core
+    # 1's to check, the host only reads it
+    if len(raw) != 48 or raw[0] != 2:
+        return None
+    relay, armed, locked, ctr = struct.unpack_from(">BBBI", raw, 1)
+    return {"relay": relay, "armed": armed, "locked": locked, "ctr": ctr}
 
 
 def relay(index: int, base: Path | None = None) -> dict[str, Any]:
