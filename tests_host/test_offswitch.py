@@ -8,6 +8,7 @@ and rate limits are exact; test_core_runs_on_a_vm_thread runs it on a real `_thr
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -482,3 +483,233 @@ print(json.dumps(mods))
 """)
     mods = json.loads(out.strip().splitlines()[-1])
     assert mods == {m: [] for m in mods} and len(mods) == 3
+
+
+# -- core 1 after its start: no allocation, no file, no import ----------------------------------
+# A whole working session on a real VM thread: commands, every kind of refusal, the rate limits,
+# an arm + button reconnect, an arm window that runs out, tamper (while a record is stored and
+# not), UNLOCK, status, a credit disconnect, a flood past the refusal log cap, and the
+# off-switch's clock wrapping. `core1()` is what the thread runs, with GUARD (the test's) set
+# up first; the main thread plays core 0 (drain(): storing the records, wording the events).
+SESSION = """
+import time, _thread
+GUARD_SETUP = None   # set by the test: run on core 1 before the loop
+GUARD_END = None     # ... and after it; returns what the test checks
+core = offswitch.Core(pins, link, lambda: clock[0], D + "/keys.json", D + "/state.json")
+drain()
+core._clock = offswitch.CLOCK_MASK - 20000  # the clock wraps 20 s into the session
+result = {}
+def core1():
+    GUARD_SETUP()
+    try:
+        core.run()
+    finally:
+        result["end"] = GUARD_END()
+
+def wait_polls(n=6):
+    time.sleep_ms(12 * n)
+    drain()
+
+def ask(token, kind="switch", ref=[100]):
+    ref[0] += 1
+    put(kind, ref[0], token)
+    t = time.ticks_ms()
+    while time.ticks_diff(time.ticks_ms(), t) < 3000:
+        for k, p in drain():
+            if k == "done" and p[0] == ref[0]:
+                r = open_reply(KEYS if kind == "switch" or core._keyed else None, METER, p[2])
+                return r[1] if r else "unsigned"
+        time.sleep_ms(2)
+    return "no answer"
+
+def session():
+    res = []
+    res.append(ask(command(KEYS, METER, osa.OP_OFF, 1)))                         # 0 OK
+    res.append(ask(command(osa.derive(bytes(32), METER), METER, osa.OP_OFF, 2)))  # 3 bad MAC
+    res.append(ask(command(KEYS, METER, osa.OP_OFF, 1)))                         # 4 replay
+    res.append(ask(b"\\x01\\x02"))                                                 # 1 malformed
+    res.append(ask(command(KEYS, METER + 1, osa.OP_OFF, 3)))                     # 2 wrong meter
+    res.append(ask(command(KEYS, METER, osa.OP_ON, 4)))                          # 5 spacing
+    after(6)
+    res.append(ask(command(KEYS, METER, osa.OP_ON, 5)))                          # 0 armed
+    wait_polls()
+    pins["button"].v = 1
+    wait_polls()
+    pins["button"].v = 0
+    wait_polls()
+    closed = pins["relay"].v
+    after(6)
+    res.append(ask(command(KEYS, METER, osa.OP_OFF, 6)))                         # 0
+    after(6)
+    res.append(ask(command(KEYS, METER, osa.OP_ON, 7)))                          # 0 armed
+    after(6)
+    res.append(ask(command(KEYS, METER, osa.OP_OFF, 8)))                         # 5 4/h
+    after(31)
+    wait_polls()                                                                 # window over
+    armed_after_window = core.armed
+    pins["tamper"].v = 1
+    wait_polls()
+    res.append(ask(command(KEYS, METER, osa.OP_ON, 9)))                          # 6 locked
+    res.append(ask(command(KEYS, METER, osa.OP_UNLOCK, 10)))                     # 7 tamper on
+    pins["tamper"].v = 0
+    wait_polls()
+    res.append(ask(command(KEYS, METER, osa.OP_UNLOCK, 11)))                     # 0 unlocked
+    res.append(ask(b"12345678", "switch_status"))                                # 0 status
+    res.append(ask(command(KEYS, METER, 9, 12)))                                 # 8 unknown op
+    for i in range(40):                                                          # past the cap
+        ask(command(KEYS, METER, osa.OP_OFF, 1))
+    after(3600)
+    res.append(ask(command(KEYS, METER, osa.OP_ON, 13)))                         # 0 armed
+    wait_polls()
+    pins["button"].v = 1
+    wait_polls()
+    pins["button"].v = 0
+    wait_polls()
+    after(11)
+    put("credit_disconnect", 0, None)
+    wait_polls()
+    wait_polls()
+    credit_open = pins["relay"].v == 0
+    after(6)
+    res.append(ask(command(KEYS, METER, osa.OP_ON, 14)))                         # 0 armed
+    pins["tamper"].v = 1
+    wait_polls()
+    pins["tamper"].v = 0
+    wait_polls()
+    link.running = False
+    time.sleep_ms(150)
+    drain()
+    big = [n for n in dir(core) if isinstance(getattr(core, n), int)
+           and not -(1 << 30) <= getattr(core, n) < (1 << 30)]
+    out(res=res, closed=closed, armed_after_window=armed_after_window,
+        credit_open=credit_open, end=result.get("end"), big=big, locked=core.locked,
+        ctr=core.ctr, wrapped=core._clock < 10000000)
+
+_thread.stack_size(16384)
+"""
+
+
+def run_session(micropython: Run, tmp_path: Path, guard: str) -> dict[str, Any]:
+    return run_core(micropython, tmp_path, SESSION + guard + """
+_thread.start_new_thread(core1, ())
+time.sleep_ms(50)
+session()
+""", relay=1)
+
+
+def check_session(r: dict[str, Any]) -> None:
+    assert r["res"] == [OK, 3, 4, 1, 2, 5, OK, OK, OK, 5, 6, 7, OK, OK, 8, OK, OK], r["res"]
+    assert r["closed"] == 1 and r["armed_after_window"] == 0 and r["credit_open"], r["logs"][-8:]
+    assert r["locked"] == 1 and r["ctr"] == 14 and r["wrapped"]
+    assert r["big"] == []  # every int core 1 keeps is a small int on a 32-bit port too
+    logs = r["logs"]
+    assert not any(line.startswith("error") for line in logs), logs
+    for line in ("OFF #1: relay opened", "OFF #2 refused: bad MAC", "OFF #1 refused: replay",
+                 "ON #4: refused: rate limit: spacing", "ON #5: armed 30s: press button",
+                 "button: reconnect confirmed, relay closed", "OFF #8: refused: rate limit: 4/h",
+                 "arm window over: relay stays open", "TAMPER: locked (relay was open)",
+                 "ON #9: refused: locked", "UNLOCK #10: refused: tamper active",
+                 "UNLOCK #11: unlocked", "op9 #12: refused: unknown op",
+                 "credit: local disconnect, relay opened", "TAMPER: locked (relay was open)",
+                 "ON #14: armed 30s: press button", "tamper input cleared"):
+        assert line in logs, (line, logs)
+    assert "OFF #3 refused: for meter 4243" in logs
+    assert any(line.endswith("more refusals (log cap)") for line in logs), logs
+
+
+def test_core1_allocates_nothing_with_the_heap_locked(micropython: Run, tmp_path: Path) -> None:
+    """The loop runs with micropython.heap_lock() held on its thread from start to end: any
+    allocation raises MemoryError there, which the loop logs as "error: MemoryError"."""
+    r = run_session(micropython, tmp_path, """
+import micropython
+def GUARD_SETUP():
+    micropython.heap_lock()
+def GUARD_END():
+    try:
+        bytearray(16)
+        still = False
+    except MemoryError:
+        still = True
+    micropython.heap_unlock()
+    return still
+""")
+    check_session(r)
+    assert r["end"] is True  # the heap was still locked when the loop ended
+
+
+def test_core1_touches_no_file_and_imports_nothing(micropython: Run, tmp_path: Path) -> None:
+    """After the start, the filesystem (every path, through a VFS mounted over /) and
+    __import__ raise on core 1's thread and count; the main thread goes on using them."""
+    r = run_session(micropython, tmp_path, """
+import os, builtins
+seen = []
+C1 = [None]
+real = os.VfsPosix()
+def trap(what):
+    if _thread.get_ident() == C1[0]:
+        seen.append(what)
+        raise OSError(5)
+class Trap:
+    def mount(self, ro, mkfs): pass
+    def umount(self): pass
+    def open(self, p, m): trap("open"); return real.open(p, m)
+    def stat(self, p): trap("stat"); return real.stat(p)
+    def ilistdir(self, p): trap("ilistdir"); return real.ilistdir(p)
+    def mkdir(self, p): trap("mkdir"); return real.mkdir(p)
+    def remove(self, p): trap("remove"); return real.remove(p)
+    def rename(self, a, b): trap("rename"); return real.rename(a, b)
+    def rmdir(self, p): trap("rmdir"); return real.rmdir(p)
+    def chdir(self, p): trap("chdir"); return real.chdir(p)
+    def getcwd(self): trap("getcwd"); return real.getcwd()
+    def statvfs(self, p): trap("statvfs"); return real.statvfs(p)
+real_import = builtins.__import__
+def guarded_import(*a):
+    trap("import " + a[0])
+    return real_import(*a)
+def GUARD_SETUP():
+    C1[0] = _thread.get_ident()
+def GUARD_END():
+    C1[0] = None
+    return seen
+os.umount("/")
+os.mount(Trap(), "/")
+builtins.__import__ = guarded_import
+""")
+    check_session(r)
+    assert r["end"] == []
+
+
+@pytest.mark.parametrize(("fault", "seen"), [
+    ("bytearray(4)", "error: MemoryError"),
+    ("open(D + '/x', 'w')", "error: OSError"),
+    ("import json", "error: OSError"),
+])
+def test_the_guards_catch_a_core_that_allocates_opens_or_imports(
+        micropython: Run, tmp_path: Path, fault: str, seen: str) -> None:
+    """The two tests above, against a Core whose pass does one forbidden thing: each is seen."""
+    guards = {"alloc": "import micropython\n"
+                       "def GUARD_SETUP():\n    micropython.heap_lock()\n"
+                       "def GUARD_END():\n    micropython.heap_unlock()\n    return []\n"}
+    src = (fs_guard_source() if "bytearray" not in fault else guards["alloc"])
+    r = run_core(micropython, tmp_path, SESSION.replace(
+        "core = offswitch.Core(", f"""FAULT = [1]
+class Faulty(offswitch.Core):
+    def poll(self):
+        if FAULT[0]:
+            FAULT[0] = 0
+            {fault}
+        offswitch.Core.poll(self)
+core = Faulty(""") + src + """
+_thread.start_new_thread(core1, ())
+time.sleep_ms(100)
+link.running = False
+time.sleep_ms(150)
+drain()
+out(end=result.get("end"))
+""")
+    assert seen in r["logs"], r["logs"]
+
+
+def fs_guard_source() -> str:
+    body = inspect.getsource(test_core1_touches_no_file_and_imports_nothing)
+    return body[body.index('"""\nimport os') + 4:body.index('""")\n    check_session')]

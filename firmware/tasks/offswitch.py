@@ -108,6 +108,13 @@ _P_TAMPER = const(3)
 REC_LEN = const(48)
 
 
+def _put_ctr(b, o, hi, lo):
+    # a u32 counter kept as two 16-bit halves (small ints on every port), big-endian. (Two
+    # targets per statement at most: MicroPython builds a tuple for four.)
+    b[o], b[o + 1] = hi >> 8, hi & 0xFF
+    b[o + 2], b[o + 3] = lo >> 8, lo & 0xFF
+
+
 def clock_diff(a, b):
     """a - b on the off-switch's wrapping clock."""
     return ((a - b + _CLOCK_HALF) & CLOCK_MASK) - _CLOCK_HALF
@@ -287,7 +294,8 @@ class Core:
             return -1
         o = s * EV_SIZE
         ev = link.ev
-        ev[o], ev[o + 1], ev[o + 2], ev[o + 3] = code, a, b, c
+        ev[o] = code
+        ev[o + 1], ev[o + 2], ev[o + 3] = a, b, c
         for i in range(o + 4, o + EV_SIZE):
             ev[i] = 0
         link.ev_obj[s] = obj
@@ -303,7 +311,7 @@ class Core:
         if o < 0:
             return
         ev = self._link.ev
-        ev[o + 4], ev[o + 5], ev[o + 6], ev[o + 7] = hi >> 8, hi & 0xFF, lo >> 8, lo & 0xFF
+        _put_ctr(ev, o + 4, hi, lo)
         ev[o + 13], ev[o + 14], ev[o + 15] = n >> 16, (n >> 8) & 0xFF, n & 0xFF
         self._link.ev_put()
 
@@ -336,7 +344,7 @@ class Core:
         ws[m] = osa.STATE_VER
         ws[m + 1], ws[m + 2], ws[m + 3] = self.relay, self.armed, self.locked
         hi, lo = self._ctr_hi, self._ctr_lo
-        ws[m + 4], ws[m + 5], ws[m + 6], ws[m + 7] = hi >> 8, hi & 0xFF, lo >> 8, lo & 0xFF
+        _put_ctr(ws, m + 4, hi, lo)
         self._put32(ws, m + 8, self.deadline)
         self._put32(ws, m + 12, self._clock)
         ws[m + 16] = self._nops
@@ -354,10 +362,16 @@ class Core:
         self._pend = pend
         self._link.ask_persist(self.relay)
 
+    def _remember(self):
+        # the state before a change, to undo it if the record cannot be stored (ints, not a
+        # tuple: a tuple is an allocation)
+        self._b_relay, self._b_armed, self._b_locked = self.relay, self.armed, self.locked
+
     @staticmethod
     def _put32(b, o, v):
         # v < 2**30 (the clock's values)
-        b[o], b[o + 1], b[o + 2], b[o + 3] = v >> 24, (v >> 16) & 0xFF, (v >> 8) & 0xFF, v & 0xFF
+        b[o], b[o + 1] = v >> 24, (v >> 16) & 0xFF
+        b[o + 2], b[o + 3] = (v >> 8) & 0xFF, v & 0xFF
 
     def _settle(self, now):
         # A pending persist: when the main core answered, move the pin (stored) or undo
@@ -372,7 +386,7 @@ class Core:
             if self._relay.value() != self.relay:
                 self._relay.value(self.relay)
         elif not self._tampered:
-            self.relay, self.armed, self.locked = self._before
+            self.relay, self.armed, self.locked = self._b_relay, self._b_armed, self._b_locked
         if ok or not self._tampered:
             self._publish()
         if pend == _P_LOCAL:
@@ -392,7 +406,7 @@ class Core:
         if self._tampered and not (ok and pend == _P_TAMPER):
             # the tamper state is not stored yet
             self._tampered = 0
-            self._before = (self.relay, self.armed, self.locked)
+            self._remember()
             self._persist(_P_TAMPER)
         else:
             self._tampered = 0
@@ -459,7 +473,7 @@ class Core:
 
     def _switch(self, relay, text):
         # A local change (button, window, credit): relay to `relay`, disarmed, once stored.
-        self._before = (self.relay, self.armed, self.locked)
+        self._remember()
         self.relay, self.armed = relay, 0
         self._p_text = text
         self._persist(_P_LOCAL)
@@ -478,7 +492,7 @@ class Core:
         if self._pend:
             self._tampered = 1  # stored after the pending record
         else:
-            self._before = (0, 0, 1)
+            self._remember()
             self._persist(_P_TAMPER)
 
     # -- commands from the central system --------------------------------------------------
@@ -495,9 +509,9 @@ class Core:
         mid = self._meter
         for i in range(8):
             ws[m + 4 + i] = mid[i]
-        ws[m + 12], ws[m + 13], ws[m + 14], ws[m + 15] = hi >> 8, hi & 0xFF, lo >> 8, lo & 0xFF
+        _put_ctr(ws, m + 12, hi, lo)
         hi, lo = self._ctr_hi, self._ctr_lo
-        ws[m + 16], ws[m + 17], ws[m + 18], ws[m + 19] = hi >> 8, hi & 0xFF, lo >> 8, lo & 0xFF
+        _put_ctr(ws, m + 16, hi, lo)
         d = link.in_data
         for i in range(osa.NONCE_LEN):
             ws[m + 20 + i] = d[nonce_at + i] if nonce_at >= 0 else 0
@@ -567,8 +581,7 @@ class Core:
                 o = self._ev(EV_REFUSED, op, res, 1 if n == osa.CMD_LEN else 0)
                 if o >= 0:
                     ev = self._link.ev
-                    ev[o + 4], ev[o + 5], ev[o + 6], ev[o + 7] = (hi >> 8, hi & 0xFF, lo >> 8,
-                                                                  lo & 0xFF)
+                    _put_ctr(ev, o + 4, hi, lo)
                     if res == osa.R_WRONG_METER:
                         for i in range(8):
                             ev[o + 8 + i] = d[at + 2 + i]
@@ -577,7 +590,7 @@ class Core:
             return
         self._ctr_hi, self._ctr_lo = hi, lo  # authentic: consumed, whatever the outcome below
         res, text, num = osa.R_OK, 0, 0
-        self._before = (self.relay, self.armed, self.locked)
+        self._remember()
         if op == osa.OP_OFF or op == osa.OP_ON:
             limit = self._rate(now)
             if op == osa.OP_ON and self.locked:
@@ -603,7 +616,8 @@ class Core:
         else:
             res, text = osa.R_UNKNOWN_OP, T_UNKNOWN
         # Stored (the counter with it) before anything moves; answered once it is.
-        self._p_id, self._p_op, self._p_res, self._p_text, self._p_n = ident, op, res, text, num
+        self._p_id, self._p_op, self._p_res = ident, op, res
+        self._p_text, self._p_n = text, num
         self._p_hi, self._p_lo = hi, lo
         self._persist(_P_COMMAND)
 

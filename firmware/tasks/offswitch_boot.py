@@ -50,7 +50,7 @@ def init(core, hw, link, ticks_ms, keys_path, state_path):
     core._tamper_in = 0
     core._ref_n = core._ref_sup = core._ref_win = 0
     core._pend = core._tampered = 0
-    core._before = (0, 0, 0)
+    core._b_relay = core._b_armed = core._b_locked = 0
     core._p_id = core._p_op = core._p_res = core._p_text = core._p_n = 0
     core._p_hi = core._p_lo = 0
     core.relay, core.armed, core.locked, ctr = pin, 0, 0, 0
