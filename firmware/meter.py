@@ -70,29 +70,13 @@ def build(now_s=None):
 
     k.add("credit", Credit, {}, capacity=8)
     k.add("han", Han, hardware("han"), capacity=4)
-    # Core 1 where the build has _thread; where it has none (the official PYBV11 build) the
-    # off-switch's pass runs in its proxy's step on this core (docs/OFFSWITCH.md, "Without
-    # _thread"). Either way the Core is made here: it reads its files and makes everything it
-    # will use before it runs.
-    try:
-        import _thread  # noqa: F401
-
-        cooperative = False
-    except ImportError:
-        cooperative = True
-    link = offswitch.Link()
+    # The off-switch: core 1 where `import _thread` works; where it does not (the official
+    # PYBV11 build) its pass runs in its proxy's step on this core (docs/OFFSWITCH.md,
+    # "Without _thread"). The proxy stores core 1's record for it, and the relay's boot state
+    # where the board keeps one (a RelayBoot: the file's path, not the pin).
     hw = hardware("offswitch")
     hw["sleep_ms"] = board.sleep_ms
-    core = offswitch.Core(hw, link)
-    # The proxy stores core 1's record for it, and the relay's boot state where the board
-    # keeps one (a RelayBoot: the file's path, not the pin).
-    k.add("offswitch", offswitch.OffSwitch, {
-        "link": link, "poll": core.poll if cooperative else None,
-        "relay_boot": getattr(board.relay, "boot", None)},
-        capacity=4, period_ms=10 if cooperative else 20)
-    if not cooperative:
-        offswitch.start(core)
-    del core
+    offswitch.install(k, hw, getattr(board.relay, "boot", None))
     # The kernel took private copies of policy.py's tables: the module is not needed any
     # more, and its tables and code would hold RAM for nothing (docs/hardware.md, "Memory").
     sys.modules.pop("policy", None)

@@ -412,7 +412,7 @@ def test_core_runs_on_a_vm_thread(micropython: Run, tmp_path: Path) -> None:
 import time, _thread
 core = offswitch.Core(pins, link, None, D + "/keys.json", D + "/state.json")
 drain()
-assert offswitch.start(core) is None
+offswitch.start(core)
 def ask(token, ref):
     put("switch", ref, token)
     t = time.ticks_ms()
@@ -713,3 +713,129 @@ out(end=result.get("end"))
 def fs_guard_source() -> str:
     body = inspect.getsource(test_core1_touches_no_file_and_imports_nothing)
     return body[body.index('"""\nimport os') + 4:body.index('""")\n    check_session')]
+
+
+# -- without _thread (the official PYBV11 build): the same Core, one pass per kernel step ------
+COOPERATIVE = """
+import builtins, json, time
+real_import = builtins.__import__
+def no_thread(name, *a):
+    if name == "_thread":
+        raise ImportError("no module named '_thread'")
+    return real_import(name, *a)
+builtins.__import__ = no_thread          # as on the standard PYBV11 build
+import kernel, policy, store
+import offswitch_auth as osa
+from tasks import offswitch
+D = {d!r}
+KEY = bytes(range(32))
+METER = 4242
+store.save(D + "/keys.json", {{"meter": METER, "key": KEY.hex(), "max_per_hour": 4,
+                              "min_spacing_s": 5, "arm_window_s": 30}})
+KEYS = osa.derive(KEY, METER)
+import struct
+from hmac_sha256 import hmac_sha256_pads
+
+def command(op, ctr, keys=KEYS):
+    head = struct.pack(">BBQI", 1, op, METER, ctr)
+    return head + hmac_sha256_pads(keys[0], head)[:16]
+
+class Pin:
+    def __init__(self, v=0):
+        self.v = v
+    def value(self, v=None):
+        if v is None:
+            return self.v
+        self.v = 1 if v else 0
+
+class Boot:
+    def __init__(self):
+        self.saved = []
+    def save(self, v):
+        self.saved.append(v)
+
+class T:
+    def __init__(self, port, hw):
+        self.port = port
+        self.got = []
+    def handle(self, sender, kind, payload):
+        self.got.append((sender, kind, payload))
+
+LOGS = {{n: (D + "/" + n + ".bin", 64, 64) for n in policy.LOGS}}
+k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, LOGS, lambda: 1000)
+tasks = {{n: k.add(n, T, {{}}, capacity=8) for n in ("cs_security", "credit", "han")}}
+clock = [0]
+pins = {{"relay": Pin(1), "button": Pin(), "tamper": Pin(), "sleep_ms": time.sleep_ms}}
+boot = Boot()
+mode = offswitch.install(k, pins, boot, D + "/keys.json", D + "/state.json", lambda: clock[0])
+
+def run(ms=60):
+    t = time.ticks_ms()
+    while time.ticks_diff(time.ticks_ms(), t) < ms:
+        k.run_once()
+        time.sleep_ms(1)
+
+def switch(token, ref):
+    tasks["cs_security"].port.send("offswitch", "switch", (ref, token))
+    run()
+    for s, kind, p in tasks["cs_security"].got:
+        if kind == "switch_done" and p[0] == ref:
+            rep = p[2]
+            if hmac_sha256_pads(KEYS[1], rep[:28])[:16] != rep[28:]:
+                return "unsigned"
+            return rep[2]
+
+def press(name):
+    pins[name].v = 1
+    run()
+    pins[name].v = 0
+    run()
+"""
+
+
+def test_without_thread_the_offswitch_runs_cooperatively(micropython: Run,
+                                                         tmp_path: Path) -> None:
+    out = micropython(COOPERATIVE.format(d=str(tmp_path)) + """
+run()
+res = [switch(command(osa.OP_OFF, 1), 1)]
+opened = pins["relay"].v
+after_off = store.load_bytes(D + "/state.json")
+res.append(switch(command(osa.OP_OFF, 2, osa.derive(bytes(32), METER)), 2))   # forged
+res.append(switch(command(osa.OP_OFF, 1), 3))                                # replayed
+clock[0] += 6000
+res.append(switch(command(osa.OP_ON, 3), 4))
+armed_open = pins["relay"].v
+press("button")
+closed = pins["relay"].v
+clock[0] += 6000
+tasks["credit"].port.send("offswitch", "credit_disconnect", None)
+run()
+credit_open = pins["relay"].v
+forbidden = tasks["han"].port.send("offswitch", "switch", (9, command(osa.OP_ON, 4)))
+press("tamper")
+res.append(switch(command(osa.OP_ON, 5), 5))                                 # locked
+states = [list(p) for s, kind, p in tasks["han"].got if kind == "relay_state"]
+print(json.dumps({"mode": mode, "res": res, "opened": opened, "armed_open": armed_open,
+    "closed": closed, "credit_open": credit_open, "forbidden": forbidden,
+    "sealed": osa.state_fields(after_off), "boot": boot.saved, "states": states,
+    "log": [r[2] for r in k.read_log("offswitch", 0, 100)],
+    "sec": [r[2] for r in k.read_log("security", 0, 100)]}))
+""")
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["mode"] == "cooperative"
+    assert r["res"] == [OK, 3, 4, OK, 6]  # ok, bad MAC, replay, armed, locked: all signed
+    assert r["opened"] == 0 and r["armed_open"] == 0 and r["closed"] == 1
+    assert r["credit_open"] == 0
+    assert r["forbidden"] is False  # the flow policy still decides who reaches it
+    assert any("policy refused han->offswitch switch" in t for t in r["sec"]), r["sec"]
+    # its record: sealed, stored before the pin moved, with the relay's boot state
+    assert r["sealed"]["relay"] == 0 and r["sealed"]["ctr"] == 1
+    assert r["boot"][:1] == [0] and 1 in r["boot"]
+    assert r["states"][0] == [1, 0, 0] and r["states"][-1] == [0, 0, 1]
+    log = r["log"]
+    assert log[0] == "no _thread: runs in the main loop (cooperative)"
+    for line in ("OFF #1: relay opened", "OFF #2 refused: bad MAC", "OFF #1 refused: replay",
+                 "ON #3: armed 30s: press button", "button: reconnect confirmed, relay closed",
+                 "credit: local disconnect, relay opened", "TAMPER: locked (relay was open)",
+                 "ON #5: refused: locked"):
+        assert line in log, (line, log)

@@ -711,15 +711,30 @@ class OffSwitch:
             self._waiting[i] = (ref, time.ticks_ms())
 
 
+def install(k, hw, relay_boot=None, keys_path=KEYS, state_path=STATE, ticks_ms=None):
+    """Make the off-switch on kernel k: its Core (which reads its files and makes everything
+    it will use, here on the main core), the proxy task "offswitch", and core 1 running the
+    Core where `import _thread` works; where it does not (the official PYBV11 build) the
+    proxy runs the Core's pass once per step (docs/OFFSWITCH.md, "Without _thread"). hw: the
+    relay, button and tamper (policy.HARDWARE) and the board's sleep_ms. relay_boot: the
+    board's RelayBoot, if it keeps one. Returns "core 1" or "cooperative"."""
+    link = Link()
+    core = Core(hw, link, ticks_ms, keys_path, state_path)
+    coop = _thread is None
+    k.add("offswitch", OffSwitch, {"link": link, "poll": core.poll if coop else None,
+                                   "state": state_path, "relay_boot": relay_boot},
+          capacity=4, period_ms=_POLL_MS if coop else 20)
+    if coop:
+        k.log("offswitch", "no _thread: runs in the main loop (cooperative)")
+        return "cooperative"
+    start(core)
+    return "core 1"
+
+
 def start(core):
-    """Run core on the second core (core 1 on an RP2040, a VM thread on the virtual board)
-    and return None; where the build has no _thread, return core.poll for the proxy to run
-    once per step (docs/OFFSWITCH.md, "Without _thread")."""
-    if _thread is None:
-        return core.poll
+    """Run core on the second core: core 1 on an RP2040, a VM thread on the virtual board."""
     # The deepest path (a command: its MAC and the answer's) takes well under 4 KB of C stack;
     # rp2's default for core 1 is 4 KB (3.5 usable): ask for 8 KB (on rp2 it comes from the
     # heap, made here on core 0).
     _thread.stack_size(_STACK)
     _thread.start_new_thread(core.run, ())
-    return None
