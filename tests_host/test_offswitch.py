@@ -839,3 +839,21 @@ print(json.dumps({"mode": mode, "res": res, "opened": opened, "armed_open": arme
                  "credit: local disconnect, relay opened", "TAMPER: locked (relay was open)",
                  "ON #5: refused: locked"):
         assert line in log, (line, log)
+
+
+def test_a_factory_limit_above_what_is_kept_boots_and_is_no_hourly_limit(
+        micropython: Run, tmp_path: Path) -> None:
+    # The power-cut campaign provisions 100000 an hour: the Core's memory stays bounded (a list
+    # of 100000 times would not fit the heap) and the hourly limit is off; spacing still holds.
+    r = run_core(micropython, tmp_path, """
+store.save(D + "/big.json", {"meter": METER, "key": KEY.hex(), "max_per_hour": 100000,
+                             "min_spacing_s": 1, "arm_window_s": 30})
+boot(D + "/big.json")
+res = []
+for i in range(1, 81):
+    after(1)
+    res.append(cmd(osa.OP_OFF if i % 2 else osa.OP_ON, i)[1])
+spacing = cmd(osa.OP_OFF, 81)[1]
+out(kept=len(core._ops), res=sorted(set(res)), spacing=spacing)
+""")
+    assert r["kept"] == 64 and r["res"] == [OK] and r["spacing"] == 5

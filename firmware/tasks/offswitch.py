@@ -49,6 +49,7 @@ DEBOUNCE = const(2)  # polls the button must read pressed: a press is a rising e
 MAX_PER_HOUR = const(6)  # defaults; the factory may set others in os_keys.json
 MIN_SPACING_S = const(10)
 ARM_WINDOW_S = const(120)
+OPS_KEPT = const(64)  # switching operations remembered for the hourly limit
 _REFUSALS_LOGGED = const(32)  # per hour: a flood of refusals never evicts the switch records
 _STACK = const(8192)  # core 1's stack, bytes
 _ANSWER_MS = const(3000)  # the proxy answers FAILED for core 1 after this long
@@ -646,11 +647,15 @@ class OffSwitch:
         link, port = self._link, self._port
         if link.persist_wanted():
             self._store()
+        evs = []
         for _ in range(8):
             ev = link.take_event()
             if ev is None:
                 break
-            port.log(self.words(ev))
+            evs.append(ev)
+        if evs:
+            for text in self.words(evs):
+                port.log(text)
         for _ in range(4):
             d = link.take_done()
             if d is None:
@@ -692,10 +697,12 @@ class OffSwitch:
             ok = False
         link.persisted(ok)
 
-    def words(self, ev):
+    @staticmethod
+    def words(evs):
+        # the events (take_event()) in words; the wording's code is in RAM for this call only
         import lazy
 
-        return lazy.call("tasks.offswitch_text", "words", ev[0], ev[1])
+        return lazy.call("tasks.offswitch_text", "words_all", evs)
 
     def handle(self, sender, kind, payload):
         if kind not in _KIND_NAMES:

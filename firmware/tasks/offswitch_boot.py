@@ -9,7 +9,7 @@ import time
 import offswitch_auth as osa
 import store
 from tasks.offswitch import (ARM_WINDOW_S, CLOCK_MASK, DEBOUNCE, EV_BAD_RECORD, EV_BOOT,
-                             EV_BOOT_PIN, EV_NEW_KEY, MAX_PER_HOUR, MIN_SPACING_S)
+                             EV_BOOT_PIN, EV_NEW_KEY, MAX_PER_HOUR, MIN_SPACING_S, OPS_KEPT)
 from tasks.offswitch_mac import MSG, OUT, Mac
 
 
@@ -39,7 +39,9 @@ def init(core, hw, link, ticks_ms, keys_path, state_path):
     core._max_hour = int(k.get("max_per_hour", MAX_PER_HOUR))
     core._spacing = int(k.get("min_spacing_s", MIN_SPACING_S) * 1000)
     core._window = int(k.get("arm_window_s", ARM_WINDOW_S) * 1000)
-    core._ops = [0] * max(1, core._max_hour)  # clock times of counted operations
+    # clock times of the counted operations, at most OPS_KEPT: a factory limit above that is
+    # no hourly limit at all (the spacing still holds), as nobody switches a relay that often
+    core._ops = [0] * min(max(1, core._max_hour), OPS_KEPT)
     core._nops = 0
     pin = core._relay.value()
     # The off-switch's clock: milliseconds powered, persisted with the state and resumed from

@@ -21,6 +21,10 @@ def _outcome(t, n):
     return s % n if "%d" in s else s
 
 
+def words_all(evs):
+    return [words(ev, obj) for ev, obj in evs]
+
+
 def words(ev, obj):
     code, a, b, c = ev[0], ev[1], ev[2], ev[3]
     ctr = int.from_bytes(ev[4:8], "big")
