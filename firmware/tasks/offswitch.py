@@ -39,7 +39,7 @@ import offswitch_auth as osa
 try:
     import _thread
 except ImportError:  # the official PYBV11 build: the off-switch runs cooperatively
-    _thread = None
+    _thread = None  # type: ignore[assignment]
 
 KEYS = "/data/os_keys.json"
 STATE = "/data/os_state.json"
