@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests_host.conftest import FIRMWARE
+
 Run = Callable[..., str]
 
 PRELUDE = """
@@ -446,8 +448,8 @@ def producer():
     while i < N:
         s = link.ev_slot()
         if s >= 0:
-            link.ev[s * offswitch.EV_SIZE] = i & 0xFF
-            link.ev[s * offswitch.EV_SIZE + 1] = i >> 8
+            link.ev[s * 16] = i & 0xFF
+            link.ev[s * 16 + 1] = i >> 8
             link.ev_put()
             i += 1
     done.append(1)
@@ -497,7 +499,7 @@ GUARD_SETUP = None   # set by the test: run on core 1 before the loop
 GUARD_END = None     # ... and after it; returns what the test checks
 core = offswitch.Core(pins, link, lambda: clock[0], D + "/keys.json", D + "/state.json")
 drain()
-core._clock = offswitch.CLOCK_MASK - 20000  # the clock wraps 20 s into the session
+core._clock = 0x1FFFFFFF - 20000  # the clock wraps 20 s into the session
 result = {}
 def core1():
     GUARD_SETUP()
@@ -857,3 +859,74 @@ spacing = cmd(osa.OP_OFF, 81)[1]
 out(kept=len(core._ops), res=sorted(set(res)), spacing=spacing)
 """)
     assert r["kept"] == 64 and r["res"] == [OK] and r["spacing"] == 5
+
+
+def test_the_allocation_free_hmac_is_hmac_sha256(micropython: Run) -> None:
+    """offswitch._mac on the viper workspace against hmac_sha256 (hashlib), every length a
+    message may have, every key, with the heap locked."""
+    out = micropython("""
+import os, micropython
+import hmac_sha256 as h
+from tasks import offswitch
+from tasks.offswitch_mac import compile_op, workspace
+keys = [os.urandom(32) for _ in range(4)]
+op = compile_op()
+ws = workspace(keys, op)
+bad = 0
+for n in range(56):
+    for w in range(4):
+        msg = os.urandom(n)
+        ws[864:864 + n] = msg
+        micropython.heap_lock()
+        offswitch._mac(op, ws, w, n)
+        micropython.heap_unlock()
+        bad += bytes(ws[928:960]) != h.hmac_sha256(keys[w], msg)
+print(bad)
+""")
+    assert out.split() == ["0"]
+
+
+def test_the_copied_constants_agree() -> None:
+    # offswitch.py keeps its constants private (not module attributes: RAM); the boot, the
+    # wording and the MAC set-up, loaded only for a moment, have copies of those they need
+    import re
+
+    def consts(name: str) -> dict[str, int]:
+        src = (FIRMWARE / "tasks" / name).read_text()
+        return {k: int(v, 0) for k, v in re.findall(r"^(_[A-Z_0-9]+) = const\(([0-9a-fA-Fx]+)\)",
+                                                    src, re.M)}
+
+    main = consts("offswitch.py")
+    main.update({"_WS_K": 0, "_WS_H": 512, "_WS_SIZE": 960, "_NKEYS": 4})  # (in its comment)
+    for other in ("offswitch_boot.py", "offswitch_text.py", "offswitch_mac.py"):
+        copies = consts(other)
+        shared = {k: v for k, v in copies.items() if k in main}
+        assert shared == {k: main[k] for k in shared}, other
+        assert len(shared) >= 4, other
+    events = {k for k in main if k.startswith("_EV_")} - {"_EV_N", "_EV_SIZE", "_EV_HEAD"}
+    assert set(consts("offswitch_text.py")) == events
+
+
+def test_a_record_the_main_core_edited_brings_the_offswitch_up_locked(
+        micropython: Run, tmp_path: Path) -> None:
+    """The main core stores core 1's record as handed; one it edits (here: unlocked, armed,
+    the counter back to 0, the MAC kept) is not sealed by core 1 and is not believed."""
+    r = run_core(micropython, tmp_path, """
+pins["tamper"].v = 1
+poll(3)
+pins["tamper"].v = 0
+poll(3)
+cmd(osa.OP_OFF, 7)
+rec = bytearray(store.load_bytes(D + "/state.json"))
+sealed = osa.state_fields(rec)
+rec[2], rec[3] = 1, 0                      # armed, not locked
+rec[4:8] = bytes(4)                        # counter 0: the old commands would replay
+store.save_bytes(D + "/state.json", bytes(rec))
+boot()
+replay = cmd(osa.OP_ON, 7)[1]
+out(sealed=[sealed["locked"], sealed["ctr"]], after=[core.armed, core.locked], replay=replay)
+""")
+    assert r["sealed"] == [1, 7]
+    assert r["after"] == [0, 1]  # not armed; locked
+    assert r["replay"] == 6  # ON refused: locked
+    assert "state record not authentic: locked" in r["logs"]

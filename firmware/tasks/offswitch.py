@@ -45,11 +45,7 @@ KEYS = "/data/os_keys.json"
 STATE = "/data/os_state.json"
 _POLL_MS = const(10)
 _HOUR_MS = const(3600000)
-DEBOUNCE = const(2)  # polls the button must read pressed: a press is a rising edge + 20 ms
-MAX_PER_HOUR = const(6)  # defaults; the factory may set others in os_keys.json
-MIN_SPACING_S = const(10)
-ARM_WINDOW_S = const(120)
-OPS_KEPT = const(64)  # switching operations remembered for the hourly limit
+_DEBOUNCE = const(2)  # polls the button must read pressed: a press is a rising edge + 20 ms
 _REFUSALS_LOGGED = const(32)  # per hour: a flood of refusals never evicts the switch records
 _STACK = const(8192)  # core 1's stack, bytes
 _ANSWER_MS = const(3000)  # the proxy answers FAILED for core 1 after this long
@@ -57,48 +53,49 @@ _E_FAILED = const(7)  # WAN error code (PROTOCOL.md) for an answer the off-switc
 # The off-switch's clock (ms powered) wraps here: with it every time and every difference
 # stays a small int on a 32-bit port (31-bit small ints: a plain ms count would become a
 # big int, an allocation, after 12 days). Windows are at most an hour, far below half of it.
-CLOCK_MASK = const(0x1FFFFFFF)
+_CLOCK_MASK = const(0x1FFFFFFF)
 _CLOCK_HALF = const(0x10000000)
 
 # Link request kinds (main core -> core 1)
-K_SWITCH = const(1)
-K_STATUS = const(2)
-K_CREDIT = const(3)
+_K_SWITCH = const(1)
+_K_STATUS = const(2)
+_K_CREDIT = const(3)
 _KIND_NAMES = ("switch", "switch_status", "credit_disconnect")  # K_* - 1
 _DATA = const(32)  # bytes a request slot holds (a command is 30)
-EV_SIZE = const(16)  # an event: code, a, b, c, ctr u32, 8 bytes (a meter id, a number)
+_EV_SIZE = const(16)  # an event: code, a, b, c, ctr u32, 8 bytes (a meter id, a number)
 
-# Log events (core 1 -> main core, which words them: EVENTS in offswitch_text.py)
-EV_BOOT = const(1)
-EV_NEW_KEY = const(2)
-EV_BOOT_PIN = const(3)
-EV_CAP = const(4)
-EV_TAMPER_CLEARED = const(5)
-EV_BUTTON = const(6)
-EV_WINDOW = const(7)
-EV_CREDIT_REFUSED = const(8)
-EV_CREDIT = const(9)
-EV_PERSIST_FAILED = const(10)
-EV_TAMPER = const(11)
-EV_NO_KEY = const(12)
-EV_REFUSED = const(13)
-EV_COMMAND = const(14)
-EV_ERROR = const(15)
-EV_BAD_RECORD = const(16)
+# Log events (core 1 -> main core, which words them: tasks/offswitch_text.py, which has the
+# same numbers, as offswitch_boot.py has the boot's)
+_EV_BOOT = const(1)
+_EV_NEW_KEY = const(2)
+_EV_BOOT_PIN = const(3)
+_EV_CAP = const(4)
+_EV_TAMPER_CLEARED = const(5)
+_EV_BUTTON = const(6)
+_EV_WINDOW = const(7)
+_EV_CREDIT_REFUSED = const(8)
+_EV_CREDIT = const(9)
+_EV_PERSIST_FAILED = const(10)
+_EV_TAMPER = const(11)
+_EV_NO_KEY = const(12)
+_EV_REFUSED = const(13)
+_EV_COMMAND = const(14)
+_EV_ERROR = const(15)
+_EV_BAD_RECORD = const(16)
 
-# command outcomes (texts in offswitch_text.py); the refusals are the ones >= T_LOCKED
-T_OPENED = const(0)
-T_ALREADY_OPEN = const(1)
-T_ALREADY_CLOSED = const(2)
-T_ARMED = const(3)
-T_UNLOCKED = const(4)
-T_NOT_LOCKED = const(5)
-T_LOCKED = const(6)
-T_RATE_HOUR = const(7)
-T_RATE_SPACING = const(8)
-T_TAMPER = const(9)
-T_UNKNOWN = const(10)
-T_PERSIST = const(11)
+# command outcomes (texts in offswitch_text.py); the refusals are the ones >= _T_LOCKED
+_T_OPENED = const(0)
+_T_ALREADY_OPEN = const(1)
+_T_ALREADY_CLOSED = const(2)
+_T_ARMED = const(3)
+_T_UNLOCKED = const(4)
+_T_NOT_LOCKED = const(5)
+_T_LOCKED = const(6)
+_T_RATE_HOUR = const(7)
+_T_RATE_SPACING = const(8)
+_T_TAMPER = const(9)
+_T_UNKNOWN = const(10)
+_T_PERSIST = const(11)
 
 # what a persist request is for (Core._pend)
 _P_COMMAND = const(1)
@@ -106,7 +103,18 @@ _P_LOCAL = const(2)
 _P_TAMPER = const(3)
 
 # the state record core 1 seals and core 0 stores (offswitch_auth.STATE_* has the layout)
-REC_LEN = const(48)
+_REC_LEN = const(48)
+
+# The HMAC workspace (tasks/offswitch_mac.py makes it): SHA-256's round constants (0),
+# schedule (256), chaining state (512) and block, then per key (command, reply, state record,
+# the keyless meter's reply) its inner and outer midstates, the message and the MAC
+# (the same numbers in tasks/offswitch_mac.py and offswitch_boot.py: private consts are not
+# module attributes, which keeps this module's globals, RAM on every board, few;
+# tests_host/test_offswitch.py checks that the copies agree)
+_WS_BLK = const(544)  # the block being compressed, 64 bytes
+_MID = const(608)  # per key: inner midstate (32 bytes), outer midstate (32 bytes)
+_MSG = const(864)  # the message, up to 55 bytes
+_OUT = const(928)  # the MAC, 32 bytes
 
 
 def _put_ctr(b, o, hi, lo):
@@ -116,9 +124,27 @@ def _put_ctr(b, o, hi, lo):
     b[o + 2], b[o + 3] = lo >> 8, lo & 0xFF
 
 
+def _mac(op, ws, which, n):
+    # ws[_MSG:_MSG+n] (n <= 55) -> its HMAC-SHA256 under key `which` in ws[_OUT:_OUT+32], with the
+    # viper function op (tasks/offswitch_mac.py). Allocates nothing.
+    mid = _MID + 64 * which
+    op(ws, 1, mid)  # H = the key's inner midstate
+    op(ws, 3, n)  # the block: message, padding, length
+    op(ws, 0, 0)
+    op(ws, 4, _WS_BLK)  # the outer block: the inner digest ...
+    ws[_WS_BLK + 32] = 0x80  # ... padded, 64 + 32 bytes long
+    for i in range(_WS_BLK + 33, _WS_BLK + 62):
+        ws[i] = 0
+    ws[_WS_BLK + 62] = 3
+    ws[_WS_BLK + 63] = 0
+    op(ws, 1, mid + 32)  # H = the key's outer midstate
+    op(ws, 0, 0)
+    op(ws, 4, _OUT)
+
+
 def clock_diff(a, b):
     """a - b on the off-switch's wrapping clock."""
-    return ((a - b + _CLOCK_HALF) & CLOCK_MASK) - _CLOCK_HALF
+    return ((a - b + _CLOCK_HALF) & _CLOCK_MASK) - _CLOCK_HALF
 
 
 class _NoLock:
@@ -130,136 +156,161 @@ class _NoLock:
         return False
 
 
+# Link.n: its counters, one list (fewer attributes: a smaller instance dict)
+_IN_HEAD = const(0)
+_IN_N = const(1)
+_DONE_HEAD = const(2)
+_DONE_N = const(3)
+_EV_HEAD = const(4)
+_EV_N = const(5)
+_N_DROPPED = const(6)  # events and answers lost to full slots (counted by core 1 only)
+_N_STATE_SEQ = const(7)  # bumped at each change of `state`
+_REQ = const(8)  # persist handshake: core 1 bumps REQ, the main core makes ACK = REQ
+_ACK = const(9)
+_N_REQ_RELAY = const(10)  # the relay level the record being stored commands
+_OK = const(11)  # the last store: 1 stored, 0 failed
+
+
 class Link:
     """The only object the two cores share, made whole on the main core before core 1
-    starts: fixed slots for requests (IN), answers, log events and the state, and the persist
+    starts: fixed slots for requests, answers, log events and the state, and the persist
     handshake. Each access holds one lock for a few slot updates; nothing in it allocates on
     core 1's side."""
 
-    def __init__(self, cap_in=4, cap_done=4, cap_ev=32):
+    def __init__(self, cap_in=4, cap_done=4, cap_ev=16):
         self._lock = _thread.allocate_lock() if _thread else _NoLock()
-        # requests, main core -> core 1: kind, id (the proxy's small request number), length,
-        # data
-        self._in = [[0] * cap_in, [0] * cap_in, [0] * cap_in]
+        # requests, main core -> core 1: kind, id (the proxy's small request number), length;
+        # their data in in_data
+        self.inq = ([0] * cap_in, [0] * cap_in, [0] * cap_in)
         self.in_data = bytearray(cap_in * _DATA)
-        self._in_head = self._in_n = 0
-        # answers, core 1 -> main core: id, the 44-byte signed reply
+        # answers, core 1 -> main core: id; the 44-byte signed reply in done_data
         self._done_id = [0] * cap_done
         self.done_data = bytearray(cap_done * osa.REPLY_LEN)
-        self._done_head = self._done_n = 0
-        # log events, core 1 -> main core (ev_obj: an exception's type, for EV_ERROR)
-        self.ev = bytearray(cap_ev * EV_SIZE)
-        self.ev_obj = [None] * cap_ev
-        self._ev_head = self._ev_n = 0
-        self.dropped = 0  # events and answers lost to full slots (counted by core 1 only)
-        # the relay state (relay, armed, locked) and a change count
-        self.state = [0, 0, 0]
-        self.state_seq = 0
-        # persist handshake: core 1 fills `record` and bumps `req`; the main core stores the
-        # record and the relay's boot state `req_relay`, sets `ok` and makes `ack` = `req`
-        self.record = bytearray(REC_LEN)
-        self.req = self.ack = 0
-        self.req_relay = 0
-        self.ok = 1
+        # log events, core 1 -> main core
+        self.ev = bytearray(cap_ev * _EV_SIZE)
+        self.err = None  # the type of the last exception core 1's loop caught (_EV_ERROR)
+        self.state = [0, 0, 0]  # relay, armed, locked
+        self.record = bytearray(_REC_LEN)  # the sealed record core 1 asks to be stored
+        self.n = [0] * 12
+        self.n[_OK] = 1
         self.running = True
+
+    @property
+    def dropped(self):
+        return self.n[_N_DROPPED]
+
+    @property
+    def req_relay(self):
+        return self.n[_N_REQ_RELAY]
+
+    @property
+    def state_seq(self):
+        return self.n[_N_STATE_SEQ]
 
     # -- the main core's side (may allocate) --------------------------------------------------
     def put_in(self, kind, ident, data):
+        n = self.n
         with self._lock:
-            cap = len(self._in[0])
-            if self._in_n >= cap:
+            cap = len(self.inq[0])
+            if n[_IN_N] >= cap:
                 return False
-            s = (self._in_head + self._in_n) % cap
-        n = len(data) if data else 0
-        self._in[0][s], self._in[1][s], self._in[2][s] = kind, ident, n
-        if n:
-            k = min(n, _DATA)
+            s = (n[_IN_HEAD] + n[_IN_N]) % cap
+        k = len(data) if data else 0
+        self.inq[0][s], self.inq[1][s], self.inq[2][s] = kind, ident, k
+        if k:
+            k = min(k, _DATA)
             self.in_data[s * _DATA:s * _DATA + k] = data[:k]
         with self._lock:
-            self._in_n += 1
+            n[_IN_N] += 1
         return True
 
     def take_done(self):
         """(id, reply bytes) or None."""
+        n = self.n
         with self._lock:
-            if not self._done_n:
+            if not n[_DONE_N]:
                 return None
-            s = self._done_head
+            s = n[_DONE_HEAD]
         r = (self._done_id[s], bytes(self.done_data[s * osa.REPLY_LEN:(s + 1) * osa.REPLY_LEN]))
         with self._lock:
-            self._done_head = (s + 1) % len(self._done_id)
-            self._done_n -= 1
+            n[_DONE_HEAD] = (s + 1) % len(self._done_id)
+            n[_DONE_N] -= 1
         return r
 
     def take_event(self):
-        """(bytes of the event, object) or None."""
+        """(bytes of the event, the exception type for _EV_ERROR) or None."""
+        n = self.n
         with self._lock:
-            if not self._ev_n:
+            if not n[_EV_N]:
                 return None
-            s = self._ev_head
-        r = (bytes(self.ev[s * EV_SIZE:(s + 1) * EV_SIZE]), self.ev_obj[s])
-        self.ev_obj[s] = None
+            s = n[_EV_HEAD]
+        e = bytes(self.ev[s * _EV_SIZE:(s + 1) * _EV_SIZE])
         with self._lock:
-            self._ev_head = (s + 1) % len(self.ev_obj)
-            self._ev_n -= 1
-        return r
+            n[_EV_HEAD] = (s + 1) % (len(self.ev) // _EV_SIZE)
+            n[_EV_N] -= 1
+        return e, self.err if e[0] == _EV_ERROR else None
 
     def persist_wanted(self):
-        return self.req != self.ack
+        return self.n[_REQ] != self.n[_ACK]
 
     def persisted(self, ok):
         with self._lock:
-            self.ok = 1 if ok else 0
-            self.ack = self.req
+            self.n[_OK] = 1 if ok else 0
+            self.n[_ACK] = self.n[_REQ]
 
     # -- core 1's side (allocates nothing) ---------------------------------------------------
     def in_slot(self):
         """The oldest request's slot, or -1."""
         with self._lock:
-            return self._in_head if self._in_n else -1
+            return self.n[_IN_HEAD] if self.n[_IN_N] else -1
 
     def in_done(self):
+        n = self.n
         with self._lock:
-            self._in_head = (self._in_head + 1) % len(self._in[0])
-            self._in_n -= 1
+            n[_IN_HEAD] = (n[_IN_HEAD] + 1) % len(self.inq[0])
+            n[_IN_N] -= 1
 
     def done_slot(self):
         # a free answer slot (filled, then published with done_put), or -1
+        n = self.n
         with self._lock:
             cap = len(self._done_id)
-            if self._done_n >= cap:
-                self.dropped += 1
+            if n[_DONE_N] >= cap:
+                n[_N_DROPPED] += 1
                 return -1
-            return (self._done_head + self._done_n) % cap
+            return (n[_DONE_HEAD] + n[_DONE_N]) % cap
 
     def done_put(self, s, ident):
         self._done_id[s] = ident
         with self._lock:
-            self._done_n += 1
+            self.n[_DONE_N] += 1
 
     def ev_slot(self):
+        n = self.n
         with self._lock:
-            cap = len(self.ev_obj)
-            if self._ev_n >= cap:
-                self.dropped += 1
+            cap = len(self.ev) // _EV_SIZE
+            if n[_EV_N] >= cap:
+                n[_N_DROPPED] += 1
                 return -1
-            return (self._ev_head + self._ev_n) % cap
+            return (n[_EV_HEAD] + n[_EV_N]) % cap
 
     def ev_put(self):
         with self._lock:
-            self._ev_n += 1
+            self.n[_EV_N] += 1
 
     def ask_persist(self, relay):
+        n = self.n
         with self._lock:
-            self.req_relay = relay
-            self.req = (self.req + 1) & 0xFFFF
+            n[_N_REQ_RELAY] = relay
+            n[_REQ] = (n[_REQ] + 1) & 0xFFFF
 
     def answer(self):
         """None while a persist request is pending, else True (stored) or False (failed)."""
+        n = self.n
         with self._lock:
-            if self.req != self.ack:
+            if n[_REQ] != n[_ACK]:
                 return None
-            return self.ok == 1
+            return n[_OK] == 1
 
 
 class Core:
@@ -284,26 +335,25 @@ class Core:
     # -- time, state, log ---------------------------------------------------------
     def _now(self):
         t = self._ticks()
-        self._clock = (self._clock + time.ticks_diff(t, self._t)) & CLOCK_MASK
+        self._clock = (self._clock + time.ticks_diff(t, self._t)) & _CLOCK_MASK
         self._t = t
         return self._clock
 
-    def _ev(self, code, a=0, b=0, c=0, obj=None):
+    def _ev(self, code, a=0, b=0, c=0):
         link = self._link
         s = link.ev_slot()
         if s < 0:
             return -1
-        o = s * EV_SIZE
+        o = s * _EV_SIZE
         ev = link.ev
         ev[o] = code
         ev[o + 1], ev[o + 2], ev[o + 3] = a, b, c
-        for i in range(o + 4, o + EV_SIZE):
+        for i in range(o + 4, o + _EV_SIZE):
             ev[i] = 0
-        link.ev_obj[s] = obj
         return o
 
-    def _log(self, code, a=0, b=0, c=0, obj=None):
-        if self._ev(code, a, b, c, obj) >= 0:
+    def _log(self, code, a=0, b=0, c=0):
+        if self._ev(code, a, b, c) >= 0:
             self._link.ev_put()
 
     def _log_ctr(self, code, a, b, hi, lo, n=0, c=0):
@@ -317,14 +367,14 @@ class Core:
         self._link.ev_put()
 
     def _publish(self):
-        st = self._link.state
+        st, n = self._link.state, self._link.n
         st[0], st[1], st[2] = self.relay, self.armed, self.locked
-        self._link.state_seq = (self._link.state_seq + 1) & 0xFFFF
+        n[_N_STATE_SEQ] = (n[_N_STATE_SEQ] + 1) & 0xFFFF
 
     def _ref_hour(self, now):
         if clock_diff(now, self._ref_win) >= _HOUR_MS:
             if self._ref_sup:
-                self._log_ctr(EV_CAP, 0, 0, 0, 0, self._ref_sup)
+                self._log_ctr(_EV_CAP, 0, 0, 0, 0, self._ref_sup)
             self._ref_win, self._ref_n, self._ref_sup = now, 0, 0
 
     def _may_log_refusal(self, now):
@@ -341,7 +391,7 @@ class Core:
     def _persist(self, pend):
         # Seal the state into the Link's record (offswitch_auth.STATE_*) and ask the main
         # core to store it; the pin moves in _settle(), once it says the record is on flash.
-        rec, ws, m = self._link.record, self._mac.ws, self._msg
+        rec, ws, m = self._link.record, self._ws, _MSG
         ws[m] = osa.STATE_VER
         ws[m + 1], ws[m + 2], ws[m + 3] = self.relay, self.armed, self.locked
         hi, lo = self._ctr_hi, self._ctr_lo
@@ -354,8 +404,8 @@ class Core:
         kid = self._kid
         for i in range(8):
             ws[m + 24 + i] = kid[i]
-        self._mac.mac(2, osa.STATE_MAC_AT)
-        out = self._out
+        _mac(self._op, self._ws, 2, osa.STATE_MAC_AT)
+        out = _OUT
         for i in range(osa.STATE_MAC_AT):
             rec[i] = ws[m + i]
         for i in range(osa.MAC_LEN):
@@ -366,7 +416,8 @@ class Core:
     def _remember(self):
         # the state before a change, to undo it if the record cannot be stored (ints, not a
         # tuple: a tuple is an allocation)
-        self._b_relay, self._b_armed, self._b_locked = self.relay, self.armed, self.locked
+        b = self._b
+        b[0], b[1], b[2] = self.relay, self.armed, self.locked
 
     @staticmethod
     def _put32(b, o, v):
@@ -381,29 +432,29 @@ class Core:
         if ok is None:
             return
         pend, self._pend = self._pend, 0
+        p = self._p
         if pend == _P_TAMPER:
             pass  # the relay opened already; a failed store leaves it open all the same
         elif ok:
             if self._relay.value() != self.relay:
                 self._relay.value(self.relay)
         elif not self._tampered:
-            self.relay, self.armed, self.locked = self._b_relay, self._b_armed, self._b_locked
+            b = self._b
+            self.relay, self.armed, self.locked = b[0], b[1], b[2]
         if ok or not self._tampered:
             self._publish()
         if pend == _P_LOCAL:
             if ok:
-                self._log(self._p_text)
+                self._log(p[3])
             else:
-                self._log(EV_PERSIST_FAILED, self.relay)
+                self._log(_EV_PERSIST_FAILED, self.relay)
         elif pend == _P_COMMAND:
-            text = self._p_text if ok else T_PERSIST
-            res = self._p_res if ok else osa.R_BUSY
-            hi, lo = self._p_hi, self._p_lo
-            if res == osa.R_OK:
-                self._log_ctr(EV_COMMAND, self._p_op, text, hi, lo, self._p_n)
-            elif self._may_log_refusal(now):
-                self._log_ctr(EV_COMMAND, self._p_op, text, hi, lo, self._p_n)
-            self._answer(self._p_id, self._p_op, res, hi, lo, -1)
+            text = p[3] if ok else _T_PERSIST
+            res = p[2] if ok else osa.R_BUSY
+            hi, lo = p[5], p[6]
+            if res == osa.R_OK or self._may_log_refusal(now):
+                self._log_ctr(_EV_COMMAND, p[1], text, hi, lo, p[4])
+            self._answer(p[0], p[1], res, hi, lo, -1)
         if self._tampered and not (ok and pend == _P_TAMPER):
             # the tamper state is not stored yet
             self._tampered = 0
@@ -421,7 +472,7 @@ class Core:
                 self._on_tamper()
         elif self._tamper_in:
             self._tamper_in = 0
-            self._log(EV_TAMPER_CLEARED)
+            self._log(_EV_TAMPER_CLEARED)
             self._publish()
         if self._pend:
             self._settle(now)
@@ -429,14 +480,14 @@ class Core:
                 return  # nothing else moves until the record is on flash
         if self._button.value():
             self._btn += 1
-            if self._btn == DEBOUNCE and self.armed:
+            if self._btn == _DEBOUNCE and self.armed:
                 # A press confirms an armed reconnect; alone it never closes the relay.
-                self._switch(1, EV_BUTTON)
+                self._switch(1, _EV_BUTTON)
                 return
         else:
             self._btn = 0
         if self.armed and clock_diff(now, self.deadline) > 0:
-            self._switch(0, EV_WINDOW)
+            self._switch(0, _EV_WINDOW)
             return
         s = self._link.in_slot()
         if s >= 0:
@@ -445,30 +496,31 @@ class Core:
 
     def _request(self, s, now):
         link = self._link
-        kind, ident, n = link._in[0][s], link._in[1][s], link._in[2][s]
-        if kind == K_SWITCH:
+        kind, ident, n = link.inq[0][s], link.inq[1][s], link.inq[2][s]
+        if kind == _K_SWITCH:
             self._command(ident, s * _DATA, n, now)
-        elif kind == K_STATUS:
+        elif kind == _K_STATUS:
             ok = n == osa.NONCE_LEN
             self._answer(ident, osa.OP_STATUS, (osa.R_OK if self._keyed else osa.R_NO_KEY)
                          if ok else osa.R_MALFORMED, 0, 0, s * _DATA if ok else -1)
-        elif kind == K_CREDIT:
+        elif kind == _K_CREDIT:
             # The credit task's only power: a local disconnect at zero credit.
             if self.relay or self.armed:
                 limit = self._rate(now)
                 if limit:
                     if self._may_log_refusal(now):
-                        self._log_ctr(EV_CREDIT_REFUSED, limit, 0, 0, 0, self._max_hour)
+                        self._log_ctr(_EV_CREDIT_REFUSED, limit, 0, 0, 0, self._lim[0])
                 else:
                     self._add_op(now)
-                    self._switch(0, EV_CREDIT)
+                    self._switch(0, _EV_CREDIT)
 
     def run(self):
         while self._link.running:
             try:
                 self.poll()
             except Exception as e:  # noqa: BLE001 - the off-switch must keep running
-                self._log(EV_ERROR, obj=type(e))
+                self._link.err = type(e)
+                self._log(_EV_ERROR)
                 self._sleep_ms(100)
             self._sleep_ms(_POLL_MS)
 
@@ -476,7 +528,7 @@ class Core:
         # A local change (button, window, credit): relay to `relay`, disarmed, once stored.
         self._remember()
         self.relay, self.armed = relay, 0
-        self._p_text = text
+        self._p[3] = text
         self._persist(_P_LOCAL)
 
     def _on_tamper(self):
@@ -485,7 +537,7 @@ class Core:
         # While the input stays active nothing can close the relay (ON is refused while
         # locked, and UNLOCK while the tamper input is active).
         self._tamper_in = 1
-        self._log(EV_TAMPER, 0 if self.relay else 1 if not self.locked else 2)
+        self._log(_EV_TAMPER, 0 if self.relay else 1 if not self.locked else 2)
         self.relay, self.armed, self.locked = 0, 0, 1
         if self._relay.value():
             self._relay.value(0)
@@ -503,7 +555,7 @@ class Core:
         s = link.done_slot()
         if s < 0:
             return
-        ws, m = self._mac.ws, self._msg
+        ws, m = self._ws, _MSG
         ws[m], ws[m + 1], ws[m + 2] = osa.VER, op, result
         ws[m + 3] = (self.relay * osa.S_RELAY | self.armed * osa.S_ARMED
                      | self.locked * osa.S_LOCKED | self._tamper_in * osa.S_TAMPER)
@@ -516,12 +568,12 @@ class Core:
         d = link.in_data
         for i in range(osa.NONCE_LEN):
             ws[m + 20 + i] = d[nonce_at + i] if nonce_at >= 0 else 0
-        self._mac.mac(1 if self._keyed else 3, 28)
+        _mac(self._op, self._ws, 1 if self._keyed else 3, 28)
         out, o = link.done_data, s * osa.REPLY_LEN
         for i in range(28):
             out[o + i] = ws[m + i]
         for i in range(osa.MAC_LEN):
-            out[o + 28 + i] = ws[self._out + i]
+            out[o + 28 + i] = ws[_OUT + i]
         link.done_put(s, ident)
 
     def _add_op(self, now):
@@ -541,10 +593,10 @@ class Core:
                 ops[k] = ops[i]
                 k += 1
         self._nops = k
-        if k >= self._max_hour:
-            return T_RATE_HOUR
-        if k and clock_diff(now, ops[k - 1]) < self._spacing:
-            return T_RATE_SPACING
+        if k >= self._lim[0]:
+            return _T_RATE_HOUR
+        if k and clock_diff(now, ops[k - 1]) < self._lim[1]:
+            return _T_RATE_SPACING
         return 0
 
     def _command(self, ident, at, n, now):
@@ -554,7 +606,7 @@ class Core:
         op = d[at + 1] if n == osa.CMD_LEN else 0
         if not self._keyed:
             if self._may_log_refusal(now):
-                self._log(EV_NO_KEY)
+                self._log(_EV_NO_KEY)
             self._answer(ident, 0, osa.R_NO_KEY, 0, 0, -1)
             return
         res = osa.R_OK
@@ -566,11 +618,11 @@ class Core:
                 if d[at + 2 + i] != mid[i]:
                     res = osa.R_WRONG_METER
         if res == osa.R_OK:
-            ws, m = self._mac.ws, self._msg
+            ws, m = self._ws, _MSG
             for i in range(14):
                 ws[m + i] = d[at + i]
-            self._mac.mac(0, 14)
-            diff, out = 0, self._out
+            _mac(self._op, self._ws, 0, 14)
+            diff, out = 0, _OUT
             for i in range(osa.MAC_LEN):  # constant time
                 diff |= ws[out + i] ^ d[at + 14 + i]
             if diff:
@@ -579,7 +631,7 @@ class Core:
                 res = osa.R_REPLAY
         if res != osa.R_OK:
             if self._may_log_refusal(now):
-                o = self._ev(EV_REFUSED, op, res, 1 if n == osa.CMD_LEN else 0)
+                o = self._ev(_EV_REFUSED, op, res, 1 if n == osa.CMD_LEN else 0)
                 if o >= 0:
                     ev = self._link.ev
                     _put_ctr(ev, o + 4, hi, lo)
@@ -595,31 +647,32 @@ class Core:
         if op == osa.OP_OFF or op == osa.OP_ON:
             limit = self._rate(now)
             if op == osa.OP_ON and self.locked:
-                res, text = osa.R_LOCKED, T_LOCKED
+                res, text = osa.R_LOCKED, _T_LOCKED
             elif limit:
-                res, text, num = osa.R_RATE_LIMIT, limit, self._max_hour
+                res, text, num = osa.R_RATE_LIMIT, limit, self._lim[0]
             else:
                 self._add_op(now)
                 if op == osa.OP_OFF:
-                    text = T_OPENED if self.relay else T_ALREADY_OPEN
+                    text = _T_OPENED if self.relay else _T_ALREADY_OPEN
                     self.relay, self.armed = 0, 0
                 elif self.relay:
-                    text = T_ALREADY_CLOSED
+                    text = _T_ALREADY_CLOSED
                 else:
-                    self.armed, self.deadline = 1, (now + self._window) & CLOCK_MASK
-                    text, num = T_ARMED, self._window // 1000
+                    self.armed, self.deadline = 1, (now + self._lim[2]) & _CLOCK_MASK
+                    text, num = _T_ARMED, self._lim[2] // 1000
         elif op == osa.OP_UNLOCK:
             if self._tamper_in:
-                res, text = osa.R_TAMPER, T_TAMPER
+                res, text = osa.R_TAMPER, _T_TAMPER
             else:
-                text = T_UNLOCKED if self.locked else T_NOT_LOCKED
+                text = _T_UNLOCKED if self.locked else _T_NOT_LOCKED
                 self.locked = 0
         else:
-            res, text = osa.R_UNKNOWN_OP, T_UNKNOWN
+            res, text = osa.R_UNKNOWN_OP, _T_UNKNOWN
         # Stored (the counter with it) before anything moves; answered once it is.
-        self._p_id, self._p_op, self._p_res = ident, op, res
-        self._p_text, self._p_n = text, num
-        self._p_hi, self._p_lo = hi, lo
+        p = self._p  # what to answer and log once the record is stored
+        p[0], p[1], p[2] = ident, op, res
+        p[3], p[4] = text, num
+        p[5], p[6] = hi, lo
         self._persist(_P_COMMAND)
 
 

@@ -6,11 +6,29 @@ import binascii
 import hashlib
 import time
 
+import lazy
 import offswitch_auth as osa
 import store
-from tasks.offswitch import (ARM_WINDOW_S, CLOCK_MASK, DEBOUNCE, EV_BAD_RECORD, EV_BOOT,
-                             EV_BOOT_PIN, EV_NEW_KEY, MAX_PER_HOUR, MIN_SPACING_S, OPS_KEPT)
-from tasks.offswitch_mac import MSG, OUT, Mac
+from micropython import const
+
+from tasks.offswitch import _mac
+from tasks.offswitch_mac import compile_op, workspace
+
+# as in tasks/offswitch.py (tests_host/test_offswitch.py checks the copies agree)
+_DEBOUNCE = const(2)
+_CLOCK_MASK = const(0x1FFFFFFF)
+_MSG = const(864)
+_OUT = const(928)
+_EV_BOOT = const(1)
+_EV_NEW_KEY = const(2)
+_EV_BOOT_PIN = const(3)
+_EV_BAD_RECORD = const(16)
+# the factory limits' defaults (os_keys.json may set others)
+_MAX_PER_HOUR = const(6)
+_MIN_SPACING_S = const(10)
+_ARM_WINDOW_S = const(120)
+# switching times kept for the hourly limit: a factory limit above that is no hourly limit
+_OPS_KEPT = const(64)
 
 
 def _u32(b, o):
@@ -25,36 +43,35 @@ def init(core, hw, link, ticks_ms, keys_path, state_path):
     core._ticks = ticks_ms or time.ticks_ms
     k = store.load(keys_path, None) or {}
     meter_id = int(k.get("meter", 0))
-    core.meter_id = meter_id
     core._meter = meter_id.to_bytes(8, "big")
     key = bytes.fromhex(k.get("key", ""))
     core._keyed = bool(key)
     keys = list(osa.derive_keys(key if key else osa.NO_KEY, meter_id))
     keys.append(osa.derive_keys(osa.NO_KEY, meter_id)[1])  # the keyless meter's replies
-    core._mac = mac = Mac(keys)
-    core._msg, core._out = MSG, OUT
+    op = hw.get("mac_op") or compile_op()
+    core._op, core._ws = op, workspace(keys, op)
     kid = hashlib.sha256(b"os kid" + key).digest()[:8] if key else bytes(8)
     kid_hex = binascii.hexlify(kid).decode() if key else ""
     core._kid = kid
-    core._max_hour = int(k.get("max_per_hour", MAX_PER_HOUR))
-    core._spacing = int(k.get("min_spacing_s", MIN_SPACING_S) * 1000)
-    core._window = int(k.get("arm_window_s", ARM_WINDOW_S) * 1000)
-    # clock times of the counted operations, at most OPS_KEPT: a factory limit above that is
+    max_hour = int(k.get("max_per_hour", _MAX_PER_HOUR))
+    # the factory limits: per hour, spacing (ms), arm window (ms)
+    core._lim = [max_hour, int(k.get("min_spacing_s", _MIN_SPACING_S) * 1000),
+                 int(k.get("arm_window_s", _ARM_WINDOW_S) * 1000)]
+    # clock times of the counted operations, at most _OPS_KEPT: a factory limit above that is
     # no hourly limit at all (the spacing still holds), as nobody switches a relay that often
-    core._ops = [0] * min(max(1, core._max_hour), OPS_KEPT)
+    core._ops = [0] * min(max(1, max_hour), _OPS_KEPT)
     core._nops = 0
     pin = core._relay.value()
     # The off-switch's clock: milliseconds powered, persisted with the state and resumed from
     # it, so windows and rate limits survive a reset (time without power does not count:
     # that only makes the limits stricter).
     core._t = core._ticks()
-    core._btn = DEBOUNCE if core._button.value() else 0  # held at boot: not a press
+    core._btn = _DEBOUNCE if core._button.value() else 0  # held at boot: not a press
     core._tamper_in = 0
     core._ref_n = core._ref_sup = core._ref_win = 0
     core._pend = core._tampered = 0
-    core._b_relay = core._b_armed = core._b_locked = 0
-    core._p_id = core._p_op = core._p_res = core._p_text = core._p_n = 0
-    core._p_hi = core._p_lo = 0
+    core._b = [0, 0, 0]  # the state before a change (undone if it cannot be stored)
+    core._p = [0] * 7  # a pending command: id, op, result, outcome, number, counter hi, lo
     core.relay, core.armed, core.locked, ctr = pin, 0, 0, 0
     core.deadline = core._clock = 0
     new_key = bad = False
@@ -65,20 +82,20 @@ def init(core, hw, link, ticks_ms, keys_path, state_path):
             new_key = True  # a new key (re-provisioned): the old key's counter means nothing
             core.locked = st["locked"]  # only ever stricter; armed and the relay: as they are
         else:
-            ws = mac.ws
-            ws[MSG:MSG + osa.STATE_MAC_AT] = rec[:osa.STATE_MAC_AT]
-            mac.mac(2, osa.STATE_MAC_AT)
-            if ws[OUT:OUT + osa.MAC_LEN] != rec[osa.STATE_MAC_AT:]:
+            ws = core._ws
+            ws[_MSG:_MSG + osa.STATE_MAC_AT] = rec[:osa.STATE_MAC_AT]
+            _mac(op, ws, 2, osa.STATE_MAC_AT)
+            if ws[_OUT:_OUT + osa.MAC_LEN] != rec[osa.STATE_MAC_AT:]:
                 bad = True  # not sealed by this off-switch: trust nothing but "locked"
                 core.locked = 1
             else:
                 core.relay, core.armed, core.locked = st["relay"], st["armed"], st["locked"]
-                ctr, core.deadline = st["ctr"], st["deadline"] & CLOCK_MASK
-                core._clock = st["clock"] & CLOCK_MASK
+                ctr, core.deadline = st["ctr"], st["deadline"] & _CLOCK_MASK
+                core._clock = st["clock"] & _CLOCK_MASK
                 # the hour's operations, all counted at the last one's time: only stricter
                 n = min(st["n_ops"], len(core._ops))
                 for i in range(n):
-                    core._ops[i] = st["last_op"] & CLOCK_MASK
+                    core._ops[i] = st["last_op"] & _CLOCK_MASK
                 core._nops = n
     elif rec is None:
         old = store.load(state_path, None)  # a record from before the sealed format (JSON)
@@ -90,19 +107,20 @@ def init(core, hw, link, ticks_ms, keys_path, state_path):
             core.relay = 1 if old["relay"] else 0
             core.armed = 1 if old.get("armed") else 0
             core.locked = 1 if old.get("locked") else 0
-            core.deadline = int(old.get("deadline", 0)) & CLOCK_MASK
-            core._clock = int(old.get("clock", 0)) & CLOCK_MASK
+            core.deadline = int(old.get("deadline", 0)) & _CLOCK_MASK
+            core._clock = int(old.get("clock", 0)) & _CLOCK_MASK
             for t in old.get("ops", ())[-len(core._ops):]:
-                core._ops[core._nops] = int(t) & CLOCK_MASK
+                core._ops[core._nops] = int(t) & _CLOCK_MASK
                 core._nops += 1
     core._ctr_hi, core._ctr_lo = ctr >> 16, ctr & 0xFFFF
     if new_key:
-        core._log(EV_NEW_KEY)
+        core._log(_EV_NEW_KEY)
     if bad:
-        core._log(EV_BAD_RECORD)
-    core._log_ctr(EV_BOOT, core.relay, core.armed, core._ctr_hi, core._ctr_lo, 0, core.locked)
+        core._log(_EV_BAD_RECORD)
+    core._log_ctr(_EV_BOOT, core.relay, core.armed, core._ctr_hi, core._ctr_lo, 0, core.locked)
     if pin != core.relay:
         # Only when the pin lost the commanded state (a relay that does not latch).
         core._relay.value(core.relay)
-        core._log(EV_BOOT_PIN, pin, core.relay)
+        core._log(_EV_BOOT_PIN, pin, core.relay)
     core._publish()
+    lazy.drop("tasks.offswitch_mac")  # the boot's only: its function and workspace stay

@@ -13,23 +13,21 @@
 # firmware runs on (rp2, stm32, unix x64) has a native emitter.
 #
 # Messages are at most 55 bytes: one block with its padding, so an HMAC is four compressions,
-# two of them done once at boot per key.
+# two of them done once at boot per key. Only the boot uses this module (the viper function
+# and the workspace outlive it); the HMAC itself is tasks/offswitch.py's _mac().
 import struct
 
 import hmac_sha256 as _h
+
 from micropython import const
 
-# workspace layout (bytes)
-_K = const(0)  # 64 round constants, native-endian u32
-_W = const(256)  # message schedule, 64 u32
-_H = const(512)  # chaining state, 8 u32
-_BLK = const(544)  # the block being compressed, 64 bytes
-MID = const(608)  # per key: inner midstate (32 bytes), outer midstate (32 bytes)
-KEYS = const(4)  # command, reply, state record, the keyless meter's reply
-MSG = const(864)  # the message, up to 55 bytes
-OUT = const(928)  # the MAC, 32 bytes
-SIZE = const(960)
-MAX_MSG = const(55)
+# the workspace's layout, as tasks/offswitch.py's (whose _mac() runs the HMAC)
+_WS_K = const(0)  # 64 round constants, native-endian u32
+_WS_H = const(512)  # chaining state, 8 u32 (after the schedule, 64 u32)
+_WS_BLK = const(544)  # the block being compressed, 64 bytes
+_MID = const(608)  # per key: inner midstate (32 bytes), outer midstate (32 bytes)
+_NKEYS = const(4)  # command, reply, state record, the keyless meter's reply
+_WS_SIZE = const(960)
 
 _SRC = """
 import micropython
@@ -140,36 +138,25 @@ _IV = (0x6A09E667, 0xBB67AE85, 0x3C6EF372, 0xA54FF53A, 0x510E527F, 0x9B05688C, 0
        0x5BE0CD19)
 
 
-class Mac:
-    """HMAC-SHA256 under KEYS keys, allocation-free once made. ws[MSG:MSG+n] is the message;
-    mac(which, n) leaves the 32-byte MAC in ws[OUT:OUT+32]. Made on core 0 (it allocates)."""
+def compile_op():
+    """The viper function, compiled from _SRC. Compiling takes several KB at its peak: the
+    meter does it first thing in its build (meter.py), on a heap still nearly empty, and hands
+    the function to the off-switch's boot (which compiles it if not handed one)."""
+    ns = {}
+    exec(_SRC, ns)
+    return ns["op"]
 
-    def __init__(self, keys):
-        # keys: KEYS 32-byte keys (bytes), in the order of the `which` argument of mac().
-        ns = {}
-        exec(_SRC, ns)
-        self._op = ns["op"]
-        ws = self.ws = bytearray(SIZE)
-        struct.pack_into("<64I", ws, _K, *_K_VALUES)
-        for which in range(KEYS):
-            for half, pad in enumerate(_h.hmac_pads(keys[which])):
-                struct.pack_into("<8I", ws, _H, *_IV)
-                ws[_BLK:_BLK + 64] = pad
-                self._op(ws, 0, 0)
-                self._op(ws, 2, MID + 64 * which + 32 * half)
 
-    def mac(self, which, n):
-        op, ws = self._op, self.ws
-        mid = MID + 64 * which
-        op(ws, 1, mid)  # H = the key's inner midstate
-        op(ws, 3, n)  # the block: message, padding, length
-        op(ws, 0, 0)
-        op(ws, 4, _BLK)  # the outer block: the inner digest ...
-        ws[_BLK + 32] = 0x80  # ... padded, 64 + 32 bytes long
-        for i in range(_BLK + 33, _BLK + 62):
-            ws[i] = 0
-        ws[_BLK + 62] = 3
-        ws[_BLK + 63] = 0
-        op(ws, 1, mid + 32)  # H = the key's outer midstate
-        op(ws, 0, 0)
-        op(ws, 4, OUT)
+def workspace(keys, op):
+    """The workspace for _NKEYS keys (32-byte keys, in the order of offswitch._mac()'s `which`), with
+    their midstates; op: compile_op()'s function. Made on core 0 (it allocates)."""
+    ws = bytearray(_WS_SIZE)
+    struct.pack_into("<64I", ws, _WS_K, *_K_VALUES)
+    for which in range(_NKEYS):
+        for half, pad in enumerate(_h.hmac_pads(keys[which])):
+            struct.pack_into("<8I", ws, _WS_H, *_IV)
+            ws[_WS_BLK:_WS_BLK + 64] = pad
+            op(ws, 0, 0)
+            op(ws, 2, _MID + 64 * which + 32 * half)
+    return ws
+

@@ -2,10 +2,25 @@
 # tasks/offswitch.py). In its own file so that its code is in RAM only while it runs
 # (lib/lazy.py). Part of that module.
 import offswitch_auth as osa
-from tasks.offswitch import (EV_BAD_RECORD, EV_BOOT, EV_BOOT_PIN, EV_BUTTON, EV_CAP,
-                             EV_COMMAND, EV_CREDIT, EV_CREDIT_REFUSED, EV_ERROR, EV_NEW_KEY,
-                             EV_NO_KEY, EV_PERSIST_FAILED, EV_REFUSED, EV_TAMPER,
-                             EV_TAMPER_CLEARED, EV_WINDOW)
+from micropython import const
+
+# the event codes, as tasks/offswitch.py's (tests_host/test_offswitch.py checks the copies)
+_EV_BOOT = const(1)
+_EV_NEW_KEY = const(2)
+_EV_BOOT_PIN = const(3)
+_EV_CAP = const(4)
+_EV_TAMPER_CLEARED = const(5)
+_EV_BUTTON = const(6)
+_EV_WINDOW = const(7)
+_EV_CREDIT_REFUSED = const(8)
+_EV_CREDIT = const(9)
+_EV_PERSIST_FAILED = const(10)
+_EV_TAMPER = const(11)
+_EV_NO_KEY = const(12)
+_EV_REFUSED = const(13)
+_EV_COMMAND = const(14)
+_EV_ERROR = const(15)
+_EV_BAD_RECORD = const(16)
 
 # command outcomes, by tasks.offswitch T_* (%d: the event's number)
 OUTCOMES = ("relay opened", "already open", "already closed", "armed %ds: press button",
@@ -30,31 +45,31 @@ def words(ev, obj):
     ctr = int.from_bytes(ev[4:8], "big")
     n = int.from_bytes(ev[13:16], "big")
     name = osa.OP_NAMES[a] if 0 < a < 4 else "op%d" % a
-    if code == EV_COMMAND:
+    if code == _EV_COMMAND:
         return "%s #%d: %s" % (name, ctr, _outcome(b, n))
-    if code == EV_REFUSED:
+    if code == _EV_REFUSED:
         if b == osa.R_WRONG_METER:
             why = "for meter %d" % int.from_bytes(ev[8:16], "big")
         else:
             why = osa.RESULT_NAMES[b] if b < len(osa.RESULT_NAMES) else "result %d" % b
         return "%s #%d refused: %s" % (name, ctr, why)
-    if code == EV_BOOT:
+    if code == _EV_BOOT:
         return "boot: relay %d armed %d locked %d ctr %d" % (a, b, c, ctr)
-    if code == EV_BOOT_PIN:
+    if code == _EV_BOOT_PIN:
         return "boot: relay pin %d set to %d" % (a, b)
-    if code == EV_TAMPER:
+    if code == _EV_TAMPER:
         return TAMPER[a] if a < 3 else "TAMPER"
-    if code == EV_CREDIT_REFUSED:
+    if code == _EV_CREDIT_REFUSED:
         return "credit disconnect refused: " + _outcome(a, n)[len("refused: "):]
-    if code == EV_CAP:
+    if code == _EV_CAP:
         return "%d more refusals (log cap)" % n
-    if code == EV_PERSIST_FAILED:
+    if code == _EV_PERSIST_FAILED:
         return "persist failed: relay stays %d" % a
-    if code == EV_ERROR:
+    if code == _EV_ERROR:
         return "error: %s" % (obj.__name__ if obj is not None else "?")
-    return {EV_NEW_KEY: "new key: counter reset", EV_TAMPER_CLEARED: "tamper input cleared",
-            EV_BUTTON: "button: reconnect confirmed, relay closed",
-            EV_WINDOW: "arm window over: relay stays open",
-            EV_CREDIT: "credit: local disconnect, relay opened",
-            EV_NO_KEY: "command refused: no key",
-            EV_BAD_RECORD: "state record not authentic: locked"}.get(code, "event %d" % code)
+    return {_EV_NEW_KEY: "new key: counter reset", _EV_TAMPER_CLEARED: "tamper input cleared",
+            _EV_BUTTON: "button: reconnect confirmed, relay closed",
+            _EV_WINDOW: "arm window over: relay stays open",
+            _EV_CREDIT: "credit: local disconnect, relay opened",
+            _EV_NO_KEY: "command refused: no key",
+            _EV_BAD_RECORD: "state record not authentic: locked"}.get(code, "event %d" % code)
