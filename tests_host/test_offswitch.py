@@ -930,3 +930,35 @@ out(sealed=[sealed["locked"], sealed["ctr"]], after=[core.armed, core.locked], r
     assert r["after"] == [0, 1]  # not armed; locked
     assert r["replay"] == 6  # ON refused: locked
     assert "state record not authentic: locked" in r["logs"]
+
+
+def test_with_the_main_core_hung_nothing_moves_but_tamper_opens_and_locks(
+        micropython: Run, tmp_path: Path) -> None:
+    """Core 0 stops storing (hung): an authentic OFF waits, unanswered, the relay unmoved;
+    tamper still opens the relay and locks at once. When core 0 comes back, the OFF is
+    answered and the tamper lock is stored."""
+    r = run_core(micropython, tmp_path, """
+def take_answers():
+    out = []
+    while True:
+        d = link.take_done()
+        if d is None:
+            return out
+        out.append(d)
+put("switch", 1, command(KEYS, METER, osa.OP_OFF, 1))
+for _ in range(20):
+    core.poll()                      # core 0 hung: nobody stores, nobody drains
+hung = [pins["relay"].v, link.persist_wanted(), len(take_answers())]
+pins["tamper"].v = 1
+core.poll()
+tamper = [pins["relay"].v, core.locked]
+for _ in range(5):
+    poll()                           # core 0 back
+rec = osa.state_fields(store.load_bytes(D + "/state.json"))
+out(hung=hung, tamper=tamper, stored=[rec["relay"], rec["locked"], rec["ctr"]],
+    wanted=link.persist_wanted())
+""")
+    assert r["hung"] == [1, True, 0]  # not moved, waiting, no answer
+    assert r["tamper"] == [0, 1]  # opened and locked without the main core
+    assert r["stored"] == [0, 1, 1] and r["wanted"] is False
+    assert "TAMPER: relay opened, locked" in r["logs"] and "OFF #1: relay opened" in r["logs"]

@@ -537,9 +537,10 @@ class Core:
         # While the input stays active nothing can close the relay (ON is refused while
         # locked, and UNLOCK while the tamper input is active).
         self._tamper_in = 1
-        self._log(_EV_TAMPER, 0 if self.relay else 1 if not self.locked else 2)
+        pin = self._relay.value()  # (a pending command may have changed self.relay already)
+        self._log(_EV_TAMPER, 0 if pin else 1 if not self.locked else 2)
         self.relay, self.armed, self.locked = 0, 0, 1
-        if self._relay.value():
+        if pin:
             self._relay.value(0)
         self._publish()
         if self._pend:
