@@ -962,3 +962,19 @@ out(hung=hung, tamper=tamper, stored=[rec["relay"], rec["locked"], rec["ctr"]],
     assert r["tamper"] == [0, 1]  # opened and locked without the main core
     assert r["stored"] == [0, 1, 1] and r["wanted"] is False
     assert "TAMPER: relay opened, locked" in r["logs"] and "OFF #1: relay opened" in r["logs"]
+
+
+def test_a_record_the_main_core_could_not_store_moves_nothing(micropython: Run,
+                                                               tmp_path: Path) -> None:
+    r = run_core(micropython, tmp_path, """
+put("switch", 1, command(KEYS, METER, osa.OP_OFF, 1))
+core.poll()
+link.persisted(False)                # the flash failed
+answers = [p for k, p in poll(2) if k == "done"]
+res = open_reply(KEYS, METER, answers[0][2])[1]
+again = cmd(osa.OP_OFF, 1)          # its counter was consumed all the same
+out(res=res, again=again[1], state=[core.relay, core.ctr])
+""")
+    assert r["res"] == 10 and r["relay"] == 1  # BUSY, not moved
+    assert r["again"] == 4 and r["state"] == [1, 1]  # replay
+    assert "OFF #1: refused: persist failed" in r["logs"]

@@ -434,7 +434,10 @@ class Core:
         pend, self._pend = self._pend, 0
         p = self._p
         if pend == _P_TAMPER:
-            pass  # the relay opened already; a failed store leaves it open all the same
+            # the relay opened already; a failed store leaves it open all the same (and the
+            # lock in RAM): the next change stores it
+            if not ok:
+                self._log(_EV_PERSIST_FAILED, 0)
         elif ok:
             if self._relay.value() != self.relay:
                 self._relay.value(self.relay)
