@@ -70,7 +70,7 @@ def boot(keys_path=D + "/keys.json"):
     drain()
     return core
 
-seq = [link.state_seq]
+seq = [link.n[offswitch.N_STATE_SEQ]]
 
 def drain():
     # what the proxy on the main core does: store core 1's record, word its events, take
@@ -79,7 +79,7 @@ def drain():
     out = []
     if link.persist_wanted():
         store.save_bytes(D + "/state.json", bytes(link.record))
-        stored.append(link.req_relay)
+        stored.append(link.n[offswitch.N_REQ_RELAY])
         link.persisted(True)
     while True:
         ev = link.take_event()
@@ -92,8 +92,8 @@ def drain():
         if d is None:
             break
         out.append(("done", (d[0], 0, d[1])))
-    if link.state_seq != seq[0]:
-        seq[0] = link.state_seq
+    if link.n[offswitch.N_STATE_SEQ] != seq[0]:
+        seq[0] = link.n[offswitch.N_STATE_SEQ]
         states.append(list(link.state))
         out.append(("state", tuple(link.state)))
     return out
@@ -444,14 +444,17 @@ link = offswitch.Link(cap_ev=8)
 N = 2000
 done = []
 def producer():
+    # core 1's side, as Core._log does it
     i = 0
+    k = link.n
     while i < N:
-        s = link.ev_slot()
-        if s >= 0:
-            link.ev[s * 16] = i & 0xFF
-            link.ev[s * 16 + 1] = i >> 8
-            link.ev_put()
-            i += 1
+        with link._lock:
+            if k[5] < 8:                       # _EV_N
+                o = (k[4] + k[5]) % 8 * 16     # _EV_HEAD
+                link.ev[o] = i & 0xFF
+                link.ev[o + 1] = i >> 8
+                k[5] += 1
+                i += 1
     done.append(1)
 _thread.start_new_thread(producer, ())
 got = []

@@ -163,19 +163,19 @@ _DONE_HEAD = const(2)
 _DONE_N = const(3)
 _EV_HEAD = const(4)
 _EV_N = const(5)
-_N_DROPPED = const(6)  # events and answers lost to full slots (counted by core 1 only)
-_N_STATE_SEQ = const(7)  # bumped at each change of `state`
+N_DROPPED = const(6)  # events and answers lost to full slots (counted by core 1 only)
+N_STATE_SEQ = const(7)  # bumped at each change of `state`
 _REQ = const(8)  # persist handshake: core 1 bumps REQ, the main core makes ACK = REQ
 _ACK = const(9)
-_N_REQ_RELAY = const(10)  # the relay level the record being stored commands
+N_REQ_RELAY = const(10)  # the relay level the record being stored commands
 _OK = const(11)  # the last store: 1 stored, 0 failed
 
 
 class Link:
     """The only object the two cores share, made whole on the main core before core 1
     starts: fixed slots for requests, answers, log events and the state, and the persist
-    handshake. Each access holds one lock for a few slot updates; nothing in it allocates on
-    core 1's side."""
+    handshake. Each access holds one lock for a few slot updates. Core 1's side is in Core
+    (it allocates nothing), the main core's here."""
 
     def __init__(self, cap_in=4, cap_done=4, cap_ev=16):
         self._lock = _thread.allocate_lock() if _thread else _NoLock()
@@ -184,7 +184,7 @@ class Link:
         self.inq = ([0] * cap_in, [0] * cap_in, [0] * cap_in)
         self.in_data = bytearray(cap_in * _DATA)
         # answers, core 1 -> main core: id; the 44-byte signed reply in done_data
-        self._done_id = [0] * cap_done
+        self.done_id = [0] * cap_done
         self.done_data = bytearray(cap_done * osa.REPLY_LEN)
         # log events, core 1 -> main core
         self.ev = bytearray(cap_ev * _EV_SIZE)
@@ -194,18 +194,6 @@ class Link:
         self.n = [0] * 12
         self.n[_OK] = 1
         self.running = True
-
-    @property
-    def dropped(self):
-        return self.n[_N_DROPPED]
-
-    @property
-    def req_relay(self):
-        return self.n[_N_REQ_RELAY]
-
-    @property
-    def state_seq(self):
-        return self.n[_N_STATE_SEQ]
 
     # -- the main core's side (may allocate) --------------------------------------------------
     def put_in(self, kind, ident, data):
@@ -231,9 +219,9 @@ class Link:
             if not n[_DONE_N]:
                 return None
             s = n[_DONE_HEAD]
-        r = (self._done_id[s], bytes(self.done_data[s * osa.REPLY_LEN:(s + 1) * osa.REPLY_LEN]))
+        r = (self.done_id[s], bytes(self.done_data[s * osa.REPLY_LEN:(s + 1) * osa.REPLY_LEN]))
         with self._lock:
-            n[_DONE_HEAD] = (s + 1) % len(self._done_id)
+            n[_DONE_HEAD] = (s + 1) % len(self.done_id)
             n[_DONE_N] -= 1
         return r
 
@@ -257,60 +245,6 @@ class Link:
         with self._lock:
             self.n[_OK] = 1 if ok else 0
             self.n[_ACK] = self.n[_REQ]
-
-    # -- core 1's side (allocates nothing) ---------------------------------------------------
-    def in_slot(self):
-        """The oldest request's slot, or -1."""
-        with self._lock:
-            return self.n[_IN_HEAD] if self.n[_IN_N] else -1
-
-    def in_done(self):
-        n = self.n
-        with self._lock:
-            n[_IN_HEAD] = (n[_IN_HEAD] + 1) % len(self.inq[0])
-            n[_IN_N] -= 1
-
-    def done_slot(self):
-        # a free answer slot (filled, then published with done_put), or -1
-        n = self.n
-        with self._lock:
-            cap = len(self._done_id)
-            if n[_DONE_N] >= cap:
-                n[_N_DROPPED] += 1
-                return -1
-            return (n[_DONE_HEAD] + n[_DONE_N]) % cap
-
-    def done_put(self, s, ident):
-        self._done_id[s] = ident
-        with self._lock:
-            self.n[_DONE_N] += 1
-
-    def ev_slot(self):
-        n = self.n
-        with self._lock:
-            cap = len(self.ev) // _EV_SIZE
-            if n[_EV_N] >= cap:
-                n[_N_DROPPED] += 1
-                return -1
-            return (n[_EV_HEAD] + n[_EV_N]) % cap
-
-    def ev_put(self):
-        with self._lock:
-            self.n[_EV_N] += 1
-
-    def ask_persist(self, relay):
-        n = self.n
-        with self._lock:
-            n[_N_REQ_RELAY] = relay
-            n[_REQ] = (n[_REQ] + 1) & 0xFFFF
-
-    def answer(self):
-        """None while a persist request is pending, else True (stored) or False (failed)."""
-        n = self.n
-        with self._lock:
-            if n[_REQ] != n[_ACK]:
-                return None
-            return n[_OK] == 1
 
 
 class Core:
@@ -339,42 +273,40 @@ class Core:
         self._t = t
         return self._clock
 
-    def _ev(self, code, a=0, b=0, c=0):
+    def _log(self, code, a=0, b=0, c=0, hi=0, lo=0, n=0, meter_at=-1):
+        # A log event into a free slot: code, a, b, c, a counter (hi, lo 16-bit halves), a
+        # number n (< 2**24) or the 8 bytes of in_data at meter_at (a meter id). Filled under
+        # the lock; a full ring counts it as dropped.
         link = self._link
-        s = link.ev_slot()
-        if s < 0:
-            return -1
-        o = s * _EV_SIZE
-        ev = link.ev
-        ev[o] = code
-        ev[o + 1], ev[o + 2], ev[o + 3] = a, b, c
-        for i in range(o + 4, o + _EV_SIZE):
-            ev[i] = 0
-        return o
-
-    def _log(self, code, a=0, b=0, c=0):
-        if self._ev(code, a, b, c) >= 0:
-            self._link.ev_put()
-
-    def _log_ctr(self, code, a, b, hi, lo, n=0, c=0):
-        # an event with a counter (hi, lo 16-bit halves) and a number n (< 2**24)
-        o = self._ev(code, a, b, c)
-        if o < 0:
-            return
-        ev = self._link.ev
-        _put_ctr(ev, o + 4, hi, lo)
-        ev[o + 13], ev[o + 14], ev[o + 15] = n >> 16, (n >> 8) & 0xFF, n & 0xFF
-        self._link.ev_put()
+        ev, k = link.ev, link.n
+        with link._lock:
+            cap = len(ev) // _EV_SIZE
+            if k[_EV_N] >= cap:
+                k[N_DROPPED] += 1
+                return
+            o = (k[_EV_HEAD] + k[_EV_N]) % cap * _EV_SIZE
+            ev[o] = code
+            ev[o + 1], ev[o + 2], ev[o + 3] = a, b, c
+            _put_ctr(ev, o + 4, hi, lo)
+            if meter_at >= 0:
+                d = link.in_data
+                for i in range(8):
+                    ev[o + 8 + i] = d[meter_at + i]
+            else:
+                for i in range(o + 8, o + 13):
+                    ev[i] = 0
+                ev[o + 13], ev[o + 14], ev[o + 15] = n >> 16, (n >> 8) & 0xFF, n & 0xFF
+            k[_EV_N] += 1
 
     def _publish(self):
         st, n = self._link.state, self._link.n
         st[0], st[1], st[2] = self.relay, self.armed, self.locked
-        n[_N_STATE_SEQ] = (n[_N_STATE_SEQ] + 1) & 0xFFFF
+        n[N_STATE_SEQ] = (n[N_STATE_SEQ] + 1) & 0xFFFF
 
     def _ref_hour(self, now):
         if clock_diff(now, self._ref_win) >= _HOUR_MS:
             if self._ref_sup:
-                self._log_ctr(_EV_CAP, 0, 0, 0, 0, self._ref_sup)
+                self._log(_EV_CAP, n=self._ref_sup)
             self._ref_win, self._ref_n, self._ref_sup = now, 0, 0
 
     def _may_log_refusal(self, now):
@@ -396,11 +328,12 @@ class Core:
         ws[m + 1], ws[m + 2], ws[m + 3] = self.relay, self.armed, self.locked
         hi, lo = self._ctr_hi, self._ctr_lo
         _put_ctr(ws, m + 4, hi, lo)
-        self._put32(ws, m + 8, self.deadline)
-        self._put32(ws, m + 12, self._clock)
+        _put_ctr(ws, m + 8, self.deadline >> 16, self.deadline & 0xFFFF)
+        _put_ctr(ws, m + 12, self._clock >> 16, self._clock & 0xFFFF)
         ws[m + 16] = self._nops
         ws[m + 17] = ws[m + 18] = ws[m + 19] = 0
-        self._put32(ws, m + 20, self._ops[self._nops - 1] if self._nops else 0)
+        t = self._ops[self._nops - 1] if self._nops else 0  # the last switching time
+        _put_ctr(ws, m + 20, t >> 16, t & 0xFFFF)
         kid = self._kid
         for i in range(8):
             ws[m + 24 + i] = kid[i]
@@ -411,26 +344,21 @@ class Core:
         for i in range(osa.MAC_LEN):
             rec[osa.STATE_MAC_AT + i] = ws[out + i]
         self._pend = pend
-        self._link.ask_persist(self.relay)
-
-    def _remember(self):
-        # the state before a change, to undo it if the record cannot be stored (ints, not a
-        # tuple: a tuple is an allocation)
-        b = self._b
-        b[0], b[1], b[2] = self.relay, self.armed, self.locked
-
-    @staticmethod
-    def _put32(b, o, v):
-        # v < 2**30 (the clock's values)
-        b[o], b[o + 1] = v >> 24, (v >> 16) & 0xFF
-        b[o + 2], b[o + 3] = (v >> 8) & 0xFF, v & 0xFF
+        link = self._link
+        k = link.n
+        with link._lock:
+            k[N_REQ_RELAY] = self.relay
+            k[_REQ] = (k[_REQ] + 1) & 0xFFFF
 
     def _settle(self, now):
         # A pending persist: when the main core answered, move the pin (stored) or undo
         # (failed), then log and answer.
-        ok = self._link.answer()
-        if ok is None:
-            return
+        link = self._link
+        k = link.n
+        with link._lock:
+            if k[_REQ] != k[_ACK]:
+                return  # not stored yet
+            ok = k[_OK] == 1
         pend, self._pend = self._pend, 0
         p = self._p
         if pend == _P_TAMPER:
@@ -456,12 +384,12 @@ class Core:
             res = p[2] if ok else osa.R_BUSY
             hi, lo = p[5], p[6]
             if res == osa.R_OK or self._may_log_refusal(now):
-                self._log_ctr(_EV_COMMAND, p[1], text, hi, lo, p[4])
+                self._log(_EV_COMMAND, p[1], text, 0, hi, lo, p[4])
             self._answer(p[0], p[1], res, hi, lo, -1)
         if self._tampered and not (ok and pend == _P_TAMPER):
             # the tamper state is not stored yet
             self._tampered = 0
-            self._remember()
+            self._b[0], self._b[1], self._b[2] = self.relay, self.armed, self.locked
             self._persist(_P_TAMPER)
         else:
             self._tampered = 0
@@ -492,10 +420,15 @@ class Core:
         if self.armed and clock_diff(now, self.deadline) > 0:
             self._switch(0, _EV_WINDOW)
             return
-        s = self._link.in_slot()
+        link = self._link
+        k = link.n
+        with link._lock:
+            s = k[_IN_HEAD] if k[_IN_N] else -1
         if s >= 0:
             self._request(s, now)
-            self._link.in_done()
+            with link._lock:
+                k[_IN_HEAD] = (s + 1) % len(link.inq[0])
+                k[_IN_N] -= 1
 
     def _request(self, s, now):
         link = self._link
@@ -512,7 +445,7 @@ class Core:
                 limit = self._rate(now)
                 if limit:
                     if self._may_log_refusal(now):
-                        self._log_ctr(_EV_CREDIT_REFUSED, limit, 0, 0, 0, self._lim[0])
+                        self._log(_EV_CREDIT_REFUSED, limit, n=self._lim[0])
                 else:
                     self._add_op(now)
                     self._switch(0, _EV_CREDIT)
@@ -529,7 +462,7 @@ class Core:
 
     def _switch(self, relay, text):
         # A local change (button, window, credit): relay to `relay`, disarmed, once stored.
-        self._remember()
+        self._b[0], self._b[1], self._b[2] = self.relay, self.armed, self.locked
         self.relay, self.armed = relay, 0
         self._p[3] = text
         self._persist(_P_LOCAL)
@@ -549,16 +482,20 @@ class Core:
         if self._pend:
             self._tampered = 1  # stored after the pending record
         else:
-            self._remember()
+            self._b[0], self._b[1], self._b[2] = self.relay, self.armed, self.locked
             self._persist(_P_TAMPER)
 
     # -- commands from the central system --------------------------------------------------
     def _answer(self, ident, op, result, hi, lo, nonce_at):
         # The signed answer into a free answer slot: ver op result state meter ctr last nonce.
         link = self._link
-        s = link.done_slot()
-        if s < 0:
-            return
+        k = link.n
+        with link._lock:
+            cap = len(link.done_id)
+            if k[_DONE_N] >= cap:
+                k[N_DROPPED] += 1
+                return
+            s = (k[_DONE_HEAD] + k[_DONE_N]) % cap
         ws, m = self._ws, _MSG
         ws[m], ws[m + 1], ws[m + 2] = osa.VER, op, result
         ws[m + 3] = (self.relay * osa.S_RELAY | self.armed * osa.S_ARMED
@@ -578,7 +515,9 @@ class Core:
             out[o + i] = ws[m + i]
         for i in range(osa.MAC_LEN):
             out[o + 28 + i] = ws[_OUT + i]
-        link.done_put(s, ident)
+        link.done_id[s] = ident
+        with link._lock:
+            k[_DONE_N] += 1
 
     def _add_op(self, now):
         if self._nops == len(self._ops):
@@ -635,19 +574,13 @@ class Core:
                 res = osa.R_REPLAY
         if res != osa.R_OK:
             if self._may_log_refusal(now):
-                o = self._ev(_EV_REFUSED, op, res, 1 if n == osa.CMD_LEN else 0)
-                if o >= 0:
-                    ev = self._link.ev
-                    _put_ctr(ev, o + 4, hi, lo)
-                    if res == osa.R_WRONG_METER:
-                        for i in range(8):
-                            ev[o + 8 + i] = d[at + 2 + i]
-                    self._link.ev_put()
+                self._log(_EV_REFUSED, op, res, 1 if n == osa.CMD_LEN else 0, hi, lo,
+                          meter_at=at + 2 if res == osa.R_WRONG_METER else -1)
             self._answer(ident, op, res, hi, lo, -1)
             return
         self._ctr_hi, self._ctr_lo = hi, lo  # authentic: consumed, whatever the outcome below
         res, text, num = osa.R_OK, 0, 0
-        self._remember()
+        self._b[0], self._b[1], self._b[2] = self.relay, self.armed, self.locked
         if op == osa.OP_OFF or op == osa.OP_ON:
             limit = self._rate(now)
             if op == osa.OP_ON and self.locked:
@@ -703,7 +636,18 @@ class OffSwitch:
             self._poll()  # no core 1: the off-switch's pass runs here, between the tasks
         link, port = self._link, self._port
         if link.persist_wanted():
-            self._store()
+            # Core 1's record, exactly as handed (sealed with its state key), then the relay's
+            # boot state; acknowledged only once both are on flash.
+            import store
+
+            try:
+                store.save_bytes(self._path, bytes(link.record))
+                if self._boot is not None:
+                    self._boot.save(link.n[N_REQ_RELAY])
+                ok = True
+            except OSError:
+                ok = False
+            link.persisted(ok)
         evs = []
         for _ in range(8):
             ev = link.take_event()
@@ -711,7 +655,10 @@ class OffSwitch:
                 break
             evs.append(ev)
         if evs:
-            for text in self.words(evs):
+            import lazy
+
+            # the events in words; the wording's code is in RAM for this call only
+            for text in lazy.call("tasks.offswitch_text", "words_all", evs):
                 port.log(text)
         for _ in range(4):
             d = link.take_done()
@@ -720,14 +667,15 @@ class OffSwitch:
             w = self._waiting.pop(d[0], None)
             if w is not None:
                 port.send("cs_security", "switch_done", (w[0], 0, d[1]))
-        if link.state_seq != self._seq:
-            self._seq = link.state_seq
+        if link.n[N_STATE_SEQ] != self._seq:
+            self._seq = link.n[N_STATE_SEQ]
             st = tuple(link.state)
             port.send("han", "relay_state", st)
             port.send("credit", "relay_state", st)
-        if link.dropped != self._lost:
-            port.log("link: %d messages lost" % (link.dropped - self._lost))
-            self._lost = link.dropped
+        lost = link.n[N_DROPPED]
+        if lost != self._lost:
+            port.log("link: %d messages lost" % (lost - self._lost))
+            self._lost = lost
         if self._waiting:
             # A core 1 that stopped answering must not leave the head-end waiting forever.
             now = time.ticks_ms()
@@ -738,28 +686,6 @@ class OffSwitch:
                     port.log("core 1 did not answer #%d" % ref)
                     port.send("cs_security", "switch_done",
                               (ref, _E_FAILED, "off-switch not answering"))
-
-    def _store(self):
-        # Core 1's record, exactly as handed (sealed with its state key), then the relay's
-        # boot state; acknowledged only once both are on flash.
-        import store
-
-        link = self._link
-        try:
-            store.save_bytes(self._path, bytes(link.record))
-            if self._boot is not None:
-                self._boot.save(link.req_relay)
-            ok = True
-        except OSError:
-            ok = False
-        link.persisted(ok)
-
-    @staticmethod
-    def words(evs):
-        # the events (take_event()) in words; the wording's code is in RAM for this call only
-        import lazy
-
-        return lazy.call("tasks.offswitch_text", "words_all", evs)
 
     def handle(self, sender, kind, payload):
         if kind not in _KIND_NAMES:

@@ -117,7 +117,7 @@ def init(core, hw, link, ticks_ms, keys_path, state_path):
         core._log(_EV_NEW_KEY)
     if bad:
         core._log(_EV_BAD_RECORD)
-    core._log_ctr(_EV_BOOT, core.relay, core.armed, core._ctr_hi, core._ctr_lo, 0, core.locked)
+    core._log(_EV_BOOT, core.relay, core.armed, core.locked, core._ctr_hi, core._ctr_lo)
     if pin != core.relay:
         # Only when the pin lost the commanded state (a relay that does not latch).
         core._relay.value(core.relay)
