@@ -43,6 +43,10 @@ def build(now_s=None):
     # fill the holes and leave large free blocks for run time (without this, a 192-KB heap
     # ends up in holes too small for a 1-KB WAN frame).
     gc.collect()
+    # The off-switch's allocation-free HMAC is viper code compiled on the board
+    # (tasks/offswitch_mac.py): compiled first, while the heap is nearly empty (on a 100-KB
+    # Pyboard heap its compiler's peak does not fit later).
+    mac_op = lazy.call("tasks.offswitch_mac", "compile_op")
     import policy
 
     # 9 tasks, 69 messages in their mailboxes (the capacities below): the kernel's tables are
@@ -70,11 +74,14 @@ def build(now_s=None):
 
     k.add("credit", Credit, {}, capacity=8)
     k.add("han", Han, hardware("han"), capacity=4)
-    link = offswitch.Link()
-    k.add("offswitch", offswitch.OffSwitch, {"link": link}, capacity=4, period_ms=20)
+    # The off-switch: core 1 where `import _thread` works; where it does not (the official
+    # PYBV11 build) its pass runs in its proxy's step on this core (docs/OFFSWITCH.md,
+    # "Without _thread"). The proxy stores core 1's record for it, and the relay's boot state
+    # where the board keeps one (a RelayBoot: the file's path, not the pin).
     hw = hardware("offswitch")
     hw["sleep_ms"] = board.sleep_ms
-    offswitch.start(offswitch.Core(hw, link))
+    hw["mac_op"] = mac_op
+    offswitch.install(k, hw, getattr(board.relay, "boot", None))
     # The kernel took private copies of policy.py's tables: the module is not needed any
     # more, and its tables and code would hold RAM for nothing (docs/hardware.md, "Memory").
     sys.modules.pop("policy", None)

@@ -8,12 +8,15 @@ and rate limits are exact; test_core_runs_on_a_vm_thread runs it on a real `_thr
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests_host.conftest import FIRMWARE
 
 Run = Callable[..., str]
 
@@ -58,6 +61,8 @@ pins = {{"relay": Pin({relay}), "button": Pin(), "tamper": Pin()}}
 link = offswitch.Link()
 logs = []
 states = []
+stored = []
+KIND = {{"switch": 1, "switch_status": 2, "credit_disconnect": 3}}
 
 def boot(keys_path=D + "/keys.json"):
     global core
@@ -65,29 +70,51 @@ def boot(keys_path=D + "/keys.json"):
     drain()
     return core
 
+seq = [link.n[offswitch.N_STATE_SEQ]]
+
 def drain():
+    # what the proxy on the main core does: store core 1's record, word its events, take
+    # its answers and the relay state
+    from tasks import offswitch_text
     out = []
+    if link.persist_wanted():
+        store.save_bytes(D + "/state.json", bytes(link.record))
+        stored.append(link.n[offswitch.N_REQ_RELAY])
+        link.persisted(True)
     while True:
-        it = link.get(offswitch.OUT)
-        if it is None:
-            return out
-        if it[0] == "log":
-            logs.append(it[1])
-        elif it[0] == "state":
-            states.append(list(it[1]))
-        out.append(it)
+        ev = link.take_event()
+        if ev is None:
+            break
+        logs.append(offswitch_text.words(*ev))
+        out.append(("log", logs[-1]))
+    while True:
+        d = link.take_done()
+        if d is None:
+            break
+        out.append(("done", (d[0], 0, d[1])))
+    if link.n[offswitch.N_STATE_SEQ] != seq[0]:
+        seq[0] = link.n[offswitch.N_STATE_SEQ]
+        states.append(list(link.state))
+        out.append(("state", tuple(link.state)))
+    return out
 
 def poll(n=1):
+    got = []
     for _ in range(n):
         core.poll()
-    return drain()
+        got += drain()
+    return got
+
+def put(kind, ref, data):
+    return link.put_in(KIND[kind], ref, data)
 
 def send(token, kind="switch", ref=1):
-    link.put(offswitch.IN, (kind, (ref, token)))
-    for k, p in poll():
-        if k == "done":
-            r = open_reply(KEYS, METER, p[2])
-            return None if r is None else list(r[:5])
+    put(kind, ref, token)
+    for _ in range(4):
+        for k, p in poll():
+            if k == "done":
+                r = open_reply(KEYS, METER, p[2])
+                return None if r is None else list(r[:5])
 
 def cmd(op, ctr, keys=None, meter=METER):
     return send(command(keys or KEYS, meter, op, ctr))
@@ -340,8 +367,8 @@ out(res=res[1], relay_state=core.relay, ctr=core.ctr)
 def test_status_is_signed_over_a_nonce_and_not_logged(micropython: Run, tmp_path: Path) -> None:
     r = run_core(micropython, tmp_path, """
 n = len(logs)
-link.put(offswitch.IN, ("switch_status", (7, b"12345678")))
-done = [p for k, p in poll() if k == "done"][0]
+put("switch_status", 7, b"12345678")
+done = [p for k, p in poll(2) if k == "done"][0]
 rep = open_reply(KEYS, METER, done[2])
 bad = open_reply(osa.derive(bytes(32), METER), METER, done[2])
 out(ref=done[0], rep=[rep[0], rep[1], rep[2], rep[5].decode()], bad=bad, new_logs=logs[n:])
@@ -352,11 +379,11 @@ out(ref=done[0], rep=[rep[0], rep[1], rep[2], rep[5].decode()], bad=bad, new_log
 
 def test_credit_may_only_disconnect(micropython: Run, tmp_path: Path) -> None:
     r = run_core(micropython, tmp_path, """
-link.put(offswitch.IN, ("credit_disconnect", None))
-poll()
+put("credit_disconnect", 0, None)
+poll(2)
 first = pins["relay"].v
-link.put(offswitch.IN, ("credit_disconnect", None))   # already open: nothing to do, nothing logged
-poll()
+put("credit_disconnect", 0, None)   # already open: nothing to do, nothing logged
+poll(2)
 n = len(logs)
 out(first=first, new=logs[n:])
 """)
@@ -381,51 +408,61 @@ out(n_flood=n_flood, last=logs[-2:])
 
 
 def test_core_runs_on_a_vm_thread(micropython: Run, tmp_path: Path) -> None:
-    # The real thing: Core.run() on a _thread, the main thread talking through the Link only.
+    # The real thing: Core.run() on a _thread, the main thread talking through the Link only
+    # (and storing the record core 1 hands it, as the proxy does).
     r = run_core(micropython, tmp_path, """
 import time, _thread
 core = offswitch.Core(pins, link, None, D + "/keys.json", D + "/state.json")
 drain()
 offswitch.start(core)
 def ask(token, ref):
-    link.put(offswitch.IN, ("switch", (ref, token)))
+    put("switch", ref, token)
     t = time.ticks_ms()
     while time.ticks_diff(time.ticks_ms(), t) < 2000:
-        it = link.get(offswitch.OUT)
-        if it and it[0] == "done":
-            return list(open_reply(KEYS, METER, it[1][2])[:2])
+        for k, p in drain():
+            if k == "done" and p[0] == ref:
+                return list(open_reply(KEYS, METER, p[2])[:2])
         time.sleep_ms(1)
 a = ask(command(KEYS, METER, osa.OP_OFF, 1), 1)
 pins["tamper"].v = 1
 time.sleep_ms(50)
+drain()
 locked = core.locked
 link.running = False
 time.sleep_ms(50)
-out(a=a, locked=locked)
+out(a=a, locked=locked, stored=stored)
 """)
     assert r["a"] == [OFF, OK] and r["relay"] == 0 and r["locked"] == 1
+    assert r["stored"] == [0, 0]  # the OFF, then the tamper lock: both handed to the main core
 
 
 def test_the_link_is_safe_across_threads(micropython: Run) -> None:
     out = micropython("""
 import _thread, time, json
 from tasks import offswitch
-link = offswitch.Link(cap_in=8, cap_out=8)
+link = offswitch.Link(cap_ev=8)
 N = 2000
 done = []
 def producer():
+    # core 1's side, as Core._log does it
     i = 0
+    k = link.n
     while i < N:
-        if link.put(offswitch.OUT, ("log", i)):
-            i += 1
+        with link._lock:
+            if k[5] < 8:                       # _EV_N
+                o = (k[4] + k[5]) % 8 * 16     # _EV_HEAD
+                link.ev[o] = i & 0xFF
+                link.ev[o + 1] = i >> 8
+                k[5] += 1
+                i += 1
     done.append(1)
 _thread.start_new_thread(producer, ())
 got = []
 t = time.ticks_ms()
 while len(got) < N and time.ticks_diff(time.ticks_ms(), t) < 20000:
-    it = link.get(offswitch.OUT)
+    it = link.take_event()
     if it is not None:
-        got.append(it[1])
+        got.append(it[0][0] | it[0][1] << 8)
 print(json.dumps({"n": len(got), "in_order": got == list(range(N)), "done": done}))
 """)
     r = json.loads(out.strip().splitlines()[-1])
@@ -451,3 +488,496 @@ print(json.dumps(mods))
 """)
     mods = json.loads(out.strip().splitlines()[-1])
     assert mods == {m: [] for m in mods} and len(mods) == 3
+
+
+# -- core 1 after its start: no allocation, no file, no import ----------------------------------
+# A whole working session on a real VM thread: commands, every kind of refusal, the rate limits,
+# an arm + button reconnect, an arm window that runs out, tamper (while a record is stored and
+# not), UNLOCK, status, a credit disconnect, a flood past the refusal log cap, and the
+# off-switch's clock wrapping. `core1()` is what the thread runs, with GUARD (the test's) set
+# up first; the main thread plays core 0 (drain(): storing the records, wording the events).
+SESSION = """
+import time, _thread
+GUARD_SETUP = None   # set by the test: run on core 1 before the loop
+GUARD_END = None     # ... and after it; returns what the test checks
+core = offswitch.Core(pins, link, lambda: clock[0], D + "/keys.json", D + "/state.json")
+drain()
+core._clock = 0x1FFFFFFF - 20000  # the clock wraps 20 s into the session
+result = {}
+def core1():
+    GUARD_SETUP()
+    try:
+        core.run()
+    finally:
+        result["end"] = GUARD_END()
+
+def wait_polls(n=6):
+    time.sleep_ms(12 * n)
+    drain()
+
+def ask(token, kind="switch", ref=[100]):
+    ref[0] += 1
+    put(kind, ref[0], token)
+    t = time.ticks_ms()
+    while time.ticks_diff(time.ticks_ms(), t) < 3000:
+        for k, p in drain():
+            if k == "done" and p[0] == ref[0]:
+                r = open_reply(KEYS if kind == "switch" or core._keyed else None, METER, p[2])
+                return r[1] if r else "unsigned"
+        time.sleep_ms(2)
+    return "no answer"
+
+def session():
+    res = []
+    res.append(ask(command(KEYS, METER, osa.OP_OFF, 1)))                         # 0 OK
+    res.append(ask(command(osa.derive(bytes(32), METER), METER, osa.OP_OFF, 2)))  # 3 bad MAC
+    res.append(ask(command(KEYS, METER, osa.OP_OFF, 1)))                         # 4 replay
+    res.append(ask(b"\\x01\\x02"))                                                 # 1 malformed
+    res.append(ask(command(KEYS, METER + 1, osa.OP_OFF, 3)))                     # 2 wrong meter
+    res.append(ask(command(KEYS, METER, osa.OP_ON, 4)))                          # 5 spacing
+    after(6)
+    res.append(ask(command(KEYS, METER, osa.OP_ON, 5)))                          # 0 armed
+    wait_polls()
+    pins["button"].v = 1
+    wait_polls()
+    pins["button"].v = 0
+    wait_polls()
+    closed = pins["relay"].v
+    after(6)
+    res.append(ask(command(KEYS, METER, osa.OP_OFF, 6)))                         # 0
+    after(6)
+    res.append(ask(command(KEYS, METER, osa.OP_ON, 7)))                          # 0 armed
+    after(6)
+    res.append(ask(command(KEYS, METER, osa.OP_OFF, 8)))                         # 5 4/h
+    after(31)
+    wait_polls()                                                                 # window over
+    armed_after_window = core.armed
+    pins["tamper"].v = 1
+    wait_polls()
+    res.append(ask(command(KEYS, METER, osa.OP_ON, 9)))                          # 6 locked
+    res.append(ask(command(KEYS, METER, osa.OP_UNLOCK, 10)))                     # 7 tamper on
+    pins["tamper"].v = 0
+    wait_polls()
+    res.append(ask(command(KEYS, METER, osa.OP_UNLOCK, 11)))                     # 0 unlocked
+    res.append(ask(b"12345678", "switch_status"))                                # 0 status
+    res.append(ask(command(KEYS, METER, 9, 12)))                                 # 8 unknown op
+    for i in range(40):                                                          # past the cap
+        ask(command(KEYS, METER, osa.OP_OFF, 1))
+    after(3600)
+    res.append(ask(command(KEYS, METER, osa.OP_ON, 13)))                         # 0 armed
+    wait_polls()
+    pins["button"].v = 1
+    wait_polls()
+    pins["button"].v = 0
+    wait_polls()
+    after(11)
+    put("credit_disconnect", 0, None)
+    wait_polls()
+    wait_polls()
+    credit_open = pins["relay"].v == 0
+    after(6)
+    res.append(ask(command(KEYS, METER, osa.OP_ON, 14)))                         # 0 armed
+    pins["tamper"].v = 1
+    wait_polls()
+    pins["tamper"].v = 0
+    wait_polls()
+    link.running = False
+    time.sleep_ms(150)
+    drain()
+    big = [n for n in dir(core) if isinstance(getattr(core, n), int)
+           and not -(1 << 30) <= getattr(core, n) < (1 << 30)]
+    out(res=res, closed=closed, armed_after_window=armed_after_window,
+        credit_open=credit_open, end=result.get("end"), big=big, locked=core.locked,
+        ctr=core.ctr, wrapped=core._clock < 10000000)
+
+_thread.stack_size(16384)
+"""
+
+
+def run_session(micropython: Run, tmp_path: Path, guard: str) -> dict[str, Any]:
+    return run_core(micropython, tmp_path, SESSION + guard + """
+_thread.start_new_thread(core1, ())
+time.sleep_ms(50)
+session()
+""", relay=1)
+
+
+def check_session(r: dict[str, Any]) -> None:
+    assert r["res"] == [OK, 3, 4, 1, 2, 5, OK, OK, OK, 5, 6, 7, OK, OK, 8, OK, OK], r["res"]
+    assert r["closed"] == 1 and r["armed_after_window"] == 0 and r["credit_open"], r["logs"][-8:]
+    assert r["locked"] == 1 and r["ctr"] == 14 and r["wrapped"]
+    assert r["big"] == []  # every int core 1 keeps is a small int on a 32-bit port too
+    logs = r["logs"]
+    assert not any(line.startswith("error") for line in logs), logs
+    for line in ("OFF #1: relay opened", "OFF #2 refused: bad MAC", "OFF #1 refused: replay",
+                 "ON #4: refused: rate limit: spacing", "ON #5: armed 30s: press button",
+                 "button: reconnect confirmed, relay closed", "OFF #8: refused: rate limit: 4/h",
+                 "arm window over: relay stays open", "TAMPER: locked (relay was open)",
+                 "ON #9: refused: locked", "UNLOCK #10: refused: tamper active",
+                 "UNLOCK #11: unlocked", "op9 #12: refused: unknown op",
+                 "credit: local disconnect, relay opened", "TAMPER: locked (relay was open)",
+                 "ON #14: armed 30s: press button", "tamper input cleared"):
+        assert line in logs, (line, logs)
+    assert "OFF #3 refused: for meter 4243" in logs
+    assert any(line.endswith("more refusals (log cap)") for line in logs), logs
+
+
+def test_core1_allocates_nothing_with_the_heap_locked(micropython: Run, tmp_path: Path) -> None:
+    """The loop runs with micropython.heap_lock() held on its thread from start to end: any
+    allocation raises MemoryError there, which the loop logs as "error: MemoryError"."""
+    r = run_session(micropython, tmp_path, """
+import micropython
+def GUARD_SETUP():
+    micropython.heap_lock()
+def GUARD_END():
+    try:
+        bytearray(16)
+        still = False
+    except MemoryError:
+        still = True
+    micropython.heap_unlock()
+    return still
+""")
+    check_session(r)
+    assert r["end"] is True  # the heap was still locked when the loop ended
+
+
+def test_core1_touches_no_file_and_imports_nothing(micropython: Run, tmp_path: Path) -> None:
+    """After the start, the filesystem (every path, through a VFS mounted over /) and
+    __import__ raise on core 1's thread and count; the main thread goes on using them."""
+    r = run_session(micropython, tmp_path, """
+import os, builtins
+seen = []
+C1 = [None]
+real = os.VfsPosix()
+def trap(what):
+    if _thread.get_ident() == C1[0]:
+        seen.append(what)
+        raise OSError(5)
+class Trap:
+    def mount(self, ro, mkfs): pass
+    def umount(self): pass
+    def open(self, p, m): trap("open"); return real.open(p, m)
+    def stat(self, p): trap("stat"); return real.stat(p)
+    def ilistdir(self, p): trap("ilistdir"); return real.ilistdir(p)
+    def mkdir(self, p): trap("mkdir"); return real.mkdir(p)
+    def remove(self, p): trap("remove"); return real.remove(p)
+    def rename(self, a, b): trap("rename"); return real.rename(a, b)
+    def rmdir(self, p): trap("rmdir"); return real.rmdir(p)
+    def chdir(self, p): trap("chdir"); return real.chdir(p)
+    def getcwd(self): trap("getcwd"); return real.getcwd()
+    def statvfs(self, p): trap("statvfs"); return real.statvfs(p)
+real_import = builtins.__import__
+def guarded_import(*a):
+    trap("import " + a[0])
+    return real_import(*a)
+def GUARD_SETUP():
+    C1[0] = _thread.get_ident()
+def GUARD_END():
+    C1[0] = None
+    return seen
+os.umount("/")
+os.mount(Trap(), "/")
+builtins.__import__ = guarded_import
+""")
+    check_session(r)
+    assert r["end"] == []
+
+
+@pytest.mark.parametrize(("fault", "seen"), [
+    ("bytearray(4)", "error: MemoryError"),
+    ("open(D + '/x', 'w')", "error: OSError"),
+    ("import json", "error: OSError"),
+])
+def test_the_guards_catch_a_core_that_allocates_opens_or_imports(
+        micropython: Run, tmp_path: Path, fault: str, seen: str) -> None:
+    """The two tests above, against a Core whose pass does one forbidden thing: each is seen."""
+    guards = {"alloc": "import micropython\n"
+                       "def GUARD_SETUP():\n    micropython.heap_lock()\n"
+                       "def GUARD_END():\n    micropython.heap_unlock()\n    return []\n"}
+    src = (fs_guard_source() if "bytearray" not in fault else guards["alloc"])
+    r = run_core(micropython, tmp_path, SESSION.replace(
+        "core = offswitch.Core(", f"""FAULT = [1]
+class Faulty(offswitch.Core):
+    def poll(self):
+        if FAULT[0]:
+            FAULT[0] = 0
+            {fault}
+        offswitch.Core.poll(self)
+core = Faulty(""") + src + """
+_thread.start_new_thread(core1, ())
+time.sleep_ms(100)
+link.running = False
+time.sleep_ms(150)
+drain()
+out(end=result.get("end"))
+""")
+    assert seen in r["logs"], r["logs"]
+
+
+def fs_guard_source() -> str:
+    body = inspect.getsource(test_core1_touches_no_file_and_imports_nothing)
+    return body[body.index('"""\nimport os') + 4:body.index('""")\n    check_session')]
+
+
+# -- without _thread (the official PYBV11 build): the same Core, one pass per kernel step ------
+COOPERATIVE = """
+import builtins, json, time
+real_import = builtins.__import__
+def no_thread(name, *a):
+    if name == "_thread":
+        raise ImportError("no module named '_thread'")
+    return real_import(name, *a)
+builtins.__import__ = no_thread          # as on the standard PYBV11 build
+import kernel, policy, store
+import offswitch_auth as osa
+from tasks import offswitch
+D = {d!r}
+KEY = bytes(range(32))
+METER = 4242
+store.save(D + "/keys.json", {{"meter": METER, "key": KEY.hex(), "max_per_hour": 4,
+                              "min_spacing_s": 5, "arm_window_s": 30}})
+KEYS = osa.derive(KEY, METER)
+import struct
+from hmac_sha256 import hmac_sha256_pads
+
+def command(op, ctr, keys=KEYS):
+    head = struct.pack(">BBQI", 1, op, METER, ctr)
+    return head + hmac_sha256_pads(keys[0], head)[:16]
+
+class Pin:
+    def __init__(self, v=0):
+        self.v = v
+    def value(self, v=None):
+        if v is None:
+            return self.v
+        self.v = 1 if v else 0
+
+class Boot:
+    def __init__(self):
+        self.saved = []
+    def save(self, v):
+        self.saved.append(v)
+
+class T:
+    def __init__(self, port, hw):
+        self.port = port
+        self.got = []
+    def handle(self, sender, kind, payload):
+        self.got.append((sender, kind, payload))
+
+LOGS = {{n: (D + "/" + n + ".bin", 64, 64) for n in policy.LOGS}}
+k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, LOGS, lambda: 1000)
+tasks = {{n: k.add(n, T, {{}}, capacity=8) for n in ("cs_security", "credit", "han")}}
+clock = [0]
+pins = {{"relay": Pin(1), "button": Pin(), "tamper": Pin(), "sleep_ms": time.sleep_ms}}
+boot = Boot()
+mode = offswitch.install(k, pins, boot, D + "/keys.json", D + "/state.json", lambda: clock[0])
+
+def run(ms=60):
+    t = time.ticks_ms()
+    while time.ticks_diff(time.ticks_ms(), t) < ms:
+        k.run_once()
+        time.sleep_ms(1)
+
+def switch(token, ref):
+    tasks["cs_security"].port.send("offswitch", "switch", (ref, token))
+    run()
+    for s, kind, p in tasks["cs_security"].got:
+        if kind == "switch_done" and p[0] == ref:
+            rep = p[2]
+            if hmac_sha256_pads(KEYS[1], rep[:28])[:16] != rep[28:]:
+                return "unsigned"
+            return rep[2]
+
+def press(name):
+    pins[name].v = 1
+    run()
+    pins[name].v = 0
+    run()
+"""
+
+
+def test_without_thread_the_offswitch_runs_cooperatively(micropython: Run,
+                                                         tmp_path: Path) -> None:
+    out = micropython(COOPERATIVE.format(d=str(tmp_path)) + """
+run()
+res = [switch(command(osa.OP_OFF, 1), 1)]
+opened = pins["relay"].v
+after_off = store.load_bytes(D + "/state.json")
+res.append(switch(command(osa.OP_OFF, 2, osa.derive(bytes(32), METER)), 2))   # forged
+res.append(switch(command(osa.OP_OFF, 1), 3))                                # replayed
+clock[0] += 6000
+res.append(switch(command(osa.OP_ON, 3), 4))
+armed_open = pins["relay"].v
+press("button")
+closed = pins["relay"].v
+clock[0] += 6000
+tasks["credit"].port.send("offswitch", "credit_disconnect", None)
+run()
+credit_open = pins["relay"].v
+forbidden = tasks["han"].port.send("offswitch", "switch", (9, command(osa.OP_ON, 4)))
+press("tamper")
+res.append(switch(command(osa.OP_ON, 5), 5))                                 # locked
+states = [list(p) for s, kind, p in tasks["han"].got if kind == "relay_state"]
+print(json.dumps({"mode": mode, "res": res, "opened": opened, "armed_open": armed_open,
+    "closed": closed, "credit_open": credit_open, "forbidden": forbidden,
+    "sealed": osa.state_fields(after_off), "boot": boot.saved, "states": states,
+    "log": [r[2] for r in k.read_log("offswitch", 0, 100)],
+    "sec": [r[2] for r in k.read_log("security", 0, 100)]}))
+""")
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["mode"] == "cooperative"
+    assert r["res"] == [OK, 3, 4, OK, 6]  # ok, bad MAC, replay, armed, locked: all signed
+    assert r["opened"] == 0 and r["armed_open"] == 0 and r["closed"] == 1
+    assert r["credit_open"] == 0
+    assert r["forbidden"] is False  # the flow policy still decides who reaches it
+    assert any("policy refused han->offswitch switch" in t for t in r["sec"]), r["sec"]
+    # its record: sealed, stored before the pin moved, with the relay's boot state
+    assert r["sealed"]["relay"] == 0 and r["sealed"]["ctr"] == 1
+    assert r["boot"][:1] == [0] and 1 in r["boot"]
+    assert r["states"][0] == [1, 0, 0] and r["states"][-1] == [0, 0, 1]
+    log = r["log"]
+    assert log[0] == "no _thread: runs in the main loop (cooperative)"
+    for line in ("OFF #1: relay opened", "OFF #2 refused: bad MAC", "OFF #1 refused: replay",
+                 "ON #3: armed 30s: press button", "button: reconnect confirmed, relay closed",
+                 "credit: local disconnect, relay opened", "TAMPER: locked (relay was open)",
+                 "ON #5: refused: locked"):
+        assert line in log, (line, log)
+
+
+def test_a_factory_limit_above_what_is_kept_boots_and_is_no_hourly_limit(
+        micropython: Run, tmp_path: Path) -> None:
+    # The power-cut campaign provisions 100000 an hour: the Core's memory stays bounded (a list
+    # of 100000 times would not fit the heap) and the hourly limit is off; spacing still holds.
+    r = run_core(micropython, tmp_path, """
+store.save(D + "/big.json", {"meter": METER, "key": KEY.hex(), "max_per_hour": 100000,
+                             "min_spacing_s": 1, "arm_window_s": 30})
+boot(D + "/big.json")
+res = []
+for i in range(1, 81):
+    after(1)
+    res.append(cmd(osa.OP_OFF if i % 2 else osa.OP_ON, i)[1])
+spacing = cmd(osa.OP_OFF, 81)[1]
+out(kept=len(core._ops), res=sorted(set(res)), spacing=spacing)
+""")
+    assert r["kept"] == 64 and r["res"] == [OK] and r["spacing"] == 5
+
+
+def test_the_allocation_free_hmac_is_hmac_sha256(micropython: Run) -> None:
+    """offswitch._mac on the viper workspace against hmac_sha256 (hashlib), every length a
+    message may have, every key, with the heap locked."""
+    out = micropython("""
+import os, micropython
+import hmac_sha256 as h
+from tasks import offswitch
+from tasks.offswitch_mac import compile_op, workspace
+keys = [os.urandom(32) for _ in range(4)]
+op = compile_op()
+ws = workspace(keys, op)
+bad = 0
+for n in range(56):
+    for w in range(4):
+        msg = os.urandom(n)
+        ws[864:864 + n] = msg
+        micropython.heap_lock()
+        offswitch._mac(op, ws, w, n)
+        micropython.heap_unlock()
+        bad += bytes(ws[928:960]) != h.hmac_sha256(keys[w], msg)
+print(bad)
+""")
+    assert out.split() == ["0"]
+
+
+def test_the_copied_constants_agree() -> None:
+    # offswitch.py keeps its constants private (not module attributes: RAM); the boot, the
+    # wording and the MAC set-up, loaded only for a moment, have copies of those they need
+    import re
+
+    def consts(name: str) -> dict[str, int]:
+        src = (FIRMWARE / "tasks" / name).read_text()
+        return {k: int(v, 0) for k, v in re.findall(r"^(_[A-Z_0-9]+) = const\(([0-9a-fA-Fx]+)\)",
+                                                    src, re.M)}
+
+    main = consts("offswitch.py")
+    main.update({"_WS_K": 0, "_WS_H": 512, "_WS_SIZE": 960, "_NKEYS": 4})  # (in its comment)
+    for other in ("offswitch_boot.py", "offswitch_text.py", "offswitch_mac.py"):
+        copies = consts(other)
+        shared = {k: v for k, v in copies.items() if k in main}
+        assert shared == {k: main[k] for k in shared}, other
+        assert len(shared) >= 4, other
+    events = {k for k in main if k.startswith("_EV_")} - {"_EV_N", "_EV_SIZE", "_EV_HEAD"}
+    assert set(consts("offswitch_text.py")) == events
+
+
+def test_a_record_the_main_core_edited_brings_the_offswitch_up_locked(
+        micropython: Run, tmp_path: Path) -> None:
+    """The main core stores core 1's record as handed; one it edits (here: unlocked, armed,
+    the counter back to 0, the MAC kept) is not sealed by core 1 and is not believed."""
+    r = run_core(micropython, tmp_path, """
+pins["tamper"].v = 1
+poll(3)
+pins["tamper"].v = 0
+poll(3)
+cmd(osa.OP_OFF, 7)
+rec = bytearray(store.load_bytes(D + "/state.json"))
+sealed = osa.state_fields(rec)
+rec[2], rec[3] = 1, 0                      # armed, not locked
+rec[4:8] = bytes(4)                        # counter 0: the old commands would replay
+store.save_bytes(D + "/state.json", bytes(rec))
+boot()
+replay = cmd(osa.OP_ON, 7)[1]
+out(sealed=[sealed["locked"], sealed["ctr"]], after=[core.armed, core.locked], replay=replay)
+""")
+    assert r["sealed"] == [1, 7]
+    assert r["after"] == [0, 1]  # not armed; locked
+    assert r["replay"] == 6  # ON refused: locked
+    assert "state record not authentic: locked" in r["logs"]
+
+
+def test_with_the_main_core_hung_nothing_moves_but_tamper_opens_and_locks(
+        micropython: Run, tmp_path: Path) -> None:
+    """Core 0 stops storing (hung): an authentic OFF waits, unanswered, the relay unmoved;
+    tamper still opens the relay and locks at once. When core 0 comes back, the OFF is
+    answered and the tamper lock is stored."""
+    r = run_core(micropython, tmp_path, """
+def take_answers():
+    out = []
+    while True:
+        d = link.take_done()
+        if d is None:
+            return out
+        out.append(d)
+put("switch", 1, command(KEYS, METER, osa.OP_OFF, 1))
+for _ in range(20):
+    core.poll()                      # core 0 hung: nobody stores, nobody drains
+hung = [pins["relay"].v, link.persist_wanted(), len(take_answers())]
+pins["tamper"].v = 1
+core.poll()
+tamper = [pins["relay"].v, core.locked]
+for _ in range(5):
+    poll()                           # core 0 back
+rec = osa.state_fields(store.load_bytes(D + "/state.json"))
+out(hung=hung, tamper=tamper, stored=[rec["relay"], rec["locked"], rec["ctr"]],
+    wanted=link.persist_wanted())
+""")
+    assert r["hung"] == [1, True, 0]  # not moved, waiting, no answer
+    assert r["tamper"] == [0, 1]  # opened and locked without the main core
+    assert r["stored"] == [0, 1, 1] and r["wanted"] is False
+    assert "TAMPER: relay opened, locked" in r["logs"] and "OFF #1: relay opened" in r["logs"]
+
+
+def test_a_record_the_main_core_could_not_store_moves_nothing(micropython: Run,
+                                                               tmp_path: Path) -> None:
+    r = run_core(micropython, tmp_path, """
+put("switch", 1, command(KEYS, METER, osa.OP_OFF, 1))
+core.poll()
+link.persisted(False)                # the flash failed
+answers = [p for k, p in poll(2) if k == "done"]
+res = open_reply(KEYS, METER, answers[0][2])[1]
+again = cmd(osa.OP_OFF, 1)          # its counter was consumed all the same
+out(res=res, again=again[1], state=[core.relay, core.ctr])
+""")
+    assert r["res"] == 10 and r["relay"] == 1  # BUSY, not moved
+    assert r["again"] == 4 and r["state"] == [1, 1]  # replay
+    assert "OFF #1: refused: persist failed" in r["logs"]

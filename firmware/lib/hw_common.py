@@ -40,26 +40,32 @@ class Out:
         self.value(0 if self.value() else 1)
 
 
-class Relay(Out):
-    # The relay pin with a defined boot state: the adapter owns `path` ("0" or "1"), written
-    # before the pin moves whenever the relay is commanded to a new state. The pin is
-    # initialised with value= that state, so the output latch holds the level before the pin
-    # becomes an output: after a soft reset the pin goes on driving the level it drove,
-    # without a glitch (docs/hardware.md).
-    def __init__(self, pin_id, path):
+class RelayBoot:
+    # The relay's boot state, "0" or "1" in `path`: the level the pin is set up with at the
+    # next start (Relay). Written by the main core only, when it stores the off-switch's
+    # record, before it lets core 1 move the pin (docs/OFFSWITCH.md): core 1 never touches a
+    # file (the rp2 port's VFS is not thread-safe). It holds the path only, not the pin.
+    def __init__(self, path, v):
         self._path = path
-        self._v = load_state(path)
-        Out.__init__(self, machine.Pin(pin_id, machine.Pin.OUT, value=self._v))
+        self._v = v
 
-    def value(self, v=None):
-        if v is None:
-            return self._pin.value()
+    def save(self, v):
         v = 1 if v else 0
         if v != self._v:
-            save_state(self._path, v)  # first: what was commanded survives a reset
+            save_state(self._path, v)
             self._v = v
-        self._pin.value(v)
-        return None
+
+
+class Relay(Out):
+    # The relay pin with a defined boot state (`boot`, a RelayBoot the adapter owns). The pin
+    # is initialised with value= that state, so the output latch holds the level before the
+    # pin becomes an output: after a soft reset the pin goes on driving the level it drove,
+    # without a glitch (docs/hardware.md). value(v) only drives the pin: it allocates nothing
+    # and touches no file, so core 1 may call it.
+    def __init__(self, pin_id, path):
+        v = load_state(path)
+        self.boot = RelayBoot(path, v)
+        Out.__init__(self, machine.Pin(pin_id, machine.Pin.OUT, value=v))
 
 
 def load_state(path):

@@ -60,6 +60,16 @@ S_ARMED = const(2)
 S_LOCKED = const(4)
 S_TAMPER = const(8)
 
+# The off-switch's state record (48 bytes, big-endian), sealed by core 1 under k_state (HKDF
+# info b"offswitch state") and stored by the main core as it is handed (docs/OFFSWITCH.md):
+#   ver u8 (2) | relay u8 | armed u8 | locked u8 | ctr u32 | deadline u32 | clock u32 |
+#   n_ops u8 | 0 0 0 | last op u32 | kid 8 | mac 16 = HMAC-SHA256(k_state, the 32 bytes before)
+# (times in ms of the off-switch's own clock; n_ops operations in the last hour, the last at
+# `last op`)
+STATE_VER = const(2)
+STATE_MAC_AT = const(32)
+STATE_LEN = const(48)
+
 # a meter without an off-switch key signs its (NO_KEY) replies under this one: never trusted
 NO_KEY = bytes(32)
 
@@ -73,6 +83,25 @@ def derive(key, meter_id):
     salt = meter_id.to_bytes(8, "big")
     return (_h.hmac_pads(_h.hkdf_sha256(key, salt, b"offswitch cmd", 32)),
             _h.hmac_pads(_h.hkdf_sha256(key, salt, b"offswitch reply", 32)))
+
+
+def derive_keys(key, meter_id):
+    """(k_cmd, k_rep, k_state): the off-switch's three working keys, 32 bytes each."""
+    if len(key) != 32:
+        raise ValueError("offswitch: key must be 32 bytes")
+    salt = meter_id.to_bytes(8, "big")
+    return (_h.hkdf_sha256(key, salt, b"offswitch cmd", 32),
+            _h.hkdf_sha256(key, salt, b"offswitch reply", 32),
+            _h.hkdf_sha256(key, salt, b"offswitch state", 32))
+
+
+def state_fields(rec):
+    """The state record's fields as a dict (its MAC is not checked: the host's view)."""
+    if len(rec) != STATE_LEN or rec[0] != STATE_VER:
+        return None
+    relay, armed, locked, ctr, deadline, clock, n_ops = struct.unpack_from(">BBBIIIB", rec, 1)
+    return {"relay": relay, "armed": armed, "locked": locked, "ctr": ctr, "deadline": deadline,
+            "clock": clock, "n_ops": n_ops, "last_op": struct.unpack_from(">I", rec, 20)[0]}
 
 
 def open_command(keys, meter_id, data):

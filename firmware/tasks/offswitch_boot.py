@@ -1,13 +1,38 @@
-# The off-switch's boot (tasks/offswitch.py Core): its keys and its persisted state, read once
-# on the main core before core 1 starts. In its own file so that its code is in RAM only while
-# it runs (lib/lazy.py). Part of that module.
+# The off-switch's boot (tasks/offswitch.py Core): its keys, its persisted state and
+# everything core 1 will use, read and made once on the main core before core 1 starts. In
+# its own file so that its code is in RAM only while it runs (lib/lazy.py). Part of that
+# module.
 import binascii
 import hashlib
 import time
 
+import lazy
 import offswitch_auth as osa
 import store
-from tasks.offswitch import ARM_WINDOW_S, DEBOUNCE, MAX_PER_HOUR, MIN_SPACING_S
+from micropython import const
+
+from tasks.offswitch import _mac
+from tasks.offswitch_mac import compile_op, workspace
+
+# as in tasks/offswitch.py (tests_host/test_offswitch.py checks the copies agree)
+_DEBOUNCE = const(2)
+_CLOCK_MASK = const(0x1FFFFFFF)
+_MSG = const(864)
+_OUT = const(928)
+_EV_BOOT = const(1)
+_EV_NEW_KEY = const(2)
+_EV_BOOT_PIN = const(3)
+_EV_BAD_RECORD = const(16)
+# the factory limits' defaults (os_keys.json may set others)
+_MAX_PER_HOUR = const(6)
+_MIN_SPACING_S = const(10)
+_ARM_WINDOW_S = const(120)
+# switching times kept for the hourly limit: a factory limit above that is no hourly limit
+_OPS_KEPT = const(64)
+
+
+def _u32(b, o):
+    return int.from_bytes(b[o:o + 4], "big")
 
 
 def init(core, hw, link, ticks_ms, keys_path, state_path):
@@ -16,44 +41,86 @@ def init(core, hw, link, ticks_ms, keys_path, state_path):
     core._tamper = hw["tamper"]
     core._link = link
     core._ticks = ticks_ms or time.ticks_ms
-    core._path = state_path
     k = store.load(keys_path, None) or {}
-    core.meter_id = int(k.get("meter", 0))
+    meter_id = int(k.get("meter", 0))
+    core._meter = meter_id.to_bytes(8, "big")
     key = bytes.fromhex(k.get("key", ""))
-    core._keys = osa.derive(key, core.meter_id) if key else None
-    kid = binascii.hexlify(hashlib.sha256(b"os kid" + key).digest()[:8]).decode() \
-        if key else ""
-    core._max_hour = int(k.get("max_per_hour", MAX_PER_HOUR))
-    core._spacing = int(k.get("min_spacing_s", MIN_SPACING_S) * 1000)
-    core._window = int(k.get("arm_window_s", ARM_WINDOW_S) * 1000)
-    st = store.load(state_path, None)
+    core._keyed = bool(key)
+    keys = list(osa.derive_keys(key if key else osa.NO_KEY, meter_id))
+    keys.append(osa.derive_keys(osa.NO_KEY, meter_id)[1])  # the keyless meter's replies
+    op = hw.get("mac_op") or compile_op()
+    core._op, core._ws = op, workspace(keys, op)
+    kid = hashlib.sha256(b"os kid" + key).digest()[:8] if key else bytes(8)
+    kid_hex = binascii.hexlify(kid).decode() if key else ""
+    core._kid = kid
+    max_hour = int(k.get("max_per_hour", _MAX_PER_HOUR))
+    # the factory limits: per hour, spacing (ms), arm window (ms)
+    core._lim = [max_hour, int(k.get("min_spacing_s", _MIN_SPACING_S) * 1000),
+                 int(k.get("arm_window_s", _ARM_WINDOW_S) * 1000)]
+    # clock times of the counted operations, at most _OPS_KEPT: a factory limit above that is
+    # no hourly limit at all (the spacing still holds), as nobody switches a relay that often
+    core._ops = [0] * min(max(1, max_hour), _OPS_KEPT)
+    core._nops = 0
     pin = core._relay.value()
-    # The off-switch's clock: milliseconds powered, persisted with the state and
-    # resumed from it, so windows and rate limits survive a reset (time without power
-    # does not count: that only makes the limits stricter).
+    # The off-switch's clock: milliseconds powered, persisted with the state and resumed from
+    # it, so windows and rate limits survive a reset (time without power does not count:
+    # that only makes the limits stricter).
     core._t = core._ticks()
-    core._btn = DEBOUNCE if core._button.value() else 0  # held at boot: not a press
+    core._btn = _DEBOUNCE if core._button.value() else 0  # held at boot: not a press
     core._tamper_in = 0
     core._ref_n = core._ref_sup = core._ref_win = 0
-    if st is None:
-        # A new meter: adopt the relay as it is, never move it.
-        st = {"relay": pin, "kid": kid}
-    core.relay = 1 if st["relay"] else 0
-    core.armed = 1 if st.get("armed") else 0
-    core.locked = 1 if st.get("locked") else 0
-    core.ctr = int(st.get("ctr", 0))
-    core.deadline = int(st.get("deadline", 0))
-    core._clock = int(st.get("clock", 0))
-    core._ops = [int(x) for x in st.get("ops", ())]  # clock times of counted operations
-    core._kid = kid
-    if st.get("kid", "") != kid:
-        # A new key (re-provisioned): counters of the old key mean nothing any more.
-        core.ctr = 0
-        core._log("new key: counter reset")
-    core._log("boot: relay %d armed %d locked %d ctr %d" % (
-        core.relay, core.armed, core.locked, core.ctr))
+    core._pend = core._tampered = 0
+    core._b = [0, 0, 0]  # the state before a change (undone if it cannot be stored)
+    core._p = [0] * 7  # a pending command: id, op, result, outcome, number, counter hi, lo
+    core.relay, core.armed, core.locked, ctr = pin, 0, 0, 0
+    core.deadline = core._clock = 0
+    new_key = bad = False
+    rec = store.load_bytes(state_path, None)
+    st = None if rec is None else osa.state_fields(rec)
+    if st is not None:
+        if bytes(rec[24:32]) != kid:
+            new_key = True  # a new key (re-provisioned): the old key's counter means nothing
+            core.locked = st["locked"]  # only ever stricter; armed and the relay: as they are
+        else:
+            ws = core._ws
+            ws[_MSG:_MSG + osa.STATE_MAC_AT] = rec[:osa.STATE_MAC_AT]
+            _mac(op, ws, 2, osa.STATE_MAC_AT)
+            if ws[_OUT:_OUT + osa.MAC_LEN] != rec[osa.STATE_MAC_AT:]:
+                bad = True  # not sealed by this off-switch: trust nothing but "locked"
+                core.locked = 1
+            else:
+                core.relay, core.armed, core.locked = st["relay"], st["armed"], st["locked"]
+                ctr, core.deadline = st["ctr"], st["deadline"] & _CLOCK_MASK
+                core._clock = st["clock"] & _CLOCK_MASK
+                # the hour's operations, all counted at the last one's time: only stricter
+                n = min(st["n_ops"], len(core._ops))
+                for i in range(n):
+                    core._ops[i] = st["last_op"] & _CLOCK_MASK
+                core._nops = n
+    elif rec is None:
+        old = store.load(state_path, None)  # a record from before the sealed format (JSON)
+        if old is not None:
+            if old.get("kid", "") != kid_hex:
+                new_key = True
+            else:
+                ctr = int(old.get("ctr", 0))
+            core.relay = 1 if old["relay"] else 0
+            core.armed = 1 if old.get("armed") else 0
+            core.locked = 1 if old.get("locked") else 0
+            core.deadline = int(old.get("deadline", 0)) & _CLOCK_MASK
+            core._clock = int(old.get("clock", 0)) & _CLOCK_MASK
+            for t in old.get("ops", ())[-len(core._ops):]:
+                core._ops[core._nops] = int(t) & _CLOCK_MASK
+                core._nops += 1
+    core._ctr_hi, core._ctr_lo = ctr >> 16, ctr & 0xFFFF
+    if new_key:
+        core._log(_EV_NEW_KEY)
+    if bad:
+        core._log(_EV_BAD_RECORD)
+    core._log(_EV_BOOT, core.relay, core.armed, core.locked, core._ctr_hi, core._ctr_lo)
     if pin != core.relay:
         # Only when the pin lost the commanded state (a relay that does not latch).
         core._relay.value(core.relay)
-        core._log("boot: relay pin %d set to %d" % (pin, core.relay))
+        core._log(_EV_BOOT_PIN, pin, core.relay)
     core._publish()
+    lazy.drop("tasks.offswitch_mac")  # the boot's only: its function and workspace stay

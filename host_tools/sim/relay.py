@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import struct
 import sys
 import tempfile
 import time
@@ -54,17 +55,27 @@ def offswitch_record(mdir: Path) -> dict[str, Any] | None:
     On a flash image (a board profile) the record's copies (the file, .tmp, .bak) are read
     out of the image first, with the board's own filesystem code (flashimg.py)."""
     if flashimg.geometry(mdir) is None:
-        with _firmware_lib():
-            rec: dict[str, Any] | None = _store().load(str(mdir / "fs" / OS_STATE), None)
-        return rec
+        return _record_at(str(mdir / "fs" / OS_STATE))
     names = [OS_STATE + ext for ext in ("", ".tmp", ".bak")]
     files = flashimg.read_files(mdir, names)
     with tempfile.TemporaryDirectory(prefix="os-state-") as tmp:
         for name, data in files.items():
             (Path(tmp) / Path(name).name).write_bytes(data)
-        with _firmware_lib():
-            rec = _store().load(str(Path(tmp) / Path(OS_STATE).name), None)
-    return rec
+        return _record_at(str(Path(tmp) / Path(OS_STATE).name))
+
+
+def _record_at(path: str) -> dict[str, Any] | None:
+    with _firmware_lib():
+        raw: bytes | None = _store().load_bytes(path, None)
+        if raw is None:  # a record from before the sealed format (JSON)
+            old: dict[str, Any] | None = _store().load(path, None)
+            return old
+    # the sealed record's layout: firmware/lib/offswitch_auth.py (STATE_*); its MAC is core
+    # 1's to check, the host only reads it
+    if len(raw) != 48 or raw[0] != 2:
+        return None
+    relay, armed, locked, ctr = struct.unpack_from(">BBBI", raw, 1)
+    return {"relay": relay, "armed": armed, "locked": locked, "ctr": ctr}
 
 
 def relay(index: int, base: Path | None = None) -> dict[str, Any]:
