@@ -299,6 +299,7 @@ def test_pins_relay_boot_state_and_inputs(vm: Callable[[str, str], str]) -> None
     code = '''
 print(hw.out_log[:2])                 # the relay pin came up driving its persisted state
 board.relay.on()
+board.relay.boot.save(1)  # the main core stores it before the pin moves (docs/OFFSWITCH.md)
 print(open("data/relay_boot").read(), hw.outputs["relay"], machine.Pin(15).value())
 print(board.button.value(), board.tamper.value())  # released, loop closed
 hw.inputs["button"] = 1

@@ -177,6 +177,7 @@ def test_relay_boot_state_on_fat(vm: Callable[..., str]) -> None:
     out = vm('''
 print(hw.outputs.get("relay"), board.relay.value())
 board.relay.on()
+board.relay.boot.save(1)  # the main core stores it before the pin moves (docs/OFFSWITCH.md)
 print(open("/data/relay_boot").read(), hw.outputs["relay"], machine.Pin("X11").value())
 ''')
     assert out.splitlines() == ["0 0", "1 1 1"]
