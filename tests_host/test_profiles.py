@@ -31,7 +31,8 @@ def test_the_five_profiles_are_complete_and_json() -> None:
     assert profiles.DEFAULT == "unix"  # until the lead switches it (the adapters' merge)
     for name in profiles.names():
         p = profiles.get(name)
-        assert set(p) == FIELDS, name
+        # a board's profile also has its analogue front end (the unix one keeps the ROM's)
+        assert set(p) == FIELDS | ({"front_end"} if p["port"] != "unix" else set()), name
         assert p["name"] == name
         assert json.loads(json.dumps(p)) == p
         assert p["fs"]["bytes"] > 0 and p["fs"]["block"] in (512, 4096)
@@ -205,3 +206,24 @@ def test_a_meter_keeps_its_profile(tmp_path: Path) -> None:
     assert fleet.meter_profile(mdir) == "pybv11"
     (mdir / fleet.PROFILE_FILE).write_text("{not json")
     assert fleet.meter_profile(mdir) is None
+
+
+def test_the_virtual_front_end_is_built_to_each_board_adapters_calibration() -> None:
+    # Under a board's profile the supervisor scales the ADC ring to the front end the board's
+    # adapter assumes (its CAL_DEFAULT), so an uncalibrated meter reads true volts and amps.
+    import ast
+
+    root = Path(__file__).resolve().parents[1]
+    for name in profiles.names():
+        prof = profiles.get(name)
+        if prof["port"] == "unix":
+            assert "front_end" not in prof
+            continue
+        tree = ast.parse((root / "board" / prof["board_def"] / "__init__.py").read_text()
+                         if prof["board_def"] != "rp2_pico2" else
+                         (root / "board" / "rp2_pico" / "__init__.py").read_text())
+        consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
+                  for t in n.targets if isinstance(t, ast.Name)
+                  and isinstance(n.value, ast.Constant)}
+        assert (consts["V_PEAK_FS"], consts["I_PEAK_FS"]) == (
+            prof["front_end"]["v_peak"], prof["front_end"]["i_peak"]), name

@@ -150,8 +150,9 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
     ``profile``: the port profile (host_tools/sim/profiles.py) each meter presents itself as;
     None keeps the one a meter was last started with (for a new meter: $METER_PROFILE, else
     ``profiles.DEFAULT``).
-    The profile sets the heap (unless ``heap`` is given), the flash size and the ROMFS
-    partition. An unknown name raises SimError before anything starts."""
+    The profile sets the heap (unless ``heap`` is given: the VM heap that holds what the board's
+    holds, profiles.vm_heap), the flash size and the ROMFS partition. An unknown name raises
+    SimError before anything starts."""
     if n < 1:
         raise SimError("--meters must be at least 1")
     if profile is not None:
@@ -195,7 +196,7 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
         tmp.write_text(json.dumps(prof, indent=1))
         os.replace(tmp, mdir / PROFILE_FILE)
         args = [sys.executable, "-S", str(SUPERVISOR), "--dir", str(mdir), "--index", str(i),
-                "--seed", str(seed * 1000 + i), "--heap", heap or str(prof["heap"]),
+                "--seed", str(seed * 1000 + i), "--heap", heap or profiles.vm_heap(prof),
                 "--flash-bytes", str(prof["fs"]["bytes"]),
                 "--romfs-bytes", str(prof["romfs_bytes"]), "--site", site,
                 "--rom", str(rom), *launcher]

@@ -80,6 +80,12 @@ _QSPI_NOR = {"erase_bytes": [4096], "erase_ms": [45.0], "erase_ms_max": [400.0],
              "stalls": "interrupts off, other core locked out (ports/rp2/rp2_flash.c)"}
 
 
+# The analogue front end the real boards' adapters assume (their CAL_DEFAULT: 400 V and 100 A
+# peak at ADC full scale, docs/hardware.md "Pin maps"): the virtual front end is built to it
+# under a board's profile, so the adapter's default calibration reads true.
+FRONT_END = {"v_peak": 400.0, "i_peak": 100.0}
+
+
 def _rp2(name: str, board: str, build: str, mcu: str, arch: int, heap: str, cpu_hz: int,
          fs_bytes: int, board_def: str) -> dict[str, Any]:
     return {
@@ -90,7 +96,7 @@ def _rp2(name: str, board: str, build: str, mcu: str, arch: int, heap: str, cpu_
         "mpy": _mpy(arch), "build": build, "heap": heap, "cpu_hz": cpu_hz,
         "modules": _RP2, "thread": "nogil",
         "fs": {"type": "lfs2", "bytes": fs_bytes, "block": 4096, **_QSPI_NOR},
-        "romfs_bytes": 0, "nvram_bytes": 0,
+        "romfs_bytes": 0, "nvram_bytes": 0, "front_end": FRONT_END,
     }
 
 
@@ -122,6 +128,7 @@ def _pybv11(name: str, thread: bool) -> dict[str, Any]:
                "stalls": "IRQs at or below IRQ_PRI_FLASH held off (ports/stm32/flashbdev.c)"},
         "romfs_bytes": 0,
         "nvram_bytes": 4096,  # the backup SRAM on VBAT (STM32F405 reference manual RM0090)
+        "front_end": FRONT_END,
     }
 
 
@@ -168,6 +175,22 @@ def get(name: str) -> dict[str, Any]:
         hidden |= {"u" + m for m in hidden & EXTENSIBLE} | {"_vhw"}
     out["hidden"] = sorted(hidden)
     return out
+
+
+# What a 32-bit board's heap holds takes 1/0.68 as many bytes on the virtual board's 64-bit VM:
+# measured on the same firmware modules on the emulated Cortex-M0+ (host_tools/emu/heap32.py,
+# docs/hardware.md "The same heap on 32-bit objects": 0.68 for imported modules, 0.59 for
+# objects; the larger ratio, so the VM's heap is the smaller, stricter one).
+OBJECT_RATIO_32_64 = 0.68
+
+
+def vm_heap(prof: dict[str, Any]) -> str:
+    """The VM heap that holds what the profile's board heap holds: the board's figure scaled by
+    the 32-/64-bit object ratio for a board's port, the figure itself for the unix profile."""
+    heap = str(prof["heap"])
+    if prof["port"] == "unix":
+        return heap
+    return f"{int(heap_bytes(heap) / 1024 / OBJECT_RATIO_32_64)}K"  # rounded down: stricter
 
 
 def heap_bytes(heap: str) -> int:

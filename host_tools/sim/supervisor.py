@@ -355,7 +355,9 @@ class Supervisor:
 
     def _wave(self) -> Any:
         """The front end for the load set now (without "irms": the household day, by the RTC)."""
-        return waveform.Waveform(self.a.seed, dict(self.hw["wave"]), ADC_RATE, self._rtc)
+        fe = (self.profile or {}).get("front_end")  # a board's: its adapter's CAL_DEFAULT
+        return waveform.Waveform(self.a.seed, dict(self.hw["wave"]), ADC_RATE, self._rtc,
+                                 (fe["v_peak"], fe["i_peak"]) if fe else None)
 
     def log(self, msg: str) -> None:
         self.log_f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")

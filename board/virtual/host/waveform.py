@@ -29,10 +29,13 @@ MID = 32768
 
 
 class Waveform:
-    def __init__(self, seed, params, rate_hz, clock=None):
+    def __init__(self, seed, params, rate_hz, clock=None, full_scale=None):
         # clock: the board's rtc_get() (whole seconds; only the time of day,
         # t % 86400, and the day number count), for the household day; unused
-        # when the parameters fix the load with "irms".
+        # when the parameters fix the load with "irms". full_scale: (volts, amps) peak at
+        # ADC full scale, the front end the board's adapter assumes (its CAL_DEFAULT);
+        # default the virtual board's.
+        self.v_fs, self.i_fs = full_scale or (V_FULL_SCALE, I_FULL_SCALE)
         rng = _Rng(seed)
         g = params.get
         self.rate = rate_hz
@@ -46,7 +49,7 @@ class Waveform:
         self.per = int(per) if per >= 2 and per == int(per) else 0
         self._tab = None  # (v, i) of one cycle, for the load set last
         self.vrms = g("vrms", 230.0)
-        self.va = self.vrms * 1.4142135 / V_FULL_SCALE * 32767
+        self.va = self.vrms * 1.4142135 / self.v_fs * 32767
         self.h3, self.h5, self.ih3 = g("h3", 0.0), g("h5", 0.0), g("ih3", 0.0)
         self.p3 = rng.random() * 2 * math.pi
         self.p5 = rng.random() * 2 * math.pi
@@ -65,7 +68,7 @@ class Waveform:
         phi = math.acos(max(-1.0, min(1.0, abs(pf))))
         self.phi = -phi if pf < 0 else phi
         sign = -1.0 if export else 1.0
-        self.ia = sign * irms * 1.4142135 / I_FULL_SCALE * 32767
+        self.ia = sign * irms * 1.4142135 / self.i_fs * 32767
         self._tab = None
 
     def _update(self, k):
