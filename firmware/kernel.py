@@ -45,6 +45,12 @@ _QN = const(13)  # messages waiting
 _QDROP = const(14)  # messages dropped on a full mailbox
 _NF = const(15)
 _KBOX = const(4)  # the kernel's own mailbox
+# Records that anyone on the WAN can cause (rejected, unauthenticated lines; a full mailbox):
+# a token bucket, so that a flood costs a bounded number of flash writes per hour. Those over
+# it are counted (stats "log_dropped") and the count is logged when a token is free again.
+FLOOD_BURST = const(256)  # records at once: a head-end session's worth of rejections
+FLOOD_PER_HOUR = const(16)  # then this many an hour (flash wear: docs/hardware.md)
+_MS_PER_TOKEN = const(225000)  # 3600000 // FLOOD_PER_HOUR
 
 
 def frozen(payload, depth=0):
@@ -72,6 +78,10 @@ class Port:
 
     def log(self, text):
         self._fn(None, None, text)
+
+    def log_flood(self, text):
+        """log(), for a record that input anyone can send caused: rate-limited (kernel.py)."""
+        self._fn(None, 1, text)
 
 
 class Kernel:
@@ -110,6 +120,10 @@ class Kernel:
         self._qend = 2 * _KBOX  # entries of self._q in use
         self._by_name = {"kernel": 0}
         self.refused = 0
+        self._tokens = FLOOD_BURST
+        self._tokens_at = time.ticks_ms()
+        self.log_dropped = 0  # rate-limited records dropped since boot
+        self._dropped_unlogged = 0
         self._win_start = time.ticks_us()
         self._win_sleep = 0
         self._last_window = (0, 0)  # (length us, sleep us)
@@ -122,7 +136,7 @@ class Kernel:
 
         def port(to, kind, payload):
             if to is None:
-                k.log(name, payload)
+                k.log(name, payload, kind)
                 return None
             return k._route(name, to, kind, payload)
 
@@ -224,13 +238,41 @@ class Kernel:
         if i and not self._f[b + _OVERFLOW]:
             # Logged once per window, so that a flood cannot flood the log too.
             self._f[b + _OVERFLOW] = 1
-            self.log("kernel", "mailbox %s full: dropped %s from %s" % (receiver, kind, sender))
+            self.log("kernel", "mailbox %s full: dropped %s from %s" % (receiver, kind, sender),
+                     True)
         return False
 
-    def log(self, task, text):
+    def _token(self):
+        # True if a rate-limited record may be written now (takes the token)
+        now = time.ticks_ms()
+        dt = time.ticks_diff(now, self._tokens_at)
+        if dt < 0 or dt >= FLOOD_BURST * _MS_PER_TOKEN:
+            # (a ticks wrap after days without a flood: the bucket is full by then anyway)
+            self._tokens, self._tokens_at = FLOOD_BURST, now
+        elif dt >= _MS_PER_TOKEN:
+            n = dt // _MS_PER_TOKEN
+            self._tokens = min(FLOOD_BURST, self._tokens + n)
+            self._tokens_at = time.ticks_add(self._tokens_at, n * _MS_PER_TOKEN)
+        if self._tokens <= 0:
+            return False
+        self._tokens -= 1
+        return True
+
+    def log(self, task, text, limited=None):
         ring = self._logs.get(self._log_of.get(task, "security"))
         if ring is None:
             return
+        if limited:
+            if self._dropped_unlogged and self._token():
+                n, self._dropped_unlogged = self._dropped_unlogged, 0
+                self._append(ring, "log: %d records dropped (rate limit)" % n)
+            if not self._token():
+                self.log_dropped += 1
+                self._dropped_unlogged += 1
+                return
+        self._append(ring, text)
+
+    def _append(self, ring, text):
         data = struct.pack(">I", self._now_s() & 0xFFFFFFFF) + text.encode()
         try:
             ring.append(data[:ring.max_payload])
@@ -364,7 +406,8 @@ class Kernel:
                 "handled": f[b + _HANDLED], "dropped": f[b + _QDROP], "errors": f[b + _ERRORS],
             }
         busy = round((length - sleep) * 100 / length, 2) if length else 0
-        return {"window_us": length, "cpu_pct": busy, "refused": self.refused, "tasks": tasks}
+        return {"window_us": length, "cpu_pct": busy, "refused": self.refused,
+                "log_dropped": self.log_dropped, "tasks": tasks}
 
     # -- the kernel's own services (policy rows with receiver "kernel") --------
     def _own(self, sender, kind, payload):

@@ -32,6 +32,14 @@ def hardware(task):
             hw["han_tx"] = board.han_tx()
         elif name == "entropy":
             hw["entropy"] = board.entropy
+        elif name == "nvram":
+            # its own window of the battery-backed RAM, if the board has one (a Pico has not)
+            nv = getattr(board, "nvram", None)
+            if nv is not None:
+                import nvrec
+
+                off, size = policy.NVRAM[task]
+                hw["nvram"] = nvrec.Window(nv, off, size)
         else:
             hw[name] = getattr(board, name)
     return hw
@@ -68,7 +76,7 @@ def build(now_s=None):
     from tasks.credit import Credit
     from tasks.han import Han
 
-    k.add("credit", Credit, {}, capacity=8)
+    k.add("credit", Credit, hardware("credit"), capacity=8)
     k.add("han", Han, hardware("han"), capacity=4)
     link = offswitch.Link()
     k.add("offswitch", offswitch.OffSwitch, {"link": link}, capacity=4, period_ms=20)

@@ -12,6 +12,13 @@
 #   ("credit_disconnect", logged); it cannot drive the relay, and it cannot reconnect: after a
 #   top-up the central system sends an authenticated reconnect, confirmed by the button.
 # - Each second it gives the HAN the tariff indicator and the four tariff registers.
+#
+# Persistence (flash wear: docs/hardware.md): with battery-backed RAM (board.nvram; hw["nvram"]
+# a window of it) the balance and the tariff registers go there each second they change, and
+# the whole record to flash on each command, at zero credit and once a day; without, to flash
+# at most every SAVE_EVERY_S. Both copies carry a generation and the boot takes the newer
+# (the tariffs and the prepaid flag only change by commands, which always reach the flash).
+import struct
 from micropython import const
 
 import lazy
@@ -20,7 +27,9 @@ import store
 import dsmr
 
 STATE = "/data/credit.json"
-SAVE_EVERY_S = const(60)  # the balance is persisted at most this often (and on each command)
+SAVE_EVERY_S = const(60)  # without nvram: the balance is persisted at most this often
+FLUSH_S = const(86400)  # with nvram: to flash once a day (and on each command)
+_NV = "<Iqi6q"  # generation, balance, rem, 4 tariff registers, last import, export Wh
 RETRY_S = const(30)  # a refused (rate-limited) disconnect is asked for again this often
 # (T1 price, T2 price, T2 from hour, T2 to hour, UTC offset s, EU summer time, weekend T1)
 DEFAULT_TARIFF = (21000, 25000, 7, 23, 3600, True, True)
@@ -50,6 +59,21 @@ class Credit:
         self.reg = [int(x) for x in st.get("reg", (0, 0, 0, 0))]  # imp T1, T2, exp T1, T2 Wh
         last = st.get("last")  # metrology's import, export Wh when last accounted
         self._imp, self._exp = (int(last[0]), int(last[1])) if last else (-1, -1)
+        self._gen = int(st.get("g", 0))
+        self._flash_gen = self._gen  # the generation the flash copy holds
+        self._nv = None
+        if hw.get("nvram") is not None:
+            import nvrec
+
+            self._nv = nvrec.Record(hw["nvram"], b"CR")
+            self._nvbuf = bytearray(struct.calcsize(_NV))
+            p = self._nv.load()
+            if p is not None and len(p) == len(self._nvbuf):
+                v = struct.unpack(_NV, p)
+                if v[0] > self._gen:  # newer than the flash copy: its hot fields
+                    self._gen, self.balance, self._rem = v[0], v[1], v[2]
+                    self.reg = [v[3], v[4], v[5], v[6]]
+                    self._imp, self._exp = v[7], v[8]
         self._relay = None  # (relay, armed, locked) as the off-switch last reported
         self._t = 0
         self._saved_t = 0
@@ -60,11 +84,29 @@ class Credit:
 
     # -- persistence ----------------------------------------------------------------
     def _save(self, t):
+        # the whole record to flash (and the RAM, same generation)
+        self._gen += 1
         store.save(self._path, {"prepaid": self.prepaid, "balance": self.balance,
                                 "rem": self._rem, "tariff": list(self.tariff), "reg": self.reg,
-                                "last": [self._imp, self._exp] if self._imp >= 0 else None})
+                                "last": [self._imp, self._exp] if self._imp >= 0 else None,
+                                "g": self._gen})
+        if self._nv is not None:
+            self._nv_put()
+        self._flash_gen = self._gen
         self._saved_t = t
         self._dirty = False
+
+    def _keep(self):
+        # the balance and registers to battery-backed RAM only: no flash
+        self._gen += 1
+        self._nv_put()
+        self._dirty = False
+
+    def _nv_put(self):
+        r = self.reg
+        struct.pack_into(_NV, self._nvbuf, 0, self._gen, self.balance, self._rem, r[0], r[1],
+                         r[2], r[3], self._imp, self._exp)
+        self._nv.save(self._nvbuf)
 
     # -- each second ------------------------------------------------------------------
     def _reading(self, r):
@@ -93,8 +135,13 @@ class Credit:
         self._port.send("han", "tariff_state", (tr, self.reg[0], self.reg[1], self.reg[2],
                                                 self.reg[3]))
         self._check(t)
-        if self._dirty and t - self._saved_t >= SAVE_EVERY_S:
+        if self._nv is None:
+            if self._dirty and t - self._saved_t >= SAVE_EVERY_S:
+                self._save(t)
+        elif t - self._saved_t >= FLUSH_S and (self._dirty or self._gen != self._flash_gen):
             self._save(t)
+        elif self._dirty:
+            self._keep()
 
     def _connected(self):
         s = self._relay

@@ -97,7 +97,7 @@ class CsSecurity:
 
     def _reject(self, why, code=0, ref=0, detail=None):
         self.rejected += 1
-        self._port.log("wan: rejected (%s)" % why)
+        self._port.log_flood("wan: rejected (%s)" % why)  # a flood: rate-limited
         if code and self._keys:
             self._error(code, ref, detail)
 

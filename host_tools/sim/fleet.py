@@ -122,9 +122,12 @@ def meter_record(st: dict[str, Any]) -> dict[str, Any]:
 def start(n: int, base: Path | None = None, *, heap: str = "192K", seed: int = 1,
           timeout: float = 30.0, trace: bool = False,
           progress: Callable[[int, int], None] | None = None,
-          time_scale: float | None = None) -> list[dict[str, Any]]:
+          time_scale: float | None = None,
+          nvram_bytes: int | None = None) -> list[dict[str, Any]]:
     """Start meters 0..n-1 in ``base`` and wait until every VM is up. ``time_scale``: the
-    virtual RTC runs that many times as fast as host time (soak tests; default 1)."""
+    virtual RTC runs that many times as fast as host time (soak tests; default 1).
+    ``nvram_bytes``: the board's battery-backed RAM (board.nvram; default 4096, 0: none, as
+    on a Pico)."""
     if n < 1:
         raise SimError("--meters must be at least 1")
     base = (base or default_dir()).resolve()
@@ -157,6 +160,8 @@ def start(n: int, base: Path | None = None, *, heap: str = "192K", seed: int = 1
             args.append("--trace")
         if time_scale is not None:
             args += ["--time-scale", repr(float(time_scale))]
+        if nvram_bytes is not None:
+            args += ["--nvram-bytes", str(int(nvram_bytes))]
         with open(mdir / "supervisor.err", "ab") as err_log:
             procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=err_log,

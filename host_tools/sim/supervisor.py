@@ -237,6 +237,14 @@ class Supervisor:
         # The ROMFS partition: flash outside the filesystem, erased (0xFF) until an image is
         # written through vfs.rom_ioctl (rom.py); the launcher maps it read-only.
         self.romfs = os.path.join(self.dir, "romfs.bin")
+        # Battery-backed RAM (board.nvram): the VM writes it in place, each write() reaching
+        # the host kernel at once, so a SIGKILL power cut keeps what was written, as VBAT does.
+        self.nvram = os.path.join(self.dir, "nvram.bin")
+        if a.nvram_bytes and (not os.path.exists(self.nvram)
+                              or os.path.getsize(self.nvram) != a.nvram_bytes):
+            with open(self.nvram + ".tmp", "wb") as f:
+                f.write(bytes(a.nvram_bytes))
+            os.replace(self.nvram + ".tmp", self.nvram)
         if a.romfs_bytes and (not os.path.exists(self.romfs)
                               or os.path.getsize(self.romfs) != a.romfs_bytes):
             with open(self.romfs + ".tmp", "wb") as f:
@@ -373,6 +381,8 @@ class Supervisor:
         self.adc.start(self._wave())
         if self.a.romfs_bytes:
             env["MPVM_ROMFS"] = self.romfs
+        if self.a.nvram_bytes:
+            env["MPVM_NVRAM"] = self.nvram
         self.vm_pid = os.posix_spawn(exe, argv, env, file_actions=actions, setsid=True)
         for fd in (con_slave, hw_in_r, hw_out_w, han_w):
             os.close(fd)
@@ -958,6 +968,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--flash-bytes", type=int, default=1408 * 1024)
     ap.add_argument("--romfs-bytes", type=int, default=256 * 1024,
                     help="size of the ROMFS partition (0: none), outside the filesystem")
+    ap.add_argument("--nvram-bytes", type=int, default=4096,
+                    help="battery-backed RAM (board.nvram, kept in nvram.bin; 0: none)")
     ap.add_argument("--off-time", type=float, default=0.2, help="seconds without power on a cut")
     ap.add_argument("--trace", action="store_true", help="log every byte to supervisor.log")
     ap.add_argument("--time-scale", type=float, default=1.0,

@@ -261,6 +261,29 @@ class _Hardware:
         self.meter = {}
         self._poll = select.poll()
         self._poll.register(self._in, select.POLLIN)
+        # Battery-backed RAM (board.nvram; an STM32's backup SRAM): None without one (a Pico).
+        # Its file in the meter's directory is opened before the jail hides it and written in
+        # place: each write reaches the host kernel at once, so a power cut (SIGKILL) keeps it.
+        self.nvram = None
+        self._nv = None
+        path = os.getenv("MPVM_NVRAM")
+        if path:
+            self._nv = open(path, "r+b")
+            self.nvram = bytearray(self._nv.read())
+
+    def nvram_write(self, off, data):
+        # Bytes off.. of the battery-backed RAM. A write point for the power-cut campaign
+        # (path "/nvram"): a cut there may leave it half done, as stores cut by a power loss.
+        if off < 0 or off + len(data) > len(self.nvram):
+            raise ValueError("nvram: out of range")
+        if _wp[0] or _wp[4]:
+            _wp_hit("nvram", "/nvram", _NvPart(self, off), data)
+        self._nv_put(off, data)
+
+    def _nv_put(self, off, data):
+        self.nvram[off:off + len(data)] = data
+        self._nv.seek(off)
+        self._nv.write(data)
 
     def poll(self):
         # Apply whatever the supervisor sent (input pins, waveform).
@@ -317,6 +340,16 @@ class _Hardware:
             a += 2 * size
             i[2 * j:2 * (j + m)] = ring[a:a + 2 * m]
             j += m
+
+
+class _NvPart:
+    # where a torn write point puts the first half of an nvram write (_wp_hit)
+    def __init__(self, hw, off):
+        self._hw = hw
+        self._off = off
+
+    def write(self, data):
+        self._hw._nv_put(self._off, data)
 
 
 class _BoardOS:
