@@ -48,7 +48,7 @@ _KBOX = const(4)  # the kernel's own mailbox
 # Records that anyone on the WAN can cause (rejected, unauthenticated lines; a full mailbox):
 # a token bucket, so that a flood costs a bounded number of flash writes per hour. Those over
 # it are counted (stats "log_dropped") and the count is logged when a token is free again.
-FLOOD_BURST = const(256)  # records at once: a head-end session's worth of rejections
+FLOOD_BURST = const(512)  # records at once: the first of a flood (4 rings) are all kept
 FLOOD_PER_HOUR = const(16)  # then this many an hour (flash wear: docs/hardware.md)
 _MS_PER_TOKEN = const(225000)  # 3600000 // FLOOD_PER_HOUR
 
