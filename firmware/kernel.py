@@ -45,6 +45,11 @@ _QN = const(13)  # messages waiting
 _QDROP = const(14)  # messages dropped on a full mailbox
 _NF = const(15)
 _KBOX = const(4)  # the kernel's own mailbox
+# Row 0's fields that a mailbox does not use hold the flood limit's state (no more attributes)
+_TOKENS = const(2)  # (_BUSY) records the bucket holds now
+_TOKENS_AT = const(4)  # (_LATE) ticks_ms the bucket was last filled up to
+_LOG_DROPPED = const(7)  # (_HANDLED) rate-limited records dropped since boot
+_UNLOGGED = const(8)  # (_ERRORS) ... of them not yet counted in a log record
 # Records that anyone on the WAN can cause (rejected, unauthenticated lines; a full mailbox):
 # a token bucket, so that a flood costs a bounded number of flash writes per hour. Those over
 # it are counted (stats "log_dropped") and the count is logged when a token is free again.
@@ -120,10 +125,8 @@ class Kernel:
         self._qend = 2 * _KBOX  # entries of self._q in use
         self._by_name = {"kernel": 0}
         self.refused = 0
-        self._tokens = FLOOD_BURST
-        self._tokens_at = time.ticks_ms()
-        self.log_dropped = 0  # rate-limited records dropped since boot
-        self._dropped_unlogged = 0
+        self._f[_TOKENS] = FLOOD_BURST
+        self._f[_TOKENS_AT] = time.ticks_ms()
         self._win_start = time.ticks_us()
         self._win_sleep = 0
         self._last_window = (0, 0)  # (length us, sleep us)
@@ -244,18 +247,19 @@ class Kernel:
 
     def _token(self):
         # True if a rate-limited record may be written now (takes the token)
+        f = self._f
         now = time.ticks_ms()
-        dt = time.ticks_diff(now, self._tokens_at)
+        dt = time.ticks_diff(now, f[_TOKENS_AT])
         if dt < 0 or dt >= FLOOD_BURST * _MS_PER_TOKEN:
             # (a ticks wrap after days without a flood: the bucket is full by then anyway)
-            self._tokens, self._tokens_at = FLOOD_BURST, now
+            f[_TOKENS], f[_TOKENS_AT] = FLOOD_BURST, now
         elif dt >= _MS_PER_TOKEN:
             n = dt // _MS_PER_TOKEN
-            self._tokens = min(FLOOD_BURST, self._tokens + n)
-            self._tokens_at = time.ticks_add(self._tokens_at, n * _MS_PER_TOKEN)
-        if self._tokens <= 0:
+            f[_TOKENS] = min(FLOOD_BURST, f[_TOKENS] + n)
+            f[_TOKENS_AT] = time.ticks_add(f[_TOKENS_AT], n * _MS_PER_TOKEN)
+        if f[_TOKENS] <= 0:
             return False
-        self._tokens -= 1
+        f[_TOKENS] -= 1
         return True
 
     def log(self, task, text, limited=None):
@@ -263,12 +267,13 @@ class Kernel:
         if ring is None:
             return
         if limited:
-            if self._dropped_unlogged and self._token():
-                n, self._dropped_unlogged = self._dropped_unlogged, 0
-                self._append(ring, "log: %d records dropped (rate limit)" % n)
+            f = self._f
+            if f[_UNLOGGED] and self._token():
+                self._append(ring, "log: %d records dropped (rate limit)" % f[_UNLOGGED])
+                f[_UNLOGGED] = 0
             if not self._token():
-                self.log_dropped += 1
-                self._dropped_unlogged += 1
+                f[_LOG_DROPPED] += 1
+                f[_UNLOGGED] += 1
                 return
         self._append(ring, text)
 
@@ -407,7 +412,7 @@ class Kernel:
             }
         busy = round((length - sleep) * 100 / length, 2) if length else 0
         return {"window_us": length, "cpu_pct": busy, "refused": self.refused,
-                "log_dropped": self.log_dropped, "tasks": tasks}
+                "log_dropped": f[_LOG_DROPPED], "tasks": tasks}
 
     # -- the kernel's own services (policy rows with receiver "kernel") --------
     def _own(self, sender, kind, payload):

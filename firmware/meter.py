@@ -33,13 +33,13 @@ def hardware(task):
         elif name == "entropy":
             hw["entropy"] = board.entropy
         elif name == "nvram":
-            # its own window of the battery-backed RAM, if the board has one (a Pico has not)
+            # a record in its own window of the battery-backed RAM, if the board has one (a
+            # Pico has not)
             nv = getattr(board, "nvram", None)
             if nv is not None:
-                import nvrec
+                from nvrec import Record
 
-                off, size = policy.NVRAM[task]
-                hw["nvram"] = nvrec.Window(nv, off, size)
+                hw["nvram"] = Record(nv, *policy.NVRAM[task])
         else:
             hw[name] = getattr(board, name)
     return hw

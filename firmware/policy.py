@@ -67,11 +67,11 @@ HARDWARE = {
     "status": ("led",),
 }
 
-# Battery-backed RAM (board.nvram, where the board has it): each task gets its own window
-# (offset, bytes) and nothing else of it (lib/nvrec.py: two checksummed slots each).
+# Battery-backed RAM (board.nvram, where the board has it): each task gets a record in its own
+# window (offset, bytes, tag) and nothing else of it (lib/nvrec.py: two checksummed slots).
 NVRAM = {
-    "clock": (0, 64),
-    "credit": (64, 192),
+    "clock": (0, 64, b"CK"),
+    "credit": (64, 192, b"CR"),
 }
 
 # Each log is a bounded ring in its own file: flooding one never evicts

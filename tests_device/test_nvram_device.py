@@ -52,8 +52,8 @@ def test_the_running_clock_keeps_its_time_in_nvram(sim: Fleet, flashed: str) -> 
     recs = []
     for slot in (0, 32):
         tag, seq, n = raw[slot:slot + 2], *struct.unpack_from("<IH", raw, slot + 2)
-        if tag == b"CK" and n == 8:
-            recs.append((seq, struct.unpack_from("<II", raw, slot + 8)[1]))
+        if tag == b"CK" and n == 4:
+            recs.append((seq, struct.unpack_from("<I", raw, slot + 8)[0]))
     assert recs, raw[:64].hex()
     t = max(recs)[1]
     hw_file = fleet.meter_dir(sim.base, 1) / "hw.json"  # written once the host set anything

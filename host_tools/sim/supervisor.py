@@ -61,8 +61,8 @@ VM_FDS = (3, 4, 5)  # hw in, hw out, HAN out, as the VM sees them
 # built: CPython hosting the unix port's pybind11 module. SIGINT goes
 # back to its default so that only MicroPython's own handler is ever seen, and
 # the VM dies with its supervisor (PR_SET_PDEATHSIG) instead of lingering.
-# It maps the ROMFS partition, the ROM and the ADC's ring as the native launcher does
-# (vmlaunch.py).
+# It maps the ROMFS partition, the ROM, the ADC's ring and the battery-backed RAM as the native
+# launcher does (vmlaunch.py).
 LAUNCHER = (
     "import sys,signal,os,ctypes\n"
     "c=ctypes.CDLL(None)\n"
@@ -72,13 +72,14 @@ LAUNCHER = (
     "c.mmap.restype=ctypes.c_void_p\n"
     "c.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,ctypes.c_int,"
     "ctypes.c_long]\n"
-    "for e,fl in (('MPVM_ROMFS',1),('MPVM_BOARDROM',2),('MPVM_ADC',1)):\n"
+    "for e,fl,pr in (('MPVM_ROMFS',1,1),('MPVM_BOARDROM',2,1),('MPVM_ADC',1,1),"
+    "('MPVM_NVRAM',1,3)):\n"
     " os.environ.pop(e+'_MAP',None)\n"
     " r=os.environ.get(e,'')\n"
     " n=os.path.getsize(r) if r and os.path.isfile(r) else 0\n"
     " if n:\n"
-    "  fd=os.open(r,os.O_RDONLY)\n"
-    "  p=c.mmap(None,n,1,fl,fd,0);os.close(fd)\n"
+    "  fd=os.open(r,os.O_RDWR if pr&2 else os.O_RDONLY)\n"
+    "  p=c.mmap(None,n,pr,fl,fd,0);os.close(fd)\n"
     "  if p and p!=ctypes.c_void_p(-1).value:os.environ[e+'_MAP']='%d %d'%(p,n)\n"
     "sys.path.insert(0,sys.argv[2])\n"
     "from micropython_run import run_main\n"
@@ -237,8 +238,9 @@ class Supervisor:
         # The ROMFS partition: flash outside the filesystem, erased (0xFF) until an image is
         # written through vfs.rom_ioctl (rom.py); the launcher maps it read-only.
         self.romfs = os.path.join(self.dir, "romfs.bin")
-        # Battery-backed RAM (board.nvram): the VM writes it in place, each write() reaching
-        # the host kernel at once, so a SIGKILL power cut keeps what was written, as VBAT does.
+        # Battery-backed RAM (board.nvram): the launcher maps this file shared and writable
+        # (MPVM_NVRAM_MAP), outside the VM's heap; what the VM stores into it is in the host's
+        # page cache at once, so a SIGKILL power cut keeps it, as VBAT does.
         self.nvram = os.path.join(self.dir, "nvram.bin")
         if a.nvram_bytes and (not os.path.exists(self.nvram)
                               or os.path.getsize(self.nvram) != a.nvram_bytes):
