@@ -103,3 +103,16 @@ def test_a_measurement_round_trips_and_bad_files_get_one_line(tmp_path: Path,
         err = capsys.readouterr().err
         assert err.startswith("wear: ") and err.count("\n") == 1
     assert wear.main(["--from-json", str(tmp_path / "missing.json")]) == 2
+
+
+def test_the_saves_a_short_run_cannot_see_are_added_and_named() -> None:
+    m = wear.Measured(600, 10, 10, {"/data/clock.json": {"open": 0.0}}, {}, nvram_writes=5)
+    day, notes = wear.with_modelled(m, wear.per_day(m))
+    assert day["/data/cs_ctr.json"]["rename"] == pytest.approx(2 * 6)  # 192 frames / 32
+    assert day["/data/clock.json"]["open"] == 1 and day["/data/credit.json"]["remove"] == 1
+    assert len(notes) == 3
+    # without nvram, no daily flush; what the run saw is not counted twice
+    m2 = wear.Measured(600, 10, 10, {"/data/cs_ctr.json": {"open": 1}})
+    day2, notes2 = wear.with_modelled(m2, wear.per_day(m2))
+    assert day2["/data/cs_ctr.json"]["open"] == pytest.approx(9.6) and notes2 == []
+    assert "/data/clock.json" not in day2
