@@ -53,9 +53,9 @@ _UNLOGGED = const(8)  # (_ERRORS) ... of them not yet counted in a log record
 # Records that anyone on the WAN can cause (rejected, unauthenticated lines; a full mailbox):
 # a token bucket, so that a flood costs a bounded number of flash writes per hour. Those over
 # it are counted (stats "log_dropped") and the count is logged when a token is free again.
-FLOOD_BURST = const(512)  # records at once: the first of a flood (4 rings) are all kept
-FLOOD_PER_HOUR = const(16)  # then this many an hour (flash wear: docs/hardware.md)
-_MS_PER_TOKEN = const(225000)  # 3600000 // FLOOD_PER_HOUR
+_FLOOD_BURST = const(512)  # records at once: the first of a flood (4 rings) are all kept
+_FLOOD_PER_HOUR = const(16)  # then this many an hour (flash wear: docs/hardware.md)
+_MS_PER_TOKEN = const(225000)  # 3600000 // _FLOOD_PER_HOUR
 
 
 def frozen(payload, depth=0):
@@ -125,7 +125,7 @@ class Kernel:
         self._qend = 2 * _KBOX  # entries of self._q in use
         self._by_name = {"kernel": 0}
         self.refused = 0
-        self._f[_TOKENS] = FLOOD_BURST
+        self._f[_TOKENS] = _FLOOD_BURST
         self._f[_TOKENS_AT] = time.ticks_ms()
         self._win_start = time.ticks_us()
         self._win_sleep = 0
@@ -250,12 +250,12 @@ class Kernel:
         f = self._f
         now = time.ticks_ms()
         dt = time.ticks_diff(now, f[_TOKENS_AT])
-        if dt < 0 or dt >= FLOOD_BURST * _MS_PER_TOKEN:
+        if dt < 0 or dt >= _FLOOD_BURST * _MS_PER_TOKEN:
             # (a ticks wrap after days without a flood: the bucket is full by then anyway)
-            f[_TOKENS], f[_TOKENS_AT] = FLOOD_BURST, now
+            f[_TOKENS], f[_TOKENS_AT] = _FLOOD_BURST, now
         elif dt >= _MS_PER_TOKEN:
             n = dt // _MS_PER_TOKEN
-            f[_TOKENS] = min(FLOOD_BURST, f[_TOKENS] + n)
+            f[_TOKENS] = min(_FLOOD_BURST, f[_TOKENS] + n)
             f[_TOKENS_AT] = time.ticks_add(f[_TOKENS_AT], n * _MS_PER_TOKEN)
         if f[_TOKENS] <= 0:
             return False

@@ -363,13 +363,13 @@ def _log_writes(m: Meter, flood: list[bytes]) -> int:
 def test_flooding_the_security_log_is_rate_limited_counted_and_leaves_the_other_logs_untouched(
         meter: Meter) -> None:
     # A flood of forged lines costs a bounded number of flash writes (the kernel's token
-    # bucket: FLOOD_BURST at once, then FLOOD_PER_HOUR), the records over it are counted
+    # bucket: _FLOOD_BURST at once, then _FLOOD_PER_HOUR), the records over it are counted
     # (STATS "log_dropped", and a record with the count when a token is free again), and the
     # other logs keep every record.
     m = meter
     cap = _firmware("policy.py").LOGS["security"][1]  # records the security ring holds
-    burst = _const("kernel.py", "FLOOD_BURST")
-    per_hour = _const("kernel.py", "FLOOD_PER_HOUR")
+    burst = _const("kernel.py", "_FLOOD_BURST")
+    per_hour = _const("kernel.py", "_FLOOD_PER_HOUR")
     off = read_log(m.link, "offswitch")
     met = read_log(m.link, "metrology")
     assert off and met, "both logs have records to lose"

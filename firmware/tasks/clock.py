@@ -8,7 +8,7 @@
 # (hw["nvram"]: a lib/nvrec.py Record) it goes there each second and to flash once a day and on
 # each set; without, to flash every SAVE_EVERY_S (flash wear: docs/hardware.md). The flash copy
 # holds the RAM record's seq when written ("g"): the boot takes the newer of the two, so a set
-# back (up to 300 s) is never undone by an older, later time.
+# back (up to 300 s) is never undone by an older, later time. The RAM record ("<I"): t.
 from micropython import const
 
 import lazy
@@ -16,9 +16,8 @@ import store
 
 STATE = "/data/clock.json"
 SAVE_EVERY_S = const(300)  # without nvram: a power cut resumes at most this far behind
-FLUSH_S = const(86400)  # with nvram: to flash once a day
+_FLUSH_S = const(86400)  # with nvram: to flash once a day
 DEFAULT_INTERVAL_S = const(900)
-_NV = "<I"  # t
 
 
 class Clock:
@@ -31,7 +30,7 @@ class Clock:
         self._nv = nv = hw.get("nvram")
         if nv is not None:
             g = st.get("g", 0)
-            v = nv.load(_NV) if nv.seq > g else None
+            v = nv.load("<I") if nv.seq > g else None
             if v is not None:
                 saved = v[0]
             nv.seq = max(nv.seq, g)
@@ -51,18 +50,18 @@ class Clock:
         L = self.interval_s
         start = t - t % L
         self._port.send("metrology", "tick", (t, start // L, start, L))
-        if t - self._saved_t >= (SAVE_EVERY_S if self._nv is None else FLUSH_S) \
+        if t - self._saved_t >= (SAVE_EVERY_S if self._nv is None else _FLUSH_S) \
                 or t < self._saved_t:
             self._save(t)
         elif self._nv is not None:
-            self._nv.save(_NV, t)  # battery-backed RAM only: no flash
+            self._nv.save("<I", t)  # battery-backed RAM only: no flash
 
     def _save(self, t):
         # flash (and the RAM first, so that both hold the same seq): at a set, once a day, or
         # without nvram
         g = 0
         if self._nv is not None:
-            self._nv.save(_NV, t)
+            self._nv.save("<I", t)
             g = self._nv.seq
         self._saved_t = t
         store.save(STATE, {"t": t, "interval_s": self.interval_s, "g": g})

@@ -18,7 +18,8 @@
 # and the whole record to flash on each command, at zero credit and once a day; without, to
 # flash at most every SAVE_EVERY_S. The flash copy holds the RAM record's seq when written
 # ("g"): the boot takes the newer (the tariffs and the prepaid flag only change by commands,
-# which always reach the flash).
+# which always reach the flash). The RAM record ("<qi6q"): balance, remainder, the four tariff
+# registers, metrology's import and export Wh last accounted.
 from micropython import const
 
 import lazy
@@ -28,9 +29,8 @@ import dsmr
 
 STATE = "/data/credit.json"
 SAVE_EVERY_S = const(60)  # without nvram: the balance is persisted at most this often
-FLUSH_S = const(86400)  # with nvram: to flash once a day (and on each command)
+_FLUSH_S = const(86400)  # with nvram: to flash once a day (and on each command)
 RETRY_S = const(30)  # a refused (rate-limited) disconnect is asked for again this often
-_NV = "<qi6q"  # balance, rem, 4 tariff registers, last import, export Wh
 _NOT_IN_NV = const(1)  # self._dirty: a change not yet in the battery-backed RAM
 _NOT_ON_FLASH = const(2)  # ... not yet on flash
 # (T1 price, T2 price, T2 from hour, T2 to hour, UTC offset s, EU summer time, weekend T1)
@@ -64,7 +64,7 @@ class Credit:
         self._nv = nv = hw.get("nvram")
         if nv is not None:
             g = int(st.get("g", 0))
-            v = nv.load(_NV) if nv.seq > g else None
+            v = nv.load("<qi6q") if nv.seq > g else None
             if v is not None:  # newer than the flash copy: its values
                 self.balance, self._rem = v[0], v[1]
                 self.reg = [v[2], v[3], v[4], v[5]]
@@ -95,7 +95,7 @@ class Credit:
     def _keep(self):
         # the balance and registers to battery-backed RAM only: no flash
         r = self.reg
-        self._nv.save(_NV, self.balance, self._rem, r[0], r[1], r[2], r[3], self._imp,
+        self._nv.save("<qi6q", self.balance, self._rem, r[0], r[1], r[2], r[3], self._imp,
                       self._exp)
         self._dirty &= ~_NOT_IN_NV
 
@@ -127,7 +127,7 @@ class Credit:
                                                 self.reg[3]))
         self._check(t)
         if self._dirty and t - self._saved_t >= (SAVE_EVERY_S if self._nv is None
-                                                 else FLUSH_S):
+                                                 else _FLUSH_S):
             self._save(t)
         elif self._dirty & _NOT_IN_NV and self._nv is not None:
             self._keep()
