@@ -45,6 +45,17 @@ _QN = const(13)  # messages waiting
 _QDROP = const(14)  # messages dropped on a full mailbox
 _NF = const(15)
 _KBOX = const(4)  # the kernel's own mailbox
+# Row 0's fields that a mailbox does not use hold the flood limit's state (no more attributes)
+_TOKENS = const(2)  # (_BUSY) records the bucket holds now
+_TOKENS_AT = const(4)  # (_LATE) ticks_ms the bucket was last filled up to
+_LOG_DROPPED = const(7)  # (_HANDLED) rate-limited records dropped since boot
+_UNLOGGED = const(8)  # (_ERRORS) ... of them not yet counted in a log record
+# Records that anyone on the WAN can cause (rejected, unauthenticated lines; a full mailbox):
+# a token bucket, so that a flood costs a bounded number of flash writes per hour. Those over
+# it are counted (stats "log_dropped") and the count is logged when a token is free again.
+_FLOOD_BURST = const(512)  # records at once: the first of a flood (4 rings) are all kept
+_FLOOD_PER_HOUR = const(16)  # then this many an hour (flash wear: docs/hardware.md)
+_MS_PER_TOKEN = const(225000)  # 3600000 // _FLOOD_PER_HOUR
 
 
 def frozen(payload, depth=0):
@@ -72,6 +83,10 @@ class Port:
 
     def log(self, text):
         self._fn(None, None, text)
+
+    def log_flood(self, text):
+        """log(), for a record that input anyone can send caused: rate-limited (kernel.py)."""
+        self._fn(None, 1, text)
 
 
 class Kernel:
@@ -110,6 +125,8 @@ class Kernel:
         self._qend = 2 * _KBOX  # entries of self._q in use
         self._by_name = {"kernel": 0}
         self.refused = 0
+        self._f[_TOKENS] = _FLOOD_BURST
+        self._f[_TOKENS_AT] = time.ticks_ms()
         self._win_start = time.ticks_us()
         self._win_sleep = 0
         self._last_window = (0, 0)  # (length us, sleep us)
@@ -122,7 +139,7 @@ class Kernel:
 
         def port(to, kind, payload):
             if to is None:
-                k.log(name, payload)
+                k.log(name, payload, kind)
                 return None
             return k._route(name, to, kind, payload)
 
@@ -224,13 +241,43 @@ class Kernel:
         if i and not self._f[b + _OVERFLOW]:
             # Logged once per window, so that a flood cannot flood the log too.
             self._f[b + _OVERFLOW] = 1
-            self.log("kernel", "mailbox %s full: dropped %s from %s" % (receiver, kind, sender))
+            self.log("kernel", "mailbox %s full: dropped %s from %s" % (receiver, kind, sender),
+                     True)
         return False
 
-    def log(self, task, text):
+    def _token(self):
+        # True if a rate-limited record may be written now (takes the token)
+        f = self._f
+        now = time.ticks_ms()
+        dt = time.ticks_diff(now, f[_TOKENS_AT])
+        if dt < 0 or dt >= _FLOOD_BURST * _MS_PER_TOKEN:
+            # (a ticks wrap after days without a flood: the bucket is full by then anyway)
+            f[_TOKENS], f[_TOKENS_AT] = _FLOOD_BURST, now
+        elif dt >= _MS_PER_TOKEN:
+            n = dt // _MS_PER_TOKEN
+            f[_TOKENS] = min(_FLOOD_BURST, f[_TOKENS] + n)
+            f[_TOKENS_AT] = time.ticks_add(f[_TOKENS_AT], n * _MS_PER_TOKEN)
+        if f[_TOKENS] <= 0:
+            return False
+        f[_TOKENS] -= 1
+        return True
+
+    def log(self, task, text, limited=None):
         ring = self._logs.get(self._log_of.get(task, "security"))
         if ring is None:
             return
+        if limited:
+            f = self._f
+            if f[_UNLOGGED] and self._token():
+                self._append(ring, "log: %d records dropped (rate limit)" % f[_UNLOGGED])
+                f[_UNLOGGED] = 0
+            if not self._token():
+                f[_LOG_DROPPED] += 1
+                f[_UNLOGGED] += 1
+                return
+        self._append(ring, text)
+
+    def _append(self, ring, text):
         data = struct.pack(">I", self._now_s() & 0xFFFFFFFF) + text.encode()
         try:
             ring.append(data[:ring.max_payload])
@@ -364,7 +411,8 @@ class Kernel:
                 "handled": f[b + _HANDLED], "dropped": f[b + _QDROP], "errors": f[b + _ERRORS],
             }
         busy = round((length - sleep) * 100 / length, 2) if length else 0
-        return {"window_us": length, "cpu_pct": busy, "refused": self.refused, "tasks": tasks}
+        return {"window_us": length, "cpu_pct": busy, "refused": self.refused,
+                "log_dropped": f[_LOG_DROPPED], "tasks": tasks}
 
     # -- the kernel's own services (policy rows with receiver "kernel") --------
     def _own(self, sender, kind, payload):

@@ -32,6 +32,14 @@ def hardware(task):
             hw["han_tx"] = board.han_tx()
         elif name == "entropy":
             hw["entropy"] = board.entropy
+        elif name == "nvram":
+            # a record in its own window of the battery-backed RAM, if the board has one (a
+            # Pico has not)
+            nv = getattr(board, "nvram", None)
+            if nv is not None:
+                from nvrec import Record
+
+                hw["nvram"] = Record(nv, *policy.NVRAM[task])
         else:
             hw[name] = getattr(board, name)
     return hw
@@ -72,7 +80,7 @@ def build(now_s=None):
     from tasks.credit import Credit
     from tasks.han import Han
 
-    k.add("credit", Credit, {}, capacity=8)
+    k.add("credit", Credit, hardware("credit"), capacity=8)
     k.add("han", Han, hardware("han"), capacity=4)
     # The off-switch: core 1 where `import _thread` works; where it does not (the official
     # PYBV11 build) its pass runs in its proxy's step on this core (docs/OFFSWITCH.md,

@@ -57,13 +57,21 @@ FLOWS = {
 # Hardware each task may use; main.py hands a task only these board objects.
 HARDWARE = {
     "metrology": ("adc",),
-    "clock": ("rtc",),
+    "clock": ("rtc", "nvram"),
+    "credit": ("nvram",),
     "comm": ("wan",),
     "offswitch": ("relay", "button", "tamper"),
     "han": ("han_tx",),
     "cs_security": ("entropy",),
     "dc_security": ("entropy",),
     "status": ("led",),
+}
+
+# Battery-backed RAM (board.nvram, where the board has it): each task gets a record in its own
+# window (offset, bytes, tag) and nothing else of it (lib/nvrec.py: two checksummed slots).
+NVRAM = {
+    "clock": (0, 64, b"CK"),
+    "credit": (64, 192, b"CR"),
 }
 
 # Each log is a bounded ring in its own file: flooding one never evicts

@@ -401,7 +401,7 @@ def calibrate(port: str, keystore: Path | None, meter_id: int | None, volts: flo
 @friendly_errors
 def stats(port: str, keystore: Path | None, meter_id: int | None, timeout: float) -> None:
     """The kernel's figures: each task's CPU share of the last 1-s tick, worst latencies,
-    mailbox drops and policy refusals."""
+    mailbox drops, policy refusals and the log records a flood's rate limit dropped."""
     from host_tools.headend import wire
 
     click.echo(json.dumps(_request(port, keystore, meter_id, timeout, wire.K_STATS)))

@@ -9,9 +9,10 @@ security log (one "wan: rejected (...)" record per frame, with the reason), and 
 the relay, credit and tariff registers, LoPA keys and groups, the clock, the seal, and the WAN
 and off-switch counters. The forged frames carry harmful commands (an authentic OFF for the
 relay, a top-up, a new key pair, a time jump ...), so a forgery that got through would show.
-The off-switch kinds are forged against the off-switch's own key too. Last, log isolation:
-flooding the security log with 10x its capacity through forged WAN frames leaves the
-off-switch and metrology logs exactly as they were.
+The off-switch kinds are forged against the off-switch's own key too. Last, a flood: more
+forged frames than the kernel's rate limit lets into the security log cost at most its bucket
+in flash writes, the rest are counted, and the off-switch and metrology logs stay exactly as
+they were.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from host_tools.headend.client import MeterLink, open_link
 from host_tools.headend.keystore import Keystore
 from host_tools.headend.lopa import codec
 from host_tools.headend.queries import read_log
-from host_tools.sim import relay
+from host_tools.sim import fleet, relay
 
 from .conftest import own_meter
 
@@ -62,6 +63,17 @@ def _firmware(path: str) -> ModuleType:
         return mod
     finally:
         sys.path.remove(str(FIRMWARE / "lib"))
+
+
+def _const(path: str, name: str) -> int:
+    """`name = const(N)` of a firmware module that does not run on CPython (kernel.py)."""
+    tree = ast.parse((FIRMWARE / path).read_text())
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name)
+                and node.targets[0].id == name and isinstance(node.value, ast.Call)
+                and isinstance(node.value.args[0], ast.Constant)):
+            return int(node.value.args[0].value)
+    raise AssertionError(f"{path}: no {name} = const(...)")
 
 
 def accepted_kinds() -> list[int]:
@@ -326,37 +338,76 @@ def test_offswitch_commands_forged_against_its_own_key(meter: Meter) -> None:
     assert r.result_name == "malformed"
 
 
-def test_flooding_the_security_log_leaves_the_other_logs_untouched(meter: Meter) -> None:
-    m = meter
-    cap = _firmware("policy.py").LOGS["security"][1]  # records the security ring holds
-    off = read_log(m.link, "offswitch")
-    met = read_log(m.link, "metrology")
-    assert off and met, "both logs have records to lose"
-    m.skip_records()
-    first = m.sec_next
-    n = 10 * cap
+def _flood_lines(m: Meter, n: int, base: int) -> list[bytes]:
     other_key = wire.Keys.derive(m.meter_id, bytes(32))
     other_meter = wire.Keys.derive(m.meter_id + 7, m.keys.master)
     lines = []
     for i in range(n):
         k = other_key if i % 2 else other_meter
-        lines.append(wire.to_line(wire.seal(k, False, wire.K_SWITCH, FORGED_BASE + i, 0,
+        lines.append(wire.to_line(wire.seal(k, False, wire.K_SWITCH, base + i, 0,
                                             b"\x01" * 30)))
+    return lines
+
+
+def _log_writes(m: Meter, flood: list[bytes]) -> int:
+    """Flash writes to the security log while `flood` goes in (the ROM's write-point count)."""
+    mdir = fleet.meter_dir(m.base, 0)
+    fleet.ctl(mdir, {"cmd": "arm-cut", "k": -1, "match": "log_security"})
+    try:
+        m.send(flood)
+    finally:
+        st = fleet.ctl(mdir, {"cmd": "arm-cut", "k": 0})
+    return sum(1 for p in st["write_cut"]["points"] if p[1] == "write")
+
+
+def test_flooding_the_security_log_is_rate_limited_counted_and_leaves_the_other_logs_untouched(
+        meter: Meter) -> None:
+    # A flood of forged lines costs a bounded number of flash writes (the kernel's token
+    # bucket: _FLOOD_BURST at once, then _FLOOD_PER_HOUR), the records over it are counted
+    # (STATS "log_dropped", and a record with the count when a token is free again), and the
+    # other logs keep every record.
+    m = meter
+    cap = _firmware("policy.py").LOGS["security"][1]  # records the security ring holds
+    burst = _const("kernel.py", "_FLOOD_BURST")
+    per_hour = _const("kernel.py", "_FLOOD_PER_HOUR")
+    off = read_log(m.link, "offswitch")
+    met = read_log(m.link, "metrology")
+    assert off and met, "both logs have records to lose"
+    m.skip_records()
+    first = m.sec_next
+    n = burst + 2 * cap  # more than the bucket holds, whatever earlier tests used of it
+    dropped0 = m.link.request(wire.K_STATS)["log_dropped"]
     t0 = time.monotonic()
-    m.send(lines)
+    writes = _log_writes(m, _flood_lines(m, n, FORGED_BASE))
     dt = time.monotonic() - t0
-    sec = read_log(m.link, "security")
-    print(f"\nflood: {n} forged frames through the WAN pty in {dt:.1f} s (virtual meter)")
-    assert len(sec) == cap  # the ring holds its capacity: the flood's last records
-    assert sec[-1][0] == first + n - 1 and sec[0][0] == first + n - cap
-    assert all(r[2].startswith("wan: rejected (wan: ") for r in sec)
+    new = m.new_records()
+    dropped = m.link.request(wire.K_STATS)["log_dropped"] - dropped0
+    print(f"\nflood: {n} forged frames through the WAN pty in {dt:.1f} s (virtual meter): "
+          f"{writes} security-log writes, {dropped} records dropped and counted")
+    assert all(r[2].startswith(("wan: rejected (wan: ", "log: ")) for r in new), new
+    assert dropped > 0, "the bucket never ran out"
+    # one flash write a record (the ring keeps the last `cap` of them), never over the bucket
+    assert writes == new[-1][0] - first + 1 <= burst
+    # every forged line: a record, or counted (records of the count: what refilled meanwhile)
+    refill = 1 + int((time.monotonic() - t0) * per_hour / 3600)
+    assert n <= writes + dropped <= n + refill
+    # Flooded again at once: the bucket is empty, so only what it refilled meanwhile is
+    # written, each a record of the count dropped.
+    t1 = time.monotonic()
+    writes2 = _log_writes(m, _flood_lines(m, 2 * cap, FORGED_BASE + n))
+    refill = 1 + int((time.monotonic() - t0) * per_hour / 3600)
+    new2 = m.new_records()
+    assert writes2 == len(new2) <= refill, new2
+    assert all(r[2].startswith("log: ") and r[2].endswith(" records dropped (rate limit)")
+               for r in new2), new2
+    assert m.link.request(wire.K_STATS)["log_dropped"] - dropped0 == dropped + 2 * cap
+    print(f"flood again: {2 * cap} frames in {time.monotonic() - t1:.1f} s: {writes2} writes")
     assert read_log(m.link, "offswitch") == off  # same records, same sequence numbers
     # metrology: the same records, same sequence numbers, and only its own new ones after them
     # (an interval closes every 5 s)
     met_after = read_log(m.link, "metrology")
     assert met_after[:len(met)] == met
     assert all(" closed: " in r[2] for r in met_after[len(met):])
-    m.sec_next = first + n
 
 
 def test_no_forgery_changed_anything(meter: Meter) -> None:

@@ -812,6 +812,32 @@ out({"sent": sent, "recs": recs})
     assert sum(mwh for _, mwh in r["recs"]) == sum(x for _, x in r["sent"])
 
 
+def test_a_boot_behind_the_last_close_never_closes_an_interval_twice(
+        micropython: Run, tmp_path: Path) -> None:
+    """A Pico has no battery-backed RTC: after a power cut its clock resumes from the time it
+    last saved (tasks/clock.py, every 300 s), which may lie before the last interval close.
+    The load profile's ends still only move forward, and no interval goes to LoPA twice."""
+    r = vm(micropython, _metrology_task(tmp_path) + """
+L = 2
+sent = []
+def run(ts):
+    global sent
+    for t in ts:
+        met.energy.add(500.0, 1)
+        met._tick((t, t // L, t - t % L, L))
+        sent += [list(p) for to, kind, p in met._port.out if to == "dc_security"]
+        met._port.out = []
+run(range(600, 606))                 # closes at 602 and 604; 604..605 open
+met = tm.Metrology(Port(), {"adc": Adc(), "adc_rate_hz": 2000, "cal_default": (1.0, 1.0, 0.0)})
+run(range(601, 609))                 # the power cut: back to 601 (a save before the close)
+recs = [list(struct.unpack(">II", d[:8])) for _, d in met._profile.records(0, 10)]
+out({"sent": sent, "recs": recs})
+""")
+    ends = [t_end for t_end, _ in r["recs"]]
+    assert ends == [602, 604, 606, 608]
+    assert [t for t, _ in r["sent"]] == [300, 301, 302, 303]
+
+
 def test_dc_security_modules_hold_no_mutable_state(micropython: Run) -> None:
     out = micropython("""
 import json

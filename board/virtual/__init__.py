@@ -11,6 +11,7 @@
 #   entropy(n)           n random bytes from the board's entropy source
 #   wan()                the WAN link: readinto(buf) (non-blocking), write(data)
 #   ticks_us()/ticks_diff(a, b), sleep_ms(ms)
+#   nvram                None, or battery-backed RAM: size, read(off, n), write(off, data)
 # Here the surface is backed by the built-in module `_vhw`, which the
 # virtual board's ROM (board/virtual/host/rom.py) wires to the supervisor.
 import time
@@ -187,3 +188,24 @@ class _Rtc:
 
 
 rtc = _Rtc()
+
+
+class _Nvram:
+    # Battery-backed RAM that survives a power cut and costs no flash (an STM32's 4 KiB backup
+    # SRAM on VBAT): here the ROM's, kept in the meter's nvram.bin. Plain bytes, no integrity
+    # of its own: a write cut by a power loss may be half done, so users checksum their records.
+    def __init__(self, mem):
+        self.size = len(mem)
+        self._mem = mem
+
+    def read(self, off, n):
+        if off < 0 or n < 0 or off + n > self.size:
+            raise ValueError("nvram: out of range")
+        return bytes(self._mem[off:off + n])
+
+    def write(self, off, data):
+        with _hw_lock:
+            _vhw.nvram_write(off, data)
+
+
+nvram = _Nvram(_vhw.nvram) if getattr(_vhw, "nvram", None) is not None else None

@@ -2,13 +2,21 @@
 # load-profile interval is open, and sets the RTC only on an authenticated
 # command (routed here from cs_security by the policy). A set that moves
 # time back by more than 300 s is refused; every set is logged (tasks/clock_set.py).
+#
+# The last time is kept so that a power cut never takes the clock back behind it (a board
+# without a battery-backed RTC, a Pico, restarts at its epoch). With battery-backed RAM
+# (hw["nvram"]: a lib/nvrec.py Record) it goes there each second and to flash once a day and on
+# each set; without, to flash every SAVE_EVERY_S (flash wear: docs/hardware.md). The flash copy
+# holds the RAM record's seq when written ("g"): the boot takes the newer of the two, so a set
+# back (up to 300 s) is never undone by an older, later time. The RAM record ("<I"): t.
 from micropython import const
 
 import lazy
 import store
 
 STATE = "/data/clock.json"
-SAVE_EVERY_S = const(60)
+SAVE_EVERY_S = const(300)  # without nvram: a power cut resumes at most this far behind
+_FLUSH_S = const(86400)  # with nvram: to flash once a day
 DEFAULT_INTERVAL_S = const(900)
 
 
@@ -18,13 +26,20 @@ class Clock:
         self._rtc = hw["rtc"]
         st = store.load(STATE, {})
         self.interval_s = st.get("interval_s", DEFAULT_INTERVAL_S)
-        self._saved_t = st.get("t", 0)
+        self._saved_t = saved = st.get("t", 0)  # the time last written to flash
+        self._nv = nv = hw.get("nvram")
+        if nv is not None:
+            g = st.get("g", 0)
+            v = nv.load("<I") if nv.seq > g else None
+            if v is not None:
+                saved = v[0]
+            nv.seq = max(nv.seq, g)
         now = self._rtc.get()
-        if now < self._saved_t:
+        if now < saved:
             # Time never runs backwards across a power cut: resume from the
             # last time saved, until the head-end sets it.
-            self._rtc.set(self._saved_t)
-            port.log("clock: rtc %d behind saved %d; resumed from saved" % (now, self._saved_t))
+            self._rtc.set(saved)
+            port.log("clock: rtc %d behind saved %d; resumed from saved" % (now, saved))
         self._last = -1
 
     def step(self):
@@ -35,12 +50,21 @@ class Clock:
         L = self.interval_s
         start = t - t % L
         self._port.send("metrology", "tick", (t, start // L, start, L))
-        if t - self._saved_t >= SAVE_EVERY_S or t < self._saved_t:
+        if t - self._saved_t >= (SAVE_EVERY_S if self._nv is None else _FLUSH_S) \
+                or t < self._saved_t:
             self._save(t)
+        elif self._nv is not None:
+            self._nv.save("<I", t)  # battery-backed RAM only: no flash
 
     def _save(self, t):
+        # flash (and the RAM first, so that both hold the same seq): at a set, once a day, or
+        # without nvram
+        g = 0
+        if self._nv is not None:
+            self._nv.save("<I", t)
+            g = self._nv.seq
         self._saved_t = t
-        store.save(STATE, {"t": t, "interval_s": self.interval_s})
+        store.save(STATE, {"t": t, "interval_s": self.interval_s, "g": g})
 
     def handle(self, sender, kind, payload):
         if kind == "time_set":  # an authenticated set: tasks/clock_set.py, for one call

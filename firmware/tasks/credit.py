@@ -12,6 +12,14 @@
 #   ("credit_disconnect", logged); it cannot drive the relay, and it cannot reconnect: after a
 #   top-up the central system sends an authenticated reconnect, confirmed by the button.
 # - Each second it gives the HAN the tariff indicator and the four tariff registers.
+#
+# Persistence (flash wear: docs/hardware.md): with battery-backed RAM (hw["nvram"]: a
+# lib/nvrec.py Record) the balance and the tariff registers go there each second they change,
+# and the whole record to flash on each command, at zero credit and once a day; without, to
+# flash at most every SAVE_EVERY_S. The flash copy holds the RAM record's seq when written
+# ("g"): the boot takes the newer (the tariffs and the prepaid flag only change by commands,
+# which always reach the flash). The RAM record ("<qi6q"): balance, remainder, the four tariff
+# registers, metrology's import and export Wh last accounted.
 from micropython import const
 
 import lazy
@@ -20,8 +28,11 @@ import store
 import dsmr
 
 STATE = "/data/credit.json"
-SAVE_EVERY_S = const(60)  # the balance is persisted at most this often (and on each command)
+SAVE_EVERY_S = const(60)  # without nvram: the balance is persisted at most this often
+_FLUSH_S = const(86400)  # with nvram: to flash once a day (and on each command)
 RETRY_S = const(30)  # a refused (rate-limited) disconnect is asked for again this often
+_NOT_IN_NV = const(1)  # self._dirty: a change not yet in the battery-backed RAM
+_NOT_ON_FLASH = const(2)  # ... not yet on flash
 # (T1 price, T2 price, T2 from hour, T2 to hour, UTC offset s, EU summer time, weekend T1)
 DEFAULT_TARIFF = (21000, 25000, 7, 23, 3600, True, True)
 
@@ -50,21 +61,43 @@ class Credit:
         self.reg = [int(x) for x in st.get("reg", (0, 0, 0, 0))]  # imp T1, T2, exp T1, T2 Wh
         last = st.get("last")  # metrology's import, export Wh when last accounted
         self._imp, self._exp = (int(last[0]), int(last[1])) if last else (-1, -1)
+        self._nv = nv = hw.get("nvram")
+        if nv is not None:
+            g = int(st.get("g", 0))
+            v = nv.load("<qi6q") if nv.seq > g else None
+            if v is not None:  # newer than the flash copy: its values
+                self.balance, self._rem = v[0], v[1]
+                self.reg = [v[2], v[3], v[4], v[5]]
+                self._imp, self._exp = v[6], v[7]
+            nv.seq = max(nv.seq, g)
         self._relay = None  # (relay, armed, locked) as the off-switch last reported
         self._t = 0
         self._saved_t = 0
-        self._dirty = False
+        self._dirty = 0  # _NOT_IN_NV | _NOT_ON_FLASH
         self._asked_t = 0
         self._exhausted = False
         self.now_tariff = 1
 
     # -- persistence ----------------------------------------------------------------
     def _save(self, t):
+        # the whole record to flash (and to the RAM first, so that both hold the same seq)
+        g = 0
+        if self._nv is not None:
+            self._keep()
+            g = self._nv.seq
         store.save(self._path, {"prepaid": self.prepaid, "balance": self.balance,
                                 "rem": self._rem, "tariff": list(self.tariff), "reg": self.reg,
-                                "last": [self._imp, self._exp] if self._imp >= 0 else None})
+                                "last": [self._imp, self._exp] if self._imp >= 0 else None,
+                                "g": g})
         self._saved_t = t
-        self._dirty = False
+        self._dirty = 0
+
+    def _keep(self):
+        # the balance and registers to battery-backed RAM only: no flash
+        r = self.reg
+        self._nv.save("<qi6q", self.balance, self._rem, r[0], r[1], r[2], r[3], self._imp,
+                      self._exp)
+        self._dirty &= ~_NOT_IN_NV
 
     # -- each second ------------------------------------------------------------------
     def _reading(self, r):
@@ -86,15 +119,18 @@ class Credit:
                 self._rem += d_imp * self.tariff[tr - 1]
                 self.balance -= self._rem // 1000
                 self._rem %= 1000
-            self._dirty = True
+            self._dirty = _NOT_IN_NV | _NOT_ON_FLASH
         if d_exp > 0:
             self.reg[tr + 1] += d_exp
-            self._dirty = True
+            self._dirty = _NOT_IN_NV | _NOT_ON_FLASH
         self._port.send("han", "tariff_state", (tr, self.reg[0], self.reg[1], self.reg[2],
                                                 self.reg[3]))
         self._check(t)
-        if self._dirty and t - self._saved_t >= SAVE_EVERY_S:
+        if self._dirty and t - self._saved_t >= (SAVE_EVERY_S if self._nv is None
+                                                 else _FLUSH_S):
             self._save(t)
+        elif self._dirty & _NOT_IN_NV and self._nv is not None:
+            self._keep()
 
     def _connected(self):
         s = self._relay

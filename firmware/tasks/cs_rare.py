@@ -15,7 +15,7 @@ def unprovisioned(cs, line):
     # No key yet: a well-formed command gets NOT_PROVISIONED, sealed under the
     # all-zero master key (PROTOCOL.md): a hint anyone could forge, never trusted.
     cs.rejected += 1
-    cs._port.log("wan: rejected (not provisioned)")
+    cs._port.log_flood("wan: rejected (not provisioned)")
     try:
         frame = wan.line_to_frame(line)
     except wan.WanError:

@@ -3,8 +3,9 @@
 # under this meter's key, meter id, a counter above the last accepted) are
 # turned into requests, and those go to tasks only through the policy. Each
 # answer goes back authenticated, encrypted where it carries personal data.
-# Every rejected frame is logged in the security log; wrong MACs and wrong
-# meter ids get silence, because an answer would give a prober an oracle.
+# Every rejected frame is logged in the security log (under a flood, up to the kernel's rate
+# limit, the rest counted: kernel.py); wrong MACs and wrong meter ids get silence, because an
+# answer would give a prober an oracle.
 import json
 from micropython import const
 
@@ -97,7 +98,7 @@ class CsSecurity:
 
     def _reject(self, why, code=0, ref=0, detail=None):
         self.rejected += 1
-        self._port.log("wan: rejected (%s)" % why)
+        self._port.log_flood("wan: rejected (%s)" % why)  # a flood: rate-limited
         if code and self._keys:
             self._error(code, ref, detail)
 

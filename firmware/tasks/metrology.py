@@ -77,6 +77,11 @@ class Metrology:
     def _tick(self, payload):
         t, idx, start, length = payload
         self._t = t
+        if self._idx < 0 and idx < self._closed_idx:
+            # Booted behind the last close (a board without a battery-backed RTC resumes from
+            # a time the clock saved before it, tasks/clock.py): nothing opens until the clock
+            # reaches the interval that was open, so none is closed twice.
+            return
         if self._idx >= 0 and idx < self._idx:
             # The clock was set back (a TIME_SET a little behind it, or a head-end's master
             # clock): the open interval stays open until the clock passes its end again, so

@@ -144,15 +144,17 @@ def meter_profile(mdir: Path) -> str | None:
 def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: int = 1,
           timeout: float = 30.0, trace: bool = False,
           progress: Callable[[int, int], None] | None = None,
-          time_scale: float | None = None, profile: str | None = None) -> list[dict[str, Any]]:
+          time_scale: float | None = None, profile: str | None = None,
+          nvram_bytes: int | None = None) -> list[dict[str, Any]]:
     """Start meters 0..n-1 in ``base`` and wait until every VM is up. ``time_scale``: the
     virtual RTC runs that many times as fast as host time (soak tests; default 1).
     ``profile``: the port profile (host_tools/sim/profiles.py) each meter presents itself as;
     None keeps the one a meter was last started with (for a new meter: $METER_PROFILE, else
     ``profiles.DEFAULT``).
     The profile sets the heap (unless ``heap`` is given: the VM heap that holds what the board's
-    holds, profiles.vm_heap), the flash size and the ROMFS partition. An unknown name raises
-    SimError before anything starts."""
+    holds, profiles.vm_heap), the flash size, the ROMFS partition and the battery-backed RAM
+    (board.nvram, unless ``nvram_bytes`` is given: 0 none, as on a Pico). An unknown name
+    raises SimError before anything starts."""
     if n < 1:
         raise SimError("--meters must be at least 1")
     if profile is not None:
@@ -204,6 +206,8 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
             args.append("--trace")
         if time_scale is not None:
             args += ["--time-scale", repr(float(time_scale))]
+        args += ["--nvram-bytes",
+                 str(int(prof["nvram_bytes"] if nvram_bytes is None else nvram_bytes))]
         with open(mdir / "supervisor.err", "ab") as err_log:
             procs.append(subprocess.Popen(args, stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL, stderr=err_log,

@@ -153,7 +153,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "impl_version": None, "mpy": None, "build": None, "heap": "192K", "cpu_hz": None,
         "modules": UNIX_MODULES, "thread": "unsafe",
         "fs": {"type": "posix", "bytes": 1408 * 1024, "block": 4096},
-        "romfs_bytes": 256 * 1024, "nvram_bytes": 0,
+        "romfs_bytes": 256 * 1024, "nvram_bytes": 4096,  # board/virtual's board.nvram
     },
 }
 

@@ -61,8 +61,8 @@ VM_FDS = (3, 4, 5)  # hw in, hw out, HAN out, as the VM sees them
 # built: CPython hosting the unix port's pybind11 module. SIGINT goes
 # back to its default so that only MicroPython's own handler is ever seen, and
 # the VM dies with its supervisor (PR_SET_PDEATHSIG) instead of lingering.
-# It maps the ROMFS partition, the ROM and the ADC's ring as the native launcher does
-# (vmlaunch.py).
+# It maps the ROMFS partition, the ROM, the ADC's ring and the battery-backed RAM as the native
+# launcher does (vmlaunch.py).
 LAUNCHER = (
     "import sys,signal,os,ctypes\n"
     "c=ctypes.CDLL(None)\n"
@@ -72,13 +72,14 @@ LAUNCHER = (
     "c.mmap.restype=ctypes.c_void_p\n"
     "c.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,ctypes.c_int,"
     "ctypes.c_long]\n"
-    "for e,fl in (('MPVM_ROMFS',1),('MPVM_BOARDROM',2),('MPVM_ADC',1)):\n"
+    "for e,fl,pr in (('MPVM_ROMFS',1,1),('MPVM_BOARDROM',2,1),('MPVM_ADC',1,1),"
+    "('MPVM_NVRAM',1,3)):\n"
     " os.environ.pop(e+'_MAP',None)\n"
     " r=os.environ.get(e,'')\n"
     " n=os.path.getsize(r) if r and os.path.isfile(r) else 0\n"
     " if n:\n"
-    "  fd=os.open(r,os.O_RDONLY)\n"
-    "  p=c.mmap(None,n,1,fl,fd,0);os.close(fd)\n"
+    "  fd=os.open(r,os.O_RDWR if pr&2 else os.O_RDONLY)\n"
+    "  p=c.mmap(None,n,pr,fl,fd,0);os.close(fd)\n"
     "  if p and p!=ctypes.c_void_p(-1).value:os.environ[e+'_MAP']='%d %d'%(p,n)\n"
     "sys.path.insert(0,sys.argv[2])\n"
     "from micropython_run import run_main\n"
@@ -237,6 +238,15 @@ class Supervisor:
         # The ROMFS partition: flash outside the filesystem, erased (0xFF) until an image is
         # written through vfs.rom_ioctl (rom.py); the launcher maps it read-only.
         self.romfs = os.path.join(self.dir, "romfs.bin")
+        # Battery-backed RAM (board.nvram): the launcher maps this file shared and writable
+        # (MPVM_NVRAM_MAP), outside the VM's heap; what the VM stores into it is in the host's
+        # page cache at once, so a SIGKILL power cut keeps it, as VBAT does.
+        self.nvram = os.path.join(self.dir, "nvram.bin")
+        if a.nvram_bytes and (not os.path.exists(self.nvram)
+                              or os.path.getsize(self.nvram) != a.nvram_bytes):
+            with open(self.nvram + ".tmp", "wb") as f:
+                f.write(bytes(a.nvram_bytes))
+            os.replace(self.nvram + ".tmp", self.nvram)
         if a.romfs_bytes and (not os.path.exists(self.romfs)
                               or os.path.getsize(self.romfs) != a.romfs_bytes):
             with open(self.romfs + ".tmp", "wb") as f:
@@ -391,6 +401,8 @@ class Supervisor:
         if self.profile is not None and self.profile.get("port") != "unix":
             # the unix profile is the ROM's own default: nothing of it need take the VM's heap
             env["MPVM_PROFILE"] = json.dumps(self.profile, separators=(",", ":"))
+        if self.a.nvram_bytes:
+            env["MPVM_NVRAM"] = self.nvram
         self.vm_pid = os.posix_spawn(exe, argv, env, file_actions=actions, setsid=True)
         for fd in (con_slave, hw_in_r, hw_out_w, han_w):
             os.close(fd)
@@ -977,6 +989,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--flash-bytes", type=int, default=1408 * 1024)
     ap.add_argument("--romfs-bytes", type=int, default=256 * 1024,
                     help="size of the ROMFS partition (0: none), outside the filesystem")
+    ap.add_argument("--nvram-bytes", type=int, default=4096,
+                    help="battery-backed RAM (board.nvram, kept in nvram.bin; 0: none)")
     ap.add_argument("--off-time", type=float, default=0.2, help="seconds without power on a cut")
     ap.add_argument("--trace", action="store_true", help="log every byte to supervisor.log")
     ap.add_argument("--time-scale", type=float, default=1.0,

@@ -54,22 +54,23 @@ _MAIN = r"""
 /* A read-only region: the file named by $file_env, mapped read-only outside the VM's heap;
  * where, in $map_env ("address size"). Flash: the ROMFS partition (MPVM_ROMFS), the board's ROM
  * (MPVM_BOARDROM: the ROM's compiled code, run in place as a board runs its C from flash). And
- * the ADC's DMA ring (MPVM_ADC). The ROMFS and the ring are shared: what the flash controller
+ * the ADC's DMA ring (MPVM_ADC). And, read-write, the battery-backed RAM (MPVM_NVRAM). The
+ * ROMFS and the ring are shared: what the flash controller
  * (the ROM's vfs.rom_ioctl) writes into the partition's file, and what the supervisor (the analog
  * front end) writes into the ring, shows in them. */
-static void map_ro(const char *file_env, const char *map_env, int flags) {
+static void map_file(const char *file_env, const char *map_env, int flags, int prot) {
     const char *path = getenv(file_env);
     unsetenv(map_env);
     if (!path || !*path) {
         return;
     }
-    int fd = open(path, O_RDONLY);
+    int fd = open(path, (prot & PROT_WRITE) ? O_RDWR : O_RDONLY);
     struct stat st;
     if (fd < 0) {
         return;
     }
     if (fstat(fd, &st) == 0 && st.st_size > 0) {
-        void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, flags, fd, 0);
+        void *p = mmap(NULL, (size_t)st.st_size, prot, flags, fd, 0);
         if (p != MAP_FAILED) {
             char v[64];
             snprintf(v, sizeof v, "%lu %lu", (unsigned long)p, (unsigned long)st.st_size);
@@ -120,9 +121,11 @@ int main(int argc, char **argv) {
         return 1; /* the supervisor died before the death signal was armed */
     }
     signal(SIGINT, SIG_DFL);
-    map_ro("MPVM_ROMFS", "MPVM_ROMFS_MAP", MAP_SHARED);
-    map_ro("MPVM_BOARDROM", "MPVM_BOARDROM_MAP", MAP_PRIVATE);
-    map_ro("MPVM_ADC", "MPVM_ADC_MAP", MAP_SHARED);
+    map_file("MPVM_ROMFS", "MPVM_ROMFS_MAP", MAP_SHARED, PROT_READ);
+    map_file("MPVM_BOARDROM", "MPVM_BOARDROM_MAP", MAP_PRIVATE, PROT_READ);
+    map_file("MPVM_ADC", "MPVM_ADC_MAP", MAP_SHARED, PROT_READ);
+    /* battery-backed RAM: written in place, shared with its file, so a SIGKILL keeps it */
+    map_file("MPVM_NVRAM", "MPVM_NVRAM_MAP", MAP_SHARED, PROT_READ | PROT_WRITE);
     void *vm = dlopen(argv[2], RTLD_LAZY | RTLD_GLOBAL);
     if (!vm) {
         fprintf(stderr, "mpvm: %s\n", dlerror());

@@ -95,8 +95,8 @@ def _wp_hit(op, path, f=None, data=None):
             elif wp[1] == wp[0]:
                 cut = wp[4] = True
                 torn = wp[2] and data is not None and len(data) > 1
-                if torn:
-                    f.write(data[: len(data) // 2])
+                if torn:  # f: a file, or (nvram) a function that writes
+                    (f if callable(f) else f.write)(data[: len(data) // 2])
                 hw.event({"ev": "cut", "n": wp[1], "op": op, "path": path, "torn": torn})
     while cut:  # until the supervisor's SIGKILL; any other writer stops here too
         time.sleep_ms(1000)
@@ -262,6 +262,29 @@ class _Hardware:
         self.meter = {}
         self._poll = select.poll()
         self._poll.register(self._in, select.POLLIN)
+        # Battery-backed RAM (board.nvram; an STM32's backup SRAM): None without one (a Pico).
+        # The launcher's shared, writable mapping of nvram.bin in the meter's directory,
+        # outside the heap as a board's SRAM is: a store into it is in the file at once, so a
+        # power cut (SIGKILL) keeps it, and one cut half-way through a copy leaves half of it.
+        self.nvram = None
+        m = os.getenv("MPVM_NVRAM_MAP")
+        if m:
+            import uctypes
+
+            a = m.split()
+            self.nvram = uctypes.bytearray_at(int(a[0]), int(a[1]))
+
+    def nvram_write(self, off, data):
+        # Bytes off.. of the battery-backed RAM. A write point for the power-cut campaign
+        # (path "/nvram"): a cut there may leave it half done, as stores cut by a power loss.
+        if off < 0 or off + len(data) > len(self.nvram):
+            raise ValueError("nvram: out of range")
+        if _wp[0] or _wp[4]:
+            _wp_hit("nvram", "/nvram", lambda d: self._nv_put(off, d), data)
+        self._nv_put(off, data)
+
+    def _nv_put(self, off, data):
+        self.nvram[off:off + len(data)] = data
 
     def poll(self):
         # Apply whatever the supervisor sent (input pins, waveform). One thread reads the pipe

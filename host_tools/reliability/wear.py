@@ -1,0 +1,381 @@
+"""Flash wear: the meter's real write pattern, and the flash life it gives on each board.
+
+Two parts:
+
+- ``measure()`` runs one virtual meter (flashed, provisioned, a steady load, the head-end
+  reading it once an interval) for some minutes of real time and counts every persisted
+  change the firmware makes, by file and operation, with the ROM's write-point hook (the
+  power-cut campaign's, ``arm-cut`` with ``k: -1``; docs/virtual-board.md). Events that the
+  interval drives (energy registers, load profile, metrology log) are counted per interval
+  close, the WAN counters per head-end request, the rest per second; ``per_day()`` scales each
+  to a day (96 intervals of 15 minutes, one READ an interval).
+- ``fat_life()`` and ``lfs_life()`` turn a day's operations into erases a day and years of
+  flash life with a stated model of each board's filesystem (docs/hardware.md, "Flash wear"):
+
+  FAT on a Pyboard's internal flash (ports/stm32/flashbdev.c, extmod/vfs_fat.c, v1.28.0): the
+  block device caches one flash sector in RAM; every close of a file written, every rename,
+  remove and mkdir ends in a sync (FatFs sync_fs -> CTRL_SYNC) that writes the cached sector
+  back, i.e. erases it, and moving to another sector does the same. No wear levelling: the
+  sector holding /data's directory entries is erased by every one of those operations; the
+  first sector (the FAT and the root directory) by each that allocates or frees clusters
+  (a file created or truncated, a file removed). Rated 10,000 cycles (STM32F405 datasheet).
+
+  littlefs on a Pico (ports/rp2/modules/_boot.py: VfsLfs2(progsize=256) on 4 KiB blocks;
+  extmod/vfs_lfsx.c: cache 1024 B, block_cycles 100; lib/littlefs 2.11: files up to 512 B
+  inline in their directory's metadata): each operation is a commit appended to the /data
+  directory's metadata block in 256-byte program units (the inline file's bytes with it),
+  and the block is erased when it is full, i.e. a commit costs its size / the block's free
+  room (half a block: littlefs splits a directory at that). A write into a larger file is
+  copy-on-write: the block written and every block after it in the file are written anew
+  (an in-place ring slot: on average half the file's blocks). littlefs allocates blocks
+  round-robin over the whole device and moves a metadata pair every 100 erases, so the
+  erases spread over the free blocks. Rated 100,000 cycles (Winbond W25Q16JV; the Pico 2's
+  W25Q32RV the same).
+
+Power cuts between two of the figures change nothing here; the flash model of the board
+profiles (once merged) counts real erases and will replace these estimates.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SECONDS_PER_DAY = 86400
+INTERVALS_PER_DAY = 96  # 15-minute load-profile intervals
+POLLS_PER_DAY = 96  # the head-end reads each meter once an interval
+YEAR_DAYS = 365.25
+
+# Files whose writes the interval close causes, and those a head-end request causes: scaled
+# by events, not by time (the measurement runs short intervals to see many of them).
+PER_INTERVAL = ("/data/energy.json", "/data/profile.bin", "/data/log_metrology.bin")
+PER_REQUEST = ("/data/cs_ctr.json",)
+
+
+class WearError(Exception):
+    """A measurement or a calculation that cannot be made; the message says why."""
+
+
+def record_of(path: str) -> str:
+    """The file a write point belongs to: a store record's .tmp/.bak are the record's; a
+    rename "a>b" is a's."""
+    p = path.split(">", 1)[0]
+    for suffix in (".tmp", ".bak"):
+        if p.endswith(suffix):
+            return p[: -len(suffix)]
+    return p
+
+
+@dataclass
+class Measured:
+    """What one run counted: write points by file and operation over `elapsed_s`."""
+
+    elapsed_s: float
+    intervals: int  # interval closes in the run
+    requests: int  # head-end requests (READs) in the run
+    ops: dict[str, dict[str, int]]  # record -> op ("open", "write", "rename", "remove", ...) -> n
+    sizes: dict[str, int] = field(default_factory=dict)  # record -> bytes on flash
+    nvram_writes: int = 0
+    label: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"label": self.label, "elapsed_s": self.elapsed_s, "intervals": self.intervals,
+                "requests": self.requests, "ops": self.ops, "sizes": self.sizes,
+                "nvram_writes": self.nvram_writes}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Measured:
+        try:
+            return cls(float(d["elapsed_s"]), int(d["intervals"]), int(d["requests"]),
+                       {str(k): {str(o): int(n) for o, n in v.items()}
+                        for k, v in d["ops"].items()},
+                       {str(k): int(v) for k, v in d.get("sizes", {}).items()},
+                       int(d.get("nvram_writes", 0)), str(d.get("label", "")))
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise WearError(f"not a wear measurement: {e!r}") from None
+
+
+def count_points(points: list[list[Any]]) -> dict[str, dict[str, int]]:
+    """Write points ([n, op, path] from the supervisor) by record and operation; an open for
+    writing counts as "open" whatever its mode."""
+    out: dict[str, dict[str, int]] = {}
+    for _, op, path in points:
+        o = "open" if str(op).startswith("open") else str(op)
+        rec = out.setdefault(record_of(str(path)), {})
+        rec[o] = rec.get(o, 0) + 1
+    return out
+
+
+def per_day(m: Measured) -> dict[str, dict[str, float]]:
+    """Each record's operations scaled to a day: by interval closes, by head-end requests, or
+    by time (see PER_INTERVAL, PER_REQUEST)."""
+    if m.elapsed_s <= 0:
+        raise WearError("a measurement of no time")
+    out: dict[str, dict[str, float]] = {}
+    for rec, ops in m.ops.items():
+        if rec in PER_INTERVAL:
+            if m.intervals <= 0:
+                raise WearError(f"{rec} was written but no interval closed: measure longer")
+            k = INTERVALS_PER_DAY / m.intervals
+        elif rec in PER_REQUEST:
+            k = POLLS_PER_DAY / m.requests if m.requests else 0.0
+        else:
+            k = SECONDS_PER_DAY / m.elapsed_s
+        out[rec] = {op: n * k for op, n in ops.items()}
+    return out
+
+
+# one store.save (firmware/lib/store.py): .tmp opened and written (header, payload, checksum),
+# .bak removed, the current copy renamed to .bak, .tmp renamed into place
+SAVE_OPS = {"open": 1.0, "write": 3.0, "remove": 1.0, "rename": 2.0}
+WAN_RESERVE = 32  # tasks/cs_security.py: the counters persisted once per 32 frames each way
+
+
+def with_modelled(m: Measured, day: dict[str, dict[str, float]]
+                  ) -> tuple[dict[str, dict[str, float]], list[str]]:
+    """The day plus the saves a short run cannot see (each named in the lines returned): the
+    WAN counters (a READ an interval: 96 frames a day each way), and with nvram the clock's and
+    the credit's daily flush."""
+    out = {k: dict(v) for k, v in day.items()}
+    notes = []
+    extra = {"/data/cs_ctr.json": 2 * POLLS_PER_DAY / WAN_RESERVE}
+    if m.nvram_writes:
+        extra.update({"/data/clock.json": 1.0, "/data/credit.json": 1.0})
+    for rec, saves in extra.items():
+        have = out.get(rec, {}).get("open", 0.0)
+        if have < saves:
+            ops = out.setdefault(rec, {})
+            for op, n in SAVE_OPS.items():
+                ops[op] = ops.get(op, 0.0) + n * (saves - have)
+            notes.append(f"  {rec:28s} {saves - have:.0f} saves/day modelled (not in the run)")
+    return out, notes
+
+
+def _sessions(ops: dict[str, float]) -> float:
+    # Files opened for writing and closed again: the opens; a ring opened "r+b" (no open
+    # point) is one session per write.
+    return ops.get("open", 0.0) or ops.get("write", 0.0)
+
+
+@dataclass(frozen=True)
+class Life:
+    board: str
+    erases_per_day: dict[str, float]  # where -> erases a day
+    cycles: int
+    spread_over: int  # sectors/blocks the hottest figure's erases are shared by (1: none)
+    years: float
+
+    def lines(self) -> list[str]:
+        hot = max(self.erases_per_day.values(), default=0.0)
+        if self.spread_over == 1:
+            how = f"hottest sector {hot:.0f} erases/day, no wear levelling"
+        else:
+            total = sum(self.erases_per_day.values())
+            how = (f"{total:.0f} erases/day spread over {self.spread_over} blocks: "
+                   f"{total / self.spread_over:.2f} per block")
+        life = (f"{self.years:.1f} years" if self.years >= 1
+                else f"{self.years * YEAR_DAYS:.0f} days")
+        out = [f"{self.board}: {life} at {self.cycles} cycles ({how})"]
+        for where, n in sorted(self.erases_per_day.items(), key=lambda kv: -kv[1]):
+            out.append(f"  {n:10.1f} erases/day  {where}")
+        return out
+
+
+def _years(cycles: int, per_day_per_unit: float) -> float:
+    return math.inf if per_day_per_unit <= 0 else cycles / per_day_per_unit / YEAR_DAYS
+
+
+def fat_life(day: dict[str, dict[str, float]], cycles: int = 10_000,
+             board: str = "Pyboard v1.1 (FAT, internal flash)") -> Life:
+    """Erases a day of the sectors a FAT on a Pyboard's internal flash wears (module doc)."""
+    directory = fat_sector = data = 0.0
+    for ops in day.values():
+        s = _sessions(ops)
+        syncs = s + ops.get("rename", 0.0) + ops.get("remove", 0.0) + ops.get("mkdir", 0.0)
+        directory += syncs  # every sync rewrites the sector of /data's directory entries
+        fat_sector += ops.get("open", 0.0) + ops.get("remove", 0.0) + ops.get("mkdir", 0.0)
+        data += s
+    erases = {"/data's directory sector (every close, rename, remove)": directory,
+              "sector 1: FAT and root directory (files created, truncated, removed)":
+                  fat_sector,
+              "file data sectors (every close of a file written; shared)": data}
+    return Life(board, erases, cycles, 1, _years(cycles, max(erases.values())))
+
+
+LFS_BLOCK = 4096
+LFS_PROG = 256
+LFS_INLINE_MAX = 512
+LFS_TAG = 48  # a commit's tags and CRC, roughly (name, struct, CRC)
+
+
+def lfs_life(day: dict[str, dict[str, float]], sizes: dict[str, int], free_blocks: int,
+             cycles: int = 100_000, board: str = "Pico (littlefs, W25Q16JV)") -> Life:
+    """Erases a day on a littlefs filesystem, spread over its free blocks (module doc)."""
+    if free_blocks < 2:
+        raise WearError("littlefs needs free blocks to wear-level over")
+    room = LFS_BLOCK // 2  # a metadata block's free room: it is compacted (erased) when full
+    meta = data = 0.0
+    for rec, ops in day.items():
+        size = sizes.get(rec, 0)
+        inline = size <= LFS_INLINE_MAX
+        s = _sessions(ops)
+        commit = math.ceil((LFS_TAG + (size if inline else 0)) / LFS_PROG) * LFS_PROG
+        small = math.ceil(LFS_TAG / LFS_PROG) * LFS_PROG
+        meta += s * commit / room
+        meta += (ops.get("rename", 0.0) + ops.get("remove", 0.0) + ops.get("mkdir", 0.0)) \
+            * small / room
+        if not inline:
+            blocks = max(1, math.ceil(size / (LFS_BLOCK - 8)))
+            # a whole-file rewrite ("wb") writes all its blocks; an in-place write, on average
+            # the block written and those after it: (blocks + 1) / 2
+            per = blocks if ops.get("open", 0.0) else (blocks + 1) / 2
+            data += s * per
+    erases = {"metadata commits (/data's directory pair)": meta,
+              "copy-on-write data blocks (rings, large records)": data}
+    total = meta + data
+    return Life(board, erases, cycles, free_blocks, _years(cycles, total / free_blocks))
+
+
+# -- the measurement ------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def _meter(base: Path, nvram: bool, firmware: Path | None, interval_s: int
+           ) -> Iterator[tuple[Path, str, Any]]:
+    from host_tools.flash.build import FIRMWARE_DIR
+    from host_tools.flash.deploy import flash
+    from host_tools.headend.keystore import Keystore
+    from host_tools.headend.provision import provision
+    from host_tools.sim import fleet
+
+    recs = fleet.start(1, base, nvram_bytes=4096 if nvram else 0)
+    try:
+        port = str(recs[0]["port"])
+        fleet.set_wave(0, {"vrms": 230.0, "irms": 8.0, "pf": 0.95}, base)
+        flash(port, firmware_dir=firmware or FIRMWARE_DIR, timeout=30.0)
+        ks = Keystore(base / "keystore.json")
+        provision(port, ks, force=True, interval_s=interval_s, timeout=30.0)
+        yield fleet.meter_dir(base, 0), port, ks
+    finally:
+        fleet.stop(base)
+
+
+def measure(minutes: float, *, nvram: bool, firmware: Path | None = None,
+            interval_s: int = 60, base: Path | None = None, label: str = "",
+            say: Any = print) -> Measured:
+    """Run a virtual meter for `minutes` and count its writes (module doc)."""
+    from host_tools.headend import wire
+    from host_tools.headend.client import open_link
+    from host_tools.sim import fleet
+
+    if minutes <= 0 or interval_s < 5:
+        raise WearError("measure at least a moment, with intervals of 5 s or more")
+    with contextlib.ExitStack() as stack:
+        if base is None:
+            base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="wear-")))
+        mdir, port, ks = stack.enter_context(_meter(base, nvram, firmware, interval_s))
+        link = stack.enter_context(open_link(port, ks, None, 10.0))
+        time.sleep(interval_s * 1.5)  # past the boot's own writes and the first close
+        points: list[list[Any]] = []
+        nv = 0
+        requests = 0
+        # Re-armed each minute: the supervisor keeps at most 1000 points of a counting run.
+        t0 = time.monotonic()
+        end = t0 + minutes * 60
+        fleet.ctl(mdir, {"cmd": "arm-cut", "k": -1})
+        next_poll = t0
+        while True:
+            now = time.monotonic()
+            if now >= next_poll:
+                link.request(wire.K_READ)
+                requests += 1
+                next_poll += interval_s
+            time.sleep(max(0.0, min(60.0, end - now, next_poll - now)))
+            last = time.monotonic() >= end
+            st = fleet.ctl(mdir, {"cmd": "arm-cut", "k": 0})
+            for p in st["write_cut"]["points"]:
+                if str(p[2]).startswith("/nvram"):
+                    nv += 1
+                else:
+                    points.append(p)
+            if last:
+                break
+            fleet.ctl(mdir, {"cmd": "arm-cut", "k": -1})
+        elapsed = time.monotonic() - t0
+        ops = count_points(points)
+        closes = ops.get("/data/energy.json", {}).get("open", 0)
+        sizes = {}
+        for rec in ops:
+            f = mdir / "fs" / rec.lstrip("/")
+            if f.is_file():
+                sizes[rec] = f.stat().st_size
+        say(f"measured {label or ('with nvram' if nvram else 'without nvram')}: "
+            f"{elapsed:.0f} s, {closes} intervals closed, {requests} requests")
+        return Measured(elapsed, closes, requests, ops, sizes, nv, label)
+
+
+def report(m: Measured, pico_free_blocks: int, pico2_free_blocks: int) -> list[str]:
+    measured = per_day(m)
+    day, notes = with_modelled(m, measured)
+    out = [f"== {m.label} ({m.elapsed_s / 60:.0f} min measured, scaled to a day)"]
+    for rec in sorted(measured):
+        ops = ", ".join(f"{op} {n:.0f}" for op, n in sorted(measured[rec].items()))
+        out.append(f"  {rec:28s} {ops}")
+    out += notes
+    if m.nvram_writes:
+        out.append(f"  (nvram: {m.nvram_writes * SECONDS_PER_DAY / m.elapsed_s:.0f} writes/day, "
+                   "no flash)")
+    for life in (fat_life(day), lfs_life(day, m.sizes, pico_free_blocks),
+                 lfs_life(day, m.sizes, pico2_free_blocks,
+                          board="Pico 2 (littlefs, W25Q32RV)")):
+        out += ["  " + s for s in life.lines()]
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m host_tools.reliability.wear",
+        description="measure a virtual meter's flash writes and print the flash life")
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--interval", type=int, default=60,
+                    help="the run's interval length, s (closes are counted and scaled)")
+    ap.add_argument("--no-nvram", action="store_true", help="a board without nvram (a Pico)")
+    ap.add_argument("--firmware", type=Path, help="firmware/ to flash (default: this tree's)")
+    ap.add_argument("--label", default="")
+    ap.add_argument("--dir", type=Path,
+                    help="the virtual meter's directory (default: a temporary one)")
+    ap.add_argument("--json", type=Path, help="write the measurement here")
+    ap.add_argument("--from-json", type=Path, help="no run: print the figures of this file")
+    ap.add_argument("--pico-free-blocks", type=int, default=300,
+                    help="4-KiB blocks littlefs wear-levels over on a Pico (352 less the files)")
+    ap.add_argument("--pico2-free-blocks", type=int, default=716,
+                    help="the same on a Pico 2 (768 less the files)")
+    a = ap.parse_args(argv)
+    try:
+        if a.from_json:
+            try:
+                m = Measured.from_json(json.loads(a.from_json.read_text()))
+            except (OSError, ValueError) as e:
+                raise WearError(f"{a.from_json}: {e}") from None
+        else:
+            m = measure(a.minutes, nvram=not a.no_nvram, firmware=a.firmware,
+                        interval_s=a.interval, label=a.label, base=a.dir)
+            if a.json:
+                a.json.write_text(json.dumps(m.to_json(), indent=1))
+        print("\n".join(report(m, a.pico_free_blocks, a.pico2_free_blocks)))
+    except WearError as e:
+        print(f"wear: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
