@@ -790,6 +790,34 @@ out({"sent": sent, "recs": recs})
     assert recs[0][0] == 3003 and sent[0][1][0] == 1000
 
 
+def test_an_adc_gap_is_counted_estimated_and_logged_never_silent(
+        micropython: Run, tmp_path: Path) -> None:
+    """Samples the board's ADC lost (board.adc.last_gap: the DMA ring overran) are counted,
+    their time is added at the last second's power, and the interval's close log line says
+    how much was estimated; a READ reports the count."""
+    r = vm(micropython, _metrology_task(tmp_path) + """
+class GapAdc:
+    last_gap = 0
+    def read_into(self, v, i):
+        return 0
+met._adc = GapAdc()
+met._gaps = True
+met.last = (230.0, 4.0, 1000.0, 1000.0, 1.0, 50.0)   # the last complete second: 1 kW
+L = 10
+met._tick((600, 60, 600, L))
+met._adc.last_gap = 1000                              # half a second lost (2000 a second)
+met.step()
+met._adc.last_gap = 0
+met.step()
+met._tick((610, 61, 610, L))                          # the interval closes
+recs = [list(struct.unpack(">II", d[:8])) for _, d in met._profile.records(0, 10)]
+out({"recs": recs, "gap": met.gap_samples, "logs": met._port.logs})
+""")
+    assert r["gap"] == 1000
+    assert r["recs"][0][1] == 138  # 1 kW for 0.5 s = 500 J = 138.9 mWh (whole mWh kept)
+    assert any("500 ms estimated (ADC gap)" in line for line in r["logs"]), r["logs"]
+
+
 def test_a_clock_set_back_never_makes_the_load_profile_go_back(
         micropython: Run, tmp_path: Path) -> None:
     """A TIME_SET that moves the clock back into an interval already closed (a head-end's

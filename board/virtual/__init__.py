@@ -91,6 +91,9 @@ class _Adc:
         self._next = written - lead if written > lead else 0  # the sample of now
         self._k0 = self._next
         self._t0 = time.ticks_us()
+        # what the real boards' ADCs count too (board/rp2_pico DmaAdc): calls that lost
+        # samples, samples lost, and those of the latest call
+        self.gaps = self.dropped = self.last_gap = 0
 
     def read_into(self, v_buf, i_buf):
         due = self._k0 + time.ticks_diff(time.ticks_us(), self._t0) * ADC_RATE_HZ // 1000000
@@ -98,10 +101,14 @@ class _Adc:
         if due > written:
             due = written  # not written yet (the host held the front end back): next time
         n = due - self._next
+        self.last_gap = 0
         if n <= 0:
             return 0
         if n > len(v_buf):
             # The consumer fell behind the ring: the oldest samples are lost.
+            self.last_gap = n - len(v_buf)
+            self.gaps += 1
+            self.dropped += self.last_gap
             self._next = due - len(v_buf)
             n = len(v_buf)
         _vhw.adc_read(self._next, n, v_buf, i_buf)

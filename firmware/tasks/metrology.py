@@ -39,6 +39,12 @@ class Metrology:
             lazy.call("tasks.metrology_cmd", "restore", self, st["rec"])
         self.last = None  # the last complete second
         self.seconds = 0
+        # Samples the board's ADC lost (board.adc.last_gap: the consumer fell behind its DMA
+        # ring): counted since boot and in the open interval, whose energy gets the time not
+        # seen at the last second's power, said so in its close log line; never silent.
+        self._gaps = hasattr(self._adc, "last_gap")
+        self.gap_samples = 0
+        self._gap_interval = 0
         self._t = 0
         self._idx = -1
         self._start = 0
@@ -46,6 +52,8 @@ class Metrology:
 
     def step(self):
         n = self._adc.read_into(self._vbuf, self._ibuf)
+        if self._gaps and self._adc.last_gap:
+            self._gap(self._adc.last_gap)
         if n:
             self._acc.feed(self._vbuf, self._ibuf, n)
         if self._acc.ready():
@@ -58,6 +66,15 @@ class Metrology:
             self._port.send("han", "reading", s)
             self._port.send("credit", "reading", s)
 
+    def _gap(self, lost):
+        # The time the lost samples spanned, at the power of the last complete second (none
+        # yet: nothing to estimate from), so the interval neither loses nor invents energy
+        # silently; the close log line says how much of it was estimated.
+        self.gap_samples += lost
+        self._gap_interval += lost
+        if self.last is not None:
+            self.energy.add(self.last[2], lost / self._rate)
+
     def _close(self, idx):
         imp, exp = self.energy.close_interval()
         e = self.energy
@@ -69,7 +86,12 @@ class Metrology:
         store.save(ENERGY, {"e": e.state(), "idx": idx, "rec": rec})
         self._profile.append(struct.pack(_REC, *rec))
         self._closed_idx = idx
-        self._port.log("interval %d closed: +%d/-%d mWh" % (t_end, imp, exp))
+        if self._gap_interval:
+            self._port.log("interval %d closed: +%d/-%d mWh, %d ms estimated (ADC gap)"
+                           % (t_end, imp, exp, self._gap_interval * 1000 // self._rate))
+            self._gap_interval = 0
+        else:
+            self._port.log("interval %d closed: +%d/-%d mWh" % (t_end, imp, exp))
         # LoPA: the closed interval's index (its start // length: self._idx, not yet moved
         # on) and the very import_mwh of its profile record.
         self._port.send("dc_security", "interval_value", (self._idx, imp))

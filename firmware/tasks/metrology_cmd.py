@@ -51,6 +51,7 @@ def read(m, sender, payload):
                      "import_mwh": e.interval_import_mwh, "export_mwh": e.interval_export_mwh}
     d["clock"] = m._t
     d["seconds"] = m.seconds
+    d["adc_gap_samples"] = m.gap_samples  # lost by the ADC since boot (metrology.py _gap)
     m._port.send(sender, "reading", (payload[0], 0, json.dumps(d)))
 
 
