@@ -45,7 +45,7 @@
 # call (up to 16 laps, 4 s; beyond, the clock says how many times 16), de-interleaving them.
 # A single re-armed channel would stop at the ring's end until software re-armed it (a gap
 # whenever the consumer is late); the DMA's own address wrapping on the ring needs the ring
-# aligned to its 2 KiB, which the GC heap does not promise (the 64-byte lap table is aligned
+# aligned to its 8 KiB, which the GC heap does not promise (the 64-byte lap table is aligned
 # by hand inside a buffer twice its size).
 # Facts (cited in docs/hardware.md, "Sampling by DMA"): pico-sdk 2.2.0 hardware_regs
 # addressmap.h, adc.h, dma.h, dreq.h; MicroPython ports/rp2/rp2_dma.c.
@@ -116,16 +116,21 @@ _FCS_OVER = const(0x800)
 _FCS_LEVEL_LSB = const(16)
 _FCS_THRESH_1 = const(1 << 24)
 _ADC_CLOCK_HZ = const(48000000)
-RING_PAIRS = const(512)  # (V, I) pairs in the ring: 256 ms at 2 kHz, 2 KiB
+# (V, I) pairs in the ring: 1.02 s at 2 kHz, 8 KiB. The main loop stops while the rp2 port
+# erases flash (ports/rp2/rp2_flash.c): a littlefs save that compacts a metadata pair takes
+# several 45-ms erases in a row (up to 400 ms measured on the virtual board's flash model
+# under the rp2-pico profile), and 3/4 of the ring must outlast that.
+RING_PAIRS = const(2048)
 _LAPS = const(16)  # the lap counter's table: 16 words, 64 bytes
 _LAPS_RING = const(6)  # ... wrapping at 2**6 bytes
 
 
 class DmaAdc:
     # The ADC free-running into a DMA ring (see the header). read_into(v_buf, i_buf) copies
-    # the samples that arrived since the previous call, V and I de-interleaved, as 16-bit
-    # values (the 12-bit conversion << 4, read_u16's scale less its low-bit fill). A gap (the
-    # caller later than the ring's 3/4, or its buffers too small) loses the oldest samples:
+    # the oldest samples not yet handed out, V and I de-interleaved, as 16-bit values (the
+    # 12-bit conversion << 4, read_u16's scale less its low-bit fill); what the buffers cannot
+    # take waits in the ring for the next call. A gap (the caller later than the ring's 3/4)
+    # loses the oldest samples:
     # `gaps` counts the calls that lost some and `dropped` the samples lost, and
     # `last_gap` says how many the latest call lost (0: the samples returned follow the
     # previous call's without a hole), so that metrology never folds a hole into energy
@@ -179,6 +184,7 @@ class DmaAdc:
         mem[ADC_BASE + _CS] = _CS_EN | (0b11 << _CS_RROBIN_LSB) | _CS_START_MANY
         self._t = time.ticks_us()
         self._done = 0  # transfers made at the last call, modulo _LAPS rings
+        self._backlog = 0  # pairs in the ring not yet handed out
         self.gaps = 0
         self.dropped = 0
         self.last_gap = 0
@@ -212,14 +218,18 @@ class DmaAdc:
         if m > 0:
             new += m * (span >> 1)
         self._done = done
-        n = min(new, len(v_buf), len(i_buf), self._keep)
-        self.last_gap = new - n
-        if self.last_gap:
+        back = self._backlog + new
+        self.last_gap = 0
+        if back > self._keep:  # the DMA has written over the oldest of them
+            self.last_gap = back - self._keep
             self.gaps += 1
             self.dropped += self.last_gap
+            back = self._keep
+        n = min(back, len(v_buf), len(i_buf))
+        self._backlog = back - n
         if not n:
             return 0
-        k = ((done >> 1) - n) % self._pairs  # the oldest pair handed out
+        k = ((done >> 1) - back) % self._pairs  # the oldest pair handed out
         a = self._pairs - k  # up to the ring's end, then from its start
         if a > n:
             a = n
