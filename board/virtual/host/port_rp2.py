@@ -983,10 +983,25 @@ class _Time:
         return _days(t[0], t[1], t[2]) * 86400 + t[3] * 3600 + t[4] * 60 + t[5]
 
 
-for _n in ("ticks_us", "ticks_ms", "ticks_cpu", "ticks_diff", "ticks_add", "sleep", "sleep_ms",
-           "sleep_us"):
+for _n in ("ticks_us", "ticks_ms", "ticks_cpu", "ticks_diff", "ticks_add", "sleep"):
     setattr(_Time, _n, getattr(time, _n))
 _real_time = time
+
+
+def _sleep_ms(ms):
+    # A board sleeps in WFE until an interrupt; the unix port's time.sleep_ms wakes every
+    # 0.5 ms to poll for events instead (ports/unix MICROPY_INTERNAL_WFE), which cost an idle
+    # meter on this profile a third of a host core. time.sleep is one select with the VM's
+    # lock released, which a SIGINT ends as a board's Ctrl-C ends sleep_ms (board/virtual).
+    _real_time.sleep(ms / 1000)
+
+
+def _sleep_us(us):
+    _real_time.sleep(us / 1000000)
+
+
+_Time.sleep_ms = _sleep_ms
+_Time.sleep_us = _sleep_us
 
 
 class _Mem32:

@@ -869,11 +869,15 @@ def elapsed_micros(start):
 
 
 def delay(ms):
-    _time.sleep_ms(ms)
+    # A board sleeps in WFI until an interrupt; the unix port's time.sleep_ms wakes every
+    # 0.5 ms to poll for events instead (ports/unix MICROPY_INTERNAL_WFE), a large share of a
+    # host core for an idle meter. time.sleep is one select with the VM's lock released, which
+    # a SIGINT ends as a board's Ctrl-C ends a delay (board/virtual sleep_ms).
+    _time.sleep(ms / 1000)
 
 
 def udelay(us):
-    _time.sleep_us(us)
+    _time.sleep(us / 1000000)
 
 
 def freq():
@@ -906,7 +910,7 @@ def idle():
 
 
 def wfi():
-    _time.sleep_ms(1)
+    delay(1)
 
 
 # -- time (extmod/modtime.c with ports/stm32/mphalport.h): the RTC's time, from 2000
@@ -917,8 +921,8 @@ class _Time:
     ticks_add = _time.ticks_add
     ticks_diff = _time.ticks_diff
     sleep = _time.sleep
-    sleep_ms = _time.sleep_ms
-    sleep_us = _time.sleep_us
+    sleep_ms = delay
+    sleep_us = udelay
 
     def time():
         return int(_unix_now()) - _EPOCH_2000
