@@ -8,13 +8,17 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from host_tools.flash.deploy import flash
-from host_tools.sim import fleet
+from host_tools.headend import switch
+from host_tools.headend.client import open_link
+from host_tools.sim import fleet, relay
 
-from .conftest import Fleet, mpremote
+from .conftest import Fleet, mpremote, own_meter
 from .test_sim import read_for
 
 
@@ -25,6 +29,7 @@ def flashed(sim: Fleet) -> str:
 
 
 def test_relay_pin_reaches_the_host(sim: Fleet, flashed: str) -> None:
+    mpremote(flashed, "exec", "import board\nboard.relay.off()")
     before = sim.status(1)["relay_changes"]
     r = mpremote(flashed, "exec", "import board\nboard.relay.on()\nprint(board.relay.value())")
     assert r.stdout.strip() == "1"
@@ -116,3 +121,44 @@ def test_rtc_held_and_moved_by_the_host(sim: Fleet, flashed: str) -> None:
     fleet.ctl(mdir, {"cmd": "set-clock", "t": None})
     now = int(mpremote(flashed, "exec", "import board\nprint(board.rtc_get())").stdout)
     assert abs(now - time.time()) < 30
+
+
+def _han_now(han: str) -> Any:
+    """The telegram the meter sends next (one a second)."""
+    return switch.read_han(han, 1, timeout=20)[0]
+
+
+def _energy_kwh(tel: Any) -> float:
+    return float(tel.ELECTRICITY_USED_TARIFF_1.value + tel.ELECTRICITY_USED_TARIFF_2.value)
+
+
+def test_open_relay_cuts_the_current(tmp_path: Path) -> None:
+    """The relay sits between the mains and the load: opened by the off-switch, the ADC sees
+    no current from then on (offset and noise only), so Irms and power fall to ~0 within a
+    couple of seconds, the energy registers stop, and the HAN shows 0 kW beside "breaker
+    off"; closed again (armed, then the button), the load's current is back."""
+    limits = switch.Limits(max_per_hour=60, min_spacing_s=1, arm_window_s=20)
+    wave = {"vrms": 230.0, "irms": 20.0, "pf": 1.0, "noise": 3}
+    with own_meter(tmp_path, wave=wave, interval_s=3, offswitch_limits=limits) as m:
+        tel = _han_now(m.han)
+        assert tel.ACTUAL_SWITCH_POSITION.value == 1  # a new meter ships connected
+        assert float(tel.CURRENT_ELECTRICITY_USAGE.value) > 4.0  # 230 V x 20 A
+        with open_link(m.port, m.keystore, None, 5.0) as link:
+            assert switch.switch(link, "off").relay == 0
+        time.sleep(2.5)
+        tel = _han_now(m.han)
+        assert tel.ACTUAL_SWITCH_POSITION.value == 0
+        assert float(tel.CURRENT_ELECTRICITY_USAGE.value) == 0.0
+        assert float(tel.INSTANTANEOUS_CURRENT_L1.value) < 0.5  # noise alone
+        e0 = _energy_kwh(tel)
+        time.sleep(4)
+        assert _energy_kwh(_han_now(m.han)) == e0  # nothing counted with the relay open
+        time.sleep(1.1)
+        with open_link(m.port, m.keystore, None, 5.0) as link:
+            assert switch.switch(link, "on").armed
+        assert relay.press(0, "button", m.base)["relay"] == "closed"
+        time.sleep(2.5)
+        tel = _han_now(m.han)
+        assert tel.ACTUAL_SWITCH_POSITION.value == 1
+        assert float(tel.CURRENT_ELECTRICITY_USAGE.value) > 4.0
+        assert float(tel.INSTANTANEOUS_CURRENT_L1.value) > 15.0

@@ -141,6 +141,15 @@ class AdcRing:
         self.written = min(self.written, self._now())
         self.top_up()
 
+    def relay(self, closed: bool) -> None:
+        """The relay moved: from the sample due now on, the current is the load's (closed) or
+        none at all (open: offset and noise only); what was written ahead is written again."""
+        if self.wave is None or self.wave.relay_open == (not closed):
+            return
+        self.wave.set_relay(closed)
+        self.written = min(self.written, self._now())
+        self.top_up()
+
     def _now(self) -> int:
         return int((time.monotonic() - self.t0) * ADC_RATE)
 
@@ -301,7 +310,9 @@ class Supervisor:
 
     # -- persisted hardware state ------------------------------------------
     def _load_hw(self) -> dict[str, Any]:
-        hw: dict[str, Any] = {"inputs": {"button": 0, "tamper": 0}, "outputs": {"relay": 0},
+        # A new meter's relay is closed: shipped connected (docs/OFFSWITCH.md, "The relay at
+        # first boot"); the firmware's first boot adopts it as it finds it.
+        hw: dict[str, Any] = {"inputs": {"button": 0, "tamper": 0}, "outputs": {"relay": 1},
                               "wave": {}, "relay_changes": 0, "rtc_offset": 0,
                               "time_scale": 1.0, "time_anchor": 0.0, "sim_time": None}
         try:
@@ -342,7 +353,9 @@ class Supervisor:
 
     def _wave(self) -> Any:
         """The front end for the load set now (without "irms": the household day, by the RTC)."""
-        return waveform.Waveform(self.a.seed, dict(self.hw["wave"]), ADC_RATE, self._rtc)
+        wave = waveform.Waveform(self.a.seed, dict(self.hw["wave"]), ADC_RATE, self._rtc)
+        wave.set_relay(bool(self.hw["outputs"].get("relay", 1)))  # a latching relay
+        return wave
 
     def log(self, msg: str) -> None:
         self.log_f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
@@ -572,6 +585,7 @@ class Supervisor:
             if name == "relay" and old != v:
                 self.hw["relay_changes"] += 1
                 self.log(f"relay -> {v}")
+                self.adc.relay(bool(v))
             write_json_atomic(self.hw_path, self.hw)
         elif ev.get("ev") == "rtc":
             # The board's RTC is battery-backed: its offset from host time survives power cuts.
