@@ -37,6 +37,7 @@ def test_relay_pin_reaches_the_host(sim: Fleet, flashed: str) -> None:
     assert st["pins"]["relay"] == 1 and st["relay_changes"] == before + 1
     mpremote(flashed, "exec", "import board\nboard.relay.off()")
     assert sim.status(1)["pins"]["relay"] == 0
+    mpremote(flashed, "exec", "import board\nboard.relay.on()")  # the load connected again
 
 
 def test_adc_delivers_the_waveform_continuously(sim: Fleet, flashed: str) -> None:
@@ -162,3 +163,17 @@ def test_open_relay_cuts_the_current(tmp_path: Path) -> None:
         assert tel.ACTUAL_SWITCH_POSITION.value == 1
         assert float(tel.CURRENT_ELECTRICITY_USAGE.value) > 4.0
         assert float(tel.INSTANTANEOUS_CURRENT_L1.value) > 15.0
+
+
+def test_sys_is_a_boards(sim: Fleet, flashed: str) -> None:
+    """No sys.atexit, as on rp2 and stm32 (only the unix and windows ports enable it); the rest
+    of sys is the VM's own, read and set through it."""
+    code = ("import sys, usys\n"
+            "print(hasattr(sys, 'atexit'), hasattr(usys, 'atexit'), sys.implementation.name)\n"
+            "sys.path.append('/probe')\n"
+            "import sys as again\n"
+            "print(again.path[-1], sys.modules['sys'] is sys)\n"
+            "sys.path.pop()\n")
+    r = mpremote(flashed, "exec", code)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["False", "False", "micropython", "/probe", "True"]

@@ -347,6 +347,25 @@ class _BoardOS:
         pass
 
 
+# `sys` as a board has it. sys.atexit exists only where a port turns MICROPY_PY_SYS_ATEXIT on
+# (py/mpconfig.h defaults it to 0; at v1.28.0 only ports/unix/variants/mpconfigvariant_common.h
+# and ports/windows do): rp2 and stm32 have none, pyexec never calls one at a soft reset, and
+# MicroPython's tests/misc/sys_atexit.py prints SKIP on a board. On the unix VM it ran when the
+# process ended, i.e. at the virtual board's soft reset, after the command that registered it.
+# Every other name is the VM's own sys, read and set through this one object.
+_SYS_HIDDEN = ("atexit",)
+
+
+class _BoardSys:
+    def __getattr__(self, name):
+        if name in _SYS_HIDDEN:
+            raise AttributeError(name)
+        return getattr(sys, name)
+
+    def __setattr__(self, name, value):
+        setattr(sys, name, value)
+
+
 class _BoardVFS:
     mount = vfs.mount
     umount = vfs.umount
@@ -486,6 +505,7 @@ def boot(g):
     sys.modules["os"] = _BoardOS
     sys.modules["uos"] = _BoardOS
     sys.modules["vfs"] = _BoardVFS
+    sys.modules["sys"] = sys.modules["usys"] = _BoardSys()
     hw.event({"ev": "booted", "mode": mode})
     _run_file("boot.py", g)
     if mode == "run":
