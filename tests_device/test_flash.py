@@ -252,3 +252,98 @@ def test_disconnect_mid_romfs_write_tears_the_image_and_the_next_flash_repairs_i
         assert int(fleet.meter_status(0, base)["crashes"]) == 0
     finally:
         fleet.stop(base)
+
+
+def _fault_hit(mdir: Path) -> int:
+    """The byte the meter's last link fault hit (its supervisor logs it)."""
+    lines = [ln for ln in (mdir / "supervisor.log").read_text().splitlines()
+             if "link fault:" in ln]
+    return int(lines[-1].rsplit("(0x", 1)[1].rstrip(")"), 16)
+
+
+def _boots(base: Path) -> None:
+    """Power the meter off and on; return once its main.py runs."""
+    fleet.ctl(fleet.meter_dir(base, 0), {"cmd": "power-cut", "off_s": 0.05}, timeout=60)
+    end = time.monotonic() + 10
+    while fleet.meter_status(0, base)["files"].get("main.py") != "running":
+        assert time.monotonic() < end, fleet.meter_status(0, base)
+        time.sleep(0.05)
+
+
+def _flash_with_fault(port: str, new: Path, mdir: Path, stage: str, fault: dict[str, object],
+                      romfs: bool) -> tuple[str, int]:
+    """Flash `new`, damaging the link once while `stage` is past its first 4 KB; (the error
+    the flash stopped with, the byte the fault hit)."""
+    armed: list[int] = []
+
+    def arm(st: str, done: int, total: int) -> None:
+        if st == stage and done > 4096 and not armed:
+            fleet.ctl(mdir, {"cmd": "link-fault", "dir": "in", "after": 200, **fault})
+            armed.append(done)
+
+    with pytest.raises(BoardError) as e:
+        flash(port, firmware_dir=new, romfs=romfs, progress=arm, timeout=10)
+    assert armed
+    return str(e.value), _fault_hit(mdir)
+
+
+@pytest.mark.parametrize("mode", ["flip", "drop"])
+def test_file_damaged_on_the_line_is_refused_and_the_old_firmware_boots(
+        tmp_path: Path, real_port: str | None, mode: str) -> None:
+    """One bit flipped, or one byte lost, on the way to the board in the middle of a file:
+    the staged file's sha256 does not match, the flash stops before anything is committed,
+    and the board boots the firmware it had; a clean flash afterwards completes."""
+    if real_port:
+        pytest.skip("needs the virtual board: it damages the serial link on request")
+    base = tmp_path / "fleet"
+    port = str(fleet.start(1, base)[0]["port"])
+    mdir = fleet.meter_dir(base, 0)
+    try:
+        r = meterctl("flash", "--port", port, "--no-romfs", "--firmware",
+                     str(firmware_copy(tmp_path, "old")))
+        assert r.returncode == 0, r.stderr
+        new = firmware_copy(tmp_path, "new")
+        (new / "big.py").write_text("DATA = %r\n" % ("x" * 30000))
+        for _ in range(3):  # the fault lands in the file's bytes (an "x"), not the framing
+            err, hit = _flash_with_fault(port, new, mdir, "write /big.mpy", {"mode": mode},
+                                         romfs=False)
+            _boots(base)
+            assert board_version(port) == "old"
+            if hit == ord("x"):
+                break
+        assert hit == ord("x")
+        assert "/big.mpy arrived damaged" in err and "previous firmware is unchanged" in err
+        assert meterctl("flash", "--port", port, "--no-romfs", "--firmware",
+                        str(new)).returncode == 0
+        assert board_version(port) == "new"
+    finally:
+        fleet.stop(base)
+
+
+def test_cable_pulled_mid_file_leaves_the_old_firmware(tmp_path: Path,
+                                                       real_port: str | None) -> None:
+    """The cable pulled (the link cut) in the middle of a file: the flash stops with a clear
+    error, the board keeps running its old firmware, and once plugged in again a flash
+    completes."""
+    if real_port:
+        pytest.skip("needs the virtual board: it damages the serial link on request")
+    base = tmp_path / "fleet"
+    port = str(fleet.start(1, base)[0]["port"])
+    mdir = fleet.meter_dir(base, 0)
+    link = str(mdir / "port")
+    try:
+        assert meterctl("flash", "--port", port, "--no-romfs", "--firmware",
+                        str(firmware_copy(tmp_path, "old"))).returncode == 0
+        new = firmware_copy(tmp_path, "new")
+        (new / "big.py").write_text("DATA = %r\n" % ("x" * 30000))
+        err, _ = _flash_with_fault(link, new, mdir, "write /big.mpy", {"mode": "cut"},
+                                   romfs=False)
+        assert "disconnected" in err or "could not" in err or "timed out" in err, err
+        time.sleep(1.0)  # plugged in again
+        _boots(base)
+        assert board_version(link) == "old"
+        assert meterctl("flash", "--port", link, "--no-romfs", "--firmware",
+                        str(new)).returncode == 0
+        assert board_version(link) == "new"
+    finally:
+        fleet.stop(base)

@@ -668,8 +668,7 @@ class Supervisor:
             return data
         self.fault = None
         self.stats["link_faults"] += 1
-        self.log(f"link fault: {f['mode']} {direction} at byte {f['after']} "
-                 f"({data[i:i + 1]!r})")
+        self.log(f"link fault: {f['mode']} {direction} at byte {f['after']} (0x{data[i]:02x})")
         if f["mode"] == "flip":
             return data[:i] + bytes([data[i] ^ FLIP_MASK]) + data[i + 1:]
         if f["mode"] == "drop":
@@ -869,6 +868,10 @@ class Supervisor:
             # one, or pull the cable) at byte `after` of the client's bytes ("in") or the
             # board's ("out"), counted from now; "cut" plugs it in again after `replug_s`.
             mode, direction = req.get("mode"), req.get("dir", "in")
+            if mode == "off":  # disarm one that has not happened
+                self.fault = None
+                self._reply(c, self.status())
+                return
             try:
                 after = int(req.get("after", 0))
                 replug_s = float(req.get("replug_s", 0.5))
@@ -876,7 +879,7 @@ class Supervisor:
                 after = replug_s = -1
             if mode not in LINK_FAULTS or direction not in ("in", "out") or after < 0 \
                     or replug_s < 0:
-                self._reply(c, {"ok": False, "error": "link-fault needs mode flip|drop|cut, "
+                self._reply(c, {"ok": False, "error": "link-fault needs mode flip|drop|cut|off, "
                                                       "dir in|out, after >= 0 (bytes)"})
                 return
             self.fault = {"mode": mode, "dir": direction, "after": after, "seen": 0,
