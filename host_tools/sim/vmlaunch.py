@@ -23,6 +23,10 @@ ROMFS image of its compiled code, ``MPVM_BOARDROM_MAP``): the VM runs it in plac
 runs its ROM's C code from flash, so that its bytecode takes no heap. The ADC's ring
 (``MPVM_ADC``, ``MPVM_ADC_MAP``) is mapped read-only and shared: the supervisor, the board's
 analog front end, writes the samples into it, as a board's ADC writes them by DMA.
+
+It also gives the VM a board's console input: its own ``mp_hal_stdin_rx_chr``, which the VM
+calls through its PLT in place of the unix port's, returns each byte as received (the port's
+turns LF into CR, so a CRLF script reached the lexer with every line end doubled).
 """
 
 from __future__ import annotations
