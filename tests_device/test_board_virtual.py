@@ -76,6 +76,22 @@ def test_han_tx_is_transmit_only(sim: Fleet, flashed: str) -> None:
         os.close(han)
 
 
+def test_han_uart_write_blocks_at_the_line_rate(sim: Fleet, flashed: str) -> None:
+    """The HAN UART sends at 115200 8N1 from a 1024-byte TX buffer, as the rp2 adapter sets it
+    up: a write that fits the buffer returns at once, a longer one returns only when what is
+    left fits it (ports/rp2/machine_uart.c)."""
+    code = ("import board, time\nu = board.han_tx()\nd, us = time.ticks_diff, time.ticks_us\n"
+            "time.sleep_ms(500)\n"
+            "t = us(); u.write(b'a' * 800); small = d(us(), t)\n"
+            "time.sleep_ms(500)\n"
+            "t = us(); u.write(b'b' * 5000); big = d(us(), t)\n"
+            "print(small, big)")
+    small, big = map(int, mpremote(flashed, "exec", code).stdout.split())
+    line_us = (5000 - 1024) * 10 * 1_000_000 / 115200  # 345 ms
+    assert small < 20_000
+    assert line_us * 0.95 <= big <= line_us + 500_000
+
+
 def test_rtc_held_and_moved_by_the_host(sim: Fleet, flashed: str) -> None:
     """set-clock (the soak's time, paced by the head-end): the board's RTC stays at the time
     the host gave, moves only when the host moves it (also while the firmware runs, without a

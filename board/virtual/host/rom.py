@@ -255,6 +255,7 @@ class _Hardware:
         self._in = open("/proc/self/fd/%d" % fd_in, "rb")
         self._out = open("/proc/self/fd/%d" % fd_out, "wb")
         self._han = open("/proc/self/fd/%d" % fd_han, "wb")
+        self._han_end = time.ticks_us()  # when the HAN line has sent all it was given
         self.inputs = {}
         self.outputs = {}  # as the pins were left (a latching relay keeps its state)
         self.wave = {}
@@ -288,8 +289,18 @@ class _Hardware:
     def event(self, msg):
         self._out.write(json.dumps(msg).encode() + b"\n")
 
+    # The HAN UART as board/rp2_pico configures it (115200 8N1, txbuf=1024): a byte takes 10
+    # bit times on the line, and write() returns only once what is left fits the TX buffer, as
+    # the rp2 port's UART write waits for room in its ring (ports/rp2/machine_uart.c, v1.28.0).
     def han_write(self, data):
-        return self._han.write(data)
+        n = self._han.write(data)
+        now = time.ticks_us()
+        start = self._han_end if time.ticks_diff(self._han_end, now) > 0 else now
+        self._han_end = time.ticks_add(start, len(data) * 10_000_000 // 115200)
+        wait = time.ticks_diff(self._han_end, now) - 1024 * 10_000_000 // 115200
+        if wait > 0:
+            time.sleep_us(wait)
+        return n
 
     # The ADC's DMA ring: the supervisor (the analog front end) writes V and I samples into it,
     # a little ahead of real time, as a board's ADC does by DMA (supervisor.py AdcRing).
