@@ -19,7 +19,9 @@ Run as its own process (``python -S supervisor.py ...``), one per meter, by
 - backs the hardware surface: input pins the host sets, output pins it reads,
   the waveform parameters of the ADC, and the HAN TX line on a second pty;
 - answers a JSON control socket (``ctl.sock``): status, power-cut, power-on, pins,
-  set-clock (time paced by the host), stop.
+  set-clock (time paced by the host), link-fault (a serial fault on request), stop;
+- passes every byte between the client and the VM unchanged (the native launcher gives the VM
+  a board's console input, vmlaunch.py); an open relay cuts the current the ADC sees.
 """
 
 from __future__ import annotations
