@@ -25,6 +25,7 @@ from host_tools.flash.build import REPO, ImageFile, compile_one, romfs_image
 from host_tools.sim import vmlaunch
 
 ROM = REPO / "board" / "virtual" / "host" / "rom.py"
+BOARDSYS = ROM.with_name("boardsys.py")  # the board-like sys module object the ROM fills
 INPUT_PINS = ("button", "tamper")  # what the host drives; outputs (relay, led) it only reads
 SUPERVISOR = Path(__file__).with_name("supervisor.py")
 
@@ -86,7 +87,9 @@ def rom_image(cache: Path | None = None) -> Path:
     into a ROMFS image, which the VM's launcher maps read-only outside the heap and the VM runs
     in place (supervisor.BOOT), as a board runs its ROM's C code from flash: its bytecode,
     strings and names take no heap (docs/hardware.md, "Memory"). Built once, cached."""
-    img = romfs_image([ImageFile(ROM, "/rom.mpy", compile_one(ROM, "/rom.py", None))])
+    img = romfs_image([ImageFile(ROM, "/rom.mpy", compile_one(ROM, "/rom.py", None)),
+                       # named with names the VM interns anyway (its heap is unchanged)
+                       ImageFile(BOARDSYS, "/_vhw.mpy", compile_one(BOARDSYS, "/rom.py", None))])
     cache = cache or vmlaunch.default_cache()
     out = cache / f"boardrom-{hashlib.sha256(img).hexdigest()[:16]}.romfs"
     if not out.exists():

@@ -358,23 +358,17 @@ class _BoardOS:
         pass
 
 
-# `sys` as a board has it. sys.atexit exists only where a port turns MICROPY_PY_SYS_ATEXIT on
-# (py/mpconfig.h defaults it to 0; at v1.28.0 only ports/unix/variants/mpconfigvariant_common.h
-# and ports/windows do): rp2 and stm32 have none, pyexec never calls one at a soft reset, and
-# MicroPython's tests/misc/sys_atexit.py prints SKIP on a board. On the unix VM it ran when the
-# process ended, i.e. at the virtual board's soft reset, after the command that registered it.
-# Every other name is the VM's own sys, read and set through this one object.
-_SYS_HIDDEN = ("atexit",)
-
-
-class _BoardSys:
-    def __getattr__(self, name):
-        if name in _SYS_HIDDEN:
-            raise AttributeError(name)
-        return getattr(sys, name)
-
-    def __setattr__(self, name, value):
-        setattr(sys, name, value)
+# `sys` as a board has it. rp2 builds at MICROPY_CONFIG_ROM_LEVEL_EXTRA_FEATURES
+# (ports/rp2/mpconfigport.h, v1.28.0) and sets none of these, so py/mpconfig.h's defaults leave
+# them out: sys.atexit, sys.exc_info, sys.executable and sys.settrace (default 0; the unix port
+# turns them on: ports/unix/mpconfigport.h, ports/unix/variants/mpconfigvariant_common.h) and
+# sys.getsizeof, sys.intern and sys.tracebacklimit (the EVERYTHING level only). So a soft reset
+# runs no atexit handler on a board, and MicroPython's tests/misc/sys_atexit.py prints SKIP
+# there; on the unix VM the handler ran when the process ended, i.e. at the virtual board's
+# soft reset, after the command that registered it. `import sys` gives a real module
+# (boardsys.py in the ROM image, an empty module boot() fills) holding every other
+# name of the VM's sys: the same objects (path, modules, stdin, ...), so that a change to one
+# shows in both; a name rebound on it (sys.ps1 = ...) is not seen by the VM's REPL.
 
 
 class _BoardVFS:
@@ -483,6 +477,17 @@ def boot(g):
     global _rom_file, _rom_mem, _adc, hw
     g.pop("rom", None)
     sys.modules.pop("rom", None)
+    # sys as a board has it (above): an empty module from the ROM image (boardsys.py, stored
+    # there as _vhw.mpy so that it adds no name to the VM's qstr pool), filled with the VM's sys
+    import _vhw as board_sys
+
+    sys.modules.pop("_vhw", None)
+    for name in dir(sys):
+        if name[:2] != "__" and name not in ("atexit", "exc_info", "executable", "settrace",
+                                             "getsizeof", "intern", "tracebacklimit"):
+            setattr(board_sys, name, getattr(sys, name))
+    board_sys.__name__ = "sys"
+    del board_sys.__file__  # a built-in module has none
     vfs.umount("/_rom")
     root, mode = sys.argv[1], sys.argv[2]
     fd_in, fd_out, fd_han, flash_bytes = [int(a) for a in sys.argv[3:7]]
@@ -516,7 +521,7 @@ def boot(g):
     sys.modules["os"] = _BoardOS
     sys.modules["uos"] = _BoardOS
     sys.modules["vfs"] = _BoardVFS
-    sys.modules["sys"] = sys.modules["usys"] = _BoardSys()
+    sys.modules["sys"] = sys.modules["usys"] = board_sys
     hw.event({"ev": "booted", "mode": mode})
     _run_file("boot.py", g)
     if mode == "run":
