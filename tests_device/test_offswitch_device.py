@@ -126,6 +126,10 @@ def test_writing_into_the_han_port_changes_nothing(meter: Meter) -> None:
 
 # -- the off-switch ----------------------------------------------------------------------------
 def test_switch_cycle_off_opens_on_only_arms_the_button_closes(meter: Meter) -> None:
+    assert meter.relay()["relay"] == "closed"  # a new meter ships connected (OFFSWITCH.md)
+    r = meter.switch("off")
+    assert r.ok and r.relay == 0
+    assert meter.relay()["relay"] == "open"
     r = meter.switch("on")
     assert r.ok and r.armed and r.relay == 0
     time.sleep(1.0)

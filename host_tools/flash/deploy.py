@@ -60,6 +60,7 @@ from host_tools.transport.serial import Board, BoardError, BoardInfo, usb_id
 
 MANIFEST = "/.flash-manifest.json"
 STAGED = ".new"
+ROMFS_STAGED = "/.romfs-image"  # the ROMFS image on its way, as /.romfs-image.new
 CHUNK = 512
 
 # Called with (stage, done, total): stage is "hash", "write <path>" or "commit".
@@ -133,6 +134,25 @@ def _fl_romfs():
 def _fl_romhash(n):
     import vfs
     return binascii.hexlify(hashlib.sha256(memoryview(vfs.rom_ioctl(2, 0))[:n]).digest()).decode()
+def _fl_romcopy(p, n, w):
+    import vfs
+    b = bytearray(-(-1024 // w) * w)
+    f = open(p, 'rb')
+    off = 0
+    while off < n:
+        k = f.readinto(b)
+        if not k:
+            break
+        m = k + (-k % w)
+        for i in range(k, m):
+            b[i] = 255
+        r = vfs.rom_ioctl(4, 0, off, memoryview(b)[:m])
+        if r:
+            f.close()
+            return r
+        off += k
+    f.close()
+    return 0 if off == n else -5
 """
 ROMFS_CHUNK = 4096
 ROMFS_MIN_CHUNK = 256  # the smallest write tried when the board's heap refuses larger ones
@@ -343,9 +363,34 @@ def _erase_romfs(b: Board) -> None:
 
 
 def _write_romfs(b: Board, img: bytes, progress: Callable[[int, int], None]) -> None:
-    """Write a ROMFS image to partition 0 through vfs.rom_ioctl, as mpremote romfs deploy does
-    (prepare: erase; write in chunks; end), then check what the partition holds."""
+    """Write a ROMFS image to partition 0 through vfs.rom_ioctl (prepare: erase; write in
+    chunks; end), then check what the partition holds. The image crosses the serial line as a
+    staged file first, checked against its sha256 like every other file, and the board then
+    copies it into the partition itself: what the line damages or cuts short is refused
+    before the partition, which the previous firmware's modules may still be in, is touched.
+    Without room on the filesystem for it, it is written through the line in chunks, as
+    mpremote romfs deploy does, and only the check at the end catches damage."""
+    sha = hashlib.sha256(img).hexdigest()
+    try:
+        _stage(b, ROMFS_STAGED, img, sha, progress)
+    except BoardError as e:
+        if "ENOSPC" not in str(e) and "No space" not in str(e):
+            raise
+        b.exec(f"_fl_rm({ROMFS_STAGED + STAGED!r})", "removing the staged ROMFS image")
+        _write_romfs_chunks(b, img, progress)
+        return
     size, block = _unmount_romfs(b)
+    min_write = _prepare_romfs(b, img, size, block)
+    r = int(b.eval(f"_fl_romcopy({ROMFS_STAGED + STAGED!r}, {len(img)}, {min_write})",
+                   "copying the ROMFS image into its partition"))
+    if r != 0:
+        raise BoardError(f"{b.port}: ROMFS write failed ({r})")
+    _finish_romfs(b, img)
+    b.exec(f"_fl_rm({ROMFS_STAGED + STAGED!r})", "removing the staged ROMFS image")
+
+
+def _prepare_romfs(b: Board, img: bytes, size: int, block: int) -> int:
+    """Erase what the image needs of the partition; the smallest write it takes."""
     min_write = 4
     if block < size:
         off = 0
@@ -357,6 +402,12 @@ def _write_romfs(b: Board, img: bytes, progress: Callable[[int, int], None]) -> 
         min_write = int(b.eval(f"vfs.rom_ioctl(3, 0, {len(img)})", "erasing the partition"))
     if min_write < 0:
         raise BoardError(f"{b.port}: the ROMFS partition refused to erase ({min_write})")
+    return min_write
+
+
+def _write_romfs_chunks(b: Board, img: bytes, progress: Callable[[int, int], None]) -> None:
+    size, block = _unmount_romfs(b)
+    min_write = _prepare_romfs(b, img, size, block)
     chunk = max(ROMFS_CHUNK, min_write)
     off = 0
     while off < len(img):
@@ -376,6 +427,10 @@ def _write_romfs(b: Board, img: bytes, progress: Callable[[int, int], None]) -> 
             raise BoardError(f"{b.port}: ROMFS write at {off} failed ({r})")
         off += len(part)
         progress(min(off, len(img)), len(img))
+    _finish_romfs(b, img)
+
+
+def _finish_romfs(b: Board, img: bytes) -> None:
     r = b.eval("vfs.rom_ioctl(5, 0)", "finishing the ROMFS write")
     if isinstance(r, int) and r < 0:
         raise BoardError(f"{b.port}: finishing the ROMFS write failed ({r})")

@@ -32,6 +32,7 @@ ROM = REPO / "board" / "virtual" / "host" / "rom.py"
 # needs them.
 ROM_EXTRAS = ("board_identity.py", "flashdev.py", "port_rp2.py", "port_stm32.py")
 PROFILE_FILE = "profile.json"  # a meter's port profile, kept across restarts
+BOARDSYS = ROM.with_name("boardsys.py")  # the board-like sys module object the ROM fills
 INPUT_PINS = ("button", "tamper")  # what the host drives; outputs (relay, led) it only reads
 SUPERVISOR = Path(__file__).with_name("supervisor.py")
 
@@ -93,7 +94,9 @@ def rom_image(cache: Path | None = None) -> Path:
     into a ROMFS image, which the VM's launcher maps read-only outside the heap and the VM runs
     in place (supervisor.BOOT), as a board runs its ROM's C code from flash: its bytecode,
     strings and names take no heap (docs/hardware.md, "Memory"). Built once, cached."""
-    files = [ImageFile(ROM, "/rom.mpy", compile_one(ROM, "/rom.py", None))]
+    files = [ImageFile(ROM, "/rom.mpy", compile_one(ROM, "/rom.py", None)),
+             # named with names the VM interns anyway (its heap is unchanged)
+             ImageFile(BOARDSYS, "/_vhw.mpy", compile_one(BOARDSYS, "/rom.py", None))]
     for name in ROM_EXTRAS:
         src = ROM.with_name(name)
         if src.exists():

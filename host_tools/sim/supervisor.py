@@ -19,12 +19,15 @@ Run as its own process (``python -S supervisor.py ...``), one per meter, by
 - backs the hardware surface: input pins the host sets, output pins it reads,
   the waveform parameters of the ADC, and the HAN TX line on a second pty;
 - answers a JSON control socket (``ctl.sock``): status, power-cut, power-on, pins,
-  set-clock (time paced by the host), stop.
+  set-clock (time paced by the host), link-fault (a serial fault on request), stop;
+- passes every byte between the client and the VM unchanged (the native launcher gives the VM
+  a board's console input, vmlaunch.py); an open relay cuts the current the ADC sees.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import mmap
 import os
@@ -49,6 +52,8 @@ FRIENDLY_BANNER = re.compile(
 SOFT_REBOOT = b"MPY: soft reboot\r\n"
 OUT_CAP = 64 * 1024  # bytes buffered towards a slow client before the VM is held back
 SIGINT_BIT = 1 << (signal.SIGINT - 1)
+LINK_FAULTS = ("flip", "drop", "cut")  # the link-fault command's modes
+FLIP_MASK = 0x01  # a flipped byte has its lowest bit inverted (one bit of line noise)
 SIGINT_SETTLE_S = 0.3  # how long a SIGINT may take to reach the VM's prompt
 # A SIGINT still unanswered once the VM's main thread has run this long since it went out has
 # been lost (the VM looks at a pending interrupt within microseconds of running); one that
@@ -139,6 +144,15 @@ class AdcRing:
     def restart(self, wave: Any) -> None:
         """A new load from now on: what was written ahead of now is written again."""
         self.wave = wave
+        self.written = min(self.written, self._now())
+        self.top_up()
+
+    def relay(self, closed: bool) -> None:
+        """The relay moved: from the sample due now on, the current is the load's (closed) or
+        none at all (open: offset and noise only); what was written ahead is written again."""
+        if self.wave is None or self.wave.relay_open == (not closed):
+            return
+        self.wave.set_relay(closed)
         self.written = min(self.written, self._now())
         self.top_up()
 
@@ -304,6 +318,7 @@ class Supervisor:
         self.running = True
         self.files: dict[str, str] = {}
         self.stats = {"boots": 0, "soft_reboots": 0, "power_cuts": 0, "crashes": 0,
+                      "link_faults": 0,
                       "sigints": 0, "han_bytes": 0, "han_ignored_in": 0, "led_toggles": 0}
         self.led_changed = 0.0
         self.recent_exits: list[float] = []
@@ -311,10 +326,15 @@ class Supervisor:
         self.wcut: dict[str, Any] = {"k": 0, "armed": False, "cuts": 0, "points": [],
                                      "last": None}
         self.arm_waiters: list[socket.socket] = []
+        # A serial fault armed by link-fault: mode, dir, after (bytes), seen (bytes so far).
+        self.fault: dict[str, Any] | None = None
+        self.replug_at = 0.0  # while the cable is pulled (a "cut"): when it is plugged again
 
     # -- persisted hardware state ------------------------------------------
     def _load_hw(self) -> dict[str, Any]:
-        hw: dict[str, Any] = {"inputs": {"button": 0, "tamper": 0}, "outputs": {"relay": 0},
+        # A new meter's relay is closed: shipped connected (docs/OFFSWITCH.md, "The relay at
+        # first boot"); the firmware's first boot adopts it as it finds it.
+        hw: dict[str, Any] = {"inputs": {"button": 0, "tamper": 0}, "outputs": {"relay": 1},
                               "wave": {}, "relay_changes": 0, "rtc_offset": 0,
                               "time_scale": 1.0, "time_anchor": 0.0, "sim_time": None}
         try:
@@ -366,8 +386,10 @@ class Supervisor:
     def _wave(self) -> Any:
         """The front end for the load set now (without "irms": the household day, by the RTC)."""
         fe = (self.profile or {}).get("front_end")  # a board's: its adapter's CAL_DEFAULT
-        return waveform.Waveform(self.a.seed, dict(self.hw["wave"]), ADC_RATE, self._rtc,
+        wave = waveform.Waveform(self.a.seed, dict(self.hw["wave"]), ADC_RATE, self._rtc,
                                  (fe["v_peak"], fe["i_peak"]) if fe else None)
+        wave.set_relay(bool(self.hw["outputs"].get("relay", 1)))  # a latching relay
+        return wave
 
     def log(self, msg: str) -> None:
         self.log_f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
@@ -561,6 +583,8 @@ class Supervisor:
                 self._ready()
 
     def _to_client(self, data: bytes) -> None:
+        if self.client_connected and data:
+            data = self._fault(data, "out")
         if self.a.trace:
             self.log(f"vm>client {'' if self.client_connected else '(dropped) '}{data!r}")
         if self.client_connected and data:
@@ -602,6 +626,7 @@ class Supervisor:
             if name == "relay" and old != v:
                 self.hw["relay_changes"] += 1
                 self.log(f"relay -> {v}")
+                self.adc.relay(bool(v))
             write_json_atomic(self.hw_path, self.hw)
         elif ev.get("ev") == "rtc":
             # The board's RTC is battery-backed: its offset from host time survives power cuts.
@@ -656,10 +681,54 @@ class Supervisor:
 
     # -- client side ---------------------------------------------------------
     def _from_client(self, data: bytes) -> None:
+        data = self._fault(data, "in")
         if self.a.trace:
             self.log(f"client>vm {data!r}")
         self.to_vm += data
         self._feed_vm()
+
+    def _fault(self, data: bytes, direction: str) -> bytes:
+        """The armed serial fault, once, at byte ``after`` of the direction's stream counted
+        from when it was armed: flip one bit of that byte, drop it, or pull the cable there
+        (it and what follows never arrive)."""
+        f = self.fault
+        if f is None or f["dir"] != direction:
+            return data
+        i = int(f["after"]) - int(f["seen"])
+        if i >= len(data):
+            f["seen"] += len(data)
+            return data
+        self.fault = None
+        self.stats["link_faults"] += 1
+        self.log(f"link fault: {f['mode']} {direction} at byte {f['after']} (0x{data[i]:02x})")
+        if f["mode"] == "flip":
+            return data[:i] + bytes([data[i] ^ FLIP_MASK]) + data[i + 1:]
+        if f["mode"] == "drop":
+            return data[:i] + data[i + 1:]
+        self._unplug(float(f["replug_s"]))
+        return data[:i] if direction == "in" else b""
+
+    def _unplug(self, replug_s: float) -> None:
+        """The cable is pulled: the port vanishes (its clients read EOF/EIO), what the board
+        was sending is lost, and a new port appears under the same name (``port``, as a
+        board keeps its /dev/serial/by-id link) ``replug_s`` later. The board runs on."""
+        if self.client >= 0:
+            os.close(self.client)
+        self.client = -1
+        self.client_connected = False
+        self.to_client.clear()
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.dir, "port"))
+        self.replug_at = time.monotonic() + replug_s
+
+    def _replug(self) -> None:
+        self.client, self.port = open_pty()
+        link = os.path.join(self.dir, "port")
+        with contextlib.suppress(OSError):
+            os.unlink(link)
+        os.symlink(self.port, link)
+        self.replug_at = 0.0
+        self.log(f"cable plugged in again: port={self.port}")
 
     def _feed_vm(self) -> None:
         """Pass client bytes to the VM, turning Ctrl-C into SIGINT where a board
@@ -772,7 +841,7 @@ class Supervisor:
                 "client_connected": self.client_connected, "heap": self.a.heap,
                 "profile": self.profile["name"] if self.profile else "unix",
                 "sim_time": self.hw["sim_time"],
-                "write_cut": self.wcut, **self.stats}
+                "write_cut": self.wcut, "link_fault": self.fault, **self.stats}
 
     def _reply(self, c: socket.socket, obj: dict[str, Any]) -> None:
         try:
@@ -826,6 +895,28 @@ class Supervisor:
             self.hw["sim_time"] = None if t is None else int(t)
             write_json_atomic(self.hw_path, self.hw)
             self._send_hw({"meter": self._meter_info()})
+            self._reply(c, self.status())
+        elif cmd == "link-fault":
+            # Virtual board only: damage the serial link once (flip a bit of one byte, drop
+            # one, or pull the cable) at byte `after` of the client's bytes ("in") or the
+            # board's ("out"), counted from now; "cut" plugs it in again after `replug_s`.
+            mode, direction = req.get("mode"), req.get("dir", "in")
+            if mode == "off":  # disarm one that has not happened
+                self.fault = None
+                self._reply(c, self.status())
+                return
+            try:
+                after = int(req.get("after", 0))
+                replug_s = float(req.get("replug_s", 0.5))
+            except (TypeError, ValueError):
+                after = replug_s = -1
+            if mode not in LINK_FAULTS or direction not in ("in", "out") or after < 0 \
+                    or replug_s < 0:
+                self._reply(c, {"ok": False, "error": "link-fault needs mode flip|drop|cut|off, "
+                                                      "dir in|out, after >= 0 (bytes)"})
+                return
+            self.fault = {"mode": mode, "dir": direction, "after": after, "seen": 0,
+                          "replug_s": replug_s}
             self._reply(c, self.status())
         elif cmd == "power-on":
             # End a power cut now (one given a long off_s: a meter off until told).
@@ -881,7 +972,9 @@ class Supervisor:
         # A pty master whose slave nobody holds reports POLLHUP at once; while
         # that lasts the port counts as unplugged and is looked at again
         # after a short sleep instead of spinning.
-        self.client_connected = not self._hup(self.client)
+        if self.client < 0 and now >= self.replug_at:
+            self._replug()
+        self.client_connected = self.client >= 0 and not self._hup(self.client)
         if not self.client_connected:
             self.to_client.clear()
         self.han_connected = not self._hup(self.han)
@@ -910,13 +1003,13 @@ class Supervisor:
         if self.state == "off":
             timeout = min(timeout, max(0, int((self.power_on_at - now) * 1000)) + 1)
         for fd, ev in p.poll(timeout):
-            if fd == self.client:
+            if fd == self.client and fd >= 0:
                 if ev & select.POLLIN:
                     try:
-                        self._from_client(os.read(self.client, 4096))
+                        self._from_client(os.read(fd, 4096))
                     except OSError:
                         pass
-                if ev & select.POLLOUT and self.to_client:
+                if ev & select.POLLOUT and self.to_client and self.client >= 0:
                     self._flush(self.client, self.to_client)
             elif fd == self.han:
                 if ev & select.POLLIN:

@@ -23,6 +23,10 @@ ROMFS image of its compiled code, ``MPVM_BOARDROM_MAP``): the VM runs it in plac
 runs its ROM's C code from flash, so that its bytecode takes no heap. The ADC's ring
 (``MPVM_ADC``, ``MPVM_ADC_MAP``) is mapped read-only and shared: the supervisor, the board's
 analog front end, writes the samples into it, as a board's ADC writes them by DMA.
+
+It also gives the VM a board's console input: its own ``mp_hal_stdin_rx_chr``, which the VM
+calls through its PLT in place of the unix port's, returns each byte as received (the port's
+turns LF into CR, so a CRLF script reached the lexer with every line end doubled).
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ ENTRY = "micropython_unix_main"
 _MAIN = r"""
 #define _GNU_SOURCE
 #include <dlfcn.h>
+#include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -111,6 +117,29 @@ int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
     return real(sig, act, old);
 }
 
+/* The console's input as a board's USB CDC gives it: every byte unchanged. The unix port's
+   mp_hal_stdin_rx_chr (ports/unix/unix_mphal.c, v1.28.0) turns LF into CR, so the CRLF of a
+   script sent through the raw REPL or raw-paste reached the lexer as CR CR, two newlines: a
+   line continuation broke, a triple-quoted string gained lines, and MicroPython's own CRLF tests
+   failed. rp2's (ports/rp2/mphalport.c) returns each byte as received. The VM calls it through
+   its PLT, so this definition (-rdynamic) comes first. */
+static void (*handle_pending)(bool);
+
+int mp_hal_stdin_rx_chr(void) {
+    unsigned char c;
+    for (;;) {
+        ssize_t n = read(STDIN_FILENO, &c, 1);
+        if (n == 1) {
+            return c;
+        }
+        if (n < 0 && errno == EINTR) {
+            handle_pending(true); /* a scheduled Ctrl-C is raised here, as the port does */
+            continue;
+        }
+        return 4; /* end of input (or an error): Ctrl-D, as the port reads EOF */
+    }
+}
+
 int main(int argc, char **argv) {
     if (argc < 4) {
         fprintf(stderr, "usage: %s SUPERVISOR_PID EXTENSION_SO micropython [args...]\n", argv[0]);
@@ -132,6 +161,11 @@ int main(int argc, char **argv) {
         return 127;
     }
     sched_kbd_intr = (void (*)(void))dlsym(vm, "mp_sched_keyboard_interrupt");
+    handle_pending = (void (*)(bool))dlsym(vm, "mp_handle_pending");
+    if (!sched_kbd_intr || !handle_pending) {
+        fprintf(stderr, "mpvm: the VM lacks mp_sched_keyboard_interrupt or mp_handle_pending\n");
+        return 127;
+    }
     int (*vm_main)(int, char **) = (int (*)(int, char **))dlsym(vm, "%(entry)s");
     if (!vm_main) {
         fprintf(stderr, "mpvm: %s\n", dlerror());

@@ -58,34 +58,24 @@ def _import(name, g=None, loc=None, fromlist=None, level=0):
     return _real_import(name, g, loc, fromlist, level)
 
 
-class BoardSys:
-    # The board's `sys`, used as the module itself (the class: functions stored on it are not
-    # bound): every attribute of the VM's sys - the same path, modules, stdin/stdout, exit,
-    # atexit, print_exception objects - with the board's identity over them.
-    pass
-
-
-def apply(prof, hw):
-    """Install the board's sys and import filter, then the port's models (install(hw): they
-    put machine, rp2, pyb, stm, ... into sys.modules); returns os.uname()'s values."""
+def apply(prof, hw, board_sys):
+    """Give the board's sys (rom.py's board_sys: a module holding the VM's sys names a board
+    has, boardsys.py) the board's identity, install the import filter, then the port's models
+    (install(hw): they put machine, rp2, pyb, stm, ... into sys.modules); returns
+    os.uname()'s values."""
     global _real_import, _hidden
     import builtins
 
-    for n in dir(sys):
-        if not n.startswith("__"):
-            setattr(BoardSys, n, getattr(sys, n))
     fields = ["name", "version", "_machine", "_mpy", "_build"]
     values = ["micropython", tuple(prof["impl_version"]), prof["machine"], prof["mpy"],
               prof["build"]]
     if prof["thread"]:
         fields.append("_thread")  # py/modsys.c: "GIL" with MICROPY_PY_THREAD_GIL, else "unsafe"
         values.append("GIL" if prof["thread"] == "gil" else "unsafe")
-    BoardSys.implementation = _attrtuple("implementation", tuple(fields), values)
-    BoardSys.platform = prof["platform"]
-    BoardSys.maxsize = 2147483647  # a 32-bit port's (MP_SSIZE_MAX)
-    BoardSys.version = "3.4.0; MicroPython " + prof["version"]  # py/modsys.c
-    sys.modules["sys"] = BoardSys
-    sys.modules["usys"] = BoardSys
+    board_sys.implementation = _attrtuple("implementation", tuple(fields), values)
+    board_sys.platform = prof["platform"]
+    board_sys.maxsize = 2147483647  # a 32-bit port's (MP_SSIZE_MAX)
+    board_sys.version = "3.4.0; MicroPython " + prof["version"]  # py/modsys.c
     _hidden = {}
     for n in prof.pop("hidden", ()):
         _hidden[n] = True

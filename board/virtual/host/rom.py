@@ -256,6 +256,7 @@ class _Hardware:
         self._in = open("/proc/self/fd/%d" % fd_in, "rb")
         self._out = open("/proc/self/fd/%d" % fd_out, "wb")
         self._han = open("/proc/self/fd/%d" % fd_han, "wb")
+        self._han_end = time.ticks_us()  # when the HAN line has sent all it was given
         self.inputs = {}
         self.outputs = {}  # as the pins were left (a latching relay keeps its state)
         self.wave = {}
@@ -321,8 +322,18 @@ class _Hardware:
     def event(self, msg):
         self._out.write(json.dumps(msg).encode() + b"\n")
 
+    # The HAN UART as board/rp2_pico configures it (115200 8N1, txbuf=1024): a byte takes 10
+    # bit times on the line, and write() returns only once what is left fits the TX buffer, as
+    # the rp2 port's UART write waits for room in its ring (ports/rp2/machine_uart.c, v1.28.0).
     def han_write(self, data):
-        return self._han.write(data)
+        n = self._han.write(data)
+        now = time.ticks_us()
+        start = self._han_end if time.ticks_diff(self._han_end, now) > 0 else now
+        self._han_end = time.ticks_add(start, len(data) * 10_000_000 // 115200)
+        wait = time.ticks_diff(self._han_end, now) - 1024 * 10_000_000 // 115200
+        if wait > 0:
+            time.sleep_us(wait)
+        return n
 
     # The ADC's DMA ring: the supervisor (the analog front end) writes V and I samples into it,
     # a little ahead of real time, as a board's ADC does by DMA (supervisor.py AdcRing).
@@ -400,6 +411,19 @@ class _BoardOS:
         # flash cache written back (flashdev.py). littlefs and the jail cache nothing.
         if _fat_dev is not None:
             _fat_dev.ioctl(3, 0)
+
+
+# `sys` as a board has it. rp2 builds at MICROPY_CONFIG_ROM_LEVEL_EXTRA_FEATURES
+# (ports/rp2/mpconfigport.h, v1.28.0) and sets none of these, so py/mpconfig.h's defaults leave
+# them out: sys.atexit, sys.exc_info, sys.executable and sys.settrace (default 0; the unix port
+# turns them on: ports/unix/mpconfigport.h, ports/unix/variants/mpconfigvariant_common.h) and
+# sys.getsizeof, sys.intern and sys.tracebacklimit (the EVERYTHING level only). So a soft reset
+# runs no atexit handler on a board, and MicroPython's tests/misc/sys_atexit.py prints SKIP
+# there; on the unix VM the handler ran when the process ended, i.e. at the virtual board's
+# soft reset, after the command that registered it. `import sys` gives a real module
+# (boardsys.py in the ROM image, an empty module boot() fills) holding every other
+# name of the VM's sys: the same objects (path, modules, stdin, ...), so that a change to one
+# shows in both; a name rebound on it (sys.ps1 = ...) is not seen by the VM's REPL.
 
 
 class _BoardVFS:
@@ -511,6 +535,17 @@ def boot(g):
     global _rom_file, _rom_mem, _adc, hw, _fat_dev
     g.pop("rom", None)
     sys.modules.pop("rom", None)
+    # sys as a board has it (above): an empty module from the ROM image (boardsys.py, stored
+    # there as _vhw.mpy so that it adds no name to the VM's qstr pool), filled with the VM's sys
+    import _vhw as board_sys
+
+    sys.modules.pop("_vhw", None)
+    for name in dir(sys):
+        if name[:2] != "__" and name not in ("atexit", "exc_info", "executable", "settrace",
+                                             "getsizeof", "intern", "tracebacklimit"):
+            setattr(board_sys, name, getattr(sys, name))
+    board_sys.__name__ = "sys"
+    del board_sys.__file__  # a built-in module has none
     # A board's port profile (host_tools/sim/profiles.py; none: the unix profile):
     # board_identity.py, in this ROM image, makes the VM present itself as that build, and
     # imports the port's hardware models (port_rp2.py, port_stm32.py) when the image holds
@@ -578,8 +613,9 @@ def boot(g):
     sys.modules["os"] = _BoardOS
     sys.modules["uos"] = _BoardOS
     sys.modules["vfs"] = _BoardVFS
-    if identity is not None:
-        hw.uname = identity(prof, hw)
+    sys.modules["sys"] = sys.modules["usys"] = board_sys
+    if identity is not None:  # the board's identity on it, its import filter and models
+        hw.uname = identity(prof, hw, board_sys)
     hw.event({"ev": "booted", "mode": mode})
     _run_file("boot.py", g)
     if mode == "run":

@@ -59,6 +59,9 @@ class Waveform:
         self._clock = clock
         self._household = "irms" not in params
         self._next = 0  # household: sample index of the next load update
+        # The meter's relay (its off-switch) sits between the mains and the load: open, no
+        # current flows and the current channel reads its offset and noise alone.
+        self.relay_open = False
         if self._household:
             self.phi = self.ia = 0.0
         else:
@@ -70,6 +73,12 @@ class Waveform:
         sign = -1.0 if export else 1.0
         self.ia = sign * irms * 1.4142135 / self.i_fs * 32767
         self._tab = None
+
+    def set_relay(self, closed):
+        # From the next sample computed on: the load is connected (closed) or not.
+        if self.relay_open == bool(closed):
+            self.relay_open = not closed
+            self._tab = None
 
     def _update(self, k):
         # Once per second of samples: the household load at this time of day.
@@ -88,7 +97,8 @@ class Waveform:
         # The waveform at sample k for the load set now (k reduced to one cycle when periodic).
         a = self.w * k
         v = self.va * (math.sin(a) + self.h3 * math.sin(3 * a + self.p3) + self.h5 * math.sin(5 * a + self.p5))
-        i = self.ia * (math.sin(a - self.phi) + self.ih3 * math.sin(3 * (a - self.phi) + self.p3))
+        i = 0.0 if self.relay_open else self.ia * (
+            math.sin(a - self.phi) + self.ih3 * math.sin(3 * (a - self.phi) + self.p3))
         if self.noise:
             n = self.noise
             v += (self._rng.random() * 2 - 1) * n
