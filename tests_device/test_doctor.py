@@ -44,8 +44,8 @@ class Meters:
         return fleet.meter_status(i, self.base)
 
 
-def start_fleet(tmp: Path, n: int, heap: str) -> Meters:
-    fleet.start(n, tmp, heap=heap)
+def start_fleet(tmp: Path, n: int, heap: str | None, profile: str | None = None) -> Meters:
+    fleet.start(n, tmp, heap=heap, profile=profile)
     return Meters(tmp)
 
 
