@@ -325,9 +325,9 @@ print(ok, got[:3], board.adc.gaps, board.adc.dropped)
 
 def test_pins_relay_boot_state_and_inputs(vm: Callable[[str, str], str]) -> None:
     code = '''
-print(hw.out_log[:2])                 # the relay pin came up driving its persisted state
-board.relay.on()
-board.relay.boot.save(1)  # the main core stores it before the pin moves (docs/OFFSWITCH.md)
+print(hw.out_log[:2])                 # a new meter's relay: closed (it ships connected)
+board.relay.off()
+board.relay.boot.save(0)  # the main core stores it before the pin moves (docs/OFFSWITCH.md)
 print(open("data/relay_boot").read(), hw.outputs["relay"], machine.Pin(15).value())
 print(board.button.value(), board.tamper.value())  # released, loop closed
 hw.inputs["button"] = 1
@@ -339,8 +339,8 @@ print(hw.outputs["led"], machine.Pin("LED").value(), machine.Pin("GP25").id)
     out = vm("rp2_pico", "board.RELAY_BOOT = 'data/relay_boot'\n"
              "board.relay = board.Relay(board.PIN_RELAY, 'data/relay_boot')\n" + code)
     lines = out.splitlines()
-    assert lines[0] == "[('led', 0), ('relay', 0)]"
-    assert lines[1:] == ["1 1 1", "0 0", "1 1", "1 1 25"]
+    assert lines[0] == "[('led', 0), ('relay', 1)]"
+    assert lines[1:] == ["0 0 0", "0 0", "1 1", "1 1 25"]
     # a reset: the pin comes up driving 1, the level it drove, without a 0 first
     out = vm("rp2_pico", "open('data/relay_boot', 'w').write('1')\n"
              "hw.out_log.clear()\n"

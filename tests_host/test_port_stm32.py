@@ -175,12 +175,12 @@ print(hw.outputs.get("led"), board.led.value())
 
 def test_relay_boot_state_on_fat(vm: Callable[..., str]) -> None:
     out = vm('''
-print(hw.outputs.get("relay"), board.relay.value())
-board.relay.on()
-board.relay.boot.save(1)  # the main core stores it before the pin moves (docs/OFFSWITCH.md)
+print(hw.outputs.get("relay"), board.relay.value())  # a new meter's: closed (shipped so)
+board.relay.off()
+board.relay.boot.save(0)  # the main core stores it before the pin moves (docs/OFFSWITCH.md)
 print(open("/data/relay_boot").read(), hw.outputs["relay"], machine.Pin("X11").value())
 ''')
-    assert out.splitlines() == ["0 0", "1 1 1"]
+    assert out.splitlines() == ["1 1", "0 0 0"]
     # a power cut: a new VM and models, with the FAT volume as the relay left it (the file
     # holds "1"); the pin must come up driving 1 with no 0 before it (the relay would drop out)
     code = '''

@@ -69,8 +69,9 @@ class Relay(Out):
 
 
 def load_state(path):
-    # "0" or "1" from path; a write cut short leaves path + ".new" (on FAT,
-    # where a rename cannot replace a file); nothing at all means 0.
+    # "0" or "1" from path; a write cut short leaves path + ".new". Nothing at all (a new
+    # meter) means 1: meters ship connected (docs/OFFSWITCH.md, "Relay at first boot"), and
+    # the off-switch's own sealed record, when there is one, overrides the pin at its boot.
     for p in (path, path + ".new"):
         try:
             with open(p) as f:
@@ -79,7 +80,7 @@ def load_state(path):
             continue
         if s in ("0", "1"):
             return int(s)
-    return 0
+    return 1
 
 
 def save_state(path, v):
