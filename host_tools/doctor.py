@@ -314,7 +314,7 @@ def _problems(port: str, r: dict[str, Any], rep: DoctorReport) -> list[Problem]:
         p.append(Problem(f"no board package ({r.get('board_error', '?')})", flash))
     if rep.board is not None:
         with contextlib.suppress(Exception):
-            expected = board_for_platform(rep.platform)
+            expected = board_for_platform(rep.platform, rep.machine)
             if expected != rep.board:
                 p.append(Problem(f"the board definition is {rep.board!r} but this is a "
                                  f"{rep.platform} board ({expected!r} expected)",
