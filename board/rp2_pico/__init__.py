@@ -21,8 +21,9 @@
 #   WAN (optional)     GP4 [6], GP5 [7]  UART1 TX, RX when WAN_UART = 1; default: USB serial
 #   status LED         "LED"             on-board (GP25 on a Pico)
 #
-# Relay boot state: the adapter owns /data/relay_boot ("0" or "1"), written
-# before the pin moves whenever the relay is commanded to a new state. At import
+# Relay boot state: /data/relay_boot ("0" or "1"; none: 1, a new meter ships connected),
+# written by the main core (board.relay.boot) before it lets the off-switch on core 1 move the
+# pin to a new state (docs/OFFSWITCH.md); core 1 never touches a file. At import
 # the relay pin is initialised with value= that state, so the output latch holds
 # the level before the pin becomes an output: after a soft reset (Ctrl-D, a
 # flash) the pin goes on driving the level it drove, without a glitch. From

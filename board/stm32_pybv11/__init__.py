@@ -23,17 +23,17 @@
 #   WAN (optional)     X1 [PA0], X2 [PA1]  UART(4) TX, RX when WAN_UART = 4; default: USB serial
 #   status LED         LED_GREEN [PA14] on-board (LED 2)
 #
-# Relay boot state: the adapter owns /data/relay_boot ("0" or "1"), written
-# before the pin moves whenever the relay is commanded to a new state. At import
+# Relay boot state: /data/relay_boot ("0" or "1"; none: 1, a new meter ships connected),
+# written by the main core (board.relay.boot) before it lets the off-switch on core 1 move the
+# pin to a new state (docs/OFFSWITCH.md); core 1 never touches a file. At import
 # the relay pin is initialised with value= that state, so the output latch holds
 # the level before the pin becomes an output: after a soft reset (Ctrl-D, a
 # flash) the pin goes on driving the level it drove, without a glitch. From
 # power-up until this module runs the STM32 holds the pin as a floating input:
 # the relay driver needs a pull-down resistor (10 k) so that it sees 0, and with
 # a monostable relay the contact is de-energised for that time (see
-# docs/hardware.md). The Pyboard's flash filesystem is FAT, where a rename cannot
-# replace a file: save_state removes the old file first, and load_state falls
-# back to the ".new" file a power cut may leave.
+# docs/hardware.md). save_state removes the old file before it renames the new one in place,
+# and load_state falls back to the ".new" file a power cut between the two may leave.
 #
 # ONE CORE. The STM32F405 has a single Cortex-M4. The off-switch runs as a
 # separate `_thread` with the same isolation as on rp2 (its own task, keys and
