@@ -905,5 +905,50 @@ def demo(meters: int, base: Path | None, keep: bool) -> None:
     run_demo(meters, base, keep, console)
 
 
+# -- mqtt: the meters on an MQTT broker, Home Assistant discovery ------------------------
+@main.command()
+@click.option("--broker", required=True, help="mqtt://[user[:password]@]HOST[:PORT]")
+@click.option("--ports", default=None, help="serial ports, comma-separated: a,b,c")
+@click.option("--dir", "base", type=click.Path(path_type=Path), default=None,
+              help="every meter of a virtual fleet (its keystore.json becomes the default)")
+@keystore_option
+@click.option("--every", "interval_s", type=click.FloatRange(min=1.0), default=10.0,
+              show_default=True, help="seconds between two readings of each meter")
+@click.option("--state", "state_path", type=click.Path(path_type=Path), default=None,
+              help="the last interval the broker acknowledged, per meter (default: "
+                   "~/.local/state/meterctl/mqtt.json)")
+@timeout_option
+@friendly_errors
+def mqtt(broker: str, ports: str | None, base: Path | None, keystore: Path | None,
+         interval_s: float, state_path: Path | None, timeout: float) -> None:
+    """Publish meters on an MQTT broker: state as JSON on meterctl/<id>/state, each closed
+    interval once on meterctl/<id>/interval, and Home Assistant discovery configs. Runs until
+    Ctrl-C (exit 0); reconnects when the broker restarts, and publishes the intervals that
+    closed meanwhile."""
+    from host_tools.headend.lopa.session import session
+    from host_tools.mqtt import Bridge, MqttError, parse_broker
+
+    try:
+        addr = parse_broker(broker)
+        sess = session(ports, base, keystore, None)
+        bridge = Bridge(addr, sess.ports or [], sess.keystore, interval_s=interval_s,
+                        state_path=state_path, timeout=timeout,
+                        say=lambda m: err_console.print(m, highlight=False))
+        bridge.connect()
+    except MqttError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    err_console.print(f"publishing {len(bridge.meters)} meter(s) every {interval_s:g} s; "
+                      "Ctrl-C stops", highlight=False)
+    try:
+        bridge.run()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        bridge.close()
+    err_console.print(f"stopped: {bridge.published_states} states, "
+                      f"{bridge.published_intervals} intervals published", highlight=False)
+
+
 if __name__ == "__main__":
     main()
