@@ -374,11 +374,19 @@ print(machine.RTC().datetime()[:3], time.gmtime()[:3])
 board.rtc.set(1700000000)                 # 2023-11-14 22:13:20 UTC, a Tuesday
 print(machine.RTC().datetime()[:7], abs(board.rtc.get() - 1700000000) <= 1)
 print(abs(time.time() - 1700000000) <= 1)
+off = [e["offset"] for e in hw.events if e.get("ev") == "rtc"][-1]  # kept by the supervisor
+hw.meter = {"cold": False, "rtc_offset": off}
+port_rp2.RTC._offset = None
+port_rp2.install(hw)                      # a soft reset: the RTC runs on (main.c)
+print(abs(board.rtc.get() - 1700000000) <= 1)
+hw.meter = {"cold": True, "rtc_offset": off}
+port_rp2.RTC._offset = None
 port_rp2.install(hw)                      # a power cut: no battery on a Pico
 print(machine.RTC().datetime()[:3])
 ''')
     assert out.splitlines() == ["(2021, 1, 1) (2021, 1, 1)",
-                                "(2023, 11, 14, 1, 22, 13, 20) True", "True", "(2021, 1, 1)"]
+                                "(2023, 11, 14, 1, 22, 13, 20) True", "True", "True",
+                                "(2021, 1, 1)"]
 
 
 def test_one_thread_on_core_1_its_stack_on_the_heap(vm: Callable[[str, str], str]) -> None:

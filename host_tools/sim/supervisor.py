@@ -313,6 +313,8 @@ class Supervisor:
         self.power_mode = "run"
         self.last_cr = False
         self.expect_kill = False
+        self.cold = True  # the first start, and every start after a chip reset (on_vm_exit)
+        self.hard_reset = False
         self.cut_off_time = a.off_time
         self.power_on_at = 0.0
         self.running = True
@@ -452,6 +454,7 @@ class Supervisor:
 
     def _meter_info(self) -> dict[str, Any]:
         return {"index": self.a.index, "seed": self.a.seed, "rtc_offset": self.hw["rtc_offset"],
+                "cold": self.cold,
                 "time_scale": self.hw["time_scale"], "time_anchor": self.hw["time_anchor"],
                 "sim_time": self.hw["sim_time"]}
 
@@ -478,6 +481,10 @@ class Supervisor:
         was_raw = self.repl == "raw"
         self.state = "off"
         now = time.monotonic()
+        # The next start is cold (chip reset: a power cut, a crash, machine.reset()) or warm
+        # (a soft reset: what survives it on a board, its RTC, survives here).
+        self.cold = self.expect_kill or os.WIFSIGNALED(status) or self.hard_reset
+        self.hard_reset = False
         if self.expect_kill:
             self.expect_kill = False
             self.stats["power_cuts"] += 1
@@ -629,9 +636,15 @@ class Supervisor:
                 self.adc.relay(bool(v))
             write_json_atomic(self.hw_path, self.hw)
         elif ev.get("ev") == "rtc":
-            # The board's RTC is battery-backed: its offset from host time survives power cuts.
+            # The RTC's offset from host time: kept across soft resets; across power cuts too
+            # where the board's RTC is battery-backed (a Pico's is not: its model starts it
+            # again at a cold start, _meter_info's "cold").
             self.hw["rtc_offset"] = int(ev["offset"])
             write_json_atomic(self.hw_path, self.hw)
+        elif ev.get("ev") == "reset":
+            # machine.reset() (a port model): the VM exits as for a soft reset, but the chip
+            # starts cold, as after a power cut (ports/rp2/main.c starts its RTC in main())
+            self.hard_reset = ev.get("kind") == "hard"
         elif ev.get("ev") == "booted":
             if self.state == "booting":
                 self._ready()

@@ -937,7 +937,17 @@ class RTC:
 
     def __init__(self):
         if RTC._offset is None:
-            RTC._offset = _EPOCH_2021 - int(_host_s())
+            # main() starts the RTC at 2021-01-01 after a chip reset (power, machine.reset());
+            # a soft reset keeps it running (ports/rp2/main.c: before the soft-reset loop)
+            if _hw.meter.get("cold", True):
+                RTC._set(_EPOCH_2021)
+            else:
+                RTC._offset = int(_hw.meter.get("rtc_offset", 0))
+
+    @staticmethod
+    def _set(board_s):
+        RTC._offset = board_s - int(_host_s())
+        _hw.event({"ev": "rtc", "offset": RTC._offset})  # kept by the supervisor: soft resets
 
     def datetime(self, *args):
         if len(args) > 1:
@@ -949,8 +959,7 @@ class RTC:
         if len(t) != 8:
             raise ValueError("requested length 8 but object has length %d" % len(t))
         # the weekday t[3] and the subseconds t[7] are ignored (machine_rtc.c)
-        s = _days(t[0], t[1], t[2]) * 86400 + t[4] * 3600 + t[5] * 60 + t[6]
-        RTC._offset = s - int(_host_s())
+        RTC._set(_days(t[0], t[1], t[2]) * 86400 + t[4] * 3600 + t[5] * 60 + t[6])
         return None
 
 
