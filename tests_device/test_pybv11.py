@@ -79,11 +79,15 @@ def test_card_mounted_and_booted_from_as_stm32_main_does(card: tuple[Path, str])
 def test_flash_installs_on_the_card_and_the_heap_is_too_small(card: tuple[Path, str]) -> None:
     base, port = card
     mdir = base / "meter-000"
+    cmds0, blocks0 = flashimg.sd_writes(mdir)
+    assert cmds0 > 0  # the card's format at first boot
     rep = flash(port)
     assert "remounted /sd at / for this session" in rep.notes
     assert rep.written and "/main.py" in rep.written and "/boot.py" in rep.written
     assert flashimg.sd_bytes(mdir) == profiles.SD_BYTES
     assert fleet.exists(mdir, "/main.py") and fleet.exists(mdir, "/.flash-manifest.json")
+    cmds, blocks = flashimg.sd_writes(mdir)
+    assert blocks - blocks0 >= rep.bytes_sent // 512 and cmds > cmds0  # each write counted
     # the internal flash kept only its factory files
     fleet.stop(base)
     assert set(n for n, _, _ in _flash_listing(mdir)) == {"README.txt", "boot.py", "main.py"}
@@ -145,3 +149,24 @@ def test_firmware_runs_from_the_card(roomy: tuple[Path, str, Keystore]) -> None:
     with open_link(port, ks, None, 10.0) as link:
         assert status(link).relay == 0  # kept on the card across the cut
         assert _reading(link)["vrms"] > 200
+
+
+def test_without_a_card_the_flash_is_the_boot_filesystem(tmp_path: Path) -> None:
+    base = tmp_path / "fleet"
+    with pytest.raises(fleet.SimError, match="no SD card slot"):
+        fleet.start(1, base, profile="rp2-pico", sd_bytes=64 * 1024 * 1024)
+    with pytest.raises(fleet.SimError, match="whole number of MiB"):
+        fleet.start(1, base, profile="pybv11", sd_bytes=1000)
+    assert not (base / "meter-000" / "profile.json").exists()  # nothing started
+    port = fleet.start(1, base, profile="pybv11", sd_bytes=0)[0]["port"]
+    try:
+        with Board(port, timeout=10) as b:
+            b.enter_raw(soft_reset=True)
+            got = b.eval("(__import__('os').getcwd(), __import__('sys').path, "
+                         "[m for _, m in __import__('os').mount()])", "looking at the mounts")
+            b.soft_reset_to_main()
+    finally:
+        fleet.stop(base)
+    assert got == ("/flash", ["", ".frozen", "/flash", "/flash/lib"], ["/flash"])
+    assert not (base / "meter-000" / "sd.bin").exists()
+    assert flashimg.sd_bytes(base / "meter-000") == 0

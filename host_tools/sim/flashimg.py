@@ -149,6 +149,18 @@ def sd_bytes(mdir: Path) -> int:
     return n if n > 0 and img.exists() and img.stat().st_size == n else 0
 
 
+def sd_writes(mdir: Path) -> tuple[int, int]:
+    """(write commands, 512-byte blocks written) to the meter's micro SD card since it was
+    new (flashdev.py SDCard's ``sd-writes.bin``); (0, 0) without a card."""
+    try:
+        raw = (mdir / "sd-writes.bin").read_bytes()
+    except FileNotFoundError:
+        return 0, 0
+    if len(raw) < 16:
+        return 0, 0
+    return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:16], "little")
+
+
 def _micropython() -> str:
     exe = shutil.which("micropython", path=os.path.dirname(sys.executable))
     if exe is None:

@@ -410,7 +410,9 @@ class SDCard:
     # The card's controller does its own wear levelling, so no erase is modelled: each
     # writeblocks() goes straight to the file (a power cut keeps what was written) and stalls
     # the caller for the card's busy time (write_ms per command, the profile's "sd"), and is
-    # counted in hw.sd_writes (commands, blocks). A blank card (a new file) reads as zeros.
+    # counted: write commands and blocks written, two u64 little-endian in `sd-writes.bin`,
+    # updated in place (host_tools/sim/flashimg.py sd_writes). A blank card (a new file) reads
+    # as zeros.
     def __init__(self, hw, host_vfs, mdir, sd, wp_hit):
         self.hw = hw
         self._wp = wp_hit
@@ -424,8 +426,18 @@ class SDCard:
             self.img = host_vfs.open(path, "w+b")  # a new card: sparse, all zeros
             self.img.seek(sd["bytes"] - 1)
             self.img.write(b"\0")
+            try:
+                host_vfs.remove(mdir + "/sd-writes.bin")
+            except OSError:
+                pass
         self._us = int(sd.get("write_ms", 1.0) * 1000)
-        hw.sd_writes = [0, 0]
+        self._n = bytearray(16)
+        try:
+            self._cnt = host_vfs.open(mdir + "/sd-writes.bin", "r+b")
+            self._cnt.readinto(self._n)
+        except OSError:
+            self._cnt = host_vfs.open(mdir + "/sd-writes.bin", "w+b")
+            self._cnt.write(self._n)
         if not hasattr(hw, "stalls"):
             hw.stalls = []
 
@@ -438,9 +450,11 @@ class SDCard:
         if self._wp is not None:
             self._wp("prog", "sd block %d" % n, self.img, buf)
         self.img.write(buf)
-        w = self.hw.sd_writes
-        w[0] += 1
-        w[1] += len(buf) // 512
+        n = self._n
+        struct.pack_into("<QQ", n, 0, struct.unpack_from("<Q", n, 0)[0] + 1,
+                         struct.unpack_from("<Q", n, 8)[0] + len(buf) // 512)
+        self._cnt.seek(0)
+        self._cnt.write(n)
         _Flash._stall(self, self._us)
 
     def ioctl(self, op, arg):
