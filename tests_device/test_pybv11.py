@@ -170,3 +170,30 @@ def test_without_a_card_the_flash_is_the_boot_filesystem(tmp_path: Path) -> None
     assert got == ("/flash", ["", ".frozen", "/flash", "/flash/lib"], ["/flash"])
     assert not (base / "meter-000" / "sd.bin").exists()
     assert flashimg.sd_bytes(base / "meter-000") == 0
+
+
+def test_lopa_round_on_three_pybv11_meters(tmp_path: Path) -> None:
+    """Key pairs made on three Pyboards (X25519 in MicroPython, AES without cryptolib), a
+    group set up, and a round whose aggregate is the lab truth (as test_lopa_device.py)."""
+    from .test_lopa_device import Fleet3, ciphertext, lab_truth, next_closed_interval, set_up
+
+    base = tmp_path / "fleet"
+    recs = fleet.start(3, base, profile="pybv11", heap=ROOM)
+    try:
+        ks = Keystore(tmp_path / "keystore.json")
+        ids = []
+        for r in recs:
+            flash(r["port"], timeout=30)
+            ids.append(provision(r["port"], ks, force=True, timeout=30, interval_s=2).meter_id)
+        f = Fleet3(base, [r["port"] for r in recs], ks, ids)
+        for i in range(3):
+            f.pks.append(f.raw(i, wire.K_KEYGEN, b"\x00")[:32])
+        set_up(f, b"pyb3")
+        next_closed_interval()  # the group is in force on all three from the next interval
+        t = next_closed_interval()
+        cs = [ciphertext(f, i, b"pyb3", t) for i in range(3)]
+        xs = [lab_truth(p)[0][t] for p in f.ports]
+    finally:
+        fleet.stop(base)
+    assert sum(cs) & 0xFFFFFFFF == sum(xs) & 0xFFFFFFFF, (cs, xs)
+    assert all(c != x for c, x in zip(cs, xs, strict=True))  # each value blinded
