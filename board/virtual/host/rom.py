@@ -590,8 +590,8 @@ def boot(g):
         os.chdir("/")
         sys.path[:] = ["", ".frozen", "/lib"]
     else:
-        # the meter's directory is the one above fs/; a is (mount point, block device)
-        # (cwd, flash device, sys.path): stm32 with a micro SD card boots from /sd
+        # the meter's directory is the one above fs/; a is (cwd, flash device, sys.path):
+        # stm32 with a micro SD card boots from /sd (flashdev.py mount)
         a = flashdev.mount(hw, _host_vfs(), root.rstrip("/").rsplit("/", 1)[0], prof["fs"],
                            _wp_hit, prof.get("sd"))
         os.chdir(a[0])
