@@ -76,6 +76,21 @@ def test_card_mounted_and_booted_from_as_stm32_main_does(card: tuple[Path, str])
     assert (mdir / "sd.bin").stat().st_size == profiles.SD_BYTES
 
 
+def test_skipsd_on_the_flash_leaves_the_card_out(card: tuple[Path, str]) -> None:
+    _, port = card
+    cwd = "__import__('os').getcwd()"
+    with Board(port, timeout=10) as b:
+        b.enter_raw(soft_reset=True)
+        b.exec("open('/flash/SKIPSD', 'w').close()", "writing SKIPSD")
+        b.enter_raw(soft_reset=True)  # main.c: a file SKIPSD on the flash, no card mounted
+        skipped = b.eval(f"({cwd}, [m for _, m in __import__('os').mount()])", "mounts")
+        b.exec("__import__('os').remove('/flash/SKIPSD')", "removing SKIPSD")
+        b.enter_raw(soft_reset=True)
+        back = b.eval(cwd, "cwd")
+        b.soft_reset_to_main()
+    assert skipped == ("/flash", ["/flash"]) and back == "/sd"
+
+
 def test_flash_installs_on_the_card_and_the_heap_is_too_small(card: tuple[Path, str]) -> None:
     base, port = card
     mdir = base / "meter-000"
