@@ -166,8 +166,9 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
             profiles.get(profile)
         except profiles.ProfileError as e:
             raise SimError(str(e)) from None
+    if sd_bytes is not None and (sd_bytes < 0 or sd_bytes % (1024 * 1024)):
+        raise SimError(f"SD card size must be a whole number of MiB (got {sd_bytes})")
     base = (base or default_dir()).resolve()
-    base.mkdir(parents=True, exist_ok=True)
     running = [d.name for d in meter_dirs(base) if is_running(d)]
     if running:
         raise SimError(f"{base}: meters already running ({', '.join(running[:5])}); "
@@ -184,9 +185,8 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
             if "sd" not in chosen[-1]:
                 raise SimError(f"meter {i}: profile {name} has no SD card slot "
                                "(a pybv11 profile has one)")
-            if sd_bytes < 0 or sd_bytes % (1024 * 1024):
-                raise SimError(f"SD card size must be a whole number of MiB (got {sd_bytes})")
             chosen[-1]["sd"]["bytes"] = sd_bytes
+    base.mkdir(parents=True, exist_ok=True)  # only once every meter's profile is known good
     site = _site_dir()
     launcher: list[str] = []
     try:
