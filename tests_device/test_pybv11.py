@@ -212,3 +212,17 @@ def test_lopa_round_on_three_pybv11_meters(tmp_path: Path) -> None:
         fleet.stop(base)
     assert sum(cs) & 0xFFFFFFFF == sum(xs) & 0xFFFFFFFF, (cs, xs)
     assert all(c != x for c, x in zip(cs, xs, strict=True))  # each value blinded
+
+
+def test_a_bench_clone_takes_the_card(card: tuple[Path, str]) -> None:
+    from host_tools.bench.runner import clone_image
+
+    base, _ = card
+    fleet.stop(base)
+    src, dest = base / "meter-000", base / "meter-001"
+    assert fleet.exists(src, "/data")  # provisioned: keys on the card
+    clone_image(src, dest)
+    assert flashimg.sd_bytes(dest) == profiles.SD_BYTES
+    assert fleet.read_file(dest, "/main.py") == fleet.read_file(src, "/main.py")
+    assert not fleet.exists(dest, "/data")  # the meter's own data never copied
+    assert flashimg.sd_writes(dest) == (0, 0)
