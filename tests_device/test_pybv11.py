@@ -214,10 +214,10 @@ def test_lopa_round_on_three_pybv11_meters(tmp_path: Path) -> None:
     assert all(c != x for c, x in zip(cs, xs, strict=True))  # each value blinded
 
 
-def test_a_bench_clone_takes_the_card(card: tuple[Path, str]) -> None:
+def test_a_bench_clone_takes_the_card(roomy: tuple[Path, str, Keystore]) -> None:
     from host_tools.bench.runner import clone_image
 
-    base, _ = card
+    base = roomy[0]  # flashed and provisioned
     fleet.stop(base)
     src, dest = base / "meter-000", base / "meter-001"
     assert fleet.exists(src, "/data")  # provisioned: keys on the card
