@@ -70,11 +70,13 @@ def sim() -> None:
                    "[default: the meter's last, else $METER_PROFILE, else unix]")
 @click.option("--seed", type=int, default=1, show_default=True,
               help="fleet seed; each meter's waveform seed derives from it")
+@click.option("--sd", "sd", default=None, metavar="SIZE",
+              help="a pybv11 profile's micro SD card, e.g. 64M; 0: no card [default: 32M]")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @click.option("--trace", is_flag=True, help="log every byte in each supervisor.log")
 @friendly_errors
 def sim_start(meters: int, base: Path | None, heap: str | None, profile: str | None, seed: int,
-              timeout: float, trace: bool) -> None:
+              sd: str | None, timeout: float, trace: bool) -> None:
     """Start METERS virtual meters; print one JSON line per meter once all are up."""
     from host_tools.sim import fleet, profiles
 
@@ -83,13 +85,21 @@ def sim_start(meters: int, base: Path | None, heap: str | None, profile: str | N
         err_console.print(f"[bold red]error:[/] unknown profile {profile!r}; valid: "
                           f"{', '.join(profiles.names())}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    sd_bytes = None
+    if sd is not None:
+        try:
+            sd_bytes = profiles.heap_bytes(sd)
+        except ValueError:
+            err_console.print(f"[bold red]error:[/] --sd {sd!r}: a size such as 64M or 0",
+                              highlight=False, soft_wrap=True)
+            sys.exit(2)
 
     with Progress(TextColumn("starting meters"), BarColumn(), TextColumn("{task.completed}/"
                   "{task.total}"), console=err_console, transient=True) as prog:
         task = prog.add_task("start", total=meters)
         recs = fleet.start(meters, base, heap=heap, seed=seed, timeout=timeout, trace=trace,
                            progress=lambda done, _n: prog.update(task, completed=done),
-                           profile=profile)
+                           profile=profile, sd_bytes=sd_bytes)
     for r in recs:
         click.echo(json.dumps(r))
 

@@ -290,11 +290,15 @@ def _problems(port: str, r: dict[str, Any], rep: DoctorReport) -> list[Problem]:
     p: list[Problem] = []
     flash = f"meterctl flash --port {port}"
     files = r["files"]
-    if r.get("mounts") and "/flash" in r["mounts"]:
-        p.append(Problem("the flash filesystem is mounted at /flash, so the firmware's paths "
+    # with a micro SD card the board's boot.py mounts the card at / and leaves /flash alone
+    if r.get("mounts") and "/" not in r["mounts"] and ("/flash" in r["mounts"]
+                                                        or "/sd" in r["mounts"]):
+        where = "/sd" if "/sd" in r["mounts"] else "/flash"
+        what = "micro SD card" if where == "/sd" else "flash filesystem"
+        p.append(Problem(f"the {what} is mounted at {where}, so the firmware's paths "
                          "(/main.py, /data) do not reach it: the board's boot.py is missing",
-                         f"{flash} (it installs the Pyboard's boot.py, which mounts the flash "
-                         "at /)"))
+                         f"{flash} (it installs the Pyboard's boot.py, which mounts the "
+                         f"{what} at /)"))
     if r.get("out_of_memory"):
         p.append(Problem("the heap was full when doctor interrupted the firmware "
                          f"({r['out_of_memory']}); the figures above are from after a soft "

@@ -153,8 +153,9 @@ def test_heap_is_the_boards(meter: tuple[dict[str, Any], str, Path],
 def test_rom_only_with_a_romfs_partition(meter: tuple[dict[str, Any], str, Path],
                                          seen: dict[str, Any]) -> None:
     prof, mdir = meter[0], fleet.meter_dir(meter[2], 0)
-    # an empty flash: nothing of the ROM shows (a pyboard mounts its flash at /flash)
-    assert seen["root"] == (["flash"] if prof["port"] == "stm32" else [])
+    # an empty flash: nothing of the ROM shows (a pyboard mounts its flash at /flash, and its
+    # micro SD card at /sd)
+    assert seen["root"] == (["flash", "sd"] if prof["port"] == "stm32" else [])
     if prof["romfs_bytes"]:
         assert seen["rom_ioctl"] and seen["vfsrom"]
         assert (mdir / "romfs.bin").stat().st_size == prof["romfs_bytes"]

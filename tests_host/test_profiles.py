@@ -32,7 +32,10 @@ def test_the_five_profiles_are_complete_and_json() -> None:
     for name in profiles.names():
         p = profiles.get(name)
         # a board's profile also has its analogue front end (the unix one keeps the ROM's)
-        assert set(p) == FIELDS | ({"front_end"} if p["port"] != "unix" else set()), name
+        # a Pyboard's also its micro SD card slot (the stm32 port boots from a card)
+        extra = ({"front_end"} if p["port"] != "unix" else set()) | (
+            {"sd"} if p["port"] == "stm32" else set())
+        assert set(p) == FIELDS | extra, name
         assert p["name"] == name
         assert json.loads(json.dumps(p)) == p
         assert p["fs"]["bytes"] > 0 and p["fs"]["block"] in (512, 4096)
@@ -227,3 +230,13 @@ def test_the_virtual_front_end_is_built_to_each_board_adapters_calibration() -> 
                   and isinstance(n.value, ast.Constant)}
         assert (consts["V_PEAK_FS"], consts["I_PEAK_FS"]) == (
             prof["front_end"]["v_peak"], prof["front_end"]["i_peak"]), name
+
+
+def test_a_pyboard_has_a_card_in_its_slot_the_others_none() -> None:
+    for name in profiles.names():
+        p = profiles.get(name)
+        if p["port"] == "stm32":
+            assert p["sd"]["bytes"] == profiles.SD_BYTES == 32 * 1024 * 1024
+            assert 0 < p["sd"]["write_ms"] < 250  # the SD spec's write busy limit
+        else:
+            assert "sd" not in p, name

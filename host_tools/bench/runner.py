@@ -247,6 +247,10 @@ def _clone_flash_image(src: Path, dest: Path) -> int:
             raise BenchError(f"{src / flashimg.IMAGE}:{path}: differs from the flash manifest; "
                              "not cloned")
     copies = [flashimg.IMAGE]
+    if flashimg.sd_bytes(src):
+        # a Pyboard booting from its micro SD card: the firmware is on the card, and the
+        # clone's profile says it has one (flashimg reads the card by it)
+        copies += [flashimg.SD_IMAGE, "profile.json"]
     if rom:
         part = (src / "romfs.bin").read_bytes()
         if hashlib.sha256(part[:int(rom["size"])]).hexdigest() != rom["sha256"]:
@@ -258,6 +262,7 @@ def _clone_flash_image(src: Path, dest: Path) -> int:
     geo = json.loads((src / flashimg.GEOMETRY).read_text())
     geo.update(created=time.time(), created_sim=None)
     (dest / "flash-wear.bin").unlink(missing_ok=True)  # a new chip: no erases yet
+    (dest / "sd-writes.bin").unlink(missing_ok=True)  # and a new card
     (dest / flashimg.GEOMETRY).write_text(json.dumps(geo))
     if flashimg.exists(dest, "/data"):
         flashimg.remove(dest, "/data")

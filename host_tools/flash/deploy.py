@@ -98,23 +98,27 @@ def _fl_rm(p):
         pass
 """
 
-# The stm32 port mounts its flash at /flash; the image's paths are absolute, as
-# on a Pico. The board's boot.py (board/stm32_pybv11/root/boot.py) remounts it
-# at / on every boot; this does the same for a flash session on a board that
-# does not have that boot.py yet.
+# The stm32 port mounts its flash at /flash, and a micro SD card at /sd, from which it then
+# boots (ports/stm32/main.c: the card is the cwd, where boot.py and main.py are looked for).
+# The image's paths are absolute, as on a Pico. The board's boot.py
+# (board/stm32_pybv11/root/boot.py) remounts the card, else the flash, at / on every boot;
+# this does the same for a flash session on a board that does not have that boot.py yet, so
+# the image lands where the board boots from.
 ROOT_FN = """
 def _fl_root():
     import os
     try:
-        mounts = os.mount()
+        mounts = dict((mp, fs) for fs, mp in os.mount())
     except Exception:
         return ''
-    for fs, mp in mounts:
-        if mp == '/flash':
-            os.umount('/flash')
-            os.mount(fs, '/')
+    if '/' in mounts:
+        return ''
+    for mp in ('/sd', '/flash'):
+        if mp in mounts:
+            os.umount(mp)
+            os.mount(mounts[mp], '/')
             os.chdir('/')
-            return 'remounted /flash at / for this session'
+            return 'remounted %s at / for this session' % mp
     return ''
 """
 

@@ -3,11 +3,12 @@
 A meter under the ``unix`` profile keeps its flash as a host directory (``meter-NNN/fs/``);
 under a board profile its flash is one image (``meter-NNN/flash.bin``, described by
 ``flash-wear.json``) holding the board's own filesystem, littlefs2 or FAT
-(board/virtual/host/flashdev.py). The host reads and writes that image with the same
-filesystem code the board runs: MicroPython's VfsLfs2 / VfsFat in the unix-port VM
-(``micropython`` beside this interpreter), on a plain block device over the file. Host writes
-are a programmer's: they stall nothing and count no erases. Writing to the image of a meter
-that is running would race its VM: refused.
+(board/virtual/host/flashdev.py); a pybv11 meter with a micro SD card (``meter-NNN/sd.bin``)
+boots from the card, which then holds the firmware's files: they are read there. The host
+reads and writes that image with the same filesystem code the board runs: MicroPython's
+VfsLfs2 / VfsFat in the unix-port VM (``micropython`` beside this interpreter), on a plain
+block device over the file. Host writes are a programmer's: they stall nothing and count no
+erases. Writing to the image of a meter that is running would race its VM: refused.
 """
 
 from __future__ import annotations
@@ -132,6 +133,34 @@ def geometry(mdir: Path) -> dict[str, Any] | None:
     return geo
 
 
+SD_IMAGE = "sd.bin"
+
+
+def sd_bytes(mdir: Path) -> int:
+    """The size of the micro SD card a pybv11 meter boots from (``sd.bin``, FAT, 512-byte
+    blocks: flashdev.py SDCard), or 0: none, its files are on the flash. With a card in the
+    slot the stm32 port boots from it and meterctl flash puts the firmware there."""
+    try:
+        prof = json.loads((mdir / "profile.json").read_text())
+        n = int((prof.get("sd") or {}).get("bytes", 0))
+    except (OSError, ValueError, TypeError, AttributeError):
+        return 0
+    img = mdir / SD_IMAGE
+    return n if n > 0 and img.exists() and img.stat().st_size == n else 0
+
+
+def sd_writes(mdir: Path) -> tuple[int, int]:
+    """(write commands, 512-byte blocks written) to the meter's micro SD card since it was
+    new (flashdev.py SDCard's ``sd-writes.bin``); (0, 0) without a card."""
+    try:
+        raw = (mdir / "sd-writes.bin").read_bytes()
+    except FileNotFoundError:
+        return 0, 0
+    if len(raw) < 16:
+        return 0, 0
+    return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:16], "little")
+
+
 def _micropython() -> str:
     exe = shutil.which("micropython", path=os.path.dirname(sys.executable))
     if exe is None:
@@ -183,10 +212,14 @@ def run(mdir: Path, ops: list[list[str]], tries: int = 3, mkfs: bool = False) ->
     if (mkfs or any(op[0] in ("write", "rm") for op in ops)) and _running(mdir):
         raise FlashImageError(f"{mdir.name}: running; stop it before writing to its flash image")
     block = 4096 if geo["type"] == "lfs2" else 512
+    img, size = mdir / IMAGE, int(geo["bytes"])
+    card = 0 if mkfs else sd_bytes(mdir)
+    if card:  # the firmware's files are on the card (its FAT), not on the flash
+        img, size = mdir / SD_IMAGE, card
     with tempfile.TemporaryDirectory(prefix="flashimg-") as tmp:
         job = Path(tmp) / "job.json"
-        job.write_text(json.dumps({"img": str(mdir / IMAGE), "type": geo["type"],
-                                   "bytes": int(geo["bytes"]), "block": block, "ops": ops,
+        job.write_text(json.dumps({"img": str(img), "type": "fat" if card else geo["type"],
+                                   "bytes": size, "block": block, "ops": ops,
                                    "mkfs": mkfs}))
         script = Path(tmp) / "flashimg.py"
         script.write_text(_SCRIPT)
@@ -200,7 +233,8 @@ def run(mdir: Path, ops: list[list[str]], tries: int = 3, mkfs: bool = False) ->
             last = (r.stderr or r.stdout).strip().splitlines()[-1:]
             err = last[0] if last else f"exit {r.returncode}"
             time.sleep(0.1 * (i + 1))
-        raise FlashImageError(f"{mdir / IMAGE}: cannot mount its {geo['type']} filesystem ({err})")
+        raise FlashImageError(f"{img}: cannot mount its {'fat' if card else geo['type']} "
+                              f"filesystem ({err})")
 
 
 def _one(mdir: Path, op: list[str]) -> Any:

@@ -148,7 +148,7 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
           timeout: float = 30.0, trace: bool = False,
           progress: Callable[[int, int], None] | None = None,
           time_scale: float | None = None, profile: str | None = None,
-          nvram_bytes: int | None = None) -> list[dict[str, Any]]:
+          nvram_bytes: int | None = None, sd_bytes: int | None = None) -> list[dict[str, Any]]:
     """Start meters 0..n-1 in ``base`` and wait until every VM is up. ``time_scale``: the
     virtual RTC runs that many times as fast as host time (soak tests; default 1).
     ``profile``: the port profile (host_tools/sim/profiles.py) each meter presents itself as;
@@ -156,8 +156,9 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
     ``profiles.DEFAULT``).
     The profile sets the heap (unless ``heap`` is given: the VM heap that holds what the board's
     holds, profiles.vm_heap), the flash size, the ROMFS partition and the battery-backed RAM
-    (board.nvram, unless ``nvram_bytes`` is given: 0 none, as on a Pico). An unknown name
-    raises SimError before anything starts."""
+    (board.nvram, unless ``nvram_bytes`` is given: 0 none, as on a Pico). ``sd_bytes``: the
+    micro SD card in a Pyboard's slot (a pybv11 profile only; 0: no card; None: the profile's,
+    a 32 MiB card). An unknown name raises SimError before anything starts."""
     if n < 1:
         raise SimError("--meters must be at least 1")
     if profile is not None:
@@ -165,8 +166,9 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
             profiles.get(profile)
         except profiles.ProfileError as e:
             raise SimError(str(e)) from None
+    if sd_bytes is not None and (sd_bytes < 0 or sd_bytes % (1024 * 1024)):
+        raise SimError(f"SD card size must be a whole number of MiB (got {sd_bytes})")
     base = (base or default_dir()).resolve()
-    base.mkdir(parents=True, exist_ok=True)
     running = [d.name for d in meter_dirs(base) if is_running(d)]
     if running:
         raise SimError(f"{base}: meters already running ({', '.join(running[:5])}); "
@@ -179,6 +181,12 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
             chosen.append(profiles.get(name))
         except profiles.ProfileError as e:
             raise SimError(f"meter {i}: {e}; give --profile") from None
+        if sd_bytes is not None:
+            if "sd" not in chosen[-1]:
+                raise SimError(f"meter {i}: profile {name} has no SD card slot "
+                               "(a pybv11 profile has one)")
+            chosen[-1]["sd"]["bytes"] = sd_bytes
+    base.mkdir(parents=True, exist_ok=True)  # only once every meter's profile is known good
     site = _site_dir()
     launcher: list[str] = []
     try:

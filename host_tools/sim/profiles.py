@@ -100,6 +100,9 @@ def _rp2(name: str, board: str, build: str, mcu: str, arch: int, heap: str, cpu_
     }
 
 
+SD_BYTES = 32 * 1024 * 1024  # the pybv11 profiles' card: 32 MiB (any card is larger)
+
+
 def _pybv11(name: str, thread: bool) -> dict[str, Any]:
     return {
         "name": name, "port": "stm32", "board_def": "stm32_pybv11",
@@ -127,6 +130,12 @@ def _pybv11(name: str, thread: bool) -> dict[str, Any]:
                "cache_bytes": 65536, "flush_idle_ms": 5000,
                "stalls": "IRQs at or below IRQ_PRI_FLASH held off (ports/stm32/flashbdev.c)"},
         "romfs_bytes": 0,
+        # A micro SD card in the slot (PYBV11 mpconfigboard.h MICROPY_HW_ENABLE_SDCARD, card
+        # detect on A8): main.c mounts it at /sd at boot and boots from it. The firmware does
+        # not fit the 112 KiB flash, so a Pyboard owner following docs/hardware.md has one.
+        # write_ms: a write command's busy time, typical of a class-10 card (the SD
+        # Physical Layer Simplified Specification bounds it at 250 ms, 4.6.2.2).
+        "sd": {"bytes": SD_BYTES, "write_ms": 1.0},
         "nvram_bytes": 4096,  # the backup SRAM on VBAT (STM32F405 reference manual RM0090)
         "front_end": FRONT_END,
     }

@@ -1,6 +1,5 @@
-# Pyboard boot.py (docs/hardware.md): flash at / as on a Pico, /lib on sys.path; USB
-# serial only, no mass storage (the host and the meter would both write the FAT volume).
-# Safe mode (hold USR while pressing RST) skips this file.
+# Pyboard boot.py (docs/hardware.md): the micro SD card (run from it), else the flash, at /
+# as on a Pico, /lib on sys.path; USB serial only, no mass storage. Safe mode skips this file.
 import os
 import sys
 
@@ -9,13 +8,14 @@ import pyb
 pyb.usb_mode("VCP")
 
 # os.mount() with no arguments lists the mounts (MicroPython >= 1.25; not in the stubs).
-for _fs, _mp in os.mount():  # type: ignore[call-arg]
-    if _mp == "/flash":
-        os.umount("/flash")
-        os.mount(_fs, "/")
-        os.chdir("/")
-        break
+_mounts = {_mp: _fs for _fs, _mp in os.mount()}  # type: ignore[call-arg]
+_root = "/sd" if "/sd" in _mounts else "/flash"
+if _root in _mounts:
+    os.umount(_root)
+    os.mount(_mounts[_root], "/")
+    os.chdir("/")
 
 for _k in range(len(sys.path)):
-    if sys.path[_k].startswith("/flash"):
-        sys.path[_k] = sys.path[_k][len("/flash"):]
+    if sys.path[_k].startswith(_root):
+        sys.path[_k] = sys.path[_k][len(_root):]
+del _mounts

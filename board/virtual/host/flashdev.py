@@ -403,11 +403,81 @@ FACTORY = (
 )
 
 
-def mount(hw, host_vfs, mdir, spec, wp_hit):
-    # Mount the board's filesystem as its port does at boot; returns (mount point, device).
+class SDCard:
+    # pyb.SDCard / machine.SDCard (ports/stm32/sdcard.c) over the card image `sd.bin`:
+    # 512-byte blocks (SDCARD_BLOCK_SIZE), ioctl 4 the capacity in blocks, 5 the block size,
+    # 3 (sync) nothing to do: the port caches nothing, every write is a command to the card.
+    # The card's controller does its own wear levelling, so no erase is modelled: each
+    # writeblocks() goes straight to the file (a power cut keeps what was written) and stalls
+    # the caller for the card's busy time (write_ms per command, the profile's "sd"), and is
+    # counted: write commands and blocks written, two u64 little-endian in `sd-writes.bin`,
+    # updated in place (host_tools/sim/flashimg.py sd_writes). A blank card (a new file) reads
+    # as zeros.
+    def __init__(self, hw, host_vfs, mdir, sd, wp_hit):
+        self.hw = hw
+        self._wp = wp_hit
+        self.count = sd["bytes"] // 512
+        path = mdir + "/sd.bin"
+        try:
+            self.img = host_vfs.open(path, "r+b")
+            if host_vfs.stat(path)[6] != sd["bytes"]:
+                raise OSError(22)
+        except OSError:
+            self.img = host_vfs.open(path, "w+b")  # a new card: sparse, all zeros
+            self.img.seek(sd["bytes"] - 1)
+            self.img.write(b"\0")
+            try:
+                host_vfs.remove(mdir + "/sd-writes.bin")
+            except OSError:
+                pass
+        self._us = int(sd.get("write_ms", 1.0) * 1000)
+        self._n = bytearray(16)
+        try:
+            self._cnt = host_vfs.open(mdir + "/sd-writes.bin", "r+b")
+            self._cnt.readinto(self._n)
+        except OSError:
+            self._cnt = host_vfs.open(mdir + "/sd-writes.bin", "w+b")
+            self._cnt.write(self._n)
+        if not hasattr(hw, "stalls"):
+            hw.stalls = []
+
+    def readblocks(self, n, buf, off=0):
+        self.img.seek(n * 512 + off)
+        self.img.readinto(buf)
+
+    def writeblocks(self, n, buf, off=0):
+        self.img.seek(n * 512 + off)
+        if self._wp is not None:
+            self._wp("prog", "sd block %d" % n, self.img, buf)
+        self.img.write(buf)
+        n = self._n
+        struct.pack_into("<QQ", n, 0, struct.unpack_from("<Q", n, 0)[0] + 1,
+                         struct.unpack_from("<Q", n, 8)[0] + len(buf) // 512)
+        self._cnt.seek(0)
+        self._cnt.write(n)
+        _Flash._stall(self, self._us)
+
+    def ioctl(self, op, arg):
+        if op == 4:
+            return self.count
+        if op == 5:
+            return 512
+        if op in (1, 2, 3):
+            return 0
+        return None
+
+
+def mount(hw, host_vfs, mdir, spec, wp_hit, sd=None):
+    # Mount the board's filesystems as its port does at boot; returns (cwd, flash device,
+    # sys.path).
     # rp2 (_boot.py): VfsLfs2(progsize=256) on "/", formatted when it does not mount.
     # stm32 (main.c init_flash_fs, factoryreset.c): VfsFat on "/flash" (the cwd); when there
     # is no filesystem, a fresh FAT (FM_FAT: mkfs, as vfs.VfsFat.mkfs) with the factory files.
+    # Then, with a card in the slot (sd: the profile's "sd", bytes > 0) and no file SKIPSD on
+    # the flash (main.c, MICROPY_HW_SDCARD_MOUNT_AT_BOOT), the card's FAT on "/sd", which
+    # becomes the cwd (boot.py and main.py are run from it); sys.path is "", ".frozen", "/sd",
+    # "/sd/lib", "/flash", "/flash/lib" (py/runtime.c mp_init, main.c). A card that does not
+    # mount is formatted here, as its user would format a blank card (vfs.VfsFat.mkfs).
     import vfs
 
     if spec["type"] == "lfs2":
@@ -418,7 +488,7 @@ def mount(hw, host_vfs, mdir, spec, wp_hit):
             vfs.VfsLfs2.mkfs(dev, progsize=256)
             fs = vfs.VfsLfs2(dev, progsize=256)
         vfs.mount(fs, "/")
-        return "/", dev
+        return "/", dev, ["", ".frozen", "/lib"]
     dev = STM32Flash(hw, host_vfs, mdir, spec, wp_hit)
     try:
         fs = vfs.VfsFat(dev)
@@ -430,4 +500,20 @@ def mount(hw, host_vfs, mdir, spec, wp_hit):
         for name, text in FACTORY:
             with open("/flash/" + name, "w") as f:
                 f.write(text)
-    return "/flash", dev
+    path = ["", ".frozen", "/flash", "/flash/lib"]
+    if not sd or sd.get("bytes", 0) <= 0:
+        return "/flash", dev, path
+    try:
+        import os
+
+        os.stat("/flash/SKIPSD")
+        return "/flash", dev, path
+    except OSError:
+        pass
+    card = SDCard(hw, host_vfs, mdir, sd, wp_hit)
+    try:
+        vfs.mount(vfs.VfsFat(card), "/sd")
+    except OSError:
+        vfs.VfsFat.mkfs(card)
+        vfs.mount(vfs.VfsFat(card), "/sd")
+    return "/sd", dev, ["", ".frozen", "/sd", "/sd/lib", "/flash", "/flash/lib"]

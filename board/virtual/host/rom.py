@@ -590,14 +590,13 @@ def boot(g):
         os.chdir("/")
         sys.path[:] = ["", ".frozen", "/lib"]
     else:
-        # the meter's directory is the one above fs/; a is (mount point, block device)
+        # the meter's directory is the one above fs/; a is (cwd, flash device, sys.path):
+        # stm32 with a micro SD card boots from /sd (flashdev.py mount)
         a = flashdev.mount(hw, _host_vfs(), root.rstrip("/").rsplit("/", 1)[0], prof["fs"],
-                           _wp_hit)
+                           _wp_hit, prof.get("sd"))
         os.chdir(a[0])
-        if a[0] == "/":
-            sys.path[:] = ["", ".frozen", "/lib"]
-        else:  # stm32 main.c: the flash's directory and its lib after the frozen modules
-            sys.path[:] = ["", ".frozen", a[0], a[0] + "/lib"]
+        sys.path[:] = a[2]
+        if a[0] != "/":  # stm32: the flash's FAT, whose cache os.sync() writes back
             _fat_dev = a[1]
             # stm32 main.c: a soft reset runs storage_flush() (the VM exits on one)
             sys.atexit(_BoardOS.sync)

@@ -1,0 +1,228 @@
+"""The firmware on the pybv11 profile (the official PYBV11 build) with a micro SD card.
+
+Its 112 KiB internal flash cannot hold the firmware (~92 KB of .mpy plus /data), so a Pyboard
+boots from a card: ports/stm32/main.c (v1.28.0) mounts it at /sd, makes it the cwd and puts
+/sd, /sd/lib before /flash, /flash/lib on sys.path (board/virtual/host/flashdev.py SDCard;
+docs/virtual-board.md, "Flash model"). ``meterctl flash`` installs the firmware on the card.
+
+The firmware does not fit the profile's heap (147K on the VM, the board's 100 KB): the first
+test shows the MemoryError; the rest runs the same card with the heap of an rp2-pico meter
+(282K), to show everything else works there (docs/hardware.md, "Micro SD card").
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import serial
+
+from host_tools.flash.deploy import flash
+from host_tools.headend import wire
+from host_tools.headend.client import open_link
+from host_tools.headend.keystore import Keystore
+from host_tools.headend.provision import provision
+from host_tools.headend.switch import read_han, status, switch
+from host_tools.sim import flashimg, fleet, profiles, relay
+from host_tools.transport.serial import Board
+
+ROOM = "282K"  # an rp2-pico meter's VM heap: the firmware's ~202 KB fits
+
+
+def _console_after_reset(port: str, until: bytes, timeout: float = 20.0) -> bytes:
+    """What the board prints after a soft reset from the friendly REPL, up to ``until``."""
+    out = b""
+    with serial.Serial(port, 115200, timeout=0.2) as s:
+        s.write(b"\x03\x03\x04")
+        end = time.monotonic() + timeout
+        while until not in out and time.monotonic() < end:
+            out += s.read(4096)
+    return out
+
+
+@pytest.fixture(scope="module")
+def card(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str]]:
+    base = tmp_path_factory.mktemp("pybv11") / "fleet"
+    port = fleet.start(1, base, profile="pybv11")[0]["port"]
+    try:
+        yield base, port
+    finally:
+        fleet.stop(base)
+
+
+def test_card_mounted_and_booted_from_as_stm32_main_does(card: tuple[Path, str]) -> None:
+    base, port = card
+    with Board(port, timeout=10) as b:
+        b.enter_raw(soft_reset=True)  # nothing flashed yet: the port's own boot
+        got = b.eval("(__import__('os').getcwd(), __import__('sys').path, "
+                     "[m for _, m in __import__('os').mount()], "
+                     "__import__('os').statvfs('/sd')[:3], "
+                     "sorted(__import__('os').listdir('/flash')))", "looking at the mounts")
+        b.exec("try:\n import cryptolib\n _c = 'imported'\n"
+               "except ImportError as e:\n _c = repr(e)\n", "importing cryptolib")
+        no_crypto = b.eval("_c", "cryptolib")
+        b.soft_reset_to_main()
+    cwd, path, mounts, sd_vfs, flash_files = got
+    assert cwd == "/sd"
+    assert path == ["", ".frozen", "/sd", "/sd/lib", "/flash", "/flash/lib"]
+    assert mounts == ["/flash", "/sd"]  # the flash first (main.c), the card after it
+    assert sd_vfs[0] * sd_vfs[2] > 31 * 1024 * 1024  # the 32 MiB card, FAT-formatted
+    assert flash_files == ["README.txt", "boot.py", "main.py"]  # the factory files
+    assert no_crypto.startswith("ImportError"), no_crypto  # the official PYBV11 has none
+    mdir = base / "meter-000"
+    assert (mdir / "sd.bin").stat().st_size == profiles.SD_BYTES
+
+
+def test_skipsd_on_the_flash_leaves_the_card_out(card: tuple[Path, str]) -> None:
+    _, port = card
+    cwd = "__import__('os').getcwd()"
+    with Board(port, timeout=10) as b:
+        b.enter_raw(soft_reset=True)
+        b.exec("open('/flash/SKIPSD', 'w').close()", "writing SKIPSD")
+        b.enter_raw(soft_reset=True)  # main.c: a file SKIPSD on the flash, no card mounted
+        skipped = b.eval(f"({cwd}, [m for _, m in __import__('os').mount()])", "mounts")
+        b.exec("__import__('os').remove('/flash/SKIPSD')", "removing SKIPSD")
+        b.enter_raw(soft_reset=True)
+        back = b.eval(cwd, "cwd")
+        b.soft_reset_to_main()
+    assert skipped == ("/flash", ["/flash"]) and back == "/sd"
+
+
+def test_flash_installs_on_the_card_and_the_heap_is_too_small(card: tuple[Path, str]) -> None:
+    base, port = card
+    mdir = base / "meter-000"
+    cmds0, blocks0 = flashimg.sd_writes(mdir)
+    assert cmds0 > 0  # the card's format at first boot
+    rep = flash(port)
+    assert "remounted /sd at / for this session" in rep.notes
+    assert rep.written and "/main.py" in rep.written and "/boot.py" in rep.written
+    assert flashimg.sd_bytes(mdir) == profiles.SD_BYTES
+    assert fleet.exists(mdir, "/main.py") and fleet.exists(mdir, "/.flash-manifest.json")
+    cmds, blocks = flashimg.sd_writes(mdir)
+    assert blocks - blocks0 >= rep.bytes_sent // 512 and cmds > cmds0  # each write counted
+    # the internal flash kept only its factory files
+    fleet.stop(base)
+    assert set(n for n, _, _ in _flash_listing(mdir)) == {"README.txt", "boot.py", "main.py"}
+    port = fleet.start(1, base)[0]["port"]
+    # the official build's heap: the firmware's import and build need ~145 KB more than the
+    # 90 KB the VM has left at the REPL
+    out = _console_after_reset(port, b"MemoryError")
+    assert b"MemoryError" in out, out[-400:]
+    fleet.stop(base)
+
+
+def _reading(link: Any) -> dict[str, Any]:
+    """A READ with at least one complete second measured since the meter booted."""
+    end = time.monotonic() + 8
+    while True:
+        r: dict[str, Any] = link.request(wire.K_READ)
+        if r["seconds"] >= 1 or time.monotonic() > end:
+            return r
+        time.sleep(0.3)
+
+
+def _flash_listing(mdir: Path) -> list[tuple[str, str, int]]:
+    prof = (mdir / "profile.json").read_text()
+    (mdir / "profile.json").write_text(prof.replace('"sd"', '"no_sd"'))  # read flash.bin
+    try:
+        return flashimg.listdir(mdir, "/")
+    finally:
+        (mdir / "profile.json").write_text(prof)
+
+
+@pytest.fixture(scope="module")
+def roomy(card: tuple[Path, str],
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, Keystore]]:
+    base, _ = card
+    fleet.stop(base)
+    port = fleet.start(1, base, heap=ROOM)[0]["port"]
+    ks = Keystore(tmp_path_factory.mktemp("ks") / "keystore.json")
+    try:
+        flash(port)  # already on the card: nothing to transfer
+        provision(port, ks, force=True, interval_s=3)
+        yield base, port, ks
+    finally:
+        fleet.stop(base)
+
+
+def test_firmware_runs_from_the_card(roomy: tuple[Path, str, Keystore]) -> None:
+    base, port, ks = roomy
+    mdir = base / "meter-000"
+    with open_link(port, ks, None, 5.0) as link:
+        assert _reading(link)["vrms"] > 200  # the WAN works without cryptolib: lib/aes128.py
+        assert switch(link, "off").relay == 0  # open
+        st = status(link)
+        assert st.ok and st.relay == 0
+    rec = relay.offswitch_record(mdir)  # read out of the card's image
+    assert rec is not None and rec["relay"] == 0
+    tel = read_han(fleet.status(base)[0]["han"], 1, timeout=15)[0]  # dsmr-parser, CRC checked
+    assert 200 < tel.INSTANTANEOUS_VOLTAGE_L1.value < 260
+    fleet.power_cut(0, base)
+    with open_link(port, ks, None, 10.0) as link:
+        assert status(link).relay == 0  # kept on the card across the cut
+        assert _reading(link)["vrms"] > 200
+
+
+def test_without_a_card_the_flash_is_the_boot_filesystem(tmp_path: Path) -> None:
+    base = tmp_path / "fleet"
+    with pytest.raises(fleet.SimError, match="no SD card slot"):
+        fleet.start(1, base, profile="rp2-pico", sd_bytes=64 * 1024 * 1024)
+    with pytest.raises(fleet.SimError, match="whole number of MiB"):
+        fleet.start(1, base, profile="pybv11", sd_bytes=1000)
+    assert not base.exists()  # nothing made, nothing started
+    port = fleet.start(1, base, profile="pybv11", sd_bytes=0)[0]["port"]
+    try:
+        with Board(port, timeout=10) as b:
+            b.enter_raw(soft_reset=True)
+            got = b.eval("(__import__('os').getcwd(), __import__('sys').path, "
+                         "[m for _, m in __import__('os').mount()])", "looking at the mounts")
+            b.soft_reset_to_main()
+    finally:
+        fleet.stop(base)
+    assert got == ("/flash", ["", ".frozen", "/flash", "/flash/lib"], ["/flash"])
+    assert not (base / "meter-000" / "sd.bin").exists()
+    assert flashimg.sd_bytes(base / "meter-000") == 0
+
+
+def test_lopa_round_on_three_pybv11_meters(tmp_path: Path) -> None:
+    """Key pairs made on three Pyboards (X25519 in MicroPython, AES without cryptolib), a
+    group set up, and a round whose aggregate is the lab truth (as test_lopa_device.py)."""
+    from .test_lopa_device import Fleet3, ciphertext, lab_truth, next_closed_interval, set_up
+
+    base = tmp_path / "fleet"
+    recs = fleet.start(3, base, profile="pybv11", heap=ROOM)
+    try:
+        ks = Keystore(tmp_path / "keystore.json")
+        ids = []
+        for r in recs:
+            flash(r["port"], timeout=30)
+            ids.append(provision(r["port"], ks, force=True, timeout=30, interval_s=2).meter_id)
+        f = Fleet3(base, [r["port"] for r in recs], ks, ids)
+        for i in range(3):
+            f.pks.append(f.raw(i, wire.K_KEYGEN, b"\x00")[:32])
+        set_up(f, b"pyb3")
+        next_closed_interval()  # the group is in force on all three from the next interval
+        t = next_closed_interval()
+        cs = [ciphertext(f, i, b"pyb3", t) for i in range(3)]
+        xs = [lab_truth(p)[0][t] for p in f.ports]
+    finally:
+        fleet.stop(base)
+    assert sum(cs) & 0xFFFFFFFF == sum(xs) & 0xFFFFFFFF, (cs, xs)
+    assert all(c != x for c, x in zip(cs, xs, strict=True))  # each value blinded
+
+
+def test_a_bench_clone_takes_the_card(roomy: tuple[Path, str, Keystore]) -> None:
+    from host_tools.bench.runner import clone_image
+
+    base = roomy[0]  # flashed and provisioned
+    fleet.stop(base)
+    src, dest = base / "meter-000", base / "meter-001"
+    assert fleet.exists(src, "/data")  # provisioned: keys on the card
+    clone_image(src, dest)
+    assert flashimg.sd_bytes(dest) == profiles.SD_BYTES
+    assert fleet.read_file(dest, "/main.py") == fleet.read_file(src, "/main.py")
+    assert not fleet.exists(dest, "/data")  # the meter's own data never copied
+    assert flashimg.sd_writes(dest) == (0, 0)
