@@ -28,7 +28,7 @@ FIELDS = {"name", "port", "board_def", "platform", "sysname", "nodename", "machi
 
 def test_the_five_profiles_are_complete_and_json() -> None:
     assert profiles.names() == ["rp2-pico", "rp2-pico2", "pybv11", "pybv11-thread", "unix"]
-    assert profiles.DEFAULT == "unix"  # until the lead switches it (the adapters' merge)
+    assert profiles.DEFAULT == "rp2-pico"
     for name in profiles.names():
         p = profiles.get(name)
         # a board's profile also has its analogue front end (the unix one keeps the ROM's)

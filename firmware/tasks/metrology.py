@@ -52,7 +52,8 @@ class Metrology:
 
     def step(self):
         n = self._adc.read_into(self._vbuf, self._ibuf)
-        if self._gaps and self._adc.last_gap:
+        if self._gaps and self._adc.last_gap and self.last is not None:
+            # (before the first measured second the stream has not begun: nothing is missing)
             self._gap(self._adc.last_gap)
         if n:
             self._acc.feed(self._vbuf, self._ibuf, n)
@@ -67,13 +68,12 @@ class Metrology:
             self._port.send("credit", "reading", s)
 
     def _gap(self, lost):
-        # The time the lost samples spanned, at the power of the last complete second (none
-        # yet: nothing to estimate from), so the interval neither loses nor invents energy
-        # silently; the close log line says how much of it was estimated.
+        # The time the lost samples spanned, at the power of the last complete second, so the
+        # interval neither loses nor invents energy silently; the close log line says how much
+        # of it was estimated.
         self.gap_samples += lost
         self._gap_interval += lost
-        if self.last is not None:
-            self.energy.add(self.last[2], lost / self._rate)
+        self.energy.add(self.last[2], lost / self._rate)
 
     def _close(self, idx):
         imp, exp = self.energy.close_interval()

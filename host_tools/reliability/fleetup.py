@@ -49,7 +49,9 @@ def bring_up(n: int, base: Path, keystore: Keystore, interval_s: int,
     the RTCs held at this time, which only the host moves on, with the supervisor's
     set-clock; see host_tools/sim/supervisor.py), flash and provision each; the fleet is
     stopped if any step fails."""
-    recs = fleet.start(n, base, timeout=timeout, time_scale=time_scale)
+    # the unix profile: the campaigns' write points name files (a board profile's name flash
+    # blocks), and a 50-meter fleet of it fits a 2-core host
+    recs = fleet.start(n, base, timeout=timeout, time_scale=time_scale, profile="unix")
     try:
         def one(rec: dict[str, Any]) -> Meter:
             port = str(rec["port"])

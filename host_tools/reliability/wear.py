@@ -256,7 +256,8 @@ def _meter(base: Path, nvram: bool, firmware: Path | None, interval_s: int
     from host_tools.headend.provision import provision
     from host_tools.sim import fleet
 
-    recs = fleet.start(1, base, nvram_bytes=4096 if nvram else 0)
+    # the unix profile: the write points it counts name the files written
+    recs = fleet.start(1, base, nvram_bytes=4096 if nvram else 0, profile="unix")
     try:
         port = str(recs[0]["port"])
         fleet.set_wave(0, {"vrms": 230.0, "irms": 8.0, "pf": 0.95}, base)

@@ -79,7 +79,7 @@ def one_run(n: int, base: Path, idle: float, timeout: float) -> dict[str, Any]:
     run: dict[str, Any] = {"dir": str(base), "meters": n}
     try:
         try:
-            fleet.start(n, base, timeout=timeout, progress=progress)
+            fleet.start(n, base, timeout=timeout, progress=progress, profile="unix")
             run["start_s"] = time.perf_counter() - t0
         except fleet.SimError as e:
             run["start_s"], run["error"] = None, str(e)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-DEFAULT = "unix"  # the lead switches it to "rp2-pico" once the board adapters run here
+DEFAULT = "rp2-pico"  # a new virtual meter is a Pico with the official firmware
 
 
 class ProfileError(ValueError):
