@@ -1,23 +1,16 @@
 # The hardware adapter code that the real boards share: board/rp2_pico and board/stm32_pybv11
-# import it, and keep only what differs in their own package (pin maps, the sampling timer,
+# import it, and keep only what differs in their own package (pin maps, the sampling by DMA,
 # the UARTs' set-up, the RTC's weekday numbering, core 1 or a thread). It lives in /lib, which
 # `meterctl flash` deploys to every board; only those two adapters import it (the firmware
 # itself reaches the hardware through `board` alone, docs/ARCHITECTURE.md). `make typecheck`
 # checks it against both ports' stubs, as strictly as the adapters.
 import os
 import time
-from array import array
 
 import machine
-import micropython
 from micropython import const
 
-RING = const(512)  # samples per channel the interrupt can hold: 256 ms at 2 kHz
-_WRAP = const(0x3FFFFFFF)  # sample counters wrap here and stay small ints
 _EPOCH_2000 = const(946684800)  # 2000-01-01 in Unix time
-
-# An exception raised in the sampling interrupt can still be reported.
-micropython.alloc_emergency_exception_buf(100)
 
 
 class Out:
@@ -109,63 +102,6 @@ class In:
     def value(self):
         v = self._pin.value()
         return 1 - v if self._invert else v
-
-
-class Adc:
-    # Continuous sampling: a timer interrupt (the board sets it up) calls sample(), which
-    # reads V then I (machine.ADC read_u16, 0..65535) into two preallocated rings and counts
-    # the samples. The interrupt allocates nothing: it only indexes arrays and adds small
-    # ints. read_into(v_buf, i_buf) (array("H") buffers) copies what arrived since the
-    # previous call; when more arrived than the caller's buffers (or the ring) hold, the
-    # oldest are dropped: `gaps` counts the calls that dropped some, `dropped` the samples,
-    # `last_gap` those of the latest call (0: its samples follow the previous call's). The
-    # rp2 adapters' DMA ring (board/rp2_pico DmaAdc) keeps the same three.
-    def __init__(self, read_v, read_i, ring=RING):
-        self._rv = read_v  # bound methods, made once here
-        self._ri = read_i
-        self._v = array("H", bytes(2 * ring))
-        self._i = array("H", bytes(2 * ring))
-        self._mv_v = memoryview(self._v)
-        self._mv_i = memoryview(self._i)
-        self._size = ring
-        self._mask = ring - 1  # ring is a power of two
-        # At most this many are handed out per call: the interrupt may go on
-        # writing (over the oldest slots) while read_into copies.
-        self._keep = ring - ring // 4
-        self._count = 0  # samples taken, mod 2**30 (written by the interrupt only)
-        self._taken = 0  # samples handed out (read_into only)
-        self.dropped = 0
-        self.gaps = 0
-        self.last_gap = 0
-
-    def sample(self, _timer):
-        c = self._count
-        k = c & self._mask
-        self._v[k] = self._rv()
-        self._i[k] = self._ri()
-        self._count = (c + 1) & _WRAP
-
-    def read_into(self, v_buf, i_buf):
-        c = self._count
-        new = (c - self._taken) & _WRAP
-        n = min(new, len(v_buf), len(i_buf), self._keep)
-        self._taken = c
-        self.last_gap = new - n
-        if n < new:
-            self.dropped += new - n
-            self.gaps += 1
-        if not n:
-            return 0
-        k = (c - n) & self._mask  # the oldest slot handed out
-        a = min(n, self._size - k)  # up to the end of the ring, then from its start
-        vb = memoryview(v_buf)
-        ib = memoryview(i_buf)
-        vb[0:a] = self._mv_v[k:k + a]
-        ib[0:a] = self._mv_i[k:k + a]
-        if a < n:
-            vb[a:n] = self._mv_v[0:n - a]
-            ib[a:n] = self._mv_i[0:n - a]
-        return n
 
 
 class HanTx:
