@@ -245,3 +245,22 @@ def test_devs_no_usb(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setattr(serial.tools.list_ports, "comports", lambda: [])
     r = CliRunner().invoke(cli.main, ["devs", "--json", "--dir", str(tmp_path)])
     assert r.exit_code == 0 and json.loads(r.output) == {"usb": [], "virtual": []}
+
+
+def test_watch_loop_redraws_until_ctrl_c_and_exits_0(monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def fake_frame(targets: list[watch.Target], *a: Any) -> list[dict[str, Any]]:
+        calls.append(len(targets))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return [_row()]
+
+    monkeypatch.setattr(watch, "frame", fake_frame)
+    port = tmp_path / "p"
+    r = CliRunner().invoke(cli.main, ["watch", "--port", str(port), "--port", str(port),
+                                      "--every", "0.2"])
+    assert r.exit_code == 0, r.output
+    assert calls == [2, 2, 2]
+    assert "230.1" in r.output and "Aborted" not in r.output
