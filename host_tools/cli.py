@@ -1044,6 +1044,8 @@ def watch(ports: tuple[str, ...], base: Path | None, keystore: Path | None, db: 
         if not sts:
             _refuse(f"no virtual meters in {base}")
         targets = [Target(str(s["port"]), None) for s in sts if s.get("port")]
+        if not targets:
+            _refuse(f"no running virtual meters in {base}")
         if keystore is None and (base / "keystore.json").exists():
             keystore = base / "keystore.json"
         if db is None and (base / "headend.db").is_file():

@@ -5,10 +5,11 @@ script both read them without conversion."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import datetime as dt
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,22 @@ def check_writable(path: Path) -> None:
         raise ExportError(f"{path}: directory {parent} is not writable")
 
 
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
+    """A temporary file beside ``path`` that replaces it only once complete: an interrupted
+    export leaves the old file (or none), never half a table."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
 def write_profile_csv(recs: Sequence[dict[str, int]], path: Path) -> int:
     """One row per closed interval (records as read_profile returns them); returns the rows."""
-    with path.open("w", newline="") as f:
+    with _atomic(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(PROFILE_CSV_HEADER)
         for r in recs:
@@ -58,7 +72,7 @@ def write_profile_csv(recs: Sequence[dict[str, int]], path: Path) -> int:
 
 def write_logs_csv(recs: Sequence[Sequence[Any]], path: Path) -> int:
     """One row per log record [seq, t, text]; returns the rows."""
-    with path.open("w", newline="") as f:
+    with _atomic(path) as tmp, tmp.open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(LOGS_CSV_HEADER)
         for seq, t, text in recs:
@@ -93,6 +107,7 @@ def write_profile_png(recs: Sequence[dict[str, int]], path: Path, meter_id: int)
         else:
             ax.text(0.5, 0.5, "no closed intervals", transform=ax.transAxes, ha="center")
         fig.tight_layout()
-        fig.savefig(path, format="png")
+        with _atomic(path) as tmp:
+            fig.savefig(tmp, format="png")
     finally:
         plt.close(fig)

@@ -109,3 +109,15 @@ def test_devs_lists_the_virtual_meter(meter: OwnMeter) -> None:
                              "meter_id": str(meter.meter_id),
                              "dir": st["dir"]}]
     assert isinstance(d["usb"], list)
+
+
+def test_watch_shows_a_prepaid_meters_credit(meter: OwnMeter) -> None:
+    # last in the module: it turns the meter prepaid
+    run(meter, "tariff", "--port", meter.port, "--t1", "0.2", "--t2", "0.3", "--prepaid")
+    run(meter, "topup", "--port", meter.port, "--amount", "12.5")
+    row = json.loads(run(meter, "watch", "--once", "--json", "--port", meter.port).output)
+    assert row["prepaid"] is True
+    assert 11.5 * 100_000 < row["balance_mc"] <= 12.5 * 100_000
+    out = run(meter, "watch", "--once", "--port", meter.port).output
+    line = next(ln for ln in out.splitlines() if ln.startswith("…"))
+    assert 11.5 < float(line.split()[8]) <= 12.5

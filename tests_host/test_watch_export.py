@@ -264,3 +264,13 @@ def test_watch_loop_redraws_until_ctrl_c_and_exits_0(monkeypatch: pytest.MonkeyP
     assert r.exit_code == 0, r.output
     assert calls == [2, 2, 2]
     assert "230.1" in r.output and "Aborted" not in r.output
+
+
+def test_a_failed_export_leaves_the_old_file(tmp_path: Path) -> None:
+    out = tmp_path / "p.csv"
+    out.write_text("the previous export\n")
+    bad = [RECS[0], {"seq": 1}]  # a record without its fields: the writer fails midway
+    with pytest.raises(KeyError):
+        export.write_profile_csv(bad, out)
+    assert out.read_text() == "the previous export\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.csv"]  # no temporary left
