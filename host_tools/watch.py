@@ -25,7 +25,8 @@ KNOWN_VIDS = {0x2E8A: "Raspberry Pi", 0xF055: "MicroPython (pyboard)",
               0x0483: "STMicroelectronics", 0x303A: "Espressif", 0x239A: "Adafruit"}
 MICROPYTHON_VIDS = (0x2E8A, 0xF055)
 WIDTH = 80  # the view fits a classic terminal
-ROUND_STATES = {"done": "ok", "failed": "fail", "recovering": "recov"}  # lopa/state.py
+# a round's states (headend/lopa/state.py), short enough for the column
+ROUND_STATES = {"collecting": "busy", "recovering": "recov", "done": "ok", "failed": "fail"}
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,9 @@ def last_round(db: Path | None, meter_id: int) -> dict[str, Any] | None:
         con.close()
     if row is None:
         return None
-    return {"t": int(row[0]), "length": int(row[1]), "state": str(row[2]),
+    # a round's t is the interval's index since the epoch (headend.py _interval_from)
+    t, length = int(row[0]), int(row[1])
+    return {"t": t, "length": length, "t_end": (t + 1) * length, "state": str(row[2]),
             "aggregate": row[3]}
 
 
@@ -104,7 +107,7 @@ def _num(v: Any, fmt: str) -> str:
 def _lopa_cell(lr: dict[str, Any] | None) -> str:
     if not lr:
         return "-"
-    when = dt.datetime.fromtimestamp(lr["t"], dt.UTC).strftime("%H:%M")
+    when = dt.datetime.fromtimestamp(lr["t_end"], dt.UTC).strftime("%H:%M")
     return f"{when} {ROUND_STATES.get(lr['state'], lr['state'])}"
 
 
@@ -132,7 +135,8 @@ def frame_table(rows: list[dict[str, Any]], caption: str = "") -> Group:
                           ("PF", "right"), ("imp kWh", "right"), ("exp kWh", "right"),
                           ("relay", "left"), ("credit", "right")):
         t.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    t.add_column("LoPA UTC", overflow="ellipsis", no_wrap=True)  # the last round's interval end
+    # the end of the last round's interval, and how the round went
+    t.add_column("LoPA UTC", overflow="ellipsis", no_wrap=True)
     notes: list[Text] = []
     for row in rows:
         t.add_row(*row_cells(row))

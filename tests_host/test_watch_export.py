@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import sqlite3
 import struct
 from pathlib import Path
 from types import SimpleNamespace
@@ -112,9 +111,9 @@ def _row(**kw: Any) -> dict[str, Any]:
     row = {"port": "/dev/pts/9", "meter_id": 4_382_716_054_938_105, "vrms": 230.123,
            "irms": 5.0004, "power_w": 1150.6, "pf": 0.999, "energy_import_wh": 123_456,
            "energy_export_wh": 7, "clock": 1_700_000_000, "relay": "closed", "locked": False,
-           "prepaid": True, "balance_mc": 1_234_500, "lopa": {"t": 1_700_000_100,
-                                                              "length": 60, "state": "done",
-                                                              "aggregate": 5}}
+           "prepaid": True, "balance_mc": 1_234_500,
+           "lopa": {"t": 28_333_334, "length": 60, "t_end": 1_700_000_100, "state": "done",
+                    "aggregate": 5}}
     row.update(kw)
     return row
 
@@ -132,7 +131,8 @@ def test_watch_cells() -> None:
     postpaid = watch.row_cells(_row(prepaid=False, balance_mc=None, lopa=None, locked=True,
                                     relay="open"))
     assert postpaid[7:] == ["locked", "-", "-"]
-    failed = watch.row_cells(_row(lopa={"t": 1_700_000_100, "length": 60, "state": "failed"}))
+    failed = watch.row_cells(_row(lopa={"t": 28_333_334, "length": 60,
+                                        "t_end": 1_700_000_100, "state": "failed"}))
     assert failed[9] == "22:15 fail"
     silent = watch.row_cells({"port": "/dev/pts/3", "meter_id": 7, "error": "timeout"})
     assert silent == ["7"] + ["-"] * 9
@@ -143,7 +143,8 @@ def test_watch_frame_fits_80_columns() -> None:
     # balance of 99999.99, a failed round
     wide = _row(vrms=253.0, power_w=-15939.0, pf=-0.5, energy_import_wh=9_999_999,
                 energy_export_wh=9_999_999, balance_mc=9_999_999_000, irms=63.0,
-                lopa={"t": 1_700_000_100, "length": 60, "state": "failed"})
+                lopa={"t": 28_333_334, "length": 60, "t_end": 1_700_000_100,
+                      "state": "failed"})
     rows = [_row(), wide, _row(prepaid=False, lopa=None),
             {"port": "/dev/pts/3", "meter_id": 7, "error": "x" * 200}]
     lines = _render(rows)
@@ -156,22 +157,30 @@ def test_watch_frame_fits_80_columns() -> None:
 
 
 def test_last_round_reads_db_read_only(tmp_path: Path) -> None:
+    from host_tools.headend.lopa.state import State
+
     db = tmp_path / "headend.db"
     assert watch.last_round(db, 1) is None and not db.exists()  # never created
-    con = sqlite3.connect(db)
-    con.execute("CREATE TABLE members (gid BLOB, meter_id INTEGER)")
-    con.execute("CREATE TABLE rounds (gid BLOB, t INTEGER, length INTEGER, state TEXT, "
-                "aggregate INTEGER)")
-    con.executemany("INSERT INTO members VALUES (?, ?)", [(b"g", 1), (b"h", 2)])
-    con.executemany("INSERT INTO rounds VALUES (?, ?, ?, ?, ?)",
-                    [(b"g", 100, 60, "done", 9), (b"g", 160, 60, "failed", None),
-                     (b"h", 500, 60, "done", 3)])
-    con.commit()
-    con.close()
-    assert watch.last_round(db, 1) == {"t": 160, "length": 60, "state": "failed",
-                                       "aggregate": None}
-    assert watch.last_round(db, 2) == {"t": 500, "length": 60, "state": "done", "aggregate": 3}
-    assert watch.last_round(db, 3) is None
+    with State(db) as st:  # the head-end's own schema and writes
+        st.begin_group(b"g", 0, 0.0, [(1, b"k1"), (2, b"k2")])
+        st.begin_group(b"h", 0, 0.0, [(2, b"k2"), (3, b"k3")])
+        run, _ = st.open_run(b"g", 2)
+        st.start_round(b"g", 28_333_335, run.run_id, 60)
+        st.finish_round(b"g", 28_333_335, True, 9, None, [], {})
+        st.start_round(b"g", 28_333_336, run.run_id, 60)
+        st.finish_round(b"g", 28_333_336, False, None, "timeout", [], {})
+        run_h, _ = st.open_run(b"h", 1)
+        st.start_round(b"h", 28_333_340, run_h.run_id, 60)
+    before = db.read_bytes()
+    lr1 = watch.last_round(db, 1)
+    assert lr1 == {"t": 28_333_336, "length": 60, "t_end": 1_700_000_220, "state": "failed",
+                   "aggregate": None}
+    lr2 = watch.last_round(db, 2)
+    assert lr2 is not None and lr2["t"] == 28_333_340 and lr2["state"] == "collecting"
+    assert watch.last_round(db, 4) is None
+    assert db.read_bytes() == before
+    assert watch.row_cells(_row(lopa=lr1))[9] == "22:17 fail"  # 1_700_000_220 is 22:17:00Z
+    assert watch.row_cells(_row(lopa=lr2))[9] == "22:21 busy"
 
 
 def test_json_row_id_is_a_string() -> None:
