@@ -339,17 +339,25 @@ def read(port: str, keystore: Path | None, meter_id: int | None, as_json: bool,
               default="security", show_default=True)
 @click.option("--from", "from_seq", type=int, default=0, help="first record number")
 @click.option("--max", "max_n", type=int, default=0, help="at most this many (0: all)")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None,
+              help="also write the records to this CSV file")
 @json_option
 @timeout_option
 @friendly_errors
 def logs(port: str, keystore: Path | None, meter_id: int | None, log_name: str, from_seq: int,
-         max_n: int, as_json: bool, timeout: float) -> None:
+         max_n: int, csv_path: Path | None, as_json: bool, timeout: float) -> None:
     """Read one of the meter's three logs."""
     from host_tools.headend.client import open_link
     from host_tools.headend.queries import read_log
 
+    _check_outputs(csv_path)
     with open_link(port, Keystore(keystore), meter_id, timeout) as link:
         recs = read_log(link, log_name, from_seq, max_n or None)
+    if csv_path is not None:
+        from host_tools.export import write_logs_csv
+
+        n = write_logs_csv(recs, csv_path)
+        err_console.print(f"{n} record(s) written to {csv_path}", highlight=False)
     if as_json:
         click.echo(json.dumps(recs))
         return
@@ -362,17 +370,34 @@ def logs(port: str, keystore: Path | None, meter_id: int | None, log_name: str, 
 @keystore_option
 @meter_option
 @click.option("--from", "from_seq", type=int, default=0, help="first interval record number")
+@click.option("--csv", "csv_path", type=click.Path(path_type=Path), default=None,
+              help="also write the intervals to this CSV file (UTC and epoch times, mWh, kWh)")
+@click.option("--png", "png_path", type=click.Path(path_type=Path), default=None,
+              help="also draw import/export per interval to this PNG file")
 @json_option
 @timeout_option
 @friendly_errors
 def profile(port: str, keystore: Path | None, meter_id: int | None, from_seq: int,
-            as_json: bool, timeout: float) -> None:
+            csv_path: Path | None, png_path: Path | None, as_json: bool,
+            timeout: float) -> None:
     """Read the load profile: one record per closed interval."""
     from host_tools.headend.client import open_link
     from host_tools.headend.queries import PROFILE_FIELDS, read_profile
 
+    _check_outputs(csv_path, png_path)
     with open_link(port, Keystore(keystore), meter_id, timeout) as link:
         recs = read_profile(link, from_seq)
+        the_id = link.entry.meter_id
+    if csv_path is not None or png_path is not None:
+        from host_tools.export import write_profile_csv, write_profile_png
+
+        if csv_path is not None:
+            n = write_profile_csv(recs, csv_path)
+            err_console.print(f"{n} interval(s) written to {csv_path}", highlight=False)
+        if png_path is not None:
+            write_profile_png(recs, png_path, the_id)
+            err_console.print(f"chart of {len(recs)} interval(s) written to {png_path}",
+                              highlight=False)
     if as_json:
         click.echo(json.dumps(recs))
         return
@@ -958,6 +983,116 @@ def mqtt(broker: str, ports: str | None, base: Path | None, keystore: Path | Non
         bridge.close()
     err_console.print(f"stopped: {bridge.published_states} states, "
                       f"{bridge.published_intervals} intervals published", highlight=False)
+
+
+# -- watch, devs (the lab bench's live view and board discovery) ---------------------------
+def _refuse(msg: str) -> None:
+    """A usage error found before touching a meter: one line, exit status 2."""
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    sys.exit(2)
+
+
+def _check_outputs(*paths: Path | None) -> None:
+    from host_tools.export import ExportError, check_writable
+
+    for path in paths:
+        if path is not None:
+            try:
+                check_writable(path)
+            except ExportError as e:
+                _refuse(str(e))
+
+
+@main.command()
+@click.option("--port", "-p", "ports", multiple=True,
+              help="a meter's serial port (repeat for several)")
+@dir_option
+@keystore_option
+@click.option("--db", type=click.Path(path_type=Path), default=None,
+              help="head-end database for the last LoPA round (default with --dir: the "
+                   "fleet's headend.db if there is one; else no round is shown)")
+@click.option("--every", type=click.FloatRange(min=0.2), default=1.0, show_default=True,
+              help="seconds between frames")
+@click.option("--once", is_flag=True, help="print one frame and exit")
+@json_option
+@click.option("--timeout", type=float, default=3.0, show_default=True,
+              help="seconds to wait for each answer")
+@friendly_errors
+def watch(ports: tuple[str, ...], base: Path | None, keystore: Path | None, db: Path | None,
+          every: float, once: bool, as_json: bool, timeout: float) -> None:
+    """Live view: V, I, P, PF, energy, relay, credit and the last LoPA round of each meter,
+    refreshed every second until Ctrl-C (exit 0). --json (with --once): one object per meter."""
+    import time
+
+    from rich.live import Live
+
+    from host_tools.watch import WIDTH, Target, frame, frame_table, json_row
+
+    if ports and base is not None:
+        _refuse("give --port or --dir, not both")
+    if not ports and base is None:
+        _refuse("give --port P (repeatable) or --dir FLEET")
+    if as_json and not once:
+        _refuse("--json needs --once")
+    if db is not None and not db.is_file():
+        _refuse(f"{db}: no such head-end database")
+    if base is not None:
+        from host_tools.sim import fleet
+
+        base = base.resolve()
+        sts = fleet.status(base)
+        if not sts:
+            _refuse(f"no virtual meters in {base}")
+        targets = [Target(str(s["port"]), None) for s in sts if s.get("port")]
+        if not targets:
+            _refuse(f"no running virtual meters in {base}")
+        if keystore is None and (base / "keystore.json").exists():
+            keystore = base / "keystore.json"
+        if db is None and (base / "headend.db").is_file():
+            db = base / "headend.db"
+    else:
+        targets = [Target(p, None) for p in ports]
+    ks = Keystore(keystore)
+    view = Console(width=min(console.width, WIDTH))
+    if once:
+        rows = frame(targets, ks, db, timeout)
+        if as_json:
+            for r in rows:
+                click.echo(json.dumps(json_row(r)))
+        else:
+            view.print(frame_table(rows))
+        return
+    try:
+        with Live(console=view, auto_refresh=False) as live:
+            while True:
+                t0 = time.monotonic()
+                stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                live.update(frame_table(frame(targets, ks, db, timeout),
+                                        f"{stamp}  every {every:g} s, Ctrl-C quits"),
+                            refresh=True)
+                time.sleep(max(0.0, every - (time.monotonic() - t0)))
+    except KeyboardInterrupt:
+        pass  # the user's way out: exit 0
+
+
+@main.command()
+@dir_option
+@keystore_option
+@json_option
+@friendly_errors
+def devs(base: Path | None, keystore: Path | None, as_json: bool) -> None:
+    """MicroPython boards on USB (port, VID:PID, serial number, maker; as `mpremote devs`)
+    and the running virtual meters (port, profile, meter id)."""
+    from host_tools.sim import fleet
+    from host_tools.watch import devs_lines, usb_boards, virtual_meters
+
+    usb = usb_boards()
+    virtual = virtual_meters(base, keystore)
+    if as_json:
+        click.echo(json.dumps({"usb": usb, "virtual": virtual}))
+        return
+    for line in devs_lines(usb, virtual, (base or fleet.default_dir()).resolve()):
+        click.echo(line)
 
 
 if __name__ == "__main__":
