@@ -414,7 +414,7 @@ _seconds_option = click.option("--seconds", type=click.IntRange(1, 600), default
                                show_default=True,
                                help="seconds of the meter's readings averaged, before and after")
 _force_option = click.option("--force", is_flag=True,
-                             help="set a gain more than 30 %% from the board's default")
+                             help="set a gain more than 30 % from the board's default")
 
 
 def _cal_show_line(c: dict[str, Any]) -> str:

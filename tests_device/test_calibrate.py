@@ -5,6 +5,7 @@ load, and show, reset and undo."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -69,9 +70,12 @@ def test_calibration_steps_show_reset_undo(tmp_path: Path, real_port: str | None
             s = calibration.step(link, "voltage", 230.0, seconds=SECONDS)
             assert s.error_before_pct == pytest.approx(4.0, abs=0.5)
             assert abs(s.error_after_pct) < 0.5
-            s = calibration.step(link, "current", 5.0, seconds=SECONDS)
-            assert s.error_before_pct == pytest.approx(-5.0, abs=0.5)
-            assert abs(s.error_after_pct) < 0.5
+            r = cli(m, "current", "--amps", "5", "--seconds", str(SECONDS), "--json")
+            assert r.returncode == 0, r.stderr
+            out = json.loads(r.stdout)
+            assert out["unit"] == "A" and out["calibration"]["source"] == "current"
+            assert out["error_before_pct"] == pytest.approx(-5.0, abs=0.5)
+            assert abs(out["error_after_pct"]) < 0.5
 
             # power at PF 1, three times: the phase stays where it was (issue 20's walk was
             # -0.333 -> -0.668 -> -1.0) and the power error stays under 0.5 %
@@ -83,6 +87,11 @@ def test_calibration_steps_show_reset_undo(tmp_path: Path, real_port: str | None
                 assert abs(s.error_after_pct) < 0.5, s
                 assert s.cal["phase"] == 0.1
             assert abs(s.error_before_pct) < 0.5  # the third found nothing left to do
+            r = cli(m, "power", "--watts", "1150", "--pf", "1", "--seconds", str(SECONDS))
+            assert r.returncode == 0, r.stderr
+            assert re.match(r"power: reference 1150 W; meter read [\d.]+ W \(error [-+][\d.]+ %\),"
+                            r" now [\d.]+ W \(error [-+]0\.[0-4]\d %\), each over 2 s", r.stdout)
+            assert "phase        +0.1000 sample periods" in r.stdout
             # the reference form (the old one-shot CALIBRATE) at PF 1 leaves the phase too
             for _ in range(3):
                 c = link.request(wire.K_CALIBRATE, {"volts": 230.0, "amps": 5.0, "pf": 1.0})
