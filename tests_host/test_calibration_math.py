@@ -20,6 +20,8 @@ from host_tools.headend.calibration import (
     unit_hint,
 )
 
+from . import test_metrology as tm
+
 DEFAULT = [0.0276, 0.0069, 0.0]
 CAL: dict[str, Any] = {"v_gain": 0.0276, "i_gain": 0.0069, "phase": 0.0, "default": DEFAULT,
                        "rate_hz": 2000}
@@ -118,3 +120,23 @@ def test_the_old_one_shot_form_is_refused_with_the_new_one() -> None:
     assert r.exit_code != 0
     r = CliRunner().invoke(main, ["calibrate", "--volts", "230", "--amps", "5"])
     assert r.exit_code == 2 and "calibrate voltage --volts V" in r.output
+
+
+def test_three_pf_1_calibrations_of_a_distorted_load_keep_the_power_within_half_a_percent(
+) -> None:
+    # A PF-1 load with harmonics and noise reads PF 0.997 with no phase error at all (the
+    # distortion, not an angle): the old calibration took that for a phase error, always of
+    # the same sign, and walked the phase to -1 (power 1.5 % low). Now it leaves it alone.
+    ns: dict[str, Any] = {}
+    exec(tm.MEASURE, ns)
+    params = {"vrms": 230.0, "irms": 5.0, "pf": 1.0, "h3": 0.03, "h5": 0.02, "ih3": 0.1,
+              "noise": 16}
+    cal = tuple(tm.CAL)  # the front end's own: it reads the true power
+    true_p = ns["measure"](tm.waveform.Waveform, params, 2, cal)[-1][2]
+    for _ in range(3):
+        r = ns["measure"](tm.waveform.Waveform, params, 2, cal)[-1]
+        assert r[4] < 0.998  # the meter's PF is below 1 ...
+        cal = metro.calibrate(r[0], r[1], r[4], 230.0, r[1], 1.0, *cal, 2000, r[5])
+        assert cal[2] == 0.0  # ... and the phase stays
+        r = ns["measure"](tm.waveform.Waveform, params, 2, cal)[-1]
+        assert abs(r[2] / true_p - 1) < 0.005

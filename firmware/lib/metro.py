@@ -255,10 +255,10 @@ def calibrate(measured_vrms, measured_irms, measured_pf, true_v, true_i, true_pf
     v_gain = v_gain * true_v / measured_vrms
     i_gain = i_gain * true_i / measured_irms
     if abs(true_pf) <= REACTIVE_PF and abs(measured_pf) <= REACTIVE_PF:
-        # Only a reactive load tells the angle: near PF 1, acos() has no sign (a phase that
-        # overshot reads like one that fell short) and its slope is unbounded (noise of 1e-4
-        # in PF is 0.8 degrees), so each PF-1 calibration pushed the phase the same way
-        # again (issue 20: -0.333, -0.668, -1.0). There the phase is left alone.
+        # Only a reactive load tells the angle. At PF 1 harmonics and noise alone read a PF
+        # below 1, acos() has no sign and is steep (PF 0.9999: 0.8 degrees), so each PF-1
+        # calibration pushed the phase the same way again (issue 20: -0.333, -0.668, -1.0).
+        # There the phase is left alone (docs/calibration.md).
         err = math.acos(_clamp1(true_pf)) - math.acos(_clamp1(measured_pf))
         phase = phase + err * rate_hz / (2 * math.pi * freq_hz)
     return v_gain, i_gain, max(-1.0, min(1.0, phase))
