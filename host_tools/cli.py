@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -500,6 +501,14 @@ def _cal_step_cmd(name: str, true: float, pf: float, seconds: int, force: bool, 
                   timeout: float) -> None:
     from host_tools.headend import calibration
 
+    # bad input is refused before the port is opened
+    bad = (f"the reference's {calibration.UNITS.get(name, 'PF')} must be > 0, not {true:g}"
+           if not (math.isfinite(true) and true > 0) else
+           f"--pf must be in (0, 1], not {pf:g}" if not 0 < abs(pf) <= 1 else "")
+    if bad:
+        err_console.print(f"[bold red]error:[/] {bad}: nothing changed", highlight=False,
+                          soft_wrap=True)
+        sys.exit(1)
     r = _cal_run(port, keystore, meter_id, max(timeout, 5.0),
                  lambda link: calibration.step(link, name, true, pf, seconds, force))
     _cal_print(r, as_json)

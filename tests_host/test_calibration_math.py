@@ -140,3 +140,15 @@ def test_three_pf_1_calibrations_of_a_distorted_load_keep_the_power_within_half_
         assert cal[2] == 0.0  # ... and the phase stays
         r = ns["measure"](tm.waveform.Waveform, params, 2, cal)[-1]
         assert abs(r[2] / true_p - 1) < 0.005
+
+
+@pytest.mark.parametrize("args", [["voltage", "--volts", "-5"], ["current", "--amps", "nan"],
+                                  ["power", "--watts", "100", "--pf", "1.5"],
+                                  ["phase", "--pf", "0"]])
+def test_bad_references_are_refused_in_one_line_before_the_port_is_opened(
+        args: list[str]) -> None:
+    # (the port does not exist: an error about it would mean the input got that far)
+    r = CliRunner().invoke(main, ["calibrate", *args, "--port", "/nonexistent/port"])
+    assert r.exit_code == 1
+    assert len(r.output.strip().splitlines()) == 1 and "nothing changed" in r.output
+    assert "nonexistent" not in r.output

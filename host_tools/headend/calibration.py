@@ -177,6 +177,10 @@ def step(link: MeterLink, name: str, true: float, pf: float = 1.0, seconds: int 
         raise CalibrationError(f"no step {name!r}: one of {', '.join(STEPS)}")
     if not 1 <= seconds <= 600:
         raise CalibrationError(f"--seconds must be 1..600, not {seconds}")
+    if not (math.isfinite(true) and true > 0):
+        raise CalibrationError(f"the reference value must be > 0, not {true}: nothing changed")
+    if not 0 < abs(pf) <= 1:
+        raise CalibrationError(f"--pf must be in (0, 1], not {pf}: nothing changed")
     cal = show(link)
     # seconds that end after `cal` was read are measured with it (the meter applies a
     # calibration to the second it is set in: lib/metro.py Accumulator.result)
