@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -407,25 +408,193 @@ def profile(port: str, keystore: Path | None, meter_id: int | None, from_seq: in
     console.print(t)
 
 
-@main.command()
-@port_option
-@keystore_option
-@meter_option
-@click.option("--volts", type=float, required=True, help="true voltage of the reference load")
-@click.option("--amps", type=float, required=True, help="true current of the reference load")
-@click.option("--pf", type=float, default=1.0, show_default=True, help="true power factor")
-@timeout_option
-@friendly_errors
-def calibrate(port: str, keystore: Path | None, meter_id: int | None, volts: float,
-              amps: float, pf: float, timeout: float) -> None:
-    """Set the meter's V gain, I gain and phase against a known load (persisted)."""
-    from host_tools.headend import wire
+# -- calibration (docs/calibration.md; the library: host_tools/headend/calibration.py) ------
+@main.group(invoke_without_command=True)
+@click.option("--volts", type=float, default=None, hidden=True)
+@click.option("--amps", type=float, default=None, hidden=True)
+@click.option("--pf", type=float, default=None, hidden=True)
+@click.pass_context
+def calibrate(ctx: click.Context, volts: float | None, amps: float | None,
+              pf: float | None) -> None:
+    """Calibrate against a reference meter, one quantity at a time (docs/calibration.md):
+    voltage, current and power on a resistive load, then phase on a reactive one.
+    show, reset and undo the calibration."""
+    if volts is not None or amps is not None or pf is not None:
+        # the old one-shot form moved the phase on every PF-1 run (issue 20): refused
+        raise click.UsageError("the one-shot form is gone: run `calibrate voltage --volts V`,"
+                               " `calibrate current --amps A`, `calibrate power --watts W"
+                               " --pf PF` (docs/calibration.md)")
+    if ctx.invoked_subcommand is None:
+        click.echo(ctx.get_help())
+        ctx.exit(2)
 
-    if volts <= 0 or amps <= 0 or not 0 < abs(pf) <= 1:
-        raise click.BadParameter("--volts and --amps must be > 0, --pf in (0, 1]")
-    r = _request(port, keystore, meter_id, timeout, wire.K_CALIBRATE,
-                 {"volts": volts, "amps": amps, "pf": pf})
-    click.echo(json.dumps(r))
+
+def _cal_options(fn: F) -> F:
+    for opt in (friendly_errors, timeout_option, json_option, meter_option, keystore_option,
+                port_option):
+        fn = opt(fn)
+    return fn
+
+
+_seconds_option = click.option("--seconds", type=click.IntRange(1, 600), default=10,
+                               show_default=True,
+                               help="seconds of the meter's readings averaged, before and after")
+_force_option = click.option("--force", is_flag=True,
+                             help="set a gain more than 30 % from the board's default")
+
+
+def _cal_show_line(c: dict[str, Any]) -> str:
+    prev = "none" if c["previous"] is None else (
+        f"{c['previous'][0]:.6g} V/count, {c['previous'][1]:.6g} A/count, "
+        f"{c['previous'][2]:+.4f} samples")
+    d = c["default"]
+    return (f"voltage gain {c['v_gain']:.6g} V/count ({c['v_gain'] / d[0] * 100 - 100:+.2f} %"
+            f" from the board's default)\n"
+            f"current gain {c['i_gain']:.6g} A/count ({c['i_gain'] / d[1] * 100 - 100:+.2f} %"
+            f" from the board's default)\n"
+            f"phase        {c['phase']:+.4f} sample periods (at {c['rate_hz']} Hz sampling)\n"
+            f"source       {c['source']} (the last change; undo restores: {prev})")
+
+
+def _cal_run(port: str, keystore: Path | None, meter_id: int | None, timeout: float,
+             fn: Callable[[Any], Any]) -> Any:
+    from host_tools.headend.calibration import CalibrationError
+    from host_tools.headend.client import open_link
+
+    try:
+        with open_link(port, Keystore(keystore), meter_id, timeout) as link:
+            return fn(link)
+    except CalibrationError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+def _cal_print(r: Any, as_json: bool) -> None:
+    from host_tools.headend.calibration import StepResult
+
+    if isinstance(r, StepResult):
+        if as_json:
+            click.echo(json.dumps({"step": r.step, "true": r.true, "unit": r.unit,
+                                   "error_before_pct": r.error_before_pct,
+                                   "error_after_pct": r.error_after_pct,
+                                   "seconds": r.after.seconds, "calibration": r.cal}))
+            return
+        m0 = {"voltage": r.before.vrms, "current": r.before.irms, "power": r.before.power_w,
+              "phase": r.before.pf}[r.step]
+        m1 = {"voltage": r.after.vrms, "current": r.after.irms, "power": r.after.power_w,
+              "phase": r.after.pf}[r.step]
+        click.echo(f"{r.step}: reference {r.true:g} {r.unit}; meter read {m0:.4g} {r.unit}"
+                   f" (error {r.error_before_pct:+.2f} %), now {m1:.4g} {r.unit}"
+                   f" (error {r.error_after_pct:+.2f} %), each over {r.after.seconds} s")
+        click.echo(_cal_show_line(r.cal))
+        return
+    click.echo(json.dumps(r) if as_json else _cal_show_line(r))
+
+
+@calibrate.command("show")
+@_cal_options
+def calibrate_show(port: str, keystore: Path | None, meter_id: int | None, as_json: bool,
+                   timeout: float) -> None:
+    """The gains (V and A per ADC count), the phase (sample periods) and their source."""
+    from host_tools.headend import calibration
+
+    _cal_print(_cal_run(port, keystore, meter_id, timeout, calibration.show), as_json)
+
+
+@calibrate.command("reset")
+@_cal_options
+def calibrate_reset(port: str, keystore: Path | None, meter_id: int | None, as_json: bool,
+                    timeout: float) -> None:
+    """Back to the board's default calibration (undo brings the last one back)."""
+    from host_tools.headend import calibration
+
+    _cal_print(_cal_run(port, keystore, meter_id, timeout, calibration.reset), as_json)
+
+
+@calibrate.command("undo")
+@_cal_options
+def calibrate_undo(port: str, keystore: Path | None, meter_id: int | None, as_json: bool,
+                   timeout: float) -> None:
+    """Restore the calibration before the last change (the meter keeps one)."""
+    from host_tools.headend import calibration
+
+    _cal_print(_cal_run(port, keystore, meter_id, timeout, calibration.undo), as_json)
+
+
+def _cal_step_cmd(name: str, true: float, pf: float, seconds: int, force: bool, port: str,
+                  keystore: Path | None, meter_id: int | None, as_json: bool,
+                  timeout: float) -> None:
+    from host_tools.headend import calibration
+
+    # bad input is refused before the port is opened
+    bad = (f"the reference's {calibration.UNITS.get(name, 'PF')} must be > 0, not {true:g}"
+           if not (math.isfinite(true) and true > 0) else
+           f"--pf must be in (0, 1], not {pf:g}" if not 0 < abs(pf) <= 1 else "")
+    if bad:
+        err_console.print(f"[bold red]error:[/] {bad}: nothing changed", highlight=False,
+                          soft_wrap=True)
+        sys.exit(1)
+    r = _cal_run(port, keystore, meter_id, max(timeout, 5.0),
+                 lambda link: calibration.step(link, name, true, pf, seconds, force))
+    _cal_print(r, as_json)
+
+
+@calibrate.command("voltage")
+@click.option("--volts", type=float, required=True,
+              help="the reference meter's voltage, V rms")
+@_seconds_option
+@_force_option
+@_cal_options
+def calibrate_voltage(volts: float, seconds: int, force: bool, port: str,
+                      keystore: Path | None, meter_id: int | None, as_json: bool,
+                      timeout: float) -> None:
+    """Set the voltage gain: the reference's volts (V rms) against the meter's average."""
+    _cal_step_cmd("voltage", volts, 1.0, seconds, force, port, keystore, meter_id, as_json,
+                  timeout)
+
+
+@calibrate.command("current")
+@click.option("--amps", type=float, required=True,
+              help="the reference meter's current, A rms (not mA)")
+@_seconds_option
+@_force_option
+@_cal_options
+def calibrate_current(amps: float, seconds: int, force: bool, port: str,
+                      keystore: Path | None, meter_id: int | None, as_json: bool,
+                      timeout: float) -> None:
+    """Set the current gain: the reference's amps (A rms) against the meter's average."""
+    _cal_step_cmd("current", amps, 1.0, seconds, force, port, keystore, meter_id, as_json,
+                  timeout)
+
+
+@calibrate.command("power")
+@click.option("--watts", type=float, required=True,
+              help="the reference meter's active power, W")
+@click.option("--pf", type=float, default=1.0, show_default=True,
+              help="the reference's power factor; above 0.9 the power sets the current gain,"
+                   " at or below it the phase")
+@_seconds_option
+@_force_option
+@_cal_options
+def calibrate_power(watts: float, pf: float, seconds: int, force: bool, port: str,
+                    keystore: Path | None, meter_id: int | None, as_json: bool,
+                    timeout: float) -> None:
+    """Match the meter's power (W) to the reference's: on a resistive load (|PF| > 0.9)
+    through the current gain, the phase untouched; on a reactive one through the phase."""
+    _cal_step_cmd("power", watts, pf, seconds, force, port, keystore, meter_id, as_json,
+                  timeout)
+
+
+@calibrate.command("phase")
+@click.option("--pf", type=float, required=True,
+              help="the reference meter's power factor of a reactive load (|PF| <= 0.9)")
+@_seconds_option
+@_cal_options
+def calibrate_phase(pf: float, seconds: int, port: str, keystore: Path | None,
+                    meter_id: int | None, as_json: bool, timeout: float) -> None:
+    """Set the phase (sample periods) on a reactive load: refused near PF 1, where the
+    phase error cannot be told."""
+    _cal_step_cmd("phase", pf, pf, seconds, False, port, keystore, meter_id, as_json, timeout)
 
 
 @main.command()

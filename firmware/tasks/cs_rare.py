@@ -31,6 +31,13 @@ def unprovisioned(cs, line):
     cs._port.send("comm", "frame_out", wan.frame_to_b64(out))
 
 
+def _cal_step(step):
+    # the step a "set" came from, for the calibration's source and its log line
+    if step not in ("voltage", "current", "power", "phase", "set"):
+        raise ValueError("calibrate step: voltage, current, power, phase or set")
+    return step
+
+
 def args(kind, ctr, body):
     # Only plain numbers and names leave here: tasks never see raw JSON.
     a = json.loads(body) if body else {}
@@ -44,7 +51,16 @@ def args(kind, ctr, body):
     if kind == wan.K_TIME_SET:
         return (ctr, int(a["t"]))
     if kind == wan.K_CALIBRATE:
-        return (ctr, float(a["volts"]), float(a["amps"]), float(a.get("pf", 1.0)))
+        op = a.get("op", "ref")
+        if op == "ref":  # the reference load at the terminals: {"volts", "amps", "pf"}
+            return (ctr, op, float(a["volts"]), float(a["amps"]), float(a.get("pf", 1.0)),
+                    False, "")
+        if op == "set":  # gains the head-end worked out (host_tools/headend/calibration.py)
+            return (ctr, op, float(a["v_gain"]), float(a["i_gain"]), float(a["phase"]),
+                    bool(a.get("force", False)), _cal_step(a.get("step", "set")))
+        if op in ("show", "reset", "undo"):
+            return (ctr, op, 0.0, 0.0, 0.0, False, "")
+        raise ValueError("calibrate op: ref, set, show, reset or undo")
     if kind == wan.K_TOPUP:
         return (ctr, int(a["amount_mc"]))
     if kind == wan.K_TARIFF:

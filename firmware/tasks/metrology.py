@@ -26,7 +26,14 @@ class Metrology:
         self._port = port
         self._adc = hw["adc"]
         self._rate = hw["adc_rate_hz"]
-        cal = store.load(CALIB, None) or list(hw["cal_default"])
+        # calib.json: {"cal": [v_gain, i_gain, phase], "prev": the one before or None,
+        # "src": the step that set it}; a bare list is the older format
+        self.cal_default = tuple(hw["cal_default"])
+        rec = store.load(CALIB, None)
+        if isinstance(rec, list):
+            rec = {"cal": rec, "prev": None, "src": "ref"}
+        self.cal_rec = rec or {"cal": list(self.cal_default), "prev": None, "src": "default"}
+        cal = self.cal_rec["cal"]
         self.cal = tuple(cal)
         self._acc = metro.Accumulator(self._rate, cal[0], cal[1], cal[2])
         self._vbuf = array("H", bytes(2 * BUF))

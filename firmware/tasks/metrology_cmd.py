@@ -23,19 +23,54 @@ def profile(m, sender, payload):
 
 
 def calibrate(m, sender, payload):
-    ref, volts, amps, pf = payload
-    r = m.last
-    if r is None or r[0] <= 0 or r[1] <= 0:
-        m._port.send(sender, "calibrated", (ref, 6, "no load measured yet"))
+    # ops (docs/PROTOCOL.md CALIBRATE): "ref" the reference load at the terminals, "set"
+    # gains the head-end worked out, "show", "reset" (the board's default), "undo" (the
+    # calibration before the last change; the meter keeps that one copy in calib.json)
+    ref, op, a, b, c, force, step = payload
+    rec = m.cal_rec
+    if op == "show":
+        _cal_answer(m, sender, ref, rec)
         return
-    v_gain, i_gain, phase = metro.calibrate(
-        r[0], r[1], r[4], volts, amps, pf, m.cal[0], m.cal[1], m.cal[2],
-        m._rate, r[5] or 50.0)
-    m.cal = (v_gain, i_gain, phase)
-    m._acc.set_cal(v_gain, i_gain, phase)
-    store.save(CALIB, list(m.cal))
-    m._port.log("calibrated: v_gain %.6g i_gain %.6g phase %.4f" % m.cal)
-    body = json.dumps({"v_gain": v_gain, "i_gain": i_gain, "phase": phase})
+    if op == "ref":
+        r = m.last
+        if r is None or r[0] <= 0 or r[1] <= 0:
+            m._port.send(sender, "calibrated", (ref, 6, "no load measured yet"))
+            return
+        new = metro.calibrate(r[0], r[1], r[4], a, b, c, m.cal[0], m.cal[1], m.cal[2],
+                              m._rate, r[5] or 50.0)
+        force = True  # the reference form has always set what it measured
+    elif op == "set":
+        new = (a, b, c)
+        op = step
+    elif op == "reset":
+        new = m.cal_default
+    elif rec["prev"] is None:  # undo
+        m._port.send(sender, "calibrated", (ref, 7, "no earlier calibration to undo"))
+        return
+    else:
+        new = tuple(rec["prev"])
+    why = metro.cal_refusal(new, m.cal_default, force)
+    if why:
+        m._port.send(sender, "calibrated", (ref, 6, why))  # BAD_ARGS: nothing changed
+        return
+    if op == "undo":
+        rec = {"cal": list(new), "prev": rec["cal"], "src": "undo"}
+    else:
+        src = "default" if op == "reset" else op
+        rec = {"cal": list(new), "prev": rec["cal"], "src": src}
+    store.save(CALIB, rec)  # atomic: the calibration and the one before it together
+    m.cal_rec = rec
+    m.cal = tuple(new)
+    m._acc.set_cal(new[0], new[1], new[2])
+    m._port.log(metro.cal_log_line(op, new))
+    _cal_answer(m, sender, ref, rec)
+
+
+def _cal_answer(m, sender, ref, rec):
+    cal = rec["cal"]
+    body = json.dumps({"v_gain": cal[0], "i_gain": cal[1], "phase": cal[2],
+                       "source": rec["src"], "previous": rec["prev"],
+                       "default": list(m.cal_default), "rate_hz": m._rate})
     m._port.send(sender, "calibrated", (ref, 0, body))
 
 
