@@ -154,10 +154,10 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
     ``profile``: the port profile (host_tools/sim/profiles.py) each meter presents itself as;
     None keeps the one a meter was last started with (for a new meter: $METER_PROFILE, else
     ``profiles.DEFAULT``).
-    The profile sets the heap (unless ``heap`` is given: the VM starts with
-    profiles.vm_start_heap, and the ROM leaves the firmware profiles.repl_free_bytes of it, what
-    the board's heap has free at its REPL; a given ``heap`` is the VM's, with no ballast), the flash size, the ROMFS partition and the battery-backed RAM
-    (board.nvram, unless ``nvram_bytes`` is given: 0 none, as on a Pico). ``sd_bytes``: the
+    The profile sets the heap (the VM starts with profiles.vm_start_heap and the ROM leaves the
+    firmware profiles.repl_free_bytes of it, what the board's heap has free at its REPL; a
+    given ``heap`` is the VM's, with no ballast), the flash size, the ROMFS partition and the
+    battery-backed RAM (board.nvram, unless ``nvram_bytes`` is given: 0 none, as on a Pico). ``sd_bytes``: the
     micro SD card in a Pyboard's slot (a pybv11 profile only; 0: no card; None: the profile's,
     a 32 MiB card). An unknown name raises SimError before anything starts."""
     if n < 1:
