@@ -157,9 +157,9 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
     The profile sets the heap (the VM starts with profiles.vm_start_heap and the ROM leaves the
     firmware profiles.repl_free_bytes of it, what the board's heap has free at its REPL; a
     given ``heap`` is the VM's, with no ballast), the flash size, the ROMFS partition and the
-    battery-backed RAM (board.nvram, unless ``nvram_bytes`` is given: 0 none, as on a Pico). ``sd_bytes``: the
-    micro SD card in a Pyboard's slot (a pybv11 profile only; 0: no card; None: the profile's,
-    a 32 MiB card). An unknown name raises SimError before anything starts."""
+    battery-backed RAM (board.nvram, unless ``nvram_bytes`` is given: 0 none, as on a Pico).
+    ``sd_bytes``: the micro SD card in a Pyboard's slot (a pybv11 profile only; 0: no card;
+    None: the profile's, a 32 MiB card). An unknown name raises SimError before anything starts."""
     if n < 1:
         raise SimError("--meters must be at least 1")
     if profile is not None:
