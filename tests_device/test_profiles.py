@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -186,9 +187,14 @@ def test_status_shows_the_profile(meter: tuple[dict[str, Any], str, Path]) -> No
     st = fleet.meter_status(0, base)
     assert st["profile"] == prof["name"]
     assert st["heap"] == profiles.vm_start_heap(prof)  # the VM's, with headroom
+    assert st["free_at_boot"] == profiles.repl_free_bytes(prof)  # the firmware's, the board's
     r = subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", "status", "--dir",
-                        str(base)], capture_output=True, text=True, timeout=60)
+                        str(base)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0 and prof["name"] in r.stdout.splitlines()[1].split()
+    free = profiles.repl_free_bytes(prof)
+    want = f"{st['heap']}/{free // 1024}K" if free else f"{st['heap']}/-"
+    assert r.stdout.splitlines()[1].split()[-1] == want, r.stdout
 
 
 def test_mpremote_sees_the_machine(meter: tuple[dict[str, Any], str, Path]) -> None:
