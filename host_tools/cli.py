@@ -127,6 +127,9 @@ def sim_status(base: Path | None, as_json: bool) -> None:
     t.add_column("profile", min_width=max(len(n) for n in profiles.names()), no_wrap=True)
     for col in ("port", "han", "vm", "repl", "main.py", "boots", "relay", "erases"):
         t.add_column(col)
+    # "VM/firmware": the VM's heap, and what the ROM leaves the firmware free at the REPL (the
+    # board's figure as 64-bit objects; "-": no ballast, the unix profile or a given --heap)
+    t.add_column("heap", no_wrap=True)
     lives = []
     for st in sts:
         fl = st.get("flash") or {}
@@ -134,7 +137,9 @@ def sim_status(base: Path | None, as_json: bool) -> None:
                   st.get("han", "-"), st.get("vm", "?"),
                   st.get("repl", "-"), st.get("files", {}).get("main.py", "-"),
                   str(st.get("boots", "-")), str(st.get("pins", {}).get("relay", "-")),
-                  f"{fl['erases_max']}/{fl['erases_total']}" if "erases_max" in fl else "-")
+                  f"{fl['erases_max']}/{fl['erases_total']}" if "erases_max" in fl else "-",
+                  f"{st.get('heap', '-')}/"
+                  + (f"{st['free_at_boot'] // 1024}K" if st.get("free_at_boot") else "-"))
         if "erases_max" in fl:
             lives.append(f"meter {st.get('id')}: {flashwear.life_line(fl)}")
         elif "error" in fl:

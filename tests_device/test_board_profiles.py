@@ -122,6 +122,6 @@ def test_the_profiles_heap_and_flash_are_the_boards(board: tuple[str, list[OwnMe
 
     name, meters = board
     st = fleet.status(meters[0].base)[0]
-    assert st["heap"] == profiles.vm_heap(profiles.get(name))
+    assert st["heap"] == profiles.vm_start_heap(profiles.get(name))  # the VM's, with headroom
     assert st["flash"]["type"] == "lfs2"
     assert not (meters[0].dir / "romfs.bin").exists()  # the official build has no ROMFS

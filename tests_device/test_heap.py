@@ -81,8 +81,13 @@ def groups(link: MeterLink) -> dict[str, object]:
 
 
 def run_50_member_group(tmp: Path, profile: str, heap: str | None = None) -> None:
-    heap = heap or profiles.vm_heap(profiles.get(profile))
+    # no heap given: a board's profile starts its VM with headroom and leaves the firmware what
+    # the board has free at its REPL (profiles.repl_free_bytes)
     m: Meters = start_fleet(tmp / "fleet", 1, heap, profile)
+    free = profiles.repl_free_bytes(profiles.get(profile)) if heap is None else None
+    # ram_alloc counts the ROM's ballast when there is one: ram_free is the firmware's figure
+    heap = heap or (f"{profiles.vm_start_heap(profiles.get(profile))} "
+                    f"(firmware's at the REPL: {free} B)")
     try:
         port = m.port(0)
         flash(port, timeout=60)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -61,9 +62,12 @@ print(repr(r))
 def probe(port: str) -> dict[str, Any]:
     with Board(port, timeout=30, exec_timeout=30) as b:
         b.enter_raw(soft_reset=False)
+        # first, alone: the probe's own code would take heap
+        free = int(b.exec("import gc\ngc.collect()\nprint(gc.mem_free())", "free heap"))
         out = b.exec(PROBE, "probing the board's identity")
         b.exit_raw()
     r: dict[str, Any] = ast.literal_eval(out.decode().strip())
+    r["free"] = free
     return r
 
 
@@ -146,8 +150,22 @@ def test_only_the_boards_modules_import(meter: tuple[dict[str, Any], str, Path],
 def test_heap_is_the_boards(meter: tuple[dict[str, Any], str, Path],
                             seen: dict[str, Any]) -> None:
     # the VM's GC keeps its tables inside the capped area: a little under the cap, never over
-    want = profiles.heap_bytes(profiles.vm_heap(meter[0]))
+    want = profiles.heap_bytes(profiles.vm_start_heap(meter[0]))
     assert 0.95 * want <= seen["heap"] <= want, (seen["heap"], want)
+
+
+def test_free_at_the_repl_is_the_boards(meter: tuple[dict[str, Any], str, Path],
+                                        seen: dict[str, Any]) -> None:
+    # an empty flash, at the REPL: what the board has free there, scaled to 64-bit objects
+    # (the ROM's ballast takes the VM's headroom back); the unix profile has no board to match:
+    # its VM's heap less the virtual board's own objects (~10 KB)
+    prof = meter[0]
+    want = profiles.repl_free_bytes(prof)
+    if want is None:
+        have = profiles.heap_bytes(profiles.vm_heap(prof))
+        assert have - 32 * 1024 < seen["free"] < have - 2 * 1024, (seen["free"], have)
+    else:
+        assert abs(seen["free"] - want) <= 3 * 1024, (seen["free"], want)
 
 
 def test_rom_only_with_a_romfs_partition(meter: tuple[dict[str, Any], str, Path],
@@ -168,10 +186,15 @@ def test_status_shows_the_profile(meter: tuple[dict[str, Any], str, Path]) -> No
     prof, _, base = meter
     st = fleet.meter_status(0, base)
     assert st["profile"] == prof["name"]
-    assert st["heap"] == profiles.vm_heap(prof)
+    assert st["heap"] == profiles.vm_start_heap(prof)  # the VM's, with headroom
+    assert st["free_at_boot"] == profiles.repl_free_bytes(prof)  # the firmware's, the board's
     r = subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", "status", "--dir",
-                        str(base)], capture_output=True, text=True, timeout=60)
+                        str(base)], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0 and prof["name"] in r.stdout.splitlines()[1].split()
+    free = profiles.repl_free_bytes(prof)
+    want = f"{st['heap']}/{free // 1024}K" if free else f"{st['heap']}/-"
+    assert r.stdout.splitlines()[1].split()[-1] == want, r.stdout
 
 
 def test_mpremote_sees_the_machine(meter: tuple[dict[str, Any], str, Path]) -> None:

@@ -240,3 +240,39 @@ def test_a_pyboard_has_a_card_in_its_slot_the_others_none() -> None:
             assert 0 < p["sd"]["write_ms"] < 250  # the SD spec's write busy limit
         else:
             assert "sd" not in p, name
+
+
+def test_the_firmware_is_left_the_boards_free_heap_at_the_repl() -> None:
+    # (board heap - GC tables (3/128) - the official firmware's own boot objects) / 0.68
+    want = {"rp2-pico": (192, 5), "rp2-pico2": (448, 5), "pybv11": (100, 2),
+            "pybv11-thread": (100, 2)}
+    for name, (heap_k, boot_k) in want.items():
+        p = profiles.get(name)
+        heap = heap_k * 1024
+        free = profiles.repl_free_bytes(p)
+        assert free == int((heap - heap * 3 // 128 - boot_k * 1024) / 0.68), name
+        # the VM starts with the headroom for the virtual board's own objects (~48 KB on a
+        # pybv11 with its card) on top of the heap that holds the board's
+        start = profiles.heap_bytes(profiles.vm_start_heap(p))
+        assert start == profiles.heap_bytes(profiles.vm_heap(p)) + profiles.HEADROOM, name
+        assert free < profiles.heap_bytes(profiles.vm_heap(p)) < start - 64 * 1024, name
+    assert profiles.repl_free_bytes(profiles.get("rp2-pico")) == 274823
+    assert profiles.repl_free_bytes(profiles.get("pybv11")) == 144047
+    unix = profiles.get("unix")  # no board to match: no ballast, no headroom
+    assert profiles.repl_free_bytes(unix) is None
+    assert profiles.vm_start_heap(unix) == profiles.vm_heap(unix) == "192K"
+
+
+@pytest.mark.skipif(not MP_MIRROR.is_dir(), reason="no MicroPython source mirror here")
+@pytest.mark.parametrize("tag", TAGS)
+def test_boot_heap_figures_match_micropython_source(tag: str) -> None:
+    """What profiles.BOOT_OBJECTS and the 3/128 of GC tables are read from."""
+    gc = _src(tag, "py/gc.c")
+    assert _define(gc, "BLOCKS_PER_ATB") == "(4)" and _define(gc, "BLOCKS_PER_FTB") == "(8)"
+    assert "progsize=256" in _src(tag, "ports/rp2/modules/_boot.py")
+    lfs = _src(tag, "extmod/vfs_lfsx.c")
+    assert "config->cache_size = MIN(config->block_size, (4 * MAX(read_size, prog_size)));" \
+        in lfs
+    assert "pyexec_frozen_module(\"_boot.py\"" in _src(tag, "ports/rp2/main.c")
+    stm = _src(tag, "ports/stm32/main.c")
+    assert "fs_user_mount_t *vfs_fat = m_new_obj_maybe(fs_user_mount_t);" in stm

@@ -154,11 +154,12 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
     ``profile``: the port profile (host_tools/sim/profiles.py) each meter presents itself as;
     None keeps the one a meter was last started with (for a new meter: $METER_PROFILE, else
     ``profiles.DEFAULT``).
-    The profile sets the heap (unless ``heap`` is given: the VM heap that holds what the board's
-    holds, profiles.vm_heap), the flash size, the ROMFS partition and the battery-backed RAM
-    (board.nvram, unless ``nvram_bytes`` is given: 0 none, as on a Pico). ``sd_bytes``: the
-    micro SD card in a Pyboard's slot (a pybv11 profile only; 0: no card; None: the profile's,
-    a 32 MiB card). An unknown name raises SimError before anything starts."""
+    The profile sets the heap (the VM starts with profiles.vm_start_heap and the ROM leaves the
+    firmware profiles.repl_free_bytes of it, what the board's heap has free at its REPL; a
+    given ``heap`` is the VM's, with no ballast), the flash size, the ROMFS partition and the
+    battery-backed RAM (board.nvram, unless ``nvram_bytes`` is given: 0 none, as on a Pico).
+    ``sd_bytes``: the micro SD card in a Pyboard's slot (a pybv11 profile only; 0: no card;
+    None: the profile's, a 32 MiB card). An unknown name raises SimError before anything starts."""
     if n < 1:
         raise SimError("--meters must be at least 1")
     if profile is not None:
@@ -205,11 +206,17 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
         for stale in ("ctl.sock", "port", "han"):
             (mdir / stale).unlink(missing_ok=True)
         prof = chosen[i]
+        vm_heap = heap or profiles.vm_start_heap(prof)
+        free = profiles.repl_free_bytes(prof)
+        if heap is None and free is not None:
+            # the VM starts with headroom for the virtual board's own objects; the ROM
+            # (board_identity.apply) leaves the firmware this much free with a ballast
+            prof["free_at_boot"] = free
         tmp = mdir / f"{PROFILE_FILE}.tmp"
         tmp.write_text(json.dumps(prof, indent=1))
         os.replace(tmp, mdir / PROFILE_FILE)
         args = [sys.executable, "-S", str(SUPERVISOR), "--dir", str(mdir), "--index", str(i),
-                "--seed", str(seed * 1000 + i), "--heap", heap or profiles.vm_heap(prof),
+                "--seed", str(seed * 1000 + i), "--heap", vm_heap,
                 "--flash-bytes", str(prof["fs"]["bytes"]),
                 "--romfs-bytes", str(prof["romfs_bytes"]), "--site", site,
                 "--rom", str(rom), *launcher]

@@ -202,6 +202,46 @@ def vm_heap(prof: dict[str, Any]) -> str:
     return f"{int(heap_bytes(heap) / 1024 / OBJECT_RATIO_32_64)}K"  # rounded down: stricter
 
 
+# What the official firmware itself holds in its GC heap at the REPL prompt, before any user
+# code, in the board's (32-bit) bytes, read from MicroPython's source at v1.28.0
+# (docs/virtual-board.md, "Port profiles", Heap). No published gc.mem_free() figure for these
+# builds was found; the source gives the parts:
+# - py/gc.c gc_init: the allocation (2 bits) and finaliser (1 bit) tables per 16-byte block
+#   are carved out of the heap area: 3/128 of it;
+# - rp2 (ports/rp2/main.c, modules/_boot.py): sys.path/argv lists, the frozen _boot module and
+#   the frozen rp2 package it imports (its classes and functions, ~2 KB), the VfsLfs2 object
+#   with its two 1 KiB caches and lookahead (extmod/vfs_lfsx.c init_config: cache_size =
+#   min(block, 4 * max(read, prog=256))), the mount entry, the REPL's line buffer: ~5 KB;
+# - stm32 (ports/stm32/main.c, factoryreset.c): the flash's and the card's fs_user_mount_t
+#   (a FATFS with its 512-byte window each) and mp_vfs_mount_t, six sys.path entries, the
+#   REPL's line buffer: ~2 KB (the USB CDC and UART REPL buffers are static, not heap).
+BOOT_OBJECTS = {"rp2": 5 * 1024, "stm32": 2 * 1024}
+# The VM heap a board's profile starts with beyond vm_heap: room for the virtual board's own
+# objects (ROM, board_identity, flash model, port models: C code in flash on a board), ~10 KB
+# on rp2, ~48 KB on pybv11 with its card; the ROM takes the rest back with a ballast.
+HEADROOM = 96 * 1024
+
+
+def repl_free_bytes(prof: dict[str, Any]) -> int | None:
+    """What gc.mem_free() says at the REPL of the board the profile names (empty flash, after
+    gc.collect()), in the VM's 64-bit bytes: (heap - GC tables - the firmware's own boot
+    objects) / OBJECT_RATIO_32_64. None on the unix profile (no board to match)."""
+    if prof["port"] == "unix":
+        return None
+    heap = heap_bytes(str(prof["heap"]))
+    board_free = heap - heap * 3 // 128 - BOOT_OBJECTS[str(prof["port"])]
+    return int(board_free / OBJECT_RATIO_32_64)
+
+
+def vm_start_heap(prof: dict[str, Any]) -> str:
+    """The heap the supervisor starts a profile's VM with: vm_heap, plus HEADROOM on a board's
+    profile (the ROM's ballast gives the firmware repl_free_bytes of it)."""
+    heap = vm_heap(prof)
+    if prof["port"] == "unix":
+        return heap
+    return f"{(heap_bytes(heap) + HEADROOM) // 1024}K"
+
+
 def heap_bytes(heap: str) -> int:
     """``"192K"`` -> 196608, as the VM's ``-X heapsize=`` reads it."""
     h = heap.strip().upper()

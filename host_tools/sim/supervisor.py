@@ -852,6 +852,9 @@ class Supervisor:
                 "relay_changes": self.hw["relay_changes"], "wave": self.hw["wave"],
                 "led_last_change_s": None if age is None else round(age, 3),
                 "client_connected": self.client_connected, "heap": self.a.heap,
+                # heap: the VM's (-X heapsize); free_at_boot: what the ROM's ballast leaves
+                # the firmware at the REPL, the board's (None: no ballast)
+                "free_at_boot": (self.profile or {}).get("free_at_boot"),
                 "profile": self.profile["name"] if self.profile else "unix",
                 "sim_time": self.hw["sim_time"],
                 "write_cut": self.wcut, "link_fault": self.fault, **self.stats}

@@ -84,6 +84,21 @@ def apply(prof, hw, board_sys):
     builtins.__import__ = _import
     if _port is not None:
         _port.install(hw)
+    # The board's heap at its REPL (profiles.repl_free_bytes, set by the supervisor): the VM
+    # has headroom for the virtual board's own objects (C code in flash on a board); a ballast,
+    # kept in the profile on hw where the firmware cannot reach it, takes the rest. Its 32-byte
+    # object header is counted in.
+    n = prof.get("free_at_boot")
+    if n:
+        import gc
+
+        gc.collect()
+        n = gc.mem_free() - n - 32
+        if n < 0:
+            print("virtual board: its own objects exceed the heap's headroom by %d bytes: "
+                  "the firmware has less heap than the board's" % -n, file=sys.stderr)
+            n = 0
+        prof["free_at_boot"] = bytearray(n)
     return (prof["sysname"], prof["nodename"], prof["release"], prof["version"],
             prof["machine"])
 
