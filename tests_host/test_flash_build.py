@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import ast
+import hashlib
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 import pytest
 
-from host_tools.flash import build
+from host_tools.flash import build, deploy
 from host_tools.flash.deploy import choose_mode
-from host_tools.transport.serial import BoardError, BoardInfo, resolve_port
+from host_tools.transport.serial import Board, BoardError, BoardInfo, resolve_port
 
 
 def info(mpy: int | None, platform: str = "rp2") -> BoardInfo:
@@ -81,3 +85,68 @@ def test_resolve_port_errors(tmp_path: Path) -> None:
     regular.write_text("")
     with pytest.raises(BoardError, match="not a serial device"):
         resolve_port(str(regular))
+
+
+# -- the sha256 checks of `meterctl flash` (host_tools/flash/deploy.py) against a board whose
+# serial line damages what crosses it; tests_device/test_flash.py does the same end to end on
+# a virtual board (link-fault), slower.
+class _LineBoard:
+    """A board as deploy.py sees one (exec, eval, write_file), with a filesystem and a ROMFS
+    partition in dicts, whose serial line passes each written file through ``line``."""
+
+    port = "/dev/ttyFAKE"
+
+    def __init__(self, line: Callable[[bytes], bytes] = bytes) -> None:
+        self.line = line
+        self.files: dict[str, bytes] = {"/main.py": b"old firmware\n"}
+        self.partition = b""
+
+    def write_file(self, path: str, data: bytes, progress: Callable[[int, int], None]) -> None:
+        self.files[path] = self.line(data)
+        progress(len(data), len(data))
+
+    def exec(self, code: str, what: str) -> None:
+        if code.startswith("_fl_rm("):
+            self.files.pop(ast.literal_eval(code[len("_fl_rm("):-1]), None)
+
+    def eval(self, code: str, what: str) -> object:
+        if code.startswith("_fl_hash("):
+            data = self.files.get(ast.literal_eval(code[len("_fl_hash("):-1]))
+            return None if data is None else hashlib.sha256(data).hexdigest()
+        if code.startswith("_fl_romhash("):
+            n = int(code[len("_fl_romhash("):-1])
+            return hashlib.sha256(self.partition[:n]).hexdigest()
+        if code == "vfs.rom_ioctl(5, 0)":
+            return 0
+        raise AssertionError(f"unexpected board call {code!r}")
+
+
+def _flip(data: bytes, at: int = 7) -> bytes:
+    b = bytearray(data)
+    b[at % len(b)] ^= 0x10
+    return bytes(b)
+
+
+def test_a_file_damaged_on_the_line_is_refused_before_it_is_used() -> None:
+    new = b"print('new firmware')\n" * 20
+    sha = hashlib.sha256(new).hexdigest()
+    ok = _LineBoard()
+    deploy._stage(cast(Board, ok), "/main.py", new, sha, lambda d, t: None)
+    assert ok.files["/main.py.new"] == new and ok.files["/main.py"] == b"old firmware\n"
+    for damage in (_flip, lambda d: _flip(d, len(d) - 1), lambda d: d[:-1], lambda d: d + b"\n"):
+        bad = _LineBoard(damage)
+        with pytest.raises(BoardError, match=r"arrived damaged.*previous firmware is unchanged"):
+            deploy._stage(cast(Board, bad), "/main.py", new, sha, lambda d, t: None)
+        assert bad.files["/main.py"] == b"old firmware\n"  # what runs now: untouched
+
+
+def test_a_romfs_partition_that_does_not_hold_the_image_is_refused() -> None:
+    img = bytes(range(256)) * 8
+    b = _LineBoard()
+    b.partition = img + b"\xff" * 512
+    deploy._finish_romfs(cast(Board, b), img)  # it holds the image: no error
+    # one bit, the last byte, a partition still erased
+    for held in (_flip(img, 1000), _flip(img, len(img) - 1), b"\xff" * len(img)):
+        b.partition = held + b"\xff" * 512
+        with pytest.raises(BoardError, match="does not hold the image just written"):
+            deploy._finish_romfs(cast(Board, b), img)

@@ -291,7 +291,8 @@ refusals = []
 def refused(x, gid, tt, ids, why):
     before, nlog = state(x), len(x.port.logs)
     code, body = x.recover(gid, tt, ids)
-    refusals.append([why, code, body, state(x) == before, len(x.port.logs) == nlog + 1])
+    refusals.append([why, code, body, state(x) == before, len(x.port.logs) == nlog + 1,
+                     x.port.logs[-1]])
 refused(a, b"rob", t, [a.id], "names itself")
 refused(a, b"rob", t, [e.id, d.id, c.id], "more than m")
 refused(a, b"rob", t, [999], "non-member")
@@ -310,16 +311,58 @@ erased = [x.dc._groups[b"rob"].h_C[x.dc._groups[b"rob"].slot_of(t)] for x in ms[
 out({{"cs": cs, "rs": rs, "xs": xs, "refusals": refusals, "erased": erased,
      "log": a.port.logs[-1], "leaked": sum(x.leaked() for x in ms)}})
 """)
-    for why, code, body, unchanged, logged in r["refusals"]:
-        assert code in (6, 7), why
+    # Each refusal for its own rule, not merely some refusal: with one rule gone, a request
+    # that breaks it may still be refused by another (S naming this meter is no member of
+    # the others either; a plain group has m = 0 < |S|), and only the reason tells.
+    reasons = {
+        "names itself": (6, "names this meter"),
+        "more than m": (6, "3 missing > m 2"),
+        "non-member": (6, "non-member 00000000000003e7"),
+        "repeats": (6, "repeats id %016x" % (7000 + 3 * 4)),
+        "no c sent": (7, "no ciphertext sent for t 300"),
+        "no such t": (7, "no ciphertext sent for t 301"),
+        "plain group": (7, "plain group: no recovery"),
+        "unknown group": (6, "unknown group"),
+        "second time": (7, "already answered for t 300"),
+    }
+    assert [w for w, *_ in r["refusals"]] == list(reasons)
+    for why, code, body, unchanged, logged, log in r["refusals"]:
+        assert [code, body] == list(reasons[why]), why
         assert unchanged and logged, (why, body)
-    assert [w for w, *_ in r["refusals"]] == [
-        "names itself", "more than m", "non-member", "repeats", "no c sent", "no such t",
-        "plain group", "unknown group", "second time"]
+        assert log == "lopa recover refused: " + reasons[why][1], (why, log)
     agg = (sum(r["cs"]) - sum(r["rs"])) & MASK
     assert agg == sum(r["xs"][:4])  # the four that reported; e's reading is not in it
     assert r["erased"] == [0, 0, 0, 0]  # C_i(t) erased after the answer
     assert "refused" in r["log"] and r["leaked"] == 0
+
+
+def test_a_group_never_encrypts_an_interval_twice(micropython: Run, tmp_path: Path) -> None:
+    """An interval closed again (a clock that resumed behind its last close) or an older one
+    is not encrypted again: a second ciphertext of the same (gid, t) under a fresh C_i would
+    leak the reading by differencing. The first stays what it was; the repeat is logged."""
+    r = vm(micropython, f"""
+ms = [M({str(tmp_path)!r} + "/m%d" % i, 60 + i, "o%d" % i) for i in range(3)]
+for x in ms:
+    keygen(x)
+setup(ms, b"once", m=1)
+a = ms[0]
+a.close(10, 5)
+first = a.c(b"once", 10)
+g = a.dc._groups[b"once"]
+big_c = g.h_C[g.slot_of(10)]
+nlog = len(a.port.logs)
+a.close(10, 999)                   # the same interval again, another reading
+a.close(9, 7)                      # an older one
+again = a.c(b"once", 10)
+older = a.req("ciphertext", G(b"once") + struct.pack(">I", 9))
+out({{"first": first, "again": again, "same_c": g.h_C[g.slot_of(10)] == big_c,
+     "older": older, "logs": a.port.logs[nlog:]}})
+""")
+    assert r["again"] == r["first"] and r["same_c"]
+    assert r["older"] == [7, "no value"]
+    assert r["logs"] == ["lopa: interval 10 already encrypted for " + b"once".hex(),
+                         "lopa: interval 9 already encrypted for " + b"once".hex(),
+                         "lopa ciphertext refused: no value"]
 
 
 def test_every_bad_setup_input_is_refused_logged_and_changes_nothing(
@@ -673,30 +716,72 @@ def test_malicious_headend_learns_no_sum_over_fewer_than_n_minus_m_members() -> 
     assert sum(c[i] - r[i] for i in range(5)) & MASK == sum(xs[:5])
 
 
+def _adversarial_assignments(rng: random.Random, trials: int) -> list[list[list[int]]]:
+    """Missing sets S_i, one per meter, for each round: the rotating {i+1, i+2}; the attack
+    that would unmask T = {0, 1, 2} (each member of T told that the three others are missing:
+    |S| = 3 > M); then random sets of 0..M+1 other members, each meter its own."""
+    out = [[[(i + 1) % N, (i + 2) % N] for i in range(N)],
+           [[3, 4, 5] if i < 3 else [] for i in range(N)]]
+    for _ in range(trials):
+        out.append([sorted(rng.sample([j for j in range(N) if j != i],
+                                      rng.randint(0, M_FAIL + 1))) for i in range(N)])
+    return out
+
+
 def test_malicious_headend_against_the_firmware_on_the_vm(micropython: Run,
                                                           tmp_path: Path) -> None:
-    # Six real DC security modules, N=6, M=2; the head-end tells each meter a different
-    # missing set S_i = {i+1, i+2}. No T with |T| < 4 gives a plaintext sum.
+    # Six real DC security modules, N=6, M=2, in a group without noise and one with (lambda
+    # 50). Each round the head-end tells each meter a missing set of its choice (above); a
+    # meter refuses a set over M and answers the rest. No T of fewer than N - M answering
+    # members gives the plaintext sum, nor (with noise) one within the noise of it; the
+    # honest round at the end decrypts (to within the noise).
+    assign = _adversarial_assignments(random.Random(18), 6)
+    honest = [[5]] * (N - 1) + [[]]  # meter 5 failed: it is neither asked nor counted
     r = vm(micropython, f"""
 ms = [M({str(tmp_path)!r} + "/m%d" % i, 900 + i, "e%d" % i) for i in range(6)]
 for x in ms:
     keygen(x)
 setup(ms, b"evil", m=2)
-xs = [11, 222, 3333, 44444, 555, 66]
-for x, v in zip(ms, xs):
-    x.close(7, v)
-cs = [x.c(b"evil", 7) for x in ms]
-rs = []
-for i, x in enumerate(ms):
-    code, body = x.recover(b"evil", 7, [ms[(i + 1) % 6].id, ms[(i + 2) % 6].id])
-    assert code == 0, body
-    rs.append(struct.unpack(">II", body)[1])
-out({{"cs": cs, "rs": rs, "xs": xs}})
+setup(ms, b"noisy", m=2, lam=50.0)
+rounds = []
+for k, sets in enumerate({[*assign, honest]!r}):
+    t = 7 + k
+    xs = [k * 1000 + 37 * i * i + 11 for i in range(6)]
+    for x, v in zip(ms, xs):
+        x.close(t, v)
+    for gid in (b"evil", b"noisy"):
+        cs = [x.c(gid, t) for x in ms]
+        rs = []
+        for i, x in enumerate(ms):
+            if k == {len(assign)} and i == 5:
+                rs.append(None)
+                continue
+            code, body = x.recover(gid, t, [ms[j].id for j in sets[i]])
+            rs.append(struct.unpack(">II", body)[1] if code == 0 else [code, body])
+        rounds.append([gid.decode(), xs, cs, rs])
+out(rounds)
 """)
-    cs, rs, xs = r["cs"], r["rs"], r["xs"]
-    for size in range(1, N - M_FAIL):
-        for t_set in itertools.combinations(range(N), size):
-            assert sum(cs[i] - rs[i] for i in t_set) & MASK != sum(xs[i] for i in t_set)
+    assert len(r) == 2 * (len(assign) + 1)
+    for n_round, (gid, xs, cs, rs) in enumerate(r[:-2]):
+        sets = assign[n_round // 2]
+        for i in range(N):  # a set over M refused (and only that)
+            if len(sets[i]) > M_FAIL:
+                assert rs[i] == [6, f"{len(sets[i])} missing > m {M_FAIL}"], (gid, sets, i)
+            else:
+                assert isinstance(rs[i], int), (gid, sets, i, rs[i])
+        answered = [i for i in range(N) if isinstance(rs[i], int)]
+        for size in range(1, N - M_FAIL):
+            for t_set in itertools.combinations(answered, size):
+                err = (sum(cs[i] - rs[i] for i in t_set) - sum(xs[i] for i in t_set)) & MASK
+                err = err - (1 << 32) if err >> 31 else err
+                if gid == "evil":
+                    assert err != 0, (sets, t_set)
+                else:  # pads left in: far outside the noise (a Laplace(50)'s share)
+                    assert abs(err) > 100_000, (sets, t_set, err)
+    for gid, xs, cs, rs in r[-2:]:  # honest: meter 5 failed, S = {5} for the other five
+        err = (sum(cs[i] - rs[i] for i in range(N - 1)) - sum(xs[:N - 1])) & MASK
+        err = err - (1 << 32) if err >> 31 else err
+        assert err == 0 if gid == "evil" else abs(err) < 2000, (gid, err)
     assert _pads_cancel(tuple(range(N)), {i: frozenset({(i + 1) % N, (i + 2) % N})
                                           for i in range(N)}) is False
 

@@ -176,6 +176,36 @@ print(json.dumps({"hour_saves": hour_saves, "nv_writes": nv.writes, "resumed": r
     assert r["flat"] == 1765000000 + 3405 + 86400
 
 
+def test_clock_refuses_a_set_back_beyond_the_bound(micropython: Run, tmp_path: Path) -> None:
+    """An authenticated TIME_SET may move the clock back by at most 300 s (tasks/clock_set.py):
+    further back, or to before 2024, it is refused, answered with BAD_ARGS, logged, and the
+    clock is unchanged."""
+    r = run_json(micropython, CLOCK.format(state=str(tmp_path / "clock.json")) + """
+c, rtc = boot(T0 + 1000)
+answers = []
+def send(to, kind, payload=None):
+    answers.append([to, kind, payload[0], payload[1]])
+    return True
+c._port.send = send
+got = []
+for ref, t in ((1, T0 + 1000 - 301), (2, T0 + 1000 - 300), (3, 1704067199), (4, T0 + 5000)):
+    n = len(logs)
+    c.handle("cs_security", "time_set", (ref, t))
+    got.append([rtc.t, logs[n:]])
+print(json.dumps({"answers": answers, "got": got}))
+""")
+    t0 = 1765000000
+    assert r["answers"] == [["cs_security", "time_set_done", 1, 6],
+                            ["cs_security", "time_set_done", 2, 0],
+                            ["cs_security", "time_set_done", 3, 6],
+                            ["cs_security", "time_set_done", 4, 0]]
+    assert r["got"] == [
+        [t0 + 1000, [f"clock: time set {t0 + 699} refused (now {t0 + 1000})"]],
+        [t0 + 700, [f"clock: time set {t0 + 700} (was {t0 + 1000})"]],
+        [t0 + 700, [f"clock: time set 1704067199 refused (now {t0 + 700})"]],
+        [t0 + 5000, [f"clock: time set {t0 + 5000} (was {t0 + 700})"]]]
+
+
 def test_clock_without_nvram_saves_every_five_minutes(micropython: Run,
                                                         tmp_path: Path) -> None:
     r = run_json(micropython, CLOCK.format(state=str(tmp_path / "clock.json")) + """
@@ -297,6 +327,19 @@ cs = k.add("cs_security", T, {{}}, capacity=4)
 met = k.add("metrology", T, {{}}, capacity=4)
 ring = k._logs["security"]
 """
+
+
+def test_a_flood_beyond_the_burst_is_counted_not_written(micropython: Run,
+                                                         tmp_path: Path) -> None:
+    """The quick case of the flood below: past the burst, a rejection is counted, not
+    written (the ring's sequence stops at the burst)."""
+    burst = _kernel_const("_FLOOD_BURST")
+    r = run_json(micropython, KERNEL.format(logdir=str(tmp_path)) + """
+for i in range(BURST + 40):
+    cs.port.log_flood("wan: rejected (bad mac) %d" % i)
+print(json.dumps({"writes": ring.last_seq, "dropped": k.stats()["log_dropped"]}))
+""".replace("BURST", str(burst)))
+    assert r == {"writes": burst, "dropped": 40}
 
 
 def test_a_flood_of_rejections_costs_a_bounded_number_of_log_writes(micropython: Run,

@@ -185,6 +185,31 @@ out(res=res, writes=pins["relay"].writes - writes, ctr=core.ctr)
     assert any(logged in line for line in r["logs"]), r["logs"]
 
 
+def test_a_mac_wrong_in_any_one_of_its_16_bytes_is_refused(micropython: Run,
+                                                          tmp_path: Path) -> None:
+    """Every byte of the 16-byte MAC counts: a command whose MAC is right but for one bit of
+    one byte (the first, the last, any between) is refused as a bad MAC, moves nothing and
+    consumes no counter; the same command with its MAC intact is then accepted."""
+    r = run_core(micropython, tmp_path, """
+good = command(KEYS, METER, osa.OP_OFF, 1)
+writes = pins["relay"].writes
+res = []
+for i in range(16):
+    for bit in (0, 7):
+        bad = bytearray(good)
+        bad[14 + i] ^= 1 << bit
+        res.append(send(bytes(bad))[1])
+        after(60)                        # no refusal is a rate limit's
+refused_ctr, refused_writes = core.ctr, pins["relay"].writes - writes
+ok = send(good)
+out(res=res, ctr=refused_ctr, writes=refused_writes, ok=ok)
+""")
+    assert r["res"] == [3] * 32  # R_BAD_MAC for each of the 16 bytes, low and high bit
+    assert r["ctr"] == 0 and r["writes"] == 0
+    assert r["ok"][1] == OK and r["relay"] == 0
+    assert any("OFF #1 refused: bad MAC" in line for line in r["logs"]), r["logs"]
+
+
 def test_replayed_and_reordered_commands_are_refused(micropython: Run, tmp_path: Path) -> None:
     r = run_core(micropython, tmp_path, """
 off5 = command(KEYS, METER, osa.OP_OFF, 5)

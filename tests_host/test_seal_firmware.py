@@ -8,6 +8,8 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+from tests_host.conftest import FIRMWARE
+
 Run = Callable[..., str]
 
 PRELUDE = """
@@ -90,3 +92,153 @@ print(json.dumps({{"got": got, "log": [r[2] for r in k.read_log("security")]}}))
                         ["seal_data", 0, '{"sealed": false}', False]]
     assert r["log"] == ["seal: sealed (WAN command)"] * 2 + ["seal: unsealed (WAN command)"]
     assert not flag.exists()
+
+
+# -- main.py's boot and seal.run, the first and the last thing a sealed meter runs ------------
+class _Stop(BaseException):
+    """Ends main.py's run for ever (seal.run) in the tests below."""
+
+
+def _boot_main(sealed: bool, interrupts: int = 0) -> tuple[list[object], BaseException | None]:
+    """Run firmware/main.py on CPython with stand-ins for the modules it imports, recording
+    what it does in order; `interrupts` Ctrl-Cs land in its seal check. -> (events, what
+    escaped main.py)."""
+    events: list[object] = []
+    pending = [interrupts]
+
+    class Os:
+        @staticmethod
+        def stat(path: str) -> tuple[int, ...]:
+            events.append(("stat", path))
+            if pending[0]:
+                pending[0] -= 1
+                raise KeyboardInterrupt
+            if not sealed:
+                raise OSError(2, "ENOENT")
+            return (0,) * 10
+
+    class Micropython:
+        @staticmethod
+        def kbd_intr(c: int) -> None:
+            events.append(("kbd_intr", c))
+
+    class PortCheck:
+        @staticmethod
+        def identity() -> tuple[()]:
+            return ()
+
+        @staticmethod
+        def problem(ident: object) -> None:
+            return None
+
+    class Lazy:
+        @staticmethod
+        def compact_imports(on: bool) -> None:
+            pass
+
+    class Meter:
+        @staticmethod
+        def start(s: bool) -> str:
+            events.append(("meter.start", s))
+            return "kernel"
+
+    class Seal:
+        @staticmethod
+        def run(k: object) -> None:
+            events.append(("seal.run", k))
+            raise _Stop
+
+    class Gc:
+        @staticmethod
+        def collect() -> None:
+            pass
+
+    import builtins
+    import sys
+
+    stand_ins: dict[str, object] = {"os": Os, "micropython": Micropython,
+                                    "port_check": PortCheck, "lazy": Lazy, "meter": Meter,
+                                    "seal": Seal, "gc": Gc, "sys": sys}
+    real_import = builtins.__import__
+
+    def imp(name: str, *args: object, **kw: object) -> object:
+        if name in stand_ins:
+            if name == "meter":
+                events.append("import meter")
+            return stand_ins[name]
+        return real_import(name, *args, **kw)  # type: ignore[arg-type]
+
+    code = compile((FIRMWARE / "main.py").read_text(), str(FIRMWARE / "main.py"), "exec")
+    env = {"__name__": "__main__", "__builtins__": dict(vars(builtins), __import__=imp)}
+    saved = sys.modules.get("port_check")
+    try:
+        exec(code, env)
+    except BaseException as e:  # what escaped main.py is the result
+        return events, e
+    finally:
+        if saved is not None:
+            sys.modules["port_check"] = saved
+    return events, None
+
+
+def test_main_turns_ctrl_c_off_first_on_a_sealed_meter() -> None:
+    """Sealed: Ctrl-C goes off right after the seal check, before the meter is even imported,
+    and stays off; a Ctrl-C landing in the check itself is ignored. Unsealed: Ctrl-C stays
+    on, and a Ctrl-C in the check is honoured (the REPL, as on any board)."""
+    events, escaped = _boot_main(sealed=True)
+    assert isinstance(escaped, _Stop)
+    assert events[:2] == [("stat", "/data/sealed"), ("kbd_intr", -1)], events
+    assert events.index(("kbd_intr", -1)) < events.index("import meter")
+    assert [e for e in events if e[0] == "kbd_intr"] == [("kbd_intr", -1)]
+    assert ("meter.start", True) in events
+
+    events, escaped = _boot_main(sealed=True, interrupts=2)
+    assert isinstance(escaped, _Stop), escaped  # the Ctrl-Cs did not reach the REPL
+    assert [e for e in events if e[0] == "kbd_intr"] == [("kbd_intr", -1)]
+    assert ("meter.start", True) in events
+
+    events, escaped = _boot_main(sealed=False)
+    assert isinstance(escaped, _Stop)
+    assert not [e for e in events if e[0] == "kbd_intr"] and ("meter.start", False) in events
+
+    events, escaped = _boot_main(sealed=False, interrupts=1)
+    assert isinstance(escaped, KeyboardInterrupt) and "import meter" not in events
+
+
+def test_a_sealed_meters_main_loop_never_returns_to_the_repl(micropython: Run,
+                                                             tmp_path: Path) -> None:
+    """seal.run on the VM: a kernel whose run() keeps failing is logged and run again while
+    the meter is sealed; unsealed, the error ends main.py (the REPL, as on any board)."""
+    flag = tmp_path / "sealed"
+    out = micropython(f"""
+import json, seal
+seal.SEALED = {str(flag)!r}
+class Stop(BaseException):
+    pass
+class K:
+    def __init__(self):
+        self.runs, self.logs = 0, []
+    def run(self):
+        self.runs += 1
+        if self.runs > 3:
+            raise Stop
+        raise ValueError("boom %d" % self.runs)
+    def log(self, task, text):
+        self.logs.append([task, text])
+def go():
+    k = K()
+    try:
+        seal.run(k)
+    except Stop:
+        return [k.runs, k.logs, "ran on"]
+    except ValueError as e:
+        return [k.runs, k.logs, "ended: %s" % e]
+r = {{"unsealed": go()}}
+open(seal.SEALED, "w").close()
+r["sealed"] = go()
+print(json.dumps(r))
+""")
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["unsealed"] == [1, [], "ended: boom 1"]
+    assert r["sealed"] == [4, [["kernel", f"main loop error: ValueError boom {i}"]
+                               for i in (1, 2, 3)], "ran on"]

@@ -182,6 +182,33 @@ out([len(good), res, intact, bak_only, both])
     assert (intact, bak_only, both) == (B, B, "MISSING")
 
 
+def test_a_save_never_commits_over_a_damaged_copy(run: Run) -> None:
+    """save() checks each copy's checksum before it decides what to keep: a damaged current
+    copy (same size, one bit flipped) is discarded, never kept as .bak in place of the good
+    older one, and a damaged .tmp with a higher seq is not taken for a finished save. So a
+    later torn write still falls back to a copy that verifies."""
+    got = run(f"""
+p = T + "/rec"
+store.save(p, {A!r})
+store.save(p, {B!r})
+wr(p, flip(rd(p), 20))                  # B damaged in place
+store.save(p, {C!r})
+wr(p, rd(p)[:-3])                       # C torn: what is left must verify
+fell_back = store.load(p, "MISSING")
+q = T + "/rec2"
+store.save(q, {A!r})
+store.save(q, {B!r})
+b = bytearray(rd(q))
+b[3:7] = struct.pack("<I", seq_of(q) + 5)    # a .tmp that claims to be newer, not sealed
+wr(q + ".tmp", flip(bytes(b), 30))
+store.save(q, {C!r})
+wr(q, rd(q)[:-3])
+tmp_fell_back = store.load(q, "MISSING")
+out([fell_back, tmp_fell_back])
+""")
+    assert got == [A, B]
+
+
 def test_corrupt_length_field_does_not_allocate(run: Run) -> None:
     # A length claiming ~4 GB must be rejected by the size check, not by a MemoryError.
     got = run(f"""

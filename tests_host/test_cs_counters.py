@@ -1,0 +1,134 @@
+"""The CS security module's counters (firmware/tasks/cs_security.py) on the real MicroPython VM:
+a command's counter must be above the last accepted; both counters are reserved in steps and
+the reservation is persisted before use, so that a reboot (a new module on the same files)
+never accepts a frame accepted before it, and never seals an answer under an uplink counter
+used before it (AES-CTR would reuse a key stream). The power-cut campaign checks the same on
+virtual meters (tests_device/test_powercut.py); these are the quick, exact cases."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Run = Callable[..., str]
+
+HARNESS = """
+import json
+import store, wan
+from tasks import cs_security
+D = {d!r}
+cs_security.KEYS = D + "/cs_keys.json"
+cs_security.COUNTERS = D + "/cs_ctr.json"
+METER = 4242
+MASTER = bytes(range(32))
+store.save(cs_security.KEYS, {{"meter": METER, "master": MASTER.hex()}})
+KEYS = wan.derive_keys(METER, MASTER)
+
+class Port:
+    def __init__(self):
+        self.sent = []
+        self.logs = []
+    def send(self, to, kind, payload=None):
+        self.sent.append((to, kind, payload))
+        return True
+    def log(self, text):
+        self.logs.append(text)
+    def log_flood(self, text):
+        self.logs.append(text)
+
+def boot():
+    # a reboot: a new module on the same files
+    global cs, port
+    port = Port()
+    cs = cs_security.CsSecurity(port, {{"info": {{"fw": "test"}}}})
+
+def line(ctr, kind=wan.K_INFO):
+    return wan.frame_to_line(wan.seal(KEYS, METER, False, kind, ctr, 0, b""))
+
+def feed(ln):
+    # -> the answers, opened as the head-end opens them: [kind, up ctr, ref, payload text]
+    cs.handle("comm", "frame_in", ln)
+    out = []
+    for to, kind, p in port.sent:
+        assert to == "comm" and kind == "frame_out"
+        k, _, ctr, ref, body = wan.open_frame(KEYS, METER, True, wan.line_to_frame(p))
+        if k == wan.K_ERROR:
+            body = list(wan.parse_error(body))
+        else:
+            body = json.loads(body)
+        out.append([k, ctr, ref, body])
+    port.sent = []
+    return out
+
+boot()
+"""
+
+
+def run(micropython: Run, tmp_path: Path, body: str) -> Any:
+    out = micropython(HARNESS.format(d=str(tmp_path)) + body)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+INFO, ERROR, E_REPLAY = 0x01, 0x7F, 3
+
+
+def test_a_replayed_or_older_frame_is_refused_and_changes_nothing(micropython: Run,
+                                                                  tmp_path: Path) -> None:
+    r = run(micropython, tmp_path, """
+first = feed(line(5))
+state = (cs._down, cs._down_res, cs.accepted, store.load(cs_security.COUNTERS))
+nlog = len(port.logs)
+again = feed(line(5))          # the same frame, byte for byte
+older = feed(line(4))
+unchanged = (cs._down, cs._down_res, cs.accepted, store.load(cs_security.COUNTERS)) == state
+logs = port.logs[nlog:]
+after = feed(line(6))
+print(json.dumps({"first": first, "again": again, "older": older, "unchanged": unchanged,
+                  "logs": logs, "after": after}))
+""")
+    assert [a[0] for a in r["first"]] == [INFO] and r["first"][0][2] == 5
+    # REPLAY, authenticated, naming the highest counter consumed (the head-end resyncs)
+    assert r["again"] == [[ERROR, r["again"][0][1], 5, [E_REPLAY, 5]]]
+    assert r["older"] == [[ERROR, r["older"][0][1], 4, [E_REPLAY, 5]]]
+    assert r["unchanged"]
+    assert r["logs"] == ["wan: rejected (replay ctr 5 <= 5)", "wan: rejected (replay ctr 4 <= 5)"]
+    assert [a[0] for a in r["after"]] == [INFO] and r["after"][0][2] == 6
+
+
+def test_a_frame_accepted_before_a_reboot_is_refused_after_it(micropython: Run,
+                                                              tmp_path: Path) -> None:
+    """Nothing else is sent between the reboot and the replays: a fresh authentic frame first
+    would raise the counter itself and hide a reservation that was never persisted."""
+    r = run(micropython, tmp_path, """
+accepted = [feed(line(c))[0][0] for c in (1, 2, 100, 101)]   # 100: beyond the first reservation
+boot()
+replays = [feed(line(c))[0] for c in (1, 2, 100, 101)]
+fresh = feed(line(cs._down + 1))[0][0]
+print(json.dumps({"accepted": accepted, "replays": replays, "fresh": fresh}))
+""")
+    assert r["accepted"] == [INFO] * 4
+    for ans, ctr in zip(r["replays"], (1, 2, 100, 101), strict=True):
+        assert ans[0] == ERROR and ans[2] == ctr and ans[3][0] == E_REPLAY, (ctr, ans)
+        assert ans[3][1] >= 101, ans  # the counters up to the reservation count as used
+    assert r["fresh"] == INFO
+
+
+def test_no_uplink_counter_is_used_twice_across_reboots(micropython: Run,
+                                                        tmp_path: Path) -> None:
+    """Answers before and after each of several reboots, one of them after more answers than
+    a reservation holds: every uplink counter the module ever sealed under is new."""
+    r = run(micropython, tmp_path, """
+ups = []
+c = 0
+for answers in (1, 3, 40, 2, 70, 1):
+    for _ in range(answers):
+        c += 1
+        ups += [a[1] for a in feed(line(c))]
+    boot()
+print(json.dumps({"ups": ups}))
+""")
+    ups = r["ups"]
+    assert len(ups) == 117
+    assert ups == sorted(set(ups)), ups  # strictly increasing: never one used twice
