@@ -78,6 +78,14 @@ FUZZ_SEED ?= 1
 fuzz: setup
 	$(BIN)/python -m host_tools.fuzz --inputs $(FUZZ_N) --seed $(FUZZ_SEED)
 
+# Mutation testing (issue 18, host_tools/mutate.py): each security check of
+# tests_host/mutations.toml broken in turn in a scratch copy of the tree, and the tests that
+# must catch it run there, 2 at a time; fails if one survives or the list is stale (~1 min).
+# The default suite runs it (tests_host/test_mutate.py). MUTATE_ONLY=ID[,ID...] runs some.
+.PHONY: mutate
+mutate: setup
+	$(BIN)/python -m host_tools.mutate $(if $(MUTATE_ONLY),--only $(MUTATE_ONLY))
+
 # Power-cut campaign (issue 10, host_tools/reliability/powercut.py): POWERCUT_N cuts over
 # POWERCUT_METERS virtual meters, at random moments and at every persisted write point; the
 # default suite runs 51 (tests_device/test_powercut.py).
