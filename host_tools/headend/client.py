@@ -31,6 +31,10 @@ class Disconnected(LinkError):
     """The port went away under the link (a cable pulled, a board reset off the bus)."""
 
 
+class ReplayedResponse(LinkError):
+    """An authentic answer under an uplink counter not above the last one accepted."""
+
+
 class MeterError(Exception):
     """The meter answered with an authenticated ERROR frame."""
 
@@ -197,8 +201,8 @@ class MeterLink:
                 if f.ref != ctr:
                     continue  # a late answer to an earlier request
                 if not self.keystore.accept_up_ctr(self.entry.meter_id, f.ctr):
-                    raise LinkError(f"meter {self.entry.meter_id}: replayed response "
-                                    f"(counter {f.ctr})")
+                    raise ReplayedResponse(f"meter {self.entry.meter_id}: replayed "
+                                           f"response (counter {f.ctr})")
                 return f
         hint = ""
         if self.ignored:

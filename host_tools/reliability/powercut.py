@@ -22,7 +22,9 @@ operation that was cut may have happened or not, never half):
 - the three logs: records already read are unchanged, sequence numbers only grow;
 - keys: the WAN keys still verify, the LoPA public key is the one made last, the off-switch
   key still signs; counters: a WAN frame and an off-switch command accepted before the cut
-  are refused when replayed, and no answer reuses an uplink counter (the link checks);
+  are refused when replayed (the WAN frame is the first thing sent after the restart: any
+  fresh frame before it would move the counter past it and hide a lost reservation), and no
+  answer reuses an uplink counter (the link checks);
 - the relay is in its last commanded state, on the pin and in the off-switch's own answer;
 - the group table is the old or the new one, never half (member count, nothing pending);
 - the credit balance is the sum of the committed top-ups.
@@ -46,7 +48,13 @@ from pathlib import Path
 from typing import Any
 
 from host_tools.headend import queries, switch, wire
-from host_tools.headend.client import LinkError, MeterError, MeterLink, open_link
+from host_tools.headend.client import (
+    LinkError,
+    MeterError,
+    MeterLink,
+    ReplayedResponse,
+    open_link,
+)
 from host_tools.headend.keystore import Keystore
 from host_tools.headend.lopa import codec, ref
 from host_tools.headend.provision import meter_time_now
@@ -272,7 +280,7 @@ class Campaign:
         self._drop_link()
         while True:
             try:
-                self._link(timeout=1.0).request(wire.K_INFO)
+                self._probe()
                 break
             except (LinkError, MeterError, OSError):
                 self._drop_link()
@@ -280,6 +288,27 @@ class Campaign:
                     raise Violation("the firmware did not answer within "
                                     f"{BOOT_TIMEOUT_S:g} s of a cut") from None
         self.fig.boot_s.append(time.monotonic() - t_cut)
+
+    def _probe(self) -> None:
+        """The first authenticated exchange after a restart. With a captured command, that
+        command itself, replayed, which must be refused: nothing authentic may reach the meter
+        before the replay, since a fresh frame would move the meter's counter past it and hide
+        a reservation that was never persisted (issue 18). Without one, INFO. An answer under
+        an uplink counter used before the cut is a violation, not a meter still booting."""
+        link = self._link(timeout=1.0)
+        try:
+            if self.replay is None:
+                link.request(wire.K_INFO)
+                return
+            line, ctr = self.replay
+            link.send_line(line)
+            resp = link.await_response(ctr)
+        except ReplayedResponse as e:
+            raise Violation(f"the first answer after the restart reused an uplink counter "
+                            f"({e})") from None
+        if resp.kind != wire.K_ERROR or wire.parse_error(resp.payload)[0] != wire.E_REPLAY:
+            raise Violation(f"a WAN frame accepted before the cut was accepted again "
+                            f"(answer {resp.kind_name}, the first frame after the restart)")
 
     def _run_op(self, name: str) -> bool:
         """Run an operation that may be cut; True if it completed. A watcher closes the link
