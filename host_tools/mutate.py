@@ -144,7 +144,7 @@ def check(root: Path, mutations: list[Mutation], python: str = sys.executable) -
                           capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
         lines = [ln for ln in (proc.stdout + proc.stderr).splitlines()
-                 if "not found" in ln or "ERROR" in ln or "rror" in ln]
+                 if "not found" in ln or "error" in ln.lower() or "no collectors" in ln]
         raise ListError("stale: named tests do not collect:\n    "
                         + "\n    ".join(lines[:10] or proc.stdout.splitlines()[-_TAIL:]))
 
@@ -186,7 +186,7 @@ def run_one(root: Path, m: Mutation, timeout: float = TIMEOUT_S,
             python: str = sys.executable) -> Result:
     """Apply m to a scratch copy of root and run its tests there."""
     t0 = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix=f"mutate-{m.id}-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=f"mutate-{m.id}-", ignore_cleanup_errors=True) as tmp:
         tree = Path(tmp) / "tree"
         scratch(root, tree)
         f = tree / target(root, m).relative_to(root)
