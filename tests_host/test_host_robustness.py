@@ -99,6 +99,46 @@ def test_a_meter_silent_mid_reply_gives_a_clear_error_in_time(keystore: Keystore
         port.close()
 
 
+def test_the_headend_refuses_a_replayed_answer_and_personal_data_in_clear(
+        keystore: Keystore) -> None:
+    """The head-end's own checks on what comes back (host_tools/headend/client.py): an answer
+    under an uplink counter it has seen is a replay, and a READ answered unencrypted is
+    personal data sent in clear; both refused, whatever their MAC says."""
+    keys = wire.Keys.derive(METER, MASTER)
+    # per command: (the answer's uplink counter, encrypted)
+    plan = [(5, True), (5, True), (4, True), (6, False), (7, True)]
+    answered: list[int] = []
+
+    def answer(got: bytes) -> bytes | None:
+        lines = got.split(b"\n")[:-1]
+        if len(lines) <= len(answered) or len(answered) >= len(plan):
+            return None
+        cmd = wire.open_frame(keys, False, wire.from_line(lines[len(answered)]))
+        up, enc = plan[len(answered)]
+        answered.append(cmd.ctr)
+        return wire.to_line(wire.seal(keys, True, wire.K_READ, up, cmd.ctr, b'{"vrms": 230}',
+                                      encrypt=enc))
+
+    port = FakePort(answer)
+    try:
+        entry = keystore.get(METER)
+        assert entry is not None
+        got: list[str] = []
+        with MeterLink(port.name, entry, keystore, timeout=3.0) as link:
+            for _ in plan:
+                try:
+                    got.append(str(link.request(wire.K_READ)))
+                except LinkError as e:
+                    got.append(str(e))
+        assert got[0] == "{'vrms': 230}"
+        assert "replayed response (counter 5)" in got[1]
+        assert "replayed response (counter 4)" in got[2]
+        assert "personal data sent in clear" in got[3]
+        assert got[4] == "{'vrms': 230}"  # a fresh, encrypted answer is taken again
+    finally:
+        port.close()
+
+
 def test_a_request_aborted_from_another_thread_ends_at_once_and_its_port_stays_its_own(
         keystore: Keystore) -> None:
     """The power-cut watcher's way to end a request: abort(), not closing the port under the
