@@ -141,6 +141,7 @@ def test_the_list_names_a_check_of_each_kind_and_none_is_stale(
     assert f"{len(ms)} mutations, none stale" in out
 
 
+@pytest.mark.timeout(900)  # ~1-2 min on 2 shared cores; the suite's 300 s is per test
 def test_every_mutation_is_killed() -> None:
     """The whole list against this tree (`make mutate`): no mutation survives. Prints the
     per-mutation lines and the total time (the figure docs/SECURITY.md gives)."""
