@@ -1,6 +1,6 @@
 # The DC security module's rounds (tasks/dc_security.py): a committed group's state (_Group),
 # encrypting each closed interval, the blinding job that precomputes b(t+1) in idle steps,
-# CIPHERTEXT answers and the recovery sums (RECOVER, DREAM round 2). Part of that module, in
+# and CIPHERTEXT answers (the recovery is tasks/dc_recover.py). Part of that module, in
 # its own file so that its code is in RAM only while this meter is in a group: DcSecurity
 # imports it with the first group (a commit, or the groups loaded at boot) and drops it with
 # the last (docs/hardware.md, "Memory"). Every function takes the DcSecurity object first.
@@ -11,14 +11,14 @@ from micropython import const
 
 import lazy
 import lopa_core as lopa
-from tasks.dc_security import HIST, INLINE_MAX, SLICE, Refused, _gid, _hex, _u32
+from tasks.dc_base import HIST, INLINE_MAX, SLICE, Refused, _gid, _hex, _u32
 
 _MASK = const(0xFFFFFFFF)
 _E_BAD_ARGS = const(6)
 _E_FAILED = const(7)
 _F_VALID = const(1)  # c is ready
 _F_SENT = const(2)  # c went out in a CIPHERTEXT answer
-# 4: RECOVER answered, C erased (set in tasks/dc_rare.py, which has these flags too)
+# 4: RECOVER answered, C erased (set in tasks/dc_recover.py, which has these flags too)
 
 
 class _Group:
@@ -172,28 +172,8 @@ def ciphertext(dc, ref, body):
     dc._ok(ref, struct.pack(">II", t, g.h_c[k]))
 
 
-def recover_slice(dc, job):
-    ref, g, t, big_c, slots, i, acc, msg = job
-    end = i + SLICE
-    if end > len(slots):
-        end = len(slots)
-    acc = g.pads(slots, i, end, msg, acc)
-    job[5] = i = end
-    job[6] = acc
-    if i < len(slots):
-        return False
-    r = (big_c + acc) & _MASK
-    job[3] = 0
-    dc._ok(ref, struct.pack(">II", t, r))
-    return True
-
-
 def step(dc):
-    # one unit of idle work: a slice of a recovery, else of a blinding job
-    if dc._recover:
-        if recover_slice(dc, dc._recover[0]):
-            dc._recover.pop(0)
-        return
+    # one slice of a blinding job: first one a boundary waits for
     wait = None
     for g in dc._groups.values():
         if g.job_t >= 0:

@@ -2,7 +2,8 @@
 # X25519 derivation per kernel step, GROUP_COMMIT. Part of that module, in its own file so that
 # its code is in RAM only while it works: dc_security imports it for one of these requests and
 # drops it again unless a set-up is pending (on a 100 KB heap every kilobyte of resident
-# bytecode counts). The key pair, GROUPS and GROUP_DELETE are in tasks/dc_rare.py.
+# bytecode counts). The key pair is in tasks/dc_keys.py, GROUPS and GROUP_DELETE in
+# tasks/dc_rare.py.
 # Every function here takes the DcSecurity object first and the request as
 # (ref, meter_id, body, t0); refusals raise Refused before any state changes.
 import gc
@@ -13,7 +14,7 @@ from micropython import const
 import lopa_core as lopa
 import store
 import lazy
-from tasks.dc_security import (
+from tasks.dc_base import (
     CHUNK_MAX,
     MAX_GROUPS_CAP,
     MAX_N,
