@@ -193,3 +193,32 @@ def test_robust_round_decrypts_with_one_meter_power_cut(meters: Fleet3) -> None:
     # the committed groups survived the power cut
     g = json.loads(meters.raw(2, wire.K_GROUPS))
     assert {x["gid"] for x in g["groups"]} == {b"plain3".hex(), b"rob3".hex()}
+
+
+def test_a_released_t_is_refused_after_a_power_cut_right_after_the_release(
+        meters: Fleet3) -> None:
+    """Once per (gid, t) over the WAN: meter 0 releases c(t) for the plain group, loses power
+    right after, and is asked for the same (gid, t) again: refused (BAD_ARGS, so a head-end
+    does not retry), as is an older t; the next interval is released as before."""
+    t = next_closed_interval()
+    c = ciphertext(meters, 0, b"plain3", t)
+    assert ciphertext(meters, 0, b"plain3", t) == c  # the same c again, from RAM
+    fleet.power_cut(0, meters.base)
+    end = time.monotonic() + 30
+    while True:  # up: its firmware answers again
+        try:
+            meters.raw(0, wire.K_PUBKEY)
+            break
+        except LinkError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.5)
+    with pytest.raises(MeterError, match=rf"t {t} already released \(next {t + 1}\)") as e:
+        ciphertext(meters, 0, b"plain3", t)
+    assert e.value.code == wire.E_BAD_ARGS
+    with pytest.raises(MeterError, match=rf"t {t - 1} already released"):
+        ciphertext(meters, 0, b"plain3", t - 1)
+    next_closed_interval()  # the interval it booted in closes first (its first, cold round)
+    t2 = next_closed_interval()
+    assert t2 > t
+    ciphertext(meters, 0, b"plain3", t2)

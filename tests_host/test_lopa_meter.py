@@ -753,6 +753,176 @@ def test_store_binary_records_roundtrip_on_cpython(tmp_path: Path) -> None:
     assert store.load_bytes(p + "j", None) is None
 
 
+# -- once per (gid, t) (issue 18, Build 3) -----------------------------------------------------
+_ONCE = r"""
+class Nv:  # battery-backed RAM (board.nvram): survives a power cut, as the RAM of this object
+    def __init__(self):
+        self.size = 4096
+        self.mem = bytearray(4096)
+    def read(self, off, n):
+        return bytes(self.mem[off:off + n])
+    def write(self, off, data):
+        self.mem[off:off + len(data)] = data
+
+from nvrec import Record
+import policy
+
+class NvM(M):
+    def boot(self):
+        if not hasattr(self, "nv"):
+            self.nv = Nv()
+        self.port.out = []
+        self.dc = DcSecurity(self.port, {"entropy": self.ent, "dir": self.d,
+                                         "nvram": Record(self.nv, *policy.NVRAM["dc_security"])})
+
+def ask(x, gid, t):
+    code, body = x.req("ciphertext", G(gid) + struct.pack(">I", t))
+    return [code, body.hex() if code == 0 else body]
+
+def campaign(ms, gid):
+    a = ms[0]
+    for x in ms:
+        x.close(5, 1000 + x.id)
+        x.idle()
+    c5 = a.c(gid, 5)
+    again = a.c(gid, 5)                  # the same c from RAM: no new release
+    a.boot()                             # the power cut right after the release
+    a.close(5, 777)                      # a clock behind its last save closes t 5 again
+    a.idle()
+    before = state(a)
+    refused = ask(a, gid, 5)             # a fresh c for t 5 would leak x: refused
+    older = ask(a, gid, 4)
+    same = state(a) == before
+    rec = a.recover(gid, 5, [])          # no C_i survived the cut: nothing to answer with
+    a.close(6, 1006)
+    a.idle()
+    for x in ms[1:]:
+        x.close(6, 1006 + x.id)
+        x.idle()
+    s6 = sum(x.c(gid, 6) for x in ms) & 0xFFFFFFFF
+    for x in ms:                         # 7 and 8 close; 8 goes first: 7 may not follow
+        x.close(7, 1)
+        x.close(8, 1)
+        x.idle()
+    a.c(gid, 8)
+    skipped = ask(a, gid, 7)
+    return {"skipped": skipped, "same_c": c5 == again, "refused": refused, "older": older,
+            "same": same,
+            "rec": [rec[0], rec[1]], "s6": s6, "want6": sum(1006 + x.id for x in ms[1:]) + 1006,
+            "log": [l for l in a.port.logs if "interval 5" in l]}
+"""
+
+
+@pytest.mark.parametrize("nvram", [False, True], ids=["flash", "nvram"])
+def test_a_released_t_is_never_released_again_across_a_power_cut(
+        micropython: Run, tmp_path: Path, nvram: bool) -> None:
+    """Once per (gid, t): the group's next t is persisted (on flash, or in board.nvram where the
+    board has it) before the ciphertext leaves; after a power cut the same interval, closed
+    again by a clock that resumed behind its last save, is refused (a fresh c_i would carry a
+    fresh C_i and noise, and the difference of the two leaks x), and so is an older t, with
+    the state unchanged. The next interval goes on."""
+    kind = "NvM" if nvram else "M"
+    r = vm(micropython, _ONCE + f"""
+ms = [{kind}({str(tmp_path)!r} + "/m%d" % i, 40 + i, "o%d" % i) for i in range(3)]
+for x in ms:
+    keygen(x)
+setup(ms, b"plain")
+r = campaign(ms, b"plain")
+for x in ms:
+    x.close(9, 2000 + x.id)
+    x.idle()
+r["sum9"] = sum(x.c(b"plain", 9) for x in ms) & 0xFFFFFFFF
+r["want9"] = sum(2000 + x.id for x in ms)
+r["flash_file"] = "dc_released.bin" in os.listdir(ms[0].d)
+out(r)
+""")
+    assert r["same_c"] is True
+    assert r["refused"] == [6, "t 5 already released (next 6)"]
+    assert r["older"] == [6, "t 4 already released (next 6)"]
+    assert r["same"] is True
+    assert r["rec"] == [7, "plain group: no recovery"]
+    # the group's t survived the cut: the interval closed again is not even encrypted
+    assert r["log"] == ["lopa: interval 5 already encrypted for 706c61696e"]
+    assert r["s6"] == r["want6"]
+    assert r["skipped"] == [6, "t 7 already released (next 9)"]  # in RAM, never sent
+    assert r["sum9"] == r["want9"]
+    assert r["flash_file"] is (not nvram)  # nvram where the board has it: no flash write
+
+
+def test_robust_group_after_a_power_cut_answers_no_recover_and_no_second_c(
+        micropython: Run, tmp_path: Path) -> None:
+    """A robust group: after the release and a power cut, neither a fresh c_i(t) nor a RECOVER
+    for t comes out (C_i(t) was in RAM only); a RECOVER before the cut is answered once."""
+    r = vm(micropython, _ONCE + f"""
+ms = [M({str(tmp_path)!r} + "/m%d" % i, 60 + i, "q%d" % i) for i in range(4)]
+for x in ms:
+    keygen(x)
+setup(ms, b"rob", m=1)
+a = ms[0]
+for x in ms:
+    x.close(5, 500 + x.id)
+    x.idle()
+c5 = a.c(b"rob", 5)
+first = a.recover(b"rob", 5, [])
+second = a.recover(b"rob", 5, [])
+a.boot()
+a.close(5, 999)
+a.idle()
+out({{"first": first[0], "second": [second[0], second[1]], "again": ask(a, b"rob", 5),
+     "rec": list(a.recover(b"rob", 5, []))}})
+""")
+    assert r["first"] == 0
+    assert r["second"] == [7, "already answered for t 5"]
+    assert r["again"] == [6, "t 5 already released (next 6)"]
+    assert r["rec"] == [7, "no ciphertext sent for t 5"]
+
+
+def test_a_group_made_again_under_its_gid_cannot_go_back(
+        micropython: Run, tmp_path: Path) -> None:
+    """GROUP_DELETE and the same members again under the same gid (the same pair keys): its
+    released t stays in force (folded into the floor), across a power cut too; a flash write
+    that fails refuses the release, and nothing leaves."""
+    r = vm(micropython, _ONCE + f"""
+ms = [M({str(tmp_path)!r} + "/m%d" % i, 80 + i, "d%d" % i) for i in range(3)]
+for x in ms:
+    keygen(x)
+setup(ms, b"g")
+a = ms[0]
+for x in ms:
+    x.close(9, 900 + x.id)
+    x.idle()
+a.c(b"g", 9)
+code, _ = a.req("group_delete", G(b"g"))
+setup(ms, b"g")
+a.boot()
+for x in ms:
+    x.close(9, 901)
+    x.idle()
+back = ask(a, b"g", 9)
+other = ask(a, b"g", 8)
+# the release must be on flash before c leaves: a failing write refuses and sends nothing
+for x in ms:
+    x.close(10, 1000 + x.id)
+    x.idle()
+real = store.save_bytes
+def broken(path, data):
+    raise OSError(28)
+store.save_bytes = broken
+n_answers = len(a.port.answers)
+failed = ask(a, b"g", 10)
+leaked_c = [p for p in a.port.answers[n_answers:] if isinstance(p, bytes) and len(p) == 8]
+store.save_bytes = real
+ok = ask(a, b"g", 10)
+out({{"del": code, "back": back, "other": other, "failed": failed, "leaked_c": len(leaked_c),
+     "ok": ok[0]}})
+""")
+    assert r["del"] == 0
+    assert r["back"] == [6, "t 9 already released (next 10)"]
+    assert r["other"] == [6, "t 8 already released (next 10)"]
+    assert r["failed"][0] == 7 and "flash" in r["failed"][1] and r["leaked_c"] == 0
+    assert r["ok"] == 0
+
+
 # -- metrology -> dc_security, and the task module itself ------------------------------------------
 def _metrology_task(tmp_path: Path) -> str:
     """VM code: `met`, a metrology task on files in tmp_path, with an ADC that gives nothing."""

@@ -7,6 +7,8 @@ import gc
 import struct
 from micropython import const
 
+import store
+
 KEY_FILE = "/dc_key.bin"  # under the data directory (hw["dir"], default /data)
 GROUP_PREFIX = "lopa_"
 GROUP_SUFFIX = ".grp"
@@ -23,6 +25,14 @@ REF_N = const(50)  # max_groups is counted for groups this size when none is com
 _BLOCK = const(25)  # member slots per RAM block: no buffer above 1000 B (a fragmented heap)
 _E_BAD_ARGS = const(6)
 _E_FAILED = const(7)
+# Once per (gid, t): the table of the next t each group may release (a t below it never leaves
+# the meter again, whatever its clock does), and the floor for any other gid (a deleted group's
+# next t folds into it, so a group made again under the same gid cannot go back). On flash, or
+# in battery-backed RAM where the board has it (lib/nvrec.py): written BEFORE a ciphertext leaves.
+REL_FILE = "/dc_released.bin"
+REL_FMT = "<409s"  # the table in a fixed size: floor u64, count u8, 16 x (gid_len, gid 16, t u64)
+_REL_BYTES = const(409)
+_REL_REC = const(25)
 
 
 class Refused(Exception):
@@ -113,3 +123,29 @@ class _Members:
         return -1
 
 
+
+
+def released(dc, gid):
+    # the lowest t that group gid may still release
+    return dc._rel.get(gid, dc._rel_floor)
+
+
+def save_released(dc, rel, floor):
+    # Persists the table {gid: next t} and the floor, then puts them in force. Raises (OSError,
+    # ValueError) leaving the table in force as it was: the caller releases nothing then.
+    if len(rel) > MAX_GROUPS_CAP:
+        raise ValueError("release table full")
+    b = bytearray(_REL_BYTES)
+    struct.pack_into(">QB", b, 0, floor, len(rel))
+    o = 9
+    for gid, nxt in rel.items():
+        b[o] = len(gid)
+        b[o + 1:o + 1 + len(gid)] = gid
+        struct.pack_into(">Q", b, o + 17, nxt)
+        o += _REL_REC
+    if dc._nv is not None:
+        dc._nv.save(REL_FMT, b)
+    else:
+        store.save_bytes(dc._dir + REL_FILE, b)
+    dc._rel = rel
+    dc._rel_floor = floor

@@ -15,6 +15,8 @@ from tasks.dc_base import (
     MAX_GROUPS_CAP,
     MIN_N,
     REF_N,
+    REL_FILE,
+    REL_FMT,
     Refused,
     _cap,
     _gid,
@@ -22,11 +24,14 @@ from tasks.dc_base import (
     _Members,
     free,
     group_ram,
+    released,
+    save_released,
 )
 
 _HEAD = const(33)  # group file head: ver, gid_len, gid (16, zero-padded), n, m, lambda, my id
 _FILE_VER = const(1)  # as tasks/dc_setup.py writes it
 _E_BAD_ARGS = const(6)
+_REL_BYTES = const(409)  # as tasks/dc_base.py REL_FMT
 
 
 # -- the groups persisted on flash, loaded at boot ------------------------------------------
@@ -50,6 +55,45 @@ def load_groups(dc):
             continue
         g.bytes = store.size(path)
         dc._groups[g.gid] = g
+    load_released(dc)
+
+
+def load_released(dc):
+    # The release table, from battery-backed RAM and flash (the higher t of the two per gid: a
+    # board given nvram later keeps what its flash said). Entries of gids with no group fold
+    # into the floor, so the table never holds more than the groups. A group never encrypts a
+    # t below its entry again.
+    fl = 0
+    rel = {}
+    raw = [store.load_bytes(dc._dir + REL_FILE, None)]
+    if dc._nv is not None:
+        v = dc._nv.load(REL_FMT)
+        raw.append(v[0] if v else None)
+    for b in raw:
+        if b is None or len(b) != _REL_BYTES:
+            continue
+        f, cnt = struct.unpack_from(">QB", b, 0)
+        if f > fl:
+            fl = f
+        for i in range(cnt if cnt <= MAX_GROUPS_CAP else MAX_GROUPS_CAP):
+            o = 9 + 25 * i
+            if not 1 <= b[o] <= 16:
+                continue
+            gid = bytes(b[o + 1:o + 1 + b[o]])
+            nxt = struct.unpack_from(">Q", b, o + 17)[0]
+            if nxt > rel.get(gid, 0):
+                rel[gid] = nxt
+    for gid in list(rel):
+        if gid not in dc._groups:
+            nxt = rel.pop(gid)
+            if nxt > fl:
+                fl = nxt
+    dc._rel = rel
+    dc._rel_floor = fl
+    for gid, g in dc._groups.items():
+        nxt = released(dc, gid)
+        if nxt - 1 > g.last_t:
+            g.last_t = nxt - 1
 
 
 def _piece(head):
@@ -105,6 +149,12 @@ def group_delete(dc, ref, meter_id, body, t0):
     if s is not None and s.gid == gid:
         dc._drop_setup("set-up deleted")
     if g is not None:
+        # its next t folds into the floor first: the gid made again cannot go back
+        nxt = dc._rel.get(gid)
+        if nxt is not None:
+            rel = dict(dc._rel)
+            del rel[gid]
+            save_released(dc, rel, nxt if nxt > dc._rel_floor else dc._rel_floor)
         store.remove(dc._path(gid))
         del dc._groups[gid]
     dc._port.log("lopa: group %s deleted" % _hex(gid))

@@ -11,7 +11,17 @@ from micropython import const
 
 import lazy
 import lopa_core as lopa
-from tasks.dc_base import HIST, INLINE_MAX, SLICE, Refused, _gid, _hex, _u32
+from tasks.dc_base import (
+    HIST,
+    INLINE_MAX,
+    SLICE,
+    Refused,
+    _gid,
+    _hex,
+    _u32,
+    released,
+    save_released,
+)
 
 _MASK = const(0xFFFFFFFF)
 _E_BAD_ARGS = const(6)
@@ -166,8 +176,18 @@ def ciphertext(dc, ref, body):
     if g is None:
         raise Refused(_E_BAD_ARGS, "unknown group")
     k = g.slot_of(t)
-    if k < 0 or not g.h_f[k] & _F_VALID:
-        raise Refused(_E_FAILED, "no value")
+    if k < 0 or not g.h_f[k] & _F_SENT:
+        # Once per (gid, t): a t below the group's next is never released again (after a
+        # power cut, or a clock set back, its c would carry a fresh C_i and noise: the
+        # difference of two leaks x). The same c again, from RAM, is no new release.
+        nxt = released(dc, gid)
+        if t < nxt:
+            raise Refused(_E_BAD_ARGS, "t %d already released (next %d)" % (t, nxt))
+        if k < 0 or not g.h_f[k] & _F_VALID:
+            raise Refused(_E_FAILED, "no value")
+        rel = dict(dc._rel)
+        rel[gid] = t + 1
+        save_released(dc, rel, dc._rel_floor)  # on flash or nvram BEFORE c leaves
     g.h_f[k] |= _F_SENT
     dc._ok(ref, struct.pack(">II", t, g.h_c[k]))
 

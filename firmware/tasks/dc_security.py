@@ -55,6 +55,9 @@ class DcSecurity:
         if k is not None and len(k) == 64:
             self._sk, self.pk = bytes(k[:32]), bytes(k[32:])
         self._groups = {}  # gid -> _Group
+        self._nv = hw.get("nvram")  # a lib/nvrec.py Record, where the board has one
+        self._rel = {}  # gid -> the next t it may release (tasks/dc_base.py released())
+        self._rel_floor = 0  # ... for a gid not in _rel
         self._setup = None
         self._free0 = 0  # free heap before a GROUP_BEGIN loaded the set-up code (0: unknown)
         self._recover = []  # queued recoveries: [ref, group, t, C, slots, i, acc, round msg]

@@ -25,6 +25,7 @@ from tasks.dc_base import (
     _Members,
     free,
     group_ram,
+    released,
 )
 
 _REC = const(40)  # id u64 + pk 32
@@ -236,6 +237,8 @@ def group_commit(dc, ref, meter_id, body, t0):
     old = dc._groups.get(gid)
     if old is not None:
         g.last_t = old.last_t
+    if released(dc, gid) - 1 > g.last_t:  # once per (gid, t), for a gid made again too
+        g.last_t = released(dc, gid) - 1
     dc._groups[gid] = g
     dc._setup = None
     dc._port.log("lopa: group %s committed n %d" % (_hex(gid), s.n))
