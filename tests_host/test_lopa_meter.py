@@ -923,6 +923,117 @@ out({{"del": code, "back": back, "other": other, "failed": failed, "leaked_c": l
     assert r["ok"] == 0
 
 
+# -- the neutral registrar (issue 18, Build 1) -------------------------------------------------
+def _registered_meters(micropython: Run, tmp_path: Path, n: int,
+                       policy: Any = None) -> tuple[Any, list[tuple[int, bytes]], str]:
+    """n VM meters with key pairs made on them, registered with a registrar of their own (its
+    anchor installed in each one's data directory, as `meterctl registrar register` does over
+    the REPL); returns the registrar, the members (id, pk) and the VM code that boots them."""
+    from host_tools.registrar import Registrar
+
+    boot = f"""
+ms = [M({str(tmp_path)!r} + "/m%d" % i, 3000 + 17 * i, "reg%d" % i) for i in range({n})]
+"""
+    r = vm(micropython, boot + "for x in ms:\n    keygen(x)\n"
+           "out([[x.id, x.pk.hex()] for x in ms])\n")
+    members = [(int(i), bytes.fromhex(pk)) for i, pk in r]
+    reg = Registrar(tmp_path / "registrar.json")
+    reg.init(policy)
+    for mid, pk in members:
+        reg.record(mid, pk)
+        anchor = reg.anchor(mid)
+        store.save_bytes(str(tmp_path / f"m{(mid - 3000) // 17}" / "lopa_reg.bin"), anchor)
+    return reg, members, boot
+
+
+def test_registrar_certified_group_commits_and_every_forgery_is_refused(
+        micropython: Run, tmp_path: Path) -> None:
+    """With the registrar's anchor installed, a meter commits a group only with its own tag
+    from the registrar over the whole member list, n, m and lambda. Refused, logged, with the
+    set-up left as it was: no tag, a tag of another meter, a tag for another member list (a
+    ghost's key put in), for another lambda, a random tag; the registrar itself refuses to
+    approve a ghost (a key pair the head-end made) and a key other than the one registered."""
+    from host_tools.headend.lopa import ref
+    from host_tools.registrar import Registrar, RegistrarError, group_tag, member_digest
+
+    reg, members, boot = _registered_meters(micropython, tmp_path, 5)
+    assert isinstance(reg, Registrar)
+    lam = 1500.0
+    tags = reg.approve(b"cert", 1, lam, members)
+    _ghost_sk, ghost_pk = ref.keypair(bytes(range(32)))
+    ghosted = [*members[:-1], (members[-1][0], ghost_pk)]  # the last member's key: a ghost's
+    with pytest.raises(RegistrarError, match="not the one registered"):
+        reg.approve(b"cert", 1, lam, ghosted)
+    with pytest.raises(RegistrarError, match="not registered"):
+        reg.approve(b"cert", 1, lam, [*members[:-1], (999, ghost_pk)])
+    with pytest.raises(RegistrarError, match="below the policy's minimum 5"):
+        reg.approve(b"cert", 1, lam, members[:4])
+    with pytest.raises(RegistrarError, match=r"lambda 0\.0 below"):
+        reg.approve(b"cert", 1, 0.0, members)
+    # what a head-end could forge: tags of its own making over the ghosted list
+    forged = {mid: group_tag(bytes(32), b"cert", 5, 1, lam, member_digest(ghosted))
+              for mid, _ in members}
+    tag_hex = {str(mid): t.hex() for mid, t in tags.items()}
+    forged_hex = {str(mid): t.hex() for mid, t in forged.items()}
+    lam_tags = {str(mid): t.hex() for mid, t in reg.approve(b"cert", 1, 2000.0, members).items()}
+    r = vm(micropython, boot + f"""
+for x in ms:
+    x.pk = x.dc.pk                       # made in the first run, loaded from its file
+members = [(x.id, x.pk) for x in ms]
+tags = {tag_hex!r}
+a, b = ms[0], ms[1]
+refusals = []
+def try_commit(why, x, tag, mem=None, lam={lam!r}):
+    code, body = x.req("group_begin", begin(b"cert", 5, 1, lam))
+    assert code == 0, body
+    code, body = x.req("group_keys", chunk(b"cert", 0, mem or members))
+    assert code == 0, body
+    before = state(x)
+    n_logs = len(x.port.logs)
+    code, body = x.req("group_commit", G(b"cert") + tag)
+    refusals.append([why, code, body if code else "", state(x) == before,
+                     len(x.port.logs) > n_logs])
+try_commit("no tag", a, b"")
+try_commit("another meter's tag", a, bytes.fromhex(tags[str(b.id)]))
+try_commit("forged over a ghosted list", a, bytes.fromhex({forged_hex!r}[str(a.id)]),
+           mem=[(i, pk) for i, pk in members[:-1]] + [(members[-1][0], {ghost_pk!r})])
+try_commit("tag for another lambda", a, bytes.fromhex({lam_tags!r}[str(a.id)]))
+try_commit("random tag", a, bytes(range(32)))
+good = bytes.fromhex(tags[str(a.id)])
+try_commit("its tag, last byte changed", a, good[:31] + bytes((good[31] ^ 1,)))
+# the policy holds at GROUP_BEGIN, before any work
+small = list(a.req("group_begin", begin(b"cert", 4, 1, 1500.0)))
+nonoise = list(a.req("group_begin", begin(b"cert", 5, 1, 0.0)))
+low = list(a.req("group_begin", begin(b"cert", 5, 1, 999.0)))
+ok = []
+for x in ms:
+    code, body = x.req("group_begin", begin(b"cert", 5, 1, {lam!r}))
+    code, body = x.req("group_keys", chunk(b"cert", 0, members))
+    code, body = x.req("group_commit", G(b"cert") + bytes.fromhex(tags[str(x.id)]))
+    ok.append(code)
+for x in ms:
+    x.close(4, 100 * x.id % 977)
+    x.idle()
+s = agg(ms, b"cert", 4, True)
+out({{"refusals": refusals, "small": small, "nonoise": nonoise, "low": low, "ok": ok,
+     "sum": s, "want": sum(100 * x.id % 977 for x in ms)}})
+""")
+    whys = [w for w, *_ in r["refusals"]]
+    assert whys == ["no tag", "another meter's tag", "forged over a ghosted list",
+                    "tag for another lambda", "random tag", "its tag, last byte changed"]
+    for why, code, text, unchanged, logged in r["refusals"]:
+        assert code == 6 and unchanged and logged, (why, code, text)
+        assert text == ("no registrar certificate for this group" if why == "no tag" else
+                        "the registrar's certificate does not match the group"), (why, text)
+    assert r["small"] == [6, "n 4 below the registrar's minimum 5"]
+    assert r["nonoise"] == [6, "lambda 0 below the registrar's minimum 1000"]
+    assert r["low"] == [6, "lambda 999 below the registrar's minimum 1000"]
+    assert r["ok"] == [0] * 5
+    # noise of scale 1500 on the sum: within 30 scales of it (a Laplace tail of e^-30)
+    diff = (r["sum"] - r["want"] + 2**31) % 2**32 - 2**31
+    assert abs(diff) < 30 * lam
+
+
 # -- metrology -> dc_security, and the task module itself ------------------------------------------
 def _metrology_task(tmp_path: Path) -> str:
     """VM code: `met`, a metrology task on files in tmp_path, with an ADC that gives nothing."""

@@ -34,6 +34,9 @@ from host_tools.headend.lopa.ref import BadPublicKey, aggregate, check_public_ke
 from host_tools.headend.lopa.state import GroupRow, MemberRow, RoundRow, State
 from host_tools.transport.serial import BoardError
 
+# The registrar's approval of a group: (gid, m, lambda, [(id, pk)] ascending) -> {id: tag}
+Approve = Callable[[bytes, int, float, list[tuple[int, bytes]]], dict[int, bytes]]
+
 T = TypeVar("T")
 
 HISTORY = 16  # intervals of ciphertexts a meter keeps (docs/PROTOCOL.md)
@@ -435,12 +438,14 @@ class HeadEnd:
 
     # -- S3 ------------------------------------------------------------------------------------
     def group_create(self, gid: bytes, targets: list[Target], m: int = 0, lam: float = 0.0,
-                     force: bool = False) -> OpResult:
+                     force: bool = False, approve: Approve | None = None) -> OpResult:
         """S3: distribute the members' public keys to every member and commit the group.
 
         Resumes a set-up that was interrupted (members already committed are left alone); a
         group already set up with the same members and parameters is not redone unless
-        ``force``."""
+        ``force``. ``approve`` asks the neutral registrar for the group (gid, m, lambda,
+        members) and gives each member's tag, which its GROUP_COMMIT carries: a meter with the
+        registrar's anchor commits no group without it (host_tools/registrar.py)."""
         codec.check_gid(gid)
         n = len(targets)
         ids = [t.meter_id for t in targets]
@@ -473,6 +478,7 @@ class HeadEnd:
             except BadPublicKey as e:
                 raise LopaError(f"meter {mid}: {e}") from None
         lam32 = float(struct.unpack(">f", struct.pack(">f", lam))[0])  # as the meter holds it
+        tags = approve(gid, m, lam32, members) if approve is not None else {}
         old = self.state.group(gid)
         same = (old is not None and old.n == n and old.m == m and old.lam == lam32
                 and [(r.meter_id, r.pk) for r in self.state.members(gid)] == members)
@@ -533,7 +539,8 @@ class HeadEnd:
                                     f"members received, the head-end sent {got}")
                 self.state.member_progress(gid, mid, "keys", chunks=seq + 1)
                 step()
-            raw, _ = self._call(op, tgt, wire.K_GROUP_COMMIT, codec.group_commit_cmd(gid))
+            raw, _ = self._call(op, tgt, wire.K_GROUP_COMMIT,
+                                codec.group_commit_cmd(gid, tags.get(mid, b"")))
             ans_c = codec.parse_group_commit(raw)  # its us (C3) restates the chunks' sum
             if ans_c.n != n:
                 raise LopaError(f"GROUP_COMMIT: the meter committed {ans_c.n} members, not {n}")
