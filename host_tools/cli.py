@@ -863,6 +863,8 @@ def registrar() -> None:
 
 
 def _policy_options(fn: F) -> F:
+    fn = click.option("--sensitivity", type=float, default=None,
+                      help="the most one household's interval value can move (mWh)")(fn)
     fn = click.option("--epsilon-max", type=float, default=None,
                       help="privacy budget per interval over all of a meter's groups")(fn)
     fn = click.option("--lambda-min", type=float, default=None,
@@ -872,12 +874,13 @@ def _policy_options(fn: F) -> F:
 
 
 def _policy_of(base: Any, min_n: int | None, lambda_min: float | None,
-               epsilon_max: float | None) -> Any:
+               epsilon_max: float | None, sensitivity: float | None) -> Any:
     from host_tools.registrar import Policy
 
     return Policy(base.min_n if min_n is None else min_n,
                   base.lambda_min if lambda_min is None else lambda_min,
-                  base.epsilon_max if epsilon_max is None else epsilon_max)
+                  base.epsilon_max if epsilon_max is None else epsilon_max,
+                  base.sensitivity if sensitivity is None else sensitivity)
 
 
 def _policy_echo(p: Any, as_json: bool) -> None:
@@ -885,7 +888,8 @@ def _policy_echo(p: Any, as_json: bool) -> None:
         click.echo(json.dumps(p.to_json()))
     else:
         click.echo(f"min group size {p.min_n}, lambda_min {p.lambda_min:g} mWh, "
-                   f"epsilon_max {p.epsilon_max:g} per interval")
+                   f"epsilon_max {p.epsilon_max:g} per interval, sensitivity "
+                   f"{p.sensitivity:g} mWh")
 
 
 @registrar.command("init")
@@ -894,11 +898,13 @@ def _policy_echo(p: Any, as_json: bool) -> None:
 @json_option
 @registrar_errors
 def registrar_init(registrar: Path | None, min_n: int | None, lambda_min: float | None,
-                   epsilon_max: float | None, as_json: bool) -> None:
+                   epsilon_max: float | None, sensitivity: float | None,
+                   as_json: bool) -> None:
     """Make the registrar's secret and policy (refused if one exists: it anchors meters)."""
     from host_tools.registrar import DEFAULT_POLICY, Registrar
 
-    p = Registrar(registrar).init(_policy_of(DEFAULT_POLICY, min_n, lambda_min, epsilon_max))
+    p = Registrar(registrar).init(_policy_of(DEFAULT_POLICY, min_n, lambda_min, epsilon_max,
+                                             sensitivity))
     _policy_echo(p, as_json)
 
 
@@ -908,14 +914,15 @@ def registrar_init(registrar: Path | None, min_n: int | None, lambda_min: float 
 @json_option
 @registrar_errors
 def registrar_policy(registrar: Path | None, min_n: int | None, lambda_min: float | None,
-                     epsilon_max: float | None, as_json: bool) -> None:
+                     epsilon_max: float | None, sensitivity: float | None,
+                     as_json: bool) -> None:
     """Show the group policy; with options, change it (meters get it when registered)."""
     from host_tools.registrar import Registrar
 
     reg = Registrar(registrar)
     p = reg.policy()
-    if (min_n, lambda_min, epsilon_max) != (None, None, None):
-        p = reg.policy(_policy_of(p, min_n, lambda_min, epsilon_max))
+    if (min_n, lambda_min, epsilon_max, sensitivity) != (None, None, None, None):
+        p = reg.policy(_policy_of(p, min_n, lambda_min, epsilon_max, sensitivity))
     _policy_echo(p, as_json)
 
 

@@ -7,7 +7,7 @@ and its own keystore, that certifies each meter's LoPA public key and sets the g
   and LoPA public key (the key pair made on the meter), records (id, key), and installs on the
   meter its trust anchor ``K_reg(id) = HMAC-SHA256(secret, "lopa-registrar" + id u64)``, a key
   this meter shares with the registrar alone, and the policy (min group size, lambda_min,
-  epsilon_max) in ``/data/lopa_reg.bin``.
+  epsilon_max, the sensitivity delta) in ``/data/lopa_reg.bin``.
 - ``approve`` is the registrar's answer to a head-end that wants a group: it checks that every
   member's (id, key) is one it registered, and the policy, and gives each member meter its tag
   ``HMAC-SHA256(K_reg(id), "lopa-group" + gid_len + gid + n u16 + m u8 + lambda f32 + h)``,
@@ -61,8 +61,9 @@ def f32(x: float) -> float:
 @dataclass(frozen=True)
 class Policy:
     min_n: int
-    lambda_min: float
-    epsilon_max: float
+    lambda_min: float  # mWh: the least Laplace scale of any aggregate
+    epsilon_max: float  # the privacy loss a meter may take on per interval, over its groups
+    sensitivity: float  # mWh: the most one household's interval value can move (delta)
 
     def check(self) -> None:
         if not 3 <= self.min_n <= MAX_N:
@@ -71,16 +72,23 @@ class Policy:
             raise RegistrarError(f"lambda_min must be > 0, not {self.lambda_min}")
         if not (math.isfinite(self.epsilon_max) and self.epsilon_max > 0):
             raise RegistrarError(f"epsilon_max must be > 0, not {self.epsilon_max}")
+        if not (math.isfinite(self.sensitivity) and self.sensitivity > 0):
+            raise RegistrarError(f"sensitivity must be > 0, not {self.sensitivity}")
+        if self.sensitivity / self.lambda_min > self.epsilon_max:
+            raise RegistrarError(f"a group at lambda_min {self.lambda_min:g} would need "
+                                 f"epsilon {self.sensitivity / self.lambda_min:g}, above "
+                                 f"epsilon_max {self.epsilon_max:g}")
 
     def to_json(self) -> dict[str, Any]:
         return {"min_n": self.min_n, "lambda_min": self.lambda_min,
-                "epsilon_max": self.epsilon_max}
+                "epsilon_max": self.epsilon_max, "sensitivity": self.sensitivity}
 
 
-# The defaults a reviewer can defend: a sum over at least 5 households, noise of scale at least
-# 1 Wh (readings are in mWh) on each aggregate, and a budget of epsilon 1 per interval over all
-# of a meter's groups (docs/SECURITY.md).
-DEFAULT_POLICY = Policy(5, 1000.0, 1.0)
+# The defaults (docs/SECURITY.md, "The privacy budget"): a sum over at least 5 households; one
+# household moves an interval's value by at most delta = 230 V x 25 A (a main fuse) x 15 min =
+# 1437.5 Wh; each aggregate's noise at least that (epsilon 1 per group), and at most 4 such
+# groups per interval for one meter (epsilon_max 4).
+DEFAULT_POLICY = Policy(5, 1_437_500.0, 4.0, 1_437_500.0)
 
 
 def member_digest(members: list[tuple[int, bytes]]) -> bytes:
@@ -161,7 +169,8 @@ class Registrar:
                 new.check()
                 data["policy"] = new.to_json()
             d = data["policy"]
-            return Policy(int(d["min_n"]), float(d["lambda_min"]), float(d["epsilon_max"]))
+            return Policy(int(d["min_n"]), float(d["lambda_min"]), float(d["epsilon_max"]),
+                          float(d["sensitivity"]))
 
     def meter_key(self, meter_id: int) -> bytes:
         with self._locked() as data:
@@ -171,10 +180,10 @@ class Registrar:
 
     def anchor(self, meter_id: int) -> bytes:
         """What a meter gets in /data/lopa_reg.bin: K_reg(id), min_n u16, lambda_min f32,
-        epsilon_max f32 (42 bytes)."""
+        epsilon_max f32, sensitivity f32 (46 bytes)."""
         p = self.policy()
-        return self.meter_key(meter_id) + struct.pack(">Hff", p.min_n, p.lambda_min,
-                                                      p.epsilon_max)
+        return self.meter_key(meter_id) + struct.pack(">Hfff", p.min_n, p.lambda_min,
+                                                      p.epsilon_max, p.sensitivity)
 
     def record(self, meter_id: int, pk: bytes) -> None:
         """Certify (id, LoPA public key): the registrar's own record of it."""

@@ -227,14 +227,15 @@ def test_a_released_t_is_refused_after_a_power_cut_right_after_the_release(
 def test_registrar_anchor_refuses_uncertified_groups_over_the_wan(
         meters: Fleet3, tmp_path: Path) -> None:
     """`meterctl registrar register` over the REPL installs the registrar's anchor and policy
-    on each meter; from then on, over the WAN: a group without the registrar's tags, one with a
-    ghost member (a key pair the head-end made) and forged tags, and lambda 0 are refused; the
-    group the registrar approved commits and its round decrypts to the lab truth plus noise."""
+    on each meter; from then on, over the WAN: a group beside the noiseless ones made before
+    (the budget), a group without the registrar's tags, one with a ghost member (a key pair the
+    head-end made) and forged tags, and lambda 0 are refused; the group the registrar approved
+    commits and its round decrypts to the lab truth plus noise."""
     from host_tools.headend.lopa import ref
     from host_tools.registrar import Policy, Registrar, group_tag, member_digest, register
 
     reg = Registrar(tmp_path / "registrar.json")
-    reg.init(Policy(3, 500.0, 1.0))
+    reg.init(Policy(3, 500.0, 1.0, 500.0))
     for port, mid in zip(meters.ports, meters.ids, strict=True):
         got_id, pk = register(port, reg, timeout=30)
         assert got_id == mid and pk in meters.pks
@@ -259,6 +260,14 @@ def test_registrar_anchor_refuses_uncertified_groups_over_the_wan(
             if time.monotonic() > end:
                 raise
             time.sleep(0.5)
+    # the groups made before, without noise, count against the budget: none can join beside
+    # them, and they release nothing any more
+    with pytest.raises(MeterError, match=r"privacy budget: group [0-9a-f]+ has lambda 0 below "
+                                         r"500 \(delete it first\)"):
+        meters.raw(0, wire.K_GROUP_BEGIN, gid_b(b"cert3") + struct.pack(">HBf", 3, 0, 600.0))
+    for i in range(3):
+        for old in (b"plain3", b"rob3"):
+            meters.raw(i, wire.K_GROUP_DELETE, gid_b(old))
     with pytest.raises(MeterError, match="no registrar certificate for this group"):
         commit(0, b"cert3", members, 600.0, b"")
     ghost_pk = ref.keypair(bytes(range(32)))[1]

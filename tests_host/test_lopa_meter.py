@@ -954,9 +954,16 @@ def test_registrar_certified_group_commits_and_every_forgery_is_refused(
     ghost's key put in), for another lambda, a random tag; the registrar itself refuses to
     approve a ghost (a key pair the head-end made) and a key other than the one registered."""
     from host_tools.headend.lopa import ref
-    from host_tools.registrar import Registrar, RegistrarError, group_tag, member_digest
+    from host_tools.registrar import (
+        Policy,
+        Registrar,
+        RegistrarError,
+        group_tag,
+        member_digest,
+    )
 
-    reg, members, boot = _registered_meters(micropython, tmp_path, 5)
+    reg, members, boot = _registered_meters(micropython, tmp_path, 5,
+                                            Policy(5, 1000.0, 1.0, 1000.0))
     assert isinstance(reg, Registrar)
     lam = 1500.0
     tags = reg.approve(b"cert", 1, lam, members)
@@ -1032,6 +1039,107 @@ out({{"refusals": refusals, "small": small, "nonoise": nonoise, "low": low, "ok"
     # noise of scale 1500 on the sum: within 30 scales of it (a Laplace tail of e^-30)
     diff = (r["sum"] - r["want"] + 2**31) % 2**32 - 2**31
     assert abs(diff) < 30 * lam
+
+
+# -- the privacy budget (issue 18, Build 2) ----------------------------------------------------
+def test_privacy_budget_bounds_the_groups_a_meter_joins_and_releases_in(
+        micropython: Run, tmp_path: Path) -> None:
+    """With the registrar's policy (delta 500 mWh, epsilon_max 1.5): a group at lambda costs
+    delta / lambda per interval; the meter joins groups while the sum fits (the four-subset
+    layout: each meter in 3 groups of 3 at lambda 1000 is epsilon 1.5), refuses the next one
+    with the state unchanged, and releases nothing from a group with lambda below lambda_min or
+    beyond a budget lowered since (a new anchor)."""
+    from host_tools.registrar import Policy
+
+    reg, members, boot = _registered_meters(micropython, tmp_path, 4,
+                                            Policy(3, 500.0, 1.5, 500.0))
+    subsets = [[m for m in members if m != skip] for skip in members]
+    approvals = []
+    for k, sub in enumerate(subsets):
+        gid = b"sub%d" % k
+        approvals.append((gid.decode(), [[mid, pk.hex()] for mid, pk in sub],
+                          {str(mid): t.hex() for mid, t in reg.approve(gid, 0, 1000.0,
+                                                                       sub).items()}))
+    assert reg.approve(b"cheap", 0, 500.0, subsets[0])  # the registrar alone would allow it
+    r = vm(micropython, boot + f"""
+for x in ms:
+    x.pk = x.dc.pk
+by_id = {{x.id: x for x in ms}}
+def make(gid, mem, lam, tags):
+    res = {{}}
+    for mid, _ in mem:
+        x = by_id[mid]
+        code, body = x.req("group_begin", begin(gid, len(mem), 0, lam))
+        if code:
+            res[mid] = [code, body]
+            continue
+        code, body = x.req("group_keys", chunk(gid, 0, [(i, bytes.fromhex(p)) for i, p in mem]))
+        assert code == 0, body
+        code, body = x.req("group_commit", G(gid) + bytes.fromhex(tags[str(mid)]))
+        res[mid] = [code, body if code else ""]
+    return res
+made = [make(gid.encode(), mem, 1000.0, tags) for gid, mem, tags in {approvals!r}]
+a = by_id[{subsets[0][0][0]}]
+before = state(a)
+n_logs = len(a.port.logs)
+over = list(a.req("group_begin", begin(b"cheap", 3, 0, 500.0)))
+same = state(a) == before and len(a.port.logs) > n_logs
+for x in ms:
+    x.close(7, 100 + x.id % 50)
+    x.idle()
+sums = [sum(by_id[mid].c(gid.encode(), 7) for mid, _ in mem) & 0xFFFFFFFF
+        for gid, mem, _ in {approvals!r}]
+truth = [sum(100 + mid % 50 for mid, _ in mem) for _, mem, _ in {approvals!r}]
+# a policy lowered since (epsilon_max 1.0): the groups' 1.5 no longer fits, nothing leaves
+anchor = store.load_bytes(a.d + "/lopa_reg.bin")
+store.save_bytes(a.d + "/lopa_reg.bin", anchor[:32] + struct.pack(">Hfff", 3, 500.0, 1.0, 500.0))
+a.boot()
+for x in ms:
+    x.close(8, 1)
+    x.idle()
+lowered = list(a.req("ciphertext", G(b"sub0") + struct.pack(">I", 8)))
+# a lambda_min raised since: groups at 1000 fall below 1500
+store.save_bytes(a.d + "/lopa_reg.bin", anchor[:32] + struct.pack(">Hfff", 3, 1500.0, 9.0, 500.0))
+a.boot()
+a.close(9, 1)
+a.idle()
+raised = list(a.req("ciphertext", G(b"sub0") + struct.pack(">I", 9)))
+out({{"made": made, "over": over, "same": same, "sums": sums, "truth": truth,
+     "lowered": lowered, "raised": raised}})
+""")
+    for res in r["made"]:
+        assert all(code == 0 for code, _ in res.values()), res
+    assert r["over"] == [6, "privacy budget: epsilon 1.5 of 1.5 in use, the group needs 1"]
+    assert r["same"] is True
+    for s, t in zip(r["sums"], r["truth"], strict=True):
+        assert abs(((s - t + 2**31) & MASK) - 2**31) < 30 * 1000  # Laplace(1000) on each
+    assert r["lowered"] == [7, "privacy budget: the groups need epsilon 1.5, the policy "
+                                "allows 1"]
+    assert r["raised"] == [7, "lambda 1000 below the registrar's minimum 1500"]
+
+
+def test_four_subset_differencing_is_left_with_laplace_error() -> None:
+    """The four-subset attack (issue 18, "What was shown" 2) against the noise the meters add
+    (lib/lopa_noise.py noise_share, the firmware's own): four households, the four 3-member
+    subsets as groups, each aggregate carrying Laplace(lambda); differencing gives each reading
+    as x_k = (S_1 + .. + S_4) / 3 - S_k, whose error is (sum L_j) / 3 - L_k: standard deviation
+    lambda * sqrt(14 / 9) = 1.25 lambda. Measured over 4000 intervals."""
+    rng = random.Random(18)
+    lam = 1000.0
+    errs = []
+    for _ in range(4000):
+        xs = [rng.randrange(0, 400_000) for _ in range(4)]
+        sums = []
+        for skip in range(4):
+            noise = sum(lopa.noise_share(3, 0, lam, rng.random) for _ in range(3))
+            sums.append(sum(x for k, x in enumerate(xs) if k != skip) + noise)
+        total = sum(sums) / 3
+        errs += [(total - sums[k]) - xs[k] for k in range(4)]
+    rms = math.sqrt(sum(e * e for e in errs) / len(errs))
+    print(f"\nfour-subset differencing at lambda {lam:g} mWh: RMS error {rms:.0f} mWh "
+          f"= {rms / lam:.3f} lambda (theory {math.sqrt(14 / 9):.3f})")
+    assert 1.15 < rms / lam < 1.35
+    assert sum(abs(e) < 0.1 * lam for e in errs) / len(errs) < 0.15  # rarely near exact
 
 
 # -- metrology -> dc_security, and the task module itself ------------------------------------------
@@ -1151,10 +1259,10 @@ def test_dc_security_modules_hold_no_mutable_state(micropython: Run) -> None:
     out = micropython("""
 import json
 import tasks.dc_security, tasks.dc_setup, tasks.dc_round, tasks.dc_rare
-import tasks.dc_base, tasks.dc_keys, tasks.dc_recover
+import tasks.dc_base, tasks.dc_keys, tasks.dc_recover, tasks.dc_budget
 bad = []
 for m in (tasks.dc_security, tasks.dc_setup, tasks.dc_round, tasks.dc_rare, tasks.dc_base,
-          tasks.dc_keys, tasks.dc_recover):
+          tasks.dc_keys, tasks.dc_recover, tasks.dc_budget):
     for g in dir(m):
         v = getattr(m, g)
         if g.startswith("__") or isinstance(v, (int, float, str, bytes, tuple, type)):

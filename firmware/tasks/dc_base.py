@@ -35,8 +35,9 @@ _REL_BYTES = const(409)
 _REL_REC = const(25)
 # The neutral registrar's trust anchor and group policy, installed at provisioning over the
 # REPL (host_tools/registrar.py): K_reg (32, this meter's key shared with the registrar alone),
-# min group size u16, lambda_min f32, epsilon_max f32. With it a group is committed only with
-# the registrar's tag over the whole member list (tasks/dc_setup.py group_commit).
+# min group size u16, lambda_min f32, epsilon_max f32, sensitivity delta f32 (46 bytes). With it
+# a group is committed only with the registrar's tag over the whole member list
+# (tasks/dc_setup.py group_commit), and within the privacy budget (tasks/dc_budget.py).
 REG_FILE = "/lopa_reg.bin"
 
 

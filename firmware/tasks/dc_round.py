@@ -185,6 +185,8 @@ def ciphertext(dc, ref, body):
             raise Refused(_E_BAD_ARGS, "t %d already released (next %d)" % (t, nxt))
         if k < 0 or not g.h_f[k] & _F_VALID:
             raise Refused(_E_FAILED, "no value")
+        if dc._reg is not None:  # the registrar's privacy budget
+            lazy.call("tasks.dc_budget", "release", dc, g)
         rel = dict(dc._rel)
         rel[gid] = t + 1
         save_released(dc, rel, dc._rel_floor)  # on flash or nvram BEFORE c leaves

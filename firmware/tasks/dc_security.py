@@ -56,7 +56,7 @@ class DcSecurity:
         if k is not None and len(k) == 64:
             self._sk, self.pk = bytes(k[:32]), bytes(k[32:])
         r = store.load_bytes(self._dir + REG_FILE, None)
-        self._reg = bytes(r) if r is not None and len(r) == 42 else None  # the registrar's
+        self._reg = bytes(r) if r is not None and len(r) == 46 else None  # the registrar's
         self._groups = {}  # gid -> _Group
         self._nv = hw.get("nvram")  # a lib/nvrec.py Record, where the board has one
         self._rel = {}  # gid -> the next t it may release (tasks/dc_base.py released())

@@ -97,9 +97,10 @@ def group_begin(dc, ref, meter_id, body, t0):
         min_n, lam_min = struct.unpack_from(">Hf", reg, 32)
         if n < min_n:
             raise Refused(_E_BAD_ARGS, "n %d below the registrar's minimum %d" % (n, min_n))
-        if lam < lam_min:
+        if lam < lam_min or lam <= 0:
             raise Refused(_E_BAD_ARGS, "lambda %g below the registrar's minimum %g"
                           % (lam, lam_min))
+        lazy.call("tasks.dc_budget", "join", dc, gid, lam)
     if dc._sk is None:
         raise Refused(_E_FAILED, "no key pair")
     others = len(dc._groups) - (1 if gid in dc._groups else 0)
