@@ -803,7 +803,8 @@ def headend_group_create(ports: str | None, base: Path | None, keystore: Path | 
 
 @headend.command("run")
 @_headend_options
-@click.option("--gid", required=True, help="group id: text, or 0x + hex")
+@click.option("--gid", required=True,
+              help="group id: text, or 0x + hex; several, comma-separated, run in one pass")
 @click.option("--rounds", type=int, default=1, show_default=True)
 @click.option("--lab", is_flag=True,
               help="afterwards read each meter's plaintexts through its REPL (lab truth) and "
@@ -818,9 +819,12 @@ def headend_run(ports: str | None, base: Path | None, keystore: Path | None, db:
     from host_tools.headend.lopa.lab import serial_probe
     from host_tools.headend.lopa.report import rounds_table
 
-    g = parse_gid(gid)
     if rounds < 1:
         raise click.BadParameter("--rounds must be at least 1")
+    if "," in gid:  # several groups in one pass
+        _headend_run_many(ports, base, keystore, db, as_json, timeout, gid, rounds, lab)
+        return
+    g = parse_gid(gid)
     res, figures = _headend_run(
         ports, base, keystore, db, timeout,
         lambda he, _s, targets: he.run(g, rounds, targets, serial_probe() if lab else None),
@@ -943,6 +947,42 @@ def registrar_register(port: str, registrar: Path | None, timeout: float,
         click.echo(json.dumps({"meter": mid, "pk": pk.hex()}))
     else:
         click.echo(f"meter {mid}: LoPA key {pk.hex()[:16]}... registered, anchor installed")
+
+
+def _headend_run_many(ports: str | None, base: Path | None, keystore: Path | None,
+                      db: Path | None, as_json: bool, timeout: float, gids: str, rounds: int,
+                      lab: bool) -> None:
+    """`headend run --gid g1,g2,...`: the groups' rounds in one pass per interval; a group
+    that fails is reported and the others go on; exit 1 if any group or round failed."""
+    from host_tools.headend.lopa import gid_text, parse_gid
+    from host_tools.headend.lopa.lab import serial_probe
+    from host_tools.headend.lopa.report import figures_table, rounds_table
+    from host_tools.headend.lopa.session import session
+
+    gs = [parse_gid(x.strip()) for x in gids.split(",")]
+    sess = session(ports, base, keystore, db)
+    targets = sess.targets() if sess.ports else None
+    from host_tools.headend.lopa import HeadEnd, State, serial_connector
+
+    with State(sess.db) as state, HeadEnd(
+            state, serial_connector(sess.keystore), timeout=timeout,
+            say=lambda m: err_console.print(m, highlight=False)) as he:
+        runs, failed = he.run_many(gs, rounds, targets, serial_probe() if lab else None)
+    for res in runs:
+        if as_json:
+            for r in res.rounds:
+                click.echo(json.dumps(r.to_json()))
+        else:
+            console.print(rounds_table(res, f"group {gid_text(res.gid)}"))
+    err_console.print(figures_table([r.op.summary() for r in runs],
+                                    sess.platform(targets or [])))
+    bad = [r for res in runs for r in res.rounds if not r.ok]
+    for r in bad:
+        err_console.print(f"[bold red]error:[/] {r.error}", highlight=False, soft_wrap=True)
+    for why in failed.values():
+        err_console.print(f"[bold red]error:[/] {why}", highlight=False, soft_wrap=True)
+    if bad or failed:
+        sys.exit(1)
 
 
 # -- doctor ----------------------------------------------------------------------

@@ -411,3 +411,30 @@ def test_group_create_carries_each_meters_registrar_tag(tmp_path: Path) -> None:
     for mid, meter in f.meters.items():
         (commit,) = [p for k, p in meter.received if k == "GROUP_COMMIT"]
         assert commit == codec.group_commit_cmd(GID, tags[mid])
+
+
+def test_several_overlapping_groups_run_in_one_pass() -> None:
+    """`headend run --gid a,b,c` (HeadEnd.run_many): overlapping groups' rounds for the same
+    intervals, each interval waited for once; a group that cannot run is reported and the
+    others go on; each aggregate is its members' sum."""
+    f = sim_fleet(5, seed=4)
+    he = headend(f)
+    assert not he.keys(f.targets).failed
+    assert not he.pubkeys(f.targets).failed
+    assert not he.group_create(b"all", f.targets).failed
+    assert not he.group_create(b"four", f.targets[:4], m=1).failed
+    assert not he.group_create(b"three", f.targets[2:]).failed
+    t0 = f.clock.now()
+    runs, failed = he.run_many([b"all", b"nope", b"four", b"three"], 2, lab=f.lab_probe())
+    assert set(failed) == {b"nope"} and "no group" in failed[b"nope"]
+    assert [r.gid for r in runs] == [b"all", b"four", b"three"]
+    ts = [[r.t for r in run.rounds] for run in runs]
+    assert ts[0] == ts[1] == ts[2] and len(set(ts[0])) == 2  # the same two intervals
+    for run in runs:
+        for r in run.rounds:
+            assert r.ok and r.aggregate == r.expected, (run.gid, r)
+    # two intervals took about two interval lengths, not one per group and interval
+    length = runs[0].rounds[0].length
+    assert f.clock.now() - t0 < 3.5 * length
+    with pytest.raises(LopaError, match="twice"):
+        he.run_many([b"all", b"all"], 1)
