@@ -1104,8 +1104,17 @@ a.boot()
 a.close(9, 1)
 a.idle()
 raised = list(a.req("ciphertext", G(b"sub0") + struct.pack(">I", 9)))
+# an anchor that is there but unreadable (a torn or altered file): fail closed
+for suffix in ("", ".bak", ".tmp"):    # every copy the store keeps
+    with open(a.d + "/lopa_reg.bin" + suffix, "wb") as fh:
+        fh.write(b"garbage")
+a.boot()
+a.close(10, 1)
+a.idle()
+torn = [list(a.req("ciphertext", G(b"sub0") + struct.pack(">I", 10))),
+        list(a.req("group_begin", begin(b"sub9", 3, 0, 1000.0)))]
 out({{"made": made, "over": over, "same": same, "sums": sums, "truth": truth,
-     "lowered": lowered, "raised": raised}})
+     "lowered": lowered, "raised": raised, "torn": torn}})
 """)
     for res in r["made"]:
         assert all(code == 0 for code, _ in res.values()), res
@@ -1116,6 +1125,7 @@ out({{"made": made, "over": over, "same": same, "sums": sums, "truth": truth,
     assert r["lowered"] == [7, "privacy budget: the groups need epsilon 1.5, the policy "
                                 "allows 1"]
     assert r["raised"] == [7, "lambda 1000 below the registrar's minimum 1500"]
+    assert r["torn"] == [[7, "the registrar's anchor is unreadable"]] * 2
 
 
 def test_four_subset_differencing_is_left_with_laplace_error() -> None:

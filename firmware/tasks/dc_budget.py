@@ -49,6 +49,8 @@ def join(dc, gid, lam):
 def release(dc, g):
     # CIPHERTEXT: the group's noise is at least lambda_min, and the interval's loss over all
     # groups within epsilon_max (a policy lowered since the groups were made holds here)
+    if not dc._reg:
+        raise Refused(_E_FAILED, "the registrar's anchor is unreadable")
     min_n, lam_min, eps_max, delta = policy(dc._reg)
     if g.lam < lam_min:
         raise Refused(_E_FAILED, "lambda %g below the registrar's minimum %g" % (g.lam, lam_min))

@@ -55,8 +55,13 @@ class DcSecurity:
         k = store.load_bytes(self._key_path, None)
         if k is not None and len(k) == 64:
             self._sk, self.pk = bytes(k[:32]), bytes(k[32:])
+        # The registrar's anchor and policy; b"" if its file is there but unreadable: then no
+        # group is set up and nothing released (fail closed), None if there is none
         r = store.load_bytes(self._dir + REG_FILE, None)
-        self._reg = bytes(r) if r is not None and len(r) == 46 else None  # the registrar's
+        if r is not None and len(r) == 46:
+            self._reg = bytes(r)
+        else:
+            self._reg = b"" if r is not None or store.size(self._dir + REG_FILE) else None
         self._groups = {}  # gid -> _Group
         self._nv = hw.get("nvram")  # a lib/nvrec.py Record, where the board has one
         self._rel = {}  # gid -> the next t it may release (tasks/dc_base.py released())

@@ -94,6 +94,8 @@ def group_begin(dc, ref, meter_id, body, t0):
         raise Refused(_E_BAD_ARGS, "lambda must be 0 or > 0")
     reg = dc._reg
     if reg is not None:  # the registrar's policy, never the head-end's
+        if not reg:
+            raise Refused(_E_FAILED, "the registrar's anchor is unreadable")
         min_n, lam_min = struct.unpack_from(">Hf", reg, 32)
         if n < min_n:
             raise Refused(_E_BAD_ARGS, "n %d below the registrar's minimum %d" % (n, min_n))
