@@ -63,7 +63,7 @@ HARDWARE = {
     "offswitch": ("relay", "button", "tamper"),
     "han": ("han_tx",),
     "cs_security": ("entropy",),
-    "dc_security": ("entropy",),
+    "dc_security": ("entropy", "nvram"),
     "status": ("led",),
 }
 
@@ -72,6 +72,8 @@ HARDWARE = {
 NVRAM = {
     "clock": (0, 64, b"CK"),
     "credit": (64, 192, b"CR"),
+    # LoPA: the next t each group may release (tasks/dc_base.py, once per (gid, t))
+    "dc_security": (256, 864, b"DC"),
 }
 
 # Each log is a bounded ring in its own file: flooding one never evicts

@@ -747,6 +747,29 @@ def headend_pubkeys(ports: str | None, base: Path | None, keystore: Path | None,
     _headend_done(res, figures, as_json, "S2: public keys")
 
 
+registrar_option = click.option(
+    "--registrar", type=click.Path(path_type=Path), default=None,
+    help="the neutral registrar's file (default: $METERCTL_REGISTRAR or "
+         "~/.config/meterctl/registrar.json)")
+
+
+def _registrar_approval(path: Path) -> Callable[..., dict[int, bytes]]:
+    """The registrar's approval of a group, its refusals as one-line head-end errors."""
+    from host_tools.headend.lopa import LopaError as _LopaError
+    from host_tools.registrar import Registrar, RegistrarError
+
+    reg = Registrar(path)
+
+    def approve(gid: bytes, m: int, lam: float,
+                members: list[tuple[int, bytes]]) -> dict[int, bytes]:
+        try:
+            return reg.approve(gid, m, lam, members)
+        except RegistrarError as e:
+            raise _LopaError(f"the registrar refuses the group: {e}") from None
+
+    return approve
+
+
 @headend.group("group")
 def headend_group() -> None:
     """LoPA groups."""
@@ -760,24 +783,28 @@ def headend_group() -> None:
 @click.option("--noise", "lam", type=float, default=0.0, show_default=True,
               help="lambda of the distributed Laplace noise; 0: none")
 @click.option("--force", is_flag=True, help="set the group up again even if it is ready")
+@registrar_option
 @friendly_errors
 def headend_group_create(ports: str | None, base: Path | None, keystore: Path | None,
                          db: Path | None, as_json: bool, timeout: float, gid: str, m: int,
-                         lam: float, force: bool) -> None:
+                         lam: float, force: bool, registrar: Path | None) -> None:
     """S3: give every member the ids and public keys of all members (chunks of 25) and commit
-    the group on each; resumes an interrupted set-up."""
+    the group on each; resumes an interrupted set-up. With --registrar, the registrar approves
+    the group first (meters with its anchor commit no group without its tags)."""
     from host_tools.headend.lopa import parse_gid
 
     g = parse_gid(gid)
+    approve = _registrar_approval(registrar) if registrar is not None else None
     res, figures = _headend_run(
         ports, base, keystore, db, timeout,
-        lambda he, _s, targets: he.group_create(g, targets, m, lam, force))
+        lambda he, _s, targets: he.group_create(g, targets, m, lam, force, approve))
     _headend_done(res, figures, as_json, f"S3: group {gid}")
 
 
 @headend.command("run")
 @_headend_options
-@click.option("--gid", required=True, help="group id: text, or 0x + hex")
+@click.option("--gid", required=True,
+              help="group id: text, or 0x + hex; several, comma-separated, run in one pass")
 @click.option("--rounds", type=int, default=1, show_default=True)
 @click.option("--lab", is_flag=True,
               help="afterwards read each meter's plaintexts through its REPL (lab truth) and "
@@ -792,9 +819,12 @@ def headend_run(ports: str | None, base: Path | None, keystore: Path | None, db:
     from host_tools.headend.lopa.lab import serial_probe
     from host_tools.headend.lopa.report import rounds_table
 
-    g = parse_gid(gid)
     if rounds < 1:
         raise click.BadParameter("--rounds must be at least 1")
+    if "," in gid:  # several groups in one pass
+        _headend_run_many(ports, base, keystore, db, as_json, timeout, gid, rounds, lab)
+        return
+    g = parse_gid(gid)
     res, figures = _headend_run(
         ports, base, keystore, db, timeout,
         lambda he, _s, targets: he.run(g, rounds, targets, serial_probe() if lab else None),
@@ -811,6 +841,147 @@ def headend_run(ports: str | None, base: Path | None, keystore: Path | None, db:
     for r in failed:
         err_console.print(f"[bold red]error:[/] {r.error}", highlight=False, soft_wrap=True)
     if failed:
+        sys.exit(1)
+
+
+# -- registrar ---------------------------------------------------------------------
+def registrar_errors(fn: F) -> F:
+    """The registrar's refusals (and the board's) become one line on stderr and exit 1."""
+    from host_tools.registrar import RegistrarError
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except RegistrarError as e:
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            sys.exit(1)
+
+    return friendly_errors(wrapper)  # type: ignore[return-value]
+
+
+@main.group()
+def registrar() -> None:
+    """The neutral registrar: certifies meters' LoPA keys and sets the group policy (its own
+    secret and file, apart from the head-end's keystore)."""
+
+
+def _policy_options(fn: F) -> F:
+    fn = click.option("--sensitivity", type=float, default=None,
+                      help="the most one household's interval value can move (mWh)")(fn)
+    fn = click.option("--epsilon-max", type=float, default=None,
+                      help="privacy budget per interval over all of a meter's groups")(fn)
+    fn = click.option("--lambda-min", type=float, default=None,
+                      help="least Laplace noise scale of any aggregate (mWh)")(fn)
+    fn = click.option("--min-n", type=int, default=None, help="least members of a group")(fn)
+    return fn
+
+
+def _policy_of(base: Any, min_n: int | None, lambda_min: float | None,
+               epsilon_max: float | None, sensitivity: float | None) -> Any:
+    from host_tools.registrar import Policy
+
+    return Policy(base.min_n if min_n is None else min_n,
+                  base.lambda_min if lambda_min is None else lambda_min,
+                  base.epsilon_max if epsilon_max is None else epsilon_max,
+                  base.sensitivity if sensitivity is None else sensitivity)
+
+
+def _policy_echo(p: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(p.to_json()))
+    else:
+        click.echo(f"min group size {p.min_n}, lambda_min {p.lambda_min:g} mWh, "
+                   f"epsilon_max {p.epsilon_max:g} per interval, sensitivity "
+                   f"{p.sensitivity:g} mWh")
+
+
+@registrar.command("init")
+@registrar_option
+@_policy_options
+@json_option
+@registrar_errors
+def registrar_init(registrar: Path | None, min_n: int | None, lambda_min: float | None,
+                   epsilon_max: float | None, sensitivity: float | None,
+                   as_json: bool) -> None:
+    """Make the registrar's secret and policy (refused if one exists: it anchors meters)."""
+    from host_tools.registrar import DEFAULT_POLICY, Registrar
+
+    p = Registrar(registrar).init(_policy_of(DEFAULT_POLICY, min_n, lambda_min, epsilon_max,
+                                             sensitivity))
+    _policy_echo(p, as_json)
+
+
+@registrar.command("policy")
+@registrar_option
+@_policy_options
+@json_option
+@registrar_errors
+def registrar_policy(registrar: Path | None, min_n: int | None, lambda_min: float | None,
+                     epsilon_max: float | None, sensitivity: float | None,
+                     as_json: bool) -> None:
+    """Show the group policy; with options, change it (meters get it when registered)."""
+    from host_tools.registrar import Registrar
+
+    reg = Registrar(registrar)
+    p = reg.policy()
+    if (min_n, lambda_min, epsilon_max, sensitivity) != (None, None, None, None):
+        p = reg.policy(_policy_of(p, min_n, lambda_min, epsilon_max, sensitivity))
+    _policy_echo(p, as_json)
+
+
+@registrar.command("register")
+@port_option
+@registrar_option
+@click.option("--timeout", type=float, default=10.0, show_default=True)
+@json_option
+@registrar_errors
+def registrar_register(port: str, registrar: Path | None, timeout: float,
+                       as_json: bool) -> None:
+    """Certify a provisioned meter's LoPA public key (read over the REPL, a factory step) and
+    install the registrar's anchor and policy on it."""
+    from host_tools.registrar import Registrar, register
+
+    mid, pk = register(port, Registrar(registrar), timeout)
+    if as_json:
+        click.echo(json.dumps({"meter": mid, "pk": pk.hex()}))
+    else:
+        click.echo(f"meter {mid}: LoPA key {pk.hex()[:16]}... registered, anchor installed")
+
+
+def _headend_run_many(ports: str | None, base: Path | None, keystore: Path | None,
+                      db: Path | None, as_json: bool, timeout: float, gids: str, rounds: int,
+                      lab: bool) -> None:
+    """`headend run --gid g1,g2,...`: the groups' rounds in one pass per interval; a group
+    that fails is reported and the others go on; exit 1 if any group or round failed."""
+    from host_tools.headend.lopa import gid_text, parse_gid
+    from host_tools.headend.lopa.lab import serial_probe
+    from host_tools.headend.lopa.report import figures_table, rounds_table
+    from host_tools.headend.lopa.session import session
+
+    gs = [parse_gid(x.strip()) for x in gids.split(",")]
+    sess = session(ports, base, keystore, db)
+    targets = sess.targets() if sess.ports else None
+    from host_tools.headend.lopa import HeadEnd, State, serial_connector
+
+    with State(sess.db) as state, HeadEnd(
+            state, serial_connector(sess.keystore), timeout=timeout,
+            say=lambda m: err_console.print(m, highlight=False)) as he:
+        runs, failed = he.run_many(gs, rounds, targets, serial_probe() if lab else None)
+    for res in runs:
+        if as_json:
+            for r in res.rounds:
+                click.echo(json.dumps(r.to_json()))
+        else:
+            console.print(rounds_table(res, f"group {gid_text(res.gid)}"))
+    err_console.print(figures_table([r.op.summary() for r in runs],
+                                    sess.platform(targets or [])))
+    bad = [r for res in runs for r in res.rounds if not r.ok]
+    for r in bad:
+        err_console.print(f"[bold red]error:[/] {r.error}", highlight=False, soft_wrap=True)
+    for why in failed.values():
+        err_console.print(f"[bold red]error:[/] {why}", highlight=False, soft_wrap=True)
+    if bad or failed:
         sys.exit(1)
 
 

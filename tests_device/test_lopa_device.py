@@ -193,3 +193,97 @@ def test_robust_round_decrypts_with_one_meter_power_cut(meters: Fleet3) -> None:
     # the committed groups survived the power cut
     g = json.loads(meters.raw(2, wire.K_GROUPS))
     assert {x["gid"] for x in g["groups"]} == {b"plain3".hex(), b"rob3".hex()}
+
+
+def test_a_released_t_is_refused_after_a_power_cut_right_after_the_release(
+        meters: Fleet3) -> None:
+    """Once per (gid, t) over the WAN: meter 0 releases c(t) for the plain group, loses power
+    right after, and is asked for the same (gid, t) again: refused (BAD_ARGS, so a head-end
+    does not retry), as is an older t; the next interval is released as before."""
+    t = next_closed_interval()
+    c = ciphertext(meters, 0, b"plain3", t)
+    assert ciphertext(meters, 0, b"plain3", t) == c  # the same c again, from RAM
+    fleet.power_cut(0, meters.base)
+    end = time.monotonic() + 30
+    while True:  # up: its firmware answers again
+        try:
+            meters.raw(0, wire.K_PUBKEY)
+            break
+        except LinkError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.5)
+    with pytest.raises(MeterError, match=rf"t {t} already released \(next {t + 1}\)") as e:
+        ciphertext(meters, 0, b"plain3", t)
+    assert e.value.code == wire.E_BAD_ARGS
+    with pytest.raises(MeterError, match=rf"t {t - 1} already released"):
+        ciphertext(meters, 0, b"plain3", t - 1)
+    next_closed_interval()  # the interval it booted in closes first (its first, cold round)
+    t2 = next_closed_interval()
+    assert t2 > t
+    ciphertext(meters, 0, b"plain3", t2)
+
+
+def test_registrar_anchor_refuses_uncertified_groups_over_the_wan(
+        meters: Fleet3, tmp_path: Path) -> None:
+    """`meterctl registrar register` over the REPL installs the registrar's anchor and policy
+    on each meter; from then on, over the WAN: a group beside the noiseless ones made before
+    (the budget), a group without the registrar's tags, one with a ghost member (a key pair the
+    head-end made) and forged tags, and lambda 0 are refused; the group the registrar approved
+    commits and its round decrypts to the lab truth plus noise."""
+    from host_tools.headend.lopa import ref
+    from host_tools.registrar import Policy, Registrar, group_tag, member_digest, register
+
+    reg = Registrar(tmp_path / "registrar.json")
+    reg.init(Policy(3, 500.0, 1.0, 500.0))
+    for port, mid in zip(meters.ports, meters.ids, strict=True):
+        got_id, pk = register(port, reg, timeout=30)
+        assert got_id == mid and pk in meters.pks
+    time.sleep(1.0)
+    members = sorted(zip(meters.ids, meters.pks, strict=True))
+
+    def commit(i: int, gid: bytes, mem: list[tuple[int, bytes]], lam: float,
+               tag: bytes) -> bytes:
+        meters.raw(i, wire.K_GROUP_BEGIN, gid_b(gid) + struct.pack(">HBf", 3, 0, lam))
+        chunk = gid_b(gid) + struct.pack(">HB", 0, len(mem))
+        for mid, pk in mem:
+            chunk += struct.pack(">Q", mid) + pk
+        meters.raw(i, wire.K_GROUP_KEYS, chunk)
+        return meters.raw(i, wire.K_GROUP_COMMIT, gid_b(gid) + tag)
+
+    end = time.monotonic() + 30
+    while True:  # up again after the registration's soft reset
+        try:
+            meters.raw(0, wire.K_PUBKEY)
+            break
+        except LinkError:
+            if time.monotonic() > end:
+                raise
+            time.sleep(0.5)
+    # the groups made before, without noise, count against the budget: none can join beside
+    # them, and they release nothing any more
+    with pytest.raises(MeterError, match=r"privacy budget: group [0-9a-f]+ has lambda 0 below "
+                                         r"500 \(delete it first\)"):
+        meters.raw(0, wire.K_GROUP_BEGIN, gid_b(b"cert3") + struct.pack(">HBf", 3, 0, 600.0))
+    for i in range(3):
+        for old in (b"plain3", b"rob3"):
+            meters.raw(i, wire.K_GROUP_DELETE, gid_b(old))
+    with pytest.raises(MeterError, match="no registrar certificate for this group"):
+        commit(0, b"cert3", members, 600.0, b"")
+    ghost_pk = ref.keypair(bytes(range(32)))[1]
+    ghosted = [m if m[0] != meters.ids[1] else (m[0], ghost_pk) for m in members]
+    forged = group_tag(bytes(32), b"cert3", 3, 0, 600.0, member_digest(ghosted))
+    with pytest.raises(MeterError, match="does not match the group"):
+        commit(0, b"cert3", ghosted, 600.0, forged)
+    with pytest.raises(MeterError, match="lambda 0 below the registrar's minimum 500"):
+        meters.raw(0, wire.K_GROUP_BEGIN, gid_b(b"cert3") + struct.pack(">HBf", 3, 0, 0.0))
+    tags = reg.approve(b"cert3", 0, 600.0, members)
+    for i, mid in enumerate(meters.ids):
+        n, _c3, _bytes = struct.unpack(">HII", commit(i, b"cert3", members, 600.0, tags[mid]))
+        assert n == 3
+    next_closed_interval()
+    t = next_closed_interval()
+    cs = [ciphertext(meters, i, b"cert3", t) for i in range(3)]
+    truth = sum(lab_truth(p)[0][t] for p in meters.ports)
+    noise = ((sum(cs) - truth + 2**31) & MASK) - 2**31
+    assert abs(noise) < 30 * 600.0  # Laplace(600): beyond 30 scales has odds e^-30

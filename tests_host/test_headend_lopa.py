@@ -377,3 +377,64 @@ def test_aggregate_error_over_many_rounds_is_laplace() -> None:
                          lambda x: ref.laplace_cdf(x, LAM))
     assert d < ref.ks_critical(len(errs)), d
     assert any(e != 0 for e in errs)
+
+
+def test_group_create_carries_each_meters_registrar_tag(tmp_path: Path) -> None:
+    """With the registrar's approval (`headend group create --registrar`), each member's
+    GROUP_COMMIT carries its own tag over the member list; a group the registrar refuses (a
+    member it never registered) is not begun on any meter."""
+    from host_tools.registrar import Policy, Registrar
+
+    f = sim_fleet(5, seed=3)
+    he = headend(f)
+    assert not he.keys(f.targets).failed
+    assert not he.pubkeys(f.targets).failed
+    reg = Registrar(tmp_path / "registrar.json")
+    reg.init(Policy(3, 1000.0, 2.0, 1000.0))
+    members = {t.meter_id: he.state.meter(t.meter_id).pk for t in f.targets}  # type: ignore
+    for mid, pk in list(members.items())[:4]:
+        reg.record(mid, pk)
+
+    def approve(gid: bytes, m: int, lam: float,
+                mem: list[tuple[int, bytes]]) -> dict[int, bytes]:
+        try:
+            return reg.approve(gid, m, lam, mem)
+        except Exception as e:
+            raise LopaError(str(e)) from None
+
+    with pytest.raises(LopaError, match="not registered"):
+        he.group_create(GID, f.targets, lam=1500.0, approve=approve)
+    assert kinds(f, "GROUP_BEGIN") == []
+    reg.record(*list(members.items())[4])
+    assert not he.group_create(GID, f.targets, lam=1500.0, approve=approve).failed
+    tags = reg.approve(GID, 0, 1500.0, sorted(members.items()))
+    for mid, meter in f.meters.items():
+        (commit,) = [p for k, p in meter.received if k == "GROUP_COMMIT"]
+        assert commit == codec.group_commit_cmd(GID, tags[mid])
+
+
+def test_several_overlapping_groups_run_in_one_pass() -> None:
+    """`headend run --gid a,b,c` (HeadEnd.run_many): overlapping groups' rounds for the same
+    intervals, each interval waited for once; a group that cannot run is reported and the
+    others go on; each aggregate is its members' sum."""
+    f = sim_fleet(5, seed=4)
+    he = headend(f)
+    assert not he.keys(f.targets).failed
+    assert not he.pubkeys(f.targets).failed
+    assert not he.group_create(b"all", f.targets).failed
+    assert not he.group_create(b"four", f.targets[:4], m=1).failed
+    assert not he.group_create(b"three", f.targets[2:]).failed
+    t0 = f.clock.now()
+    runs, failed = he.run_many([b"all", b"nope", b"four", b"three"], 2, lab=f.lab_probe())
+    assert set(failed) == {b"nope"} and "no group" in failed[b"nope"]
+    assert [r.gid for r in runs] == [b"all", b"four", b"three"]
+    ts = [[r.t for r in run.rounds] for run in runs]
+    assert ts[0] == ts[1] == ts[2] and len(set(ts[0])) == 2  # the same two intervals
+    for run in runs:
+        for r in run.rounds:
+            assert r.ok and r.aggregate == r.expected, (run.gid, r)
+    # two intervals took about two interval lengths, not one per group and interval
+    length = runs[0].rounds[0].length
+    assert f.clock.now() - t0 < 3.5 * length
+    with pytest.raises(LopaError, match="twice"):
+        he.run_many([b"all", b"all"], 1)

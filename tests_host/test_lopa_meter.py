@@ -838,6 +838,405 @@ def test_store_binary_records_roundtrip_on_cpython(tmp_path: Path) -> None:
     assert store.load_bytes(p + "j", None) is None
 
 
+# -- once per (gid, t) (issue 18, Build 3) -----------------------------------------------------
+_ONCE = r"""
+class Nv:  # battery-backed RAM (board.nvram): survives a power cut, as the RAM of this object
+    def __init__(self):
+        self.size = 4096
+        self.mem = bytearray(4096)
+    def read(self, off, n):
+        return bytes(self.mem[off:off + n])
+    def write(self, off, data):
+        self.mem[off:off + len(data)] = data
+
+from nvrec import Record
+import policy
+
+class NvM(M):
+    def boot(self):
+        if not hasattr(self, "nv"):
+            self.nv = Nv()
+        self.port.out = []
+        self.dc = DcSecurity(self.port, {"entropy": self.ent, "dir": self.d,
+                                         "nvram": Record(self.nv, *policy.NVRAM["dc_security"])})
+
+def ask(x, gid, t):
+    code, body = x.req("ciphertext", G(gid) + struct.pack(">I", t))
+    return [code, body.hex() if code == 0 else body]
+
+def campaign(ms, gid):
+    a = ms[0]
+    for x in ms:
+        x.close(5, 1000 + x.id)
+        x.idle()
+    c5 = a.c(gid, 5)
+    again = a.c(gid, 5)                  # the same c from RAM: no new release
+    a.boot()                             # the power cut right after the release
+    a.close(5, 777)                      # a clock behind its last save closes t 5 again
+    a.idle()
+    before = state(a)
+    refused = ask(a, gid, 5)             # a fresh c for t 5 would leak x: refused
+    older = ask(a, gid, 4)
+    same = state(a) == before
+    rec = a.recover(gid, 5, [])          # no C_i survived the cut: nothing to answer with
+    a.close(6, 1006)
+    a.idle()
+    for x in ms[1:]:
+        x.close(6, 1006 + x.id)
+        x.idle()
+    s6 = sum(x.c(gid, 6) for x in ms) & 0xFFFFFFFF
+    for x in ms:                         # 7 and 8 close; 8 goes first: 7 may not follow
+        x.close(7, 1)
+        x.close(8, 1)
+        x.idle()
+    a.c(gid, 8)
+    skipped = ask(a, gid, 7)
+    return {"skipped": skipped, "same_c": c5 == again, "refused": refused, "older": older,
+            "same": same,
+            "rec": [rec[0], rec[1]], "s6": s6, "want6": sum(1006 + x.id for x in ms[1:]) + 1006,
+            "log": [l for l in a.port.logs if "interval 5" in l]}
+"""
+
+
+@pytest.mark.parametrize("nvram", [False, True], ids=["flash", "nvram"])
+def test_a_released_t_is_never_released_again_across_a_power_cut(
+        micropython: Run, tmp_path: Path, nvram: bool) -> None:
+    """Once per (gid, t): the group's next t is persisted (on flash, or in board.nvram where the
+    board has it) before the ciphertext leaves; after a power cut the same interval, closed
+    again by a clock that resumed behind its last save, is refused (a fresh c_i would carry a
+    fresh C_i and noise, and the difference of the two leaks x), and so is an older t, with
+    the state unchanged. The next interval goes on."""
+    kind = "NvM" if nvram else "M"
+    r = vm(micropython, _ONCE + f"""
+ms = [{kind}({str(tmp_path)!r} + "/m%d" % i, 40 + i, "o%d" % i) for i in range(3)]
+for x in ms:
+    keygen(x)
+setup(ms, b"plain")
+r = campaign(ms, b"plain")
+for x in ms:
+    x.close(9, 2000 + x.id)
+    x.idle()
+r["sum9"] = sum(x.c(b"plain", 9) for x in ms) & 0xFFFFFFFF
+r["want9"] = sum(2000 + x.id for x in ms)
+r["flash_file"] = "dc_released.bin" in os.listdir(ms[0].d)
+out(r)
+""")
+    assert r["same_c"] is True
+    assert r["refused"] == [6, "t 5 already released (next 6)"]
+    assert r["older"] == [6, "t 4 already released (next 6)"]
+    assert r["same"] is True
+    assert r["rec"] == [7, "plain group: no recovery"]
+    # the group's t survived the cut: the interval closed again is not even encrypted
+    assert r["log"] == ["lopa: interval 5 already encrypted for 706c61696e"]
+    assert r["s6"] == r["want6"]
+    assert r["skipped"] == [6, "t 7 already released (next 9)"]  # in RAM, never sent
+    assert r["sum9"] == r["want9"]
+    assert r["flash_file"] is (not nvram)  # nvram where the board has it: no flash write
+
+
+def test_robust_group_after_a_power_cut_answers_no_recover_and_no_second_c(
+        micropython: Run, tmp_path: Path) -> None:
+    """A robust group: after the release and a power cut, neither a fresh c_i(t) nor a RECOVER
+    for t comes out (C_i(t) was in RAM only); a RECOVER before the cut is answered once."""
+    r = vm(micropython, _ONCE + f"""
+ms = [M({str(tmp_path)!r} + "/m%d" % i, 60 + i, "q%d" % i) for i in range(4)]
+for x in ms:
+    keygen(x)
+setup(ms, b"rob", m=1)
+a = ms[0]
+for x in ms:
+    x.close(5, 500 + x.id)
+    x.idle()
+c5 = a.c(b"rob", 5)
+first = a.recover(b"rob", 5, [])
+second = a.recover(b"rob", 5, [])
+a.boot()
+a.close(5, 999)
+a.idle()
+out({{"first": first[0], "second": [second[0], second[1]], "again": ask(a, b"rob", 5),
+     "rec": list(a.recover(b"rob", 5, []))}})
+""")
+    assert r["first"] == 0
+    assert r["second"] == [7, "already answered for t 5"]
+    assert r["again"] == [6, "t 5 already released (next 6)"]
+    assert r["rec"] == [7, "no ciphertext sent for t 5"]
+
+
+def test_a_group_made_again_under_its_gid_cannot_go_back(
+        micropython: Run, tmp_path: Path) -> None:
+    """GROUP_DELETE and the same members again under the same gid (the same pair keys): its
+    released t stays in force (folded into the floor), across a power cut too; a flash write
+    that fails refuses the release, and nothing leaves."""
+    r = vm(micropython, _ONCE + f"""
+ms = [M({str(tmp_path)!r} + "/m%d" % i, 80 + i, "d%d" % i) for i in range(3)]
+for x in ms:
+    keygen(x)
+setup(ms, b"g")
+a = ms[0]
+for x in ms:
+    x.close(9, 900 + x.id)
+    x.idle()
+a.c(b"g", 9)
+code, _ = a.req("group_delete", G(b"g"))
+setup(ms, b"g")
+a.boot()
+for x in ms:
+    x.close(9, 901)
+    x.idle()
+back = ask(a, b"g", 9)
+other = ask(a, b"g", 8)
+# the release must be on flash before c leaves: a failing write refuses and sends nothing
+for x in ms:
+    x.close(10, 1000 + x.id)
+    x.idle()
+real = store.save_bytes
+def broken(path, data):
+    raise OSError(28)
+store.save_bytes = broken
+n_answers = len(a.port.answers)
+failed = ask(a, b"g", 10)
+leaked_c = [p for p in a.port.answers[n_answers:] if isinstance(p, bytes) and len(p) == 8]
+store.save_bytes = real
+ok = ask(a, b"g", 10)
+out({{"del": code, "back": back, "other": other, "failed": failed, "leaked_c": len(leaked_c),
+     "ok": ok[0]}})
+""")
+    assert r["del"] == 0
+    assert r["back"] == [6, "t 9 already released (next 10)"]
+    assert r["other"] == [6, "t 8 already released (next 10)"]
+    assert r["failed"][0] == 7 and "flash" in r["failed"][1] and r["leaked_c"] == 0
+    assert r["ok"] == 0
+
+
+# -- the neutral registrar (issue 18, Build 1) -------------------------------------------------
+def _registered_meters(micropython: Run, tmp_path: Path, n: int,
+                       policy: Any = None) -> tuple[Any, list[tuple[int, bytes]], str]:
+    """n VM meters with key pairs made on them, registered with a registrar of their own (its
+    anchor installed in each one's data directory, as `meterctl registrar register` does over
+    the REPL); returns the registrar, the members (id, pk) and the VM code that boots them."""
+    from host_tools.registrar import Registrar
+
+    boot = f"""
+ms = [M({str(tmp_path)!r} + "/m%d" % i, 3000 + 17 * i, "reg%d" % i) for i in range({n})]
+"""
+    r = vm(micropython, boot + "for x in ms:\n    keygen(x)\n"
+           "out([[x.id, x.pk.hex()] for x in ms])\n")
+    members = [(int(i), bytes.fromhex(pk)) for i, pk in r]
+    reg = Registrar(tmp_path / "registrar.json")
+    reg.init(policy)
+    for mid, pk in members:
+        reg.record(mid, pk)
+        anchor = reg.anchor(mid)
+        store.save_bytes(str(tmp_path / f"m{(mid - 3000) // 17}" / "lopa_reg.bin"), anchor)
+    return reg, members, boot
+
+
+def test_registrar_certified_group_commits_and_every_forgery_is_refused(
+        micropython: Run, tmp_path: Path) -> None:
+    """With the registrar's anchor installed, a meter commits a group only with its own tag
+    from the registrar over the whole member list, n, m and lambda. Refused, logged, with the
+    set-up left as it was: no tag, a tag of another meter, a tag for another member list (a
+    ghost's key put in), for another lambda, a random tag; the registrar itself refuses to
+    approve a ghost (a key pair the head-end made) and a key other than the one registered."""
+    from host_tools.headend.lopa import ref
+    from host_tools.registrar import (
+        Policy,
+        Registrar,
+        RegistrarError,
+        group_tag,
+        member_digest,
+    )
+
+    reg, members, boot = _registered_meters(micropython, tmp_path, 5,
+                                            Policy(5, 1000.0, 1.0, 1000.0))
+    assert isinstance(reg, Registrar)
+    lam = 1500.0
+    tags = reg.approve(b"cert", 1, lam, members)
+    _ghost_sk, ghost_pk = ref.keypair(bytes(range(32)))
+    ghosted = [*members[:-1], (members[-1][0], ghost_pk)]  # the last member's key: a ghost's
+    with pytest.raises(RegistrarError, match="not the one registered"):
+        reg.approve(b"cert", 1, lam, ghosted)
+    with pytest.raises(RegistrarError, match="not registered"):
+        reg.approve(b"cert", 1, lam, [*members[:-1], (999, ghost_pk)])
+    with pytest.raises(RegistrarError, match="below the policy's minimum 5"):
+        reg.approve(b"cert", 1, lam, members[:4])
+    with pytest.raises(RegistrarError, match=r"lambda 0\.0 below"):
+        reg.approve(b"cert", 1, 0.0, members)
+    # what a head-end could forge: tags of its own making over the ghosted list
+    forged = {mid: group_tag(bytes(32), b"cert", 5, 1, lam, member_digest(ghosted))
+              for mid, _ in members}
+    tag_hex = {str(mid): t.hex() for mid, t in tags.items()}
+    forged_hex = {str(mid): t.hex() for mid, t in forged.items()}
+    lam_tags = {str(mid): t.hex() for mid, t in reg.approve(b"cert", 1, 2000.0, members).items()}
+    r = vm(micropython, boot + f"""
+for x in ms:
+    x.pk = x.dc.pk                       # made in the first run, loaded from its file
+members = [(x.id, x.pk) for x in ms]
+tags = {tag_hex!r}
+a, b = ms[0], ms[1]
+refusals = []
+def try_commit(why, x, tag, mem=None, lam={lam!r}):
+    code, body = x.req("group_begin", begin(b"cert", 5, 1, lam))
+    assert code == 0, body
+    code, body = x.req("group_keys", chunk(b"cert", 0, mem or members))
+    assert code == 0, body
+    before = state(x)
+    n_logs = len(x.port.logs)
+    code, body = x.req("group_commit", G(b"cert") + tag)
+    refusals.append([why, code, body if code else "", state(x) == before,
+                     len(x.port.logs) > n_logs])
+try_commit("no tag", a, b"")
+try_commit("another meter's tag", a, bytes.fromhex(tags[str(b.id)]))
+try_commit("forged over a ghosted list", a, bytes.fromhex({forged_hex!r}[str(a.id)]),
+           mem=[(i, pk) for i, pk in members[:-1]] + [(members[-1][0], {ghost_pk!r})])
+try_commit("tag for another lambda", a, bytes.fromhex({lam_tags!r}[str(a.id)]))
+try_commit("random tag", a, bytes(range(32)))
+good = bytes.fromhex(tags[str(a.id)])
+try_commit("its tag, last byte changed", a, good[:31] + bytes((good[31] ^ 1,)))
+# the policy holds at GROUP_BEGIN, before any work
+small = list(a.req("group_begin", begin(b"cert", 4, 1, 1500.0)))
+nonoise = list(a.req("group_begin", begin(b"cert", 5, 1, 0.0)))
+low = list(a.req("group_begin", begin(b"cert", 5, 1, 999.0)))
+ok = []
+for x in ms:
+    code, body = x.req("group_begin", begin(b"cert", 5, 1, {lam!r}))
+    code, body = x.req("group_keys", chunk(b"cert", 0, members))
+    code, body = x.req("group_commit", G(b"cert") + bytes.fromhex(tags[str(x.id)]))
+    ok.append(code)
+for x in ms:
+    x.close(4, 100 * x.id % 977)
+    x.idle()
+s = agg(ms, b"cert", 4, True)
+out({{"refusals": refusals, "small": small, "nonoise": nonoise, "low": low, "ok": ok,
+     "sum": s, "want": sum(100 * x.id % 977 for x in ms)}})
+""")
+    whys = [w for w, *_ in r["refusals"]]
+    assert whys == ["no tag", "another meter's tag", "forged over a ghosted list",
+                    "tag for another lambda", "random tag", "its tag, last byte changed"]
+    for why, code, text, unchanged, logged in r["refusals"]:
+        assert code == 6 and unchanged and logged, (why, code, text)
+        assert text == ("no registrar certificate for this group" if why == "no tag" else
+                        "the registrar's certificate does not match the group"), (why, text)
+    assert r["small"] == [6, "n 4 below the registrar's minimum 5"]
+    assert r["nonoise"] == [6, "lambda 0 below the registrar's minimum 1000"]
+    assert r["low"] == [6, "lambda 999 below the registrar's minimum 1000"]
+    assert r["ok"] == [0] * 5
+    # noise of scale 1500 on the sum: within 30 scales of it (a Laplace tail of e^-30)
+    diff = (r["sum"] - r["want"] + 2**31) % 2**32 - 2**31
+    assert abs(diff) < 30 * lam
+
+
+# -- the privacy budget (issue 18, Build 2) ----------------------------------------------------
+def test_privacy_budget_bounds_the_groups_a_meter_joins_and_releases_in(
+        micropython: Run, tmp_path: Path) -> None:
+    """With the registrar's policy (delta 500 mWh, epsilon_max 1.5): a group at lambda costs
+    delta / lambda per interval; the meter joins groups while the sum fits (the four-subset
+    layout: each meter in 3 groups of 3 at lambda 1000 is epsilon 1.5), refuses the next one
+    with the state unchanged, and releases nothing from a group with lambda below lambda_min or
+    beyond a budget lowered since (a new anchor)."""
+    from host_tools.registrar import Policy
+
+    reg, members, boot = _registered_meters(micropython, tmp_path, 4,
+                                            Policy(3, 500.0, 1.5, 500.0))
+    subsets = [[m for m in members if m != skip] for skip in members]
+    approvals = []
+    for k, sub in enumerate(subsets):
+        gid = b"sub%d" % k
+        approvals.append((gid.decode(), [[mid, pk.hex()] for mid, pk in sub],
+                          {str(mid): t.hex() for mid, t in reg.approve(gid, 0, 1000.0,
+                                                                       sub).items()}))
+    assert reg.approve(b"cheap", 0, 500.0, subsets[0])  # the registrar alone would allow it
+    r = vm(micropython, boot + f"""
+for x in ms:
+    x.pk = x.dc.pk
+by_id = {{x.id: x for x in ms}}
+def make(gid, mem, lam, tags):
+    res = {{}}
+    for mid, _ in mem:
+        x = by_id[mid]
+        code, body = x.req("group_begin", begin(gid, len(mem), 0, lam))
+        if code:
+            res[mid] = [code, body]
+            continue
+        code, body = x.req("group_keys", chunk(gid, 0, [(i, bytes.fromhex(p)) for i, p in mem]))
+        assert code == 0, body
+        code, body = x.req("group_commit", G(gid) + bytes.fromhex(tags[str(mid)]))
+        res[mid] = [code, body if code else ""]
+    return res
+made = [make(gid.encode(), mem, 1000.0, tags) for gid, mem, tags in {approvals!r}]
+a = by_id[{subsets[0][0][0]}]
+before = state(a)
+n_logs = len(a.port.logs)
+over = list(a.req("group_begin", begin(b"cheap", 3, 0, 500.0)))
+same = state(a) == before and len(a.port.logs) > n_logs
+for x in ms:
+    x.close(7, 100 + x.id % 50)
+    x.idle()
+sums = [sum(by_id[mid].c(gid.encode(), 7) for mid, _ in mem) & 0xFFFFFFFF
+        for gid, mem, _ in {approvals!r}]
+truth = [sum(100 + mid % 50 for mid, _ in mem) for _, mem, _ in {approvals!r}]
+# a policy lowered since (epsilon_max 1.0): the groups' 1.5 no longer fits, nothing leaves
+anchor = store.load_bytes(a.d + "/lopa_reg.bin")
+store.save_bytes(a.d + "/lopa_reg.bin", anchor[:32] + struct.pack(">Hfff", 3, 500.0, 1.0, 500.0))
+a.boot()
+for x in ms:
+    x.close(8, 1)
+    x.idle()
+lowered = list(a.req("ciphertext", G(b"sub0") + struct.pack(">I", 8)))
+# a lambda_min raised since: groups at 1000 fall below 1500
+store.save_bytes(a.d + "/lopa_reg.bin", anchor[:32] + struct.pack(">Hfff", 3, 1500.0, 9.0, 500.0))
+a.boot()
+a.close(9, 1)
+a.idle()
+raised = list(a.req("ciphertext", G(b"sub0") + struct.pack(">I", 9)))
+# an anchor that is there but unreadable (a torn or altered file): fail closed
+for suffix in ("", ".bak", ".tmp"):    # every copy the store keeps
+    with open(a.d + "/lopa_reg.bin" + suffix, "wb") as fh:
+        fh.write(b"garbage")
+a.boot()
+a.close(10, 1)
+a.idle()
+torn = [list(a.req("ciphertext", G(b"sub0") + struct.pack(">I", 10))),
+        list(a.req("group_begin", begin(b"sub9", 3, 0, 1000.0)))]
+out({{"made": made, "over": over, "same": same, "sums": sums, "truth": truth,
+     "lowered": lowered, "raised": raised, "torn": torn}})
+""")
+    for res in r["made"]:
+        assert all(code == 0 for code, _ in res.values()), res
+    assert r["over"] == [6, "privacy budget: epsilon 1.5 of 1.5 in use, the group needs 1"]
+    assert r["same"] is True
+    for s, t in zip(r["sums"], r["truth"], strict=True):
+        assert abs(((s - t + 2**31) & MASK) - 2**31) < 30 * 1000  # Laplace(1000) on each
+    assert r["lowered"] == [7, "privacy budget: the groups need epsilon 1.5, the policy "
+                                "allows 1"]
+    assert r["raised"] == [7, "lambda 1000 below the registrar's minimum 1500"]
+    assert r["torn"] == [[7, "the registrar's anchor is unreadable"]] * 2
+
+
+def test_four_subset_differencing_is_left_with_laplace_error() -> None:
+    """The four-subset attack (issue 18, "What was shown" 2) against the noise the meters add
+    (lib/lopa_noise.py noise_share, the firmware's own): four households, the four 3-member
+    subsets as groups, each aggregate carrying Laplace(lambda); differencing gives each reading
+    as x_k = (S_1 + .. + S_4) / 3 - S_k, whose error is (sum L_j) / 3 - L_k: standard deviation
+    lambda * sqrt(14 / 9) = 1.25 lambda. Measured over 4000 intervals."""
+    rng = random.Random(18)
+    lam = 1000.0
+    errs = []
+    for _ in range(4000):
+        xs = [rng.randrange(0, 400_000) for _ in range(4)]
+        sums = []
+        for skip in range(4):
+            noise = sum(lopa.noise_share(3, 0, lam, rng.random) for _ in range(3))
+            sums.append(sum(x for k, x in enumerate(xs) if k != skip) + noise)
+        total = sum(sums) / 3
+        errs += [(total - sums[k]) - xs[k] for k in range(4)]
+    rms = math.sqrt(sum(e * e for e in errs) / len(errs))
+    print(f"\nfour-subset differencing at lambda {lam:g} mWh: RMS error {rms:.0f} mWh "
+          f"= {rms / lam:.3f} lambda (theory {math.sqrt(14 / 9):.3f})")
+    assert 1.15 < rms / lam < 1.35
+    assert sum(abs(e) < 0.1 * lam for e in errs) / len(errs) < 0.15  # rarely near exact
+
+
 # -- metrology -> dc_security, and the task module itself ------------------------------------------
 def _metrology_task(tmp_path: Path) -> str:
     """VM code: `met`, a metrology task on files in tmp_path, with an ADC that gives nothing."""
@@ -955,8 +1354,10 @@ def test_dc_security_modules_hold_no_mutable_state(micropython: Run) -> None:
     out = micropython("""
 import json
 import tasks.dc_security, tasks.dc_setup, tasks.dc_round, tasks.dc_rare
+import tasks.dc_base, tasks.dc_keys, tasks.dc_recover, tasks.dc_budget
 bad = []
-for m in (tasks.dc_security, tasks.dc_setup, tasks.dc_round, tasks.dc_rare):
+for m in (tasks.dc_security, tasks.dc_setup, tasks.dc_round, tasks.dc_rare, tasks.dc_base,
+          tasks.dc_keys, tasks.dc_recover, tasks.dc_budget):
     for g in dir(m):
         v = getattr(m, g)
         if g.startswith("__") or isinstance(v, (int, float, str, bytes, tuple, type)):

@@ -1,24 +1,22 @@
 # The DC security module's code that runs once at boot (loading the committed groups from
-# flash) or rarely: the key pair (KEYGEN, PUBKEY), GROUPS, GROUP_DELETE, RECOVER (DREAM round 2). Part of tasks/dc_security.py, in its own file so
-# that its code is in RAM only while it runs (lib/lazy.py); the recovery sums themselves run
-# in kernel steps (tasks/dc_round.py recover_slice). Refusals raise Refused before any state
+# flash) or rarely: GROUPS, GROUP_DELETE. Part of tasks/dc_security.py, in its own file so that
+# its code is in RAM only while it runs (lib/lazy.py). Refusals raise Refused before any state
 # changes.
 import gc
 import json
 import os
 import struct
-import time
 from micropython import const
 
-import lopa_core as lopa
 import store
-from tasks.dc_security import (
+from tasks.dc_base import (
     GROUP_PREFIX,
     GROUP_SUFFIX,
     MAX_GROUPS_CAP,
     MIN_N,
     REF_N,
-    SLICE,
+    REL_FILE,
+    REL_FMT,
     Refused,
     _cap,
     _gid,
@@ -26,14 +24,14 @@ from tasks.dc_security import (
     _Members,
     free,
     group_ram,
+    released,
+    save_released,
 )
 
 _HEAD = const(33)  # group file head: ver, gid_len, gid (16, zero-padded), n, m, lambda, my id
 _FILE_VER = const(1)  # as tasks/dc_setup.py writes it
 _E_BAD_ARGS = const(6)
-_E_FAILED = const(7)
-_F_SENT = const(2)  # as in tasks/dc_security.py: c went out in a CIPHERTEXT answer
-_F_DONE = const(4)  # RECOVER answered; C erased
+_REL_BYTES = const(409)  # as tasks/dc_base.py REL_FMT
 
 
 # -- the groups persisted on flash, loaded at boot ------------------------------------------
@@ -57,6 +55,45 @@ def load_groups(dc):
             continue
         g.bytes = store.size(path)
         dc._groups[g.gid] = g
+    load_released(dc)
+
+
+def load_released(dc):
+    # The release table, from battery-backed RAM and flash (the higher t of the two per gid: a
+    # board given nvram later keeps what its flash said). Entries of gids with no group fold
+    # into the floor, so the table never holds more than the groups. A group never encrypts a
+    # t below its entry again.
+    fl = 0
+    rel = {}
+    raw = [store.load_bytes(dc._dir + REL_FILE, None)]
+    if dc._nv is not None:
+        v = dc._nv.load(REL_FMT)
+        raw.append(v[0] if v else None)
+    for b in raw:
+        if b is None or len(b) != _REL_BYTES:
+            continue
+        f, cnt = struct.unpack_from(">QB", b, 0)
+        if f > fl:
+            fl = f
+        for i in range(cnt if cnt <= MAX_GROUPS_CAP else MAX_GROUPS_CAP):
+            o = 9 + 25 * i
+            if not 1 <= b[o] <= 16:
+                continue
+            gid = bytes(b[o + 1:o + 1 + b[o]])
+            nxt = struct.unpack_from(">Q", b, o + 17)[0]
+            if nxt > rel.get(gid, 0):
+                rel[gid] = nxt
+    for gid in list(rel):
+        if gid not in dc._groups:
+            nxt = rel.pop(gid)
+            if nxt > fl:
+                fl = nxt
+    dc._rel = rel
+    dc._rel_floor = fl
+    for gid, g in dc._groups.items():
+        nxt = released(dc, gid)
+        if nxt - 1 > g.last_t:
+            g.last_t = nxt - 1
 
 
 def _piece(head):
@@ -81,93 +118,6 @@ def read_group(path):
     from tasks.dc_round import _Group  # the round code comes in with the first group
 
     return _Group(bytes(head[2:2 + gl]), n, m, lam, my_id, mem)
-
-
-# -- RECOVER (DREAM round 2) --------------------------------------------------------------------
-def recover(dc, ref, body):
-    # Checks the request and queues the recovery job; dc_round.recover_slice (it runs in
-    # steps) sums the pads and answers.
-    gid, off = _gid(body, 0)
-    if len(body) < off + 6:
-        raise Refused(_E_BAD_ARGS, "malformed: gid t u32 count u16")
-    t, count = struct.unpack_from(">IH", body, off)
-    off += 6
-    if len(body) - off != 8 * count:
-        raise Refused(_E_BAD_ARGS, "count %d does not match %d bytes"
-                      % (count, len(body) - off))
-    g = dc._groups.get(gid)
-    if g is None:
-        raise Refused(_E_BAD_ARGS, "unknown group")
-    if not g.m:
-        raise Refused(_E_FAILED, "plain group: no recovery")
-    k = g.slot_of(t)
-    if k < 0 or not g.h_f[k] & _F_SENT:
-        raise Refused(_E_FAILED, "no ciphertext sent for t %d" % t)
-    if g.h_f[k] & _F_DONE:
-        raise Refused(_E_FAILED, "already answered for t %d" % t)
-    if count > g.m:
-        raise Refused(_E_BAD_ARGS, "%d missing > m %d" % (count, g.m))
-    slots = []
-    seen = []
-    for i in range(count):
-        idb = bytes(body[off + 8 * i:off + 8 * i + 8])
-        if idb == g.my_b:
-            raise Refused(_E_BAD_ARGS, "names this meter")
-        if idb in seen:
-            raise Refused(_E_BAD_ARGS, "repeats id %s" % _hex(idb))
-        seen.append(idb)
-        j = g.mem.find(g.others(), idb)
-        if j < 0:
-            raise Refused(_E_BAD_ARGS, "non-member %s" % _hex(idb))
-        slots.append(j)
-    big_c = g.h_C[k]
-    g.h_C[k] = 0  # erased now; the job holds it until the answer goes
-    g.h_f[k] |= _F_DONE
-    dc._port.log("lopa: recover %s t %d |S| %d" % (_hex(g.gid), t, count))
-    job = [ref, g, t, big_c, slots, 0, 0, lopa.round_msg(g.gid, t)]
-    if count <= SLICE:
-        dc._rounds().recover_slice(dc, job)
-    else:
-        dc._recover.append(job)
-
-
-# -- the key pair (S1/C1, S2/C2) ------------------------------------------------------------
-def keygen(dc, ref, meter_id, body, t0):
-    if len(body) != 1:
-        raise Refused(_E_BAD_ARGS, "malformed: flags u8")
-    created = 0
-    if dc._sk is None or body[0] & 1:
-        sk = dc._entropy(32)
-        if len(sk) != 32:
-            raise Refused(_E_FAILED, "no entropy")
-        from x25519 import public_key
-
-        # with the run-time GC threshold off, as for a set-up's derivations (tasks/dc_setup.py)
-        th = gc.threshold()
-        gc.threshold(-1)
-        try:
-            pk = public_key(sk)
-        finally:
-            gc.threshold(th)
-        store.save_bytes(dc._key_path, (sk, pk))
-        replaced = dc._sk is not None
-        dc._sk, dc.pk = bytes(sk), pk
-        sk = None
-        created = 1
-        if dc._setup is not None:
-            dc._drop_setup("key pair replaced")
-        dc._port.log("lopa: key pair %s" % ("replaced" if replaced else "created"))
-    us = time.ticks_diff(time.ticks_us(), t0)
-    dc._ok(ref, dc.pk + struct.pack(">IB", us, created))
-
-
-def pubkey(dc, ref, meter_id, body, t0):
-    if len(body):
-        raise Refused(_E_BAD_ARGS, "malformed: PUBKEY takes no payload")
-    if dc.pk is None:
-        raise Refused(_E_FAILED, "no key pair")
-    pk = dc.pk
-    dc._ok(ref, pk + struct.pack(">I", time.ticks_diff(time.ticks_us(), t0)))
 
 
 # -- GROUPS, GROUP_DELETE ---------------------------------------------------------------
@@ -199,6 +149,12 @@ def group_delete(dc, ref, meter_id, body, t0):
     if s is not None and s.gid == gid:
         dc._drop_setup("set-up deleted")
     if g is not None:
+        # its next t folds into the floor first: the gid made again cannot go back
+        nxt = dc._rel.get(gid)
+        if nxt is not None:
+            rel = dict(dc._rel)
+            del rel[gid]
+            save_released(dc, rel, nxt if nxt > dc._rel_floor else dc._rel_floor)
         store.remove(dc._path(gid))
         del dc._groups[gid]
     dc._port.log("lopa: group %s deleted" % _hex(gid))

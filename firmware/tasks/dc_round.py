@@ -1,6 +1,6 @@
 # The DC security module's rounds (tasks/dc_security.py): a committed group's state (_Group),
 # encrypting each closed interval, the blinding job that precomputes b(t+1) in idle steps,
-# CIPHERTEXT answers and the recovery sums (RECOVER, DREAM round 2). Part of that module, in
+# and CIPHERTEXT answers (the recovery is tasks/dc_recover.py). Part of that module, in
 # its own file so that its code is in RAM only while this meter is in a group: DcSecurity
 # imports it with the first group (a commit, or the groups loaded at boot) and drops it with
 # the last (docs/hardware.md, "Memory"). Every function takes the DcSecurity object first.
@@ -11,14 +11,24 @@ from micropython import const
 
 import lazy
 import lopa_core as lopa
-from tasks.dc_security import HIST, INLINE_MAX, SLICE, Refused, _gid, _hex, _u32
+from tasks.dc_base import (
+    HIST,
+    INLINE_MAX,
+    SLICE,
+    Refused,
+    _gid,
+    _hex,
+    _u32,
+    released,
+    save_released,
+)
 
 _MASK = const(0xFFFFFFFF)
 _E_BAD_ARGS = const(6)
 _E_FAILED = const(7)
 _F_VALID = const(1)  # c is ready
 _F_SENT = const(2)  # c went out in a CIPHERTEXT answer
-# 4: RECOVER answered, C erased (set in tasks/dc_rare.py, which has these flags too)
+# 4: RECOVER answered, C erased (set in tasks/dc_recover.py, which has these flags too)
 
 
 class _Group:
@@ -166,34 +176,26 @@ def ciphertext(dc, ref, body):
     if g is None:
         raise Refused(_E_BAD_ARGS, "unknown group")
     k = g.slot_of(t)
-    if k < 0 or not g.h_f[k] & _F_VALID:
-        raise Refused(_E_FAILED, "no value")
+    if k < 0 or not g.h_f[k] & _F_SENT:
+        # Once per (gid, t): a t below the group's next is never released again (after a
+        # power cut, or a clock set back, its c would carry a fresh C_i and noise: the
+        # difference of two leaks x). The same c again, from RAM, is no new release.
+        nxt = released(dc, gid)
+        if t < nxt:
+            raise Refused(_E_BAD_ARGS, "t %d already released (next %d)" % (t, nxt))
+        if k < 0 or not g.h_f[k] & _F_VALID:
+            raise Refused(_E_FAILED, "no value")
+        if dc._reg is not None:  # the registrar's privacy budget
+            lazy.call("tasks.dc_budget", "release", dc, g)
+        rel = dict(dc._rel)
+        rel[gid] = t + 1
+        save_released(dc, rel, dc._rel_floor)  # on flash or nvram BEFORE c leaves
     g.h_f[k] |= _F_SENT
     dc._ok(ref, struct.pack(">II", t, g.h_c[k]))
 
 
-def recover_slice(dc, job):
-    ref, g, t, big_c, slots, i, acc, msg = job
-    end = i + SLICE
-    if end > len(slots):
-        end = len(slots)
-    acc = g.pads(slots, i, end, msg, acc)
-    job[5] = i = end
-    job[6] = acc
-    if i < len(slots):
-        return False
-    r = (big_c + acc) & _MASK
-    job[3] = 0
-    dc._ok(ref, struct.pack(">II", t, r))
-    return True
-
-
 def step(dc):
-    # one unit of idle work: a slice of a recovery, else of a blinding job
-    if dc._recover:
-        if recover_slice(dc, dc._recover[0]):
-            dc._recover.pop(0)
-        return
+    # one slice of a blinding job: first one a boundary waits for
     wait = None
     for g in dc._groups.values():
         if g.job_t >= 0:

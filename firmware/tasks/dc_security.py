@@ -13,125 +13,35 @@
 #     boundary, so that encrypting at the boundary is one addition (enc_us_hot); the whole
 #     precomputation is what encrypting would cost without it (enc_us_cold);
 #   - recovery sums: SLICE pair keys per step.
-# Its rarely run code is in modules of its own, in RAM only while needed (lib/lazy.py,
-# docs/hardware.md "Memory"): the rounds (tasks/dc_round.py) while this meter is in a group,
-# the set-up (tasks/dc_setup.py) while one is pending, loading and RECOVER (tasks/dc_rare.py).
+# Its code is split by feature, each module in RAM only while needed (lib/lazy.py,
+# docs/hardware.md "Memory"): the key pair (tasks/dc_keys.py, per request), the set-up
+# (tasks/dc_setup.py, while one is pending), the rounds (tasks/dc_round.py, while this meter
+# is in a group), the recovery (tasks/dc_recover.py, while a RECOVER is answered), loading the
+# groups, GROUPS and GROUP_DELETE (tasks/dc_rare.py, per request). What they share is in
+# tasks/dc_base.py; none of them imports this module or another feature module at load.
 # Requests come from cs_security as (ref, meter_id, payload bytes) and are answered with
 # ("lopa_data", (ref, code, body)): code 0 and bytes, or an error code and a short text.
 # Every refusal is logged (security log) and changes no state.
 import gc
-import struct
 import time
 from micropython import const
 
 import lazy
 import store
+from tasks.dc_base import (  # noqa: F401  HIST, KEY_FILE: read by the bench and the tests
+    GROUP_PREFIX,
+    GROUP_SUFFIX,
+    HIST,
+    KEY_FILE,
+    REG_FILE,
+    RESERVE,
+    Refused,
+    _hex,
+    free,
+)
 
-KEY_FILE = "/dc_key.bin"  # under the data directory (hw["dir"], default /data)
-GROUP_PREFIX = "lopa_"
-GROUP_SUFFIX = ".grp"
-MIN_N = const(3)
-MAX_N = const(512)
-CHUNK_MAX = const(25)
-HIST = const(16)  # intervals of ciphertexts kept per group
-SLICE = const(8)  # PRF evaluations per step (blinding, recovery)
-INLINE_MAX = const(32)  # a cold boundary computes a blinding of up to this many keys at once
-MAX_GROUPS_CAP = const(16)
-RESERVE = const(16384)  # heap left free for the rest of the meter when admitting a group
-_GROUP_BASE = const(768)  # a group's RAM besides ids and keys: objects, history, job state
-REF_N = const(50)  # max_groups is counted for groups this size when none is committed
-_BLOCK = const(25)  # member slots per RAM block: no buffer above 1000 B (a fragmented heap)
-_E_BAD_ARGS = const(6)
+_E_BAD_ARGS = const(6)  # an underscored const is the compiler's only: each module has its own
 _E_FAILED = const(7)
-
-
-class Refused(Exception):
-    # A refusal: (code, short text). Raised before any state is touched.
-    pass
-
-
-def _u32(b, off):
-    return struct.unpack_from(">I", b, off)[0]
-
-
-def _gid(body, off):
-    # gid_len u8 + gid (1..16 bytes) -> (gid bytes, next offset)
-    if off >= len(body):
-        raise Refused(_E_BAD_ARGS, "malformed: no gid")
-    n = body[off]
-    if n < 1 or n > 16 or off + 1 + n > len(body):
-        raise Refused(_E_BAD_ARGS, "malformed: gid length")
-    return bytes(body[off + 1:off + 1 + n]), off + 1 + n
-
-
-def _hex(b):
-    import binascii
-
-    return binascii.hexlify(b).decode()
-
-
-def _cap(n):
-    return n - 1 if n - 1 < _BLOCK else _BLOCK
-
-
-def group_ram(n):
-    # a group's RAM: its blocks of ids and keys, and the rest (objects, round history)
-    cap = _cap(n)
-    return (40 * cap + 16) * ((n - 2 + cap) // cap) + _GROUP_BASE
-
-
-def free():
-    gc.collect()
-    return gc.mem_free()
-
-
-class _Members:
-    # The other n-1 members' ids and pair keys, in blocks of `cap` slots. Block layout: id j
-    # (8 B, big-endian) at [8j], K_ij (32 B) at [8 cap + 32 j]. A group file is the same blocks.
-    def __init__(self, n, blocks=None):
-        self.k = n - 1
-        self.cap = _cap(n)
-        if blocks is None:
-            nb = (self.k + self.cap - 1) // self.cap
-            blocks = [bytearray(40 * self.cap) for _ in range(nb)]
-        self.blocks = blocks
-
-    def id_at(self, i):
-        b = self.blocks[i // self.cap]
-        j = (i % self.cap) << 3
-        return b[j:j + 8]
-
-    def key_at(self, i):
-        cap = self.cap
-        o = (cap << 3) + ((i % cap) << 5)
-        return self.blocks[i // cap][o:o + 32]
-
-    def put_id(self, i, idb):
-        j = (i % self.cap) << 3
-        self.blocks[i // self.cap][j:j + 8] = idb
-
-    def put_key(self, i, key):
-        cap = self.cap
-        o = (cap << 3) + ((i % cap) << 5)
-        self.blocks[i // cap][o:o + 32] = key
-
-    def find(self, count, needle):
-        # slot of the 8-byte id among the first `count` slots, else -1
-        cap = self.cap
-        for bi in range(len(self.blocks)):
-            k = count - bi * cap
-            if k <= 0:
-                break
-            # the needle among the block's first k (at most cap) 8-byte ids
-            buf = self.blocks[bi]
-            end = (k if k < cap else cap) << 3
-            i = buf.find(needle, 0, end)
-            while i >= 0:
-                if not i & 7:
-                    return bi * cap + (i >> 3)
-                i = buf.find(needle, i + 1, end)
-        return -1
-
 
 class DcSecurity:
     def __init__(self, port, hw):
@@ -145,7 +55,17 @@ class DcSecurity:
         k = store.load_bytes(self._key_path, None)
         if k is not None and len(k) == 64:
             self._sk, self.pk = bytes(k[:32]), bytes(k[32:])
+        # The registrar's anchor and policy; b"" if its file is there but unreadable: then no
+        # group is set up and nothing released (fail closed), None if there is none
+        r = store.load_bytes(self._dir + REG_FILE, None)
+        if r is not None and len(r) == 46:
+            self._reg = bytes(r)
+        else:
+            self._reg = b"" if r is not None or store.size(self._dir + REG_FILE) else None
         self._groups = {}  # gid -> _Group
+        self._nv = hw.get("nvram")  # a lib/nvrec.py Record, where the board has one
+        self._rel = {}  # gid -> the next t it may release (tasks/dc_base.py released())
+        self._rel_floor = 0  # ... for a gid not in _rel
         self._setup = None
         self._free0 = 0  # free heap before a GROUP_BEGIN loaded the set-up code (0: unknown)
         self._recover = []  # queued recoveries: [ref, group, t, C, slots, i, acc, round msg]
@@ -186,13 +106,20 @@ class DcSecurity:
                 self._rounds().ciphertext(self, ref, body)
                 return
             if kind == "recover":
-                lazy.call("tasks.dc_rare", "recover", self, ref, body)
+                try:
+                    self._recovery().recover(self, ref, body)
+                finally:
+                    if not self._recover:
+                        lazy.drop("tasks.dc_recover")
                 return
             if kind in ("group_keys", "group_commit") and self._setup is None:
                 raise Refused(_E_FAILED, "no pending set-up for this gid")
             if kind in ("keygen", "pubkey", "groups", "group_delete"):
                 try:
-                    lazy.call("tasks.dc_rare", kind, self, ref, meter_id, body, t0)
+                    if kind in ("keygen", "pubkey"):
+                        lazy.call("tasks.dc_keys", kind, self, ref, meter_id, body, t0)
+                    else:
+                        lazy.call("tasks.dc_rare", kind, self, ref, meter_id, body, t0)
                 finally:
                     if self._setup is None:
                         self._release()
@@ -244,6 +171,16 @@ class DcSecurity:
         if s is not None and s.work is not None:
             self._refuse(s.work_ref, "group_keys", Refused(_E_FAILED, why))
 
+    @staticmethod
+    def _recovery():
+        # tasks/dc_recover.py: in RAM for a RECOVER request and while its job is queued
+        import sys
+
+        mod = sys.modules.get("tasks.dc_recover")
+        if mod is None:
+            from tasks import dc_recover as mod
+        return mod
+
     # -- rounds: tasks/dc_round.py, in RAM while this meter is in a group -------------------
     def _rounds(self):
         # The round code (tasks/dc_round.py), imported while a group exists, dropped when none
@@ -275,6 +212,12 @@ class DcSecurity:
             mod = self._rounds()
             if mod is None:  # the last group went meanwhile: nothing left to do
                 self._jobs = False
-                self._recover = []
+                if self._recover:
+                    self._recover = []
+                    lazy.drop("tasks.dc_recover")
+                return
+            if self._recover:  # a slice of a recovery first, else of a blinding job
+                if self._recovery().step(self):
+                    lazy.drop("tasks.dc_recover")
                 return
             mod.step(self)

@@ -2,10 +2,12 @@
 # X25519 derivation per kernel step, GROUP_COMMIT. Part of that module, in its own file so that
 # its code is in RAM only while it works: dc_security imports it for one of these requests and
 # drops it again unless a set-up is pending (on a 100 KB heap every kilobyte of resident
-# bytecode counts). The key pair, GROUPS and GROUP_DELETE are in tasks/dc_rare.py.
+# bytecode counts). The key pair is in tasks/dc_keys.py, GROUPS and GROUP_DELETE in
+# tasks/dc_rare.py.
 # Every function here takes the DcSecurity object first and the request as
 # (ref, meter_id, body, t0); refusals raise Refused before any state changes.
 import gc
+import hashlib
 import struct
 import time
 from micropython import const
@@ -13,7 +15,7 @@ from micropython import const
 import lopa_core as lopa
 import store
 import lazy
-from tasks.dc_security import (
+from tasks.dc_base import (
     CHUNK_MAX,
     MAX_GROUPS_CAP,
     MAX_N,
@@ -24,6 +26,7 @@ from tasks.dc_security import (
     _Members,
     free,
     group_ram,
+    released,
 )
 
 _REC = const(40)  # id u64 + pk 32
@@ -49,6 +52,10 @@ class Setup:
         self.received = 0  # members accepted, this meter included
         self.self_seen = False
         self.seq = 0  # next chunk expected
+        # the member list's digest, record by record in the order received (id u64 + pk 32):
+        # h = SHA-256(h + record), from 32 zero bytes; what the registrar's tag covers
+        self.h = bytes(32)
+        self.work_h = None
         self.us = 0  # sum of the K_ij derivation times (C3)
         # the chunk being derived: each member's public key waits in its key slot (staged
         # beyond `got`) until its pair key replaces it, so the request's payload is not kept
@@ -85,6 +92,17 @@ def group_begin(dc, ref, meter_id, body, t0):
         raise Refused(_E_BAD_ARGS, "m %d outside 1..n-2" % m)
     if lam != lam or lam < 0 or lam > 3.0e38:
         raise Refused(_E_BAD_ARGS, "lambda must be 0 or > 0")
+    reg = dc._reg
+    if reg is not None:  # the registrar's policy, never the head-end's
+        if not reg:
+            raise Refused(_E_FAILED, "the registrar's anchor is unreadable")
+        min_n, lam_min = struct.unpack_from(">Hf", reg, 32)
+        if n < min_n:
+            raise Refused(_E_BAD_ARGS, "n %d below the registrar's minimum %d" % (n, min_n))
+        if lam < lam_min or lam <= 0:
+            raise Refused(_E_BAD_ARGS, "lambda %g below the registrar's minimum %g"
+                          % (lam, lam_min))
+        lazy.call("tasks.dc_budget", "join", dc, gid, lam)
     if dc._sk is None:
         raise Refused(_E_FAILED, "no key pair")
     others = len(dc._groups) - (1 if gid in dc._groups else 0)
@@ -148,8 +166,12 @@ def group_keys(dc, ref, meter_id, body, t0):
     mem = s.mem
     mv = memoryview(body)
     n = 0
+    h = s.h
     for k in range(count):
         o = off + k * _REC
+        d = hashlib.sha256(h)
+        d.update(mv[o:o + _REC])
+        h = d.digest()
         idb = bytes(mv[o:o + 8])
         if idb == s.my_b:
             if s.self_seen or has_self:
@@ -169,6 +191,7 @@ def group_keys(dc, ref, meter_id, body, t0):
         raise Refused(_E_BAD_ARGS, "this meter is not in the member list")
     mv = body = None
     s.work = n  # slots s.got .. s.got + n - 1 to derive, the last first
+    s.work_h = h
     s.work_ref = ref
     s.work_count = count
     s.work_others = n
@@ -207,20 +230,42 @@ def chunk_done(dc, s):
     s.got += s.work_others
     s.received += s.work_count
     s.self_seen = s.self_seen or s.work_self
+    s.h = s.work_h
     s.seq += 1
     s.us += s.work_dus
     ref = s.work_ref
     s.work = None
     dc._ok(ref, struct.pack(">HHI", s.received, s.got, s.work_us))
 
+def group_tag(key, gid, n, m, lam, h):
+    # the registrar's tag for this meter over the group: HMAC-SHA256(K_reg, "lopa-group" +
+    # gid_len + gid + n u16 + m u8 + lambda f32 + the member list's digest)
+    from hmac_sha256 import hmac_sha256
+
+    return hmac_sha256(key, b"lopa-group" + bytes((len(gid),)) + gid
+                       + struct.pack(">HBf", n, m, lam) + h)
+
+
 def group_commit(dc, ref, meter_id, body, t0):
     gid, off = _gid(body, 0)
-    if off != len(body):
-        raise Refused(_E_BAD_ARGS, "malformed: gid only")
+    if off != len(body) and off + 32 != len(body):
+        raise Refused(_E_BAD_ARGS, "malformed: gid, and the registrar's tag (32)")
     s = pending(dc, gid)
     if s.received != s.n or not s.self_seen:
         raise Refused(_E_FAILED, "commit before all members arrived (%d of %d)"
                       % (s.received, s.n))
+    reg = dc._reg
+    if reg is not None:
+        # Every member's (id, key), n, m and lambda as the registrar approved them for this
+        # meter: the head-end alone cannot make a member (a ghost) or change the group.
+        if off == len(body):
+            raise Refused(_E_BAD_ARGS, "no registrar certificate for this group")
+        want = group_tag(reg[:32], gid, s.n, s.m, s.lam, s.h)
+        bad = 0
+        for i in range(32):  # every byte compared: the time says nothing of where it differs
+            bad |= want[i] ^ body[off + i]
+        if bad:
+            raise Refused(_E_BAD_ARGS, "the registrar's certificate does not match the group")
     path = dc._path(gid)
     head = bytes((_FILE_VER, len(gid))) + gid + bytes(16 - len(gid)) \
         + struct.pack(">HBfQ", s.n, s.m, s.lam, s.my_id)
@@ -235,6 +280,8 @@ def group_commit(dc, ref, meter_id, body, t0):
     old = dc._groups.get(gid)
     if old is not None:
         g.last_t = old.last_t
+    if released(dc, gid) - 1 > g.last_t:  # once per (gid, t), for a gid made again too
+        g.last_t = released(dc, gid) - 1
     dc._groups[gid] = g
     dc._setup = None
     dc._port.log("lopa: group %s committed n %d" % (_hex(gid), s.n))

@@ -55,8 +55,9 @@ STATS_WAIT_S = 5.0  # between STATS requests: the reported 1-s window holds no o
 # What the LoPA modules are in an image (C11/C12).
 LOPA_MODULES = ("/lib/lopa.mpy", "/lib/lopa_core.mpy", "/lib/lopa_noise.mpy", "/lib/x25519.mpy",
                 "/lib/x25519_thumb.mpy",
-                "/tasks/dc_security.mpy", "/tasks/dc_setup.mpy", "/tasks/dc_rare.mpy",
-                "/tasks/dc_round.mpy")
+                "/tasks/dc_security.mpy", "/tasks/dc_base.mpy", "/tasks/dc_keys.mpy",
+                "/tasks/dc_setup.mpy", "/tasks/dc_rare.mpy", "/tasks/dc_round.mpy",
+                "/tasks/dc_recover.mpy", "/tasks/dc_budget.mpy")
 # What the on-board bench imports; an emulated board (no flash image) gets these and what
 # they import, found in the firmware's sources.
 BENCH_IMPORTS = ("lopa", "metro", "x25519", "tasks.dc_security", "tasks.dc_setup",

@@ -69,8 +69,11 @@ def group_keys_cmd(gid: bytes, seq: int, members: list[tuple[int, bytes]]) -> by
     return bytes(out)
 
 
-def group_commit_cmd(gid: bytes) -> bytes:
-    return enc_gid(gid)
+def group_commit_cmd(gid: bytes, tag: bytes = b"") -> bytes:
+    """gid, and the neutral registrar's tag for this meter (32 bytes) if it has one."""
+    if len(tag) not in (0, 32):
+        raise CodecError("a registrar tag is 32 bytes")
+    return enc_gid(gid) + tag
 
 
 def ciphertext_cmd(gid: bytes, t: int) -> bytes:

@@ -34,6 +34,9 @@ from host_tools.headend.lopa.ref import BadPublicKey, aggregate, check_public_ke
 from host_tools.headend.lopa.state import GroupRow, MemberRow, RoundRow, State
 from host_tools.transport.serial import BoardError
 
+# The registrar's approval of a group: (gid, m, lambda, [(id, pk)] ascending) -> {id: tag}
+Approve = Callable[[bytes, int, float, list[tuple[int, bytes]]], dict[int, bytes]]
+
 T = TypeVar("T")
 
 HISTORY = 16  # intervals of ciphertexts a meter keeps (docs/PROTOCOL.md)
@@ -435,12 +438,14 @@ class HeadEnd:
 
     # -- S3 ------------------------------------------------------------------------------------
     def group_create(self, gid: bytes, targets: list[Target], m: int = 0, lam: float = 0.0,
-                     force: bool = False) -> OpResult:
+                     force: bool = False, approve: Approve | None = None) -> OpResult:
         """S3: distribute the members' public keys to every member and commit the group.
 
         Resumes a set-up that was interrupted (members already committed are left alone); a
         group already set up with the same members and parameters is not redone unless
-        ``force``."""
+        ``force``. ``approve`` asks the neutral registrar for the group (gid, m, lambda,
+        members) and gives each member's tag, which its GROUP_COMMIT carries: a meter with the
+        registrar's anchor commits no group without it (host_tools/registrar.py)."""
         codec.check_gid(gid)
         n = len(targets)
         ids = [t.meter_id for t in targets]
@@ -473,6 +478,7 @@ class HeadEnd:
             except BadPublicKey as e:
                 raise LopaError(f"meter {mid}: {e}") from None
         lam32 = float(struct.unpack(">f", struct.pack(">f", lam))[0])  # as the meter holds it
+        tags = approve(gid, m, lam32, members) if approve is not None else {}
         old = self.state.group(gid)
         same = (old is not None and old.n == n and old.m == m and old.lam == lam32
                 and [(r.meter_id, r.pk) for r in self.state.members(gid)] == members)
@@ -533,7 +539,8 @@ class HeadEnd:
                                     f"members received, the head-end sent {got}")
                 self.state.member_progress(gid, mid, "keys", chunks=seq + 1)
                 step()
-            raw, _ = self._call(op, tgt, wire.K_GROUP_COMMIT, codec.group_commit_cmd(gid))
+            raw, _ = self._call(op, tgt, wire.K_GROUP_COMMIT,
+                                codec.group_commit_cmd(gid, tags.get(mid, b"")))
             ans_c = codec.parse_group_commit(raw)  # its us (C3) restates the chunks' sum
             if ans_c.n != n:
                 raise LopaError(f"GROUP_COMMIT: the meter committed {ans_c.n} members, not {n}")
@@ -637,6 +644,82 @@ class HeadEnd:
         if lab is not None:
             self.lab_truth(res, lab, tg)
         return res
+
+    def run_many(self, gids: list[bytes], rounds: int, targets: list[Target] | None = None,
+                 lab: LabProbe | None = None, hooks: Hooks | None = None
+                 ) -> tuple[list[RunResult], dict[bytes, str]]:
+        """S4 for several groups in one pass (issue 18, Build 10): ``rounds`` load-profile
+        intervals, each read once from the clock and waited for once, then every group's round
+        for that interval (a meter in four groups answers four CIPHERTEXTs in the pass: the
+        protocol has no multi-group request). A group that cannot run (unknown, not set up) or
+        whose round raises (a meter refuses: the registrar's budget, a released t) is reported
+        in the second result, {gid: why}, and the others go on. Rounds left half-way by an
+        interrupted run are finished first, as run() does."""
+        hooks = hooks or Hooks()
+        if len(set(gids)) != len(gids):
+            raise LopaError("a group is listed twice")
+        failed: dict[bytes, str] = {}
+        live: list[tuple[GroupRow, list[MemberRow], dict[int, Target], Any, Op]] = []
+        for gid in gids:
+            g = self.state.group(gid)
+            if g is None:
+                failed[gid] = f"no group {gid_text(gid)} in {self.state.path}"
+                continue
+            members = self.state.members(gid)
+            if g.state != "ready":
+                failed[gid] = f"group {gid_text(gid)}: set-up not complete"
+                continue
+            run, _resumed = self.state.open_run(gid, rounds)
+            live.append((g, members, self._member_targets(members, targets), run,
+                         Op("S4", len(members), gid)))
+        results: dict[bytes, list[RoundResult]] = {g.gid: [] for g, *_ in live}
+
+        def attempt(g: GroupRow, members: list[MemberRow], tg: dict[int, Target], op: Op,
+                    t: int, length: int, resumed: bool = False) -> None:
+            try:
+                results[g.gid].append(self._round(op, g, members, tg, t, length, hooks,
+                                                  resumed=resumed))
+            except (LopaError, *METER_FAILURES) as e:
+                failed[g.gid] = f"group {gid_text(g.gid)}: {_why(e)}"
+
+        try:
+            for g, members, tg, run, op in live:  # rounds an interrupted run left
+                for rd in self.state.rounds_of_run(run.run_id):
+                    if rd.state in ("done", "failed"):
+                        results[g.gid].append(self._result(g, rd, tg, resumed=True))
+                    elif g.gid not in failed:
+                        attempt(g, members, tg, op, rd.t, rd.length, resumed=True)
+            everyone = {t.meter_id: t for _, _, tg, _, _ in live for t in tg.values()}
+            clock: tuple[int, float, int] | None = None
+            while True:
+                todo = [x for x in live if x[0].gid not in failed
+                        and len(results[x[0].gid]) < rounds]
+                if not todo:
+                    break
+                if clock is None:
+                    t, length, wait, clock = self._interval_read(todo[0][4],
+                                                                 list(everyone.values()))
+                else:
+                    t, length, wait = self._interval_from(clock)
+                now = [x for x in todo if self.state.round(x[0].gid, t) is None]
+                for g, _, _, run, _ in now:
+                    self.state.start_round(g.gid, t, run.run_id, length)
+                self._wait(todo[0][4], wait)
+                for g, members, tg, _, op in now:
+                    attempt(g, members, tg, op, t, length)
+            for g, _, _, run, _ in live:
+                if g.gid not in failed:
+                    self.state.finish_run(run.run_id)
+        finally:
+            for *_, op in live:
+                self._save(op)
+            self.close()
+        out = [RunResult(g.gid, run.run_id, False, results[g.gid], op)
+               for g, _, _, run, op in live]
+        if lab is not None:
+            for res, (_, _, tg, _, _) in zip(out, live, strict=True):
+                self.lab_truth(res, lab, tg)
+        return out, failed
 
     def _member_targets(self, members: list[MemberRow], targets: list[Target] | None
                         ) -> dict[int, Target]:
