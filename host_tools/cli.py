@@ -43,7 +43,34 @@ def friendly_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group()
+INTERRUPTED = 130  # a shell's status for a command ended by SIGINT (128 + 2)
+
+
+class _Meterctl(click.Group):
+    """Ctrl-C ends every command with one line and exit status 130 (click's own "Aborted!"
+    exits 1, which a script cannot tell from a failure). Commands that keep something on
+    Ctrl-C (bench, headend run) save it before the KeyboardInterrupt gets here; the live views
+    (watch, mqtt) catch it themselves and exit 0, their way out."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            note = _interrupt_note.get(ctx.invoked_subcommand or "", "")
+            err_console.print(f"interrupted (Ctrl-C){note}", highlight=False, soft_wrap=True)
+            sys.exit(INTERRUPTED)
+
+
+# what each command's user may want to know after a Ctrl-C
+_interrupt_note = {
+    "headend": ": what was done is in the head-end database; run the same command again to "
+               "finish",
+    "provision": ": run it again (it is idempotent)",
+    "flash": ": run it again (files already written are not sent again)",
+}
+
+
+@click.group(cls=_Meterctl)
 @click.version_option(package_name="host_tools", prog_name="meterctl")
 def main() -> None:
     """Flash, drive and measure HASM/LoPA smart meters: real boards or virtual ones."""
@@ -797,7 +824,9 @@ def headend_run(ports: str | None, base: Path | None, keystore: Path | None, db:
         raise click.BadParameter("--rounds must be at least 1")
     res, figures = _headend_run(
         ports, base, keystore, db, timeout,
-        lambda he, _s, targets: he.run(g, rounds, targets, serial_probe() if lab else None),
+        lambda he, s, targets: he.run(
+            g, rounds, targets,
+            serial_probe(fleets=[base], keystore=s.keystore) if lab else None),
         need_ports=False)
     if as_json:
         for r in res.rounds:
@@ -1092,6 +1121,11 @@ def bench(mode: str | None, port: str | None, ports: str | None, emulated: str |
     if doc_file is not None and not run.aborted:
         report.update_doc(run, doc_file)
         err_console.print(f"updated {doc_file}", highlight=False)
+    if run.interrupted:
+        err_console.print("interrupted (Ctrl-C)" + (
+            f": the results measured so far are in {json_file}" if json_file else ""),
+            highlight=False, soft_wrap=True)
+        sys.exit(INTERRUPTED)
     if run.aborted:
         for f in run.failures or [run.aborted]:
             err_console.print(f"[bold red]error:[/] bench aborted in {f['test']}: "

@@ -364,15 +364,40 @@ class HeadEnd:
         or the meter's failure) as each finishes, in this thread."""
         if not targets:
             return
-        with cf.ThreadPoolExecutor(max_workers=min(self.workers, len(targets)),
-                                   thread_name_prefix="headend") as ex:
-            futs = {ex.submit(fn, t): t for t in targets}
+        got: dict[int, tuple[Target, T | BaseException]] = {}  # by index in targets
+        handed: set[int] = set()
+        lock = threading.Lock()
+
+        def work(i: int, tgt: Target) -> int:
+            res: T | BaseException
+            try:
+                res = fn(tgt)
+            except METER_FAILURES as e:
+                res = e
+            with lock:
+                got[i] = (tgt, res)
+            return i
+
+        ex = cf.ThreadPoolExecutor(max_workers=min(self.workers, len(targets)),
+                                   thread_name_prefix="headend")
+        try:
+            futs = [ex.submit(work, i, t) for i, t in enumerate(targets)]
             for f in cf.as_completed(futs):
-                tgt = futs[f]
-                try:
-                    yield tgt, f.result()
-                except METER_FAILURES as e:
-                    yield tgt, e
+                i = f.result()
+                yield got[i]
+                handed.add(i)
+        except KeyboardInterrupt:
+            # Ctrl-C: the requests under way still finish (each within its timeout; those
+            # not started are dropped) and their answers are handed over to be stored before
+            # the interrupt goes on. A meter answers RECOVER once per round: an answer
+            # dropped here would leave the round undecryptable on the next run.
+            ex.shutdown(wait=True, cancel_futures=True)
+            with lock:
+                left = [got[i] for i in sorted(got) if i not in handed]
+            yield from left
+            raise
+        finally:
+            ex.shutdown(wait=True)
 
     def _save(self, op: Op) -> None:
         op.finish()
@@ -613,6 +638,11 @@ class HeadEnd:
                     results.append(self._result(g, self._row(gid, rd.t), tg, resumed=True))
                 else:
                     self.say(f"round {rd.t}: finishing it (interrupted)")
+                    if rd.t >= cur:
+                        # interrupted before its interval closed: the meters have no value
+                        # for it yet, so wait for the close as a fresh round does
+                        t_open, length, wait = self._interval(op, list(tg.values()))
+                        self._wait(op, wait + (rd.t - t_open) * length)
                     results.append(self._round(op, g, members, tg, rd.t, rd.length, hooks,
                                                resumed=True))
             while len(results) < rounds:
