@@ -49,7 +49,7 @@ class Provisioned:
     interval_s: int | None
 
     def to_json(self) -> dict[str, object]:
-        return {"meter": self.meter_id, "port": self.port, "new_key": self.new_key,
+        return {"meter": str(self.meter_id), "port": self.port, "new_key": self.new_key,
                 "clock": self.clock, "interval_s": self.interval_s}
 
 

@@ -138,7 +138,7 @@ class MeterOutcome:
     meter_us: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"meter": self.target.meter_id, "port": self.target.port,
+        d: dict[str, Any] = {"meter": str(self.target.meter_id), "port": self.target.port,
                              "ok": self.ok}
         if self.pk is not None:
             d["pk"] = self.pk.hex()
@@ -167,7 +167,7 @@ class OpResult:
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"test": self.op.test, "meters": [o.to_json() for o in self.outcomes],
-                             "failed": [o.target.meter_id for o in self.failed],
+                             "failed": [str(o.target.meter_id) for o in self.failed],
                              "figures": self.op.summary()}
         if self.op.gid is not None:
             d["gid"] = gid_text(self.op.gid)
@@ -176,8 +176,8 @@ class OpResult:
         return d
 
 
-LAB_NOTE = ("lab truth: plaintext interval energies read through each meter's REPL (a lab "
-            "probe), never over the WAN; a real head-end cannot know them")
+LAB_NOTE = ("lab truth: plaintext interval energies read by a lab probe (a virtual meter's "
+            "flash, a board's REPL), never over the WAN; a real head-end cannot know them")
 
 
 @dataclass
@@ -212,7 +212,7 @@ class RoundResult:
         d: dict[str, Any] = {
             "gid": gid_text(self.gid), "interval": self.t, "interval_length_s": self.length,
             "ciphertexts": {str(i): c for i, c in sorted(self.ciphertexts.items())},
-            "aggregate": self.aggregate, "missing": sorted(self.missing),
+            "aggregate": self.aggregate, "missing": [str(i) for i in sorted(self.missing)],
             "status": "ok" if self.ok else "failed"}
         if self.robust:
             d["recovery"] = {str(i): r for i, r in sorted(self.answers.items())}
