@@ -360,6 +360,25 @@ def test_a_round_interrupted_before_its_interval_closed_waits_for_it_when_resume
         assert r.aggregate == r.expected
 
 
+def test_a_member_closing_the_interval_late_is_waited_for_by_its_own_clock() -> None:
+    """Issue 20's `make bench` abort ("plain group ... cannot decrypt ... asked for t"): on a
+    loaded 2-core host one member's VM closed the interval seconds after the head-end's
+    reckoning, longer than the "no value" retries. The head-end now reads that member's clock
+    and waits for its close; a clock far off is still named, not waited for."""
+    f, he = ready(5)
+    late = max(f.meters)  # not the member whose READ sets the pace
+    f.meters[late].late_s = 4.0  # beyond value_wait_s (2 s)
+    run = he.run(GID, 2, lab=f.lab_probe())
+    for r in run.rounds:
+        assert r.ok and not r.missing, r.error
+        assert r.aggregate == r.expected
+    f.meters[late].late_s = 120.0  # a wrong clock: no value, named, no long wait
+    t0 = f.clock.now()
+    r = he.run(GID, 1).rounds[0]
+    assert not r.ok and f"meter {late}" in (r.error or "") and "asked for" in (r.error or "")
+    assert f.clock.now() - t0 < 3 * 3 + 10
+
+
 def test_ctrl_c_during_recovery_keeps_every_answer_the_meters_gave(tmp_path: Path) -> None:
     """A meter answers RECOVER once per round: an answer received but dropped by a Ctrl-C
     would leave the round undecryptable for good. The requests under way finish and their
