@@ -72,14 +72,15 @@ class MeterLink:
 
     def _open(self) -> serial.Serial:
         # Every read waits at most 50 ms and every write at most `timeout`: nothing here can
-        # hang; await_response bounds the whole wait for an answer. Exclusive, as mpremote
-        # opens a port: two clients on one serial line would read each other's answers.
+        # hang; await_response bounds the whole wait for an answer. A port whose exclusive
+        # lock another program holds (mpremote, meterctl flash) is refused before anything is
+        # sent. The link takes no lock itself: a test or a tool may keep a link open, idle,
+        # while a second one (the CLI) asks the same meter.
+        if port_in_use(self.port):
+            raise LinkError(IN_USE.format(port=self.port))
         try:
-            ser = serial.Serial(self.port, 115200, timeout=0.05, write_timeout=self.timeout,
-                                exclusive=True)
+            ser = serial.Serial(self.port, 115200, timeout=0.05, write_timeout=self.timeout)
         except (serial.SerialException, OSError) as e:
-            if port_in_use(self.port):
-                raise LinkError(IN_USE.format(port=self.port)) from None
             raise LinkError(f"{self.port}: cannot open ({e})") from None
         try:
             self._check_no_repl(ser)
