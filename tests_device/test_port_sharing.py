@@ -15,8 +15,10 @@ from collections.abc import Iterator
 import pytest
 import serial
 
+from host_tools.headend.lopa import Target
+from host_tools.headend.lopa.lab import serial_probe
 from host_tools.sim import fleet
-from host_tools.transport.serial import port_in_use
+from host_tools.transport.serial import SealedError, port_in_use
 
 from .conftest import OwnMeter, own_meter
 
@@ -103,6 +105,10 @@ def test_mpremote_on_a_sealed_meter_gets_the_notice_and_gives_up(meter: OwnMeter
         assert took < 30, took  # mpremote's own 10-s limit, not a hang
         st = fleet.meter_status(0, meter.base)
         assert st.get("files", {}).get("main.py") == "running"  # still metering
+        # nor does the lab probe read a sealed virtual meter's flash: lab mode needs it unsealed
+        probe = serial_probe(fleets=[meter.base])
+        with pytest.raises(SealedError, match=r"lab mode .* only while the meter is unsealed"):
+            probe(Target(meter.meter_id, meter.port))
     finally:
         r = meterctl(meter, "unseal")
         assert r.returncode == 0, r.stderr
