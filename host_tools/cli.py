@@ -899,8 +899,9 @@ def headend_group_create(ports: str | None, base: Path | None, keystore: Path | 
 @click.option("--gid", required=True, help="group id: text, or 0x + hex")
 @click.option("--rounds", type=int, default=1, show_default=True)
 @click.option("--lab", is_flag=True,
-              help="afterwards read each meter's plaintexts through its REPL (lab truth) and "
-                   "compare")
+              help="afterwards read each meter's plaintexts with a lab probe (lab truth) and "
+                   "compare: a virtual meter's flash, read as the firmware runs on; a board "
+                   "through its REPL, which restarts its firmware")
 @friendly_errors
 def headend_run(ports: str | None, base: Path | None, keystore: Path | None, db: Path | None,
                 as_json: bool, timeout: float, gid: str, rounds: int, lab: bool) -> None:
