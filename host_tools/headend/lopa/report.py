@@ -67,7 +67,7 @@ def rounds_table(run: RunResult, title: str | None = None) -> Table:
     wide = len(ids) <= 5
     lab = any(r.expected is not None or r.lab for r in run.rounds)
     status = any(not r.ok or r.resumed for r in run.rounds)
-    cols = ["interval (ends, UTC)"]
+    cols = ["interval, end"]
     cols += [f"c {short_id(i)}" for i in ids] if wide else ["ciphertexts"]
     cols += ["missing", "sum"]
     if lab:
@@ -77,8 +77,8 @@ def rounds_table(run: RunResult, title: str | None = None) -> Table:
     t = Table(*cols, box=box.SIMPLE_HEAD, pad_edge=False,
               title=title or f"group {gid_text(run.gid)}: rounds (mWh)")
     for r in run.rounds:
-        end = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime((r.t + 1) * r.length))
-        row = [f"{r.t} ({end})"]
+        # ISO-8601 UTC, the time of day only: the date is the run's, and the column stays narrow
+        row = [f"{r.t} {time.strftime('%H:%M:%SZ', time.gmtime((r.t + 1) * r.length))}"]
         if wide:
             row += [f"{r.ciphertexts[i]:08x}" if i in r.ciphertexts else "—" for i in ids]
         else:
@@ -97,8 +97,9 @@ def rounds_table(run: RunResult, title: str | None = None) -> Table:
     if wide:
         notes.append("c: each meter's 4-byte ciphertext, hex")
     if lab:
-        notes.append("LAB TRUTH: Σ of the reporting meters' plaintexts, read through their "
-                     "REPL (a lab probe), never over the WAN; Δ = sum − lab truth")
+        notes.append("LAB TRUTH: Σ of the reporting meters' plaintexts, read by a lab probe "
+                     "(a virtual meter's flash, a board's REPL), never over the WAN; "
+                     "Δ = sum − lab truth")
     if any(r.resumed for r in run.rounds):
         notes.append("*: done by an earlier, interrupted run")
     t.caption = "; ".join(notes)
