@@ -130,6 +130,27 @@ def test_a_repl_left_open_is_named_and_no_frame_is_typed_into_it(keystore: Keyst
         port.close()
 
 
+def test_a_repl_too_slow_for_the_check_is_still_named(keystore: Keystore) -> None:
+    """A REPL that did not answer the check in time (a starved VM) and then gets the frame:
+    the error says a REPL is open, not "is the firmware running?"."""
+
+    def slow_repl(got: bytes) -> bytes | None:
+        if got.endswith(b"\n"):
+            return (b"\r\nTraceback (most recent call last):\r\n  File \"<stdin>\", line 1\r\n"
+                    b"SyntaxError: invalid syntax\r\n>>> ")
+        return None
+
+    port = FakePort(slow_repl, repl=True)
+    try:
+        entry = keystore.get(METER)
+        assert entry is not None
+        with MeterLink(port.name, entry, keystore, timeout=1.0) as link:
+            with pytest.raises(LinkError, match=r"a MicroPython REPL is open .* a frame reached"):
+                link.request(wire.K_READ)
+    finally:
+        port.close()
+
+
 def test_a_port_another_program_holds_is_named(keystore: Keystore) -> None:
     """mpremote opens a port with pyserial's exclusive=True (a flock): meterctl says the port
     is in use instead of "cannot open" (flash) or blaming the firmware (read)."""

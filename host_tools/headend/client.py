@@ -22,7 +22,9 @@ from host_tools.headend import wire
 from host_tools.headend.keystore import Keystore, MeterEntry
 from host_tools.transport.serial import IN_USE, port_in_use, resolve_port
 
-REPL_PROBE_S = 0.15  # a REPL answers Ctrl-B within milliseconds, on a pty or over USB
+# A REPL answers Ctrl-B within milliseconds, on a pty or over USB; a running firmware not at
+# all, so every link's open costs this much (watch opens one per meter per frame).
+REPL_PROBE_S = 0.1
 REPL_PROMPT = b">>> "
 
 
@@ -104,10 +106,13 @@ class MeterLink:
         while time.monotonic() < deadline and REPL_PROMPT not in got:
             got += ser.read(256)
         if REPL_PROMPT in got:
-            raise LinkError(f"{self.port}: a MicroPython REPL is open (left by another client, "
-                            "e.g. `mpremote exec`), so the meter firmware is not running; no "
-                            "frame was sent. Restart the firmware with `meterctl flash --port "
-                            f"{self.port}` (it only soft-resets when the files are up to date)")
+            raise LinkError(self._repl_open("no frame was sent"))
+
+    def _repl_open(self, what: str) -> str:
+        return (f"{self.port}: a MicroPython REPL is open (left by another client, e.g. "
+                f"`mpremote exec`), so the meter firmware is not running; {what}. Restart the "
+                f"firmware with `meterctl flash --port {self.port}` (it only soft-resets when "
+                "the files are up to date)")
 
     def reconnect(self, wait: float) -> None:
         """Open the port again once it is back (a board plugged in again keeps its
@@ -234,6 +239,9 @@ class MeterLink:
                     raise LinkError(f"meter {self.entry.meter_id}: replayed response "
                                     f"(counter {f.ctr})")
                 return f
+        if any(REPL_PROMPT.strip() in line or b"SyntaxError" in line for line in self.ignored):
+            # a REPL opened after this link's check (or too slow to answer it)
+            raise LinkError(self._repl_open("a frame reached it"))
         hint = ""
         if self.ignored:
             hint = f"; it printed: {self.ignored[-1][:80].decode(errors='replace')!r}"
