@@ -69,6 +69,12 @@ bench: setup
 	$(BIN)/meterctl bench --sim --quick --json build/bench/bench.json \
 		--md build/bench/bench.md --png build/bench/bench.png --update-doc docs/BENCH.md
 
+# mip packages (issue 20): package.json (firmware/) and board/<name>/package.json from the tree,
+# and a compiled mip index in build/mip (one package per board: hasm-meter-<board>).
+.PHONY: mip
+mip: setup
+	$(BIN)/python -m host_tools.flash.mip
+
 # Fuzzing on the MicroPython VM (issue 10): FUZZ_N inputs per target (WAN parser, CS
 # verification, LoPA chunk handler, RECOVER handler); the default suite runs 5000 in all
 # (tests_host/test_fuzz.py). FUZZ_SEED picks another input stream.

@@ -6,6 +6,7 @@ import functools
 import json
 import math
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +29,49 @@ err_console = Console(stderr=True)
 console = Console()
 
 
+# -- one convention for every command (issue 20, Build 7) ---------------------------------
+# Human output by default, --json for scripts; meter ids are strings in JSON (63-bit ids do not
+# survive a JSON double: jq rounds them); times are ISO-8601 UTC for people and Unix epoch
+# seconds in JSON (the meters keep Unix time on every port: docs/PROTOCOL.md).
+def utc(t: float | int | None) -> str:
+    """Epoch seconds as ISO-8601 UTC ("2026-12-07T03:55:55Z"); "-" for none."""
+    if t is None:
+        return "-"
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(t)))
+
+
+def _human_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, list):
+        return ", ".join(map(_human_value, v)) or "-"
+    return "-" if v is None else str(v)
+
+
+def kv_lines(d: dict[str, Any], prefix: str = "") -> list[str]:
+    """A JSON answer for people: one "key: value" line per leaf, nested keys dotted."""
+    out: list[str] = []
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out += kv_lines(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}: {_human_value(v)}")
+    return out
+
+
+def emit(obj: Any, as_json: bool, human: Callable[[], None] | None = None) -> None:
+    """Print ``obj`` as one JSON line (--json), else for people (``human``, or key: value)."""
+    if as_json:
+        click.echo(json.dumps(obj))
+    elif human is not None:
+        human()
+    else:
+        for line in kv_lines(obj):
+            click.echo(line)
+
+
 def friendly_errors(fn: F) -> F:
     """Known failures become one line on stderr and exit status 1."""
 
@@ -43,16 +87,65 @@ def friendly_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group()
+INTERRUPTED = 130  # a shell's status for a command ended by SIGINT (128 + 2)
+
+
+class _Meterctl(click.Group):
+    """Ctrl-C ends every command with one line and exit status 130 (click's own "Aborted!"
+    exits 1, which a script cannot tell from a failure). Commands that keep something on
+    Ctrl-C (bench, headend run) save it before the KeyboardInterrupt gets here; the live views
+    (watch, mqtt) catch it themselves and exit 0, their way out."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            note = _interrupt_note.get(ctx.invoked_subcommand or "", "")
+            err_console.print(f"interrupted (Ctrl-C){note}", highlight=False, soft_wrap=True)
+            sys.exit(INTERRUPTED)
+
+
+# what each command's user may want to know after a Ctrl-C
+_interrupt_note = {
+    "headend": ": what was done is in the head-end database; run the same command again to "
+               "finish",
+    "provision": ": run it again (it is idempotent)",
+    "flash": ": run it again (files already written are not sent again)",
+}
+
+
+@click.group(cls=_Meterctl)
 @click.version_option(package_name="host_tools", prog_name="meterctl")
 def main() -> None:
     """Flash, drive and measure HASM/LoPA smart meters: real boards or virtual ones."""
+
+
+json_option = click.option("--json", "as_json", is_flag=True,
+                           help="print JSON (meter ids as strings, times as epoch seconds)")
 
 
 # -- sim ---------------------------------------------------------------------
 dir_option = click.option("--dir", "base", type=click.Path(path_type=Path), default=None,
                           help="fleet directory (default: $METERCTL_SIM_DIR or "
                                "~/.local/state/meterctl/sim)")
+
+
+def _index_option(fn: F) -> F:
+    """``sim`` commands name a meter by its fleet index: --index/-i. ``--meter`` is a 64-bit
+    meter id everywhere else, so the old spelling here is refused with the new one."""
+
+    def old(ctx: click.Context, _p: click.Parameter, value: str | None) -> None:
+        if value is not None:
+            raise click.UsageError(f"--meter is a meter id everywhere else; the fleet index is "
+                                   f"--index now: `meterctl sim {ctx.info_name} --index {value}"
+                                   "`", ctx)
+
+    fn = click.option("--meter", "-m", "old_meter", default=None, hidden=True, expose_value=False,
+                      callback=old, is_eager=True)(fn)
+    return click.option("--index", "-i", "meter", type=int, required=True,
+                        help="the meter's index in the fleet (0, 1, ...: `sim status`)")(fn)
+
+
 
 
 @main.group()
@@ -75,10 +168,12 @@ def sim() -> None:
               help="a pybv11 profile's micro SD card, e.g. 64M; 0: no card [default: 32M]")
 @click.option("--timeout", type=float, default=60.0, show_default=True)
 @click.option("--trace", is_flag=True, help="log every byte in each supervisor.log")
+@click.option("--json", "as_json", is_flag=True,
+              help="one JSON line per meter: id (fleet index), port, han, dir, pid")
 @friendly_errors
 def sim_start(meters: int, base: Path | None, heap: str | None, profile: str | None, seed: int,
-              sd: str | None, timeout: float, trace: bool) -> None:
-    """Start METERS virtual meters; print one JSON line per meter once all are up."""
+              sd: str | None, timeout: float, trace: bool, as_json: bool) -> None:
+    """Start METERS virtual meters; once all are up, print each one's index and ports."""
     from host_tools.sim import fleet, profiles
 
     if profile is not None and profile not in profiles.PROFILES:
@@ -102,7 +197,11 @@ def sim_start(meters: int, base: Path | None, heap: str | None, profile: str | N
                            progress=lambda done, _n: prog.update(task, completed=done),
                            profile=profile, sd_bytes=sd_bytes)
     for r in recs:
-        click.echo(json.dumps(r))
+        if as_json:
+            click.echo(json.dumps(r))
+        else:
+            click.echo(f"meter {r['id']}: port {r['port']}, han {r['han']}, pid {r['pid']}, "
+                       f"{r['dir']}")
 
 
 @sim.command("status")
@@ -161,27 +260,29 @@ def sim_stop(base: Path | None) -> None:
 
 
 @sim.command("power-cut")
-@click.option("--meter", "-m", type=int, required=True)
+@_index_option
 @dir_option
 @click.option("--off-time", type=float, default=0.2, show_default=True,
               help="seconds without power")
+@json_option
 @friendly_errors
-def sim_power_cut(meter: int, base: Path | None, off_time: float) -> None:
+def sim_power_cut(meter: int, base: Path | None, off_time: float, as_json: bool) -> None:
     """Kill the meter's VM (SIGKILL) and power it up again."""
     from host_tools.sim import fleet
 
     st = fleet.power_cut(meter, base, off_time)
-    click.echo(json.dumps({"id": st["id"], "vm": st["vm"], "power_cuts": st["power_cuts"],
-                           "boots": st["boots"]}))
+    emit({"id": st["id"], "vm": st["vm"], "power_cuts": st["power_cuts"], "boots": st["boots"]},
+         as_json)
 
 
 @sim.command("pin")
-@click.option("--meter", "-m", type=int, required=True)
+@_index_option
 @click.argument("name")
 @click.argument("value", type=click.IntRange(0, 1), required=False)
 @dir_option
+@json_option
 @friendly_errors
-def sim_pin(meter: int, name: str, value: int | None, base: Path | None) -> None:
+def sim_pin(meter: int, name: str, value: int | None, base: Path | None, as_json: bool) -> None:
     """Read a pin (relay, led, button, tamper), or drive an input pin to VALUE."""
     from host_tools.sim import fleet
 
@@ -189,17 +290,17 @@ def sim_pin(meter: int, name: str, value: int | None, base: Path | None) -> None
         pins = fleet.meter_status(meter, base)["pins"]
         if name not in pins:
             raise SimError(f"meter {meter} has no pin {name!r} (pins: {', '.join(sorted(pins))})")
-        click.echo(pins[name])
+        click.echo(json.dumps({name: pins[name]}) if as_json else pins[name])
         return
     if name not in fleet.INPUT_PINS:
         raise SimError(f"{name!r} is not an input the host can drive "
                        f"(inputs: {', '.join(fleet.INPUT_PINS)})")
     st = fleet.set_inputs(meter, {name: value}, base)
-    click.echo(st["pins"][name])
+    click.echo(json.dumps({name: st["pins"][name]}) if as_json else st["pins"][name])
 
 
 @sim.command("load")
-@click.option("--meter", "-m", type=int, required=True)
+@_index_option
 @dir_option
 @click.option("--vrms", type=float, help="mains voltage, V rms")
 @click.option("--irms", type=float, help="load current, A rms")
@@ -210,14 +311,15 @@ def sim_pin(meter: int, name: str, value: int | None, base: Path | None) -> None
 @click.option("--ih3", type=float, help="current 3rd harmonic")
 @click.option("--noise", type=float, help="ADC noise, counts")
 @click.option("--export", type=bool, help="energy flows to the grid")
+@json_option
 @friendly_errors
-def sim_load(meter: int, base: Path | None, **wave: float | None) -> None:
+def sim_load(meter: int, base: Path | None, as_json: bool, **wave: float | None) -> None:
     """Set what the meter's ADC sees (unset values keep their defaults)."""
     from host_tools.sim import fleet
 
     params = {k: float(v) for k, v in wave.items() if v is not None}
     st = fleet.set_wave(meter, params, base)
-    click.echo(json.dumps({"id": st["id"], "wave": st["wave"]}))
+    emit({"id": st["id"], "wave": st["wave"]}, as_json)
 
 
 # -- flash -------------------------------------------------------------------
@@ -275,7 +377,6 @@ keystore_option = click.option("--keystore", type=click.Path(path_type=Path), de
                                     "~/.config/meterctl/keystore.json)")
 meter_option = click.option("--meter", "meter_id", type=int, default=None,
                             help="meter id (default: the one provisioned on --port)")
-json_option = click.option("--json", "as_json", is_flag=True, help="print JSON")
 timeout_option = click.option("--timeout", type=float, default=5.0, show_default=True)
 
 
@@ -295,22 +396,26 @@ def _request(port: str, keystore: Path | None, meter_id: int | None, timeout: fl
               help="load-profile interval in seconds (meter default 900; sims use seconds)")
 @click.option("--no-time", is_flag=True, help="do not set the meter's clock")
 @click.option("--timeout", type=float, default=10.0, show_default=True)
+@json_option
 @friendly_errors
 def provision(port: str, keystore: Path | None, force: bool, interval: int | None,
-              no_time: bool, timeout: float) -> None:
+              no_time: bool, timeout: float, as_json: bool) -> None:
     """Give a flashed meter its identity and WAN keys (kept in the host keystore), set its
     clock. Idempotent; refuses to replace keys without --force."""
     from host_tools.headend.provision import provision as do_provision
 
     r = do_provision(port, Keystore(keystore), force=force, interval_s=interval,
                      set_time=not no_time, timeout=timeout, say=lambda m: err_console.print(m))
-    click.echo(json.dumps(r.to_json()))
+    emit(r.to_json(), as_json, lambda: click.echo(
+        f"meter {r.meter_id} on {r.port}: {'new key installed' if r.new_key else 'key kept'}"
+        + (f"; clock set to {utc(r.clock)}" if r.clock else "")
+        + (f"; load-profile interval {r.interval_s} s" if r.interval_s else "")))
 
 
 READING_ROWS = [("vrms", "Vrms", "V"), ("irms", "Irms", "A"), ("power_w", "P", "W"),
                 ("apparent_va", "S", "VA"), ("pf", "PF", ""), ("freq_hz", "f", "Hz"),
                 ("energy_import_wh", "import", "Wh"), ("energy_export_wh", "export", "Wh"),
-                ("clock", "clock", "s")]
+                ("clock", "clock", "UTC")]
 
 
 @main.command()
@@ -324,16 +429,20 @@ def read(port: str, keystore: Path | None, meter_id: int | None, as_json: bool,
          timeout: float) -> None:
     """Read the meter's live values over the authenticated WAN protocol."""
     from host_tools.headend import wire
+    from host_tools.headend.client import open_link
 
-    r = _request(port, keystore, meter_id, timeout, wire.K_READ)
+    with open_link(port, Keystore(keystore), meter_id, timeout) as link:
+        r = link.request(wire.K_READ)
+        the_id = link.entry.meter_id
     if as_json:
-        click.echo(json.dumps(r))
+        click.echo(json.dumps({"meter": str(the_id), "port": port, **r}))
         return
-    t = Table("quantity", "value", "unit", title=f"meter on {port}")
+    t = Table("quantity", "value", "unit", title=f"meter {the_id} on {port}")
     for key, name, unit in READING_ROWS:
-        t.add_row(name, str(r.get(key)), unit)
+        t.add_row(name, utc(r.get(key)) if key == "clock" else str(r.get(key)), unit)
     iv = r.get("interval", {})
-    t.add_row("interval", f"#{iv.get('index')} from {iv.get('start')} ({iv.get('length')} s)", "")
+    t.add_row("interval", f"#{iv.get('index')} from {utc(iv.get('start'))} "
+              f"({iv.get('length')} s)", "")
     console.print(t)
 
 
@@ -368,7 +477,7 @@ def logs(port: str, keystore: Path | None, meter_id: int | None, log_name: str, 
         click.echo(json.dumps(recs))
         return
     for seq, t, text in recs:
-        click.echo(f"{seq:6d} {t:11d} {text}")
+        click.echo(f"{seq:6d} {utc(t)} {text}")
 
 
 @main.command()
@@ -407,9 +516,9 @@ def profile(port: str, keystore: Path | None, meter_id: int | None, from_seq: in
     if as_json:
         click.echo(json.dumps(recs))
         return
-    t = Table(*PROFILE_FIELDS, title=f"load profile, meter on {port}")
+    t = Table(*PROFILE_FIELDS, title=f"load profile, meter {the_id} on {port}")
     for r in recs:
-        t.add_row(*(str(r[k]) for k in PROFILE_FIELDS))
+        t.add_row(*(utc(r[k]) if k == "t_end" else str(r[k]) for k in PROFILE_FIELDS))
     console.print(t)
 
 
@@ -606,14 +715,16 @@ def calibrate_phase(pf: float, seconds: int, port: str, keystore: Path | None,
 @port_option
 @keystore_option
 @meter_option
+@json_option
 @timeout_option
 @friendly_errors
-def stats(port: str, keystore: Path | None, meter_id: int | None, timeout: float) -> None:
+def stats(port: str, keystore: Path | None, meter_id: int | None, as_json: bool,
+          timeout: float) -> None:
     """The kernel's figures: each task's CPU share of the last 1-s tick, worst latencies,
     mailbox drops, policy refusals and the log records a flood's rate limit dropped."""
     from host_tools.headend import wire
 
-    click.echo(json.dumps(_request(port, keystore, meter_id, timeout, wire.K_STATS)))
+    emit(_request(port, keystore, meter_id, timeout, wire.K_STATS), as_json)
 
 
 # -- sealing (docs/SECURITY.md "Sealed meters") ------------------------------------------
@@ -621,32 +732,40 @@ def stats(port: str, keystore: Path | None, meter_id: int | None, timeout: float
 @port_option
 @keystore_option
 @meter_option
+@json_option
 @timeout_option
 @friendly_errors
-def seal_cmd(port: str, keystore: Path | None, meter_id: int | None, timeout: float) -> None:
+def seal_cmd(port: str, keystore: Path | None, meter_id: int | None, as_json: bool,
+             timeout: float) -> None:
     """Seal a provisioned meter: Ctrl-C off and the REPL closed for good (persisted), so no
     client (mpremote, flash) gets in over the wire. Undo with `meterctl unseal`."""
     from host_tools.headend import seal
     from host_tools.headend.client import open_link
 
     with open_link(port, Keystore(keystore), meter_id, timeout) as link:
-        click.echo(json.dumps(seal.seal(link)))
+        r = seal.seal(link)
+    emit(r, as_json, lambda: click.echo(
+        f"{port}: meter {'sealed' if r.get('sealed') else 'unsealed'}"))
 
 
 @main.command("unseal")
 @port_option
 @keystore_option
 @meter_option
+@json_option
 @timeout_option
 @friendly_errors
-def unseal_cmd(port: str, keystore: Path | None, meter_id: int | None, timeout: float) -> None:
+def unseal_cmd(port: str, keystore: Path | None, meter_id: int | None, as_json: bool,
+               timeout: float) -> None:
     """Unseal a meter (an authenticated maintenance command): its REPL answers Ctrl-C again.
     On site, holding the button at power-up does the same."""
     from host_tools.headend import seal
     from host_tools.headend.client import open_link
 
     with open_link(port, Keystore(keystore), meter_id, timeout) as link:
-        click.echo(json.dumps(seal.unseal(link)))
+        r = seal.unseal(link)
+    emit(r, as_json, lambda: click.echo(
+        f"{port}: meter {'sealed' if r.get('sealed') else 'unsealed'}"))
 
 
 # -- headend: LoPA key set-up and aggregation rounds (S1-S4) ---------------------------
@@ -807,8 +926,9 @@ def headend_group_create(ports: str | None, base: Path | None, keystore: Path | 
               help="group id: text, or 0x + hex; several, comma-separated, run in one pass")
 @click.option("--rounds", type=int, default=1, show_default=True)
 @click.option("--lab", is_flag=True,
-              help="afterwards read each meter's plaintexts through its REPL (lab truth) and "
-                   "compare")
+              help="afterwards read each meter's plaintexts with a lab probe (lab truth) and "
+                   "compare: a virtual meter's flash, read as the firmware runs on; a board "
+                   "through its REPL, which restarts its firmware")
 @friendly_errors
 def headend_run(ports: str | None, base: Path | None, keystore: Path | None, db: Path | None,
                 as_json: bool, timeout: float, gid: str, rounds: int, lab: bool) -> None:
@@ -827,7 +947,9 @@ def headend_run(ports: str | None, base: Path | None, keystore: Path | None, db:
     g = parse_gid(gid)
     res, figures = _headend_run(
         ports, base, keystore, db, timeout,
-        lambda he, _s, targets: he.run(g, rounds, targets, serial_probe() if lab else None),
+        lambda he, s, targets: he.run(
+            g, rounds, targets,
+            serial_probe(fleets=[base], keystore=s.keystore) if lab else None),
         need_ports=False)
     if as_json:
         for r in res.rounds:
@@ -989,45 +1111,52 @@ def _headend_run_many(ports: str | None, base: Path | None, keystore: Path | Non
 @main.command()
 @port_option
 @click.option("--timeout", type=float, default=10.0, show_default=True)
+@json_option
 @friendly_errors
-def doctor(port: str, timeout: float) -> None:
+def doctor(port: str, timeout: float, as_json: bool) -> None:
     """Examine a board: what it is, its clock, heap and flash, the firmware, every pin, the
     ADC; print each problem with its fix (exit status 1 if there is one). Interrupts the
     firmware and soft-resets it back into main.py afterwards."""
     from host_tools.doctor import doctor as examine
 
     r = examine(port, timeout=timeout)
-    for line in r.lines():
-        click.echo(line)
+    if as_json:
+        click.echo(json.dumps(r.to_json()))
+    else:
+        for line in r.lines():
+            click.echo(line)
     if not r.ok:
         sys.exit(1)
 
 
 # -- off-switch, prepaid credit, HAN (docs/OFFSWITCH.md) --------------------------------
 @sim.command("relay")
-@click.option("--meter", "-m", type=int, required=True)
+@_index_option
 @dir_option
+@json_option
 @friendly_errors
-def sim_relay(meter: int, base: Path | None) -> None:
+def sim_relay(meter: int, base: Path | None, as_json: bool) -> None:
     """The relay pin as the virtual board sees it, and the off-switch's armed/locked state."""
     from host_tools.sim import relay
 
-    click.echo(json.dumps(relay.relay(meter, base)))
+    emit(relay.relay(meter, base), as_json)
 
 
 @sim.command("press")
-@click.option("--meter", "-m", type=int, required=True)
+@_index_option
 @click.argument("pin", type=click.Choice(["button", "tamper"]))
 @click.option("--hold", type=float, default=0.2, show_default=True, help="seconds pressed")
 @click.option("--latch", is_flag=True, help="leave the input active (a tamper switch left open;"
                                             " `sim pin NAME 0` releases it)")
 @dir_option
+@json_option
 @friendly_errors
-def sim_press(meter: int, pin: str, hold: float, latch: bool, base: Path | None) -> None:
+def sim_press(meter: int, pin: str, hold: float, latch: bool, base: Path | None,
+              as_json: bool) -> None:
     """Press the local button or the tamper switch; print the relay state afterwards."""
     from host_tools.sim import relay
 
-    click.echo(json.dumps(relay.press(meter, pin, base, hold, latch)))
+    emit(relay.press(meter, pin, base, hold, latch), as_json)
 
 
 @main.command("switch")
@@ -1035,9 +1164,10 @@ def sim_press(meter: int, pin: str, hold: float, latch: bool, base: Path | None)
 @keystore_option
 @meter_option
 @click.argument("op", type=click.Choice(["off", "on", "unlock", "status"]))
+@json_option
 @timeout_option
 @friendly_errors
-def switch_cmd(port: str, keystore: Path | None, meter_id: int | None, op: str,
+def switch_cmd(port: str, keystore: Path | None, meter_id: int | None, op: str, as_json: bool,
                timeout: float) -> None:
     """Command the off-switch, signed with its own key: OFF opens the relay, ON arms a
     reconnect (the local button closes the relay), UNLOCK clears a tamper lock, STATUS reads
@@ -1047,7 +1177,11 @@ def switch_cmd(port: str, keystore: Path | None, meter_id: int | None, op: str,
 
     with open_link(port, Keystore(keystore), meter_id, timeout) as link:
         r = switch.status(link) if op == "status" else switch.switch(link, op)
-    click.echo(json.dumps(r.to_json()))
+    d = r.to_json()
+    emit(d, as_json, lambda: click.echo(
+        f"{d['op']}: {d['result']}; relay {d['relay']}"
+        + "".join(f", {k}" for k in ("armed", "locked", "tamper") if d.get(k))
+        + f" (off-switch counter {d['offswitch_ctr']})"))
 
 
 def _money(mc: int) -> str:
@@ -1059,9 +1193,10 @@ def _money(mc: int) -> str:
 @keystore_option
 @meter_option
 @click.option("--amount", type=float, required=True, help="credit to add, currency units")
+@json_option
 @timeout_option
 @friendly_errors
-def topup(port: str, keystore: Path | None, meter_id: int | None, amount: float,
+def topup(port: str, keystore: Path | None, meter_id: int | None, amount: float, as_json: bool,
           timeout: float) -> None:
     """Add prepaid credit (an authenticated command, logged in the security log)."""
     from host_tools.headend import switch
@@ -1069,7 +1204,9 @@ def topup(port: str, keystore: Path | None, meter_id: int | None, amount: float,
 
     with open_link(port, Keystore(keystore), meter_id, timeout) as link:
         r = switch.topup(link, switch.to_mc(amount))
-    click.echo(json.dumps({**r, "balance": _money(r["balance_mc"])}))
+    emit({**r, "balance": _money(r["balance_mc"])}, as_json,
+         lambda: click.echo(f"added {_money(switch.to_mc(amount))}; balance "
+                            f"{_money(r['balance_mc'])}"))
 
 
 @main.command()
@@ -1087,11 +1224,12 @@ def topup(port: str, keystore: Path | None, meter_id: int | None, amount: float,
 @click.option("--weekend-t1/--no-weekend-t1", default=True, show_default=True,
               help="low tariff all weekend")
 @click.option("--prepaid/--postpaid", default=None, help="also switch the billing mode")
+@json_option
 @timeout_option
 @friendly_errors
 def tariff(port: str, keystore: Path | None, meter_id: int | None, t1: float, t2: float,
            t2_from: int, t2_to: int, tz_s: int, weekend_t1: bool, prepaid: bool | None,
-           timeout: float) -> None:
+           as_json: bool, timeout: float) -> None:
     """Set the time-of-use tariffs (and the prepaid mode); authenticated, logged."""
     from host_tools.headend import switch
     from host_tools.headend.client import open_link
@@ -1101,7 +1239,7 @@ def tariff(port: str, keystore: Path | None, meter_id: int | None, t1: float, t2
                               True, weekend_t1)
         if prepaid is not None:
             r = switch.set_prepaid(link, prepaid)
-    click.echo(json.dumps(r))
+    emit(r, as_json)
 
 
 @main.command()
@@ -1129,6 +1267,16 @@ def credit(port: str, keystore: Path | None, meter_id: int | None, as_json: bool
                f"T2 {reg['export_t2']} Wh")
 
 
+# the telegram's objects han prints, and their --json keys
+HAN_FIELDS = {"P1_MESSAGE_TIMESTAMP": "time", "ELECTRICITY_USED_TARIFF_1": "import_t1_kwh",
+              "ELECTRICITY_USED_TARIFF_2": "import_t2_kwh",
+              "ELECTRICITY_DELIVERED_TARIFF_1": "export_t1_kwh",
+              "ELECTRICITY_DELIVERED_TARIFF_2": "export_t2_kwh",
+              "ELECTRICITY_ACTIVE_TARIFF": "tariff", "CURRENT_ELECTRICITY_USAGE": "import_kw",
+              "CURRENT_ELECTRICITY_DELIVERY": "export_kw", "INSTANTANEOUS_VOLTAGE_L1": "v",
+              "INSTANTANEOUS_CURRENT_L1": "a"}
+
+
 @main.command()
 @click.option("--port", "-p", required=True, help="the HAN (P1) port: a serial adapter, or a "
                                                   "virtual meter's han pty")
@@ -1136,12 +1284,16 @@ def credit(port: str, keystore: Path | None, meter_id: int | None, as_json: bool
 @click.option("--raw", is_flag=True, help="print each telegram as it came")
 @click.option("--timeout", type=float, default=10.0, show_default=True,
               help="give up after this long without a telegram")
+@click.option("--json", "as_json", is_flag=True,
+              help="one JSON object per telegram (time in epoch seconds, kWh, kW, V, A)")
 @friendly_errors
-def han(port: str, count: int, raw: bool, timeout: float) -> None:
+def han(port: str, count: int, raw: bool, timeout: float, as_json: bool) -> None:
     """Read DSMR 5 P1 telegrams from a HAN port and print them, parsed (checksums validated)
     by the PyPI dsmr-parser, as a user checks a P1 port. Reads only."""
     from host_tools.headend import switch
 
+    if raw and as_json:
+        _refuse("give --raw or --json, not both")
     texts: list[str] = []
     n = 0
     for t in switch.han_telegrams(port, timeout, raw=texts):
@@ -1150,22 +1302,28 @@ def han(port: str, count: int, raw: bool, timeout: float) -> None:
             click.echo(texts.pop(), nl=False)
         else:
             texts.clear()
-            v = {name: getattr(t, name).value for name in (
-                "P1_MESSAGE_TIMESTAMP", "ELECTRICITY_USED_TARIFF_1", "ELECTRICITY_USED_TARIFF_2",
-                "ELECTRICITY_DELIVERED_TARIFF_1", "ELECTRICITY_DELIVERED_TARIFF_2",
-                "ELECTRICITY_ACTIVE_TARIFF", "CURRENT_ELECTRICITY_USAGE",
-                "CURRENT_ELECTRICITY_DELIVERY", "INSTANTANEOUS_VOLTAGE_L1",
-                "INSTANTANEOUS_CURRENT_L1")}
+            v = {name: getattr(t, name).value for name in HAN_FIELDS}
             breaker = getattr(t, "ACTUAL_SWITCH_POSITION", None)
-            click.echo(f"{v['P1_MESSAGE_TIMESTAMP']:%Y-%m-%d %H:%M:%S}Z "
-                       f"import {v['ELECTRICITY_USED_TARIFF_1']}/"
-                       f"{v['ELECTRICITY_USED_TARIFF_2']} kWh "
-                       f"export {v['ELECTRICITY_DELIVERED_TARIFF_1']}/"
-                       f"{v['ELECTRICITY_DELIVERED_TARIFF_2']} kWh "
-                       f"tariff {int(v['ELECTRICITY_ACTIVE_TARIFF'])} "
-                       f"+{v['CURRENT_ELECTRICITY_USAGE']}/-{v['CURRENT_ELECTRICITY_DELIVERY']} kW"
-                       f" {v['INSTANTANEOUS_VOLTAGE_L1']} V {v['INSTANTANEOUS_CURRENT_L1']} A"
-                       + (f" breaker {breaker.value}" if breaker is not None else ""))
+            if as_json:
+                d: dict[str, Any] = {"time": int(v["P1_MESSAGE_TIMESTAMP"].timestamp())}
+                d.update({key: float(v[name]) for name, key in HAN_FIELDS.items()
+                          if name != "P1_MESSAGE_TIMESTAMP"})
+                d["tariff"] = int(v["ELECTRICITY_ACTIVE_TARIFF"])
+                if breaker is not None:
+                    d["breaker"] = int(breaker.value)
+                click.echo(json.dumps(d))
+            else:
+                click.echo(f"{utc(v['P1_MESSAGE_TIMESTAMP'].timestamp())} "
+                           f"import {v['ELECTRICITY_USED_TARIFF_1']}/"
+                           f"{v['ELECTRICITY_USED_TARIFF_2']} kWh "
+                           f"export {v['ELECTRICITY_DELIVERED_TARIFF_1']}/"
+                           f"{v['ELECTRICITY_DELIVERED_TARIFF_2']} kWh "
+                           f"tariff {int(v['ELECTRICITY_ACTIVE_TARIFF'])} "
+                           f"+{v['CURRENT_ELECTRICITY_USAGE']}/-"
+                           f"{v['CURRENT_ELECTRICITY_DELIVERY']} kW"
+                           f" {v['INSTANTANEOUS_VOLTAGE_L1']} V "
+                           f"{v['INSTANTANEOUS_CURRENT_L1']} A"
+                           + (f" breaker {breaker.value}" if breaker is not None else ""))
         if count and n >= count:
             return
     raise switch.SwitchError(f"{port}: no telegram for {timeout:g} s")
@@ -1263,6 +1421,11 @@ def bench(mode: str | None, port: str | None, ports: str | None, emulated: str |
     if doc_file is not None and not run.aborted:
         report.update_doc(run, doc_file)
         err_console.print(f"updated {doc_file}", highlight=False)
+    if run.interrupted:
+        err_console.print("interrupted (Ctrl-C)" + (
+            f": the results measured so far are in {json_file}" if json_file else ""),
+            highlight=False, soft_wrap=True)
+        sys.exit(INTERRUPTED)
     if run.aborted:
         for f in run.failures or [run.aborted]:
             err_console.print(f"[bold red]error:[/] bench aborted in {f['test']}: "

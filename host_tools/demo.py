@@ -87,8 +87,8 @@ def _lopa(recs: list[dict[str, Any]], ids: dict[int, int], base: Path, keystore:
         console.print(f"  S3: group {GID.decode()!r} of {n} meters set up ({kind}); "
                       f"each meter derived {n - 1} pair keys")
         console.print(f"  S4: {3} rounds, one per {INTERVAL_S}-s interval; then the lab probe "
-                      "reads each meter's plaintexts through its REPL (lab truth)")
-        run = he.run(GID, 3, lab=serial_probe())
+                      "reads each meter's plaintexts from its flash (lab truth)")
+        run = he.run(GID, 3, lab=serial_probe(fleets=[base], keystore=keystore))
         figures.append(run.op.summary())
         console.print(rounds_table(run, f"group {GID.decode()!r}: 3 rounds (mWh)"))
         for i, why in run.lab_errors.items():
@@ -108,7 +108,7 @@ def _lopa(recs: list[dict[str, Any]], ids: dict[int, int], base: Path, keystore:
         cutter.start()
         console.print(f"[bold]meter {cut} ({ids[cut]}): power cut[/] (off for {off_s} s); "
                       f"next round, M={m} may be missing")
-        run = he.run(GID, 1, lab=serial_probe())
+        run = he.run(GID, 1, lab=serial_probe(fleets=[base], keystore=keystore))
         figures.append({**run.op.summary(), "label": "S4, 1 meter down"})
         console.print(rounds_table(run, "robust round with a meter down (mWh)"))
         for r in run.rounds:

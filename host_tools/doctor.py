@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
@@ -120,6 +121,11 @@ class DoctorReport:
     def ok(self) -> bool:
         return not self.problems
 
+    def to_json(self) -> dict[str, Any]:
+        """Every field (``rtc`` in epoch seconds), ``ok`` and the problems with their fixes:
+        `meterctl doctor --json`."""
+        return {**dataclasses.asdict(self), "ok": self.ok}
+
     def lines(self) -> list[str]:
         out = [f"port: {self.port}",
                f"board: {self.implementation} on {self.machine} (sys.platform {self.platform}, "
@@ -143,9 +149,8 @@ class DoctorReport:
             out.append(f"adc: {self.adc_samples} samples in {ADC_WAIT_MS} ms "
                        f"(board rate {self.adc_rate_hz} Hz)")
         if self.rtc is not None:
-            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(self.rtc))
-            out.append(f"clock: {self.rtc} ({when} UTC, {self.rtc - int(time.time()):+d} s "
-                       "from the host's)")
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.rtc))
+            out.append(f"clock: {when} ({self.rtc - int(time.time()):+d} s from the host's)")
         out.append(f"keys: {'provisioned' if self.keys else 'none'} ({KEYS})")
         if self.modules:
             out.append("build: " + ", ".join(f"{m} {'yes' if ok else 'no'}"

@@ -152,6 +152,7 @@ def test_cli_run_killed_mid_run_resumes(bench: Bench) -> None:
     deadline = time.monotonic() + 60
     while not done_in_open_run() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()
     os.kill(proc.pid, signal.SIGKILL)  # no clean-up, no last commit
     proc.communicate()
     first = done_in_open_run()
@@ -171,6 +172,77 @@ def test_cli_run_killed_mid_run_resumes(bench: Bench) -> None:
         assert db.execute("SELECT COUNT(*) FROM ciphertexts WHERE t = ?",
                           first).fetchone()[0] == n_ct
         assert db.execute("SELECT COUNT(*) FROM runs WHERE state = 'running'").fetchone()[0] == 0
+
+
+def _open_round(db_path: Path) -> int | None:
+    """The interval of a round the open run has started and not finished, if any."""
+    try:
+        with sqlite3.connect(db_path) as db:
+            row = db.execute("SELECT r.t FROM rounds r JOIN runs u ON r.run_id = u.run_id "
+                             "WHERE u.state = 'running' AND r.state NOT IN ('done', 'failed') "
+                             "ORDER BY r.t DESC LIMIT 1").fetchone()
+    except sqlite3.OperationalError:  # no database yet
+        return None
+    return int(row[0]) if row else None
+
+
+def _security_log(bench: Bench, target: Target) -> list[str]:
+    from host_tools.headend.client import open_link
+    from host_tools.headend.queries import read_log
+
+    with open_link(target.port, bench.keystore, target.meter_id) as link:
+        return [text for _seq, _t, text in read_log(link, "security")]
+
+
+def test_cli_ctrl_c_mid_round_then_a_rerun_loses_no_round(bench: Bench) -> None:
+    """Issue 20: Ctrl-C during `headend run`, then the same command again, lost the
+    interrupted round ("FAILED: no value": the resumed run asked before its interval closed).
+    Now Ctrl-C exits 130 with one line, and the rerun finishes that round: every round's
+    aggregate equals the fleet's lab truth, read without soft-resetting the meters."""
+    args = ["headend", "run", "--dir", str(bench.base), "--keystore", str(bench.keystore.path),
+            "--db", str(bench.db), "--gid", "plain", "--rounds", "3", "--json"]
+    boots = {st["id"]: st["boots"] for st in fleet.status(bench.base)}
+    alarms = {t.meter_id: sum("replay" in x for x in _security_log(bench, t))
+              for t in bench.targets}
+    proc = subprocess.Popen([sys.executable, "-m", "host_tools.cli", *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while _open_round(bench.db) is None and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    cut = _open_round(bench.db)
+    assert cut is not None, proc.communicate()
+    # now: inside the round, waiting for its interval to close
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Aborted!" not in err and "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("interrupted (Ctrl-C)"), err
+    assert _open_round(bench.db) == cut  # left half-way, for the rerun to finish
+    again = meterctl(*args, "--lab")
+    assert again.returncode == 0, again.stderr
+    rounds = [json.loads(line) for line in again.stdout.splitlines()]
+    assert len(rounds) == 3 and cut in [r["interval"] for r in rounds], rounds
+    for r in rounds:
+        assert r["status"] == "ok" and r["missing"] == [], r
+        assert r["lab_truth"] is True and len(r["lab_plaintexts"]) == 3, again.stderr
+        assert r["aggregate"] == r["expected"], r  # no round lost, none wrong
+    assert "lab probe" not in again.stderr
+    # the lab probe read the flash: no meter was reset, none logged a replay
+    assert {st["id"]: st["boots"] for st in fleet.status(bench.base)} == boots
+    assert {t.meter_id: sum("replay" in x for x in _security_log(bench, t))
+            for t in bench.targets} == alarms
+
+
+def test_provision_again_writes_no_false_replay_alarm(bench: Bench) -> None:
+    from host_tools.headend.provision import provision
+
+    tgt = bench.targets[1]
+    before = sum("replay" in x for x in _security_log(bench, tgt))
+    for _ in range(2):
+        r = provision(tgt.port, bench.keystore, timeout=30.0)
+        assert r.meter_id == tgt.meter_id and not r.new_key and r.clock > 0
+    after = _security_log(bench, tgt)
+    assert sum("replay" in x for x in after) == before, after[-6:]
 
 
 def test_cli_keys_json_and_friendly_error(bench: Bench) -> None:

@@ -4,6 +4,7 @@ logs, the load profile, and bad input (each refused, logged, and changing nothin
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -134,6 +135,14 @@ def test_cli_read_json(meter: Meter) -> None:
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
     assert d["vrms"] > 0 and "energy_import_wh" in d
+    # the meter id as a string (a 63-bit id does not survive a JSON double), and the port
+    assert d["meter"] == str(meter.meter_id) and d["port"] == meter.port
+    # times are Unix time (docs/PROTOCOL.md), on the host's clock to the second or so
+    assert abs(d["clock"] - time.time()) < 5
+    human = meterctl("read", "--port", meter.port, "--keystore", str(meter.keystore.path))
+    assert human.returncode == 0, human.stderr
+    assert re.search(r"clock\W+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ\W+UTC", human.stdout), human.stdout
+    assert str(meter.meter_id) in human.stdout
 
 
 def test_profile_closes_intervals_on_the_clock(meter: Meter) -> None:

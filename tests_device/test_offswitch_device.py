@@ -149,17 +149,17 @@ def test_switch_cycle_off_opens_on_only_arms_the_button_closes(meter: Meter) -> 
 
 def test_cli_switch_status_and_sim_relay_press(meter: Meter) -> None:
     ks = str(meter.keystore.path)
-    r = meterctl("switch", "--port", meter.port, "--keystore", ks, "status")
+    r = meterctl("switch", "--port", meter.port, "--keystore", ks, "status", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["relay"] == "open"
     time.sleep(1.1)
-    r = meterctl("switch", "--port", meter.port, "--keystore", ks, "on")
+    r = meterctl("switch", "--port", meter.port, "--keystore", ks, "on", "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["armed"] is True
     meter.last_op = time.monotonic()
-    r = meterctl("sim", "relay", "--meter", "0", "--dir", str(meter.base))
+    r = meterctl("sim", "relay", "--index", "0", "--dir", str(meter.base), "--json")
     assert json.loads(r.stdout)["relay"] == "open"
-    r = meterctl("sim", "press", "--meter", "0", "button", "--dir", str(meter.base))
+    r = meterctl("sim", "press", "--index", "0", "button", "--dir", str(meter.base), "--json")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["relay"] == "closed"
     r = meterctl("han", "--port", meter.han, "-n", "2")

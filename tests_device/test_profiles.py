@@ -80,7 +80,7 @@ def meter(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
     name = request.param
     base = tmp_path_factory.mktemp(f"prof-{name}")
     r = subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", "start", "--dir",
-                        str(base), "--profile", name, "--timeout", "90"],
+                        str(base), "--profile", name, "--timeout", "90", "--json"],
                        capture_output=True, text=True, timeout=120)
     _LIVE_FLEETS.append(base)
     try:

@@ -63,9 +63,9 @@ def meterctl(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str
 
 def sealed(m: Meter, cli: bool = False) -> None:
     if cli:
-        r = meterctl("seal", "--port", m.port, "--keystore", str(m.keystore.path))
+        r = meterctl("seal", "--port", m.port, "--keystore", str(m.keystore.path), "--json")
         assert r.returncode == 0, r.stderr
-        assert '"sealed": true' in r.stdout
+        assert json.loads(r.stdout) == {"sealed": True}
     elif not m.sealed_on_flash():
         with m.link() as link:
             assert seal.seal(link) == {"sealed": True}
@@ -190,7 +190,7 @@ def test_an_authenticated_unseal_opens_the_repl_again(meter: Meter) -> None:
     sealed(meter)
     r = meterctl("unseal", "--port", meter.port, "--keystore", str(meter.keystore.path))
     assert r.returncode == 0, r.stderr
-    assert '"sealed": false' in r.stdout and not meter.sealed_on_flash()
+    assert r.stdout.strip() == f"{meter.port}: meter unsealed" and not meter.sealed_on_flash()
     r = meterctl("flash", "--port", meter.port)
     assert r.returncode == 0, r.stderr
     wait_main_running(meter)

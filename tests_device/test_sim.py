@@ -30,7 +30,8 @@ def read_for(fd: int, seconds: float) -> bytes:
 
 def test_start_prints_one_json_line_per_meter(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", "start", "--meters", "2",
-                        "--dir", str(tmp_path)], capture_output=True, text=True, timeout=60)
+                        "--dir", str(tmp_path), "--json"], capture_output=True, text=True,
+                       timeout=60)
     try:
         assert r.returncode == 0, r.stderr
         recs = [json.loads(line) for line in r.stdout.splitlines()]
@@ -208,7 +209,7 @@ def test_han_pty_carries_board_output_and_ignores_input(sim: Fleet) -> None:
 
 def test_sim_pin_command(sim: Fleet) -> None:
     def pin(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", "pin", "--meter",
+        return subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", "pin", "--index",
                                "2", "--dir", str(sim.base), *args], capture_output=True,
                               text=True, timeout=30)
 
@@ -224,10 +225,15 @@ def test_sim_pin_command(sim: Fleet) -> None:
 
 @pytest.mark.parametrize("cmd", ["power-cut"])
 def test_unknown_meter_is_a_clear_error(sim: Fleet, cmd: str) -> None:
-    r = subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", cmd, "--meter", "9",
+    r = subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", cmd, "--index", "9",
                         "--dir", str(sim.base)], capture_output=True, text=True, timeout=30)
     assert r.returncode == 1
     assert r.stderr.strip().startswith("error: no meter 9")
+    # --meter is a meter id everywhere else: the old spelling is refused, naming the new one
+    old = subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", cmd, "--meter", "0",
+                          "--dir", str(sim.base)], capture_output=True, text=True, timeout=30)
+    assert old.returncode == 2 and "--index 0" in old.stderr, old.stderr
+    assert sim.status(0)["vm"] == "on"  # nothing was cut
 
 
 def test_vm_runs_under_the_native_launcher(sim: Fleet) -> None:

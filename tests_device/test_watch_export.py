@@ -43,7 +43,8 @@ def run(m: OwnMeter, *args: str) -> Any:
 
 
 def test_watch_once_shows_the_meters_values(meter: OwnMeter) -> None:
-    relay = json.loads(run(meter, "switch", "status", "--port", meter.port).output)["relay"]
+    relay = json.loads(run(meter, "switch", "status", "--port", meter.port,
+                           "--json").output)["relay"]
     rows = [json.loads(ln) for ln in
             run(meter, "watch", "--once", "--json", "--dir", str(meter.base)).output.splitlines()]
     assert len(rows) == 1

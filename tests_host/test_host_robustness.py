@@ -31,7 +31,8 @@ class FakePort:
     """A pty whose far end this test plays: it records what the host sends and answers with
     `reply(received_so_far) -> bytes | None` (None: say nothing more)."""
 
-    def __init__(self, reply: object) -> None:
+    def __init__(self, reply: object, repl: bool = False) -> None:
+        self.repl = repl  # plays a MicroPython REPL, not the firmware: keeps control bytes
         self.master, slave = pty.openpty()
         tty.setraw(slave)
         self.name = os.ttyname(slave)
@@ -53,7 +54,8 @@ class FakePort:
                 data = os.read(self.master, 4096)
             except OSError:
                 return
-            self.got += data
+            # the firmware's comm task drops control bytes: the Ctrl-B of a link's REPL probe
+            self.got += data if self.repl else data.replace(b"\x02", b"")
             out = self._reply(bytes(self.got))  # type: ignore[operator]
             if out:
                 os.write(self.master, out)
@@ -139,6 +141,81 @@ def test_the_headend_refuses_a_replayed_answer_and_personal_data_in_clear(
         port.close()
 
 
+def test_a_repl_left_open_is_named_and_no_frame_is_typed_into_it(keystore: Keystore) -> None:
+    """Issue 20: after `mpremote exec` a friendly REPL was left on the port and `read` typed
+    its frame into it ("SyntaxError: invalid syntax"). The link asks first: a REPL answers
+    Ctrl-B with its banner and prompt; then nothing else is sent."""
+
+    def repl(got: bytes) -> bytes | None:
+        if got.endswith(b"\x02"):  # as pyexec.c's friendly REPL does
+            return b"\r\nMicroPython v1.28.0 on 2026-04-01; Raspberry Pi Pico with RP2040\r\n" \
+                   b"Type \"help()\" for more information.\r\n>>> "
+        return None
+
+    port = FakePort(repl, repl=True)
+    try:
+        entry = keystore.get(METER)
+        assert entry is not None
+        with pytest.raises(LinkError, match=r"a MicroPython REPL is open .* no frame was sent"):
+            MeterLink(port.name, entry, keystore, timeout=1.5)
+        time.sleep(0.2)
+        assert bytes(port.got) == b"\x02"  # the probe, and nothing more
+        r = subprocess.run([sys.executable, "-m", "host_tools.cli", "read", "--port", port.name,
+                            "--meter", str(METER), "--keystore", str(keystore.path)],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and "REPL is open" in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert b"~" not in port.got  # never a frame
+    finally:
+        port.close()
+
+
+def test_a_repl_too_slow_for_the_check_is_still_named(keystore: Keystore) -> None:
+    """A REPL that did not answer the check in time (a starved VM) and then gets the frame:
+    the error says a REPL is open, not "is the firmware running?"."""
+
+    def slow_repl(got: bytes) -> bytes | None:
+        if got.endswith(b"\n"):
+            return (b"\r\nTraceback (most recent call last):\r\n  File \"<stdin>\", line 1\r\n"
+                    b"SyntaxError: invalid syntax\r\n>>> ")
+        return None
+
+    port = FakePort(slow_repl, repl=True)
+    try:
+        entry = keystore.get(METER)
+        assert entry is not None
+        with MeterLink(port.name, entry, keystore, timeout=1.0) as link:
+            with pytest.raises(LinkError, match=r"a MicroPython REPL is open .* a frame reached"):
+                link.request(wire.K_READ)
+    finally:
+        port.close()
+
+
+def test_a_port_another_program_holds_is_named(keystore: Keystore) -> None:
+    """mpremote opens a port with pyserial's exclusive=True (a flock): meterctl says the port
+    is in use instead of "cannot open" (flash) or blaming the firmware (read)."""
+    import serial
+
+    from host_tools.transport.serial import Board, BoardError
+
+    port = FakePort(lambda got: None)
+    holder = serial.Serial(port.name, exclusive=True)  # what mpremote does
+    try:
+        entry = keystore.get(METER)
+        assert entry is not None
+        with pytest.raises(LinkError, match=r"in use by another program \(mpremote\?\)"):
+            MeterLink(port.name, entry, keystore)
+        with pytest.raises(BoardError, match=r"in use by another program \(mpremote\?\)"):
+            Board(port.name)
+        assert bytes(port.got) == b""  # nothing reached the board
+        holder.close()
+        with MeterLink(port.name, entry, keystore) as link:  # free again
+            assert link.ser.is_open
+    finally:
+        holder.close()
+        port.close()
+
+
 def test_a_request_aborted_from_another_thread_ends_at_once_and_its_port_stays_its_own(
         keystore: Keystore) -> None:
     """The power-cut watcher's way to end a request: abort(), not closing the port under the
@@ -171,7 +248,7 @@ def test_a_board_silent_mid_exec_gives_a_clear_error_in_time() -> None:
             return b"OK12"  # ... and never the \x04 that ends the output
         return None
 
-    port = FakePort(raw_repl)
+    port = FakePort(raw_repl, repl=True)
     try:
         with Board(port.name, timeout=4) as b:
             b.enter_raw(soft_reset=False)

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from host_tools.bench.onboard import PRELUDE
-from host_tools.bench.results import BenchAborted, Result
+from host_tools.bench.results import BenchAborted, BenchInterrupted, Result
 from host_tools.headend.lopa import codec, ref
 from host_tools.transport.serial import Board, BoardError, BoardInfo
 
@@ -677,6 +677,8 @@ def run_components(port: str, *, sizes: list[int], runs: int, quick: bool,
             finally:
                 _back_to_main(b)
         ok = True
+    except KeyboardInterrupt as e:
+        raise e if isinstance(e, BenchInterrupted) else BenchInterrupted(bench.results) from None
     finally:
         # The bench's group goes, whatever happened (a failure here only matters when
         # nothing else failed before).
@@ -722,6 +724,8 @@ def _repl_phase(port: str, sizes: list[int], runs: int, timeout: float, rng: ran
                 raise bench.fail(str(e)) from None
         try:
             _repl_components(bench, sizes, runs, rng)
+        except KeyboardInterrupt:
+            raise BenchInterrupted(bench.results) from None
         finally:
             if has_main:
                 _back_to_main(b)

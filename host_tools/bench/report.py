@@ -436,7 +436,7 @@ def to_json(run: BenchRun) -> dict[str, Any]:
             "elapsed_s": run.elapsed_s, "phases_s": run.phases_s,
             "config": run.config.to_json(), "platforms": run.platforms,
             "elster_platform": elster.PLATFORM, "notes": run.notes, "aborted": run.aborted,
-            "failures": run.failures,
+            "interrupted": run.interrupted, "failures": run.failures,
             "capacity": run.capacity,
             "goals": [g.to_json() for g in goals(run.results, run.capacity)],
             "results": rows}

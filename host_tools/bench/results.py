@@ -57,6 +57,15 @@ class BenchAborted(Exception):
         self.results = results
 
 
+class BenchInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a test: still a KeyboardInterrupt (nothing may swallow it as a board's
+    failure), carrying what was measured before it so that the bench can write it."""
+
+    def __init__(self, results: list[Result]) -> None:
+        super().__init__()
+        self.results = results
+
+
 def replace_marked_block(path: Path, begin: str, end: str, text: str) -> None:
     """Put ``text`` between the marker lines ``begin`` and ``end`` of the document at ``path``
     (docs/BENCH.md), which keeps everything else; markers and block are appended when absent."""

@@ -144,6 +144,7 @@ class BenchRun:
     elapsed_s: float = 0.0
     phases_s: dict[str, float] = field(default_factory=dict)
     phase: str = "set-up"  # what is running (named when a failure ends the bench)
+    interrupted: bool = False  # Ctrl-C ended it (the CLI still writes what was measured)
 
     def fail(self, test: str, message: str) -> None:
         """Record a test the bench could not finish (the first one is ``aborted``)."""
@@ -341,7 +342,7 @@ def _heap_hint(e: BenchAborted, sizes: list[int]) -> BenchAborted:
 
 
 def _run_system(run: BenchRun, ports: list[str], keystore: Any, platform: str,
-                say: Progress) -> None:
+                say: Progress, fleet_dir: Path | None = None) -> None:
     from host_tools.headend.lopa import targets_from_ports
 
     cfg = run.config
@@ -353,7 +354,7 @@ def _run_system(run: BenchRun, ports: list[str], keystore: Any, platform: str,
     targets = targets_from_ports(ports, keystore)
     bench = system.SystemBench(targets, keystore, platform=platform, runs=cfg.runs,
                                progress=say, timeout=max(10.0, cfg.timeout / 3),
-                               check=cfg.check)
+                               check=cfg.check, fleet_dir=fleet_dir)
     run.platforms["system"] = platform
     run.platforms["head-end"] = f"meterctl head-end on {host_cpu()}"
     try:
@@ -472,7 +473,7 @@ def _sim(run: BenchRun, say: Progress, ph: _Phases) -> None:
         t = time.monotonic()
         try:
             platform = _system_platform(run, ports[0], keystore, True, cfg.timeout)
-            _run_system(run, ports, keystore, platform, say)
+            _run_system(run, ports, keystore, platform, say, fleet_dir=base)
         finally:
             ph.mark("system", t)
         done = True
@@ -557,6 +558,11 @@ def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRun
     except FAILURES as e:
         # A board or the fleet failed outside a test (set-up, clean-up): keep what was measured.
         run.fail(run.phase, _why(e))
+    except KeyboardInterrupt as e:
+        # Ctrl-C: the results measured so far are the user's (the CLI writes them, exit 130)
+        run.add(getattr(e, "results", []))
+        run.interrupted = True
+        run.fail(run.phase, "interrupted (Ctrl-C)")
     finally:
         run.elapsed_s = round(time.monotonic() - t0, 1)
     return run

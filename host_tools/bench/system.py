@@ -144,7 +144,9 @@ class SystemBench:
     def __init__(self, targets: list[Target], keystore: Keystore, *, platform: str,
                  runs: int, progress: Progress | None = None, timeout: float = 10.0,
                  key_s: float = 4.0, value_wait_s: float = 5.0, check: bool = True,
-                 db: Path | None = None) -> None:
+                 db: Path | None = None, fleet_dir: Path | None = None) -> None:
+        """``fleet_dir``: the virtual fleet of ``targets``, whose lab truth is read from the
+        meters' flash (no soft reset) instead of through their REPL."""
         if runs < 1:
             raise ValueError("runs must be at least 1")
         self.targets = targets
@@ -156,6 +158,7 @@ class SystemBench:
         self.value_wait_s = value_wait_s
         self.check = check
         self.db = db
+        self.fleet_dir = fleet_dir
         self.results: list[Result] = []
         self.col = _Collector(platform, self.results)
         self.interval_s: int | None = None  # the meters' load-profile interval (from S4)
@@ -300,7 +303,8 @@ class SystemBench:
 
     def _rounds(self, state: State, setup: str, where: str,
                 groups: list[tuple[bytes, list[Target]]], lab: bool) -> None:
-        probe = serial_probe(timeout=max(self.timeout, 10.0)) if lab else None
+        probe = serial_probe(timeout=max(self.timeout, 10.0), fleets=[self.fleet_dir],
+                             keystore=self.keystore) if lab else None
         try:
             wall, res = self._each_group(
                 state, groups, lambda he, gid, mem: he.run(gid, ROUNDS, mem, lab=probe))

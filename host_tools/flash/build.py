@@ -26,8 +26,9 @@ BOARDS_DIR = REPO / "board"
 BUILD_DIR = REPO / "build" / "mpy"
 RUN_BY_NAME = {"main.py", "boot.py"}
 # Files under board/<name>/ that are never flashed: the virtual board's
-# host-side parts (its ROM runs in the VM outside the meter's filesystem).
-NOT_FLASHED = ("host/",)
+# host-side parts (its ROM runs in the VM outside the meter's filesystem), and the
+# board's mip package file (host_tools/flash/mip.py).
+NOT_FLASHED = ("host/", "package.json")
 # Files under board/<name>/ that go to the board's root, not into the package.
 BOARD_ROOT = "root/"
 # USB vendor id -> board definition, for boards that speak MicroPython over

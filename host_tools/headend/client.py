@@ -20,7 +20,12 @@ import serial
 
 from host_tools.headend import wire
 from host_tools.headend.keystore import Keystore, MeterEntry
-from host_tools.transport.serial import resolve_port
+from host_tools.transport.serial import IN_USE, port_in_use, resolve_port
+
+# A REPL answers Ctrl-B within milliseconds, on a pty or over USB; a running firmware not at
+# all, so every link's open costs this much (watch opens one per meter per frame).
+REPL_PROBE_S = 0.1
+REPL_PROMPT = b">>> "
 
 
 class LinkError(Exception):
@@ -73,11 +78,45 @@ class MeterLink:
 
     def _open(self) -> serial.Serial:
         # Every read waits at most 50 ms and every write at most `timeout`: nothing here can
-        # hang; await_response bounds the whole wait for an answer.
+        # hang; await_response bounds the whole wait for an answer. A port whose exclusive
+        # lock another program holds (mpremote, meterctl flash) is refused before anything is
+        # sent. The link takes no lock itself: a test or a tool may keep a link open, idle,
+        # while a second one (the CLI) asks the same meter.
+        if port_in_use(self.port):
+            raise LinkError(IN_USE.format(port=self.port))
         try:
-            return serial.Serial(self.port, 115200, timeout=0.05, write_timeout=self.timeout)
+            ser = serial.Serial(self.port, 115200, timeout=0.05, write_timeout=self.timeout)
         except (serial.SerialException, OSError) as e:
             raise LinkError(f"{self.port}: cannot open ({e})") from None
+        try:
+            self._check_no_repl(ser)
+        except BaseException:
+            ser.close()
+            raise
+        return ser
+
+    def _check_no_repl(self, ser: serial.Serial) -> None:
+        """Refuse a port where a MicroPython REPL is open (another client, e.g. `mpremote
+        exec`, interrupted the firmware and left it there): a frame typed into it would run as
+        Python (issue 20: "SyntaxError: invalid syntax"). Ctrl-B makes a friendly REPL print
+        its banner and ">>> " again, and a raw one change to the friendly REPL, which does the
+        same (shared/runtime/pyexec.c, v1.28.0); the firmware's comm task drops it silently
+        (firmware/tasks/comm.py: unlike Ctrl-C and Ctrl-A, no sealed notice)."""
+        ser.reset_input_buffer()
+        ser.write(b"\x02")
+        ser.flush()
+        got = b""
+        deadline = time.monotonic() + REPL_PROBE_S
+        while time.monotonic() < deadline and REPL_PROMPT not in got:
+            got += ser.read(256)
+        if REPL_PROMPT in got:
+            raise LinkError(self._repl_open("no frame was sent"))
+
+    def _repl_open(self, what: str) -> str:
+        return (f"{self.port}: a MicroPython REPL is open (left by another client, e.g. "
+                f"`mpremote exec`), so the meter firmware is not running; {what}. Restart the "
+                f"firmware with `meterctl flash --port {self.port}` (it only soft-resets when "
+                "the files are up to date)")
 
     def reconnect(self, wait: float) -> None:
         """Open the port again once it is back (a board plugged in again keeps its
@@ -204,6 +243,9 @@ class MeterLink:
                     raise ReplayedResponse(f"meter {self.entry.meter_id}: replayed "
                                            f"response (counter {f.ctr})")
                 return f
+        if any(REPL_PROMPT.strip() in line or b"SyntaxError" in line for line in self.ignored):
+            # a REPL opened after this link's check (or too slow to answer it)
+            raise LinkError(self._repl_open("a frame reached it"))
         hint = ""
         if self.ignored:
             hint = f"; it printed: {self.ignored[-1][:80].decode(errors='replace')!r}"

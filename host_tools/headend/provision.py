@@ -49,7 +49,7 @@ class Provisioned:
     interval_s: int | None
 
     def to_json(self) -> dict[str, object]:
-        return {"meter": self.meter_id, "port": self.port, "new_key": self.new_key,
+        return {"meter": str(self.meter_id), "port": self.port, "new_key": self.new_key,
                 "clock": self.clock, "interval_s": self.interval_s}
 
 
@@ -140,12 +140,20 @@ def provision(port: str, keystore: Keystore, *, force: bool = False,
             entry, new_key = _install(b, port, keystore, force, interval_s, say)
             # The off-switch's own key (OFFSWITCH.md): new with a new identity, else kept.
             install_offswitch(b, keystore, entry.meter_id, new_key, offswitch_limits, say)
+            # The counter the meter reserved: after the soft reset it counts every command
+            # counter up to it as used, and our next one would be refused (and logged) as a
+            # replay (issue 20: a re-run of provision wrote a false alarm each time).
+            reserved = 0 if new_key else int(b.eval(
+                f"__import__('store').load({COUNTERS_FILE!r}, {{'down': 0}})['down']",
+                "reading the meter's command counter"))
         except BaseException:
             # Refused or failed: the meter still goes back to running its firmware.
             with contextlib.suppress(BoardError):
                 b.soft_reset_to_main()
             raise
         b.soft_reset_to_main()
+    if reserved:
+        keystore.next_down_ctr(entry.meter_id, at_least=reserved)
     clock = 0
     if set_time:
         time.sleep(0.3)  # let main.py start its tasks

@@ -151,6 +151,34 @@ def usb_id(port: str) -> tuple[int, int] | None:
     return None
 
 
+IN_USE = ("{port}: in use by another program (mpremote?): it holds the port's exclusive lock; "
+          "close it and try again")
+
+
+def port_in_use(port: str) -> bool:
+    """Whether another program holds ``port``'s exclusive lock: the flock(LOCK_EX) that
+    pyserial takes with ``exclusive=True`` on POSIX, as mpremote's SerialTransport does (and
+    so do meterctl's own links). A port nobody locks, or that cannot be opened, is not "in
+    use" (the open error says what is wrong instead)."""
+    import fcntl
+
+    try:
+        fd = os.open(port, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)
+
+
 def resolve_port(port: str) -> str:
     """Turn "auto" into the one connected board's port; check that a path exists."""
     if port == "auto":
@@ -191,9 +219,10 @@ class Board:
             # reads ptys with a blocking read otherwise). It also bounds the wait for each
             # raw-paste flow-control byte: a slow emulator (rp2040js) needs a longer one.
             self.t = SerialTransport(self.port, baudrate=115200, timeout=read_timeout)
-        except TransportError as e:
-            raise BoardError(f"{self.port}: cannot open ({e})") from None
-        except (serial.SerialException, OSError) as e:
+        except (TransportError, serial.SerialException, OSError) as e:
+            # mpremote's SerialTransport says only "failed to access": ask the lock ourselves
+            if "://" not in self.port and port_in_use(self.port):
+                raise BoardError(IN_USE.format(port=self.port)) from None
             raise BoardError(f"{self.port}: cannot open ({_short(e)})") from None
 
     def close(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -58,15 +59,15 @@ def _ms(v: float | None) -> str:
 
 def rounds_table(run: RunResult, title: str | None = None) -> Table:
     """One row per round: each member's ciphertext (hex: it is noise to anyone without the
-    other members' keys), the aggregate and, in lab mode, the lab truth (labelled: read
-    through the REPL, never over the WAN). Failed rounds say FAILED; their reasons are in
+    other members' keys), the aggregate and, in lab mode, the lab truth (labelled: read by a
+    lab probe, never over the WAN). Failed rounds say FAILED; their reasons are in
     ``RoundResult.error``."""
     ids = sorted({i for r in run.rounds for i in r.ciphertexts}
                  | {i for r in run.rounds for i in r.missing})
     wide = len(ids) <= 5
     lab = any(r.expected is not None or r.lab for r in run.rounds)
     status = any(not r.ok or r.resumed for r in run.rounds)
-    cols = ["interval"]
+    cols = ["interval, end"]
     cols += [f"c {short_id(i)}" for i in ids] if wide else ["ciphertexts"]
     cols += ["missing", "sum"]
     if lab:
@@ -76,7 +77,8 @@ def rounds_table(run: RunResult, title: str | None = None) -> Table:
     t = Table(*cols, box=box.SIMPLE_HEAD, pad_edge=False,
               title=title or f"group {gid_text(run.gid)}: rounds (mWh)")
     for r in run.rounds:
-        row = [str(r.t)]
+        # ISO-8601 UTC, the time of day only: the date is the run's, and the column stays narrow
+        row = [f"{r.t} {time.strftime('%H:%M:%SZ', time.gmtime((r.t + 1) * r.length))}"]
         if wide:
             row += [f"{r.ciphertexts[i]:08x}" if i in r.ciphertexts else "—" for i in ids]
         else:
@@ -95,8 +97,9 @@ def rounds_table(run: RunResult, title: str | None = None) -> Table:
     if wide:
         notes.append("c: each meter's 4-byte ciphertext, hex")
     if lab:
-        notes.append("LAB TRUTH: Σ of the reporting meters' plaintexts, read through their "
-                     "REPL (a lab probe), never over the WAN; Δ = sum − lab truth")
+        notes.append("LAB TRUTH: Σ of the reporting meters' plaintexts, read by a lab probe "
+                     "(a virtual meter's flash, a board's REPL), never over the WAN; "
+                     "Δ = sum − lab truth")
     if any(r.resumed for r in run.rounds):
         notes.append("*: done by an earlier, interrupted run")
     t.caption = "; ".join(notes)

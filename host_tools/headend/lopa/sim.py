@@ -93,6 +93,7 @@ class SimMeter:
         self.pending: _Setup | None = None
         self.values: dict[tuple[bytes, int], _Value] = {}
         self.up = True  # False: silent, like a meter without power
+        self.late_s = 0.0  # its clock this far behind: a starved meter closes intervals late
         self.fake_pk: bytes | None = None  # answer this instead of the real key (bad meter)
         self.log: list[str] = []
         self.received: list[tuple[str, bytes]] = []
@@ -105,7 +106,7 @@ class SimMeter:
 
     def interval(self) -> tuple[int, int]:
         """(index, start) of the open interval."""
-        now = int(self.clock.now())
+        now = int(self.clock.now() - self.late_s)
         return now // self.length, now - now % self.length
 
     def handle(self, kind: int, payload: bytes) -> bytes:
@@ -277,7 +278,7 @@ class SimLink:
         idx, start = self.meter.interval()
         self.rx_bytes += line_len(250)  # a READ answer is about 250 bytes of JSON
         return {"interval": {"start": start, "length": self.meter.length, "index": idx},
-                "clock": int(self.meter.clock.now())}
+                "clock": int(self.meter.clock.now() - self.meter.late_s)}
 
 
 @dataclass
