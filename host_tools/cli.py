@@ -182,7 +182,8 @@ def sim_power_cut(meter: int, base: Path | None, off_time: float) -> None:
 @dir_option
 @friendly_errors
 def sim_pin(meter: int, name: str, value: int | None, base: Path | None) -> None:
-    """Read a pin (relay, led, button, tamper), or drive an input pin to VALUE."""
+    """Read a pin (relay, led, button, tamper, cover, jumper), or drive an input pin to
+    VALUE (cover 1: the terminal cover open; jumper 1: the service jumper fitted)."""
     from host_tools.sim import fleet
 
     if value is None:
