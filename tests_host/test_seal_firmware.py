@@ -4,6 +4,7 @@ whole meter sealed, power-cut and unsealed is tests_device/test_seal.py."""
 
 from __future__ import annotations
 
+import ast
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -90,3 +91,121 @@ print(json.dumps({{"got": got, "log": [r[2] for r in k.read_log("security")]}}))
                         ["seal_data", 0, '{"sealed": false}', False]]
     assert r["log"] == ["seal: sealed (WAN command)"] * 2 + ["seal: unsealed (WAN command)"]
     assert not flag.exists()
+
+
+MAIN_PY = Path(__file__).resolve().parent.parent / "firmware" / "main.py"
+
+# main.py run on the VM as the board's pyexec runs it, with its flash path moved to tmp, and
+# port_check, meter and time replaced: `problem` is what port_check says (None: boot on),
+# `boot_raises` what meter.start raises, and time.sleep ends the run with Idle (the board
+# would idle there for ever). What the run ends with, and whether Ctrl-C is on at that moment
+# (the unix port keeps SIGINT caught exactly while the interrupt character is on:
+# ports/unix/unix_mphal.c, v1.28.0 mp_hal_set_interrupt_char), is printed.
+MAIN_HARNESS = """
+import json, sys
+
+class Idle(BaseException):
+    pass
+
+def ctrl_c_on():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) & 2)  # bit 1: SIGINT (2)
+
+class M:
+    pass
+
+port_check = M()
+port_check.identity = lambda: None
+port_check.problem = lambda ident: {problem!r}
+tm = M()
+def sleep(s):
+    raise Idle()
+tm.sleep = sleep
+meter = M()
+def start(sealed):
+    if {unseal_then_raise!r}:
+        import os
+        os.remove({flag!r})  # an authenticated UNSEAL while it ran (kernel_svc.set_sealed)
+    raise {boot_raises}
+meter.start = start
+lazy = M()
+lazy.compact_imports = lambda on: None
+sys.modules.update({{"port_check": port_check, "time": tm, "meter": meter, "lazy": lazy}})
+src = open({main!r}).read().replace('"/data/sealed"', repr({flag!r}))
+try:
+    exec(src, {{"__name__": "__main__"}})
+    end = "main.py ended"
+except Idle:
+    end = "idles"
+except BaseException as e:
+    end = "main.py ended by " + type(e).__name__
+print(json.dumps({{"end": end, "ctrl_c_on": ctrl_c_on()}}))
+"""
+
+
+def _main_on_vm(micropython: Run, tmp_path: Path, *, sealed: bool, problem: str | None = None,
+                boot_raises: str = "RuntimeError('flash corrupt')",
+                unseal_then_raise: bool = False) -> dict[str, object]:
+    flag = tmp_path / "sealed"
+    if sealed:
+        flag.write_text("sealed\n")
+    elif flag.exists():
+        flag.unlink()
+    out = micropython(MAIN_HARNESS.format(problem=problem, boot_raises=boot_raises,
+                                          unseal_then_raise=unseal_then_raise, flag=str(flag),
+                                          main=str(MAIN_PY)))
+    r: dict[str, object] = json.loads(out.strip().splitlines()[-1])
+    return r
+
+
+def test_a_sealed_main_py_never_ends_and_keeps_ctrl_c_off(micropython: Run,
+                                                          tmp_path: Path) -> None:
+    # Whatever stops the boot of a sealed meter (an unsupported port, an exception, even a
+    # KeyboardInterrupt or SystemExit from the firmware), main.py does not end - that would be
+    # the REPL - and Ctrl-C stays off.
+    for kw in ({"problem": "unsupported MicroPython"}, {"boot_raises": "RuntimeError('x')"},
+               {"boot_raises": "KeyboardInterrupt"}, {"boot_raises": "SystemExit"},
+               {"boot_raises": "MemoryError"}):
+        assert _main_on_vm(micropython, tmp_path, sealed=True, **kw) == {  # type: ignore[arg-type]
+            "end": "idles", "ctrl_c_on": False}, kw
+    # unsealed, it ends as on any board, with Ctrl-C on again
+    assert _main_on_vm(micropython, tmp_path, sealed=False, boot_raises="RuntimeError('x')") == {
+        "end": "main.py ended by RuntimeError", "ctrl_c_on": True}
+    assert _main_on_vm(micropython, tmp_path, sealed=False, problem="unsupported") == {
+        "end": "main.py ended", "ctrl_c_on": True}
+    # unsealed by an authenticated UNSEAL while it ran: it ends too (the REPL is open again)
+    r = _main_on_vm(micropython, tmp_path, sealed=True, unseal_then_raise=True,
+                    boot_raises="KeyboardInterrupt")
+    assert r["end"] == "main.py ended by KeyboardInterrupt"
+
+
+def test_main_py_turns_ctrl_c_off_before_the_vms_first_check() -> None:
+    # The window before Ctrl-C is off (docs/SECURITY.md "Sealed meters"): a board raises a
+    # pending KeyboardInterrupt only at a jump (py/vm.c v1.28.0, DISPATCH_WITH_PEND_EXC_CHECK)
+    # or in Python code a call runs. So before kbd_intr(-1) main.py may hold only constant
+    # assignments, the import of the built-in `micropython` and the call itself, inside a try
+    # whose handler catches the one KeyboardInterrupt that can be pending, raised by the loop
+    # right after it (the check inside the try) - and nothing may read the flash first. A
+    # main.py that checked the seal first, or caught the interrupt in a loop whose handler ran
+    # with Ctrl-C still on (issue 18's window), fails here.
+    tree = ast.parse(MAIN_PY.read_text())
+    body = tree.body
+    i = 0
+    while isinstance(body[i], ast.Assign | ast.Expr) and not _has_call(body[i]):
+        i += 1  # comments, docstrings, `_x = False`
+    first = body[i]
+    assert isinstance(first, ast.Try), ast.dump(first)[:200]
+    stmts = first.body
+    assert isinstance(stmts[0], ast.Import) and [a.name for a in stmts[0].names] == ["micropython"]
+    call = stmts[1]
+    assert (isinstance(call, ast.Expr) and isinstance(call.value, ast.Call)
+            and ast.unparse(call.value) == "micropython.kbd_intr(-1)"), ast.unparse(call)
+    assert isinstance(stmts[2], ast.While), "no check inside the try right after kbd_intr(-1)"
+    assert [ast.unparse(h.type) for h in first.handlers if h.type] == ["KeyboardInterrupt"]
+    assert all(not _has_call(s) for h in first.handlers for s in h.body)
+
+
+def _has_call(node: ast.AST) -> bool:
+    return any(isinstance(n, ast.Call | ast.Import | ast.ImportFrom) for n in ast.walk(node))
