@@ -642,7 +642,8 @@ def seal_cmd(port: str, keystore: Path | None, meter_id: int | None, timeout: fl
 @friendly_errors
 def unseal_cmd(port: str, keystore: Path | None, meter_id: int | None, timeout: float) -> None:
     """Unseal a meter (an authenticated maintenance command): its REPL answers Ctrl-C again.
-    On site, holding the button at power-up does the same."""
+    On site, the service input behind the terminal cover (cover open, jumper fitted) at
+    power-up does the same; the household's button never does."""
     from host_tools.headend import seal
     from host_tools.headend.client import open_link
 

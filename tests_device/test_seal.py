@@ -110,7 +110,7 @@ def test_a_sealed_meter_refuses_mpremote_and_flash_and_goes_on_metering(meter: M
     r = meterctl("flash", "--port", meter.port, "--timeout", "4")
     assert r.returncode == 1
     assert "meter is sealed" in r.stderr and "meterctl unseal --port" in r.stderr, r.stderr
-    assert "button at power-up" in r.stderr
+    assert "cover open and the service jumper fitted at power-up" in r.stderr
     assert not list((meter.dir / "fs").rglob("*.new"))
     # the Ctrl-Cs reached the firmware as bytes: no SIGINT, no crash, no reboot
     after = fleet.meter_status(0, meter.base)
