@@ -209,3 +209,38 @@ def test_main_py_turns_ctrl_c_off_before_the_vms_first_check() -> None:
 
 def _has_call(node: ast.AST) -> bool:
     return any(isinstance(n, ast.Call | ast.Import | ast.ImportFrom) for n in ast.walk(node))
+
+
+def test_the_main_loop_of_a_sealed_meter_goes_on_after_any_exception(micropython: Run,
+                                                                    tmp_path: Path) -> None:
+    # lib/seal.py run(): sealed, the kernel's loop survives a SystemExit and an error (each
+    # logged); once an UNSEAL has removed the seal, an exception ends it as on any board.
+    flag = tmp_path / "sealed"
+    flag.write_text("sealed\n")
+    out = micropython(f"""
+import json, os, seal
+seal.SEALED = {str(flag)!r}
+class K:
+    def __init__(self):
+        self.calls, self.logs = 0, []
+    def log(self, task, text):
+        self.logs.append(text)
+    def run(self):
+        self.calls += 1
+        if self.calls == 1:
+            raise SystemExit
+        if self.calls == 2:
+            raise RuntimeError("boom")
+        os.remove(seal.SEALED)
+        raise KeyboardInterrupt
+k = K()
+try:
+    seal.run(k)
+    end = "returned"
+except KeyboardInterrupt:
+    end = "KeyboardInterrupt"
+print(json.dumps({{"end": end, "calls": k.calls, "logs": k.logs}}))
+""")
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r == {"end": "KeyboardInterrupt", "calls": 3,
+                 "logs": ["main loop error: SystemExit ", "main loop error: RuntimeError boom"]}
