@@ -9,7 +9,8 @@
 # from Python code a call runs (the virtual board's filesystem is Python, a board's is C).
 # So, closing every window (docs/SECURITY.md, "Sealed meters"):
 # - Ctrl-C goes off first, on every meter, in straight-line code that runs no Python (the
-#   import of a built-in module, one call): before it no check, after it no new Ctrl-C. At
+#   import of `micropython`, a non-extensible built-in found before any filesystem lookup:
+#   py/builtinimport.c, v1.28.0; one call): before it no check, after it no new Ctrl-C. At
 #   most one KeyboardInterrupt is then pending;
 # - the `while` right after it is the VM's first check, inside the try: that one is raised
 #   there, and its handler runs with Ctrl-C already off, so no second one can land in it (the
