@@ -1003,3 +1003,26 @@ def test_the_head_end_resends_after_replay_only_what_was_not_carried_out(
     assert run(wire.K_TOPUP, 0) == "resent" and len(sent) == 2 and sent[1][1] > sent[0][1]
     # a read is always safe to resend
     assert run(wire.K_READ, None) == "resent" and len(sent) == 2
+
+
+def test_a_meter_without_keys_answers_not_provisioned_only_with_a_counter_on_flash(
+        micropython: Run, tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    d.mkdir()
+    line = wire.to_line(Host(METER, MASTER).seal(False, wan.K_INFO, 9, 0, b"")).decode()
+    out = micropython(CS_PRELUDE.format(dir=str(d)) + f"""
+cs, port = boot()
+FAIL[0] = 1
+cs.handle("comm", "frame_in", {line!r}.encode())
+res = {{"failing": answers(port)}}
+FAIL[0] = 0
+cs.handle("comm", "frame_in", {line!r}.encode())
+res["working"] = answers(port)
+print(json.dumps(res))
+""")
+    import json
+
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["failing"] == []  # no crash, no frame with an up counter flash does not hold
+    assert [(a[0], a[2], a[3]) for a in r["working"]] == [(9, wan.K_ERROR,
+                                                           wan.E_NOT_PROVISIONED)]
