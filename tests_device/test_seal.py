@@ -365,3 +365,31 @@ def test_the_service_input_at_power_up_unseals_logs_it_and_the_han_shows_it(
 def han_text(telegram: str) -> str:
     t = TelegramParser(telegram_specifications.V5).parse(telegram)
     return bytes.fromhex(t.TEXT_MESSAGE.value).decode()
+
+
+@pytest.mark.parametrize("profile", ["rp2-pico"])
+def test_the_service_input_on_the_real_adapters_pins(tmp_path: Path, profile: str,
+                                                     real_port: str | None) -> None:
+    # board/rp2_pico (GP12 cover, GP11 jumper; a Pico 2 runs the same adapter) on the rp2
+    # port model: its pulls and polarities read the service input as board/virtual does. The
+    # cover alone does not unseal, the jumper alone does not, both do. (The Pyboard profiles
+    # do not run the whole meter in the suite: tests_device/test_pybv11.py.)
+    if real_port:
+        pytest.skip("needs the virtual board's pins and power")
+    with own_meter(tmp_path, profile=profile) as own:
+        m = Meter(own.base, own.port, own.han, own.keystore, own.meter_id)
+        for inputs, stays in (({"cover": 1}, True), ({"jumper": 1}, True),
+                              ({"cover": 1, "jumper": 1}, False)):
+            with m.link(timeout=15) as link:
+                seal.seal(link)
+            fleet.set_inputs(0, {"cover": 0, "jumper": 0, **inputs}, m.base)
+            try:
+                fleet.power_cut(0, m.base)
+                wait_main_running(m)
+                # the meter answers once its boot (and the service input's check) is done;
+                # its flash is an image under these profiles: asked, not looked at
+                with m.link(timeout=15) as link:
+                    assert seal.is_sealed(link) == stays, (profile, inputs)
+            finally:
+                fleet.set_inputs(0, {"cover": 0, "jumper": 0}, m.base)
+        assert "seal: unsealed (service input at power-up)" in m.security_log()
