@@ -46,8 +46,8 @@ def own(k, sender, kind, payload):
         k._route("kernel", sender, "seal_data", (ref, 0, json.dumps({"sealed": on})))
 
 
-# -- the seal (lib/seal.py): only the kernel changes it, and the boot when the button is held
-# at power-up (meter.py) ------------------------------------------------------------------------
+# -- the seal (lib/seal.py): only the kernel changes it, and the boot when the service input
+# behind the terminal cover asks for it at power-up (meter.py) ----------------------------------
 def _apply(on):
     # Ctrl-C off while sealed; on again (the board default) when not.
     micropython.kbd_intr(-1 if on else _CTRL_C)

@@ -45,7 +45,7 @@ def hardware(task):
     return hw
 
 
-def build(now_s=None):
+def build(now_s=None, unsealed_by_service=False):
     # Unless frozen into flash, the modules' code lives in the heap, among the garbage its
     # loading left: collect it before the tasks make their long-lived objects, so that they
     # fill the holes and leave large free blocks for run time (without this, a 192-KB heap
@@ -81,7 +81,9 @@ def build(now_s=None):
     from tasks.han import Han
 
     k.add("credit", Credit, hardware("credit"), capacity=8)
-    k.add("han", Han, hardware("han"), capacity=4)
+    hw = hardware("han")
+    hw["unsealed_by_service"] = unsealed_by_service  # shown in its telegram (tasks/han.py)
+    k.add("han", Han, hw, capacity=4)
     # The off-switch: core 1 where `import _thread` works; where it does not (the official
     # PYBV11 build) its pass runs in its proxy's step on this core (docs/OFFSWITCH.md,
     # "Without _thread"). The proxy stores core 1's record for it, and the relay's boot state
@@ -97,15 +99,17 @@ def build(now_s=None):
     return k
 
 
-def _button_held(button, ticks_us, ticks_diff, sleep_ms, hold_ms=3000):
-    # True when the button reads pressed without a break for hold_ms from now (3 s: a
-    # technician on site unseals by holding it at power-up, lib/seal.py).
+def _service_input(cover, jumper, ticks_us, ticks_diff, sleep_ms, hold_ms=500):
+    # The service input behind the sealed terminal cover (docs/SECURITY.md, "Sealed meters"):
+    # True when the cover switch reads open AND the service jumper reads fitted, both without a
+    # break for hold_ms from now (a bounce or a glitch never unseals). The household's
+    # reconnect button is not part of it: it never unseals.
     t0 = ticks_us()
     while ticks_diff(ticks_us(), t0) < hold_ms * 1000:
-        if not button.value():
+        if not (cover.value() and jumper.value()):
             return False
         sleep_ms(20)
-    return bool(button.value())
+    return bool(cover.value() and jumper.value())
 
 
 def start(sealed=False):
@@ -120,18 +124,22 @@ def start(sealed=False):
         os.mkdir("/data")
     except OSError:
         pass
-    import seal
-
-    by_button = False
+    by_service = False
     if sealed:
-        # A technician on site: the local button held at power-up unseals (before core 1
-        # takes the button; the off-switch does not count a button held at boot as a press).
-        if _button_held(board.button, board.ticks_us, board.ticks_diff, board.sleep_ms):
-            lazy.call("kernel_svc", "set_sealed", False)
-            by_button = True
-            print("unsealed: the button was held at power-up")
-    k = build()
-    if by_button:
-        k.log("kernel", "seal: unsealed (button held at power-up)")
+        # A technician on site, with the terminal cover's seal broken: the service input at
+        # power-up unseals. A board without it (no cover or jumper pin) cannot be unsealed here.
+        cover, jumper = getattr(board, "cover", None), getattr(board, "jumper", None)
+        if cover is not None and jumper is not None and _service_input(
+                cover, jumper, board.ticks_us, board.ticks_diff, board.sleep_ms):
+            try:
+                lazy.call("kernel_svc", "set_sealed", False)
+                by_service = True
+                print("unsealed: the service input (cover open, jumper fitted) at power-up")
+            except OSError as e:  # the flash refused: still sealed
+                by_service = e
+    k = build(unsealed_by_service=by_service is True)
+    if by_service is True:
+        k.log("kernel", "seal: unsealed (service input at power-up)")
+    elif by_service:
+        k.log("kernel", "seal: service input, unseal failed %s" % by_service)
     return k
-

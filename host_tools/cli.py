@@ -283,7 +283,8 @@ def sim_power_cut(meter: int, base: Path | None, off_time: float, as_json: bool)
 @json_option
 @friendly_errors
 def sim_pin(meter: int, name: str, value: int | None, base: Path | None, as_json: bool) -> None:
-    """Read a pin (relay, led, button, tamper), or drive an input pin to VALUE."""
+    """Read a pin (relay, led, button, tamper, cover, jumper), or drive an input pin to
+    VALUE (cover 1: the terminal cover open; jumper 1: the service jumper fitted)."""
     from host_tools.sim import fleet
 
     if value is None:
@@ -758,7 +759,8 @@ def seal_cmd(port: str, keystore: Path | None, meter_id: int | None, as_json: bo
 def unseal_cmd(port: str, keystore: Path | None, meter_id: int | None, as_json: bool,
                timeout: float) -> None:
     """Unseal a meter (an authenticated maintenance command): its REPL answers Ctrl-C again.
-    On site, holding the button at power-up does the same."""
+    On site, the service input behind the terminal cover (cover open, jumper fitted) at
+    power-up does the same; the household's button never does."""
     from host_tools.headend import seal
     from host_tools.headend.client import open_link
 

@@ -36,7 +36,7 @@ import pytest
 from host_tools import mpcompat
 from host_tools.fuzz.corpus import sample_payloads
 from host_tools.headend import switch, wire
-from host_tools.headend.client import MeterLink, open_link
+from host_tools.headend.client import MeterError, MeterLink, open_link
 from host_tools.headend.keystore import Keystore
 from host_tools.headend.lopa import codec
 from host_tools.headend.queries import read_log
@@ -414,3 +414,77 @@ def test_no_forgery_changed_anything(meter: Meter) -> None:
     # Last in the module: relay, credit and tariff registers, energy, LoPA key and groups,
     # seal, off-switch state and counter as they were after the genuine frames.
     assert meter.state() == meter.before
+
+
+def _topups(link: MeterLink, mitm: Any = None) -> list[int]:
+    """Wrap the link's send_line: the counters of the TOPUPs it sends (and ``mitm``, an
+    adversary on the wire, called after each one with its frame and line)."""
+    sent: list[int] = []
+    real = link.send_line
+
+    def send_line(line: bytes) -> None:
+        frame = wire.from_line(line)
+        real(line)
+        if frame[1] == wire.K_TOPUP:
+            sent.append(int.from_bytes(frame[11:15], "big"))
+            if mitm is not None:
+                mitm(real, frame, line, len(sent))
+
+    link.send_line = send_line  # type: ignore[method-assign]
+    return sent
+
+
+def test_a_topup_whose_answer_an_attacker_swallowed_is_never_applied_twice(
+        meter: Meter) -> None:
+    # After the state check: this one tops up. Issue 18, finding 6, by an adversary on the
+    # WAN: it lets the genuine TOPUP through and swallows the meter's answer, then sends
+    # keyless frames naming the TOPUP's counter and the TOPUP itself again, for an answer
+    # bound to that counter that says "refused". The keyless ones get silence; the replay gets
+    # a REPLAY that says the counter may have been carried out; the head-end sends the TOPUP
+    # no second time, and the balance moved once.
+    link = meter.link
+    balance0 = link.request(wire.K_CREDIT)["balance_mc"]
+
+    def swallow_and_replay(send: Any, frame: bytes, line: bytes, n: int) -> None:
+        if n > 1:
+            return
+        ctr = int.from_bytes(frame[11:15], "big")
+        reader, end, swallowed = wire.LineReader(), time.monotonic() + 10, False
+        while not swallowed:
+            assert time.monotonic() < end, "the meter did not answer the genuine TOPUP"
+            for ln in reader.feed(link.ser.read(4096)):
+                try:
+                    swallowed |= wire.open_frame(link.keys, True, wire.from_line(ln)).ref == ctr
+                except wire.WireError:
+                    pass
+        for forged in (frame[:15], frame[:30], bytes([2]) + frame[1:],
+                       frame[:-1] + bytes([frame[-1] ^ 1])):
+            send(wire.to_line(forged))
+        send(line)
+
+    sent = _topups(link, swallow_and_replay)
+    try:
+        with pytest.raises(MeterError, match="may have been carried out") as e:
+            link.request(wire.K_TOPUP, {"amount_mc": 1234})
+    finally:
+        del link.send_line
+    assert e.value.code == wire.E_REPLAY and e.value.changed == sent[0]
+    assert len(sent) == 1, sent
+    assert link.request(wire.K_CREDIT)["balance_mc"] == balance0 + 1234
+    # (their log records: the flood test above used up the kernel's rate limit)
+    # after a power cut the meter refuses the counters it reserved: a TOPUP above its last
+    # changing command was not carried out, so the head-end sends it again, once
+    fleet.power_cut(0, meter.base)
+    end = time.monotonic() + 30
+    while fleet.meter_status(0, meter.base)["files"].get("main.py") != "running":
+        assert time.monotonic() < end
+        time.sleep(0.1)
+    time.sleep(1.5)  # the firmware past its boot
+    sent = _topups(link)
+    link.timeout = 15.0
+    try:
+        assert link.request(wire.K_TOPUP, {"amount_mc": 100})["balance_mc"] == balance0 + 1334
+    finally:
+        del link.send_line
+    assert len(sent) == 2 and sent[1] > sent[0], sent
+    assert link.request(wire.K_CREDIT)["balance_mc"] == balance0 + 1334

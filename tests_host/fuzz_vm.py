@@ -281,8 +281,8 @@ def run_wan(cfg, rng, st):
     for i in range(cfg["n"]):
         st.n += 1
         if cs._down > 0x7FFFFFF0:  # an accepted huge counter: start the window again
-            cs._down = cs._down_res = base
-            cs._persist()
+            cs._down = base
+            cs._reserve(base, cs._up_res, cs._changed)
         kind, payload = rng.pick(seeds)
         if rng.chance(85):
             payload = mutate(payload, rng, payloads, tokens)

@@ -755,3 +755,274 @@ print(ts[0], ts[len(ts) // 2], ts[-1], gc.mem_free())
     lo, med, hi, free = (int(x) for x in micropython(code).split())
     print(f"\nMicroPython VM: seal+open of a 200-byte ENC payload: min {lo} us, "
           f"median {med} us, max {hi} us (30 runs); heap free after: {free} bytes")
+
+
+# ------------------------------------------- the CS security module's answers and counters (VM)
+
+CS_PRELUDE = """
+import binascii, json, os, struct
+import store
+from tasks import cs_security
+import wan
+
+D = {dir!r}
+cs_security.KEYS = D + "/cs_keys.json"
+cs_security.COUNTERS = D + "/cs_ctr.json"
+FAIL = [0]  # store.save raises OSError while set: the flash refuses the write
+_save = store.save
+
+
+def save(path, obj):
+    if FAIL[0] and path == cs_security.COUNTERS:
+        raise OSError(28)
+    _save(path, obj)
+
+
+store.save = save  # what cs_security calls: the store's write, with a fault hook
+
+
+class Port:
+    def __init__(self):
+        self.out, self.logs = [], []
+    def send(self, to, kind, payload=None):
+        if kind == "frame_out":
+            self.out.append(bytes(payload))
+        return True
+    def log(self, text):
+        self.logs.append(text)
+    log_flood = log
+
+
+def boot():
+    port = Port()
+    return cs_security.CsSecurity(port, {{"info": {{"fw": "t"}}}}), port
+
+
+def answers(port):
+    # (ref, up ctr, kind, error code or None) of every frame the meter wrote
+    got = []
+    for b64 in port.out:
+        f = binascii.a2b_base64(b64)
+        _, kind, _, _, ctr, ref, n = struct.unpack_from(">BBBQIIH", f, 0)
+        got.append([ref, ctr, kind, f[21] if kind == wan.K_ERROR else None])
+    port.out.clear()
+    return got
+"""
+
+
+def _cs_vm(micropython: Run, tmp_path: Path, body: str) -> Any:
+    import json
+
+    d = tmp_path / "data"
+    d.mkdir()
+    (d / "cs_keys.json").write_text("")  # replaced by store.save below
+    code = CS_PRELUDE.format(dir=str(d)) + f"""
+store.save(cs_security.KEYS, {{"meter": {METER}, "master": {MASTER.hex()!r}}})
+""" + body
+    out = micropython(code)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_an_unauthenticated_frame_gets_no_answer_bound_to_its_ref(micropython: Run,
+                                                                   tmp_path: Path) -> None:
+    # Issue 18 finding 6: a frame with no valid MAC got a MAC'd ERROR bound to the ref in its
+    # header, which the head-end took for the answer to its own command of that counter.
+    # Every frame here names counter 77 (the genuine command's); none may be answered.
+    host = Host(METER, MASTER)
+    kdm = host.keys()[0]
+    genuine = host.seal(False, wan.K_TOPUP, 77, 0, b'{"amount_mc": 1000}')
+    forged: list[bytes] = [
+        genuine[:15], genuine[:30],                                  # short, ctr readable
+        b"\x02" + genuine[1:],                                       # bad version
+        forge(kdm, ctr=77, len_field=3),                             # len lies
+        forge(kdm, ctr=77, payload=bytes(1025)),                     # payload over cap
+        genuine[:-1] + bytes([genuine[-1] ^ 1]),                     # bad MAC
+        Host(OTHER_METER, MASTER).seal(False, wan.K_TOPUP, 77, 0, b"{}"),  # another meter
+        host.seal(True, wan.K_TOPUP, 77, 0, b"{}"),                  # reflected
+    ]
+    lines = [wire.to_line(f).decode() for f in forged] + ["~!!!", "~AAAA"]
+    r = _cs_vm(micropython, tmp_path, f"""
+cs, port = boot()
+res = {{"forged": []}}
+for line in {lines!r}:
+    cs.handle("comm", "frame_in", line.encode())
+    res["forged"].append(answers(port))
+cs.handle("comm", "frame_err", wan.E_TOO_BIG)  # a line over the cap
+res["over_cap"] = answers(port)
+res["rejected"] = cs.rejected
+# after the MAC: ctr 0 and a reserved flag are the head-end's own frames: answered, bound to
+# their own counter
+for f in ({forge(kdm, ctr=0)!r}, {forge(kdm, ctr=78, flags=0x10)!r}):
+    cs.handle("comm", "frame_in", wan.frame_to_line(f))
+res["authentic"] = answers(port)
+print(json.dumps(res))
+""")
+    assert r["forged"] == [[]] * len(lines), r
+    assert r["over_cap"] == [] and r["rejected"] == len(lines) + 1
+    assert [(a[0], a[2], a[3]) for a in r["authentic"]] == [
+        (0, wan.K_ERROR, wan.E_MALFORMED), (78, wan.K_ERROR, wan.E_MALFORMED)]
+
+
+def test_replay_says_whether_a_command_of_that_counter_may_have_changed_the_meter(
+        micropython: Run, tmp_path: Path) -> None:
+    host = Host(METER, MASTER)
+    topup = wire.to_line(host.seal(False, wan.K_TOPUP, 5, 0, b'{"amount_mc": 1}')).decode()
+    read = wire.to_line(host.seal(False, wan.K_READ, 6, 0, b"")).decode()
+    stale = wire.to_line(host.seal(False, wan.K_TOPUP, 3, 0, b"{}")).decode()
+    r = _cs_vm(micropython, tmp_path, f"""
+cs, port = boot()
+res = {{}}
+for line in ({topup!r}, {read!r}):
+    cs.handle("comm", "frame_in", line.encode())
+res["flash"] = store.load(cs_security.COUNTERS, None)
+answers(port)
+cs, port = boot()  # a reboot: every counter up to the reservation counts as used
+for name, line in (("replayed topup", {topup!r}), ("stale", {stale!r})):
+    cs.handle("comm", "frame_in", line.encode())
+    f = binascii.a2b_base64(port.out[-1])
+    res[name] = [answers(port)[0][0], f[21], int.from_bytes(f[22:26], "big"),
+                 int.from_bytes(f[26:30], "big")]
+print(json.dumps(res))
+""")
+    # the TOPUP's counter was on flash before it ran; the READ does not move it
+    assert r["flash"]["chg"] == 5 and r["flash"]["down"] == 5 + 32
+    # REPLAY, bound to the frame's own counter: (ref, code, highest used, last changing)
+    assert r["replayed topup"] == [5, wan.E_REPLAY, 37, 5]
+    assert r["stale"] == [3, wan.E_REPLAY, 37, 5]
+
+
+def test_a_failed_counter_write_refuses_and_no_counter_is_used_twice(micropython: Run,
+                                                                     tmp_path: Path) -> None:
+    # Issue 18 finding 7: the reservation moved in RAM before the write. Here the write fails
+    # from the k-th reservation on, the meter is rebooted, and every frame ever sent or
+    # accepted is checked: no up counter twice (AES-CTR key stream), no command accepted twice.
+    host = Host(METER, MASTER)
+    lines = [wire.to_line(host.seal(False, wan.K_INFO, c, 0, b"")).decode()
+             for c in range(1, 301)]
+    r = _cs_vm(micropython, tmp_path, f"""
+LINES = {lines!r}
+res = []
+for k in (1, 2, 3):
+    for f in os.listdir(D):
+        if f.startswith("cs_ctr"):
+            os.remove(D + "/" + f)
+    up_used, accepted, refused_silently = [], [], 0
+    saves, armed = [0], [True]
+    def counting(path, obj, _k=k):
+        if path == cs_security.COUNTERS:
+            saves[0] += 1
+            if saves[0] >= _k and armed[0]:
+                FAIL[0] = 1
+        save(path, obj)
+    store.save = counting
+    FAIL[0] = 0
+    cs, port = boot()
+    sent = 0
+    for i in range(100):  # up to the failure, and on through it
+        acc = cs.accepted
+        cs.handle("comm", "frame_in", LINES[sent].encode())
+        if cs.accepted > acc:
+            accepted.append(sent + 1)
+        got = answers(port)
+        up_used += [a[1] for a in got]
+        if not got:
+            refused_silently += 1
+        sent += 1
+    failed_logs = sum("counters not persisted" in t for t in port.logs)
+    # power cut; the flash works again
+    armed[0], FAIL[0] = False, 0
+    cs, port = boot()
+    for line in LINES[:sent]:  # every command again: all replays now
+        acc = cs.accepted
+        cs.handle("comm", "frame_in", line.encode())
+        if cs.accepted > acc:
+            accepted.append(LINES.index(line) + 1)
+        up_used += [a[1] for a in answers(port)]
+    for line in LINES[sent:sent + 40]:
+        acc = cs.accepted
+        cs.handle("comm", "frame_in", line.encode())
+        if cs.accepted > acc:
+            accepted.append(LINES.index(line) + 1)
+        up_used += [a[1] for a in answers(port)]
+    res.append({{"k": k, "up": up_used, "accepted": accepted, "silent": refused_silently,
+                 "failed_logs": failed_logs}})
+print(json.dumps(res))
+""")
+    for run in r:
+        up, acc = run["up"], run["accepted"]
+        assert len(up) == len(set(up)), (run["k"], sorted(c for c in up if up.count(c) > 1))
+        assert len(acc) == len(set(acc)), (run["k"], acc)
+        # the failure was noticed: the meter went silent and said why, once the
+        # reservation it had on flash was used up
+        assert run["silent"] > 0 and run["failed_logs"] > 0, run
+        # and it works again after the reboot: the fresh commands are accepted
+        assert acc[-1] == 140 and len(up) > 100, run
+
+
+def test_the_head_end_resends_after_replay_only_what_was_not_carried_out(
+        tmp_path: Path) -> None:
+    # The client's side of finding 6: a REPLAY answers both a counter the meter reserved across
+    # a reboot (resend above it) and a genuine command that an attacker replayed after it ran
+    # (its real answer suppressed). Only the REPLAY's second mark tells them apart.
+    from host_tools.headend.client import MeterError, MeterLink
+    from host_tools.headend.keystore import Keystore, MeterEntry
+
+    ks = Keystore(tmp_path / "ks.json")
+    ks.put(MeterEntry(METER, MASTER))
+    sent: list[tuple[int, int]] = []
+
+    def run(kind: int, changed: int | None) -> str:
+        link = object.__new__(MeterLink)
+        link.entry, link.keystore = MeterEntry(METER, MASTER), ks
+
+        def exchange(kind: int, body: bytes, at_least: int = 0) -> wire.Frame:
+            ctr = ks.next_down_ctr(METER, at_least)
+            sent.append((kind, ctr))
+            if at_least:
+                return wire.Frame(kind=kind, flags=0, ctr=1, ref=ctr, payload=b"{}",
+                                  encrypted=False)
+            highest = ctr + 31
+            mark = ctr if changed is None else changed
+            raise MeterError(wire.E_REPLAY, highest, "REPLAY", ctr,
+                             None if changed is None and kind == wire.K_READ else mark)
+
+        link._exchange = exchange  # type: ignore[method-assign]
+        sent.clear()
+        try:
+            link._resyncing(kind, b"")
+            return "resent"
+        except MeterError as e:
+            return str(e)
+
+    # a TOPUP whose counter the meter's last changing command reached: never resent
+    out = run(wire.K_TOPUP, None)
+    assert "may have been carried out" in out and len(sent) == 1
+    before = ks.get(METER)
+    assert before is not None and before.down_ctr > sent[0][1]  # the next one is above the marks
+    # a TOPUP above the meter's last changing command (a reboot's reservation): resent once
+    assert run(wire.K_TOPUP, 0) == "resent" and len(sent) == 2 and sent[1][1] > sent[0][1]
+    # a read is always safe to resend
+    assert run(wire.K_READ, None) == "resent" and len(sent) == 2
+
+
+def test_a_meter_without_keys_answers_not_provisioned_only_with_a_counter_on_flash(
+        micropython: Run, tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    d.mkdir()
+    line = wire.to_line(Host(METER, MASTER).seal(False, wan.K_INFO, 9, 0, b"")).decode()
+    out = micropython(CS_PRELUDE.format(dir=str(d)) + f"""
+cs, port = boot()
+FAIL[0] = 1
+cs.handle("comm", "frame_in", {line!r}.encode())
+res = {{"failing": answers(port)}}
+FAIL[0] = 0
+cs.handle("comm", "frame_in", {line!r}.encode())
+res["working"] = answers(port)
+print(json.dumps(res))
+""")
+    import json
+
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["failing"] == []  # no crash, no frame with an up counter flash does not hold
+    assert [(a[0], a[2], a[3]) for a in r["working"]] == [(9, wan.K_ERROR,
+                                                           wan.E_NOT_PROVISIONED)]

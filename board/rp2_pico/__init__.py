@@ -5,7 +5,7 @@
 #
 # Deployed to the meter as the package `board`, with the same surface as
 # board/virtual (see there and docs/ARCHITECTURE.md): NAME, ADC_RATE_HZ,
-# CAL_DEFAULT, led, relay, button, tamper, adc.read_into(v_buf, i_buf),
+# CAL_DEFAULT, led, relay, button, tamper, cover, jumper, adc.read_into(v_buf, i_buf),
 # han_tx(), rtc (get/set) and rtc_get/rtc_set, entropy(n), wan(),
 # ticks_us/ticks_diff/sleep_ms.
 #
@@ -16,6 +16,11 @@
 #   button             GP14 [19]         push button to GND (internal pull-up); pressed reads 1
 #   tamper             GP13 [17]         normally-closed switch to GND (pull-up): open, or a
 #                                        cut wire, reads 1
+#   cover              GP12 [16]         terminal-cover switch, normally closed to GND while
+#                                        the cover is on (pull-up): cover open reads 1
+#   jumper             GP11 [15]         service jumper to GND behind the cover (pull-up):
+#                                        fitted reads 1. Cover open AND jumper fitted at
+#                                        power-up unseal a sealed meter (firmware/meter.py)
 #   HAN TX             GP0 [1]           UART0 TX, 115200 8N1 (DSMR 5 P1); GP1 (UART0's RX
 #                                        pin) is taken back as a plain input: nothing is read
 #   WAN (optional)     GP4 [6], GP5 [7]  UART1 TX, RX when WAN_UART = 1; default: USB serial
@@ -69,6 +74,8 @@ PIN_I = const(27)  # ADC1
 PIN_RELAY = const(15)
 PIN_BUTTON = const(14)
 PIN_TAMPER = const(13)
+PIN_COVER = const(12)
+PIN_JUMPER = const(11)
 PIN_LED = "LED"
 HAN_UART = const(0)
 PIN_HAN_TX = const(0)
@@ -258,6 +265,8 @@ led = Out(machine.Pin(PIN_LED, machine.Pin.OUT))
 relay = Relay(PIN_RELAY, RELAY_BOOT)
 button = In(PIN_BUTTON, True)
 tamper = In(PIN_TAMPER, False)
+cover = In(PIN_COVER, False)
+jumper = In(PIN_JUMPER, True)
 adc = DmaAdc(ADC_RATE_HZ)
 
 _han = None

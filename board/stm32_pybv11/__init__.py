@@ -4,7 +4,7 @@
 #
 # Deployed to the meter as the package `board`, with the same surface as
 # board/virtual (see there and docs/ARCHITECTURE.md): NAME, ADC_RATE_HZ,
-# CAL_DEFAULT, led, relay, button, tamper, adc.read_into(v_buf, i_buf),
+# CAL_DEFAULT, led, relay, button, tamper, cover, jumper, adc.read_into(v_buf, i_buf),
 # han_tx(), rtc (get/set) and rtc_get/rtc_set, entropy(n), wan(),
 # ticks_us/ticks_diff/sleep_ms, and nvram (the backup SRAM, kept on VBAT).
 #
@@ -18,6 +18,11 @@
 #   tamper             X18 [PC13]       normally-closed switch to GND (pull-up): open, or a
 #                                       cut wire, reads 1. PC13 is also the STM32's
 #                                       RTC tamper input (unused here)
+#   cover              Y1 [PC6]         terminal-cover switch, normally closed to GND while the
+#                                       cover is on (pull-up): cover open reads 1
+#   jumper             Y2 [PC7]         service jumper to GND behind the cover (pull-up):
+#                                       fitted reads 1. Cover open AND jumper fitted at
+#                                       power-up unseal a sealed meter (firmware/meter.py)
 #   HAN TX             X9 [PB6]         UART(1) TX, 115200 8N1 (DSMR 5 P1); X10 (its RX
 #                                       pin) is taken back as a plain input: nothing is read
 #   WAN (optional)     X1 [PA0], X2 [PA1]  UART(4) TX, RX when WAN_UART = 4; default: USB serial
@@ -67,6 +72,8 @@ PIN_I = "X20"
 PIN_RELAY = "X11"
 PIN_BUTTON = "X17"
 PIN_TAMPER = "X18"
+PIN_COVER = "Y1"
+PIN_JUMPER = "Y2"
 PIN_LED = "LED_GREEN"
 HAN_UART = const(1)  # TX on X9
 PIN_HAN_RX = "X10"  # UART(1)'s RX pin: taken back as a plain input
@@ -102,6 +109,8 @@ led = Out(machine.Pin(PIN_LED, machine.Pin.OUT))
 relay = Relay(PIN_RELAY, RELAY_BOOT)
 button = In(PIN_BUTTON, True)
 tamper = In(PIN_TAMPER, False)
+cover = In(PIN_COVER, False)
+jumper = In(PIN_JUMPER, True)
 adc = DmaAdc(PIN_V, ADC_CH_V, PIN_I, ADC_CH_I, ADC_RATE_HZ, ADC_RING)
 nvram = BackupSram()
 

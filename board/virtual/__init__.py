@@ -5,6 +5,8 @@
 #   NAME, ADC_RATE_HZ
 #   led, relay           output pins: value([v]), on(), off(), toggle()
 #   button, tamper       input pins: value()
+#   cover, jumper        input pins: the terminal cover's switch (1: open) and the service
+#                        jumper (1: fitted), read at power-up to unseal (firmware/meter.py)
 #   adc                  read_into(v_buf, i_buf) -> n new samples per channel
 #   han_tx()             transmit-only UART for the HAN (write() only)
 #   rtc_get()/rtc_set(t) Unix time, whole seconds since 1970-01-01 UTC
@@ -126,6 +128,8 @@ led = _Pin("led", True)
 relay = _Pin("relay", True)
 button = _Pin("button", False)
 tamper = _Pin("tamper", False)
+cover = _Pin("cover", False)
+jumper = _Pin("jumper", False)
 adc = _Adc()
 
 _han = None

@@ -17,6 +17,8 @@
 #   1-0:1.7.0(01.193*kW)             actual power delivered (+P) / received (-P)
 #   1-0:2.7.0(00.000*kW)
 #   0-0:96.3.10(1)                   breaker state: 0 disconnected, 1 connected, 2 ready
+#   0-0:96.13.0(hex)                 text message, hex-encoded ASCII: the meter's state as
+#                                    "key=value" words, e.g. "seal=closed" (tasks/han.py)
 #   1-0:32.7.0(230.1*V)              voltage L1 (F4(1,1))
 #   1-0:31.7.0(004*A)                current L1 (F3(0,0): whole amperes)
 #   !ABCD                            CRC-16/ARC over "/" through "!", uppercase hex
@@ -111,13 +113,15 @@ _TAIL = "1-0:32.7.0(%05.1f*V)\r\n1-0:31.7.0(%03d*A)\r\n!"
 
 
 def telegram(t, equipment, imp1_wh, imp2_wh, exp1_wh, exp2_wh, tariff, power_w, vrms, irms,
-             breaker=None, tz_s=3600, eu_dst=True):
+             breaker=None, tz_s=3600, eu_dst=True, text=None):
     """One complete P1 telegram (bytes), CRC included. power_w: active power, negative when
-    exporting; tariff: 1 or 2; breaker: one of BREAKER_* or None to leave the line out."""
+    exporting; tariff: 1 or 2; breaker: one of BREAKER_* or None to leave the line out; text:
+    the text message (0-0:96.13.0, ASCII) or None to leave it out."""
     body = (_HEAD % (timestamp(t, tz_s, eu_dst), equipment_hex(equipment), _kwh(imp1_wh),
                      _kwh(imp2_wh), _kwh(exp1_wh), _kwh(exp2_wh), tariff,
                      _kw(power_w if power_w > 0 else 0), _kw(-power_w if power_w < 0 else 0))
             + ("" if breaker is None else "0-0:96.3.10(%d)\r\n" % breaker)
+            + ("" if text is None else "0-0:96.13.0(%s)\r\n" % equipment_hex(text))
             + _TAIL % (min(999.9, max(0.0, vrms)), min(999, max(0, int(round(irms)))))
             ).encode()
     return body + ("%04X\r\n" % arc(body)).encode()

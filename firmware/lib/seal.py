@@ -8,7 +8,9 @@
 # update on littlefs, so a power cut leaves the meter either sealed or not, never torn.
 # main.py checks it first thing at boot (the check must be quick: Ctrl-C works until then).
 # Only the kernel changes it (an authenticated SEAL/UNSEAL through cs_security; kernel_svc.py
-# set_sealed), and boot when the local button is held at power-up (a technician on site).
+# set_sealed), and boot when the service input behind the sealed terminal cover asks for it:
+# the cover switch open AND the service jumper fitted at power-up (meter.py). The household's
+# reconnect button never unseals.
 import os
 
 SEALED = "/data/sealed"
@@ -28,7 +30,7 @@ def run(k):
     while True:
         try:
             k.run()
-        except Exception as e:  # noqa: BLE001
+        except BaseException as e:  # noqa: BLE001 - SystemExit too: sealed, never the REPL
             if not is_sealed():
                 raise
             k.log("kernel", "main loop error: %s %s" % (type(e).__name__, e))

@@ -101,16 +101,20 @@ _ks_buf = bytearray(_KS)
 class WanError(Exception):
     """A frame or line that cannot be accepted.
 
-    code: one of the E_* (the answer to send), or 0 when silent.
+    code: one of the E_* (what is wrong), or 0 when silent.
     silent: True when the meter must not answer (wrong MAC, meter id, direction).
     ref: the frame's ctr when the frame was long enough to carry one, else 0.
+    authentic: True when the frame's MAC verified (the checks after it). Only then may the
+    meter answer with code, bound to ref: the ref of a frame that did not verify is the
+    sender's choice (docs/SECURITY.md, "The WAN: answers and counters").
     """
 
-    def __init__(self, code, message, silent=False, ref=0):
+    def __init__(self, code, message, silent=False, ref=0, authentic=False):
         super().__init__(message)
         self.code = 0 if silent else code
         self.silent = silent
         self.ref = ref
+        self.authentic = authentic
 
 
 def derive_keys(meter_id, master):
@@ -233,11 +237,11 @@ def open_frame(keys, meter_id, up, frame):
     if not ct_equal(_h.hmac_sha256_pads(_h.hmac_pads(mac_key), mv[:end])[:MAC_LEN], mv[end:]):
         raise WanError(0, "wan: bad mac", True, fctr)
     if fctr == 0:
-        raise WanError(E_MALFORMED, "wan: ctr 0", ref=0)
+        raise WanError(E_MALFORMED, "wan: ctr 0", ref=0, authentic=True)
     if flags & ~_FLAGS_KNOWN:
-        raise WanError(E_MALFORMED, "wan: reserved flags", ref=fctr)
+        raise WanError(E_MALFORMED, "wan: reserved flags", ref=fctr, authentic=True)
     if ref and not up:
-        raise WanError(E_MALFORMED, "wan: command with ref", ref=fctr)
+        raise WanError(E_MALFORMED, "wan: command with ref", ref=fctr, authentic=True)
     payload = mv[HEADER:end]
     if flags & FLAG_ENC:
         payload = _ctr_xor(enc_key, meter_id, fctr, payload)
@@ -290,8 +294,9 @@ def frame_to_b64(frame):
 
 
 def error_payload(code, detail=None):
-    """An ERROR payload: code u8, then the detail: an int (REPLAY: the highest ctr
-    consumed) as u32 big-endian, a str as UTF-8, or bytes as they are."""
+    """An ERROR payload: code u8, then the detail: an int as u32 big-endian, a str as UTF-8,
+    or bytes as they are (REPLAY: the highest ctr consumed, then the ctr of the last command
+    that may have changed the meter, each u32 big-endian)."""
     if not 0 < code <= 0xFF:
         raise ValueError("wan: bad error code")
     if detail is None:

@@ -19,7 +19,8 @@ _SPACE = const(32)
 # not come. At most once a second for each, so that a flood is no flood of text; Ctrl-A has
 # its own turn because clients drain their input between the two.
 SEALED_NOTICE = (b"\r\nmeter sealed: Ctrl-C is off and the REPL is closed; unseal with "
-                 b"`meterctl unseal --port PORT` or hold the button at power-up\r\n")
+                 b"`meterctl unseal --port PORT`, or on site: cover open and service jumper "
+                 b"fitted at power-up\r\n")
 
 
 class Comm:

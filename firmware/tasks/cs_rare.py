@@ -13,7 +13,8 @@ LOGS_MAX = const(10)
 
 def unprovisioned(cs, line):
     # No key yet: a well-formed command gets NOT_PROVISIONED, sealed under the
-    # all-zero master key (PROTOCOL.md): a hint anyone could forge, never trusted.
+    # all-zero master key (PROTOCOL.md): a hint anyone could forge, never trusted (the head-end
+    # opens answers with the meter's own keys only, so it is never taken for an answer).
     cs.rejected += 1
     cs._port.log_flood("wan: rejected (not provisioned)")
     try:
@@ -25,8 +26,11 @@ def unprovisioned(cs, line):
     ver, _, flags, meter, ctr, _, n = struct.unpack_from(">BBBQIIH", frame, 0)
     if ver != wan.VER or wan.HEADER + n + wan.MAC_LEN != len(frame) or flags & wan.FLAG_RESP:
         return
+    up = cs._next_up()
+    if not up:
+        return  # no up counter on flash (cs_security._reserve): silence
     keys = wan.derive_keys(meter, wan.UNPROVISIONED_MASTER)
-    out = wan.seal(keys, meter, True, wan.K_ERROR, cs._next_up(), ctr,
+    out = wan.seal(keys, meter, True, wan.K_ERROR, up, ctr,
                    wan.error_payload(wan.E_NOT_PROVISIONED))
     cs._port.send("comm", "frame_out", wan.frame_to_b64(out))
 

@@ -4,8 +4,10 @@
 # turned into requests, and those go to tasks only through the policy. Each
 # answer goes back authenticated, encrypted where it carries personal data.
 # Every rejected frame is logged in the security log (under a flood, up to the kernel's rate
-# limit, the rest counted: kernel.py); wrong MACs and wrong meter ids get silence, because an
-# answer would give a prober an oracle.
+# limit, the rest counted: kernel.py). A frame whose MAC has not verified gets silence, whatever
+# is wrong with it: an answer bound to the ref in its unauthenticated header would be taken by
+# the head-end for the answer to its own command of that counter (docs/SECURITY.md, "The WAN:
+# answers and counters").
 import json
 from micropython import const
 
@@ -18,6 +20,13 @@ KEYS = "/data/cs_keys.json"
 COUNTERS = "/data/cs_ctr.json"
 RESERVE = const(32)  # counters persisted in steps: one flash write per 32 frames
 MAX_PENDING = const(8)
+
+# The kinds that only read. Any other kind may change the meter: its counter is on flash
+# ("chg") before it is carried out, so a REPLAY answer can tell the head-end whether a command
+# with that counter may have been carried out (docs/SECURITY.md). Matches host_tools/headend/
+# client.py RETRY_SAFE.
+_READS = (wan.K_INFO, wan.K_READ, wan.K_PROFILE, wan.K_LOGS, wan.K_STATS, wan.K_PUBKEY,
+          wan.K_GROUPS, wan.K_CREDIT, wan.K_SWITCH_STATUS)
 
 # Request kind -> (task, message kind, answer encrypted), 4 entries a route in one flat tuple
 # (RAM: one object, not one tuple a route); a tuple: nothing to alter.
@@ -71,25 +80,41 @@ class CsSecurity:
         # After a reboot every counter up to the reserved marks counts as used.
         self._down = self._down_res = c["down"]
         self._up = self._up_res = c["up"]
+        self._changed = c.get("chg", 0)  # the last command that may have changed the meter
         self._pending = {}
         self.accepted = 0
         self.rejected = 0
 
     # -- counters --------------------------------------------------------------
-    def _persist(self):
-        store.save(COUNTERS, {"down": self._down_res, "up": self._up_res})
+    def _reserve(self, down_res, up_res, changed):
+        # The marks move in RAM only once they are on flash: a failed write leaves them where
+        # they were, so no counter beyond what flash holds is ever used (after a reboot the
+        # meter starts from flash: nothing is used twice). The caller then refuses.
+        try:
+            store.save(COUNTERS, {"down": down_res, "up": up_res, "chg": changed})
+        except Exception as e:  # noqa: BLE001 - OSError from the flash, or any other failure
+            try:
+                self._port.log("wan: counters not persisted (%s): refused" % e)
+            except Exception:  # noqa: BLE001, S110 - the log is on the same flash
+                pass
+            return False
+        self._down_res, self._up_res, self._changed = down_res, up_res, changed
+        return True
 
     def _next_up(self):
-        self._up += 1
-        if self._up > self._up_res:
-            self._up_res = self._up + RESERVE
-            self._persist()  # before use: an uplink counter never repeats
-        return self._up
+        # The next uplink counter, or 0 when its reservation could not be persisted.
+        up = self._up + 1
+        if up > self._up_res and not self._reserve(self._down_res, up + RESERVE, self._changed):
+            return 0
+        self._up = up
+        return up
 
     # -- sending -----------------------------------------------------------------
     def _send(self, kind, ref, payload, encrypt=False):
-        frame = wan.seal(self._keys, self.meter_id, True, kind, self._next_up(), ref, payload,
-                         encrypt)
+        ctr = self._next_up()
+        if not ctr:
+            return  # no counter on flash: silence rather than a counter used twice
+        frame = wan.seal(self._keys, self.meter_id, True, kind, ctr, ref, payload, encrypt)
         # comm writes the line's "~" (PROTOCOL.md framing): one line-sized copy fewer
         self._port.send("comm", "frame_out", wan.frame_to_b64(frame))
 
@@ -97,6 +122,8 @@ class CsSecurity:
         self._send(wan.K_ERROR, ref, wan.error_payload(code, detail))
 
     def _reject(self, why, code=0, ref=0, detail=None):
+        # code: the error to answer, only for a frame whose MAC verified (ref is then its own
+        # counter, chosen by the head-end); 0: silence.
         self.rejected += 1
         self._port.log_flood("wan: rejected (%s)" % why)  # a flood: rate-limited
         if code and self._keys:
@@ -107,7 +134,7 @@ class CsSecurity:
         if kind == "frame_in":
             self._frame(payload)
         elif kind == "frame_err":
-            self._reject("line over cap", payload)
+            self._reject("line over cap")  # unauthenticated: silence
         elif sender in ("metrology", "clock", "kernel", "dc_security", "offswitch", "credit"):
             self._answer(payload)
 
@@ -119,16 +146,29 @@ class CsSecurity:
             frame = wan.line_to_frame(line)
             kind, flags, ctr, ref, body = wan.open_frame(self._keys, self.meter_id, False, frame)
         except wan.WanError as e:
+            # Only the checks after the MAC (ctr 0, reserved flags, a command with a ref) may
+            # answer, and they answer the head-end's own counter; before it: silence.
             self._reject("%s code %d" % (e.args[0] if e.args else "bad frame", e.code),
-                         0 if e.silent else e.code, e.ref)
+                         e.code if e.authentic else 0, e.ref)
             return
         if ctr <= self._down:
-            self._reject("replay ctr %d <= %d" % (ctr, self._down), wan.E_REPLAY, ctr, self._down)
+            # A frame of the head-end's, but not new: REPLAY, with the highest counter used
+            # and the counter of the last command that may have changed the meter. A command
+            # of this counter was carried out only if it is at or below the latter: so a
+            # replayed TOPUP cannot make its own genuine answer look refused.
+            self._reject("replay ctr %d <= %d" % (ctr, self._down), wan.E_REPLAY, ctr,
+                         self._down.to_bytes(4, "big") + self._changed.to_bytes(4, "big"))
+            return
+        down_res, changed = self._down_res, self._changed
+        if ctr > down_res:
+            down_res = ctr + RESERVE
+        if kind not in _READS:
+            changed = ctr
+        if ((down_res != self._down_res or changed != self._changed)
+                and not self._reserve(down_res, self._up_res, changed)):
+            self.rejected += 1  # not carried out, and nothing said: see _reserve
             return
         self._down = ctr
-        if ctr > self._down_res:
-            self._down_res = ctr + RESERVE
-            self._persist()
         self.accepted += 1
         self._request(kind, ctr, body)
 

@@ -8,11 +8,18 @@
 # import Wh, export Wh), credit's tariff registers (tariff, import T1/T2, export T1/T2 Wh),
 # the off-switch's relay state (relay, armed, locked) for the breaker line.
 # /data/han.json (written at provisioning): the equipment identifier and the local time.
+# The seal (lib/seal.py) is shown in the text message line: "seal=closed", "seal=open", or
+# "seal=open-service" after the service input behind the terminal cover unsealed it at this
+# power-up (meter.py), so that the household sees it; read from flash every SEAL_EVERY s.
+from micropython import const
+
+import seal
 import store
 
 import dsmr
 
 CONFIG = "/data/han.json"
+SEAL_EVERY = const(8)  # telegrams between two reads of the seal (a stat: one flash read)
 
 
 class Han:
@@ -27,6 +34,9 @@ class Han:
         self._tariff = 0
         self._i1 = self._i2 = self._e1 = self._e2 = 0
         self._breaker = None
+        self._service = bool(hw.get("unsealed_by_service"))
+        self._seal_text = None
+        self._seal_age = SEAL_EVERY
         self.sent = 0
 
     def handle(self, sender, kind, payload):
@@ -39,16 +49,28 @@ class Han:
             self._breaker = (dsmr.BREAKER_CONNECTED if relay else
                              dsmr.BREAKER_READY if armed else dsmr.BREAKER_DISCONNECTED)
 
+    def _seal_state(self):
+        self._seal_age += 1
+        if self._seal_age >= SEAL_EVERY:
+            self._seal_age = 0
+            if seal.is_sealed():
+                self._service = False  # sealed again since
+                self._seal_text = "seal=closed"
+            else:
+                self._seal_text = "seal=open-service" if self._service else "seal=open"
+        return self._seal_text
+
     def _emit(self, r):
         t, vrms, irms, power_w, imp_wh, exp_wh = r
         if t <= 0:
             return  # no time yet: a telegram must carry one
+        text = self._seal_state()
         if self._tariff:
             tel = dsmr.telegram(t, self._equipment, self._i1, self._i2, self._e1, self._e2,
                                 self._tariff, power_w, vrms, irms, self._breaker, self._tz_s,
-                                self._eu_dst)
+                                self._eu_dst, text)
         else:  # credit has not reported yet: everything on tariff 1
             tel = dsmr.telegram(t, self._equipment, imp_wh, 0, exp_wh, 0, 1, power_w, vrms,
-                                irms, self._breaker, self._tz_s, self._eu_dst)
+                                irms, self._breaker, self._tz_s, self._eu_dst, text)
         self._tx.write(tel)
         self.sent += 1

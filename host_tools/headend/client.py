@@ -2,10 +2,14 @@
 
 :class:`MeterLink` sends one command frame per request with the next counter from the
 keystore, waits for the response whose ``ref`` is that counter, verifies it (MAC, direction,
-a response counter above the last one seen) and decodes it. A meter that rebooted may have
-reserved counters above ours: it answers REPLAY with the value to resync above, and the link
-retries once from there. Bytes on the wire are counted in both directions (the bench's
-system tests report them).
+a response counter above the last one seen) and decodes it: the answer to a command is only a
+frame MAC'd by the meter with ref = the command's counter, and nothing else is taken for it.
+A meter that rebooted may have reserved counters above ours: it answers REPLAY with the value
+to resync above, and the link retries once from there - a command that changes the meter only
+when the REPLAY proves it was not carried out (its counter above the meter's last changing
+command), since a REPLAY also answers a genuine command that an attacker replayed after it ran
+(docs/SECURITY.md, "The WAN: answers and counters"). Bytes on the wire are counted in both
+directions (the bench's system tests report them).
 """
 
 from __future__ import annotations
@@ -43,10 +47,13 @@ class ReplayedResponse(LinkError):
 class MeterError(Exception):
     """The meter answered with an authenticated ERROR frame."""
 
-    def __init__(self, code: int, detail: wire.ErrorDetail, text: str) -> None:
+    def __init__(self, code: int, detail: wire.ErrorDetail, text: str, ctr: int = 0,
+                 changed: int | None = None) -> None:
         super().__init__(text)
         self.code = code
         self.detail = detail
+        self.ctr = ctr  # the command's counter
+        self.changed = changed  # REPLAY: the meter's last changing command (None: not said)
 
 
 # Requests that only read: after a disconnect they are sent again (with a new counter) once the
@@ -189,10 +196,21 @@ class MeterLink:
         try:
             return self._exchange(kind, body)
         except MeterError as e:
-            if e.code == wire.E_REPLAY and isinstance(e.detail, int):
-                # The meter reserved counters across a reboot: continue above them.
-                return self._exchange(kind, body, at_least=e.detail)
-            raise
+            if e.code != wire.E_REPLAY or not isinstance(e.detail, int):
+                raise
+            if kind not in RETRY_SAFE and (e.changed is None or e.changed >= e.ctr):
+                # The meter may have carried this command out: our frame, replayed after it
+                # ran, gets the same REPLAY as a counter below the meter's marks. Next time,
+                # a counter above them; this command is not sent again.
+                self.keystore.next_down_ctr(self.entry.meter_id, e.detail)
+                name = wire.KIND_NAMES.get(kind, hex(kind))
+                raise MeterError(e.code, e.detail, f"meter {self.entry.meter_id}: {name} "
+                                 f"(counter {e.ctr}) answered REPLAY, and the meter's last "
+                                 f"command that changes it has counter {e.changed}: it may "
+                                 f"have been carried out, so it was not sent again; check the "
+                                 f"meter before repeating it", e.ctr, e.changed) from None
+            # The meter reserved counters across a reboot: continue above them.
+            return self._exchange(kind, body, at_least=e.detail)
 
     def _exchange(self, kind: int, body: bytes, at_least: int = 0) -> wire.Frame:
         ctr = self.keystore.next_down_ctr(self.entry.meter_id, at_least)
@@ -203,7 +221,8 @@ class MeterLink:
             code, detail = wire.parse_error(resp.payload)
             raise MeterError(code, detail, f"meter {self.entry.meter_id}: "
                              f"{wire.KIND_NAMES.get(kind, hex(kind))} refused: "
-                             f"{wire.describe_error(resp.payload)}")
+                             f"{wire.describe_error(resp.payload)}", ctr,
+                             wire.replay_changed(resp.payload))
         if resp.kind != kind:
             raise LinkError(f"meter {self.entry.meter_id}: answered kind {resp.kind_name} "
                             f"to {wire.KIND_NAMES.get(kind, hex(kind))}")

@@ -5,8 +5,10 @@ On a board the USB serial carries both the WAN link and the REPL, and a REPL is 
 SEAL makes the meter turn Ctrl-C off for good (persisted: it stays sealed across power cuts), so
 that nothing over the wire reaches the REPL and no file can be written: mpremote and
 ``meterctl flash`` are refused by the board itself. UNSEAL, like every WAN command, is
-authenticated with the meter's key and replay-protected; a technician on site can also unseal by
-holding the local button at power-up. Both are written to the meter's security log.
+authenticated with the meter's key and replay-protected; a technician on site can also unseal
+with the service input behind the sealed terminal cover (the cover open AND the service jumper
+fitted at power-up); the household's reconnect button never unseals. Both are written to the
+meter's security log and shown in the HAN telegram.
 """
 
 from __future__ import annotations

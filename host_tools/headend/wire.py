@@ -304,19 +304,29 @@ def error_payload(code: int, detail: ErrorDetail = None) -> bytes:
 
 
 def parse_error(payload: bytes) -> tuple[int, ErrorDetail]:
-    """ERROR payload -> (code, detail): None when absent, an int for REPLAY (4 bytes), else the
-    text (bytes when it is not UTF-8)."""
+    """ERROR payload -> (code, detail): None when absent, an int for REPLAY (the highest ctr
+    the meter consumed: 4 bytes, or 8 with :func:`replay_changed`), else the text (bytes when
+    it is not UTF-8)."""
     if not payload:
         raise WireError(E_MALFORMED, "empty error payload")
     code, rest = payload[0], bytes(payload[1:])
     if not rest:
         return code, None
-    if code == E_REPLAY and len(rest) == 4:
-        return code, int.from_bytes(rest, "big")
+    if code == E_REPLAY and len(rest) in (4, 8):
+        return code, int.from_bytes(rest[:4], "big")
     try:
         return code, rest.decode()
     except UnicodeDecodeError:
         return code, rest
+
+
+def replay_changed(payload: bytes) -> int | None:
+    """The counter of the last command that may have changed the meter, from a REPLAY
+    payload (its second u32); None when the meter did not say. A command whose counter is
+    above it was not carried out (docs/SECURITY.md, "The WAN: answers and counters")."""
+    if len(payload) == 9 and payload[0] == E_REPLAY:
+        return int.from_bytes(payload[5:9], "big")
+    return None
 
 
 def describe_error(payload: bytes) -> str:

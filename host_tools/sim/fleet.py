@@ -33,7 +33,9 @@ ROM = REPO / "board" / "virtual" / "host" / "rom.py"
 ROM_EXTRAS = ("board_identity.py", "flashdev.py", "port_rp2.py", "port_stm32.py")
 PROFILE_FILE = "profile.json"  # a meter's port profile, kept across restarts
 BOARDSYS = ROM.with_name("boardsys.py")  # the board-like sys module object the ROM fills
-INPUT_PINS = ("button", "tamper")  # what the host drives; outputs (relay, led) it only reads
+# what the host drives (cover 1: the terminal cover open; jumper 1: the service jumper fitted);
+# outputs (relay, led) it only reads
+INPUT_PINS = ("button", "tamper", "cover", "jumper")
 SUPERVISOR = Path(__file__).with_name("supervisor.py")
 
 

@@ -336,7 +336,8 @@ class Supervisor:
     def _load_hw(self) -> dict[str, Any]:
         # A new meter's relay is closed: shipped connected (docs/OFFSWITCH.md, "The relay at
         # first boot"); the firmware's first boot adopts it as it finds it.
-        hw: dict[str, Any] = {"inputs": {"button": 0, "tamper": 0}, "outputs": {"relay": 1},
+        hw: dict[str, Any] = {"inputs": {"button": 0, "tamper": 0, "cover": 0, "jumper": 0},
+                              "outputs": {"relay": 1},
                               "wave": {}, "relay_changes": 0, "rtc_offset": 0,
                               "time_scale": 1.0, "time_anchor": 0.0, "sim_time": None}
         try:
@@ -344,7 +345,8 @@ class Supervisor:
                 saved = json.load(f)
             for k in hw:
                 if k in saved:
-                    hw[k] = saved[k]
+                    # inputs added since (cover, jumper) start released
+                    hw[k] = {**hw[k], **saved[k]} if k == "inputs" else saved[k]
         except (OSError, ValueError):
             pass
         return hw

@@ -100,7 +100,8 @@ class SealedError(BoardError):
 # What a sealed meter answers to a Ctrl-C (firmware/tasks/comm.py SEALED_NOTICE).
 SEALED_MARK = "meter sealed:"
 HOW_TO_UNSEAL = ("unseal it with `meterctl unseal --port {port}` (authenticated with the meter's "
-                 "keys from the keystore), or on site by holding the button at power-up")
+                 "keys from the keystore), or on site with the service input: the terminal "
+                 "cover open and the service jumper fitted at power-up")
 
 
 @dataclass(frozen=True)

@@ -670,6 +670,10 @@ class Pin:
             return 0 if _hw.inputs.get("button") else 1
         if g == 13:  # tamper: a normally-closed loop to GND; open (tamper) reads 1
             return 1 if _hw.inputs.get("tamper") else 0
+        if g == 12:  # the terminal cover's switch, closed to GND while the cover is on
+            return (1 if _PULL.get(g) == Pin.PULL_UP else 0) if _hw.inputs.get("cover") else 0
+        if g == 11:  # the service jumper to GND: fitted reads 0
+            return 0 if _hw.inputs.get("jumper") else (1 if _PULL.get(g) == Pin.PULL_UP else 0)
         return 1 if _PULL.get(g) == Pin.PULL_UP else 0
 
     __call__ = value

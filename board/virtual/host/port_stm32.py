@@ -11,6 +11,8 @@
 #   X11 (PC4)  -> hw.output("relay")    LED_GREEN (PA14), pyb.LED(2) -> hw.output("led")
 #   X17 (PB3)  <- hw.inputs["button"]: the USR switch, to GND: pressed reads 0
 #   X18 (PC13) <- hw.inputs["tamper"]: a normally-closed loop to GND: open (1) reads 1
+#   Y1 (PC6)   <- hw.inputs["cover"]: the terminal cover's switch, closed to GND while on
+#   Y2 (PC7)   <- hw.inputs["jumper"]: the service jumper, to GND: fitted reads 0
 #   UART(1) TX -> hw.han_write, blocking for the bytes' time on the line, as the port's write
 #   ADC1 + DMA2 + TIM2/TIM5 (registers, through stm.mem32) <- the supervisor's ADC ring
 #   backup SRAM (0x40024000, 4 KiB) <-> hw.nvram / hw.nvram_write, or RAM when absent
@@ -406,7 +408,7 @@ _PIN_NAMES = {
     "LED_YELLOW": "A15", "LED_BLUE": "B4",
 }
 _OUTPUTS = {"C4": "relay", "A14": "led"}  # cpu pin -> hw.outputs name
-_INPUTS = {"B3": "button", "C13": "tamper"}
+_INPUTS = {"B3": "button", "C13": "tamper", "C6": "cover", "C7": "jumper"}
 _pins = {}  # cpu name -> _PinState
 _NOT_GIVEN = object()
 
@@ -529,9 +531,9 @@ def _level(s):
     with _hw_lock:
         _hw.poll()
     active = 1 if _hw.inputs.get(name) else 0
-    if name == "button":  # the USR switch connects PB3 to GND
+    if name in ("button", "jumper"):  # the USR switch connects PB3 to GND; a fitted jumper PC7
         return 0 if active else (1 if s.pull == Pin.PULL_UP else 0)
-    # tamper: a closed loop holds PC13 at GND; open, only a pull-up makes it 1
+    # tamper, cover: a closed loop holds the pin at GND; open, only a pull-up makes it 1
     return (1 if s.pull == Pin.PULL_UP else 0) if active else 0
 
 
