@@ -80,6 +80,7 @@ class Fleet:
     pks: list[bytes] = field(default_factory=list)
     log_next: list[int] = field(default_factory=lambda: [0] * 5)
     released: dict[str, Any] = field(default_factory=dict)  # what test 4 left for test 5
+    drained: bool = False  # meter 2's flood bucket emptied by the flood test
 
     def link(self, i: int, timeout: float = 10.0) -> MeterLink:
         return open_link(self.ports[i], self.keystore, None, timeout)
@@ -496,6 +497,35 @@ def test_a_security_log_flood_costs_bounded_flash_writes_and_drops_are_counted(
     assert dropped > 0
     assert n <= writes + dropped <= n + 2  # every frame a record or counted (+ the count's)
     assert all(s.startswith(("wan: rejected (", "log: ")) for s in fl.new_log(2))
+    fl.drained = True
+
+
+@pytest.mark.xfail(strict=True,
+                   reason="issue 18 'Bad input': each refusal a security-log entry, "
+                          "rate-limited; on main only unauthenticated input is (kernel.py "
+                          "log_flood): a refused LoPA request writes two records unlimited "
+                          "(dc_security's 'lopa ... refused', cs_security's 'request ... "
+                          "failed')")
+def test_the_head_ends_own_refused_requests_cannot_flood_the_security_log(fl: Fleet) -> None:
+    """A head-end that holds the key floods the log with requests the meter refuses (24
+    CIPHERTEXTs for a group it never made), to wear the flash or evict the records of its
+    earlier attacks. With the bucket empty after the flood above, they may cost at most the
+    one record of the count, the rest counted."""
+    assert fl.drained, "runs after the flood test (meter 2's bucket empty)"
+    k = 24
+    with fl.link(2) as link:
+        dropped0 = link.request(wire.K_STATS)["log_dropped"]
+
+        def send() -> None:
+            for _ in range(k):
+                with pytest.raises(MeterError, match="unknown group"):
+                    link.request_raw(wire.K_CIPHERTEXT, codec.ciphertext_cmd(b"none", 1))
+
+        writes = _log_writes(fl, 2, send)
+        dropped = link.request(wire.K_STATS)["log_dropped"] - dropped0
+    print(f"\n{k} refused requests of the head-end's: {writes} security-log writes, "
+          f"{dropped} records dropped and counted")
+    assert writes <= 1 and dropped >= k
 
 
 # -- the household's button on a sealed meter --
