@@ -361,8 +361,9 @@ def test_four_subset_differencing_is_left_with_the_budgets_noise(fl: Fleet) -> N
         print(f"  t {t}: " + "; ".join(row))
     got = adv.rms(errors)
     print(f"  RMS error of {len(errors)} readings: {got:.2f} lambda = {got * LAM:.0f} mWh "
-          f"(theory {adv.DIFFERENCING_RMS_THEORY:.3f} lambda); largest |noise| of an "
-          f"aggregate {max(abs(v) for v in noises) / LAM:.2f} lambda")
+          f"(theory {adv.DIFFERENCING_RMS_THEORY:.3f} lambda); the aggregates' noise: RMS "
+          f"{adv.rms([v / LAM for v in noises]):.2f} lambda (Laplace: sqrt(2) = 1.41), "
+          f"largest {max(abs(v) for v in noises) / LAM:.2f} lambda")
     assert any(noises), "no aggregate carried noise"
     assert got > 0.25, "the differencing got the readings nearly exactly"
     fl.released = {"t": max(rounds), "gid": subsets[ids[3]][0]}  # meter 0 is in it
