@@ -337,11 +337,15 @@ def test_four_subset_differencing_is_left_with_the_budgets_noise(fl: Fleet) -> N
                                  "in use, the group needs 1") == 1
 
     rounds: dict[int, dict[int, int]] = {}  # t -> {left-out meter: aggregate}
+    sent: dict[tuple[int, bytes, int], int] = {}  # (meter, gid, t) -> c
     next_closed_interval()
     for _ in range(ROUNDS):
         t = next_closed_interval()
-        rounds[t] = {k: sum(ciphertext(fl, idx[mid], gid, t) for mid in mem) & adv.MASK32
+        cs = {(mid, gid): ciphertext(fl, idx[mid], gid, t) for gid, mem in subsets.values()
+              for mid in mem}
+        rounds[t] = {k: sum(cs[mid, gid] for mid in mem) & adv.MASK32
                      for k, (gid, mem) in subsets.items()}
+        sent.update({(mid, gid, t): c for (mid, gid), c in cs.items()})
     errors: list[float] = []
     noises: list[int] = []
     print(f"\nfour-subset differencing under the budget (lambda {LAM:g} mWh = delta, epsilon "
@@ -366,7 +370,7 @@ def test_four_subset_differencing_is_left_with_the_budgets_noise(fl: Fleet) -> N
           f"largest {max(abs(v) for v in noises) / LAM:.2f} lambda")
     assert any(noises), "no aggregate carried noise"
     assert got > 0.25, "the differencing got the readings nearly exactly"
-    fl.released = {"t": max(rounds), "gid": subsets[ids[3]][0]}  # meter 0 is in it
+    fl.released = {"t": max(rounds), "gid": subsets[ids[3]][0], "c": sent}  # 0, 1 are in it
 
 
 # -- once per (gid, t) --
@@ -375,10 +379,17 @@ def test_a_released_t_is_refused_across_a_power_cut_and_after_the_clock_is_set_b
         fl: Fleet) -> None:
     """Meter 0 released c(t) for a group; asked again after a power cut, and after the
     head-end sets its clock back 20 s (which TIME_SET allows: under 300 s), it refuses:
-    BAD_ARGS "t T already released (next T+1)", logged, its released marks unchanged."""
+    BAD_ARGS "t T already released (next T+1)", logged, its released marks unchanged. Meter
+    1, its clock set back without a power cut, gives the very ciphertexts it released before
+    (from RAM) and closes no interval again."""
     assert fl.released, "runs after the four-subset test (its groups)"
-    gid, t = fl.released["gid"], fl.released["t"]
-    ciphertext(fl, 0, gid, t)  # the same c again, from RAM: no new release
+    gid, t, sent = fl.released["gid"], fl.released["t"], fl.released["c"]
+    assert ciphertext(fl, 0, gid, t) == sent[fl.ids[0], gid, t]  # the same c, from RAM
+    # Meter 1, no power cut: its clock set back 20 s closes no interval again, and whatever
+    # it is asked for is the very c it released, never a fresh one (new noise, new C_i)
+    with fl.link(1) as link:
+        now1 = link.request(wire.K_READ)["clock"]
+        assert link.request(wire.K_TIME_SET, {"t": now1 - 20})["old"] == now1
     marks = fl.state(0)["files"]
     fleet.power_cut(0, fl.base)
     fl.wait_up(0)
@@ -398,11 +409,18 @@ def test_a_released_t_is_refused_across_a_power_cut_and_after_the_clock_is_set_b
         fl.refused(0, wire.K_CIPHERTEXT, codec.ciphertext_cmd(gid, t - k), wire.E_BAD_ARGS,
                    "already released")
     assert fl.state(0)["files"] == marks
+    again = {(mid, g, tt): ciphertext(fl, 1, g, tt) for (mid, g, tt) in sent
+             if mid == fl.ids[1] and g == gid}
+    assert again == {key: c for key, c in sent.items() if key in again}
+    assert len(again) == ROUNDS
+    log1 = fl.new_log(1)
+    assert not any("already encrypted" in s for s in log1), log1
     log = fl.new_log(0)
     assert logged(log, f"lopa ciphertext refused: {why}") == 2, log
     assert any(s.startswith("clock: time set ") and "refused" in s for s in log), log
-    with fl.link(0) as link:  # the operator puts the clock right; rounds go on after t
-        link.request(wire.K_TIME_SET, {"t": int(time.time())})
+    for i in (0, 1):  # the operator puts the clocks right; rounds go on after t
+        with fl.link(i) as link:
+            link.request(wire.K_TIME_SET, {"t": int(time.time())})
     next_closed_interval()
     t2 = next_closed_interval()
     assert t2 > t
