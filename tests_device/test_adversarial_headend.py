@@ -532,12 +532,6 @@ def test_a_security_log_flood_costs_bounded_flash_writes_and_drops_are_counted(
     fl.drained = True
 
 
-@pytest.mark.xfail(strict=True,
-                   reason="issue 18 'Bad input': each refusal a security-log entry, "
-                          "rate-limited; on main only unauthenticated input is (kernel.py "
-                          "log_flood): a refused LoPA request writes two records unlimited "
-                          "(dc_security's 'lopa ... refused', cs_security's 'request ... "
-                          "failed')")
 def test_the_head_ends_own_refused_requests_cannot_flood_the_security_log(fl: Fleet) -> None:
     """A head-end that holds the key floods the log with requests the meter refuses (24
     CIPHERTEXTs for a group it never made), to wear the flash or evict the records of its

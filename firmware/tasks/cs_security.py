@@ -215,7 +215,7 @@ class CsSecurity:
             return  # not asked for (or asked before a reboot)
         kind, enc = req
         if code:
-            self._port.log("request %d kind %d failed: %s" % (ref, kind, body))
+            self._port.log_flood("request %d kind %d failed: %s" % (ref, kind, body))
             self._error(code, ref, body.encode())
         else:
             self._send(kind, ref, body if isinstance(body, bytes) else body.encode(), enc)

@@ -86,7 +86,7 @@ class DcSecurity:
 
     def _refuse(self, ref, what, e):
         code, text = e.args
-        self._port.log("lopa %s refused: %s" % (what, text))
+        self._port.log_flood("lopa %s refused: %s" % (what, text))  # the head-end can repeat it
         self._port.send("cs_security", "lopa_data", (ref, code, text))
 
     # -- requests -----------------------------------------------------------------------
