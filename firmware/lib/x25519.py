@@ -55,10 +55,40 @@ _A24 = const(121665)
 BASE_POINT = b"\x09" + bytes(31)
 
 
+# ID_ISAR2.MultU_instrs (bits 15:12; ARMv7-M and ARMv8-M Mainline architecture manuals):
+# 2 = UMULL, UMLAL and UMAAL. Read by ARMv6-M instructions, only on Thumb-2 cores.
+_ISAR2_PROBE = """
+@micropython.asm_thumb
+def multu():
+    mov(r0, 0xe0)
+    lsl(r0, r0, 24)
+    mov(r1, 0xed)
+    lsl(r1, r1, 8)
+    add(r1, 0x68)
+    add(r0, r0, r1)
+    ldr(r0, [r0, 0])
+    lsr(r0, r0, 12)
+    mov(r1, 15)
+    and_(r0, r1)
+"""
+
+
+def _has_umaal(micropython):
+    # A Thumb-2 build without an FPU reports armv7em (py/persistentcode.h) on a Cortex-M3
+    # too, which lacks UMAAL; with an FPU (armv7emsp/dp: M4F, M7, M33F) the core is ARMv7E-M
+    # or ARMv8-M Mainline, and the register says whether its DSP extension is there.
+    g = {"micropython": micropython}
+    exec(_ISAR2_PROBE, g)
+    return g["multu"]() >= 2
+
+
 def _load_thumb():
-    # The ladder and inversion in ARMv6-M machine code (x25519_thumb) where it can run: a
-    # Cortex-M port (armv6m .. armv7emdp) with the inline assembler. None elsewhere (CPython,
-    # the unix VM: x25519_thumb is not even imported there), and then the Python code below.
+    # The ladder and inversion in machine code where it can run: a Cortex-M port with the
+    # inline assembler (sys.implementation._mpy: armv6m .. armv7emdp). The ARMv7E-M code
+    # (x25519_v7m: UMAAL) where the core has UMAAL, else the ARMv6-M code (x25519_thumb),
+    # which every Cortex-M runs. None elsewhere (CPython, the unix VM: neither module is
+    # even imported there), and then the Python code below.
+    global IMPL
     try:
         import sys
 
@@ -66,19 +96,29 @@ def _load_thumb():
         if arch < 4 or arch > 8:
             return None
         import micropython
-        import x25519_thumb as t
 
+        if arch >= 6 and _has_umaal(micropython):
+            import x25519_v7m as t
+
+            name = "x25519_v7m"
+        else:
+            import x25519_thumb as t
+
+            name = "x25519_thumb"
         g = {"micropython": micropython}
         exec(t.TRAMPOLINE, g)
         layout = (t.STATE_SIZE, t.X1, t.X2, t.X3, t.Z3, t.K, t.RES, t.OP_LADDER, t.OP_FINISH)
         code = bytearray(t.CODE)  # in RAM, word-aligned
-        # Drop the module: its constant (the code as bytes, 7.6 KB) is then freed.
-        del sys.modules["x25519_thumb"]
+        # Drop the module: its constant (the code as bytes) is then freed.
+        del sys.modules[name]
+        IMPL = "armv7e-m" if name == "x25519_v7m" else "armv6-m"
         return g["run"], code, layout
-    except Exception:  # no inline assembler, no x25519_thumb: the Python code
+    except Exception:  # no inline assembler, no machine-code module: the Python code
         return None
 
 
+# Which code x25519() runs: "armv7e-m" (UMAAL), "armv6-m" or "python".
+IMPL = "python"
 _THUMB = _load_thumb()
 
 
