@@ -1,4 +1,4 @@
-"""python -m host_tools.emu COMMAND [--board m0plus|m4|rp2040]
+"""python -m host_tools.emu COMMAND [--board m0plus|m4|m33|rp2040]
 
 toolchain   apt-get install the cross compiler and QEMU, only what is missing
 build       build the board's MicroPython (cached); prints the image's path
@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+
+from host_tools.emu.build import BOARDS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m host_tools.emu")
     ap.add_argument("command", choices=["toolchain", "build", "run", "gen-x25519", "run-bench",
                                         "x25519"])
-    ap.add_argument("--board", default="m0plus", choices=["m0plus", "m4", "rp2040"])
+    ap.add_argument("--board", default="m0plus", choices=list(BOARDS))
     args = ap.parse_args(argv)
     from host_tools.emu.build import EmuError
 

@@ -164,7 +164,7 @@ def x25519_main(argv: list[str]) -> int:
     from host_tools.emu.build import EmuError, board_spec
 
     ap = argparse.ArgumentParser(prog="python -m host_tools.emu x25519")
-    ap.add_argument("--board", default="m0plus", choices=["m0plus", "m4", "rp2040"])
+    ap.add_argument("--board", default="m0plus", choices=list(BOARDS))
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args(argv)
     spec = board_spec(args.board)
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     from host_tools.emu.build import board_spec
 
     ap = argparse.ArgumentParser(prog="python -m host_tools.emu run-bench")
-    ap.add_argument("--board", default="m0plus", choices=["m0plus", "m4", "rp2040"])
+    ap.add_argument("--board", default="m0plus", choices=list(BOARDS))
     ap.add_argument("--runs", type=int, default=1, help="runs of each test (default 1)")
     ap.add_argument("--json", type=Path, help="also write every Result here")
     ap.add_argument("--update-doc", type=Path, metavar="MD",
