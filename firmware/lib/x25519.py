@@ -97,14 +97,15 @@ def _load_thumb():
             return None
         import micropython
 
+        t = None
         if arch >= 6 and _has_umaal(micropython):
-            import x25519_v7m as t
-
-            name = "x25519_v7m"
-        else:
+            try:
+                import x25519_v7m as t
+            except ImportError:  # an image without it: the ARMv6-M code, below
+                t = None
+        if t is None:
             import x25519_thumb as t
-
-            name = "x25519_thumb"
+        name = t.__name__
         g = {"micropython": micropython}
         exec(t.TRAMPOLINE, g)
         layout = (t.STATE_SIZE, t.X1, t.X2, t.X3, t.Z3, t.K, t.RES, t.OP_LADDER, t.OP_FINISH)
