@@ -1,0 +1,202 @@
+"""The ARMv7E-M X25519 (firmware/lib/x25519_v7m.py, UMULL/UMAAL) on the emulated Cortex-M4
+(QEMU mps2-an386) and Cortex-M33 (QEMU mps2-an505): chosen by the dispatch in x25519.py, all
+518 Project Wycheproof X25519 vectors (tests_host/data/x25519_test.json, from
+github:C2SP/wycheproof testvectors_v1) and the RFC 7748 vectors, its instruction count against
+the 1.1 M goal and the same count for every key; and, on the host, that the module is the
+generator's output, that the Cortex-M33 takes the same encodings and that a Cortex-M3 (no
+UMAAL) would refuse them, which is why x25519.py reads ID_ISAR2 before choosing it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import x25519
+
+from host_tools.emu import x25519_v7m_gen
+from host_tools.emu.bench import emulated_board, upload_libs
+from host_tools.emu.build import EmuError, board_spec
+from host_tools.transport.serial import Board
+
+from .test_crypto_cpython import (
+    X25519_ITERATED,
+    X25519_VECTORS,
+    ref_x25519,
+)
+from .test_emulated import needs_toolchain
+
+WYCHEPROOF = Path(__file__).parent / "data" / "x25519_test.json"
+GOAL_CYCLES = 1_100_000  # issue 19: 2 x Lenngren's 0.55 M cycles on the Cortex-M4
+
+
+def wycheproof() -> list[tuple[int, bytes, bytes, bytes]]:
+    """(tcId, private, public, shared) of every test in the Wycheproof file."""
+    d = json.loads(WYCHEPROOF.read_text())
+    out = [(t["tcId"], bytes.fromhex(t["private"]), bytes.fromhex(t["public"]),
+            bytes.fromhex(t["shared"])) for g in d["testGroups"] for t in g["tests"]]
+    assert len(out) == d["numberOfTests"] == 518
+    return out
+
+
+def test_wycheproof_vectors_match_the_reference_and_the_python_ladder() -> None:
+    """The data file is what it says (cryptography agrees on every shared secret), and the
+    firmware's pure-Python ladder on CPython gives the same 518 results."""
+    for tc, sk, pk, shared in wycheproof():
+        assert x25519.x25519(sk, pk) == shared, tc
+        if any(shared):  # cryptography refuses the all-zero (low-order) results
+            assert ref_x25519(sk, pk) == shared, tc
+
+
+@needs_toolchain
+def test_module_is_generated_from_its_source() -> None:
+    code = x25519_v7m_gen.assemble(x25519_v7m_gen.source())
+    assert x25519_v7m_gen.OUT.read_text() == x25519_v7m_gen.render(code), (
+        "firmware/lib/x25519_v7m.py is stale: run python -m host_tools.emu gen-x25519")
+
+
+@needs_toolchain
+def test_same_encodings_for_the_m4_and_m33_and_refused_for_the_m3() -> None:
+    src = x25519_v7m_gen.source()
+    code = x25519_v7m_gen.assemble(src)
+    for cpu in ("-mcpu=cortex-m4", "-mcpu=cortex-m7", "-mcpu=cortex-m33"):
+        assert x25519_v7m_gen.assemble(src, cpu) == code, cpu
+    with pytest.raises(EmuError, match="umaal"):  # ARMv7-M without the DSP extension
+        x25519_v7m_gen.assemble(src, "-mcpu=cortex-m3")
+
+
+@pytest.fixture(scope="module", params=["m4", "m33"])
+def v7m_board(request: pytest.FixtureRequest) -> Iterator[tuple[str, Board]]:
+    name = str(request.param)
+    with emulated_board(name) as (_, b):
+        upload_libs(b, board_spec(name), ("x25519_thumb", "x25519_v7m", "x25519"))
+        yield name, b
+
+
+def lines(b: Board, code: str) -> list[str]:
+    return b.exec(code).decode().split()
+
+
+@needs_toolchain
+def test_board_chooses_the_umaal_code(v7m_board: tuple[str, Board]) -> None:
+    _, b = v7m_board
+    assert b.info().arch == "armv7emsp"  # what a Pyboard and a Pico 2 report
+    assert lines(b, "import x25519, micropython\nprint(x25519.IMPL, "
+                    "x25519._has_umaal(micropython))") == ["armv7e-m", "True"]
+
+
+@needs_toolchain
+def test_all_wycheproof_vectors_on_the_board(v7m_board: tuple[str, Board]) -> None:
+    """The 518 vectors as one file on the board's RAM filesystem (private and public key,
+    64 bytes each); the board prints the first 4 bytes of each result and a SHA-256 of all."""
+    name, b = v7m_board
+    vecs = wycheproof()
+    blob = b"".join(sk + pk for _, sk, pk, _ in vecs)
+    b.exec(f"import emu\nemu.put('/wp.bin', bytes.fromhex({blob.hex()!r}))", "writing /wp.bin")
+    out = lines(b, """
+import x25519, hashlib
+assert x25519.IMPL == "armv7e-m"
+h = hashlib.sha256()
+with open("/wp.bin", "rb") as f:
+    data = f.read()
+for i in range(0, len(data), 64):
+    r = x25519.x25519(data[i:i + 32], data[i + 32:i + 64])
+    h.update(r)
+    print(r[:4].hex())
+print(h.digest().hex())
+""")
+    bad = [tc for (tc, _, _, shared), got in zip(vecs, out[:-1], strict=True)
+           if shared[:4].hex() != got]
+    assert not bad, f"{name}: Wycheproof tcIds {bad[:20]} differ"
+    assert out[-1] == hashlib.sha256(b"".join(s for *_, s in vecs)).hexdigest()
+
+
+@needs_toolchain
+def test_rfc7748_vectors_and_the_armv6m_fallback(v7m_board: tuple[str, Board]) -> None:
+    """RFC 7748 5.2 (and 1,000 iterations) by the UMAAL code; the same vectors by the ARMv6-M
+    code that x25519.py takes when ID_ISAR2 says no UMAAL (a Cortex-M3 reports armv7em too)."""
+    name, b = v7m_board
+    vec = [(k, u) for k, u, _ in X25519_VECTORS]
+    out = lines(b, f"""
+import x25519
+h = bytes.fromhex
+for k, u in {vec!r}:
+    print(x25519.x25519(h(k), h(u)).hex())
+k = u = x25519.BASE_POINT
+for _ in range(1000):
+    k, u = x25519.x25519(k, u), k
+print(k.hex())
+probe = x25519._has_umaal
+x25519._has_umaal = lambda m: False
+x25519._THUMB = x25519._load_thumb()
+print(x25519.IMPL)
+for k, u in {vec!r}:
+    print(x25519.x25519(h(k), h(u)).hex())
+x25519._has_umaal = probe
+x25519._THUMB = x25519._load_thumb()
+assert x25519.IMPL == "armv7e-m"
+""")
+    want = [o for *_, o in X25519_VECTORS]
+    assert out == [*want, X25519_ITERATED[1000], "armv6-m", *want], name
+
+
+@needs_toolchain
+def test_instruction_count_within_the_goal_and_the_same_for_every_key(
+        v7m_board: tuple[str, Board], capsys: pytest.CaptureFixture[str]) -> None:
+    """One X25519 in at most 1.1 M instructions (a lower bound of the cycles), and the machine
+    code (ladder, then inversion and final reduction) takes the same count, to the timer's
+    resolution, for keys and points that differ in every way a branch or an early exit on
+    data would show: all-zero and all-one scalars (after clamping), u = 0, 1, p - 1,
+    2^255 - 1 (non-canonical), random ones. The machine code alone is timed: the VM's
+    allocator, around it, takes time that depends on the heap's layout."""
+    name, b = v7m_board
+    rng = random.Random(19)
+    p = 2**255 - 19
+    cases = [(bytes(32), (9).to_bytes(32, "little")), (b"\xff" * 32, (9).to_bytes(32, "little")),
+             (rng.randbytes(32), bytes(32)), (rng.randbytes(32), (1).to_bytes(32, "little")),
+             (rng.randbytes(32), (p - 1).to_bytes(32, "little")),
+             (rng.randbytes(32), (2**255 - 1).to_bytes(32, "little"))]
+    cases += [(rng.randbytes(32), rng.randbytes(32)) for _ in range(4)]
+    out = lines(b, f"""
+import x25519, emu, gc
+assert x25519.IMPL == "armv7e-m"
+run, code, (size, x1, x2, x3, z3, ks, res, op_ladder, op_finish) = x25519._THUMB
+st = bytearray(size)
+run(code, op_ladder, st, 0)  # warm up the call path (the VM's lookup caches)
+run(code, op_finish, st, 0)
+x25519.x25519(bytes(32), bytes(32))
+for k, u in {[(k.hex(), u.hex()) for k, u in cases]!r}:
+    k, u = bytearray(bytes.fromhex(k)), bytes.fromhex(u)
+    k[0] &= 248
+    k[31] = (k[31] & 127) | 64
+    st[:] = bytes(size)
+    st[x1:x1 + 32] = u
+    st[x1 + 31] &= 127
+    st[x2] = 1
+    st[x3:x3 + 32] = st[x1:x1 + 32]
+    st[z3] = 1
+    st[ks:ks + 32] = k
+    gc.collect()
+    t0 = emu.count()
+    run(code, op_ladder, st, 0)
+    run(code, op_finish, st, 0)
+    t1 = emu.count()
+    t2 = emu.count()
+    x25519.x25519(k, u)
+    t3 = emu.count()
+    print(t1 - t0, t3 - t2)
+print(emu.RESOLUTION_NS)
+""")
+    counts = [int(x) for x in out[:-1:2]]
+    whole = [int(x) for x in out[1:-1:2]]
+    res = int(out[-1])
+    spec = board_spec(name)
+    with capsys.disabled():
+        print(f"\n[{spec.label}] one X25519: {min(whole):,} - {max(whole):,} instructions "
+              f"(the machine code {min(counts):,} - {max(counts):,}) over {len(counts)} keys; "
+              f"goal {GOAL_CYCLES:,} cycles")
+    assert max(whole) <= GOAL_CYCLES
+    assert max(counts) - min(counts) <= res, counts  # the timer's granularity only
