@@ -200,3 +200,8 @@ print(emu.RESOLUTION_NS)
               f"goal {GOAL_CYCLES:,} cycles")
     assert max(whole) <= GOAL_CYCLES
     assert max(counts) - min(counts) <= res, counts  # the timer's granularity only
+    # The generator's walk of the code (behind its cycle estimate) counts what QEMU counts,
+    # less the two calls through the VM and the trampoline.
+    insns, cycles = x25519_v7m_gen.trace_counts()
+    assert insns <= min(counts) <= insns + 4_000, (insns, counts)
+    assert cycles + (max(whole) - insns) * 2 <= GOAL_CYCLES  # the VM's part at CPI 2

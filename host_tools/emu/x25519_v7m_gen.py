@@ -496,3 +496,85 @@ def generate(out: Path = OUT) -> int:
     code = assemble(source())
     out.write_text(render(code))
     return len(code)
+
+
+# --- a cycle estimate from the Cortex-M4's instruction timings --------------------------------
+
+# Cycles per instruction, Cortex-M4 Technical Reference Manual (ARM DDI 0439B), section 3.3.1
+# "Cortex-M4 instruction set summary", zero wait states: ALU, MUL, UMULL and UMAAL 1; LDR/STR 2,
+# or 1 after another single load or store (pipelined); LDRD/STRD 3 (1 + N); LDM/STM/PUSH/POP
+# 1 + N; a taken branch or BL 1 + P, with P (the pipeline refill, 1-3) taken as 3.
+REFILL = 3
+_SINGLE = ("ldr", "ldrb", "str")
+
+
+def _cycles(op: str, args: str, prev: str) -> int:
+    if op in _SINGLE:
+        return 1 if prev in _SINGLE else 2
+    if op in ("ldrd", "strd"):
+        return 3
+    if op in ("ldm", "stm", "push", "pop"):
+        regs = args[args.index("{") + 1:args.index("}")]
+        n = sum(int(r.split("-")[1][1:]) - int(r.split("-")[0][1:]) + 1 if "-" in r else 1
+                for r in regs.replace(" ", "").split(","))
+        return 1 + n + (REFILL if op == "pop" and "pc" in regs else 0)
+    return 1
+
+
+def trace_counts(asm: str | None = None) -> tuple[int, int]:
+    """(instructions, estimated M4 cycles) of one X25519's machine code: op 3 (the ladder) and
+    op 1 (inversion and final reduction), entry and dispatch included, the trampoline not. A
+    walk of the assembly's control flow, which depends only on public counters: calls,
+    returns, and the loops on the counter kept at [sp] (op_ladder, the squaring loops)."""
+    lines = [ln.strip() for ln in (asm or source()).splitlines()]
+    where = {ln[:-1]: i for i, ln in enumerate(lines) if ln.endswith(":")}
+    insns = cycles = 0
+    for op_code in (OP_LADDER, OP_FINISH):
+        r0, r4 = op_code, 0
+        zero = negative = False
+        frames: list[dict[str, int]] = [{}]
+        ret: list[int] = []
+        pc = where["entry"]
+        prev = ""
+        while True:
+            ln = lines[pc]
+            pc += 1
+            if not ln or ln.endswith(":") or ln.startswith("."):
+                continue
+            op, _, args = ln.partition(" ")
+            cyc = _cycles(op, args, prev)
+            prev = op
+            insns += 1
+            if op == "cmp":  # the dispatch on the op code
+                zero = r0 == int(args.split("#")[1])
+            elif op == "mov" and args.startswith("r4, #"):
+                r4 = int(args.split("#")[1])
+            elif op == "mov" and args.startswith("r0, #"):
+                r0 = int(args.split("#")[1])
+            elif op == "push" and args == "{r4, r5}":
+                frames[-1]["sp"] = r4
+            elif op == "str" and args == "r4, [sp]":
+                frames[-1]["sp"] = r4
+            elif op == "ldr" and args == "r4, [sp]":
+                r4 = frames[-1]["sp"]
+            elif op == "subs" and args == "r4, r4, #1":
+                r4 -= 1
+                zero, negative = r4 == 0, r4 < 0
+            elif op == "bl":
+                ret.append(pc)
+                frames.append({})
+                pc = where[args]
+                cyc = 1 + REFILL
+            elif op in ("b", "bne", "bpl"):
+                taken = op == "b" or (op == "bne" and not zero) or (op == "bpl" and not negative)
+                if taken:
+                    pc = where[args]
+                    cyc = 1 + REFILL
+            elif op == "pop" and "pc" in args:
+                frames.pop()
+                if not ret:
+                    cycles += cyc
+                    break
+                pc = ret.pop()
+            cycles += cyc
+    return insns, cycles
