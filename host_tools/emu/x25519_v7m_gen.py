@@ -23,9 +23,9 @@ by 8 more UMAALs. The squaring computes the 28 cross products once, doubles them
 2^256 until the final, branch-free reduction, as in the ARMv6-M code.
 
 Constant time: the only branches are on the op code and on public loop counters; the
-conditional swap is masked; no address depends on data; UMAAL, UMULL and the loads and stores
-take data-independent time on the Cortex-M4 and M33 (their technical reference manuals: one
-cycle for UMAAL/UMULL, no early termination, unlike the M3's UMULL).
+conditional swap is masked; no address depends on data; UMAAL and UMULL take one cycle
+whatever the operands on the Cortex-M4 (its technical reference manual, 3.3.1; the M3's UMULL
+terminates early, and the M3 has no UMAAL), and the M33 is taken to be the same (docs/SECURITY.md).
 
     python -m host_tools.emu gen-x25519     # rewrites x25519_thumb.py and x25519_v7m.py
 """
