@@ -11,6 +11,8 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -208,3 +210,25 @@ print(emu.RESOLUTION_NS)
     insns, cycles = x25519_v7m_gen.trace_counts()
     assert insns <= min(counts) <= insns + 4_000, (insns, counts)
     assert cycles + (max(whole) - insns) * 2 <= GOAL_CYCLES  # the VM's part at CPI 2
+
+
+@needs_toolchain
+def test_bench_on_the_emulated_m33_shows_the_umaal_path(tmp_path: Path) -> None:
+    """`meterctl bench --emulated m33 --quick` (one run, 3 members): the platform named as
+    the issue asks, the X25519 code the board ran in the notes, C1 (one key pair) within the
+    goal, and C11/C12 measured on the Pico 2's image."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "host_tools.cli", "bench", "--emulated", "m33", "--quick",
+         "--runs", "1", "--sizes", "3", "--json", str(tmp_path / "b.json")],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "platform (components): emulated Cortex-M33 @150 MHz, a lower bound" in out
+    assert "X25519 on the board: ARMv7E-M machine code (UMULL/UMAAL: x25519_v7m)" in out
+    d = json.loads((tmp_path / "b.json").read_text())
+    by = {(r["test"], r["size"], r["variant"]): r for r in d["results"]}
+    c1 = by["C1", 3, None]
+    assert c1["extra"]["x25519"] == ["armv7e-m"]
+    assert c1["extra"]["instructions"][0] <= GOAL_CYCLES
+    assert c1["extra"]["nominal_hz"] == 150_000_000
+    assert "rp2_pico2" in by["C12", None, None]["what"]
