@@ -136,8 +136,8 @@ def fe_sq(a: Asm) -> None:
     a("push {r0, r3, lr}")
     a("sub sp, sp, #32")
     pool = ["r0", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "lr"]
-    ai, aj = "r12", "lr"
-    free = [r for r in pool if r not in (ai, aj)]
+    ai, aj, aj1 = "r12", "lr", "r11"  # a_i, and a pair of a's words (LDRD)
+    free = [r for r in pool if r not in (ai, aj, aj1)]
     acc: dict[int, str] = {}  # triangle word -> register, while rows still add to it
     high: dict[int, str] = {}  # final triangle words 8..14
     # Row i adds a_i * a_j (j = i+1..7) to words 2i+1 .. i+7 and its carry to word i+8; no
@@ -151,8 +151,11 @@ def fe_sq(a: Asm) -> None:
             if k not in acc:
                 acc[k] = free.pop(0)
                 a(f"mov {acc[k]}, #0")
-            a(f"ldr {aj}, [r1, #{4 * j}]")
-            a(f"umaal {acc[k]}, {carry}, {ai}, {aj}")
+            if j % 2 == 0:
+                a(f"ldrd {aj}, {aj1}, [r1, #{4 * j}]")
+            elif j == i + 1:
+                a(f"ldr {aj1}, [r1, #{4 * j}]")
+            a(f"umaal {acc[k]}, {carry}, {ai}, {aj if j % 2 == 0 else aj1}")
         acc[i + 8] = carry
         for k in sorted(acc):
             if k <= 2 * i + 2:
