@@ -1,9 +1,12 @@
 # X25519 (RFC 7748) for MicroPython (RP2040, STM32) and CPython.
 #
-# Two implementations of one ladder, the same results (tests: RFC 7748 vectors and the
-# `cryptography` package, on CPython, the unix VM and the emulated Cortex-M0+):
-# - machine code (x25519_thumb, generated from host_tools/emu/x25519_gen.py), used where it
-#   runs: a Cortex-M MicroPython with the inline assembler. Field elements in fixed 32-byte
+# Implementations of one ladder, the same results (tests: RFC 7748 and Wycheproof vectors and
+# the `cryptography` package, on CPython, the unix VM and the emulated boards):
+# - ARMv7E-M machine code (x25519_v7m, from host_tools/emu/x25519_v7m_gen.py: UMULL/UMAAL on
+#   32-bit words) where the core has UMAAL: the Cortex-M4 (Pyboard), M7, M33 (Pico 2). One
+#   X25519: 0.59 M instructions on the emulated M4 and M33, about 0.95 M M4 cycles;
+# - ARMv6-M machine code (x25519_thumb, generated from host_tools/emu/x25519_gen.py) on the
+#   other Cortex-M MicroPythons with the inline assembler. Field elements in fixed 32-byte
 #   buffers, 16x16-bit limb multiply, no branch or address on secret data. One X25519:
 #   3.85 M instructions on the emulated Cortex-M0+, 5.24 M cycles on the rp2040js model
 #   (42 ms at 125 MHz; docs/BENCH.md);
