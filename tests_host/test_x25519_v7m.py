@@ -53,6 +53,18 @@ def test_wycheproof_vectors_match_the_reference_and_the_python_ladder() -> None:
             assert ref_x25519(sk, pk) == shared, tc
 
 
+def test_both_machine_code_modules_share_the_layout_x25519_drives() -> None:
+    """x25519.py drives x25519_thumb and x25519_v7m through one code path: the same
+    trampoline, state layout and op codes (the two generators keep their own copies)."""
+    import x25519_thumb
+    import x25519_v7m
+
+    for name in ("TRAMPOLINE", "STATE_SIZE", "X1", "X2", "Z2", "X3", "Z3", "RES", "K",
+                 "OP_LADDER", "OP_STEP", "OP_FINISH", "OP_CSWAP"):
+        assert getattr(x25519_v7m, name) == getattr(x25519_thumb, name), name
+    assert x25519_v7m.CODE != x25519_thumb.CODE
+
+
 @needs_toolchain
 def test_module_is_generated_from_its_source() -> None:
     code = x25519_v7m_gen.assemble(x25519_v7m_gen.source())

@@ -4,7 +4,9 @@
 # code); do not edit.
 #
 # Data only, with the layout, op codes and trampoline of x25519_thumb (the ARMv6-M code):
-# x25519.py imports this module instead where the core has UMAAL (docs/emulated.md).
+# x25519.py imports this module instead where the core has UMAAL (docs/emulated.md), compiles
+# TRAMPOLINE, copies CODE into a bytearray and drops this module, and calls
+# run(code, op, state, arg).
 # Ops: 3 = the whole ladder with the clamped scalar in slot K, 0 = cswap by
 # the bit arg then one ladder step, 1 = RES = X2 / Z2 mod p (fully reduced),
 # 2 = cswap by arg only. The state buffer: STATE_SIZE bytes, 32-byte little-endian
