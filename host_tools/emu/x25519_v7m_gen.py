@@ -113,35 +113,42 @@ def _fold_high(a: Asm, hi: dict[int, str], free: list[str], dst_off: int) -> Non
 
 
 def fe_mul(a: Asm) -> None:
-    """fe_mul: r0 = dst, r1 = a, r2 = b; dst = a * b mod p (< 2^256). dst may be a or b."""
+    """fe_mul: r0 = dst, r1 = a, r2 = b; dst = a * b mod p (< 2^256). dst may be a or b.
+
+    Operand scanning, two rows at a time: rows i and i + 1 each add a_i * b (resp.
+    a_(i+1) * b) to a window of 8 accumulator words with their own carry register, so each
+    b_j is loaded once for both rows. A word receives its two rows' products in either order
+    (every UMAAL is exact), and each carry chain runs upwards. After the pair of rows words i
+    and i + 1 are final and go to the stack; the two carries become words i + 8 and i + 9."""
     a.label("fe_mul")
-    a("push {r0, r3, lr}")
+    a("push {r0, r1, r3, lr}")  # [sp + 32] dst, [sp + 36] a once the product's 32 bytes are below
     a("sub sp, sp, #32")
-    # r1 = a, r2 = b; twelve registers for the sliding window, a_i and a pair of b's words.
-    pool = ["r0", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "lr"]
-    ai, b0, b1 = "r12", "r10", "r11"
-    window = [r for r in pool if r not in (ai, b0, b1)]  # 9 registers
-    acc = {j: window[j] for j in range(8)}  # acc[j] = word i + j of the product so far
-    carry = window[8]
+    ai, ai1, bj = "r10", "r11", "r12"
+    window = ["r0", "r1", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "lr"]  # 10 registers
+    acc = {w: window[w] for w in range(8)}  # word -> register
+    c0, c1 = window[8], window[9]
     for r in window:
         a(f"mov {r}, #0")
-    for i in range(8):
-        a(f"ldr {ai}, [r1, #{4 * i}]")
-        for j in range(0, 8, 2):
-            a(f"ldrd {b0}, {b1}, [r2, #{4 * j}]")
-            a(f"umaal {acc[j]}, {carry}, {ai}, {b0}")
-            a(f"umaal {acc[j + 1]}, {carry}, {ai}, {b1}")
-        a(f"str {acc[0]}, [sp, #{4 * i}]")  # word i is final
-        done = acc[0]
-        acc = {j: acc[j + 1] for j in range(7)}
-        acc[7] = carry
-        carry = done
-        if i < 7:
-            a(f"mov {carry}, #0")
-    free = [r for r in [*pool, "r1", "r2"] if r not in acc.values()]
-    _fold_high(a, acc, free, 32)
+    for i in range(0, 8, 2):
+        a(f"ldr {c0}, [sp, #36]")  # the pointer to a, in a carry register not yet in use
+        a(f"ldrd {ai}, {ai1}, [{c0}, #{4 * i}]")
+        a(f"mov {c0}, #0")
+        for j in range(8):
+            a(f"ldr {bj}, [r2, #{4 * j}]")
+            a(f"umaal {acc[i + j]}, {c0}, {ai}, {bj}")
+            if j == 7:
+                acc[i + 8] = c0  # row i's carry out is word i + 8, where row i + 1 adds next
+            a(f"umaal {acc[i + 1 + j]}, {c1}, {ai1}, {bj}")
+        acc[i + 9] = c1
+        a(f"strd {acc[i]}, {acc[i + 1]}, [sp, #{4 * i}]")  # words i and i + 1 are final
+        c0, c1 = acc.pop(i), acc.pop(i + 1)
+        if i < 6:
+            a(f"mov {c1}, #0")  # c0 is zeroed after it has served as the pointer to a
+    hi = {w - 8: acc[w] for w in range(8, 16)}
+    free = [r for r in [*window, ai, ai1, bj, "r2"] if r not in hi.values()]
+    _fold_high(a, hi, free, 32)
     a("add sp, sp, #32")
-    a("pop {r0, r3, pc}")
+    a("pop {r0, r1, r3, pc}")
 
 
 def fe_sq(a: Asm) -> None:
