@@ -159,29 +159,44 @@ def fe_sq(a: Asm) -> None:
     a("push {r0, r3, lr}")
     a("sub sp, sp, #32")
     pool = ["r0", "r2", "r3", "r4", "r5", "r6", "r7", "r8", "r9", "r10", "r11", "r12", "lr"]
-    ai, aj, aj1 = "r12", "lr", "r11"  # a_i, and a pair of a's words (LDRD)
-    free = [r for r in pool if r not in (ai, aj, aj1)]
+    ai, ai1, aj, aj1 = "r12", "lr", "r10", "r11"  # a_i, a_(i+1); a pair of a's words
+    free = [r for r in pool if r not in (ai, ai1, aj, aj1)]
     acc: dict[int, str] = {}  # triangle word -> register, while rows still add to it
     high: dict[int, str] = {}  # final triangle words 8..14
-    # Row i adds a_i * a_j (j = i+1..7) to words 2i+1 .. i+7 and its carry to word i+8; no
-    # later row reaches a word below 2i+3, so those are final: words 1..7 go to the stack.
-    for i in range(7):
-        a(f"ldr {ai}, [r1, #{4 * i}]")
-        carry = free.pop(0)
-        a(f"mov {carry}, #0")
-        for j in range(i + 1, 8):
-            k = i + j
-            if k not in acc:
-                acc[k] = free.pop(0)
-                a(f"mov {acc[k]}, #0")
+
+    def word(k: int) -> str:
+        if k not in acc:
+            acc[k] = free.pop(0)
+            a(f"mov {acc[k]}, #0")
+        return acc[k]
+
+    # Row i adds a_i * a_j (j = i+1..7) to words 2i+1 .. i+7 and its carry to word i+8. Rows
+    # go in pairs (i, i+1), as in fe_mul: two carry chains, each a_j loaded once for both.
+    # No later pair reaches a word below 2i+5, so those are final: words 1..7 go to the stack.
+    for i in (0, 2, 4, 6):
+        c0 = free.pop(0)
+        a(f"mov {c0}, #0")
+        if i < 6:
+            a(f"ldrd {ai}, {ai1}, [r1, #{4 * i}]")
+            c1 = free.pop(0)
+            a(f"mov {c1}, #0")
+        else:
+            a(f"ldrd {ai}, {ai1}, [r1, #{4 * i}]")  # a_6, a_7: one product
+        a(f"umaal {word(2 * i + 1)}, {c0}, {ai}, {ai1}")  # a_i * a_(i+1)
+        for j in range(i + 2, 8):
             if j % 2 == 0:
                 a(f"ldrd {aj}, {aj1}, [r1, #{4 * j}]")
-            elif j == i + 1:
-                a(f"ldr {aj1}, [r1, #{4 * j}]")
-            a(f"umaal {acc[k]}, {carry}, {ai}, {aj if j % 2 == 0 else aj1}")
-        acc[i + 8] = carry
+            x = aj if j % 2 == 0 else aj1
+            a(f"umaal {word(i + j)}, {c0}, {ai}, {x}")
+            if j == 7:
+                acc[i + 8] = c0  # row i's carry out is word i + 8, where row i + 1 adds next
+            a(f"umaal {word(i + 1 + j)}, {c1}, {ai1}, {x}")
+        if i < 6:
+            acc[i + 9] = c1
+        else:
+            acc[i + 8] = c0
         for k in sorted(acc):
-            if k <= 2 * i + 2:
+            if k <= 2 * i + 4:
                 reg = acc.pop(k)
                 if k < 8:
                     a(f"str {reg}, [sp, #{4 * k}]")
@@ -192,7 +207,7 @@ def fe_sq(a: Asm) -> None:
     # 2T + squares: word k of 2T is T_k << 1 | T_(k-1) >> 31 (shifts, which leave the carry
     # flag alone), added with ADCS to word k of the squares (lo, hi of a_(k/2)^2). Word 0 of
     # T and word 15 are zero.
-    free = [r for r in pool if r not in high.values()]
+    free = [r for r in pool if r not in high.values() and r != ai]
     sqlo, sqhi, dbl, bit, tl = (free.pop(0) for _ in range(5))
     hi: dict[int, str] = {}
     for w in range(8):
