@@ -4,7 +4,7 @@
 # the `cryptography` package, on CPython, the unix VM and the emulated boards):
 # - ARMv7E-M machine code (x25519_v7m, from host_tools/emu/x25519_v7m_gen.py: UMULL/UMAAL on
 #   32-bit words) where the core has UMAAL: the Cortex-M4 (Pyboard), M7, M33 (Pico 2). One
-#   X25519: 0.59 M instructions on the emulated M4 and M33, about 0.95 M M4 cycles;
+#   X25519: 0.57 M instructions on the emulated M4 and M33, about 0.88 M M4 cycles;
 # - ARMv6-M machine code (x25519_thumb, generated from host_tools/emu/x25519_gen.py) on the
 #   other Cortex-M MicroPythons with the inline assembler. Field elements in fixed 32-byte
 #   buffers, 16x16-bit limb multiply, no branch or address on secret data. One X25519:
