@@ -13,14 +13,16 @@ DSP extension runs the same encodings) and the module carries the bytes, with th
 firmware/lib/x25519.py uses either through one code path.
 
 UMAAL RdLo, RdHi, Rn, Rm computes RdHi:RdLo = Rn * Rm + RdLo + RdHi, which cannot overflow 64
-bits: one instruction (one cycle on the M4 and M33) for a 32x32 product, its column's
-accumulator and the carry of the previous column. The multiply is operand scanning over
-8 words: row i adds a_i * b to a window of 9 accumulator registers that slides one word per
-row (the generator renames registers instead of moving values), each row's low word goes to
-the stack, and the high half (still in registers at the end) is folded with 2^256 = 38 (mod p)
-by 8 more UMAALs. The squaring computes the 28 cross products once, doubles them and adds the
-8 squares in one carry chain. Field elements are 32 bytes, little-endian, any value below
-2^256 until the final, branch-free reduction, as in the ARMv6-M code.
+bits: one instruction (one cycle on the M4) for a 32x32 product, its column's accumulator and
+the carry of the previous column. The multiply is operand scanning over 8 words, two rows at a
+time: rows i and i+1 add a_i * b and a_(i+1) * b to a window of 8 accumulator registers with a
+carry register each, so each b_j is loaded once for both; the window slides two words per pair
+of rows (the generator renames registers instead of moving values), the final low words go to
+the stack, and the high half (still in registers at the end) is folded with 2^256 = 38
+(mod p) by 8 more UMAALs. The squaring computes the 28 cross products once, the same way,
+doubles them and adds the 8 squares in one carry chain. Field elements are 32 bytes,
+little-endian, any value below 2^256 until the final, branch-free reduction, as in the ARMv6-M
+code.
 
 Constant time: the only branches are on the op code and on public loop counters; the
 conditional swap is masked; no address depends on data; UMAAL and UMULL take one cycle
