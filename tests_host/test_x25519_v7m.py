@@ -268,6 +268,7 @@ def test_bench_on_the_emulated_m33_shows_the_umaal_path(tmp_path: Path) -> None:
     out = proc.stdout
     assert "platform (components): emulated Cortex-M33 @150 MHz, a lower bound" in out
     assert "X25519 on the board: ARMv7E-M machine code (UMULL/UMAAL: x25519_v7m)" in out
+    assert "PASS: X25519 <= 1.1 M cycles on the Cortex-M4/M33" in out
     d = json.loads((tmp_path / "b.json").read_text())
     by = {(r["test"], r["size"], r["variant"]): r for r in d["results"]}
     c1 = by["C1", 3, None]
@@ -275,3 +276,22 @@ def test_bench_on_the_emulated_m33_shows_the_umaal_path(tmp_path: Path) -> None:
     assert c1["extra"]["instructions"][0] <= GOAL_CYCLES
     assert c1["extra"]["nominal_hz"] == 150_000_000
     assert "rp2_pico2" in by["C12", None, None]["what"]
+
+
+def test_bench_goal_for_x25519_on_the_m4_and_m33() -> None:
+    """The bench's goal line judges C1's instruction count on the emulated M4 and M33 only."""
+    from host_tools.bench import report
+    from host_tools.bench.results import Result
+
+    def goal(board: str, insns: int) -> list[report.Goal]:
+        r = Result("C1", "t", "us", [insns / 150.0], board_spec(board).label, size=3,
+                   extra={"instructions": [insns], "x25519": ["armv7e-m"]})
+        return [g for g in report.goals([r]) if g.goal.startswith("X25519 <=")]
+
+    for board in ("m4", "m33"):
+        (ok,) = goal(board, 608_400)
+        assert ok.status == "pass" and "608,400 instructions" in ok.detail
+        assert "armv7e-m" in ok.detail
+        (bad,) = goal(board, GOAL_CYCLES + 1)
+        assert bad.status == "fail"
+    assert goal("m0plus", 608_400) == []  # the M0+ has its own goal
