@@ -3,7 +3,7 @@
 # Implementations of one ladder, the same results (tests: RFC 7748 and Wycheproof vectors and
 # the `cryptography` package, on CPython, the unix VM and the emulated boards):
 # - ARMv7E-M machine code (x25519_v7m, from host_tools/emu/x25519_v7m_gen.py: UMULL/UMAAL on
-#   32-bit words) where the core has UMAAL: the Cortex-M4 (Pyboard), M7, M33 (Pico 2). One
+#   32-bit words) where the core has UMAAL: the Cortex-M4 (Pyboard), M33 (Pico 2). One
 #   X25519: 0.57 M instructions on the emulated M4 and M33, about 0.88 M M4 cycles;
 # - ARMv6-M machine code (x25519_thumb, generated from host_tools/emu/x25519_gen.py) on the
 #   other Cortex-M MicroPythons with the inline assembler. Field elements in fixed 32-byte
