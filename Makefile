@@ -115,6 +115,7 @@ emulated: emulated-toolchain
 	$(BIN)/python -m host_tools.emu build --board m0plus
 	$(BIN)/python -m host_tools.emu build --board m4
 	$(BIN)/python -m host_tools.emu build --board m33
+	$(BIN)/python -m host_tools.emu build --board m3
 	$(BIN)/python -m host_tools.emu build --board rp2040
 
 bench-emulated: emulated

@@ -4,7 +4,8 @@
 github:C2SP/wycheproof testvectors_v1) and the RFC 7748 vectors, its instruction count against
 the 1.1 M goal and the same count for every key; and, on the host, that the module is the
 generator's output, that the Cortex-M33 takes the same encodings and that a Cortex-M3 (no
-UMAAL) would refuse them, which is why x25519.py reads ID_ISAR2 before choosing it."""
+UMAAL) would refuse them, which is why x25519.py asks the core (CPUID, ID_ISAR2) before
+choosing it; and on the emulated Cortex-M3 that it leaves the UMAAL code alone."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import x25519
 from host_tools.emu import x25519_v7m_gen
 from host_tools.emu.bench import emulated_board, upload_libs
 from host_tools.emu.build import EmuError, board_spec
-from host_tools.transport.serial import Board
+from host_tools.transport.serial import Board, BoardError
 
 from .test_crypto_cpython import (
     X25519_ITERATED,
@@ -162,7 +163,7 @@ print(h.digest().hex())
 @needs_toolchain
 def test_rfc7748_vectors_and_the_armv6m_fallback(v7m_board: tuple[str, Board]) -> None:
     """RFC 7748 5.2 (and 1,000 iterations) by the UMAAL code; the same vectors by the ARMv6-M
-    code that x25519.py takes when ID_ISAR2 says no UMAAL (a Cortex-M3 reports armv7em too)."""
+    code that x25519.py takes when the core has no UMAAL (a Cortex-M3 reports armv7em too)."""
     name, b = v7m_board
     vec = [(k, u) for k, u, _ in X25519_VECTORS]
     out = lines(b, f"""
@@ -295,3 +296,41 @@ def test_bench_goal_for_x25519_on_the_m4_and_m33() -> None:
         (bad,) = goal(board, GOAL_CYCLES + 1)
         assert bad.status == "fail"
     assert goal("m0plus", 608_400) == []  # the M0+ has its own goal
+
+
+@needs_toolchain
+def test_cortex_m3_gets_the_armv6m_code_and_would_fault_on_umaal() -> None:
+    """QEMU's Cortex-M3 (mps2-an385) reports armv7em, as a Cortex-M4 without FPU would, but
+    has no UMAAL (CPUID part 0xC23; ID_ISAR2.MultU_instrs 1): x25519.py must give it the
+    ARMv6-M code, which matches RFC 7748; forced onto the UMAAL code, the core takes a fault."""
+    with emulated_board("m3") as (emu, b):
+        assert b.info().arch == "armv7em"
+        upload_libs(b, board_spec("m3"), ("x25519_thumb", "x25519_v7m", "x25519"))
+        out = lines(b, f"""
+import x25519, micropython
+g = {{"micropython": micropython}}
+exec(x25519._SCB_READ, g)
+print(x25519.IMPL, hex((g["scb"](0) >> 4) & 0xFFF), (g["scb"](0x68) >> 20) & 15)
+for k, u in {[(k, u) for k, u, _ in X25519_VECTORS]!r}:
+    print(x25519.x25519(bytes.fromhex(k), bytes.fromhex(u)).hex())
+""")
+        assert out == ["armv6-m", "0xc23", "1", *[o for *_, o in X25519_VECTORS]]
+        with pytest.raises(BoardError):
+            b.exec("import x25519\nx25519._has_umaal = lambda m: True\n"
+                   "x25519._THUMB = x25519._load_thumb()\nassert x25519.IMPL == 'armv7e-m'\n"
+                   "x25519.x25519(bytes(32), bytes(32))\nprint('survived')")
+        # the port's fault handler prints "FATAL: hard fault" and leaves QEMU with exit code 2
+        assert emu.proc is not None
+        assert emu.proc.wait(timeout=30) == 2
+
+
+@needs_toolchain
+def test_m4_and_m33_are_recognised_by_their_part_number(v7m_board: tuple[str, Board]) -> None:
+    """What the probe reads: the M4 by CPUID part 0xC24 (QEMU's M4 has the M3's ID_ISAR
+    values, MultU_instrs 1, so those cannot decide it), the M33 by part 0xD21 and
+    ID_ISAR2.MultU_instrs 2 (its DSP extension)."""
+    name, b = v7m_board
+    out = lines(b, "import x25519, micropython\ng = {'micropython': micropython}\n"
+                   "exec(x25519._SCB_READ, g)\n"
+                   "print(hex((g['scb'](0) >> 4) & 0xFFF), (g['scb'](0x68) >> 20) & 15)")
+    assert out == {"m4": ["0xc24", "1"], "m33": ["0xd21", "2"]}[name]

@@ -58,31 +58,35 @@ _A24 = const(121665)
 BASE_POINT = b"\x09" + bytes(31)
 
 
-# ID_ISAR2.MultU_instrs (bits 15:12; ARMv7-M and ARMv8-M Mainline architecture manuals):
-# 2 = UMULL, UMLAL and UMAAL. Read by ARMv6-M instructions, only on Thumb-2 cores.
-_ISAR2_PROBE = """
+# A word of the System Control Block (0xE000ED00 + offset), read by ARMv6-M instructions.
+_SCB_READ = """
 @micropython.asm_thumb
-def multu():
-    mov(r0, 0xe0)
-    lsl(r0, r0, 24)
-    mov(r1, 0xed)
-    lsl(r1, r1, 8)
-    add(r1, 0x68)
+def scb(r0):
+    mov(r1, 0xe0)
+    lsl(r1, r1, 24)
+    mov(r2, 0xed)
+    lsl(r2, r2, 8)
+    add(r1, r1, r2)
     add(r0, r0, r1)
     ldr(r0, [r0, 0])
-    lsr(r0, r0, 12)
-    mov(r1, 15)
-    and_(r0, r1)
 """
 
 
 def _has_umaal(micropython):
-    # A Thumb-2 build without an FPU reports armv7em (py/persistentcode.h) on a Cortex-M3
-    # too, which lacks UMAAL; with an FPU (armv7emsp/dp: M4F, M7, M33F) the core is ARMv7E-M
-    # or ARMv8-M Mainline, and the register says whether its DSP extension is there.
+    # A Thumb-2 build without an FPU reports armv7em (py/persistentcode.h) on a Cortex-M3 too,
+    # which lacks UMAAL, so the core is asked. CPUID.PARTNO (bits 15:4): the Cortex-M3 (0xC23)
+    # has no UMAAL, the M4 (0xC24) and M7 (0xC27) always have it (ARMv7E-M; their ID_ISAR
+    # registers do not say so: QEMU's M4 reports the M3's). On ARMv8-M Mainline (M33 0xD21,
+    # M35P, M55, M85) the DSP extension is optional and ID_ISAR2.MultU_instrs (bits 23:20) is 2
+    # when it is there.
     g = {"micropython": micropython}
-    exec(_ISAR2_PROBE, g)
-    return g["multu"]() >= 2
+    exec(_SCB_READ, g)
+    part = (g["scb"](0) >> 4) & 0xFFF
+    if part == 0xC23:
+        return False
+    if part == 0xC24 or part == 0xC27:
+        return True
+    return (g["scb"](0x68) >> 20) & 15 >= 2
 
 
 def _load_thumb():

@@ -96,8 +96,9 @@ def board_kind(b: Board, info: BoardInfo | None = None) -> BoardKind:
 
         unit, hz, name = b.eval("(__import__('emu').UNIT, __import__('emu').NOMINAL_HZ, "
                                 "__import__('emu').BOARD)")
-        emu = ("rp2040" if "RP2040" in name else "m4" if "M4" in name
-               else "m33" if "M33" in name else "m0plus")
+        emu = next((k for k, key in (("rp2040", "RP2040"), ("m33", "Cortex-M33"),
+                                     ("m4", "Cortex-M4"), ("m3", "Cortex-M3"))
+                    if key in name), "m0plus")
         spec = BOARDS[emu]
         image = {"m4": "stm32_pybv11", "m33": "rp2_pico2"}.get(emu, "rp2_pico")
         return BoardKind(spec.label, spec.mpy_arch, image, str(unit), int(hz), emu,
