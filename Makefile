@@ -117,9 +117,10 @@ clean:
 # counted in instructions. The toolchain (gcc-arm-none-eabi, libnewlib-arm-none-eabi,
 # qemu-system-arm) is apt-get installed only when missing; MicroPython's py/ and shared/ come
 # from the PyPI sdist; images are cached (~/.cache/meterctl-emu, METER_EMU_CACHE).
-# `make test` runs the Cortex-M0+ smoke test and quick bench; bench-emulated adds the M4
-# board and the RP2040 cycle model (rp2040js from npm), writes the component figures into
-# docs/BENCH.md, and prints one X25519's count on each board (docs/BENCH.md's X25519 table).
+# `make test` runs the Cortex-M0+ smoke test and quick bench (and the M4 and M33 X25519
+# tests); bench-emulated adds the M4 and M33 component benches and the RP2040 cycle model
+# (rp2040js from npm), writes the component figures into docs/BENCH.md, and prints one
+# X25519's count on each board (docs/BENCH.md's X25519 tables).
 .PHONY: emulated-toolchain emulated bench-emulated
 emulated-toolchain: setup
 	$(BIN)/python -m host_tools.emu toolchain
@@ -127,13 +128,17 @@ emulated-toolchain: setup
 emulated: emulated-toolchain
 	$(BIN)/python -m host_tools.emu build --board m0plus
 	$(BIN)/python -m host_tools.emu build --board m4
+	$(BIN)/python -m host_tools.emu build --board m33
+	$(BIN)/python -m host_tools.emu build --board m3
 	$(BIN)/python -m host_tools.emu build --board rp2040
 
 bench-emulated: emulated
 	METER_EMU_FULL=1 $(BIN)/pytest -q tests_host/test_emulated.py
 	$(BIN)/python -m host_tools.emu run-bench --board m0plus --update-doc docs/BENCH.md
 	$(BIN)/python -m host_tools.emu run-bench --board m4 --update-doc docs/BENCH.md
+	$(BIN)/python -m host_tools.emu run-bench --board m33 --update-doc docs/BENCH.md
 	$(BIN)/python -m host_tools.emu run-bench --board rp2040 --update-doc docs/BENCH.md
 	$(BIN)/python -m host_tools.emu x25519 --board m0plus
 	$(BIN)/python -m host_tools.emu x25519 --board m4
+	$(BIN)/python -m host_tools.emu x25519 --board m33
 	$(BIN)/python -m host_tools.emu x25519 --board rp2040 --runs 1

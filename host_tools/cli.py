@@ -1345,7 +1345,7 @@ def _csv_ints(text: str) -> list[int]:
 @click.option("--port", "port", default=None, help="the component tests on this board")
 @click.option("--ports", "ports", default=None,
               help="boards a,b,...: the system tests on all, the component tests on the first")
-@click.option("--emulated", "emulated", type=click.Choice(["m0plus", "m4", "rp2040"]),
+@click.option("--emulated", "emulated", type=click.Choice(["m0plus", "m4", "m33", "rp2040"]),
               default=None, help="the component tests on an emulated board")
 @click.option("--quick", is_flag=True, help="setups 1x3,1x25 and 3 runs (unless --runs)")
 @click.option("--runs", type=int, default=None, help="runs of each test [default: 10; 3 with "

@@ -1,9 +1,12 @@
 # X25519 (RFC 7748) for MicroPython (RP2040, STM32) and CPython.
 #
-# Two implementations of one ladder, the same results (tests: RFC 7748 vectors and the
-# `cryptography` package, on CPython, the unix VM and the emulated Cortex-M0+):
-# - machine code (x25519_thumb, generated from host_tools/emu/x25519_gen.py), used where it
-#   runs: a Cortex-M MicroPython with the inline assembler. Field elements in fixed 32-byte
+# Implementations of one ladder, the same results (tests: RFC 7748 and Wycheproof vectors and
+# the `cryptography` package, on CPython, the unix VM and the emulated boards):
+# - ARMv7E-M machine code (x25519_v7m, from host_tools/emu/x25519_v7m_gen.py: UMULL/UMAAL on
+#   32-bit words) where the core has UMAAL: the Cortex-M4 (Pyboard), M33 (Pico 2). One
+#   X25519: 0.57 M instructions on the emulated M4 and M33, about 0.88 M M4 cycles;
+# - ARMv6-M machine code (x25519_thumb, generated from host_tools/emu/x25519_gen.py) on the
+#   other Cortex-M MicroPythons with the inline assembler. Field elements in fixed 32-byte
 #   buffers, 16x16-bit limb multiply, no branch or address on secret data. One X25519:
 #   3.85 M instructions on the emulated Cortex-M0+, 5.24 M cycles on the rp2040js model
 #   (42 ms at 125 MHz; docs/BENCH.md);
@@ -55,10 +58,44 @@ _A24 = const(121665)
 BASE_POINT = b"\x09" + bytes(31)
 
 
+# A word of the System Control Block (0xE000ED00 + offset), read by ARMv6-M instructions.
+_SCB_READ = """
+@micropython.asm_thumb
+def scb(r0):
+    mov(r1, 0xe0)
+    lsl(r1, r1, 24)
+    mov(r2, 0xed)
+    lsl(r2, r2, 8)
+    add(r1, r1, r2)
+    add(r0, r0, r1)
+    ldr(r0, [r0, 0])
+"""
+
+
+def _has_umaal(micropython):
+    # A Thumb-2 build without an FPU reports armv7em (py/persistentcode.h) on a Cortex-M3 too,
+    # which lacks UMAAL, so the core is asked. CPUID.PARTNO (bits 15:4): the Cortex-M3 (0xC23)
+    # has no UMAAL, the M4 (0xC24) and M7 (0xC27) always have it (ARMv7E-M; their ID_ISAR
+    # registers do not say so: QEMU's M4 reports the M3's). On ARMv8-M Mainline (M33 0xD21,
+    # M35P, M55, M85) the DSP extension is optional and ID_ISAR2.MultU_instrs (bits 23:20) is 2
+    # when it is there.
+    g = {"micropython": micropython}
+    exec(_SCB_READ, g)
+    part = (g["scb"](0) >> 4) & 0xFFF
+    if part == 0xC23:
+        return False
+    if part == 0xC24 or part == 0xC27:
+        return True
+    return (g["scb"](0x68) >> 20) & 15 >= 2
+
+
 def _load_thumb():
-    # The ladder and inversion in ARMv6-M machine code (x25519_thumb) where it can run: a
-    # Cortex-M port (armv6m .. armv7emdp) with the inline assembler. None elsewhere (CPython,
-    # the unix VM: x25519_thumb is not even imported there), and then the Python code below.
+    # The ladder and inversion in machine code where it can run: a Cortex-M port with the
+    # inline assembler (sys.implementation._mpy: armv6m .. armv7emdp). The ARMv7E-M code
+    # (x25519_v7m: UMAAL) where the core has UMAAL, else the ARMv6-M code (x25519_thumb),
+    # which every Cortex-M runs. None elsewhere (CPython, the unix VM: neither module is
+    # even imported there), and then the Python code below.
+    global IMPL
     try:
         import sys
 
@@ -66,19 +103,30 @@ def _load_thumb():
         if arch < 4 or arch > 8:
             return None
         import micropython
-        import x25519_thumb as t
 
+        t = None
+        if arch >= 6 and _has_umaal(micropython):
+            try:
+                import x25519_v7m as t
+            except ImportError:  # an image without it: the ARMv6-M code, below
+                t = None
+        if t is None:
+            import x25519_thumb as t
+        name = t.__name__
         g = {"micropython": micropython}
         exec(t.TRAMPOLINE, g)
         layout = (t.STATE_SIZE, t.X1, t.X2, t.X3, t.Z3, t.K, t.RES, t.OP_LADDER, t.OP_FINISH)
         code = bytearray(t.CODE)  # in RAM, word-aligned
-        # Drop the module: its constant (the code as bytes, 7.6 KB) is then freed.
-        del sys.modules["x25519_thumb"]
+        # Drop the module: its constant (the code as bytes) is then freed.
+        del sys.modules[name]
+        IMPL = "armv7e-m" if name == "x25519_v7m" else "armv6-m"
         return g["run"], code, layout
-    except Exception:  # no inline assembler, no x25519_thumb: the Python code
+    except Exception:  # no inline assembler, no machine-code module: the Python code
         return None
 
 
+# Which code x25519() runs: "armv7e-m" (UMAAL), "armv6-m" or "python".
+IMPL = "python"
 _THUMB = _load_thumb()
 
 

@@ -54,7 +54,7 @@ STATS_GAP_S = 2.2
 STATS_WAIT_S = 5.0  # between STATS requests: the reported 1-s window holds no other request
 # What the LoPA modules are in an image (C11/C12).
 LOPA_MODULES = ("/lib/lopa.mpy", "/lib/lopa_core.mpy", "/lib/lopa_noise.mpy", "/lib/x25519.mpy",
-                "/lib/x25519_thumb.mpy",
+                "/lib/x25519_thumb.mpy", "/lib/x25519_v7m.mpy",
                 "/tasks/dc_security.mpy", "/tasks/dc_base.mpy", "/tasks/dc_keys.mpy",
                 "/tasks/dc_setup.mpy", "/tasks/dc_rare.mpy", "/tasks/dc_round.mpy",
                 "/tasks/dc_recover.mpy", "/tasks/dc_budget.mpy")
@@ -80,7 +80,7 @@ class BoardKind:
     image_board: str  # the board definition whose image C11/C12 measure
     unit: str = "us"  # what the board's clock counts: us, or instructions / cycles
     nominal_hz: int = 0  # emulated boards: the clock counts are converted at
-    emulated: str | None = None  # emulated board name (m0plus, m4, rp2040)
+    emulated: str | None = None  # emulated board name (m0plus, m4, m33, rp2040)
     cpi_est: float | None = None  # instruction counts: the target's estimated cycles each
 
 
@@ -97,10 +97,12 @@ def board_kind(b: Board, info: BoardInfo | None = None) -> BoardKind:
 
         unit, hz, name = b.eval("(__import__('emu').UNIT, __import__('emu').NOMINAL_HZ, "
                                 "__import__('emu').BOARD)")
-        emu = ("rp2040" if "RP2040" in name else "m4" if "M4" in name else "m0plus")
+        emu = next((k for k, key in (("rp2040", "RP2040"), ("m33", "Cortex-M33"),
+                                     ("m4", "Cortex-M4"), ("m3", "Cortex-M3"))
+                    if key in name), "m0plus")
         spec = BOARDS[emu]
-        return BoardKind(spec.label, spec.mpy_arch,
-                         "stm32_pybv11" if emu == "m4" else "rp2_pico", str(unit), int(hz), emu,
+        image = {"m4": "stm32_pybv11", "m33": "rp2_pico2"}.get(emu, "rp2_pico")
+        return BoardKind(spec.label, spec.mpy_arch, image, str(unit), int(hz), emu,
                          spec.cpi_est)
     if info.platform == "linux":
         return BoardKind(f"virtual board (unix VM {info.name} {info.version}) on {host_cpu()}",
@@ -129,6 +131,7 @@ class _Bench:
         self._by_key: dict[tuple[str, int | None, str | None], Result] = {}
         self.test = "C1"
         self.has_main = False
+        self.x25519_impl = ""  # emulated boards: which X25519 code runs (x25519.IMPL)
         self.own_bytes = 0  # heap the bench's own buffers take on the board (C13/C14)
 
     def call(self, expr: str, doing: str) -> Any:
@@ -349,7 +352,8 @@ def _one_run(bench: _Bench, group: HostGroup, size: int, rng: random.Random,
         raise bench.fail("the board's public key is not X25519(sk, 9) (checked with "
                          "cryptography)")
     bench.timing("C1", "create a key pair: 32 bytes of os.urandom and x25519.public_key",
-                 count, size=size)
+                 count, size=size,
+                 extra={"x25519": bench.x25519_impl} if bench.x25519_impl else None)
 
     bench.test = "C2"
     count, code, pk2 = bench.call("b_c2()", "C2: reading the public key")
@@ -720,8 +724,10 @@ def _repl_phase(port: str, sizes: list[int], runs: int, timeout: float, rng: ran
             say("uploading the firmware modules to the emulated board")
             try:
                 upload_firmware_modules(b, kind.arch)
+                bench.x25519_impl = str(b.eval("__import__('x25519').IMPL"))
             except BoardError as e:
                 raise bench.fail(str(e)) from None
+            say(f"X25519 on the board: {bench.x25519_impl}")
         try:
             _repl_components(bench, sizes, runs, rng)
         except KeyboardInterrupt:
@@ -768,7 +774,7 @@ def _delete_bench_group(bench: _Bench, port: str, keystore: Path | None,
 
 def run_emulated(board: str, *, sizes: list[int], runs: int, quick: bool,
                  progress: Callable[[str], None] | None = None) -> list[Result]:
-    """Build (cached) and boot the emulated board ('m0plus', 'm4', 'rp2040') and run the
+    """Build (cached) and boot the emulated board ('m0plus', 'm4', 'm33', 'rp2040') and run the
     component tests that can run there (C1–C5, C13/C14, one metrology tick; and C11/C12, the
     image for its architecture) through the same on-board code as on any board."""
     from host_tools.emu.build import EmuError, board_spec
@@ -788,7 +794,7 @@ def run_emulated(board: str, *, sizes: list[int], runs: int, quick: bool,
 
 
 # rp2040js runs about 40 times slower than QEMU: a 50-member C3 takes minutes there.
-EMU_TIMEOUT = {"m0plus": 120.0, "m4": 120.0, "rp2040": 1800.0}
+EMU_TIMEOUT = {"m0plus": 120.0, "m4": 120.0, "m33": 120.0, "rp2040": 1800.0}
 
 
 # -- capacity: the largest group and the most groups one meter holds ----------------------------

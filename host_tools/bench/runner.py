@@ -35,7 +35,7 @@ from host_tools.bench.results import BenchAborted, Result
 from host_tools.sim import flashimg
 
 MODES = ("sim", "port", "ports", "emulated")
-EMULATED = ("m0plus", "m4", "rp2040")
+EMULATED = ("m0plus", "m4", "m33", "rp2040")
 DEFAULT_RUNS = 10  # the paper's
 QUICK_RUNS = 3  # --quick: enough for a spread, and the 10-minute goal on 2 cores
 DEFAULT_SIZES = (3, 50)
@@ -530,6 +530,16 @@ def _emulated(run: BenchRun, say: Progress, ph: _Phases) -> None:
     run.add(res)
     _platforms(run, res)
     run.notes.append("emulated board: component tests only (no serial line to a head-end)")
+    impl = next((r.extra["x25519"][0] for r in res if r.test == "C1" and "x25519" in r.extra),
+                "")
+    if impl:
+        run.notes.append(f"X25519 on the board: {X25519_CODE.get(impl, impl)}")
+
+
+# x25519.IMPL on the board -> what it means
+X25519_CODE = {"armv7e-m": "ARMv7E-M machine code (UMULL/UMAAL: x25519_v7m)",
+               "armv6-m": "ARMv6-M machine code (x25519_thumb)",
+               "python": "pure Python (no machine code on this port)"}
 
 
 def run_bench(config: BenchConfig, progress: Progress | None = None) -> BenchRun:

@@ -1,4 +1,4 @@
-"""python -m host_tools.emu COMMAND [--board m0plus|m4|rp2040]
+"""python -m host_tools.emu COMMAND [--board m0plus|m4|m33|rp2040]
 
 toolchain   apt-get install the cross compiler and QEMU, only what is missing
 build       build the board's MicroPython (cached); prints the image's path
@@ -6,7 +6,8 @@ run         boot the board under QEMU; prints its pty (mpremote connect PTY) and
 run-bench   C1-C5, C13/C14, a metrology tick beside Elster's figures (--update-doc docs/BENCH.md)
 x25519      one X25519 (RFC 7748 vector) in instructions or cycles, machine code and pure Python
 heap32      heap bytes of firmware modules and objects, 32-bit board vs the 64-bit virtual board
-gen-x25519  regenerate firmware/lib/x25519_thumb.py from host_tools/emu/x25519_gen.py
+gen-x25519  regenerate firmware/lib/x25519_thumb.py and x25519_v7m.py (ARMv6-M, ARMv7E-M)
+            from host_tools/emu/x25519_gen.py and x25519_v7m_gen.py
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+
+from host_tools.emu.build import BOARDS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m host_tools.emu")
     ap.add_argument("command", choices=["toolchain", "build", "run", "gen-x25519", "run-bench",
                                         "x25519"])
-    ap.add_argument("--board", default="m0plus", choices=["m0plus", "m4", "rp2040"])
+    ap.add_argument("--board", default="m0plus", choices=list(BOARDS))
     args = ap.parse_args(argv)
     from host_tools.emu.build import EmuError
 
@@ -47,10 +50,11 @@ def main(argv: list[str] | None = None) -> int:
 
             print(build(args.board))
         elif args.command == "gen-x25519":
-            from host_tools.emu.x25519_gen import OUT, generate
+            from host_tools.emu import x25519_gen, x25519_v7m_gen
 
-            n = generate()
-            print(f"wrote {OUT} ({n} bytes of machine code)")
+            for gen in (x25519_gen, x25519_v7m_gen):
+                n = gen.generate()
+                print(f"wrote {gen.OUT} ({n} bytes of machine code)")
         else:
             import signal
 

