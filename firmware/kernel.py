@@ -44,6 +44,7 @@ _QHEAD = const(12)
 _QN = const(13)  # messages waiting
 _QDROP = const(14)  # messages dropped on a full mailbox
 _NF = const(15)
+NF = _NF  # for kernel_svc.py, which reads the rows (stats)
 _KBOX = const(4)  # the kernel's own mailbox
 # Row 0's fields that a mailbox does not use hold the flood limit's state (no more attributes)
 _TOKENS = const(2)  # (_BUSY) records the bucket holds now
@@ -285,13 +286,9 @@ class Kernel:
             pass  # a full or failing flash must not stop the meter
 
     def read_log(self, name, from_seq=0, max_n=16):
-        ring = self._logs.get(name)
-        if ring is None:
-            return None
-        out = []
-        for seq, data in ring.records(from_seq, max_n):
-            out.append((seq, struct.unpack(">I", data[:4])[0], data[4:].decode()))
-        return out
+        """[(seq, time s, text)] of log `name` from from_seq (None: no such log); for head-end
+        requests, its code in RAM only while it runs (kernel_svc.py)."""
+        return lazy.call("kernel_svc", "read_log", self, name, from_seq, max_n)
 
     # -- scheduling ------------------------------------------------------------
     def _run_step(self, i, now):
@@ -400,19 +397,8 @@ class Kernel:
             self.run_once()
 
     def stats(self):
-        length, sleep = self._last_window
-        tasks = {}
-        f = self._f
-        for i in range(1, len(self._names)):
-            b = i * _NF
-            tasks[self._names[i]] = {
-                "cpu_pct": round(f[b + _SHARE] * 100 / length, 2) if length else 0,
-                "late_us": f[b + _LATE_LAST], "late_worst_us": f[b + _LATE_WORST],
-                "handled": f[b + _HANDLED], "dropped": f[b + _QDROP], "errors": f[b + _ERRORS],
-            }
-        busy = round((length - sleep) * 100 / length, 2) if length else 0
-        return {"window_us": length, "cpu_pct": busy, "refused": self.refused,
-                "log_dropped": f[_LOG_DROPPED], "tasks": tasks}
+        """The last complete window's CPU shares, lateness and counts (kernel_svc.py)."""
+        return lazy.call("kernel_svc", "stats", self)
 
     # -- the kernel's own services (policy rows with receiver "kernel") --------
     def _own(self, sender, kind, payload):
