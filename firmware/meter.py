@@ -16,10 +16,8 @@ from tasks.status import Status
 VERSION = "0.2.0"
 
 
-def hardware(task):
+def hardware(task, policy):
     # The board objects a task may use, by policy.HARDWARE, and nothing else.
-    import policy
-
     hw = {}
     for name in policy.hardware_of(task):
         if name == "adc":
@@ -45,6 +43,10 @@ def hardware(task):
     return hw
 
 
+_TASKS = ("metrology", "clock", "cs_security", "dc_security", "comm", "status", "credit", "han",
+          "offswitch")
+
+
 def build(now_s=None):
     # Unless frozen into flash, the modules' code lives in the heap, among the garbage its
     # loading left: collect it before the tasks make their long-lived objects, so that they
@@ -57,42 +59,47 @@ def build(now_s=None):
     mac_op = lazy.call("tasks.offswitch_mac", "compile_op")
     import policy
 
+    # Every task's grants first, then the kernel, which takes private copies of the flow and
+    # log tables: policy.py is dropped before any task is made, so that its code and tables
+    # (~5 KB) are not in the heap at the build's peak (docs/hardware.md, "Memory").
+    hws = {}
+    for name in _TASKS:
+        hws[name] = hardware(name, policy)
     # 9 tasks, 69 messages in their mailboxes (the capacities below): the kernel's tables are
     # made once, whole
     k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, policy.LOGS, now_s or board.rtc.get,
                       board.sleep_ms, size=(9, 69))
-    # Metrology first and realtime: its step also runs between any two messages.
-    k.add("metrology", Metrology, hardware("metrology"), capacity=8, period_ms=20, realtime=True)
-    k.add("clock", Clock, hardware("clock"), capacity=4, period_ms=100)
-    info = {"fw": VERSION, "board": board.NAME}
-    hw = hardware("cs_security")
-    hw["info"] = info
-    k.add("cs_security", CsSecurity, hw, capacity=16)
-    # LoPA: its step() does one unit of queued work (one X25519, or a slice of a blinding).
-    k.add("dc_security", DcSecurity, hardware("dc_security"), capacity=8, period_ms=5)
-    k.add("comm", Comm, hardware("comm"), capacity=16, period_ms=10)
-    k.add("status", Status, hardware("status"), capacity=1, period_ms=250)
-    # Prepaid credit, the HAN data diode, and the off-switch on core 1 (tasks/offswitch.py):
-    # core 1 gets the relay, button and tamper; the main core only a proxy holding the Link.
-    # Imported here, after the tasks above have made their large allocations (a fragmented
-    # heap has no room for them afterwards).
-    from tasks import offswitch
+    del policy
+    sys.modules.pop("policy", None)
+    gc.collect()
     from tasks.credit import Credit
     from tasks.han import Han
 
-    k.add("credit", Credit, hardware("credit"), capacity=8)
-    k.add("han", Han, hardware("han"), capacity=4)
+    # Metrology first and realtime: its step also runs between any two messages.
+    k.add("metrology", Metrology, hws["metrology"], capacity=8, period_ms=20, realtime=True)
     # The off-switch: core 1 where `import _thread` works; where it does not (the official
     # PYBV11 build) its pass runs in its proxy's step on this core (docs/OFFSWITCH.md,
     # "Without _thread"). The proxy stores core 1's record for it, and the relay's boot state
-    # where the board keeps one (a RelayBoot: the file's path, not the pin).
-    hw = hardware("offswitch")
+    # where the board keeps one (a RelayBoot: the file's path, not the pin). Made second,
+    # while the heap has the most room: its Core is made with its boot code in RAM
+    # (tasks/offswitch_boot.py, ~9 KB for the while).
+    from tasks import offswitch
+
+    hw = hws["offswitch"]
     hw["sleep_ms"] = board.sleep_ms
     hw["mac_op"] = mac_op
     offswitch.install(k, hw, getattr(board.relay, "boot", None))
-    # The kernel took private copies of policy.py's tables: the module is not needed any
-    # more, and its tables and code would hold RAM for nothing (docs/hardware.md, "Memory").
-    sys.modules.pop("policy", None)
+    k.add("clock", Clock, hws["clock"], capacity=4, period_ms=100)
+    hw = hws["cs_security"]
+    hw["info"] = {"fw": VERSION, "board": board.NAME}
+    k.add("cs_security", CsSecurity, hw, capacity=16)
+    # LoPA: its step() does one unit of queued work (one X25519, or a slice of a blinding).
+    k.add("dc_security", DcSecurity, hws["dc_security"], capacity=8, period_ms=5)
+    k.add("comm", Comm, hws["comm"], capacity=16, period_ms=10)
+    k.add("status", Status, hws["status"], capacity=1, period_ms=250)
+    # Prepaid credit and the HAN data diode
+    k.add("credit", Credit, hws["credit"], capacity=8)
+    k.add("han", Han, hws["han"], capacity=4)
     gc.collect()
     return k
 
