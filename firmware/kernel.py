@@ -342,7 +342,15 @@ class Kernel:
                         self._run_step(r, t0)
             pending = pending or f[b + _QN] > 0
         while f[_QN]:
-            self._own(*self._take(0))
+            sender, kind, payload = self._take(0)
+            try:
+                self._own(sender, kind, payload)
+            except Exception as e:  # noqa: BLE001 - e.g. no heap for kernel_svc's code
+                # answered FAILED (7), as a task's refusal, and the meter runs on
+                self.log("kernel", "kernel %s error: %s %s" % (kind, type(e).__name__, e))
+                self._route("kernel", sender, "log_data" if kind == "log_read" else kind + "_data",
+                            (payload[0], 7, "out of memory" if type(e) is MemoryError
+                             else "failed"))
         # the accounting window: each second, the busy time and lateness of the one that ended
         now = time.ticks_us()
         length = time.ticks_diff(now, self._win_start)
