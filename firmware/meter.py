@@ -6,12 +6,6 @@ import sys
 import board
 import kernel
 import lazy
-from tasks.clock import Clock
-from tasks.comm import Comm
-from tasks.cs_security import CsSecurity
-from tasks.dc_security import DcSecurity
-from tasks.metrology import Metrology
-from tasks.status import Status
 
 VERSION = "0.2.0"
 
@@ -43,8 +37,8 @@ def hardware(task, policy):
     return hw
 
 
-_TASKS = ("metrology", "clock", "cs_security", "dc_security", "comm", "status", "credit", "han",
-          "offswitch")
+_TASKS = ("metrology", "offswitch", "dc_security", "clock", "cs_security", "comm", "status",
+          "credit", "han")
 
 
 def build(now_s=None):
@@ -72,33 +66,50 @@ def build(now_s=None):
     del policy
     sys.modules.pop("policy", None)
     gc.collect()
-    from tasks.credit import Credit
-    from tasks.han import Han
-
+    # Each task's module is imported just before the task is made (the main.py boot collects
+    # after each import, lib/lazy.py), in this order: the code that is in RAM only while a
+    # task is made (the off-switch's boot, tasks/offswitch_boot.py, ~9 KB; LoPA's group
+    # loading, tasks/dc_rare.py; the logs' scan) then finds the heap with the least of the
+    # rest in it, not at the build's end (on the 100-KB Pyboard heap it fits only so).
     # Metrology first and realtime: its step also runs between any two messages.
+    from tasks.metrology import Metrology
+
     k.add("metrology", Metrology, hws["metrology"], capacity=8, period_ms=20, realtime=True)
     # The off-switch: core 1 where `import _thread` works; where it does not (the official
     # PYBV11 build) its pass runs in its proxy's step on this core (docs/OFFSWITCH.md,
     # "Without _thread"). The proxy stores core 1's record for it, and the relay's boot state
-    # where the board keeps one (a RelayBoot: the file's path, not the pin). Made second,
-    # while the heap has the most room: its Core is made with its boot code in RAM
-    # (tasks/offswitch_boot.py, ~9 KB for the while).
+    # where the board keeps one (a RelayBoot: the file's path, not the pin).
     from tasks import offswitch
 
     hw = hws["offswitch"]
     hw["sleep_ms"] = board.sleep_ms
     hw["mac_op"] = mac_op
     offswitch.install(k, hw, getattr(board.relay, "boot", None))
+    del offswitch
+    # LoPA: its step() does one unit of queued work (one X25519, or a slice of a blinding).
+    from tasks.dc_security import DcSecurity
+
+    k.add("dc_security", DcSecurity, hws["dc_security"], capacity=8, period_ms=5)
+    from tasks.clock import Clock
+
     k.add("clock", Clock, hws["clock"], capacity=4, period_ms=100)
+    from tasks.cs_security import CsSecurity
+
     hw = hws["cs_security"]
     hw["info"] = {"fw": VERSION, "board": board.NAME}
     k.add("cs_security", CsSecurity, hw, capacity=16)
-    # LoPA: its step() does one unit of queued work (one X25519, or a slice of a blinding).
-    k.add("dc_security", DcSecurity, hws["dc_security"], capacity=8, period_ms=5)
+    from tasks.comm import Comm
+
     k.add("comm", Comm, hws["comm"], capacity=16, period_ms=10)
+    from tasks.status import Status
+
     k.add("status", Status, hws["status"], capacity=1, period_ms=250)
     # Prepaid credit and the HAN data diode
+    from tasks.credit import Credit
+
     k.add("credit", Credit, hws["credit"], capacity=8)
+    from tasks.han import Han
+
     k.add("han", Han, hws["han"], capacity=4)
     gc.collect()
     return k
