@@ -44,6 +44,7 @@ _QHEAD = const(12)
 _QN = const(13)  # messages waiting
 _QDROP = const(14)  # messages dropped on a full mailbox
 _NF = const(15)
+NF = _NF  # for kernel_svc.py, which reads the rows (stats)
 _KBOX = const(4)  # the kernel's own mailbox
 # Row 0's fields that a mailbox does not use hold the flood limit's state (no more attributes)
 _TOKENS = const(2)  # (_BUSY) records the bucket holds now
@@ -165,23 +166,8 @@ class Kernel:
         self._by_name[name] = i
         return obj
 
-    # -- mailboxes: fixed-capacity rings, preallocated; a put never allocates or blocks -------
-    def _put(self, i, code, payload):
-        # code: where the flow table holds the sender and the kind (_route)
-        f = self._f
-        b = i * _NF
-        n = f[b + _QN]
-        cap = f[b + _QCAP]
-        if n >= cap:
-            f[b + _QDROP] += 1
-            return False
-        j = f[b + _QOFF] + 2 * ((f[b + _QHEAD] + n) % cap)
-        q = self._q
-        q[j] = code
-        q[j + 1] = payload
-        f[b + _QN] = n + 1
-        return True
-
+    # -- mailboxes: fixed-capacity rings, preallocated; a put (in _route) never allocates or
+    # blocks ------------------------------------------------------------------------------
     def _take(self, i):
         # the oldest message of mailbox i (it must hold one) -> (sender, kind, payload)
         f = self._f
@@ -235,12 +221,22 @@ class Kernel:
         if i is None:
             self.log("kernel", "no task %s for %s from %s" % (receiver, kind, sender))
             return False
-        if self._put(i, code, payload):
-            return True
+        # into mailbox i's ring: code is where the flow table holds the sender and the kind
+        f = self._f
         b = i * _NF
-        if i and not self._f[b + _OVERFLOW]:
+        n = f[b + _QN]
+        cap = f[b + _QCAP]
+        if n < cap:
+            j = f[b + _QOFF] + 2 * ((f[b + _QHEAD] + n) % cap)
+            q = self._q
+            q[j] = code
+            q[j + 1] = payload
+            f[b + _QN] = n + 1
+            return True
+        f[b + _QDROP] += 1
+        if i and not f[b + _OVERFLOW]:
             # Logged once per window, so that a flood cannot flood the log too.
-            self._f[b + _OVERFLOW] = 1
+            f[b + _OVERFLOW] = 1
             self.log("kernel", "mailbox %s full: dropped %s from %s" % (receiver, kind, sender),
                      True)
         return False
@@ -285,13 +281,9 @@ class Kernel:
             pass  # a full or failing flash must not stop the meter
 
     def read_log(self, name, from_seq=0, max_n=16):
-        ring = self._logs.get(name)
-        if ring is None:
-            return None
-        out = []
-        for seq, data in ring.records(from_seq, max_n):
-            out.append((seq, struct.unpack(">I", data[:4])[0], data[4:].decode()))
-        return out
+        """[(seq, time s, text)] of log `name` from from_seq (None: no such log); for head-end
+        requests, its code in RAM only while it runs (kernel_svc.py)."""
+        return lazy.call("kernel_svc", "read_log", self, name, from_seq, max_n)
 
     # -- scheduling ------------------------------------------------------------
     def _run_step(self, i, now):
@@ -314,13 +306,6 @@ class Kernel:
         if time.ticks_diff(t1, due) > 0:
             due = time.ticks_add(t1, f[b + _PERIOD])
         self._due[i] = due
-
-    def _run_realtime(self):
-        now = time.ticks_us()
-        f = self._f
-        for i in range(1, len(self._names)):
-            if f[i * _NF + _RT] and self._steps[i] is not None:
-                self._run_step(i, now)
 
     def _fault(self, i, e):
         self._f[i * _NF + _ERRORS] += 1
@@ -349,21 +334,53 @@ class Kernel:
                 f[b + _BUSY] += time.ticks_diff(time.ticks_us(), t0)
                 f[b + _HANDLED] += 1
                 k += 1
-                self._run_realtime()  # sampling is never starved by a busy mailbox
+                # the realtime steps between any two messages: sampling is never starved by
+                # a busy mailbox
+                t0 = time.ticks_us()
+                for r in range(1, n):
+                    if f[r * _NF + _RT] and steps[r] is not None:
+                        self._run_step(r, t0)
             pending = pending or f[b + _QN] > 0
         while f[_QN]:
-            self._own(*self._take(0))
-        self._window()
-        if not pending:
-            self._idle()
-
-    def _idle(self):
-        # sleep until the next step is due (at most IDLE_MAX_MS), rounded up to whole ms: a
-        # step runs at most 1 ms late, and the kernel never spins through the rest of a wait
+            sender, kind, payload = self._take(0)
+            try:
+                self._own(sender, kind, payload)
+            except Exception as e:  # noqa: BLE001 - e.g. no heap for kernel_svc's code
+                # answered FAILED (7), as a task's refusal, and the meter runs on
+                self.log("kernel", "kernel %s error: %s %s" % (kind, type(e).__name__, e))
+                self._route("kernel", sender, "log_data" if kind == "log_read" else kind + "_data",
+                            (payload[0], 7, "out of memory" if type(e) is MemoryError
+                             else "failed"))
+        # the accounting window: each second, the busy time and lateness of the one that ended
         now = time.ticks_us()
+        length = time.ticks_diff(now, self._win_start)
+        if length >= WINDOW_US:
+            self._last_window = (length, self._win_sleep)
+            for i in range(1, n):
+                b = i * _NF
+                f[b + _SHARE] = f[b + _BUSY]
+                f[b + _BUSY] = 0
+                f[b + _LATE_LAST] = f[b + _LATE]
+                f[b + _LATE] = 0
+                if f[b + _LATE_LAST] > f[b + _LATE_WORST]:
+                    f[b + _LATE_WORST] = f[b + _LATE_LAST]
+                f[b + _OVERFLOW] = 0
+            self._win_start, self._win_sleep = now, 0
+            # Once a second, collect, rather than only when the heap is full: run-time garbage
+            # then never spreads over the free end of the heap, so the few small objects that
+            # outlive it stay low down and the large free blocks (WAN frames, a group set-up)
+            # stay whole (docs/hardware.md, "Memory"). The time counts as the kernel's (busy,
+            # no task's).
+            gc.collect()
+            now = time.ticks_us()
+        if pending:
+            return
+        # Idle: sleep until the next step is due (at most IDLE_MAX_MS), rounded up to whole
+        # ms: a step runs at most 1 ms late, and the kernel never spins through the rest of a
+        # wait
         wait = IDLE_MAX_MS * 1000
-        for i in range(1, len(self._names)):
-            if self._steps[i] is not None:
+        for i in range(1, n):
+            if steps[i] is not None:
                 d = time.ticks_diff(self._due[i], now)
                 if d < wait:
                     wait = d
@@ -371,48 +388,20 @@ class Kernel:
             self._sleep_ms((wait + 999) // 1000)
             self._win_sleep += time.ticks_diff(time.ticks_us(), now)
 
-    def _window(self):
-        now = time.ticks_us()
-        length = time.ticks_diff(now, self._win_start)
-        if length < WINDOW_US:
-            return
-        self._last_window = (length, self._win_sleep)
-        f = self._f
-        for i in range(1, len(self._names)):
-            b = i * _NF
-            f[b + _SHARE] = f[b + _BUSY]
-            f[b + _BUSY] = 0
-            f[b + _LATE_LAST] = f[b + _LATE]
-            f[b + _LATE] = 0
-            if f[b + _LATE_LAST] > f[b + _LATE_WORST]:
-                f[b + _LATE_WORST] = f[b + _LATE_LAST]
-            f[b + _OVERFLOW] = 0
-        self._win_start, self._win_sleep = now, 0
-        # Once a second, collect, rather than only when the heap is full: run-time garbage then
-        # never spreads over the free end of the heap, so the few small objects that outlive
-        # it stay low down and the large free blocks (WAN frames, a group set-up) stay whole
-        # (docs/hardware.md, "Memory"). The time counts as the kernel's (busy, no task's).
-        gc.collect()
-
     def run(self, duration_ms=None):
+        # The schedule starts with the loop: the time the build took after a task was added
+        # (imports, the other tasks' making) is no task's lateness.
+        now = time.ticks_us()
+        for i in range(len(self._due)):
+            self._due[i] = now
+        self._win_start = now
         start = time.ticks_ms()
         while duration_ms is None or time.ticks_diff(time.ticks_ms(), start) < duration_ms:
             self.run_once()
 
     def stats(self):
-        length, sleep = self._last_window
-        tasks = {}
-        f = self._f
-        for i in range(1, len(self._names)):
-            b = i * _NF
-            tasks[self._names[i]] = {
-                "cpu_pct": round(f[b + _SHARE] * 100 / length, 2) if length else 0,
-                "late_us": f[b + _LATE_LAST], "late_worst_us": f[b + _LATE_WORST],
-                "handled": f[b + _HANDLED], "dropped": f[b + _QDROP], "errors": f[b + _ERRORS],
-            }
-        busy = round((length - sleep) * 100 / length, 2) if length else 0
-        return {"window_us": length, "cpu_pct": busy, "refused": self.refused,
-                "log_dropped": f[_LOG_DROPPED], "tasks": tasks}
+        """The last complete window's CPU shares, lateness and counts (kernel_svc.py)."""
+        return lazy.call("kernel_svc", "stats", self)
 
     # -- the kernel's own services (policy rows with receiver "kernel") --------
     def _own(self, sender, kind, payload):

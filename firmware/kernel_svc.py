@@ -3,12 +3,22 @@
 # only while one runs (lib/lazy.py, docs/hardware.md "Memory").
 import json
 import os
+import struct
 from micropython import const
 
+import kernel
 import micropython
 import seal
 
 _CTRL_C = const(3)
+# kernel.py's row layout (a task's row of kernel.NF ints), the fields stats() reads
+_SHARE = const(3)
+_LATE_LAST = const(5)
+_LATE_WORST = const(6)
+_HANDLED = const(7)
+_ERRORS = const(8)
+_QDROP = const(14)
+_LOG_DROPPED = const(7)  # row 0 (the kernel's own) keeps it in _HANDLED
 
 
 def own(k, sender, kind, payload):
@@ -16,7 +26,7 @@ def own(k, sender, kind, payload):
     if kind == "stats":
         # Compact, and a task's "dropped"/"errors" only when not 0: with every HASM task
         # the answer must stay under the WAN payload cap (1024 bytes).
-        st = k.stats()
+        st = stats(k)
         for v in st["tasks"].values():
             for f in ("dropped", "errors"):
                 if not v[f]:
@@ -25,7 +35,7 @@ def own(k, sender, kind, payload):
         k._route("kernel", sender, "stats_data", (ref, 0, body))
     elif kind == "log_read":
         _, name, from_seq, max_n = payload
-        recs = k.read_log(name, from_seq, max_n)
+        recs = read_log(k, name, from_seq, max_n)
         if recs is None:
             k._route("kernel", sender, "log_data", (ref, 6, "unknown log"))
             return
@@ -61,3 +71,31 @@ def set_sealed(on):
     elif seal.is_sealed():
         os.remove(seal.SEALED)
     _apply(on)
+
+
+def stats(k):
+    # the last complete window (kernel.py _window): each task's CPU share and lateness
+    length, sleep = k._last_window
+    tasks = {}
+    f = k._f
+    nf = kernel.NF
+    for i in range(1, len(k._names)):
+        b = i * nf
+        tasks[k._names[i]] = {
+            "cpu_pct": round(f[b + _SHARE] * 100 / length, 2) if length else 0,
+            "late_us": f[b + _LATE_LAST], "late_worst_us": f[b + _LATE_WORST],
+            "handled": f[b + _HANDLED], "dropped": f[b + _QDROP], "errors": f[b + _ERRORS],
+        }
+    busy = round((length - sleep) * 100 / length, 2) if length else 0
+    return {"window_us": length, "cpu_pct": busy, "refused": k.refused,
+            "log_dropped": f[_LOG_DROPPED], "tasks": tasks}
+
+
+def read_log(k, name, from_seq=0, max_n=16):
+    ring = k._logs.get(name)
+    if ring is None:
+        return None
+    out = []
+    for seq, data in ring.records(from_seq, max_n):
+        out.append((seq, struct.unpack(">I", data[:4])[0], data[4:].decode()))
+    return out

@@ -6,20 +6,12 @@ import sys
 import board
 import kernel
 import lazy
-from tasks.clock import Clock
-from tasks.comm import Comm
-from tasks.cs_security import CsSecurity
-from tasks.dc_security import DcSecurity
-from tasks.metrology import Metrology
-from tasks.status import Status
 
 VERSION = "0.2.0"
 
 
-def hardware(task):
+def hardware(task, policy):
     # The board objects a task may use, by policy.HARDWARE, and nothing else.
-    import policy
-
     hw = {}
     for name in policy.hardware_of(task):
         if name == "adc":
@@ -45,6 +37,10 @@ def hardware(task):
     return hw
 
 
+_TASKS = ("metrology", "offswitch", "dc_security", "clock", "cs_security", "comm", "status",
+          "credit", "han")
+
+
 def build(now_s=None, unsealed_by_service=False):
     # Unless frozen into flash, the modules' code lives in the heap, among the garbage its
     # loading left: collect it before the tasks make their long-lived objects, so that they
@@ -57,44 +53,66 @@ def build(now_s=None, unsealed_by_service=False):
     mac_op = lazy.call("tasks.offswitch_mac", "compile_op")
     import policy
 
+    # Every task's grants first, then the kernel, which takes private copies of the flow and
+    # log tables: policy.py is dropped before any task is made, so that its code and tables
+    # (~5 KB) are not in the heap at the build's peak (docs/hardware.md, "Memory").
+    hws = {}
+    for name in _TASKS:
+        hws[name] = hardware(name, policy)
     # 9 tasks, 69 messages in their mailboxes (the capacities below): the kernel's tables are
     # made once, whole
     k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, policy.LOGS, now_s or board.rtc.get,
                       board.sleep_ms, size=(9, 69))
+    del policy
+    sys.modules.pop("policy", None)
+    gc.collect()
+    # Each task's module is imported just before the task is made (the main.py boot collects
+    # after each import, lib/lazy.py), in this order: the code that is in RAM only while a
+    # task is made (the off-switch's boot, tasks/offswitch_boot.py, ~9 KB; LoPA's group
+    # loading, tasks/dc_rare.py; the logs' scan) then finds the heap with the least of the
+    # rest in it, not at the build's end (on the 100-KB Pyboard heap it fits only so).
     # Metrology first and realtime: its step also runs between any two messages.
-    k.add("metrology", Metrology, hardware("metrology"), capacity=8, period_ms=20, realtime=True)
-    k.add("clock", Clock, hardware("clock"), capacity=4, period_ms=100)
-    info = {"fw": VERSION, "board": board.NAME}
-    hw = hardware("cs_security")
-    hw["info"] = info
-    k.add("cs_security", CsSecurity, hw, capacity=16)
-    # LoPA: its step() does one unit of queued work (one X25519, or a slice of a blinding).
-    k.add("dc_security", DcSecurity, hardware("dc_security"), capacity=8, period_ms=5)
-    k.add("comm", Comm, hardware("comm"), capacity=16, period_ms=10)
-    k.add("status", Status, hardware("status"), capacity=1, period_ms=250)
-    # Prepaid credit, the HAN data diode, and the off-switch on core 1 (tasks/offswitch.py):
-    # core 1 gets the relay, button and tamper; the main core only a proxy holding the Link.
-    # Imported here, after the tasks above have made their large allocations (a fragmented
-    # heap has no room for them afterwards).
-    from tasks import offswitch
-    from tasks.credit import Credit
-    from tasks.han import Han
+    from tasks.metrology import Metrology
 
-    k.add("credit", Credit, hardware("credit"), capacity=8)
-    hw = hardware("han")
-    hw["unsealed_by_service"] = unsealed_by_service  # shown in its telegram (tasks/han.py)
-    k.add("han", Han, hw, capacity=4)
+    k.add("metrology", Metrology, hws["metrology"], capacity=8, period_ms=20, realtime=True)
     # The off-switch: core 1 where `import _thread` works; where it does not (the official
     # PYBV11 build) its pass runs in its proxy's step on this core (docs/OFFSWITCH.md,
     # "Without _thread"). The proxy stores core 1's record for it, and the relay's boot state
     # where the board keeps one (a RelayBoot: the file's path, not the pin).
-    hw = hardware("offswitch")
+    from tasks import offswitch
+
+    hw = hws["offswitch"]
     hw["sleep_ms"] = board.sleep_ms
     hw["mac_op"] = mac_op
     offswitch.install(k, hw, getattr(board.relay, "boot", None))
-    # The kernel took private copies of policy.py's tables: the module is not needed any
-    # more, and its tables and code would hold RAM for nothing (docs/hardware.md, "Memory").
-    sys.modules.pop("policy", None)
+    del offswitch
+    # LoPA: its step() does one unit of queued work (one X25519, or a slice of a blinding).
+    from tasks.dc_security import DcSecurity
+
+    k.add("dc_security", DcSecurity, hws["dc_security"], capacity=8, period_ms=5)
+    from tasks.clock import Clock
+
+    k.add("clock", Clock, hws["clock"], capacity=4, period_ms=100)
+    from tasks.cs_security import CsSecurity
+
+    hw = hws["cs_security"]
+    hw["info"] = {"fw": VERSION, "board": board.NAME}
+    k.add("cs_security", CsSecurity, hw, capacity=16)
+    from tasks.comm import Comm
+
+    k.add("comm", Comm, hws["comm"], capacity=16, period_ms=10)
+    from tasks.status import Status
+
+    k.add("status", Status, hws["status"], capacity=1, period_ms=250)
+    # Prepaid credit and the HAN data diode
+    from tasks.credit import Credit
+
+    k.add("credit", Credit, hws["credit"], capacity=8)
+    from tasks.han import Han
+
+    hw = hws["han"]
+    hw["unsealed_by_service"] = unsealed_by_service  # shown in its telegram (tasks/han.py)
+    k.add("han", Han, hw, capacity=4)
     gc.collect()
     return k
 

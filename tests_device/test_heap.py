@@ -162,9 +162,12 @@ def test_boots_and_runs_a_50_member_group_with_the_pyboards_heap(
     run_50_member_group(tmp_path, "unix", profiles.vm_heap(profiles.get("pybv11")))
 
 
-# What importing the firmware (meter.py and everything it imports at boot) costs the heap, in
-# a fresh VM (mpremote soft-resets into the raw REPL: main.py does not run).
-IMPORT_COST = ("import gc, sys\ngc.collect()\na = gc.mem_alloc()\nimport meter\ngc.collect()\n"
+# What importing the firmware (meter.py and every module the boot imports: meter.build()
+# imports each task's module just before it makes the task) costs the heap, in a fresh VM
+# (mpremote soft-resets into the raw REPL: main.py does not run).
+IMPORT_COST = ("import gc, sys\ngc.collect()\na = gc.mem_alloc()\nimport meter\n"
+               "from tasks import metrology, offswitch, clock, cs_security, dc_security, comm, "
+               "status, credit, han\ngc.collect()\n"
                "print('COST', gc.mem_alloc() - a, meter.__file__)")
 
 

@@ -1,13 +1,13 @@
 """Calibration math on CPython: the head-end's gains and unit-slip hints
 (host_tools/headend/calibration.py), the meter's own checks and its log line
-(firmware/lib/metro.py), and why a PF-1 calibration must leave the phase alone (issue 20)."""
+(firmware/lib/metro_cal.py), and why a PF-1 calibration must leave the phase alone (issue 20)."""
 
 from __future__ import annotations
 
 import math
 from typing import Any
 
-import metro
+import metro_cal
 import pytest
 from click.testing import CliRunner
 
@@ -86,32 +86,32 @@ def test_metro_calibrate_leaves_the_phase_alone_near_pf_1() -> None:
     # periods per run, whichever way the phase was off (acos has no sign): -0.333, -0.668, -1
     phase = 0.0
     for _ in range(3):
-        _, _, phase = metro.calibrate(230.0, 5.0, 0.9986, 230.0, 5.0, 1.0, 0.0276, 0.0069,
+        _, _, phase = metro_cal.calibrate(230.0, 5.0, 0.9986, 230.0, 5.0, 1.0, 0.0276, 0.0069,
                                       phase, 2000, 50.0)
     assert phase == 0.0
     # on a reactive load it still follows the angle error
-    _, _, phase = metro.calibrate(230.0, 5.0, 0.52, 230.0, 5.0, 0.5, 0.0276, 0.0069, 0.0,
+    _, _, phase = metro_cal.calibrate(230.0, 5.0, 0.52, 230.0, 5.0, 0.5, 0.0276, 0.0069, 0.0,
                                   2000, 50.0)
     assert phase > 0.1
 
 
 def test_the_meter_refuses_what_the_head_end_would() -> None:
     d = (DEFAULT[0], DEFAULT[1], 0.0)
-    assert metro.cal_refusal((0.0276 * 1.29, 0.0069 * 0.71, 0.5), d, False) is None
-    assert "beyond" in metro.cal_refusal((0.0276 * 1.31, 0.0069, 0.0), d, False)
-    assert metro.cal_refusal((0.0276 * 100, 0.0069, 0.0), d, True) is None  # forced
+    assert metro_cal.cal_refusal((0.0276 * 1.29, 0.0069 * 0.71, 0.5), d, False) is None
+    assert "beyond" in metro_cal.cal_refusal((0.0276 * 1.31, 0.0069, 0.0), d, False)
+    assert metro_cal.cal_refusal((0.0276 * 100, 0.0069, 0.0), d, True) is None  # forced
     for bad in ((0.0, 0.0069, 0.0), (math.nan, 0.0069, 0.0), (math.inf, 0.0069, 0.0),
                 (0.0276, 0.0069, 1.5), (0.0276, 0.0069, math.nan)):
-        assert metro.cal_refusal(bad, d, True), bad
+        assert metro_cal.cal_refusal(bad, d, True), bad
 
 
 def test_the_calibration_log_line_fits_a_metrology_log_record_whole() -> None:
     # policy.py: the metrology log's records are 64 bytes; 10 of header and checksum, 4 of time
     room = 64 - 10 - 4
     for op in ("voltage", "current", "power", "phase", "set", "ref", "default", "undo"):
-        line = metro.cal_log_line(op, (1.23456e-05, 1.23456e-05, -0.99999))
+        line = metro_cal.cal_log_line(op, (1.23456e-05, 1.23456e-05, -0.99999))
         assert len(line) <= room, line
-    assert metro.cal_log_line("phase", (0.0276, 0.0069, 0.25)) == (
+    assert metro_cal.cal_log_line("phase", (0.0276, 0.0069, 0.25)) == (
         "calibrated phase 0.0276 0.0069 0.2500")
 
 
@@ -136,7 +136,7 @@ def test_three_pf_1_calibrations_of_a_distorted_load_keep_the_power_within_half_
     for _ in range(3):
         r = ns["measure"](tm.waveform.Waveform, params, 2, cal)[-1]
         assert r[4] < 0.998  # the meter's PF is below 1 ...
-        cal = metro.calibrate(r[0], r[1], r[4], 230.0, r[1], 1.0, *cal, 2000, r[5])
+        cal = metro_cal.calibrate(r[0], r[1], r[4], 230.0, r[1], 1.0, *cal, 2000, r[5])
         assert cal[2] == 0.0  # ... and the phase stays
         r = ns["measure"](tm.waveform.Waveform, params, 2, cal)[-1]
         assert abs(r[2] / true_p - 1) < 0.005

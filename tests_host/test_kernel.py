@@ -224,3 +224,38 @@ print(json.dumps(mods))
     mods = json.loads(out.strip().splitlines()[-1])
     assert mods == {m: [] for m in mods}, mods
     assert len(mods) == 6
+
+
+def test_a_kernel_request_that_fails_is_answered_failed_and_the_kernel_runs_on(
+        micropython: Run, tmp_path: Path) -> None:
+    # A kernel service whose code cannot be loaded (no heap for kernel_svc.py on a full board,
+    # as on the 100-KB Pyboard): the request is answered FAILED and logged; the loop goes on
+    # and the next request is served by the real code again.
+    r = run_kernel(micropython, tmp_path, """
+import sys
+k2 = kernel.Kernel({("a", "kernel"): ("stats", "log_read"),
+                    ("kernel", "a"): ("stats_data", "log_data")}, LOG_OF, LOGS, lambda: 1000)
+a = k2.add("a", T, {}, capacity=4)
+
+
+class NoHeap:
+    @staticmethod
+    def own(*args):
+        raise MemoryError("memory allocation failed")
+
+
+sys.modules["kernel_svc"] = NoHeap
+a.port.send("kernel", "log_read", (5, "security", 0, 4))
+k2.run_once()  # must not raise
+k2.run_once()
+first = [list(m[1:]) for m in a.got]
+a.got.clear()
+a.port.send("kernel", "stats", (6,))
+k2.run_once()
+k2.run_once()
+print(json.dumps({"first": first, "then": [[m[1], m[2][:2]] for m in a.got],
+                  "sec": [r[2] for r in k2.read_log("security", 0, 100)]}))
+""")
+    assert r["first"] == [["log_data", [5, 7, "out of memory"]]]
+    assert r["then"] == [["stats_data", [6, 0]]]  # kernel_svc imported again, served
+    assert any("kernel log_read error: MemoryError" in t for t in r["sec"]), r["sec"]

@@ -15,6 +15,7 @@ from types import ModuleType
 from typing import Any
 
 import metro
+import metro_cal
 import pytest
 
 Run = Callable[..., str]
@@ -46,6 +47,7 @@ CAL = [V_GAIN, I_GAIN, 0.0]
 MEASURE = """
 import array
 import metro
+import metro_cal
 
 
 def measure(Waveform, params, seconds, cal, chunk=173, dc=0, seed=7):
@@ -69,7 +71,7 @@ def measure(Waveform, params, seconds, cal, chunk=173, dc=0, seed=7):
 
 def calibrate_and_remeasure(Waveform, params, cal, truth, seconds):
     r = measure(Waveform, params, 2, cal)[-1]
-    new = metro.calibrate(r[0], r[1], r[4], truth[0], truth[1], truth[2],
+    new = metro_cal.calibrate(r[0], r[1], r[4], truth[0], truth[1], truth[2],
                           cal[0], cal[1], cal[2], 2000, r[5])
     return [list(new), r, measure(Waveform, params, seconds, new)]
 """
@@ -285,14 +287,14 @@ def test_calibration_recovers_phase_and_gains(results: dict[str, Any], name: str
 def test_calibrate_is_pure_and_clamps_the_phase() -> None:
     # 9 deg per sample: a 4.5 deg shortfall in angle is +0.5 sample
     pf_meas = math.cos(math.radians(60 - 4.5))
-    g = metro.calibrate(200.0, 4.0, pf_meas, 230.0, 5.0, 0.5, 1.0, 2.0, 0.25, 2000, 50.0)
+    g = metro_cal.calibrate(200.0, 4.0, pf_meas, 230.0, 5.0, 0.5, 1.0, 2.0, 0.25, 2000, 50.0)
     assert g[0] == pytest.approx(1.15)
     assert g[1] == pytest.approx(2.5)
     assert g[2] == pytest.approx(0.75)
-    far = metro.calibrate(230.0, 5.0, 0.9, 230.0, 5.0, 0.5, 1.0, 1.0, 0.5, 2000, 50.0)
+    far = metro_cal.calibrate(230.0, 5.0, 0.9, 230.0, 5.0, 0.5, 1.0, 1.0, 0.5, 2000, 50.0)
     assert far[2] == 1.0
     with pytest.raises(ValueError):
-        metro.calibrate(0.0, 5.0, 0.5, 230.0, 5.0, 0.5, 1.0, 1.0, 0.0, 2000, 50.0)
+        metro_cal.calibrate(0.0, 5.0, 0.5, 230.0, 5.0, 0.5, 1.0, 1.0, 0.0, 2000, 50.0)
 
 
 def test_offset_follows_the_previous_second_mean() -> None:

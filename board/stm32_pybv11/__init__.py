@@ -52,6 +52,7 @@
 # hardware while a flash sector erase stalls the CPU (up to about a second); read_into hands
 # out what arrived and counts a gap (adc.gaps, adc.lost) when the firmware came back later
 # than the ring lasts. TIM3, 5 and 6 are pyb's own: TIM5 only for pyb.Servo, unused here.
+import os
 import time
 
 import machine
@@ -85,9 +86,17 @@ ADC_CH_V = const(10)  # PC0 = ADC123_IN10
 ADC_CH_I = const(11)  # PC1 = ADC123_IN11
 
 ADC_RATE_HZ = const(2000)  # per channel; V and I converted at the same instant
-# Samples per channel in the DMA rings: 1.5 s at 2 kHz, longer than a sector erase stalls the
-# CPU (0.25-1 s on the F405's 16 KiB and 64 KiB sectors), 12 KB of RAM for both.
-ADC_RING = const(3072)
+# Samples per channel in the DMA rings: longer than the CPU can be kept from reading them.
+# With /data on the internal flash that is a sector erase (0.25-1 s on the F405's 16 KiB and
+# 64 KiB sectors): 1.5 s at 2 kHz, 12 KB of RAM for both. Booted from a micro SD card (boot.py
+# puts the card at / and the flash at /flash, which the firmware then never writes) a write is
+# one card command (busy a few ms, at most 250 ms by the SD spec) and no erase stalls the CPU:
+# 0.5 s, 4 KB, 8 KB more of the heap for the firmware (docs/hardware.md "Micro SD card").
+try:
+    os.stat("/flash")
+    ADC_RING = 1024
+except OSError:
+    ADC_RING = 3072
 # The analogue front end: the mains voltage and current that swing the ADC
 # input from mid-scale to full scale (peak). A ZMPT101B-style voltage module
 # trimmed so that 400 V peak gives 1.65 V, and a 100 A : 50 mA CT (SCT-013-000)

@@ -5,7 +5,6 @@
 import json
 import struct
 
-import metro
 import store
 from tasks.metrology import _REC, CALIB
 
@@ -26,6 +25,8 @@ def calibrate(m, sender, payload):
     # ops (docs/PROTOCOL.md CALIBRATE): "ref" the reference load at the terminals, "set"
     # gains the head-end worked out, "show", "reset" (the board's default), "undo" (the
     # calibration before the last change; the meter keeps that one copy in calib.json)
+    import metro_cal as mc  # (the math: imported here, not for every READ)
+
     ref, op, a, b, c, force, step = payload
     rec = m.cal_rec
     if op == "show":
@@ -36,8 +37,8 @@ def calibrate(m, sender, payload):
         if r is None or r[0] <= 0 or r[1] <= 0:
             m._port.send(sender, "calibrated", (ref, 6, "no load measured yet"))
             return
-        new = metro.calibrate(r[0], r[1], r[4], a, b, c, m.cal[0], m.cal[1], m.cal[2],
-                              m._rate, r[5] or 50.0)
+        new = mc.calibrate(r[0], r[1], r[4], a, b, c, m.cal[0], m.cal[1], m.cal[2],
+                           m._rate, r[5] or 50.0)
         force = True  # the reference form has always set what it measured
     elif op == "set":
         new = (a, b, c)
@@ -49,7 +50,7 @@ def calibrate(m, sender, payload):
         return
     else:
         new = tuple(rec["prev"])
-    why = metro.cal_refusal(new, m.cal_default, force)
+    why = mc.cal_refusal(new, m.cal_default, force)
     if why:
         m._port.send(sender, "calibrated", (ref, 6, why))  # BAD_ARGS: nothing changed
         return
@@ -62,7 +63,7 @@ def calibrate(m, sender, payload):
     m.cal_rec = rec
     m.cal = tuple(new)
     m._acc.set_cal(new[0], new[1], new[2])
-    m._port.log(metro.cal_log_line(op, new))
+    m._port.log(mc.cal_log_line(op, new))
     _cal_answer(m, sender, ref, rec)
 
 
