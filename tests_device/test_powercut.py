@@ -18,6 +18,8 @@ from host_tools.reliability import powercut
 from host_tools.reliability.fleetup import bring_up
 from host_tools.sim import fleet
 
+from .conftest import session_profile
+
 CUTS = 51
 METERS = 3
 
@@ -30,7 +32,8 @@ def _virtual_only(real_port: str | None) -> None:
 
 def test_campaign(tmp_path: Path) -> None:
     lines: list[str] = []
-    fig = powercut.run(CUTS, METERS, tmp_path, seed=7, say=lines.append)
+    fig = powercut.run(CUTS, METERS, tmp_path, seed=7, say=lines.append,
+                       profile=session_profile())
     report = "\n".join(lines)
     print(report)
     assert not fig.violations, report
@@ -48,7 +51,8 @@ def test_campaign(tmp_path: Path) -> None:
 def one(tmp_path_factory: pytest.TempPathFactory) -> Iterator[powercut.Campaign]:
     base = tmp_path_factory.mktemp("pc1")
     ks = Keystore(base / "keystore.json")
-    meters = bring_up(1, base / "fleet", ks, powercut.INTERVAL_S, powercut.LIMITS)
+    meters = bring_up(1, base / "fleet", ks, powercut.INTERVAL_S, powercut.LIMITS,
+                      profile=session_profile())
     try:
         fleet.set_wave(0, powercut.LOAD, base / "fleet")
         c = powercut.Campaign(meters[0], base / "fleet", ks, random.Random(3), print)

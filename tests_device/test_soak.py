@@ -15,6 +15,8 @@ import pytest
 
 from host_tools.reliability import soak
 
+from .conftest import session_profile
+
 
 @pytest.fixture(autouse=True)
 def _virtual_only(real_port: str | None) -> None:
@@ -24,7 +26,8 @@ def _virtual_only(real_port: str | None) -> None:
 
 def test_soak_short(tmp_path: Path) -> None:
     cfg = soak.Config(meters=6, intervals=8, group=3, m=1, batch=4,
-                      fail_p=0.5, cut_p=0.5, seed=3)
+                      fail_p=0.5, cut_p=0.5, seed=3,
+                      profile=session_profile() or soak.Config.profile)
     lines: list[str] = []
     fig = soak.run(cfg, tmp_path, say=lines.append)
     report = "\n".join(lines)

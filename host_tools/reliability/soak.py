@@ -61,7 +61,7 @@ from host_tools.headend.lopa.headend import METER_FAILURES, RoundResult
 from host_tools.headend.lopa.lab import read_profile
 from host_tools.headend.lopa.ref import aggregate
 from host_tools.reliability.fleetup import PLATFORM, Meter, bring_up, parallel, say, spread
-from host_tools.sim import fleet
+from host_tools.sim import fleet, profiles
 
 LENGTH = 900  # 15-minute intervals
 INTO = 5  # the clock is moved to this many seconds into the next interval
@@ -83,6 +83,7 @@ class Config:
     fail_p: float = 0.25  # per group and batch (when allowed): a failure
     cut_p: float = 0.25  # ... or a power cut
     seed: int = 1
+    profile: str = profiles.DEFAULT  # the meters' port profile (host_tools/sim/profiles.py)
 
 
 @dataclass
@@ -122,7 +123,7 @@ class Figures:
             f"soak: {cfg.meters} meters in groups of {cfg.group} (robust, M={cfg.m}), "
             f"{cfg.intervals} intervals of {LENGTH} s = {cfg.intervals * LENGTH / 86400:.2f} "
             f"simulated days, clock paced by the head-end; {self.wall_s:.0f} s wall; "
-            f"platform: {PLATFORM}",
+            f"platform: {PLATFORM}, profile {cfg.profile}",
             f"rounds: {self.rounds}, decrypted {self.decrypted} ({self.by_recovery} by "
             f"recovery, {self.missing_members} member-rounds missing); lost intervals: "
             f"{len(self.lost)}",
@@ -227,8 +228,9 @@ class Soak:
         cfg = self.cfg
         t0 = time.monotonic()
         self.meters = bring_up(cfg.meters, self.base / "fleet", self.ks, LENGTH, timeout=120,
-                               sim_time=self.first * LENGTH + INTO)
-        self.say(f"{cfg.meters} meters up, flashed, provisioned in {time.monotonic() - t0:.0f} s")
+                               sim_time=self.first * LENGTH + INTO, profile=cfg.profile)
+        self.say(f"{cfg.meters} meters ({cfg.profile}) up, flashed, provisioned in "
+                 f"{time.monotonic() - t0:.0f} s")
         n_groups = cfg.meters // cfg.group
         for gi in range(n_groups):
             ms = self.meters[gi * cfg.group:(gi + 1) * cfg.group]
@@ -567,9 +569,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=c.batch)
     ap.add_argument("--seed", type=int, default=c.seed)
     ap.add_argument("--dir", type=Path, help="keep the fleet here (default: a temp dir)")
+    ap.add_argument("--profile", default=c.profile,
+                    help=f"port profile of the meters ({', '.join(profiles.names())}; "
+                         f"default {c.profile})")
     a = ap.parse_args(argv)
+    if a.profile not in profiles.PROFILES:
+        ap.error(f"unknown profile {a.profile!r}; valid: {', '.join(profiles.names())}")
     cfg = Config(meters=a.meters, intervals=a.intervals, group=a.group, m=a.m,
-                 batch=a.batch, seed=a.seed)
+                 batch=a.batch, seed=a.seed, profile=a.profile)
     cycle = 2 * min(cfg.group, cfg.meters) * cfg.batch  # intervals between a member's probes
     if cycle + cfg.batch > PROFILE_CAP and cfg.intervals > PROFILE_CAP:
         ap.error(f"each member is probed once in {cycle} intervals, and its load profile "
