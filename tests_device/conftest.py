@@ -30,13 +30,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 _SESSION_PROFILE: list[str | None] = [None]  # set by pytest_configure: own_meters' default
 
 
-# The profile of the suite's meters when none is asked for. Most device tests exercise the
-# virtual board's own machinery (its ROMFS partition, per-file power-cut points, host-visible
-# files, pins driven from the host), which only the unix profile has; the official boards'
-# end-to-end flows run on their own profiles in test_board_profiles.py, test_pybv11.py and
-# test_profiles.py. `--profile rp2-pico` runs the whole suite on a Pico profile (not green yet:
-# docs/virtual-board.md, "Port profiles").
-SUITE_PROFILE = "unix"
+# The profile of the suite's meters when none is asked for: a Pico with the official firmware
+# (its modules, heap, littlefs on the modelled flash chip), as a new user's board. A test or a
+# module that tests the unix VM itself (ROMFS, the board/virtual adapter, ...) pins it:
+# `@pytest.mark.profile(UNIX_VM, why="...")` (a module: `pytestmark = ...`); every meter it
+# starts (own_meters, fleet.start, the session's `sim`) then has that profile, whatever
+# --profile or $METER_PROFILE say for the rest.
+SUITE_PROFILE = profiles.DEFAULT
+UNIX_VM = "unix"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,11 +47,54 @@ def pytest_configure(config: pytest.Config) -> None:
     _SESSION_PROFILE[0] = name
     # fleets the tests start with fleet.start() directly follow it too (for a new meter)
     os.environ["METER_PROFILE"] = name
+    config.addinivalue_line("markers", "profile(name, why=...): the port profile of every "
+                            "virtual meter this test (or module) starts, and why it is pinned")
 
 
 def session_profile() -> str | None:
-    """The profile chosen for the session (--profile or $METER_PROFILE), if any."""
-    return _SESSION_PROFILE[0]
+    """The profile of the running test's meters: its pin (mark.profile), else the one chosen
+    for the session (--profile or $METER_PROFILE)."""
+    return _PINS[-1] if _PINS else _SESSION_PROFILE[0]
+
+
+_PINS: list[str] = []  # the pins of the running module and test, innermost last
+
+
+def _pin(node: pytest.Item | pytest.Collector | None) -> str | None:
+    mark = node.get_closest_marker("profile") if node is not None else None
+    if mark is None:
+        return None
+    name = str(mark.args[0]) if mark.args else ""
+    if name not in profiles.PROFILES or not mark.kwargs.get("why"):
+        raise pytest.UsageError(f"{node.nodeid}: mark.profile needs a profile name "
+                                f"({', '.join(profiles.names())}) and why=...")
+    return name
+
+
+@contextlib.contextmanager
+def _pinned(name: str | None) -> Iterator[None]:
+    if name is None:
+        yield
+        return
+    _PINS.append(name)
+    os.environ["METER_PROFILE"] = name
+    try:
+        yield
+    finally:
+        _PINS.pop()
+        os.environ["METER_PROFILE"] = session_profile() or SUITE_PROFILE
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_profile(request: pytest.FixtureRequest) -> Iterator[None]:
+    with _pinned(_pin(request.node)):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _test_profile(request: pytest.FixtureRequest) -> Iterator[None]:
+    with _pinned(_pin(request.node)):
+        yield
 
 
 @dataclass
@@ -94,19 +138,36 @@ def real_port(request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def sim(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> Iterator[Fleet]:
-    """Three virtual meters for the session: 0 for clients, 1 for flashing, 2 for the
-    board's own behaviour (resets, power cuts, pins)."""
+def _session_fleets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Fleet]]:
+    """The session's fleets, one per profile asked for, started on first use."""
+    fleets: dict[str, Fleet] = {}
+    try:
+        yield fleets
+    finally:
+        for f in fleets.values():
+            _LIVE_FLEETS.remove(f.base)
+            fleet.stop(f.base)
+
+
+@pytest.fixture
+def sim(_session_fleets: dict[str, Fleet], tmp_path_factory: pytest.TempPathFactory,
+        real_port: str | None) -> Fleet:
+    """Three virtual meters for the session (under the test's profile: one fleet per
+    profile): 0 for clients, 1 for flashing, 2 for the board's own behaviour (resets, power
+    cuts, pins)."""
     if real_port:
         pytest.skip("needs the virtual board's host-side control (running against --port)")
-    base = tmp_path_factory.mktemp("fleet")
-    meters = fleet.start(3, base, profile=session_profile())
-    _LIVE_FLEETS.append(base)
-    try:
-        yield Fleet(base, meters)
-    finally:
-        _LIVE_FLEETS.remove(base)
-        fleet.stop(base)
+    name = session_profile() or profiles.DEFAULT
+    if name not in _session_fleets:
+        base = tmp_path_factory.mktemp("fleet-" + name)
+        _LIVE_FLEETS.append(base)
+        try:
+            _session_fleets[name] = Fleet(base, fleet.start(3, base, profile=name))
+        except BaseException:
+            _LIVE_FLEETS.remove(base)
+            fleet.stop(base)
+            raise
+    return _session_fleets[name]
 
 
 @pytest.fixture
