@@ -76,3 +76,12 @@ def test_interval_close_cut_between_registers_and_profile(one: powercut.Campaign
         log = queries.read_log(one._link(), "metrology", 0)
         assert any("restored profile record" in str(r[2]) for r in log), log[-5:]
     assert not one.fig.violations
+
+
+def test_an_unknown_profile_is_refused_in_one_line_before_anything_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert powercut.main(["--profile", "pico", "--dir", str(tmp_path / "pc")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["powercut: unknown profile 'pico'; valid: rp2-pico, rp2-pico2, pybv11, "
+                   "pybv11-thread, unix"]
+    assert not (tmp_path / "pc").exists()

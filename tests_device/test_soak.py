@@ -75,3 +75,12 @@ def test_every_member_is_probed_before_its_load_profile_wraps() -> None:
     # failures and cuts)
     day = soak.Config(intervals=96)
     assert not any(soak.probe_due(b, None, day) for b in range(day.intervals // day.batch))
+
+
+def test_an_unknown_profile_is_refused_in_one_line_before_anything_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert soak.main(["--profile", "pico", "--dir", str(tmp_path / "soak")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["soak: unknown profile 'pico'; valid: rp2-pico, rp2-pico2, pybv11, "
+                   "pybv11-thread, unix"]
+    assert not (tmp_path / "soak").exists()

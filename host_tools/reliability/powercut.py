@@ -640,8 +640,10 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"port profile of the meters ({', '.join(profiles.names())}; "
                          f"default {profiles.DEFAULT})")
     a = ap.parse_args(argv)
-    if a.profile not in profiles.PROFILES:
-        ap.error(f"unknown profile {a.profile!r}; valid: {', '.join(profiles.names())}")
+    if a.profile not in profiles.PROFILES:  # one line, before anything is started
+        print(f"powercut: unknown profile {a.profile!r}; valid: {', '.join(profiles.names())}",
+              file=sys.stderr)
+        return 2
     if a.dir:
         fig = run(a.cuts, a.meters, a.dir, a.seed, a.random_share, profile=a.profile)
     else:

@@ -573,8 +573,10 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"port profile of the meters ({', '.join(profiles.names())}; "
                          f"default {c.profile})")
     a = ap.parse_args(argv)
-    if a.profile not in profiles.PROFILES:
-        ap.error(f"unknown profile {a.profile!r}; valid: {', '.join(profiles.names())}")
+    if a.profile not in profiles.PROFILES:  # one line, before anything is started
+        print(f"soak: unknown profile {a.profile!r}; valid: {', '.join(profiles.names())}",
+              file=sys.stderr)
+        return 2
     cfg = Config(meters=a.meters, intervals=a.intervals, group=a.group, m=a.m,
                  batch=a.batch, seed=a.seed, profile=a.profile)
     cycle = 2 * min(cfg.group, cfg.meters) * cfg.batch  # intervals between a member's probes
