@@ -67,6 +67,8 @@ def test_heap_is_capped_like_a_pico(sim: Fleet) -> None:
     assert 150_000 < int(r.stdout.strip()) <= 192 * 1024
 
 
+@pytest.mark.profile(UNIX_VM, why="the unix VM's host-directory jail (a board profile's flash "
+                     "is an image, with no host path to reach)")
 def test_filesystem_is_a_jail(sim: Fleet) -> None:
     code = (
         "import os\n"

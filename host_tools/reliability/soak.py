@@ -69,6 +69,7 @@ MIN_INTERVAL_S = 1.5  # real seconds an interval lasts at least: >= 1 s of ADC s
 UP_S = 120.0  # how long a meter may take to be up again, or to catch up with the clock
 WEEK = 672
 PROFILE_CAP = 192  # records in a meter's load profile (firmware/tasks/metrology.py)
+CLOCK_BEHIND_S = 60  # a meter's clock this far behind the fleet's after a power-up is set
 TREND_MAX_B_PER_DAY = 512  # a leak: free heap falling faster than this, all run long ...
 DECLINE_MIN_B = 2048  # ... and by more than this (gc and fragmentation move it by ~1-4 KB)
 
@@ -96,6 +97,7 @@ class Figures:
     wrong: list[str] = field(default_factory=list)  # aggregate != lab truth
     unverified: list[str] = field(default_factory=list)  # no lab truth for a reporter
     failures: int = 0
+    time_sets: int = 0  # meters whose clock was behind after a power-up (a Pico's)
     cuts: int = 0
     probes: int = 0
     batch_s: list[float] = field(default_factory=list)
@@ -132,7 +134,8 @@ class Figures:
             f"{len(self.unverified)}); aggregate per round: {spread(aggs, 'mWh', 0)}, "
             f"{sum(1 for a in aggs if a == 0)} of them 0",
             f"disturbances: {self.failures} failures (powered off 1..{cfg.batch // 2} "
-            f"intervals), {self.cuts} power cuts, {self.probes} lab probes (REPL, soft reset)",
+            f"intervals), {self.cuts} power cuts, {self.probes} lab probes (REPL, soft reset); "
+            f"clocks behind after a power-up, set by the head-end: {self.time_sets}",
             f"interval (clock step + the groups' rounds), wall time: "
             f"{spread(self.interval_s)}; meters up that missed a round and were waited for: "
             f"{self.catch_up}",
@@ -222,6 +225,7 @@ class Soak:
         # The first interval: a whole one ahead of host time, so that no RTC goes back (a
         # meter's clock saved host time while it ran before the fleet's clock was set).
         self.first = int(time.time()) // LENGTH + 2
+        self.clock_t = self.first * LENGTH + INTO  # the fleet's time (set-clock), now
 
     # -- set-up -------------------------------------------------------------------------------
     def set_up(self) -> None:
@@ -263,8 +267,11 @@ class Soak:
 
     # -- time -----------------------------------------------------------------------------------
     def step(self, t: int) -> None:
-        """Close interval ``t`` on every meter: its clock (the supervisor's, a battery-backed
-        RTC that runs on while the meter is off) to INTO seconds into interval t + 1."""
+        """Close interval ``t`` on every meter: its clock (the supervisor's, which runs on
+        while the meter is off: a Pico's firmware resumes behind it after a cut, and is set by
+        _set_time_if_behind) to INTO seconds into interval t + 1."""
+        self.clock_t = (t + 1) * LENGTH + INTO
+
         def one(m: Meter) -> None:
             try:
                 fleet.ctl(m.dir, {"cmd": "set-clock", "t": (t + 1) * LENGTH + INTO}, 30.0)
@@ -324,6 +331,25 @@ class Soak:
 
         parallel(range(len(self.groups)), group, workers=len(self.groups))
 
+    def _set_time_if_behind(self, m: Meter) -> None:
+        """A meter up again after a power cut, whose clock is behind the fleet's: a Pico's (no
+        battery-backed RTC: its firmware resumes from the time it last saved). The head-end
+        sets it with an authenticated TIME_SET, as it would a real meter's; a meter whose RTC
+        ran on (unix, a Pyboard) is not behind and gets none. Again if the fleet's clock moved
+        on meanwhile."""
+        for _ in range(3):
+            now = self.clock_t
+            try:
+                with open_link(m.port, self.ks, m.meter_id, 15.0) as link:
+                    if int(link.request(wire.K_READ)["clock"]) >= now - CLOCK_BEHIND_S:
+                        return
+                    link.request(wire.K_TIME_SET, {"t": now})
+                    self.fig.time_sets += 1
+            except (LinkError, MeterError, OSError, KeyError, TypeError, ValueError) as e:
+                self.fig.errors.append(f"meter {m.index}: time set after power-up: {e}")
+                return
+        self.fig.errors.append(f"meter {m.index}: clock still behind after 3 time sets")
+
     # -- disturbances ----------------------------------------------------------------------------
     def _off(self, m: Meter, off_s: float) -> None:
         try:
@@ -333,6 +359,8 @@ class Soak:
             return
         if not self._wait_up(m):
             self.fig.errors.append(f"meter {m.index}: not up {UP_S:.0f} s after its power cut")
+            return
+        self._set_time_if_behind(m)
 
     def _fail(self, m: Meter) -> None:
         # Off until power_on() (after its last interval, off_until) ends it.
@@ -343,6 +371,8 @@ class Soak:
             return
         if not self._wait_up(m):
             self.fig.errors.append(f"meter {m.index}: not up {UP_S:.0f} s after its failure")
+            return
+        self._set_time_if_behind(m)
 
     def power_on(self, t: int) -> None:
         """Failed meters whose failure ends with interval t: power on (once they are off)."""
