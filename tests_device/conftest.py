@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,6 +228,29 @@ def own_meters(tmp: Path, n: int, *, wave: dict[str, float] | None = None,
     finally:
         _LIVE_FLEETS.remove(base)
         fleet.stop(base)
+
+
+def set_clock_if_behind(port: str, keystore: Keystore, timeout: float = 30.0) -> bool:
+    """What the operator does for a meter powered up again whose clock is behind: a Pico's
+    (no battery-backed RTC: its firmware resumes from the time it last saved). An
+    authenticated TIME_SET to the host's time; True if it was behind (a meter whose RTC ran
+    on is left alone)."""
+    from host_tools.headend import wire
+    from host_tools.headend.client import LinkError, MeterError, open_link
+    from host_tools.headend.provision import meter_time_now
+
+    deadline = time.monotonic() + timeout
+    while True:  # the firmware may still be starting
+        try:
+            with open_link(port, keystore, None, 5.0) as link:
+                if int(link.request(wire.K_READ)["clock"]) >= meter_time_now() - 2:
+                    return False
+                link.request(wire.K_TIME_SET, {"t": meter_time_now()})
+                return True
+        except (LinkError, MeterError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 @contextlib.contextmanager

@@ -218,6 +218,7 @@ def test_rp2_file_level_write_points_name_files_and_a_cut_there_keeps_littlefs_w
             "os.rename('cfg.new', 'cfg.json')\nos.remove('cfg.json')\n"
             "with open('cfg.new', 'w') as f:\n f.write('z' * 600)\n"
             "os.rename('cfg.new', 'cfg.json')\nprint('done')")
+    rp2.cut()  # a fresh VM run: no hook left armed by an earlier test
     rp2.run("with open('cfg.json', 'w') as f:\n f.write('x' * 600)")
     assert _armed(rp2, {"k": -1, "level": "file", "match": "cfg"}, work) == "done"
     time.sleep(0.5)
