@@ -122,8 +122,8 @@ def _wp_files(on):
         return op
 
     builtins.open = hooked_open
-    for name in ops:
-        setattr(_BoardOS, name, hooked(name, ops[name]))
+    for name in ops:  # unlink is remove, as the jail (VFS-level) sees it
+        setattr(_BoardOS, name, hooked("remove" if name == "unlink" else name, ops[name]))
 
 
 def _wp_hit(op, path, f=None, data=None):
@@ -643,7 +643,8 @@ def boot(g):
         import builtins
 
         _board_fs[:] = [builtins.open, {"mkdir": os.mkdir, "rmdir": os.rmdir,
-                                        "remove": os.remove, "rename": os.rename}]
+                                        "remove": os.remove, "unlink": os.remove,
+                                        "rename": os.rename}]
         os.chdir(a[0])
         sys.path[:] = a[2]
         if a[0] != "/":  # stm32: the flash's FAT, whose cache os.sync() writes back
