@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -203,25 +204,58 @@ class OwnMeter:
         return fleet.meter_dir(self.base, self.index)
 
 
+# A board profile's firmware, flashed once a session (meterctl flash, as a user does) into a
+# meter that is then stopped: own_meters() programs each new meter's chip with that image, as
+# a factory programs boards, instead of flashing each one over its serial port. On littlefs
+# a flash costs ~90 erases (~5 s of stalls); meterctl flash itself is tested on every profile
+# (test_flash.py, test_board_profiles.py, which flashes each of its meters).
+_PROGRAMMED: dict[str, Path] = {}
+
+
+def _programmed(profile: str, session_dir: Path, timeout: float) -> Path:
+    mdir = _PROGRAMMED.get(profile)
+    if mdir is None:
+        base = session_dir / f"programmed-{profile}"
+        rec = fleet.start(1, base, profile=profile)[0]
+        try:
+            flash(rec["port"], timeout=timeout)
+        finally:
+            fleet.stop(base)
+        mdir = _PROGRAMMED[profile] = fleet.meter_dir(base, 0)
+    return mdir
+
+
 @contextlib.contextmanager
 def own_meters(tmp: Path, n: int, *, wave: dict[str, float] | None = None,
-               timeout: float = 30.0, profile: str | None = None,
+               timeout: float = 30.0, profile: str | None = None, flash_each: bool = False,
                **provision_kwargs: Any) -> Iterator[list[OwnMeter]]:
     """Start `n` virtual meters in ``tmp`` (their load fixed to `wave` from power-up, if
-    given; under ``profile``, else the session's), flash the firmware, provision each (one
-    keystore in ``tmp``; ``provision_kwargs`` as for provision()), and stop them afterwards.
-    Timeouts are generous: several VMs boot at once on a busy host."""
+    given; under ``profile``, else the test's), with the firmware (flashed over the serial
+    port, or on a board profile programmed from this session's image unless ``flash_each``),
+    provision each (one keystore in ``tmp``; ``provision_kwargs`` as for provision()), and
+    stop them afterwards. Timeouts are generous: several VMs boot at once on a busy host."""
+    from host_tools.bench.runner import clone_image
+
     base = tmp / "fleet"
-    recs = fleet.start(n, base, profile=profile or session_profile())
+    name = profile or session_profile() or profiles.DEFAULT
+    programmed = not flash_each and profiles.get(name)["fs"]["type"] in ("lfs2", "fat")
+    if programmed:
+        image = _programmed(name, tmp.parent, timeout)
+        for i in range(n):
+            clone_image(image, fleet.meter_dir(base, i))
+            if wave is not None:  # the supervisor's hardware state, read at power-up
+                (fleet.meter_dir(base, i) / "hw.json").write_text(json.dumps({"wave": wave}))
+    recs = fleet.start(n, base, profile=name)
     _LIVE_FLEETS.append(base)
     try:
-        if wave is not None:
+        if wave is not None and not programmed:
             for i in range(n):
                 fleet.set_wave(i, wave, base)
         ks = Keystore(tmp / "keystore.json")
         meters = []
         for i, rec in enumerate(recs):
-            flash(rec["port"], timeout=timeout)
+            if not programmed:
+                flash(rec["port"], timeout=timeout)
             r = provision(rec["port"], ks, force=True, timeout=timeout, **provision_kwargs)
             meters.append(OwnMeter(base, rec["port"], rec["han"], ks, r.meter_id, i))
         yield meters
