@@ -101,14 +101,17 @@ POWERCUT_METERS ?= 4
 powercut: setup
 	$(BIN)/python -m host_tools.reliability.powercut --cuts $(POWERCUT_N) --meters $(POWERCUT_METERS)
 
-# Soak (issue 10, host_tools/reliability/soak.py): SOAK_METERS meters on an accelerated
-# clock for SOAK_INTERVALS 15-min intervals (672: a week), a LoPA round each, with failures
-# and power cuts; the default suite runs a short one (tests_device/test_soak.py).
+# Soak (issue 10, host_tools/reliability/soak.py): SOAK_METERS meters of SOAK_PROFILE on an
+# accelerated clock for SOAK_INTERVALS 15-min intervals (672: a week; 2880: a month), a LoPA
+# round each, with failures and power cuts, and the free-heap trend in bytes per simulated
+# day; the default suite runs a short one (tests_device/test_soak.py).
 SOAK_METERS ?= 50
 SOAK_INTERVALS ?= 672
+SOAK_PROFILE ?= rp2-pico
 .PHONY: soak
 soak: setup
-	$(BIN)/python -m host_tools.reliability.soak --meters $(SOAK_METERS) --intervals $(SOAK_INTERVALS)
+	$(BIN)/python -m host_tools.reliability.soak --meters $(SOAK_METERS) \
+		--intervals $(SOAK_INTERVALS) --profile $(SOAK_PROFILE)
 
 clean:
 	rm -rf build .sim .pytest_cache .ruff_cache .mypy_cache

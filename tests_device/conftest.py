@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,13 +32,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 _SESSION_PROFILE: list[str | None] = [None]  # set by pytest_configure: own_meters' default
 
 
-# The profile of the suite's meters when none is asked for. Most device tests exercise the
-# virtual board's own machinery (its ROMFS partition, per-file power-cut points, host-visible
-# files, pins driven from the host), which only the unix profile has; the official boards'
-# end-to-end flows run on their own profiles in test_board_profiles.py, test_pybv11.py and
-# test_profiles.py. `--profile rp2-pico` runs the whole suite on a Pico profile (not green yet:
-# docs/virtual-board.md, "Port profiles").
-SUITE_PROFILE = "unix"
+# The profile of the suite's meters when none is asked for: a Pico with the official firmware
+# (its modules, heap, littlefs on the modelled flash chip), as a new user's board. A test or a
+# module that tests the unix VM itself (ROMFS, the board/virtual adapter, ...) pins it:
+# `@pytest.mark.profile(UNIX_VM, why="...")` (a module: `pytestmark = ...`); every meter it
+# starts (own_meters, fleet.start, the session's `sim`) then has that profile, whatever
+# --profile or $METER_PROFILE say for the rest.
+SUITE_PROFILE = profiles.DEFAULT
+UNIX_VM = "unix"
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -46,11 +49,54 @@ def pytest_configure(config: pytest.Config) -> None:
     _SESSION_PROFILE[0] = name
     # fleets the tests start with fleet.start() directly follow it too (for a new meter)
     os.environ["METER_PROFILE"] = name
+    config.addinivalue_line("markers", "profile(name, why=...): the port profile of every "
+                            "virtual meter this test (or module) starts, and why it is pinned")
 
 
 def session_profile() -> str | None:
-    """The profile chosen for the session (--profile or $METER_PROFILE), if any."""
-    return _SESSION_PROFILE[0]
+    """The profile of the running test's meters: its pin (mark.profile), else the one chosen
+    for the session (--profile or $METER_PROFILE)."""
+    return _PINS[-1] if _PINS else _SESSION_PROFILE[0]
+
+
+_PINS: list[str] = []  # the pins of the running module and test, innermost last
+
+
+def _pin(node: pytest.Item | pytest.Collector | None) -> str | None:
+    mark = node.get_closest_marker("profile") if node is not None else None
+    if mark is None:
+        return None
+    name = str(mark.args[0]) if mark.args else ""
+    if name not in profiles.PROFILES or not mark.kwargs.get("why"):
+        raise pytest.UsageError(f"{node.nodeid}: mark.profile needs a profile name "
+                                f"({', '.join(profiles.names())}) and why=...")
+    return name
+
+
+@contextlib.contextmanager
+def _pinned(name: str | None) -> Iterator[None]:
+    if name is None:
+        yield
+        return
+    _PINS.append(name)
+    os.environ["METER_PROFILE"] = name
+    try:
+        yield
+    finally:
+        _PINS.pop()
+        os.environ["METER_PROFILE"] = session_profile() or SUITE_PROFILE
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_profile(request: pytest.FixtureRequest) -> Iterator[None]:
+    with _pinned(_pin(request.node)):
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _test_profile(request: pytest.FixtureRequest) -> Iterator[None]:
+    with _pinned(_pin(request.node)):
+        yield
 
 
 @dataclass
@@ -94,19 +140,36 @@ def real_port(request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture(scope="session")
-def sim(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> Iterator[Fleet]:
-    """Three virtual meters for the session: 0 for clients, 1 for flashing, 2 for the
-    board's own behaviour (resets, power cuts, pins)."""
+def _session_fleets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Fleet]]:
+    """The session's fleets, one per profile asked for, started on first use."""
+    fleets: dict[str, Fleet] = {}
+    try:
+        yield fleets
+    finally:
+        for f in fleets.values():
+            _LIVE_FLEETS.remove(f.base)
+            fleet.stop(f.base)
+
+
+@pytest.fixture
+def sim(_session_fleets: dict[str, Fleet], tmp_path_factory: pytest.TempPathFactory,
+        real_port: str | None) -> Fleet:
+    """Three virtual meters for the session (under the test's profile: one fleet per
+    profile): 0 for clients, 1 for flashing, 2 for the board's own behaviour (resets, power
+    cuts, pins)."""
     if real_port:
         pytest.skip("needs the virtual board's host-side control (running against --port)")
-    base = tmp_path_factory.mktemp("fleet")
-    meters = fleet.start(3, base, profile=session_profile())
-    _LIVE_FLEETS.append(base)
-    try:
-        yield Fleet(base, meters)
-    finally:
-        _LIVE_FLEETS.remove(base)
-        fleet.stop(base)
+    name = session_profile() or profiles.DEFAULT
+    if name not in _session_fleets:
+        base = tmp_path_factory.mktemp("fleet-" + name)
+        _LIVE_FLEETS.append(base)
+        try:
+            _session_fleets[name] = Fleet(base, fleet.start(3, base, profile=name))
+        except BaseException:
+            _LIVE_FLEETS.remove(base)
+            fleet.stop(base)
+            raise
+    return _session_fleets[name]
 
 
 @pytest.fixture
@@ -141,31 +204,87 @@ class OwnMeter:
         return fleet.meter_dir(self.base, self.index)
 
 
+# A board profile's firmware, flashed once a session (meterctl flash, as a user does) into a
+# meter that is then stopped: own_meters() programs each new meter's chip with that image, as
+# a factory programs boards, instead of flashing each one over its serial port. On littlefs
+# a flash costs ~90 erases (~5 s of stalls); meterctl flash itself is tested on every profile
+# (test_flash.py, test_board_profiles.py, which flashes each of its meters).
+_PROGRAMMED: dict[str, Path] = {}
+
+
+def _programmed(profile: str, session_dir: Path, timeout: float) -> Path:
+    mdir = _PROGRAMMED.get(profile)
+    if mdir is None:
+        base = session_dir / f"programmed-{profile}"
+        rec = fleet.start(1, base, profile=profile)[0]
+        try:
+            flash(rec["port"], timeout=timeout)
+        finally:
+            fleet.stop(base)
+        mdir = _PROGRAMMED[profile] = fleet.meter_dir(base, 0)
+    return mdir
+
+
 @contextlib.contextmanager
 def own_meters(tmp: Path, n: int, *, wave: dict[str, float] | None = None,
-               timeout: float = 30.0, profile: str | None = None,
+               timeout: float = 30.0, profile: str | None = None, flash_each: bool = False,
                **provision_kwargs: Any) -> Iterator[list[OwnMeter]]:
     """Start `n` virtual meters in ``tmp`` (their load fixed to `wave` from power-up, if
-    given; under ``profile``, else the session's), flash the firmware, provision each (one
-    keystore in ``tmp``; ``provision_kwargs`` as for provision()), and stop them afterwards.
-    Timeouts are generous: several VMs boot at once on a busy host."""
+    given; under ``profile``, else the test's), with the firmware (flashed over the serial
+    port, or on a board profile programmed from this session's image unless ``flash_each``),
+    provision each (one keystore in ``tmp``; ``provision_kwargs`` as for provision()), and
+    stop them afterwards. Timeouts are generous: several VMs boot at once on a busy host."""
+    from host_tools.bench.runner import clone_image
+
     base = tmp / "fleet"
-    recs = fleet.start(n, base, profile=profile or session_profile())
+    name = profile or session_profile() or profiles.DEFAULT
+    programmed = not flash_each and profiles.get(name)["fs"]["type"] in ("lfs2", "fat")
+    if programmed:
+        image = _programmed(name, tmp.parent, timeout)
+        for i in range(n):
+            clone_image(image, fleet.meter_dir(base, i))
+            if wave is not None:  # the supervisor's hardware state, read at power-up
+                (fleet.meter_dir(base, i) / "hw.json").write_text(json.dumps({"wave": wave}))
+    recs = fleet.start(n, base, profile=name)
     _LIVE_FLEETS.append(base)
     try:
-        if wave is not None:
+        if wave is not None and not programmed:
             for i in range(n):
                 fleet.set_wave(i, wave, base)
         ks = Keystore(tmp / "keystore.json")
         meters = []
         for i, rec in enumerate(recs):
-            flash(rec["port"], timeout=timeout)
+            if not programmed:
+                flash(rec["port"], timeout=timeout)
             r = provision(rec["port"], ks, force=True, timeout=timeout, **provision_kwargs)
             meters.append(OwnMeter(base, rec["port"], rec["han"], ks, r.meter_id, i))
         yield meters
     finally:
         _LIVE_FLEETS.remove(base)
         fleet.stop(base)
+
+
+def set_clock_if_behind(port: str, keystore: Keystore, timeout: float = 30.0) -> bool:
+    """What the operator does for a meter powered up again whose clock is behind: a Pico's
+    (no battery-backed RTC: its firmware resumes from the time it last saved). An
+    authenticated TIME_SET to the host's time; True if it was behind (a meter whose RTC ran
+    on is left alone)."""
+    from host_tools.headend import wire
+    from host_tools.headend.client import LinkError, MeterError, open_link
+    from host_tools.headend.provision import meter_time_now
+
+    deadline = time.monotonic() + timeout
+    while True:  # the firmware may still be starting
+        try:
+            with open_link(port, keystore, None, 5.0) as link:
+                if int(link.request(wire.K_READ)["clock"]) >= meter_time_now() - 2:
+                    return False
+                link.request(wire.K_TIME_SET, {"t": meter_time_now()})
+                return True
+        except (LinkError, MeterError, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 @contextlib.contextmanager

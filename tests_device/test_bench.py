@@ -23,6 +23,8 @@ from host_tools.headend.keystore import Keystore
 from host_tools.headend.lopa import targets_from_ports
 from host_tools.sim import fleet
 
+from .conftest import UNIX_VM
+
 METERCTL = [sys.executable, "-m", "host_tools.cli"]
 C_IDS = {f"C{i}" for i in range(1, 15)}
 S_IDS = {"S1", "S2", "S3", "S4"}
@@ -107,6 +109,8 @@ def meters(tmp_path_factory: pytest.TempPathFactory, real_port: str | None
         fleet.stop(base)
 
 
+@pytest.mark.profile(UNIX_VM, why="a 64K VM heap: less than a board profile's own port "
+                     "models need before the firmware starts")
 def test_size_beyond_the_heap_reports_the_limit(tmp_path: Path, real_port: str | None) -> None:
     """--sizes 400 on a meter with a 64 KB heap: the bench ends with a message naming the
     test and the limit, exit 1, and the JSON is written with what was measured."""

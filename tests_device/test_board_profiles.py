@@ -39,6 +39,7 @@ def board(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
         pytest.skip("starts virtual meters of each board profile")
     tmp = tmp_path_factory.mktemp(request.param)
     with own_meters(tmp, 3, wave=LOAD, interval_s=INTERVAL_S, profile=request.param,
+                    flash_each=True,
                     timeout=60) as meters:
         yield request.param, meters
 

@@ -18,8 +18,11 @@ from host_tools.headend import switch
 from host_tools.headend.client import open_link
 from host_tools.sim import fleet, relay
 
-from .conftest import Fleet, mpremote, own_meter
+from .conftest import UNIX_VM, Fleet, mpremote, own_meter
 from .test_sim import read_for
+
+pytestmark = pytest.mark.profile(UNIX_VM, why="board/virtual's adapter runs on the unix VM only "
+                                 "(a board profile runs its own board's adapter)")
 
 
 @pytest.fixture

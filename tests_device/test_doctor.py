@@ -55,7 +55,8 @@ def meters(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> I
     """Meter 0 is flashed, meter 1 stays blank (a fresh MicroPython board)."""
     if real_port:
         pytest.skip(NEEDS_SIM)
-    m = start_fleet(tmp_path_factory.mktemp("doctor-fleet"), 2, "192K")
+    # the profile's own heap (a board profile's with its ballast; unix: 192K)
+    m = start_fleet(tmp_path_factory.mktemp("doctor-fleet"), 2, None)
     try:
         flash(m.port(0))
         wait_running(m, 0)

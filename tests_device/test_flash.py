@@ -18,7 +18,11 @@ from host_tools.flash.deploy import flash
 from host_tools.sim import fleet
 from host_tools.transport.serial import BoardError
 
-from .conftest import Fleet, mpremote
+from .conftest import UNIX_VM, Fleet, mpremote
+
+# the tests of meterctl flash's ROMFS partition: only the unix VM has one (no official Pico or
+# Pyboard build does: docs/virtual-board.md "Port profiles")
+ROMFS = pytest.mark.profile(UNIX_VM, why="ROMFS: a partition only the unix VM has")
 
 
 def meterctl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -50,6 +54,7 @@ def wait_main_running(sim: Fleet, i: int) -> None:
         time.sleep(0.05)
 
 
+@ROMFS
 def test_flash_then_reflash_transfers_nothing(sim: Fleet, tmp_path: Path) -> None:
     port = sim.port(1)
     assert meterctl("flash", "--port", port).returncode == 0  # our modules in /rom
@@ -84,6 +89,7 @@ def test_flash_then_reflash_transfers_nothing(sim: Fleet, tmp_path: Path) -> Non
     wait_main_running(sim, 1)
 
 
+@ROMFS
 def test_incremental_update_and_stale_removal(sim: Fleet, tmp_path: Path) -> None:
     port = sim.port(1)
     fw = firmware_copy(tmp_path, "1")
@@ -210,6 +216,7 @@ def test_disconnect_mid_flash_keeps_old_firmware(tmp_path: Path, real_port: str 
         fleet.stop(base)
 
 
+@ROMFS
 def test_disconnect_mid_romfs_image_leaves_the_partition_and_the_old_firmware(
         tmp_path: Path, real_port: str | None) -> None:
     """The ROMFS image crosses the line as a staged file, and the board copies it into its
@@ -250,6 +257,7 @@ def test_disconnect_mid_romfs_image_leaves_the_partition_and_the_old_firmware(
         fleet.stop(base)
 
 
+@ROMFS
 @pytest.mark.parametrize("mode", ["flip", "drop"])
 def test_romfs_image_damaged_on_the_line_is_refused_and_the_old_firmware_boots(
         tmp_path: Path, real_port: str | None, mode: str) -> None:

@@ -206,6 +206,60 @@ def test_rp2_power_cut_at_every_write_point_leaves_a_mountable_filesystem(rp2: M
           "mountable filesystem with every file whole")
 
 
+def test_rp2_file_level_write_points_name_files_and_a_cut_there_keeps_littlefs_whole(
+        rp2: Meter) -> None:
+    """Armed with level "file" (the power-cut campaign's), a board profile's write points are
+    the firmware's file operations, named as on the unix profile, and no chip programs; a cut
+    at one leaves what littlefs had committed: cfg.json old or new, never torn. Disarmed, the
+    chip's points come back."""
+    # (the first file's close programs the chip: the VM takes the arm request there)
+    work = ("import os\nwith open('prime', 'w') as f:\n f.write('p')\n"
+            "with open('cfg.new', 'w') as f:\n f.write('y' * 600)\n"
+            "os.rename('cfg.new', 'cfg.json')\nos.remove('cfg.json')\n"
+            "with open('cfg.new', 'w') as f:\n f.write('z' * 600)\n"
+            "os.rename('cfg.new', 'cfg.json')\nprint('done')")
+    rp2.cut()  # a fresh VM run: no hook left armed by an earlier test
+    rp2.run("with open('cfg.json', 'w') as f:\n f.write('x' * 600)")
+    assert _armed(rp2, {"k": -1, "level": "file", "match": "cfg"}, work) == "done"
+    time.sleep(0.5)
+    points = [(p[1], p[2]) for p in fleet.meter_status(0, rp2.base)["write_cut"]["points"]]
+    assert points == [("open-w", "/cfg.new"), ("write", "/cfg.new"),
+                      ("rename", "/cfg.new>/cfg.json"), ("remove", "/cfg.json"),
+                      ("open-w", "/cfg.new"), ("write", "/cfg.new"),
+                      ("rename", "/cfg.new>/cfg.json")], points
+    # a cut at the remove (the 4th point): the renamed file was committed by littlefs
+    cuts = fleet.meter_status(0, rp2.base)["write_cut"]["cuts"]
+    assert _armed(rp2, {"k": 4, "level": "file", "match": "cfg", "off_s": 0.05}, work,
+                  timeout=4) is None
+    deadline = time.monotonic() + 30
+    st = fleet.meter_status(0, rp2.base)
+    while st["write_cut"]["cuts"] <= cuts or st["vm"] != "on":
+        assert time.monotonic() < deadline, "no cut at the remove"
+        time.sleep(0.1)
+        st = fleet.meter_status(0, rp2.base)
+    assert st["write_cut"]["last"]["op"] == "remove", st["write_cut"]
+    assert rp2.run("print(open('cfg.json').read() == 'y' * 600)") == "True"
+    # torn at the second write: half of it in littlefs's open file, never committed
+    cuts += 1
+    assert _armed(rp2, {"k": 6, "torn": True, "level": "file", "match": "cfg",
+                        "off_s": 0.05}, work, timeout=4) is None
+    deadline = time.monotonic() + 30
+    st = fleet.meter_status(0, rp2.base)
+    while st["write_cut"]["cuts"] <= cuts or st["vm"] != "on":
+        assert time.monotonic() < deadline, "no cut at the write"
+        time.sleep(0.1)
+        st = fleet.meter_status(0, rp2.base)
+    assert st["write_cut"]["last"]["torn"] is True, st["write_cut"]
+    out = rp2.run("import os\nls = os.listdir()\n"
+                  "print('cfg.json' in ls, os.stat('cfg.new')[6] if 'cfg.new' in ls else 0)")
+    assert out == "False 0", out  # the remove stood; the half write was never committed
+    # the file level disarmed: the chip's programs are the points again
+    assert _armed(rp2, {"k": -1}, work) == "done"
+    time.sleep(0.5)
+    ops = {p[1] for p in fleet.meter_status(0, rp2.base)["write_cut"]["points"]}
+    assert ops and ops <= {"prog", "erase"}, ops
+
+
 # -- pybv11: FAT on the F405's sectors, through the RAM cache -----------------------------------
 
 def test_pyb_filesystem_is_the_factory_fat(pyb: Meter) -> None:

@@ -352,7 +352,7 @@ def _flood_lines(m: Meter, n: int, base: int) -> list[bytes]:
 def _log_writes(m: Meter, flood: list[bytes]) -> int:
     """Flash writes to the security log while `flood` goes in (the ROM's write-point count)."""
     mdir = fleet.meter_dir(m.base, 0)
-    fleet.ctl(mdir, {"cmd": "arm-cut", "k": -1, "match": "log_security"})
+    fleet.ctl(mdir, {"cmd": "arm-cut", "k": -1, "match": "log_security", "level": "file"})
     try:
         m.send(flood)
     finally:

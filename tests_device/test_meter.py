@@ -21,7 +21,7 @@ from host_tools.headend.client import LinkError, MeterError, MeterLink, open_lin
 from host_tools.headend.keystore import Keystore
 from host_tools.headend.provision import ProvisionError, provision
 from host_tools.headend.queries import read_log, read_profile
-from host_tools.sim import fleet
+from host_tools.sim import fleet, profiles
 
 INTERVAL_S = 3
 
@@ -162,7 +162,24 @@ def test_stats_report_cpu_shares_and_latency(meter: Meter) -> None:
     assert 900_000 < st["window_us"] < 1_500_000
     assert set(st["tasks"]) >= {"metrology", "clock", "cs_security", "comm"}
     assert 0 < st["tasks"]["metrology"]["cpu_pct"] < 100
-    assert st["tasks"]["metrology"]["late_worst_us"] < 100_000
+    assert st["tasks"]["metrology"]["late_worst_us"] < late_bound_us(meter)
+    assert meter.reading()["adc_gap_samples"] == 0  # however late, no sample was lost
+
+
+RP2_BOARD = Path(__file__).resolve().parent.parent / "board" / "rp2_pico" / "__init__.py"
+
+
+def late_bound_us(m: Meter) -> int:
+    """How late metrology may run since boot. With no flash stalls (the unix VM) 100 ms. On a
+    Pico the main loop stops while littlefs erases (45 ms a block, several in a row when it
+    compacts), so metrology may be as late as its ADC ring allows without a gap: 3/4 of the
+    ring (board/rp2_pico RING_PAIRS at 2 kHz; the ring's own comment gives 400 ms measured)."""
+    prof = fleet.meter_profile(fleet.meter_dir(m.base, 0)) if m.base is not None else None
+    if prof is None or profiles.get(prof)["port"] != "rp2":
+        return 100_000
+    pairs = int(re.search(r"^RING_PAIRS = const\((\d+)\)", RP2_BOARD.read_text(), re.M)
+                .group(1))  # type: ignore[union-attr]
+    return pairs * 1_000_000 // 2000 * 3 // 4
 
 
 def test_calibrate_against_a_known_load_persists(meter: Meter) -> None:

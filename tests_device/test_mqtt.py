@@ -176,9 +176,20 @@ def test_meter_on_a_real_broker_survives_a_broker_restart(meter: OwnMeter,
         # the configs are published again after the restart (retained in a fresh session)
         n_cfg = len(sub.payloads(f"homeassistant/sensor/meterctl_{mid}/power_w/config"))
         assert n_cfg >= 2, "the discovery configs were not sent again after the restart"
-        assert json.loads((tmp_path / "mqtt.json").read_text())["acked"][mid] >= newest
+        # the bridge records the broker's ack once it has it: the subscriber may see the
+        # message first
+        sub.wait_for("the bridge's record of the acked intervals",
+                     lambda: _acked(tmp_path / "mqtt.json", mid) >= newest, timeout=10)
     finally:
         bridge.close()
         runner.join(10)
         sub.close()
         broker.stop()
+
+
+def _acked(state: Path, mid: str) -> int:
+    """The last interval the bridge has recorded as acked by the broker, -1 for none yet."""
+    try:
+        return int(json.loads(state.read_text())["acked"][mid])
+    except (OSError, ValueError, KeyError):
+        return -1

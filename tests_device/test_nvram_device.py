@@ -13,8 +13,10 @@ import pytest
 from host_tools.flash.deploy import flash
 from host_tools.sim import fleet
 
-from .conftest import Fleet, mpremote
+from .conftest import UNIX_VM, Fleet, mpremote
 
+pytestmark = pytest.mark.profile(UNIX_VM, why="board/virtual's battery-backed RAM: a Pico has "
+                                 "none, and the unix VM's board package models it")
 OFF = 4000  # past the firmware's windows (policy.NVRAM)
 
 

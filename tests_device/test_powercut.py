@@ -19,6 +19,8 @@ from host_tools.reliability import powercut
 from host_tools.reliability.fleetup import bring_up
 from host_tools.sim import fleet
 
+from .conftest import session_profile
+
 CUTS = 51
 METERS = 3
 
@@ -31,7 +33,8 @@ def _virtual_only(real_port: str | None) -> None:
 
 def test_campaign(tmp_path: Path) -> None:
     lines: list[str] = []
-    fig = powercut.run(CUTS, METERS, tmp_path, seed=7, say=lines.append)
+    fig = powercut.run(CUTS, METERS, tmp_path, seed=7, say=lines.append,
+                       profile=session_profile())
     report = "\n".join(lines)
     print(report)
     assert not fig.violations, report
@@ -49,7 +52,8 @@ def test_campaign(tmp_path: Path) -> None:
 def one(tmp_path_factory: pytest.TempPathFactory) -> Iterator[powercut.Campaign]:
     base = tmp_path_factory.mktemp("pc1")
     ks = Keystore(base / "keystore.json")
-    meters = bring_up(1, base / "fleet", ks, powercut.INTERVAL_S, powercut.LIMITS)
+    meters = bring_up(1, base / "fleet", ks, powercut.INTERVAL_S, powercut.LIMITS,
+                      profile=session_profile())
     try:
         fleet.set_wave(0, powercut.LOAD, base / "fleet")
         c = powercut.Campaign(meters[0], base / "fleet", ks, random.Random(3), print)
@@ -95,3 +99,12 @@ def test_a_read_accepted_before_a_cut_is_refused_first_thing_after_it(
     one._wait_up(t_cut, before)  # probes with the replay: a Violation if it is accepted
     one.check()
     assert not one.fig.violations
+
+
+def test_an_unknown_profile_is_refused_in_one_line_before_anything_starts(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert powercut.main(["--profile", "pico", "--dir", str(tmp_path / "pc")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["powercut: unknown profile 'pico'; valid: rp2-pico, rp2-pico2, pybv11, "
+                   "pybv11-thread, unix"]
+    assert not (tmp_path / "pc").exists()

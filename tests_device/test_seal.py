@@ -30,7 +30,7 @@ from host_tools.headend.client import LinkError, MeterError, MeterLink, open_lin
 from host_tools.headend.keystore import Keystore, MeterEntry
 from host_tools.headend.lopa.lab import read_profile
 from host_tools.headend.queries import read_log
-from host_tools.sim import fleet
+from host_tools.sim import flashimg, fleet
 from host_tools.transport.serial import Board, SealedError
 
 from .conftest import OwnMeter, mpremote, own_meter
@@ -47,7 +47,7 @@ class Meter(OwnMeter):
         return open_link(self.port, self.keystore, None, timeout)
 
     def sealed_on_flash(self) -> bool:
-        return (self.dir / "fs" / "data" / "sealed").exists()
+        return fleet.exists(self.dir, "/data/sealed")  # fs/ or the flash image
 
     def security_log(self) -> list[str]:
         with self.link() as link:
@@ -105,13 +105,13 @@ def test_a_sealed_meter_refuses_mpremote_and_flash_and_goes_on_metering(meter: M
     out = r.stdout + r.stderr
     assert r.returncode != 0
     assert "could not enter raw repl" in out and "meter sealed" in out, out
-    assert not (meter.dir / "fs" / "x.py").exists()
+    assert not fleet.exists(meter.dir, "/x.py")
     # meterctl flash: refused, says why and how to unseal; nothing written
     r = meterctl("flash", "--port", meter.port, "--timeout", "4")
     assert r.returncode == 1
     assert "meter is sealed" in r.stderr and "meterctl unseal --port" in r.stderr, r.stderr
     assert "cover open and the service jumper fitted at power-up" in r.stderr
-    assert not list((meter.dir / "fs").rglob("*.new"))
+    assert not [f for f in flashimg.walk(meter.dir) if f.endswith(".new")]
     # the Ctrl-Cs reached the firmware as bytes: no SIGINT, no crash, no reboot
     after = fleet.meter_status(0, meter.base)
     assert after["sigints"] == before["sigints"]

@@ -15,7 +15,10 @@ import pytest
 
 from host_tools.sim import fleet, vmlaunch
 
-from .conftest import Fleet, mpremote
+from .conftest import UNIX_VM, Fleet, mpremote
+
+# board/virtual's hardware module, which a board's profile hides (its pins are port_rp2's models)
+VHW = pytest.mark.profile(UNIX_VM, why="the unix VM's _vhw module (hidden on a board profile)")
 
 
 def read_for(fd: int, seconds: float) -> bytes:
@@ -56,6 +59,8 @@ def test_start_prints_one_json_line_per_meter(tmp_path: Path) -> None:
     assert all(s["vm"] == "stopped" for s in fleet.status(tmp_path))
 
 
+@pytest.mark.profile(UNIX_VM, why="the unix VM's own 192K cap (a board profile's heap: "
+                     "test_profiles.py)")
 def test_heap_is_capped_like_a_pico(sim: Fleet) -> None:
     r = mpremote(sim.port(2), "exec",
                  "import gc; gc.collect(); print(gc.mem_free() + gc.mem_alloc())")
@@ -63,6 +68,8 @@ def test_heap_is_capped_like_a_pico(sim: Fleet) -> None:
     assert 150_000 < int(r.stdout.strip()) <= 192 * 1024
 
 
+@pytest.mark.profile(UNIX_VM, why="the unix VM's host-directory jail (a board profile's flash "
+                     "is an image, with no host path to reach)")
 def test_filesystem_is_a_jail(sim: Fleet) -> None:
     code = (
         "import os\n"
@@ -176,6 +183,7 @@ def test_kbd_intr_disabled_passes_ctrl_c_as_data(sim: Fleet) -> None:
     assert mpremote(port, "eval", "1").stdout.strip() == "1"
 
 
+@VHW
 def test_input_pins_and_waveform_reach_the_firmware(sim: Fleet) -> None:
     fleet.set_inputs(2, {"button": 1}, sim.base)
     fleet.set_wave(2, {"vrms": 240.0, "irms": 10.0}, sim.base)
@@ -191,6 +199,7 @@ def test_input_pins_and_waveform_reach_the_firmware(sim: Fleet) -> None:
     assert r.stdout.strip() == "240.0"
 
 
+@VHW
 def test_han_pty_carries_board_output_and_ignores_input(sim: Fleet) -> None:
     st = sim.status(2)
     han = os.open(st["han"], os.O_RDWR | os.O_NOCTTY)
@@ -207,6 +216,7 @@ def test_han_pty_carries_board_output_and_ignores_input(sim: Fleet) -> None:
     assert after["han_ignored_in"] >= st["han_ignored_in"] + len(b"/INJECT\r\n")
 
 
+@VHW
 def test_sim_pin_command(sim: Fleet) -> None:
     def pin(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", "pin", "--index",

@@ -26,7 +26,11 @@ from host_tools.flash.deploy import flash
 from host_tools.sim import fleet
 from host_tools.transport.serial import Board, BoardError
 
+from .conftest import UNIX_VM
 from .test_flash import firmware_copy
+
+pytestmark = pytest.mark.profile(UNIX_VM, why="the unix VM's own identity (v1.29.0-preview, "
+                                 "supported as the virtual board) is what each check alters")
 
 NEEDS_SIM = "needs the virtual board's host-side control (running against --port)"
 OLD_PICO = (

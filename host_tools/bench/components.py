@@ -107,14 +107,19 @@ def board_kind(b: Board, info: BoardInfo | None = None) -> BoardKind:
     if info.platform == "linux":
         return BoardKind(f"virtual board (unix VM {info.name} {info.version}) on {host_cpu()}",
                          info.arch, "virtual")
-    freq = b.eval("getattr(__import__('machine'), 'freq', lambda: 0)()")
-    mhz = f", machine.freq() {int(freq) / 1e6:g} MHz" if freq else ""
     from host_tools.flash.build import BuildError, board_for_platform
+    from host_tools.sim.fleet import is_virtual_port
 
     try:
         image = board_for_platform(info.platform)
     except BuildError:
         image = ""
+    if is_virtual_port(b.port):
+        # a virtual meter under a board's port profile: the board's identity, the PC's speed
+        return BoardKind(f"virtual board (unix VM micropython as {info.name} {info.version} on "
+                         f"{info.machine}) on {host_cpu()}", info.arch, image)
+    freq = b.eval("getattr(__import__('machine'), 'freq', lambda: 0)()")
+    mhz = f", machine.freq() {int(freq) / 1e6:g} MHz" if freq else ""
     return BoardKind(f"{info.name} {info.version} on {info.machine}{mhz}", info.arch, image)
 
 

@@ -43,15 +43,14 @@ def parallel(items: Iterable[T], fn: Callable[[T], Any], workers: int = 8) -> li
 
 def bring_up(n: int, base: Path, keystore: Keystore, interval_s: int,
              limits: Limits | None = None, time_scale: float | None = None,
-             timeout: float = 60.0, workers: int = 8, sim_time: int | None = None
-             ) -> list[Meter]:
-    """Start ``n`` meters in ``base`` (``time_scale``: the virtual RTC's rate; ``sim_time``:
-    the RTCs held at this time, which only the host moves on, with the supervisor's
-    set-clock; see host_tools/sim/supervisor.py), flash and provision each; the fleet is
-    stopped if any step fails."""
-    # the unix profile: the campaigns' write points name files (a board profile's name flash
-    # blocks), and a 50-meter fleet of it fits a 2-core host
-    recs = fleet.start(n, base, timeout=timeout, time_scale=time_scale, profile="unix")
+             timeout: float = 60.0, workers: int = 8, sim_time: int | None = None,
+             profile: str | None = None) -> list[Meter]:
+    """Start ``n`` meters in ``base`` under port profile ``profile`` (None: the fleet's
+    default, a Pico; ``time_scale``: the virtual RTC's rate; ``sim_time``: the RTCs held at
+    this time, which only the host moves on, with the supervisor's set-clock; see
+    host_tools/sim/supervisor.py), flash and provision each; the fleet is stopped if any step
+    fails."""
+    recs = fleet.start(n, base, timeout=timeout, time_scale=time_scale, profile=profile)
     try:
         def one(rec: dict[str, Any]) -> Meter:
             port = str(rec["port"])

@@ -61,7 +61,7 @@ from host_tools.headend.lopa.headend import METER_FAILURES, RoundResult
 from host_tools.headend.lopa.lab import read_profile
 from host_tools.headend.lopa.ref import aggregate
 from host_tools.reliability.fleetup import PLATFORM, Meter, bring_up, parallel, say, spread
-from host_tools.sim import fleet
+from host_tools.sim import fleet, profiles
 
 LENGTH = 900  # 15-minute intervals
 INTO = 5  # the clock is moved to this many seconds into the next interval
@@ -69,6 +69,7 @@ MIN_INTERVAL_S = 1.5  # real seconds an interval lasts at least: >= 1 s of ADC s
 UP_S = 120.0  # how long a meter may take to be up again, or to catch up with the clock
 WEEK = 672
 PROFILE_CAP = 192  # records in a meter's load profile (firmware/tasks/metrology.py)
+CLOCK_BEHIND_S = 60  # a meter's clock this far behind the fleet's after a power-up is set
 TREND_MAX_B_PER_DAY = 512  # a leak: free heap falling faster than this, all run long ...
 DECLINE_MIN_B = 2048  # ... and by more than this (gc and fragmentation move it by ~1-4 KB)
 
@@ -83,6 +84,7 @@ class Config:
     fail_p: float = 0.25  # per group and batch (when allowed): a failure
     cut_p: float = 0.25  # ... or a power cut
     seed: int = 1
+    profile: str = profiles.DEFAULT  # the meters' port profile (host_tools/sim/profiles.py)
 
 
 @dataclass
@@ -95,6 +97,7 @@ class Figures:
     wrong: list[str] = field(default_factory=list)  # aggregate != lab truth
     unverified: list[str] = field(default_factory=list)  # no lab truth for a reporter
     failures: int = 0
+    time_sets: int = 0  # meters whose clock was behind after a power-up (a Pico's)
     cuts: int = 0
     probes: int = 0
     batch_s: list[float] = field(default_factory=list)
@@ -122,7 +125,7 @@ class Figures:
             f"soak: {cfg.meters} meters in groups of {cfg.group} (robust, M={cfg.m}), "
             f"{cfg.intervals} intervals of {LENGTH} s = {cfg.intervals * LENGTH / 86400:.2f} "
             f"simulated days, clock paced by the head-end; {self.wall_s:.0f} s wall; "
-            f"platform: {PLATFORM}",
+            f"platform: {PLATFORM}, profile {cfg.profile}",
             f"rounds: {self.rounds}, decrypted {self.decrypted} ({self.by_recovery} by "
             f"recovery, {self.missing_members} member-rounds missing); lost intervals: "
             f"{len(self.lost)}",
@@ -131,7 +134,8 @@ class Figures:
             f"{len(self.unverified)}); aggregate per round: {spread(aggs, 'mWh', 0)}, "
             f"{sum(1 for a in aggs if a == 0)} of them 0",
             f"disturbances: {self.failures} failures (powered off 1..{cfg.batch // 2} "
-            f"intervals), {self.cuts} power cuts, {self.probes} lab probes (REPL, soft reset)",
+            f"intervals), {self.cuts} power cuts, {self.probes} lab probes (REPL, soft reset); "
+            f"clocks behind after a power-up, set by the head-end: {self.time_sets}",
             f"interval (clock step + the groups' rounds), wall time: "
             f"{spread(self.interval_s)}; meters up that missed a round and were waited for: "
             f"{self.catch_up}",
@@ -221,14 +225,16 @@ class Soak:
         # The first interval: a whole one ahead of host time, so that no RTC goes back (a
         # meter's clock saved host time while it ran before the fleet's clock was set).
         self.first = int(time.time()) // LENGTH + 2
+        self.clock_t = self.first * LENGTH + INTO  # the fleet's time (set-clock), now
 
     # -- set-up -------------------------------------------------------------------------------
     def set_up(self) -> None:
         cfg = self.cfg
         t0 = time.monotonic()
         self.meters = bring_up(cfg.meters, self.base / "fleet", self.ks, LENGTH, timeout=120,
-                               sim_time=self.first * LENGTH + INTO)
-        self.say(f"{cfg.meters} meters up, flashed, provisioned in {time.monotonic() - t0:.0f} s")
+                               sim_time=self.first * LENGTH + INTO, profile=cfg.profile)
+        self.say(f"{cfg.meters} meters ({cfg.profile}) up, flashed, provisioned in "
+                 f"{time.monotonic() - t0:.0f} s")
         n_groups = cfg.meters // cfg.group
         for gi in range(n_groups):
             ms = self.meters[gi * cfg.group:(gi + 1) * cfg.group]
@@ -261,8 +267,11 @@ class Soak:
 
     # -- time -----------------------------------------------------------------------------------
     def step(self, t: int) -> None:
-        """Close interval ``t`` on every meter: its clock (the supervisor's, a battery-backed
-        RTC that runs on while the meter is off) to INTO seconds into interval t + 1."""
+        """Close interval ``t`` on every meter: its clock (the supervisor's, which runs on
+        while the meter is off: a Pico's firmware resumes behind it after a cut, and is set by
+        _set_time_if_behind) to INTO seconds into interval t + 1."""
+        self.clock_t = (t + 1) * LENGTH + INTO
+
         def one(m: Meter) -> None:
             try:
                 fleet.ctl(m.dir, {"cmd": "set-clock", "t": (t + 1) * LENGTH + INTO}, 30.0)
@@ -322,6 +331,25 @@ class Soak:
 
         parallel(range(len(self.groups)), group, workers=len(self.groups))
 
+    def _set_time_if_behind(self, m: Meter) -> None:
+        """A meter up again after a power cut, whose clock is behind the fleet's: a Pico's (no
+        battery-backed RTC: its firmware resumes from the time it last saved). The head-end
+        sets it with an authenticated TIME_SET, as it would a real meter's; a meter whose RTC
+        ran on (unix, a Pyboard) is not behind and gets none. Again if the fleet's clock moved
+        on meanwhile."""
+        for _ in range(3):
+            now = self.clock_t
+            try:
+                with open_link(m.port, self.ks, m.meter_id, 15.0) as link:
+                    if int(link.request(wire.K_READ)["clock"]) >= now - CLOCK_BEHIND_S:
+                        return
+                    link.request(wire.K_TIME_SET, {"t": now})
+                    self.fig.time_sets += 1
+            except (LinkError, MeterError, OSError, KeyError, TypeError, ValueError) as e:
+                self.fig.errors.append(f"meter {m.index}: time set after power-up: {e}")
+                return
+        self.fig.errors.append(f"meter {m.index}: clock still behind after 3 time sets")
+
     # -- disturbances ----------------------------------------------------------------------------
     def _off(self, m: Meter, off_s: float) -> None:
         try:
@@ -331,6 +359,8 @@ class Soak:
             return
         if not self._wait_up(m):
             self.fig.errors.append(f"meter {m.index}: not up {UP_S:.0f} s after its power cut")
+            return
+        self._set_time_if_behind(m)
 
     def _fail(self, m: Meter) -> None:
         # Off until power_on() (after its last interval, off_until) ends it.
@@ -341,6 +371,8 @@ class Soak:
             return
         if not self._wait_up(m):
             self.fig.errors.append(f"meter {m.index}: not up {UP_S:.0f} s after its failure")
+            return
+        self._set_time_if_behind(m)
 
     def power_on(self, t: int) -> None:
         """Failed meters whose failure ends with interval t: power on (once they are off)."""
@@ -567,9 +599,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=c.batch)
     ap.add_argument("--seed", type=int, default=c.seed)
     ap.add_argument("--dir", type=Path, help="keep the fleet here (default: a temp dir)")
+    ap.add_argument("--profile", default=c.profile,
+                    help=f"port profile of the meters ({', '.join(profiles.names())}; "
+                         f"default {c.profile})")
     a = ap.parse_args(argv)
+    if a.profile not in profiles.PROFILES:  # one line, before anything is started
+        print(f"soak: unknown profile {a.profile!r}; valid: {', '.join(profiles.names())}",
+              file=sys.stderr)
+        return 2
     cfg = Config(meters=a.meters, intervals=a.intervals, group=a.group, m=a.m,
-                 batch=a.batch, seed=a.seed)
+                 batch=a.batch, seed=a.seed, profile=a.profile)
     cycle = 2 * min(cfg.group, cfg.meters) * cfg.batch  # intervals between a member's probes
     if cycle + cfg.batch > PROFILE_CAP and cfg.intervals > PROFILE_CAP:
         ap.error(f"each member is probed once in {cycle} intervals, and its load profile "

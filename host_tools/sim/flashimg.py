@@ -253,6 +253,18 @@ def listdir(mdir: Path, path: str = "/") -> list[tuple[str, str, int]]:
     return [(str(n), str(t), int(s)) for n, t, s in _one(mdir, ["ls", path])]
 
 
+def walk(mdir: Path, path: str = "/") -> list[str]:
+    """Every file's path under ``path`` on the meter's flash, on either layout (sorted)."""
+    out: list[str] = []
+    for name, kind, _ in listdir(mdir, path):
+        full = path.rstrip("/") + "/" + name
+        if kind == "dir":
+            out += walk(mdir, full)
+        else:
+            out.append(full)
+    return sorted(out)
+
+
 def exists(mdir: Path, path: str) -> bool:
     if geometry(mdir) is None:
         return (mdir / "fs" / path.strip("/")).exists()

@@ -137,6 +137,13 @@ def meter_record(st: dict[str, Any]) -> dict[str, Any]:
             "pid": st["pid"]}
 
 
+def is_virtual_port(port: str) -> bool:
+    """Whether a serial port is a virtual meter's: a pseudo-terminal (its supervisor holds the
+    other end), which no USB board is. Under a board profile a virtual meter presents itself
+    as that board, so only the port tells the host that its figures are the PC's."""
+    return os.path.realpath(port).startswith("/dev/pts/")
+
+
 def meter_profile(mdir: Path) -> str | None:
     """The profile a meter was last started with (None: never started with one)."""
     try:

@@ -888,8 +888,11 @@ class Supervisor:
                 self._reply(c, {"ok": False, "error": "the VM is not running"})
                 return
             self.cut_off_time = float(req.get("off_s", self.a.off_time))
+            # level "file": a board profile's write points are the firmware's file operations
+            # (as on the unix profile), not the flash chip's erases and programs
             self._send_hw({"cut": {"k": int(req.get("k", 0)), "torn": bool(req.get("torn")),
-                                   "match": str(req.get("match") or "")}})
+                                   "match": str(req.get("match") or ""),
+                                   "level": str(req.get("level") or "block")}})
             self.arm_waiters.append(c)
             self.conns.pop(c.fileno(), None)
         elif cmd == "set-inputs":

@@ -65,19 +65,65 @@ def _norm(cwd, path):
 # reports the point and stops right there (torn: a write is first half done), and the
 # supervisor cuts the power (SIGKILL) at exactly that point. k < 0 only counts and reports
 # each point; with `match`, only points whose path contains it count. Disarmed (k == 0), it
-# costs one test.
-# its state: k, points counted, torn, match, cutting (one list: the ROM's globals stay few)
-_wp = [0, 0, False, "", False]
+# costs one test. Under a board's filesystem (flashdev.py: littlefs or FAT on the modelled
+# chip) the points are the chip's erases and programs ("block" level, the default), or, armed
+# with level "file", the firmware's own file operations as on the unix jail (the campaigns'
+# cuts by file name); what a cut there leaves is then littlefs's or FAT's doing.
+# its state: k, points counted, torn, match, cutting, file level on a board's filesystem (one
+# list: the ROM's globals stay few)
+_wp = [0, 0, False, "", False, False]
 _wp_lock = _thread.allocate_lock()
 _poll_lock = _thread.allocate_lock()  # _Hardware.poll()'s
+_board_fs = []  # a board's filesystem: the unhooked (open, os functions), set by boot()
 
 
 def _wp_arm(spec):
+    files = bool(_board_fs) and spec.get("level") == "file" and int(spec.get("k", 0)) != 0
     with _wp_lock:
         _wp[0], _wp[1] = int(spec.get("k", 0)), 0
         _wp[2] = bool(spec.get("torn", False))
         _wp[3] = str(spec.get("match") or "")
+        _wp[5] = files
+    if _board_fs:
+        _wp_files(files)
     hw.event({"ev": "cut-armed", "k": _wp[0]})
+
+
+def _wp_block(op, path, f=None, data=None):
+    # the flash model's erase and program points: not while the file level is armed
+    if not _wp[5]:
+        _wp_hit(op, path, f, data)
+
+
+def _wp_files(on):
+    # A board's filesystem, file level: builtins.open and the board os's write operations go
+    # through write points while armed, and are the VM's own again once disarmed.
+    import builtins
+
+    opened, ops = _board_fs
+    if not on:
+        builtins.open = opened
+        for name in ops:
+            setattr(_BoardOS, name, ops[name])
+        return
+
+    def hooked_open(path, mode="r", *a):
+        p = _norm(os.getcwd(), path)
+        if "w" in mode or "a" in mode or "x" in mode:
+            _wp_hit("open-" + mode, p)  # creates or truncates
+        f = opened(path, mode, *a)
+        return _WFile(f, p) if "r" not in mode or "+" in mode else f
+
+    def hooked(name, fn):
+        def op(*paths):
+            _wp_hit(name, ">".join([_norm(os.getcwd(), x) for x in paths]))
+            return fn(*paths)
+
+        return op
+
+    builtins.open = hooked_open
+    for name in ops:  # unlink is remove, as the jail (VFS-level) sees it
+        setattr(_BoardOS, name, hooked("remove" if name == "unlink" else name, ops[name]))
 
 
 def _wp_hit(op, path, f=None, data=None):
@@ -593,7 +639,12 @@ def boot(g):
         # the meter's directory is the one above fs/; a is (cwd, flash device, sys.path):
         # stm32 with a micro SD card boots from /sd (flashdev.py mount)
         a = flashdev.mount(hw, _host_vfs(), root.rstrip("/").rsplit("/", 1)[0], prof["fs"],
-                           _wp_hit, prof.get("sd"))
+                           _wp_block, prof.get("sd"))
+        import builtins
+
+        _board_fs[:] = [builtins.open, {"mkdir": os.mkdir, "rmdir": os.rmdir,
+                                        "remove": os.remove, "unlink": os.remove,
+                                        "rename": os.rename}]
         os.chdir(a[0])
         sys.path[:] = a[2]
         if a[0] != "/":  # stm32: the flash's FAT, whose cache os.sync() writes back

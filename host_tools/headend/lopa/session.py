@@ -42,7 +42,10 @@ class Session:
             with contextlib.suppress(*METER_FAILURES, KeyError, TypeError):
                 with open_link(t.port, self.keystore, t.meter_id, timeout=2.0) as link:
                     board = str(link.request(wire.K_INFO)["board"])
-                return "virtual board" if "virtual" in board else f"board {board}"
+                # a virtual meter under a board's profile names that board: its port tells
+                virtual = "virtual" in board or (fleet.is_virtual_port(t.port)
+                                                 and "emulated" not in board)
+                return "virtual board" if virtual else f"board {board}"
         return "platform unknown"
 
 
