@@ -38,7 +38,7 @@ from host_tools.registrar import (
     member_digest,
     register,
 )
-from host_tools.sim import fleet
+from host_tools.sim import flashimg, fleet
 
 from .conftest import own_meters
 
@@ -120,9 +120,9 @@ class Fleet:
         """What a refused LoPA request may not change: the committed groups and the pending
         set-up (GROUPS), and the DC security module's files on flash (groups, key, released
         marks, the registrar's anchor)."""
-        data = self.mdir(i) / "fs" / "data"
-        files = {p.name: p.read_bytes() for p in sorted(data.iterdir())
-                 if p.name.startswith(("lopa_", "dc_"))}
+        mdir = self.mdir(i)
+        files = {p: fleet.read_file(mdir, p) for p in flashimg.walk(mdir, "/data")
+                 if p.rsplit("/", 1)[-1].startswith(("lopa_", "dc_"))}
         return {"groups": self.groups(i), "files": files}
 
     def wait_up(self, i: int, timeout: float = 30.0) -> None:
@@ -487,7 +487,7 @@ def test_a_keyless_frame_naming_a_genuine_counter_gets_no_answer_bound_to_it(fl:
 def _log_writes(f: Fleet, i: int, send: Any) -> int:
     """Flash writes to meter i's security log while ``send()`` runs (the ROM's write points)."""
     mdir = f.mdir(i)
-    fleet.ctl(mdir, {"cmd": "arm-cut", "k": -1, "match": "log_security"})
+    fleet.ctl(mdir, {"cmd": "arm-cut", "k": -1, "match": "log_security", "level": "file"})
     try:
         send()
     finally:
@@ -563,10 +563,10 @@ def test_the_head_ends_own_refused_requests_cannot_flood_the_security_log(fl: Fl
 def test_the_button_held_at_power_up_never_unseals_a_sealed_meter(fl: Fleet) -> None:
     """Meter 3 sealed; the household holds its button through two power cuts: it stays
     sealed (on flash and in INFO), logs no unseal and keeps metering."""
-    sealed_file = fl.mdir(3) / "fs" / "data" / "sealed"
+    mdir3 = fl.mdir(3)
     with fl.link(3) as link:
         assert seal.seal(link) == {"sealed": True}
-    assert sealed_file.exists()
+    assert fleet.exists(mdir3, "/data/sealed")
     fl.new_log(3)
     try:
         fleet.set_inputs(3, {"button": 1}, fl.base)
@@ -574,7 +574,7 @@ def test_the_button_held_at_power_up_never_unseals_a_sealed_meter(fl: Fleet) -> 
             fleet.power_cut(3, fl.base)
             fl.wait_up(3)
             time.sleep(3.5)  # past the 3-s hold that once unsealed
-        assert sealed_file.exists()
+        assert fleet.exists(mdir3, "/data/sealed")
         with fl.link(3) as link:
             assert seal.is_sealed(link)
             assert link.request(wire.K_READ)["vrms"] > 0
