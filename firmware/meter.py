@@ -40,9 +40,32 @@ def hardware(task):
                 from nvrec import Record
 
                 hw["nvram"] = Record(nv, *policy.NVRAM[task])
+                if task == "metrology":
+                    hw["profile_stage"] = stage(nv, "/data/profile.bin")
         else:
             hw[name] = getattr(board, name)
     return hw
+
+
+def stage(nv, path):
+    # the window of battery-backed RAM where ring `path` stages its records (policy.NVRAM_RINGS)
+    import policy
+    from nvrec import Window
+
+    return Window(nv, *policy.NVRAM_RINGS[path])
+
+
+def logs_of(nv, logs):
+    # policy.LOGS, with the RAM window of each log that stages in battery-backed RAM
+    import policy
+
+    out = {}
+    for name in logs:
+        spec = logs[name]
+        if nv is not None and spec[0] in policy.NVRAM_RINGS:
+            spec = spec + (stage(nv, spec[0]),)
+        out[name] = spec
+    return out
 
 
 def build(now_s=None):
@@ -59,7 +82,9 @@ def build(now_s=None):
 
     # 9 tasks, 69 messages in their mailboxes (the capacities below): the kernel's tables are
     # made once, whole
-    k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, policy.LOGS, now_s or board.rtc.get,
+    k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, logs_of(getattr(board, "nvram", None),
+                                                           policy.LOGS),
+                      now_s or board.rtc.get,
                       board.sleep_ms, size=(9, 69))
     # Metrology first and realtime: its step also runs between any two messages.
     k.add("metrology", Metrology, hardware("metrology"), capacity=8, period_ms=20, realtime=True)

@@ -56,7 +56,7 @@ FLOWS = {
 
 # Hardware each task may use; main.py hands a task only these board objects.
 HARDWARE = {
-    "metrology": ("adc",),
+    "metrology": ("adc", "nvram"),
     "clock": ("rtc", "nvram"),
     "credit": ("nvram",),
     "comm": ("wan",),
@@ -72,6 +72,14 @@ HARDWARE = {
 NVRAM = {
     "clock": (0, 64, b"CK"),
     "credit": (64, 192, b"CR"),
+    "metrology": (256, 144, b"EN"),  # the energy registers and the last closed interval
+}
+# Rings staged in battery-backed RAM (lib/ringlog.py): file -> (offset, bytes), whole records
+# of the ring's size; on flash when the window is full (flash wear: docs/hardware.md). The
+# load profile's 48 intervals and the metrology log's 32 records: 12 h and 8 h at 15 minutes.
+NVRAM_RINGS = {
+    "/data/profile.bin": (400, 48 * 32),
+    "/data/log_metrology.bin": (1936, 32 * 64),
 }
 
 # Each log is a bounded ring in its own file: flooding one never evicts

@@ -69,3 +69,25 @@ class Record:
         b[_HDR + n:_HDR + n + _SUM] = hashlib.sha256(mv[:_HDR + n]).digest()[:_SUM]
         self._nv.write(self._off + self._next * self._slot, mv[:_HDR + n + _SUM])
         self._next ^= 1
+
+
+class Window:
+    """A task's window (off, size) of the RAM as a RAM of its own: offsets from 0, nothing
+    outside it reachable (a staged ring's, lib/ringlog.py)."""
+
+    def __init__(self, nv, off, size):
+        if off < 0 or size < 1 or off + size > nv.size:
+            raise ValueError("bad nvram window")
+        self._nv = nv
+        self._off = off
+        self.size = size
+
+    def read(self, off, n):
+        if off < 0 or n < 0 or off + n > self.size:
+            raise ValueError("nvram: out of window")
+        return self._nv.read(self._off + off, n)
+
+    def write(self, off, data):
+        if off < 0 or off + len(data) > self.size:
+            raise ValueError("nvram: out of window")
+        self._nv.write(self._off + off, data)

@@ -26,10 +26,11 @@ def create(r):
     os.rename(tmp, r.path)
 
 
-def _check(r, slot):
-    # seq of the record in the slot buffer if it is valid and belongs in slot, else 0.
+def _check(r, slot, cap=0):
+    # seq of the record in the slot buffer if it is valid and belongs in slot (of a ring of
+    # cap slots: the file's, or the RAM stage's), else 0.
     seq, n = struct.unpack_from("<IH", r._mv, 0)
-    if seq == 0 or n > r.max_payload or (seq - 1) % r.capacity != slot:
+    if seq == 0 or n > r.max_payload or (seq - 1) % (cap or r.capacity) != slot:
         return 0
     d = hashlib.sha256(r._mv[: _HDR + n]).digest()
     if bytes(r._mv[r.rec_size - _SUM :]) != d[:_SUM]:
@@ -82,11 +83,87 @@ def records(r, from_seq, max_n):
             slot = (s - 1) % r.capacity
             # Re-verify on read: the file may have been damaged since the scan.
             if r._bit(slot):
-                f.seek(slot * rs)
-                if f.readinto(r._mv) == rs and _check(r, slot) == s:
+                if s > r.flushed and r._nv is not None:
+                    ok = _stage_read(r, s) == s  # not in the file yet: the RAM's copy
+                else:
+                    f.seek(slot * rs)
+                    ok = f.readinto(r._mv) == rs and _check(r, slot) == s
+                if ok:
                     n = r._mv[4] | (r._mv[5] << 8)
                     out.append((s, bytes(r._mv[_HDR : _HDR + n])))
                     if max_n is not None and len(out) >= max_n:
                         break
             s += 1
     return out
+
+
+def _stage_read(r, s):
+    # record s's RAM slot into the slot buffer; its seq if valid, else 0
+    i = (s - 1) % r._nv_n
+    r._mv[:] = r._nv.read(i * r.rec_size, r.rec_size)
+    return _check(r, i, r._nv_n)
+
+
+def flush(r):
+    # The staged records (flushed + 1 .. last_seq) into their file slots, one open and one
+    # close. A record the RAM lost (torn by a cut as it was staged) is skipped: its slot in the
+    # file keeps what it had (and the boot's scan finds it stale).
+    rs = r.rec_size
+    done = 0
+    with open(r.path, "r+b") as f:
+        for s in range(r.flushed + 1, r.last_seq + 1):
+            if _stage_read(r, s) != s:
+                continue
+            f.seek((s - 1) % r.capacity * rs)
+            f.write(r._mv)
+            done += 1
+    r.flushed = r.last_seq
+    return done
+
+
+def merge_stage(r):
+    # After the file's scan: the RAM's records that the file lacks (a power cut came before
+    # their flush, or in it) are pending again; those it holds were flushed.
+    rs, n, cap = r.rec_size, r._nv_n, r.capacity
+    staged = []
+    for i in range(n):
+        r._mv[:] = r._nv.read(i * rs, rs)
+        s = _check(r, i, n)
+        if s and s > r.last_seq - cap:
+            staged.append(s)
+    staged.sort()
+    flushed = r.last_seq
+    if staged:
+        with open(r.path, "rb") as f:
+            for s in staged:
+                f.seek((s - 1) % cap * rs)
+                disk = f.read(rs)
+                _stage_read(r, s)
+                if disk != bytes(r._mv):
+                    flushed = s - 1
+                    break
+        last = staged[-1]
+        if last > r.last_seq:
+            r.last_seq = last
+        flushed = min(flushed, r.last_seq)
+    r.flushed = flushed
+    # which slots hold a record of the window now: staged ones not yet in the file, else the
+    # file's own (valid and inside the window)
+    last = r.last_seq
+    for slot in range(cap):
+        r._set(slot, False)
+    with open(r.path, "rb") as f:
+        for slot in range(cap):
+            f.seek(slot * rs)
+            if f.readinto(r._mv) == rs:
+                s = _check(r, slot)
+                if s and s > last - cap and s <= flushed:
+                    r._set(slot, True)
+    for s in staged:
+        if s > flushed:
+            r._set((s - 1) % cap, True)
+    c = 0
+    for slot in range(cap):
+        if r._bit(slot):
+            c += 1
+    r.count = c
