@@ -39,7 +39,8 @@ def hardware(task):
             if nv is not None:
                 from nvrec import Record
 
-                hw["nvram"] = Record(nv, *policy.NVRAM[task])
+                rec = hw["nvram"] = Record(nv, *policy.NVRAM[task])
+                rec.snaps = _snaps
                 if task == "metrology":
                     hw["profile_stage"] = stage(nv, "/data/profile.bin")
         else:
@@ -47,12 +48,31 @@ def hardware(task):
     return hw
 
 
+_snaps = None  # the battery-backed RAM's Snapshots on flash (lib/nvrec.py), if the board has it
+
+
+def snapshots(nv):
+    # At power-up, before any task reads the RAM: a RAM that lost its contents (a flat
+    # battery) gets the newest snapshot back.
+    global _snaps
+    if nv is not None and _snaps is None:
+        import policy
+        from nvrec import Record, Snapshots
+
+        path, count = policy.NVRAM_SNAPSHOTS
+        _snaps = Snapshots(nv, path, count, Record(nv, *policy.NVRAM["snapshots"]))
+        if _snaps.boot():
+            print("nvram: restored from snapshot %d (the battery-backed RAM was lost)"
+                  % _snaps.restored)
+    return _snaps
+
+
 def stage(nv, path):
     # the window of battery-backed RAM where ring `path` stages its records (policy.NVRAM_RINGS)
     import policy
     from nvrec import Window
 
-    return Window(nv, *policy.NVRAM_RINGS[path])
+    return Window(nv, *policy.NVRAM_RINGS[path], _snaps)
 
 
 def logs_of(nv, logs):
@@ -78,6 +98,7 @@ def build(now_s=None):
     # (tasks/offswitch_mac.py): compiled first, while the heap is nearly empty (on a 100-KB
     # Pyboard heap its compiler's peak does not fit later).
     mac_op = lazy.call("tasks.offswitch_mac", "compile_op")
+    snapshots(getattr(board, "nvram", None))
     import policy
 
     # 9 tasks, 69 messages in their mailboxes (the capacities below): the kernel's tables are

@@ -73,14 +73,19 @@ NVRAM = {
     "clock": (0, 64, b"CK"),
     "credit": (64, 192, b"CR"),
     "metrology": (256, 144, b"EN"),  # the energy registers and the last closed interval
+    "snapshots": (400, 40, b"NS"),  # the RAM's life: lost (a flat battery) = restore it
 }
 # Rings staged in battery-backed RAM (lib/ringlog.py): file -> (offset, bytes), whole records
-# of the ring's size; on flash when the window is full (flash wear: docs/hardware.md). The
-# load profile's 48 intervals and the metrology log's 32 records: 12 h and 8 h at 15 minutes.
+# of the ring's size: 38 intervals of the load profile and 38 metrology log records (9.5 h at
+# 15 minutes). Their history is in the RAM's snapshots: the whole RAM written to the oldest of
+# 6 files (path.0 .. path.5) in place when a window is full, and once a day (lib/nvrec.py
+# Snapshots): 6 x 38 records kept, and one flash write for everything (flash wear:
+# docs/hardware.md).
 NVRAM_RINGS = {
-    "/data/profile.bin": (400, 48 * 32),
-    "/data/log_metrology.bin": (1936, 32 * 64),
+    "/data/profile.bin": (440, 38 * 32),
+    "/data/log_metrology.bin": (1656, 38 * 64),
 }
+NVRAM_SNAPSHOTS = ("/data/nvram", 6)
 
 # Each log is a bounded ring in its own file: flooding one never evicts
 # another's records. Tasks not listed (and the kernel) write the security log.

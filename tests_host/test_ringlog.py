@@ -434,3 +434,111 @@ out([errs, bytes(nv.mem[99:111]).decode("latin-1")])
     errs, mem = got
     assert all(errs), errs
     assert mem == "\x000123456789\x00"
+
+
+SNAPS = STAGED.replace("""def ring():
+    return Ring(p, cap, rs, Window(nv, 100, 3 * rs))  # 3 records staged
+""", """from nvrec import Record, Snapshots
+writes = []   # [file, mode] of every open for writing
+import builtins
+_open = builtins.open
+def spy(path, mode="r", *a):
+    if "w" in mode or "+" in mode:
+        writes.append([path.rsplit("/", 1)[-1], mode])
+    return _open(path, mode, *a)
+builtins.open = spy
+open = spy
+def snaps():
+    return Snapshots(nv, T + "/nv", 3, Record(nv, 0, 40, b"NS"))
+def boot():
+    s = snaps()
+    s.boot()
+    return s, Ring(p, cap, rs, Window(nv, 100, 3 * rs, s)), Ring(p + "2", cap, rs,
+                                                                   Window(nv, 200, 2 * rs, s))
+""")
+
+
+def test_rings_keep_their_history_in_snapshots_of_the_ram_one_write_each(run: Run) -> None:
+    """Two staged rings share the RAM's snapshots: a full window (either ring's) writes the
+    whole RAM into the oldest of 3 files, once, in place after the first round (no file
+    created, none renamed, none removed); reads merge the RAM and every snapshot; no file of
+    the rings' own is made."""
+    got = run(SNAPS + """
+s, a, b = boot()
+seen = []
+for n in range(1, 13):
+    a.append(rec(n))
+    if n % 3 == 0:
+        b.append(b"b-%d" % n)
+    seen.append([n, len(writes)])
+files = sorted(os.listdir(T))
+hist = recs(a)
+s2, a2, b2 = boot()                 # a reboot with the RAM alive
+out([seen, writes, files, hist, recs(a2), [[q, x.decode()] for q, x in b2.records()],
+     a2.pending(), s2.seq])
+""")
+    seen, writes, files, hist, hist2, bhist, pending, seq = got
+    # a's window (3) fills at 4, 7, 10 (b's window of 2 never fills first): a snapshot each
+    assert [n for n, k in seen if k != ([0] + [k for _, k in seen])[n - 1]] == [4, 7, 10]
+    assert writes == [["nv.0", "wb"], ["nv.1", "wb"], ["nv.2", "wb"]]  # each file made once
+    assert files == ["nv.0", "nv.1", "nv.2"]  # no ring file, no .tmp, no .bak
+    assert hist == recs(5, 12)  # cap 8: the last 8 (RAM 10-12, snapshots 1-9)
+    assert hist2 == hist and pending == 3 and seq == 3
+    assert bhist == [[1, "b-3"], [2, "b-6"], [3, "b-9"], [4, "b-12"]]
+
+
+def test_a_snapshot_round_overwrites_the_oldest_file_in_place(run: Run) -> None:
+    got = run(SNAPS + """
+s, a, b = boot()
+for n in range(1, 25):
+    a.append(rec(n))
+out([writes[3:], recs(a), s.seqs])
+""")
+    later, hist, seqs = got
+    # 7 snapshots (at 4, 7, ..., 22): the first 3 make the files, then "r+b" in turn
+    assert later == [["nv.0", "r+b"], ["nv.1", "r+b"], ["nv.2", "r+b"], ["nv.0", "r+b"]]
+    assert hist == recs(17, 24)
+    assert sorted(seqs) == [5, 6, 7]
+
+
+def test_a_cut_in_a_snapshot_loses_nothing_and_a_flat_battery_restores_the_last(
+        run: Run) -> None:
+    """A snapshot's write cut after k bytes (the file torn, the RAM intact): every record
+    still reads, the ring knows its RAM records are not all on flash and snapshots again.
+    A flat battery (the RAM zeroed): the boot restores the newest whole snapshot, so the
+    records and every Record in the RAM come back as of that snapshot."""
+    got = run(SNAPS + """
+def want(x, y):
+    return [[q, "rec-%d" % q] for q in range(x, y + 1)]
+s, a, b = boot()
+clock = Record(nv, 300, 40, b"CK")
+for n in range(1, 10):
+    a.append(rec(n))
+clock.save("<I", 1234)
+for n in range(10, 13):
+    a.append(rec(n))          # 9 closes the window of 7-9: snapshot; 10-12 in RAM
+ram = bytes(nv.mem)
+old = {}
+for k in range(3):
+    old[k] = rd(T + "/nv.%d" % k)
+s.snapshot()                  # the next snapshot: over the oldest file
+i = [k for k in range(3) if rd(T + "/nv.%d" % k) != old[k]][0]
+new = rd(T + "/nv.%d" % i)
+bad = []
+for cut in range(0, len(new), 97):
+    wr(T + "/nv.%d" % i, new[:cut] + old[i][cut:])
+    nv.mem[:] = ram
+    s2, a2, b2 = boot()
+    if recs(a2) != want(5, 12) or a2.pending() == 0:
+        bad.append([cut, recs(a2), a2.pending()])
+wr(T + "/nv.%d" % i, new)
+nv.mem[:] = bytes(1024)       # the battery ran flat
+s3, a3, b3 = boot()
+clock3 = Record(nv, 300, 40, b"CK").load("<I")
+out([bad, s3.restored, recs(a3), a3.pending(), clock3])
+""")
+    bad, restored, hist, pending, clock = got
+    assert bad == []
+    assert restored == 4  # the newest whole snapshot (3 by full windows, 1 by hand)
+    assert hist == recs(5, 12) and pending == 0
+    assert clock == [1234]

@@ -15,6 +15,8 @@
 # never overwritten before its records are on flash, so a power cut in a flush loses nothing:
 # the boot finds them in the RAM and flushes them again. Reads take the RAM's copy of what the
 # file lacks. A flat battery loses at most the unflushed records (docs/hardware.md "Flash wear").
+# With the RAM's snapshots (stage.snaps: lib/nvrec.py Snapshots) the ring has no file: its
+# history is its window in each snapshot file, and a full window takes a snapshot of the RAM.
 import hashlib
 import os
 import struct
@@ -62,6 +64,13 @@ class Ring:
         # Bit per slot: holds a valid record inside the window. Lets append() keep count
         # exact without reading the slot it overwrites (capacity / 8 bytes of RAM).
         self._valid = bytearray((capacity + 7) // 8)
+        self._snaps = snaps = getattr(stage, "snaps", None) if stage is not None else None
+        if snaps is not None:
+            # its history is in the RAM's snapshots (lib/nvrec.py Snapshots), not in a file
+            # of its own: a snapshot is one flash write for every staged ring and record
+            snaps.rings.append(self)
+            lazy.call("ringlog_read", "snap_scan", self)
+            return
         size = _size(path)
         if size != capacity * rec_size:
             if size >= 0:
@@ -125,9 +134,15 @@ class Ring:
         """Staged: write the records not yet in the file, in one session; returns how many."""
         if self._nv is None or self.last_seq <= self.flushed:
             return 0
+        n = self.last_seq - self.flushed
+        if self._snaps is not None:
+            self._snaps.snapshot()  # the whole RAM, this ring's window with it
+            return n
         return lazy.call("ringlog_read", "flush", self)  # a few times a day: in RAM for it
 
     def records(self, from_seq=0, max_n=None):
         """[(seq, payload bytes)] with seq >= from_seq, oldest first, valid slots only."""
         # Reading is for head-end requests: its code in RAM only while it runs (ringlog_read.py)
+        if self._snaps is not None:
+            return lazy.call("ringlog_read", "snap_records", self, from_seq, max_n)
         return lazy.call("ringlog_read", "records", self, from_seq, max_n)

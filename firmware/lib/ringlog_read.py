@@ -167,3 +167,93 @@ def merge_stage(r):
         if r._bit(slot):
             c += 1
     r.count = c
+
+
+# -- history in the RAM's snapshots (lib/nvrec.py Snapshots) -------------------------------
+
+def _snap_slots(r, f, i):
+    # the ring's window in snapshot file f: slot i into the slot buffer; its seq, else 0
+    f.seek(11 + r._nv.off + i * r.rec_size)  # the file's header: nvrec._SNAP_HDR
+    if f.readinto(r._mv) != r.rec_size:
+        return 0
+    return _check(r, i, r._nv_n)
+
+
+def snap_scan(r):
+    # last_seq: the highest valid seq in the RAM or a snapshot; flushed: the highest in a
+    # snapshot that verifies whole (a torn one may hold a later record without an earlier)
+    sn = r._snaps
+    n = r._nv_n
+    last = flushed = 0
+    ram = []
+    for i in range(n):
+        r._mv[:] = r._nv.read(i * r.rec_size, r.rec_size)
+        s = _check(r, i, n)
+        if s:
+            ram.append(s)
+            last = max(last, s)
+    for k in sn.newest_first():
+        try:
+            with open(sn.file(k), "rb") as f:
+                for i in range(n):
+                    s = _snap_slots(r, f, i)
+                    if s:
+                        last = max(last, s)
+                        if sn.seqs[k]:
+                            flushed = max(flushed, s)
+        except OSError:
+            pass
+    r.last_seq = last
+    # the RAM's records past the last whole snapshot are pending; a RAM that lost a record
+    # the snapshots hold (restored, or torn): nothing pending below it
+    r.flushed = min(flushed, last)
+    lo = last - r.capacity
+    seen = set()
+    for s in ram:
+        if s > lo:
+            seen.add(s)
+    for k in range(sn.count):
+        try:
+            with open(sn.file(k), "rb") as f:
+                for i in range(n):
+                    s = _snap_slots(r, f, i)
+                    if s > lo:
+                        seen.add(s)
+        except OSError:
+            pass
+    for s in seen:
+        r._set((s - 1) % r.capacity, True)  # append() keeps count from these bits
+    r.count = len(seen)
+
+
+def snap_records(r, from_seq, max_n):
+    # records from the RAM's window and every snapshot's, by seq (each once), oldest first
+    last = r.last_seq
+    lo = max(from_seq, last - r.capacity + 1, 1)
+    if lo > last or (max_n is not None and max_n <= 0):
+        return []
+    found = {}
+
+    def keep(s):
+        if lo <= s <= last and s not in found:
+            k = r._mv[4] | (r._mv[5] << 8)
+            found[s] = bytes(r._mv[_HDR:_HDR + k])
+            if max_n is not None and len(found) > max_n:
+                del found[max(found)]
+
+    n = r._nv_n
+    for i in range(n):
+        r._mv[:] = r._nv.read(i * r.rec_size, r.rec_size)
+        keep(_check(r, i, n))
+    sn = r._snaps
+    for k in sn.newest_first():
+        try:
+            with open(sn.file(k), "rb") as f:
+                for i in range(n):
+                    keep(_snap_slots(r, f, i))
+        except OSError:
+            pass
+    out = []
+    for s in sorted(found):
+        out.append((s, found[s]))
+    return out

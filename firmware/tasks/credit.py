@@ -128,7 +128,15 @@ class Credit:
         self._check(t)
         if self._dirty and t - self._saved_t >= (SAVE_EVERY_S if self._nv is None
                                                  else _FLUSH_S):
-            self._save(t)
+            if self._nv is not None and self._nv.snaps is not None:
+                # the daily flash copy of the balance and registers: the RAM's snapshot (one
+                # write for every task's record, lib/nvrec.py); commands still save the file
+                self._keep()
+                self._nv.snaps.snapshot()
+                self._saved_t = t
+                self._dirty = 0
+            else:
+                self._save(t)
         elif self._dirty & _NOT_IN_NV and self._nv is not None:
             self._keep()
 

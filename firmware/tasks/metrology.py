@@ -20,9 +20,10 @@ PROFILE_REC = const(32)
 _REC = ">IIIII"  # t_end, import mWh, export mWh, import Wh, export Wh
 # With battery-backed RAM (hw["nvram"], a lib/nvrec.py Record) the commit point of a close is
 # there: the energy state (metro.Energy.state), the new interval's index and the closed
-# interval's record; the profile ring stages its records in RAM too (hw["profile_stage"]), and
-# energy.json is written when the ring flushes to flash (holding the RAM record's seq, "g": the
-# boot takes the newer copy). Without: energy.json at each close.
+# interval's record; the profile ring stages its records in RAM too (hw["profile_stage"]). Their
+# flash copy is the RAM's snapshot (lib/nvrec.py Snapshots, where meter.py gives them), else
+# energy.json is written when the ring flushes to its file (holding the RAM record's seq, "g":
+# the boot takes the newer copy). Without nvram: energy.json at each close.
 _NV = "<8Ii5I"
 BUF = const(256)  # samples per channel per read: > 100 ms at 2 kHz
 
@@ -112,7 +113,7 @@ class Metrology:
             nv.save(_NV, st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7], idx, *rec)
             flushed = self._profile.flushed
             self._profile.append(struct.pack(_REC, *rec))
-            if self._profile.flushed != flushed:
+            if self._profile.flushed != flushed and nv.snaps is None:
                 # the ring went to flash: the registers' flash copy with it (a flat battery
                 # then loses at most the records staged since)
                 store.save(ENERGY, {"e": st, "idx": idx, "rec": rec, "g": nv.seq})
