@@ -76,16 +76,16 @@ NVRAM = {
     "snapshots": (400, 40, b"NS"),  # the RAM's life: lost (a flat battery) = restore it
 }
 # Rings staged in battery-backed RAM (lib/ringlog.py): file -> (offset, bytes), whole records
-# of the ring's size: 38 intervals of the load profile and 38 metrology log records (9.5 h at
+# of the ring's size: 38 intervals of the load profile and 37 metrology log records (9 h at
 # 15 minutes). Their history is in the RAM's snapshots: the whole RAM written to the oldest of
-# 6 files (path.0 .. path.5) in place when a window is full, and once a day (lib/nvrec.py
-# Snapshots): 6 x 38 records kept, and one flash write for everything (flash wear:
+# 8 files (path.0 .. path.7) in place when a window is full, and once a day (lib/nvrec.py
+# Snapshots): a history of some 8 x 37 records, one flash write for everything (flash wear:
 # docs/hardware.md).
 NVRAM_RINGS = {
     "/data/profile.bin": (440, 38 * 32),
-    "/data/log_metrology.bin": (1656, 38 * 64),
+    "/data/log_metrology.bin": (1656, 37 * 64),
 }
-NVRAM_SNAPSHOTS = ("/data/nvram", 6)
+NVRAM_SNAPSHOTS = ("/data/nvram", 8)
 
 # Each log is a bounded ring in its own file: flooding one never evicts
 # another's records. Tasks not listed (and the kernel) write the security log.
