@@ -116,3 +116,71 @@ def test_the_saves_a_short_run_cannot_see_are_added_and_named() -> None:
     day2, notes2 = wear.with_modelled(m2, wear.per_day(m2))
     assert day2["/data/cs_ctr.json"]["open"] == pytest.approx(9.6) and notes2 == []
     assert "/data/clock.json" not in day2
+
+
+# -- erase counts of a board profile's flash model, and what doctor prints -------------------
+
+def _erased(**kw: object) -> wear.Erased:
+    base: dict[str, object] = dict(
+        profile="pybv11", nvram=True, real_s=600.0, board_s=86400.0, time_scale=144.0,
+        interval_s=900, intervals=96, requests=96, unit="sector",
+        units=[16384, 16384, 16384, 65536], rated=10_000, chip="STM32F405",
+        erases=[1, 3, 0, 2])
+    base.update(kw)
+    return wear.Erased(**base)  # type: ignore[arg-type]
+
+
+def test_erase_counts_scale_by_board_time_and_the_hottest_unit_sets_the_life() -> None:
+    e = _erased()
+    assert e.per_day() == [1.0, 3.0, 0.0, 2.0]
+    lines = e.lines()
+    assert "9.1 years" in lines[1]  # 10k / 3 a day / 365.25
+    assert "hottest sector 3.00 erases/day" in lines[1]
+    # a unit never erased gets no line; each other one its own
+    assert [ln.split("sector ")[1].split(" ")[0] for ln in lines[2:]] == ["0", "1", "3"]
+    half = _erased(board_s=43200.0)  # the same erases in half the board time: half the life
+    assert half.per_day()[1] == 6.0 and "4.6 years" in half.lines()[1]
+    assert "unlimited" in _erased(erases=[0, 0, 0, 0]).lines()[1]
+    with pytest.raises(wear.WearError):
+        _erased(board_s=0.0).per_day()
+    assert wear.Erased.from_json(json.loads(json.dumps(e.to_json()))) == e
+    with pytest.raises(wear.WearError, match="not an erase measurement"):
+        wear.Erased.from_json({"profile": "x"})
+
+
+def test_from_json_prints_an_erase_measurement(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "e.json"
+    f.write_text(json.dumps(_erased().to_json()))
+    assert wear.main(["--from-json", str(f)]) == 0
+    assert "9.1 years" in capsys.readouterr().out
+    f.write_text("{}")
+    assert wear.main(["--from-json", str(f)]) == 2
+    assert capsys.readouterr().err.startswith("wear: ")
+
+
+def test_doctor_reads_a_virtual_meters_erase_counters_and_models_a_board(
+        tmp_path: Path) -> None:
+    from host_tools.doctor import flash_life_line
+
+    mdir = tmp_path / "meter-000"
+    mdir.mkdir()
+    pty = tmp_path / "pts-7"
+    pty.write_text("")
+    (mdir / "port").symlink_to(pty)
+    (mdir / "flash-wear.json").write_text(json.dumps({
+        "type": "fat", "bytes": 114688, "units": [[16384, 3], [65536, 1]], "unit": "sector",
+        "rated_cycles": 10000, "chip": "STM32F405", "created": 1000.0, "created_sim": None}))
+    import struct
+    (mdir / "flash-wear.bin").write_bytes(struct.pack("<QQQ4I", 0, 0, 0, 0, 730, 0, 0))
+    line = flash_life_line(str(pty), "pyboard", [tmp_path])
+    # 730 erases of one sector in the meter's age (since "created": decades ago here)
+    assert line.startswith("flash life at this write rate: ") and "rated 10k" in line
+    other = tmp_path / "pts-8"
+    other.write_text("")
+    modelled = flash_life_line(str(other), "pyboard", [tmp_path])  # not a virtual meter
+    assert modelled.startswith("flash life (this firmware's write pattern, modelled): ")
+    assert wear.MODELLED["pyboard"].board in modelled
+    assert "no write-pattern model" in flash_life_line(str(other), "esp32", [tmp_path])
+    (mdir / "flash-wear.json").unlink()
+    assert "no flash model" in flash_life_line(str(pty), "linux", [tmp_path])

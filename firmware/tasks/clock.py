@@ -41,6 +41,7 @@ class Clock:
             self._rtc.set(saved)
             port.log("clock: rtc %d behind saved %d; resumed from saved" % (now, saved))
         self._last = -1
+        self._snap_seen = 0  # the RAM snapshot's seq at the last daily flush
 
     def step(self):
         t = self._rtc.get()
@@ -55,9 +56,12 @@ class Clock:
                 or t < self._saved_t:
             if nv is not None and nv.snaps is not None and t >= self._saved_t:
                 # the daily flash copy: the RAM's snapshot (one write for every task's
-                # record, lib/nvrec.py), not a store.save of its own
+                # record, lib/nvrec.py), not a store.save of its own; none if one was taken
+                # since the last (the staged rings take several a day)
                 nv.save("<I", t)
-                nv.snaps.snapshot()
+                if nv.snaps.seq == self._snap_seen:
+                    nv.snaps.snapshot()
+                self._snap_seen = nv.snaps.seq
                 self._saved_t = t
             else:
                 self._save(t)

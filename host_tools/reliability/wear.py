@@ -495,6 +495,36 @@ def measure_erases(profile: str, minutes: float, *, time_scale: float = 96.0,
         return e
 
 
+@dataclass(frozen=True)
+class Modelled:
+    """This firmware's flash life on a board, from its write pattern as measured on the
+    virtual board's flash model (measure_erases; docs/hardware.md "Flash wear" has the runs):
+    what `meterctl doctor` says of a real board, which counts no erases of its own."""
+
+    board: str
+    unit: str
+    erases_per_day: float  # of the unit erased most: 96 intervals and 96 READs a day
+    rated: int
+    measured: str  # which run
+
+    @property
+    def years(self) -> float:
+        return _years(self.rated, self.erases_per_day)
+
+    def line(self) -> str:
+        return (f"{self.board}: {_life_text(self.years)} at {self.rated // 1000}k cycles "
+                f"(hottest {self.unit} {self.erases_per_day:g} erases/day; {self.measured})")
+
+
+# by sys.platform; figures of the runs in docs/hardware.md "Flash wear"
+MODELLED = {
+    "pyboard": Modelled("Pyboard v1.1, /data on the internal flash's FAT, with its backup "
+                        "SRAM", "sector", 0.0, 10_000, "pending"),
+    "rp2": Modelled("Pico (littlefs), no battery-backed RAM", "block", 0.0, 100_000,
+                    "pending"),
+}
+
+
 def report(m: Measured, pico_free_blocks: int, pico2_free_blocks: int) -> list[str]:
     measured = per_day(m)
     day, notes = with_modelled(m, measured)
@@ -548,12 +578,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             m = Measured.from_json(d)
         elif a.profile:
-            e = measure_erases(a.profile, a.minutes, time_scale=a.time_scale,
-                               interval_s=a.interval, nvram=False if a.no_nvram else None,
-                               firmware=a.firmware, base=a.dir, label=a.label)
+            run = measure_erases(a.profile, a.minutes, time_scale=a.time_scale,
+                                 interval_s=a.interval, nvram=False if a.no_nvram else None,
+                                 firmware=a.firmware, base=a.dir, label=a.label)
             if a.json:
-                a.json.write_text(json.dumps(e.to_json(), indent=1))
-            print("\n".join(e.lines()))
+                a.json.write_text(json.dumps(run.to_json(), indent=1))
+            print("\n".join(run.lines()))
             return 0
         else:
             m = measure(a.minutes, nvram=not a.no_nvram, firmware=a.firmware,
