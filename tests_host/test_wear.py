@@ -108,9 +108,12 @@ def test_a_measurement_round_trips_and_bad_files_get_one_line(tmp_path: Path,
 def test_the_saves_a_short_run_cannot_see_are_added_and_named() -> None:
     m = wear.Measured(600, 10, 10, {"/data/clock.json": {"open": 0.0}}, {}, nvram_writes=5)
     day, notes = wear.with_modelled(m, wear.per_day(m))
-    assert day["/data/cs_ctr.json"]["rename"] == pytest.approx(2 * 6)  # 192 frames / 32
-    assert day["/data/clock.json"]["open"] == 1 and day["/data/credit.json"]["remove"] == 1
-    assert len(notes) == 3
+    # 192 frames a day / 16384: a save every 85 days
+    assert day["/data/cs_ctr.json"]["rename"] == pytest.approx(2 * 192 / 16384)
+    # with nvram the clock's and the credit's daily copy is the RAM's snapshot: no file save
+    assert day["/data/clock.json"]["open"] == 0 and "/data/credit.json" not in day
+    assert len(notes) == 1
+    assert wear.record_of("/data/nvram.5") == "/data/nvram" and "/data/nvram" in wear.PER_INTERVAL
     # without nvram, no daily flush; what the run saw is not counted twice
     m2 = wear.Measured(600, 10, 10, {"/data/cs_ctr.json": {"open": 1}})
     day2, notes2 = wear.with_modelled(m2, wear.per_day(m2))

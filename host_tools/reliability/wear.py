@@ -57,7 +57,8 @@ YEAR_DAYS = 365.25
 
 # Files whose writes the interval close causes, and those a head-end request causes: scaled
 # by events, not by time (the measurement runs short intervals to see many of them).
-PER_INTERVAL = ("/data/energy.json", "/data/profile.bin", "/data/log_metrology.bin")
+PER_INTERVAL = ("/data/energy.json", "/data/profile.bin", "/data/log_metrology.bin",
+                "/data/nvram")  # the RAM's snapshots: when a staged ring's window is full
 PER_REQUEST = ("/data/cs_ctr.json",)
 
 
@@ -72,6 +73,8 @@ def record_of(path: str) -> str:
     for suffix in (".tmp", ".bak"):
         if p.endswith(suffix):
             return p[: -len(suffix)]
+    if p.startswith("/data/nvram."):  # the snapshot files, one record (lib/nvrec.py)
+        return "/data/nvram"
     return p
 
 
@@ -137,19 +140,18 @@ def per_day(m: Measured) -> dict[str, dict[str, float]]:
 # one store.save (firmware/lib/store.py): .tmp opened and written (header, payload, checksum),
 # .bak removed, the current copy renamed to .bak, .tmp renamed into place
 SAVE_OPS = {"open": 1.0, "write": 3.0, "remove": 1.0, "rename": 2.0}
-WAN_RESERVE = 32  # tasks/cs_security.py: the counters persisted once per 32 frames each way
+WAN_RESERVE = 16384  # tasks/cs_security.py: the counters persisted once per RESERVE frames
 
 
 def with_modelled(m: Measured, day: dict[str, dict[str, float]]
                   ) -> tuple[dict[str, dict[str, float]], list[str]]:
     """The day plus the saves a short run cannot see (each named in the lines returned): the
-    WAN counters (a READ an interval: 96 frames a day each way), and with nvram the clock's and
-    the credit's daily flush."""
+    WAN counters (a READ an interval: 96 frames a day each way). With nvram the clock's and
+    the credit's daily flush is the RAM's snapshot, which the staged rings take more often
+    (counted by interval: /data/nvram)."""
     out = {k: dict(v) for k, v in day.items()}
     notes = []
     extra = {"/data/cs_ctr.json": 2 * POLLS_PER_DAY / WAN_RESERVE}
-    if m.nvram_writes:
-        extra.update({"/data/clock.json": 1.0, "/data/credit.json": 1.0})
     for rec, saves in extra.items():
         have = out.get(rec, {}).get("open", 0.0)
         if have < saves:
