@@ -75,6 +75,17 @@ def stage(nv, path):
     return Window(nv, *policy.NVRAM_RINGS[path], _snaps)
 
 
+def profile_ring():
+    """The load profile as metrology keeps it (a file, or the RAM and its snapshots): for a
+    probe over the REPL (lab truth, host_tools/headend/lopa/lab.py), never the WAN."""
+    from ringlog import Ring
+    from tasks.metrology import PROFILE, PROFILE_CAP, PROFILE_REC
+
+    nv = getattr(board, "nvram", None)
+    snapshots(nv)
+    return Ring(PROFILE, PROFILE_CAP, PROFILE_REC, stage(nv, PROFILE) if nv is not None else None)
+
+
 def logs_of(nv, logs):
     # policy.LOGS, with the RAM window of each log that stages in battery-backed RAM
     import policy

@@ -2,8 +2,8 @@
 would with a probe. Never part of the WAN protocol; only tests and the demo use it, and every
 output that contains it labels it as lab truth.
 
-The probe interrupts the firmware (raw REPL), reads ``/data/profile.bin`` with the firmware's
-own ring log, and soft-resets the board back into ``main.py``: so it runs after the rounds,
+The probe interrupts the firmware (raw REPL), reads the load profile with the firmware's
+own ring log (``meter.profile_ring()``), and soft-resets the board back into ``main.py``: so it runs after the rounds,
 once per meter. A sealed meter has no REPL to probe: lab mode works only while it is unsealed.
 """
 
@@ -17,16 +17,11 @@ from host_tools.transport.serial import HOW_TO_UNSEAL, Board, BoardError, Sealed
 
 # The load profile as firmware/tasks/metrology.py keeps it: PROFILE, PROFILE_CAP, PROFILE_REC,
 # records ">IIIII" = t_end, import_mwh, export_mwh, import_wh, export_wh.
+# meter.profile_ring(): the file, or with battery-backed RAM the RAM and its snapshots.
 PROFILE_CODE = (
-    "import os, struct\n"
-    "try:\n"
-    "    os.stat('/data/profile.bin')\n"
-    "except OSError:\n"
-    "    print(repr([]))\n"
-    "else:\n"
-    "    from ringlog import Ring\n"
-    "    print(repr([struct.unpack('>IIIII', p)[:2] for s, p in\n"
-    "                Ring('/data/profile.bin', 192, 32).records()]))\n"
+    "import struct, meter\n"
+    "print(repr([struct.unpack('>IIIII', p)[:2] for s, p in\n"
+    "            meter.profile_ring().records()]))\n"
 )
 
 
