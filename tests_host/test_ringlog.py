@@ -473,6 +473,8 @@ def test_rings_keep_their_history_in_snapshots_of_the_ram_one_write_each(run: Ru
     the rings' own is made."""
     got = run(SNAPS + """
 s, a, b = boot()
+made = [writes[:], [size(T + "/nv.%d" % i) for i in range(3)], s.seqs[:]]
+writes[:] = []
 seen = []
 for n in range(1, 13):
     a.append(rec(n))
@@ -482,13 +484,15 @@ for n in range(1, 13):
 files = sorted(os.listdir(T))
 hist = recs(a)
 s2, a2, b2 = boot()                 # a reboot with the RAM alive
-out([seen, writes, files, hist, recs(a2), [[q, x.decode()] for q, x in b2.records()],
+out([made, seen, writes, files, hist, recs(a2), [[q, x.decode()] for q, x in b2.records()],
      a2.pending(), s2.seq])
 """)
-    seen, writes, files, hist, hist2, bhist, pending, seq = got
+    made, seen, writes, files, hist, hist2, bhist, pending, seq = got
+    # the boot makes the 3 files at their full size (11 + 1024 + 8), none valid yet
+    assert made == [[["nv.0", "wb"], ["nv.1", "wb"], ["nv.2", "wb"]], [1043] * 3, [0, 0, 0]]
     # a's window (3) fills at 4, 7, 10 (b's window of 2 never fills first): a snapshot each
     assert [n for n, k in seen if k != ([0] + [k for _, k in seen])[n - 1]] == [4, 7, 10]
-    assert writes == [["nv.0", "wb"], ["nv.1", "wb"], ["nv.2", "wb"]]  # each file made once
+    assert writes == [["nv.0", "r+b"], ["nv.1", "r+b"], ["nv.2", "r+b"]]  # in place only
     assert files == ["nv.0", "nv.1", "nv.2"]  # no ring file, no .tmp, no .bak
     assert hist == recs(5, 12)  # cap 8: the last 8 (RAM 10-12, snapshots 1-9)
     assert hist2 == hist and pending == 3 and seq == 3
@@ -498,13 +502,14 @@ out([seen, writes, files, hist, recs(a2), [[q, x.decode()] for q, x in b2.record
 def test_a_snapshot_round_overwrites_the_oldest_file_in_place(run: Run) -> None:
     got = run(SNAPS + """
 s, a, b = boot()
+writes[:] = []
 for n in range(1, 25):
     a.append(rec(n))
-out([writes[3:], recs(a), s.seqs])
+out([writes, recs(a), s.seqs])
 """)
     later, hist, seqs = got
-    # 7 snapshots (at 4, 7, ..., 22): the first 3 make the files, then "r+b" in turn
-    assert later == [["nv.0", "r+b"], ["nv.1", "r+b"], ["nv.2", "r+b"], ["nv.0", "r+b"]]
+    # 7 snapshots (at 4, 7, ..., 22), each over the oldest file, in place
+    assert later == [[f"nv.{i % 3}", "r+b"] for i in range(7)]
     assert hist == recs(17, 24)
     assert sorted(seqs) == [5, 6, 7]
 

@@ -187,3 +187,17 @@ def test_doctor_reads_a_virtual_meters_erase_counters_and_models_a_board(
     assert "no write-pattern model" in flash_life_line(str(other), "esp32", [tmp_path])
     (mdir / "flash-wear.json").unlink()
     assert "no flash model" in flash_life_line(str(pty), "linux", [tmp_path])
+
+
+def test_littlefs_blocks_count_levelled_and_fat_sectors_do_not() -> None:
+    # 352 blocks, one erased 100 times in the day, 100 others twice: littlefs levels over
+    # the blocks in its rotation (300 erases over 101 blocks), a FAT is its hottest unit
+    erases = [100] + [2] * 100 + [0] * 251
+    lfs = _erased(profile="rp2-pico", unit="block", units=[4096] * 352, rated=100_000,
+                  chip="W25Q16JV", erases=erases)
+    assert lfs.levelled and lfs.life_years() == pytest.approx(100_000 / (300 / 101) / 365.25)
+    lines = lfs.lines(top=3)
+    assert "levelled over the 101 blocks it erased" in lines[1] and "hottest 100" in lines[1]
+    assert len(lines) == 2 + 3 + 1 and "98 more blocks" in lines[-1]
+    fat = _erased(erases=[100, 2, 0, 0])
+    assert not fat.levelled and fat.life_years() == pytest.approx(10_000 / 100 / 365.25)

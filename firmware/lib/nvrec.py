@@ -157,8 +157,10 @@ class Snapshots:
         return order
 
     def boot(self):
-        """At power-up: if the RAM lost its contents, restore it from the newest valid file.
-        Returns the seq restored (0: the RAM was alive, or nothing to restore)."""
+        """At power-up: make the files that are missing (once), and if the RAM lost its
+        contents, restore it from the newest valid file. Returns the seq restored (0: the RAM
+        was alive, or nothing to restore)."""
+        self._prealloc()
         if self._sentinel.seq:
             return 0
         best = self.newest_first()[0]
@@ -174,6 +176,28 @@ class Snapshots:
                 off += len(b)
         self.restored = self.seqs[best]
         return self.restored
+
+    def _prealloc(self):
+        # Every file at its full size before the first snapshot: a snapshot then overwrites
+        # one in place (on a FAT, a file that grows allocates a cluster at a time, and each
+        # allocation moves the one-sector cache between the FAT and the data: an erase each).
+        # Zeros: no file verifies until a snapshot has written it.
+        import os
+
+        size = _SNAP_HDR + self._nv.size + 8
+        for i in range(self.count):
+            p = self.file(i)
+            try:
+                if os.stat(p)[6] == size:
+                    continue
+            except OSError:
+                pass
+            z = bytes(_CHUNK)
+            with open(p, "wb") as f:
+                n = size
+                while n > 0:
+                    f.write(z[:min(n, _CHUNK)])
+                    n -= _CHUNK
 
     def snapshot(self):
         """The RAM's image into the oldest file, in one open and close; every staged ring's

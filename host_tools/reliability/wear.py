@@ -365,22 +365,48 @@ class Erased:
             raise WearError("a measurement of no time")
         return [n * SECONDS_PER_DAY / self.board_s for n in self.erases]
 
-    def lines(self) -> list[str]:
+    @property
+    def levelled(self) -> bool:
+        """littlefs (a Pico's blocks) levels wear over the whole device: its allocator goes
+        round the blocks and it moves a metadata pair after block_cycles (100) erases
+        (extmod/vfs_lfsx.c), so a day's hottest block is not where the chip wears out: the
+        erases spread over the blocks in its rotation, those the run erased at all (the files
+        that never change, the firmware's, stay put). A FAT (a Pyboard's sectors) levels
+        nothing: its hottest sector is the life."""
+        return self.unit == "block"
+
+    def rotation(self) -> int:
+        return sum(1 for n in self.erases if n)
+
+    def life_years(self) -> float:
+        day = self.per_day()
+        if self.levelled:
+            return _years(self.rated, sum(day) / max(1, self.rotation()))
+        return _years(self.rated, max(day, default=0.0))
+
+    def lines(self, top: int = 6) -> list[str]:
         day = self.per_day()
         hot = max(day, default=0.0)
-        life = _years(self.rated, hot)
         span = (f"{self.real_s / 60:.0f} min real x {self.time_scale:g} = "
                 f"{self.board_s / 3600:.1f} h of board time, {self.intervals} intervals of "
                 f"{self.interval_s} s, {self.requests} READs")
+        if self.levelled:
+            n = max(1, self.rotation())
+            how = (f"{sum(day):.0f} erases/day levelled over the {n} {self.unit}s it erased: "
+                   f"{sum(day) / n:.2f} each; the day's hottest {hot:.0f}")
+        else:
+            how = f"hottest {self.unit} {hot:.2f} erases/day, no wear levelling"
         out = [f"== {self.label or self.profile} ({'with' if self.nvram else 'without'} nvram; "
                f"{span})",
-               f"  {self.profile}: {_life_text(life)} at {self.rated // 1000}k cycles "
-               f"({self.chip}; hottest {self.unit} {hot:.2f} erases/day, flash model's "
-               "counters)"]
-        for i, (n, d) in enumerate(zip(self.erases, day, strict=True)):
-            if n:
-                out.append(f"  {d:10.2f} erases/day  {self.unit} {i} ({self.units[i] // 1024}"
-                           f" KiB; {n} in the run)")
+               f"  {self.profile}: {_life_text(self.life_years())} at {self.rated // 1000}k "
+               f"cycles ({self.chip}; {how}; the flash model's counters)"]
+        ranked = sorted((i for i, n in enumerate(self.erases) if n), key=lambda i: -day[i])
+        for i in sorted(ranked[:top]):
+            out.append(f"  {day[i]:10.2f} erases/day  {self.unit} {i} ({self.units[i] // 1024}"
+                       f" KiB; {self.erases[i]} in the run)")
+        if len(ranked) > top:
+            out.append(f"  ({len(ranked) - top} more {self.unit}s erased, each at most "
+                       f"{day[ranked[top]]:.2f}/day)")
         return out
 
 

@@ -3,8 +3,9 @@ would with a probe. Never part of the WAN protocol; only tests and the demo use 
 output that contains it labels it as lab truth.
 
 The probe interrupts the firmware (raw REPL), reads the load profile with the firmware's
-own ring log (``meter.profile_ring()``), and soft-resets the board back into ``main.py``: so it runs after the rounds,
-once per meter. A sealed meter has no REPL to probe: lab mode works only while it is unsealed.
+own ring log (``meter.profile_ring()``), and soft-resets the board back into ``main.py``: so
+it runs after the rounds, once per meter. A sealed meter has no REPL to probe: lab mode works
+only while it is unsealed.
 """
 
 from __future__ import annotations
