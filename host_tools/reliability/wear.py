@@ -1,6 +1,13 @@
 """Flash wear: the meter's real write pattern, and the flash life it gives on each board.
 
-Two parts:
+The measurement that counts: ``measure_erases()`` (``--profile pybv11|rp2-pico``) runs one
+virtual meter of a board profile, its clock ``--time-scale`` times as fast, and reads the
+erase counters of its flash model (board/virtual/host/flashdev.py) per sector or block: the
+Pyboard's FAT levels nothing (its hottest sector is the life), littlefs levels over the blocks
+in its rotation (``Erased``). ``MODELLED`` holds those figures for `meterctl doctor` on a real
+board. docs/hardware.md "Flash wear" has the runs.
+
+The older estimate, by write points, in two parts:
 
 - ``measure()`` runs one virtual meter (flashed, provisioned, a steady load, the head-end
   reading it once an interval) for some minutes of real time and counts every persisted
