@@ -553,10 +553,13 @@ class Modelled:
 
 # by sys.platform; figures of the runs in docs/hardware.md "Flash wear"
 MODELLED = {
-    "pyboard": Modelled("Pyboard v1.1, /data on the internal flash's FAT, with its backup "
-                        "SRAM", "sector", 0.0, 10_000, "pending"),
-    "rp2": Modelled("Pico (littlefs), no battery-backed RAM", "block", 0.0, 100_000,
-                    "pending"),
+    "pyboard": Modelled("Pyboard v1.1 with its backup SRAM, /data on the internal flash's FAT "
+                        "(with a micro SD card at /, the card takes the writes)", "sector",
+                        2.67, 10_000, "pybv11 run: 4 erases of sector 0 in 36 h of board "
+                        "time, h-pybwear f38c7a0"),
+    "rp2": Modelled("Pico (littlefs), no battery-backed RAM", "block, levelled over the 290 "
+                    "in rotation,", 3.21, 100_000, "rp2-pico run: 931 erases in 24 h of board "
+                    "time, h-pybwear d2ab3e4"),
 }
 
 
