@@ -448,14 +448,13 @@ SNAPS = STAGED.replace("""def ring():
     return Ring(p, cap, rs, Window(nv, 100, 3 * rs))  # 3 records staged
 """, """from nvrec import Record, Snapshots
 writes = []   # [file, mode] of every open for writing
-import builtins
-_open = builtins.open
+import nvrec
+_open = open
 def spy(path, mode="r", *a):
     if "w" in mode or "+" in mode:
-        writes.append([path.rsplit("/", 1)[-1], mode])
+        writes.append([str(path).rsplit("/", 1)[-1], mode])
     return _open(path, mode, *a)
-builtins.open = spy
-open = spy
+nvrec.open = spy  # the snapshots' own opens (the module's name shadows the builtin)
 def snaps():
     return Snapshots(nv, T + "/nv", 3, Record(nv, 0, 40, b"NS"))
 def boot():
