@@ -223,6 +223,17 @@ def flash_life_line(port: str, platform: str, sim_dirs: list[Path] | None = None
             return f"flash life: unknown ({e})"
         if s is None:
             return "flash life: no flash model (the unix profile: a host directory)"
+        w = flashwear.read(mdir)
+        if w is not None and s["unit"] == "block" and s["erases_total"]:
+            # littlefs levels over the blocks in its rotation (wear.Erased.levelled): the
+            # average of those it erased, not the day's hottest
+            n = sum(1 for c in w["counts"] if c)
+            per = s["erases_total"] / n / s["seconds"] * flashwear.SECONDS_PER_DAY
+            life = wear.life_text(wear.years_at(s["rated"], per))
+            return (f"flash life at this write rate: {life}"
+                    f" (littlefs: {s['erases_total']} erases levelled over the {n} blocks in "
+                    f"rotation, {per:.2f} each a day; rated {s['rated'] // 1000}k "
+                    f"({s['chip']}); over {s['seconds']:.0f} s of board time)")
         return flashwear.life_line(s)
     m = wear.MODELLED.get(platform)
     if m is None:

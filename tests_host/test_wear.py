@@ -201,3 +201,22 @@ def test_littlefs_blocks_count_levelled_and_fat_sectors_do_not() -> None:
     assert len(lines) == 2 + 3 + 1 and "98 more blocks" in lines[-1]
     fat = _erased(erases=[100, 2, 0, 0])
     assert not fat.levelled and fat.life_years() == pytest.approx(10_000 / 100 / 365.25)
+
+
+def test_doctor_levels_a_virtual_picos_erases_over_its_rotation(tmp_path: Path) -> None:
+    import struct
+
+    from host_tools.doctor import flash_life_line
+
+    mdir = tmp_path / "meter-000"
+    mdir.mkdir()
+    pty = tmp_path / "pts-3"
+    pty.write_text("")
+    (mdir / "port").symlink_to(pty)
+    (mdir / "flash-wear.json").write_text(json.dumps({
+        "type": "lfs2", "bytes": 4096 * 4, "units": [[4096, 4]], "unit": "block",
+        "rated_cycles": 100000, "chip": "W25Q16JV", "created": 0.0, "created_sim": None}))
+    # 300 erases on one block and 100 on another, none on the other two
+    (mdir / "flash-wear.bin").write_bytes(struct.pack("<QQQ4I", 0, 0, 0, 300, 100, 0, 0))
+    line = flash_life_line(str(pty), "rp2", [tmp_path])
+    assert "400 erases levelled over the 2 blocks in rotation" in line, line

@@ -199,7 +199,7 @@ class Life:
         return out
 
 
-def _years(cycles: int, per_day_per_unit: float) -> float:
+def years_at(cycles: int, per_day_per_unit: float) -> float:
     return math.inf if per_day_per_unit <= 0 else cycles / per_day_per_unit / YEAR_DAYS
 
 
@@ -217,7 +217,7 @@ def fat_life(day: dict[str, dict[str, float]], cycles: int = 10_000,
               "sector 1: FAT and root directory (files created, truncated, removed)":
                   fat_sector,
               "file data sectors (every close of a file written; shared)": data}
-    return Life(board, erases, cycles, 1, _years(cycles, max(erases.values())))
+    return Life(board, erases, cycles, 1, years_at(cycles, max(erases.values())))
 
 
 LFS_BLOCK = 4096
@@ -251,7 +251,7 @@ def lfs_life(day: dict[str, dict[str, float]], sizes: dict[str, int], free_block
     erases = {"metadata commits (/data's directory pair)": meta,
               "copy-on-write data blocks (rings, large records)": data}
     total = meta + data
-    return Life(board, erases, cycles, free_blocks, _years(cycles, total / free_blocks))
+    return Life(board, erases, cycles, free_blocks, years_at(cycles, total / free_blocks))
 
 
 # -- the measurement ------------------------------------------------------------------------
@@ -388,8 +388,8 @@ class Erased:
     def life_years(self) -> float:
         day = self.per_day()
         if self.levelled:
-            return _years(self.rated, sum(day) / max(1, self.rotation()))
-        return _years(self.rated, max(day, default=0.0))
+            return years_at(self.rated, sum(day) / max(1, self.rotation()))
+        return years_at(self.rated, max(day, default=0.0))
 
     def lines(self, top: int = 6) -> list[str]:
         day = self.per_day()
@@ -405,7 +405,7 @@ class Erased:
             how = f"hottest {self.unit} {hot:.2f} erases/day, no wear levelling"
         out = [f"== {self.label or self.profile} ({'with' if self.nvram else 'without'} nvram; "
                f"{span})",
-               f"  {self.profile}: {_life_text(self.life_years())} at {self.rated // 1000}k "
+               f"  {self.profile}: {life_text(self.life_years())} at {self.rated // 1000}k "
                f"cycles ({self.chip}; {how}; the flash model's counters)"]
         ranked = sorted((i for i, n in enumerate(self.erases) if n), key=lambda i: -day[i])
         for i in sorted(ranked[:top]):
@@ -417,7 +417,7 @@ class Erased:
         return out
 
 
-def _life_text(years: float) -> str:
+def life_text(years: float) -> str:
     if years == math.inf:
         return "unlimited (no erases)"
     return f"{years:.1f} years" if years >= 1 else f"{years * YEAR_DAYS:.0f} days"
@@ -544,10 +544,10 @@ class Modelled:
 
     @property
     def years(self) -> float:
-        return _years(self.rated, self.erases_per_day)
+        return years_at(self.rated, self.erases_per_day)
 
     def line(self) -> str:
-        return (f"{self.board}: {_life_text(self.years)} at {self.rated // 1000}k cycles "
+        return (f"{self.board}: {life_text(self.years)} at {self.rated // 1000}k cycles "
                 f"(hottest {self.unit} {self.erases_per_day:g} erases/day; {self.measured})")
 
 
