@@ -487,8 +487,9 @@ out([made, seen, writes, files, hist, recs(a2), [[q, x.decode()] for q, x in b2.
      a2.pending(), s2.seq])
 """)
     made, seen, writes, files, hist, hist2, bhist, pending, seq = got
-    # the boot makes the 3 files at their full size (11 + 1024 + 8), none valid yet
-    assert made == [[["nv.0", "wb"], ["nv.1", "wb"], ["nv.2", "wb"]], [1043] * 3, [0, 0, 0]]
+    # the boot makes the 3 files at their full size (11 + 1024 + 8), none valid yet, and
+    # takes no snapshot
+    assert made == [[], [1043] * 3, [0, 0, 0]]
     # a's window (3) fills at 4, 7, 10 (b's window of 2 never fills first): a snapshot each
     assert [n for n, k in seen if k != ([0] + [k for _, k in seen])[n - 1]] == [4, 7, 10]
     assert writes == [["nv.0", "r+b"], ["nv.1", "r+b"], ["nv.2", "r+b"]]  # in place only

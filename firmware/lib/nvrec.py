@@ -15,6 +15,8 @@
 import hashlib
 import struct
 
+import lazy
+
 _HDR = 8  # tag 2 + seq 4 + len 2
 _SUM = 8
 
@@ -117,37 +119,12 @@ class Snapshots:
         self._sentinel = sentinel  # a Record: its seq is the RAM's life; lost = restore
         self.rings = []  # staged rings: all their records are on flash after a snapshot
         self.seqs = [0] * count  # each file's seq if it verifies, else 0
-        for i in range(count):
-            self.seqs[i] = self._valid(i)
+        lazy.call("nvrec_boot", "scan", self)  # the boot's: in RAM only while it runs
         self.seq = max(self.seqs)
         self.restored = 0
 
     def file(self, i):
         return "%s.%d" % (self.path, i)
-
-    def _valid(self, i):
-        import os
-
-        try:
-            if os.stat(self.file(i))[6] != _SNAP_HDR + self._nv.size + 8:
-                return 0
-            with open(self.file(i), "rb") as f:
-                hdr = f.read(_SNAP_HDR)
-                if hdr[:3] != _SNAP_MAGIC:
-                    return 0
-                seq, n = struct.unpack_from("<II", hdr, 3)
-                if n != self._nv.size:
-                    return 0
-                d = hashlib.sha256(hdr)
-                while n > 0:
-                    b = f.read(min(n, _CHUNK))
-                    if not b:
-                        return 0
-                    d.update(b)
-                    n -= len(b)
-                return seq if f.read(8) == d.digest()[:8] else 0
-        except OSError:
-            return 0
 
     def newest_first(self):
         """Indexes of the files, newest valid first, then the rest (torn ones: their ring
@@ -159,45 +136,8 @@ class Snapshots:
     def boot(self):
         """At power-up: make the files that are missing (once), and if the RAM lost its
         contents, restore it from the newest valid file. Returns the seq restored (0: the RAM
-        was alive, or nothing to restore)."""
-        self._prealloc()
-        if self._sentinel.seq:
-            return 0
-        best = self.newest_first()[0]
-        if not self.seqs[best]:
-            self._sentinel.save("<I", 0)  # a fresh RAM: alive from now on
-            return 0
-        with open(self.file(best), "rb") as f:
-            f.seek(_SNAP_HDR)
-            off = 0
-            while off < self._nv.size:
-                b = f.read(min(_CHUNK, self._nv.size - off))
-                self._nv.write(off, b)
-                off += len(b)
-        self.restored = self.seqs[best]
-        return self.restored
-
-    def _prealloc(self):
-        # Every file at its full size before the first snapshot: a snapshot then overwrites
-        # one in place (on a FAT, a file that grows allocates a cluster at a time, and each
-        # allocation moves the one-sector cache between the FAT and the data: an erase each).
-        # Zeros: no file verifies until a snapshot has written it.
-        import os
-
-        size = _SNAP_HDR + self._nv.size + 8
-        for i in range(self.count):
-            p = self.file(i)
-            try:
-                if os.stat(p)[6] == size:
-                    continue
-            except OSError:
-                pass
-            z = bytes(_CHUNK)
-            with open(p, "wb") as f:
-                n = size
-                while n > 0:
-                    f.write(z[:min(n, _CHUNK)])
-                    n -= _CHUNK
+        was alive, or nothing to restore). lib/nvrec_boot.py: in RAM only while it runs."""
+        return lazy.call("nvrec_boot", "boot", self)
 
     def snapshot(self):
         """The RAM's image into the oldest file, in one open and close; every staged ring's
