@@ -115,8 +115,8 @@ class Kernel:
         self._sleep_ms = sleep_ms
         self._logs = {}
         for name in logs:
-            path, cap, rec = logs[name]
-            self._logs[name] = Ring(path, cap, rec)
+            # (path, capacity, record size[, a window of battery-backed RAM to stage in])
+            self._logs[name] = Ring(*logs[name])
         self._names = ["kernel"]
         self._objs = [None]
         self._steps = [None]

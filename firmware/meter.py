@@ -31,10 +31,64 @@ def hardware(task, policy):
             if nv is not None:
                 from nvrec import Record
 
-                hw["nvram"] = Record(nv, *policy.NVRAM[task])
+                rec = hw["nvram"] = Record(nv, *policy.NVRAM[task])
+                rec.snaps = _snaps
+                if task == "metrology":
+                    hw["profile_stage"] = stage(nv, "/data/profile.bin")
         else:
             hw[name] = getattr(board, name)
     return hw
+
+
+_snaps = None  # the battery-backed RAM's Snapshots on flash (lib/nvrec.py), if the board has it
+
+
+def snapshots(nv):
+    # At power-up, before any task reads the RAM: a RAM that lost its contents (a flat
+    # battery) gets the newest snapshot back.
+    global _snaps
+    if nv is not None and _snaps is None:
+        import policy
+        from nvrec import Record, Snapshots
+
+        path, count = policy.NVRAM_SNAPSHOTS
+        _snaps = Snapshots(nv, path, count, Record(nv, *policy.NVRAM["snapshots"]))
+        if _snaps.boot():
+            print("nvram: restored from snapshot %d (the battery-backed RAM was lost)"
+                  % _snaps.restored)
+    return _snaps
+
+
+def stage(nv, path):
+    # the window of battery-backed RAM where ring `path` stages its records (policy.NVRAM_RINGS)
+    import policy
+    from nvrec import Window
+
+    return Window(nv, *policy.NVRAM_RINGS[path], _snaps)
+
+
+def profile_ring():
+    """The load profile as metrology keeps it (a file, or the RAM and its snapshots): for a
+    probe over the REPL (lab truth, host_tools/headend/lopa/lab.py), never the WAN."""
+    from ringlog import Ring
+    from tasks.metrology import PROFILE, PROFILE_CAP, PROFILE_REC
+
+    nv = getattr(board, "nvram", None)
+    snapshots(nv)
+    return Ring(PROFILE, PROFILE_CAP, PROFILE_REC, stage(nv, PROFILE) if nv is not None else None)
+
+
+def logs_of(nv, logs):
+    # policy.LOGS, with the RAM window of each log that stages in battery-backed RAM
+    import policy
+
+    out = {}
+    for name in logs:
+        spec = logs[name]
+        if nv is not None and spec[0] in policy.NVRAM_RINGS:
+            spec = spec + (stage(nv, spec[0]),)
+        out[name] = spec
+    return out
 
 
 _TASKS = ("metrology", "offswitch", "dc_security", "clock", "cs_security", "comm", "status",
@@ -51,6 +105,7 @@ def build(now_s=None, unsealed_by_service=False):
     # (tasks/offswitch_mac.py): compiled first, while the heap is nearly empty (on a 100-KB
     # Pyboard heap its compiler's peak does not fit later).
     mac_op = lazy.call("tasks.offswitch_mac", "compile_op")
+    snapshots(getattr(board, "nvram", None))
     import policy
 
     # Every task's grants first, then the kernel, which takes private copies of the flow and
@@ -61,7 +116,9 @@ def build(now_s=None, unsealed_by_service=False):
         hws[name] = hardware(name, policy)
     # 9 tasks, 69 messages in their mailboxes (the capacities below): the kernel's tables are
     # made once, whole
-    k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, policy.LOGS, now_s or board.rtc.get,
+    k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, logs_of(getattr(board, "nvram", None),
+                                                           policy.LOGS),
+                      now_s or board.rtc.get,
                       board.sleep_ms, size=(9, 69))
     del policy
     sys.modules.pop("policy", None)

@@ -56,7 +56,7 @@ FLOWS = {
 
 # Hardware each task may use; main.py hands a task only these board objects.
 HARDWARE = {
-    "metrology": ("adc",),
+    "metrology": ("adc", "nvram"),
     "clock": ("rtc", "nvram"),
     "credit": ("nvram",),
     "comm": ("wan",),
@@ -72,9 +72,22 @@ HARDWARE = {
 NVRAM = {
     "clock": (0, 64, b"CK"),
     "credit": (64, 192, b"CR"),
+    "metrology": (256, 144, b"EN"),  # the energy registers and the last closed interval
+    "snapshots": (400, 40, b"NS"),  # the RAM's life: lost (a flat battery) = restore it
     # LoPA: the next t each group may release (tasks/dc_base.py, once per (gid, t))
-    "dc_security": (256, 864, b"DC"),
+    "dc_security": (2680, 864, b"DC"),
 }
+# Rings staged in battery-backed RAM (lib/ringlog.py): file -> (offset, bytes), whole records
+# of the ring's size: 38 intervals of the load profile (9.5 h at 15 minutes) and 16 metrology
+# log records (its events: an ordinary interval close is in the profile, not the log). Their
+# history is in the RAM's snapshots: the whole RAM written to the oldest of 8 files (path.0 ..
+# path.7) in place when a window is full, and once a day (lib/nvrec.py Snapshots): one flash
+# write for everything (flash wear: docs/hardware.md).
+NVRAM_RINGS = {
+    "/data/profile.bin": (440, 38 * 32),
+    "/data/log_metrology.bin": (1656, 16 * 64),
+}
+NVRAM_SNAPSHOTS = ("/data/nvram", 8)
 
 # Each log is a bounded ring in its own file: flooding one never evicts
 # another's records. Tasks not listed (and the kernel) write the security log.

@@ -20,9 +20,11 @@ from __future__ import annotations
 import ast
 import contextlib
 import dataclasses
+import os
 import re
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from host_tools.flash import versions
@@ -115,6 +117,7 @@ class DoctorReport:
     rtc: int | None = None
     keys: bool = False
     modules: dict[str, bool] = field(default_factory=dict)  # versions.MODULES: importable?
+    flash_life: str | None = None  # the flash life line (flash_life_line())
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -152,6 +155,8 @@ class DoctorReport:
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.rtc))
             out.append(f"clock: {when} ({self.rtc - int(time.time()):+d} s from the host's)")
         out.append(f"keys: {'provisioned' if self.keys else 'none'} ({KEYS})")
+        if self.flash_life:
+            out.append(self.flash_life)
         if self.modules:
             out.append("build: " + ", ".join(f"{m} {'yes' if ok else 'no'}"
                                              for m, ok in self.modules.items()))
@@ -202,7 +207,57 @@ def doctor(port: str, timeout: float = 10.0) -> DoctorReport:
                 b.soft_reset_to_main()
             raise
         b.soft_reset_to_main()
-    return diagnose(b.port, raw)
+    rep = diagnose(b.port, raw)
+    rep.flash_life = flash_life_line(b.port, rep.platform)
+    return rep
+
+
+def flash_life_line(port: str, platform: str, sim_dirs: list[Path] | None = None) -> str:
+    """A virtual meter: its flash model's erase counters (flash-wear.json in its directory,
+    found by its port among the fleets in ``sim_dirs``, default the sim's default directory).
+    A board: this firmware's write pattern as measured on the virtual board's flash model for
+    that port (host_tools/reliability/wear.py MODELLED, docs/hardware.md "Flash wear")."""
+    from host_tools.reliability import wear
+    from host_tools.sim import flashwear, fleet
+
+    mdir = _virtual_meter(port, sim_dirs if sim_dirs is not None else [fleet.default_dir()])
+    if mdir is not None:
+        try:
+            s = flashwear.summary(mdir)
+        except flashwear.WearError as e:
+            return f"flash life: unknown ({e})"
+        if s is None:
+            return "flash life: no flash model (the unix profile: a host directory)"
+        w = flashwear.read(mdir)
+        if w is not None and s["unit"] == "block" and s["erases_total"]:
+            # littlefs levels over the blocks in its rotation (wear.Erased.levelled): the
+            # average of those it erased, not the day's hottest
+            n = sum(1 for c in w["counts"] if c)
+            per = s["erases_total"] / n / s["seconds"] * flashwear.SECONDS_PER_DAY
+            life = wear.life_text(wear.years_at(s["rated"], per))
+            return (f"flash life at this write rate: {life}"
+                    f" (littlefs: {s['erases_total']} erases levelled over the {n} blocks in "
+                    f"rotation, {per:.2f} each a day; rated {s['rated'] // 1000}k "
+                    f"({s['chip']}); over {s['seconds']:.0f} s of board time)")
+        return flashwear.life_line(s)
+    m = wear.MODELLED.get(platform)
+    if m is None:
+        return f"flash life: no write-pattern model for platform {platform!r}"
+    return "flash life (this firmware's write pattern, modelled): " + m.line()
+
+
+def _virtual_meter(port: str, bases: list[Path]) -> Path | None:
+    # the virtual meter whose pseudo-terminal `port` is (its directory's "port" file)
+    try:
+        want = os.path.realpath(port)
+    except OSError:
+        return None
+    for base in bases:
+        for d in sorted(base.glob("meter-*")):
+            link = d / "port"  # a symlink to the meter's pty (sim/supervisor.py)
+            if link.is_symlink() and os.path.realpath(link) == want:
+                return d
+    return None
 
 
 def _interrupt(b: Board) -> None:

@@ -237,6 +237,31 @@ def run(root: Path, mutations: list[Mutation], jobs: int = MAX_JOBS,
     return sorted(results, key=lambda r: order[r.mutation.id])
 
 
+def confirm(root: Path, results: list[Result], timeout: float = TIMEOUT_S,
+            python: str = sys.executable) -> list[Result]:
+    """A kill counts only if its test passes without the mutation: the tests that killed run
+    once more on an unmutated copy, and a mutation whose killer fails there too is an error
+    (a test broken by something else kills every mutation it is named for)."""
+    killers = sorted({r.detail for r in results if r.outcome == "killed" and "::" in r.detail})
+    if not killers:
+        return results
+    with tempfile.TemporaryDirectory(prefix="mutate-baseline-", ignore_cleanup_errors=True) as tmp:
+        tree = Path(tmp) / "tree"
+        scratch(root, tree)
+        cmd = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf",
+               "--timeout", str(int(timeout)), *killers]
+        proc = subprocess.run(cmd, cwd=tree, env=_env(tree), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, timeout=timeout * 4,
+                              check=False)
+    broken = {ln.split(" ", 1)[1].split(" - ")[0] for ln in proc.stdout.splitlines()
+              if ln.startswith(("FAILED ", "ERROR "))}
+    if proc.returncode not in (0, 1):
+        broken = set(killers)
+    return [Result(r.mutation, "error", r.seconds,
+                   f"its killer {r.detail} fails without the mutation too")
+            if r.outcome == "killed" and r.detail in broken else r for r in results]
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="python -m host_tools.mutate",
@@ -275,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.monotonic()
     print(f"mutate: {len(mutations)} mutations, {min(a.jobs, MAX_JOBS)} at a time", flush=True)
     results = run(root, mutations, a.jobs, a.timeout, lambda s: print(s, flush=True))
+    print("mutate: the killing tests once more, without any mutation", flush=True)
+    results = confirm(root, results, a.timeout)
     wall = time.monotonic() - t0
     by = {k: [r for r in results if r.outcome == k] for k in ("killed", "survived", "error")}
     print(f"mutate: {len(by['killed'])} killed, {len(by['survived'])} survived, "

@@ -110,8 +110,8 @@ def recover(f: Fleet3, i: int, gid: bytes, t: int, missing: list[int]) -> int:
 
 _LAB_CODE = (
     "import struct, store, binascii\n"
-    "from ringlog import Ring\n"
-    "r = Ring('/data/profile.bin', 192, 32)\n"
+    "import meter\n"
+    "r = meter.profile_ring()\n"
     "out = [struct.unpack('>II', d[:8]) for _, d in r.records(max(1, r.last_seq - 30), 31)]\n"
     "k = store.load_bytes('/data/dc_key.bin')\n"
     "print(repr((out, binascii.hexlify(k[:32]).decode() if k else None)))\n"

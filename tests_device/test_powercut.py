@@ -13,10 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from host_tools.flash.deploy import flash
 from host_tools.headend import queries
 from host_tools.headend.keystore import Keystore
+from host_tools.headend.provision import provision
 from host_tools.reliability import powercut
-from host_tools.reliability.fleetup import bring_up
+from host_tools.reliability.fleetup import Meter, bring_up
 from host_tools.sim import fleet
 
 from .conftest import session_profile
@@ -48,12 +50,21 @@ def test_campaign(tmp_path: Path) -> None:
     assert len(fig.boot_s) == fig.cuts
 
 
-@pytest.fixture(scope="module")
-def one(tmp_path_factory: pytest.TempPathFactory) -> Iterator[powercut.Campaign]:
-    base = tmp_path_factory.mktemp("pc1")
+def _campaign(base: Path, nvram: bool) -> Iterator[powercut.Campaign]:
     ks = Keystore(base / "keystore.json")
-    meters = bring_up(1, base / "fleet", ks, powercut.INTERVAL_S, powercut.LIMITS,
-                      profile=session_profile())
+    if nvram:  # the unix profile's battery-backed RAM, as on a Pyboard
+        meters = bring_up(1, base / "fleet", ks, powercut.INTERVAL_S, powercut.LIMITS,
+                          profile="unix")
+    else:  # none, as on a Pico: the session's profile, on a meter started without it
+        rec = fleet.start(1, base / "fleet", profile=session_profile(), nvram_bytes=0)[0]
+        try:
+            flash(str(rec["port"]), timeout=60.0)
+            p = provision(str(rec["port"]), ks, force=True, interval_s=powercut.INTERVAL_S,
+                          timeout=60.0, offswitch_limits=powercut.LIMITS)
+        except BaseException:
+            fleet.stop(base / "fleet")
+            raise
+        meters = [Meter(int(rec["id"]), str(rec["port"]), p.meter_id, Path(rec["dir"]))]
     try:
         fleet.set_wave(0, powercut.LOAD, base / "fleet")
         c = powercut.Campaign(meters[0], base / "fleet", ks, random.Random(3), print)
@@ -63,14 +74,24 @@ def one(tmp_path_factory: pytest.TempPathFactory) -> Iterator[powercut.Campaign]
         fleet.stop(base / "fleet")
 
 
+@pytest.fixture(scope="module")
+def one(tmp_path_factory: pytest.TempPathFactory) -> Iterator[powercut.Campaign]:
+    yield from _campaign(tmp_path_factory.mktemp("pc1"), nvram=False)
+
+
+@pytest.fixture(scope="module")
+def one_nv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[powercut.Campaign]:
+    yield from _campaign(tmp_path_factory.mktemp("pc2"), nvram=True)
+
+
 @pytest.mark.parametrize("match", ["energy.json", "profile.bin"])
 def test_interval_close_cut_between_registers_and_profile(one: powercut.Campaign,
                                                           match: str) -> None:
-    """Cut at the interval close's first write of energy.json (nothing committed yet: the
-    registers and the profile stay as they were) and at its profile append, torn (the
-    registers are committed: the record is restored at boot). Either way the registers never
-    go below the profile's last record, and the profile's cumulative registers never go back
-    (check() raises Violation otherwise)."""
+    """Without battery-backed RAM (a Pico): cut at the interval close's first write of
+    energy.json (nothing committed yet: the registers and the profile stay as they were) and
+    at its profile append, torn (the registers are committed: the record is restored at
+    boot). Either way the registers never go below the profile's last record, and the
+    profile's cumulative registers never go back (check() raises Violation otherwise)."""
     assert one.cut_at_write("interval", 1, torn=True, match=match)
     one.check()
     if match == "profile.bin":
@@ -85,7 +106,7 @@ def test_a_read_accepted_before_a_cut_is_refused_first_thing_after_it(
     READ replayed, and it is refused (REPLAY). Nothing fresh goes first: a fresh authentic
     frame would move the meter's counter past the replayed one and hide a downlink counter
     reservation that was never persisted (issue 18's survivor)."""
-    for _ in range(6):  # 36 READs: past a reservation (32 counters), so one was persisted
+    for _ in range(6):  # 36 READs: the first one's reservation was persisted
         one.op("read")
     # The head-end's counter may jump (commands lost on the way): the meter's downlink
     # reservation then moves on its own, without an uplink one that would save it as well
@@ -108,3 +129,41 @@ def test_an_unknown_profile_is_refused_in_one_line_before_anything_starts(
     assert err == ["powercut: unknown profile 'pico'; valid: rp2-pico, rp2-pico2, pybv11, "
                    "pybv11-thread, unix"]
     assert not (tmp_path / "pc").exists()
+
+
+def test_with_nvram_an_interval_close_writes_no_file_and_cuts_at_its_ram_writes_hold(
+        one_nv: powercut.Campaign) -> None:
+    """With battery-backed RAM (a Pyboard): an interval close writes nothing to flash (the
+    registers commit to the RAM, the profile record and the log line are staged there; the
+    snapshots come every ~37 closes), and a cut at each of the RAM writes around a close
+    (the clock's, the credit's, metrology's commit, the staged records), whole or torn,
+    leaves the profile, the registers and the logs as check() demands."""
+    c = one_nv
+    st = c._ctl({"cmd": "arm-cut", "k": -1})  # count the write points of one close
+    c._run_op("interval")
+    st = c._ctl({"cmd": "arm-cut", "k": 0})
+    files = {str(pt[2]) for pt in st["write_cut"]["points"]}
+    assert files and all(f == "/nvram" or f.startswith("/data/nvram.") for f in files), files
+    for k in range(1, 9):
+        for torn in (False, True):
+            if c.cut_at_write("interval", k, torn=torn, match="nvram"):
+                c.check()
+    assert c.fig.cuts_write >= 12, c.fig.cuts_write
+    assert not c.fig.violations, c.fig.violations
+
+
+def test_with_nvram_a_cut_in_a_snapshot_loses_nothing(one_nv: powercut.Campaign) -> None:
+    """A snapshot of the RAM (every ~37 interval closes here: a full log window) cut in the
+    middle of its file write, torn: the profile, the registers and the logs read as before
+    (the RAM still holds every record; the torn file's slots verify one by one), and the
+    next snapshot writes them again."""
+    c = one_nv
+    for k in (3, 9):  # inside the image: its 2nd and 8th 256-byte write
+        for _ in range(60):  # intervals of 2 s: a snapshot within about 80 s
+            if c.cut_at_write("interval", k, torn=True, match="/data/nvram."):
+                break
+        else:
+            pytest.fail("no snapshot in 60 intervals")
+        c.check()
+    assert any("nvram." in p for p in c.fig.by_point), dict(c.fig.by_point)
+    assert not c.fig.violations, c.fig.violations

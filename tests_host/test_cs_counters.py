@@ -55,7 +55,10 @@ def feed(ln):
         assert to == "comm" and kind == "frame_out"
         k, _, ctr, ref, body = wan.open_frame(KEYS, METER, True, wan.line_to_frame(p))
         if k == wan.K_ERROR:
-            body = list(wan.parse_error(body))
+            if body[0] == wan.E_REPLAY:  # its 8 bytes (PROTOCOL.md), as numbers for JSON
+                body = [body[0], list(body[1:])]
+            else:
+                body = list(wan.parse_error(body))
         else:
             body = json.loads(body)
         out.append([k, ctr, ref, body])
@@ -90,8 +93,10 @@ print(json.dumps({"first": first, "again": again, "older": older, "unchanged": u
 """)
     assert [a[0] for a in r["first"]] == [INFO] and r["first"][0][2] == 5
     # REPLAY, authenticated, naming the highest counter consumed (the head-end resyncs)
-    assert r["again"] == [[ERROR, r["again"][0][1], 5, [E_REPLAY, 5]]]
-    assert r["older"] == [[ERROR, r["older"][0][1], 4, [E_REPLAY, 5]]]
+    # (detail: the highest counter used, then the last that may have changed the meter: none)
+    replay = list((5).to_bytes(4, "big") + (0).to_bytes(4, "big"))
+    assert r["again"] == [[ERROR, r["again"][0][1], 5, [E_REPLAY, replay]]]
+    assert r["older"] == [[ERROR, r["older"][0][1], 4, [E_REPLAY, replay]]]
     assert r["unchanged"]
     assert r["logs"] == ["wan: rejected (replay ctr 5 <= 5)", "wan: rejected (replay ctr 4 <= 5)"]
     assert [a[0] for a in r["after"]] == [INFO] and r["after"][0][2] == 6
@@ -102,16 +107,19 @@ def test_a_frame_accepted_before_a_reboot_is_refused_after_it(micropython: Run,
     """Nothing else is sent between the reboot and the replays: a fresh authentic frame first
     would raise the counter itself and hide a reservation that was never persisted."""
     r = run(micropython, tmp_path, """
-accepted = [feed(line(c))[0][0] for c in (1, 2, 100, 101)]   # 100: beyond the first reservation
+R = cs_security.RESERVE
+ctrs = (1, 2, R + 10, R + 11)      # R + 10: beyond the first reservation
+accepted = [feed(line(c))[0][0] for c in ctrs]
 boot()
-replays = [feed(line(c))[0] for c in (1, 2, 100, 101)]
+replays = [feed(line(c))[0] for c in ctrs]
 fresh = feed(line(cs._down + 1))[0][0]
-print(json.dumps({"accepted": accepted, "replays": replays, "fresh": fresh}))
+print(json.dumps({"accepted": accepted, "replays": replays, "fresh": fresh, "ctrs": ctrs}))
 """)
     assert r["accepted"] == [INFO] * 4
-    for ans, ctr in zip(r["replays"], (1, 2, 100, 101), strict=True):
+    for ans, ctr in zip(r["replays"], r["ctrs"], strict=True):
         assert ans[0] == ERROR and ans[2] == ctr and ans[3][0] == E_REPLAY, (ctr, ans)
-        assert ans[3][1] >= 101, ans  # the counters up to the reservation count as used
+        highest = int.from_bytes(bytes(ans[3][1][:4]), "big")
+        assert highest >= r["ctrs"][-1], ans  # the counters up to the reservation count as used
     assert r["fresh"] == INFO
 
 

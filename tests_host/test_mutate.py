@@ -75,6 +75,22 @@ def test_the_runner_reports_killed_survived_and_error_and_fails_unless_all_are_k
     assert mutate.main(["--file", str(lst), "--root", str(tree), "--only", "kill*"]) == 0
 
 
+def test_a_kill_by_a_test_that_fails_without_the_mutation_is_an_error(
+        tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A test broken by something else "kills" every mutation it is named for: the killers run
+    once more on the unmutated tree, and such a kill is reported as an error."""
+    (tree / "test_calc.py").write_text(
+        (tree / "test_calc.py").read_text() + "\n\ndef test_broken():\n    assert False\n")
+    lst = write_list(tmp_path, entry("masked", tests='"test_calc.py::test_broken"'),
+                     entry("real"))
+    rc = mutate.main(["--file", str(lst), "--root", str(tree)])
+    out = capsys.readouterr()
+    assert rc == 1
+    assert "1 killed, 0 survived, 1 errors of 2" in out.out
+    assert "ERROR masked: its killer test_calc.py::test_broken fails without the mutation" \
+        in out.err
+
+
 def test_a_stale_list_stops_the_run_before_anything_runs(
         tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cases = {

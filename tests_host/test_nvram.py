@@ -224,6 +224,67 @@ print(json.dumps({"hour_saves": hour_saves, "resumed": rtc2.t, "nv": nv.writes,
     assert 1765000000 + 3599 - 300 < r["resumed"] <= 1765000000 + 3599
 
 
+def test_with_snapshots_the_clock_and_the_credit_flush_no_file_of_their_own(
+        micropython: Run, tmp_path: Path) -> None:
+    """Where the RAM's snapshots are the flash copies (lib/nvrec.py Snapshots, a Pyboard): the
+    clock's daily flush is one snapshot, none if one was taken since its last (the staged
+    rings take several a day), and the credit's is the same snapshot: no clock.json or
+    credit.json written at all; a flat battery then restores both from the snapshot."""
+    r = run_json(micropython, CLOCK.format(state=str(tmp_path / "clock.json")) + f"""
+import os
+from tasks.credit import Credit
+snaps = nvrec.Snapshots(nv, {str(tmp_path / "nv")!r}, 3, nvrec.Record(nv, 400, 40, b"NS"))
+snaps.boot()
+taken = []
+_snap = snaps.snapshot
+def counting_snapshot():
+    taken.append(1)
+    return _snap()
+snaps.snapshot = counting_snapshot
+def boot_s(t):
+    rtc = Rtc(t)
+    rec = nvrec.Record(nv, 0, 64, b"CK")
+    rec.snaps = snaps
+    return Clock(Port(), {{"rtc": rtc, "nvram": rec}}), rtc
+def credit():
+    rec = nvrec.Record(nv, 64, 192, b"CR")
+    rec.snaps = snaps
+    return Credit(Port(), {{"state_path": {str(tmp_path / "credit.json")!r}, "nvram": rec}})
+c, rtc = boot_s(T0)
+cr = credit()
+cr.handle("cs_security", "prepaid", (1, True))     # a command: to flash at once, as always
+cr.handle("cs_security", "topup", (2, 10000000))
+cmd_saves = len(saves)
+counts = []
+for day in range(3):
+    for k in range(0, 86400, 60):
+        t = T0 + day * 86400 + k
+        rtc.t = t
+        c.step()
+        cr.handle("metrology", "reading", (t, 230.0, 1.0, 230.0, 100 + (day * 86400 + k) // 60, 0))
+        if day == 1 and k == 43200:
+            snaps.snapshot()                        # a staged ring's, mid-day
+    counts.append(len(taken))
+bal = cr.balance
+nv.mem[:] = bytes(4096)                             # the battery ran flat
+snaps2 = nvrec.Snapshots(nv, {str(tmp_path / "nv")!r}, 3, nvrec.Record(nv, 400, 40, b"NS"))
+restored = snaps2.boot()
+c2, rtc2 = boot_s(0)
+cr2 = credit()
+print(json.dumps({{"counts": counts, "saves": len(saves) - cmd_saves, "cmd_saves": cmd_saves,
+                  "files": sorted(os.listdir({str(tmp_path)!r})), "restored": restored,
+                  "resumed": rtc2.t, "bal": bal, "bal2": cr2.balance}}))
+""")
+    # day 0: the boot's flush (no snapshot yet); day 1: its daily flush, then the ring's
+    # mid-day snapshot; day 2: that snapshot is newer than the last flush: none of its own
+    assert r["counts"] == [1, 3, 3], r["counts"]
+    assert r["cmd_saves"] == 2 and r["saves"] == 0  # commands only: no daily file save
+    assert "clock.json" not in r["files"]
+    assert r["restored"] > 0
+    assert r["resumed"] == 1765000000 + 86400 + 43200  # the time of the last snapshot
+    assert 0 < r["bal2"] and r["bal2"] >= r["bal"]  # the balance as of that snapshot
+
+
 CREDIT = """
 from tasks.credit import Credit
 import nvrec

@@ -307,3 +307,251 @@ gc.collect()
 print(r.last_seq, r.count, [s for s, _ in tail], free - gc.mem_free() < 4096)
 """, timeout=120)
     assert out.split() == ["4810", "4800", "[4806,", "4807,", "4808,", "4809,", "4810]", "True"]
+
+
+# -- staged in battery-backed RAM (a Pyboard's backup SRAM: the flash is written in batches) ---
+
+STAGED = """
+from nvrec import Window
+class Cut(Exception):
+    pass
+class Nv:
+    # board.nvram; cut_after: bytes the next write gets before the power goes
+    def __init__(self, size=1024):
+        self.size = size
+        self.mem = bytearray(size)
+        self.cut_after = None
+    def read(self, off, n):
+        return bytes(self.mem[off:off + n])
+    def write(self, off, data):
+        data = bytes(data)
+        if self.cut_after is not None:
+            k, self.cut_after = self.cut_after, None
+            self.mem[off:off + k] = data[:k]
+            raise Cut()
+        self.mem[off:off + len(data)] = data
+nv = Nv()
+cap, rs = 8, 24
+p = T + "/ring.bin"
+def ring():
+    return Ring(p, cap, rs, Window(nv, 100, 3 * rs))  # 3 records staged
+"""
+
+
+def test_a_staged_ring_writes_the_file_only_when_the_ram_is_full(run: Run) -> None:
+    got = run(STAGED + """
+r = ring()
+empty = rd(p)
+seen = []
+for n in range(1, 12):
+    r.append(rec(n))
+    seen.append([n, rd(p) != empty, r.pending(), recs(r) == [[s, "rec-%d" % s]
+                 for s in range(max(1, n - cap + 1), n + 1)]])
+    empty = rd(p)
+outside = nv.mem[:100] + nv.mem[100 + 3 * rs:]
+r2 = ring()  # a reboot: the RAM's records are read again
+out([seen, outside == bytes(1024 - 3 * rs), recs(r2), r2.pending(), r2.count, r.flush(),
+     recs(Ring(p, cap, rs))])
+""")
+    seen, outside_untouched, after, pending, count, flushed, file_only = got
+    # records 1-3 in RAM; the 4th append flushes 1-3 in one go, and so on
+    assert [s[1] for s in seen] == [False, False, False, True, False, False, True, False, False,
+                                    True, False]
+    assert [s[2] for s in seen] == [1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2]
+    assert all(s[3] for s in seen), seen  # reads merge the RAM and the file, in order
+    assert outside_untouched
+    assert after == recs(4, 11) and pending == 2 and count == 8
+    assert flushed == 2
+    assert file_only == recs(4, 11)  # after flush() the file alone holds them all
+
+
+def test_a_cut_in_a_flush_or_in_a_staging_loses_nothing_flushed(run: Run) -> None:
+    # A flush's file write cut after k bytes (any k): the reboot finds the staged records in
+    # the RAM, and they reach the file again. A staging write cut after k bytes: only that
+    # record is lost. A flat battery: only what was not flushed.
+    got = run(STAGED + """
+r = ring()
+for n in range(1, 7):
+    r.append(rec(n))          # 1-3 in the file, 4-6 in RAM
+before = rd(p)
+ram = bytes(nv.mem)
+r.flush()
+after = rd(p)
+bad = []
+for k in range(0, 3 * rs):
+    torn = bytearray(before)
+    lo = 3 * rs               # slots 3, 4, 5 (records 4, 5, 6)
+    torn[lo:lo + k] = after[lo:lo + k]
+    wr(p, bytes(torn))
+    nv.mem[:] = ram
+    r = ring()
+    if recs(r) != recs_want(1, 6) or r.pending() == 0 and k < 3 * rs:
+        bad.append([k, recs(r), r.pending()])
+    r.flush()
+    if recs(Ring(p, cap, rs)) != recs_want(1, 6):
+        bad.append(["reflush", k])
+# a filesystem that persists the flush's slots out of order: record 6 whole, 5 torn
+torn = bytearray(after)
+torn[4 * rs:5 * rs - 3] = before[4 * rs:5 * rs - 3]
+wr(p, bytes(torn))
+nv.mem[:] = ram
+r = ring()
+if recs(r) != recs_want(1, 6) or r.pending() < 2:
+    bad.append(["out of order", recs(r), r.pending()])
+nv.mem[:] = ram
+wr(p, before)
+r = ring()
+stage_bad = []
+for k in range(0, rs):
+    snap = bytes(nv.mem)
+    r = ring()
+    nv.cut_after = k
+    try:
+        r.append(rec(7))
+    except Cut:
+        pass
+    got7 = recs(ring())       # (the append flushed 4-6 first: the RAM was full)
+    if got7 != recs_want(1, 6):
+        stage_bad.append([k, got7])
+    nv.mem[:] = snap
+wr(p, before)                 # 1-3 in the file, 4-6 staged
+nv.mem[:] = bytes(1024)       # the battery ran flat
+flat = recs(ring())
+out([bad, stage_bad, flat])
+""".replace("recs_want(", "(lambda a, b: [[s, 'rec-%d' % s] for s in range(a, b + 1)])("))
+    bad, stage_bad, flat = got
+    assert bad == []
+    assert stage_bad == []  # a torn staging: that record only (rec 7 never completed)
+    assert flat == recs(1, 3)  # the flushed records stay; the unflushed 4-6 were RAM only
+
+
+def test_a_window_reaches_nothing_outside_it(run: Run) -> None:
+    got = run(STAGED + """
+w = Window(nv, 100, 10)
+errs = []
+for bad in ((lambda: w.read(5, 6)), (lambda: w.write(8, b"abc")), (lambda: w.read(-1, 2)),
+            (lambda: Window(nv, 1020, 10)), (lambda: Ring(p, cap, rs, Window(nv, 0, rs - 1)))):
+    try:
+        bad()
+        errs.append(None)
+    except ValueError as e:
+        errs.append(str(e))
+w.write(0, b"0123456789")
+out([errs, bytes(nv.mem[99:111]).decode("latin-1")])
+""")
+    errs, mem = got
+    assert all(errs), errs
+    assert mem == "\x000123456789\x00"
+
+
+SNAPS = STAGED.replace("""def ring():
+    return Ring(p, cap, rs, Window(nv, 100, 3 * rs))  # 3 records staged
+""", """from nvrec import Record, Snapshots
+writes = []   # [file, mode] of every open for writing
+import nvrec
+_open = open
+def spy(path, mode="r", *a):
+    if "w" in mode or "+" in mode:
+        writes.append([str(path).rsplit("/", 1)[-1], mode])
+    return _open(path, mode, *a)
+nvrec.open = spy  # the snapshots' own opens (the module's name shadows the builtin)
+def snaps():
+    return Snapshots(nv, T + "/nv", 3, Record(nv, 0, 40, b"NS"))
+def boot():
+    s = snaps()
+    s.boot()
+    return s, Ring(p, cap, rs, Window(nv, 100, 3 * rs, s)), Ring(p + "2", cap, rs,
+                                                                   Window(nv, 200, 2 * rs, s))
+""")
+
+
+def test_rings_keep_their_history_in_snapshots_of_the_ram_one_write_each(run: Run) -> None:
+    """Two staged rings share the RAM's snapshots: a full window (either ring's) writes the
+    whole RAM into the oldest of 3 files, once, in place after the first round (no file
+    created, none renamed, none removed); reads merge the RAM and every snapshot; no file of
+    the rings' own is made."""
+    got = run(SNAPS + """
+s, a, b = boot()
+made = [writes[:], [size(T + "/nv.%d" % i) for i in range(3)], s.seqs[:]]
+writes[:] = []
+seen = []
+for n in range(1, 13):
+    a.append(rec(n))
+    if n % 3 == 0:
+        b.append(b"b-%d" % n)
+    seen.append([n, len(writes)])
+files = sorted(os.listdir(T))
+hist = recs(a)
+s2, a2, b2 = boot()                 # a reboot with the RAM alive
+out([made, seen, writes, files, hist, recs(a2), [[q, x.decode()] for q, x in b2.records()],
+     a2.pending(), s2.seq])
+""")
+    made, seen, writes, files, hist, hist2, bhist, pending, seq = got
+    # the boot makes the 3 files at their full size (11 + 1024 + 8), none valid yet, and
+    # takes no snapshot
+    assert made == [[], [1043] * 3, [0, 0, 0]]
+    # a's window (3) fills at 4, 7, 10 (b's window of 2 never fills first): a snapshot each
+    assert [n for n, k in seen if k != ([0] + [k for _, k in seen])[n - 1]] == [4, 7, 10]
+    assert writes == [["nv.0", "r+b"], ["nv.1", "r+b"], ["nv.2", "r+b"]]  # in place only
+    assert files == ["nv.0", "nv.1", "nv.2"]  # no ring file, no .tmp, no .bak
+    assert hist == recs(5, 12)  # cap 8: the last 8 (RAM 10-12, snapshots 1-9)
+    assert hist2 == hist and pending == 3 and seq == 3
+    assert bhist == [[1, "b-3"], [2, "b-6"], [3, "b-9"], [4, "b-12"]]
+
+
+def test_a_snapshot_round_overwrites_the_oldest_file_in_place(run: Run) -> None:
+    got = run(SNAPS + """
+s, a, b = boot()
+writes[:] = []
+for n in range(1, 25):
+    a.append(rec(n))
+out([writes, recs(a), s.seqs])
+""")
+    later, hist, seqs = got
+    # 7 snapshots (at 4, 7, ..., 22), each over the oldest file, in place
+    assert later == [[f"nv.{i % 3}", "r+b"] for i in range(7)]
+    assert hist == recs(17, 24)
+    assert sorted(seqs) == [5, 6, 7]
+
+
+def test_a_cut_in_a_snapshot_loses_nothing_and_a_flat_battery_restores_the_last(
+        run: Run) -> None:
+    """A snapshot's write cut after k bytes (the file torn, the RAM intact): every record
+    still reads, the ring knows its RAM records are not all on flash and snapshots again.
+    A flat battery (the RAM zeroed): the boot restores the newest whole snapshot, so the
+    records and every Record in the RAM come back as of that snapshot."""
+    got = run(SNAPS + """
+def want(x, y):
+    return [[q, "rec-%d" % q] for q in range(x, y + 1)]
+s, a, b = boot()
+clock = Record(nv, 300, 40, b"CK")
+for n in range(1, 10):
+    a.append(rec(n))
+clock.save("<I", 1234)
+for n in range(10, 13):
+    a.append(rec(n))          # 9 closes the window of 7-9: snapshot; 10-12 in RAM
+ram = bytes(nv.mem)
+old = {}
+for k in range(3):
+    old[k] = rd(T + "/nv.%d" % k)
+s.snapshot()                  # the next snapshot: over the oldest file
+i = [k for k in range(3) if rd(T + "/nv.%d" % k) != old[k]][0]
+new = rd(T + "/nv.%d" % i)
+bad = []
+for cut in range(0, len(new), 97):
+    wr(T + "/nv.%d" % i, new[:cut] + old[i][cut:])
+    nv.mem[:] = ram
+    s2, a2, b2 = boot()
+    if recs(a2) != want(5, 12) or a2.pending() == 0:
+        bad.append([cut, recs(a2), a2.pending()])
+wr(T + "/nv.%d" % i, new)
+nv.mem[:] = bytes(1024)       # the battery ran flat
+s3, a3, b3 = boot()
+clock3 = Record(nv, 300, 40, b"CK").load("<I")
+out([bad, s3.restored, recs(a3), a3.pending(), clock3])
+""")
+    bad, restored, hist, pending, clock = got
+    assert bad == []
+    assert restored == 4  # the newest whole snapshot (3 by full windows, 1 by hand)
+    assert hist == recs(5, 12) and pending == 0
+    assert clock == [1234]

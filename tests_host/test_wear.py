@@ -108,11 +108,115 @@ def test_a_measurement_round_trips_and_bad_files_get_one_line(tmp_path: Path,
 def test_the_saves_a_short_run_cannot_see_are_added_and_named() -> None:
     m = wear.Measured(600, 10, 10, {"/data/clock.json": {"open": 0.0}}, {}, nvram_writes=5)
     day, notes = wear.with_modelled(m, wear.per_day(m))
-    assert day["/data/cs_ctr.json"]["rename"] == pytest.approx(2 * 6)  # 192 frames / 32
-    assert day["/data/clock.json"]["open"] == 1 and day["/data/credit.json"]["remove"] == 1
-    assert len(notes) == 3
+    # 192 frames a day / 16384: a save every 85 days
+    assert day["/data/cs_ctr.json"]["rename"] == pytest.approx(2 * 192 / 16384)
+    # with nvram the clock's and the credit's daily copy is the RAM's snapshot: no file save
+    assert day["/data/clock.json"]["open"] == 0 and "/data/credit.json" not in day
+    assert len(notes) == 1
+    assert wear.record_of("/data/nvram.5") == "/data/nvram" and "/data/nvram" in wear.PER_INTERVAL
     # without nvram, no daily flush; what the run saw is not counted twice
     m2 = wear.Measured(600, 10, 10, {"/data/cs_ctr.json": {"open": 1}})
     day2, notes2 = wear.with_modelled(m2, wear.per_day(m2))
     assert day2["/data/cs_ctr.json"]["open"] == pytest.approx(9.6) and notes2 == []
     assert "/data/clock.json" not in day2
+
+
+# -- erase counts of a board profile's flash model, and what doctor prints -------------------
+
+def _erased(**kw: object) -> wear.Erased:
+    base: dict[str, object] = dict(
+        profile="pybv11", nvram=True, real_s=600.0, board_s=86400.0, time_scale=144.0,
+        interval_s=900, intervals=96, requests=96, unit="sector",
+        units=[16384, 16384, 16384, 65536], rated=10_000, chip="STM32F405",
+        erases=[1, 3, 0, 2])
+    base.update(kw)
+    return wear.Erased(**base)  # type: ignore[arg-type]
+
+
+def test_erase_counts_scale_by_board_time_and_the_hottest_unit_sets_the_life() -> None:
+    e = _erased()
+    assert e.per_day() == [1.0, 3.0, 0.0, 2.0]
+    lines = e.lines()
+    assert "9.1 years" in lines[1]  # 10k / 3 a day / 365.25
+    assert "hottest sector 3.00 erases/day" in lines[1]
+    # a unit never erased gets no line; each other one its own
+    assert [ln.split("sector ")[1].split(" ")[0] for ln in lines[2:]] == ["0", "1", "3"]
+    half = _erased(board_s=43200.0)  # the same erases in half the board time: half the life
+    assert half.per_day()[1] == 6.0 and "4.6 years" in half.lines()[1]
+    assert "unlimited" in _erased(erases=[0, 0, 0, 0]).lines()[1]
+    with pytest.raises(wear.WearError):
+        _erased(board_s=0.0).per_day()
+    assert wear.Erased.from_json(json.loads(json.dumps(e.to_json()))) == e
+    with pytest.raises(wear.WearError, match="not an erase measurement"):
+        wear.Erased.from_json({"profile": "x"})
+
+
+def test_from_json_prints_an_erase_measurement(tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    f = tmp_path / "e.json"
+    f.write_text(json.dumps(_erased().to_json()))
+    assert wear.main(["--from-json", str(f)]) == 0
+    assert "9.1 years" in capsys.readouterr().out
+    f.write_text("{}")
+    assert wear.main(["--from-json", str(f)]) == 2
+    assert capsys.readouterr().err.startswith("wear: ")
+
+
+def test_doctor_reads_a_virtual_meters_erase_counters_and_models_a_board(
+        tmp_path: Path) -> None:
+    from host_tools.doctor import flash_life_line
+
+    mdir = tmp_path / "meter-000"
+    mdir.mkdir()
+    pty = tmp_path / "pts-7"
+    pty.write_text("")
+    (mdir / "port").symlink_to(pty)
+    (mdir / "flash-wear.json").write_text(json.dumps({
+        "type": "fat", "bytes": 114688, "units": [[16384, 3], [65536, 1]], "unit": "sector",
+        "rated_cycles": 10000, "chip": "STM32F405", "created": 1000.0, "created_sim": None}))
+    import struct
+    (mdir / "flash-wear.bin").write_bytes(struct.pack("<QQQ4I", 0, 0, 0, 0, 730, 0, 0))
+    line = flash_life_line(str(pty), "pyboard", [tmp_path])
+    # 730 erases of one sector in the meter's age (since "created": decades ago here)
+    assert line.startswith("flash life at this write rate: ") and "rated 10k" in line
+    other = tmp_path / "pts-8"
+    other.write_text("")
+    modelled = flash_life_line(str(other), "pyboard", [tmp_path])  # not a virtual meter
+    assert modelled.startswith("flash life (this firmware's write pattern, modelled): ")
+    assert wear.MODELLED["pyboard"].board in modelled
+    assert "no write-pattern model" in flash_life_line(str(other), "esp32", [tmp_path])
+    (mdir / "flash-wear.json").unlink()
+    assert "no flash model" in flash_life_line(str(pty), "linux", [tmp_path])
+
+
+def test_littlefs_blocks_count_levelled_and_fat_sectors_do_not() -> None:
+    # 352 blocks, one erased 100 times in the day, 100 others twice: littlefs levels over
+    # the blocks in its rotation (300 erases over 101 blocks), a FAT is its hottest unit
+    erases = [100] + [2] * 100 + [0] * 251
+    lfs = _erased(profile="rp2-pico", unit="block", units=[4096] * 352, rated=100_000,
+                  chip="W25Q16JV", erases=erases)
+    assert lfs.levelled and lfs.life_years() == pytest.approx(100_000 / (300 / 101) / 365.25)
+    lines = lfs.lines(top=3)
+    assert "levelled over the 101 blocks it erased" in lines[1] and "hottest 100" in lines[1]
+    assert len(lines) == 2 + 3 + 1 and "98 more blocks" in lines[-1]
+    fat = _erased(erases=[100, 2, 0, 0])
+    assert not fat.levelled and fat.life_years() == pytest.approx(10_000 / 100 / 365.25)
+
+
+def test_doctor_levels_a_virtual_picos_erases_over_its_rotation(tmp_path: Path) -> None:
+    import struct
+
+    from host_tools.doctor import flash_life_line
+
+    mdir = tmp_path / "meter-000"
+    mdir.mkdir()
+    pty = tmp_path / "pts-3"
+    pty.write_text("")
+    (mdir / "port").symlink_to(pty)
+    (mdir / "flash-wear.json").write_text(json.dumps({
+        "type": "lfs2", "bytes": 4096 * 4, "units": [[4096, 4]], "unit": "block",
+        "rated_cycles": 100000, "chip": "W25Q16JV", "created": 0.0, "created_sim": None}))
+    # 300 erases on one block and 100 on another, none on the other two
+    (mdir / "flash-wear.bin").write_bytes(struct.pack("<QQQ4I", 0, 0, 0, 300, 100, 0, 0))
+    line = flash_life_line(str(pty), "rp2", [tmp_path])
+    assert "400 erases levelled over the 2 blocks in rotation" in line, line

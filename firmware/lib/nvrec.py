@@ -15,6 +15,8 @@
 import hashlib
 import struct
 
+import lazy
+
 _HDR = 8  # tag 2 + seq 4 + len 2
 _SUM = 8
 
@@ -28,6 +30,7 @@ class Record:
         self._slot = size // 2
         self._tag = bytes(tag)
         self._buf = bytearray(self._slot)  # one buffer for every save: nothing allocated
+        self.snaps = None  # the RAM's Snapshots, where the board's flash copies are those
         s0 = self._valid(0)
         s1 = self._valid(1)
         self.seq = s0 if s0 > s1 else s1
@@ -69,3 +72,103 @@ class Record:
         b[_HDR + n:_HDR + n + _SUM] = hashlib.sha256(mv[:_HDR + n]).digest()[:_SUM]
         self._nv.write(self._off + self._next * self._slot, mv[:_HDR + n + _SUM])
         self._next ^= 1
+
+
+class Window:
+    """A task's window (off, size) of the RAM as a RAM of its own: offsets from 0, nothing
+    outside it reachable (a staged ring's, lib/ringlog.py)."""
+
+    def __init__(self, nv, off, size, snaps=None):
+        if off < 0 or size < 1 or off + size > nv.size:
+            raise ValueError("bad nvram window")
+        self._nv = nv
+        self.off = off
+        self.size = size
+        self.snaps = snaps  # Snapshots of the whole RAM, if its flash copies are those
+
+    def read(self, off, n):
+        if off < 0 or n < 0 or off + n > self.size:
+            raise ValueError("nvram: out of window")
+        return self._nv.read(self.off + off, n)
+
+    def write(self, off, data):
+        if off < 0 or off + len(data) > self.size:
+            raise ValueError("nvram: out of window")
+        self._nv.write(self.off + off, data)
+
+
+# -- the whole RAM to flash, in one write ---------------------------------------------------
+# Snapshots: the battery-backed RAM's image goes to flash in one session: into the oldest of
+# `count` files (path.0 .. path.N-1), overwritten in place: no directory change but the entry's
+# time (on a Pyboard's FAT: one sync, not the four of a store.save). File layout:
+#   b"NV1" | seq u32 | len u32 | the RAM's image (len bytes) | sha256(header + image)[:8]
+# A staged ring (lib/ringlog.py) keeps its history in them: each file holds the ring's RAM
+# window as it was at that snapshot. The boot restores the RAM from the newest valid file when
+# the RAM lost its contents (a flat battery: the sentinel record, the last window of policy
+# NVRAM, does not verify), so every task finds its records there as of the last snapshot.
+_SNAP_MAGIC = b"NV1"
+_SNAP_HDR = 11
+_CHUNK = 256
+
+
+class Snapshots:
+    def __init__(self, nv, path, count, sentinel):
+        self._nv = nv
+        self.path = path
+        self.count = count
+        self._sentinel = sentinel  # a Record: its seq is the RAM's life; lost = restore
+        self.rings = []  # staged rings: all their records are on flash after a snapshot
+        self.seqs = [0] * count  # each file's seq if it verifies, else 0
+        lazy.call("nvrec_boot", "scan", self)  # the boot's: in RAM only while it runs
+        self.seq = max(self.seqs)
+        self.restored = 0
+
+    def file(self, i):
+        return "%s.%d" % (self.path, i)
+
+    def newest_first(self):
+        """Indexes of the files, newest valid first, then the rest (torn ones: their ring
+        slots still verify one by one)."""
+        order = list(range(self.count))
+        order.sort(key=lambda i: -self.seqs[i])
+        return order
+
+    def boot(self):
+        """At power-up: make the files that are missing (once), and if the RAM lost its
+        contents, restore it from the newest valid file. Returns the seq restored (0: the RAM
+        was alive, or nothing to restore). lib/nvrec_boot.py: in RAM only while it runs."""
+        return lazy.call("nvrec_boot", "boot", self)
+
+    def snapshot(self):
+        """The RAM's image into the oldest file, in one open and close; every staged ring's
+        records are then on flash."""
+        import os
+
+        i = 0
+        for k in range(self.count):
+            if self.seqs[k] < self.seqs[i]:
+                i = k
+        self.seq += 1
+        self._sentinel.save("<I", self.seq)
+        size = self._nv.size
+        p = self.file(i)
+        try:
+            fresh = os.stat(p)[6] != _SNAP_HDR + size + 8
+        except OSError:
+            fresh = True
+        self.seqs[i] = 0  # torn until the close
+        hdr = _SNAP_MAGIC + struct.pack("<II", self.seq, size)
+        d = hashlib.sha256(hdr)
+        with open(p, "wb" if fresh else "r+b") as f:
+            f.write(hdr)
+            off = 0
+            while off < size:
+                b = self._nv.read(off, min(_CHUNK, size - off))
+                d.update(b)
+                f.write(b)
+                off += len(b)
+            f.write(d.digest()[:8])
+        self.seqs[i] = self.seq
+        for r in self.rings:
+            r.flushed = r.last_seq
+        return i

@@ -7,6 +7,16 @@
 #   seq u32 (0 = empty) | len u16 | payload (len bytes) | zero padding | sha256(seq+len+payload)[:4]
 # The checksum sits at the end of the slot, so a torn in-place write of a slot fails it and
 # loses only that one record. Runs unchanged on CPython and MicroPython.
+#
+# Staged (stage: a window of battery-backed RAM, lib/nvrec.py Window): appends go there, slot for
+# slot in the file's format (record seq in RAM slot (seq - 1) % slots), at no flash
+# cost; the records not yet on flash (seq > flushed) reach the file together, in one session
+# (one close: on a Pyboard's FAT, one sync), when the window is full or on flush(). The RAM is
+# never overwritten before its records are on flash, so a power cut in a flush loses nothing:
+# the boot finds them in the RAM and flushes them again. Reads take the RAM's copy of what the
+# file lacks. A flat battery loses at most the unflushed records (docs/hardware.md "Flash wear").
+# With the RAM's snapshots (stage.snaps: lib/nvrec.py Snapshots) the ring has no file: its
+# history is its window in each snapshot file, and a full window takes a snapshot of the RAM.
 import hashlib
 import os
 import struct
@@ -30,9 +40,16 @@ def _shared():
 
 
 class Ring:
-    def __init__(self, path, capacity, rec_size):
+    def __init__(self, path, capacity, rec_size, stage=None):
         if capacity < 1 or rec_size <= OVERHEAD or rec_size - OVERHEAD > 0xFFFF:
             raise ValueError("bad ring geometry")
+        self._nv = None
+        self.flushed = 0  # staged: every record up to this seq is in the file
+        if stage is not None:
+            n = stage.size // rec_size
+            if n < 1 or n > capacity:
+                raise ValueError("bad ring stage")
+            self._nv, self._nv_n = stage, n
         self.path = path
         self.capacity = capacity
         self.rec_size = rec_size
@@ -47,6 +64,13 @@ class Ring:
         # Bit per slot: holds a valid record inside the window. Lets append() keep count
         # exact without reading the slot it overwrites (capacity / 8 bytes of RAM).
         self._valid = bytearray((capacity + 7) // 8)
+        self._snaps = snaps = getattr(stage, "snaps", None) if stage is not None else None
+        if snaps is not None:
+            # its history is in the RAM's snapshots (lib/nvrec.py Snapshots), not in a file
+            # of its own: a snapshot is one flash write for every staged ring and record
+            snaps.rings.append(self)
+            lazy.call("ringlog_read", "snap_scan", self)
+            return
         size = _size(path)
         if size != capacity * rec_size:
             if size >= 0:
@@ -56,6 +80,8 @@ class Ring:
             lazy.call("ringlog_read", "create", self)
         else:
             lazy.call("ringlog_read", "scan", self)  # the boot's: in RAM only while it runs
+        if self._nv is not None:
+            lazy.call("ringlog_read", "merge_stage", self)
 
     def _bit(self, slot):
         return self._valid[slot >> 3] & (1 << (slot & 7))
@@ -72,6 +98,9 @@ class Ring:
         if n > self.max_payload:
             raise ValueError("payload too long")
         seq = self.last_seq + 1
+        nv = self._nv
+        if nv is not None and seq - self.flushed > self._nv_n:
+            self.flush()  # the RAM window is full: its records to flash first, in one go
         slot = (seq - 1) % self.capacity
         rs = self.rec_size
         buf = self._mv
@@ -85,16 +114,35 @@ class Ring:
         if self._bit(slot):
             self._set(slot, False)
             self.count -= 1
-        with open(self.path, "r+b") as f:
-            f.seek(slot * rs)
-            f.write(buf)
-            f.flush()
+        if nv is not None:
+            nv.write((seq - 1) % self._nv_n * rs, buf)
+        else:
+            with open(self.path, "r+b") as f:
+                f.seek(slot * rs)
+                f.write(buf)
+                f.flush()
         self._set(slot, True)
         self.count += 1
         self.last_seq = seq
         return seq
 
+    def pending(self):
+        """Records staged in RAM and not yet in the file."""
+        return self.last_seq - self.flushed if self._nv is not None else 0
+
+    def flush(self):
+        """Staged: write the records not yet in the file, in one session; returns how many."""
+        if self._nv is None or self.last_seq <= self.flushed:
+            return 0
+        n = self.last_seq - self.flushed
+        if self._snaps is not None:
+            self._snaps.snapshot()  # the whole RAM, this ring's window with it
+            return n
+        return lazy.call("ringlog_read", "flush", self)  # a few times a day: in RAM for it
+
     def records(self, from_seq=0, max_n=None):
         """[(seq, payload bytes)] with seq >= from_seq, oldest first, valid slots only."""
         # Reading is for head-end requests: its code in RAM only while it runs (ringlog_read.py)
+        if self._snaps is not None:
+            return lazy.call("ringlog_read", "snap_records", self, from_seq, max_n)
         return lazy.call("ringlog_read", "records", self, from_seq, max_n)

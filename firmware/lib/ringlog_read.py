@@ -26,10 +26,11 @@ def create(r):
     os.rename(tmp, r.path)
 
 
-def _check(r, slot):
-    # seq of the record in the slot buffer if it is valid and belongs in slot, else 0.
+def _check(r, slot, cap=0):
+    # seq of the record in the slot buffer if it is valid and belongs in slot (of a ring of
+    # cap slots: the file's, or the RAM stage's), else 0.
     seq, n = struct.unpack_from("<IH", r._mv, 0)
-    if seq == 0 or n > r.max_payload or (seq - 1) % r.capacity != slot:
+    if seq == 0 or n > r.max_payload or (seq - 1) % (cap or r.capacity) != slot:
         return 0
     d = hashlib.sha256(r._mv[: _HDR + n]).digest()
     if bytes(r._mv[r.rec_size - _SUM :]) != d[:_SUM]:
@@ -82,11 +83,177 @@ def records(r, from_seq, max_n):
             slot = (s - 1) % r.capacity
             # Re-verify on read: the file may have been damaged since the scan.
             if r._bit(slot):
-                f.seek(slot * rs)
-                if f.readinto(r._mv) == rs and _check(r, slot) == s:
+                if s > r.flushed and r._nv is not None:
+                    ok = _stage_read(r, s) == s  # not in the file yet: the RAM's copy
+                else:
+                    f.seek(slot * rs)
+                    ok = f.readinto(r._mv) == rs and _check(r, slot) == s
+                if ok:
                     n = r._mv[4] | (r._mv[5] << 8)
                     out.append((s, bytes(r._mv[_HDR : _HDR + n])))
                     if max_n is not None and len(out) >= max_n:
                         break
             s += 1
+    return out
+
+
+def _stage_read(r, s):
+    # record s's RAM slot into the slot buffer; its seq if valid, else 0
+    i = (s - 1) % r._nv_n
+    r._mv[:] = r._nv.read(i * r.rec_size, r.rec_size)
+    return _check(r, i, r._nv_n)
+
+
+def flush(r):
+    # The staged records (flushed + 1 .. last_seq) into their file slots, one open and one
+    # close. A record the RAM lost (torn by a cut as it was staged) is skipped: its slot in the
+    # file keeps what it had (and the boot's scan finds it stale).
+    rs = r.rec_size
+    done = 0
+    with open(r.path, "r+b") as f:
+        for s in range(r.flushed + 1, r.last_seq + 1):
+            if _stage_read(r, s) != s:
+                continue
+            f.seek((s - 1) % r.capacity * rs)
+            f.write(r._mv)
+            done += 1
+    r.flushed = r.last_seq
+    return done
+
+
+def merge_stage(r):
+    # After the file's scan: the RAM's records that the file lacks (a power cut came before
+    # their flush, or in it) are pending again; those it holds were flushed.
+    rs, n, cap = r.rec_size, r._nv_n, r.capacity
+    staged = []
+    for i in range(n):
+        r._mv[:] = r._nv.read(i * rs, rs)
+        s = _check(r, i, n)
+        if s and s > r.last_seq - cap:
+            staged.append(s)
+    staged.sort()
+    flushed = r.last_seq
+    if staged:
+        with open(r.path, "rb") as f:
+            for s in staged:
+                f.seek((s - 1) % cap * rs)
+                disk = f.read(rs)
+                _stage_read(r, s)
+                if disk != bytes(r._mv):
+                    flushed = s - 1
+                    break
+        last = staged[-1]
+        if last > r.last_seq:
+            r.last_seq = last
+        flushed = min(flushed, r.last_seq)
+    r.flushed = flushed
+    # which slots hold a record of the window now: staged ones not yet in the file, else the
+    # file's own (valid and inside the window)
+    last = r.last_seq
+    for slot in range(cap):
+        r._set(slot, False)
+    with open(r.path, "rb") as f:
+        for slot in range(cap):
+            f.seek(slot * rs)
+            if f.readinto(r._mv) == rs:
+                s = _check(r, slot)
+                if s and s > last - cap and s <= flushed:
+                    r._set(slot, True)
+    for s in staged:
+        if s > flushed:
+            r._set((s - 1) % cap, True)
+    c = 0
+    for slot in range(cap):
+        if r._bit(slot):
+            c += 1
+    r.count = c
+
+
+# -- history in the RAM's snapshots (lib/nvrec.py Snapshots) -------------------------------
+
+def _snap_slots(r, f, i):
+    # the ring's window in snapshot file f: slot i into the slot buffer; its seq, else 0
+    f.seek(11 + r._nv.off + i * r.rec_size)  # the file's header: nvrec._SNAP_HDR
+    if f.readinto(r._mv) != r.rec_size:
+        return 0
+    return _check(r, i, r._nv_n)
+
+
+def snap_scan(r):
+    # last_seq: the highest valid seq in the RAM or a snapshot; flushed: the highest in a
+    # snapshot that verifies whole (a torn one may hold a later record without an earlier)
+    sn = r._snaps
+    n = r._nv_n
+    last = flushed = 0
+    ram = []
+    for i in range(n):
+        r._mv[:] = r._nv.read(i * r.rec_size, r.rec_size)
+        s = _check(r, i, n)
+        if s:
+            ram.append(s)
+            last = max(last, s)
+    for k in sn.newest_first():
+        try:
+            with open(sn.file(k), "rb") as f:
+                for i in range(n):
+                    s = _snap_slots(r, f, i)
+                    if s:
+                        last = max(last, s)
+                        if sn.seqs[k]:
+                            flushed = max(flushed, s)
+        except OSError:
+            pass
+    r.last_seq = last
+    # the RAM's records past the last whole snapshot are pending; a RAM that lost a record
+    # the snapshots hold (restored, or torn): nothing pending below it
+    r.flushed = min(flushed, last)
+    lo = last - r.capacity
+    seen = set()
+    for s in ram:
+        if s > lo:
+            seen.add(s)
+    for k in range(sn.count):
+        try:
+            with open(sn.file(k), "rb") as f:
+                for i in range(n):
+                    s = _snap_slots(r, f, i)
+                    if s > lo:
+                        seen.add(s)
+        except OSError:
+            pass
+    for s in seen:
+        r._set((s - 1) % r.capacity, True)  # append() keeps count from these bits
+    r.count = len(seen)
+
+
+def snap_records(r, from_seq, max_n):
+    # records from the RAM's window and every snapshot's, by seq (each once), oldest first
+    last = r.last_seq
+    lo = max(from_seq, last - r.capacity + 1, 1)
+    if lo > last or (max_n is not None and max_n <= 0):
+        return []
+    found = {}
+
+    def keep(s):
+        if lo <= s <= last and s not in found:
+            k = r._mv[4] | (r._mv[5] << 8)
+            found[s] = bytes(r._mv[_HDR:_HDR + k])
+            if max_n is not None and len(found) > max_n:
+                del found[max(found)]
+
+    n = r._nv_n
+    for i in range(n):
+        r._mv[:] = r._nv.read(i * r.rec_size, r.rec_size)
+        keep(_check(r, i, n))
+    sn = r._snaps
+    for k in sn.newest_first():
+        try:
+            with open(sn.file(k), "rb") as f:
+                for i in range(n):
+                    keep(_snap_slots(r, f, i))
+        except OSError:
+            pass
+    out = []
+    for s in sorted(found):
+        out.append((s, found[s]))
     return out

@@ -41,6 +41,7 @@ class Clock:
             self._rtc.set(saved)
             port.log("clock: rtc %d behind saved %d; resumed from saved" % (now, saved))
         self._last = -1
+        self._snap_seen = 0  # the RAM snapshot's seq at the last daily flush
 
     def step(self):
         t = self._rtc.get()
@@ -50,11 +51,22 @@ class Clock:
         L = self.interval_s
         start = t - t % L
         self._port.send("metrology", "tick", (t, start // L, start, L))
-        if t - self._saved_t >= (SAVE_EVERY_S if self._nv is None else _FLUSH_S) \
+        nv = self._nv
+        if t - self._saved_t >= (SAVE_EVERY_S if nv is None else _FLUSH_S) \
                 or t < self._saved_t:
-            self._save(t)
-        elif self._nv is not None:
-            self._nv.save("<I", t)  # battery-backed RAM only: no flash
+            if nv is not None and nv.snaps is not None and t >= self._saved_t:
+                # the daily flash copy: the RAM's snapshot (one write for every task's
+                # record, lib/nvrec.py), not a store.save of its own; none if one was taken
+                # since the last (the staged rings take several a day)
+                nv.save("<I", t)
+                if nv.snaps.seq == self._snap_seen:
+                    nv.snaps.snapshot()
+                self._snap_seen = nv.snaps.seq
+                self._saved_t = t
+            else:
+                self._save(t)
+        elif nv is not None:
+            nv.save("<I", t)  # battery-backed RAM only: no flash
 
     def _save(self, t):
         # flash (and the RAM first, so that both hold the same seq): at a set, once a day, or

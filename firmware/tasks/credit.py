@@ -15,8 +15,9 @@
 #
 # Persistence (flash wear: docs/hardware.md): with battery-backed RAM (hw["nvram"]: a
 # lib/nvrec.py Record) the balance and the tariff registers go there each second they change,
-# and the whole record to flash on each command, at zero credit and once a day; without, to
-# flash at most every SAVE_EVERY_S. The flash copy holds the RAM record's seq when written
+# and the whole record to flash on each command, at zero credit and once a day (where meter.py
+# gives the RAM's snapshots, the snapshot is that daily copy); without, to flash at most every
+# SAVE_EVERY_S. The flash copy holds the RAM record's seq when written
 # ("g"): the boot takes the newer (the tariffs and the prepaid flag only change by commands,
 # which always reach the flash). The RAM record ("<qi6q"): balance, remainder, the four tariff
 # registers, metrology's import and export Wh last accounted.
@@ -128,7 +129,15 @@ class Credit:
         self._check(t)
         if self._dirty and t - self._saved_t >= (SAVE_EVERY_S if self._nv is None
                                                  else _FLUSH_S):
-            self._save(t)
+            if self._nv is not None and self._nv.snaps is not None:
+                # the daily flash copy of the balance and registers is the RAM's snapshot
+                # (lib/nvrec.py), which the clock takes once a day and the staged rings more
+                # often: one write for every task's record. Commands still save the file.
+                self._keep()
+                self._saved_t = t
+                self._dirty = 0
+            else:
+                self._save(t)
         elif self._dirty & _NOT_IN_NV and self._nv is not None:
             self._keep()
 

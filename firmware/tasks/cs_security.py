@@ -18,7 +18,11 @@ import wan
 
 KEYS = "/data/cs_keys.json"
 COUNTERS = "/data/cs_ctr.json"
-RESERVE = const(32)  # counters persisted in steps: one flash write per 32 frames
+# Counters persisted in steps: one flash write per RESERVE frames each way (at a READ an
+# interval: one in 170 days; 32 cost a Pyboard's FAT 24 erases a day of one sector,
+# docs/hardware.md "Flash wear"). A reboot skips what was reserved: 2^32 / 16384 = 262,144
+# reboots' worth of counters.
+RESERVE = const(16384)
 MAX_PENDING = const(8)
 
 # The kinds that only read. Any other kind may change the meter: its counter is on flash

@@ -18,6 +18,13 @@ PROFILE = "/data/profile.bin"
 PROFILE_CAP = const(192)  # two days of 15-minute intervals
 PROFILE_REC = const(32)
 _REC = ">IIIII"  # t_end, import mWh, export mWh, import Wh, export Wh
+# With battery-backed RAM (hw["nvram"], a lib/nvrec.py Record) the commit point of a close is
+# there: the energy state (metro.Energy.state), the new interval's index and the closed
+# interval's record; the profile ring stages its records in RAM too (hw["profile_stage"]). Their
+# flash copy is the RAM's snapshot (lib/nvrec.py Snapshots, where meter.py gives them), else
+# energy.json is written when the ring flushes to its file (holding the RAM record's seq, "g":
+# the boot takes the newer copy). Without nvram: energy.json at each close.
+_NV = "<8Ii5I"
 BUF = const(256)  # samples per channel per read: > 100 ms at 2 kHz
 
 
@@ -39,9 +46,16 @@ class Metrology:
         self._vbuf = array("H", bytes(2 * BUF))
         self._ibuf = array("H", bytes(2 * BUF))
         st = store.load(ENERGY, None)
+        self._nv = nv = hw.get("nvram")
+        if nv is not None:
+            g = st.get("g", 0) if st else 0
+            v = nv.load(_NV) if nv.seq > g else None
+            if v is not None:  # newer than the flash copy (a power cut, not a flat battery)
+                st = {"e": list(v[:8]), "idx": v[8], "rec": list(v[9:])}
+            nv.seq = max(nv.seq, g)
         self.energy = metro.Energy.from_state(st["e"]) if st else metro.Energy()
         self._closed_idx = st["idx"] if st else -1
-        self._profile = Ring(PROFILE, PROFILE_CAP, PROFILE_REC)
+        self._profile = Ring(PROFILE, PROFILE_CAP, PROFILE_REC, hw.get("profile_stage"))
         if st and st.get("rec"):
             lazy.call("tasks.metrology_cmd", "restore", self, st["rec"])
         self.last = None  # the last complete second
@@ -90,15 +104,26 @@ class Metrology:
         # The commit point: the registers with the interval's record, in one atomic save; the
         # profile ring gets the record after it, and again at boot if a power cut came
         # between the two (_restore). The other order let registers go back after a cut.
-        store.save(ENERGY, {"e": e.state(), "idx": idx, "rec": rec})
-        self._profile.append(struct.pack(_REC, *rec))
+        nv = self._nv
+        if nv is None:
+            store.save(ENERGY, {"e": e.state(), "idx": idx, "rec": rec})
+            self._profile.append(struct.pack(_REC, *rec))
+        else:
+            st = e.state()
+            nv.save(_NV, st[0], st[1], st[2], st[3], st[4], st[5], st[6], st[7], idx, *rec)
+            flushed = self._profile.flushed
+            self._profile.append(struct.pack(_REC, *rec))
+            if self._profile.flushed != flushed and nv.snaps is None:
+                # the ring went to flash: the registers' flash copy with it (a flat battery
+                # then loses at most the records staged since)
+                store.save(ENERGY, {"e": st, "idx": idx, "rec": rec, "g": nv.seq})
         self._closed_idx = idx
+        # An ordinary close is in the load profile; the log gets the exceptions only (a log
+        # record costs flash, or a slot of the battery-backed RAM: docs/hardware.md "Flash wear")
         if self._gap_interval:
             self._port.log("interval %d closed: +%d/-%d mWh, %d ms estimated (ADC gap)"
                            % (t_end, imp, exp, self._gap_interval * 1000 // self._rate))
             self._gap_interval = 0
-        else:
-            self._port.log("interval %d closed: +%d/-%d mWh" % (t_end, imp, exp))
         # LoPA: the closed interval's index (its start // length: self._idx, not yet moved
         # on) and the very import_mwh of its profile record.
         self._port.send("dc_security", "interval_value", (self._idx, imp))

@@ -612,7 +612,15 @@ def _sz(p):
 _d = os.listdir('/data')
 _lopa = sum(_sz('/data/' + n) for n in _d if n.startswith('dc_key') or n.startswith('lopa_'))
 _st = os.statvfs('/data')
-print('R', repr((_lopa, _sz('/data/profile.bin'), _sz('/data/clock.json'),
+_p = _sz('/data/profile.bin')
+if not _p:  # battery-backed RAM: the profile's window in each snapshot (lib/nvrec.py)
+    try:
+        import policy
+        _p = policy.NVRAM_RINGS['/data/profile.bin'][1] * sum(
+            1 for n in _d if n.startswith('nvram.'))
+    except Exception:
+        pass
+print('R', repr((_lopa, _p, _sz('/data/clock.json'),
                  _sz('/data/energy.json'), _st[0] * _st[4], _st[0] * _st[2])))
 """
 
@@ -629,7 +637,8 @@ def _files_phase(bench: _Bench, runs: int) -> None:
             r.extra["on_fs_with_copies"] = lopa
     for _ in range(runs):
         bench.add("C8", "persisted bytes of the load profile the ciphertexts are made from "
-                  "(/data/profile.bin, a ring of 192 32-byte records); the ciphertexts "
+                  "(/data/profile.bin, a ring of 192 32-byte records; with battery-backed RAM "
+                  "its window in each snapshot /data/nvram.N); the ciphertexts "
                   "themselves are kept in RAM only (16 intervals per group)", "bytes",
                   float(profile))
         bench.add("C9", "persisted bytes of the capture objects: what each profile record "

@@ -1,6 +1,13 @@
 """Flash wear: the meter's real write pattern, and the flash life it gives on each board.
 
-Two parts:
+The measurement that counts: ``measure_erases()`` (``--profile pybv11|rp2-pico``) runs one
+virtual meter of a board profile, its clock ``--time-scale`` times as fast, and reads the
+erase counters of its flash model (board/virtual/host/flashdev.py) per sector or block: the
+Pyboard's FAT levels nothing (its hottest sector is the life), littlefs levels over the blocks
+in its rotation (``Erased``). ``MODELLED`` holds those figures for `meterctl doctor` on a real
+board. docs/hardware.md "Flash wear" has the runs.
+
+The older estimate, by write points, in two parts:
 
 - ``measure()`` runs one virtual meter (flashed, provisioned, a steady load, the head-end
   reading it once an interval) for some minutes of real time and counts every persisted
@@ -57,7 +64,8 @@ YEAR_DAYS = 365.25
 
 # Files whose writes the interval close causes, and those a head-end request causes: scaled
 # by events, not by time (the measurement runs short intervals to see many of them).
-PER_INTERVAL = ("/data/energy.json", "/data/profile.bin", "/data/log_metrology.bin")
+PER_INTERVAL = ("/data/energy.json", "/data/profile.bin", "/data/log_metrology.bin",
+                "/data/nvram")  # the RAM's snapshots: when a staged ring's window is full
 PER_REQUEST = ("/data/cs_ctr.json",)
 
 
@@ -72,6 +80,8 @@ def record_of(path: str) -> str:
     for suffix in (".tmp", ".bak"):
         if p.endswith(suffix):
             return p[: -len(suffix)]
+    if p.startswith("/data/nvram."):  # the snapshot files, one record (lib/nvrec.py)
+        return "/data/nvram"
     return p
 
 
@@ -137,19 +147,18 @@ def per_day(m: Measured) -> dict[str, dict[str, float]]:
 # one store.save (firmware/lib/store.py): .tmp opened and written (header, payload, checksum),
 # .bak removed, the current copy renamed to .bak, .tmp renamed into place
 SAVE_OPS = {"open": 1.0, "write": 3.0, "remove": 1.0, "rename": 2.0}
-WAN_RESERVE = 32  # tasks/cs_security.py: the counters persisted once per 32 frames each way
+WAN_RESERVE = 16384  # tasks/cs_security.py: the counters persisted once per RESERVE frames
 
 
 def with_modelled(m: Measured, day: dict[str, dict[str, float]]
                   ) -> tuple[dict[str, dict[str, float]], list[str]]:
     """The day plus the saves a short run cannot see (each named in the lines returned): the
-    WAN counters (a READ an interval: 96 frames a day each way), and with nvram the clock's and
-    the credit's daily flush."""
+    WAN counters (a READ an interval: 96 frames a day each way). With nvram the clock's and
+    the credit's daily flush is the RAM's snapshot, which the staged rings take more often
+    (counted by interval: /data/nvram)."""
     out = {k: dict(v) for k, v in day.items()}
     notes = []
     extra = {"/data/cs_ctr.json": 2 * POLLS_PER_DAY / WAN_RESERVE}
-    if m.nvram_writes:
-        extra.update({"/data/clock.json": 1.0, "/data/credit.json": 1.0})
     for rec, saves in extra.items():
         have = out.get(rec, {}).get("open", 0.0)
         if have < saves:
@@ -190,7 +199,7 @@ class Life:
         return out
 
 
-def _years(cycles: int, per_day_per_unit: float) -> float:
+def years_at(cycles: int, per_day_per_unit: float) -> float:
     return math.inf if per_day_per_unit <= 0 else cycles / per_day_per_unit / YEAR_DAYS
 
 
@@ -208,7 +217,7 @@ def fat_life(day: dict[str, dict[str, float]], cycles: int = 10_000,
               "sector 1: FAT and root directory (files created, truncated, removed)":
                   fat_sector,
               "file data sectors (every close of a file written; shared)": data}
-    return Life(board, erases, cycles, 1, _years(cycles, max(erases.values())))
+    return Life(board, erases, cycles, 1, years_at(cycles, max(erases.values())))
 
 
 LFS_BLOCK = 4096
@@ -242,7 +251,7 @@ def lfs_life(day: dict[str, dict[str, float]], sizes: dict[str, int], free_block
     erases = {"metadata commits (/data's directory pair)": meta,
               "copy-on-write data blocks (rings, large records)": data}
     total = meta + data
-    return Life(board, erases, cycles, free_blocks, _years(cycles, total / free_blocks))
+    return Life(board, erases, cycles, free_blocks, years_at(cycles, total / free_blocks))
 
 
 # -- the measurement ------------------------------------------------------------------------
@@ -323,6 +332,237 @@ def measure(minutes: float, *, nvram: bool, firmware: Path | None = None,
         return Measured(elapsed, closes, requests, ops, sizes, nv, label)
 
 
+@dataclass
+class Erased:
+    """What one run of a board profile's flash model erased: counts per erase unit over
+    `board_s` seconds of the meter's clock (the run's real time x the time scale)."""
+
+    profile: str
+    nvram: bool
+    real_s: float
+    board_s: float
+    time_scale: float
+    interval_s: int
+    intervals: int  # interval closes in the run (the load profile's new records)
+    requests: int
+    unit: str
+    units: list[int]  # bytes of each erase unit
+    rated: int
+    chip: str
+    erases: list[int]  # per unit, in the run
+    label: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Erased:
+        try:
+            return cls(str(d["profile"]), bool(d["nvram"]), float(d["real_s"]),
+                       float(d["board_s"]), float(d["time_scale"]), int(d["interval_s"]),
+                       int(d["intervals"]), int(d["requests"]), str(d["unit"]),
+                       [int(x) for x in d["units"]], int(d["rated"]), str(d["chip"]),
+                       [int(x) for x in d["erases"]], str(d.get("label", "")))
+        except (KeyError, TypeError, ValueError) as e:
+            raise WearError(f"not an erase measurement: {e!r}") from None
+
+    def per_day(self) -> list[float]:
+        """Erases a day of each unit: by the board's time."""
+        if self.board_s <= 0:
+            raise WearError("a measurement of no time")
+        return [n * SECONDS_PER_DAY / self.board_s for n in self.erases]
+
+    @property
+    def levelled(self) -> bool:
+        """littlefs (a Pico's blocks) levels wear over the whole device: its allocator goes
+        round the blocks and it moves a metadata pair after block_cycles (100) erases
+        (extmod/vfs_lfsx.c), so a day's hottest block is not where the chip wears out: the
+        erases spread over the blocks in its rotation, those the run erased at all (the files
+        that never change, the firmware's, stay put). A FAT (a Pyboard's sectors) levels
+        nothing: its hottest sector is the life."""
+        return self.unit == "block"
+
+    def rotation(self) -> int:
+        return sum(1 for n in self.erases if n)
+
+    def life_years(self) -> float:
+        day = self.per_day()
+        if self.levelled:
+            return years_at(self.rated, sum(day) / max(1, self.rotation()))
+        return years_at(self.rated, max(day, default=0.0))
+
+    def lines(self, top: int = 6) -> list[str]:
+        day = self.per_day()
+        hot = max(day, default=0.0)
+        span = (f"{self.real_s / 60:.0f} min real x {self.time_scale:g} = "
+                f"{self.board_s / 3600:.1f} h of board time, {self.intervals} intervals of "
+                f"{self.interval_s} s, {self.requests} READs")
+        if self.levelled:
+            n = max(1, self.rotation())
+            how = (f"{sum(day):.0f} erases/day levelled over the {n} {self.unit}s it erased: "
+                   f"{sum(day) / n:.2f} each; the day's hottest {hot:.0f}")
+        else:
+            how = f"hottest {self.unit} {hot:.2f} erases/day, no wear levelling"
+        out = [f"== {self.label or self.profile} ({'with' if self.nvram else 'without'} nvram; "
+               f"{span})",
+               f"  {self.profile}: {life_text(self.life_years())} at {self.rated // 1000}k "
+               f"cycles ({self.chip}; {how}; the flash model's counters)"]
+        ranked = sorted((i for i, n in enumerate(self.erases) if n), key=lambda i: -day[i])
+        for i in sorted(ranked[:top]):
+            out.append(f"  {day[i]:10.2f} erases/day  {self.unit} {i} ({self.units[i] // 1024}"
+                       f" KiB; {self.erases[i]} in the run)")
+        if len(ranked) > top:
+            out.append(f"  ({len(ranked) - top} more {self.unit}s erased, each at most "
+                       f"{day[ranked[top]]:.2f}/day)")
+        return out
+
+
+def life_text(years: float) -> str:
+    if years == math.inf:
+        return "unlimited (no erases)"
+    return f"{years:.1f} years" if years >= 1 else f"{years * YEAR_DAYS:.0f} days"
+
+
+def _unit_list(geo: dict[str, Any]) -> list[int]:
+    out: list[int] = []
+    for size, n in geo["units"]:
+        out += [int(size)] * int(n)
+    return out
+
+
+PYB_HEAP = "282K"
+
+# The Pyboard rig: the firmware on the card (the profile's; it does not fit the 112 KiB FAT
+# beside /data), /data on the internal flash's FAT, as on a board whose firmware is frozen or
+# in ROMFS (docs/hardware.md "Flash wear"): boot.py mounts the flash's own VFS at /data.
+RIG = """
+# wear rig (host_tools/reliability/wear.py): /data on the internal flash
+_m = {_mp: _fs for _fs, _mp in os.mount()}
+if "/flash" in _m:
+    os.umount("/flash")
+    os.mount(_m["/flash"], "/data")
+del _m
+"""
+
+
+def _data_on_internal_flash(port: str) -> None:
+    from host_tools.transport.serial import Board
+
+    with Board(port, timeout=30.0) as b:
+        b.enter_raw()
+        b.exec(f"f = open('/boot.py', 'a')\nf.write({RIG!r})\nf.close()\n",
+               "installing the wear rig")
+        b.soft_reset_to_main()
+
+
+def measure_erases(profile: str, minutes: float, *, time_scale: float = 96.0,
+                   interval_s: int = 900, nvram: bool | None = None,
+                   firmware: Path | None = None, base: Path | None = None, label: str = "",
+                   say: Any = print) -> Erased:
+    """Run one virtual meter of `profile` (its flash model: FAT on a Pyboard's sectors,
+    littlefs on a Pico's blocks) with its clock `time_scale` times as fast as real time, a
+    READ each interval, and count the erases of each unit (flash-wear.bin) after the set-up."""
+    from host_tools.flash.build import FIRMWARE_DIR
+    from host_tools.flash.deploy import flash
+    from host_tools.headend import wire
+    from host_tools.headend.client import open_link
+    from host_tools.headend.keystore import Keystore
+    from host_tools.headend.provision import provision
+    from host_tools.sim import flashwear, fleet, profiles
+
+    if minutes <= 0 or time_scale <= 0 or interval_s < 5:
+        raise WearError("measure at least a moment, a time scale > 0, intervals of 5 s or more")
+    with contextlib.ExitStack() as stack:
+        if base is None:
+            base = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="wear-")))
+        # a Pyboard's firmware needs more than the official build's heap (docs/hardware.md
+        # "Micro SD card"): the room test_pybv11.py gives it, an rp2-pico meter's VM heap
+        recs = fleet.start(1, base, profile=profile, time_scale=time_scale,
+                           heap=PYB_HEAP if profile.startswith("pyb") else None,
+                           nvram_bytes=None if nvram is None else (4096 if nvram else 0))
+        stack.callback(fleet.stop, base)
+        mdir = fleet.meter_dir(base, 0)
+        port = str(recs[0]["port"])
+        fleet.set_wave(0, {"vrms": 230.0, "irms": 8.0, "pf": 0.95}, base)
+        flash(port, firmware_dir=firmware or FIRMWARE_DIR, timeout=60.0)
+        if profile.startswith("pyb"):
+            _data_on_internal_flash(port)
+        ks = Keystore(base / "keystore.json")
+        # the clock is the virtual RTC's, time_scale times as fast: not set from the host's
+        provision(port, ks, force=True, interval_s=interval_s, set_time=False, timeout=60.0)
+        # a Pyboard's first boot on its internal flash creates /data's rings 64 bytes at a
+        # time, a sector erase at nearly each: minutes of stalls before it answers
+        link = stack.enter_context(open_link(port, ks, None, 600.0))
+        link.request(wire.K_READ)
+        step = interval_s / time_scale  # real seconds per interval
+        time.sleep(max(5.0, 1.5 * step))  # past the boot's own writes and the first close
+        before = flashwear.read(mdir)
+        if before is None:
+            raise WearError(f"profile {profile} has no flash model (use rp2-pico or pybv11)")
+        first = link.request(wire.K_READ)
+        t0 = time.monotonic()
+        end = t0 + minutes * 60
+        requests = 1
+        next_poll = t0 + step
+        while True:
+            now = time.monotonic()
+            if now >= end:
+                break
+            if now >= next_poll:
+                link.request(wire.K_READ)
+                requests += 1
+                next_poll += step
+            time.sleep(max(0.0, min(end - now, next_poll - now)))
+        last = link.request(wire.K_READ)
+        real = time.monotonic() - t0
+        after = flashwear.read(mdir)
+        assert after is not None
+        closes = int(last["interval"]["index"]) - int(first["interval"]["index"])
+        board = float(int(last["clock"]) - int(first["clock"]))
+        nv = nvram if nvram is not None else bool(profiles.get(profile)["nvram_bytes"])
+        e = Erased(profile, nv, real, board, time_scale, interval_s, closes, requests,
+                   str(after["unit"]), _unit_list(after), int(after["rated_cycles"]),
+                   str(after.get("chip", "")),
+                   [a - b for a, b in zip(after["counts"], before["counts"], strict=True)],
+                   label)
+        say(f"measured {label or profile}: {real:.0f} s real, {board / 3600:.1f} h board "
+            f"time, {closes} intervals closed, {requests} requests")
+        return e
+
+
+@dataclass(frozen=True)
+class Modelled:
+    """This firmware's flash life on a board, from its write pattern as measured on the
+    virtual board's flash model (measure_erases; docs/hardware.md "Flash wear" has the runs):
+    what `meterctl doctor` says of a real board, which counts no erases of its own."""
+
+    board: str
+    unit: str
+    erases_per_day: float  # of the unit erased most: 96 intervals and 96 READs a day
+    rated: int
+    measured: str  # which run
+
+    @property
+    def years(self) -> float:
+        return years_at(self.rated, self.erases_per_day)
+
+    def line(self) -> str:
+        return (f"{self.board}: {life_text(self.years)} at {self.rated // 1000}k cycles "
+                f"(hottest {self.unit} {self.erases_per_day:g} erases/day; {self.measured})")
+
+
+# by sys.platform; figures of the runs in docs/hardware.md "Flash wear"
+MODELLED = {
+    "pyboard": Modelled("Pyboard v1.1 with its backup SRAM, /data on the internal flash's FAT "
+                        "(with a micro SD card at /, the card takes the writes)", "sector",
+                        2.67, 10_000, "pybv11 run: 4 erases of sector 0 in 36 h of board "
+                        "time, h-pybwear f38c7a0"),
+    "rp2": Modelled("Pico (littlefs), no battery-backed RAM", "block, levelled over the 290 "
+                    "in rotation,", 3.21, 100_000, "rp2-pico run: 931 erases in 24 h of board "
+                    "time, h-pybwear d2ab3e4"),
+}
+
+
 def report(m: Measured, pico_free_blocks: int, pico2_free_blocks: int) -> list[str]:
     measured = per_day(m)
     day, notes = with_modelled(m, measured)
@@ -355,6 +595,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="the virtual meter's directory (default: a temporary one)")
     ap.add_argument("--json", type=Path, help="write the measurement here")
     ap.add_argument("--from-json", type=Path, help="no run: print the figures of this file")
+    ap.add_argument("--profile", help="count real erases on this board profile's flash model "
+                    "(pybv11, rp2-pico, rp2-pico2) instead of write points on the unix one")
+    ap.add_argument("--time-scale", type=float, default=96.0,
+                    help="with --profile: the meter's clock runs this many times as fast "
+                    "(96: a day in 15 minutes)")
     ap.add_argument("--pico-free-blocks", type=int, default=300,
                     help="4-KiB blocks littlefs wear-levels over on a Pico (352 less the files)")
     ap.add_argument("--pico2-free-blocks", type=int, default=716,
@@ -363,9 +608,21 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if a.from_json:
             try:
-                m = Measured.from_json(json.loads(a.from_json.read_text()))
+                d = json.loads(a.from_json.read_text())
             except (OSError, ValueError) as e:
                 raise WearError(f"{a.from_json}: {e}") from None
+            if isinstance(d, dict) and "erases" in d:
+                print("\n".join(Erased.from_json(d).lines()))
+                return 0
+            m = Measured.from_json(d)
+        elif a.profile:
+            run = measure_erases(a.profile, a.minutes, time_scale=a.time_scale,
+                                 interval_s=a.interval, nvram=False if a.no_nvram else None,
+                                 firmware=a.firmware, base=a.dir, label=a.label)
+            if a.json:
+                a.json.write_text(json.dumps(run.to_json(), indent=1))
+            print("\n".join(run.lines()))
+            return 0
         else:
             m = measure(a.minutes, nvram=not a.no_nvram, firmware=a.firmware,
                         interval_s=a.interval, label=a.label, base=a.dir)

@@ -4,15 +4,16 @@ it labels it as lab truth.
 
 Two probes, chosen per meter by :func:`serial_probe`:
 
-- a virtual meter (one of a fleet's): its flash is read from the host, as a lab reads a chip
-  over SWD, while the firmware runs on. Nothing is interrupted: no energy is lost, no boot is
-  logged, no counter is re-reserved (issue 20: the REPL probe's soft reset cost the next
-  interval ~40 % of its energy and wrote a false replay alarm);
-- any other board: through its REPL. That interrupts the firmware (raw REPL), reads
-  ``/data/profile.bin`` with the firmware's own ring log and soft-resets the board back into
-  ``main.py``, so it runs after the rounds, once per meter; with the keystore, the host's
-  command counter is moved above the block the rebooted meter reserved, so the next request
-  is not refused as a replay.
+- a virtual meter (one of a fleet's) without battery-backed RAM: its flash is read from the host, as
+  a lab reads a chip over SWD, while the firmware runs on. Nothing is interrupted: no energy is
+  lost, no boot is logged, no counter is re-reserved (issue 20: the REPL probe's soft reset cost the
+  next interval ~40 % of its energy and wrote a false replay alarm);
+- any other board, and a virtual meter with battery-backed RAM (its profile is staged there and in
+  the RAM's snapshots, firmware/policy.py NVRAM_RINGS): through its REPL. That interrupts the
+  firmware (raw REPL), reads the profile with the firmware's own code (``meter.profile_ring()``) and
+  soft-resets the board back into ``main.py``, so it runs after the rounds, once per meter; with the
+  keystore, the host's command counter is moved above the block the rebooted meter reserved, so the
+  next request is not refused as a replay.
 
 A sealed meter is not probed either way: lab mode works only while it is unsealed.
 """
@@ -40,15 +41,9 @@ PROFILE_REC = 32
 SEALED_PATH = "/data/sealed"  # firmware/lib/seal.py SEALED
 COUNTERS_PATH = "/data/cs_ctr.json"  # firmware/tasks/cs_security.py COUNTERS
 PROFILE_CODE = (
-    "import os, struct\n"
-    "try:\n"
-    f"    os.stat({PROFILE_PATH!r})\n"
-    "except OSError:\n"
-    "    print(repr([]))\n"
-    "else:\n"
-    "    from ringlog import Ring\n"
-    "    print(repr([struct.unpack('>IIIII', p)[:2] for s, p in\n"
-    f"                Ring({PROFILE_PATH!r}, {PROFILE_CAP}, {PROFILE_REC}).records()]))\n"
+    "import struct, meter\n"
+    "print(repr([struct.unpack('>IIIII', p)[:2] for s, p in\n"
+    "            meter.profile_ring().records()]))\n"
 )
 # the command counter the meter reserved (it counts every one up to it as used after a boot)
 DOWN_EXPR = f"__import__('store').load({COUNTERS_PATH!r}, {{'down': 0}})['down']"
@@ -155,7 +150,7 @@ def serial_probe(timeout: float = 10.0, fleets: Iterable[Path | None] = (),
             if where is None:
                 where = virtual_meters(dict.fromkeys(dirs))
         mdir = where.get(os.path.realpath(tgt.port))
-        if mdir is not None:
+        if mdir is not None and not (mdir / "nvram.bin").exists():
             return flash_profile(mdir, tgt.port)
         return read_profile(tgt.port, timeout, keystore, tgt.meter_id)
 
