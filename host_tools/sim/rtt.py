@@ -1,0 +1,126 @@
+"""``python -m host_tools.sim.rtt``: the WAN round trip of one command, as the head-end sees it.
+
+A benchmark, not a test: it prints figures and exits 0 once the meter answered at all. Each run
+sends one authenticated request (INFO, READ or PUBKEY: the kinds that change nothing) over
+:class:`~host_tools.headend.client.MeterLink` and times, on the host's monotonic clock:
+
+- ``first``: from the request's last byte written until the answer's first byte read;
+- ``rtt``: from before the request is sealed until its answer is verified and decoded.
+
+PUBKEY answers also carry the meter's own time for it (``ticks_us`` from the frame's arrival
+at the DC security module to its answer: C2), printed as ``meter``. The figures name the
+platform they come from (the virtual board: the host's CPU) and the run count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from host_tools.headend import wire
+from host_tools.headend.client import LinkError, MeterError, open_link
+from host_tools.headend.keystore import Keystore
+from host_tools.sim.bench import cpu_model
+from host_tools.transport.serial import BoardError
+
+KINDS = {"info": wire.K_INFO, "read": wire.K_READ, "pubkey": wire.K_PUBKEY}
+
+
+def measure(port: str, kind: str, runs: int, keystore: Path | None = None,
+            warmup: int = 3) -> dict[str, Any]:
+    """Time ``runs`` requests of ``kind`` on the meter at ``port``; raw figures in ms."""
+    code = KINDS[kind]
+    ks = Keystore(keystore) if keystore else Keystore()
+    rtt: list[float] = []
+    first: list[float] = []
+    meter_us: list[int] = []
+    with open_link(port, ks) as link:
+        sent_at = 0.0
+        first_at: list[float] = []
+        send_line = link.send_line
+
+        def timed_send(line: bytes) -> None:
+            nonlocal sent_at
+            send_line(line)
+            sent_at = time.perf_counter()
+
+        read = link.ser.read
+
+        def timed_read(n: int = 1) -> bytes:
+            data: bytes = read(n)
+            if data and not first_at:
+                first_at.append(time.perf_counter())
+            return data
+
+        link.send_line = timed_send  # type: ignore[method-assign]
+        link.ser.read = timed_read
+        for i in range(warmup + runs):
+            first_at.clear()
+            t0 = time.perf_counter()
+            raw = link.request_raw(code, b"")
+            t1 = time.perf_counter()
+            if i < warmup:
+                continue
+            rtt.append((t1 - t0) * 1000)
+            if first_at:
+                first.append((first_at[0] - sent_at) * 1000)
+            if code == wire.K_PUBKEY and len(raw) >= 36:
+                meter_us.append(int.from_bytes(raw[32:36], "big"))
+    return {"kind": kind, "runs": runs, "rtt_ms": rtt, "first_byte_ms": first,
+            "meter_us": meter_us, "platform": platform_name()}
+
+
+def platform_name() -> str:
+    return (f"virtual board (MicroPython unix VM on the host CPU: {cpu_model()}; "
+            f"Python {platform.python_version()})")
+
+
+def _spread(xs: list[float]) -> str:
+    if not xs:
+        return "-"
+    xs = sorted(xs)
+    p90 = xs[min(len(xs) - 1, int(len(xs) * 0.9))]
+    return (f"min {xs[0]:.2f}  median {statistics.median(xs):.2f}  p90 {p90:.2f}  "
+            f"max {xs[-1]:.2f}")
+
+
+def report(res: dict[str, Any]) -> str:
+    lines = [f"platform: {res['platform']}",
+             f"WAN round trip, {res['kind'].upper()}, {res['runs']} runs (ms):",
+             f"  rtt         {_spread(res['rtt_ms'])}",
+             f"  first byte  {_spread(res['first_byte_ms'])}"]
+    if res["meter_us"]:
+        lines.append(f"  meter (C2)  {_spread([u / 1000 for u in res['meter_us']])}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--port", required=True, help="a provisioned meter's port")
+    ap.add_argument("--kind", choices=sorted(KINDS), default="info")
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--keystore", type=Path, default=None)
+    ap.add_argument("--json", type=Path, help="write every raw figure here")
+    a = ap.parse_args(argv)
+    if a.runs < 1:
+        print("rtt: --runs must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        res = measure(a.port, a.kind, a.runs, a.keystore)
+    except (LinkError, MeterError, BoardError, KeyError, OSError) as e:
+        print(f"rtt: {e}", file=sys.stderr)
+        return 1
+    print(report(res))
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
