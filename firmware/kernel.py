@@ -10,6 +10,7 @@
 # be immutable (None, numbers, str, bytes, tuples of these), so no message
 # can smuggle shared mutable state between tasks.
 import gc
+import select
 import struct
 import time
 from array import array
@@ -130,6 +131,10 @@ class Kernel:
         self._win_start = time.ticks_us()
         self._win_sleep = 0
         self._last_window = (0, 0)  # (length us, sleep us)
+        # Streams whose input makes a task's step due at once (a task's `wake`: comm's WAN
+        # input), so that the idle wait ends when a frame arrives, not at the next period.
+        self._wake = None  # a select.poll of them, made with the first
+        self._wake_by = []  # (stream, task row)
 
     # -- set-up ---------------------------------------------------------------
     def add(self, name, factory, hw=None, capacity=8, period_ms=0, realtime=False):
@@ -163,6 +168,12 @@ class Kernel:
         self._objs.append(obj)
         self._steps.append(getattr(obj, "step", None) if period_ms else None)
         self._by_name[name] = i
+        w = getattr(obj, "wake", None)
+        if w is not None:
+            if self._wake is None:
+                self._wake = select.poll()
+            self._wake.register(w, select.POLLIN)
+            self._wake_by.append((w, i))
         return obj
 
     # -- mailboxes: fixed-capacity rings, preallocated; a put never allocates or blocks -------
@@ -368,8 +379,26 @@ class Kernel:
                 if d < wait:
                     wait = d
         if wait > 0:
-            self._sleep_ms((wait + 999) // 1000)
+            if self._wake is None:
+                self._sleep_ms((wait + 999) // 1000)
+            else:
+                self._wait((wait + 999) // 1000)
             self._win_sleep += time.ticks_diff(time.ticks_us(), now)
+
+    def _wait(self, ms):
+        # The idle wait, which input on a wake stream ends: its task's step is due now. On a
+        # board poll() waits as sleep_ms() does (WFE until an interrupt); on the unix port it
+        # is one poll(2) that a SIGINT (Ctrl-C) ends (extmod/modselect.c, v1.28.0).
+        gone = None
+        for s, ev in self._wake.ipoll(ms):
+            for w, i in self._wake_by:
+                if w is s:
+                    if ev & select.POLLIN:
+                        self._due[i] = time.ticks_us()
+                    if ev & (select.POLLHUP | select.POLLERR):
+                        gone = w  # a closed stream: waking on it would spin
+        if gone is not None:
+            self._wake.unregister(gone)
 
     def _window(self):
         now = time.ticks_us()

@@ -4,8 +4,11 @@ A benchmark, not a test: it prints figures and exits 0 once the meter answered a
 sends one authenticated request (INFO, READ or PUBKEY: the kinds that change nothing) over
 :class:`~host_tools.headend.client.MeterLink` and times, on the host's monotonic clock:
 
-- ``first``: from the request's last byte written until the answer's first byte read;
-- ``rtt``: from before the request is sealed until its answer is verified and decoded.
+- ``rtt``: from before the request is sealed until its answer is verified and decoded;
+- ``first byte``: from the request's last byte written until the answer's first byte read;
+- ``answer``: from the request's last byte written until the answer's last byte read: the
+  virtual board's part (the supervisor's relay both ways and the VM), without the host's own
+  work (sealing, opening, the keystore's two fsync'd counter writes).
 
 PUBKEY answers also carry the meter's own time for it (``ticks_us`` from the frame's arrival
 at the DC security module to its answer: C2), printed as ``meter``. The figures name the
@@ -39,10 +42,12 @@ def measure(port: str, kind: str, runs: int, keystore: Path | None = None,
     ks = Keystore(keystore) if keystore else Keystore()
     rtt: list[float] = []
     first: list[float] = []
+    answer: list[float] = []
     meter_us: list[int] = []
     with open_link(port, ks) as link:
         sent_at = 0.0
         first_at: list[float] = []
+        last_at = 0.0
         send_line = link.send_line
 
         def timed_send(line: bytes) -> None:
@@ -53,9 +58,12 @@ def measure(port: str, kind: str, runs: int, keystore: Path | None = None,
         read = link.ser.read
 
         def timed_read(n: int = 1) -> bytes:
+            nonlocal last_at
             data: bytes = read(n)
-            if data and not first_at:
-                first_at.append(time.perf_counter())
+            if data:
+                last_at = time.perf_counter()
+                if not first_at:
+                    first_at.append(last_at)
             return data
 
         link.send_line = timed_send  # type: ignore[method-assign]
@@ -70,9 +78,11 @@ def measure(port: str, kind: str, runs: int, keystore: Path | None = None,
             rtt.append((t1 - t0) * 1000)
             if first_at:
                 first.append((first_at[0] - sent_at) * 1000)
+                answer.append((last_at - sent_at) * 1000)
             if code == wire.K_PUBKEY and len(raw) >= 36:
                 meter_us.append(int.from_bytes(raw[32:36], "big"))
     return {"kind": kind, "runs": runs, "rtt_ms": rtt, "first_byte_ms": first,
+            "answer_ms": answer,
             "meter_us": meter_us, "platform": platform_name()}
 
 
@@ -94,7 +104,8 @@ def report(res: dict[str, Any]) -> str:
     lines = [f"platform: {res['platform']}",
              f"WAN round trip, {res['kind'].upper()}, {res['runs']} runs (ms):",
              f"  rtt         {_spread(res['rtt_ms'])}",
-             f"  first byte  {_spread(res['first_byte_ms'])}"]
+             f"  first byte  {_spread(res['first_byte_ms'])}",
+             f"  answer      {_spread(res['answer_ms'])}"]
     if res["meter_us"]:
         lines.append(f"  meter (C2)  {_spread([u / 1000 for u in res['meter_us']])}")
     return "\n".join(lines)

