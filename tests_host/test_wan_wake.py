@@ -137,3 +137,28 @@ out({{"nokey": code0, "seen": seen, "codes": [c for c, _ in answers],
     assert r["codes"] == [0, 0, 0] and r["same"] and r["lens"] == [36, 36, 36]
     assert r["bad"] == 6  # E_BAD_ARGS: PUBKEY takes no payload
     assert r["keys_loaded"] is False and r["leaked"] == 0
+
+
+def test_a_frame_in_and_its_answer_out_import_nothing(micropython: Run) -> None:
+    # Every import statement of an extensible built-in (struct, binascii) searches the
+    # board's filesystem first: none may run per frame (firmware/lib/wan.py).
+    out = micropython("""
+import builtins, json
+import wan
+keys = wan.derive_keys(7, bytes(range(32)))
+line = wan.frame_to_line(wan.seal(keys, 7, False, wan.K_INFO, 5, 0, b"x", True))
+seen = []
+real = __import__
+def spy(*args):
+    seen.append(args[0])
+    return real(*args)
+builtins.__import__ = spy
+frame = wan.line_to_frame(line)
+kind, flags, ctr, ref, body = wan.open_frame(keys, 7, False, frame)
+back = wan.frame_to_b64(wan.seal(keys, 7, True, kind, 1, ctr, b"answer", True))
+builtins.__import__ = real
+print(json.dumps({"seen": seen, "opened": [kind, ctr, body.decode()], "n": len(back)}))
+""")
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["opened"] == [1, 5, "x"] and r["n"] > 0
+    assert r["seen"] == []
