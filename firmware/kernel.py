@@ -366,6 +366,11 @@ class Kernel:
             self._own(*self._take(0))
         self._window()
         if not pending:
+            # a message sent in this pass to a task whose turn had passed (an answer back to
+            # cs_security) is pending too: no idle wait before it is handled
+            for i in range(1, n):
+                if f[i * _NF + _QN]:
+                    return
             self._idle()
 
     def _idle(self):

@@ -162,3 +162,38 @@ print(json.dumps({"seen": seen, "opened": [kind, ctr, body.decode()], "n": len(b
     r = json.loads(out.strip().splitlines()[-1])
     assert r["opened"] == [1, 5, "x"] and r["n"] > 0
     assert r["seen"] == []
+
+
+def test_an_answer_to_a_task_whose_turn_passed_is_handled_before_any_idle_wait(
+        micropython: Run) -> None:
+    # a (row 1) asks b (row 2); b answers a in the same pass, after a's turn: the kernel must
+    # not sleep (up to a period) before a gets the answer, as cs_security waits for the DC
+    # security module's or metrology's answer to a WAN request.
+    out = micropython("""
+import json, time
+import kernel
+FLOWS = {("a", "b"): ("ask",), ("b", "a"): ("answer",)}
+sleeps = []
+class A:
+    def __init__(self, port, hw):
+        self.port = port
+        self.got = []
+    def handle(self, sender, kind, payload):
+        self.got.append(kind)
+class B:
+    def __init__(self, port, hw):
+        self.port = port
+    def handle(self, sender, kind, payload):
+        self.port.send("a", "answer", payload)
+k = kernel.Kernel(FLOWS, {}, {}, lambda: 0, lambda ms: sleeps.append(ms), size=(2, 4))
+a = k.add("a", A, {}, capacity=2)
+k.add("b", B, {}, capacity=2)
+a.port.send("b", "ask", 1)
+k.run_once()                    # b answers a
+slept_first = len(sleeps)
+k.run_once()                    # a gets the answer
+print(json.dumps({"slept_first": slept_first, "got": a.got}))
+""")
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["got"] == ["answer"]
+    assert r["slept_first"] == 0
