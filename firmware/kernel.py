@@ -10,7 +10,6 @@
 # be immutable (None, numbers, str, bytes, tuples of these), so no message
 # can smuggle shared mutable state between tasks.
 import gc
-import select
 import struct
 import time
 from array import array
@@ -23,6 +22,9 @@ WINDOW_US = const(1000000)  # the accounting tick
 BATCH = const(4)  # messages a task handles per turn before others get theirs
 IDLE_MAX_MS = const(10)
 _IMMUTABLE = (type(None), bool, int, float, str, bytes)
+# select.poll's event bits (py/stream.h MP_STREAM_POLL_*, the POSIX values on the unix port)
+_POLLIN = const(0x01)
+_POLL_GONE = const(0x18)  # POLLERR | POLLHUP
 
 # RAM: a task's bookkeeping is a row of _NF ints in one flat array (self._f; the time its next
 # step is due, a ticks value, in the list self._due), and its mailbox a ring of 2-entry slots
@@ -171,8 +173,10 @@ class Kernel:
         w = getattr(obj, "wake", None)
         if w is not None:
             if self._wake is None:
+                import select  # here: a build without select (the emulated boards) runs too
+
                 self._wake = select.poll()
-            self._wake.register(w, select.POLLIN)
+            self._wake.register(w, _POLLIN)
             self._wake_by.append((w, i))
         return obj
 
@@ -398,9 +402,9 @@ class Kernel:
         for s, ev in self._wake.ipoll(ms):
             for w, i in self._wake_by:
                 if w is s:
-                    if ev & select.POLLIN:
+                    if ev & _POLLIN:
                         self._due[i] = time.ticks_us()
-                    if ev & (select.POLLHUP | select.POLLERR):
+                    if ev & _POLL_GONE:
                         gone = w  # a closed stream: waking on it would spin
         if gone is not None:
             self._wake.unregister(gone)
