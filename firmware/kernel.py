@@ -22,6 +22,9 @@ WINDOW_US = const(1000000)  # the accounting tick
 BATCH = const(4)  # messages a task handles per turn before others get theirs
 IDLE_MAX_MS = const(10)
 _IMMUTABLE = (type(None), bool, int, float, str, bytes)
+# select.poll's event bits (py/stream.h MP_STREAM_POLL_*, the POSIX values on the unix port)
+_POLLIN = const(0x01)
+_POLL_GONE = const(0x18)  # POLLERR | POLLHUP
 
 # RAM: a task's bookkeeping is a row of _NF ints in one flat array (self._f; the time its next
 # step is due, a ticks value, in the list self._due), and its mailbox a ring of 2-entry slots
@@ -132,6 +135,10 @@ class Kernel:
         self._win_start = time.ticks_us()
         self._win_sleep = 0
         self._last_window = (0, 0)  # (length us, sleep us)
+        # Streams whose input makes a task's step due at once (a task's `wake`: comm's WAN
+        # input), so that the idle wait ends when a frame arrives, not at the next period.
+        self._wake = None  # a select.poll of them, made with the first
+        self._wake_by = []  # (stream, task row)
 
     # -- set-up ---------------------------------------------------------------
     def add(self, name, factory, hw=None, capacity=8, period_ms=0, realtime=False):
@@ -165,6 +172,14 @@ class Kernel:
         self._objs.append(obj)
         self._steps.append(getattr(obj, "step", None) if period_ms else None)
         self._by_name[name] = i
+        w = getattr(obj, "wake", None)
+        if w is not None:
+            if self._wake is None:
+                import select  # here: a build without select (the emulated boards) runs too
+
+                self._wake = select.poll()
+            self._wake.register(w, _POLLIN)
+            self._wake_by.append((w, i))
         return obj
 
     # -- mailboxes: fixed-capacity rings, preallocated; a put (in _route) never allocates or
@@ -376,6 +391,11 @@ class Kernel:
             now = time.ticks_us()
         if pending:
             return
+        # a message sent in this pass to a task whose turn had passed (an answer back to
+        # cs_security) is pending too: no idle wait before it is handled
+        for i in range(1, n):
+            if f[i * _NF + _QN]:
+                return
         # Idle: sleep until the next step is due (at most IDLE_MAX_MS), rounded up to whole
         # ms: a step runs at most 1 ms late, and the kernel never spins through the rest of a
         # wait
@@ -386,8 +406,26 @@ class Kernel:
                 if d < wait:
                     wait = d
         if wait > 0:
-            self._sleep_ms((wait + 999) // 1000)
+            if self._wake is None:
+                self._sleep_ms((wait + 999) // 1000)
+            else:
+                self._wait((wait + 999) // 1000)
             self._win_sleep += time.ticks_diff(time.ticks_us(), now)
+
+    def _wait(self, ms):
+        # The idle wait, which input on a wake stream ends: its task's step is due now. On a
+        # board poll() waits as sleep_ms() does (WFE until an interrupt); on the unix port it
+        # is one poll(2) that a SIGINT (Ctrl-C) ends (extmod/modselect.c, v1.28.0).
+        gone = None
+        for s, ev in self._wake.ipoll(ms):
+            for w, i in self._wake_by:
+                if w is s:
+                    if ev & _POLLIN:
+                        self._due[i] = time.ticks_us()
+                    if ev & _POLL_GONE:
+                        gone = w  # a closed stream: waking on it would spin
+        if gone is not None:
+            self._wake.unregister(gone)
 
     def run(self, duration_ms=None):
         # The schedule starts with the loop: the time the build took after a task was added

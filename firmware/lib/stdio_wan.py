@@ -13,6 +13,8 @@ class StdioWan:
         self._out = sys.stdout.buffer
         self._poll = select.poll()
         self._poll.register(sys.stdin, select.POLLIN)
+        # what the kernel's idle wait polls, so that a frame's arrival ends it (kernel.py)
+        self.pollable = sys.stdin
 
     def readinto(self, buf):
         n = 0

@@ -15,6 +15,13 @@
 # in place into the key stream (one ECB call) and XORed with the data into the result: the
 # result is the only allocation. The buffer makes seal/open non-reentrant (the firmware is
 # single-threaded).
+# struct and binascii are imported once, here: a function's `import struct` searches every
+# sys.path entry of the board's filesystem before it falls back to the built-in (an extensible
+# module: py/builtinimport.c process_import_at_level, v1.28.0), which cost each frame about
+# 2 ms on the virtual Pico's littlefs (docs/BENCH-sim.md, "WAN round trip").
+import binascii
+import struct
+
 import hmac_sha256 as _h
 
 try:
@@ -33,7 +40,7 @@ except ImportError:  # no cryptolib in the build (the official PYBV11 firmware):
     from aes128 import aes as _aes  # type: ignore[assignment]
 
 # RAM: this module's globals are one dict, sized for the most names it ever held: what only
-# one function uses is written in that function (struct, binascii, formats, HKDF infos).
+# one function uses is written in that function (formats, HKDF infos).
 VER = const(1)
 HEADER = const(21)
 MAC_LEN = const(16)
@@ -148,8 +155,6 @@ def _ctr_xor(key, meter_id, ctr, data, out=None, at=0):
     n = len(data)
     if n == 0:
         return None if out is not None else b""
-    import struct
-
     buf = _ks_buf
     aes = _aes(key, 1)
     if out is None:
@@ -194,8 +199,6 @@ def seal(keys, meter_id, up, kind, ctr, ref, payload, encrypt=False):
         flags |= FLAG_ENC
     end = HEADER + n
     frame = bytearray(end + MAC_LEN)
-    import struct
-
     struct.pack_into(">BBBQIIH", frame, 0, VER, kind, flags, meter_id, ctr, ref, n)
     if encrypt:
         _ctr_xor(enc_key, meter_id, ctr, payload, frame, HEADER)
@@ -215,8 +218,6 @@ def open_frame(keys, meter_id, up, frame):
     fctr = int.from_bytes(frame[11:15], "big") if size >= 15 else 0
     if size < HEADER + MAC_LEN:
         raise WanError(E_MALFORMED, "wan: short frame", ref=fctr)
-    import struct
-
     ver, kind, flags, fmeter, fctr, ref, n = struct.unpack_from(">BBBQIIH", frame, 0)
     if ver != VER:
         raise WanError(E_MALFORMED, "wan: bad version", ref=fctr)
@@ -261,8 +262,6 @@ def line_to_frame(line):
     if end - start + 1 > LINE_CAP:
         raise WanError(E_TOO_BIG, "wan: line over cap")
     body = memoryview(line)[start:end]  # no copy: on a meter the heap may be fragmented
-    import binascii
-
     try:
         frame = binascii.a2b_base64(body)
     except ValueError:  # binascii.Error is a ValueError
@@ -288,8 +287,6 @@ def frame_to_line(frame):
 def frame_to_b64(frame):
     """frame -> b"<base64>\\n": a line without its "~", which the meter's comm task writes
     first (one line-sized allocation fewer than frame_to_line)."""
-    import binascii
-
     return binascii.b2a_base64(frame)
 
 

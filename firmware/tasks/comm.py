@@ -27,6 +27,8 @@ class Comm:
     def __init__(self, port, hw):
         self._port = port
         self._link = hw["wan"]
+        # the kernel makes step() due as soon as this has input (None: every period only)
+        self.wake = getattr(self._link, "pollable", None)
         self._buf = bytearray(wan.LINE_CAP)  # preallocated: a line never grows memory
         self._mv = memoryview(self._buf)
         self._chunk = bytearray(64)

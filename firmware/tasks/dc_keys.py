@@ -1,6 +1,7 @@
-# The DC security module's key pair (tasks/dc_security.py): KEYGEN (S1/C1) and PUBKEY (S2/C2).
-# In its own file so that its code is in RAM only for the request (lib/lazy.py); X25519 comes
-# in with KEYGEN and leaves with it. Refusals raise Refused before any state changes.
+# The DC security module's key pair (tasks/dc_security.py): KEYGEN (S1/C1). In its own file so
+# that its code is in RAM only for the request (lib/lazy.py); X25519 comes in with KEYGEN and
+# leaves with it. PUBKEY (S2/C2) is answered by dc_security.py itself, from RAM.
+# Refusals raise Refused before any state changes.
 import gc
 import struct
 import time
@@ -41,11 +42,3 @@ def keygen(dc, ref, meter_id, body, t0):
     us = time.ticks_diff(time.ticks_us(), t0)
     dc._ok(ref, dc.pk + struct.pack(">IB", us, created))
 
-
-def pubkey(dc, ref, meter_id, body, t0):
-    if len(body):
-        raise Refused(_E_BAD_ARGS, "malformed: PUBKEY takes no payload")
-    if dc.pk is None:
-        raise Refused(_E_FAILED, "no key pair")
-    pk = dc.pk
-    dc._ok(ref, pk + struct.pack(">I", time.ticks_diff(time.ticks_us(), t0)))

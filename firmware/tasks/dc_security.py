@@ -112,11 +112,20 @@ class DcSecurity:
                     if not self._recover:
                         lazy.drop("tasks.dc_recover")
                 return
+            if kind == "pubkey":
+                # C2 (S2): the key it holds, answered from RAM: no import, no collection
+                if len(body):
+                    raise Refused(_E_BAD_ARGS, "malformed: PUBKEY takes no payload")
+                if self.pk is None:
+                    raise Refused(_E_FAILED, "no key pair")
+                us = time.ticks_diff(time.ticks_us(), t0)
+                self._ok(ref, self.pk + us.to_bytes(4, "big"))
+                return
             if kind in ("group_keys", "group_commit") and self._setup is None:
                 raise Refused(_E_FAILED, "no pending set-up for this gid")
-            if kind in ("keygen", "pubkey", "groups", "group_delete"):
+            if kind in ("keygen", "groups", "group_delete"):
                 try:
-                    if kind in ("keygen", "pubkey"):
+                    if kind == "keygen":
                         lazy.call("tasks.dc_keys", kind, self, ref, meter_id, body, t0)
                     else:
                         lazy.call("tasks.dc_rare", kind, self, ref, meter_id, body, t0)

@@ -364,8 +364,8 @@ def _one_run(bench: _Bench, group: HostGroup, size: int, rng: random.Random,
     count, code, pk2 = bench.call("b_c2()", "C2: reading the public key")
     if code != 0 or bytes.fromhex(pk2) != pk:
         raise bench.fail(f"the PUBKEY handler answered code {code} / another key")
-    bench.timing("C2", "read the public key: the DC security task's PUBKEY handler (imports "
-                 "its set-up code, answers the key it holds, drops the code again)",
+    bench.timing("C2", "read the public key: the DC security task's PUBKEY handler (answers "
+                 "the key it holds in RAM: no import, no collection)",
                  count, size=size)
 
     bench.test = "C3"

@@ -244,7 +244,10 @@ class MeterLink:
         while time.monotonic() < deadline:
             self._check_abort()
             try:
-                data = self.ser.read(4096)
+                # What has arrived, or else the first byte as soon as it comes: pyserial's
+                # read(n) waits for all n bytes or the timeout, so a fixed size cost every
+                # answer the whole 50 ms (docs/BENCH-sim.md, "WAN round trip").
+                data = self.ser.read(self.ser.in_waiting or 1)
             except (serial.SerialException, OSError) as e:
                 raise Disconnected(f"{self.port}: meter disconnected while waiting for the "
                                    f"answer ({e})") from None

@@ -1046,6 +1046,10 @@ class Supervisor:
                     self._feed_vm()
                 if ev & (select.POLLIN | select.POLLHUP):
                     self._read_vm()
+                    # on to the client now, not one loop later (a WAN answer's latency); what
+                    # the client's pty cannot take yet waits for its POLLOUT as before
+                    if self.to_client and self.client >= 0 and self.client_connected:
+                        self._flush(self.client, self.to_client)
             elif fd == self.hw_out:
                 self._read_hw()
             elif fd == self.han_in:
