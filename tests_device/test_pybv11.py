@@ -133,6 +133,15 @@ def test_flash_installs_on_the_card_and_boots_at_the_boards_heap(
     assert b"meter firmware 0.2.0 on board stm32_pybv11" in out, out[-600:]
     assert b"Error" not in out, out[-600:]
     fleet.stop(base)
+    # ... and it meters: no task's step or message failed meanwhile (the kernel logs each
+    # fault, "task <name> error: ...", in the task's log or the security log: policy.py LOGS;
+    # at this heap a MemoryError in metrology's every step, or in HAN's telegrams, once went
+    # only there)
+    logs = flashimg.read_files(mdir, ["/data/log_security.bin", "/data/log_metrology.bin",
+                                      "/data/log_offswitch.bin"])
+    assert "/data/log_metrology.bin" in logs, list(logs)
+    faults = [v[v.find(b"task "):][:60] for v in logs.values() if b" error: " in v]
+    assert not faults, faults
 
 
 _HELD = "import gc\ngc.collect()\nprint(gc.mem_alloc())\n"
