@@ -135,13 +135,21 @@ def test_flash_installs_on_the_card_and_boots_at_the_boards_heap(
     fleet.stop(base)
     # ... and it meters: no task's step or message failed meanwhile (the kernel logs each
     # fault, "task <name> error: ...", in the task's log or the security log: policy.py LOGS;
-    # at this heap a MemoryError in metrology's every step, or in HAN's telegrams, once went
-    # only there)
+    # at this heap a MemoryError in metrology's every step once went only there: the stm32
+    # ADC model took the firmware's heap, board/virtual/host/port_stm32.py fill())
+    faults = _task_faults(mdir)
+    assert not faults, faults
+
+
+def _task_faults(mdir: Path) -> list[bytes]:
+    """The kernel's "task <name> error: ..." records in the meter's three logs (policy.py)."""
+    import re
+
     logs = flashimg.read_files(mdir, ["/data/log_security.bin", "/data/log_metrology.bin",
                                       "/data/log_offswitch.bin"])
     assert "/data/log_metrology.bin" in logs, list(logs)
-    faults = [v[v.find(b"task "):][:60] for v in logs.values() if b" error: " in v]
-    assert not faults, faults
+    return [m.group(0)[:60] for v in logs.values()
+            for m in re.finditer(rb"task \w+ error: [ -~]*", v)]
 
 
 _HELD = "import gc\ngc.collect()\nprint(gc.mem_alloc())\n"
@@ -227,10 +235,11 @@ def test_firmware_runs_from_the_card(roomy: tuple[Path, str, Keystore]) -> None:
 
 
 # What the firmware may hold after a boot, READ, the off-switch, HAN and a power cut (VM bytes;
-# measured 7 December 2026: 136,160 B, against the 144,047 B the board leaves it; after a
-# 3-member LoPA round 149,664 B): more, and the Pyboard's heap has no room left even for the
-# rare requests' code
-HELD_MAX = 140 * 1024
+# measured 7 December 2026 after the seal, LoPA-split and UMAAL merges: 114,944 B, against the
+# 144,047 B the board leaves it; after a 3-member LoPA round 120,320 B). The boot at the
+# board's heap had 8.7 KB free before its main loop: held ~6 KB above today's, a new meter no
+# longer boots there (docs/hardware.md, "Micro SD card")
+HELD_MAX = 120 * 1024
 
 
 def test_the_firmware_heap_against_the_boards(roomy: tuple[Path, str, Keystore],
