@@ -133,6 +133,23 @@ def test_flash_installs_on_the_card_and_boots_at_the_boards_heap(
     assert b"meter firmware 0.2.0 on board stm32_pybv11" in out, out[-600:]
     assert b"Error" not in out, out[-600:]
     fleet.stop(base)
+    # ... and it meters: no task's step or message failed meanwhile (the kernel logs each
+    # fault, "task <name> error: ...", in the task's log or the security log: policy.py LOGS;
+    # at this heap a MemoryError in metrology's every step once went only there: the stm32
+    # ADC model took the firmware's heap, board/virtual/host/port_stm32.py fill())
+    faults = _task_faults(mdir)
+    assert not faults, faults
+
+
+def _task_faults(mdir: Path) -> list[bytes]:
+    """The kernel's "task <name> error: ..." records in the meter's three logs (policy.py)."""
+    import re
+
+    logs = flashimg.read_files(mdir, ["/data/log_security.bin", "/data/log_metrology.bin",
+                                      "/data/log_offswitch.bin"])
+    assert "/data/log_metrology.bin" in logs, list(logs)
+    return [m.group(0)[:60] for v in logs.values()
+            for m in re.finditer(rb"task \w+ error: [ -~]*", v)]
 
 
 _HELD = "import gc\ngc.collect()\nprint(gc.mem_alloc())\n"
@@ -218,10 +235,12 @@ def test_firmware_runs_from_the_card(roomy: tuple[Path, str, Keystore]) -> None:
 
 
 # What the firmware may hold after a boot, READ, the off-switch, HAN and a power cut (VM bytes;
-# measured 7 December 2026: 136,160 B, against the 144,047 B the board leaves it; after a
-# 3-member LoPA round 149,664 B): more, and the Pyboard's heap has no room left even for the
-# rare requests' code
-HELD_MAX = 140 * 1024
+# measured 7 December 2026 after the seal, LoPA-split and UMAAL merges: 114,944 B, against the
+# 144,047 B the board leaves it; after a 3-member LoPA round 120,320 B): a bound on what grows
+# back. The build's peak is higher than what is held after it: with 118,176 B held here the
+# boot at the board's heap already failed (the test above is what guards it; docs/hardware.md,
+# "Micro SD card")
+HELD_MAX = 120 * 1024
 
 
 def test_the_firmware_heap_against_the_boards(roomy: tuple[Path, str, Keystore],

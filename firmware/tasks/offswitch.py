@@ -34,7 +34,6 @@
 import time
 from micropython import const
 
-import offswitch_auth as osa
 
 try:
     import _thread
@@ -43,6 +42,35 @@ except ImportError:  # the official PYBV11 build: the off-switch runs cooperativ
 
 KEYS = "/data/os_keys.json"
 STATE = "/data/os_state.json"
+# The wire's constants of lib/offswitch_auth.py, as the compiler's own (underscored: no
+# module global): that module is not in RAM while the meter runs (docs/hardware.md, "Memory");
+# tests_host/test_offswitch.py checks that they match it.
+_CMD_LEN = const(30)
+_MAC_LEN = const(16)
+_NONCE_LEN = const(8)
+_OP_OFF = const(1)
+_OP_ON = const(2)
+_OP_STATUS = const(0)
+_OP_UNLOCK = const(3)
+_REPLY_LEN = const(44)
+_R_BAD_MAC = const(3)
+_R_BUSY = const(10)
+_R_LOCKED = const(6)
+_R_MALFORMED = const(1)
+_R_NO_KEY = const(9)
+_R_OK = const(0)
+_R_RATE_LIMIT = const(5)
+_R_REPLAY = const(4)
+_R_TAMPER = const(7)
+_R_UNKNOWN_OP = const(8)
+_R_WRONG_METER = const(2)
+_STATE_MAC_AT = const(32)
+_STATE_VER = const(2)
+_S_ARMED = const(2)
+_S_LOCKED = const(4)
+_S_RELAY = const(1)
+_S_TAMPER = const(8)
+_VER = const(1)
 _POLL_MS = const(10)
 _HOUR_MS = const(3600000)
 _DEBOUNCE = const(2)  # polls the button must read pressed: a press is a rising edge + 20 ms
@@ -185,7 +213,7 @@ class Link:
         self.in_data = bytearray(cap_in * _DATA)
         # answers, core 1 -> main core: id; the 44-byte signed reply in done_data
         self.done_id = [0] * cap_done
-        self.done_data = bytearray(cap_done * osa.REPLY_LEN)
+        self.done_data = bytearray(cap_done * _REPLY_LEN)
         # log events, core 1 -> main core
         self.ev = bytearray(cap_ev * _EV_SIZE)
         self.err = None  # the type of the last exception core 1's loop caught (_EV_ERROR)
@@ -219,7 +247,7 @@ class Link:
             if not n[_DONE_N]:
                 return None
             s = n[_DONE_HEAD]
-        r = (self.done_id[s], bytes(self.done_data[s * osa.REPLY_LEN:(s + 1) * osa.REPLY_LEN]))
+        r = (self.done_id[s], bytes(self.done_data[s * _REPLY_LEN:(s + 1) * _REPLY_LEN]))
         with self._lock:
             n[_DONE_HEAD] = (s + 1) % len(self.done_id)
             n[_DONE_N] -= 1
@@ -324,7 +352,7 @@ class Core:
         # Seal the state into the Link's record (offswitch_auth.STATE_*) and ask the main
         # core to store it; the pin moves in _settle(), once it says the record is on flash.
         rec, ws, m = self._link.record, self._ws, _MSG
-        ws[m] = osa.STATE_VER
+        ws[m] = _STATE_VER
         ws[m + 1], ws[m + 2], ws[m + 3] = self.relay, self.armed, self.locked
         hi, lo = self._ctr_hi, self._ctr_lo
         _put_ctr(ws, m + 4, hi, lo)
@@ -337,12 +365,12 @@ class Core:
         kid = self._kid
         for i in range(8):
             ws[m + 24 + i] = kid[i]
-        _mac(self._op, self._ws, 2, osa.STATE_MAC_AT)
+        _mac(self._op, self._ws, 2, _STATE_MAC_AT)
         out = _OUT
-        for i in range(osa.STATE_MAC_AT):
+        for i in range(_STATE_MAC_AT):
             rec[i] = ws[m + i]
-        for i in range(osa.MAC_LEN):
-            rec[osa.STATE_MAC_AT + i] = ws[out + i]
+        for i in range(_MAC_LEN):
+            rec[_STATE_MAC_AT + i] = ws[out + i]
         self._pend = pend
         link = self._link
         k = link.n
@@ -381,9 +409,9 @@ class Core:
                 self._log(_EV_PERSIST_FAILED, self.relay)
         elif pend == _P_COMMAND:
             text = p[3] if ok else _T_PERSIST
-            res = p[2] if ok else osa.R_BUSY
+            res = p[2] if ok else _R_BUSY
             hi, lo = p[5], p[6]
-            if res == osa.R_OK or self._may_log_refusal(now):
+            if res == _R_OK or self._may_log_refusal(now):
                 self._log(_EV_COMMAND, p[1], text, 0, hi, lo, p[4])
             self._answer(p[0], p[1], res, hi, lo, -1)
         if self._tampered and not (ok and pend == _P_TAMPER):
@@ -436,9 +464,9 @@ class Core:
         if kind == _K_SWITCH:
             self._command(ident, s * _DATA, n, now)
         elif kind == _K_STATUS:
-            ok = n == osa.NONCE_LEN
-            self._answer(ident, osa.OP_STATUS, (osa.R_OK if self._keyed else osa.R_NO_KEY)
-                         if ok else osa.R_MALFORMED, 0, 0, s * _DATA if ok else -1)
+            ok = n == _NONCE_LEN
+            self._answer(ident, _OP_STATUS, (_R_OK if self._keyed else _R_NO_KEY)
+                         if ok else _R_MALFORMED, 0, 0, s * _DATA if ok else -1)
         elif kind == _K_CREDIT:
             # The credit task's only power: a local disconnect at zero credit.
             if self.relay or self.armed:
@@ -497,9 +525,9 @@ class Core:
                 return
             s = (k[_DONE_HEAD] + k[_DONE_N]) % cap
         ws, m = self._ws, _MSG
-        ws[m], ws[m + 1], ws[m + 2] = osa.VER, op, result
-        ws[m + 3] = (self.relay * osa.S_RELAY | self.armed * osa.S_ARMED
-                     | self.locked * osa.S_LOCKED | self._tamper_in * osa.S_TAMPER)
+        ws[m], ws[m + 1], ws[m + 2] = _VER, op, result
+        ws[m + 3] = (self.relay * _S_RELAY | self.armed * _S_ARMED
+                     | self.locked * _S_LOCKED | self._tamper_in * _S_TAMPER)
         mid = self._meter
         for i in range(8):
             ws[m + 4 + i] = mid[i]
@@ -507,13 +535,13 @@ class Core:
         hi, lo = self._ctr_hi, self._ctr_lo
         _put_ctr(ws, m + 16, hi, lo)
         d = link.in_data
-        for i in range(osa.NONCE_LEN):
+        for i in range(_NONCE_LEN):
             ws[m + 20 + i] = d[nonce_at + i] if nonce_at >= 0 else 0
         _mac(self._op, self._ws, 1 if self._keyed else 3, 28)
-        out, o = link.done_data, s * osa.REPLY_LEN
+        out, o = link.done_data, s * _REPLY_LEN
         for i in range(28):
             out[o + i] = ws[m + i]
-        for i in range(osa.MAC_LEN):
+        for i in range(_MAC_LEN):
             out[o + 28 + i] = ws[_OUT + i]
         link.done_id[s] = ident
         with link._lock:
@@ -544,52 +572,52 @@ class Core:
 
     def _command(self, ident, at, n, now):
         d = self._link.in_data
-        hi = d[at + 10] << 8 | d[at + 11] if n == osa.CMD_LEN else 0
-        lo = d[at + 12] << 8 | d[at + 13] if n == osa.CMD_LEN else 0
-        op = d[at + 1] if n == osa.CMD_LEN else 0
+        hi = d[at + 10] << 8 | d[at + 11] if n == _CMD_LEN else 0
+        lo = d[at + 12] << 8 | d[at + 13] if n == _CMD_LEN else 0
+        op = d[at + 1] if n == _CMD_LEN else 0
         if not self._keyed:
             if self._may_log_refusal(now):
                 self._log(_EV_NO_KEY)
-            self._answer(ident, 0, osa.R_NO_KEY, 0, 0, -1)
+            self._answer(ident, 0, _R_NO_KEY, 0, 0, -1)
             return
-        res = osa.R_OK
-        if n != osa.CMD_LEN or d[at] != osa.VER:
-            res = osa.R_MALFORMED
+        res = _R_OK
+        if n != _CMD_LEN or d[at] != _VER:
+            res = _R_MALFORMED
         else:
             mid = self._meter
             for i in range(8):
                 if d[at + 2 + i] != mid[i]:
-                    res = osa.R_WRONG_METER
-        if res == osa.R_OK:
+                    res = _R_WRONG_METER
+        if res == _R_OK:
             ws, m = self._ws, _MSG
             for i in range(14):
                 ws[m + i] = d[at + i]
             _mac(self._op, self._ws, 0, 14)
             diff, out = 0, _OUT
-            for i in range(osa.MAC_LEN):  # constant time
+            for i in range(_MAC_LEN):  # constant time
                 diff |= ws[out + i] ^ d[at + 14 + i]
             if diff:
-                res = osa.R_BAD_MAC
+                res = _R_BAD_MAC
             elif hi < self._ctr_hi or (hi == self._ctr_hi and lo <= self._ctr_lo):
-                res = osa.R_REPLAY
-        if res != osa.R_OK:
+                res = _R_REPLAY
+        if res != _R_OK:
             if self._may_log_refusal(now):
-                self._log(_EV_REFUSED, op, res, 1 if n == osa.CMD_LEN else 0, hi, lo,
-                          meter_at=at + 2 if res == osa.R_WRONG_METER else -1)
+                self._log(_EV_REFUSED, op, res, 1 if n == _CMD_LEN else 0, hi, lo,
+                          meter_at=at + 2 if res == _R_WRONG_METER else -1)
             self._answer(ident, op, res, hi, lo, -1)
             return
         self._ctr_hi, self._ctr_lo = hi, lo  # authentic: consumed, whatever the outcome below
-        res, text, num = osa.R_OK, 0, 0
+        res, text, num = _R_OK, 0, 0
         self._b[0], self._b[1], self._b[2] = self.relay, self.armed, self.locked
-        if op == osa.OP_OFF or op == osa.OP_ON:
+        if op == _OP_OFF or op == _OP_ON:
             limit = self._rate(now)
-            if op == osa.OP_ON and self.locked:
-                res, text = osa.R_LOCKED, _T_LOCKED
+            if op == _OP_ON and self.locked:
+                res, text = _R_LOCKED, _T_LOCKED
             elif limit:
-                res, text, num = osa.R_RATE_LIMIT, limit, self._lim[0]
+                res, text, num = _R_RATE_LIMIT, limit, self._lim[0]
             else:
                 self._add_op(now)
-                if op == osa.OP_OFF:
+                if op == _OP_OFF:
                     text = _T_OPENED if self.relay else _T_ALREADY_OPEN
                     self.relay, self.armed = 0, 0
                 elif self.relay:
@@ -597,14 +625,14 @@ class Core:
                 else:
                     self.armed, self.deadline = 1, (now + self._lim[2]) & _CLOCK_MASK
                     text, num = _T_ARMED, self._lim[2] // 1000
-        elif op == osa.OP_UNLOCK:
+        elif op == _OP_UNLOCK:
             if self._tamper_in:
-                res, text = osa.R_TAMPER, _T_TAMPER
+                res, text = _R_TAMPER, _T_TAMPER
             else:
                 text = _T_UNLOCKED if self.locked else _T_NOT_LOCKED
                 self.locked = 0
         else:
-            res, text = osa.R_UNKNOWN_OP, _T_UNKNOWN
+            res, text = _R_UNKNOWN_OP, _T_UNKNOWN
         # Stored (the counter with it) before anything moves; answered once it is.
         p = self._p  # what to answer and log once the record is stored
         p[0], p[1], p[2] = ident, op, res

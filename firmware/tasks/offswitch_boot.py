@@ -124,3 +124,4 @@ def init(core, hw, link, ticks_ms, keys_path, state_path):
         core._log(_EV_BOOT_PIN, pin, core.relay)
     core._publish()
     lazy.drop("tasks.offswitch_mac")  # the boot's only: its function and workspace stay
+    lazy.drop("offswitch_auth")  # the boot's and the wording's only (tasks/offswitch.py)

@@ -1,8 +1,14 @@
 # The off-switch's log events in words, on the main core (core 1 only fills event slots:
 # tasks/offswitch.py). In its own file so that its code is in RAM only while it runs
 # (lib/lazy.py). Part of that module.
-import offswitch_auth as osa
 from micropython import const
+
+# lib/offswitch_auth.py's names, copied: that module (4 KB of heap) is not loaded for the
+# wording (tests_host/test_offswitch.py checks the copies)
+_OP_NAMES = ("STATUS", "OFF", "ON", "UNLOCK")
+_RESULT_NAMES = ("ok", "malformed", "wrong meter", "bad MAC", "replay", "rate limit", "locked",
+                 "tamper active", "unknown op", "no key", "busy")
+_R_WRONG_METER = const(2)
 
 # the event codes, as tasks/offswitch.py's (tests_host/test_offswitch.py checks the copies)
 _EV_BOOT = const(1)
@@ -44,14 +50,14 @@ def words(ev, obj):
     code, a, b, c = ev[0], ev[1], ev[2], ev[3]
     ctr = int.from_bytes(ev[4:8], "big")
     n = int.from_bytes(ev[13:16], "big")
-    name = osa.OP_NAMES[a] if 0 < a < 4 else "op%d" % a
+    name = _OP_NAMES[a] if 0 < a < 4 else "op%d" % a
     if code == _EV_COMMAND:
         return "%s #%d: %s" % (name, ctr, _outcome(b, n))
     if code == _EV_REFUSED:
-        if b == osa.R_WRONG_METER:
+        if b == _R_WRONG_METER:
             why = "for meter %d" % int.from_bytes(ev[8:16], "big")
         else:
-            why = osa.RESULT_NAMES[b] if b < len(osa.RESULT_NAMES) else "result %d" % b
+            why = _RESULT_NAMES[b] if b < len(_RESULT_NAMES) else "result %d" % b
         return "%s #%d refused: %s" % (name, ctr, why)
     if code == _EV_BOOT:
         return "boot: relay %d armed %d locked %d ctr %d" % (a, b, c, ctr)

@@ -190,6 +190,9 @@ def _peripheral_off(regs, addr):
 _DMA2_ADC = {(0, 0): ADC1, (4, 0): ADC1, (2, 1): ADC2, (3, 1): ADC2, (0, 2): ADC3, (1, 2): ADC3}
 
 
+_FILL_CHUNK = 256  # conversions fill() copies at a time
+
+
 class _Sampler:
     # TIM2's update events (TRGO, MMS = 010) trigger the ADCs' regular conversions (EXTSEL =
     # TIM2_TRGO, rising edge); a DMA2 stream in circular mode moves each ADC's conversions into
@@ -205,6 +208,12 @@ class _Sampler:
         self.k0 = 0  # the ring's sample of TIM2's start
         self.chains = {}  # stream -> [first trigger, NDTR at start, M0AR, ADC, filled]
         self.t5 = None  # (trigger index when TIM5 began counting them, its CNT then)
+        # fill()'s scratch, made once with the ROM: a board's DMA allocates nothing, so a fill
+        # must not take heap from the firmware (at the board's heap a 512-B block is often not
+        # to be had: metrology's every step failed on it)
+        from array import array
+
+        self.scratch = (array("H", bytes(2 * _FILL_CHUNK)), array("H", bytes(2 * _FILL_CHUNK)))
 
     def triggers(self):
         # update events of TIM2 since it started (TRGO when MMS = 010)
@@ -328,14 +337,12 @@ class _Sampler:
         if done <= start:
             return
         import uctypes
-        from array import array
 
         ch = self.regs.get(adc + 0x34) & 0x1F  # SQ1
         left = self.regs.get(adc + 0x08) & (1 << 11)  # ALIGN
         mem = uctypes.bytearray_at(addr, 2 * n0)
-        chunk = 256
-        vb = array("H", bytes(2 * chunk))
-        ib = array("H", bytes(2 * chunk))
+        chunk = _FILL_CHUNK
+        vb, ib = self.scratch
         rate = _hw.adc_head()[1]
         k = start
         while k < done:
