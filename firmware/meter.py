@@ -59,6 +59,9 @@ def build(now_s=None, unsealed_by_service=False):
     hws = {}
     for name in _TASKS:
         hws[name] = hardware(name, policy)
+    # the WAN roles' table (tuples: nothing to alter), kept when policy.py is dropped
+    hws["cs_security"]["roles"] = policy.WAN_ROLES
+    hws["cs_security"]["consent"] = policy.WAN_CONSENT
     # 9 tasks, 69 messages in their mailboxes (the capacities below): the kernel's tables are
     # made once, whole
     k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, policy.LOGS, now_s or board.rtc.get,
@@ -130,6 +133,20 @@ def _service_input(cover, jumper, ticks_us, ticks_diff, sleep_ms, hold_ms=500):
     return bool(cover.value() and jumper.value())
 
 
+def _consent_input(button, ticks_us, ticks_diff, sleep_ms, hold_ms=3000):
+    # The household's consent to the supplier reading the load profile (lib/consent.py,
+    # docs/SECURITY.md "Roles"): the button held, without a break, for hold_ms from power-up
+    # toggles it. Local only: nothing on the WAN reaches a button. It never touches the seal.
+    if not button.value():
+        return False  # the usual boot: no wait at all
+    t0 = ticks_us()
+    while ticks_diff(ticks_us(), t0) < hold_ms * 1000:
+        if not button.value():
+            return False
+        sleep_ms(20)
+    return bool(button.value())
+
+
 def start(sealed=False):
     # sealed: main.py found the seal and turned Ctrl-C off (lib/seal.py). Returns the kernel,
     # for main.py to run (seal.run); this module is not needed after it.
@@ -155,7 +172,23 @@ def start(sealed=False):
                 print("unsealed: the service input (cover open, jumper fitted) at power-up")
             except OSError as e:  # the flash refused: still sealed
                 by_service = e
+    consent_now = None
+    button = getattr(board, "button", None)
+    if button is not None and _consent_input(button, board.ticks_us, board.ticks_diff,
+                                             board.sleep_ms):
+        import consent
+
+        try:
+            consent.set_given(not consent.is_given())
+            consent_now = "on" if consent.is_given() else "off"
+            print("consent: %s (the button held at power-up)" % consent_now)
+        except OSError as e:  # the flash refused: unchanged
+            consent_now = e
     k = build(unsealed_by_service=by_service is True)
+    if isinstance(consent_now, str):
+        k.log("kernel", "consent: %s (button held at power-up)" % consent_now)
+    elif consent_now is not None:
+        k.log("kernel", "consent: change failed %s" % consent_now)
     if by_service is True:
         k.log("kernel", "seal: unsealed (service input at power-up)")
     elif by_service:

@@ -218,6 +218,12 @@ def make_cs(cfg):
     cs_security.COUNTERS = d + "/cs_ctr.json"
     store.save(cs_security.KEYS, {"meter": cfg["meter"], "master": cfg["master"]})
     store.save(cs_security.COUNTERS, {"down": cfg["down"], "up": 0})
+    # the household's consent given, so that PROFILE's arguments are parsed (and fuzzed) for
+    # the supplier too (lib/consent.py)
+    import consent
+
+    consent.CONSENT = d + "/consent"
+    consent.set_given(True)
     port = Port()
     cs = cs_security.CsSecurity(port, {"info": {"fw": "fuzz"}})
     return cs, port, cs_security.COUNTERS
@@ -227,7 +233,8 @@ def cs_state(cs, counters):
     # what a rejected frame must not change: the key, the down counter (RAM and flash),
     # accepted requests and the pending table (the up counter of an ERROR answer may move:
     # every answer carries a fresh one, PROTOCOL.md)
-    return (cs.meter_id, cs._keys, cs._down, cs._down_res, cs.accepted,
+    # (copies: the counters are lists by role, changed in place)
+    return (cs.meter_id, cs._keys, tuple(cs._down), tuple(cs._down_res), cs.accepted,
             sorted(cs._pending.items()), store.load(counters, {}).get("down"))
 
 
@@ -263,7 +270,7 @@ def feed_cs(st, cs, port, counters, i, line, hang_ms, forged=None):
 
 def run_wan(cfg, rng, st):
     cs, port, counters = make_cs(cfg)
-    keys = cs._keys
+    keys = cs._keys[0]  # the operator's (keys by role id)
     meter = cfg["meter"]
     seeds = [(k, bytes.fromhex(p)) for k, p in cfg["seeds"]]
     payloads = [p for _, p in seeds]
@@ -280,17 +287,21 @@ def run_wan(cfg, rng, st):
                            if cs.rejected > rej else "accepted")
     for i in range(cfg["n"]):
         st.n += 1
-        if cs._down > 0x7FFFFFF0:  # an accepted huge counter: start the window again
-            cs._down = base
-            cs._reserve(base, cs._up_res, cs._changed)
+        # the frames are the operator's (flags 0): its counter, cs._down[0]
+        if cs._down[0] > 0x7FFFFFF0:  # an accepted huge counter: start the window again
+            cs._down[0] = base
+            res = list(cs._down_res)
+            res[0] = base
+            cs._reserve(res, cs._up_res, cs._changed)
         kind, payload = rng.pick(seeds)
         if rng.chance(85):
             payload = mutate(payload, rng, payloads, tokens)
         payload = payload[:wan.PAYLOAD_CAP + 8]
         ver, flags, ref, mid = 1, 0, 0, meter
         c = rng.below(100)
-        ctr = cs._down + 1 if c < 80 else cs._down - rng.below(3) if c < 88 else \
-            0 if c < 91 else rng.pick(INTERESTING) if c < 96 else cs._down + 1 + rng.below(1000)
+        down = cs._down[0]
+        ctr = down + 1 if c < 80 else down - rng.below(3) if c < 88 else \
+            0 if c < 91 else rng.pick(INTERESTING) if c < 96 else down + 1 + rng.below(1000)
         ctr &= 0xFFFFFFFF
         if rng.chance(25):
             f = rng.below(8)
