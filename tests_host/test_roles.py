@@ -222,3 +222,32 @@ def test_a_role_key_gives_neither_the_master_nor_another_role() -> None:
     # test_each_role_is_refused_every_kind_its_policy_does_not_list (frames open both ways)
     with pytest.raises(ValueError):
         wire.role_master(METER, MASTER, 3)
+
+
+def test_the_han_telegram_shows_the_consent_and_stays_dsmr_valid(micropython: Run,
+                                                                 tmp_path: Path) -> None:
+    # tasks/han.py on the VM: the text line (0-0:96.13.0) says consent=on|off after the seal,
+    # re-read with it every SEAL_EVERY telegrams; dsmr-parser's V5 reads every telegram.
+    from dsmr_parser import telegram_specifications
+    from dsmr_parser.parsers import TelegramParser
+
+    out = micropython(f"""
+import json, consent, seal
+seal.SEALED = {str(tmp_path / "sealed")!r}
+consent.CONSENT = {str(tmp_path / "consent")!r}
+from tasks.han import Han, SEAL_EVERY
+class Tx:
+    def write(self, b):
+        print(json.dumps(bytes(b).decode()))
+h = Han(None, {{"han_tx": Tx(), "config": {str(tmp_path / "none.json")!r}}})
+for i in range(2 * SEAL_EVERY):
+    if i == SEAL_EVERY - 1:
+        consent.set_given(True)  # seen at the next read, SEAL_EVERY telegrams on
+    h.handle("metrology", "reading", (1753000000 + i, 230.0, 1.0, 230.0, 5, 0))
+print(json.dumps(SEAL_EVERY))
+""")
+    lines = [json.loads(x) for x in out.strip().splitlines()]
+    every, tels = lines[-1], lines[:-1]
+    v5 = TelegramParser(telegram_specifications.V5)
+    texts = [bytes.fromhex(v5.parse(t).TEXT_MESSAGE.value).decode() for t in tels]
+    assert texts == ["seal=open consent=off"] * every + ["seal=open consent=on"] * every
