@@ -270,7 +270,15 @@ def feed_cs(st, cs, port, counters, i, line, hang_ms, forged=None):
 
 def run_wan(cfg, rng, st):
     cs, port, counters = make_cs(cfg)
-    keys = cs._keys[0]  # the operator's (keys by role id)
+    import policy
+
+    # each kind under the keys and counter of the role the policy gives it, so that every
+    # kind's argument checks are reached (not only POLICY refusals); INFO the operator's
+    role_of = {}
+    for r in range(len(policy.WAN_ROLES)):
+        for k in policy.WAN_ROLES[r][1]:
+            if k != wan.K_INFO:
+                role_of[k] = r
     meter = cfg["meter"]
     seeds = [(k, bytes.fromhex(p)) for k, p in cfg["seeds"]]
     payloads = [p for _, p in seeds]
@@ -287,19 +295,20 @@ def run_wan(cfg, rng, st):
                            if cs.rejected > rej else "accepted")
     for i in range(cfg["n"]):
         st.n += 1
-        # the frames are the operator's (flags 0): its counter, cs._down[0]
-        if cs._down[0] > 0x7FFFFFF0:  # an accepted huge counter: start the window again
-            cs._down[0] = base
-            res = list(cs._down_res)
-            res[0] = base
-            cs._reserve(res, cs._up_res, cs._changed)
         kind, payload = rng.pick(seeds)
+        role = role_of.get(kind, 0)
+        keys = cs._keys[role]
+        if cs._down[role] > 0x7FFFFFF0:  # an accepted huge counter: start the window again
+            cs._down[role] = base
+            res = list(cs._down_res)
+            res[role] = base
+            cs._reserve(res, cs._up_res, cs._changed)
         if rng.chance(85):
             payload = mutate(payload, rng, payloads, tokens)
         payload = payload[:wan.PAYLOAD_CAP + 8]
-        ver, flags, ref, mid = 1, 0, 0, meter
+        ver, flags, ref, mid = 1, role << wan.ROLE_SHIFT, 0, meter
         c = rng.below(100)
-        down = cs._down[0]
+        down = cs._down[role]
         ctr = down + 1 if c < 80 else down - rng.below(3) if c < 88 else \
             0 if c < 91 else rng.pick(INTERESTING) if c < 96 else down + 1 + rng.below(1000)
         ctr &= 0xFFFFFFFF
@@ -312,7 +321,7 @@ def run_wan(cfg, rng, st):
             elif f == 2:
                 flags = rng.below(256)
             elif f == 3:
-                flags = wan.FLAG_ENC
+                flags |= wan.FLAG_ENC
             elif f == 4:
                 ref = rng.pick(INTERESTING)
             elif f == 5:
@@ -320,7 +329,7 @@ def run_wan(cfg, rng, st):
             elif f == 6:
                 mid = meter ^ (1 << rng.below(64))
             else:
-                flags = wan.FLAG_RESP
+                flags |= wan.FLAG_RESP
         n = len(payload)
         nfield = n if rng.chance(95) else rng.pick(INTERESTING) & 0xFFFF
         body = payload
