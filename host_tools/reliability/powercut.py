@@ -527,6 +527,9 @@ class Campaign:
 
     # -- the campaign -----------------------------------------------------------------------
     def start(self) -> None:
+        # the profile is the supplier's, with the household's consent: given first, with the
+        # button at power-up, as a household does (policy.py WAN_CONSENT)
+        fleet.give_consent(self.m.index, self.base)
         link = self._link()
         self.pk = codec.parse_keygen(link.request_raw(wire.K_KEYGEN, codec.keygen_cmd(False))).pk
         self.balance = int(switch.credit(link)["balance_mc"])
