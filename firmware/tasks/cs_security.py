@@ -132,8 +132,7 @@ class CsSecurity:
     def _next_up(self):
         # The next uplink counter, or 0 when its reservation could not be persisted.
         up = self._up + 1
-        if up > self._up_res and not self._reserve(self._down_res, up + RESERVE,
-                                                   self._changed):
+        if up > self._up_res and not self._reserve(self._down_res, up + RESERVE, self._changed):
             return 0
         self._up = up
         return up
