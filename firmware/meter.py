@@ -124,27 +124,14 @@ def _service_input(cover, jumper, ticks_us, ticks_diff, sleep_ms, hold_ms=500):
     # The service input behind the sealed terminal cover (docs/SECURITY.md, "Sealed meters"):
     # True when the cover switch reads open AND the service jumper reads fitted, both without a
     # break for hold_ms from now (a bounce or a glitch never unseals). The household's
-    # reconnect button is not part of it: it never unseals.
+    # reconnect button is not part of it: it never unseals (start() holds the button alone
+    # through this for the household's consent, which is not the seal).
     t0 = ticks_us()
     while ticks_diff(ticks_us(), t0) < hold_ms * 1000:
         if not (cover.value() and jumper.value()):
             return False
         sleep_ms(20)
     return bool(cover.value() and jumper.value())
-
-
-def _consent_input(button, ticks_us, ticks_diff, sleep_ms, hold_ms=3000):
-    # The household's consent to the supplier reading the load profile (lib/consent.py,
-    # docs/SECURITY.md "Roles"): the button held, without a break, for hold_ms from power-up
-    # toggles it. Local only: nothing on the WAN reaches a button. It never touches the seal.
-    if not button.value():
-        return False  # the usual boot: no wait at all
-    t0 = ticks_us()
-    while ticks_diff(ticks_us(), t0) < hold_ms * 1000:
-        if not button.value():
-            return False
-        sleep_ms(20)
-    return bool(button.value())
 
 
 def start(sealed=False):
@@ -172,15 +159,19 @@ def start(sealed=False):
                 print("unsealed: the service input (cover open, jumper fitted) at power-up")
             except OSError as e:  # the flash refused: still sealed
                 by_service = e
+    # The household's consent to the supplier reading the load profile (lib/seal.py,
+    # docs/SECURITY.md "Roles on the WAN"): the button held, without a break, for 3 s from
+    # power-up toggles it (the same debounced hold as the service input, on one pin; no wait
+    # when it is not pressed). Local only: nothing on the WAN reaches a button. Never the seal.
     consent_now = None
     button = getattr(board, "button", None)
-    if button is not None and _consent_input(button, board.ticks_us, board.ticks_diff,
-                                             board.sleep_ms):
-        import consent
+    if button is not None and _service_input(button, button, board.ticks_us, board.ticks_diff,
+                                             board.sleep_ms, 3000):
+        import seal  # main.py's (already imported there, or next)
 
         try:
-            consent.set_given(not consent.is_given())
-            consent_now = "on" if consent.is_given() else "off"
+            seal.set_consent(not seal.consent_given())
+            consent_now = "on" if seal.consent_given() else "off"
             print("consent: %s (the button held at power-up)" % consent_now)
         except OSError as e:  # the flash refused: unchanged
             consent_now = e

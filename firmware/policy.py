@@ -77,7 +77,8 @@ WAN_ROLES = (
                   0x11)),  # PROFILE, only while WAN_CONSENT says so
 )
 # (role, kind) pairs also allowed above only while the household's consent is given, set
-# locally (lib/consent.py: the button held at power-up; shown on the HAN as consent=on|off).
+# locally (lib/seal.py consent_given: the button held at power-up; shown on the HAN as
+# consent=on|off).
 WAN_CONSENT = (("supplier", 0x11),)  # PROFILE: the per-interval load profile
 
 # Hardware each task may use; main.py hands a task only these board objects.

@@ -219,11 +219,11 @@ def make_cs(cfg):
     store.save(cs_security.KEYS, {"meter": cfg["meter"], "master": cfg["master"]})
     store.save(cs_security.COUNTERS, {"down": cfg["down"], "up": 0})
     # the household's consent given, so that PROFILE's arguments are parsed (and fuzzed) for
-    # the supplier too (lib/consent.py)
-    import consent
+    # the supplier too (lib/seal.py)
+    import seal
 
-    consent.CONSENT = d + "/consent"
-    consent.set_given(True)
+    seal.CONSENT = d + "/consent"
+    seal.set_consent(True)
     port = Port()
     cs = cs_security.CsSecurity(port, {"info": {"fw": "fuzz"}})
     return cs, port, cs_security.COUNTERS

@@ -27,12 +27,12 @@ ROUTED = {wire.K_INFO} | {k for k in wire.KIND_NAMES if k not in (wire.K_ERROR,)
 
 HARNESS = """
 import binascii, json, struct
-import consent, store, wan
+import seal, store, wan
 from tasks import cs_security
 D = {d!r}
 cs_security.KEYS = D + "/cs_keys.json"
 cs_security.COUNTERS = D + "/cs_ctr.json"
-consent.CONSENT = D + "/consent"
+seal.CONSENT = D + "/consent"
 store.save(cs_security.KEYS, {{"meter": {meter}, "master": {master!r}}})
 store.save(cs_security.COUNTERS, {{"down": [0, 0, 0], "up": 0, "chg": [0, 0, 0]}})
 
@@ -117,7 +117,7 @@ def test_each_role_is_refused_every_kind_its_policy_does_not_list(
     all_kinds = sorted(set(wire.ROLE_OF_KIND))
     lines = [command(role, k, 10 + i, b"{}") for i, k in enumerate(all_kinds)]
     r = vm(micropython, tmp_path, f"""
-consent.set_given(True)
+seal.set_consent(True)
 print(json.dumps([feed(line) for line in {lines!r}]))
 """)
     for i, kind in enumerate(all_kinds):
@@ -150,9 +150,9 @@ def test_the_supplier_reads_the_profile_only_while_the_household_consents(
     s = wire.ROLE_SUPPLIER
     r = vm(micropython, tmp_path, f"""
 res = {{"off": feed({command(s, wire.K_PROFILE, 1, b"{}")!r})}}
-consent.set_given(True)
+seal.set_consent(True)
 res["on"] = feed({command(s, wire.K_PROFILE, 2, b"{}")!r})
-consent.set_given(False)
+seal.set_consent(False)
 res["off_again"] = feed({command(s, wire.K_PROFILE, 3, b"{}")!r})
 res["read"] = feed({command(s, wire.K_READ, 4)!r})
 print(json.dumps(res))
@@ -232,9 +232,9 @@ def test_the_han_telegram_shows_the_consent_and_stays_dsmr_valid(micropython: Ru
     from dsmr_parser.parsers import TelegramParser
 
     out = micropython(f"""
-import json, consent, seal
+import json, seal
 seal.SEALED = {str(tmp_path / "sealed")!r}
-consent.CONSENT = {str(tmp_path / "consent")!r}
+seal.CONSENT = {str(tmp_path / "consent")!r}
 from tasks.han import Han, SEAL_EVERY
 class Tx:
     def write(self, b):
@@ -242,7 +242,7 @@ class Tx:
 h = Han(None, {{"han_tx": Tx(), "config": {str(tmp_path / "none.json")!r}}})
 for i in range(2 * SEAL_EVERY):
     if i == SEAL_EVERY - 1:
-        consent.set_given(True)  # seen at the next read, SEAL_EVERY telegrams on
+        seal.set_consent(True)  # seen at the next read, SEAL_EVERY telegrams on
     h.handle("metrology", "reading", (1753000000 + i, 230.0, 1.0, 230.0, 5, 0))
 print(json.dumps(SEAL_EVERY))
 """)

@@ -17,7 +17,6 @@
 import json
 from micropython import const
 
-import consent
 import lazy
 import seal
 import store
@@ -208,7 +207,7 @@ class CsSecurity:
                          ctr, "role %s may not send kind %d" % (wan.ROLE_NAMES[role], kind),
                          role)
             return
-        if kind in consent_kinds and not consent.is_given():
+        if kind in consent_kinds and not seal.consent_given():
             self._reject("policy: kind %d needs the household's consent" % kind, wan.E_POLICY,
                          ctr, "no consent: the household has not given it (consent=off)",
                          role)

@@ -11,11 +11,10 @@
 # The seal (lib/seal.py) is shown in the text message line: "seal=closed", "seal=open", or
 # "seal=open-service" after the service input behind the terminal cover unsealed it at this
 # power-up (meter.py), so that the household sees it; then "consent=on" or "consent=off", the
-# household's consent to the supplier reading the load profile (lib/consent.py). Both read
+# household's consent to the supplier reading the load profile (lib/seal.py). Both read
 # from flash every SEAL_EVERY s.
 from micropython import const
 
-import consent
 import seal
 import store
 
@@ -62,7 +61,7 @@ class Han:
             else:
                 text = "seal=open-service" if self._service else "seal=open"
             # one string a SEAL_EVERY seconds; the telegram copies it anyway
-            self._seal_text = text + (" consent=on" if consent.is_given() else " consent=off")
+            self._seal_text = text + (" consent=on" if seal.consent_given() else " consent=off")
         return self._seal_text
 
     def _emit(self, r):

@@ -342,7 +342,7 @@ def set_inputs(index: int, inputs: dict[str, int], base: Path | None = None) -> 
 
 def give_consent(index: int, base: Path | None = None, timeout: float = 20.0) -> None:
     """The household's consent to the supplier reading the load profile, given as a household
-    gives it (firmware/meter.py _consent_input, lib/consent.py): the button held through a
+    gives it (firmware/meter.py start, lib/seal.py set_consent): the button held through a
     power-up until the meter has recorded it. Nothing if it is given already."""
     import time
 
