@@ -114,6 +114,9 @@ def build(now_s=None, unsealed_by_service=False):
     hws = {}
     for name in _TASKS:
         hws[name] = hardware(name, policy)
+    # the WAN roles' table (tuples: nothing to alter), kept when policy.py is dropped
+    hws["cs_security"]["roles"] = policy.WAN_ROLES
+    hws["cs_security"]["consent"] = policy.WAN_CONSENT
     # 9 tasks, 69 messages in their mailboxes (the capacities below): the kernel's tables are
     # made once, whole
     k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, logs_of(getattr(board, "nvram", None),
@@ -178,7 +181,8 @@ def _service_input(cover, jumper, ticks_us, ticks_diff, sleep_ms, hold_ms=500):
     # The service input behind the sealed terminal cover (docs/SECURITY.md, "Sealed meters"):
     # True when the cover switch reads open AND the service jumper reads fitted, both without a
     # break for hold_ms from now (a bounce or a glitch never unseals). The household's
-    # reconnect button is not part of it: it never unseals.
+    # reconnect button is not part of it: it never unseals (start() holds the button alone
+    # through this for the household's consent, which is not the seal).
     t0 = ticks_us()
     while ticks_diff(ticks_us(), t0) < hold_ms * 1000:
         if not (cover.value() and jumper.value()):
@@ -212,7 +216,27 @@ def start(sealed=False):
                 print("unsealed: the service input (cover open, jumper fitted) at power-up")
             except OSError as e:  # the flash refused: still sealed
                 by_service = e
+    # The household's consent to the supplier reading the load profile (lib/seal.py,
+    # docs/SECURITY.md "Roles on the WAN"): the button held, without a break, for 3 s from
+    # power-up toggles it (the same debounced hold as the service input, on one pin; no wait
+    # when it is not pressed). Local only: nothing on the WAN reaches a button. Never the seal.
+    consent_now = None
+    button = getattr(board, "button", None)
+    if button is not None and _service_input(button, button, board.ticks_us, board.ticks_diff,
+                                             board.sleep_ms, 3000):
+        import seal  # main.py's (already imported there, or next)
+
+        try:
+            seal.set_consent(not seal.consent_given())
+            consent_now = "on" if seal.consent_given() else "off"
+            print("consent: %s (the button held at power-up)" % consent_now)
+        except OSError as e:  # the flash refused: unchanged
+            consent_now = e
     k = build(unsealed_by_service=by_service is True)
+    if isinstance(consent_now, str):
+        k.log("kernel", "consent: %s (button held at power-up)" % consent_now)
+    elif consent_now is not None:
+        k.log("kernel", "consent: change failed %s" % consent_now)
     if by_service is True:
         k.log("kernel", "seal: unsealed (service input at power-up)")
     elif by_service:

@@ -54,6 +54,33 @@ FLOWS = {
     ("credit", "cs_security"): ("credit_data",),
 }
 
+# Who may ask what over the WAN (issue 18, docs/SECURITY.md "Roles"). Each principal has its
+# own keys (lib/wan.py role_master) and its own command counters; a frame names its role in its
+# header's flags, and the MAC under that role's keys authenticates it. cs_security refuses a
+# kind that is not listed for the frame's role (POLICY error frame to that role, logged, no
+# state change). By WAN kind (lib/wan.py K_*), in role-id order (the flags' role field):
+WAN_ROLES = (
+    # operator: off-switch, tariffs and prepaid mode, time, seal, calibration, its logs
+    ("operator", (0x01,  # INFO (every role: the meter id, the seal, the firmware)
+                  0x13, 0x14, 0x15, 0x12,  # TIME_SET, CALIBRATE, STATS, LOGS
+                  0x30, 0x31,  # SWITCH, SWITCH_STATUS
+                  0x33, 0x35,  # TARIFF, PREPAID
+                  0x40, 0x41)),  # SEAL, UNSEAL
+    # aggregator: LoPA only; its ciphertexts and recovery answers are blinded, and it may
+    # read no individual value (no READ, no PROFILE, no CREDIT)
+    ("aggregator", (0x01,  # INFO
+                    0x20, 0x21, 0x22, 0x23, 0x24,  # KEYGEN, PUBKEY, GROUP_BEGIN/_KEYS/_COMMIT
+                    0x25, 0x26, 0x27, 0x28)),  # CIPHERTEXT, RECOVER, GROUPS, GROUP_DELETE
+    # supplier: billing registers (READ), prepaid credit; PROFILE only with consent (below)
+    ("supplier", (0x01,  # INFO
+                  0x10, 0x34, 0x32,  # READ, CREDIT, TOPUP
+                  0x11)),  # PROFILE, only while WAN_CONSENT says so
+)
+# (role, kind) pairs also allowed above only while the household's consent is given, set
+# locally (lib/seal.py consent_given: the button held at power-up; shown on the HAN as
+# consent=on|off).
+WAN_CONSENT = (("supplier", 0x11),)  # PROFILE: the per-interval load profile
+
 # Hardware each task may use; main.py hands a task only these board objects.
 HARDWARE = {
     "metrology": ("adc", "nvram"),

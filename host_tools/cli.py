@@ -496,7 +496,9 @@ def logs(port: str, keystore: Path | None, meter_id: int | None, log_name: str, 
 def profile(port: str, keystore: Path | None, meter_id: int | None, from_seq: int,
             csv_path: Path | None, png_path: Path | None, as_json: bool,
             timeout: float) -> None:
-    """Read the load profile: one record per closed interval."""
+    """Read the load profile: one record per closed interval (under the supplier's key; the
+    meter refuses it unless the household has given its consent: the button held 3 s from
+    power-up)."""
     from host_tools.headend.client import open_link
     from host_tools.headend.queries import PROFILE_FIELDS, read_profile
 

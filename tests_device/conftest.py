@@ -292,3 +292,10 @@ def own_meter(tmp: Path, **kwargs: Any) -> Iterator[OwnMeter]:
     """One meter of own_meters()."""
     with own_meters(tmp, 1, **kwargs) as meters:
         yield meters[0]
+
+
+
+def give_consent(base: Path, index: int = 0) -> None:
+    """The household's consent (the button held at power-up: host_tools/sim/fleet.py
+    give_consent), on the virtual board only (a real one needs a hand on its button)."""
+    fleet.give_consent(index, base)

@@ -429,17 +429,20 @@ def test_a_released_t_is_refused_across_a_power_cut_and_after_the_clock_is_set_b
 
 # -- a keyless frame with a chosen ref --
 
-def _answers(link: MeterLink, ctr: int, kind: int, timeout: float = 15.0) -> list[wire.Frame]:
-    """Every frame the meter sends that verifies under its up keys, until the answer of
-    ``kind`` to the genuine command ``ctr`` has come, and 0.5 s after it. The meter handles
-    lines in order, so an answer to a frame sent before that command comes before its own."""
+def _answers(link: MeterLink, ctr: int, kind: int, timeout: float = 15.0,
+             keys: wire.Keys | None = None) -> list[wire.Frame]:
+    """Every frame the meter sends that verifies under its up keys (``keys``: a role's; the
+    operator's by default), until the answer of ``kind`` to the genuine command ``ctr`` has
+    come, and 0.5 s after it. The meter handles lines in order, so an answer to a frame sent
+    before that command comes before its own."""
+    keys = keys or link.keys
     out: list[wire.Frame] = []
     reader = wire.LineReader()
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         for line in reader.feed(link.ser.read(4096)):
             try:
-                f = wire.open_frame(link.keys, True, wire.from_line(line))
+                f = wire.open_frame(keys, True, wire.from_line(line))
             except wire.WireError:
                 continue
             out.append(f)
@@ -466,13 +469,16 @@ def test_a_keyless_frame_naming_a_genuine_counter_gets_no_answer_bound_to_it(fl:
     not move (the INFO is not a REPLAY)."""
     with fl.link(1) as link:
         mid = link.entry.meter_id
-        ctr = fl.keystore.next_down_ctr(mid)
-        link.send_line(wire.to_line(wire.seal(link.keys, False, wire.K_READ, ctr, 0, b"")))
+        # READ is the supplier's (its own keys and counter; INFO is every role's)
+        role = wire.role_of(wire.K_READ)
+        keys = link.keys_for(role)
+        ctr = fl.keystore.next_down_ctr(mid, role=role)
+        link.send_line(wire.to_line(wire.seal(keys, False, wire.K_READ, ctr, 0, b"")))
         for frame in adv.keyless_frames(mid, ctr):
             link.send_line(wire.to_line(frame))
-        sync = fl.keystore.next_down_ctr(mid)  # answered after every frame above
-        link.send_line(wire.to_line(wire.seal(link.keys, False, wire.K_INFO, sync, 0, b"")))
-        got = _answers(link, sync, wire.K_INFO)
+        sync = fl.keystore.next_down_ctr(mid, role=role)  # answered after every frame above
+        link.send_line(wire.to_line(wire.seal(keys, False, wire.K_INFO, sync, 0, b"")))
+        got = _answers(link, sync, wire.K_INFO, keys=keys)
         assert (_bound(got, ctr), _bound(got, sync)) == (["READ"], ["INFO"])
         nxt = fl.keystore.next_down_ctr(mid)
         for frame in adv.keyless_frames(mid, nxt, wire.K_TOPUP):
@@ -587,17 +593,28 @@ def test_the_button_held_at_power_up_never_unseals_a_sealed_meter(fl: Fleet) -> 
 
 # -- roles --
 
-@pytest.mark.xfail(not ROLES, strict=True,
-                   reason="issue 18 Build 4 (roles on the WAN) is not built yet: one key runs "
-                          "LoPA and reads the per-interval profile")
 def test_the_aggregator_key_cannot_read_the_profile(fl: Fleet) -> None:
-    """The aggregator's key runs LoPA and never reads an individual interval: PROFILE under it
-    is refused by the meter's policy (POLICY)."""
+    """The aggregator's key runs LoPA and never reads an individual interval: PROFILE (and
+    READ) under it is refused by the meter's policy (POLICY, to the aggregator, logged); the
+    supplier's PROFILE is refused too while the household has not consented."""
+    assert ROLES
     entry = fl.keystore.get(fl.ids[1])
     assert entry is not None
-    agg = getattr(entry, "roles", {}).get("aggregator")
-    assert agg is not None, "the keystore holds no aggregator key for the meter"
-    link = MeterLink(fl.ports[1], agg, fl.keystore)
-    with link, pytest.raises(MeterError) as e:
-        link.request(wire.K_PROFILE, {"from": 0, "max": 1})
-    assert e.value.code == wire.E_POLICY
+    assert entry.role_key(wire.ROLE_AGGREGATOR) not in (entry.master,
+                                                        entry.role_key(wire.ROLE_SUPPLIER))
+    fl.new_log(1)
+    with MeterLink(fl.ports[1], entry, fl.keystore, role=wire.ROLE_AGGREGATOR) as link:
+        # its own kinds: answered
+        assert codec.parse_pubkey(link.request_raw(wire.K_PUBKEY, b"")).pk == fl.pks[1]
+        for kind in (wire.K_PROFILE, wire.K_READ):
+            with pytest.raises(MeterError) as e:
+                link.request(kind, {"from": 0, "max": 1} if kind == wire.K_PROFILE else None)
+            assert e.value.code == wire.E_POLICY
+            assert e.value.detail == f"role aggregator may not send kind {kind}"
+    with open_link(fl.ports[1], fl.keystore) as link:  # PROFILE: the supplier's
+        with pytest.raises(MeterError) as e:
+            link.request(wire.K_PROFILE, {"from": 0, "max": 1})
+        assert e.value.code == wire.E_POLICY and "no consent" in str(e.value.detail)
+    log = fl.new_log(1)
+    assert logged(log, f"wan: rejected (policy: role 1 may not send kind {wire.K_PROFILE})")
+    assert logged(log, "wan: rejected (policy: kind 17 needs the household's consent)")

@@ -96,6 +96,8 @@ def test_encrypted_answers_open_at_the_head_end(meter: Meter) -> None:
     with open_link(meter.port, meter.keystore, None, 10.0) as link:
         logs = read_log(link, "security")
     assert logs, "the security log has at least the boot's records"
+    # PROFILE: the supplier's, with the household's consent (the button at power-up)
+    fleet.give_consent(0, meter.base)
     time.sleep(2.5)  # one 2-s interval closed
     prof = meter.request(wire.K_PROFILE, {"from": 0})
     assert isinstance(prof, dict | list) and prof, prof

@@ -122,8 +122,10 @@ class Meter:
         return switch.OsKeys.derive(self.meter_id, e.os_key)
 
     def seal(self, kind: int, payload: bytes, ctr: int | None = None) -> bytes:
-        c = self.keystore.next_down_ctr(self.meter_id) if ctr is None else ctr
-        return wire.seal(self.keys, False, kind, c, 0, payload)
+        # under the keys and with the counter of the role the meter's policy gives the kind
+        role = wire.role_of(kind)
+        c = self.keystore.next_down_ctr(self.meter_id, role=role) if ctr is None else ctr
+        return wire.seal(self.link.keys_for(role), False, kind, c, 0, payload)
 
     def sync(self) -> None:
         """An authentic INFO with the head-end's next counter, answered: every line sent
@@ -198,7 +200,7 @@ def meter(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> It
             # that no forged frame may change.
             m.originals = {}
             for kind, payload in samples(m).items():
-                early = ks.next_down_ctr(m.meter_id)
+                early = ks.next_down_ctr(m.meter_id, role=wire.role_of(kind))
                 original = m.seal(kind, payload)
                 m.originals[kind] = (original, m.seal(kind, payload, early))
                 link.send_line(wire.to_line(original))
@@ -255,7 +257,7 @@ def test_every_kind_forged_is_refused_logged_and_changes_nothing(meter: Meter,
     # Forged frames: fresh counters far above the head-end's, harmful payloads.
     base = FORGED_BASE + kind * 100
     payload = harmful(m, kind, m.keystore.next_os_ctr(m.meter_id) + 500)
-    good = wire.seal(m.keys, False, kind, base, 0, payload)
+    good = wire.seal(m.link.keys_for(wire.role_of(kind)), False, kind, base, 0, payload)
     other_meter = wire.Keys.derive(m.meter_id ^ 0x5A5A, m.keys.master)
     other_key = wire.Keys.derive(m.meter_id, bytes(x ^ 0xA5 for x in m.keys.master))
     pl = wire.HEADER + 1 if payload else 13  # a payload byte, or a counter byte
@@ -454,7 +456,8 @@ def test_a_topup_whose_answer_an_attacker_swallowed_is_never_applied_twice(
             assert time.monotonic() < end, "the meter did not answer the genuine TOPUP"
             for ln in reader.feed(link.ser.read(4096)):
                 try:
-                    swallowed |= wire.open_frame(link.keys, True, wire.from_line(ln)).ref == ctr
+                    swallowed |= wire.open_frame(link.keys_for(wire.role_of(wire.K_TOPUP)), True,
+                                                 wire.from_line(ln)).ref == ctr
                 except wire.WireError:
                     pass
         for forged in (frame[:15], frame[:30], bytes([2]) + frame[1:],

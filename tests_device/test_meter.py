@@ -23,6 +23,8 @@ from host_tools.headend.provision import ProvisionError, provision
 from host_tools.headend.queries import read_log, read_profile
 from host_tools.sim import fleet, profiles
 
+from .conftest import give_consent
+
 INTERVAL_S = 3
 
 
@@ -146,6 +148,8 @@ def test_cli_read_json(meter: Meter) -> None:
 
 
 def test_profile_closes_intervals_on_the_clock(meter: Meter) -> None:
+    # PROFILE is the supplier's, and only with the household's consent (policy.py WAN_CONSENT)
+    give_consent(sim_only(meter))
     time.sleep(2 * INTERVAL_S + 1)
     with meter.link() as link:
         recs = read_profile(link)
@@ -307,6 +311,7 @@ def test_meter_that_does_not_answer_is_a_clear_error(meter: Meter) -> None:
 # -- persistence ----------------------------------------------------------------------------
 def test_power_cut_keeps_committed_registers_profile_and_keys(meter: Meter) -> None:
     base = sim_only(meter)
+    give_consent(base)  # PROFILE: the supplier's, with the household's consent
     with meter.link() as link:
         before = read_profile(link)
     fleet.power_cut(0, base)

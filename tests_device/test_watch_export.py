@@ -68,6 +68,8 @@ def test_watch_once_shows_the_meters_values(meter: OwnMeter) -> None:
 
 
 def test_profile_csv_and_png_equal_the_json(meter: OwnMeter, tmp_path: Path) -> None:
+    # PROFILE: the supplier's, with the household's consent (the button at power-up)
+    fleet.give_consent(meter.index, meter.base)
     deadline = time.monotonic() + 20
     while True:  # at least two closed intervals
         recs = json.loads(run(meter, "profile", "--port", meter.port, "--json").output)

@@ -218,6 +218,12 @@ def make_cs(cfg):
     cs_security.COUNTERS = d + "/cs_ctr.json"
     store.save(cs_security.KEYS, {"meter": cfg["meter"], "master": cfg["master"]})
     store.save(cs_security.COUNTERS, {"down": cfg["down"], "up": 0})
+    # the household's consent given, so that PROFILE's arguments are parsed (and fuzzed) for
+    # the supplier too (lib/seal.py)
+    import seal
+
+    seal.CONSENT = d + "/consent"
+    seal.set_consent(True)
     port = Port()
     cs = cs_security.CsSecurity(port, {"info": {"fw": "fuzz"}})
     return cs, port, cs_security.COUNTERS
@@ -227,7 +233,8 @@ def cs_state(cs, counters):
     # what a rejected frame must not change: the key, the down counter (RAM and flash),
     # accepted requests and the pending table (the up counter of an ERROR answer may move:
     # every answer carries a fresh one, PROTOCOL.md)
-    return (cs.meter_id, cs._keys, cs._down, cs._down_res, cs.accepted,
+    # (copies: the counters are lists by role, changed in place)
+    return (cs.meter_id, cs._keys, tuple(cs._down), tuple(cs._down_res), cs.accepted,
             sorted(cs._pending.items()), store.load(counters, {}).get("down"))
 
 
@@ -263,7 +270,15 @@ def feed_cs(st, cs, port, counters, i, line, hang_ms, forged=None):
 
 def run_wan(cfg, rng, st):
     cs, port, counters = make_cs(cfg)
-    keys = cs._keys
+    import policy
+
+    # each kind under the keys and counter of the role the policy gives it, so that every
+    # kind's argument checks are reached (not only POLICY refusals); INFO the operator's
+    role_of = {}
+    for r in range(len(policy.WAN_ROLES)):
+        for k in policy.WAN_ROLES[r][1]:
+            if k != wan.K_INFO:
+                role_of[k] = r
     meter = cfg["meter"]
     seeds = [(k, bytes.fromhex(p)) for k, p in cfg["seeds"]]
     payloads = [p for _, p in seeds]
@@ -280,17 +295,22 @@ def run_wan(cfg, rng, st):
                            if cs.rejected > rej else "accepted")
     for i in range(cfg["n"]):
         st.n += 1
-        if cs._down > 0x7FFFFFF0:  # an accepted huge counter: start the window again
-            cs._down = base
-            cs._reserve(base, cs._up_res, cs._changed)
         kind, payload = rng.pick(seeds)
+        role = role_of.get(kind, 0)
+        keys = cs._keys[role]
+        if cs._down[role] > 0x7FFFFFF0:  # an accepted huge counter: start the window again
+            cs._down[role] = base
+            res = list(cs._down_res)
+            res[role] = base
+            cs._reserve(res, cs._up_res, cs._changed)
         if rng.chance(85):
             payload = mutate(payload, rng, payloads, tokens)
         payload = payload[:wan.PAYLOAD_CAP + 8]
-        ver, flags, ref, mid = 1, 0, 0, meter
+        ver, flags, ref, mid = 1, role << wan.ROLE_SHIFT, 0, meter
         c = rng.below(100)
-        ctr = cs._down + 1 if c < 80 else cs._down - rng.below(3) if c < 88 else \
-            0 if c < 91 else rng.pick(INTERESTING) if c < 96 else cs._down + 1 + rng.below(1000)
+        down = cs._down[role]
+        ctr = down + 1 if c < 80 else down - rng.below(3) if c < 88 else \
+            0 if c < 91 else rng.pick(INTERESTING) if c < 96 else down + 1 + rng.below(1000)
         ctr &= 0xFFFFFFFF
         if rng.chance(25):
             f = rng.below(8)
@@ -301,7 +321,7 @@ def run_wan(cfg, rng, st):
             elif f == 2:
                 flags = rng.below(256)
             elif f == 3:
-                flags = wan.FLAG_ENC
+                flags |= wan.FLAG_ENC
             elif f == 4:
                 ref = rng.pick(INTERESTING)
             elif f == 5:
@@ -309,7 +329,7 @@ def run_wan(cfg, rng, st):
             elif f == 6:
                 mid = meter ^ (1 << rng.below(64))
             else:
-                flags = wan.FLAG_RESP
+                flags |= wan.FLAG_RESP
         n = len(payload)
         nfield = n if rng.chance(95) else rng.pick(INTERESTING) & 0xFFFF
         body = payload

@@ -75,9 +75,19 @@ MADE = [(wire.K_PROFILE, b"[1]"), (wire.K_LOGS, b"5"), (wire.K_TOPUP, b'"x"'),
 
 
 def test_fuzz_findings_are_refused_and_logged() -> None:
-    keys = wire.Keys.derive(corpus.METER_ID, corpus.MASTER)
-    lines = [bytes.fromhex(h) for h in FOUND]
-    lines += [wire.to_line(wire.seal(keys, False, k, 2000 + i, 0, p, encrypt=bool(i & 1)))
+    # the findings were sealed under the one key there was: each again under its kind's role
+    lines = []
+    op = wire.Keys.derive(corpus.METER_ID, corpus.MASTER)
+    for h in FOUND:
+        f = wire.open_frame(op, False, wire.from_line(bytes.fromhex(h)))
+        keys = wire.Keys.derive(corpus.METER_ID, corpus.MASTER, wire.role_of(f.kind))
+        lines.append(wire.to_line(wire.seal(keys, False, f.kind, f.ctr, 0, f.payload,
+                                            f.encrypted)))
+    # each under the keys of the role the meter's policy gives its kind (roles count on their
+    # own: 2000 + i is above every role's counter)
+    lines += [wire.to_line(wire.seal(wire.Keys.derive(corpus.METER_ID, corpus.MASTER,
+                                                      wire.role_of(k)),
+                                     False, k, 2000 + i, 0, p, encrypt=bool(i & 1)))
               for i, (k, p) in enumerate(MADE)]
     r = run_batch("wan", 1, 3, extra={"replay": [x.hex() for x in lines]})
     print(json.dumps(r["replayed"], indent=1))

@@ -75,7 +75,7 @@ def keystore(tmp_path: Path) -> Keystore:
 
 
 def test_a_meter_silent_mid_reply_gives_a_clear_error_in_time(keystore: Keystore) -> None:
-    keys = wire.Keys.derive(METER, MASTER)
+    keys = wire.Keys.derive(METER, MASTER, wire.role_of(wire.K_READ))  # READ: the supplier's
     sent: list[int] = []
 
     def half_an_answer(got: bytes) -> bytes | None:
@@ -106,7 +106,7 @@ def test_the_headend_refuses_a_replayed_answer_and_personal_data_in_clear(
     """The head-end's own checks on what comes back (host_tools/headend/client.py): an answer
     under an uplink counter it has seen is a replay, and a READ answered unencrypted is
     personal data sent in clear; both refused, whatever their MAC says."""
-    keys = wire.Keys.derive(METER, MASTER)
+    keys = wire.Keys.derive(METER, MASTER, wire.role_of(wire.K_READ))  # READ: the supplier's
     # per command: (the answer's uplink counter, encrypted)
     plan = [(5, True), (5, True), (4, True), (6, False), (7, True)]
     answered: list[int] = []

@@ -99,9 +99,9 @@ class Host(Codec):
     name = "host"
     error = wire.WireError
 
-    def __init__(self, meter_id: int, master: bytes) -> None:
+    def __init__(self, meter_id: int, master: bytes, role: int = wire.ROLE_OPERATOR) -> None:
         super().__init__(meter_id, master)
-        self._keys = wire.Keys.derive(meter_id, master)
+        self._keys = wire.Keys.derive(meter_id, master, role)
 
     def seal(self, up: bool, kind: int, ctr: int, ref: int, payload: bytes,
              encrypt: bool = False) -> bytes:
@@ -428,7 +428,7 @@ def test_ctr_zero_reserved_flags_and_command_ref_are_malformed(codec: Codec) -> 
     bad: list[tuple[bool, bytes, int]] = [
         (False, forge(kdm, ctr=0), 0),
         (True, forge(kum, ctr=0, flags=wan.FLAG_RESP, ref=4), 0),
-        (False, forge(kdm, ctr=6, flags=0x04), 6),
+        (False, forge(kdm, ctr=6, flags=0x10), 6),  # bits 2-3: the role, known
         (True, forge(kum, ctr=6, flags=0x80 | wan.FLAG_RESP), 6),
         (False, forge(kdm, ctr=6, ref=5), 6),
     ]
@@ -874,7 +874,7 @@ print(json.dumps(res))
 
 def test_replay_says_whether_a_command_of_that_counter_may_have_changed_the_meter(
         micropython: Run, tmp_path: Path) -> None:
-    host = Host(METER, MASTER)
+    host = Host(METER, MASTER, wire.ROLE_SUPPLIER)  # TOPUP and READ: the supplier's
     topup = wire.to_line(host.seal(False, wan.K_TOPUP, 5, 0, b'{"amount_mc": 1}')).decode()
     read = wire.to_line(host.seal(False, wan.K_READ, 6, 0, b"")).decode()
     stale = wire.to_line(host.seal(False, wan.K_TOPUP, 3, 0, b"{}")).decode()
@@ -895,7 +895,8 @@ print(json.dumps(res))
 """)
     # the TOPUP's counter was on flash before it ran; the READ does not move it
     reserved = 5 + _firmware_const("tasks/cs_security.py", "RESERVE")
-    assert r["flash"]["chg"] == 5 and r["flash"]["down"] == reserved
+    # per role (lists by role id, policy.py WAN_ROLES): the supplier's here, the others' untouched
+    assert r["flash"]["chg"] == [0, 0, 5] and r["flash"]["down"] == [0, 0, reserved]
     # REPLAY, bound to the frame's own counter: (ref, code, highest used, last changing)
     assert r["replayed topup"] == [5, wan.E_REPLAY, reserved, 5]
     assert r["stale"] == [3, wan.E_REPLAY, reserved, 5]
@@ -986,10 +987,10 @@ def test_the_head_end_resends_after_replay_only_what_was_not_carried_out(
 
     def run(kind: int, changed: int | None) -> str:
         link = object.__new__(MeterLink)
-        link.entry, link.keystore = MeterEntry(METER, MASTER), ks
+        link.entry, link.keystore, link.role = MeterEntry(METER, MASTER), ks, None
 
         def exchange(kind: int, body: bytes, at_least: int = 0) -> wire.Frame:
-            ctr = ks.next_down_ctr(METER, at_least)
+            ctr = ks.next_down_ctr(METER, at_least, wire.role_of(kind))  # as _exchange
             sent.append((kind, ctr))
             if at_least:
                 return wire.Frame(kind=kind, flags=0, ctr=1, ref=ctr, payload=b"{}",
@@ -1010,8 +1011,8 @@ def test_the_head_end_resends_after_replay_only_what_was_not_carried_out(
     # a TOPUP whose counter the meter's last changing command reached: never resent
     out = run(wire.K_TOPUP, None)
     assert "may have been carried out" in out and len(sent) == 1
-    before = ks.get(METER)
-    assert before is not None and before.down_ctr > sent[0][1]  # the next one is above the marks
+    # the next one (the TOPUP's role's counter) is above the marks
+    assert ks.next_down_ctr(METER, role=wire.role_of(wire.K_TOPUP)) > sent[0][1] + 1
     # a TOPUP above the meter's last changing command (a reboot's reservation): resent once
     assert run(wire.K_TOPUP, 0) == "resent" and len(sent) == 2 and sent[1][1] > sent[0][1]
     # a read is always safe to resend

@@ -11,9 +11,15 @@
 # set_sealed), and boot when the service input behind the sealed terminal cover asks for it:
 # the cover switch open AND the service jumper fitted at power-up (meter.py). The household's
 # reconnect button never unseals.
+# The household's consent to the supplier reading the per-interval load profile (PROFILE;
+# policy.py WAN_CONSENT, docs/SECURITY.md "Roles on the WAN") is kept the same way, here for
+# RAM (one module fewer): the file CONSENT, present = given. Only the household changes it,
+# locally: the reconnect button held at power-up toggles it (meter.py); no task that a WAN
+# request reaches writes it. Shown in every HAN telegram (consent=on|off, tasks/han.py).
 import os
 
 SEALED = "/data/sealed"
+CONSENT = "/data/consent"
 
 
 def is_sealed():
@@ -22,6 +28,23 @@ def is_sealed():
         return True
     except OSError:
         return False
+
+
+def consent_given():
+    try:
+        os.stat(CONSENT)
+        return True
+    except OSError:
+        return False
+
+
+def set_consent(on):
+    # OSError from the flash goes to the caller (meter.py logs it; consent then unchanged)
+    if on:
+        with open(CONSENT, "w") as f:
+            f.write("1")
+    elif consent_given():
+        os.remove(CONSENT)
 
 
 def run(k):

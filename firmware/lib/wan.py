@@ -7,7 +7,10 @@
 #
 # Frame (big-endian): ver u8 | kind u8 | flags u8 | meter u64 | ctr u32 |
 # ref u32 | len u16 | payload | mac (16 = HMAC-SHA256(k_mac_dir, all before)[:16]).
-# Keys: HKDF-SHA256(ikm=K, salt=meter id u64 BE, info=b"wan <dir> <use>").
+# flags: ENC 0x01, RESP 0x02, the role (policy.py WAN_ROLES) in bits 2-3; the role picks the
+# keys, and the MAC covers it. Keys: HKDF-SHA256(ikm=K, salt=meter id u64 BE,
+# info=b"wan <dir> <use>"), K the master for the operator (role 0) and
+# HKDF-SHA256(master, meter id, b"wan role <name>") for the others (role_master).
 # ENC: AES-128-CTR, initial counter block meter(8) | ctr(4) | 00000000. The AES is
 # cryptolib's, or lib/aes128.py's where the build has no cryptolib.
 #
@@ -49,7 +52,13 @@ LINE_CAP = const(1500)
 
 FLAG_ENC = const(0x01)
 FLAG_RESP = const(0x02)
-_FLAGS_KNOWN = const(0x03)
+ROLE_SHIFT = const(2)
+ROLE_MASK = const(0x0C)  # flags bits 2-3: 0 operator, 1 aggregator, 2 supplier, 3 unassigned
+_FLAGS_KNOWN = const(0x0F)
+ROLE_OPERATOR = const(0)
+ROLE_AGGREGATOR = const(1)
+ROLE_SUPPLIER = const(2)
+ROLE_NAMES = ("operator", "aggregator", "supplier")  # by role id
 
 K_INFO = const(0x01)
 K_READ = const(0x10)
@@ -139,6 +148,27 @@ def derive_keys(meter_id, master):
     )
 
 
+def role_master(meter_id, master, role):
+    """The 32-byte key role `role` derives its WAN keys from: the master itself for the
+    operator (so the operator's frames are those of protocol v1 before roles), else a one-way
+    HKDF of it, so that the aggregator's or the supplier's key gives neither the master nor
+    another role's key."""
+    if role == ROLE_OPERATOR:
+        return master
+    if not 0 < role < len(ROLE_NAMES):
+        raise ValueError("wan: unknown role")
+    return _h.hkdf_sha256(master, meter_id.to_bytes(8, "big"),
+                          b"wan role " + ROLE_NAMES[role].encode(), 32)
+
+
+def frame_role(frame):
+    """The role id a frame's header claims (not yet authenticated: it only picks the keys
+    that the MAC is then checked with), or -1 when the frame is too short to say."""
+    if len(frame) < 3:
+        return -1
+    return (frame[2] & ROLE_MASK) >> ROLE_SHIFT
+
+
 def ct_equal(a, b):
     """a == b without an early exit (lengths are not secret)."""
     if len(a) != len(b):
@@ -178,10 +208,10 @@ def _ctr_xor(key, meter_id, ctr, data, out=None, at=0):
     return None if res is None else bytes(res)
 
 
-def seal(keys, meter_id, up, kind, ctr, ref, payload, encrypt=False):
+def seal(keys, meter_id, up, kind, ctr, ref, payload, encrypt=False, role=0):
     """One frame (a bytearray: on the meter the frame is the only allocation here; it is
     encrypted straight into it). up=True: a response (RESP flag, up keys); up=False: a
-    command (down keys)."""
+    command (down keys). keys: role `role`'s (an answer goes under the command's role)."""
     n = len(payload)
     if n > PAYLOAD_CAP:
         raise WanError(E_TOO_BIG, "wan: payload over cap", ref=ref)
@@ -191,12 +221,15 @@ def seal(keys, meter_id, up, kind, ctr, ref, payload, encrypt=False):
         raise ValueError("wan: bad ref")
     if not 0 <= kind <= 0xFF:
         raise ValueError("wan: bad kind")
+    if not 0 <= role < len(ROLE_NAMES):
+        raise ValueError("wan: bad role")
     if up:
         mac_key, enc_key, flags = keys[1], keys[3], FLAG_RESP
     else:
         mac_key, enc_key, flags = keys[0], keys[2], 0
     if encrypt:
         flags |= FLAG_ENC
+    flags |= role << ROLE_SHIFT
     end = HEADER + n
     frame = bytearray(end + MAC_LEN)
     struct.pack_into(">BBBQIIH", frame, 0, VER, kind, flags, meter_id, ctr, ref, n)
@@ -211,7 +244,8 @@ def seal(keys, meter_id, up, kind, ctr, ref, payload, encrypt=False):
 def open_frame(keys, meter_id, up, frame):
     """Check and open one frame -> (kind, flags, ctr, ref, payload) with payload decrypted.
 
-    up=True: a response (as the head-end sees it); up=False: a command (as the meter
+    keys: those of the role the header claims (frame_role); the MAC, checked with them, then
+    authenticates the role too (flags are in it). up=True: a response (as the head-end sees it); up=False: a command (as the meter
     sees it). Raises WanError. Counters are the caller's: this does not check
     that ctr is above the last accepted one."""
     size = len(frame)

@@ -8,6 +8,12 @@
 # is wrong with it: an answer bound to the ref in its unauthenticated header would be taken by
 # the head-end for the answer to its own command of that counter (docs/SECURITY.md, "The WAN:
 # answers and counters").
+# Roles (policy.py WAN_ROLES): operator, aggregator and supplier each have their own keys and
+# their own command counters (each role's head-end counts on its own, so one role's stream
+# cannot make another's look replayed, and a replay is caught within each stream). A frame's
+# role picks the keys its MAC is checked with; an authentic frame of a kind its role may not
+# send is refused with POLICY, to that role, and changes nothing. The uplink counter is one for
+# all roles: its values never repeat, and each role's keys are its own.
 import json
 from micropython import const
 
@@ -77,17 +83,38 @@ class CsSecurity:
     def __init__(self, port, hw):
         self._port = port
         self._info = hw.get("info", {})
+        # per role id: (kinds it may send, kinds it may send only with consent). meter.py hands
+        # over policy.py's tables (it drops that module after the build); else read here.
+        roles, needs_consent = hw.get("roles"), hw.get("consent", ())
+        if roles is None:
+            import policy
+
+            roles, needs_consent = policy.WAN_ROLES, policy.WAN_CONSENT
+        self._roles = tuple((kinds, tuple(k for r, k in needs_consent if r == name))
+                            for name, kinds in roles)
         k = store.load(KEYS, None)
         self.meter_id = k["meter"] if k else None
-        self._keys = wan.derive_keys(k["meter"], bytes.fromhex(k["master"])) if k else None
+        self._keys = None
+        if k:
+            master = bytes.fromhex(k["master"])
+            self._keys = tuple(wan.derive_keys(k["meter"], wan.role_master(k["meter"], master, r))
+                               for r in range(len(self._roles)))
         c = store.load(COUNTERS, {"down": 0, "up": 0})
-        # After a reboot every counter up to the reserved marks counts as used.
-        self._down = self._down_res = c["down"]
+        # After a reboot every counter up to the reserved marks counts as used. Per role
+        # (lists by role id); a file from before roles holds the operator's alone.
+        self._down = self._roles_of(c["down"])
+        self._down_res = list(self._down)
         self._up = self._up_res = c["up"]
-        self._changed = c.get("chg", 0)  # the last command that may have changed the meter
+        self._changed = self._roles_of(c.get("chg", 0))  # the last command that may have
+        # changed the meter, per role
         self._pending = {}
         self.accepted = 0
         self.rejected = 0
+
+    def _roles_of(self, v):
+        if isinstance(v, int):
+            v = [v]
+        return [v[r] if r < len(v) else 0 for r in range(len(self._roles))]
 
     # -- counters --------------------------------------------------------------
     def _reserve(self, down_res, up_res, changed):
@@ -114,24 +141,25 @@ class CsSecurity:
         return up
 
     # -- sending -----------------------------------------------------------------
-    def _send(self, kind, ref, payload, encrypt=False):
+    def _send(self, role, kind, ref, payload, encrypt=False):
         ctr = self._next_up()
         if not ctr:
             return  # no counter on flash: silence rather than a counter used twice
-        frame = wan.seal(self._keys, self.meter_id, True, kind, ctr, ref, payload, encrypt)
+        frame = wan.seal(self._keys[role], self.meter_id, True, kind, ctr, ref, payload,
+                         encrypt, role)
         # comm writes the line's "~" (PROTOCOL.md framing): one line-sized copy fewer
         self._port.send("comm", "frame_out", wan.frame_to_b64(frame))
 
-    def _error(self, code, ref, detail=None):
-        self._send(wan.K_ERROR, ref, wan.error_payload(code, detail))
+    def _error(self, role, code, ref, detail=None):
+        self._send(role, wan.K_ERROR, ref, wan.error_payload(code, detail))
 
-    def _reject(self, why, code=0, ref=0, detail=None):
+    def _reject(self, why, code=0, ref=0, detail=None, role=0):
         # code: the error to answer, only for a frame whose MAC verified (ref is then its own
-        # counter, chosen by the head-end); 0: silence.
+        # counter, chosen by the head-end, and role its role); 0: silence.
         self.rejected += 1
         self._port.log_flood("wan: rejected (%s)" % why)  # a flood: rate-limited
         if code and self._keys:
-            self._error(code, ref, detail)
+            self._error(role, code, ref, detail)
 
     # -- inbound -----------------------------------------------------------------
     def handle(self, sender, kind, payload):
@@ -146,45 +174,72 @@ class CsSecurity:
         if self._keys is None:
             lazy.call("tasks.cs_rare", "unprovisioned", self, line)
             return
+        role = -1
         try:
             frame = wan.line_to_frame(line)
-            kind, flags, ctr, ref, body = wan.open_frame(self._keys, self.meter_id, False, frame)
+            role = wan.frame_role(frame)
+            if not 0 <= role < len(self._keys):
+                # no keys for that role id: nothing can authenticate it, so silence
+                raise wan.WanError(0, "wan: unassigned role %d" % role, True)
+            kind, flags, ctr, ref, body = wan.open_frame(self._keys[role], self.meter_id,
+                                                         False, frame)
         except wan.WanError as e:
             # Only the checks after the MAC (ctr 0, reserved flags, a command with a ref) may
             # answer, and they answer the head-end's own counter; before it: silence.
             self._reject("%s code %d" % (e.args[0] if e.args else "bad frame", e.code),
-                         e.code if e.authentic else 0, e.ref)
+                         e.code if e.authentic else 0, e.ref, role=role)
             return
-        if ctr <= self._down:
-            # A frame of the head-end's, but not new: REPLAY, with the highest counter used
-            # and the counter of the last command that may have changed the meter. A command
-            # of this counter was carried out only if it is at or below the latter: so a
-            # replayed TOPUP cannot make its own genuine answer look refused.
-            self._reject("replay ctr %d <= %d" % (ctr, self._down), wan.E_REPLAY, ctr,
-                         self._down.to_bytes(4, "big") + self._changed.to_bytes(4, "big"))
+        down = self._down[role]
+        if ctr <= down:
+            # A frame of this role's head-end, but not new: REPLAY, with the highest counter
+            # used and the counter of the last command that may have changed the meter (both
+            # this role's). A command of this counter was carried out only if it is at or below
+            # the latter: so a replayed TOPUP cannot make its own genuine answer look refused.
+            self._reject("replay ctr %d <= %d role %d" % (ctr, down, role), wan.E_REPLAY, ctr,
+                         down.to_bytes(4, "big") + self._changed[role].to_bytes(4, "big"),
+                         role)
             return
-        down_res, changed = self._down_res, self._changed
-        if ctr > down_res:
-            down_res = ctr + RESERVE
-        if kind not in _READS:
-            changed = ctr
-        if ((down_res != self._down_res or changed != self._changed)
-                and not self._reserve(down_res, self._up_res, changed)):
-            self.rejected += 1  # not carried out, and nothing said: see _reserve
+        kinds, consent_kinds = self._roles[role]
+        if kind not in kinds:
+            # Not this role's to ask (policy.py WAN_ROLES): refused before its counter is
+            # reserved or anything routed, so the refusal changes nothing on the meter. A kind
+            # that no role has is UNKNOWN_KIND, as before roles.
+            if kind != wan.K_INFO and _route_of(kind) < 0:
+                self._reject("unknown kind %d" % kind, wan.E_UNKNOWN_KIND, ctr, role=role)
+                return
+            self._reject("policy: role %d may not send kind %d" % (role, kind), wan.E_POLICY,
+                         ctr, "role %s may not send kind %d" % (wan.ROLE_NAMES[role], kind),
+                         role)
             return
-        self._down = ctr
+        if kind in consent_kinds and not seal.consent_given():
+            self._reject("policy: kind %d needs the household's consent" % kind, wan.E_POLICY,
+                         ctr, "no consent: the household has not given it (consent=off)",
+                         role)
+            return
+        res, chg = self._down_res[role], self._changed[role]
+        new_res = ctr + RESERVE if ctr > res else res
+        new_chg = chg if kind in _READS else ctr
+        if new_res != res or new_chg != chg:
+            # new lists only then (once in RESERVE frames, or a changing command)
+            down_res, changed = list(self._down_res), list(self._changed)
+            down_res[role], changed[role] = new_res, new_chg
+            if not self._reserve(down_res, self._up_res, changed):
+                self.rejected += 1  # not carried out, and nothing said: see _reserve
+                return
+        self._down[role] = ctr
         self.accepted += 1
-        self._request(kind, ctr, body)
+        self._request(role, kind, ctr, body)
 
-    def _request(self, kind, ctr, body):
+    def _request(self, role, kind, ctr, body):
         if kind == wan.K_INFO:
-            info = {"meter": self.meter_id, "sealed": seal.is_sealed()}
+            info = {"meter": self.meter_id, "sealed": seal.is_sealed(),
+                    "role": wan.ROLE_NAMES[role]}
             info.update(self._info)
-            self._send(wan.K_INFO, ctr, json.dumps(info).encode())
+            self._send(role, wan.K_INFO, ctr, json.dumps(info).encode())
             return
         route = _route_of(kind)
         if route < 0:
-            self._reject("unknown kind %d" % kind, wan.E_UNKNOWN_KIND, ctr)
+            self._reject("unknown kind %d" % kind, wan.E_UNKNOWN_KIND, ctr, role=role)
             return
         try:
             task = _ROUTES[route + 1]
@@ -201,25 +256,29 @@ class CsSecurity:
                 # JSON arguments, checked into plain numbers and names (tasks/cs_rare.py)
                 msg = lazy.call("tasks.cs_rare", "args", kind, ctr, body)
         except (ValueError, KeyError, TypeError, OverflowError) as e:  # fuzz: int(1e400)
-            self._reject("bad args for kind %d: %s" % (kind, e), wan.E_BAD_ARGS, ctr)
+            self._reject("bad args for kind %d: %s" % (kind, e), wan.E_BAD_ARGS, ctr,
+                         role=role)
             return
-        if len(self._pending) >= MAX_PENDING:
-            self._reject("busy", wan.E_FAILED, ctr)
+        # tasks answer by ref = the command's counter: one pending request per counter, of
+        # whichever role (roles count on their own, so two may meet)
+        if len(self._pending) >= MAX_PENDING or ctr in self._pending:
+            self._reject("busy", wan.E_FAILED, ctr, role=role)
             return
         mkind, enc = _ROUTES[route + 2], _ROUTES[route + 3]
         if not self._port.send(task, mkind, msg):
-            self._reject("not routed: %s %s" % (task, mkind), wan.E_FAILED, ctr)
+            self._reject("not routed: %s %s" % (task, mkind), wan.E_FAILED, ctr, role=role)
             return
-        self._pending[ctr] = (kind, enc)
+        self._pending[ctr] = (kind, enc, role)
 
     def _answer(self, payload):
         ref, code, body = payload
         req = self._pending.pop(ref, None)
         if req is None:
             return  # not asked for (or asked before a reboot)
-        kind, enc = req
+        kind, enc, role = req
         if code:
             self._port.log_flood("request %d kind %d failed: %s" % (ref, kind, body))
-            self._error(code, ref, body.encode())
+            self._error(role, code, ref, body.encode())
         else:
-            self._send(kind, ref, body if isinstance(body, bytes) else body.encode(), enc)
+            self._send(role, kind, ref, body if isinstance(body, bytes) else body.encode(),
+                       enc)

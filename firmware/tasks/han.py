@@ -10,7 +10,9 @@
 # /data/han.json (written at provisioning): the equipment identifier and the local time.
 # The seal (lib/seal.py) is shown in the text message line: "seal=closed", "seal=open", or
 # "seal=open-service" after the service input behind the terminal cover unsealed it at this
-# power-up (meter.py), so that the household sees it; read from flash every SEAL_EVERY s.
+# power-up (meter.py), so that the household sees it; then "consent=on" or "consent=off", the
+# household's consent to the supplier reading the load profile (lib/seal.py). Both read
+# from flash every SEAL_EVERY s.
 from micropython import const
 
 import seal
@@ -55,9 +57,11 @@ class Han:
             self._seal_age = 0
             if seal.is_sealed():
                 self._service = False  # sealed again since
-                self._seal_text = "seal=closed"
+                text = "seal=closed"
             else:
-                self._seal_text = "seal=open-service" if self._service else "seal=open"
+                text = "seal=open-service" if self._service else "seal=open"
+            # one string a SEAL_EVERY seconds; the telegram copies it anyway
+            self._seal_text = text + (" consent=on" if seal.consent_given() else " consent=off")
         return self._seal_text
 
     def _emit(self, r):

@@ -69,11 +69,15 @@ ENCRYPTED_ANSWERS = ({wire.K_READ, wire.K_PROFILE, wire.K_LOGS} | wire.LOPA_ENC_
 
 class MeterLink:
     def __init__(self, port: str, entry: MeterEntry, keystore: Keystore,
-                 timeout: float = 5.0) -> None:
+                 timeout: float = 5.0, role: int | None = None) -> None:
         self.port = resolve_port(port)
         self.entry = entry
         self.keystore = keystore
-        self.keys = wire.Keys.derive(entry.meter_id, entry.master)
+        # role None: each kind under the role the meter's policy gives it (wire.ROLE_OF_KIND);
+        # a role: every request under that role's keys (a tool that is that role alone)
+        self.role = role
+        self.keys = wire.Keys.derive(entry.meter_id, entry.master)  # the operator's
+        self._role_keys: dict[int, wire.Keys] = {}
         self.timeout = timeout
         self.tx_bytes = 0
         self.rx_bytes = 0
@@ -166,6 +170,18 @@ class MeterLink:
         self.close()
 
     # -- one request -------------------------------------------------------------------
+    def role_for(self, kind: int) -> int:
+        return wire.role_of(kind) if self.role is None else self.role
+
+    def keys_for(self, role: int) -> wire.Keys:
+        """This meter's keys of ``role`` (the operator's: self.keys)."""
+        if role == wire.ROLE_OPERATOR:
+            return self.keys
+        if role not in self._role_keys:
+            self._role_keys[role] = wire.Keys.of_role_key(
+                self.entry.meter_id, self.entry.role_key(role), role)
+        return self._role_keys[role]
+
     def request(self, kind: int, args: dict[str, Any] | None = None) -> Any:
         """Send a command and return its decoded JSON answer; raise MeterError on ERROR."""
         resp = self._robust(kind, json.dumps(args).encode() if args else b"")
@@ -202,7 +218,7 @@ class MeterLink:
                 # The meter may have carried this command out: our frame, replayed after it
                 # ran, gets the same REPLAY as a counter below the meter's marks. Next time,
                 # a counter above them; this command is not sent again.
-                self.keystore.next_down_ctr(self.entry.meter_id, e.detail)
+                self.keystore.next_down_ctr(self.entry.meter_id, e.detail, self.role_for(kind))
                 name = wire.KIND_NAMES.get(kind, hex(kind))
                 raise MeterError(e.code, e.detail, f"meter {self.entry.meter_id}: {name} "
                                  f"(counter {e.ctr}) answered REPLAY, and the meter's last "
@@ -213,10 +229,11 @@ class MeterLink:
             return self._exchange(kind, body, at_least=e.detail)
 
     def _exchange(self, kind: int, body: bytes, at_least: int = 0) -> wire.Frame:
-        ctr = self.keystore.next_down_ctr(self.entry.meter_id, at_least)
-        frame = wire.seal(self.keys, False, kind, ctr, 0, body)
+        role = self.role_for(kind)
+        ctr = self.keystore.next_down_ctr(self.entry.meter_id, at_least, role)
+        frame = wire.seal(self.keys_for(role), False, kind, ctr, 0, body)
         self.send_line(wire.to_line(frame))
-        resp = self.await_response(ctr)
+        resp = self.await_response(ctr, role)
         if resp.kind == wire.K_ERROR:
             code, detail = wire.parse_error(resp.payload)
             raise MeterError(code, detail, f"meter {self.entry.meter_id}: "
@@ -239,7 +256,10 @@ class MeterLink:
             raise Disconnected(f"{self.port}: meter disconnected ({e})") from None
         self.tx_bytes += len(line)
 
-    def await_response(self, ctr: int) -> wire.Frame:
+    def await_response(self, ctr: int, role: int = wire.ROLE_OPERATOR) -> wire.Frame:
+        """The meter's answer to our command ``ctr`` of ``role``: MAC'd under that role's
+        keys (roles count on their own, so only the keys tell two roles' answers apart)."""
+        keys = self.keys_for(role)
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             self._check_abort()
@@ -256,7 +276,7 @@ class MeterLink:
             self.rx_bytes += len(data)
             for line in self._reader.feed(data):
                 try:
-                    f = wire.open_frame(self.keys, True, wire.from_line(line))
+                    f = wire.open_frame(keys, True, wire.from_line(line))
                 except wire.WireError:
                     continue  # not for us, or forged: ignored as the meter ignores ours
                 if f.ref != ctr:
@@ -276,7 +296,8 @@ class MeterLink:
 
 
 def open_link(port: str, keystore: Keystore, meter_id: int | None = None,
-              timeout: float = 5.0) -> MeterLink:
-    """A link to the meter on ``port`` (the one provisioned there, or ``meter_id``)."""
+              timeout: float = 5.0, role: int | None = None) -> MeterLink:
+    """A link to the meter on ``port`` (the one provisioned there, or ``meter_id``); role: as
+    MeterLink's."""
     entry = keystore.find(resolve_port(port), meter_id)
-    return MeterLink(port, entry, keystore, timeout)
+    return MeterLink(port, entry, keystore, timeout, role)

@@ -1,5 +1,10 @@
 """The head-end's keystore: each provisioned meter's id, WAN master key and counters.
 
+Roles (docs/SECURITY.md "Roles"): each meter's entry holds one key per WAN role (operator: the
+master; aggregator and supplier: their role keys, firmware/lib/wan.py role_master) and one
+command counter per role; the tools send each kind under the role the meter's policy gives it
+(wire.ROLE_OF_KIND).
+
 One JSON file, mode 0600, at ``$METERCTL_KEYSTORE`` or
 ``$XDG_CONFIG_HOME/meterctl/keystore.json`` (default ``~/.config/meterctl/keystore.json``);
 ``--keystore`` picks another. It holds every meter's master key: a keystore that its group or
@@ -20,6 +25,16 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from host_tools.headend import wire
+
+
+def down_ctr_field(role: int) -> str:
+    """The entry's field with role ``role``'s last command counter ("down_ctr": the
+    operator's, as before roles)."""
+    if not 0 <= role < len(wire.ROLE_NAMES):
+        raise ValueError(f"unknown role {role}")
+    return "down_ctr" if role == wire.ROLE_OPERATOR else f"down_ctr_{wire.ROLE_NAMES[role]}"
 
 
 class KeystoreError(Exception):
@@ -44,10 +59,23 @@ class MeterEntry:
     provisioned: str = ""
     os_key: bytes = field(default=b"", repr=False)  # the off-switch's own key, b"" if none
     os_ctr: int = 0  # the last off-switch command counter used
+    # the aggregator's and the supplier's keys, by role name (from before roles: derived)
+    role_keys: dict[str, bytes] = field(default_factory=dict, repr=False)
+
+    def role_key(self, role: int) -> bytes:
+        """The 32-byte key of WAN role ``role`` (wire.ROLE_*) for this meter."""
+        if role == wire.ROLE_OPERATOR:
+            return self.master
+        key = self.role_keys.get(wire.ROLE_NAMES[role])
+        return key if key else wire.role_master(self.meter_id, self.master, role)
 
     def to_json(self) -> dict[str, Any]:
-        d = {"master": self.master.hex(), "down_ctr": self.down_ctr, "up_ctr": self.up_ctr,
-             "port": self.port, "provisioned": self.provisioned}
+        d: dict[str, Any] = {
+            "master": self.master.hex(), "down_ctr": self.down_ctr, "up_ctr": self.up_ctr,
+            "port": self.port, "provisioned": self.provisioned,
+            "role_keys": {r: wire.role_master(self.meter_id, self.master, i).hex()
+                          for i, r in enumerate(wire.ROLE_NAMES) if i}}
+        d["role_keys"].update({r: k.hex() for r, k in self.role_keys.items()})
         if self.os_key:
             d["os_key"] = self.os_key.hex()
             d["os_ctr"] = self.os_ctr
@@ -57,7 +85,8 @@ class MeterEntry:
     def from_json(cls, meter_id: int, d: dict[str, Any]) -> MeterEntry:
         return cls(meter_id, bytes.fromhex(d["master"]), int(d.get("down_ctr", 0)),
                    int(d.get("up_ctr", 0)), str(d.get("port", "")), str(d.get("provisioned", "")),
-                   bytes.fromhex(d.get("os_key", "")), int(d.get("os_ctr", 0)))
+                   bytes.fromhex(d.get("os_key", "")), int(d.get("os_ctr", 0)),
+                   {str(r): bytes.fromhex(k) for r, k in d.get("role_keys", {}).items()})
 
 
 def check_private(path: Path, mode: int) -> None:
@@ -159,17 +188,28 @@ class Keystore:
                         v["port"] = ""
             data["meters"][str(entry.meter_id)] = entry.to_json()
 
-    def next_down_ctr(self, meter_id: int, at_least: int = 0) -> int:
-        """Reserve the next command counter (strictly increasing, persisted before use)."""
+    def next_down_ctr(self, meter_id: int, at_least: int = 0,
+                      role: int = wire.ROLE_OPERATOR) -> int:
+        """Reserve the next command counter of ``role`` (each role counts on its own, as the
+        meter does: strictly increasing, persisted before use)."""
+        name = down_ctr_field(role)
         with self._locked() as data:
             d = data["meters"].get(str(meter_id))
             if d is None:
                 raise KeystoreError(f"meter {meter_id} is not in {self.path}")
-            ctr = max(int(d.get("down_ctr", 0)), at_least) + 1
+            ctr = max(int(d.get(name, 0)), at_least) + 1
             if ctr > 0xFFFFFFFF:
                 raise KeystoreError(f"meter {meter_id}: command counter exhausted; re-provision")
-            d["down_ctr"] = ctr
+            d[name] = ctr
             return ctr
+
+    def resync_down(self, meter_id: int, reserved: int | list[int]) -> None:
+        """Continue each role's counter above what the meter reserved (its counter file's
+        "down": one int from before roles, the operator's; else a list by role id)."""
+        marks = [reserved] if isinstance(reserved, int) else list(reserved)
+        for role, mark in enumerate(marks[:len(wire.ROLE_NAMES)]):
+            if int(mark):
+                self.next_down_ctr(meter_id, at_least=int(mark), role=role)
 
     def next_os_ctr(self, meter_id: int, at_least: int = 0) -> int:
         """Reserve the next off-switch command counter (as next_down_ctr, for the off-switch's

@@ -143,7 +143,8 @@ def provision(port: str, keystore: Keystore, *, force: bool = False,
             # The counter the meter reserved: after the soft reset it counts every command
             # counter up to it as used, and our next one would be refused (and logged) as a
             # replay (issue 20: a re-run of provision wrote a false alarm each time).
-            reserved = 0 if new_key else int(b.eval(
+            # an int from before roles (the operator's), else one per role (cs_security.py)
+            reserved = 0 if new_key else (b.eval(
                 f"__import__('store').load({COUNTERS_FILE!r}, {{'down': 0}})['down']",
                 "reading the meter's command counter"))
         except BaseException:
@@ -153,7 +154,7 @@ def provision(port: str, keystore: Keystore, *, force: bool = False,
             raise
         b.soft_reset_to_main()
     if reserved:
-        keystore.next_down_ctr(entry.meter_id, at_least=reserved)
+        keystore.resync_down(entry.meter_id, reserved)
     clock = 0
     if set_time:
         time.sleep(0.3)  # let main.py start its tasks

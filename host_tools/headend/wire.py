@@ -27,7 +27,14 @@ LINE_CAP = 1500
 
 FLAG_ENC = 0x01
 FLAG_RESP = 0x02
-FLAGS_KNOWN = FLAG_ENC | FLAG_RESP
+# flags bits 2-3: the role whose keys the frame is under (firmware/policy.py WAN_ROLES)
+ROLE_SHIFT = 2
+ROLE_MASK = 0x0C
+FLAGS_KNOWN = FLAG_ENC | FLAG_RESP | ROLE_MASK
+ROLE_OPERATOR = 0
+ROLE_AGGREGATOR = 1
+ROLE_SUPPLIER = 2
+ROLE_NAMES = ("operator", "aggregator", "supplier")  # by role id
 
 K_INFO = 0x01
 K_READ = 0x10
@@ -97,6 +104,23 @@ OFFSWITCH_ENC_RESPONSE_KINDS: frozenset[int] = frozenset({K_SWITCH, K_SWITCH_STA
                                                           K_CREDIT})
 
 E_MALFORMED = 1
+# The role each kind is sent under: firmware/policy.py WAN_ROLES (tests_host/test_roles.py
+# checks the two agree). INFO is every role's; it goes under the operator's unless asked.
+ROLE_OF_KIND: dict[int, int] = {
+    K_INFO: ROLE_OPERATOR,
+    **dict.fromkeys((K_TIME_SET, K_CALIBRATE, K_STATS, K_LOGS, K_SWITCH, K_SWITCH_STATUS,
+                     K_TARIFF, K_PREPAID, K_SEAL, K_UNSEAL), ROLE_OPERATOR),
+    **dict.fromkeys((K_KEYGEN, K_PUBKEY, K_GROUP_BEGIN, K_GROUP_KEYS, K_GROUP_COMMIT,
+                     K_CIPHERTEXT, K_RECOVER, K_GROUPS, K_GROUP_DELETE), ROLE_AGGREGATOR),
+    **dict.fromkeys((K_READ, K_CREDIT, K_TOPUP, K_PROFILE), ROLE_SUPPLIER),
+}
+
+
+def role_of(kind: int) -> int:
+    """The role a request of ``kind`` is sent under (an unknown kind: the operator's)."""
+    return ROLE_OF_KIND.get(kind, ROLE_OPERATOR)
+
+
 E_TOO_BIG = 2
 E_REPLAY = 3
 E_UNKNOWN_KIND = 4
@@ -144,9 +168,22 @@ def _hkdf(master: bytes, salt: bytes, info: bytes, length: int) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(master)
 
 
+def role_master(meter_id: int, master: bytes, role: int) -> bytes:
+    """The 32-byte key a role's WAN keys derive from (firmware/lib/wan.py role_master): the
+    master itself for the operator, else HKDF-SHA256(master, meter id, b"wan role <name>"),
+    one way: it gives neither the master nor another role's key."""
+    if role == ROLE_OPERATOR:
+        return bytes(master)
+    if not 0 < role < len(ROLE_NAMES):
+        raise ValueError(f"unknown role {role}")
+    return _hkdf(master, meter_id.to_bytes(8, "big"), b"wan role " + ROLE_NAMES[role].encode(),
+                 32)
+
+
 @dataclass(frozen=True)
 class Keys:
-    """One meter's keys: its 32-byte master key and the four keys derived from it."""
+    """One meter's keys for one role: that role's 32-byte key (``master``: the meter's master
+    for the operator, role_master's for the others) and the four keys derived from it."""
 
     meter_id: int
     master: bytes = field(repr=False)
@@ -154,16 +191,28 @@ class Keys:
     k_up_mac: bytes = field(repr=False)
     k_down_enc: bytes = field(repr=False)
     k_up_enc: bytes = field(repr=False)
+    role: int = ROLE_OPERATOR
 
     @classmethod
-    def derive(cls, meter_id: int, master: bytes) -> Keys:
+    def derive(cls, meter_id: int, master: bytes, role: int = ROLE_OPERATOR) -> Keys:
+        """Role ``role``'s keys from the meter's master key."""
         if len(master) != 32:
             raise ValueError("master key must be 32 bytes")
         if not 0 <= meter_id <= _U64_MAX:
             raise ValueError("meter id must be a u64")
+        return cls.of_role_key(meter_id, role_master(meter_id, master, role), role)
+
+    @classmethod
+    def of_role_key(cls, meter_id: int, master: bytes, role: int) -> Keys:
+        """Role ``role``'s keys from that role's own 32-byte key (all a role's keystore holds)."""
+        if len(master) != 32:
+            raise ValueError("role key must be 32 bytes")
+        if not 0 <= role < len(ROLE_NAMES):
+            raise ValueError(f"unknown role {role}")
         salt = meter_id.to_bytes(8, "big")
         return cls(
             meter_id=meter_id,
+            role=role,
             master=bytes(master),
             k_down_mac=_hkdf(master, salt, b"wan down mac", 32),
             k_up_mac=_hkdf(master, salt, b"wan up mac", 32),
@@ -220,7 +269,7 @@ def seal(keys: Keys, up: bool, kind: int, ctr: int, ref: int, payload: bytes,
         raise ValueError("ref must be a u32, and 0 in a command")
     if not 0 <= kind <= 0xFF:
         raise ValueError("kind must be a u8")
-    flags = FLAG_RESP if up else 0
+    flags = (FLAG_RESP if up else 0) | keys.role << ROLE_SHIFT
     body = bytes(payload)
     if encrypt:
         flags |= FLAG_ENC
@@ -256,6 +305,10 @@ def open_frame(keys: Keys, up: bool, frame: bytes) -> Frame:
         raise WireError(E_MALFORMED, "ctr 0")
     if flags & ~FLAGS_KNOWN:
         raise WireError(E_MALFORMED, f"reserved flags 0x{flags:02x}", ref=ctr)
+    if (flags & ROLE_MASK) >> ROLE_SHIFT != keys.role:
+        # authentic under these keys but naming another role: nothing of ours
+        raise WireError(E_MALFORMED, f"role {(flags & ROLE_MASK) >> ROLE_SHIFT}, not "
+                        f"{keys.role}", ref=ctr)
     if ref and not up:
         raise WireError(E_MALFORMED, "command with a ref", ref=ctr)
     payload = bytes(frame[HEADER:end])

@@ -262,14 +262,15 @@ class Campaign:
         import json
 
         link = self._link()
-        ctr = self.ks.next_down_ctr(self.m.meter_id)
-        line = wire.to_line(wire.seal(link.keys, False, wire.K_READ, ctr, 0, b""))
+        role = wire.role_of(wire.K_READ)  # the supplier's, with its own counter
+        ctr = self.ks.next_down_ctr(self.m.meter_id, role=role)
+        line = wire.to_line(wire.seal(link.keys_for(role), False, wire.K_READ, ctr, 0, b""))
         link.send_line(line)
-        resp = link.await_response(ctr)
+        resp = link.await_response(ctr, role)
         if resp.kind == wire.K_ERROR:
             code, detail = wire.parse_error(resp.payload)
             if code == wire.E_REPLAY and isinstance(detail, int):  # resync after a reboot
-                self.ks.next_down_ctr(self.m.meter_id, detail)
+                self.ks.next_down_ctr(self.m.meter_id, detail, role)
                 return self._read_capture()
             raise LinkError(f"READ refused: {wire.describe_error(resp.payload)}")
         self.replay = (line, ctr)
@@ -314,7 +315,7 @@ class Campaign:
                 return
             line, ctr = self.replay
             link.send_line(line)
-            resp = link.await_response(ctr)
+            resp = link.await_response(ctr, wire.role_of(wire.K_READ))
         except ReplayedResponse as e:
             raise Violation(f"the first answer after the restart reused an uplink counter "
                             f"({e})") from None
@@ -423,7 +424,7 @@ class Campaign:
             line, ctr = self.replay
             link.send_line(line)
             try:
-                resp = link.await_response(ctr)
+                resp = link.await_response(ctr, wire.role_of(wire.K_READ))
             except LinkError as e:
                 raise Violation(f"replayed frame: no refusal ({e})") from None
             if resp.kind != wire.K_ERROR or wire.parse_error(resp.payload)[0] != wire.E_REPLAY:
@@ -540,6 +541,9 @@ class Campaign:
 
     # -- the campaign -----------------------------------------------------------------------
     def start(self) -> None:
+        # the profile is the supplier's, with the household's consent: given first, with the
+        # button at power-up, as a household does (policy.py WAN_CONSENT)
+        fleet.give_consent(self.m.index, self.base)
         link = self._link()
         self.pk = codec.parse_keygen(link.request_raw(wire.K_KEYGEN, codec.keygen_cmd(False))).pk
         self.balance = int(switch.credit(link)["balance_mc"])

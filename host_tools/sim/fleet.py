@@ -347,6 +347,28 @@ def set_inputs(index: int, inputs: dict[str, int], base: Path | None = None) -> 
     return ctl(_meter(base, index), {"cmd": "set-inputs", "inputs": inputs})
 
 
+def give_consent(index: int, base: Path | None = None, timeout: float = 20.0) -> None:
+    """The household's consent to the supplier reading the load profile, given as a household
+    gives it (firmware/meter.py start, lib/seal.py set_consent): the button held through a
+    power-up until the meter has recorded it. Nothing if it is given already."""
+    import time
+
+    flag = _meter(base, index) / "fs" / "data" / "consent"
+    if flag.exists():
+        return
+    set_inputs(index, {"button": 1}, base)
+    try:
+        power_cut(index, base)
+        end = time.monotonic() + timeout
+        while not flag.exists():
+            if time.monotonic() > end:
+                raise SimError(f"meter {index}: no consent after the button was held "
+                               f"{timeout:g} s from power-up")
+            time.sleep(0.2)
+    finally:
+        set_inputs(index, {"button": 0}, base)
+
+
 def set_wave(index: int, wave: dict[str, float], base: Path | None = None) -> dict[str, Any]:
     return ctl(_meter(base, index), {"cmd": "set-wave", "wave": wave})
 

@@ -103,14 +103,15 @@ def read_profile(port: str, timeout: float = 10.0, keystore: Keystore | None = N
         try:
             out = b.exec(PROFILE_CODE, "lab probe: reading the load profile")
             if keystore is not None and meter_id is not None:
-                down = int(b.eval(DOWN_EXPR, "lab probe: reading the command counter"))
+                # an int from before roles (the operator's), else one per role
+                down = b.eval(DOWN_EXPR, "lab probe: reading the command counter")
         except BaseException:
             with contextlib.suppress(BoardError):
                 b.soft_reset_to_main()
             raise
         b.soft_reset_to_main()
     if keystore is not None and meter_id is not None and down:
-        keystore.next_down_ctr(meter_id, at_least=down)
+        keystore.resync_down(meter_id, down)
     try:
         recs = ast.literal_eval(out.decode().strip())
         return {int(t_end): int(x) for t_end, x in recs}
