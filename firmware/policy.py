@@ -104,12 +104,12 @@ NVRAM = {
     # LoPA: the next t each group may release (tasks/dc_base.py, once per (gid, t))
     "dc_security": (2680, 864, b"DC"),
 }
-# Rings staged in battery-backed RAM (lib/ringlog.py): file -> (offset, bytes), whole records
-# of the ring's size: 38 intervals of the load profile (9.5 h at 15 minutes) and 16 metrology
-# log records (its events: an ordinary interval close is in the profile, not the log). Their
+# Rings staged in battery-backed RAM (lib/ringlog.py): file -> (offset, bytes), whole records of
+# the ring's size: 38 intervals of the load profile (9.5 h at 15 minutes) and 16 metrology log
+# records (its exceptions: with this RAM an ordinary interval close is in the profile only). Their
 # history is in the RAM's snapshots: the whole RAM written to the oldest of 8 files (path.0 ..
-# path.7) in place when a window is full, and once a day (lib/nvrec.py Snapshots): one flash
-# write for everything (flash wear: docs/hardware.md).
+# path.7) in place when a window is full, and once a day (lib/nvrec.py Snapshots): one flash write
+# for everything (flash wear: docs/hardware.md).
 NVRAM_RINGS = {
     "/data/profile.bin": (440, 38 * 32),
     "/data/log_metrology.bin": (1656, 16 * 64),

@@ -118,12 +118,14 @@ class Metrology:
                 # then loses at most the records staged since)
                 store.save(ENERGY, {"e": st, "idx": idx, "rec": rec, "g": nv.seq})
         self._closed_idx = idx
-        # An ordinary close is in the load profile; the log gets the exceptions only (a log
-        # record costs flash, or a slot of the battery-backed RAM: docs/hardware.md "Flash wear")
         if self._gap_interval:
             self._port.log("interval %d closed: +%d/-%d mWh, %d ms estimated (ADC gap)"
                            % (t_end, imp, exp, self._gap_interval * 1000 // self._rate))
             self._gap_interval = 0
+        elif nv is None:
+            # With battery-backed RAM an ordinary close is in the load profile only: its log
+            # stages in a slot of that RAM, kept for the exceptions (docs/hardware.md "Flash wear")
+            self._port.log("interval %d closed: +%d/-%d mWh" % (t_end, imp, exp))
         # LoPA: the closed interval's index (its start // length: self._idx, not yet moved
         # on) and the very import_mwh of its profile record.
         self._port.send("dc_security", "interval_value", (self._idx, imp))
