@@ -57,8 +57,7 @@ _UNLOGGED = const(8)  # (_ERRORS) ... of them not yet counted in a log record
 # Records that anyone on the WAN can cause (rejected, unauthenticated lines; a full mailbox):
 # a token bucket, so that a flood costs a bounded number of flash writes per hour. Those over
 # it are counted (stats "log_dropped") and the count is logged when a token is free again.
-_FLOOD_BURST = const(32)  # records at once: a flood evicts at most a quarter of the 128-record
-# security ring at once, and then 16 an hour, so the records of what came before it stay
+_FLOOD_BURST = const(512)  # records at once: the first of a flood (4 rings) are all kept
 _FLOOD_PER_HOUR = const(16)  # then this many an hour (flash wear: docs/hardware.md)
 _MS_PER_TOKEN = const(225000)  # 3600000 // _FLOOD_PER_HOUR
 
