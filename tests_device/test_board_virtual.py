@@ -137,10 +137,13 @@ def test_rtc_held_and_moved_by_the_host(sim: Fleet, flashed: str) -> None:
     fleet.ctl(mdir, {"cmd": "power-on"})
     th.join(60)
     assert done and done[0]["vm"] == "on"
-    # host time again
-    fleet.ctl(mdir, {"cmd": "set-clock", "t": None})
+    # host time again: the board's RTC follows the host's clock; the firmware, whose clock
+    # saved t0 + 900 (years ahead of the host), never lets it go back behind that save
+    # (tasks/clock.py: "resumed from saved"), so the RTC reads either
+    st = fleet.ctl(mdir, {"cmd": "set-clock", "t": None})
+    assert st.get("sim_time") is None, st
     now = int(mpremote(flashed, "exec", "import board\nprint(board.rtc_get())").stdout)
-    assert abs(now - time.time()) < 30
+    assert abs(now - time.time()) < 30 or t0 + 900 <= now < t0 + 900 + 300, now
 
 
 def _han_now(han: str) -> Any:

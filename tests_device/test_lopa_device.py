@@ -22,7 +22,7 @@ from host_tools.headend.keystore import Keystore
 from host_tools.sim import fleet
 from host_tools.transport.serial import Board
 
-from .conftest import own_meters
+from .conftest import own_meters, set_clock_if_behind
 
 INTERVAL_S = 2
 MASK = 0xFFFFFFFF
@@ -218,6 +218,8 @@ def test_a_released_t_is_refused_after_a_power_cut_right_after_the_release(
     assert e.value.code == wire.E_BAD_ARGS
     with pytest.raises(MeterError, match=rf"t {t - 1} already released"):
         ciphertext(meters, 0, b"plain3", t - 1)
+    # a Pico's clock resumes from its last save after a cut: the operator sets it (TIME_SET)
+    set_clock_if_behind(meters.ports[0], meters.keystore)
     next_closed_interval()  # the interval it booted in closes first (its first, cold round)
     t2 = next_closed_interval()
     assert t2 > t
@@ -233,6 +235,9 @@ def test_registrar_anchor_refuses_uncertified_groups_over_the_wan(
     commits and its round decrypts to the lab truth plus noise."""
     from host_tools.headend.lopa import ref
     from host_tools.registrar import Policy, Registrar, group_tag, member_digest, register
+
+    for port in meters.ports:  # the meters cut in the tests before: clocks set as an operator would
+        set_clock_if_behind(port, meters.keystore)
 
     reg = Registrar(tmp_path / "registrar.json")
     reg.init(Policy(3, 500.0, 1.0, 500.0))
