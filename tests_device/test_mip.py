@@ -83,6 +83,9 @@ def test_package_json_installs_the_sources(blank: Path) -> None:
         assert fleet.read_file(mdir, dest) == src.read_bytes(), dest
 
 
+@pytest.mark.xfail(strict=True, reason="issue 20: on the rp2-pico profile (the suite's default "
+                   "since 7 December) the meter installed from the compiled index does not "
+                   "report main.py running within 60 s; not yet diagnosed")
 def test_the_compiled_index_installs_the_image_and_the_meter_runs_it(
         blank: Path, tmp_path: Path) -> None:
     port, board = str(fleet.meter_status(1, blank)["port"]), "virtual"
