@@ -353,14 +353,14 @@ def give_consent(index: int, base: Path | None = None, timeout: float = 20.0) ->
     power-up until the meter has recorded it. Nothing if it is given already."""
     import time
 
-    flag = _meter(base, index) / "fs" / "data" / "consent"
-    if flag.exists():
+    mdir = _meter(base, index)
+    if exists(mdir, "/data/consent"):  # either layout: fs/ or a board profile's flash image
         return
     set_inputs(index, {"button": 1}, base)
     try:
         power_cut(index, base)
         end = time.monotonic() + timeout
-        while not flag.exists():
+        while not exists(mdir, "/data/consent"):
             if time.monotonic() > end:
                 raise SimError(f"meter {index}: no consent after the button was held "
                                f"{timeout:g} s from power-up")
