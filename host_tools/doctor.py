@@ -75,8 +75,10 @@ PROBES: tuple[tuple[str, str], ...] = (
              "  r[n] = 'error: ' + repr(e)\nprint(r)\n"),
     ("adc", "import board\nfrom array import array\ntry:\n v = array('H', bytes(1024))\n"
             " i = array('H', bytes(1024))\n board.adc.read_into(v, i)\n"
+            " import time\n t = time.ticks_ms()\n"
             " board.sleep_ms(" + str(ADC_WAIT_MS) + ")\n"
-            " print((board.adc.read_into(v, i), board.ADC_RATE_HZ))\n"
+            " n = board.adc.read_into(v, i)\n"
+            " print((n, board.ADC_RATE_HZ, time.ticks_diff(time.ticks_ms(), t)))\n"
             "except Exception as e:\n print(repr('error: ' + repr(e)))\n"),
     ("rtc", "import board\ntry:\n print(board.rtc.get())\n"
             "except Exception as e:\n print(repr('error: ' + repr(e)))\n"),
@@ -112,8 +114,9 @@ class DoctorReport:
     board: str | None  # board.NAME
     flashed_board: str | None  # the board definition in the flash manifest
     pins: dict[str, str] = field(default_factory=dict)  # name -> value, or "error: ..."
-    adc_samples: int | None = None  # samples delivered in ADC_WAIT_MS
+    adc_samples: int | None = None  # samples delivered in adc_ms (about ADC_WAIT_MS)
     adc_rate_hz: int | None = None
+    adc_ms: int | None = None  # the board's own measure of the wait (a busy host stretches it)
     rtc: int | None = None
     keys: bool = False
     modules: dict[str, bool] = field(default_factory=dict)  # versions.MODULES: importable?
@@ -149,7 +152,7 @@ class DoctorReport:
                 out.append(f"pin {name}: "
                            + (v if v.startswith("error") else f"answers, reads {v}"))
         if self.adc_samples is not None:
-            out.append(f"adc: {self.adc_samples} samples in {ADC_WAIT_MS} ms "
+            out.append(f"adc: {self.adc_samples} samples in {self.adc_ms} ms "
                        f"(board rate {self.adc_rate_hz} Hz)")
         if self.rtc is not None:
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.rtc))
@@ -325,7 +328,7 @@ def diagnose(port: str, r: dict[str, Any]) -> DoctorReport:
         keys=bool(r["files"].get(KEYS)), modules=_dict(r.get("modules")))
     adc = r.get("adc")
     if isinstance(adc, tuple):
-        rep.adc_samples, rep.adc_rate_hz = adc
+        rep.adc_samples, rep.adc_rate_hz, rep.adc_ms = adc
     if isinstance(r.get("rtc"), int):
         rep.rtc = r["rtc"]
     rep.problems = _problems(port, r, rep)

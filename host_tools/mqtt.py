@@ -142,6 +142,7 @@ class _Meter:
     link: MeterLink | None = None
     board: str = ""
     announced: bool = False
+    no_consent: bool = False  # the meter refused PROFILE (POLICY): said once, state goes on
     in_flight: set[int] = field(default_factory=set)
 
 
@@ -285,7 +286,7 @@ class Bridge:
             try:
                 link = self._link(m)
                 reading = link.request(wire.K_READ)
-                recs = read_profile(link, self.acked.get(m.meter_id, -1) + 1)
+                recs = self._intervals(m, link)
             except METER_FAILURES as e:
                 self.say(f"meter {m.meter_id} on {m.port}: {e}")
                 self._drop_link(m)
@@ -309,6 +310,26 @@ class Bridge:
                                     interval_payload(m.meter_id, rec), qos=1)
                 self._sent_interval(m.meter_id, seq, mid)
                 self.published_intervals += 1
+
+    def _intervals(self, m: _Meter, link: MeterLink) -> list[dict[str, int]]:
+        """The closed intervals not yet acknowledged; none while the household has not
+        consented to the supplier reading its load profile (the meter answers POLICY: its
+        consent is the button held at power-up, docs/SECURITY.md "Roles")."""
+        try:
+            recs = read_profile(link, self.acked.get(m.meter_id, -1) + 1)
+        except MeterError as e:
+            if e.code != wire.E_POLICY:
+                raise
+            if not m.no_consent:
+                m.no_consent = True
+                self.say(f"meter {m.meter_id} on {m.port}: the household has not consented to "
+                         "its load profile being read (PROFILE refused: POLICY); live values "
+                         "only, no intervals, until it does (the button held 3 s at power-up)")
+            return []
+        if m.no_consent:
+            m.no_consent = False
+            self.say(f"meter {m.meter_id} on {m.port}: consent given; intervals follow")
+        return recs
 
     def run(self) -> None:
         while not self._stop.is_set():

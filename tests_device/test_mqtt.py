@@ -19,7 +19,7 @@ import pytest
 
 from host_tools.mqtt import SENSORS, Bridge, Broker, discovery_configs, parse_broker
 
-from .conftest import OwnMeter, own_meter
+from .conftest import OwnMeter, give_consent, own_meter
 
 MOSQUITTO = shutil.which("mosquitto") or (
     "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
@@ -133,13 +133,20 @@ def test_meter_on_a_real_broker_survives_a_broker_restart(meter: OwnMeter,
     broker = Mosquitto(tmp_path)
     broker.start()
     sub = Subscriber(broker.port)
+    said: list[str] = []
     bridge = Bridge(Broker("127.0.0.1", broker.port), [meter.port], meter.keystore,
-                    interval_s=1.0, state_path=tmp_path / "mqtt.json")
+                    interval_s=1.0, state_path=tmp_path / "mqtt.json", say=said.append)
     mid = str(meter.meter_id)
     state_t, interval_t = f"meterctl/{mid}/state", f"meterctl/{mid}/interval"
     runner = threading.Thread(target=bridge.run, daemon=True)
     try:
         bridge.connect()
+        # Without the household's consent the meter refuses the supplier its load profile: the
+        # bridge still publishes the live values, says why there are no intervals, and sends none
+        bridge.cycle()
+        assert bridge.published_states == 1 and bridge.published_intervals == 0, said
+        assert any("has not consented" in s for s in said), said
+        give_consent(meter.base, meter.index)  # the button held at power-up
         runner.start()
         # discovery: one retained config per sensor, for this meter's device
         sub.wait_for("discovery configs", lambda: len(
