@@ -50,7 +50,7 @@ test-deps:
 	      mosquitto >/dev/null; } || echo "mosquitto missing: its tests will skip"
 
 test: setup lint test-deps
-	$(BIN)/pytest -q tests_host tests_device
+	$(BIN)/pytest -q --durations=40 tests_host tests_device
 
 test-host: setup
 	$(BIN)/pytest -q tests_host
