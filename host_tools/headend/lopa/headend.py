@@ -263,6 +263,30 @@ class Hooks:
 
 
 # -- the head-end --------------------------------------------------------------------------
+def _defer_ctrl_c() -> tuple[threading.Event, Callable[[], None]]:
+    """While answers are on their way, Ctrl-C (SIGINT) only sets the event that _each checks
+    after each answer it hands over, so the KeyboardInterrupt is raised there and nowhere else:
+    not in the caller's code between two answers (the generator would be closed with answers
+    in flight, never stored), and not inside a finaliser that happened to run in this thread
+    (CPython prints an exception raised there and drops it: the Ctrl-C would be lost). Returns
+    the event and the function that puts the previous handler back; off the main thread (no
+    signals there) the event is never set."""
+    import signal
+
+    ev = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        return ev, lambda: None
+    old = signal.getsignal(signal.SIGINT)
+    if old in (signal.SIG_IGN, None):
+        return ev, lambda: None  # Ctrl-C is ignored here (or not Python's to handle)
+    signal.signal(signal.SIGINT, lambda _sig, _frame: ev.set())
+
+    def restore() -> None:
+        signal.signal(signal.SIGINT, old)
+
+    return ev, restore
+
+
 class HeadEnd:
     def __init__(self, state: State, connect: Connector, *, timeout: float = 5.0,
                  key_s: float = 1.5, margin_s: float = 0.5, value_wait_s: float = 2.0,
@@ -386,12 +410,17 @@ class HeadEnd:
 
         ex = cf.ThreadPoolExecutor(max_workers=min(self.workers, len(targets)),
                                    thread_name_prefix="headend")
+        ctrl_c, restore = _defer_ctrl_c()
         try:
             futs = [ex.submit(work, i, t) for i, t in enumerate(targets)]
             for f in cf.as_completed(futs):
                 i = f.result()
                 yield got[i]
                 handed.add(i)
+                if ctrl_c.is_set():
+                    raise KeyboardInterrupt
+            if ctrl_c.is_set():
+                raise KeyboardInterrupt
         except KeyboardInterrupt:
             # Ctrl-C: the requests under way still finish (each within its timeout; those
             # not started are dropped) and their answers are handed over to be stored before
@@ -403,6 +432,7 @@ class HeadEnd:
             yield from left
             raise
         finally:
+            restore()
             ex.shutdown(wait=True)
 
     def _save(self, op: Op) -> None:
