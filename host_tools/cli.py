@@ -202,6 +202,9 @@ def sim_start(meters: int, base: Path | None, heap: str | None, profile: str | N
         else:
             click.echo(f"meter {r['id']}: port {r['port']}, han {r['han']}, pid {r['pid']}, "
                        f"{r['dir']}")
+    if recs and not as_json:
+        click.echo(f"for mpremote, give a port by its link ({recs[0]['link']}): on a "
+                   "/dev/pts path it waits for good when a sealed meter refuses the REPL")
 
 
 @sim.command("status")

@@ -43,6 +43,9 @@ def test_start_prints_one_json_line_per_meter(tmp_path: Path) -> None:
             assert os.path.realpath(m["port"]).startswith("/dev/pts/")
             assert os.path.realpath(m["han"]).startswith("/dev/pts/")
             assert Path(m["dir"]).is_dir()
+            # the port by a path mpremote gives a timeout (it waits for good on /dev/pts/N)
+            assert not m["link"].startswith("/dev/pts/")
+            assert os.path.realpath(m["link"]) == os.path.realpath(m["port"])
         # a second start on a running fleet is refused, and changes nothing
         r2 = subprocess.run([sys.executable, "-m", "host_tools.cli", "sim", "start", "--meters",
                              "2", "--dir", str(tmp_path)], capture_output=True, text=True,

@@ -132,9 +132,11 @@ def _site_dir() -> str:
 
 
 def meter_record(st: dict[str, Any]) -> dict[str, Any]:
-    """The line `sim start` prints for a meter."""
-    return {"id": st["id"], "port": st["port"], "han": st["han"], "dir": st["dir"],
-            "pid": st["pid"]}
+    """The line `sim start` prints for a meter. ``link`` is the port by a path outside
+    /dev/pts (the supervisor's symlink, as /dev/serial/by-id/... names a real board): mpremote
+    reads a /dev/pts/N path without a timeout, so it would wait for good on a sealed meter."""
+    return {"id": st["id"], "port": st["port"], "link": str(Path(st["dir"]) / "port"),
+            "han": st["han"], "dir": st["dir"], "pid": st["pid"]}
 
 
 def is_virtual_port(port: str) -> bool:
