@@ -10,6 +10,8 @@ import pytest
 
 from host_tools.flash import mip
 from host_tools.flash.build import BOARDS_DIR, REPO, sources
+from host_tools.sim import profiles
+from host_tools.transport.serial import BoardInfo
 
 
 def test_committed_package_files_are_the_generated_ones() -> None:
@@ -33,3 +35,19 @@ def test_firmware_and_board_packages_install_the_flash_image(board: str) -> None
     assert all(p.is_file() and ".." not in p.relative_to(REPO).parts for p in installed.values())
     assert "/main.py" in installed and "/board/__init__.py" in installed
     assert not any(d.endswith("package.json") for d in image)  # never flashed itself
+
+
+def test_every_mip_board_has_an_index_package() -> None:
+    # a board without one (rp2_pico2 had none) has no compiled package its heap can take
+    assert set(mip.INDEX_ARCH) == set(mip.MIP_BOARDS)
+
+
+@pytest.mark.parametrize("name", [n for n in profiles.names() if profiles.get(n)["mpy"]])
+def test_each_boards_index_package_is_compiled_for_the_arch_it_reports(name: str) -> None:
+    # the arch the profile's official build reports (sys.implementation._mpy), read as
+    # `meterctl flash` reads it, is the one the board's index package is compiled for
+    prof = profiles.get(name)
+    reported = BoardInfo("micropython", "1.28.0", prof["platform"], prof["machine"],
+                         prof["mpy"])
+    assert reported.arch is not None
+    assert mip.INDEX_ARCH[prof["board_def"]] == reported.arch

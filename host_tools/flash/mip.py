@@ -22,6 +22,12 @@ mpy-cross as ``meterctl flash`` for the board's architecture (``main.py`` stays 
 flash leaves it). Served over HTTP (``python -m http.server -d build/mip``):
 
     mpremote mip install --index http://HOST:8000 --target / hasm-meter-rp2_pico
+
+Each board installs its own package (:func:`index_package` of the definition `meterctl flash`
+picks: a Pico's is ``hasm-meter-rp2_pico``). mpremote cannot check that: it picks the index's
+directory by the .mpy version alone (``sys.implementation._mpy & 0xFF``), so another board's
+package installs, and the meter stops at boot with an ImportError from that board's ``board``
+(docs/flash.md, "mip packages").
 """
 
 from __future__ import annotations
@@ -67,16 +73,25 @@ def packages() -> dict[Path, dict[str, Any]]:
     return out
 
 
-# The native architecture each board's index package is compiled for: that of `meterctl
-# flash` (host_tools/flash/sizes.py TARGETS; the virtual board's VM reports the host's).
-INDEX_ARCH: dict[str, str | None] = {"rp2_pico": "armv6m", "stm32_pybv11": "armv7emsp",
+# The native architecture each board's index package is compiled for: the one its official
+# build reports in sys.implementation._mpy, which `meterctl flash` compiles for (RP2040:
+# armv6m; RP2350 and STM32F405: armv7emsp, py/persistentcode.h at v1.28.0; the virtual board's
+# VM reports the host's). One entry per board of MIP_BOARDS (tests_host/test_mip.py).
+INDEX_ARCH: dict[str, str | None] = {"rp2_pico": "armv6m", "rp2_pico2": "armv7emsp",
+                                     "stm32_pybv11": "armv7emsp",
                                      "virtual": "x64" if platform.machine() in ("x86_64",
                                                                                 "AMD64")
                                      else None}
 INDEX_PREFIX = "hasm-meter-"
 
 
-def build_index(out: Path, boards: tuple[str, ...] = tuple(INDEX_ARCH)) -> list[str]:
+def index_package(board: str) -> str:
+    """The index package of a board definition: the one a board that `meterctl flash` would
+    give ``board`` must install (another board's ``board`` package does not import there)."""
+    return INDEX_PREFIX + board
+
+
+def build_index(out: Path, boards: tuple[str, ...] = MIP_BOARDS) -> list[str]:
     """Write the compiled mip index into ``out``; returns the package names."""
     import hashlib
 
@@ -84,7 +99,7 @@ def build_index(out: Path, boards: tuple[str, ...] = tuple(INDEX_ARCH)) -> list[
 
     names = []
     for board in boards:
-        name = INDEX_PREFIX + board
+        name = index_package(board)
         hashes = []
         for f in build_image(board, INDEX_ARCH[board]):
             h = hashlib.sha256(f.data).hexdigest()[:16]
