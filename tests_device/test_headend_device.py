@@ -208,8 +208,11 @@ def test_cli_ctrl_c_mid_round_then_a_rerun_loses_no_round(bench: Bench) -> None:
     boots = {st["id"]: st["boots"] for st in fleet.status(bench.base)}
     alarms = {t.meter_id: sum("replay" in x for x in _security_log(bench, t))
               for t in bench.targets}
+    # SIGINT as a terminal leaves it for a command (a runner started in the background by a
+    # non-interactive shell passes it on ignored, and Python then installs no handler for it)
     proc = subprocess.Popen([sys.executable, "-m", "host_tools.cli", *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while _open_round(bench.db) is None and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)

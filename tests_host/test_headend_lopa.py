@@ -6,6 +6,7 @@ against the firmware's firmware/lib/lopa.py."""
 from __future__ import annotations
 
 import random
+import signal
 from pathlib import Path
 
 import pytest
@@ -398,8 +399,14 @@ def test_ctrl_c_during_recovery_keeps_every_answer_the_meters_gave(tmp_path: Pat
             _thread.interrupt_main()  # Ctrl-C while the others' answers are on their way
 
     he2 = HeadEnd(State(db), f.connector(on_answer), sleep=f.clock.sleep, now=f.clock.now)
-    with pytest.raises(KeyboardInterrupt):
-        he2.run(GID, 1)
+    # Python's own Ctrl-C handler, as in a terminal: a runner started in the background by a
+    # non-interactive shell inherits SIGINT ignored, and interrupt_main() then does nothing
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            he2.run(GID, 1)
+    finally:
+        signal.signal(signal.SIGINT, old)
     he2.state.close()
     t = State(db).rounds(GID)[0].t
     # every meter that answered has its answer stored (those not yet asked are asked later)
