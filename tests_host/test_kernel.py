@@ -234,7 +234,7 @@ print(json.dumps({"idle_runs": idle_runs, "after": after, "every": every.n,
 """)
     assert r["idle_runs"] == 1  # 300 ms at a 5-ms period: once, then it rests
     after = r["after"]
-    assert isinstance(after, list) and len(after) == 1 and 0 <= after[0] < 50
+    assert isinstance(after, list) and len(after) == 1 and 0 <= after[0] < 100
     assert r["got"] == 1
     assert int(str(r["every"])) >= 60  # 500 ms at 5 ms: the period still holds for the other
 
