@@ -20,7 +20,9 @@ from ringlog import Ring
 
 WINDOW_US = const(1000000)  # the accounting tick
 BATCH = const(4)  # messages a task handles per turn before others get theirs
-IDLE_MAX_MS = const(10)
+# The longest idle wait: every task's own due time (and a wake stream's input) ends it sooner;
+# this only bounds how long a message from core 1 or an interrupt could wait unseen.
+IDLE_MAX_MS = const(100)
 _IMMUTABLE = (type(None), bool, int, float, str, bytes)
 # select.poll's event bits (py/stream.h MP_STREAM_POLL_*, the POSIX values on the unix port)
 _POLLIN = const(0x01)
@@ -310,12 +312,19 @@ class Kernel:
         if late > f[b + _LATE]:
             f[b + _LATE] = late
         t0 = time.ticks_us()
+        rest = None
         try:
-            self._steps[i]()
+            rest = self._steps[i]()
         except Exception as e:  # noqa: BLE001 - one task's fault must not stop the meter
             self._fault(i, e)
         t1 = time.ticks_us()
         f[b + _BUSY] += time.ticks_diff(t1, t0)
+        if rest:
+            # The step had nothing to do (it returned ms to rest): due then, or as soon as a
+            # message is handled for it (run_once) or its wake stream has input (_wait), so that
+            # an idle task costs no wake-ups every period.
+            self._due[i] = time.ticks_add(t1, rest * 1000)
+            return
         # Next due on the period grid; skip missed slots rather than bunching.
         due = time.ticks_add(self._due[i], f[b + _PERIOD])
         if time.ticks_diff(t1, due) > 0:
@@ -346,9 +355,13 @@ class Kernel:
                     self._objs[i].handle(sender, kind, payload)
                 except Exception as e:  # noqa: BLE001
                     self._fault(i, e)
-                f[b + _BUSY] += time.ticks_diff(time.ticks_us(), t0)
+                t1 = time.ticks_us()
+                f[b + _BUSY] += time.ticks_diff(t1, t0)
                 f[b + _HANDLED] += 1
                 k += 1
+                if steps[i] is not None and time.ticks_diff(self._due[i], t1) > f[b + _PERIOD]:
+                    # a resting step (no due this far off otherwise): the message may be work
+                    self._due[i] = t1
                 # the realtime steps between any two messages: sampling is never starved by
                 # a busy mailbox
                 t0 = time.ticks_us()

@@ -134,7 +134,8 @@ def build(now_s=None, unsealed_by_service=False):
     # Metrology first and realtime: its step also runs between any two messages.
     from tasks.metrology import Metrology
 
-    k.add("metrology", Metrology, hws["metrology"], capacity=8, period_ms=20, realtime=True)
+    # Every 100 ms: each read of the ADC ring has a fixed cost (tasks/metrology.py, BUF)
+    k.add("metrology", Metrology, hws["metrology"], capacity=8, period_ms=100, realtime=True)
     # The off-switch: core 1 where `import _thread` works; where it does not (the official
     # PYBV11 build) its pass runs in its proxy's step on this core (docs/OFFSWITCH.md,
     # "Without _thread"). The proxy stores core 1's record for it, and the relay's boot state

@@ -167,6 +167,43 @@ def test_clients_come_and_go_and_output_without_a_client_is_dropped(sim: Fleet) 
         os.close(fd)
 
 
+def _wakeups(pid: int) -> int:
+    # the times the process went to sleep and was woken: its voluntary context switches
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("voluntary_ctxt_switches:"):
+            return int(line.split()[1])
+    raise AssertionError("no voluntary_ctxt_switches")
+
+
+def test_an_idle_supervisor_sleeps_until_a_client_opens_the_port(sim: Fleet) -> None:
+    # An idle meter's supervisor must not wake on a timer to look for a client (it did every
+    # 50 ms: 20 times a second for each meter of a fleet, issue 19); a client's open wakes it,
+    # so the first bytes are relayed at once, not at the next look.
+    port = sim.port(1)
+    pid = int(sim.status(1)["pid"])
+    for _ in range(3):
+        r = mpremote(port, "eval", "1 + 1")
+        assert r.stdout.strip() == "2"
+    time.sleep(0.5)
+    w0 = _wakeups(pid)
+    time.sleep(3)
+    per_s = (_wakeups(pid) - w0) / 3
+    assert per_s < 8, per_s  # the ADC top-up every 500 ms and the VM's own output
+    waits = []
+    for _ in range(3):
+        time.sleep(0.7)  # idle again, the supervisor asleep
+        fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+        try:
+            t0 = time.monotonic()
+            os.write(fd, b"\r")
+            ready, _, _ = select.select([fd], [], [], 2.0)
+            waits.append(time.monotonic() - t0)
+            assert ready, "no answer to a line"
+        finally:
+            os.close(fd)
+    assert max(waits) < 0.25, waits  # a timer of 500 ms would leave one of them waiting
+
+
 def test_kbd_intr_disabled_passes_ctrl_c_as_data(sim: Fleet) -> None:
     """After micropython.kbd_intr(-1) (a sealed meter), Ctrl-C is a byte for the
     program, not KeyboardInterrupt, and the VM survives it."""

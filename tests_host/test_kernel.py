@@ -201,6 +201,44 @@ print(json.dumps({"rt_runs": rt.n, "late_worst": st["tasks"]["rt"]["late_worst_u
     assert 1_000_000 <= int(str(r["window"])) < 1_100_000
 
 
+def test_a_resting_step_is_not_woken_by_its_period_but_by_a_message(micropython: Run,
+                                                                     tmp_path: Path) -> None:
+    # A step that returns ms has nothing to do: it is not run again each period (the idle
+    # cost this saves), but a message handled for the task makes it due at once (its work
+    # comes in messages); a step that returns nothing keeps its period.
+    r = run_kernel(micropython, tmp_path, """
+class Rest(T):
+    def __init__(self, port, hw):
+        T.__init__(self, port, hw)
+        self.at = []
+    def step(self):
+        self.at.append(time.ticks_ms())
+        return 5000
+class Every(T):
+    n = 0
+    def step(self):
+        self.n += 1
+k = kernel.Kernel({("a", "rest"): ("ping",)}, LOG_OF, LOGS, lambda: 1000)
+rest = k.add("rest", Rest, {}, capacity=2, period_ms=5)
+every = k.add("every", Every, {}, capacity=1, period_ms=5)
+a = k.add("a", T, {}, capacity=1)
+k.run(300)
+idle_runs = len(rest.at)
+sent = time.ticks_ms()
+a.port.send("rest", "ping", 1)
+while time.ticks_diff(time.ticks_ms(), sent) < 200:  # (run() would reset every due time)
+    k.run_once()
+after = [time.ticks_diff(t, sent) for t in rest.at[idle_runs:]]
+print(json.dumps({"idle_runs": idle_runs, "after": after, "every": every.n,
+                  "got": len(rest.got)}))
+""")
+    assert r["idle_runs"] == 1  # 300 ms at a 5-ms period: once, then it rests
+    after = r["after"]
+    assert isinstance(after, list) and len(after) == 1 and 0 <= after[0] < 100
+    assert r["got"] == 1
+    assert int(str(r["every"])) >= 60  # 500 ms at 5 ms: the period still holds for the other
+
+
 def test_task_modules_hold_no_mutable_state(micropython: Run) -> None:
     # Another task's state cannot be imported: task modules define classes and constants
     # only; task state lives in objects that only the kernel holds.

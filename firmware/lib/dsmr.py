@@ -98,9 +98,9 @@ def _kw(w):
 
 def equipment_hex(ident):
     """The equipment identifier as P1 carries it: ASCII, hex-encoded (at most 96 digits)."""
-    import binascii
-
-    return binascii.hexlify(ident.encode()[:48]).decode().upper()
+    # bytes.hex(), not binascii: an import in a function that runs each second looks for the
+    # module on the filesystem each time (docs/BENCH-sim.md, "Idle cost")
+    return ident.encode()[:48].hex().upper()
 
 
 # The telegram as one format: one string constant and one formatting a second, not a string

@@ -13,6 +13,7 @@ _TILDE = const(126)
 _CTRL_A = const(1)
 _CTRL_C = const(3)
 _SPACE = const(32)
+_REST_MS = const(1000)
 # A Ctrl-C reaches the firmware as a byte while the interrupt character is off, i.e. on a
 # sealed meter (lib/seal.py; and in a race at boot, hence the check): whoever sent it, or
 # the Ctrl-A that asks for the raw REPL (mpremote, meterctl flash), is told why the REPL does
@@ -43,7 +44,9 @@ class Comm:
         while True:
             got = self._link.readinto(chunk)
             if not got:
-                return
+                # nothing waiting: with a wake stream the kernel runs the step when input comes,
+                # so it rests (kernel.py) rather than polling every period
+                return _REST_MS if self.wake is not None else None
             for k in range(got):
                 self._byte(chunk[k])
 

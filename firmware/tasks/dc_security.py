@@ -42,6 +42,7 @@ from tasks.dc_base import (  # noqa: F401  HIST, KEY_FILE: read by the bench and
 
 _E_BAD_ARGS = const(6)  # an underscored const is the compiler's only: each module has its own
 _E_FAILED = const(7)
+_REST_MS = const(1000)  # an idle step's rest (kernel.py): a message ends it at once
 
 class DcSecurity:
     def __init__(self, port, hw):
@@ -230,3 +231,7 @@ class DcSecurity:
                     lazy.drop("tasks.dc_recover")
                 return
             mod.step(self)
+            return
+        # Nothing to do: all its work comes in messages (a set-up chunk, an interval's value, a
+        # recovery), and the kernel makes the step due when one is handled; until then it rests
+        return _REST_MS

@@ -25,7 +25,10 @@ _REC = ">IIIII"  # t_end, import mWh, export mWh, import Wh, export Wh
 # energy.json is written when the ring flushes to its file (holding the RAM record's seq, "g":
 # the boot takes the newer copy). Without nvram: energy.json at each close.
 _NV = "<8Ii5I"
-BUF = const(256)  # samples per channel per read: > 100 ms at 2 kHz
+# Samples per channel per read: 256 ms at 2 kHz. The step reads every 100 ms (meter.py: a read
+# has a fixed cost, most of it on the virtual Pico's DMA model), so it may come 150 ms late
+# before the virtual board's ADC loses any (a Pico's or Pyboard's DMA ring keeps 0.5-0.75 s)
+BUF = const(512)
 
 
 class Metrology:
