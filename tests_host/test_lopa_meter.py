@@ -11,6 +11,7 @@ tells meters different missing sets learns no sum over fewer than N - M members.
 
 from __future__ import annotations
 
+import ast
 import itertools
 import json
 import math
@@ -739,13 +740,14 @@ def test_malicious_headend_against_the_firmware_on_the_vm(micropython: Run,
     # honest round at the end decrypts (to within the noise).
     assign = _adversarial_assignments(random.Random(18), 6)
     honest = [[5]] * (N - 1) + [[]]  # meter 5 failed: it is neither asked nor counted
-    r = vm(micropython, f"""
+    # one line per round, printed as it streams (print writes an object piecewise; json.dumps
+    # of the whole list at the end needed a block the 192K heap did not always have)
+    printed = micropython(HARNESS + f"""
 ms = [M({str(tmp_path)!r} + "/m%d" % i, 900 + i, "e%d" % i) for i in range(6)]
 for x in ms:
     keygen(x)
 setup(ms, b"evil", m=2)
 setup(ms, b"noisy", m=2, lam=50.0)
-rounds = []
 for k, sets in enumerate({[*assign, honest]!r}):
     t = 7 + k
     xs = [k * 1000 + 37 * i * i + 11 for i in range(6)]
@@ -760,9 +762,10 @@ for k, sets in enumerate({[*assign, honest]!r}):
                 continue
             code, body = x.recover(gid, t, [ms[j].id for j in sets[i]])
             rs.append(struct.unpack(">II", body)[1] if code == 0 else [code, body])
-        rounds.append([gid.decode(), xs, cs, rs])
-out(rounds)
-""")
+        print([gid.decode(), xs, cs, rs])
+        gc.collect()
+""", timeout=120)
+    r = [ast.literal_eval(line) for line in printed.strip().splitlines() if line.startswith("[")]
     assert len(r) == 2 * (len(assign) + 1)
     for n_round, (gid, xs, cs, rs) in enumerate(r[:-2]):
         sets = assign[n_round // 2]
