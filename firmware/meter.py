@@ -4,91 +4,16 @@ import gc
 import sys
 
 import board
-import kernel
+import kernel  # noqa: F401 - made by grants.py; imported here, early and low in the heap
 import lazy
 
 VERSION = "0.2.0"
 
 
-def hardware(task, policy):
-    # The board objects a task may use, by policy.HARDWARE, and nothing else.
-    hw = {}
-    for name in policy.hardware_of(task):
-        if name == "adc":
-            hw["adc"] = board.adc
-            hw["adc_rate_hz"] = board.ADC_RATE_HZ
-            hw["cal_default"] = board.CAL_DEFAULT
-        elif name == "wan":
-            hw["wan"] = board.wan()
-        elif name == "han_tx":
-            hw["han_tx"] = board.han_tx()
-        elif name == "entropy":
-            hw["entropy"] = board.entropy
-        elif name == "nvram":
-            # a record in its own window of the battery-backed RAM, if the board has one (a
-            # Pico has not)
-            nv = getattr(board, "nvram", None)
-            if nv is not None:
-                from nvrec import Record
-
-                rec = hw["nvram"] = Record(nv, *policy.NVRAM[task])
-                rec.snaps = _snaps
-                if task == "metrology":
-                    hw["profile_stage"] = stage(nv, "/data/profile.bin")
-        else:
-            hw[name] = getattr(board, name)
-    return hw
-
-
-_snaps = None  # the battery-backed RAM's Snapshots on flash (lib/nvrec.py), if the board has it
-
-
-def snapshots(nv):
-    # At power-up, before any task reads the RAM: a RAM that lost its contents (a flat
-    # battery) gets the newest snapshot back.
-    global _snaps
-    if nv is not None and _snaps is None:
-        import policy
-        from nvrec import Record, Snapshots
-
-        path, count = policy.NVRAM_SNAPSHOTS
-        _snaps = Snapshots(nv, path, count, Record(nv, *policy.NVRAM["snapshots"]))
-        if _snaps.boot():
-            print("nvram: restored from snapshot %d (the battery-backed RAM was lost)"
-                  % _snaps.restored)
-    return _snaps
-
-
-def stage(nv, path):
-    # the window of battery-backed RAM where ring `path` stages its records (policy.NVRAM_RINGS)
-    import policy
-    from nvrec import Window
-
-    return Window(nv, *policy.NVRAM_RINGS[path], _snaps)
-
-
 def profile_ring():
     """The load profile as metrology keeps it (a file, or the RAM and its snapshots): for a
     probe over the REPL (lab truth, host_tools/headend/lopa/lab.py), never the WAN."""
-    from ringlog import Ring
-    from tasks.metrology import PROFILE, PROFILE_CAP, PROFILE_REC
-
-    nv = getattr(board, "nvram", None)
-    snapshots(nv)
-    return Ring(PROFILE, PROFILE_CAP, PROFILE_REC, stage(nv, PROFILE) if nv is not None else None)
-
-
-def logs_of(nv, logs):
-    # policy.LOGS, with the RAM window of each log that stages in battery-backed RAM
-    import policy
-
-    out = {}
-    for name in logs:
-        spec = logs[name]
-        if nv is not None and spec[0] in policy.NVRAM_RINGS:
-            spec = spec + (stage(nv, spec[0]),)
-        out[name] = spec
-    return out
+    return lazy.call("grants", "profile_ring")
 
 
 _TASKS = ("metrology", "offswitch", "dc_security", "clock", "cs_security", "comm", "status",
@@ -105,26 +30,11 @@ def build(now_s=None, unsealed_by_service=False):
     # (tasks/offswitch_mac.py): compiled first, while the heap is nearly empty (on a 100-KB
     # Pyboard heap its compiler's peak does not fit later).
     mac_op = lazy.call("tasks.offswitch_mac", "compile_op")
-    snapshots(getattr(board, "nvram", None))
-    import policy
-
-    # Every task's grants first, then the kernel, which takes private copies of the flow and
-    # log tables: policy.py is dropped before any task is made, so that its code and tables
-    # (~5 KB) are not in the heap at the build's peak (docs/hardware.md, "Memory").
-    hws = {}
-    for name in _TASKS:
-        hws[name] = hardware(name, policy)
-    # the WAN roles' table (tuples: nothing to alter), kept when policy.py is dropped
-    hws["cs_security"]["roles"] = policy.WAN_ROLES
-    hws["cs_security"]["consent"] = policy.WAN_CONSENT
-    # 9 tasks, 69 messages in their mailboxes (the capacities below): the kernel's tables are
-    # made once, whole
-    k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, logs_of(getattr(board, "nvram", None),
-                                                           policy.LOGS),
-                      now_s or board.rtc.get,
-                      board.sleep_ms, size=(9, 69))
-    del policy
-    sys.modules.pop("policy", None)
+    # Every task's grants (policy.HARDWARE, the board's objects), then the kernel, which
+    # takes private copies of the flow and log tables: grants.py reads policy.py and both are
+    # dropped before any task is made, so that their code and tables (~7 KB) are not in the
+    # heap at the build's peak (docs/hardware.md, "Memory").
+    k, hws = lazy.call("grants", "make", now_s or board.rtc.get, _TASKS)
     gc.collect()
     # Each task's module is imported just before the task is made (the main.py boot collects
     # after each import, lib/lazy.py), in this order: the code that is in RAM only while a
