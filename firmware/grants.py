@@ -1,11 +1,14 @@
-# The meter's grants (meter.py build): what policy.py lets each task use of the board, the
-# battery-backed RAM's records and windows, and the kernel made with the policy's tables. Run
-# once at boot, before any task is made; this module and policy.py are then dropped, so that
-# neither is in the heap at the build's peak (docs/hardware.md, "Memory"). Part of meter.py.
+# The meter's boot before its tasks are made (meter.py start and build): the service input
+# and the household's consent at power-up, what policy.py lets each task use of the board
+# (its grants), the battery-backed RAM's records and windows, and the kernel made with the
+# policy's tables. Run once at boot, before any task is made; this module and policy.py are
+# then dropped, so that neither is in the heap at the build's peak (docs/hardware.md,
+# "Memory"). Part of meter.py.
 import sys
 
 import board
 import kernel
+import lazy
 
 
 def hardware(task, policy):
@@ -107,3 +110,58 @@ def make(now_s, tasks):
     del policy
     sys.modules.pop("policy", None)
     return k, hws
+
+
+def _service_input(cover, jumper, ticks_us, ticks_diff, sleep_ms, hold_ms=500):
+    # The service input behind the sealed terminal cover (docs/SECURITY.md, "Sealed meters"):
+    # True when the cover switch reads open AND the service jumper reads fitted, both without a
+    # break for hold_ms from now (a bounce or a glitch never unseals). The household's
+    # reconnect button is not part of it: it never unseals (power_up() holds the button
+    # alone through this for the household's consent, which is not the seal).
+    t0 = ticks_us()
+    while ticks_diff(ticks_us(), t0) < hold_ms * 1000:
+        if not (cover.value() and jumper.value()):
+            return False
+        sleep_ms(20)
+    return bool(cover.value() and jumper.value())
+
+
+def power_up(sealed):
+    # meter.start's inputs at power-up -> (unsealed by the service input: True, an OSError
+    # or False; the consent's new state: "on", "off", an OSError or None)
+    try:
+        import os
+
+        os.mkdir("/data")
+    except OSError:
+        pass
+    by_service = False
+    if sealed:
+        # A technician on site, with the terminal cover's seal broken: the service input at
+        # power-up unseals. A board without it (no cover or jumper pin) cannot be unsealed here.
+        cover, jumper = getattr(board, "cover", None), getattr(board, "jumper", None)
+        if cover is not None and jumper is not None and _service_input(
+                cover, jumper, board.ticks_us, board.ticks_diff, board.sleep_ms):
+            try:
+                lazy.call("kernel_svc", "set_sealed", False)
+                by_service = True
+                print("unsealed: the service input (cover open, jumper fitted) at power-up")
+            except OSError as e:  # the flash refused: still sealed
+                by_service = e
+    # The household's consent to the supplier reading the load profile (lib/seal.py,
+    # docs/SECURITY.md "Roles on the WAN"): the button held, without a break, for 3 s from
+    # power-up toggles it (the same debounced hold as the service input, on one pin; no wait
+    # when it is not pressed). Local only: nothing on the WAN reaches a button. Never the seal.
+    consent_now = None
+    button = getattr(board, "button", None)
+    if button is not None and _service_input(button, button, board.ticks_us, board.ticks_diff,
+                                             board.sleep_ms, 3000):
+        import seal  # main.py's (already imported there, or next)
+
+        try:
+            seal.set_consent(not seal.consent_given())
+            consent_now = "on" if seal.consent_given() else "off"
+            print("consent: %s (the button held at power-up)" % consent_now)
+        except OSError as e:  # the flash refused: unchanged
+            consent_now = e
+    return by_service, consent_now

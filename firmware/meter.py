@@ -36,6 +36,8 @@ def build(now_s=None, unsealed_by_service=False):
     # heap at the build's peak (docs/hardware.md, "Memory").
     k, hws = lazy.call("grants", "make", now_s or board.rtc.get, _TASKS)
     gc.collect()
+    # (each task's grants leave hws as it is made: what the task keeps of them stays, the
+    # rest is garbage before the next task is made)
     # Each task's module is imported just before the task is made (the main.py boot collects
     # after each import, lib/lazy.py), in this order: the code that is in RAM only while a
     # task is made (the off-switch's boot, tasks/offswitch_boot.py, ~9 KB; LoPA's group
@@ -44,14 +46,14 @@ def build(now_s=None, unsealed_by_service=False):
     # Metrology first and realtime: its step also runs between any two messages.
     from tasks.metrology import Metrology
 
-    k.add("metrology", Metrology, hws["metrology"], capacity=8, period_ms=20, realtime=True)
+    k.add("metrology", Metrology, hws.pop("metrology"), capacity=8, period_ms=20, realtime=True)
     # The off-switch: core 1 where `import _thread` works; where it does not (the official
     # PYBV11 build) its pass runs in its proxy's step on this core (docs/OFFSWITCH.md,
     # "Without _thread"). The proxy stores core 1's record for it, and the relay's boot state
     # where the board keeps one (a RelayBoot: the file's path, not the pin).
     from tasks import offswitch
 
-    hw = hws["offswitch"]
+    hw = hws.pop("offswitch")
     hw["sleep_ms"] = board.sleep_ms
     hw["mac_op"] = mac_op
     offswitch.install(k, hw, getattr(board.relay, "boot", None))
@@ -59,46 +61,32 @@ def build(now_s=None, unsealed_by_service=False):
     # LoPA: its step() does one unit of queued work (one X25519, or a slice of a blinding).
     from tasks.dc_security import DcSecurity
 
-    k.add("dc_security", DcSecurity, hws["dc_security"], capacity=8, period_ms=5)
+    k.add("dc_security", DcSecurity, hws.pop("dc_security"), capacity=8, period_ms=5)
     from tasks.clock import Clock
 
-    k.add("clock", Clock, hws["clock"], capacity=4, period_ms=100)
+    k.add("clock", Clock, hws.pop("clock"), capacity=4, period_ms=100)
     from tasks.cs_security import CsSecurity
 
-    hw = hws["cs_security"]
+    hw = hws.pop("cs_security")
     hw["info"] = {"fw": VERSION, "board": board.NAME}
     k.add("cs_security", CsSecurity, hw, capacity=16)
     from tasks.comm import Comm
 
-    k.add("comm", Comm, hws["comm"], capacity=16, period_ms=10)
+    k.add("comm", Comm, hws.pop("comm"), capacity=16, period_ms=10)
     from tasks.status import Status
 
-    k.add("status", Status, hws["status"], capacity=1, period_ms=250)
+    k.add("status", Status, hws.pop("status"), capacity=1, period_ms=250)
     # Prepaid credit and the HAN data diode
     from tasks.credit import Credit
 
-    k.add("credit", Credit, hws["credit"], capacity=8)
+    k.add("credit", Credit, hws.pop("credit"), capacity=8)
     from tasks.han import Han
 
-    hw = hws["han"]
+    hw = hws.pop("han")
     hw["unsealed_by_service"] = unsealed_by_service  # shown in its telegram (tasks/han.py)
     k.add("han", Han, hw, capacity=4)
     gc.collect()
     return k
-
-
-def _service_input(cover, jumper, ticks_us, ticks_diff, sleep_ms, hold_ms=500):
-    # The service input behind the sealed terminal cover (docs/SECURITY.md, "Sealed meters"):
-    # True when the cover switch reads open AND the service jumper reads fitted, both without a
-    # break for hold_ms from now (a bounce or a glitch never unseals). The household's
-    # reconnect button is not part of it: it never unseals (start() holds the button alone
-    # through this for the household's consent, which is not the seal).
-    t0 = ticks_us()
-    while ticks_diff(ticks_us(), t0) < hold_ms * 1000:
-        if not (cover.value() and jumper.value()):
-            return False
-        sleep_ms(20)
-    return bool(cover.value() and jumper.value())
 
 
 def start(sealed=False):
@@ -107,41 +95,9 @@ def start(sealed=False):
     print("meter firmware %s on board %s (%s %s)%s" % (
         VERSION, board.NAME, sys.implementation.name,
         ".".join(str(v) for v in sys.implementation.version[:3]), " sealed" if sealed else ""))
-    try:
-        import os
-
-        os.mkdir("/data")
-    except OSError:
-        pass
-    by_service = False
-    if sealed:
-        # A technician on site, with the terminal cover's seal broken: the service input at
-        # power-up unseals. A board without it (no cover or jumper pin) cannot be unsealed here.
-        cover, jumper = getattr(board, "cover", None), getattr(board, "jumper", None)
-        if cover is not None and jumper is not None and _service_input(
-                cover, jumper, board.ticks_us, board.ticks_diff, board.sleep_ms):
-            try:
-                lazy.call("kernel_svc", "set_sealed", False)
-                by_service = True
-                print("unsealed: the service input (cover open, jumper fitted) at power-up")
-            except OSError as e:  # the flash refused: still sealed
-                by_service = e
-    # The household's consent to the supplier reading the load profile (lib/seal.py,
-    # docs/SECURITY.md "Roles on the WAN"): the button held, without a break, for 3 s from
-    # power-up toggles it (the same debounced hold as the service input, on one pin; no wait
-    # when it is not pressed). Local only: nothing on the WAN reaches a button. Never the seal.
-    consent_now = None
-    button = getattr(board, "button", None)
-    if button is not None and _service_input(button, button, board.ticks_us, board.ticks_diff,
-                                             board.sleep_ms, 3000):
-        import seal  # main.py's (already imported there, or next)
-
-        try:
-            seal.set_consent(not seal.consent_given())
-            consent_now = "on" if seal.consent_given() else "off"
-            print("consent: %s (the button held at power-up)" % consent_now)
-        except OSError as e:  # the flash refused: unchanged
-            consent_now = e
+    # The inputs at power-up (the service input, the household's consent): grants.py, whose
+    # code is not in RAM while the tasks are made
+    by_service, consent_now = lazy.call("grants", "power_up", sealed)
     k = build(unsealed_by_service=by_service is True)
     if isinstance(consent_now, str):
         k.log("kernel", "consent: %s (button held at power-up)" % consent_now)

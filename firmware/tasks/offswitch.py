@@ -207,21 +207,11 @@ class Link:
 
     def __init__(self, cap_in=4, cap_done=4, cap_ev=16):
         self._lock = _thread.allocate_lock() if _thread else _NoLock()
-        # requests, main core -> core 1: kind, id (the proxy's small request number), length;
-        # their data in in_data
-        self.inq = ([0] * cap_in, [0] * cap_in, [0] * cap_in)
-        self.in_data = bytearray(cap_in * _DATA)
-        # answers, core 1 -> main core: id; the 44-byte signed reply in done_data
-        self.done_id = [0] * cap_done
-        self.done_data = bytearray(cap_done * _REPLY_LEN)
-        # log events, core 1 -> main core
-        self.ev = bytearray(cap_ev * _EV_SIZE)
-        self.err = None  # the type of the last exception core 1's loop caught (_EV_ERROR)
-        self.state = [0, 0, 0]  # relay, armed, locked
-        self.record = bytearray(_REC_LEN)  # the sealed record core 1 asks to be stored
-        self.n = [0] * 12
-        self.n[_OK] = 1
-        self.running = True
+        # its slots, made once on the main core (tasks/offswitch_boot.py link: that code is in
+        # RAM only while it runs)
+        import lazy
+
+        lazy.call("tasks.offswitch_boot", "link", self, cap_in, cap_done, cap_ev)
 
     # -- the main core's side (may allocate) --------------------------------------------------
     def put_in(self, kind, ident, data):
