@@ -574,18 +574,7 @@ class OffSwitch:
             except OSError:
                 ok = False
             link.persisted(ok)
-        evs = []
-        for _ in range(8):
-            ev = link.take_event()
-            if ev is None:
-                break
-            evs.append(ev)
-        if evs:
-            import lazy
-
-            # the events in words; the wording's code is in RAM for this call only
-            for text in lazy.call("tasks.offswitch_text", "words_all", evs):
-                port.log(text)
+        self.log_events()
         for _ in range(4):
             d = link.take_done()
             if d is None:
@@ -613,6 +602,21 @@ class OffSwitch:
                     port.send("cs_security", "switch_done",
                               (ref, _E_FAILED, "off-switch not answering"))
 
+    def log_events(self):
+        # up to 8 of core 1's log events, in words, into the off-switch log
+        evs = []
+        for _ in range(8):
+            ev = self._link.take_event()
+            if ev is None:
+                break
+            evs.append(ev)
+        if evs:
+            import lazy
+
+            # the events in words; the wording's code is in RAM for this call only
+            for text in lazy.call("tasks.offswitch_text", "words_all", evs):
+                self._port.log(text)
+
     def handle(self, sender, kind, payload):
         if kind not in _KIND_NAMES:
             return
@@ -637,11 +641,15 @@ def install(k, hw, relay_boot=None, keys_path=KEYS, state_path=STATE, ticks_ms=N
     link = Link()
     core = Core(hw, link, ticks_ms, keys_path, state_path)
     coop = _thread is None
-    k.add("offswitch", OffSwitch, {"link": link, "poll": core.poll if coop else None,
-                                   "state": state_path, "relay_boot": relay_boot},
-          capacity=4, period_ms=_POLL_MS if coop else 20)
+    proxy = k.add("offswitch", OffSwitch, {"link": link, "poll": core.poll if coop else None,
+                                           "state": state_path, "relay_boot": relay_boot},
+                  capacity=4, period_ms=_POLL_MS if coop else 20)
     if coop:
         k.log("offswitch", "no _thread: runs in the main loop (cooperative)")
+    # The boot's events logged now, while the meter is being made (on a 100-KB Pyboard heap
+    # the wording's code finds room then; at the first step it meets the running tasks')
+    proxy.log_events()
+    if coop:
         return "cooperative"
     start(core)
     return "core 1"
