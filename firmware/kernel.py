@@ -95,8 +95,8 @@ class Port:
 class Kernel:
     def __init__(self, flows, log_of, logs, now_s, sleep_ms=time.sleep_ms, size=(0, 0)):
         # size: (tasks, messages in all their mailboxes) that add() will be asked for. Made
-        # once, at boot: that code is in RAM only while it runs (kernel_svc.py init)
-        lazy.call("kernel_svc", "init", self, flows, log_of, logs, now_s, sleep_ms, size)
+        # once, at boot: that code is in RAM only while it runs (boot_init.py)
+        lazy.call("boot_init", "kernel", self, flows, log_of, logs, now_s, sleep_ms, size)
         self._f[_QCAP] = _KBOX
         self._q = [None] * (2 * (_KBOX + size[1]))
         self._qend = 2 * _KBOX  # entries of self._q in use

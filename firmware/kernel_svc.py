@@ -1,18 +1,14 @@
 # The kernel's own services (kernel.py; policy rows with receiver "kernel"): STATS, log reads
-# and SEAL/UNSEAL, rare head-end requests, and the kernel's making at boot. In their own
-# module so that their code is in RAM only while one runs (lib/lazy.py, docs/hardware.md
-# "Memory").
+# and SEAL/UNSEAL, rare head-end requests. In their own module so that their code is in RAM
+# only while one runs (lib/lazy.py, docs/hardware.md "Memory").
 import json
 import os
 import struct
-import time
-from array import array
 from micropython import const
 
 import kernel
 import micropython
 import seal
-from ringlog import Ring
 
 _CTRL_C = const(3)
 # kernel.py's row layout (a task's row of kernel.NF ints), the fields stats() reads
@@ -23,48 +19,6 @@ _HANDLED = const(7)
 _ERRORS = const(8)
 _QDROP = const(14)
 _LOG_DROPPED = const(7)  # row 0 (the kernel's own) keeps it in _HANDLED
-
-
-def init(self, flows, log_of, logs, now_s, sleep_ms, size):
-    # kernel.Kernel's state, made once at boot
-    # size: (tasks, messages in all their mailboxes) that add() will be asked for, so that
-    # the two lists are made once, whole (growing them as tasks come would leave their
-    # old copies as holes in the heap); more still works, it only grows them.
-    # Private copies: changing policy.py's tables at run time grants nothing. One flat
-    # tuple: a sender, then each of its receivers followed by its kinds and None, then
-    # None; the next sender... (one object; a lookup allocates nothing).
-    by = {}
-    for sender, receiver in flows:
-        by.setdefault(sender, []).extend((receiver,) + tuple(flows[(sender, receiver)])
-                                         + (None,))
-    fl = []
-    for sender in by:
-        fl.append(sender)
-        fl.extend(by[sender])
-        fl.append(None)
-    self._flows = tuple(fl)
-    by = fl = None
-    self._log_of = dict(log_of)
-    self._now_s = now_s
-    self._sleep_ms = sleep_ms
-    self._logs = {}
-    for name in logs:
-        # (path, capacity, record size[, a window of battery-backed RAM to stage in])
-        self._logs[name] = Ring(*logs[name])
-    self._names = ["kernel"]
-    self._objs = [None]
-    self._steps = [None]
-    self._f = array("i", bytes(4 * kernel.NF * (1 + size[0])))
-    self._due = [0] * (1 + size[0])
-    self._by_name = {"kernel": 0}
-    self.refused = 0
-    self._win_start = time.ticks_us()
-    self._win_sleep = 0
-    self._last_window = (0, 0)  # (length us, sleep us)
-    # Streams whose input makes a task's step due at once (a task's `wake`: comm's WAN
-    # input), so that the idle wait ends when a frame arrives, not at the next period.
-    self._wake = None  # a select.poll of them, made with the first
-    self._wake_by = []  # (stream, task row)
 
 
 def own(k, sender, kind, payload):

@@ -24,8 +24,8 @@ class Clock:
     def __init__(self, port, hw):
         self._port = port
         # the last time saved, read once at boot by code that is in RAM only while it runs
-        # (tasks/clock_set.py init)
-        lazy.call("tasks.clock_set", "init", self, hw, STATE)
+        # (boot_init.py)
+        lazy.call("boot_init", "clock", self, hw, STATE)
 
     def step(self):
         t = self._rtc.get()

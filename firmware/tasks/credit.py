@@ -54,8 +54,8 @@ class Credit:
     def __init__(self, port, hw):
         self._port = port
         # balance, tariff and registers, read once at boot by code that is in RAM only while
-        # it runs (tasks/credit_cmd.py init)
-        lazy.call("tasks.credit_cmd", "init", self, hw, STATE, DEFAULT_TARIFF)
+        # it runs (boot_init.py)
+        lazy.call("boot_init", "credit", self, hw, STATE, DEFAULT_TARIFF)
 
     # -- persistence ----------------------------------------------------------------
     def _save(self, t):

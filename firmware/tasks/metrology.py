@@ -7,7 +7,7 @@ import struct
 from micropython import const
 
 import lazy
-import metro  # noqa: F401 - its Accumulator and Energy are made by metrology_cmd.init
+import metro  # noqa: F401 - its Accumulator and Energy are made by boot_init.metrology
 import store
 
 ENERGY = "/data/energy.json"
@@ -30,8 +30,8 @@ class Metrology:
     def __init__(self, port, hw):
         self._port = port
         # calibration, energy registers, load profile: read once, at boot, by code that is
-        # in RAM only while it runs (tasks/metrology_cmd.py init)
-        lazy.call("tasks.metrology_cmd", "init", self, hw)
+        # in RAM only while it runs (boot_init.py)
+        lazy.call("boot_init", "metrology", self, hw)
 
     def step(self):
         n = self._adc.read_into(self._vbuf, self._ibuf)

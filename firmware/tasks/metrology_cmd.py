@@ -1,60 +1,14 @@
 # The metrology task's head-end requests (tasks/metrology.py): READ, PROFILE and CALIBRATE,
-# and its making at boot (calibration, energy registers, the profile record restored). Part of that task, in its own file so that its code
+# and the profile record restored at boot. Part of that task, in its own file so that its code
 # is in RAM only while a request runs (lib/lazy.py); sampling and the energy registers stay in
 # tasks/metrology.py. Each request takes the Metrology object, the sender and the payload.
 import json
 import struct
-from array import array
 
-import metro
 import store
-from ringlog import Ring
-from tasks.metrology import _NV, _REC, BUF, CALIB, ENERGY, PROFILE, PROFILE_CAP, PROFILE_REC
+from tasks.metrology import _REC, CALIB
 
 _FIELDS = ("vrms", "irms", "power_w", "apparent_va", "pf", "freq_hz")
-
-
-def init(self, hw):
-    # Metrology's state, made once at boot
-    self._adc = hw["adc"]
-    self._rate = hw["adc_rate_hz"]
-    # calib.json: {"cal": [v_gain, i_gain, phase], "prev": the one before or None,
-    # "src": the step that set it}; a bare list is the older format
-    self.cal_default = tuple(hw["cal_default"])
-    rec = store.load(CALIB, None)
-    if isinstance(rec, list):
-        rec = {"cal": rec, "prev": None, "src": "ref"}
-    self.cal_rec = rec or {"cal": list(self.cal_default), "prev": None, "src": "default"}
-    cal = self.cal_rec["cal"]
-    self.cal = tuple(cal)
-    self._acc = metro.Accumulator(self._rate, cal[0], cal[1], cal[2])
-    self._vbuf = array("H", bytes(2 * BUF))
-    self._ibuf = array("H", bytes(2 * BUF))
-    st = store.load(ENERGY, None)
-    self._nv = nv = hw.get("nvram")
-    if nv is not None:
-        g = st.get("g", 0) if st else 0
-        v = nv.load(_NV) if nv.seq > g else None
-        if v is not None:  # newer than the flash copy (a power cut, not a flat battery)
-            st = {"e": list(v[:8]), "idx": v[8], "rec": list(v[9:])}
-        nv.seq = max(nv.seq, g)
-    self.energy = metro.Energy.from_state(st["e"]) if st else metro.Energy()
-    self._closed_idx = st["idx"] if st else -1
-    self._profile = Ring(PROFILE, PROFILE_CAP, PROFILE_REC, hw.get("profile_stage"))
-    if st and st.get("rec"):
-        restore(self, st["rec"])
-    self.last = None  # the last complete second
-    self.seconds = 0
-    # Samples the board's ADC lost (board.adc.last_gap: the consumer fell behind its DMA
-    # ring): counted since boot and in the open interval, whose energy gets the time not
-    # seen at the last second's power, said so in its close log line; never silent.
-    self._gaps = hasattr(self._adc, "last_gap")
-    self.gap_samples = 0
-    self._gap_interval = 0
-    self._t = 0
-    self._idx = -1
-    self._start = 0
-    self._len = 0
 
 
 def profile(m, sender, payload):
