@@ -53,9 +53,31 @@ def tariff_at(tariff, t):
 class Credit:
     def __init__(self, port, hw):
         self._port = port
-        # balance, tariff and registers, read once at boot by code that is in RAM only while
-        # it runs (boot_init.py)
-        lazy.call("boot_init", "credit", self, hw, STATE, DEFAULT_TARIFF)
+        self._path = hw.get("state_path", STATE)
+        st = store.load(self._path, None) or {}
+        self.prepaid = bool(st.get("prepaid", False))
+        self.balance = int(st.get("balance", 0))  # mc
+        self._rem = int(st.get("rem", 0))  # price x Wh below one mc
+        self.tariff = tuple(st.get("tariff", DEFAULT_TARIFF))
+        self.reg = [int(x) for x in st.get("reg", (0, 0, 0, 0))]  # imp T1, T2, exp T1, T2 Wh
+        last = st.get("last")  # metrology's import, export Wh when last accounted
+        self._imp, self._exp = (int(last[0]), int(last[1])) if last else (-1, -1)
+        self._nv = nv = hw.get("nvram")
+        if nv is not None:
+            g = int(st.get("g", 0))
+            v = nv.load("<qi6q") if nv.seq > g else None
+            if v is not None:  # newer than the flash copy: its values
+                self.balance, self._rem = v[0], v[1]
+                self.reg = [v[2], v[3], v[4], v[5]]
+                self._imp, self._exp = v[6], v[7]
+            nv.seq = max(nv.seq, g)
+        self._relay = None  # (relay, armed, locked) as the off-switch last reported
+        self._t = 0
+        self._saved_t = 0
+        self._dirty = 0  # _NOT_IN_NV | _NOT_ON_FLASH
+        self._asked_t = 0
+        self._exhausted = False
+        self.now_tariff = 1
 
     # -- persistence ----------------------------------------------------------------
     def _save(self, t):
