@@ -16,7 +16,6 @@ from array import array
 from micropython import const
 
 import lazy
-from ringlog import Ring
 
 WINDOW_US = const(1000000)  # the accounting tick
 BATCH = const(4)  # messages a task handles per turn before others get theirs
@@ -97,49 +96,14 @@ class Port:
 
 class Kernel:
     def __init__(self, flows, log_of, logs, now_s, sleep_ms=time.sleep_ms, size=(0, 0)):
-        # size: (tasks, messages in all their mailboxes) that add() will be asked for, so that
-        # the two lists are made once, whole (growing them as tasks come would leave their
-        # old copies as holes in the heap); more still works, it only grows them.
-        # Private copies: changing policy.py's tables at run time grants nothing. One flat
-        # tuple: a sender, then each of its receivers followed by its kinds and None, then
-        # None; the next sender... (one object; a lookup allocates nothing).
-        by = {}
-        for sender, receiver in flows:
-            by.setdefault(sender, []).extend((receiver,) + tuple(flows[(sender, receiver)])
-                                             + (None,))
-        fl = []
-        for sender in by:
-            fl.append(sender)
-            fl.extend(by[sender])
-            fl.append(None)
-        self._flows = tuple(fl)
-        by = fl = None
-        self._log_of = dict(log_of)
-        self._now_s = now_s
-        self._sleep_ms = sleep_ms
-        self._logs = {}
-        for name in logs:
-            # (path, capacity, record size[, a window of battery-backed RAM to stage in])
-            self._logs[name] = Ring(*logs[name])
-        self._names = ["kernel"]
-        self._objs = [None]
-        self._steps = [None]
-        self._f = array("i", bytes(4 * _NF * (1 + size[0])))
+        # size: (tasks, messages in all their mailboxes) that add() will be asked for. Made
+        # once, at boot: that code is in RAM only while it runs (boot_init.py)
+        lazy.call("boot_init", "kernel", self, flows, log_of, logs, now_s, sleep_ms, size)
         self._f[_QCAP] = _KBOX
-        self._due = [0] * (1 + size[0])
         self._q = [None] * (2 * (_KBOX + size[1]))
         self._qend = 2 * _KBOX  # entries of self._q in use
-        self._by_name = {"kernel": 0}
-        self.refused = 0
         self._f[_TOKENS] = _FLOOD_BURST
         self._f[_TOKENS_AT] = time.ticks_ms()
-        self._win_start = time.ticks_us()
-        self._win_sleep = 0
-        self._last_window = (0, 0)  # (length us, sleep us)
-        # Streams whose input makes a task's step due at once (a task's `wake`: comm's WAN
-        # input), so that the idle wait ends when a frame arrives, not at the next period.
-        self._wake = None  # a select.poll of them, made with the first
-        self._wake_by = []  # (stream, task row)
 
     # -- set-up ---------------------------------------------------------------
     def add(self, name, factory, hw=None, capacity=8, period_ms=0, realtime=False):

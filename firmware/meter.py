@@ -4,91 +4,16 @@ import gc
 import sys
 
 import board
-import kernel
+import kernel  # noqa: F401 - made by grants.py; imported here, early and low in the heap
 import lazy
 
 VERSION = "0.2.0"
 
 
-def hardware(task, policy):
-    # The board objects a task may use, by policy.HARDWARE, and nothing else.
-    hw = {}
-    for name in policy.hardware_of(task):
-        if name == "adc":
-            hw["adc"] = board.adc
-            hw["adc_rate_hz"] = board.ADC_RATE_HZ
-            hw["cal_default"] = board.CAL_DEFAULT
-        elif name == "wan":
-            hw["wan"] = board.wan()
-        elif name == "han_tx":
-            hw["han_tx"] = board.han_tx()
-        elif name == "entropy":
-            hw["entropy"] = board.entropy
-        elif name == "nvram":
-            # a record in its own window of the battery-backed RAM, if the board has one (a
-            # Pico has not)
-            nv = getattr(board, "nvram", None)
-            if nv is not None:
-                from nvrec import Record
-
-                rec = hw["nvram"] = Record(nv, *policy.NVRAM[task])
-                rec.snaps = _snaps
-                if task == "metrology":
-                    hw["profile_stage"] = stage(nv, "/data/profile.bin")
-        else:
-            hw[name] = getattr(board, name)
-    return hw
-
-
-_snaps = None  # the battery-backed RAM's Snapshots on flash (lib/nvrec.py), if the board has it
-
-
-def snapshots(nv):
-    # At power-up, before any task reads the RAM: a RAM that lost its contents (a flat
-    # battery) gets the newest snapshot back.
-    global _snaps
-    if nv is not None and _snaps is None:
-        import policy
-        from nvrec import Record, Snapshots
-
-        path, count = policy.NVRAM_SNAPSHOTS
-        _snaps = Snapshots(nv, path, count, Record(nv, *policy.NVRAM["snapshots"]))
-        if _snaps.boot():
-            print("nvram: restored from snapshot %d (the battery-backed RAM was lost)"
-                  % _snaps.restored)
-    return _snaps
-
-
-def stage(nv, path):
-    # the window of battery-backed RAM where ring `path` stages its records (policy.NVRAM_RINGS)
-    import policy
-    from nvrec import Window
-
-    return Window(nv, *policy.NVRAM_RINGS[path], _snaps)
-
-
 def profile_ring():
     """The load profile as metrology keeps it (a file, or the RAM and its snapshots): for a
     probe over the REPL (lab truth, host_tools/headend/lopa/lab.py), never the WAN."""
-    from ringlog import Ring
-    from tasks.metrology import PROFILE, PROFILE_CAP, PROFILE_REC
-
-    nv = getattr(board, "nvram", None)
-    snapshots(nv)
-    return Ring(PROFILE, PROFILE_CAP, PROFILE_REC, stage(nv, PROFILE) if nv is not None else None)
-
-
-def logs_of(nv, logs):
-    # policy.LOGS, with the RAM window of each log that stages in battery-backed RAM
-    import policy
-
-    out = {}
-    for name in logs:
-        spec = logs[name]
-        if nv is not None and spec[0] in policy.NVRAM_RINGS:
-            spec = spec + (stage(nv, spec[0]),)
-        out[name] = spec
-    return out
+    return lazy.call("grants", "profile_ring")
 
 
 _TASKS = ("metrology", "offswitch", "dc_security", "clock", "cs_security", "comm", "status",
@@ -105,27 +30,14 @@ def build(now_s=None, unsealed_by_service=False):
     # (tasks/offswitch_mac.py): compiled first, while the heap is nearly empty (on a 100-KB
     # Pyboard heap its compiler's peak does not fit later).
     mac_op = lazy.call("tasks.offswitch_mac", "compile_op")
-    snapshots(getattr(board, "nvram", None))
-    import policy
-
-    # Every task's grants first, then the kernel, which takes private copies of the flow and
-    # log tables: policy.py is dropped before any task is made, so that its code and tables
-    # (~5 KB) are not in the heap at the build's peak (docs/hardware.md, "Memory").
-    hws = {}
-    for name in _TASKS:
-        hws[name] = hardware(name, policy)
-    # the WAN roles' table (tuples: nothing to alter), kept when policy.py is dropped
-    hws["cs_security"]["roles"] = policy.WAN_ROLES
-    hws["cs_security"]["consent"] = policy.WAN_CONSENT
-    # 9 tasks, 69 messages in their mailboxes (the capacities below): the kernel's tables are
-    # made once, whole
-    k = kernel.Kernel(policy.FLOWS, policy.LOG_OF, logs_of(getattr(board, "nvram", None),
-                                                           policy.LOGS),
-                      now_s or board.rtc.get,
-                      board.sleep_ms, size=(9, 69))
-    del policy
-    sys.modules.pop("policy", None)
+    # Every task's grants (policy.HARDWARE, the board's objects), then the kernel, which
+    # takes private copies of the flow and log tables: grants.py reads policy.py and both are
+    # dropped before any task is made, so that their code and tables (~7 KB) are not in the
+    # heap at the build's peak (docs/hardware.md, "Memory").
+    k, hws = lazy.call("grants", "make", now_s or board.rtc.get, _TASKS)
     gc.collect()
+    # (each task's grants leave hws as it is made: what the task keeps of them stays, the
+    # rest is garbage before the next task is made)
     # Each task's module is imported just before the task is made (the main.py boot collects
     # after each import, lib/lazy.py), in this order: the code that is in RAM only while a
     # task is made (the off-switch's boot, tasks/offswitch_boot.py, ~9 KB; LoPA's group
@@ -135,14 +47,14 @@ def build(now_s=None, unsealed_by_service=False):
     from tasks.metrology import Metrology
 
     # Every 100 ms: each read of the ADC ring has a fixed cost (tasks/metrology.py, BUF)
-    k.add("metrology", Metrology, hws["metrology"], capacity=8, period_ms=100, realtime=True)
+    k.add("metrology", Metrology, hws.pop("metrology"), capacity=8, period_ms=100, realtime=True)
     # The off-switch: core 1 where `import _thread` works; where it does not (the official
     # PYBV11 build) its pass runs in its proxy's step on this core (docs/OFFSWITCH.md,
     # "Without _thread"). The proxy stores core 1's record for it, and the relay's boot state
     # where the board keeps one (a RelayBoot: the file's path, not the pin).
     from tasks import offswitch
 
-    hw = hws["offswitch"]
+    hw = hws.pop("offswitch")
     hw["sleep_ms"] = board.sleep_ms
     hw["mac_op"] = mac_op
     offswitch.install(k, hw, getattr(board.relay, "boot", None))
@@ -150,46 +62,32 @@ def build(now_s=None, unsealed_by_service=False):
     # LoPA: its step() does one unit of queued work (one X25519, or a slice of a blinding).
     from tasks.dc_security import DcSecurity
 
-    k.add("dc_security", DcSecurity, hws["dc_security"], capacity=8, period_ms=5)
+    k.add("dc_security", DcSecurity, hws.pop("dc_security"), capacity=8, period_ms=5)
     from tasks.clock import Clock
 
-    k.add("clock", Clock, hws["clock"], capacity=4, period_ms=100)
+    k.add("clock", Clock, hws.pop("clock"), capacity=4, period_ms=100)
     from tasks.cs_security import CsSecurity
 
-    hw = hws["cs_security"]
+    hw = hws.pop("cs_security")
     hw["info"] = {"fw": VERSION, "board": board.NAME}
     k.add("cs_security", CsSecurity, hw, capacity=16)
     from tasks.comm import Comm
 
-    k.add("comm", Comm, hws["comm"], capacity=16, period_ms=10)
+    k.add("comm", Comm, hws.pop("comm"), capacity=16, period_ms=10)
     from tasks.status import Status
 
-    k.add("status", Status, hws["status"], capacity=1, period_ms=250)
+    k.add("status", Status, hws.pop("status"), capacity=1, period_ms=250)
     # Prepaid credit and the HAN data diode
     from tasks.credit import Credit
 
-    k.add("credit", Credit, hws["credit"], capacity=8)
+    k.add("credit", Credit, hws.pop("credit"), capacity=8)
     from tasks.han import Han
 
-    hw = hws["han"]
+    hw = hws.pop("han")
     hw["unsealed_by_service"] = unsealed_by_service  # shown in its telegram (tasks/han.py)
     k.add("han", Han, hw, capacity=4)
     gc.collect()
     return k
-
-
-def _service_input(cover, jumper, ticks_us, ticks_diff, sleep_ms, hold_ms=500):
-    # The service input behind the sealed terminal cover (docs/SECURITY.md, "Sealed meters"):
-    # True when the cover switch reads open AND the service jumper reads fitted, both without a
-    # break for hold_ms from now (a bounce or a glitch never unseals). The household's
-    # reconnect button is not part of it: it never unseals (start() holds the button alone
-    # through this for the household's consent, which is not the seal).
-    t0 = ticks_us()
-    while ticks_diff(ticks_us(), t0) < hold_ms * 1000:
-        if not (cover.value() and jumper.value()):
-            return False
-        sleep_ms(20)
-    return bool(cover.value() and jumper.value())
 
 
 def start(sealed=False):
@@ -198,41 +96,9 @@ def start(sealed=False):
     print("meter firmware %s on board %s (%s %s)%s" % (
         VERSION, board.NAME, sys.implementation.name,
         ".".join(str(v) for v in sys.implementation.version[:3]), " sealed" if sealed else ""))
-    try:
-        import os
-
-        os.mkdir("/data")
-    except OSError:
-        pass
-    by_service = False
-    if sealed:
-        # A technician on site, with the terminal cover's seal broken: the service input at
-        # power-up unseals. A board without it (no cover or jumper pin) cannot be unsealed here.
-        cover, jumper = getattr(board, "cover", None), getattr(board, "jumper", None)
-        if cover is not None and jumper is not None and _service_input(
-                cover, jumper, board.ticks_us, board.ticks_diff, board.sleep_ms):
-            try:
-                lazy.call("kernel_svc", "set_sealed", False)
-                by_service = True
-                print("unsealed: the service input (cover open, jumper fitted) at power-up")
-            except OSError as e:  # the flash refused: still sealed
-                by_service = e
-    # The household's consent to the supplier reading the load profile (lib/seal.py,
-    # docs/SECURITY.md "Roles on the WAN"): the button held, without a break, for 3 s from
-    # power-up toggles it (the same debounced hold as the service input, on one pin; no wait
-    # when it is not pressed). Local only: nothing on the WAN reaches a button. Never the seal.
-    consent_now = None
-    button = getattr(board, "button", None)
-    if button is not None and _service_input(button, button, board.ticks_us, board.ticks_diff,
-                                             board.sleep_ms, 3000):
-        import seal  # main.py's (already imported there, or next)
-
-        try:
-            seal.set_consent(not seal.consent_given())
-            consent_now = "on" if seal.consent_given() else "off"
-            print("consent: %s (the button held at power-up)" % consent_now)
-        except OSError as e:  # the flash refused: unchanged
-            consent_now = e
+    # The inputs at power-up (the service input, the household's consent): grants.py, whose
+    # code is not in RAM while the tasks are made
+    by_service, consent_now = lazy.call("grants", "power_up", sealed)
     k = build(unsealed_by_service=by_service is True)
     if isinstance(consent_now, str):
         k.log("kernel", "consent: %s (button held at power-up)" % consent_now)

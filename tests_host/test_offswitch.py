@@ -916,7 +916,8 @@ print(bad)
 
 def test_the_copied_constants_agree() -> None:
     # offswitch.py keeps its constants private (not module attributes: RAM); the boot, the
-    # wording and the MAC set-up, loaded only for a moment, have copies of those they need
+    # requests, the wording and the MAC set-up, loaded only for a moment (the requests for good
+    # where core 1 runs them), have copies of those they need
     import re
 
     def consts(name: str) -> dict[str, int]:
@@ -926,7 +927,8 @@ def test_the_copied_constants_agree() -> None:
 
     main = consts("offswitch.py")
     main.update({"_WS_K": 0, "_WS_H": 512, "_WS_SIZE": 960, "_NKEYS": 4})  # (in its comment)
-    for other in ("offswitch_boot.py", "offswitch_text.py", "offswitch_mac.py"):
+    for other in ("offswitch_boot.py", "offswitch_cmd.py", "offswitch_text.py",
+                  "offswitch_mac.py"):
         copies = consts(other)
         shared = {k: v for k, v in copies.items() if k in main}
         assert shared == {k: main[k] for k in shared}, other

@@ -239,9 +239,14 @@ import json, seal
 seal.SEALED = {str(tmp_path / "sealed")!r}
 seal.CONSENT = {str(tmp_path / "consent")!r}
 from tasks.han import Han, SEAL_EVERY
-class Tx:
+class Tx:  # the HAN UART: a telegram may come in several writes; printed once whole
+    buf = ""
     def write(self, b):
-        print(json.dumps(bytes(b).decode()))
+        self.buf += bytes(b).decode()
+        i = self.buf.rfind("!")
+        if i >= 0 and len(self.buf) - i == 7 and self.buf.endswith("\\r\\n"):  # "!" CRC CRLF
+            print(json.dumps(self.buf))
+            self.buf = ""
 h = Han(None, {{"han_tx": Tx(), "config": {str(tmp_path / "none.json")!r}}})
 for i in range(2 * SEAL_EVERY):
     if i == SEAL_EVERY - 1:

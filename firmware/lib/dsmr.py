@@ -103,13 +103,38 @@ def equipment_hex(ident):
     return ident.encode()[:48].hex().upper()
 
 
-# The telegram as one format: one string constant and one formatting a second, not a string
-# per line (each a heap object on the meter) joined. The breaker line is the one that may be left
-# out, so the format is split there.
-_HEAD = ("/HSM5\\2HASM-MicroPython\r\n\r\n1-3:0.2.8(50)\r\n0-0:1.0.0(%s)\r\n0-0:96.1.1(%s)\r\n"
-         "1-0:1.8.1(%s*kWh)\r\n1-0:1.8.2(%s*kWh)\r\n1-0:2.8.1(%s*kWh)\r\n1-0:2.8.2(%s*kWh)\r\n"
-         "0-0:96.14.0(%04d)\r\n1-0:1.7.0(%s*kW)\r\n1-0:2.7.0(%s*kW)\r\n")
+# The telegram piece by piece, a line or two each: a meter writes each piece as it comes and runs
+# the CRC over them (crc16.arc's crc argument), so that it needs no telegram-sized string, nor
+# the 512-byte buffer formatting one grows through: on a fragmented heap (a Pyboard's, after
+# its boot) no free block may be that large, while a line's always fits. A plain function
+# that calls out(piece): a generator's state would be one more heap block of ~240 bytes.
 _TAIL = "1-0:32.7.0(%05.1f*V)\r\n1-0:31.7.0(%03d*A)\r\n!"
+
+
+def emit(out, t, equipment, imp1_wh, imp2_wh, exp1_wh, exp2_wh, tariff, power_w, vrms, irms,
+         breaker=None, tz_s=3600, eu_dst=True, text=None):
+    """telegram()'s text from "/" through "!" (its CRC line left out), piece by piece: out(str)
+    for each."""
+    out("/HSM5\\2HASM-MicroPython\r\n\r\n1-3:0.2.8(50)\r\n")
+    out("0-0:1.0.0(%s)\r\n" % timestamp(t, tz_s, eu_dst))
+    out("0-0:96.1.1(%s)\r\n" % equipment_hex(equipment))
+    out("1-0:1.8.1(%s*kWh)\r\n" % _kwh(imp1_wh))
+    out("1-0:1.8.2(%s*kWh)\r\n" % _kwh(imp2_wh))
+    out("1-0:2.8.1(%s*kWh)\r\n" % _kwh(exp1_wh))
+    out("1-0:2.8.2(%s*kWh)\r\n" % _kwh(exp2_wh))
+    out("0-0:96.14.0(%04d)\r\n" % tariff)
+    out("1-0:1.7.0(%s*kW)\r\n" % _kw(power_w if power_w > 0 else 0))
+    out("1-0:2.7.0(%s*kW)\r\n" % _kw(-power_w if power_w < 0 else 0))
+    if breaker is not None:
+        out("0-0:96.3.10(%d)\r\n" % breaker)
+    if text is not None:
+        out("0-0:96.13.0(%s)\r\n" % equipment_hex(text))
+    out(_TAIL % (min(999.9, max(0.0, vrms)), min(999, max(0, int(round(irms))))))
+
+
+def crc_line(crc):
+    """The telegram's last line: the CRC-16/ARC of "/" through "!" (uppercase hex)."""
+    return "%04X\r\n" % crc
 
 
 def telegram(t, equipment, imp1_wh, imp2_wh, exp1_wh, exp2_wh, tariff, power_w, vrms, irms,
@@ -117,11 +142,8 @@ def telegram(t, equipment, imp1_wh, imp2_wh, exp1_wh, exp2_wh, tariff, power_w, 
     """One complete P1 telegram (bytes), CRC included. power_w: active power, negative when
     exporting; tariff: 1 or 2; breaker: one of BREAKER_* or None to leave the line out; text:
     the text message (0-0:96.13.0, ASCII) or None to leave it out."""
-    body = (_HEAD % (timestamp(t, tz_s, eu_dst), equipment_hex(equipment), _kwh(imp1_wh),
-                     _kwh(imp2_wh), _kwh(exp1_wh), _kwh(exp2_wh), tariff,
-                     _kw(power_w if power_w > 0 else 0), _kw(-power_w if power_w < 0 else 0))
-            + ("" if breaker is None else "0-0:96.3.10(%d)\r\n" % breaker)
-            + ("" if text is None else "0-0:96.13.0(%s)\r\n" % equipment_hex(text))
-            + _TAIL % (min(999.9, max(0.0, vrms)), min(999, max(0, int(round(irms)))))
-            ).encode()
-    return body + ("%04X\r\n" % arc(body)).encode()
+    parts = []
+    emit(parts.append, t, equipment, imp1_wh, imp2_wh, exp1_wh, exp2_wh, tariff, power_w, vrms,
+         irms, breaker, tz_s, eu_dst, text)
+    body = "".join(parts).encode()
+    return body + crc_line(arc(body)).encode()

@@ -109,6 +109,7 @@ class Window:
 _SNAP_MAGIC = b"NV1"
 _SNAP_HDR = 11
 _CHUNK = 256
+_SNAP_READ = 64  # bytes of the RAM read at a time by snapshot()
 
 
 class Snapshots:
@@ -163,7 +164,9 @@ class Snapshots:
             f.write(hdr)
             off = 0
             while off < size:
-                b = self._nv.read(off, min(_CHUNK, size - off))
+                # in small pieces: the first snapshot comes in the clock's first second, when a
+                # Pyboard's heap, just booted, may have no free block much larger
+                b = self._nv.read(off, min(_SNAP_READ, size - off))
                 d.update(b)
                 f.write(b)
                 off += len(b)

@@ -18,12 +18,9 @@
 # With the RAM's snapshots (stage.snaps: lib/nvrec.py Snapshots) the ring has no file: its
 # history is its window in each snapshot file, and a full window takes a snapshot of the RAM.
 import hashlib
-import os
 import struct
 
 import lazy
-
-from store import _rm, _size  # -1 if missing; remove if there (one copy of each, in store)
 
 _HDR = 6  # seq u32 + len u16
 _SUM = 4
@@ -41,47 +38,9 @@ def _shared():
 
 class Ring:
     def __init__(self, path, capacity, rec_size, stage=None):
-        if capacity < 1 or rec_size <= OVERHEAD or rec_size - OVERHEAD > 0xFFFF:
-            raise ValueError("bad ring geometry")
-        self._nv = None
-        self.flushed = 0  # staged: every record up to this seq is in the file
-        if stage is not None:
-            n = stage.size // rec_size
-            if n < 1 or n > capacity:
-                raise ValueError("bad ring stage")
-            self._nv, self._nv_n = stage, n
-        self.path = path
-        self.capacity = capacity
-        self.rec_size = rec_size
-        self.max_payload = rec_size - OVERHEAD
-        self.last_seq = 0  # highest valid seq, 0 if empty
-        self.count = 0  # valid records held (seq in last_seq - capacity + 1 .. last_seq)
-        # One slot buffer for every read and write: no per-record allocation. Rings whose
-        # records fit share one (_SHARED bytes): their users take turns (the meter's rings
-        # are the main core's).
-        self._mv = (_shared() if rec_size <= _SHARED else memoryview(bytearray(rec_size)))[
-            :rec_size]
-        # Bit per slot: holds a valid record inside the window. Lets append() keep count
-        # exact without reading the slot it overwrites (capacity / 8 bytes of RAM).
-        self._valid = bytearray((capacity + 7) // 8)
-        self._snaps = snaps = getattr(stage, "snaps", None) if stage is not None else None
-        if snaps is not None:
-            # its history is in the RAM's snapshots (lib/nvrec.py Snapshots), not in a file
-            # of its own: a snapshot is one flash write for every staged ring and record
-            snaps.rings.append(self)
-            lazy.call("ringlog_read", "snap_scan", self)
-            return
-        size = _size(path)
-        if size != capacity * rec_size:
-            if size >= 0:
-                # Other geometry (or a half-created file): keep it aside, start afresh.
-                _rm(path + ".old")
-                os.rename(path, path + ".old")
-            lazy.call("ringlog_read", "create", self)
-        else:
-            lazy.call("ringlog_read", "scan", self)  # the boot's: in RAM only while it runs
-        if self._nv is not None:
-            lazy.call("ringlog_read", "merge_stage", self)
+        # Made (its file scanned or created) once, at boot: lib/ringlog_read.py, in RAM only
+        # while it runs
+        lazy.call("ringlog_read", "init", self, path, capacity, rec_size, stage)
 
     def _bit(self, slot):
         return self._valid[slot >> 3] & (1 << (slot & 7))

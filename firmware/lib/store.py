@@ -157,7 +157,9 @@ def save(path, obj):
 def load(path, default=None):
     """The object of the newest valid copy of path, else default. Never raises for bad files."""
     # Reading is for the boot and for rare requests: its code in RAM only while it runs
-    # (lib/store_read.py, lib/lazy.py).
+    # (lib/store_read.py, lib/lazy.py), and only when there is a copy to read.
+    if _none(path):
+        return default
     return lazy.call("store_read", "load", path, default, _MAGIC)
 
 
@@ -176,8 +178,19 @@ def load_bytes(path, default=None, head=0, piece=0):
     one contiguous buffer (a fragmented heap may not have one): the first `head` bytes, then
     pieces of `piece` bytes (the last one shorter); `piece` may be a function of the head
     piece. The checksum is verified over all of it before anything is returned."""
+    if _none(path):
+        return default
     return lazy.call("store_read", "load", path, default, _MAGIC_BIN,
                      (head, piece) if head > 0 else None)
+
+
+def _none(path):
+    # True when no copy of path is long enough to hold a record (store_read.load would find
+    # none and return the default): a new meter's boot then loads no reading code at all
+    for p in (path, path + ".tmp", path + ".bak"):
+        if _size(p) >= _HDR + _SUM:
+            return False
+    return True
 
 
 def size(path):

@@ -12,7 +12,7 @@
 # info=b"wan <dir> <use>"), K the master for the operator (role 0) and
 # HKDF-SHA256(master, meter id, b"wan role <name>") for the others (role_master).
 # ENC: AES-128-CTR, initial counter block meter(8) | ctr(4) | 00000000. The AES is
-# cryptolib's, or lib/aes128.py's where the build has no cryptolib.
+# cryptolib's, or lib/aes128.py's where the build has no cryptolib (loaded for each frame).
 #
 # RAM: one preallocated 64-byte buffer holds 4 counter blocks at a time, which are encrypted
 # in place into the key stream (one ECB call) and XORed with the data into the result: the
@@ -39,8 +39,14 @@ try:
     # MicroPython's AES (C); on CPython (the host's tests) host_tools/mpcompat.py's
     from cryptolib import aes as _aes
 except ImportError:  # no cryptolib in the build (the official PYBV11 firmware): the same
-    # AES-128 in MicroPython, slower, the same frames (its class is not cryptolib's for mypy)
-    from aes128 import aes as _aes  # type: ignore[assignment]
+    # AES-128 in MicroPython (lib/aes128.py), slower, the same frames. Its code (~2.5 KB of
+    # heap with its S-box) is in RAM only while a frame is encrypted: loaded for each one and
+    # dropped after it (lib/lazy.py; docs/hardware.md "Memory").
+
+    def _aes(key, mode):  # type: ignore[misc]  # cryptolib.aes's surface
+        import lazy
+
+        return lazy.call("aes128", "aes", key, mode)
 
 # RAM: this module's globals are one dict, sized for the most names it ever held: what only
 # one function uses is written in that function (formats, HKDF infos).

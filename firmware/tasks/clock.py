@@ -23,25 +23,9 @@ DEFAULT_INTERVAL_S = const(900)
 class Clock:
     def __init__(self, port, hw):
         self._port = port
-        self._rtc = hw["rtc"]
-        st = store.load(STATE, {})
-        self.interval_s = st.get("interval_s", DEFAULT_INTERVAL_S)
-        self._saved_t = saved = st.get("t", 0)  # the time last written to flash
-        self._nv = nv = hw.get("nvram")
-        if nv is not None:
-            g = st.get("g", 0)
-            v = nv.load("<I") if nv.seq > g else None
-            if v is not None:
-                saved = v[0]
-            nv.seq = max(nv.seq, g)
-        now = self._rtc.get()
-        if now < saved:
-            # Time never runs backwards across a power cut: resume from the
-            # last time saved, until the head-end sets it.
-            self._rtc.set(saved)
-            port.log("clock: rtc %d behind saved %d; resumed from saved" % (now, saved))
-        self._last = -1
-        self._snap_seen = 0  # the RAM snapshot's seq at the last daily flush
+        # the last time saved, read once at boot by code that is in RAM only while it runs
+        # (boot_init.py)
+        lazy.call("boot_init", "clock", self, hw, STATE)
 
     def step(self):
         t = self._rtc.get()

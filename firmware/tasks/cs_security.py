@@ -82,39 +82,12 @@ def _route_of(kind):
 class CsSecurity:
     def __init__(self, port, hw):
         self._port = port
-        self._info = hw.get("info", {})
-        # per role id: (kinds it may send, kinds it may send only with consent). meter.py hands
-        # over policy.py's tables (it drops that module after the build); else read here.
-        roles, needs_consent = hw.get("roles"), hw.get("consent", ())
-        if roles is None:
-            import policy
-
-            roles, needs_consent = policy.WAN_ROLES, policy.WAN_CONSENT
-        self._roles = tuple((kinds, tuple(k for r, k in needs_consent if r == name))
-                            for name, kinds in roles)
-        k = store.load(KEYS, None)
-        self.meter_id = k["meter"] if k else None
-        self._keys = None
-        if k:
-            master = bytes.fromhex(k["master"])
-            self._keys = tuple(wan.derive_keys(k["meter"], wan.role_master(k["meter"], master, r))
-                               for r in range(len(self._roles)))
-        c = store.load(COUNTERS, {"down": 0, "up": 0})
-        # After a reboot every counter up to the reserved marks counts as used. Per role
-        # (lists by role id); a file from before roles holds the operator's alone.
-        self._down = self._roles_of(c["down"])
-        self._down_res = list(self._down)
-        self._up = self._up_res = c["up"]
-        self._changed = self._roles_of(c.get("chg", 0))  # the last command that may have
-        # changed the meter, per role
         self._pending = {}
         self.accepted = 0
         self.rejected = 0
-
-    def _roles_of(self, v):
-        if isinstance(v, int):
-            v = [v]
-        return [v[r] if r < len(v) else 0 for r in range(len(self._roles))]
+        # Its keys and counters (per role) and the roles' tables, read once at boot: that
+        # code is in RAM only while it runs (tasks/cs_boot.py)
+        lazy.call("tasks.cs_boot", "init", self, hw, KEYS, COUNTERS)
 
     # -- counters --------------------------------------------------------------
     def _reserve(self, down_res, up_res, changed):

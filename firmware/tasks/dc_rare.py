@@ -1,5 +1,5 @@
-# The DC security module's code that runs once at boot (loading the committed groups from
-# flash) or rarely: GROUPS, GROUP_DELETE. Part of tasks/dc_security.py, in its own file so that
+# The DC security module's code that runs once at boot (its key pair, the registrar's anchor,
+# loading the committed groups from flash) or rarely: GROUPS, GROUP_DELETE. Part of tasks/dc_security.py, in its own file so that
 # its code is in RAM only while it runs (lib/lazy.py). Refusals raise Refused before any state
 # changes.
 import gc
@@ -12,21 +12,19 @@ import store
 from tasks.dc_base import (
     GROUP_PREFIX,
     GROUP_SUFFIX,
+    KEY_FILE,
     MAX_GROUPS_CAP,
     MIN_N,
     REF_N,
+    REG_FILE,
     REL_FILE,
     REL_FMT,
+    RESERVE,
     Refused,
-    _cap,
-    _gid,
     _hex,
-    _Members,
     free,
-    group_ram,
-    released,
-    save_released,
 )
+from tasks.dc_group import _cap, _gid, _Members, group_ram, released, save_released
 
 _HEAD = const(33)  # group file head: ver, gid_len, gid (16, zero-padded), n, m, lambda, my id
 _FILE_VER = const(1)  # as tasks/dc_setup.py writes it
@@ -56,6 +54,36 @@ def load_groups(dc):
         g.bytes = store.size(path)
         dc._groups[g.gid] = g
     load_released(dc)
+
+
+def init(self, hw):
+    # DcSecurity's state, made once at boot
+    self._entropy = hw["entropy"]
+    self._dir = hw.get("dir", "/data")
+    self._key_path = self._dir + KEY_FILE
+    self._reserve = hw.get("ram_reserve", RESERVE)
+    self._sk = None
+    self.pk = None
+    k = store.load_bytes(self._key_path, None)
+    if k is not None and len(k) == 64:
+        self._sk, self.pk = bytes(k[:32]), bytes(k[32:])
+    # The registrar's anchor and policy; b"" if its file is there but unreadable: then no
+    # group is set up and nothing released (fail closed), None if there is none
+    r = store.load_bytes(self._dir + REG_FILE, None)
+    if r is not None and len(r) == 46:
+        self._reg = bytes(r)
+    else:
+        self._reg = b"" if r is not None or store.size(self._dir + REG_FILE) else None
+    self._groups = {}  # gid -> _Group
+    self._nv = hw.get("nvram")  # a lib/nvrec.py Record, where the board has one
+    self._rel = {}  # gid -> the next t it may release (tasks/dc_base.py released())
+    self._rel_floor = 0  # ... for a gid not in _rel
+    self._setup = None
+    self._free0 = 0  # free heap before a GROUP_BEGIN loaded the set-up code (0: unknown)
+    self._recover = []  # queued recoveries: [ref, group, t, C, slots, i, acc, round msg]
+    self._t = -1  # the last closed interval seen
+    self._jobs = False  # some group may have a blinding job: step() looks
+    load_groups(self)
 
 
 def load_released(dc):

@@ -8,7 +8,8 @@ import struct
 from micropython import const
 
 import lopa_core as lopa
-from tasks.dc_base import SLICE, Refused, _gid, _hex
+from tasks.dc_base import SLICE, Refused, _hex
+from tasks.dc_group import _gid
 
 _MASK = const(0xFFFFFFFF)
 _E_BAD_ARGS = const(6)

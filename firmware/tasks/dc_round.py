@@ -11,17 +11,8 @@ from micropython import const
 
 import lazy
 import lopa_core as lopa
-from tasks.dc_base import (
-    HIST,
-    INLINE_MAX,
-    SLICE,
-    Refused,
-    _gid,
-    _hex,
-    _u32,
-    released,
-    save_released,
-)
+from tasks.dc_base import HIST, INLINE_MAX, SLICE, Refused, _hex
+from tasks.dc_group import _gid, _u32, released, save_released
 
 _MASK = const(0xFFFFFFFF)
 _E_BAD_ARGS = const(6)

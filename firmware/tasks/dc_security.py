@@ -27,14 +27,11 @@ import time
 from micropython import const
 
 import lazy
-import store
 from tasks.dc_base import (  # noqa: F401  HIST, KEY_FILE: read by the bench and the tests
     GROUP_PREFIX,
     GROUP_SUFFIX,
     HIST,
     KEY_FILE,
-    REG_FILE,
-    RESERVE,
     Refused,
     _hex,
     free,
@@ -47,32 +44,9 @@ _REST_MS = const(1000)  # an idle step's rest (kernel.py): a message ends it at 
 class DcSecurity:
     def __init__(self, port, hw):
         self._port = port
-        self._entropy = hw["entropy"]
-        self._dir = hw.get("dir", "/data")
-        self._key_path = self._dir + KEY_FILE
-        self._reserve = hw.get("ram_reserve", RESERVE)
-        self._sk = None
-        self.pk = None
-        k = store.load_bytes(self._key_path, None)
-        if k is not None and len(k) == 64:
-            self._sk, self.pk = bytes(k[:32]), bytes(k[32:])
-        # The registrar's anchor and policy; b"" if its file is there but unreadable: then no
-        # group is set up and nothing released (fail closed), None if there is none
-        r = store.load_bytes(self._dir + REG_FILE, None)
-        if r is not None and len(r) == 46:
-            self._reg = bytes(r)
-        else:
-            self._reg = b"" if r is not None or store.size(self._dir + REG_FILE) else None
-        self._groups = {}  # gid -> _Group
-        self._nv = hw.get("nvram")  # a lib/nvrec.py Record, where the board has one
-        self._rel = {}  # gid -> the next t it may release (tasks/dc_base.py released())
-        self._rel_floor = 0  # ... for a gid not in _rel
-        self._setup = None
-        self._free0 = 0  # free heap before a GROUP_BEGIN loaded the set-up code (0: unknown)
-        self._recover = []  # queued recoveries: [ref, group, t, C, slots, i, acc, round msg]
-        self._t = -1  # the last closed interval seen
-        self._jobs = False  # some group may have a blinding job: step() looks
-        lazy.call("tasks.dc_rare", "load_groups", self)
+        # its key pair, the registrar's anchor and the committed groups, read once at boot by
+        # code that is in RAM only while it runs (tasks/dc_rare.py init)
+        lazy.call("tasks.dc_rare", "init", self, hw)
         self._rounds()  # loaded with the groups; dropped if there is none
 
     # -- helpers ----------------------------------------------------------------------
@@ -191,7 +165,7 @@ class DcSecurity:
             from tasks import dc_recover as mod
         return mod
 
-    # -- rounds: tasks/dc_round.py, in RAM while this meter is in a group -------------------
+    # -- rounds: tasks/dc_round.py (and dc_group.py), in RAM while this meter is in a group ---
     def _rounds(self):
         # The round code (tasks/dc_round.py), imported while a group exists, dropped when none
         # is left (no group: nothing to encrypt, and a first group's set-up has it out of RAM).
@@ -201,9 +175,12 @@ class DcSecurity:
         if mod is None and self._groups:
             gc.collect()  # its code fills low holes rather than splitting the free blocks
             from tasks import dc_round as mod
-        elif mod is not None and not self._groups:
-            lazy.drop("tasks.dc_round")
-            gc.collect()
+        elif not self._groups:
+            # the groups' code (tasks/dc_group.py, its member blocks and release table) with it
+            if mod is not None or "tasks.dc_group" in sys.modules:
+                lazy.drop("tasks.dc_round")
+                lazy.drop("tasks.dc_group")
+                gc.collect()
             return None
         return mod
 

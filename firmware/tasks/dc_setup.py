@@ -15,19 +15,8 @@ from micropython import const
 import lopa_core as lopa
 import store
 import lazy
-from tasks.dc_base import (
-    CHUNK_MAX,
-    MAX_GROUPS_CAP,
-    MAX_N,
-    MIN_N,
-    Refused,
-    _gid,
-    _hex,
-    _Members,
-    free,
-    group_ram,
-    released,
-)
+from tasks.dc_base import CHUNK_MAX, MAX_GROUPS_CAP, MAX_N, MIN_N, Refused, _hex, free
+from tasks.dc_group import _gid, _Members, group_ram, released
 
 _REC = const(40)  # id u64 + pk 32
 _E_BAD_ARGS = const(6)

@@ -19,6 +19,7 @@ import seal
 import store
 
 import dsmr
+from crc16 import arc
 
 CONFIG = "/data/han.json"
 SEAL_EVERY = const(8)  # telegrams between two reads of the seal (a stat: one flash read)
@@ -40,6 +41,14 @@ class Han:
         self._seal_text = None
         self._seal_age = SEAL_EVERY
         self.sent = 0
+        self._crc = 0  # of the telegram being written
+        self._out = self._piece  # bound once: no method object a second
+
+    def _piece(self, s):
+        # one piece of the telegram onto the wire, into its CRC
+        b = s.encode()
+        self._crc = arc(b, self._crc)
+        self._tx.write(b)
 
     def handle(self, sender, kind, payload):
         if kind == "reading":
@@ -69,12 +78,14 @@ class Han:
         if t <= 0:
             return  # no time yet: a telegram must carry one
         text = self._seal_state()
+        # written piece by piece, the CRC run over them: no telegram-sized buffer (lib/dsmr.py)
+        self._crc = 0
         if self._tariff:
-            tel = dsmr.telegram(t, self._equipment, self._i1, self._i2, self._e1, self._e2,
-                                self._tariff, power_w, vrms, irms, self._breaker, self._tz_s,
-                                self._eu_dst, text)
+            dsmr.emit(self._out, t, self._equipment, self._i1, self._i2, self._e1, self._e2,
+                      self._tariff, power_w, vrms, irms, self._breaker, self._tz_s,
+                      self._eu_dst, text)
         else:  # credit has not reported yet: everything on tariff 1
-            tel = dsmr.telegram(t, self._equipment, imp_wh, 0, exp_wh, 0, 1, power_w, vrms,
-                                irms, self._breaker, self._tz_s, self._eu_dst, text)
-        self._tx.write(tel)
+            dsmr.emit(self._out, t, self._equipment, imp_wh, 0, exp_wh, 0, 1, power_w, vrms,
+                      irms, self._breaker, self._tz_s, self._eu_dst, text)
+        self._tx.write(dsmr.crc_line(self._crc).encode())
         self.sent += 1

@@ -4,13 +4,11 @@
 # clock's boundary. The math lives in lib/metro.py (pure, tested on CPython
 # and MicroPython); this module is the task around it.
 import struct
-from array import array
 from micropython import const
 
 import lazy
-import metro
+import metro  # noqa: F401 - its Accumulator and Energy are made by boot_init.metrology
 import store
-from ringlog import Ring
 
 ENERGY = "/data/energy.json"
 CALIB = "/data/calib.json"
@@ -34,45 +32,9 @@ BUF = const(512)
 class Metrology:
     def __init__(self, port, hw):
         self._port = port
-        self._adc = hw["adc"]
-        self._rate = hw["adc_rate_hz"]
-        # calib.json: {"cal": [v_gain, i_gain, phase], "prev": the one before or None,
-        # "src": the step that set it}; a bare list is the older format
-        self.cal_default = tuple(hw["cal_default"])
-        rec = store.load(CALIB, None)
-        if isinstance(rec, list):
-            rec = {"cal": rec, "prev": None, "src": "ref"}
-        self.cal_rec = rec or {"cal": list(self.cal_default), "prev": None, "src": "default"}
-        cal = self.cal_rec["cal"]
-        self.cal = tuple(cal)
-        self._acc = metro.Accumulator(self._rate, cal[0], cal[1], cal[2])
-        self._vbuf = array("H", bytes(2 * BUF))
-        self._ibuf = array("H", bytes(2 * BUF))
-        st = store.load(ENERGY, None)
-        self._nv = nv = hw.get("nvram")
-        if nv is not None:
-            g = st.get("g", 0) if st else 0
-            v = nv.load(_NV) if nv.seq > g else None
-            if v is not None:  # newer than the flash copy (a power cut, not a flat battery)
-                st = {"e": list(v[:8]), "idx": v[8], "rec": list(v[9:])}
-            nv.seq = max(nv.seq, g)
-        self.energy = metro.Energy.from_state(st["e"]) if st else metro.Energy()
-        self._closed_idx = st["idx"] if st else -1
-        self._profile = Ring(PROFILE, PROFILE_CAP, PROFILE_REC, hw.get("profile_stage"))
-        if st and st.get("rec"):
-            lazy.call("tasks.metrology_cmd", "restore", self, st["rec"])
-        self.last = None  # the last complete second
-        self.seconds = 0
-        # Samples the board's ADC lost (board.adc.last_gap: the consumer fell behind its DMA
-        # ring): counted since boot and in the open interval, whose energy gets the time not
-        # seen at the last second's power, said so in its close log line; never silent.
-        self._gaps = hasattr(self._adc, "last_gap")
-        self.gap_samples = 0
-        self._gap_interval = 0
-        self._t = 0
-        self._idx = -1
-        self._start = 0
-        self._len = 0
+        # calibration, energy registers, load profile: read once, at boot, by code that is
+        # in RAM only while it runs (boot_init.py)
+        lazy.call("boot_init", "metrology", self, hw)
 
     def step(self):
         n = self._adc.read_into(self._vbuf, self._ibuf)

@@ -207,21 +207,11 @@ class Link:
 
     def __init__(self, cap_in=4, cap_done=4, cap_ev=16):
         self._lock = _thread.allocate_lock() if _thread else _NoLock()
-        # requests, main core -> core 1: kind, id (the proxy's small request number), length;
-        # their data in in_data
-        self.inq = ([0] * cap_in, [0] * cap_in, [0] * cap_in)
-        self.in_data = bytearray(cap_in * _DATA)
-        # answers, core 1 -> main core: id; the 44-byte signed reply in done_data
-        self.done_id = [0] * cap_done
-        self.done_data = bytearray(cap_done * _REPLY_LEN)
-        # log events, core 1 -> main core
-        self.ev = bytearray(cap_ev * _EV_SIZE)
-        self.err = None  # the type of the last exception core 1's loop caught (_EV_ERROR)
-        self.state = [0, 0, 0]  # relay, armed, locked
-        self.record = bytearray(_REC_LEN)  # the sealed record core 1 asks to be stored
-        self.n = [0] * 12
-        self.n[_OK] = 1
-        self.running = True
+        # its slots, made once on the main core (tasks/offswitch_boot.py link: that code is in
+        # RAM only while it runs)
+        import lazy
+
+        lazy.call("tasks.offswitch_boot", "link", self, cap_in, cap_done, cap_ev)
 
     # -- the main core's side (may allocate) --------------------------------------------------
     def put_in(self, kind, ident, data):
@@ -289,6 +279,13 @@ class Core:
                   state_path)
         # the board's sleep (on the virtual board one select, not the unix port's polling)
         self._sleep_ms = hw.get("sleep_ms", time.sleep_ms)
+        # the requests' code (tasks/offswitch_cmd.py): kept where core 1 runs it; else loaded
+        # for each request (_request)
+        self._cmd = None
+        if _thread:
+            from tasks import offswitch_cmd
+
+            self._cmd = offswitch_cmd
 
     @property
     def ctr(self):
@@ -459,25 +456,18 @@ class Core:
                 k[_IN_N] -= 1
 
     def _request(self, s, now):
-        link = self._link
-        kind, ident, n = link.inq[0][s], link.inq[1][s], link.inq[2][s]
-        if kind == _K_SWITCH:
-            self._command(ident, s * _DATA, n, now)
-        elif kind == _K_STATUS:
-            ok = n == _NONCE_LEN
-            self._answer(ident, _OP_STATUS, (_R_OK if self._keyed else _R_NO_KEY)
-                         if ok else _R_MALFORMED, 0, 0, s * _DATA if ok else -1)
-        elif kind == _K_CREDIT:
-            # The credit task's only power: a local disconnect at zero credit.
-            if self.relay or self.armed:
-                limit = self._rate(now)
-                if limit:
-                    if self._may_log_refusal(now):
-                        self._log(_EV_CREDIT_REFUSED, limit, n=self._lim[0])
-                else:
-                    self._add_op(now)
-                    self._switch(0, _EV_CREDIT)
+        # A request from the main core (a command, a status, credit's disconnect): rare, its
+        # code in tasks/offswitch_cmd.py. Core 1 imports nothing, so there it was imported at
+        # boot and is kept; without _thread it is in RAM only while it runs (docs/hardware.md
+        # "Memory"). It changes nothing before its code is there: a failed import leaves the
+        # request in its slot for the next pass.
+        cmd = self._cmd
+        if cmd is None:
+            import lazy
 
+            lazy.call("tasks.offswitch_cmd", "request", self, s, now)
+        else:
+            cmd.request(self, s, now)
     def run(self):
         while self._link.running:
             try:
@@ -547,98 +537,6 @@ class Core:
         with link._lock:
             k[_DONE_N] += 1
 
-    def _add_op(self, now):
-        if self._nops == len(self._ops):
-            for i in range(1, self._nops):
-                self._ops[i - 1] = self._ops[i]
-            self._nops -= 1
-        self._ops[self._nops] = now
-        self._nops += 1
-
-    def _rate(self, now):
-        # 0, or why a switching operation is refused now (T_RATE_*). Drops times over an hour
-        # old in place.
-        ops, k = self._ops, 0
-        for i in range(self._nops):
-            if clock_diff(now, ops[i]) < _HOUR_MS:
-                ops[k] = ops[i]
-                k += 1
-        self._nops = k
-        if k >= self._lim[0]:
-            return _T_RATE_HOUR
-        if k and clock_diff(now, ops[k - 1]) < self._lim[1]:
-            return _T_RATE_SPACING
-        return 0
-
-    def _command(self, ident, at, n, now):
-        d = self._link.in_data
-        hi = d[at + 10] << 8 | d[at + 11] if n == _CMD_LEN else 0
-        lo = d[at + 12] << 8 | d[at + 13] if n == _CMD_LEN else 0
-        op = d[at + 1] if n == _CMD_LEN else 0
-        if not self._keyed:
-            if self._may_log_refusal(now):
-                self._log(_EV_NO_KEY)
-            self._answer(ident, 0, _R_NO_KEY, 0, 0, -1)
-            return
-        res = _R_OK
-        if n != _CMD_LEN or d[at] != _VER:
-            res = _R_MALFORMED
-        else:
-            mid = self._meter
-            for i in range(8):
-                if d[at + 2 + i] != mid[i]:
-                    res = _R_WRONG_METER
-        if res == _R_OK:
-            ws, m = self._ws, _MSG
-            for i in range(14):
-                ws[m + i] = d[at + i]
-            _mac(self._op, self._ws, 0, 14)
-            diff, out = 0, _OUT
-            for i in range(_MAC_LEN):  # constant time
-                diff |= ws[out + i] ^ d[at + 14 + i]
-            if diff:
-                res = _R_BAD_MAC
-            elif hi < self._ctr_hi or (hi == self._ctr_hi and lo <= self._ctr_lo):
-                res = _R_REPLAY
-        if res != _R_OK:
-            if self._may_log_refusal(now):
-                self._log(_EV_REFUSED, op, res, 1 if n == _CMD_LEN else 0, hi, lo,
-                          meter_at=at + 2 if res == _R_WRONG_METER else -1)
-            self._answer(ident, op, res, hi, lo, -1)
-            return
-        self._ctr_hi, self._ctr_lo = hi, lo  # authentic: consumed, whatever the outcome below
-        res, text, num = _R_OK, 0, 0
-        self._b[0], self._b[1], self._b[2] = self.relay, self.armed, self.locked
-        if op == _OP_OFF or op == _OP_ON:
-            limit = self._rate(now)
-            if op == _OP_ON and self.locked:
-                res, text = _R_LOCKED, _T_LOCKED
-            elif limit:
-                res, text, num = _R_RATE_LIMIT, limit, self._lim[0]
-            else:
-                self._add_op(now)
-                if op == _OP_OFF:
-                    text = _T_OPENED if self.relay else _T_ALREADY_OPEN
-                    self.relay, self.armed = 0, 0
-                elif self.relay:
-                    text = _T_ALREADY_CLOSED
-                else:
-                    self.armed, self.deadline = 1, (now + self._lim[2]) & _CLOCK_MASK
-                    text, num = _T_ARMED, self._lim[2] // 1000
-        elif op == _OP_UNLOCK:
-            if self._tamper_in:
-                res, text = _R_TAMPER, _T_TAMPER
-            else:
-                text = _T_UNLOCKED if self.locked else _T_NOT_LOCKED
-                self.locked = 0
-        else:
-            res, text = _R_UNKNOWN_OP, _T_UNKNOWN
-        # Stored (the counter with it) before anything moves; answered once it is.
-        p = self._p  # what to answer and log once the record is stored
-        p[0], p[1], p[2] = ident, op, res
-        p[3], p[4] = text, num
-        p[5], p[6] = hi, lo
-        self._persist(_P_COMMAND)
 
 
 class OffSwitch:
@@ -676,18 +574,7 @@ class OffSwitch:
             except OSError:
                 ok = False
             link.persisted(ok)
-        evs = []
-        for _ in range(8):
-            ev = link.take_event()
-            if ev is None:
-                break
-            evs.append(ev)
-        if evs:
-            import lazy
-
-            # the events in words; the wording's code is in RAM for this call only
-            for text in lazy.call("tasks.offswitch_text", "words_all", evs):
-                port.log(text)
+        self.log_events()
         for _ in range(4):
             d = link.take_done()
             if d is None:
@@ -715,6 +602,21 @@ class OffSwitch:
                     port.send("cs_security", "switch_done",
                               (ref, _E_FAILED, "off-switch not answering"))
 
+    def log_events(self):
+        # up to 8 of core 1's log events, in words, into the off-switch log
+        evs = []
+        for _ in range(8):
+            ev = self._link.take_event()
+            if ev is None:
+                break
+            evs.append(ev)
+        if evs:
+            import lazy
+
+            # the events in words; the wording's code is in RAM for this call only
+            for text in lazy.call("tasks.offswitch_text", "words_all", evs):
+                self._port.log(text)
+
     def handle(self, sender, kind, payload):
         if kind not in _KIND_NAMES:
             return
@@ -739,11 +641,15 @@ def install(k, hw, relay_boot=None, keys_path=KEYS, state_path=STATE, ticks_ms=N
     link = Link()
     core = Core(hw, link, ticks_ms, keys_path, state_path)
     coop = _thread is None
-    k.add("offswitch", OffSwitch, {"link": link, "poll": core.poll if coop else None,
-                                   "state": state_path, "relay_boot": relay_boot},
-          capacity=4, period_ms=_POLL_MS if coop else 20)
+    proxy = k.add("offswitch", OffSwitch, {"link": link, "poll": core.poll if coop else None,
+                                           "state": state_path, "relay_boot": relay_boot},
+                  capacity=4, period_ms=_POLL_MS if coop else 20)
     if coop:
         k.log("offswitch", "no _thread: runs in the main loop (cooperative)")
+    # The boot's events logged now, while the meter is being made (on a 100-KB Pyboard heap
+    # the wording's code finds room then; at the first step it meets the running tasks')
+    proxy.log_events()
+    if coop:
         return "cooperative"
     start(core)
     return "core 1"

@@ -1,4 +1,4 @@
-# The off-switch's boot (tasks/offswitch.py Core): its keys, its persisted state and
+# The off-switch's boot (tasks/offswitch.py Core and Link): its keys, its persisted state and
 # everything core 1 will use, read and made once on the main core before core 1 starts. In
 # its own file so that its code is in RAM only while it runs (lib/lazy.py). Part of that
 # module.
@@ -23,6 +23,11 @@ _EV_BOOT = const(1)
 _EV_NEW_KEY = const(2)
 _EV_BOOT_PIN = const(3)
 _EV_BAD_RECORD = const(16)
+_REPLY_LEN = const(44)
+_DATA = const(32)
+_EV_SIZE = const(16)
+_REC_LEN = const(48)
+_OK = const(11)
 # the factory limits' defaults (os_keys.json may set others)
 _MAX_PER_HOUR = const(6)
 _MIN_SPACING_S = const(10)
@@ -33,6 +38,25 @@ _OPS_KEPT = const(64)
 
 def _u32(b, o):
     return int.from_bytes(b[o:o + 4], "big")
+
+
+def link(self, cap_in, cap_done, cap_ev):
+    # offswitch.Link's slots (its lock is made there)
+    # requests, main core -> core 1: kind, id (the proxy's small request number), length;
+    # their data in in_data
+    self.inq = ([0] * cap_in, [0] * cap_in, [0] * cap_in)
+    self.in_data = bytearray(cap_in * _DATA)
+    # answers, core 1 -> main core: id; the 44-byte signed reply in done_data
+    self.done_id = [0] * cap_done
+    self.done_data = bytearray(cap_done * _REPLY_LEN)
+    # log events, core 1 -> main core
+    self.ev = bytearray(cap_ev * _EV_SIZE)
+    self.err = None  # the type of the last exception core 1's loop caught (_EV_ERROR)
+    self.state = [0, 0, 0]  # relay, armed, locked
+    self.record = bytearray(_REC_LEN)  # the sealed record core 1 asks to be stored
+    self.n = [0] * 12
+    self.n[_OK] = 1
+    self.running = True
 
 
 def init(core, hw, link, ticks_ms, keys_path, state_path):
