@@ -22,6 +22,20 @@ class DmaAdc:
     # many as the buffers hold (the rest wait for the next call). A consumer that comes back
     # later than the ring lasts (ring / rate seconds) has lost the oldest: that is a gap,
     # counted in `gaps` (events) and `lost` (samples), never bridged silently.
+    # Set by board/stm32f4_setup.py (annotations only: MicroPython compiles them to nothing)
+    _ring: int
+    _span: int
+    _keep: int
+    _taken: int
+    _a_ndtr_v: int
+    _a_ndtr_i: int
+    _a_cnt: int
+    _mv_v: memoryview
+    _mv_i: memoryview
+    gaps: int
+    lost: int
+    restarts: int
+
     def __init__(self, pin_v, ch_v, pin_i, ch_i, rate, ring):
         _setup("adc", self, pin_v, ch_v, pin_i, ch_i, rate, ring)
 
@@ -73,6 +87,7 @@ class BackupSram:
     # clock on, the backup domain's write protection off, and the backup regulator on, so that
     # VBAT keeps it across power cuts (a coin cell on the Pyboard's VBAT pin).
     size = 4096
+    _base: int  # set by board/stm32f4_setup.py
 
     def __init__(self):
         _setup("sram", self)

@@ -43,7 +43,7 @@ except ImportError:  # no cryptolib in the build (the official PYBV11 firmware):
     # heap with its S-box) is in RAM only while a frame is encrypted: loaded for each one and
     # dropped after it (lib/lazy.py; docs/hardware.md "Memory").
 
-    def _aes(key, mode):  # type: ignore[misc]  # cryptolib.aes's surface
+    def _aes(key, mode):  # type: ignore[no-redef]  # cryptolib.aes's surface
         import lazy
 
         return lazy.call("aes128", "aes", key, mode)
