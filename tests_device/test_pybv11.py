@@ -17,7 +17,7 @@ free heap.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -250,13 +250,12 @@ HELD_MAX = 120 * 1024
 
 
 def test_the_firmware_heap_against_the_boards(roomy: tuple[Path, str, Keystore],
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+                                              figure: Callable[[str], None]) -> None:
     _, port, ks = roomy  # after test_firmware_runs_from_the_card: READ, off, HAN, power cut
     with open_link(port, ks, None, 10.0) as link:
         assert _reading(link)["vrms"] > 200
     held = _heap_held(port)
-    with capsys.disabled():
-        print("\n" + _against_the_board("booted, READ, off-switch, HAN, power cut", held))
+    figure(_against_the_board("booted, READ, off-switch, HAN, power cut", held))
     assert 64 * 1024 < held <= HELD_MAX, held
     with open_link(port, ks, None, 10.0) as link:  # and it runs on
         assert _reading(link)["vrms"] > 200
@@ -284,7 +283,7 @@ def test_without_a_card_the_flash_is_the_boot_filesystem(tmp_path: Path) -> None
 
 
 def test_lopa_round_on_three_pybv11_meters(tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+                                           figure: Callable[[str], None]) -> None:
     """Key pairs made on three Pyboards (X25519 in MicroPython, AES without cryptolib), a
     group set up, and a round whose aggregate is the lab truth (as test_lopa_device.py)."""
     from .test_lopa_device import Fleet3, ciphertext, lab_truth, next_closed_interval, set_up
@@ -310,8 +309,7 @@ def test_lopa_round_on_three_pybv11_meters(tmp_path: Path,
         fleet.stop(base)
     assert sum(cs) & 0xFFFFFFFF == sum(xs) & 0xFFFFFFFF, (cs, xs)
     assert all(c != x for c, x in zip(cs, xs, strict=True))  # each value blinded
-    with capsys.disabled():
-        print("\n" + _against_the_board("a 3-member group, one round", held))
+    figure(_against_the_board("a 3-member group, one round", held))
     assert held > 64 * 1024
 
 

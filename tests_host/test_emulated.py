@@ -18,7 +18,7 @@ import os
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -144,17 +144,16 @@ print(emu.count() - t0)
 @needs_toolchain
 @pytest.mark.parametrize("thumb", [True, False], ids=["machine-code", "pure-python"])
 def test_x25519_rfc7748_on_the_board(board: Board, thumb: bool,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+                                     figure: Callable[[str], None]) -> None:
     out = lines(board, f"THUMB = {thumb}\n" + X25519_CODE
                 + ("" if thumb else "x25519._THUMB = x25519._load_thumb()\n"))
     want = [o for _, _, o in X25519_VECTORS] + [X25519_ITERATED[1], ALICE_PK, BOB_PK,
                                                 DH_SHARED] + ["rejected"] * len(LOW_ORDER_U)
     assert out[:-1] == want
     insns = int(out[-1])
-    with capsys.disabled():
-        print(f"\n[emulated Cortex-M0+] one X25519, {'machine code' if thumb else 'pure Python'}:"
-              f" {insns:,} instructions (~{insns * M0PLUS_CPI / 1e6:.1f} M cycles at CPI "
-              f"{M0PLUS_CPI}, {insns * M0PLUS_CPI / 125e3:.0f} ms at 125 MHz)")
+    figure(f"[emulated Cortex-M0+] one X25519, {'machine code' if thumb else 'pure Python'}:"
+          f" {insns:,} instructions (~{insns * M0PLUS_CPI / 1e6:.1f} M cycles at CPI "
+          f"{M0PLUS_CPI}, {insns * M0PLUS_CPI / 125e3:.0f} ms at 125 MHz)")
     if thumb:
         assert insns * M0PLUS_CPI <= 15_000_000  # issue 8's goal: at most 15 M M0+ cycles
 
@@ -230,7 +229,7 @@ for v, z in {[(v, 1) for v in vals] + [(5, 0), (p, 0)]!r}:
 
 @needs_toolchain
 def test_quick_component_bench_through_the_cli(tmp_path: Path,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+                                               figure: Callable[[str], None]) -> None:
     """Issue 8's `meterctl bench --emulated m0plus --quick`, through the CLI (one run): C1–C5,
     C13/C14 and one metrology tick through the same on-board code as on a virtual meter
     (host_tools.bench.components.run_emulated, which checks every key, pair key and
@@ -295,14 +294,13 @@ def test_quick_component_bench_through_the_cli(tmp_path: Path,
     assert 0 < by["C11", None, None].samples[0] < by["C12", None, None].samples[0]
     md = (tmp_path / "b.md").read_text()
     assert "#### C1 create a key pair" in md and "| instructions (median) |" in md
-    with capsys.disabled():
-        print("\n" + spec.label + "\n" + render(results, spec))
+    figure(spec.label + "\n" + render(results, spec))
 
 
 @needs_toolchain
 @pytest.mark.skipif(not os.environ.get("METER_EMU_FULL"),
                     reason="the rp2040js board runs with make bench-emulated")
-def test_rp2040js_board_measures_x25519_cycles(capsys: pytest.CaptureFixture[str]) -> None:
+def test_rp2040js_board_measures_x25519_cycles(figure: Callable[[str], None]) -> None:
     """The same ARMv6-M image on rp2040js, which counts RP2040 cycles: the RFC vector, and
     the measured cycles of one X25519 against the 15 M goal."""
     with emulated_board("rp2040") as (_, b):
@@ -311,9 +309,8 @@ def test_rp2040js_board_measures_x25519_cycles(capsys: pytest.CaptureFixture[str
         out = lines(b, "THUMB = True\n" + X25519_CODE)
     assert out[:len(X25519_VECTORS)] == [o for _, _, o in X25519_VECTORS]
     cycles = int(out[-1])
-    with capsys.disabled():
-        print(f"\n[emulated RP2040, rp2040js] one X25519: {cycles:,} cycles "
-              f"({cycles / 125e3:.1f} ms at 125 MHz)")
+    figure(f"[emulated RP2040, rp2040js] one X25519: {cycles:,} cycles "
+          f"({cycles / 125e3:.1f} ms at 125 MHz)")
     assert cycles <= 15_000_000
 
 

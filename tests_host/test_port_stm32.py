@@ -272,7 +272,7 @@ first = got[0][0]
 
 
 def test_dma_sampling_survives_a_flash_stall(vm: Callable[..., str],
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+                                             figure: Callable[[str], None]) -> None:
     out = vm(STALL + '''
 for _ in range(10):                       # 0.5 s of ordinary reading
     time.sleep_ms(50)
@@ -359,11 +359,11 @@ print(ticks[0] - c0, tim._lost)
     fired, timer_lost = map(int, lines[3].split())
     # 800 ms at 1 kHz with 500 ms stalled: about 300 fire (+1 when the stall ends), 499 lost
     assert 250 <= fired <= 360 and 450 <= timer_lost <= 500, lines[2]
-    with capsys.disabled():  # the figures docs/hardware.md quotes
-        dma = read_us * 2000 / 256
-        print(f"\nCPU for 1 s of 2 kHz sampling on the VM: DMA {dma:.0f} us ({dma / 1e4:.3f} %: "
-              f"read_into of 256 samples {read_us} us); one interrupt per sample {irq_us} us "
-              f"({irq_us / 1e4:.2f} %, interrupt entry and ADC conversions not included)")
+    # the figures docs/hardware.md quotes
+    dma = read_us * 2000 / 256
+    figure(f"CPU for 1 s of 2 kHz sampling on the VM: DMA {dma:.0f} us ({dma / 1e4:.3f} %: "
+          f"read_into of 256 samples {read_us} us); one interrupt per sample {irq_us} us "
+          f"({irq_us / 1e4:.2f} %, interrupt entry and ADC conversions not included)")
 
 
 def test_a_late_consumer_gets_a_counted_gap(vm: Callable[..., str]) -> None:

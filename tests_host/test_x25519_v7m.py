@@ -14,7 +14,7 @@ import json
 import random
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -191,7 +191,7 @@ assert x25519.IMPL == "armv7e-m"
 
 @needs_toolchain
 def test_instruction_count_within_the_goal_and_the_same_for_every_key(
-        v7m_board: tuple[str, Board], capsys: pytest.CaptureFixture[str]) -> None:
+        v7m_board: tuple[str, Board], figure: Callable[[str], None]) -> None:
     """One X25519 in at most 1.1 M instructions (a lower bound of the cycles), and the machine
     code (ladder, then inversion and final reduction) takes the same count, to the timer's
     resolution, for keys and points that differ in every way a branch or an early exit on
@@ -243,10 +243,9 @@ print(emu.RESOLUTION_NS)
     whole = [int(x) for x in out[1:-1:2]]
     res = int(out[-1])
     spec = board_spec(name)
-    with capsys.disabled():
-        print(f"\n[{spec.label}] one X25519: {min(whole):,} - {max(whole):,} instructions "
-              f"(the machine code {min(counts):,} - {max(counts):,}) over {len(counts)} keys; "
-              f"goal {GOAL_CYCLES:,} cycles")
+    figure(f"[{spec.label}] one X25519: {min(whole):,} - {max(whole):,} instructions "
+          f"(the machine code {min(counts):,} - {max(counts):,}) over {len(counts)} keys; "
+          f"goal {GOAL_CYCLES:,} cycles")
     assert max(whole) <= GOAL_CYCLES
     assert max(counts) - min(counts) <= res, counts  # the timer's granularity only
     # The generator's walk of the code (behind its cycle estimate) counts what QEMU counts,
