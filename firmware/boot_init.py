@@ -75,8 +75,9 @@ def metrology(self, hw):
     cal = self.cal_rec["cal"]
     self.cal = tuple(cal)
     self._acc = metro.Accumulator(self._rate, cal[0], cal[1], cal[2])
-    self._vbuf = array("H", bytes(2 * BUF))
-    self._ibuf = array("H", bytes(2 * BUF))
+    n = hw.get("adc_read_max") or BUF
+    self._vbuf = array("H", bytes(2 * n))
+    self._ibuf = array("H", bytes(2 * n))
     st = store.load(ENERGY, None)
     self._nv = nv = hw.get("nvram")
     if nv is not None:

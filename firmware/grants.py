@@ -19,6 +19,8 @@ def hardware(task, policy):
             hw["adc"] = board.adc
             hw["adc_rate_hz"] = board.ADC_RATE_HZ
             hw["cal_default"] = board.CAL_DEFAULT
+            # samples per channel per read, where a board's heap wants fewer (tasks/metrology.py)
+            hw["adc_read_max"] = getattr(board, "ADC_READ_MAX", 0)
         elif name == "wan":
             hw["wan"] = board.wan()
         elif name == "han_tx":

@@ -97,6 +97,10 @@ try:
     ADC_RING = 1024
 except OSError:
     ADC_RING = 3072
+# Metrology's read buffers (tasks/metrology.py BUF, 512 per channel elsewhere): 256 ms of
+# samples per read every 100 ms is room enough, and the 1 KB saved is the boot's margin at this
+# heap (docs/hardware.md "Micro SD card"); a late read leaves the rest in the DMA ring above.
+ADC_READ_MAX = const(256)
 # The analogue front end: the mains voltage and current that swing the ADC
 # input from mid-scale to full scale (peak). A ZMPT101B-style voltage module
 # trimmed so that 400 V peak gives 1.65 V, and a 100 A : 50 mA CT (SCT-013-000)

@@ -210,7 +210,7 @@ INFO_CODE = (
 class Board:
     """A MicroPython board on a serial port, driven through its raw REPL."""
 
-    def __init__(self, port: str, timeout: float = 10.0, read_timeout: float = 1.0,
+    def __init__(self, port: str, timeout: float = 10.0, read_timeout: float = 3.0,
                  exec_timeout: float = 10.0) -> None:
         self.port = resolve_port(port)
         self.timeout = timeout
@@ -218,7 +218,10 @@ class Board:
         try:
             # A read timeout keeps a silent board from blocking forever (mpremote
             # reads ptys with a blocking read otherwise). It also bounds the wait for each
-            # raw-paste flow-control byte: a slow emulator (rp2040js) needs a longer one.
+            # raw-paste flow-control byte: a slow emulator (rp2040js) needs a longer one. And
+            # the board's answer to the raw-paste request: mpremote reads it once, and one
+            # that came later than this (a busy host: 1 s was seen) is then read where the
+            # command's "OK" should be ("could not exec command (response: b'R\x01')").
             self.t = SerialTransport(self.port, baudrate=115200, timeout=read_timeout)
         except (TransportError, serial.SerialException, OSError) as e:
             # mpremote's SerialTransport says only "failed to access": ask the lock ourselves
