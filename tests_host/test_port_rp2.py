@@ -486,11 +486,11 @@ m = machine.mem32
 A = board.ADC_BASE
 board.adc._data.active(0)                  # the DMA stops draining the FIFO
 time.sleep_ms(5)
-fcs = m[A + 8]
+m[A] = 1                                   # CS: EN only, conversions stopped (else one more
+fcs = m[A + 8]                             # may land between the pop and the read below)
 print((fcs >> 16) & 0xF, bool(fcs & 0x800), bool(fcs & 0x200))   # LEVEL 4, OVER, FULL
 first = m[A + 0x0C]
 print((m[A + 8] >> 16) & 0xF)              # one popped
-m[A] = 1                                   # CS: EN only, conversions stopped
 m[A + 8] = fcs | 0x800                     # OVER: write 1 to clear
 print(bool(m[A + 8] & 0x800), (m[A + 8] >> 16) & 0xF, 0 <= first < 4096)
 for f in (machine.soft_reset, machine.reset):
