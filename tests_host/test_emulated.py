@@ -391,3 +391,33 @@ def test_heap_ratio_of_32_bit_objects_is_measured_on_both_vms() -> None:
     ratio = sum(r.bytes32 for r in objs) / sum(r.bytes64 for r in objs)
     assert 0.4 < ratio < 0.8, heap32.render(rows)
     assert "| **modules imported, total** |" in heap32.render(rows)
+
+
+@needs_toolchain
+def test_c6_whole_meter_share_on_the_m0plus(figure: Callable[[str], None]) -> None:
+    """Issue 19 (4): the whole meter (meter.py's kernel and tasks) on the emulated M0+, 5
+    emulated seconds each with a 3- and a 50-member group precomputing (interval 2 s, so that
+    blindings fall in the run): every 1-s window's busy share, by the kernel's own
+    accounting, is a share, no task faulted, the ciphertext the scripted head-end asked for
+    came back under the aggregator's keys and unblinds with the members' pair keys to the
+    modelled load's energy, and the bigger group costs the DC security task more (and the
+    meter more in all)."""
+    from host_tools.emu import c6
+
+    small = c6.run_c6("m0plus", 5, 3, 2)
+    big = c6.run_c6("m0plus", 5, 50, 2)
+    for r in (small, big):
+        assert len(r.windows) == 5
+        assert all(0 < s < 1 for s in r.shares()), r.shares()
+        assert all(s < b for s, b in zip(r.meter_shares(), r.shares(), strict=True))
+        assert not any(r.errors.values()), r.errors
+        assert r.han[0] >= 4 and r.handled["metrology"] >= 4  # telegrams each second
+        assert r.answers and r.answers[0].startswith("t="), r.answers
+        # the first interval is partial (the meter boots into it); its x is at most a whole
+        # interval's energy and not 0
+        x = int(r.answers[0].rsplit("x=", 1)[1])
+        assert 0 < x <= c6.expected_x(2) * 1.02, r.answers
+    assert big.task_share("dc_security") > 2 * small.task_share("dc_security")
+    busy = [sum(n - s for n, s, _, _ in r.windows) for r in (small, big)]
+    assert busy[1] > busy[0]
+    figure(c6.report(big))
