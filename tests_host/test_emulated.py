@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -227,6 +228,15 @@ for v, z in {[(v, 1) for v in vals] + [(5, 0), (p, 0)]!r}:
     assert [int(x) for x in lines(board, code)] == [v % p for v in vals] + [0, 0]
 
 
+def elster_of(d: dict[str, Any], test: str, size: int | None,
+              variant: str | None) -> dict[str, Any]:
+    """Elster's figure beside one of the bench JSON's results."""
+    for r in d["results"]:
+        if (r["test"], r["size"], r["variant"]) == (test, size, variant):
+            return dict(r["elster"])
+    raise KeyError((test, size, variant))
+
+
 @needs_toolchain
 def test_quick_component_bench_through_the_cli(tmp_path: Path,
                                                figure: Callable[[str], None]) -> None:
@@ -268,10 +278,14 @@ def test_quick_component_bench_through_the_cli(tmp_path: Path,
         (t, n, None) for t in ("C1", "C2", "C3", "C4", "C14") for n in (3, 50)}
     want |= {("C5", n, v) for n in (3, 50) for v in ("cold", "precomputed")}
     want |= {("C13", None, None), ("tick", None, None), ("C11", None, None),
-             ("C12", None, None)}
+             ("C12", None, None), ("C6", 50, "with LoPA")}
     assert want <= set(by), sorted(want - set(by))
+    # issue 19 (4): the whole meter's share, one sample a 1-s window of 10 under --quick
+    c6 = by["C6", 50, "with LoPA"]
+    assert c6.unit == "%" and len(c6.samples) == 10 and all(0 < v < 100 for v in c6.samples)
+    assert elster_of(d, "C6", 50, "with LoPA")["value"] == 30.11
     for r in results:
-        assert r.platform == spec.label and r.runs == 1
+        assert r.platform == spec.label and (r.runs == 1 or r.test == "C6")
         if r.unit == "us":  # the count kept raw, the figure at the nominal clock
             assert r.extra["nominal_hz"] == 125_000_000 and r.extra["cpi_est"] == M0PLUS_CPI
             insns = r.extra["instructions"][0]

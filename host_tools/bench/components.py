@@ -836,7 +836,8 @@ def emulated_c6(board: str, seconds: int, say: Callable[[str], None]) -> Result:
         "ciphertexts": r.answers, "task_errors": {k: v for k, v in r.errors.items() if v},
     }
     return Result("C6", "CPU use: the busy share of each 1-s kernel window of the whole meter "
-                  "(the kernel's STATS accounting), with LoPA", "%", shares, c6.LABEL,
+                  f"(the kernel's STATS accounting; one sample a window, {seconds} windows), "
+                  "with LoPA", "%", shares, c6.LABEL,
                   size=C6_SIZE, variant="with LoPA", extra=extra)
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import ast
 import random
+import re
 import shutil
 import statistics
 import struct
@@ -71,6 +72,7 @@ class C6Run:
     adc_gaps: tuple[int, int]
     mem_free: int
     gc_us: int  # one gc.collect() with the meter's heap, after the run
+    adc_rate: int  # the ADC model's samples a second per channel
     cpi: float = 1.36
 
     def shares(self) -> list[float]:
@@ -125,11 +127,36 @@ def firmware_files(arch: str) -> list[tuple[str, bytes]]:
         if src.name in SKIP:
             continue
         dest = f"/{src.stem}.mpy"
+        if src.parent == PY_DIR and src.name == "board.py":
+            out.append((dest, _board_module(src, arch)))
+            continue
         out.append((dest, compile_one(src, dest, arch)))
     for src in sorted((FIRMWARE / "tasks").glob("*.py")):
         dest = f"/tasks/{src.stem}.mpy"
         out.append((dest, compile_one(src, dest, arch)))
     return out
+
+
+def pico_adc_rate() -> int:
+    """The Pico adapter's sampling rate per channel (board/rp2_pico ADC_RATE_HZ), which the
+    emulated board's ADC model follows."""
+    text = (REPO / "board" / "rp2_pico" / "__init__.py").read_text()
+    m = re.search(r"^ADC_RATE_HZ = const\((\d+)\)", text, re.M)
+    if m is None:
+        raise EmuError("board/rp2_pico/__init__.py: no ADC_RATE_HZ = const(N)")
+    return int(m.group(1))
+
+
+def _board_module(src: Path, arch: str) -> bytes:
+    """board/emulated_port/py/board.py with the Pico's ADC rate, compiled."""
+    from host_tools.flash.build import compile_one
+
+    text = re.sub(r"^ADC_RATE_HZ = const\(\d+\)", f"ADC_RATE_HZ = const({pico_adc_rate()})",
+                  src.read_text(), count=1, flags=re.M)
+    with tempfile.TemporaryDirectory(prefix="meter-c6-") as d:
+        tmp = Path(d) / "board.py"
+        tmp.write_text(text)
+        return compile_one(tmp, "/board.mpy", arch)
 
 
 @dataclass
@@ -279,7 +306,7 @@ def run_c6(board: str = "m0plus", seconds: int = 60, members: int = MEMBERS,
     run = C6Run(seconds, members, interval_s, list(names), windows,
                 dict(zip(names, errors, strict=True)), dict(zip(names, handled, strict=True)),
                 han, wan, he.open_answers(list(answers), pk) if members else [], gaps,
-                mem_free, gc_us, spec.cpi_est or 1.0)
+                mem_free, gc_us, pico_adc_rate(), spec.cpi_est or 1.0)
     return run
 
 
@@ -301,7 +328,8 @@ def report(r: C6Run) -> str:
     med = statistics.median(sh)
     lines = [f"C6 the meter's CPU share, {LABEL}",
              f"(QEMU -icount shift={SHIFT}: 1 instruction = 8 ns, the kernel's 1-s window = "
-             f"125 M instructions; {len(sh)} windows of {r.seconds} emulated s; "
+             f"125 M instructions; {len(sh)} windows of {r.seconds} emulated s; ADC "
+             f"{r.adc_rate} Hz per channel; "
              + (f"a {r.members}-member LoPA group precomputing, interval {r.interval_s} s, "
                 "a ciphertext asked for each" if r.members else "no LoPA group") + ")",
              "busy share of each 1-s window (the kernel's STATS accounting: the window less "

@@ -15,7 +15,7 @@ from micropython import const
 import emu
 
 NAME = "emulated_" + ("m0plus" if "M0" in emu.BOARD else "qemu")
-ADC_RATE_HZ = const(2000)  # per channel, as the Pico adapter samples (board/rp2_pico)
+ADC_RATE_HZ = const(2000)  # per channel: host_tools/emu/c6.py puts board/rp2_pico's here
 # rp2_pico's analogue front end: full scale (peak) 400 V and 100 A from mid-scale
 CAL_DEFAULT = (400.0 * 16 / 32767, 100.0 * 16 / 32767, 0.0)
 
