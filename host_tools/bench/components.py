@@ -807,7 +807,9 @@ def run_emulated(board: str, *, sizes: list[int], runs: int, quick: bool,
     except EmuError as e:
         raise BenchAborted("C1", f"emulated {board}: {e}", []) from None
     if board == "m0plus":
-        results.append(emulated_c6(board, C6_EMU_QUICK_S if quick else C6_EMU_S, say))
+        for core1 in (False, True):
+            results.append(emulated_c6(board, C6_EMU_QUICK_S if quick else C6_EMU_S, say,
+                                       core1))
     return results
 
 
@@ -817,14 +819,18 @@ C6_EMU_S = 60
 C6_EMU_QUICK_S = 10
 
 
-def emulated_c6(board: str, seconds: int, say: Callable[[str], None]) -> Result:
+def emulated_c6(board: str, seconds: int, say: Callable[[str], None],
+                core1: bool = False) -> Result:
     """C6 on the emulated board: the busy share of each 1-s kernel window of the whole meter
-    (one sample a window), with a C6_SIZE-member group precomputing."""
+    (one sample a window), with a C6_SIZE-member group precomputing; the off-switch a
+    cooperative task (the board has one core), or (``core1``) its Core left to a core 1 that
+    is not there: a Pico's core 0 (host_tools/emu/c6.py)."""
     from host_tools.emu import c6
 
-    say(f"C6: the whole meter for {seconds} emulated s, a {C6_SIZE}-member group")
+    how = "a Pico's core 0" if core1 else "one core, the off-switch cooperative"
+    say(f"C6: the whole meter for {seconds} emulated s, a {C6_SIZE}-member group, {how}")
     try:
-        r = c6.run_c6(board, seconds, C6_SIZE, progress=say)
+        r = c6.run_c6(board, seconds, C6_SIZE, progress=say, core1=core1)
     except c6.EmuError as e:
         raise BenchAborted("C6", f"emulated {board}: {e}", []) from None
     shares = [s * 100 for s in r.shares()]
@@ -835,10 +841,11 @@ def emulated_c6(board: str, seconds: int, say: Callable[[str], None]) -> Result:
         "tasks_pct": {t: round(r.task_share(t) * 100, 3) for t in r.tasks[1:]},
         "ciphertexts": r.answers, "task_errors": {k: v for k, v in r.errors.items() if v},
     }
+    variant = "with LoPA, Pico core 0" if core1 else "with LoPA"
     return Result("C6", "CPU use: the busy share of each 1-s kernel window of the whole meter "
                   f"(the kernel's STATS accounting; one sample a window, {seconds} windows), "
-                  "with LoPA", "%", shares, c6.LABEL,
-                  size=C6_SIZE, variant="with LoPA", extra=extra)
+                  f"{variant} ({how})", "%", shares, c6.LABEL,
+                  size=C6_SIZE, variant=variant, extra=extra)
 
 
 # rp2040js runs about 40 times slower than QEMU: a 50-member C3 takes minutes there.

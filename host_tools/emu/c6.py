@@ -73,6 +73,7 @@ class C6Run:
     mem_free: int
     gc_us: int  # one gc.collect() with the meter's heap, after the run
     adc_rate: int  # the ADC model's samples a second per channel
+    core1: bool  # the off-switch's Core left to a core 1 (not run): a Pico's core 0
     cpi: float = 1.36
 
     def shares(self) -> list[float]:
@@ -117,8 +118,9 @@ def _symbol(elf: Path, name: str) -> int:
     raise EmuError(f"{elf.name}: no symbol {name}")
 
 
-def firmware_files(arch: str) -> list[tuple[str, bytes]]:
-    """The firmware as the board's RAM filesystem holds it: .mpy for ``arch``."""
+def firmware_files(arch: str, core1: bool = False) -> list[tuple[str, bytes]]:
+    """The firmware as the board's RAM filesystem holds it: .mpy for ``arch``; ``core1``: with
+    the _thread stand-in that leaves the off-switch's Core to a core 1 that is not there."""
     from host_tools.flash.build import compile_one
 
     out: list[tuple[str, bytes]] = []
@@ -127,6 +129,10 @@ def firmware_files(arch: str) -> list[tuple[str, bytes]]:
         if src.name in SKIP:
             continue
         dest = f"/{src.stem}.mpy"
+        if src.parent == PY_DIR and src.name == "_thread_core1.py":
+            if core1:
+                out.append(("/_thread.mpy", compile_one(src, "/_thread.mpy", arch)))
+            continue
         if src.parent == PY_DIR and src.name == "board.py":
             out.append((dest, _board_module(src, arch)))
             continue
@@ -238,9 +244,11 @@ class _HeadEnd:
 
 def run_c6(board: str = "m0plus", seconds: int = 60, members: int = MEMBERS,
            interval_s: int = INTERVAL_S, seed: int = 6,
-           progress: Callable[[str], None] | None = None) -> C6Run:
+           progress: Callable[[str], None] | None = None, core1: bool = False) -> C6Run:
     """Boot the emulated board with the firmware, set up a ``members`` group (0: none), run
-    the meter for ``seconds`` emulated seconds; returns the windows."""
+    the meter for ``seconds`` emulated seconds; returns the windows. ``core1``: the off-switch
+    installs as on a Pico, its Core left to a core 1 that this board lacks (a Pico's core 0);
+    else it runs as a cooperative task (the port has no _thread), as on the PYBV11 build."""
     from host_tools.transport.serial import Board, BoardError
 
     say = progress or (lambda s: None)
@@ -252,7 +260,7 @@ def run_c6(board: str = "m0plus", seconds: int = 60, members: int = MEMBERS,
     rng = random.Random(seed)
     he = _HeadEnd.make(max(members, 2), rng)
     image = build(board, quiet=True)
-    files = firmware_files(spec.mpy_arch)
+    files = firmware_files(spec.mpy_arch, core1)
     if members:
         from host_tools.flash.build import compile_one
 
@@ -297,16 +305,18 @@ def run_c6(board: str = "m0plus", seconds: int = 60, members: int = MEMBERS,
             except BoardError as e:
                 tail = printed.decode(errors="replace").strip()[-1500:] if printed else ""
                 raise EmuError(f"on the board: {e}" + (f"\n{tail}" if tail else "")) from None
-    (gc_us, w, names, rows, errors, handled, han, wan, answers, gaps, mem_free) = _result(out)
-    n = len(names)
+    (gc_us, w, names, errors, handled, han, wan, answers, gaps, mem_free) = _result(out)
     windows = []
-    for k in range(w):
-        r = rows[k * (3 + n):(k + 1) * (3 + n)]
-        windows.append((r[0], r[1], r[2], list(r[3:])))
+    for line in out.splitlines():
+        if line.startswith("W "):
+            r = [int(v) for v in line[2:].split()]
+            windows.append((r[0], r[1], r[2], r[3:]))
+    if len(windows) != w or any(len(t) != len(names) for _, _, _, t in windows):
+        raise EmuError(f"the board reported {w} windows, {len(windows)} arrived whole")
     run = C6Run(seconds, members, interval_s, list(names), windows,
                 dict(zip(names, errors, strict=True)), dict(zip(names, handled, strict=True)),
                 han, wan, he.open_answers(list(answers), pk) if members else [], gaps,
-                mem_free, gc_us, pico_adc_rate(), spec.cpi_est or 1.0)
+                mem_free, gc_us, pico_adc_rate(), core1, spec.cpi_est or 1.0)
     return run
 
 
@@ -331,7 +341,9 @@ def report(r: C6Run) -> str:
              f"125 M instructions; {len(sh)} windows of {r.seconds} emulated s; ADC "
              f"{r.adc_rate} Hz per channel; "
              + (f"a {r.members}-member LoPA group precomputing, interval {r.interval_s} s, "
-                "a ciphertext asked for each" if r.members else "no LoPA group") + ")",
+                "a ciphertext asked for each" if r.members else "no LoPA group")
+             + ("; the off-switch's Core on core 1, not run: a Pico's core 0" if r.core1 else
+                "; the off-switch a cooperative task (no second core)") + ")",
              "busy share of each 1-s window (the kernel's STATS accounting: the window less "
              "its idle wait), %:"]
     row = [f"{s * 100:.2f}" for s in r.shares()]
@@ -343,10 +355,12 @@ def report(r: C6Run) -> str:
     med_me = statistics.median(me)
     lines.append(f"without the ADC model (the DMA's work on a Pico): median {med_me * 100:.2f} % "
                  f"(est. {med_me * r.cpi * 100:.2f} %)")
-    core1 = [m - o for m, o in zip(r.meter_shares(), r.task_shares("offswitch"), strict=True)]
-    med1 = statistics.median(core1)
-    lines.append(f"and without the off-switch (a cooperative task here; core 1 on a Pico): "
-                 f"median {med1 * 100:.2f} % (est. {med1 * r.cpi * 100:.2f} %)")
+    if not r.core1:
+        rest = [m - o for m, o in zip(r.meter_shares(), r.task_shares("offswitch"), strict=True)]
+        med1 = statistics.median(rest)
+        lines.append(f"and less the off-switch task's own time (core 1 on a Pico; --offswitch "
+                     f"core1 measures a Pico's core 0 whole): median {med1 * 100:.2f} % "
+                     f"(est. {med1 * r.cpi * 100:.2f} %)")
     lines.append("Elster AS300 C6: 30.02 % without LoPA, 30.11 % with LoPA (50 meters)")
     top = sorted(((r.task_share(t), t) for t in r.tasks[1:]), reverse=True)
     busy = sum(n - sl for n, sl, _, _ in r.windows) / max(1, sum(n for n, _, _, _ in r.windows))
@@ -376,14 +390,20 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"LoPA group size (default {MEMBERS}; 0: no group)")
     ap.add_argument("--interval", type=int, default=INTERVAL_S,
                     help=f"load-profile interval, s (default {INTERVAL_S})")
+    ap.add_argument("--offswitch", choices=["coop", "core1"], default="coop",
+                    help="coop: the off-switch a cooperative task (this board has one core; "
+                         "default); core1: installed as on a Pico, its Core left to a core 1 "
+                         "that is not there (a Pico's core 0)")
     ap.add_argument("--update-doc", type=Path, metavar="MD",
-                    help="also put the report into MD, between its bench-emulated:c6 markers")
+                    help="also put the report into MD, between its bench-emulated:c6 markers "
+                         "(c6-without-lopa with --members 0)")
     args = ap.parse_args(argv)
     if args.seconds < 2:
         ap.error("--seconds must be at least 2")
     try:
         r = run_c6(args.board, args.seconds, args.members, args.interval,
-                   progress=lambda m: print(f"[c6] {m}", file=sys.stderr, flush=True))
+                   progress=lambda m: print(f"[c6] {m}", file=sys.stderr, flush=True),
+                   core1=args.offswitch == "core1")
     except EmuError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -392,5 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.update_doc:
         from host_tools.emu.bench import update_doc
 
-        update_doc(args.update_doc, "c6", "```\n" + text + "\n```")
+        key = ("c6" if args.members else "c6-without-lopa") \
+            + ("-core0" if args.offswitch == "core1" else "")
+        update_doc(args.update_doc, key,
+                   "```\n" + text + "\n```")
     return 0

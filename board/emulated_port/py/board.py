@@ -156,6 +156,20 @@ class _Wan:
         self._pos = 0
         self.out = []
         self.bytes_in = self.bytes_out = 0
+        # what the kernel's idle wait polls (select.py here, sys.stdin on a Pico), so that comm
+        # rests until a line is due
+        self.pollable = self
+
+    def ready_ms(self):
+        # ms until input is there (0: now; None: no more)
+        if self._cur is not None:
+            return 0
+        if not self._script:
+            return None
+        r = self._rtc
+        r.get()
+        left = (self._script[0][0] - r._base) * 1000 - r._ms
+        return left if left > 0 else 0
 
     def readinto(self, buf):
         cur = self._cur
