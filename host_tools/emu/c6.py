@@ -72,6 +72,7 @@ class C6Run:
     adc_gaps: tuple[int, int]
     mem_free: int
     gc_us: int  # one gc.collect() with the meter's heap, after the run
+    passes: int  # the kernel's run_once() passes in the run
     adc_rate: int  # the ADC model's samples a second per channel
     core1: bool  # the off-switch's Core left to a core 1 (not run): a Pico's core 0
     cpi: float = 1.36
@@ -305,7 +306,8 @@ def run_c6(board: str = "m0plus", seconds: int = 60, members: int = MEMBERS,
             except BoardError as e:
                 tail = printed.decode(errors="replace").strip()[-1500:] if printed else ""
                 raise EmuError(f"on the board: {e}" + (f"\n{tail}" if tail else "")) from None
-    (gc_us, w, names, errors, handled, han, wan, answers, gaps, mem_free) = _result(out)
+    (passes, gc_us, w, names, errors, handled, han, wan, answers, gaps, mem_free) = \
+        _result(out)
     windows = []
     for line in out.splitlines():
         if line.startswith("W "):
@@ -316,7 +318,7 @@ def run_c6(board: str = "m0plus", seconds: int = 60, members: int = MEMBERS,
     run = C6Run(seconds, members, interval_s, list(names), windows,
                 dict(zip(names, errors, strict=True)), dict(zip(names, handled, strict=True)),
                 han, wan, he.open_answers(list(answers), pk) if members else [], gaps,
-                mem_free, gc_us, pico_adc_rate(), core1, spec.cpi_est or 1.0)
+                mem_free, gc_us, passes, pico_adc_rate(), core1, spec.cpi_est or 1.0)
     return run
 
 
@@ -363,12 +365,15 @@ def report(r: C6Run) -> str:
                      f"(est. {med1 * r.cpi * 100:.2f} %)")
     lines.append("Elster AS300 C6: 30.02 % without LoPA, 30.11 % with LoPA (50 meters)")
     top = sorted(((r.task_share(t), t) for t in r.tasks[1:]), reverse=True)
+    total_s = sum(n for n, _, _, _ in r.windows) / 1e6
     busy = sum(n - sl for n, sl, _, _ in r.windows) / max(1, sum(n for n, _, _, _ in r.windows))
     kern = busy - sum(s for s, _ in top)
     lines.append("by task (share of the run): " + ", ".join(
         f"{t} {s * 100:.2f} %" for s, t in top if s > 0)
-        + f"; the kernel itself {kern * 100:.2f} % (its scheduling loop, and the once-a-second "
-        f"gc.collect: {r.gc_us / 1e4:.2f} % for one after the run)")
+        + f"; the kernel itself {kern * 100:.2f} % (its scheduling loop, "
+        f"{r.passes / total_s:.0f} passes a second, {kern * total_s * 1e6 / max(1, r.passes):.0f}"
+        f" us each on average, and the once-a-second gc.collect: {r.gc_us / 1e4:.2f} % for one "
+        "after the run)")
     adc = sum(a for _, _, a, _ in r.windows) / max(1, sum(n for n, _, _, _ in r.windows))
     lines.append(f"ADC model inside metrology: {adc * 100:.3f} %; HAN {r.han[0]} writes, "
                  f"{r.han[1]:,} bytes; WAN in/out {r.wan[0]:,}/{r.wan[1]:,} bytes; ADC gaps "

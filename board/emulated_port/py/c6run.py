@@ -88,7 +88,9 @@ def run(seconds, t0):
     start = time.ticks_ms()
     f = k._f
     ms = seconds * 1000 + 2000  # windows end a little after their second (a step running)
+    passes = 0
     while time.ticks_diff(time.ticks_ms(), start) < ms and w < seconds:
+        passes += 1
         try:
             k.run_once()
         except MemoryError as e:  # the kernel's own (a task's is caught and counted)
@@ -122,6 +124,6 @@ def run(seconds, t0):
     m = 3 + n
     for j in range(w):
         print("W", " ".join(str(rows[j * m + i]) for i in range(m)))
-    return (gc_us, w, tuple(k._names), errors, handled,
+    return (passes, gc_us, w, tuple(k._names), errors, handled,
             (han.writes, han.bytes), (wan.bytes_in, wan.bytes_out), tuple(wan.out),
             (adc.gaps, adc.dropped), free)
