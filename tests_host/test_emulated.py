@@ -83,6 +83,55 @@ def test_boots_as_an_armv6m_board(board: Board) -> None:
 
 
 @needs_toolchain
+def test_ram_filesystem_as_the_firmware_uses_flash(board: Board) -> None:
+    """What lib/store.py, lib/ringlog.py and tasks/dc_rare.py do to flash, on the RAM
+    filesystem (ramfs.c): "r+b" writes in place at a seek and reads back, and cannot be made
+    on a missing file; rename replaces; listdir(dir) lists only dir's names; mkdir says
+    EEXIST; the sleep ends at its time."""
+    code = """
+import os, time
+for p in ('t6/a.bin', 't6/b.bin', 't6/sub/c.bin'):
+    with open(p, 'wb') as f:
+        f.write(b'0123456789')
+with open('t6/a.bin', 'r+b') as f:
+    f.seek(4)
+    f.write(b'xy')
+    f.seek(0)
+    print(f.read())
+    f.seek(8)
+    f.write(b'ABCD')
+with open('t6/a.bin', 'rb') as f:
+    print(f.read())
+try:
+    open('t6/none.bin', 'r+b')
+except OSError as e:
+    print('ENOENT', e.errno == 2)
+os.rename('t6/a.bin', 't6/b.bin')
+print(sorted(os.listdir('t6')), sorted(os.listdir('/t6/')))
+with open('t6/b.bin', 'rb') as f:
+    print(f.read())
+try:
+    os.mkdir('t6')
+except OSError as e:
+    print('EEXIST', e.errno == 17)
+os.mkdir('t6/new')
+try:
+    os.rename('t6/none.bin', 't6/x.bin')
+except OSError:
+    print('rename missing: OSError')
+for p in ('t6/b.bin', 't6/sub/c.bin'):
+    os.remove(p)
+t = time.ticks_us()
+time.sleep_ms(50)
+print(50000 <= time.ticks_diff(time.ticks_us(), t) < 50200)
+"""
+    out = board.exec(code).decode().splitlines()
+    assert out == ["b'0123xy6789'", "b'0123xy67ABCD'", "ENOENT True",
+                   "['b.bin', 'sub'] ['b.bin', 'sub']", "b'0123xy67ABCD'", "EEXIST True",
+                   "rename missing: OSError", "True"], out
+
+
+@needs_toolchain
 def test_sha256_fips_vectors(board: Board) -> None:
     msgs = [m.hex() for m, _ in SHA256_VECTORS]
     code = f"""
