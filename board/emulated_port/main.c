@@ -27,11 +27,15 @@ extern uint32_t _estack, _sstack, _sidata, _sdata, _edata, _sbss, _ebss, _sheap,
 static uint32_t time_last_raw;
 static uint64_t time_ticks;
 
-uint64_t emu_time_ns(void) {
+uint64_t emu_timer_count(void) {
     uint32_t raw = hal_timer_raw();
     time_ticks += (uint32_t)(raw - time_last_raw);
     time_last_raw = raw;
-    return time_ticks * HAL_TIMER_NS_NUM / HAL_TIMER_NS_DEN;
+    return time_ticks;
+}
+
+uint64_t emu_time_ns(void) {
+    return emu_timer_count() * HAL_TIMER_NS_NUM / HAL_TIMER_NS_DEN;
 }
 
 // A board that can sleep until its timer reaches a time (hal_nrf51.c: WFI until a compare
