@@ -10,15 +10,18 @@ How it runs:
   cycles per instruction for this code, docs/emulated.md; the estimate at that CPI is printed
   beside it).
 - The RAM filesystem is loaded before power-on (QEMU's generic loader; ramfs.c): the whole
-  firmware compiled for the board, the board adapter and the json/binascii stand-ins
+  firmware compiled for the board, the board adapter and the json/binascii/select stand-ins
   (``board/emulated_port/py/``), the driver (``c6run.py``) and the scripted head-end's lines.
 - The LoPA set-up (KEYGEN, a group of ``members`` with host-made key pairs, COMMIT) goes
   through the DC security task's own handlers; the meter is then soft-reset and built by
   ``meter.start``, with its group loaded from /data as at any boot, and asked for each closed
   interval's ciphertext over its WAN by authenticated frames made here (aggregator role).
-- The busy share is the kernel's: the window less the time in the board's ``sleep_ms`` (a
-  busy wait in C), exactly what STATS reports (kernel_svc.py). The ADC model's own time (the
-  DMA's work on a Pico) is measured and printed, and left out of the "meter" share.
+- The busy share is the kernel's: the window less the time in its idle wait (the port's
+  ``time.sleep_ms``, a WFI that QEMU skips to the deadline), exactly what STATS reports
+  (kernel_svc.py). The ADC model's own time (the DMA's work on a Pico) is measured and
+  printed, and left out of the "meter" share.
+- The off-switch is a cooperative task (the board has one core), or with ``core1`` installed
+  as on a Pico with its Core left to a core 1 that is not there (a Pico's core 0).
 """
 
 from __future__ import annotations
@@ -45,13 +48,13 @@ PY_DIR = REPO / "board" / "emulated_port" / "py"
 FIRMWARE = REPO / "firmware"
 SKIP = ("main.py", "hw_common.py", "stdio_wan.py")  # the boot, the real boards' own, select
 SHIFT = 3  # 8 ns per instruction: 125 MHz at one instruction per cycle
-NOMINAL_HZ = 125_000_000
 GID = b"c6-emulated"
 MEMBERS = 50
 INTERVAL_S = 10
-T0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC, a whole number of intervals
+T0 = 1_767_225_600  # 2026-01-01 00:00:00 UTC: the meter's RTC at boot, on an interval edge
 ASK_AFTER_S = 2  # the head-end asks for an interval's ciphertext this long after it closes
 NAME_MAX = 48  # ramfs.h RAMFS_NAME_MAX
+MAX_FILES = 160  # ramfs.h RAMFS_MAX_FILES
 LABEL = "emulated Cortex-M0+ @125 MHz, zero-wait flash: a lower bound"
 
 
@@ -271,13 +274,19 @@ def run_c6(board: str = "m0plus", seconds: int = 60, members: int = MEMBERS,
             files.append(("/c6_setup.mpy", compile_one(src, "/c6_setup.mpy", spec.mpy_arch)))
         files.append(("/c6_wan.txt", he.wan_script(T0, seconds, interval_s)))
     say(f"{len(files)} files, {sum(len(b) for _, b in files):,} bytes into the RAM filesystem")
+    blob = _image(files)
+    start, end = _symbol(image, "_sramfs"), _symbol(image, "_eramfs")
+    if len(files) > MAX_FILES or len(blob) > end - start:
+        raise EmuError(f"{len(files)} files, {len(blob):,} bytes: more than the board's RAM "
+                       f"filesystem takes ({MAX_FILES} files, {end - start:,} bytes; ramfs.h, "
+                       f"board/{spec.board_dir.name}/*.ld)")
     with tempfile.TemporaryDirectory(prefix="meter-c6-") as d:
         img = Path(d) / "ramfs.bin"
-        img.write_bytes(_image(files))
+        img.write_bytes(blob)
         from host_tools.emu.run import Emulator
 
         with Emulator(board, image=image, shift=SHIFT,
-                      preload=(img, _symbol(image, "_sramfs"))) as emu, \
+                      preload=(img, start)) as emu, \
                 Board(emu.port, timeout=60.0, read_timeout=emu.read_timeout,
                       exec_timeout=emu.exec_timeout) as b:
             try:
