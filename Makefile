@@ -146,6 +146,9 @@ bench-emulated: emulated
 	$(BIN)/python -m host_tools.emu run-bench --board m33 --update-doc docs/BENCH.md
 	$(BIN)/python -m host_tools.emu run-bench --board rp2040 --update-doc docs/BENCH.md
 	$(BIN)/python -m host_tools.emu x25519 --board m0plus
+	$(BIN)/python -m host_tools.emu c6 --board m0plus --seconds 60 --update-doc docs/BENCH.md
+	$(BIN)/python -m host_tools.emu c6 --board m0plus --seconds 60 --members 0 --update-doc docs/BENCH.md
+	$(BIN)/python -m host_tools.emu c6 --board m0plus --seconds 60 --offswitch core1 --update-doc docs/BENCH.md
 	$(BIN)/python -m host_tools.emu x25519 --board m4
 	$(BIN)/python -m host_tools.emu x25519 --board m33
 	$(BIN)/python -m host_tools.emu x25519 --board rp2040 --runs 1

@@ -27,18 +27,31 @@ extern uint32_t _estack, _sstack, _sidata, _sdata, _edata, _sbss, _ebss, _sheap,
 static uint32_t time_last_raw;
 static uint64_t time_ticks;
 
-uint64_t emu_time_ns(void) {
+uint64_t emu_timer_count(void) {
     uint32_t raw = hal_timer_raw();
     time_ticks += (uint32_t)(raw - time_last_raw);
     time_last_raw = raw;
-    return time_ticks * HAL_TIMER_NS_NUM / HAL_TIMER_NS_DEN;
+    return time_ticks;
+}
+
+uint64_t emu_time_ns(void) {
+    return emu_timer_count() * HAL_TIMER_NS_NUM / HAL_TIMER_NS_DEN;
+}
+
+// A board that can sleep until its timer reaches a time (hal_nrf51.c: WFI until a compare
+// interrupt) overrides this; QEMU (`-icount sleep=off`) then moves virtual time on to the
+// deadline at once. The default busy-waits: virtual time advances with instructions only.
+__attribute__((weak)) void hal_wait_ns(uint32_t ns) {
+    (void)ns;
 }
 
 void mp_hal_delay_us(mp_uint_t us) {
-    // Busy-wait: with `-icount sleep=off` virtual time advances with instructions only.
     uint64_t end = emu_time_ns() + (uint64_t)us * 1000u;
-    while (emu_time_ns() < end) {
+    uint64_t now;
+    while ((now = emu_time_ns()) < end) {
         mp_handle_pending(true);
+        uint64_t left = end - now;
+        hal_wait_ns(left > 10000000u ? 10000000u : (uint32_t)left);  // 10 ms at most
     }
 }
 
@@ -187,6 +200,9 @@ static void Default_Handler(void) {
     }
 }
 
+// The external interrupts (the M0+'s 32): a board that enables one handles it here.
+void hal_irq(void) __attribute__((weak, alias("Default_Handler")));
+
 const uint32_t isr_vector[] __attribute__((section(".isr_vector"), used)) = {
     (uint32_t)&_estack,
     (uint32_t)&Reset_Handler,
@@ -201,4 +217,6 @@ const uint32_t isr_vector[] __attribute__((section(".isr_vector"), used)) = {
     0,
     (uint32_t)&Default_Handler, // PendSV
     (uint32_t)&Default_Handler, // SysTick
+    #define IRQ4 (uint32_t)&hal_irq, (uint32_t)&hal_irq, (uint32_t)&hal_irq, (uint32_t)&hal_irq
+    IRQ4, IRQ4, IRQ4, IRQ4, IRQ4, IRQ4, IRQ4, IRQ4, // IRQ 0-31
 };

@@ -9,7 +9,10 @@
 #include "py/builtin.h"
 
 #define RAMFS_NAME_MAX (48)
-#define RAMFS_MAX_FILES (64)
+// Enough for the whole firmware as .mpy files with its data (host_tools/emu/c6.py)
+#ifndef RAMFS_MAX_FILES
+#define RAMFS_MAX_FILES (160)
+#endif
 
 typedef struct {
     char name[RAMFS_NAME_MAX];
@@ -24,6 +27,8 @@ mp_import_stat_t ramfs_stat(const char *path);
 // Raises OSError(ENOSPC) when the arena or the table is full.
 void ramfs_put(const char *path, const uint8_t *data, size_t len);
 int ramfs_remove(const char *path);
+// The file's name changes (one that had `to`'s name is replaced); -1: no such file
+int ramfs_rename(const char *from, const char *to);
 size_t ramfs_count(void);
 const ramfs_entry_t *ramfs_entry(size_t i);
 size_t ramfs_free(void);

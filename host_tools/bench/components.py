@@ -29,6 +29,7 @@ import contextlib
 import hashlib
 import os
 import random
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -799,12 +800,52 @@ def run_emulated(board: str, *, sizes: list[int], runs: int, quick: bool,
         spec = board_spec(board)
         say(f"building (cached) and booting the emulated {spec.name} board")
         with Emulator(board, quiet=True) as emu:
-            return run_components(emu.port, sizes=sizes, runs=runs, quick=quick,
-                                  progress=progress, timeout=EMU_TIMEOUT.get(board, 60.0),
-                                  read_timeout=emu.read_timeout,
-                                  exec_timeout=emu.exec_timeout)
+            results = run_components(emu.port, sizes=sizes, runs=runs, quick=quick,
+                                     progress=progress, timeout=EMU_TIMEOUT.get(board, 60.0),
+                                     read_timeout=emu.read_timeout,
+                                     exec_timeout=emu.exec_timeout)
     except EmuError as e:
         raise BenchAborted("C1", f"emulated {board}: {e}", []) from None
+    if board == "m0plus":
+        for core1 in (False, True):
+            results.append(emulated_c6(board, C6_EMU_QUICK_S if quick else C6_EMU_S, say,
+                                       core1))
+    return results
+
+
+# C6 on the emulated M0+ (host_tools/emu/c6.py): the whole meter for this many emulated
+# seconds (about 1.5 s of host time each on an idle 2-core host), with a C6_SIZE group
+C6_EMU_S = 60
+C6_EMU_QUICK_S = 10
+
+
+def emulated_c6(board: str, seconds: int, say: Callable[[str], None],
+                core1: bool = False) -> Result:
+    """C6 on the emulated board: the busy share of each 1-s kernel window of the whole meter
+    (one sample a window), with a C6_SIZE-member group precomputing; the off-switch a
+    cooperative task (the board has one core), or (``core1``) its Core left to a core 1 that
+    is not there: a Pico's core 0 (host_tools/emu/c6.py)."""
+    from host_tools.emu import c6
+
+    how = "a Pico's core 0" if core1 else "one core, the off-switch cooperative"
+    say(f"C6: the whole meter for {seconds} emulated s, a {C6_SIZE}-member group, {how}")
+    try:
+        r = c6.run_c6(board, seconds, C6_SIZE, progress=say, core1=core1)
+    except c6.EmuError as e:
+        raise BenchAborted("C6", f"emulated {board}: {e}", []) from None
+    shares = [s * 100 for s in r.shares()]
+    extra: dict[str, Any] = {
+        "window_s": 1, "seconds": seconds, "interval_s": r.interval_s,
+        "est_cpi": r.cpi, "est_median_pct": round(statistics.median(shares) * r.cpi, 2),
+        "without_adc_model_median_pct": round(statistics.median(r.meter_shares()) * 100, 2),
+        "tasks_pct": {t: round(r.task_share(t) * 100, 3) for t in r.tasks[1:]},
+        "ciphertexts": r.answers, "task_errors": {k: v for k, v in r.errors.items() if v},
+    }
+    variant = "with LoPA, Pico core 0" if core1 else "with LoPA"
+    return Result("C6", "CPU use: the busy share of each 1-s kernel window of the whole meter "
+                  f"(the kernel's STATS accounting; one sample a window, {seconds} windows), "
+                  f"{variant} ({how})", "%", shares, c6.LABEL,
+                  size=C6_SIZE, variant=variant, extra=extra)
 
 
 # rp2040js runs about 40 times slower than QEMU: a 50-member C3 takes minutes there.

@@ -33,19 +33,29 @@ from host_tools.emu.build import BoardSpec, EmuError, board_spec, build, ensure_
 PTY_RE = re.compile(r"char device redirected to (/dev/pts/\d+)")
 
 
-def qemu_command(spec: BoardSpec, image: Path) -> list[str]:
+def qemu_command(spec: BoardSpec, image: Path, shift: int = 0,
+                 preload: tuple[Path, int] | None = None) -> list[str]:
+    """``shift``: 2**shift ns of virtual time per instruction (0: the benches' 1 ns; 3: 8 ns,
+    a 125 MHz core at one instruction per cycle, host_tools/emu/c6.py). ``preload``: (file,
+    address) that QEMU's generic loader puts into RAM before power-on (the RAM filesystem's
+    image, ramfs.c)."""
     qemu = shutil.which("qemu-system-arm") or "qemu-system-arm"
+    extra = [] if preload is None else [
+        "-device", f"loader,file={preload[0]},addr={preload[1]:#x},force-raw=on"]
     return [qemu, *spec.qemu_args, "-display", "none", "-monitor", "none",
             "-chardev", "pty,id=ser0", "-serial", "chardev:ser0", "-semihosting",
-            "-icount", "shift=0,sleep=off", "-kernel", str(image)]
+            "-icount", f"shift={shift},sleep=off", *extra, "-kernel", str(image)]
 
 
 class Emulator:
     """One emulated board: ``with Emulator("m0plus") as emu: Board(emu.port)``."""
 
     def __init__(self, board: str = "m0plus", image: Path | None = None,
-                 quiet: bool = True) -> None:
+                 quiet: bool = True, shift: int = 0,
+                 preload: tuple[Path, int] | None = None) -> None:
         self.spec = board_spec(board)
+        self.shift = shift
+        self.preload = preload
         self.image = image or build(board, quiet=quiet)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = ""
@@ -65,7 +75,8 @@ class Emulator:
         if self.spec.runner == "rp2040js":
             return self._start_rp2040js()
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(qemu_command(self.spec, self.image),
+            self.proc = subprocess.Popen(qemu_command(self.spec, self.image, self.shift,
+                                                      self.preload),
                                          stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + timeout
