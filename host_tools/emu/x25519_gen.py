@@ -68,88 +68,229 @@ class Asm:
             off -= step
 
 
+RL, RH, RB, RT, RU = "r0", "r1", "r2", "r3", "r4"  # mul32's registers
+
+
+def mul32(a: Asm, rl: str, rh: str, rb: str, rt: str, ru: str) -> None:
+    """rh:rl = rl * rb (32 x 32 -> 64 bits) from four 16 x 16-bit MULS; rb, rt and ru are
+    clobbered. 17 instructions, 17 cycles, no branch; leaves the carry flag clear."""
+    a(f"lsrs {rt}, {rb}, #16")  # b_hi
+    a(f"lsrs {rh}, {rl}, #16")  # a_hi
+    a(f"muls {rh}, {rt}, {rh}")  # a_hi * b_hi
+    a(f"uxth {rb}, {rb}")  # b_lo
+    a(f"lsrs {ru}, {rl}, #16")  # a_hi
+    a(f"uxth {rl}, {rl}")  # a_lo
+    a(f"muls {rt}, {rl}, {rt}")  # a_lo * b_hi
+    a(f"muls {ru}, {rb}, {ru}")  # a_hi * b_lo
+    a(f"muls {rl}, {rb}, {rl}")  # a_lo * b_lo
+    for mid in (rt, ru):  # the middle products, at bit 16
+        a(f"lsrs {rb}, {mid}, #16")
+        a(f"lsls {mid}, {mid}, #16")
+        a(f"adds {rl}, {rl}, {mid}")
+        a(f"adcs {rh}, {rb}")
+
+
+def scan(a: Asm, cols: list[list[tuple[int, int]]], out: list[int]) -> None:
+    """Product scanning over 32-bit words that live on the stack: column k adds the products
+    [sp + i] * [sp + j] of cols[k] into a 96-bit accumulator (r5-r7, renamed column by column)
+    and stores its low word at [sp + out[k]]; the accumulator's second word goes to
+    [sp + out[len(cols)]]. Clobbers r0-r7."""
+    acc = ["r5", "r6", "r7"]
+    for r in acc:
+        a(f"movs {r}, #0")
+    for k, col in enumerate(cols):
+        c0, c1, c2 = acc
+        for i, j in col:
+            a(f"ldr {RL}, [sp, #{i}]")
+            a(f"ldr {RB}, [sp, #{j}]")
+            mul32(a, RL, RH, RB, RT, RU)
+            a(f"adds {c0}, {c0}, {RL}")
+            a(f"adcs {c1}, {RH}")
+            a(f"movs {RT}, #0")  # MOVS #imm leaves the carry flag alone
+            a(f"adcs {c2}, {RT}")
+        a(f"str {c0}, [sp, #{out[k]}]")
+        a(f"movs {c0}, #0")
+        acc = [c1, c2, c0]
+    a(f"str {acc[0]}, [sp, #{out[len(cols)]}]")
+
+
+def copy_in(a: Asm, src: str, off: int) -> None:
+    """8 words from [src] to [sp + off] (src is advanced by 32); clobbers r3-r7."""
+    a(f"add r7, sp, #{off}")
+    for _ in range(2):
+        a(f"ldm {src}!, {{r3, r4, r5, r6}}")
+        a("stm r7!, {r3, r4, r5, r6}")
+
+
+def fold512(a: Asm, lo: int, dst_at: int) -> None:
+    """[dst] = R mod p below 2^256, where R is 16 words at sp + lo and dst's address is at
+    [sp + dst_at]: R_lo + 38 * R_hi, with 38 * R_hi[w] made of two 16 x 6-bit MULS. Clobbers
+    r0-r7."""
+    a("movs r6, #38")
+    a("movs r7, #0")  # zero
+    a(f"ldr r5, [sp, #{dst_at}]")
+    c = "r3"
+    a(f"movs {c}, #0")
+    for w in range(8):
+        a(f"ldr r0, [sp, #{lo + 32 + 4 * w}]")
+        a("lsrs r1, r0, #16")
+        a("uxth r0, r0")
+        a("muls r0, r6, r0")
+        a("muls r1, r6, r1")
+        a("lsls r2, r1, #16")
+        a("lsrs r1, r1, #16")
+        a("adds r0, r0, r2")
+        a("adcs r1, r7")  # r1:r0 = 38 * R_hi[w]
+        a("adds r0, r0, " + c)
+        a("adcs r1, r7")
+        a(f"ldr r2, [sp, #{lo + 4 * w}]")
+        a("adds r2, r2, r0")
+        a("adcs r1, r7")
+        a(f"str r2, [r5, #{4 * w}]")
+        a(f"mov {c}, r1")  # the carry into the next word (< 2^7)
+    # The carry (< 2^7) times 38 once more; a second carry cannot happen (the value wrapped).
+    _fold_words(a, "r5", c, "r6", "r7")
+
+
+MUL_FRAME = 192  # a, b, R (16 words), |a1 - a0|, |b0 - b1|, M (8 words)
+MA, MB, MR, MDA, MDB, MM = 0, 32, 64, 128, 144, 160
+
+
 def fe_mul(a: Asm) -> None:
     """fe_mul: r0 = dst, r1 = a, r2 = b (state pointers); dst = a * b mod p (< 2^256).
-    Clobbers r0-r7. The 512-bit product goes through the P slot."""
+    One level of subtractive Karatsuba over 128-bit halves, each half product by word product
+    scanning (16 32x32 products of four MULS each): a0 b0, a1 b1 and |a1 - a0| |b0 - b1|,
+    then R = L + 2^128 (L + H +- M) + 2^256 H and the fold. Clobbers r0-r7, r12."""
     a.label("fe_mul")
     a("push {r0, lr}")
-    a.ptr("r0", P)
-    a("movs r3, #0")
-    a("movs r6, #0")
+    a(f"sub sp, #{MUL_FRAME}")
+    copy_in(a, "r1", MA)
+    copy_in(a, "r2", MB)
+    half = [[(4 * i, 4 * (k - i)) for i in range(max(0, k - 3), min(k, 3) + 1)]
+            for k in range(7)]
+    for base, (xa, xb) in ((MR, (MA, MB)), (MR + 32, (MA + 16, MB + 16))):
+        scan(a, [[(xa + i, xb + j) for i, j in col] for col in half],
+             [base + 4 * k for k in range(8)])
+    # |a1 - a0| with its sign mask (all ones when a1 < a0), then |b0 - b1|.
+    for src_lo, src_hi, dst, first in ((MA, MA + 16, MDA, True), (MB + 16, MB, MDB, False)):
+        a(f"add r7, sp, #{src_lo}")
+        a("ldm r7!, {r0, r1, r2, r3}")
+        a(f"add r7, sp, #{src_hi}")
+        a("ldm r7, {r4, r5, r6, r7}")
+        a("subs r4, r4, r0")
+        a("sbcs r5, r1")
+        a("sbcs r6, r2")
+        a("sbcs r7, r3")
+        a("sbcs r0, r0")  # 0 or all ones
+        for r in ("r4", "r5", "r6", "r7"):
+            a(f"eors {r}, r0")
+        a("subs r4, r4, r0")
+        a("sbcs r5, r0")
+        a("sbcs r6, r0")
+        a("sbcs r7, r0")
+        a(f"add r1, sp, #{dst}")
+        a("stm r1!, {r4, r5, r6, r7}")
+        if first:
+            a("mov r12, r0")
+        else:
+            a("mov r1, r12")
+            a("eors r0, r1")
+            a("mov r12, r0")  # all ones when (a1 - a0)(b0 - b1) < 0
+    scan(a, [[(MDA + i, MDB + j) for i, j in col] for col in half],
+         [MM + 4 * k for k in range(8)])
+    # R[4..15] += L + H + s M, with s M = (M xor s) + (s & 1) - (s & 1) 2^256 (two's
+    # complement): one pass over the 8 middle words, a 64-bit accumulator r6:r5. L[4 + w] is
+    # R[4 + w], overwritten at step w < 4: it is kept in M's slot w (already read) for step
+    # w + 4. The true sum is not negative, so the final carry word, less (s & 1), is not.
+    a("mov r4, r12")  # s
     a("movs r7, #0")
-    for k in range(31):
-        for i in range(max(0, k - 15), min(k, 15) + 1):
-            j = k - i
-            a(f"ldrh r4, [r1, #{2 * i}]")
-            a(f"ldrh r5, [r2, #{2 * j}]")
-            a("muls r4, r5, r4")
-            a("adds r6, r6, r4")
-            a("adcs r7, r3")
-        a(f"strh r6, [r0, #{2 * k}]")
-        a("lsrs r6, r6, #16")
-        a("lsls r4, r7, #16")
-        a("orrs r6, r4")
-        a("movs r7, #0")
-    a("strh r6, [r0, #62]")
-    # Fold: t = lo + 38 * hi, 16 limbs, then the carry (< 40) times 38 once more.
-    # r0 = the product, the stack holds dst and lr (fe_sq jumps here too).
-    a.label("fe_fold")
-    a("movs r3, #0")
-    a("pop {r1}")  # dst
-    a("movs r2, #38")
+    a("rsbs r5, r4, #0")  # s & 1
     a("movs r6, #0")
-    for i in range(16):
-        a(f"ldrh r4, [r0, #{2 * i}]")
-        a(f"ldrh r5, [r0, #{2 * i + 32}]")
-        a("muls r5, r2, r5")
-        a("adds r4, r4, r5")
-        a("adds r4, r4, r6")
-        a(f"strh r4, [r1, #{2 * i}]")
-        a("lsrs r6, r4, #16")
-    _fold_words(a, "r1", "r6", "r2", "r3")
+    for w in range(8):
+        a(f"ldr r0, [sp, #{MM + 4 * w}]")
+        a("eors r0, r4")
+        a("adds r5, r5, r0")
+        a("adcs r6, r7")
+        for src in (MR + 4 * w if w < 4 else MM + 4 * (w - 4), MR + 32 + 4 * w,
+                    MR + 16 + 4 * w):
+            a(f"ldr r0, [sp, #{src}]")
+            a("adds r5, r5, r0")
+            a("adcs r6, r7")
+        if w < 4:
+            a(f"str r0, [sp, #{MM + 4 * w}]")  # L[4 + w]
+        a(f"str r5, [sp, #{MR + 16 + 4 * w}]")
+        a("mov r5, r6")
+        a("movs r6, #0")
+    a("adds r5, r5, r4")  # - (s & 1)
+    a(f"ldr r0, [sp, #{MR + 48}]")
+    a("adds r0, r0, r5")
+    a(f"str r0, [sp, #{MR + 48}]")
+    for w in (13, 14, 15):
+        a(f"ldr r0, [sp, #{MR + 4 * w}]")
+        a("adcs r0, r7")
+        a(f"str r0, [sp, #{MR + 4 * w}]")
+    fold512(a, MR, MUL_FRAME)
+    a(f"add sp, #{MUL_FRAME + 4}")
     a("pop {pc}")
 
 
+SQ_FRAME = 160  # a (8 words), R (16 words), the squares (16 words)
+SA, SR, SD = 0, 32, 96
+
+
+def sq32(a: Asm, rl: str, rh: str, rx: str, rt: str) -> None:
+    """rh:rl = rx^2 from three 16 x 16-bit MULS; rx and rt are clobbered. 10 cycles."""
+    a(f"uxth {rl}, {rx}")
+    a(f"lsrs {rh}, {rx}, #16")
+    a(f"movs {rt}, {rl}")
+    a(f"muls {rt}, {rh}, {rt}")  # lo * hi
+    a(f"muls {rl}, {rl}, {rl}")
+    a(f"muls {rh}, {rh}, {rh}")
+    a(f"lsls {rx}, {rt}, #17")  # 2 lo hi, at bit 16
+    a(f"lsrs {rt}, {rt}, #15")
+    a(f"adds {rl}, {rl}, {rx}")
+    a(f"adcs {rh}, {rt}")
+
+
 def fe_sq(a: Asm) -> None:
-    """fe_sq: r0 = dst, r1 = a; dst = a^2 mod p. Each column adds its cross products
-    a_i * a_j (i < j) once, doubles them, then adds the square a_(k/2)^2: 136 multiplies
-    instead of 256. Clobbers r0-r7 and r12."""
+    """fe_sq: r0 = dst, r1 = a; dst = a^2 mod p. The 28 cross products a_i a_j (i < j) by
+    word product scanning, doubled, plus the 8 squares a_i^2 (three MULS each), then the
+    fold. Clobbers r0-r7."""
     a.label("fe_sq")
     a("push {r0, lr}")
-    a.ptr("r0", P)
-    a("mov r12, r0")
-    a("movs r0, #0")
-    a("movs r6, #0")
-    a("movs r7, #0")
-    for k in range(31):
-        pairs = [(i, k - i) for i in range(max(0, k - 15), min(k, 15) + 1) if i < k - i]
-        if pairs:
-            a("movs r2, #0")
-            a("movs r3, #0")
-            for i, j in pairs:
-                a(f"ldrh r4, [r1, #{2 * i}]")
-                a(f"ldrh r5, [r1, #{2 * j}]")
-                a("muls r4, r5, r4")
-                a("adds r2, r2, r4")
-                a("adcs r3, r0")
-            a("adds r2, r2, r2")
-            a("adcs r3, r3")
-            a("adds r6, r6, r2")
-            a("adcs r7, r3")
-        if k % 2 == 0:
-            a(f"ldrh r4, [r1, #{k}]")
-            a("muls r4, r4, r4")
-            a("adds r6, r6, r4")
-            a("adcs r7, r0")
-        a("mov r5, r12")
-        a(f"strh r6, [r5, #{2 * k}]")
-        a("lsrs r6, r6, #16")
-        a("lsls r4, r7, #16")
-        a("orrs r6, r4")
-        a("movs r7, #0")
-    a("mov r0, r12")
-    a("strh r6, [r0, #62]")
-    a("bl fe_fold")  # a long jump (B reaches 2 KB only); lr is already on the stack
+    a(f"sub sp, #{SQ_FRAME}")
+    copy_in(a, "r1", SA)
+    cols = [[(SA + 4 * i, SA + 4 * (k - i)) for i in range(max(0, k - 7), k) if i < k - i]
+            for k in range(15)]
+    scan(a, cols, [SR + 4 * k for k in range(16)])
+    a(f"add r7, sp, #{SD}")
+    for i in range(8):
+        a(f"ldr r2, [sp, #{SA + 4 * i}]")
+        sq32(a, "r0", "r1", "r2", "r3")
+        a("stm r7!, {r0, r1}")
+    # R = 2 R (one carry chain), then R += the squares (another); ADD (SP plus immediate),
+    # LDM and STM leave the flags alone.
+    a(f"add r6, sp, #{SR}")
+    a(f"add r7, sp, #{SR}")
+    for g in range(4):
+        a("ldm r6!, {r0, r1, r2, r3}")
+        a("adds r0, r0, r0" if g == 0 else "adcs r0, r0")
+        a("adcs r1, r1")
+        a("adcs r2, r2")
+        a("adcs r3, r3")
+        a("stm r7!, {r0, r1, r2, r3}")
+    a(f"add r5, sp, #{SR}")
+    a(f"add r6, sp, #{SR}")
+    a(f"add r7, sp, #{SD}")
+    for g in range(8):
+        a("ldm r5!, {r0, r1}")
+        a("ldm r7!, {r2, r3}")
+        a("adds r0, r0, r2" if g == 0 else "adcs r0, r2")
+        a("adcs r1, r3")
+        a("stm r6!, {r0, r1}")
+    fold512(a, SR, SQ_FRAME)
+    a(f"add sp, #{SQ_FRAME + 4}")
+    a("pop {pc}")
 
 
 def _fold_words(a: Asm, dst: str, add: str, k38: str, zero: str) -> None:
