@@ -114,6 +114,102 @@ def scan(a: Asm, cols: list[list[tuple[int, int]]], out: list[int]) -> None:
     a(f"str {acc[0]}, [sp, #{out[len(cols)]}]")
 
 
+def mul64(a: Asm, x0: str, x1: str, y0: str, y1: str, t: tuple[str, str, str, str]
+          ) -> tuple[str, str, str, str]:
+    """(x1:x0) * (y1:y0), all eight low registers in use (t: four scratch), by subtractive
+    Karatsuba: L = x0 y0, H = x1 y1, M = |x1 - x0| |y0 - y1| (three 32x32 products) and the
+    middle word L + H +- M. Returns the registers of the product's words, low first; r11 and
+    r12 are clobbered."""
+    t0, t1, t2, t3 = t
+    a(f"subs {t0}, {x1}, {x0}")
+    a(f"sbcs {t1}, {t1}")  # all ones when x1 < x0
+    a(f"eors {t0}, {t1}")
+    a(f"subs {t0}, {t0}, {t1}")
+    a(f"subs {t2}, {y0}, {y1}")
+    a(f"sbcs {t3}, {t3}")
+    a(f"eors {t2}, {t3}")
+    a(f"subs {t2}, {t2}, {t3}")
+    a(f"eors {t1}, {t3}")  # s: all ones when (x1 - x0)(y0 - y1) < 0
+    a(f"mov r11, {t1}")
+    a(f"mov r12, {y1}")
+    mul32(a, t0, t1, t2, t3, y1)  # M = t1:t0
+    mul32(a, x0, t2, y0, t3, y1)  # L = t2:x0
+    a(f"mov {y1}, r12")
+    a(f"mov r12, {t1}")
+    mul32(a, x1, y0, y1, t3, t1)  # H = y0:x1
+    a(f"mov {t3}, r11")
+    a(f"mov {t1}, r12")
+    a(f"eors {t0}, {t3}")
+    a(f"eors {t1}, {t3}")
+    a(f"asrs {y1}, {t3}, #1")  # carry = s & 1: s M = (M xor s) + (s & 1), sign word s
+    a(f"movs {y1}, #0")
+    a(f"adcs {t0}, {x0}")
+    a(f"adcs {t1}, {t2}")
+    a(f"adcs {t3}, {y1}")
+    a(f"adds {t0}, {t0}, {x1}")
+    a(f"adcs {t1}, {y0}")
+    a(f"adcs {t3}, {y1}")  # the middle word t3:t1:t0 = x0 y1 + x1 y0
+    a(f"adds {t2}, {t2}, {t0}")
+    a(f"adcs {x1}, {t1}")
+    a(f"adcs {y0}, {t3}")
+    return x0, t2, x1, y0
+
+
+def mul128(a: Asm, out: int, xa: int, xb: int) -> None:
+    """[sp + out] (8 words) = [sp + xa] (4 words) * [sp + xb] (4 words), by subtractive
+    Karatsuba over mul64. Clobbers r0-r7, r11, r12, lr."""
+    lo = ("r0", "r1", "r2", "r3")
+    tmp = ("r4", "r5", "r6", "r7")
+    for half in (0, 8):
+        for r, off in zip(lo, (xa + half, xa + half + 4, xb + half, xb + half + 4), strict=True):
+            a(f"ldr {r}, [sp, #{off}]")
+        for k, r in enumerate(mul64(a, *lo, tmp)):
+            a(f"str {r}, [sp, #{out + 2 * half + 4 * k}]")
+    # |a23 - a01| -> r5:r4 (its mask to lr), |b01 - b23| -> r1:r0, s = the masks' xor -> lr
+    for off, r in ((xa, "r0"), (xa + 4, "r1"), (xa + 8, "r4"), (xa + 12, "r5")):
+        a(f"ldr {r}, [sp, #{off}]")
+    a("subs r4, r4, r0")
+    a("sbcs r5, r1")
+    a("sbcs r6, r6")
+    a("eors r4, r6")
+    a("eors r5, r6")
+    a("subs r4, r4, r6")
+    a("sbcs r5, r6")
+    a("mov lr, r6")
+    for off, r in ((xb, "r0"), (xb + 4, "r1"), (xb + 8, "r2"), (xb + 12, "r3")):
+        a(f"ldr {r}, [sp, #{off}]")
+    a("subs r0, r0, r2")
+    a("sbcs r1, r3")
+    a("sbcs r6, r6")
+    a("eors r0, r6")
+    a("eors r1, r6")
+    a("subs r0, r0, r6")
+    a("sbcs r1, r6")
+    a("mov r7, lr")
+    a("eors r6, r7")
+    a("mov lr, r6")
+    m = mul64(a, "r4", "r5", "r0", "r1", ("r2", "r3", "r6", "r7"))
+    assert m == ("r4", "r6", "r5", "r0")
+    # out[2..7] += L + H + s M: the middle r7:r0:r5:r6:r4 first, then added in place.
+    a("mov r7, lr")
+    for r in m:
+        a(f"eors {r}, r7")
+    a("movs r2, #0")
+    a("asrs r1, r7, #1")  # carry = s & 1
+    for k, r in enumerate(m):
+        a(f"ldr r1, [sp, #{out + 4 * k}]")
+        a(f"adcs {r}, r1")
+    a("adcs r7, r2")
+    for k, r in enumerate(m):
+        a(f"ldr r1, [sp, #{out + 16 + 4 * k}]")
+        a(f"adds {r}, {r}, r1" if k == 0 else f"adcs {r}, r1")
+    a("adcs r7, r2")
+    for k, r in enumerate((*m, "r7", "r2")):
+        a(f"ldr r1, [sp, #{out + 8 + 4 * k}]")
+        a(f"adds r1, r1, {r}" if k == 0 else f"adcs r1, {r}")
+        a(f"str r1, [sp, #{out + 8 + 4 * k}]")
+
+
 def copy_in(a: Asm, src: str, off: int) -> None:
     """8 words from [src] to [sp + off] (src is advanced by 32); clobbers r3-r7."""
     a(f"add r7, sp, #{off}")
@@ -152,8 +248,8 @@ def fold512(a: Asm, lo: int, dst_at: int) -> None:
     _fold_words(a, "r5", c, "r6", "r7")
 
 
-MUL_FRAME = 192  # a, b, R (16 words), |a1 - a0|, |b0 - b1|, M (8 words)
-MA, MB, MR, MDA, MDB, MM = 0, 32, 64, 128, 144, 160
+MUL_FRAME = 200  # a, b, R (16 words), |a1 - a0|, |b0 - b1|, M (8 words), s, padding
+MA, MB, MR, MDA, MDB, MM, MS = 0, 32, 64, 128, 144, 160, 192
 
 
 def fe_mul(a: Asm) -> None:
@@ -166,11 +262,8 @@ def fe_mul(a: Asm) -> None:
     a(f"sub sp, #{MUL_FRAME}")
     copy_in(a, "r1", MA)
     copy_in(a, "r2", MB)
-    half = [[(4 * i, 4 * (k - i)) for i in range(max(0, k - 3), min(k, 3) + 1)]
-            for k in range(7)]
-    for base, (xa, xb) in ((MR, (MA, MB)), (MR + 32, (MA + 16, MB + 16))):
-        scan(a, [[(xa + i, xb + j) for i, j in col] for col in half],
-             [base + 4 * k for k in range(8)])
+    mul128(a, MR, MA, MB)
+    mul128(a, MR + 32, MA + 16, MB + 16)
     # |a1 - a0| with its sign mask (all ones when a1 < a0), then |b0 - b1|.
     for src_lo, src_hi, dst, first in ((MA, MA + 16, MDA, True), (MB + 16, MB, MDB, False)):
         a(f"add r7, sp, #{src_lo}")
@@ -194,15 +287,14 @@ def fe_mul(a: Asm) -> None:
             a("mov r12, r0")
         else:
             a("mov r1, r12")
-            a("eors r0, r1")
-            a("mov r12, r0")  # all ones when (a1 - a0)(b0 - b1) < 0
-    scan(a, [[(MDA + i, MDB + j) for i, j in col] for col in half],
-         [MM + 4 * k for k in range(8)])
+            a("eors r0, r1")  # all ones when (a1 - a0)(b0 - b1) < 0
+    a(f"str r0, [sp, #{MS}]")
+    mul128(a, MM, MDA, MDB)
     # R[4..15] += L + H + s M, with s M = (M xor s) + (s & 1) - (s & 1) 2^256 (two's
     # complement): one pass over the 8 middle words, a 64-bit accumulator r6:r5. L[4 + w] is
     # R[4 + w], overwritten at step w < 4: it is kept in M's slot w (already read) for step
     # w + 4. The true sum is not negative, so the final carry word, less (s & 1), is not.
-    a("mov r4, r12")  # s
+    a(f"ldr r4, [sp, #{MS}]")  # s
     a("movs r7, #0")
     a("rsbs r5, r4, #0")  # s & 1
     a("movs r6, #0")
@@ -584,7 +676,8 @@ def source() -> str:
     a("mov r4, r8")
     a("mov r5, r9")
     a("mov r6, r10")
-    a("push {r4-r6}")
+    a("mov r7, r11")
+    a("push {r4-r7}")
     a("mov r8, r1")
     for op, fn in ((OP_STEP, "op_step"), (OP_FINISH, "op_finish"), (OP_CSWAP, "cswap"),
                    (OP_LADDER, "op_ladder")):
@@ -595,10 +688,11 @@ def source() -> str:
         a("b .Ldone")
         a.label(nxt)
     a.label(".Ldone")
-    a("pop {r4-r6}")
+    a("pop {r4-r7}")
     a("mov r8, r4")
     a("mov r9, r5")
     a("mov r10, r6")
+    a("mov r11, r7")
     a("movs r0, #0")
     a("pop {r4-r7, pc}")
     for gen in (op_ladder, op_step, op_finish, cswap, fe_add, fe_sub, fe_mul121665, fe_freeze,
