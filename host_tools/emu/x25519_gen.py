@@ -218,6 +218,42 @@ def copy_in(a: Asm, src: str, off: int) -> None:
         a("stm r7!, {r3, r4, r5, r6}")
 
 
+def combine256(a: Asm, r_off: int, m_off: int) -> None:
+    """The Karatsuba middle of a 512-bit product: R[4..15] += L + H + s M, where R (16 words
+    at sp + r_off) holds L = R[0..7] and H = R[8..15], M is 8 words at sp + m_off (clobbered)
+    and r4 holds s (0 or all ones: the sign of the middle product). Clobbers r0-r7."""
+    # R[4..15] += L + H + s M, with s M = (M xor s) + (s & 1) - (s & 1) 2^256 (two's
+    # complement): one pass over the 8 middle words, a 64-bit accumulator r6:r5. L[4 + w] is
+    # R[4 + w], overwritten at step w < 4: it is kept in M's slot w (already read) for step
+    # w + 4. The true sum is not negative, so the final carry word, less (s & 1), is not.
+    a("movs r7, #0")
+    a("rsbs r5, r4, #0")  # s & 1
+    a("movs r6, #0")
+    for w in range(8):
+        a(f"ldr r0, [sp, #{m_off + 4 * w}]")
+        a("eors r0, r4")
+        a("adds r5, r5, r0")
+        a("adcs r6, r7")
+        for src in (r_off + 4 * w if w < 4 else m_off + 4 * (w - 4), r_off + 32 + 4 * w,
+                    r_off + 16 + 4 * w):
+            a(f"ldr r0, [sp, #{src}]")
+            a("adds r5, r5, r0")
+            a("adcs r6, r7")
+        if w < 4:
+            a(f"str r0, [sp, #{m_off + 4 * w}]")  # L[4 + w]
+        a(f"str r5, [sp, #{r_off + 16 + 4 * w}]")
+        a("mov r5, r6")
+        a("movs r6, #0")
+    a("adds r5, r5, r4")  # - (s & 1)
+    a(f"ldr r0, [sp, #{r_off + 48}]")
+    a("adds r0, r0, r5")
+    a(f"str r0, [sp, #{r_off + 48}]")
+    for w in (13, 14, 15):
+        a(f"ldr r0, [sp, #{r_off + 4 * w}]")
+        a("adcs r0, r7")
+        a(f"str r0, [sp, #{r_off + 4 * w}]")
+
+
 def fold512(a: Asm, lo: int, dst_at: int) -> None:
     """[dst] = R mod p below 2^256, where R is 16 words at sp + lo and dst's address is at
     [sp + dst_at]: R_lo + 38 * R_hi, with 38 * R_hi[w] made of two 16 x 6-bit MULS. Clobbers
@@ -290,44 +326,15 @@ def fe_mul(a: Asm) -> None:
             a("eors r0, r1")  # all ones when (a1 - a0)(b0 - b1) < 0
     a(f"str r0, [sp, #{MS}]")
     mul128(a, MM, MDA, MDB)
-    # R[4..15] += L + H + s M, with s M = (M xor s) + (s & 1) - (s & 1) 2^256 (two's
-    # complement): one pass over the 8 middle words, a 64-bit accumulator r6:r5. L[4 + w] is
-    # R[4 + w], overwritten at step w < 4: it is kept in M's slot w (already read) for step
-    # w + 4. The true sum is not negative, so the final carry word, less (s & 1), is not.
     a(f"ldr r4, [sp, #{MS}]")  # s
-    a("movs r7, #0")
-    a("rsbs r5, r4, #0")  # s & 1
-    a("movs r6, #0")
-    for w in range(8):
-        a(f"ldr r0, [sp, #{MM + 4 * w}]")
-        a("eors r0, r4")
-        a("adds r5, r5, r0")
-        a("adcs r6, r7")
-        for src in (MR + 4 * w if w < 4 else MM + 4 * (w - 4), MR + 32 + 4 * w,
-                    MR + 16 + 4 * w):
-            a(f"ldr r0, [sp, #{src}]")
-            a("adds r5, r5, r0")
-            a("adcs r6, r7")
-        if w < 4:
-            a(f"str r0, [sp, #{MM + 4 * w}]")  # L[4 + w]
-        a(f"str r5, [sp, #{MR + 16 + 4 * w}]")
-        a("mov r5, r6")
-        a("movs r6, #0")
-    a("adds r5, r5, r4")  # - (s & 1)
-    a(f"ldr r0, [sp, #{MR + 48}]")
-    a("adds r0, r0, r5")
-    a(f"str r0, [sp, #{MR + 48}]")
-    for w in (13, 14, 15):
-        a(f"ldr r0, [sp, #{MR + 4 * w}]")
-        a("adcs r0, r7")
-        a(f"str r0, [sp, #{MR + 4 * w}]")
+    combine256(a, MR, MM)
     fold512(a, MR, MUL_FRAME)
     a(f"add sp, #{MUL_FRAME + 4}")
     a("pop {pc}")
 
 
-SQ_FRAME = 160  # a (8 words), R (16 words), the squares (16 words)
-SA, SR, SD = 0, 32, 96
+SQ_FRAME = 144  # a (8 words), R (16 words), |a1 - a0| (4 words), M (8 words)
+SA, SR, SDA, SM = 0, 32, 96, 112
 
 
 def sq32(a: Asm, rl: str, rh: str, rx: str, rt: str) -> None:
@@ -344,42 +351,102 @@ def sq32(a: Asm, rl: str, rh: str, rx: str, rt: str) -> None:
     a(f"adcs {rh}, {rt}")
 
 
+def sq64(a: Asm, x0: str, x1: str, f: tuple[str, str, str, str, str, str]
+         ) -> tuple[str, str, str, str]:
+    """(x1:x0)^2, all eight low registers in use (f: six scratch): L = x0^2, H = x1^2,
+    D = (x0 - x1)^2 (three squares of 32 bits) and the middle word L + H - D = 2 x0 x1.
+    Returns the registers of the square's words, low first."""
+    d, f1, f2, f3, f4, f5 = f
+    a(f"subs {d}, {x0}, {x1}")
+    a(f"sbcs {f1}, {f1}")
+    a(f"eors {d}, {f1}")
+    a(f"subs {d}, {d}, {f1}")  # |x0 - x1|
+    sq32(a, f1, f2, d, f3)  # D = f2:f1
+    sq32(a, d, f3, x0, f4)  # L = f3:d
+    sq32(a, x0, f4, x1, f5)  # H = f4:x0
+    a(f"subs {f1}, {f1}, {d}")
+    a(f"sbcs {f2}, {f3}")
+    a(f"sbcs {f5}, {f5}")  # f5:f2:f1 = D - L (signed)
+    a(f"subs {f1}, {x0}, {f1}")
+    a(f"mov {x1}, {f4}")
+    a(f"sbcs {x1}, {f2}")
+    a(f"movs {f2}, #0")
+    a(f"sbcs {f2}, {f5}")  # f2:x1:f1 = H - (D - L) = 2 x0 x1
+    a(f"adds {f3}, {f3}, {f1}")
+    a(f"adcs {x0}, {x1}")
+    a(f"adcs {f4}, {f2}")
+    return d, f3, x0, f4
+
+
+def sq128(a: Asm, out: int, xa: int) -> None:
+    """[sp + out] (8 words) = [sp + xa] (4 words)^2, by Karatsuba over sq64: a0^2, a1^2 and
+    (a0 - a1)^2. Clobbers r0-r7."""
+    for half in (0, 8):
+        a(f"ldr r0, [sp, #{xa + half}]")
+        a(f"ldr r1, [sp, #{xa + half + 4}]")
+        for k, r in enumerate(sq64(a, "r0", "r1", ("r2", "r3", "r4", "r5", "r6", "r7"))):
+            a(f"str {r}, [sp, #{out + 2 * half + 4 * k}]")
+    for off, r in ((xa, "r0"), (xa + 4, "r1"), (xa + 8, "r2"), (xa + 12, "r3")):
+        a(f"ldr {r}, [sp, #{off}]")
+    a("subs r0, r0, r2")
+    a("sbcs r1, r3")
+    a("sbcs r2, r2")
+    a("eors r0, r2")
+    a("eors r1, r2")
+    a("subs r0, r0, r2")
+    a("sbcs r1, r2")
+    m = sq64(a, "r0", "r1", ("r2", "r3", "r4", "r5", "r6", "r7"))
+    # the middle L + H - D = L + H + (D xor ~0) + 1 - 2^128, sign word r7 (all ones)
+    free = [r for r in ("r0", "r1", "r2", "r3", "r4", "r5", "r6", "r7") if r not in m]
+    z, t, ones = free[0], free[1], free[2]
+    a(f"movs {z}, #0")
+    a(f"mvns {ones}, {z}")
+    for r in m:
+        a(f"eors {r}, {ones}")
+    a(f"cmp {z}, {z}")  # carry = 1
+    for k, r in enumerate(m):
+        a(f"ldr {t}, [sp, #{out + 4 * k}]")
+        a(f"adcs {r}, {t}")
+    a(f"adcs {ones}, {z}")
+    for k, r in enumerate(m):
+        a(f"ldr {t}, [sp, #{out + 16 + 4 * k}]")
+        a(f"adds {r}, {r}, {t}" if k == 0 else f"adcs {r}, {t}")
+    a(f"adcs {ones}, {z}")
+    for k, r in enumerate((*m, ones, z)):
+        a(f"ldr {t}, [sp, #{out + 8 + 4 * k}]")
+        a(f"adds {t}, {t}, {r}" if k == 0 else f"adcs {t}, {r}")
+        a(f"str {t}, [sp, #{out + 8 + 4 * k}]")
+
+
 def fe_sq(a: Asm) -> None:
-    """fe_sq: r0 = dst, r1 = a; dst = a^2 mod p. The 28 cross products a_i a_j (i < j) by
-    word product scanning, doubled, plus the 8 squares a_i^2 (three MULS each), then the
-    fold. Clobbers r0-r7."""
+    """fe_sq: r0 = dst, r1 = a; dst = a^2 mod p. Karatsuba over 128-bit halves: a0^2, a1^2
+    and (a1 - a0)^2 by sq128, the middle L + H - D, then the fold. Clobbers r0-r7."""
     a.label("fe_sq")
     a("push {r0, lr}")
     a(f"sub sp, #{SQ_FRAME}")
     copy_in(a, "r1", SA)
-    cols = [[(SA + 4 * i, SA + 4 * (k - i)) for i in range(max(0, k - 7), k) if i < k - i]
-            for k in range(15)]
-    scan(a, cols, [SR + 4 * k for k in range(16)])
-    a(f"add r7, sp, #{SD}")
-    for i in range(8):
-        a(f"ldr r2, [sp, #{SA + 4 * i}]")
-        sq32(a, "r0", "r1", "r2", "r3")
-        a("stm r7!, {r0, r1}")
-    # R = 2 R (one carry chain), then R += the squares (another); ADD (SP plus immediate),
-    # LDM and STM leave the flags alone.
-    a(f"add r6, sp, #{SR}")
-    a(f"add r7, sp, #{SR}")
-    for g in range(4):
-        a("ldm r6!, {r0, r1, r2, r3}")
-        a("adds r0, r0, r0" if g == 0 else "adcs r0, r0")
-        a("adcs r1, r1")
-        a("adcs r2, r2")
-        a("adcs r3, r3")
-        a("stm r7!, {r0, r1, r2, r3}")
-    a(f"add r5, sp, #{SR}")
-    a(f"add r6, sp, #{SR}")
-    a(f"add r7, sp, #{SD}")
-    for g in range(8):
-        a("ldm r5!, {r0, r1}")
-        a("ldm r7!, {r2, r3}")
-        a("adds r0, r0, r2" if g == 0 else "adcs r0, r2")
-        a("adcs r1, r3")
-        a("stm r6!, {r0, r1}")
+    sq128(a, SR, SA)
+    sq128(a, SR + 32, SA + 16)
+    a(f"add r7, sp, #{SA}")
+    a("ldm r7!, {r0, r1, r2, r3}")
+    a("ldm r7, {r4, r5, r6, r7}")
+    a("subs r4, r4, r0")
+    a("sbcs r5, r1")
+    a("sbcs r6, r2")
+    a("sbcs r7, r3")
+    a("sbcs r0, r0")
+    for r in ("r4", "r5", "r6", "r7"):
+        a(f"eors {r}, r0")
+    a("subs r4, r4, r0")
+    a("sbcs r5, r0")
+    a("sbcs r6, r0")
+    a("sbcs r7, r0")
+    a(f"add r1, sp, #{SDA}")
+    a("stm r1!, {r4, r5, r6, r7}")
+    sq128(a, SM, SDA)
+    a("movs r4, #0")
+    a("mvns r4, r4")  # s = all ones: the middle is L + H - D
+    combine256(a, SR, SM)
     fold512(a, SR, SQ_FRAME)
     a(f"add sp, #{SQ_FRAME + 4}")
     a("pop {pc}")
