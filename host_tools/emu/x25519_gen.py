@@ -472,58 +472,67 @@ def _fold_words(a: Asm, dst: str, add: str, k38: str, zero: str) -> None:
     a(f"str r4, [{dst}, #0]")
 
 
-def fe_add(a: Asm) -> None:
-    """fe_add: r0 = dst, r1 = a, r2 = b; dst = a + b mod p (< 2^256). Clobbers r1-r5."""
-    a.label("fe_add")
-    a("ldr r3, [r1, #0]")
-    a("ldr r4, [r2, #0]")
-    a("adds r3, r3, r4")
-    a("str r3, [r0, #0]")
-    for w in range(1, 8):
-        a(f"ldr r3, [r1, #{4 * w}]")
-        a(f"ldr r4, [r2, #{4 * w}]")
-        a("adcs r3, r4")
-        a(f"str r3, [r0, #{4 * w}]")
-    a("movs r1, #0")
-    a("movs r3, #0")
-    a("adcs r3, r1")
-    a("movs r2, #38")
-    _fold_words(a, "r0", "r3", "r2", "r1")
+def _addsub(a: Asm, name: str, sub: bool) -> None:
+    """fe_add / fe_sub: r0 = dst, r1 = a, r2 = b; dst = a +- b mod p (< 2^256); dst may be
+    a or b (everything is read first). The 8 words of a +- b are held in r9-r12 and r3-r6; a
+    carry out (a borrow) means the value is 2^256 too large (small), so 38 is added
+    (taken off), and once more when that carries (borrows) again, which cannot go further.
+    Clobbers r0-r7, r9-r12."""
+    op0, op = ("subs", "sbcs") if sub else ("adds", "adcs")
+    a.label(name)
+    for g, high in enumerate((("r9", "r10"), ("r11", "r12"), None)):
+        a("ldm r1!, {r3, r4}")
+        a("ldm r2!, {r5, r6}")
+        a(f"{op0} r3, r3, r5" if g == 0 else f"{op} r3, r5")
+        a(f"{op} r4, r6")
+        if high:
+            a(f"mov {high[0]}, r3")
+            a(f"mov {high[1]}, r4")
+    a("ldm r1!, {r5, r6}")
+    a("ldm r2!, {r1, r7}")
+    a(f"{op} r5, r1")
+    a(f"{op} r6, r7")
+
+    def k38() -> None:  # r1 = 38 if the chain carried (borrowed), else 0
+        if sub:
+            a("sbcs r1, r1")  # all ones on a borrow
+            a("movs r2, #38")
+            a("ands r1, r2")
+        else:
+            a("movs r1, #0")
+            a("adcs r1, r1")
+            a("movs r2, #38")
+            a("muls r1, r2, r1")
+
+    k38()
+    a("movs r7, #0")
+    a("mov r2, r9")
+    a(f"{op0} r1, r2, r1")
+    a("mov r2, r10")
+    a(f"{op} r2, r7")
+    a("stm r0!, {r1, r2}")
+    a("mov r1, r11")
+    a(f"{op} r1, r7")
+    a("mov r2, r12")
+    a(f"{op} r2, r7")
+    a("stm r0!, {r1, r2}")
+    for r in ("r3", "r4", "r5", "r6"):
+        a(f"{op} {r}, r7")
+    a("stm r0!, {r3, r4, r5, r6}")
+    k38()
+    a("subs r0, #32")
+    a("ldr r2, [r0]")
+    a(f"{op0} r2, r2, r1")
+    a("str r2, [r0]")
     a("bx lr")
+
+
+def fe_add(a: Asm) -> None:
+    _addsub(a, "fe_add", sub=False)
 
 
 def fe_sub(a: Asm) -> None:
-    """fe_sub: r0 = dst, r1 = a, r2 = b; dst = a - b mod p (< 2^256). A borrow means the
-    stored value is a - b + 2^256, so 38 is taken off (twice at most; the second time the
-    value is at least 2^256 - 38 and the low word cannot borrow). Clobbers r1-r5."""
-    a.label("fe_sub")
-    a("ldr r3, [r1, #0]")
-    a("ldr r4, [r2, #0]")
-    a("subs r3, r3, r4")
-    a("str r3, [r0, #0]")
-    for w in range(1, 8):
-        a(f"ldr r3, [r1, #{4 * w}]")
-        a(f"ldr r4, [r2, #{4 * w}]")
-        a("sbcs r3, r4")
-        a(f"str r3, [r0, #{4 * w}]")
-    a("movs r1, #0")
-    a("movs r2, #38")
-    for last in (False, True):
-        # borrow = 1 - C; r3 = 38 * borrow
-        a("movs r3, #0")
-        a("adcs r3, r1")  # C
-        a("movs r5, #1")
-        a("subs r3, r5, r3")
-        a("muls r3, r2, r3")
-        a("ldr r4, [r0, #0]")
-        a("subs r4, r4, r3")
-        a("str r4, [r0, #0]")
-        if not last:
-            for w in range(1, 8):
-                a(f"ldr r4, [r0, #{4 * w}]")
-                a("sbcs r4, r1")
-                a(f"str r4, [r0, #{4 * w}]")
-    a("bx lr")
+    _addsub(a, "fe_sub", sub=True)
 
 
 def fe_mul121665(a: Asm) -> None:
@@ -651,17 +660,18 @@ def op_step(a: Asm) -> None:
 
 def op_ladder(a: Asm) -> None:
     """The whole ladder: for t = 254 .. 0, kt = bit t of the scalar in slot K, swap ^= kt,
-    cswap and step, swap = kt; then the last cswap. The loop counter t (public) lives in r9,
-    swap in r10. The only key-dependent values are data: the byte load's address depends on t
-    alone."""
+    cswap and step, swap = kt; then the last cswap. The loop counter t (public) lives at [sp],
+    swap at [sp + 4]. The only key-dependent values are data: the byte load's address depends
+    on t alone."""
     a.label("op_ladder")
     a("push {lr}")
+    a("sub sp, #12")
     a("movs r4, #254")
-    a("mov r9, r4")
+    a("str r4, [sp]")
     a("movs r4, #0")
-    a("mov r10, r4")
+    a("str r4, [sp, #4]")
     a.label(".Lladder")
-    a("mov r4, r9")
+    a("ldr r4, [sp]")
     a("lsrs r5, r4, #3")
     a.ptr("r6", K)
     a("ldrb r5, [r6, r5]")
@@ -670,33 +680,34 @@ def op_ladder(a: Asm) -> None:
     a("lsrs r5, r6")
     a("movs r6, #1")
     a("ands r5, r6")  # kt
-    a("mov r2, r10")
+    a("ldr r2, [sp, #4]")
     a("eors r2, r5")  # swap ^ kt
-    a("mov r10, r5")
+    a("str r5, [sp, #4]")
     a("bl op_step_body")
-    a("mov r4, r9")
+    a("ldr r4, [sp]")
     a("subs r4, #1")
-    a("mov r9, r4")
+    a("str r4, [sp]")
     a("bpl .Lladder")
-    a("mov r2, r10")
+    a("ldr r2, [sp, #4]")
     a("bl cswap")
+    a("add sp, #12")
     a("pop {pc}")
 
 
 def sqn(a: Asm, dst: int, src: int, n: int) -> None:
     """dst = src^(2^n): one squaring from src, then n - 1 in place (a loop on the public n,
-    its counter in r9)."""
+    its counter at [sp], in op_finish's frame)."""
     call(a, "fe_sq", dst, src)
     if n == 1:
         return
     loop = a.fresh("sq")
     a(f"movs r4, #{n - 1}")
-    a("mov r9, r4")
+    a("str r4, [sp]")
     a.label(loop)
     call(a, "fe_sq", dst, dst)
-    a("mov r4, r9")
+    a("ldr r4, [sp]")
     a("subs r4, #1")
-    a("mov r9, r4")
+    a("str r4, [sp]")
     a(f"bne {loop}")
 
 
@@ -705,6 +716,7 @@ def op_finish(a: Asm) -> None:
     (254 squarings, 11 multiplies). Z2 = 0 gives 0, as RFC 7748 requires."""
     a.label("op_finish")
     a("push {lr}")
+    a("sub sp, #12")
     s1, z9, z11, z5, z10, z20, z50, z100, t = A, B, C, D, AA, BB, E, DA, T
     sqn(a, s1, Z2, 1)  # z^2
     sqn(a, t, s1, 2)  # z^8
@@ -730,6 +742,7 @@ def op_finish(a: Asm) -> None:
     call(a, "fe_mul", t, t, z11)  # 2^255 - 21 = p - 2
     call(a, "fe_mul", RES, X2, t)
     call(a, "fe_freeze", RES)
+    a("add sp, #12")
     a("pop {pc}")
 
 
