@@ -114,6 +114,25 @@ def scan(a: Asm, cols: list[list[tuple[int, int]]], out: list[int]) -> None:
     a(f"str {acc[0]}, [sp, #{out[len(cols)]}]")
 
 
+# An operand: ("sp", byte offset) or (a high register holding its address, byte offset).
+Src = tuple[str, int]
+
+
+def load(a: Asm, regs: tuple[str, ...], src: Src, word: int) -> None:
+    """regs (ascending) = the words word, word + 1, ... of src: LDR from the stack, or one LDM
+    through the first of regs from an address held in a high register."""
+    base, off = src
+    off += 4 * word
+    if base == "sp":
+        for k, r in enumerate(regs):
+            a(f"ldr {r}, [sp, #{off + 4 * k}]")
+        return
+    a(f"mov {regs[0]}, {base}")
+    if off:
+        a(f"adds {regs[0]}, #{off}")
+    a(f"ldm {regs[0]}, {{{', '.join(regs)}}}")
+
+
 def mul64(a: Asm, x0: str, x1: str, y0: str, y1: str, t: tuple[str, str, str, str]
           ) -> tuple[str, str, str, str]:
     """(x1:x0) * (y1:y0), all eight low registers in use (t: four scratch), by subtractive
@@ -155,19 +174,19 @@ def mul64(a: Asm, x0: str, x1: str, y0: str, y1: str, t: tuple[str, str, str, st
     return x0, t2, x1, y0
 
 
-def mul128(a: Asm, out: int, xa: int, xb: int) -> None:
-    """[sp + out] (8 words) = [sp + xa] (4 words) * [sp + xb] (4 words), by subtractive
-    Karatsuba over mul64. Clobbers r0-r7, r11, r12, lr."""
+def mul128(a: Asm, out: int, xa: Src, xb: Src) -> None:
+    """[sp + out] (8 words) = xa (4 words) * xb (4 words), by subtractive Karatsuba over
+    mul64. Clobbers r0-r7, r11, r12, lr."""
     lo = ("r0", "r1", "r2", "r3")
     tmp = ("r4", "r5", "r6", "r7")
     for half in (0, 8):
-        for r, off in zip(lo, (xa + half, xa + half + 4, xb + half, xb + half + 4), strict=True):
-            a(f"ldr {r}, [sp, #{off}]")
+        load(a, ("r0", "r1"), xa, half // 4)
+        load(a, ("r2", "r3"), xb, half // 4)
         for k, r in enumerate(mul64(a, *lo, tmp)):
             a(f"str {r}, [sp, #{out + 2 * half + 4 * k}]")
     # |a23 - a01| -> r5:r4 (its mask to lr), |b01 - b23| -> r1:r0, s = the masks' xor -> lr
-    for off, r in ((xa, "r0"), (xa + 4, "r1"), (xa + 8, "r4"), (xa + 12, "r5")):
-        a(f"ldr {r}, [sp, #{off}]")
+    load(a, ("r0", "r1"), xa, 0)
+    load(a, ("r4", "r5"), xa, 2)
     a("subs r4, r4, r0")
     a("sbcs r5, r1")
     a("sbcs r6, r6")
@@ -176,8 +195,7 @@ def mul128(a: Asm, out: int, xa: int, xb: int) -> None:
     a("subs r4, r4, r6")
     a("sbcs r5, r6")
     a("mov lr, r6")
-    for off, r in ((xb, "r0"), (xb + 4, "r1"), (xb + 8, "r2"), (xb + 12, "r3")):
-        a(f"ldr {r}, [sp, #{off}]")
+    load(a, ("r0", "r1", "r2", "r3"), xb, 0)
     a("subs r0, r0, r2")
     a("sbcs r1, r3")
     a("sbcs r6, r6")
@@ -284,8 +302,8 @@ def fold512(a: Asm, lo: int, dst_at: int) -> None:
     _fold_words(a, "r5", c, "r6", "r7")
 
 
-MUL_FRAME = 200  # a, b, R (16 words), |a1 - a0|, |b0 - b1|, M (8 words), s, padding
-MA, MB, MR, MDA, MDB, MM, MS = 0, 32, 64, 128, 144, 160, 192
+MUL_FRAME = 136  # R (16 words), |a1 - a0|, |b0 - b1|, M (8 words), s, padding
+MR, MDA, MDB, MM, MS = 0, 64, 80, 96, 128
 
 
 def fe_mul(a: Asm) -> None:
@@ -296,15 +314,14 @@ def fe_mul(a: Asm) -> None:
     a.label("fe_mul")
     a("push {r0, lr}")
     a(f"sub sp, #{MUL_FRAME}")
-    copy_in(a, "r1", MA)
-    copy_in(a, "r2", MB)
-    mul128(a, MR, MA, MB)
-    mul128(a, MR + 32, MA + 16, MB + 16)
-    # |a1 - a0| with its sign mask (all ones when a1 < a0), then |b0 - b1|.
-    for src_lo, src_hi, dst, first in ((MA, MA + 16, MDA, True), (MB + 16, MB, MDB, False)):
-        a(f"add r7, sp, #{src_lo}")
+    a("mov r9, r1")
+    a("mov r10, r2")
+    mul128(a, MR, ("r9", 0), ("r10", 0))
+    mul128(a, MR + 32, ("r9", 16), ("r10", 16))
+    # |a1 - a0| with its sign mask (all ones when a1 < a0), then |b1 - b0| and its mask.
+    for ptr, dst, first in (("r9", MDA, True), ("r10", MDB, False)):
+        a(f"mov r7, {ptr}")
         a("ldm r7!, {r0, r1, r2, r3}")
-        a(f"add r7, sp, #{src_hi}")
         a("ldm r7, {r4, r5, r6, r7}")
         a("subs r4, r4, r0")
         a("sbcs r5, r1")
@@ -322,10 +339,13 @@ def fe_mul(a: Asm) -> None:
         if first:
             a("mov r12, r0")
         else:
+            # s: all ones when (a1 - a0)(b0 - b1) < 0, that is when the masks are equal (if
+            # b0 = b1 the product is 0 and s does not matter)
             a("mov r1, r12")
-            a("eors r0, r1")  # all ones when (a1 - a0)(b0 - b1) < 0
+            a("eors r0, r1")
+            a("mvns r0, r0")
     a(f"str r0, [sp, #{MS}]")
-    mul128(a, MM, MDA, MDB)
+    mul128(a, MM, ("sp", MDA), ("sp", MDB))
     a(f"ldr r4, [sp, #{MS}]")  # s
     combine256(a, MR, MM)
     fold512(a, MR, MUL_FRAME)
@@ -333,8 +353,8 @@ def fe_mul(a: Asm) -> None:
     a("pop {pc}")
 
 
-SQ_FRAME = 144  # a (8 words), R (16 words), |a1 - a0| (4 words), M (8 words)
-SA, SR, SDA, SM = 0, 32, 96, 112
+SQ_FRAME = 112  # R (16 words), |a1 - a0| (4 words), M (8 words)
+SR, SDA, SM = 0, 64, 80
 
 
 def sq32(a: Asm, rl: str, rh: str, rx: str, rt: str) -> None:
@@ -378,16 +398,14 @@ def sq64(a: Asm, x0: str, x1: str, f: tuple[str, str, str, str, str, str]
     return d, f3, x0, f4
 
 
-def sq128(a: Asm, out: int, xa: int) -> None:
-    """[sp + out] (8 words) = [sp + xa] (4 words)^2, by Karatsuba over sq64: a0^2, a1^2 and
+def sq128(a: Asm, out: int, xa: Src) -> None:
+    """[sp + out] (8 words) = xa (4 words)^2, by Karatsuba over sq64: a0^2, a1^2 and
     (a0 - a1)^2. Clobbers r0-r7."""
     for half in (0, 8):
-        a(f"ldr r0, [sp, #{xa + half}]")
-        a(f"ldr r1, [sp, #{xa + half + 4}]")
+        load(a, ("r0", "r1"), xa, half // 4)
         for k, r in enumerate(sq64(a, "r0", "r1", ("r2", "r3", "r4", "r5", "r6", "r7"))):
             a(f"str {r}, [sp, #{out + 2 * half + 4 * k}]")
-    for off, r in ((xa, "r0"), (xa + 4, "r1"), (xa + 8, "r2"), (xa + 12, "r3")):
-        a(f"ldr {r}, [sp, #{off}]")
+    load(a, ("r0", "r1", "r2", "r3"), xa, 0)
     a("subs r0, r0, r2")
     a("sbcs r1, r3")
     a("sbcs r2, r2")
@@ -424,10 +442,10 @@ def fe_sq(a: Asm) -> None:
     a.label("fe_sq")
     a("push {r0, lr}")
     a(f"sub sp, #{SQ_FRAME}")
-    copy_in(a, "r1", SA)
-    sq128(a, SR, SA)
-    sq128(a, SR + 32, SA + 16)
-    a(f"add r7, sp, #{SA}")
+    a("mov r9, r1")
+    sq128(a, SR, ("r9", 0))
+    sq128(a, SR + 32, ("r9", 16))
+    a("mov r7, r9")
     a("ldm r7!, {r0, r1, r2, r3}")
     a("ldm r7, {r4, r5, r6, r7}")
     a("subs r4, r4, r0")
@@ -443,7 +461,7 @@ def fe_sq(a: Asm) -> None:
     a("sbcs r7, r0")
     a(f"add r1, sp, #{SDA}")
     a("stm r1!, {r4, r5, r6, r7}")
-    sq128(a, SM, SDA)
+    sq128(a, SM, ("sp", SDA))
     a("movs r4, #0")
     a("mvns r4, r4")  # s = all ones: the middle is L + H - D
     combine256(a, SR, SM)
