@@ -274,32 +274,51 @@ def combine256(a: Asm, r_off: int, m_off: int) -> None:
 
 def fold512(a: Asm, lo: int, dst_at: int) -> None:
     """[dst] = R mod p below 2^256, where R is 16 words at sp + lo and dst's address is at
-    [sp + dst_at]: R_lo + 38 * R_hi, with 38 * R_hi[w] made of two 16 x 6-bit MULS. Clobbers
-    r0-r7."""
+    [sp + dst_at]: R_lo + 38 * R_hi word by word (38 * R_hi[w] from two 16 x 6-bit MULS, the
+    incoming carry added to the low one, which cannot overflow), then what stands at and above
+    bit 255, e < 2^8, folded as 19 * e into the value below 2^255, which cannot carry out of
+    the top word. Clobbers r0-r7."""
     a("movs r6, #38")
     a("movs r7, #0")  # zero
     a(f"ldr r5, [sp, #{dst_at}]")
-    c = "r3"
-    a(f"movs {c}, #0")
+    a("movs r3, #0")
     for w in range(8):
+        cin, hi = ("r3", "r1") if w % 2 == 0 else ("r1", "r3")
         a(f"ldr r0, [sp, #{lo + 32 + 4 * w}]")
-        a("lsrs r1, r0, #16")
+        a(f"lsrs {hi}, r0, #16")
         a("uxth r0, r0")
         a("muls r0, r6, r0")
-        a("muls r1, r6, r1")
-        a("lsls r2, r1, #16")
-        a("lsrs r1, r1, #16")
+        a(f"adds r0, r0, {cin}")  # < 2^22 + 2^7
+        a(f"muls {hi}, r6, {hi}")
+        a(f"lsls r2, {hi}, #16")
+        a(f"lsrs {hi}, {hi}, #16")
         a("adds r0, r0, r2")
-        a("adcs r1, r7")  # r1:r0 = 38 * R_hi[w]
-        a("adds r0, r0, " + c)
-        a("adcs r1, r7")
+        a(f"adcs {hi}, r7")  # hi:r0 = 38 R_hi[w] + carry
         a(f"ldr r2, [sp, #{lo + 4 * w}]")
         a("adds r2, r2, r0")
-        a("adcs r1, r7")
+        a(f"adcs {hi}, r7")  # the carry into the next word (< 2^7)
+        if w == 7:
+            a(f"lsls {hi}, {hi}, #1")
+            a("lsrs r0, r2, #31")
+            a(f"orrs {hi}, r0")  # e = the value's bits 255 and up
+            a("lsls r2, r2, #1")
+            a("lsrs r2, r2, #1")
+            a("movs r0, #19")
+            a(f"muls {hi}, r0, {hi}")
         a(f"str r2, [r5, #{4 * w}]")
-        a(f"mov {c}, r1")  # the carry into the next word (< 2^7)
-    # The carry (< 2^7) times 38 once more; a second carry cannot happen (the value wrapped).
-    _fold_words(a, "r5", c, "r6", "r7")
+    a("mov r2, r5")
+    a("ldm r5!, {r0, r1, r4}")
+    a("adds r0, r0, r3")
+    a("adcs r1, r7")
+    a("adcs r4, r7")
+    a("stm r2!, {r0, r1, r4}")
+    a("ldm r5!, {r0, r1, r3, r4}")
+    for r in ("r0", "r1", "r3", "r4"):
+        a(f"adcs {r}, r7")
+    a("stm r2!, {r0, r1, r3, r4}")
+    a("ldr r0, [r5]")
+    a("adcs r0, r7")
+    a("str r0, [r5]")
 
 
 MUL_FRAME = 136  # R (16 words), |a1 - a0|, |b0 - b1|, M (8 words), s, padding
