@@ -42,6 +42,9 @@ STATE_SIZE = 576
 RES = A  # op 1 leaves X2 / Z2 here
 
 OP_STEP, OP_FINISH, OP_CSWAP, OP_LADDER = 0, 1, 2, 3
+# Bytes of stack the ops use below the entry's saved registers (op_ladder 16, op_step 8,
+# fe_mul 144; checked by tests_host/test_x25519_ct_trace.py), wiped on return.
+STACK_WIPE = 176
 
 
 class Asm:
@@ -572,28 +575,48 @@ def fe_sub(a: Asm) -> None:
     _addsub(a, "fe_sub", sub=True)
 
 
-def fe_mul121665(a: Asm) -> None:
-    """fe_mul121665: r0 = dst, r1 = a; dst = 121665 * a mod p. 121665 = 2^16 + 56129, so limb
-    i of the product is a_i * 56129 + a_(i-1) + carry (< 2^32). Clobbers r1-r7."""
-    a.label("fe_mul121665")
-    a("movs r2, #219")
-    a("lsls r2, r2, #8")
-    a("adds r2, #65")  # 0xDB41 = 56129
-    a("movs r6, #0")
-    a("movs r7, #0")
+def fe_mul121665_add(a: Asm) -> None:
+    """fe_mul121665_add: r0 = dst, r1 = a, r2 = b; dst = b + 121665 * a mod p (< 2^256).
+    121665 = 2^16 + 56129, so 16-bit limb i of the sum is a_i * 56129 + a_(i-1) + b_i + carry
+    (< 2^32); a_(i-1) and a_i take turns in r4 and r5. Clobbers r1-r7."""
+    a.label("fe_mul121665_add")
+    a("movs r3, #219")
+    a("lsls r3, r3, #8")
+    a("adds r3, #65")  # 0xDB41 = 56129
+    a("movs r6, #0")  # carry
+    a("movs r5, #0")  # a_(-1)
     for i in range(16):
-        a(f"ldrh r4, [r1, #{2 * i}]")
-        a("mov r3, r4")
-        a("muls r4, r2, r4")
-        a("adds r4, r4, r7")
-        a("adds r4, r4, r6")
-        a(f"strh r4, [r0, #{2 * i}]")
-        a("lsrs r6, r4, #16")
-        a("mov r7, r3")
-    a("adds r6, r6, r7")  # the part at 2^256 (< 2^17)
+        cur, prev = ("r4", "r5") if i % 2 == 0 else ("r5", "r4")
+        a(f"ldrh {cur}, [r1, #{2 * i}]")
+        a(f"mov r7, {cur}")
+        a("muls r7, r3, r7")
+        a(f"adds r7, r7, {prev}")
+        a("adds r7, r7, r6")
+        a(f"ldrh r6, [r2, #{2 * i}]")
+        a("adds r7, r7, r6")
+        a(f"strh r7, [r0, #{2 * i}]")
+        a("lsrs r6, r7, #16")
+    a("adds r6, r6, r5")  # the part at 2^256 (< 2^17): the carry and a_15
     a("movs r2, #38")
     a("movs r1, #0")
     _fold_words(a, "r0", "r6", "r2", "r1")
+    a("bx lr")
+
+
+def fe_select(a: Asm) -> None:
+    """fe_select: r0 = dst, r1 = a, r2 = b, r3 = mask (0 or all ones); dst = a where the mask
+    is 0, b where it is all ones: a ^ ((a ^ b) & mask) on every word. Clobbers r0-r2, r4-r7."""
+    a.label("fe_select")
+    for _ in range(4):
+        a("ldm r1!, {r4, r5}")
+        a("ldm r2!, {r6, r7}")
+        a("eors r6, r4")
+        a("ands r6, r3")
+        a("eors r4, r6")
+        a("eors r7, r5")
+        a("ands r7, r3")
+        a("eors r5, r7")
+        a("stm r0!, {r4, r5}")
     a("bx lr")
 
 
@@ -669,19 +692,27 @@ def call(a: Asm, fn: str, *slots: int) -> None:
 
 
 def op_step(a: Asm) -> None:
-    """One Montgomery ladder step (RFC 7748 section 5), after the conditional swap by r2."""
+    """One Montgomery ladder step (RFC 7748 section 5) with the conditional swap by r2 (0 or
+    1) folded in. RFC 7748 swaps (x2, z2) with (x3, z3) and then computes A, B from x2, z2 and
+    C, D from x3, z3; swapping exchanges A with C and B with D, so DA with CB, and the new
+    x3 = (DA + CB)^2 and z3 = x1 (DA - CB)^2 are the same either way (mod p). Only the
+    doubling's inputs change: AA and BB are made from A, B or from C, D, chosen by mask
+    (fe_select). The state after the step is the RFC's, with half the swap's memory traffic."""
     a.label("op_step")
     a.label("op_step_body")
-    a("push {lr}")
-    a("bl cswap")
+    a("rsbs r2, r2, #0")  # the mask: 0 or all ones
+    a("push {r2, lr}")
     call(a, "fe_add", A, X2, Z2)
     call(a, "fe_sub", B, X2, Z2)
     call(a, "fe_add", C, X3, Z3)
     call(a, "fe_sub", D, X3, Z3)
     call(a, "fe_mul", DA, D, A)
     call(a, "fe_mul", CB, C, B)
-    call(a, "fe_sq", AA, A)
-    call(a, "fe_sq", BB, B)
+    for dst, x, y in ((AA, A, C), (BB, B, D)):
+        a("ldr r3, [sp]")
+        call(a, "fe_select", dst, x, y)
+    call(a, "fe_sq", AA, AA)
+    call(a, "fe_sq", BB, BB)
     call(a, "fe_add", X3, DA, CB)
     call(a, "fe_sq", X3, X3)
     call(a, "fe_sub", Z3, DA, CB)
@@ -689,10 +720,9 @@ def op_step(a: Asm) -> None:
     call(a, "fe_mul", Z3, X1, Z3)
     call(a, "fe_mul", X2, AA, BB)
     call(a, "fe_sub", E, AA, BB)
-    call(a, "fe_mul121665", T, E)
-    call(a, "fe_add", T, AA, T)
+    call(a, "fe_mul121665_add", T, E, AA)
     call(a, "fe_mul", Z2, E, T)
-    a("pop {pc}")
+    a("pop {r2, pc}")
 
 
 def op_ladder(a: Asm) -> None:
@@ -805,6 +835,14 @@ def source() -> str:
         a("b .Ldone")
         a.label(nxt)
     a.label(".Ldone")
+    # The products' frames below (at most STACK_DEPTH bytes) held secret intermediate values:
+    # zero them before returning, as x25519.py wipes the state buffer.
+    for r in ("r0", "r1", "r2", "r3"):
+        a(f"movs {r}, #0")
+    a("mov r4, sp")
+    a(f"subs r4, #{STACK_WIPE}")
+    for _ in range(STACK_WIPE // 16):
+        a("stm r4!, {r0, r1, r2, r3}")
     a("pop {r4-r7}")
     a("mov r8, r4")
     a("mov r9, r5")
@@ -812,8 +850,8 @@ def source() -> str:
     a("mov r11, r7")
     a("movs r0, #0")
     a("pop {r4-r7, pc}")
-    for gen in (op_ladder, op_step, op_finish, cswap, fe_add, fe_sub, fe_mul121665, fe_freeze,
-                fe_sq, fe_mul):
+    for gen in (op_ladder, op_step, op_finish, cswap, fe_select, fe_add, fe_sub,
+                fe_mul121665_add, fe_freeze, fe_sq, fe_mul):
         gen(a)
     return "\n".join(a.lines) + "\n"
 

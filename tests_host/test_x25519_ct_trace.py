@@ -1,0 +1,166 @@
+"""The ARMv6-M X25519 machine code (firmware/lib/x25519_thumb.py) is constant time in the
+strict sense: run under an instruction-level emulator (PyPI `unicorn`, a Cortex-M in Thumb
+mode), the whole X25519 (op 3: the 255 ladder steps; op 1: the inversion and the final
+reduction) executes the same sequence of basic blocks (their addresses) and reads and writes
+the same sequence of memory addresses, of the same sizes, for scalars and points that differ
+in every way a data-dependent branch, early exit or table index would show: all-zero and
+all-one scalars (after clamping), u = 0, 1, p - 1, 2^255 - 1 and all-ones (non-canonical),
+random ones. The traces are compared whole (about 20,000 translation blocks and 0.69 M memory
+accesses per X25519), as SHA-256 digests.
+
+That this test can fail: test_a_swap_that_branches_on_the_bit_is_caught assembles a variant
+whose conditional swap skips its work when the swap bit is 0 (the classic leak) and checks
+that the traces then differ between keys. The emulated results are also checked against the
+RFC 7748 vectors and the firmware's Python ladder, so the traces are those of a correct run,
+and all 518 Wycheproof vectors run here too (without the trace hooks: a few seconds)."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import struct
+from collections.abc import Iterable
+
+import pytest
+import x25519
+import x25519_thumb
+
+from host_tools.emu import x25519_gen
+
+from .test_crypto_cpython import X25519_ITERATED, X25519_VECTORS
+from .test_emulated import needs_toolchain
+from .test_x25519_v7m import wycheproof
+
+unicorn = pytest.importorskip("unicorn")
+from unicorn import arm_const  # noqa: E402
+
+CODE_AT, RAM_AT, STATE_AT, STACK_TOP, RETURN_AT = (0x10000000, 0x20000000, 0x20001000,
+                                                   0x20008000, 0x10100000)
+P = 2**255 - 19
+
+
+_CPUS: dict[bytes, unicorn.Uc] = {}
+
+
+def _cpu(code: bytes) -> unicorn.Uc:
+    """One emulated core per machine code, reused (its translations cached): the code at
+    CODE_AT, RAM with the state and the stack; every run rewrites the state and registers."""
+    if code not in _CPUS:
+        uc = unicorn.Uc(unicorn.UC_ARCH_ARM, unicorn.UC_MODE_THUMB | unicorn.UC_MODE_MCLASS)
+        uc.mem_map(CODE_AT, 0x200000)
+        uc.mem_map(RAM_AT, 0x10000)
+        uc.mem_write(CODE_AT, code)
+        uc.mem_write(RETURN_AT, b"\x00\xbf" * 4)  # NOPs where the code returns to
+        _CPUS[code] = uc
+    return _CPUS[code]
+
+
+def run(code: bytes, k: bytes, u: bytes, trace: bool = False) -> tuple[bytes, str, str]:
+    """X25519(k, u) by the machine code, as firmware/lib/x25519.py drives it (the clamped
+    scalar and the state layout in the state buffer, op 3 then op 1, entry at offset 0 with
+    r0 = op, r1 = the state, r2 = 0). Returns the result and, with trace, the SHA-256 of the
+    executed blocks' addresses and of the memory accesses (address, size, read or write)."""
+    kc = bytearray(k)
+    kc[0] &= 248
+    kc[31] = (kc[31] & 127) | 64
+    st = bytearray(x25519_thumb.STATE_SIZE)
+    x1, x2, z3, x3 = x25519_thumb.X1, x25519_thumb.X2, x25519_thumb.Z3, x25519_thumb.X3
+    st[x1:x1 + 32] = u
+    st[x1 + 31] &= 127
+    st[x2] = 1
+    st[x3:x3 + 32] = st[x1:x1 + 32]
+    st[z3] = 1
+    st[x25519_thumb.K:x25519_thumb.K + 32] = kc
+    uc = _cpu(code)
+    uc.mem_write(RAM_AT, bytes(STACK_TOP - RAM_AT))  # the stack of an earlier run too
+    uc.mem_write(STATE_AT, bytes(st))
+    blocks: list[int] = []
+    accesses: list[int] = []
+    hooks = []
+    if trace:
+        hooks = [uc.hook_add(unicorn.UC_HOOK_BLOCK,
+                             lambda _uc, addr, _size, _d: blocks.append(addr)),
+                 uc.hook_add(unicorn.UC_HOOK_MEM_READ | unicorn.UC_HOOK_MEM_WRITE,
+                             lambda _uc, kind, addr, size, _v, _d: accesses.append(
+                                 (addr << 8) | (size << 1) | (kind == unicorn.UC_MEM_WRITE)))]
+    try:
+        for op in (x25519_thumb.OP_LADDER, x25519_thumb.OP_FINISH):
+            uc.reg_write(arm_const.UC_ARM_REG_SP, STACK_TOP)
+            uc.reg_write(arm_const.UC_ARM_REG_LR, RETURN_AT | 1)
+            uc.reg_write(arm_const.UC_ARM_REG_R0, op)
+            uc.reg_write(arm_const.UC_ARM_REG_R1, STATE_AT)
+            uc.reg_write(arm_const.UC_ARM_REG_R2, 0)
+            uc.emu_start(CODE_AT | 1, RETURN_AT)
+    finally:
+        for h in hooks:
+            uc.hook_del(h)
+    res = x25519_thumb.RES
+    out = bytes(uc.mem_read(STATE_AT + res, 32))
+    return out, _digest(blocks), _digest(accesses)
+
+
+def _digest(xs: Iterable[int]) -> str:
+    xs = list(xs)
+    return hashlib.sha256(struct.pack(f"<{len(xs)}Q", *xs)).hexdigest() + f"/{len(xs)}"
+
+
+def cases() -> list[tuple[bytes, bytes]]:
+    rng = random.Random(7748)
+    nine = (9).to_bytes(32, "little")
+    us = [bytes(32), (1).to_bytes(32, "little"), (P - 1).to_bytes(32, "little"),
+          (2**255 - 1).to_bytes(32, "little")]
+    return ([(bytes(32), nine), (b"\xff" * 32, b"\xff" * 32)]
+            + [(rng.randbytes(32), u) for u in us]
+            + [(rng.randbytes(32), rng.randbytes(32))])
+
+
+def test_same_blocks_and_memory_addresses_for_every_key_and_point() -> None:
+    code = x25519_thumb.CODE
+    seen = set()
+    for k, u in cases():
+        out, blocks, mem = run(code, k, u, trace=True)
+        assert out == x25519.x25519(k, u), (k.hex(), u.hex())
+        seen.add((blocks, mem))
+    assert len(seen) == 1, seen
+    (blocks, mem), = seen
+    assert int(blocks.split("/")[1]) > 255 * 9  # the whole ladder was traced, not one call
+    assert int(mem.split("/")[1]) > 600_000
+
+
+@needs_toolchain
+def test_a_swap_that_branches_on_the_bit_is_caught() -> None:
+    """The same trace comparison on a variant whose cswap returns early when the swap bit is
+    0: the blocks differ (and, since that skips the swap's loads and stores, the memory
+    accesses too). The variant still computes X25519 correctly, so only the traces show it."""
+    src = x25519_gen.source()
+    lines = src.splitlines()
+    start = lines.index("cswap:")
+    ret = lines.index("    bx lr", start)
+    leaky = "\n".join([*lines[:start + 1], "    cmp r2, #0", "    bne .Lswap", "    b .Lleak",
+                       ".Lswap:", *lines[start + 1:ret], ".Lleak:", *lines[ret:]]) + "\n"
+    code = x25519_gen.assemble(leaky)
+    assert code != x25519_gen.assemble(src)
+    traces = set()
+    for k, u in cases()[:3]:
+        out, blocks, mem = run(code, k, u, trace=True)
+        assert out == x25519.x25519(k, u)
+        traces.add(blocks)
+        traces.add(mem)
+    assert len(traces) > 2  # both the block and the memory traces differ between keys
+
+
+def test_rfc7748_vectors_and_1000_iterations() -> None:
+    code = x25519_thumb.CODE
+    h = bytes.fromhex
+    for k, u, want in X25519_VECTORS:
+        assert run(code, h(k), h(u))[0].hex() == want
+    k = u = x25519.BASE_POINT
+    for _ in range(1000):
+        k, u = run(code, k, u)[0], k
+    assert k.hex() == X25519_ITERATED[1000]
+
+
+def test_all_wycheproof_vectors() -> None:
+    code = x25519_thumb.CODE
+    bad = [tc for tc, sk, pk, shared in wycheproof() if run(code, sk, pk)[0] != shared]
+    assert not bad, f"Wycheproof tcIds {bad[:20]} differ"
