@@ -127,6 +127,19 @@ def test_same_blocks_and_memory_addresses_for_every_key_and_point() -> None:
     assert int(mem.split("/")[1]) > 600_000
 
 
+def test_no_secret_left_on_the_stack() -> None:
+    """The products' stack frames held secret intermediate values: after an X25519 every
+    byte between the state buffer and the entry's saved registers (9 words: r4-r11, lr) is
+    zero again (the RAM starts zeroed), so the code's wipe covers all the stack it used."""
+    code = x25519_thumb.CODE
+    run(code, bytes(range(32)), (9).to_bytes(32, "little"))
+    uc = _cpu(code)
+    start = STATE_AT + x25519_thumb.STATE_SIZE
+    used = bytes(uc.mem_read(start, STACK_TOP - 36 - start))
+    assert not any(used), f"{sum(1 for b in used if b)} bytes left below the entry's frame"
+    assert any(uc.mem_read(STACK_TOP - 36, 36))  # the saved registers: the check can fail
+
+
 @needs_toolchain
 def test_a_swap_that_branches_on_the_bit_is_caught() -> None:
     """The same trace comparison on a variant whose cswap returns early when the swap bit is

@@ -4,20 +4,33 @@ in ARMv6-M machine code, for MicroPython on Cortex-M0+ (RP2040) and every later 
 Why machine code in a bytes constant and not ``@micropython.asm_thumb`` source: mpy-cross
 refuses an asm_thumb function for any target but ARM ("invalid arch"), so such a source file
 would break the firmware's build for the virtual board (x64) and for bytecode-only images;
-and the straight-line code below (about 3,700 instructions, 7.6 KB: multiply and squaring
+and the straight-line code below (about 3,400 instructions, 6.9 KB: multiply and squaring
 fully unrolled, so that nothing branches on data) is far too large to compile on the device.
-So the assembly
-is written here, assembled on the host by GNU as for ``-mcpu=cortex-m0plus`` (which rejects
-any instruction the M0+ lacks), and the module carries the bytes plus an 8-instruction
-``@micropython.asm_thumb`` trampoline that it compiles with ``exec`` on Thumb ports only.
+So the assembly is written here, assembled on the host by GNU as for ``-mcpu=cortex-m0plus``
+(which rejects any instruction the M0+ lacks), and the module carries the bytes plus an
+8-instruction ``@micropython.asm_thumb`` trampoline that it compiles with ``exec`` on Thumb
+ports only.
 
-Field elements are 32 bytes, little-endian, any value below 2^256 ("weakly reduced", congruent
-mod p = 2^255 - 19) until the final, branch-free reduction. The multiply reads them as
-16 limbs of 16 bits (a 16x16 multiply is one MULS on the M0+), accumulates each column of the
-512-bit product in 64 bits, then folds the top half with 2^256 = 38 (mod p). Additions and
-subtractions run on 32-bit words with the carry flag, and fold their carry or borrow the same
-way. Constant time: the only branches are on the operation code and on public loop counters;
-the conditional swap is done with a mask; no address depends on data.
+Field elements are 8 words of 32 bits, little-endian, any value below 2^256 ("weakly
+reduced", congruent mod p = 2^255 - 19) until the final, branch-free reduction. The M0+ has
+only MULS (32 x 32 -> low 32 bits, one cycle on the RP2040), so:
+- mul32: a 32 x 32 -> 64-bit product from four 16 x 16-bit MULS (17 cycles); sq32: a square
+  from three (10 cycles);
+- mul64 / sq64: 64 x 64 bits in registers by subtractive Karatsuba, three mul32 (sq32) and
+  the middle word L + H +- |a1 - a0| |b0 - b1| (sign by mask);
+- mul128 / sq128: the same over three mul64 (sq64), operands read in place (LDM through an
+  address kept in r9/r10) or from the stack, products on the stack;
+- fe_mul / fe_sq: the same once more over three mul128 (sq128): 27 mul32 (108 MULS) per
+  multiply, 27 sq32 per squaring; then the fold of the 512-bit product with 2^256 = 38 and
+  2^255 = 19 (mod p), whose last carry cannot leave the top word.
+Additions and subtractions hold the 8 words in registers (r3-r6, r9-r12) and fold their carry
+or borrow as 38 by a multiply or a mask; 121665 * E + AA is one pass over 16-bit limbs. The
+ladder step does not swap the state: swapping exchanges A with C and B with D, which leaves
+x3 and z3 the same, so only the doubling's inputs are chosen, by mask (op_step). Constant
+time: the only branches are on the operation code and on public loop counters; choices are
+masks; no address depends on data (tests_host/test_x25519_ct_trace.py runs the code under
+unicorn and compares the traces of blocks and memory addresses over keys and points). The
+products' stack frames (at most STACK_WIPE bytes below the entry's) are zeroed on return.
 
     python -m host_tools.emu gen-x25519     # rewrites firmware/lib/x25519_thumb.py
 """
@@ -71,9 +84,6 @@ class Asm:
             off -= step
 
 
-RL, RH, RB, RT, RU = "r0", "r1", "r2", "r3", "r4"  # mul32's registers
-
-
 def mul32(a: Asm, rl: str, rh: str, rb: str, rt: str, ru: str) -> None:
     """rh:rl = rl * rb (32 x 32 -> 64 bits) from four 16 x 16-bit MULS; rb, rt and ru are
     clobbered. 17 instructions, 17 cycles, no branch; leaves the carry flag clear."""
@@ -91,30 +101,6 @@ def mul32(a: Asm, rl: str, rh: str, rb: str, rt: str, ru: str) -> None:
         a(f"lsls {mid}, {mid}, #16")
         a(f"adds {rl}, {rl}, {mid}")
         a(f"adcs {rh}, {rb}")
-
-
-def scan(a: Asm, cols: list[list[tuple[int, int]]], out: list[int]) -> None:
-    """Product scanning over 32-bit words that live on the stack: column k adds the products
-    [sp + i] * [sp + j] of cols[k] into a 96-bit accumulator (r5-r7, renamed column by column)
-    and stores its low word at [sp + out[k]]; the accumulator's second word goes to
-    [sp + out[len(cols)]]. Clobbers r0-r7."""
-    acc = ["r5", "r6", "r7"]
-    for r in acc:
-        a(f"movs {r}, #0")
-    for k, col in enumerate(cols):
-        c0, c1, c2 = acc
-        for i, j in col:
-            a(f"ldr {RL}, [sp, #{i}]")
-            a(f"ldr {RB}, [sp, #{j}]")
-            mul32(a, RL, RH, RB, RT, RU)
-            a(f"adds {c0}, {c0}, {RL}")
-            a(f"adcs {c1}, {RH}")
-            a(f"movs {RT}, #0")  # MOVS #imm leaves the carry flag alone
-            a(f"adcs {c2}, {RT}")
-        a(f"str {c0}, [sp, #{out[k]}]")
-        a(f"movs {c0}, #0")
-        acc = [c1, c2, c0]
-    a(f"str {acc[0]}, [sp, #{out[len(cols)]}]")
 
 
 # An operand: ("sp", byte offset) or (a high register holding its address, byte offset).
@@ -229,14 +215,6 @@ def mul128(a: Asm, out: int, xa: Src, xb: Src) -> None:
         a(f"ldr r1, [sp, #{out + 8 + 4 * k}]")
         a(f"adds r1, r1, {r}" if k == 0 else f"adcs r1, {r}")
         a(f"str r1, [sp, #{out + 8 + 4 * k}]")
-
-
-def copy_in(a: Asm, src: str, off: int) -> None:
-    """8 words from [src] to [sp + off] (src is advanced by 32); clobbers r3-r7."""
-    a(f"add r7, sp, #{off}")
-    for _ in range(2):
-        a(f"ldm {src}!, {{r3, r4, r5, r6}}")
-        a("stm r7!, {r3, r4, r5, r6}")
 
 
 def combine256(a: Asm, r_off: int, m_off: int) -> None:
