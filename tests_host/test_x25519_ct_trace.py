@@ -9,8 +9,9 @@ random ones. The traces are compared whole (about 20,000 translation blocks and 
 accesses per X25519), as SHA-256 digests.
 
 That this test can fail: test_a_swap_that_branches_on_the_bit_is_caught assembles a variant
-whose conditional swap skips its work when the swap bit is 0 (the classic leak) and checks
-that the traces then differ between keys. The emulated results are also checked against the
+whose ladder step picks the doubling's inputs by a branch on the swap bit (the classic leak)
+and checks that both traces then differ between keys; test_no_secret_left_on_the_stack
+checks the zeroing of the stack the code used. The emulated results are also checked against the
 RFC 7748 vectors and the firmware's Python ladder, so the traces are those of a correct run,
 and all 518 Wycheproof vectors run here too (without the trace hooks: a few seconds)."""
 
@@ -55,11 +56,13 @@ def _cpu(code: bytes) -> unicorn.Uc:
     return _CPUS[code]
 
 
-def run(code: bytes, k: bytes, u: bytes, trace: bool = False) -> tuple[bytes, str, str]:
+def run(code: bytes, k: bytes, u: bytes, trace: bool = False,
+        block_sizes: list[tuple[int, int]] | None = None) -> tuple[bytes, str, str]:
     """X25519(k, u) by the machine code, as firmware/lib/x25519.py drives it (the clamped
     scalar and the state layout in the state buffer, op 3 then op 1, entry at offset 0 with
     r0 = op, r1 = the state, r2 = 0). Returns the result and, with trace, the SHA-256 of the
-    executed blocks' addresses and of the memory accesses (address, size, read or write)."""
+    executed blocks' addresses and of the memory accesses (address, size, read or write);
+    block_sizes, if given, receives (address, bytes) of every executed block."""
     kc = bytearray(k)
     kc[0] &= 248
     kc[31] = (kc[31] & 127) | 64
@@ -77,8 +80,11 @@ def run(code: bytes, k: bytes, u: bytes, trace: bool = False) -> tuple[bytes, st
     blocks: list[int] = []
     accesses: list[int] = []
     hooks = []
+    if block_sizes is not None:
+        hooks.append(uc.hook_add(unicorn.UC_HOOK_BLOCK, lambda _uc, addr, size, _d:
+                                 block_sizes.append((addr, size))))
     if trace:
-        hooks = [uc.hook_add(unicorn.UC_HOOK_BLOCK,
+        hooks += [uc.hook_add(unicorn.UC_HOOK_BLOCK,
                              lambda _uc, addr, _size, _d: blocks.append(addr)),
                  uc.hook_add(unicorn.UC_HOOK_MEM_READ | unicorn.UC_HOOK_MEM_WRITE,
                              lambda _uc, kind, addr, size, _v, _d: accesses.append(
@@ -127,6 +133,25 @@ def test_same_blocks_and_memory_addresses_for_every_key_and_point() -> None:
     assert int(mem.split("/")[1]) > 600_000
 
 
+def test_the_generators_walk_counts_what_runs() -> None:
+    """x25519_gen.trace_counts (behind docs/BENCH.md's per-routine cycle breakdown) walks the
+    same instructions as the emulated core executes, to the instruction."""
+    code = x25519_thumb.CODE
+    sizes: list[tuple[int, int]] = []
+    run(code, bytes(range(32)), (9).to_bytes(32, "little"), block_sizes=sizes)
+    executed = 0
+    for addr, size in sizes:
+        off = addr - CODE_AT
+        assert 0 <= off < len(code)
+        end = off + size
+        while off < end:  # Thumb: a first halfword 0b11101, 0b11110 or 0b11111 starts a 32-bit one
+            off += 4 if code[off + 1] >> 3 in (0b11101, 0b11110, 0b11111) else 2
+            executed += 1
+    insns, cycles, per = x25519_gen.trace_counts()
+    assert executed == insns
+    assert sum(per.values()) == cycles and per["fe_mul"] + per["fe_sq"] > 0.9 * cycles
+
+
 def test_no_secret_left_on_the_stack() -> None:
     """The products' stack frames held secret intermediate values: after an X25519 every
     byte between the state buffer and the entry's saved registers (9 words: r4-r11, lr) is
@@ -142,24 +167,24 @@ def test_no_secret_left_on_the_stack() -> None:
 
 @needs_toolchain
 def test_a_swap_that_branches_on_the_bit_is_caught() -> None:
-    """The same trace comparison on a variant whose cswap returns early when the swap bit is
-    0: the blocks differ (and, since that skips the swap's loads and stores, the memory
-    accesses too). The variant still computes X25519 correctly, so only the traces show it."""
+    """The same trace comparison on a variant whose ladder step chooses the doubling's inputs
+    (fe_select: A or C, B or D, by the swap bit) with a branch, then copies the chosen one:
+    the classic leak, a branch on the bit and an address that depends on it. The variant
+    still computes X25519 correctly, so only the traces show it: both differ between keys."""
     src = x25519_gen.source()
     lines = src.splitlines()
-    start = lines.index("cswap:")
-    ret = lines.index("    bx lr", start)
-    leaky = "\n".join([*lines[:start + 1], "    cmp r2, #0", "    bne .Lswap", "    b .Lleak",
-                       ".Lswap:", *lines[start + 1:ret], ".Lleak:", *lines[ret:]]) + "\n"
+    start = lines.index("fe_select:")
+    leaky = "\n".join([*lines[:start + 1], "    cmp r3, #0", "    beq .Lleak", "    mov r1, r2",
+                       ".Lleak:", "    movs r3, #0", *lines[start + 1:]]) + "\n"
     code = x25519_gen.assemble(leaky)
     assert code != x25519_gen.assemble(src)
-    traces = set()
+    blocks, mem = set(), set()
     for k, u in cases()[:3]:
-        out, blocks, mem = run(code, k, u, trace=True)
+        out, b, m = run(code, k, u, trace=True)
         assert out == x25519.x25519(k, u)
-        traces.add(blocks)
-        traces.add(mem)
-    assert len(traces) > 2  # both the block and the memory traces differ between keys
+        blocks.add(b)
+        mem.add(m)
+    assert len(blocks) > 1 and len(mem) > 1
 
 
 def test_rfc7748_vectors_and_1000_iterations() -> None:

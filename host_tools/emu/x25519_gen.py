@@ -834,6 +834,87 @@ def source() -> str:
     return "\n".join(a.lines) + "\n"
 
 
+def _m0plus_cycles(op: str, args: str) -> int:
+    """Cortex-M0+ cycles of one instruction, not a branch (its technical reference manual,
+    3.3: loads and stores 2, LDM/STM/PUSH 1 + N, POP with PC 3 + N, MULS 1 on the RP2040's
+    single-cycle multiplier, the rest 1)."""
+    if op in ("ldr", "str", "ldrh", "strh", "ldrb", "strb"):
+        return 2
+    if op in ("ldm", "stm", "push", "pop"):
+        n = len(args[args.index("{") + 1:args.index("}")].split(","))
+        return 1 + n + (2 if op == "pop" and "pc" in args else 0)
+    return 1
+
+
+def trace_counts(asm: str | None = None) -> tuple[int, int, dict[str, int]]:
+    """(instructions, estimated Cortex-M0+ cycles, cycles per routine) of one X25519's
+    machine code: op 3 (the ladder) and op 1 (inversion and final reduction), entry and
+    dispatch included, the trampoline not. A walk of the assembly's control flow, which
+    depends only on public counters: calls, returns, and the loops on the counter kept at
+    [sp] (op_ladder, the squaring loops). Branches: B and a taken conditional branch 2
+    cycles, not taken 1, BL 3, BX 3 (tests_host/test_x25519_ct_trace.py checks the
+    instruction count against the emulator's; docs/BENCH.md the cycles against rp2040js)."""
+    lines = [ln.strip() for ln in (asm or source()).splitlines()]
+    where = {ln[:-1]: i for i, ln in enumerate(lines) if ln.endswith(":")}
+    routine: list[str] = []
+    name = ""
+    for ln in lines:
+        if ln.endswith(":") and not ln.startswith("."):
+            name = ln[:-1]
+        routine.append(name)
+    insns = cycles = 0
+    per: dict[str, int] = {}
+    for op_code in (OP_LADDER, OP_FINISH):
+        r4 = 0
+        zero = negative = False
+        frames: list[dict[str, int]] = [{}]
+        ret: list[int] = []
+        pc = where["entry"]
+        while True:
+            ln = lines[pc]
+            here = routine[pc]
+            pc += 1
+            if not ln or ln.endswith(":") or ln.startswith("."):
+                continue
+            op, _, args = ln.partition(" ")
+            cyc = _m0plus_cycles(op, args)
+            insns += 1
+            done = False
+            if op == "cmp" and args.startswith("r0, #"):  # the dispatch on the op code
+                zero = op_code == int(args.split("#")[1])
+            elif op == "movs" and args.startswith("r4, #"):
+                r4 = int(args.split("#")[1])
+            elif op == "str" and args == "r4, [sp]":
+                frames[-1]["sp"] = r4
+            elif op == "ldr" and args == "r4, [sp]":
+                r4 = frames[-1]["sp"]
+            elif op == "subs" and args == "r4, #1":
+                r4 -= 1
+                zero, negative = r4 == 0, r4 < 0
+            elif op == "bl":
+                ret.append(pc)
+                frames.append({})
+                pc = where[args]
+                cyc = 3
+            elif op in ("b", "bne", "bpl"):
+                taken = op == "b" or (op == "bne" and not zero) or (op == "bpl" and not negative)
+                if taken:
+                    pc = where[args]
+                cyc = 2 if taken else 1
+            elif (op == "pop" and "pc" in args) or (op == "bx" and args == "lr"):
+                cyc = 3 if op == "bx" else cyc
+                frames.pop()
+                if ret:
+                    pc = ret.pop()
+                else:
+                    done = True
+            cycles += cyc
+            per[here] = per.get(here, 0) + cyc
+            if done:
+                break
+    return insns, cycles, per
+
+
 def assemble(asm: str) -> bytes:
     """Machine code of ``asm``, by arm-none-eabi-as for the Cortex-M0+."""
     ensure_toolchain(quiet=True)
