@@ -2,7 +2,8 @@
 booted, reached over its pty through host_tools.transport.serial.Board exactly as a Pico is,
 and running the firmware's crypto compiled for armv6m: the FIPS 180-4 SHA-256 vectors of the
 port's C hashlib, the RFC 7748 X25519 vectors with the machine-code ladder and with the pure
-Python fallback, and the instruction count of one X25519 against the 15 M-cycle goal.
+Python fallback, the iterated RFC vector (1,000) and the 518 Wycheproof vectors with the
+machine code, and the instruction count of one X25519 against the 15 M-cycle goal.
 
 The toolchain (gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm) is installed with
 apt-get when missing; the tests skip only where that cannot be done. The quick component
@@ -214,6 +215,20 @@ print(h.digest().hex())
            if shared[:4].hex() != got]
     assert not bad, f"Wycheproof tcIds {bad[:20]} differ"
     assert out[-1] == hashlib.sha256(b"".join(s for *_, s in vecs)).hexdigest()
+
+
+@needs_toolchain
+def test_x25519_1000_iterations_on_the_board(board: Board) -> None:
+    """RFC 7748 section 5.2's iterated vector (k, u <- X25519(k, u), k) by the machine code."""
+    out = lines(board, """
+import x25519
+assert x25519.IMPL == "armv6-m"
+k = u = x25519.BASE_POINT
+for _ in range(1000):
+    k, u = x25519.x25519(k, u), k
+print(k.hex())
+""")
+    assert out == [X25519_ITERATED[1000]]
 
 
 @needs_toolchain
