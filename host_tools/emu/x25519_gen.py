@@ -307,10 +307,11 @@ MR, MDA, MDB, MM, MS = 0, 64, 80, 96, 128
 
 
 def fe_mul(a: Asm) -> None:
-    """fe_mul: r0 = dst, r1 = a, r2 = b (state pointers); dst = a * b mod p (< 2^256).
-    One level of subtractive Karatsuba over 128-bit halves, each half product by word product
-    scanning (16 32x32 products of four MULS each): a0 b0, a1 b1 and |a1 - a0| |b0 - b1|,
-    then R = L + 2^128 (L + H +- M) + 2^256 H and the fold. Clobbers r0-r7, r12."""
+    """fe_mul: r0 = dst, r1 = a, r2 = b (state pointers); dst = a * b mod p (< 2^256); dst
+    may be a or b (written last, by the fold). Subtractive Karatsuba over 128-bit halves, each
+    by mul128: L = a0 b0, H = a1 b1 and M = |a1 - a0| |b0 - b1| with its sign s, then
+    R = L + 2^128 (L + H + s M) + 2^256 H on the stack and the fold. Clobbers r0-r7, r9-r12
+    (r9 and r10 hold the operands' addresses)."""
     a.label("fe_mul")
     a("push {r0, lr}")
     a(f"sub sp, #{MUL_FRAME}")
@@ -438,7 +439,8 @@ def sq128(a: Asm, out: int, xa: Src) -> None:
 
 def fe_sq(a: Asm) -> None:
     """fe_sq: r0 = dst, r1 = a; dst = a^2 mod p. Karatsuba over 128-bit halves: a0^2, a1^2
-    and (a1 - a0)^2 by sq128, the middle L + H - D, then the fold. Clobbers r0-r7."""
+    and (a1 - a0)^2 by sq128, the middle L + H - D, then the fold. Clobbers r0-r7 and r9 (the
+    operand's address)."""
     a.label("fe_sq")
     a("push {r0, lr}")
     a(f"sub sp, #{SQ_FRAME}")
