@@ -228,24 +228,25 @@ def combine256(a: Asm, r_off: int, m_off: int) -> None:
     a("movs r7, #0")
     a("rsbs r5, r4, #0")  # s & 1
     a("movs r6, #0")
+    lo, hi = "r5", "r6"  # the accumulator; the two registers swap roles word by word
     for w in range(8):
         a(f"ldr r0, [sp, #{m_off + 4 * w}]")
         a("eors r0, r4")
-        a("adds r5, r5, r0")
-        a("adcs r6, r7")
+        a(f"adds {lo}, {lo}, r0")
+        a(f"adcs {hi}, r7")
         for src in (r_off + 4 * w if w < 4 else m_off + 4 * (w - 4), r_off + 32 + 4 * w,
                     r_off + 16 + 4 * w):
             a(f"ldr r0, [sp, #{src}]")
-            a("adds r5, r5, r0")
-            a("adcs r6, r7")
+            a(f"adds {lo}, {lo}, r0")
+            a(f"adcs {hi}, r7")
         if w < 4:
             a(f"str r0, [sp, #{m_off + 4 * w}]")  # L[4 + w]
-        a(f"str r5, [sp, #{r_off + 16 + 4 * w}]")
-        a("mov r5, r6")
-        a("movs r6, #0")
-    a("adds r5, r5, r4")  # - (s & 1)
+        a(f"str {lo}, [sp, #{r_off + 16 + 4 * w}]")
+        a(f"movs {lo}, #0")
+        lo, hi = hi, lo
+    a(f"adds {lo}, {lo}, r4")  # - (s & 1)
     a(f"ldr r0, [sp, #{r_off + 48}]")
-    a("adds r0, r0, r5")
+    a(f"adds r0, r0, {lo}")
     a(f"str r0, [sp, #{r_off + 48}]")
     for w in (13, 14, 15):
         a(f"ldr r0, [sp, #{r_off + 4 * w}]")
