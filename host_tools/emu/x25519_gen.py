@@ -4,7 +4,7 @@ in ARMv6-M machine code, for MicroPython on Cortex-M0+ (RP2040) and every later 
 Why machine code in a bytes constant and not ``@micropython.asm_thumb`` source: mpy-cross
 refuses an asm_thumb function for any target but ARM ("invalid arch"), so such a source file
 would break the firmware's build for the virtual board (x64) and for bytecode-only images;
-and the straight-line code below (about 3,400 instructions, 6.9 KB: multiply and squaring
+and the straight-line code below (about 3,400 instructions, 6.8 KB: multiply and squaring
 fully unrolled, so that nothing branches on data) is far too large to compile on the device.
 So the assembly is written here, assembled on the host by GNU as for ``-mcpu=cortex-m0plus``
 (which rejects any instruction the M0+ lacks), and the module carries the bytes plus an
