@@ -345,7 +345,8 @@ def test_quick_component_bench_through_the_cli(tmp_path: Path,
                     reason="the rp2040js board runs with make bench-emulated")
 def test_rp2040js_board_measures_x25519_cycles(figure: Callable[[str], None]) -> None:
     """The same ARMv6-M image on rp2040js, which counts RP2040 cycles: the RFC vector, and
-    the measured cycles of one X25519 against the 15 M goal."""
+    the measured cycles of one X25519 against issue 19's goal: at most 3.9 M, 1.2 times
+    hand-written assembly (pornin/x25519-cm0, 3.23 M cycles)."""
     with emulated_board("rp2040") as (_, b):
         assert b.eval("__import__('emu').UNIT") == "cycles"
         upload_libs(b, board_spec("rp2040"), ("x25519_thumb", "x25519"))
@@ -354,7 +355,7 @@ def test_rp2040js_board_measures_x25519_cycles(figure: Callable[[str], None]) ->
     cycles = int(out[-1])
     figure(f"[emulated RP2040, rp2040js] one X25519: {cycles:,} cycles "
           f"({cycles / 125e3:.1f} ms at 125 MHz)")
-    assert cycles <= 15_000_000
+    assert cycles <= 3_900_000
 
 
 def test_report_columns_for_emulated_counts() -> None:
