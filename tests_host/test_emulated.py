@@ -2,7 +2,8 @@
 booted, reached over its pty through host_tools.transport.serial.Board exactly as a Pico is,
 and running the firmware's crypto compiled for armv6m: the FIPS 180-4 SHA-256 vectors of the
 port's C hashlib, the RFC 7748 X25519 vectors with the machine-code ladder and with the pure
-Python fallback, and the instruction count of one X25519 against the 15 M-cycle goal.
+Python fallback, the iterated RFC vector (1,000) and the 518 Wycheproof vectors with the
+machine code, and the instruction count of one X25519 against the 15 M-cycle goal.
 
 The toolchain (gcc-arm-none-eabi, libnewlib-arm-none-eabi, qemu-system-arm) is installed with
 apt-get when missing; the tests skip only where that cannot be done. The quick component
@@ -239,6 +240,48 @@ gc.enable()
 
 
 @needs_toolchain
+def test_x25519_all_wycheproof_vectors_on_the_board(board: Board, tmp_path: Path) -> None:
+    """The 518 Project Wycheproof vectors by the ARMv6-M machine code on the board, read from
+    a host file through QEMU's semihosting, as test_x25519_v7m does on the M4 and M33: the
+    first 4 bytes of each result and a SHA-256 of all of them."""
+    from .test_x25519_v7m import SEMIHOSTING_READ, wycheproof  # it imports this module
+
+    vecs = wycheproof()
+    blob = b"".join(sk + pk for _, sk, pk, _ in vecs)
+    path = tmp_path / "wycheproof.bin"
+    path.write_bytes(blob)
+    out = lines(board, SEMIHOSTING_READ + f"""
+import x25519, hashlib
+assert x25519.IMPL == "armv6-m"
+h = hashlib.sha256()
+data = host_read({str(path).encode()!r}, {len(blob)})
+for i in range(0, len(data), 64):
+    r = x25519.x25519(data[i:i + 32], data[i + 32:i + 64])
+    h.update(r)
+    print(r[:4].hex())
+print(h.digest().hex())
+""")
+    bad = [tc for (tc, _, _, shared), got in zip(vecs, out[:-1], strict=True)
+           if shared[:4].hex() != got]
+    assert not bad, f"Wycheproof tcIds {bad[:20]} differ"
+    assert out[-1] == hashlib.sha256(b"".join(s for *_, s in vecs)).hexdigest()
+
+
+@needs_toolchain
+def test_x25519_1000_iterations_on_the_board(board: Board) -> None:
+    """RFC 7748 section 5.2's iterated vector (k, u <- X25519(k, u), k) by the machine code."""
+    out = lines(board, """
+import x25519
+assert x25519.IMPL == "armv6-m"
+k = u = x25519.BASE_POINT
+for _ in range(1000):
+    k, u = x25519.x25519(k, u), k
+print(k.hex())
+""")
+    assert out == [X25519_ITERATED[1000]]
+
+
+@needs_toolchain
 def test_machine_code_module_is_generated_from_its_source() -> None:
     code = x25519_gen.assemble(x25519_gen.source())
     assert x25519_gen.OUT.read_text() == x25519_gen.render(code), (
@@ -368,7 +411,8 @@ def test_quick_component_bench_through_the_cli(tmp_path: Path,
                     reason="the rp2040js board runs with make bench-emulated")
 def test_rp2040js_board_measures_x25519_cycles(figure: Callable[[str], None]) -> None:
     """The same ARMv6-M image on rp2040js, which counts RP2040 cycles: the RFC vector, and
-    the measured cycles of one X25519 against the 15 M goal."""
+    the measured cycles of one X25519 against issue 19's goal: at most 3.9 M, 1.2 times
+    hand-written assembly (pornin/x25519-cm0, 3.23 M cycles)."""
     with emulated_board("rp2040") as (_, b):
         assert b.eval("__import__('emu').UNIT") == "cycles"
         upload_libs(b, board_spec("rp2040"), ("x25519_thumb", "x25519"))
@@ -377,7 +421,7 @@ def test_rp2040js_board_measures_x25519_cycles(figure: Callable[[str], None]) ->
     cycles = int(out[-1])
     figure(f"[emulated RP2040, rp2040js] one X25519: {cycles:,} cycles "
           f"({cycles / 125e3:.1f} ms at 125 MHz)")
-    assert cycles <= 15_000_000
+    assert cycles <= 3_900_000
 
 
 def test_report_columns_for_emulated_counts() -> None:
