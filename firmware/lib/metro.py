@@ -29,6 +29,7 @@
 # hysteresis), each located between two samples by linear interpolation:
 #   freq = (crossings - 1) * rate / (t_last - t_first)
 import math
+import sys
 from array import array
 
 try:
@@ -64,9 +65,19 @@ _N = const(24)  # samples this second
 _STATE_LEN = const(25)
 
 
-# The hot loop. @micropython.native would halve its time (unix VM: 330 instead of
-# 650 us per 2000 samples) and works on a Pico, but mpy-cross refuses it without
-# -march, which the build's source-mode syntax check does not pass.
+# The hot loop in native code where the board can run it (lib/metro_fast.py: viper, the same
+# integers), else this module's _accumulate. Only MicroPython is asked: on CPython the viper
+# module is not Python.
+_fast = None
+if sys.implementation.name == "micropython":
+    try:
+        from metro_fast import accumulate as _fast, OUT_LEN as _OUT_LEN
+    except (ImportError, ValueError, SyntaxError):
+        # not in the image (a bytecode-only build), an .mpy of another arch (ValueError), or
+        # source on a port without a native emitter (SyntaxError)
+        pass
+
+
 def _accumulate(st, vb, ib, k, end):
     # Fold samples vb[k:end], ib[k:end] into the state list st.
     ov = st[_OV]
@@ -138,6 +149,19 @@ def _accumulate(st, vb, ib, k, end):
     st[_N] = k + t + 1
 
 
+def _fold(st, out):
+    # Add what metro_fast.accumulate summed (out) to the second's registers: lo + lo may
+    # carry into hi, as in _accumulate; a register's (hi, lo) is divmod(total, 2**20) either way.
+    st[_SV] += out[0]
+    st[_SI] += out[1]
+    j = _SVV
+    while j < _ARMED:
+        lo = st[j + 1] + out[j - 3]
+        st[j] += out[j - 4] + (lo >> _SPLIT)
+        st[j + 1] = lo & _LO
+        j += 2
+
+
 def _total(r, i):
     return r[i] * 1048576.0 + r[i + 1]
 
@@ -158,6 +182,7 @@ class Accumulator:
         self._st = array("i", [0] * _STATE_LEN)
         self._done = array("i", [0] * _STATE_LEN)  # the last completed second, until result()
         self._ready = False
+        self._out = array("i", [0] * _OUT_LEN) if _fast is not None else None
         st = self._st
         st[_OV] = st[_OI] = st[_VP] = st[_IP] = 2048
         self.set_cal(v_gain, i_gain, phase)
@@ -178,7 +203,11 @@ class Accumulator:
             end = k + rate - st[_N]
             if end > n:
                 end = n
-            _accumulate(st, v_buf, i_buf, k, end)
+            if _fast is None:
+                _accumulate(st, v_buf, i_buf, k, end)
+            else:
+                _fast(st, self._out, v_buf, i_buf, k, end)
+                _fold(st, self._out)
             k = end
             if st[_N] >= rate:
                 self._close()

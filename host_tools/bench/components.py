@@ -68,7 +68,7 @@ EMU_STUBS = {
     "/json.py": b"# no json on the emulated board: store imports it, the bench never uses it\n",
     "/binascii.py": b"def hexlify(b):\n    return bytes(b).hex().encode()\n",
 }
-ADC_RATE_HZ = 2000  # the metrology tick: one second of samples per channel (the Pico's rate)
+ADC_RATE_HZ = 4000  # the metrology tick: one second of samples per channel (the Pico's rate)
 
 
 @dataclass
