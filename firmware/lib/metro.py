@@ -71,7 +71,7 @@ _STATE_LEN = const(25)
 _fast = None
 if sys.implementation.name == "micropython":
     try:
-        from metro_fast import accumulate as _fast, OUT_LEN as _OUT_LEN
+        from metro_fast import accumulate as _fast
     except (ImportError, ValueError, SyntaxError):
         # not in the image (a bytecode-only build), an .mpy of another arch (ValueError), or
         # source on a port without a native emitter (SyntaxError)
@@ -149,19 +149,6 @@ def _accumulate(st, vb, ib, k, end):
     st[_N] = k + t + 1
 
 
-def _fold(st, out):
-    # Add what metro_fast.accumulate summed (out) to the second's registers: lo + lo may
-    # carry into hi, as in _accumulate; a register's (hi, lo) is divmod(total, 2**20) either way.
-    st[_SV] += out[0]
-    st[_SI] += out[1]
-    j = _SVV
-    while j < _ARMED:
-        lo = st[j + 1] + out[j - 3]
-        st[j] += out[j - 4] + (lo >> _SPLIT)
-        st[j + 1] = lo & _LO
-        j += 2
-
-
 def _total(r, i):
     return r[i] * 1048576.0 + r[i + 1]
 
@@ -182,7 +169,6 @@ class Accumulator:
         self._st = array("i", [0] * _STATE_LEN)
         self._done = array("i", [0] * _STATE_LEN)  # the last completed second, until result()
         self._ready = False
-        self._out = array("i", [0] * _OUT_LEN) if _fast is not None else None
         st = self._st
         st[_OV] = st[_OI] = st[_VP] = st[_IP] = 2048
         self.set_cal(v_gain, i_gain, phase)
@@ -206,8 +192,7 @@ class Accumulator:
             if _fast is None:
                 _accumulate(st, v_buf, i_buf, k, end)
             else:
-                _fast(st, self._out, v_buf, i_buf, k, end)
-                _fold(st, self._out)
+                _fast(k, v_buf, i_buf, end, st)
             k = end
             if st[_N] >= rate:
                 self._close()

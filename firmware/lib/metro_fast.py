@@ -9,10 +9,11 @@
 # no native emitter for the source: SyntaxError) runs the pure path (metro.py).
 #
 # Viper ints are machine words: 32 bits on a Cortex-M, 64 on the unix VM. So every partial sum
-# stays below 2**31 (blocks of _CHUNK samples, as in metro.py) and is folded into a split
-# register, total = hi << 20 + lo with 0 <= lo < 2**20, held in locals; nothing signed is read
-# back from a ptr32 (its load is a zero-extended 32-bit word on a 64-bit VM: -1 would read as
-# 2**32 - 1). What this call added goes to `out`; metro.py adds it to the second's registers.
+# stays below 2**31 (blocks of _CHUNK samples, as in metro.py) and is carried into the state's
+# split registers, total = hi << 20 + lo with 0 <= lo < 2**20, as metro.py does: (hi, lo) is
+# divmod(total, 2**20) either way, so both paths leave the same integers. A ptr32 load is a
+# zero-extended 32-bit word on a 64-bit VM (-1 reads as 2**32 - 1): the signed slots (the sums
+# and the registers' hi) are read through _signed, which is the identity on a 32-bit word.
 import micropython
 from micropython import const
 
@@ -29,45 +30,43 @@ _NX = const(17)
 _X1 = const(18)
 _X2 = const(21)
 _N = const(24)
-# out: what this call added (metro.py _fold)
-OUT_LEN = const(12)  # sum v, sum i, then (hi, lo) of v*v, i*i, v*i, v[k-1]*i, v*i[k-1]
+_SV = const(4)
+_SI = const(5)
+_SVV = const(6)  # (hi, lo) registers: v*v, i*i, v[k]*i[k], v[k-1]*i[k], v[k]*i[k-1]
+_SII = const(8)
+_S0 = const(10)
+_SM = const(12)
+_SP = const(14)
 
 
 @micropython.viper
-def accumulate(st: ptr32, out: ptr32, vb: ptr16, ib: ptr16, k: int, end: int):
-    # Fold samples vb[k:end], ib[k:end] into the state st (array 'i'): metro._accumulate's
-    # work, the sums into `out` (array 'i', OUT_LEN) from 0.
+def accumulate(j: int, vb: ptr16, ib: ptr16, end: int, st: ptr32):
+    # Fold samples vb[j:end], ib[j:end] into the state st (array 'i'), as metro._accumulate
+    # does. The first three arguments are the loop's: the native emitter keeps a function's first three locals in registers
+    # (r4-r6 on Thumb, py/emitnative.c and py/asmthumb.h REG_LOCAL_NUM, v1.28.0).
     ov = st[_OV]
     oi = st[_OI]
     vp = st[_VP] - ov
     ip = st[_IP] - oi
     armed = st[_ARMED]
     nx = st[_NX]
-    t = st[_N] - k - 1  # index within the second of the sample before vb[j] is j + t
-    n = end - k
+    t = st[_N] - j - 1  # index within the second of the sample before vb[j] is j + t
+    n = end - j
+    sh = 31
+    # 2**31 as a machine word (-2**31 on 32 bits), made at run time (a constant 2**31 would be a
+    # Python int there): (w ^ top) - top sign-extends a 32-bit word on any word size
+    top = 1 << sh
     sv = 0
     si = 0
-    ha = 0
-    la = 0
-    hb = 0
-    lb = 0
-    hc = 0
-    lc = 0
-    hd = 0
-    ld = 0
-    he = 0
-    le = 0
-    while k < end:
-        m = end - k
-        if m > _CHUNK:
-            m = _CHUNK
+    while j < end:
+        stop = j + _CHUNK
+        if stop > end:
+            stop = end
         a = 0
         b = 0
         c = 0
         d = 0
         e = 0
-        stop = k + m
-        j = k
         while j < stop:
             v = (vb[j] >> 4) - ov
             x = (ib[j] >> 4) - oi
@@ -94,37 +93,26 @@ def accumulate(st: ptr32, out: ptr32, vb: ptr16, ib: ptr16, k: int, end: int):
             vp = v
             ip = x
             j += 1
-        # carry the block's sums into the split registers (>> is arithmetic on viper ints)
-        la += a & _LO
-        ha += (a >> 20) + (la >> 20)
-        la &= _LO
-        lb += b & _LO
-        hb += (b >> 20) + (lb >> 20)
-        lb &= _LO
-        lc += c & _LO
-        hc += (c >> 20) + (lc >> 20)
-        lc &= _LO
-        ld += d & _LO
-        hd += (d >> 20) + (ld >> 20)
-        ld &= _LO
-        le += e & _LO
-        he += (e >> 20) + (le >> 20)
-        le &= _LO
-        k = stop
+        # carry the block's sums into the split registers
+        lo = st[_SVV + 1] + (a & _LO)
+        st[_SVV] = ((st[_SVV] ^ top) - top) + (a >> 20) + (lo >> 20)
+        st[_SVV + 1] = lo & _LO
+        lo = st[_SII + 1] + (b & _LO)
+        st[_SII] = ((st[_SII] ^ top) - top) + (b >> 20) + (lo >> 20)
+        st[_SII + 1] = lo & _LO
+        lo = st[_S0 + 1] + (c & _LO)
+        st[_S0] = ((st[_S0] ^ top) - top) + (c >> 20) + (lo >> 20)
+        st[_S0 + 1] = lo & _LO
+        lo = st[_SM + 1] + (d & _LO)
+        st[_SM] = ((st[_SM] ^ top) - top) + (d >> 20) + (lo >> 20)
+        st[_SM + 1] = lo & _LO
+        lo = st[_SP + 1] + (e & _LO)
+        st[_SP] = ((st[_SP] ^ top) - top) + (e >> 20) + (lo >> 20)
+        st[_SP + 1] = lo & _LO
     st[_VP] = vp + ov
     st[_IP] = ip + oi
     st[_ARMED] = armed
     st[_NX] = nx
     st[_N] = st[_N] + n
-    out[0] = sv
-    out[1] = si
-    out[2] = ha
-    out[3] = la
-    out[4] = hb
-    out[5] = lb
-    out[6] = hc
-    out[7] = lc
-    out[8] = hd
-    out[9] = ld
-    out[10] = he
-    out[11] = le
+    st[_SV] = ((st[_SV] ^ top) - top) + sv
+    st[_SI] = ((st[_SI] ^ top) - top) + si
