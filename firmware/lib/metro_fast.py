@@ -12,8 +12,9 @@
 # stays below 2**31 (blocks of _CHUNK samples, as in metro.py) and is carried into the state's
 # split registers, total = hi << 20 + lo with 0 <= lo < 2**20, as metro.py does: (hi, lo) is
 # divmod(total, 2**20) either way, so both paths leave the same integers. A ptr32 load is a
-# zero-extended 32-bit word on a 64-bit VM (-1 reads as 2**32 - 1): the signed slots (the sums
-# and the registers' hi) are read through _signed, which is the identity on a 32-bit word.
+# zero-extended 32-bit word on a 64-bit VM (-1 reads as 2**32 - 1), so a signed word (the sums,
+# a register's hi) is only ever added to and stored back, which is exact modulo 2**32; no
+# comparison or right shift touches one.
 import micropython
 from micropython import const
 
@@ -52,10 +53,6 @@ def accumulate(j: int, vb: ptr16, ib: ptr16, end: int, st: ptr32):
     nx = st[_NX]
     t = st[_N] - j - 1  # index within the second of the sample before vb[j] is j + t
     n = end - j
-    sh = 31
-    # 2**31 as a machine word (-2**31 on 32 bits), made at run time (a constant 2**31 would be a
-    # Python int there): (w ^ top) - top sign-extends a 32-bit word on any word size
-    top = 1 << sh
     sv = 0
     si = 0
     while j < end:
@@ -95,24 +92,24 @@ def accumulate(j: int, vb: ptr16, ib: ptr16, end: int, st: ptr32):
             j += 1
         # carry the block's sums into the split registers
         lo = st[_SVV + 1] + (a & _LO)
-        st[_SVV] = ((st[_SVV] ^ top) - top) + (a >> 20) + (lo >> 20)
+        st[_SVV] = st[_SVV] + (a >> 20) + (lo >> 20)
         st[_SVV + 1] = lo & _LO
         lo = st[_SII + 1] + (b & _LO)
-        st[_SII] = ((st[_SII] ^ top) - top) + (b >> 20) + (lo >> 20)
+        st[_SII] = st[_SII] + (b >> 20) + (lo >> 20)
         st[_SII + 1] = lo & _LO
         lo = st[_S0 + 1] + (c & _LO)
-        st[_S0] = ((st[_S0] ^ top) - top) + (c >> 20) + (lo >> 20)
+        st[_S0] = st[_S0] + (c >> 20) + (lo >> 20)
         st[_S0 + 1] = lo & _LO
         lo = st[_SM + 1] + (d & _LO)
-        st[_SM] = ((st[_SM] ^ top) - top) + (d >> 20) + (lo >> 20)
+        st[_SM] = st[_SM] + (d >> 20) + (lo >> 20)
         st[_SM + 1] = lo & _LO
         lo = st[_SP + 1] + (e & _LO)
-        st[_SP] = ((st[_SP] ^ top) - top) + (e >> 20) + (lo >> 20)
+        st[_SP] = st[_SP] + (e >> 20) + (lo >> 20)
         st[_SP + 1] = lo & _LO
     st[_VP] = vp + ov
     st[_IP] = ip + oi
     st[_ARMED] = armed
     st[_NX] = nx
     st[_N] = st[_N] + n
-    st[_SV] = ((st[_SV] ^ top) - top) + sv
-    st[_SI] = ((st[_SI] ^ top) - top) + si
+    st[_SV] = st[_SV] + sv
+    st[_SI] = st[_SI] + si
