@@ -71,7 +71,7 @@ _STATE_LEN = const(25)
 _fast = None
 if sys.implementation.name == "micropython":
     try:
-        from metro_fast import accumulate as _fast
+        from metro_fast import accumulate as _fast  # type: ignore[assignment]  # None above
     except (ImportError, ValueError, SyntaxError):
         # not in the image (a bytecode-only build), an .mpy of another arch (ValueError), or
         # source on a port without a native emitter (SyntaxError)
