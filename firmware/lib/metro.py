@@ -67,9 +67,11 @@ _STATE_LEN = const(25)
 
 # The hot loop in native code where the board can run it (lib/metro_fast.py: viper, the same
 # integers), else this module's _accumulate. Only MicroPython is asked: on CPython the viper
-# module is not Python.
+# module is not Python. The Pyboard goes without: a board keeps loaded native code in its GC
+# heap (py/mpconfig.h MP_PLAT_ALLOC_EXEC, v1.28.0), about 1.3 KB here, and its boot margin at
+# the official PYBV11 heap is thin (docs/hardware.md "Sample rate").
 _fast = None
-if sys.implementation.name == "micropython":
+if sys.implementation.name == "micropython" and sys.platform != "pyboard":
     try:
         from metro_fast import accumulate as _fast  # type: ignore[assignment]  # None above
     except (ImportError, ValueError, SyntaxError):

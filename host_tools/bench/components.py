@@ -426,13 +426,16 @@ def _one_run(bench: _Bench, group: HostGroup, size: int, rng: random.Random,
                   extra={"free": free, "bench_buffers_not_counted": bench.own_bytes})
 
     bench.test = "tick"
-    count, r = bench.call(f"b_tick({ADC_RATE_HZ})", "one metrology tick")
+    count, r, native = bench.call(f"b_tick({ADC_RATE_HZ})", "one metrology tick")
     if r is None or abs(r[5] - 50.0) > 0.5 or abs(r[0] - 20000 / 16 / 2 ** 0.5) > 15:
         raise bench.fail(f"the metrology tick measured {r!r}, not the 50 Hz test wave")
     if first:
+        path = ("the per-sample sums in viper, lib/metro_fast.py" if native else
+                "the pure-Python path: the board has no native code for lib/metro_fast.py")
         bench.timing("tick", f"one metrology tick: a second of samples ({ADC_RATE_HZ} per "
                      "channel, V and I) through metro.Accumulator.feed in 8 chunks, result() "
-                     "and Energy.add, as the metrology task does each second", count)
+                     f"and Energy.add, as the metrology task does each second ({path})", count,
+                     extra={"native": native})
 
 
 RAM_WHAT = ("gc.mem_alloc() after gc.collect() in the bench's steady state on the board "
