@@ -202,3 +202,32 @@ acc.feed(array('H', [40000, 30000, 20000, 30000]), array('H', [34000, 32000, 310
 print(metro._fast, acc.result()[0] > 0)
 """)
     assert out.split() == ["None", "True"]
+
+
+def test_deinterleave_matches_the_rp2_adapters_python_loop(micropython: Run) -> None:
+    # board/rp2_pico DmaAdc._split's work on DMA ring words (V | I << 16, 12 bits each), from
+    # every offset, wrapping as read_into does; the same loop in Python is the reference
+    out = micropython("""
+import metro_fast
+from array import array
+x = 12345
+ring = array('I', bytes(4 * 300))
+for k in range(300):
+    x = (x * 1103515245 + 12345) & 0x7FFFFFFF
+    ring[k] = (x & 0xFFF) | ((x >> 12) & 0xFFF) << 16
+ring[0] = 0xFFF | 0xFFF << 16
+ring[1] = 0
+bad = 0
+for k, a, j in ((0, 300, 0), (17, 120, 5), (299, 1, 0), (250, 50, 40)):
+    v = array('H', bytes(2 * 400))
+    i = array('H', bytes(2 * 400))
+    metro_fast.deinterleave(k, ring, v, k + a, i, j)
+    for q in range(400):
+        w = ring[k + q - j] if j <= q < j + a else None
+        want = (0, 0) if w is None else ((w & 0xFFF) << 4, w >> 12)
+        if (v[q], i[q]) != want:
+            bad += 1
+print(bad, v[j], i[j])
+""")
+    bad, _, _ = out.split()
+    assert bad == "0"

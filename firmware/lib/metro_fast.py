@@ -113,3 +113,16 @@ def accumulate(j: int, vb: ptr16, ib: ptr16, end: int, st: ptr32):
     st[_N] = st[_N] + n
     st[_SV] = st[_SV] + sv
     st[_SI] = st[_SI] + si
+
+
+@micropython.viper
+def deinterleave(k: int, words: ptr32, v_buf: ptr16, end: int, i_buf: ptr16, j: int):
+    # The rp2 DMA ring's words[k:end] (V | I << 16, 12 bits each: board/rp2_pico DmaAdc) into
+    # v_buf[j:], i_buf[j:] as 16-bit values (<< 4), what DmaAdc._split does in Python. A word is
+    # below 2**28 (bits 12-15 are 0), so its zero-extended load is the same on every word size.
+    while k < end:
+        w = words[k]
+        v_buf[j] = (w & 0xFFF) << 4
+        i_buf[j] = w >> 12
+        k += 1
+        j += 1
