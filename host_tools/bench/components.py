@@ -68,6 +68,10 @@ EMU_STUBS = {
     "/json.py": b"# no json on the emulated board: store imports it, the bench never uses it\n",
     "/binascii.py": b"def hexlify(b):\n    return bytes(b).hex().encode()\n",
 }
+# Modules the firmware imports only on an ARMv7E-M core (x25519.py: the UMAAL code): an ARMv6-M
+# board is not given them (the rp2040 board's RAM filesystem, 40 KB, holds the rest with
+# lib/metro_fast.py only without them).
+V7EM_ONLY = ("x25519_v7m",)
 ADC_RATE_HZ = 4000  # the metrology tick: one second of samples per channel (the Pico's rate)
 
 
@@ -238,6 +242,8 @@ def upload_firmware_modules(b: Board, arch: str | None,
     from host_tools.flash.build import compile_one
 
     for src, name in firmware_modules(roots):
+        if name in V7EM_ONLY and arch in ("armv6", "armv6m"):
+            continue
         dest = "/" + name.replace(".", "/") + ("/__init__" if name == "tasks" else "") + ".mpy"
         _emu_put(b, dest, compile_one(src, dest, arch))
     for dest, data in EMU_STUBS.items():
