@@ -6,6 +6,7 @@ run it (host_tools/flash/build.py)."""
 from __future__ import annotations
 
 import ast
+import json
 from collections.abc import Callable
 
 import metro
@@ -231,3 +232,60 @@ print(bad, v[j], i[j])
 """)
     bad, _, _ = out.split()
     assert bad == "0"
+
+
+# --- calibrations across the rate change ----------------------------------------------------
+
+_CAL_BOOT = """
+import json
+import tasks.metrology as tm
+D = {d!r}
+tm.ENERGY, tm.CALIB, tm.PROFILE = D + "/e.json", D + "/c.json", D + "/p.bin"
+import tasks.metrology_cmd as mc
+mc.CALIB = tm.CALIB
+class Port:
+    def __init__(self):
+        self.out = []
+        self.logs = []
+    def send(self, to, kind, payload=None):
+        self.out.append((to, kind, payload))
+        return True
+    def log(self, text):
+        self.logs.append(text)
+class Adc:
+    def read_into(self, v, i):
+        return 0
+import store
+store.save(tm.CALIB, {rec})
+met = tm.Metrology(Port(), {{"adc": Adc(), "adc_rate_hz": 4000, "cal_default": (1.0, 1.0, 0.0)}})
+out = [list(met.cal), met._acc.phase, met.cal_rec["prev"], met._port.logs]
+mc.calibrate(met, "cs_security", (1, "set", 1.2, 0.9, 0.25, False, "power"))
+out.append(store.load(tm.CALIB))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.parametrize(("rec", "phase", "prev", "logged"), [
+    # a calibration from before the rates went up (2 kHz, no "rate"): the same time at 4 kHz
+    ({"cal": [1.1, 0.8, 0.3], "prev": [1.0, 0.9, -0.2], "src": "ref"}, 0.6, [1.0, 0.9, -0.4],
+     False),
+    # the older bare list, also 2 kHz
+    ([1.1, 0.8, -0.25], -0.5, None, False),
+    # made at 4 kHz: as it is
+    ({"cal": [1.1, 0.8, 0.3], "prev": None, "src": "ref", "rate": 4000}, 0.3, None, False),
+    # more than half a 2-kHz sample: beyond one 4-kHz sample, held at 1 and said so
+    ({"cal": [1.1, 0.8, 0.75], "prev": None, "src": "ref"}, 1.0, None, True),
+])
+def test_a_stored_phase_keeps_its_time_at_the_new_rate(
+        micropython: Run, tmp_path_factory: pytest.TempPathFactory, rec: object, phase: float,
+        prev: object, logged: bool) -> None:
+    d = tmp_path_factory.mktemp("cal")
+    cal, acc_phase, got_prev, logs, saved = json.loads(
+        micropython(_CAL_BOOT.format(d=str(d), rec=rec)).strip().splitlines()[-1])
+    assert cal[:2] == [1.1, 0.8] and cal[2] == pytest.approx(phase)
+    assert acc_phase == pytest.approx(phase)
+    assert got_prev == (pytest.approx(prev) if prev else None)
+    assert bool([x for x in logs if "beyond one sample" in x]) == logged, logs
+    # what the meter saves next names its rate, the previous calibration converted
+    assert saved["rate"] == 4000 and saved["cal"] == [1.2, 0.9, 0.25]
+    assert saved["prev"][2] == pytest.approx(phase)
