@@ -66,12 +66,27 @@ def metrology(self, hw):
     self._adc = hw["adc"]
     self._rate = hw["adc_rate_hz"]
     # calib.json: {"cal": [v_gain, i_gain, phase], "prev": the one before or None,
-    # "src": the step that set it}; a bare list is the older format
+    # "src": the step that set it, "rate": the sample rate its phases are in}; a bare list is
+    # the older format
     self.cal_default = tuple(hw["cal_default"])
     rec = store.load(CALIB, None)
     if isinstance(rec, list):
         rec = {"cal": rec, "prev": None, "src": "ref"}
     self.cal_rec = rec or {"cal": list(self.cal_default), "prev": None, "src": "default"}
+    was = self.cal_rec.get("rate", 2000)
+    if was != self._rate:
+        # The phase is in sample periods of the rate it was set at ("rate"; none before the
+        # rates went to 4 kHz, when every board sampled at 2 kHz): the same time at this rate.
+        for key in ("cal", "prev"):
+            c = self.cal_rec[key]
+            if c:
+                p = c[2] * self._rate / was
+                if not -1.0 <= p <= 1.0:
+                    self._port.log("calibration: phase %s at %d Hz is beyond one sample at %d Hz"
+                                   % (c[2], was, self._rate))
+                    p = -1.0 if p < 0 else 1.0
+                self.cal_rec[key] = [c[0], c[1], p]
+        self.cal_rec["rate"] = self._rate
     cal = self.cal_rec["cal"]
     self.cal = tuple(cal)
     self._acc = metro.Accumulator(self._rate, cal[0], cal[1], cal[2])

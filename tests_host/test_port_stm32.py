@@ -668,3 +668,25 @@ def test_the_api_check_catches_a_drift() -> None:
         assert old in src, old
         problems = _api_problems(src.replace(old, new, 1))
         assert any(what in p for p in problems), (what, problems)
+
+
+def test_a_front_end_faster_than_tim2_is_sampled_at_tim2s_rate(vm: Callable[..., str]) -> None:
+    # The supervisor's front end runs at 4 kHz (the virtual board's and the Picos' rate), the
+    # Pyboard's TIM2 at its own 2 kHz: each conversion takes the front end's sample of its
+    # instant, every second one (V = s mod 4096 << 4), not consecutive ones played at half speed.
+    out = vm('''
+from array import array
+vb = array("H", bytes(2 * 1024))
+ib = array("H", bytes(2 * 1024))
+board.adc.read_into(vb, ib)
+time.sleep_ms(300)
+n = board.adc.read_into(vb, ib)
+steps = set()
+for j in range(1, n):
+    steps.add(((vb[j] >> 4) - (vb[j - 1] >> 4)) % 4096)
+    steps.add(((ib[j] >> 4) - (ib[j - 1] >> 4)) % 4096)
+print(board.ADC_RATE_HZ, n, sorted(steps))
+''', rate=4000)
+    rate, n, steps = out.split(" ", 2)
+    assert rate == "2000" and 500 <= int(n) <= 700, out
+    assert steps.strip() == "[2, 14]", out  # V steps 2 samples, I = 7 s steps 14

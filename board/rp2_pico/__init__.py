@@ -48,10 +48,11 @@
 # reads that address from a table whose words it walks one per lap (wrapping by ring_size),
 # so its read address counts the laps. The DMA never writes outside the ring, no CPU time is
 # spent per sample, and read_into() knows exactly how many samples arrived since its last
-# call (up to 16 laps, 4 s; beyond, the clock says how many times 16), de-interleaving them.
+# call (up to 16 laps, 16 s; beyond, the clock says how many times 16), de-interleaving them
+# (in viper, lib/metro_fast.py deinterleave, where the board has the native code).
 # A single re-armed channel would stop at the ring's end until software re-armed it (a gap
 # whenever the consumer is late); the DMA's own address wrapping on the ring needs the ring
-# aligned to its 8 KiB, which the GC heap does not promise (the 64-byte lap table is aligned
+# aligned to its 16 KiB, which the GC heap does not promise (the 64-byte lap table is aligned
 # by hand inside a buffer twice its size).
 # Facts (cited in docs/hardware.md, "Sampling by DMA"): pico-sdk 2.2.0 hardware_regs
 # addressmap.h, adc.h, dma.h, dreq.h; MicroPython ports/rp2/rp2_dma.c.
@@ -66,6 +67,12 @@ from micropython import const
 # WAN UART wrappers, the RTC (firmware/lib/hw_common.py).
 from hw_common import HanTx, In, Out, Relay, Rtc, UartWan
 from hw_common import entropy as entropy  # the surface's entropy(n): os.urandom
+
+_deinterleave = None
+try:
+    from metro_fast import deinterleave as _deinterleave  # type: ignore[assignment]  # None above
+except (ImportError, ValueError, SyntaxError):  # no native code for this board: _split below
+    pass
 
 NAME = "rp2_pico"
 
@@ -87,7 +94,9 @@ PIN_WAN_RX = const(5)
 WAN_BAUD = const(115200)
 RELAY_BOOT = "/data/relay_boot"
 
-ADC_RATE_HZ = const(2000)  # per channel; V and I are converted 250 us apart (round robin)
+# Per channel; V and I are converted 125 us apart (round robin). 8 kS/s of the ADC's 500 kS/s
+# (docs/hardware.md "Sample rate").
+ADC_RATE_HZ = const(4000)
 # The analogue front end: the mains voltage and current that swing the ADC
 # input from mid-scale to full scale (peak). A ZMPT101B-style voltage module
 # trimmed so that 400 V peak gives 1.65 V, and a 100 A : 50 mA CT (SCT-013-000)
@@ -124,11 +133,11 @@ _FCS_OVER = const(0x800)
 _FCS_LEVEL_LSB = const(16)
 _FCS_THRESH_1 = const(1 << 24)
 _ADC_CLOCK_HZ = const(48000000)
-# (V, I) pairs in the ring: 1.02 s at 2 kHz, 8 KiB. The main loop stops while the rp2 port
+# (V, I) pairs in the ring: 1.02 s at 4 kHz, 16 KiB. The main loop stops while the rp2 port
 # erases flash (ports/rp2/rp2_flash.c): a littlefs save that compacts a metadata pair takes
 # several 45-ms erases in a row (up to 400 ms measured on the virtual board's flash model
 # under the rp2-pico profile), and 3/4 of the ring must outlast that.
-RING_PAIRS = const(2048)
+RING_PAIRS = const(4096)
 _LAPS = const(16)  # the lap counter's table: 16 words, 64 bytes
 _LAPS_RING = const(6)  # ... wrapping at 2**6 bytes
 
@@ -218,8 +227,8 @@ class DmaAdc:
         self._t = t
         size = 2 * self._pairs
         span = _LAPS * size
-        # The hardware counts the transfers modulo _LAPS rings (4 s at 2 kHz); only a caller
-        # later than that needs the clock, to within 2 s, for whole multiples of it.
+        # The hardware counts the transfers modulo _LAPS rings (16 s at 4 kHz); only a caller
+        # later than that needs the clock, to within 8 s, for whole multiples of it.
         d = (done - self._done) % span
         m = (dt * 2 * self.rate // 1000000 - d + span // 2) // span
         new = ((done >> 1) - (self._done >> 1)) % (span >> 1)  # whole pairs (V first)
@@ -241,6 +250,11 @@ class DmaAdc:
         a = self._pairs - k  # up to the ring's end, then from its start
         if a > n:
             a = n
+        if _deinterleave is not None:
+            _deinterleave(k, self._ring, v_buf, k + a, i_buf, 0)
+            if a < n:
+                _deinterleave(0, self._ring, v_buf, n - a, i_buf, a)
+            return n
         self._split(self._mv[k:k + a], v_buf, i_buf, 0)
         if a < n:
             self._split(self._mv[0:n - a], v_buf, i_buf, a)

@@ -23,7 +23,7 @@ import _thread
 import _vhw
 
 NAME = "virtual"
-ADC_RATE_HZ = const(2000)  # per channel, as the Pico adapter samples (the supervisor's ADC_RATE)
+ADC_RATE_HZ = const(4000)  # per channel (the supervisor's ADC_RATE; docs/hardware.md "Sample rate")
 # Metrology calibration (metro.Accumulator): volts and amps per 12-bit count
 # (u16 sample >> 4), phase in sample periods. The front end (board/virtual/host/waveform.py)
 # puts full scale (peak) at 32767 u16 counts from mid-scale, i.e. 32767/16 12-bit counts:

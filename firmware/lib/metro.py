@@ -29,6 +29,7 @@
 # hysteresis), each located between two samples by linear interpolation:
 #   freq = (crossings - 1) * rate / (t_last - t_first)
 import math
+import sys
 from array import array
 
 try:
@@ -64,9 +65,21 @@ _N = const(24)  # samples this second
 _STATE_LEN = const(25)
 
 
-# The hot loop. @micropython.native would halve its time (unix VM: 330 instead of
-# 650 us per 2000 samples) and works on a Pico, but mpy-cross refuses it without
-# -march, which the build's source-mode syntax check does not pass.
+# The hot loop in native code where the board can run it (lib/metro_fast.py: viper, the same
+# integers), else this module's _accumulate. Only MicroPython is asked: on CPython the viper
+# module is not Python. The Pyboard goes without: a board keeps loaded native code in its GC
+# heap (py/mpconfig.h MP_PLAT_ALLOC_EXEC, v1.28.0), about 1.3 KB here, and its boot margin at
+# the official PYBV11 heap is thin (docs/hardware.md "Sample rate").
+_fast = None
+if sys.implementation.name == "micropython" and sys.platform != "pyboard":
+    try:
+        from metro_fast import accumulate as _fast  # type: ignore[assignment]  # None above
+    except (ImportError, ValueError, SyntaxError):
+        # not in the image (a bytecode-only build), an .mpy of another arch (ValueError), or
+        # source on a port without a native emitter (SyntaxError)
+        pass
+
+
 def _accumulate(st, vb, ib, k, end):
     # Fold samples vb[k:end], ib[k:end] into the state list st.
     ov = st[_OV]
@@ -178,7 +191,10 @@ class Accumulator:
             end = k + rate - st[_N]
             if end > n:
                 end = n
-            _accumulate(st, v_buf, i_buf, k, end)
+            if _fast is None:
+                _accumulate(st, v_buf, i_buf, k, end)
+            else:
+                _fast(k, v_buf, i_buf, end, st)
             k = end
             if st[_N] >= rate:
                 self._close()

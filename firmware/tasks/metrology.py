@@ -23,10 +23,11 @@ _REC = ">IIIII"  # t_end, import mWh, export mWh, import Wh, export Wh
 # energy.json is written when the ring flushes to its file (holding the RAM record's seq, "g":
 # the boot takes the newer copy). Without nvram: energy.json at each close.
 _NV = "<8Ii5I"
-# Samples per channel per read: 256 ms at 2 kHz. The step reads every 100 ms (meter.py: a read
-# has a fixed cost, most of it on the virtual Pico's DMA model), so it may come 150 ms late
-# before the virtual board's ADC loses any (a Pico's or Pyboard's DMA ring keeps 0.5-0.75 s)
-BUF = const(512)
+# Samples per channel per read: 256 ms at 4 kHz (the Picos and the virtual board).
+# The step reads every 100 ms (meter.py: a read has a fixed cost, most of it on the virtual
+# Pico's DMA model), so it may come 150 ms late before the virtual board's ADC loses any (a
+# Pico's or Pyboard's DMA ring keeps 0.75-1.5 s). The Pyboard reads 256 (ADC_READ_MAX).
+BUF = const(1024)
 
 
 class Metrology:

@@ -55,10 +55,10 @@ def calibrate(m, sender, payload):
         m._port.send(sender, "calibrated", (ref, 6, why))  # BAD_ARGS: nothing changed
         return
     if op == "undo":
-        rec = {"cal": list(new), "prev": rec["cal"], "src": "undo"}
+        rec = {"cal": list(new), "prev": rec["cal"], "src": "undo", "rate": m._rate}
     else:
         src = "default" if op == "reset" else op
-        rec = {"cal": list(new), "prev": rec["cal"], "src": src}
+        rec = {"cal": list(new), "prev": rec["cal"], "src": src, "rate": m._rate}
     store.save(CALIB, rec)  # atomic: the calibration and the one before it together
     m.cal_rec = rec
     m.cal = tuple(new)

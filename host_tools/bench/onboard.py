@@ -193,6 +193,8 @@ def b_tick(rate):
     r = acc.result()
     e.add(r[2], 1)
     d = _dt(t0)
+    native = metro._fast is not None
     sys.modules.pop("metro", None)
-    return d, r
+    sys.modules.pop("metro_fast", None)
+    return d, r, native
 """

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from host_tools.bench.components import firmware_modules, upload_firmware_modules
 from host_tools.emu.build import BOARDS
-from host_tools.flash.build import compile_one
+from host_tools.flash.build import VM_ARCH, compile_one, is_native
 
 # Firmware modules measured, in an order where each one's imports are already loaded (so a
 # delta is that module's own). x25519 is left out: on a Cortex-M it loads its machine code,
@@ -107,7 +107,9 @@ def on_unix_vm(micropython: str | None = None) -> list[tuple[str, int]]:
                 dest = dest / "__init__"
             dest = dest.with_suffix(".mpy")
             dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_bytes(compile_one(src, "/" + str(dest.relative_to(tmp)), None))
+            # native code (lib/metro_fast.py) as the virtual board has it: for the VM's CPU
+            arch = VM_ARCH if is_native(src) else None
+            dest.write_bytes(compile_one(src, "/" + str(dest.relative_to(tmp)), arch))
         code = f"import sys\nsys.path[:0] = [{tmp!r}]\n" + probe_code()
         r = subprocess.run([mp, "-X", "heapsize=1M", "-c", code], capture_output=True,
                            text=True, timeout=120)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import re
 import subprocess
 import threading
@@ -37,6 +38,15 @@ BOARD_ROOT = "root/"
 BOARD_BY_USB_VID = {0x2E8A: "rp2_pico", 0xF055: "stm32_pybv11"}
 # The mpy format our mpy-cross writes (MicroPython 1.29: v6.3).
 MPY_CROSS_VERSION = (6, 3)
+# Modules of native code (a function decorated @micropython.viper or .native, e.g.
+# lib/metro_fast.py): mpy-cross compiles them only for an architecture (-march). A board loads
+# them only if they are its CPU's (py/persistentcode.c, v1.28.0: "incompatible .mpy arch"), so a
+# bytecode-only image goes without them and the firmware runs its pure-Python fallback.
+_NATIVE = re.compile(rb"^@micropython\.(?:viper|native)\b", re.M)
+# mpy-cross -march of the unix VM on this host: what a virtual board runs native code as,
+# whatever board its profile presents (its _mpy is the board's, its CPU the host's).
+VM_ARCH = {"x86_64": "x64", "AMD64": "x64", "i686": "x86", "i386": "x86"}.get(
+    platform.machine())
 
 
 class BuildError(Exception):
@@ -119,6 +129,11 @@ def _wanted(p: Path) -> bool:
     return p.is_file() and "__pycache__" not in p.parts and not p.name.startswith(".")
 
 
+def is_native(src: Path) -> bool:
+    """Whether ``src`` holds native code (@micropython.viper / .native functions)."""
+    return src.suffix == ".py" and _NATIVE.search(src.read_bytes()) is not None
+
+
 def compile_one(src: Path, dest: str, arch: str | None) -> bytes:
     """mpy-cross one file; raises BuildError with file:line on a syntax error."""
     key = hashlib.sha256(src.read_bytes() + f"{dest}|{arch}".encode()).hexdigest()[:24]
@@ -154,18 +169,26 @@ def _rel(p: Path) -> str:
 
 
 def build_image(board: str, arch: str | None, source: bool = False,
-                firmware_dir: Path = FIRMWARE_DIR) -> list[ImageFile]:
+                firmware_dir: Path = FIRMWARE_DIR,
+                native_arch: str | None = None) -> list[ImageFile]:
     """Every file of the image, compiled unless ``source``. All or nothing: the
-    first file that fails to compile raises, before anything is deployed."""
+    first file that fails to compile raises, before anything is deployed. Native-code modules
+    are compiled for ``native_arch`` if given (a virtual board: VM_ARCH), else for ``arch``;
+    with neither they are left out (the firmware falls back to pure Python)."""
     files = []
     for src, dest in sources(board, firmware_dir):
+        native = is_native(src)
         if src.suffix == ".py" and not source and Path(dest).name not in RUN_BY_NAME:
             mpy_dest = dest[:-3] + ".mpy"
-            files.append(ImageFile(src, mpy_dest, compile_one(src, mpy_dest, arch)))
+            march = (native_arch or arch) if native else arch
+            if native and march is None:
+                continue
+            files.append(ImageFile(src, mpy_dest, compile_one(src, mpy_dest, march)))
         else:
             if src.suffix == ".py":
-                # Source still has to compile: a syntax error is caught here.
-                compile_one(src, dest, None)
+                # Source still has to compile: a syntax error is caught here (native code
+                # only compiles for some architecture; any one shows its syntax).
+                compile_one(src, dest, "armv6m" if native else None)
             files.append(ImageFile(src, dest, src.read_bytes()))
     return files
 

@@ -47,6 +47,7 @@ from host_tools.flash import versions
 from host_tools.flash.build import (
     FIRMWARE_DIR,
     MPY_CROSS_VERSION,
+    VM_ARCH,
     BuildError,
     ImageFile,
     board_for_platform,
@@ -231,7 +232,12 @@ def flash(port: str, *, source: bool = False, board_name: str | None = None,
         report = FlashReport(b.port, info, name, mode)
         report.notes.append(f"board definition {name} chosen by {why}")
         try:
-            image = build_image(name, arch, as_source, firmware_dir)
+            # a virtual board's CPU is the host's, whatever board it presents: its native code
+            # is the VM's (build.VM_ARCH)
+            from host_tools.sim.fleet import is_virtual_port
+
+            image = build_image(name, arch, as_source, firmware_dir,
+                                VM_ARCH if is_virtual_port(b.port) else None)
         except BuildError:
             b.soft_reset_to_main()  # the old firmware goes on running
             raise

@@ -110,9 +110,9 @@ BOOT = (
 # writes them into a file that the VM's launcher maps read-only and shared, a little ahead of
 # real time, as a board's ADC writes them into RAM by DMA; the firmware takes them as its clock
 # reaches them. The VM's heap holds none of it.
-ADC_RATE = 2000  # samples a second per channel: the virtual board's ADC_RATE_HZ
-ADC_LEAD = 4000  # samples written ahead of real time (2 s): a busy host may hold this process
-ADC_RING = 16384  # samples per channel the ring holds (8 s)
+ADC_RATE = 4000  # samples a second per channel: the virtual board's ADC_RATE_HZ
+ADC_LEAD = 8000  # samples written ahead of real time (2 s): a busy host may hold this process
+ADC_RING = 32768  # samples per channel the ring holds (8 s)
 ADC_HEAD = struct.Struct("<QIII")  # written (since power-on), rate, lead, ring size
 ADC_DATA = 32  # V ring at ADC_DATA, I ring after it (u16 each, little-endian)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(

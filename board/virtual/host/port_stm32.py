@@ -344,15 +344,24 @@ class _Sampler:
         chunk = _FILL_CHUNK
         vb, ib = self.scratch
         rate = _hw.adc_head()[1]
+        t2 = self.t2_freq
+        if rate > t2:
+            # a front end faster than TIM2 (4 kHz against the Pyboard's 2 kHz): the samples a
+            # chunk of conversions spans must fit the scratch
+            chunk = max(1, _FILL_CHUNK * t2 // rate)
         k = start
         while k < done:
             m = min(chunk, done - k)
-            # conversion j is the ring's sample at TIM2's start plus j trigger periods (one
-            # read of m samples: exact when TIM2 runs at the ring's rate, as the adapter sets it)
-            _hw.adc_read(self.k0 + (j0 + k) * rate // self.t2_freq, m, vb, ib)
+            # conversion j is the ring's sample at TIM2's start plus j trigger periods: the
+            # front end's sample k0 + j * rate // t2 (consecutive ones at TIM2 == the ring's rate)
+            s0 = self.k0 + (j0 + k) * rate // t2
+            span = self.k0 + (j0 + k + m - 1) * rate // t2 - s0 + 1
+            _hw.adc_read(s0, span, vb, ib)
             src = vb if ch == 10 else ib if ch == 11 else None
             for q in range(m):
-                x = (src[q] >> 4) if src is not None else 0  # the 12-bit conversion
+                x = 0
+                if src is not None:  # the 12-bit conversion
+                    x = src[q if span == m else self.k0 + (j0 + k + q) * rate // t2 - s0] >> 4
                 if left:
                     x <<= 4
                 p = 2 * ((k + q) % n0)

@@ -41,7 +41,7 @@ class Waveform:
         self.rate = rate_hz
         freq = g("freq_hz", 50.0)
         self.w = 2 * math.pi * freq / rate_hz
-        # Samples per mains cycle when that is a whole number (50 Hz at 2 kHz: 40): the
+        # Samples per mains cycle when that is a whole number (50 Hz at 4 kHz: 80): the
         # waveform then repeats every cycle, and fill() copies one computed cycle instead of
         # computing every sample (a virtual meter's ADC costs little CPU: a fleet of them
         # fits on a small host). 0: not periodic in samples, every sample is computed.
