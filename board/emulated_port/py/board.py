@@ -52,7 +52,7 @@ class _Pin:
 # channel: the hardware's work (the DMA's), measured here (cost_us) so that it can be told
 # apart from the meter's.
 PERIODS = const(10)
-READ_MAX = const(512)  # tasks/metrology.py BUF
+READ_MAX = const(1024)  # tasks/metrology.py BUF
 
 
 class _Adc:
