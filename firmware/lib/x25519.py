@@ -109,8 +109,6 @@ def _python():
 # Which code x25519() runs: "armv7e-m" (UMAAL), "armv6-m" or "python".
 IMPL = "python"
 _THUMB = _load_thumb()
-if _THUMB is None:
-    _python()  # no code that runs here: the import fails now, not at the first key
 
 
 def _ladder_thumb(k, u32):
@@ -166,3 +164,10 @@ def shared_secret(sk, pk):
     if acc == 0:
         raise ValueError("x25519: all-zero shared secret (low-order public key)")
     return out
+
+
+if _THUMB is None:
+    _python()  # no code that runs here: the import fails now, not at the first key
+    # Nor is the machine code's loader and runner needed: deleted, their code leaves the heap
+    # (on a 100 KB heap, while a set-up runs, every few hundred bytes count)
+    del _SCB_READ, _has_umaal, _load_thumb, _ladder_thumb
