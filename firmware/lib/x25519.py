@@ -96,14 +96,25 @@ def _load_thumb():
         return None
 
 
+_PY = None  # the Python code's x25519(k, u), once loaded
+
+
 def _python():
-    # The Python code's x25519(k, u) (lib/x25519_py.py), or the reason there is none.
-    try:
-        from x25519_py import x25519
-    except ImportError:
-        raise ImportError("x25519: no X25519 code for this CPU in the image: flash the "
-                          "board's own (meterctl flash)") from None
-    return x25519
+    # The Python code's x25519(k, u) (lib/x25519_py.py), or the reason there is none. Its
+    # module is held by this one alone, not by sys.modules: it leaves RAM with this module
+    # (the DC security task drops x25519 after a set-up, lazy.drop("x25519")).
+    global _PY
+    if _PY is None:
+        import sys
+
+        try:
+            from x25519_py import x25519 as f
+        except ImportError:
+            raise ImportError("x25519: no X25519 code for this CPU in the image: flash the "
+                              "board's own (meterctl flash)") from None
+        sys.modules.pop("x25519_py", None)
+        _PY = f
+    return _PY
 
 
 # Which code x25519() runs: "armv7e-m" (UMAAL), "armv6-m" or "python".
