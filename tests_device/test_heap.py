@@ -80,7 +80,10 @@ def groups(link: MeterLink) -> dict[str, object]:
     return out
 
 
-def run_50_member_group(tmp: Path, profile: str, heap: str | None = None) -> None:
+def run_50_member_group(tmp: Path, profile: str, heap: str | None = None, n: int = N) -> None:
+    """The whole flow on one meter: flash, provision, KEYGEN, an ``n``-member group (the
+    meter and n - 1 members made on the host), a round checked against the lab truth, a
+    reboot with the group."""
     # no heap given: a board's profile starts its VM with headroom and leaves the firmware what
     # the board has free at its REPL (profiles.repl_free_bytes)
     m: Meters = start_fleet(tmp / "fleet", 1, heap, profile)
@@ -96,7 +99,7 @@ def run_50_member_group(tmp: Path, profile: str, heap: str | None = None) -> Non
         me = provision(port, ks, force=True, interval_s=INTERVAL_S, timeout=30).meter_id
         rng = random.Random(50)
         others: dict[int, tuple[bytes, bytes]] = {}  # id -> (sk, pk): the 49 host-side members
-        while len(others) < N - 1:
+        while len(others) < n - 1:
             mid = rng.getrandbits(64)
             if mid != me:
                 others[mid] = ref.keypair(rng.randbytes(32))
@@ -105,17 +108,17 @@ def run_50_member_group(tmp: Path, profile: str, heap: str | None = None) -> Non
                                                         codec.keygen_cmd())).pk
             pks = {me: my_pk, **{mid: kp[1] for mid, kp in others.items()}}
             members = sorted(pks.items())
-            link.request_raw(wire.K_GROUP_BEGIN, codec.group_begin_cmd(GID, N, 0, 0.0))
-            for seq, k in enumerate(range(0, N, codec.CHUNK_MAX)):
+            link.request_raw(wire.K_GROUP_BEGIN, codec.group_begin_cmd(GID, n, 0, 0.0))
+            for seq, k in enumerate(range(0, n, codec.CHUNK_MAX)):
                 ans = codec.parse_group_keys(link.request_raw(
                     wire.K_GROUP_KEYS,
                     codec.group_keys_cmd(GID, seq, members[k:k + codec.CHUNK_MAX])))
-            assert (ans.received, ans.derived) == (N, N - 1)
+            assert (ans.received, ans.derived) == (n, n - 1)
             commit = codec.parse_group_commit(link.request_raw(wire.K_GROUP_COMMIT,
                                                                codec.group_commit_cmd(GID)))
-            assert commit.n == N
+            assert commit.n == n
             g = groups(link)
-            print(f"\n{heap} heap, 64-bit VM, {N}-member group committed: "
+            print(f"\n{heap} heap, 64-bit VM, {n}-member group committed: "
                   f"ram_alloc {g['ram_alloc']} B, ram_free {g['ram_free']} B")
             next_closed_interval()  # the group is in force from the next interval on
             t = next_closed_interval()
@@ -134,7 +137,7 @@ def run_50_member_group(tmp: Path, profile: str, heap: str | None = None) -> Non
         assert_beating(m, 0)
         with open_link(port, ks, None, timeout=LINK_TIMEOUT) as link:
             g = groups(link)
-        assert [(x["gid"], x["n"]) for x in g["groups"]] == [(GID.hex(), N)]  # type: ignore
+        assert [(x["gid"], x["n"]) for x in g["groups"]] == [(GID.hex(), n)]  # type: ignore
         print(f"{heap} heap, 64-bit VM, rebooted with the group: "
               f"ram_alloc {g['ram_alloc']} B, ram_free {g['ram_free']} B")
     finally:

@@ -26,7 +26,7 @@ import serial
 
 from host_tools.flash.deploy import flash
 from host_tools.headend import wire
-from host_tools.headend.client import open_link
+from host_tools.headend.client import LinkError, open_link
 from host_tools.headend.keystore import Keystore
 from host_tools.headend.provision import provision
 from host_tools.headend.switch import read_han, status, switch
@@ -311,6 +311,24 @@ def test_lopa_round_on_three_pybv11_meters(tmp_path: Path,
     assert all(c != x for c, x in zip(cs, xs, strict=True))  # each value blinded
     figure(_against_the_board("a 3-member group, one round", held))
     assert held > 64 * 1024
+
+
+# The whole flow at the official build's heap (issue 17): a new meter boots there (above), but
+# once provisioned its boot stops in meter.build() (comm's 1,500-byte line buffer finds no free
+# block: MemoryError), so provisioning's first frame finds the REPL. What it would take, step
+# by step: docs/hardware.md, "The whole flow at the board's heap". Strict: the day it gets
+# further, this fails and the docs' figures are due again.
+@pytest.mark.xfail(strict=True, raises=LinkError,
+                   reason="a provisioned meter does not boot at the PYBV11 heap (issue 17)")
+def test_the_whole_flow_at_the_boards_heap(tmp_path: Path) -> None:
+    from .test_heap import run_50_member_group
+
+    try:
+        run_50_member_group(tmp_path, "pybv11", None, n=3)
+    except LinkError as e:
+        if "a MicroPython REPL is open" not in str(e):  # it gets further, or fails otherwise
+            raise AssertionError(f"the flow stops elsewhere now: {e}") from None
+        raise
 
 
 def test_a_bench_clone_takes_the_card(roomy: tuple[Path, str, Keystore]) -> None:

@@ -21,7 +21,7 @@ import pytest
 import x25519
 
 from host_tools.emu import x25519_v7m_gen
-from host_tools.emu.bench import emulated_board, upload_libs
+from host_tools.emu.bench import CRYPTO_LIBS, emulated_board, upload_libs
 from host_tools.emu.build import EmuError, board_spec
 from host_tools.transport.serial import Board, BoardError
 
@@ -33,6 +33,7 @@ from .test_crypto_cpython import (
 from .test_emulated import needs_toolchain
 
 WYCHEPROOF = Path(__file__).parent / "data" / "x25519_test.json"
+X25519_LIBS = CRYPTO_LIBS[:4]  # x25519_py, x25519_thumb, x25519_v7m, x25519
 GOAL_CYCLES = 1_100_000  # issue 19: 2 x Lenngren's 0.55 M cycles on the Cortex-M4
 
 
@@ -87,7 +88,7 @@ def test_same_encodings_for_the_m4_and_m33_and_refused_for_the_m3() -> None:
 def v7m_board(request: pytest.FixtureRequest) -> Iterator[tuple[str, Board]]:
     name = str(request.param)
     with emulated_board(name) as (_, b):
-        upload_libs(b, board_spec(name), ("x25519_thumb", "x25519_v7m", "x25519"))
+        upload_libs(b, board_spec(name), X25519_LIBS)
         yield name, b
 
 
@@ -304,7 +305,7 @@ def test_cortex_m3_gets_the_armv6m_code_and_would_fault_on_umaal() -> None:
     ARMv6-M code, which matches RFC 7748; forced onto the UMAAL code, the core takes a fault."""
     with emulated_board("m3") as (emu, b):
         assert b.info().arch == "armv7em"
-        upload_libs(b, board_spec("m3"), ("x25519_thumb", "x25519_v7m", "x25519"))
+        upload_libs(b, board_spec("m3"), X25519_LIBS)
         out = lines(b, f"""
 import x25519, micropython
 g = {{"micropython": micropython}}

@@ -10,28 +10,13 @@
 #   buffers, 16x16-bit limb multiply, no branch or address on secret data. One X25519:
 #   3.85 M instructions on the emulated Cortex-M0+, 5.24 M cycles on the rp2040js model
 #   (42 ms at 125 MHz; docs/BENCH.md);
-# - pure Python on ints, below, everywhere else (CPython, the unix VM, a port without the
+# - pure Python on ints (x25519_py) everywhere else (CPython, the unix VM, a port without the
 #   inline assembler): 36.6 M instructions, 51.5 M cycles on the same boards.
 #
-# Pure Python: field elements are plain Python ints. Reduction uses the special form of
-# p = 2^255 - 19: since 2^255 = 19 (mod p), a product x folds as
-#     x = (x & M) + 19 * (x >> 255)        (M = 2^255 - 1)
-# which is congruent to x and much cheaper than `% p` on MicroPython (on the
-# unix VM: multiply+`% p` 3.1 us, multiply+two folds 2.4 us, multiply+one fold
-# 1.8 us). Only the final result is reduced with `% p`.
-#
-# Bounds (checked by interval arithmetic on worst-case upper bounds):
-# the ladder state x2, z2, x3, z3 always stays below B = 2^255 + 2^48 (< 2p).
-# Sums of two state values are < 2^257; differences are formed as
-# `a + k*p - b` with k*p >= the bound of b, so everything stays non-negative.
-# - aa, bb, da, cb: product of two values < 2^258, ONE fold -> < 2^263.
-# - e = aa - bb + 2^8*p < 2^264; aa + 121665*e < 2^281.
-# - x3 = (da + cb)^2, x2 = aa*bb, z2 = e*(aa + a24*e): TWO folds -> < 2^255 + 2^43.
-# - z3 = x1 * fold1((da - cb + 2^7*p)^2): TWO folds -> < 2^255 + 2^29.
-# So 13 folds per ladder step instead of 20 (about 20% faster than folding
-# twice after every multiply: 6.1 ms against 7.5 ms in one A/B run on the unix
-# VM). One X25519 takes ~4.5 ms (median of 5; 4.3-5.7 ms across runs) on the
-# MicroPython unix VM on an x86-64 host.
+# A board's image holds only the code its CPU runs (host_tools/flash/build.py x25519_modules:
+# a Pico x25519_thumb, a Pyboard or Pico 2 x25519_v7m, the virtual board x25519_py); this
+# module chooses among what is there at import and, if nothing can run, raises ImportError
+# saying so, never a wrong answer.
 #
 # Side channels (docs/SECURITY.md has the whole account): both variants always run all 255
 # ladder steps and swap by masking; no branch and no table index depends on a key bit. The
@@ -39,21 +24,6 @@
 # (an int whose top digits happen to be zero is shorter, a fold whose high part is zero is
 # cheaper, allocation and GC timing vary), so it is *not* constant-time in the strict
 # sense; the machine code is, final reduction included.
-
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):  # type: ignore[misc]  # the CPython stand-in
-        return x
-
-
-_P = const(2**255 - 19)
-_M = const(2**255 - 1)
-_P1 = const((2**255 - 19) << 1)  # 2p  >= any ladder state value
-_P7 = const((2**255 - 19) << 7)  # 2^7 p >= cb
-_P8 = const((2**255 - 19) << 8)  # 2^8 p >= bb
-_A24 = const(121665)
 
 BASE_POINT = b"\x09" + bytes(31)
 
@@ -94,7 +64,8 @@ def _load_thumb():
     # inline assembler (sys.implementation._mpy: armv6m .. armv7emdp). The ARMv7E-M code
     # (x25519_v7m: UMAAL) where the core has UMAAL, else the ARMv6-M code (x25519_thumb),
     # which every Cortex-M runs. None elsewhere (CPython, the unix VM: neither module is
-    # even imported there), and then the Python code below.
+    # even imported there) or when the image has neither, and then the Python code
+    # (x25519_py).
     global IMPL
     try:
         import sys
@@ -111,7 +82,7 @@ def _load_thumb():
             except ImportError:  # an image without it: the ARMv6-M code, below
                 t = None
         if t is None:
-            import x25519_thumb as t
+            import x25519_thumb as t  # none in the image: the Python code
         name = t.__name__
         g = {"micropython": micropython}
         exec(t.TRAMPOLINE, g)
@@ -125,98 +96,30 @@ def _load_thumb():
         return None
 
 
+_PY = None  # the Python code's x25519(k, u), once loaded
+
+
+def _python():
+    # The Python code's x25519(k, u) (lib/x25519_py.py), or the reason there is none. Its
+    # module is held by this one alone, not by sys.modules: it leaves RAM with this module
+    # (the DC security task drops x25519 after a set-up, lazy.drop("x25519")).
+    global _PY
+    if _PY is None:
+        import sys
+
+        try:
+            from x25519_py import x25519 as f
+        except ImportError:
+            raise ImportError("x25519: no X25519 code for this CPU in the image: flash the "
+                              "board's own (meterctl flash)") from None
+        sys.modules.pop("x25519_py", None)
+        _PY = f
+    return _PY
+
+
 # Which code x25519() runs: "armv7e-m" (UMAAL), "armv6-m" or "python".
 IMPL = "python"
 _THUMB = _load_thumb()
-
-
-def _sqn(x, n):
-    # n squarings, each followed by two folds (x < 2^256 in, < 2^255 + 2^13 out).
-    for _ in range(n):
-        x = x * x
-        x = (x & _M) + 19 * (x >> 255)
-        x = (x & _M) + 19 * (x >> 255)
-    return x
-
-
-def _mul(a, b):
-    x = a * b
-    x = (x & _M) + 19 * (x >> 255)
-    return (x & _M) + 19 * (x >> 255)
-
-
-def _inv(z):
-    # z^(p-2) by the standard addition chain: 254 squarings, 11 multiplies.
-    # Measured on the MicroPython unix VM: 0.38-0.67 ms, against 0.72-1.0 ms for
-    # pow(z, p - 2, p) (about twice as fast; same ordering in every run), so the
-    # chain is kept.
-    # Returns 0 for z = 0 (mod p), as RFC 7748 requires.
-    z2 = _mul(z, z)  # 2
-    z9 = _mul(_sqn(z2, 2), z)  # 9
-    z11 = _mul(z9, z2)  # 11
-    z5 = _mul(_mul(z11, z11), z9)  # 2^5 - 1
-    z10 = _mul(_sqn(z5, 5), z5)  # 2^10 - 1
-    z20 = _mul(_sqn(z10, 10), z10)  # 2^20 - 1
-    t = _mul(_sqn(z20, 20), z20)  # 2^40 - 1
-    z50 = _mul(_sqn(t, 10), z10)  # 2^50 - 1
-    z100 = _mul(_sqn(z50, 50), z50)  # 2^100 - 1
-    t = _mul(_sqn(z100, 100), z100)  # 2^200 - 1
-    t = _mul(_sqn(t, 50), z50)  # 2^250 - 1
-    return _mul(_sqn(t, 5), z11)  # 2^255 - 21 = p - 2
-
-
-def _ladder(k, x1):
-    # RFC 7748 section 5 Montgomery ladder. k: clamped scalar, 32 bytes
-    # little-endian (indexed only by the public loop counter); x1: u < 2^255.
-    # Returns the projective (x2, z2).
-    x2 = 1
-    z2 = 0
-    x3 = x1
-    z3 = 1
-    swap = 0
-    for t in range(254, -1, -1):
-        kt = (k[t >> 3] >> (t & 7)) & 1
-        swap ^= kt
-        mask = 0 - swap  # 0 or -1 (all ones)
-        d = mask & (x2 ^ x3)
-        x2 ^= d
-        x3 ^= d
-        d = mask & (z2 ^ z3)
-        z2 ^= d
-        z3 ^= d
-        swap = kt
-        a = x2 + z2
-        aa = a * a
-        aa = (aa & _M) + 19 * (aa >> 255)
-        b = x2 + _P1 - z2
-        bb = b * b
-        bb = (bb & _M) + 19 * (bb >> 255)
-        e = aa + _P8 - bb
-        d = (x3 + _P1 - z3) * a  # DA
-        d = (d & _M) + 19 * (d >> 255)
-        c = (x3 + z3) * b  # CB
-        c = (c & _M) + 19 * (c >> 255)
-        x3 = d + c
-        x3 = x3 * x3
-        x3 = (x3 & _M) + 19 * (x3 >> 255)
-        x3 = (x3 & _M) + 19 * (x3 >> 255)
-        z3 = d + _P7 - c
-        z3 = z3 * z3
-        z3 = x1 * ((z3 & _M) + 19 * (z3 >> 255))
-        z3 = (z3 & _M) + 19 * (z3 >> 255)
-        z3 = (z3 & _M) + 19 * (z3 >> 255)
-        x2 = aa * bb
-        x2 = (x2 & _M) + 19 * (x2 >> 255)
-        x2 = (x2 & _M) + 19 * (x2 >> 255)
-        z2 = e * (aa + _A24 * e)
-        z2 = (z2 & _M) + 19 * (z2 >> 255)
-        z2 = (z2 & _M) + 19 * (z2 >> 255)
-    mask = 0 - swap
-    d = mask & (x2 ^ x3)
-    x2 ^= d
-    d = mask & (z2 ^ z3)
-    z2 ^= d
-    return x2, z2
 
 
 def _ladder_thumb(k, u32):
@@ -252,8 +155,7 @@ def x25519(sk32, u32):
     k[31] = (k[31] & 127) | 64
     if _THUMB is not None:
         return _ladder_thumb(k, u32)
-    x2, z2 = _ladder(k, int.from_bytes(u32, "little") & _M)
-    return (_mul(x2, _inv(z2)) % _P).to_bytes(32, "little")
+    return _python()(k, u32)
 
 
 def public_key(sk32):
@@ -273,3 +175,10 @@ def shared_secret(sk, pk):
     if acc == 0:
         raise ValueError("x25519: all-zero shared secret (low-order public key)")
     return out
+
+
+if _THUMB is None:
+    _python()  # no code that runs here: the import fails now, not at the first key
+    # Nor is the machine code's loader and runner needed: deleted, their code leaves the heap
+    # (on a 100 KB heap, while a set-up runs, every few hundred bytes count)
+    del _SCB_READ, _has_umaal, _load_thumb, _ladder_thumb

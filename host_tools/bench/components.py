@@ -55,7 +55,7 @@ STATS_GAP_S = 2.2
 STATS_WAIT_S = 5.0  # between STATS requests: the reported 1-s window holds no other request
 # What the LoPA modules are in an image (C11/C12).
 LOPA_MODULES = ("/lib/lopa.mpy", "/lib/lopa_core.mpy", "/lib/lopa_noise.mpy", "/lib/x25519.mpy",
-                "/lib/x25519_thumb.mpy", "/lib/x25519_v7m.mpy",
+                "/lib/x25519_py.mpy", "/lib/x25519_thumb.mpy", "/lib/x25519_v7m.mpy",
                 "/tasks/dc_security.mpy", "/tasks/dc_base.mpy", "/tasks/dc_keys.mpy",
                 "/tasks/dc_setup.mpy", "/tasks/dc_rare.mpy", "/tasks/dc_round.mpy",
                 "/tasks/dc_recover.mpy", "/tasks/dc_budget.mpy", "/tasks/dc_group.mpy")

@@ -30,8 +30,8 @@ from host_tools.transport.serial import Board
 
 LIB = REPO / "firmware" / "lib"
 # What the timed code imports, in dependency order.
-CRYPTO_LIBS = ("x25519_thumb", "x25519_v7m", "x25519", "hmac_sha256", "lopa_core", "lopa_noise",
-               "lopa")
+CRYPTO_LIBS = ("x25519_py", "x25519_thumb", "x25519_v7m", "x25519", "hmac_sha256", "lopa_core",
+               "lopa_noise", "lopa")
 # Cycles per instruction of this code on an RP2040 (rp2040js against QEMU's count).
 M0PLUS_CPI: float = BOARDS["m0plus"].cpi_est or 1.0
 
@@ -159,7 +159,7 @@ def x25519_counts(board: str = "m0plus", runs: int = 3) -> list[tuple[str, list[
     spec = board_spec(board)
     timeout = 60.0 if spec.runner == "qemu" else 900.0
     with emulated_board(board, timeout=timeout) as (_, b):
-        upload_libs(b, spec, ("x25519_thumb", "x25519_v7m", "x25519"))
+        upload_libs(b, spec, CRYPTO_LIBS[:4])
         out = b.exec(_X25519_COUNT.format(vector=RFC7748_VECTOR, runs=runs),
                      "timing X25519").decode()
     import ast

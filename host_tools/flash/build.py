@@ -47,6 +47,17 @@ _NATIVE = re.compile(rb"^@micropython\.(?:viper|native)\b", re.M)
 # whatever board its profile presents (its _mpy is the board's, its CPU the host's).
 VM_ARCH = {"x86_64": "x64", "AMD64": "x64", "i686": "x86", "i386": "x86"}.get(
     platform.machine())
+# X25519's code: lib/x25519.py chooses at import among the modules an image holds, and an
+# image holds only what its board runs (x25519_modules): the others would be flash (and, where
+# the filesystem holds the modules, a file) that the board never uses.
+X25519_CODE = ("x25519_py", "x25519_thumb", "x25519_v7m")
+ARMV6M_CODE = ("armv6m", "armv7m")  # x25519_thumb's instructions, and nothing more
+ARMV7EM = ("armv7em", "armv7emsp", "armv7emdp")  # x25519_v7m's where the core has UMAAL
+# Boards whose every core has UMAAL: the STM32F405's Cortex-M4 (ARMv7E-M) and the RP2350's
+# Cortex-M33 with its DSP extension (a Pico 2 on its RISC-V cores reports rv32imc and gets the
+# Python code). A Thumb-2 build without an FPU reports armv7em on a Cortex-M3 too (no UMAAL),
+# so elsewhere armv7em* keeps both and x25519.py asks the core.
+UMAAL_BOARDS = ("stm32_pybv11", "rp2_pico2")
 
 
 class BuildError(Exception):
@@ -168,15 +179,33 @@ def _rel(p: Path) -> str:
         return str(p)
 
 
+def x25519_modules(board: str, arch: str | None, inline_asm: bool = True) -> tuple[str, ...]:
+    """Which of X25519_CODE an image for ``board`` and ``arch`` holds: the machine code the CPU
+    runs with the inline assembler (``inline_asm``: the board compiles @micropython.asm_thumb,
+    which the unix VM of the virtual board does not), else the Python code. ``arch`` None (the
+    board reports none: bytecode or source) keeps all three, for x25519.py to choose."""
+    if arch is None:
+        return X25519_CODE
+    if not inline_asm or arch not in ARMV6M_CODE + ARMV7EM:
+        return ("x25519_py",)
+    if arch in ARMV6M_CODE:
+        return ("x25519_thumb",)
+    return ("x25519_v7m",) if board in UMAAL_BOARDS else ("x25519_thumb", "x25519_v7m")
+
+
 def build_image(board: str, arch: str | None, source: bool = False,
-                firmware_dir: Path = FIRMWARE_DIR,
-                native_arch: str | None = None) -> list[ImageFile]:
-    """Every file of the image, compiled unless ``source``. All or nothing: the
-    first file that fails to compile raises, before anything is deployed. Native-code modules
-    are compiled for ``native_arch`` if given (a virtual board: VM_ARCH), else for ``arch``;
-    with neither they are left out (the firmware falls back to pure Python)."""
+                firmware_dir: Path = FIRMWARE_DIR, native_arch: str | None = None,
+                inline_asm: bool = True) -> list[ImageFile]:
+    """Every file of the image, compiled unless ``source``, with the X25519 code the board
+    runs (x25519_modules). All or nothing: the first file that fails to compile raises,
+    before anything is deployed. Native-code modules are compiled for ``native_arch`` if
+    given (a virtual board: VM_ARCH), else for ``arch``; with neither they are left out (the
+    firmware falls back to pure Python)."""
     files = []
+    keep = x25519_modules(board, arch, inline_asm)
     for src, dest in sources(board, firmware_dir):
+        if dest.startswith("/lib/x25519_") and Path(dest).stem not in keep:
+            continue
         native = is_native(src)
         if src.suffix == ".py" and not source and Path(dest).name not in RUN_BY_NAME:
             mpy_dest = dest[:-3] + ".mpy"

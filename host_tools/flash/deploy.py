@@ -127,6 +127,13 @@ def _fl_root():
 # The board's ROMFS partition 0: its size, or 0 when it has none that flash can write (no
 # vfs.rom_ioctl, no partition, or one reached through a block-device object).
 ROMFS_FN = """
+def _fl_asm():
+    try:
+        g = {'micropython': __import__('micropython')}
+        exec('@micropython.asm_thumb\\ndef f():\\n    nop()\\n', g)
+        return 1
+    except Exception:
+        return 0
 def _fl_romfs():
     try:
         import vfs
@@ -231,19 +238,23 @@ def flash(port: str, *, source: bool = False, board_name: str | None = None,
         as_source, arch, mode = choose_mode(info, source)
         report = FlashReport(b.port, info, name, mode)
         report.notes.append(f"board definition {name} chosen by {why}")
+        step("hash", 0, 1)
+        b.exec(_HASH_FN + ROOT_FN + ROMFS_FN, "loading the flash helpers")
+        # The board's X25519 code (build.x25519_modules): its machine code where it compiles
+        # the inline assembler (rp2, stm32: MICROPY_EMIT_INLINE_THUMB), the Python code where
+        # it does not (the virtual board's unix VM, whatever port it presents)
+        asm = arch is not None and b.eval("_fl_asm()", "asking for the inline assembler") == 1
         try:
             # a virtual board's CPU is the host's, whatever board it presents: its native code
             # is the VM's (build.VM_ARCH)
             from host_tools.sim.fleet import is_virtual_port
 
             image = build_image(name, arch, as_source, firmware_dir,
-                                VM_ARCH if is_virtual_port(b.port) else None)
+                                VM_ARCH if is_virtual_port(b.port) else None, inline_asm=asm)
         except BuildError:
             b.soft_reset_to_main()  # the old firmware goes on running
             raise
 
-        step("hash", 0, 1)
-        b.exec(_HASH_FN + ROOT_FN + ROMFS_FN, "loading the flash helpers")
         remounted = b.eval("_fl_root()", "finding the flash filesystem")
         if remounted:
             report.notes.append(str(remounted))
