@@ -7,9 +7,9 @@
 #   X25519: 0.57 M instructions on the emulated M4 and M33, about 0.88 M M4 cycles;
 # - ARMv6-M machine code (x25519_thumb, generated from host_tools/emu/x25519_gen.py) on the
 #   other Cortex-M MicroPythons with the inline assembler. Field elements in fixed 32-byte
-#   buffers, 16x16-bit limb multiply, no branch or address on secret data. One X25519:
-#   3.85 M instructions on the emulated Cortex-M0+, 5.24 M cycles on the rp2040js model
-#   (42 ms at 125 MHz; docs/BENCH.md);
+#   buffers, Karatsuba over 32x32-bit products of four MULS, no branch or address on secret
+#   data. One X25519: 3.05 M instructions on the emulated Cortex-M0+, 3.76 M cycles on the
+#   rp2040js model (30 ms at 125 MHz; docs/BENCH.md);
 # - pure Python on ints (x25519_py) everywhere else (CPython, the unix VM, a port without the
 #   inline assembler): 36.6 M instructions, 51.5 M cycles on the same boards.
 #

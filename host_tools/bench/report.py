@@ -309,7 +309,9 @@ def _emu_counts(rs: list[Result]) -> tuple[list[str], str, list[str]]:
     cpi = next((r.extra["cpi_est"] for r in rs if r.extra.get("cpi_est")), None)
     if "cycles_est" in keys and cpi:
         notes.append(f"est. cycles: instructions x {cpi:g}, this code's cycles per "
-                     "instruction on the rp2040js model (docs/BENCH.md)")
+                     "instruction on the rp2040js model, except the ARMv6-M X25519 machine "
+                     "code's, counted by its Cortex-M0+ timing walk (x25519_gen.trace_counts; "
+                     "docs/BENCH.md)")
     return keys, f"ms @ {mhz} (median)", notes
 
 
