@@ -230,7 +230,7 @@ def test_figures_count_bytes_and_round_trips_per_s_test() -> None:
     assert set(ops) == {"S1", "S2", "S3", "S4"}
     s3 = ops["S3"]
     assert s3["per_kind"]["GROUP_KEYS"]["commands"] == 3
-    assert s3["tx_bytes"] == sum(line_len(len(p)) for m in f.meters.values()
+    assert s3["tx_bytes"] == sum(line_len(p) for m in f.meters.values()
                                  for k, p in m.received
                                  if k in ("GROUP_BEGIN", "GROUP_KEYS", "GROUP_COMMIT"))
     s4 = ops["S4"]
