@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from mpremote.transport_serial import SerialTransport
 
+from host_tools.headend import wire
 from host_tools.sim import fleet
 
 from .conftest import _LIVE_FLEETS, mpremote
@@ -134,6 +135,42 @@ def test_stdin_every_byte_value_under_load(raw: SerialTransport, paste: bool) ->
         out, err = raw.follow(timeout=120)
     assert err == b"", err
     assert out.decode().strip() == hashlib.sha256(payload).hexdigest()
+
+
+_ECHO = b"""import sys
+n = %d
+print('READY')
+while n:
+    line = bytearray()
+    while True:
+        b = sys.stdin.buffer.read(1)
+        line += b
+        if b == b'\\n':
+            break
+    sys.stdout.buffer.write(line)
+    n -= 1
+print('DONE')
+"""
+
+
+def test_wan_lines_of_every_byte_value_cross_the_link_both_ways(raw: SerialTransport) -> None:
+    """WAN frame lines (docs/PROTOCOL.md "Lines": bytes as they are, Ctrl-A..Ctrl-E, CR, LF
+    and ESC escaped) whose frames hold every byte value reach a script reading stdin
+    unchanged, with Ctrl-C still the interrupt character (an unsealed meter: one raw 0x03
+    would stop the script), and its echo on stdout (the supervisor writes a CR before each
+    LF, as a board's terminal sees it) reaches the head-end's LineReader unchanged."""
+    frames = [bytes(range(256)), bytes(range(255, -1, -1)) * 4, random.Random(9).randbytes(1024),
+              bytes((1, 2, 3, 4, 5, 10, 13, 27)) * 80, bytes(1024), b"\xff" * 1024]
+    lines = [wire.to_line(f) for f in frames]
+    raw.exec_raw_no_follow(_ECHO % len(lines))
+    raw.read_until(1, b"READY\r\n", timeout=60)
+    raw.serial.write(b"".join(lines))
+    out = raw.read_until(1, b"DONE\r\n", timeout=120)
+    texts: list[bytes] = []
+    got = wire.LineReader(on_text=texts.append).feed(out)
+    assert texts == [b"DONE"]
+    assert [wire.from_line(x) for x in got] == frames
+    raw.follow(timeout=30)
 
 
 def test_input_sent_ahead_of_the_command_is_kept(raw: SerialTransport) -> None:

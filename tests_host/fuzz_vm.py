@@ -339,7 +339,9 @@ def run_wan(cfg, rng, st):
         frame += hmac_sha256.hmac_sha256(keys[0], frame)[:wan.MAC_LEN]  # the MAC
         line = wan.frame_to_line(frame)
         if rng.chance(8):
-            line = mutate(line, rng, None, (b"~", b"\r", b"\n", b"=", b"==", b"A", b"\x00"))
+            # the line's own structure: "~", line ends, escapes whole, cut and unknown
+            line = mutate(line, rng, None, (b"~", b"\r", b"\n", b"\x1b", b"\x1b[", b"\x1bJ",
+                                            b"\x1b@", b"\x03", b"A", b"\x00"))
         feed_cs(st, cs, port, counters, i, line, cfg["hang_ms"])
     return st
 

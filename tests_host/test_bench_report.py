@@ -139,6 +139,19 @@ def test_bytes_goal_covers_every_setup_run() -> None:
     assert _goal([], "S3 bytes").status == "not measured"
 
 
+def test_s3_floor_goal_is_judged_against_the_public_keys_alone() -> None:
+    # 1x3: floor 192 B, 1.25 x = 240 B; 1x25: 19,200 B, 1.25 x = 24,000 B
+    at = [r("S3", "bytes", [240], setup="1x3", variant="bytes"),
+          r("S3", "bytes", [23_000, 24_000, 30_000], setup="1x25", variant="bytes")]
+    g = _goal(at, "S3 within 1.25 x")
+    assert g.status == "pass", g.detail
+    assert "1x25: 24,000 B = 1.25 x 19,200 B (ok)" in g.detail and "not run: 2x25" in g.detail
+    over = [r("S3", "bytes", [241], setup="1x3", variant="bytes"), at[1]]
+    g = _goal(over, "S3 within 1.25 x")
+    assert g.status == "fail" and "1x3: 241 B = 1.26 x 192 B (over)" in g.detail
+    assert _goal([], "S3 within").status == "not measured"
+
+
 def test_capacity_line() -> None:
     assert _goal([], "the largest group").status == "not measured"
     g = _goal([], "the largest group", {"largest_group": 180, "most_groups": 9})

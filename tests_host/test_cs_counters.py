@@ -53,7 +53,7 @@ def feed(ln):
     out = []
     for to, kind, p in port.sent:
         assert to == "comm" and kind == "frame_out"
-        k, _, ctr, ref, body = wan.open_frame(KEYS, METER, True, wan.line_to_frame(p))
+        k, _, ctr, ref, body = wan.open_frame(KEYS, METER, True, p)
         if k == wan.K_ERROR and body[0] == wan.E_REPLAY and len(body) == 9:
             # REPLAY: the highest counter used, the last changing command's (the role's)
             body = [body[0], int.from_bytes(body[1:5], "big"), int.from_bytes(body[5:9], "big")]

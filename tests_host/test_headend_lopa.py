@@ -230,7 +230,7 @@ def test_figures_count_bytes_and_round_trips_per_s_test() -> None:
     assert set(ops) == {"S1", "S2", "S3", "S4"}
     s3 = ops["S3"]
     assert s3["per_kind"]["GROUP_KEYS"]["commands"] == 3
-    assert s3["tx_bytes"] == sum(line_len(len(p)) for m in f.meters.values()
+    assert s3["tx_bytes"] == sum(line_len(p) for m in f.meters.values()
                                  for k, p in m.received
                                  if k in ("GROUP_BEGIN", "GROUP_KEYS", "GROUP_COMMIT"))
     s4 = ops["S4"]
@@ -519,3 +519,20 @@ def test_several_overlapping_groups_run_in_one_pass() -> None:
     assert f.clock.now() - t0 < 3.5 * length
     with pytest.raises(LopaError, match="twice"):
         he.run_many([b"all", b"all"], 1)
+
+
+def test_key_chunks_keep_every_line_within_its_cap() -> None:
+    # A member's public key is its own to choose: keys of LF bytes travel as twice their size
+    # (docs/PROTOCOL.md "Lines"), and the chunks must still fit a line.
+    rng = random.Random(25)
+    plain = [(rng.getrandbits(63), rng.randbytes(32)) for _ in range(25)]
+    assert codec.key_chunks(GID, plain) == [plain]  # 25 random keys: one chunk
+    hostile = [(rng.getrandbits(63), b"\n" * 32) for _ in range(25)]
+    chunks = codec.key_chunks(GID, hostile)
+    assert len(chunks) > 1 and [m for c in chunks for m in c] == hostile
+    keys = wire.Keys.derive(1, bytes(32), wire.ROLE_AGGREGATOR)
+    for seq, c in enumerate(chunks):
+        frame = wire.seal(keys, False, wire.K_GROUP_KEYS, 2**32 - 1, 0,
+                          codec.group_keys_cmd(GID, seq, c))
+        assert len(wire.to_line(frame)) - 1 <= wire.LINE_CAP
+    assert [len(c) for c in codec.key_chunks(GID, plain, 12)] == [12, 12, 1]

@@ -41,8 +41,8 @@ class Port:
     def __init__(self):
         self.out, self.routed, self.logs = [], [], []
     def send(self, to, kind, payload=None):
-        if kind == "frame_out":
-            self.out.append(bytes(payload))
+        if kind == "frame_out":  # a frame: comm writes its line
+            self.out.append(wan.frame_to_line(payload))
         else:
             self.routed.append([to, kind])
         return True
@@ -63,7 +63,7 @@ def feed(line):
     before = state()
     nlog = len(port.logs)
     cs.handle("comm", "frame_in", line)
-    res = {{"out": [o.decode() for o in port.out],
+    res = {{"out": [o.hex() for o in port.out],
             "routed": port.routed, "logs": port.logs[nlog:], "unchanged": state() == before}}
     port.out, port.routed = [], []
     cs._pending.clear()  # no task answers here: the next request is not "busy"
@@ -80,13 +80,14 @@ def keys(role: int) -> wire.Keys:
     return wire.Keys.derive(METER, MASTER, role)
 
 
-def command(role: int, kind: int, ctr: int, payload: bytes = b"") -> str:
-    return wire.to_line(wire.seal(keys(role), False, kind, ctr, 0, payload)).decode()
+def command(role: int, kind: int, ctr: int, payload: bytes = b"") -> bytes:
+    return wire.to_line(wire.seal(keys(role), False, kind, ctr, 0, payload))
 
 
-def answer(role: int, b64: str) -> wire.Frame:
-    """The meter's answer, opened with ``role``'s keys (WireError under any other)."""
-    return wire.open_frame(keys(role), True, wire.from_line(b64.strip()))
+def answer(role: int, line_hex: str) -> wire.Frame:
+    """The meter's answer line (in hex), opened with ``role``'s keys (WireError under any
+    other)."""
+    return wire.open_frame(keys(role), True, wire.from_line(bytes.fromhex(line_hex)))
 
 
 def test_the_host_sends_each_kind_under_the_role_the_firmware_policy_gives_it() -> None:
@@ -127,8 +128,8 @@ print(json.dumps([feed(line) for line in {lines!r}]))
         if kind in allowed:
             # routed, or answered (INFO; BAD_ARGS for "{}"), never POLICY
             assert got["routed"] or got["out"], (name, got)
-            for b64 in got["out"]:
-                f = answer(role, b64)
+            for line in got["out"]:
+                f = answer(role, line)
                 assert not (f.kind == wire.K_ERROR and f.payload[0] == wire.E_POLICY), name
             continue
         assert got["routed"] == [], (name, got)
@@ -201,7 +202,7 @@ def test_a_role_claimed_without_its_key_or_unassigned_gets_silence(
     head = bytearray(wire.seal(op, False, wire.K_INFO, 7, 0, b""))
     # the operator's key, the header claiming the aggregator's role (and so its MAC wrong)
     head[2] |= wire.ROLE_AGGREGATOR << wire.ROLE_SHIFT
-    claimed = wire.to_line(bytes(head)).decode()
+    claimed = wire.to_line(bytes(head))
     # role 3: no role has it; MAC'd with the operator's keys over the header that says so
     body = bytes(wire.seal(op, False, wire.K_INFO, 8, 0, b""))[:-wire.MAC_LEN]
     body = body[:2] + bytes((3 << wire.ROLE_SHIFT,)) + body[3:]
@@ -209,7 +210,7 @@ def test_a_role_claimed_without_its_key_or_unassigned_gets_silence(
     import hmac
 
     unassigned = wire.to_line(body + hmac.new(op.k_down_mac, body, hashlib.sha256).digest()[
-        :wire.MAC_LEN]).decode()
+        :wire.MAC_LEN])
     r = vm(micropython, tmp_path, f"""
 print(json.dumps([feed(line) for line in ({claimed!r}, {unassigned!r})]))
 """)

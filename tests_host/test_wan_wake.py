@@ -155,7 +155,7 @@ def spy(*args):
 builtins.__import__ = spy
 frame = wan.line_to_frame(line)
 kind, flags, ctr, ref, body = wan.open_frame(keys, 7, False, frame)
-back = wan.frame_to_b64(wan.seal(keys, 7, True, kind, 1, ctr, b"answer", True))
+back = wan.frame_to_line(wan.seal(keys, 7, True, kind, 1, ctr, b"answer", True))
 builtins.__import__ = real
 print(json.dumps({"seen": seen, "opened": [kind, ctr, body.decode()], "n": len(back)}))
 """)

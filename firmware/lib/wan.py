@@ -18,11 +18,10 @@
 # in place into the key stream (one ECB call) and XORed with the data into the result: the
 # result is the only allocation. The buffer makes seal/open non-reentrant (the firmware is
 # single-threaded).
-# struct and binascii are imported once, here: a function's `import struct` searches every
+# struct is imported once, here: a function's `import struct` searches every
 # sys.path entry of the board's filesystem before it falls back to the built-in (an extensible
 # module: py/builtinimport.c process_import_at_level, v1.28.0), which cost each frame about
 # 2 ms on the virtual Pico's littlefs (docs/BENCH-sim.md, "WAN round trip").
-import binascii
 import struct
 
 import hmac_sha256 as _h
@@ -113,6 +112,14 @@ E_NOT_PROVISIONED = const(8)
 UNPROVISIONED_MASTER = bytes(32)
 
 _U32_MAX = const(0xFFFFFFFF)
+
+# Lines (docs/PROTOCOL.md "Lines"): a frame travels as "~" + its bytes + "\n", each byte as it
+# is except these, which travel as ESC + (byte XOR 0x40): the line end, CR (a terminal's line
+# end, stripped at a line's end), Ctrl-A..Ctrl-E (mpremote's raw-REPL keys; Ctrl-C interrupts
+# the VM) and ESC itself. Cost on random bytes: 8/256 = 3.1 % (base64: 33 %).
+_ESC = const(0x1B)
+_ESC_XOR = const(0x40)
+_pair = bytearray(b"\x1b\x00")  # an escaped byte's pair, as write_line writes it
 
 
 # counter blocks, then (in place) key stream: 4 blocks of 16 bytes at a time
@@ -291,43 +298,81 @@ def open_frame(keys, meter_id, up, frame):
     return kind, flags, fctr, ref, payload
 
 
+# Both directions go byte by byte in Python (about 1 ms per KB of line on a Cortex-M0+): a
+# scan in C (bytes.find/count) needs each escaped byte as a bytes object, 16 constant objects
+# (~0.8 KB of heap on the 64-bit VM) that the Pyboard's boot at its heap has no room for.
+
+
 def line_to_frame(line):
-    """b"~<base64>\\r\\n" (the "~" and line end optional) -> frame bytes."""
-    if isinstance(line, str):
-        line = line.encode()
+    """b"~<escaped frame>\\r\\n" (the "~" and line end optional) -> frame (a bytearray).
+
+    Every byte stands for itself except ESC, which with the byte after it (that byte XOR 0x40)
+    stands for an escaped byte; only that canonical form passes (docs/PROTOCOL.md "Lines")."""
     end = len(line)
     while end and line[end - 1] in (10, 13):
         end -= 1
     start = 1 if end and line[0] == 126 else 0  # "~"
     if end - start + 1 > LINE_CAP:
         raise WanError(E_TOO_BIG, "wan: line over cap")
-    body = memoryview(line)[start:end]  # no copy: on a meter the heap may be fragmented
-    try:
-        frame = binascii.a2b_base64(body)
-    except ValueError:  # binascii.Error is a ValueError
-        raise WanError(E_MALFORMED, "wan: bad base64") from None
-    # a2b_base64 skips stray characters: accept only the canonical encoding, compared in
-    # pieces of 57 bytes (76 characters), so that no second line-sized buffer is needed
-    if len(body) != (len(frame) + 2) // 3 * 4:
-        raise WanError(E_MALFORMED, "wan: bad base64")
-    fm = memoryview(frame)
-    for i in range(0, len(frame), 57):
-        piece = binascii.b2a_base64(fm[i:i + 57], newline=False)
-        j = i // 3 * 4
-        if piece != body[j:j + len(piece)]:
-            raise WanError(E_MALFORMED, "wan: bad base64")
+    k = 0
+    for i in range(start, end):
+        if line[i] == _ESC:
+            k += 1
+    frame = bytearray(end - start - k)
+    o = 0
+    esc = False
+    for i in range(start, end):
+        b = line[i]
+        if esc:
+            b ^= _ESC_XOR
+            esc = False
+            if b > 27 or not (0 < b < 6 or b == 10 or b == 13 or b == 27):
+                raise WanError(E_MALFORMED, "wan: bad escape")  # of a byte that needs none
+        elif b == _ESC:
+            esc = True
+            continue
+        elif b < 28 and (0 < b < 6 or b == 10 or b == 13):
+            raise WanError(E_MALFORMED, "wan: bad escape")  # a raw Ctrl-A..Ctrl-E, LF or CR
+        frame[o] = b
+        o += 1
+    if esc:
+        raise WanError(E_MALFORMED, "wan: bad escape")  # ESC last: a truncated escape
     return frame
 
 
+def write_line(frame, write):
+    """Writes frame's line, "~" + the frame escaped + "\\n", through write(): runs of bytes as
+    memoryview slices, each escaped byte as its pair (no line-sized buffer: the meter's comm
+    task writes straight to the link). Raises WanError TOO_BIG, before writing anything, when
+    the line would exceed LINE_CAP (more than LINE_CAP - 1 - len(frame) bytes to escape: never
+    a ciphertext in practice)."""
+    n = len(frame)
+    if 2 * n >= LINE_CAP:  # it may not fit: count the bytes to escape
+        k = n + 1
+        for b in frame:
+            if b < 28 and (0 < b < 6 or b == 10 or b == 13 or b == 27):
+                k += 1
+        if k > LINE_CAP:
+            raise WanError(E_TOO_BIG, "wan: line over cap")
+    mv = memoryview(frame)
+    write(b"~")
+    s = 0
+    for j in range(n):
+        b = frame[j]
+        if b < 28 and (0 < b < 6 or b == 10 or b == 13 or b == 27):
+            write(mv[s:j])
+            _pair[1] = b ^ _ESC_XOR
+            write(_pair)
+            s = j + 1
+    write(mv[s:])
+    write(b"\n")
+
+
 def frame_to_line(frame):
-    """frame -> b"~<base64>\\n"."""
-    return b"~" + frame_to_b64(frame)
-
-
-def frame_to_b64(frame):
-    """frame -> b"<base64>\\n": a line without its "~", which the meter's comm task writes
-    first (one line-sized allocation fewer than frame_to_line)."""
-    return binascii.b2a_base64(frame)
+    """frame -> b"~<escaped frame>\\n" (bytes). Raises WanError TOO_BIG as write_line."""
+    out = bytearray()
+    write_line(frame, out.extend)
+    return bytes(out)
 
 
 def error_payload(code, detail=None):

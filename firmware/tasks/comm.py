@@ -8,11 +8,10 @@ import seal
 import wan
 
 _NL = const(10)
-_CR = const(13)
 _TILDE = const(126)
 _CTRL_A = const(1)
 _CTRL_C = const(3)
-_SPACE = const(32)
+_CTRL_E = const(5)
 _REST_MS = const(1000)
 # A Ctrl-C reaches the firmware as a byte while the interrupt character is off, i.e. on a
 # sealed meter (lib/seal.py; and in a race at boot, hence the check): whoever sent it, or
@@ -30,7 +29,8 @@ class Comm:
         self._link = hw["wan"]
         # the kernel makes step() due as soon as this has input (None: every period only)
         self.wake = getattr(self._link, "pollable", None)
-        self._buf = bytearray(wan.LINE_CAP)  # preallocated: a line never grows memory
+        # preallocated: a line never grows memory; + 1 for a terminal's CR after a full line
+        self._buf = bytearray(wan.LINE_CAP + 1)
         self._mv = memoryview(self._buf)
         self._chunk = bytearray(64)
         self._n = 0
@@ -53,10 +53,11 @@ class Comm:
     def _byte(self, b):
         if b == _NL:
             self._line()
-        elif b == _CR:
-            pass
-        elif b < _SPACE:
-            # A frame never holds a control byte: whatever came before it is not a frame.
+        elif _CTRL_A <= b <= _CTRL_E:
+            # A frame line never holds Ctrl-A..Ctrl-E raw (they travel escaped, wan.py): what
+            # came before one is not a frame. Every other byte, CR included, is the line's: a
+            # CR inside a line makes it MALFORMED (wan.line_to_frame), one at its end is a
+            # terminal's line end.
             self._n, self._overflow = 0, False
             if b == _CTRL_C or b == _CTRL_A:
                 i = 1 if b == _CTRL_A else 0
@@ -84,8 +85,6 @@ class Comm:
 
     def handle(self, sender, kind, payload):
         if kind == "frame_out":
-            # cs_security sends the base64 and its line end; the "~" that starts every
-            # frame line is written here (no line-sized copy to prepend it)
-            self._link.write(b"~")
-            self._link.write(payload)
+            # the frame's line, written in runs (wan.write_line): no line-sized buffer
+            wan.write_line(payload, self._link.write)
             self.frames_out += 1

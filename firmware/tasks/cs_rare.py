@@ -32,7 +32,7 @@ def unprovisioned(cs, line):
     keys = wan.derive_keys(meter, wan.UNPROVISIONED_MASTER)
     out = wan.seal(keys, meter, True, wan.K_ERROR, up, ctr,
                    wan.error_payload(wan.E_NOT_PROVISIONED))
-    cs._port.send("comm", "frame_out", wan.frame_to_b64(out))
+    cs._port.send("comm", "frame_out", bytes(out))
 
 
 def _cal_step(step):

@@ -120,8 +120,7 @@ class CsSecurity:
             return  # no counter on flash: silence rather than a counter used twice
         frame = wan.seal(self._keys[role], self.meter_id, True, kind, ctr, ref, payload,
                          encrypt, role)
-        # comm writes the line's "~" (PROTOCOL.md framing): one line-sized copy fewer
-        self._port.send("comm", "frame_out", wan.frame_to_b64(frame))
+        self._port.send("comm", "frame_out", bytes(frame))  # comm writes its line
 
     def _error(self, role, code, ref, detail=None):
         self._send(role, wan.K_ERROR, ref, wan.error_payload(code, detail))

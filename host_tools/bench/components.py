@@ -47,9 +47,10 @@ MASK32 = 0xFFFF_FFFF
 BENCH_ME = 0x6265_6E63_6800_0001  # the board's member id in the bench's groups ("bench")
 C6_SIZE = 50  # the group C6/C7–C9 are measured with (issue 7: "with LoPA at 50 members")
 SUM_CHECK_MAX = 64  # check the group sum over every member up to this size (host pair keys)
-# Members per GROUP_KEYS chunk over the WAN: as the system tests (system.CHUNK, which says
-# why not the protocol's 25: a meter with its bytecode in the heap may have no free block for
-# a 1,400-character line, and its comm or CS security task then drops it with a MemoryError).
+# Members per GROUP_KEYS chunk over the WAN to the running meter of C6 (it holds a 50-member
+# group and the whole firmware): 12, not the protocol's 25, so that its line, frame and payload
+# each need a free block of ~0.5 KB, not ~1 KB, in a heap fragmented by a running meter
+# (system.CHUNK says what failed, 2026-11-23). S3's bytes do not depend on it.
 WAN_CHUNK = 12
 KEY_WAIT_S = 2.0  # the longest one pair key may take on the running meter (C6 set-up)
 STATS_GAP_S = 2.2

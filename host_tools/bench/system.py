@@ -47,12 +47,14 @@ from host_tools.headend.lopa.lab import serial_probe
 ALL_SETUPS = ("1x3", "1x25", "2x25", "10x10")
 QUICK_SETUPS = ("1x3", "1x25")
 ROUNDS = 6  # S4: intervals read per run, as in the paper
-# Members per GROUP_KEYS chunk in S3. The protocol allows 25 (a 1,400-character line), but a
-# meter whose bytecode lives in its heap (the virtual board; a Pico without frozen modules)
-# may hold no free block of 1-1.4 KB however much is free in all: the line, its frame and
-# its payload each need one (seen: 972, 1,009 and 1,346-byte allocations failing with 30 KB
-# free in holes, 2026-11-23). 12 members make lines of about 700 characters.
-CHUNK = 12
+# Members per GROUP_KEYS chunk in S3: the protocol's 25, so that a group of up to 25 takes one
+# chunk (S3's bytes: docs/PROTOCOL.md "S3 on the wire"). With base64 lines a 25-member chunk was
+# a 1,400-character line and the bench sent 12: a meter whose bytecode lives in its heap (the
+# virtual board; a Pico without frozen modules) may hold no free block of 1-1.4 KB however much
+# is free in all, and the line, its frame and its payload each need one (seen: 972, 1,009 and
+# 1,346-byte allocations failing with 30 KB free in holes, 2026-11-23). Escaped lines are the
+# frame's size plus ~3 %: 25 members make a line of about 1,090 bytes, a frame of 1,057.
+CHUNK = 25
 Progress = Callable[[str], None]
 
 WHAT = {

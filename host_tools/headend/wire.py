@@ -7,10 +7,9 @@ counter state; :class:`LineReader` splits a serial byte stream into frame lines.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -144,6 +143,24 @@ ERROR_NAMES: dict[int, str] = {
 }
 
 _HDR = struct.Struct(">BBBQIIH")
+
+# Lines (docs/PROTOCOL.md "Lines"): every byte of a frame travels as itself except these, which
+# travel as ESC + (byte XOR 0x40): LF, CR, Ctrl-A..Ctrl-E and ESC (firmware/lib/wan.py).
+ESC = 0x1B
+ESC_XOR = 0x40
+ESCAPED: frozenset[int] = frozenset({0x01, 0x02, 0x03, 0x04, 0x05, 0x0A, 0x0D, ESC})
+_NEEDS_ESCAPE = re.compile(rb"[\x01-\x05\n\r\x1b]")
+_RAW_NEVER = re.compile(rb"[\x01-\x05\n\r]")
+_CANONICAL = re.compile(rb"(?:[^\x1b]|\x1b[\x41-\x45\x4a\x4d\x5b])*", re.DOTALL)
+_ESCAPE_PAIR = re.compile(rb"\x1b(.)", re.DOTALL)
+
+
+def _escape(m: re.Match[bytes]) -> bytes:
+    return bytes((ESC, m.group()[0] ^ ESC_XOR))
+
+
+def _unescape(m: re.Match[bytes]) -> bytes:
+    return bytes((m.group(1)[0] ^ ESC_XOR,))
 _U32_MAX = 0xFFFF_FFFF
 _U64_MAX = 0xFFFF_FFFF_FFFF_FFFF
 
@@ -319,25 +336,35 @@ def open_frame(keys: Keys, up: bool, frame: bytes) -> Frame:
 
 
 def to_line(frame: bytes) -> bytes:
-    """frame -> b"~<base64>\\n"."""
-    return b"~" + base64.b64encode(frame) + b"\n"
+    """frame -> b"~<escaped frame>\\n" (docs/PROTOCOL.md "Lines"). Raises :class:`WireError`
+    TOO_BIG when the line would exceed LINE_CAP characters."""
+    line = b"~" + _NEEDS_ESCAPE.sub(_escape, bytes(frame))
+    if len(line) > LINE_CAP:
+        raise WireError(E_TOO_BIG, f"line of {len(line)} characters over {LINE_CAP}")
+    return line + b"\n"
 
 
-def from_line(line: bytes | bytearray | str) -> bytes:
-    """b"~<base64>\\r\\n" ("~" and line end optional) -> frame. Only canonical base64 passes."""
-    raw = line.encode() if isinstance(line, str) else bytes(line)
-    raw = raw.rstrip(b"\r\n")
+def line_length(frame: bytes) -> int:
+    """The characters of ``frame``'s line, "~" included, line end excluded."""
+    return 1 + len(frame) + len(_NEEDS_ESCAPE.findall(bytes(frame)))
+
+
+def from_line(line: bytes | bytearray) -> bytes:
+    """b"~<escaped frame>\\r\\n" ("~" and line end optional) -> frame. Only the canonical
+    escaping passes: no raw Ctrl-A..Ctrl-E, CR or LF inside, every ESC followed by one of the
+    escaped bytes XOR 0x40."""
+    raw = bytes(line).rstrip(b"\r\n")
     if raw.startswith(b"~"):
         raw = raw[1:]
     if len(raw) + 1 > LINE_CAP:
         raise WireError(E_TOO_BIG, f"line of {len(raw) + 1} characters over {LINE_CAP}")
-    try:
-        frame = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        raise WireError(E_MALFORMED, "bad base64") from None
-    if base64.b64encode(frame) != raw:
-        raise WireError(E_MALFORMED, "bad base64 (not canonical)")
-    return frame
+    bad = _RAW_NEVER.search(raw)
+    if bad is not None:
+        raise WireError(E_MALFORMED, f"unescaped byte 0x{raw[bad.start()]:02x} at {bad.start()}")
+    if not _CANONICAL.fullmatch(raw):
+        what = "truncated escape" if raw.endswith(bytes((ESC,))) else "bad escape"
+        raise WireError(E_MALFORMED, what)
+    return _ESCAPE_PAIR.sub(_unescape, raw)
 
 
 def error_payload(code: int, detail: ErrorDetail = None) -> bytes:

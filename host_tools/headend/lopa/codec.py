@@ -11,6 +11,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from host_tools.headend import wire
+
 PK_LEN = 32
 GID_MAX = 16
 CHUNK_MAX = 25  # members per GROUP_KEYS chunk: 25 x 40 B + 20 B fits the 1024-byte cap
@@ -67,6 +69,27 @@ def group_keys_cmd(gid: bytes, seq: int, members: list[tuple[int, bytes]]) -> by
             raise CodecError(f"member {mid}: public key of {len(pk)} bytes")
         out += mid.to_bytes(8, "big") + pk
     return bytes(out)
+
+
+def key_chunks(gid: bytes, members: list[tuple[int, bytes]], most: int = CHUNK_MAX
+               ) -> list[list[tuple[int, bytes]]]:
+    """``members`` cut into GROUP_KEYS chunks of at most ``most`` members each, and fewer where
+    a chunk's line would not fit LINE_CAP (docs/PROTOCOL.md "Lines": a byte such as LF travels
+    as two, and a member's public key is its own to choose: 25 keys of LF bytes would make a
+    line of ~1,800). Counted as if the frame's header and MAC were all escaped."""
+    if not 1 <= most <= CHUNK_MAX:
+        raise CodecError(f"a chunk holds 1..{CHUNK_MAX} members, not {most}")
+    frame_most = 2 * (wire.HEADER + wire.MAC_LEN)  # header and MAC, every byte escaped
+    out: list[list[tuple[int, bytes]]] = []
+    for mid, pk in members:
+        cur = out[-1] if out else None
+        if cur is not None and len(cur) < most:
+            body = group_keys_cmd(gid, len(out) - 1, [*cur, (mid, pk)])
+            if wire.line_length(body) + frame_most <= wire.LINE_CAP:
+                cur.append((mid, pk))
+                continue
+        out.append([(mid, pk)])
+    return out
 
 
 def group_commit_cmd(gid: bytes, tag: bytes = b"") -> bytes:

@@ -3,7 +3,7 @@
 Each operation (S1 create key pairs, S2 read public keys, S3 create group keys, S4 read
 encrypted values) is an :class:`Op`; every command it sends is a :class:`Cmd` with the bytes
 written and read on that meter's serial line (``MeterLink.tx_bytes``/``rx_bytes`` deltas:
-whole frame lines, base64 and line ends included), the host-measured round trip, and the
+whole frame lines, escapes and line ends included), the host-measured round trip, and the
 meter's own ``ticks_us`` figure when the answer carries one.
 """
 

@@ -563,7 +563,7 @@ class HeadEnd:
         if len(todo) < n:
             self.say(f"group {gid_text(gid)}: resuming set-up; {n - len(todo)} of {n} members "
                      "already committed")
-        chunks = [members[k:k + self.chunk] for k in range(0, n, self.chunk)]
+        chunks = codec.key_chunks(gid, members, self.chunk)
         op = Op("S3", n, gid)
         total = len(todo) * (len(chunks) + 2)
         steps = 0

@@ -3,7 +3,7 @@ kinds") on the reference math of :mod:`host_tools.headend.lopa.ref`, behind a li
 :class:`~host_tools.headend.lopa.headend.Link`'s shape, on a simulated clock.
 
 For host tests and head-end scaling figures without VMs (hundreds of members in a second).
-Byte counts are those of the real frame lines (header, MAC, base64, line end), so they match
+Byte counts are those of the real frame lines (header, MAC, escapes, line end), so they match
 what the same exchange costs on a serial line.
 """
 
@@ -24,9 +24,15 @@ from host_tools.headend.lopa.headend import Connector, LabProbe, Link, Target
 PROFILE_CAP = 192
 
 
-def line_len(payload_len: int) -> int:
-    """Characters of a frame line carrying ``payload_len`` bytes, "~" and newline included."""
-    return 1 + 4 * ((wire.HEADER + payload_len + wire.MAC_LEN + 2) // 3) + 1
+_LINE_KEYS = wire.Keys.derive(1, bytes(32), wire.ROLE_AGGREGATOR)
+
+
+def line_len(payload: bytes, up: bool = False, encrypt: bool = False) -> int:
+    """Bytes of the line of a frame carrying ``payload``, "~" and newline included: the frame
+    sealed under a fixed key and escaped as a real one is (docs/PROTOCOL.md "Lines"), so the
+    escapes of its header, payload and MAC count too."""
+    return len(wire.to_line(wire.seal(_LINE_KEYS, up, wire.K_INFO, 1, 1 if up else 0,
+                                      payload, encrypt)))
 
 
 class SimClock:
@@ -251,16 +257,16 @@ class SimLink:
         self.closed = True
 
     def _exchange(self, kind: int, payload: bytes) -> bytes:
-        self.tx_bytes += line_len(len(payload))
+        self.tx_bytes += line_len(payload)
         if not self.meter.up:
             raise LinkError(f"sim: meter {self.meter.meter_id} did not answer within "
                             f"{self.timeout:g} s")
         try:
             ans = self.meter.handle(kind, payload)
         except MeterError as e:
-            self.rx_bytes += line_len(1 + len(str(e.detail or "")))
+            self.rx_bytes += line_len(bytes(1) + str(e.detail or "").encode(), up=True)
             raise
-        self.rx_bytes += line_len(len(ans))
+        self.rx_bytes += line_len(ans, up=True, encrypt=kind in wire.LOPA_ENC_RESPONSE_KINDS)
         if self.on_answer:
             self.on_answer(kind, ans)
         return ans
@@ -271,12 +277,12 @@ class SimLink:
     def request(self, kind: int, args: dict[str, Any] | None = None) -> Any:
         if kind != wire.K_READ:
             raise MeterError(wire.E_UNKNOWN_KIND, None, "sim: only READ")
-        self.tx_bytes += line_len(0)
+        self.tx_bytes += line_len(b"")
         if not self.meter.up:
             raise LinkError(f"sim: meter {self.meter.meter_id} did not answer within "
                             f"{self.timeout:g} s")
         idx, start = self.meter.interval()
-        self.rx_bytes += line_len(250)  # a READ answer is about 250 bytes of JSON
+        self.rx_bytes += line_len(bytes(250), up=True, encrypt=True)  # ~250 bytes of JSON
         return {"interval": {"start": start, "length": self.meter.length, "index": idx},
                 "clock": int(self.meter.clock.now() - self.meter.late_s)}
 
