@@ -105,12 +105,14 @@ class Figures:
     catch_up: int = 0  # meters up that did not report and were waited for (READ)
     mem: dict[int, list[tuple[int, int]]] = field(default_factory=dict)  # id -> (t, ram_free)
     slopes: dict[int, float] = field(default_factory=dict)  # bytes per simulated day
+    restarts: dict[int, list[int]] = field(default_factory=dict)  # id -> intervals (reset)
     leaks: list[str] = field(default_factory=list)
     dropped: dict[int, int] = field(default_factory=dict)  # metrology mailbox drops seen
     overflow_logs: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     aggregates: list[int] = field(default_factory=list)  # of the decrypted rounds
     wall_s: float = 0.0
+    first: int = 0  # the first interval
     simulated_s: int = 0
 
     @property
@@ -400,7 +402,8 @@ class Soak:
         if not self._wait_up(m):
             self.fig.errors.append(f"meter {m.index}: not up {UP_S:.0f} s after its lab probe")
 
-    def _start(self, m: Meter, fn: Callable[[], None]) -> None:
+    def _start(self, m: Meter, fn: Callable[[], None], t: int) -> None:
+        self.fig.restarts.setdefault(m.meter_id, []).append(t)
         def body() -> None:
             try:
                 fn()
@@ -427,7 +430,7 @@ class Soak:
             if probe_due(batch_no, self.last_probe.get(oldest.index), cfg):
                 self.last_probe[oldest.index] = batch_no
                 self.fig.probes += 1
-                self._start(oldest, lambda m=oldest: self._probe(m))  # type: ignore[misc]
+                self._start(oldest, lambda m=oldest: self._probe(m), t)  # type: ignore[misc]
                 free.remove(oldest)
                 quiet_next.add(gi)
             r = self.rng.random()
@@ -437,10 +440,10 @@ class Soak:
             if r < cfg.fail_p:
                 self.off_until[m.index] = t + self.rng.randint(1, max(1, cfg.batch // 2))
                 self.fig.failures += 1
-                self._start(m, lambda m=m: self._fail(m))  # type: ignore[misc]
+                self._start(m, lambda m=m: self._fail(m), t)  # type: ignore[misc]
             else:
                 self.fig.cuts += 1
-                self._start(m, lambda m=m: self._off(m, 0.05))  # type: ignore[misc]
+                self._start(m, lambda m=m: self._off(m, 0.05), t)  # type: ignore[misc]
             quiet_next.add(gi)
         self.quiet = quiet_next
 
@@ -475,7 +478,7 @@ class Soak:
         cfg = self.cfg
         t_wall = time.monotonic()
         self.set_up()
-        first = self.first
+        first = self.fig.first = self.first
         self.say(f"rounds from interval {first} (RTC {first * LENGTH + INTO})")
         t = first
         batch_no = 0
@@ -602,6 +605,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", default=c.profile,
                     help=f"port profile of the meters ({', '.join(profiles.names())}; "
                          f"default {c.profile})")
+    ap.add_argument("--samples", type=Path,
+                    help="write every meter's heap samples and restarts here (JSON)")
     a = ap.parse_args(argv)
     if a.profile not in profiles.PROFILES:  # one line, before anything is started
         print(f"soak: unknown profile {a.profile!r}; valid: {', '.join(profiles.names())}",
@@ -619,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with tempfile.TemporaryDirectory(prefix="soak-") as d:
             fig = run(cfg, Path(d))
+    if a.samples:
+        a.samples.write_text(json.dumps({"first": fig.first, "mem": fig.mem,
+                                         "restarts": fig.restarts}))
     return 0 if fig.ok else 1
 
 
