@@ -20,6 +20,7 @@ import pytest
 from host_tools.headend import wire
 from host_tools.headend.client import open_link
 from host_tools.headend.lopa import Target, codec
+from host_tools.headend.lopa.headend import RoundResult
 from host_tools.reliability import soak
 from host_tools.sim import fleet, profiles
 
@@ -194,3 +195,23 @@ def test_an_unknown_profile_is_refused_in_one_line_before_anything_starts(
     assert err == ["soak: unknown profile 'pico'; valid: rp2-pico, rp2-pico2, pybv11, "
                    "pybv11-thread, unix"]
     assert not (tmp_path / "soak").exists()
+
+
+def test_a_member_up_but_behind_the_fleets_clock_fails_the_soak(tmp_path: Path) -> None:
+    """A round decrypted by recovery because a member that was up had no value yet (its
+    clock behind the fleet's: a month's run once had one meter 900 s behind for good, and
+    every round of its group went by recovery) is a failure, not a disturbance."""
+    cfg = soak.Config(meters=3, intervals=2, group=3, m=1)
+    s = soak.Soak(cfg, tmp_path, say=lambda _: None)
+    s.groups = [[]]
+    late = ("meter 7: CIPHERTEXT refused: FAILED: no value (its clock 1797053405 is in "
+            "interval 1996726, asked for 1996726)")
+    for t, why in ((10, "no port given for it"), (11, late)):
+        s.results[(0, t)] = RoundResult(b"g", t, soak.LENGTH, True, {1: 5, 2: 6}, {1: 1, 2: 2},
+                                        [7], {7: why}, 11, None)
+        for i, x in ((1, 5), (2, 6)):
+            s.truth.setdefault(i, {})[(t + 1) * soak.LENGTH] = x
+    s.judge(10)
+    assert s.fig.decrypted == 2 and s.fig.by_recovery == 2 and not s.fig.wrong
+    assert s.fig.late == [f"group 0 interval 11: {late}"]
+    assert not s.fig.ok and "LATE group 0 interval 11" in s.fig.report(cfg)

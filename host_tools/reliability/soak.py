@@ -32,11 +32,15 @@ before its 192-record load profile wraps, and all at the end. A meter disturbed 
 interval closes is not asked for that interval's round (it counts as missing).
 
 **Pass**: no interval lost (every round decrypted, by recovery when members were missing);
-every aggregate equals the lab truth (the sum of the reporting members' plaintexts); the
-free heap (GROUPS ``ram_free``, after a gc.collect on the meter) shows no sustained downward
-trend; metrology's mailbox never overflowed (STATS ``dropped``, and the kernel's "mailbox
-metrology full" line in the security log). Figures are printed; the platform is the virtual
-board (this PC), never a Pico.
+every aggregate equals the lab truth (the sum of the reporting members' plaintexts); no
+member that was up missed a round for want of a value (its clock behind the fleet's); the
+free heap (STATS, then GROUPS ``ram_free`` after a gc.collect on the meter; ten meters in turn
+after each batch) grows or shrinks by at most HEAP_GOAL_B_PER_DAY within a boot (HeapFit: one
+slope over each meter's boots, each boot's first sample its warm-up; judged over a fitted
+week or more); metrology's mailbox never overflowed (STATS ``dropped``, and the kernel's
+"mailbox metrology full" line in the security log). Figures are printed; the platform is
+the virtual board (this PC), never a Pico. ``--samples FILE`` keeps every heap sample (after
+every batch) and ``--judge FILE`` judges them again.
 """
 
 from __future__ import annotations
@@ -101,6 +105,8 @@ class Figures:
     lost: list[str] = field(default_factory=list)  # intervals without an aggregate
     wrong: list[str] = field(default_factory=list)  # aggregate != lab truth
     unverified: list[str] = field(default_factory=list)  # no lab truth for a reporter
+    # members asked for a round that had no value: up, but their clock behind the fleet's
+    late: list[str] = field(default_factory=list)
     failures: int = 0
     time_sets: int = 0  # meters whose clock was behind after a power-up (a Pico's)
     cuts: int = 0
@@ -128,7 +134,7 @@ class Figures:
 
     @property
     def ok(self) -> bool:
-        return not (self.lost or self.wrong or self.unverified or self.leaks
+        return not (self.lost or self.wrong or self.unverified or self.late or self.leaks
                     or any(self.dropped.values()) or self.overflow_logs or self.errors)
 
     def report(self, cfg: Config) -> str:
@@ -149,8 +155,8 @@ class Figures:
             f"simulated days, clock paced by the head-end; {self.wall_s:.0f} s wall; "
             f"platform: {PLATFORM}, profile {cfg.profile}",
             f"rounds: {self.rounds}, decrypted {self.decrypted} ({self.by_recovery} by "
-            f"recovery, {self.missing_members} member-rounds missing); lost intervals: "
-            f"{len(self.lost)}",
+            f"recovery, {self.missing_members} member-rounds missing, of them {len(self.late)} "
+            f"of a meter up whose clock was behind); lost intervals: {len(self.lost)}",
             f"aggregates equal to the lab truth: {self.decrypted - len(self.wrong)} of "
             f"{self.decrypted} (wrong {len(self.wrong)}, without truth "
             f"{len(self.unverified)}); aggregate per round: {spread(aggs, 'mWh', 0)}, "
@@ -178,7 +184,7 @@ class Figures:
             f"metrology mailbox overflows: STATS dropped {sum(self.dropped.values())}, "
             f"'mailbox metrology full' log lines {len(self.overflow_logs)}",
         ]
-        for what, items in (("LOST", self.lost), ("WRONG", self.wrong),
+        for what, items in (("LOST", self.lost), ("WRONG", self.wrong), ("LATE", self.late),
                             ("UNVERIFIED", self.unverified), ("LEAK", self.leaks),
                             ("OVERFLOW", self.overflow_logs), ("ERROR", self.errors)):
             lines += [f"  {what} {x}" for x in items[:20]]
@@ -693,6 +699,8 @@ class Soak:
                 if r.missing:
                     f.by_recovery += 1
                     f.missing_members += len(r.missing)
+                f.late += [f"group {gi} interval {t}: {r.why[i]}" for i in r.missing
+                           if "no value" in r.why.get(i, "")]
                 reporters = [i for i in r.ciphertexts if i not in r.missing]
                 t_end = (t + 1) * LENGTH
                 vals = [self.truth.get(i, {}).get(t_end) for i in reporters]
