@@ -112,10 +112,14 @@ powercut: setup
 SOAK_METERS ?= 50
 SOAK_INTERVALS ?= 672
 SOAK_PROFILE ?= rp2-pico
+SOAK_GROUP ?= 10
+# more options, e.g. --samples soak.json (every meter's heap samples and restarts, as JSON)
+SOAK_FLAGS ?=
 .PHONY: soak
 soak: setup
 	$(BIN)/python -m host_tools.reliability.soak --meters $(SOAK_METERS) \
-		--intervals $(SOAK_INTERVALS) --profile $(SOAK_PROFILE)
+		--intervals $(SOAK_INTERVALS) --profile $(SOAK_PROFILE) --group $(SOAK_GROUP) \
+		$(SOAK_FLAGS)
 
 clean:
 	rm -rf build .sim .pytest_cache .ruff_cache .mypy_cache

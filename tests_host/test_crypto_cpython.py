@@ -271,3 +271,39 @@ def test_lopa_rejects_bad_ids() -> None:
         lopa.pair_key(sk, pk, b"g", 4, 2**64)
     with pytest.raises(ValueError):
         lopa.pair_key(sk, bytes(32), b"g", 4, 5)
+
+
+def test_x25519_machine_code_that_cannot_run_leaves_no_module_in_ram(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Cortex-M MicroPython without the inline assembler (the virtual Pico's unix VM) runs
+    the Python ladder, and the machine-code module it imported first leaves sys.modules again:
+    its code stayed in the heap for as long as the board ran (8.5 KB on the virtual Pico after
+    a group's set-up; the soak's heap trend, issue 17)."""
+    import sys
+    import types
+
+    armv6m = types.SimpleNamespace(**vars(sys.implementation))
+    armv6m._mpy = (4 << 10) | 6  # what the RP2040's MicroPython says: ARMv6-M, .mpy v6
+    monkeypatch.setattr(sys, "implementation", armv6m)
+    monkeypatch.delitem(sys.modules, "x25519_thumb", raising=False)
+    # a micropython module without the inline assembler's asm_thumb
+    monkeypatch.setitem(sys.modules, "micropython", types.ModuleType("micropython"))
+    imported: list[str] = []
+    real_import = __import__
+
+    def spy(name: str, *args: object, **kw: object) -> object:
+        imported.append(name)
+        return real_import(name, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("builtins.__import__", spy)
+    # a fresh x25519 module, imported as the board imports it (its loader runs at import and
+    # is deleted where the Python code runs)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("x25519_fresh", x25519.__file__)
+    assert spec is not None and spec.loader is not None
+    fresh = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fresh)
+    assert fresh.IMPL == "python"  # CPython runs no asm_thumb: the Python code
+    assert "x25519_thumb" in imported  # ... after importing the machine code
+    assert "x25519_thumb" not in sys.modules and "x25519_v7m" not in sys.modules

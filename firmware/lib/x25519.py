@@ -67,9 +67,9 @@ def _load_thumb():
     # even imported there) or when the image has neither, and then the Python code
     # (x25519_py).
     global IMPL
-    try:
-        import sys
+    import sys
 
+    try:
         arch = getattr(sys.implementation, "_mpy", 0) >> 10
         if arch < 4 or arch > 8:
             return None
@@ -93,6 +93,11 @@ def _load_thumb():
         IMPL = "armv7e-m" if name == "x25519_v7m" else "armv6-m"
         return g["run"], code, layout
     except Exception:  # no inline assembler, no machine-code module: the Python code
+        # without the module imported before the failure (the virtual Pico's: its unix VM has
+        # no inline assembler): its machine code, 8.5 KB there, would stay in RAM for as long
+        # as the board runs, long after the set-up that imported it
+        sys.modules.pop("x25519_v7m", None)
+        sys.modules.pop("x25519_thumb", None)
         return None
 
 
