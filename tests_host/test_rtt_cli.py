@@ -58,3 +58,28 @@ def test_cpu_ticks_count_this_process_work() -> None:
         pass
     after = rtt.cpu_ticks(os.getpid())
     assert after - before >= 0.05 * os.sysconf("SC_CLK_TCK")
+
+
+def test_thread_cpu_ns_counts_each_threads_own_work() -> None:
+    import threading
+
+    tid: list[int] = []
+    spun, done = threading.Event(), threading.Event()
+
+    def spin() -> None:
+        tid.append(threading.get_native_id())
+        t = time.thread_time()
+        while time.thread_time() - t < 0.1:  # 100 ms of this thread's CPU
+            pass
+        spun.set()
+        done.wait(10)
+
+    before = rtt.thread_cpu_ns(os.getpid())
+    th = threading.Thread(target=spin)
+    th.start()
+    assert spun.wait(10)
+    after = rtt.thread_cpu_ns(os.getpid())
+    done.set()
+    th.join()
+    assert tid[0] not in before and 0.1e9 <= after[tid[0]] < 0.2e9
+    assert after[os.getpid()] - before[os.getpid()] < 0.05e9  # the main thread only waited

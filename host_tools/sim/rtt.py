@@ -16,7 +16,8 @@ platform they come from (the virtual board: the host's CPU) and the run count.
 
 ``--sim`` needs no meter: it starts one virtual meter (``--profile``) in a temporary directory,
 flashes and provisions it (a keystore of its own), makes its LoPA key pair, measures its idle
-CPU share (supervisor and VM, from /proc, over ``--idle`` seconds) and then every kind, and
+CPU share (supervisor and VM, the VM's main thread and core 1 apart, from each thread's
+/proc schedstat, over ``--idle`` seconds) and then every kind, and
 stops it.
 """
 
@@ -103,16 +104,36 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+def thread_cpu_ns(pid: int) -> dict[int, int]:
+    """Each thread of process ``pid``: its time on a CPU in ns (/proc/PID/task/TID/schedstat,
+    the scheduler's exact sum, where stat's utime + stime are sampled at the clock tick). A
+    thread that ended meanwhile is left out."""
+    out: dict[int, int] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            out[int(tid)] = int(Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
 def idle_share(pids: dict[str, int], seconds: float) -> dict[str, float]:
-    """Each process's CPU share (of one core) over ``seconds`` of wall time."""
-    hz = os.sysconf("SC_CLK_TCK")
+    """Each process's CPU share (of one core) over ``seconds`` of wall time, from its threads'
+    schedstat; for the VM ("vm") also its main thread ("vm_main", the main core) and the rest
+    ("vm_threads": core 1, the off-switch)."""
     t0 = time.monotonic()
-    before = {k: cpu_ticks(p) for k, p in pids.items()}
+    before = {k: thread_cpu_ns(p) for k, p in pids.items()}
     time.sleep(seconds)
-    after = {k: cpu_ticks(p) for k, p in pids.items()}
+    after = {k: thread_cpu_ns(p) for k, p in pids.items()}
     wall = time.monotonic() - t0
-    share = {k: (after[k] - before[k]) / hz / wall for k in pids}
-    share["total"] = sum(share.values())
+    share: dict[str, float] = {}
+    for k, p in pids.items():
+        d = {t: ns - before[k].get(t, 0) for t, ns in after[k].items()}
+        share[k] = sum(d.values()) / 1e9 / wall
+        if k == "vm":
+            share["vm_main"] = d.get(p, 0) / 1e9 / wall
+            share["vm_threads"] = share["vm"] - share["vm_main"]
+    share["total"] = sum(share[k] for k in pids)
     return share
 
 
@@ -205,7 +226,9 @@ def main(argv: list[str] | None = None) -> int:
             if out["idle"]:
                 i = out["idle"]
                 print(f"idle CPU share over {a.idle:g} s (of one core): supervisor "
-                      f"{i['supervisor']:.4f}, VM {i['vm']:.4f}, total {i['total']:.4f}")
+                      f"{i['supervisor']:.4f}, VM {i['vm']:.4f} (main thread "
+                      f"{i['vm_main']:.4f}, core 1 {i['vm_threads']:.4f}), total "
+                      f"{i['total']:.4f}")
             for res in out["results"]:
                 print(report(res))
         else:
