@@ -83,10 +83,14 @@ def test_han_pty_carries_dsmr5_telegrams_that_dsmr_parser_accepts(meter: Meter) 
     fleet.set_wave(0, {"irms": 5.0, "pf": 1.0, "export": 0}, meter.base)
     time.sleep(1.5)  # a telegram measured under the new load
     raw: list[str] = []
-    tels = switch.read_han(meter.han, 3, timeout=10, raw=raw)
+    tels = switch.read_han(meter.han, 4, timeout=10, raw=raw)
     v5 = TelegramParser(telegram_specifications.V5)  # plain V5, checksum validated
     stamps = [v5.parse(t).P1_MESSAGE_TIMESTAMP.value.timestamp() for t in raw]
-    assert [b - a for a, b in itertools.pairwise(stamps)] == [1, 1]  # one each second
+    # One each second, stamped with the meter's clock: a measured second closes on the
+    # metrology task's 100-ms reads, the clock ticks on its own step, so on a loaded host one
+    # boundary may fall between them (a stamp one second further), never two in a row
+    steps = [b - a for a, b in itertools.pairwise(stamps)]
+    assert all(d in (1, 2) for d in steps) and sum(steps) <= len(steps) + 1, stamps
     t = tels[-1]
     assert t.P1_MESSAGE_HEADER.value == "50"
     assert bytes.fromhex(t.EQUIPMENT_IDENTIFIER.value).decode() == f"HASM{meter.meter_id}"

@@ -692,7 +692,7 @@ def _files_phase(bench: _Bench, runs: int) -> None:
 def run_components(port: str, *, sizes: list[int], runs: int, quick: bool,
                    progress: Callable[[str], None] | None = None,
                    keystore: Path | None = None, timeout: float = 30.0,
-                   read_timeout: float = 3.0, exec_timeout: float = 10.0) -> list[Result]:
+                   read_timeout: float = 10.0, exec_timeout: float = 10.0) -> list[Result]:
     """C1–C14 on one flashed (and, where needed, provisioned) board at `port`: a virtual
     meter, a real Pico, or an emulated board's pty. Returns one Result per
     test/size/variant; each Result.samples has `runs` entries and Result.platform names the

@@ -210,7 +210,7 @@ INFO_CODE = (
 class Board:
     """A MicroPython board on a serial port, driven through its raw REPL."""
 
-    def __init__(self, port: str, timeout: float = 10.0, read_timeout: float = 3.0,
+    def __init__(self, port: str, timeout: float = 10.0, read_timeout: float = 10.0,
                  exec_timeout: float = 10.0) -> None:
         self.port = resolve_port(port)
         self.timeout = timeout
@@ -222,6 +222,9 @@ class Board:
             # the board's answer to the raw-paste request: mpremote reads it once, and one
             # that came later than this (a busy host: 1 s was seen) is then read where the
             # command's "OK" should be ("could not exec command (response: b'R\x01')").
+            # 3 s was seen too short once more: a virtual board's soft reset in raw mode starts a
+            # new VM process, whose first answer can take seconds on a loaded host. Only those
+            # direct reads wait this long (mpremote's read_until polls with its own limits).
             self.t = SerialTransport(self.port, baudrate=115200, timeout=read_timeout)
         except (TransportError, serial.SerialException, OSError) as e:
             # mpremote's SerialTransport says only "failed to access": ask the lock ourselves
