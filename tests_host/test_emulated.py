@@ -245,27 +245,9 @@ def test_x25519_all_wycheproof_vectors_on_the_board(board: Board, tmp_path: Path
     """The 518 Project Wycheproof vectors by the ARMv6-M machine code on the board, read from
     a host file through QEMU's semihosting, as test_x25519_v7m does on the M4 and M33: the
     first 4 bytes of each result and a SHA-256 of all of them."""
-    from .test_x25519_v7m import SEMIHOSTING_READ, wycheproof  # it imports this module
+    from .test_x25519_v7m import check_wycheproof_on_board  # it imports this module
 
-    vecs = wycheproof()
-    blob = b"".join(sk + pk for _, sk, pk, _ in vecs)
-    path = tmp_path / "wycheproof.bin"
-    path.write_bytes(blob)
-    out = lines(board, SEMIHOSTING_READ + f"""
-import x25519, hashlib
-assert x25519.IMPL == "armv6-m"
-h = hashlib.sha256()
-data = host_read({str(path).encode()!r}, {len(blob)})
-for i in range(0, len(data), 64):
-    r = x25519.x25519(data[i:i + 32], data[i + 32:i + 64])
-    h.update(r)
-    print(r[:4].hex())
-print(h.digest().hex())
-""")
-    bad = [tc for (tc, _, _, shared), got in zip(vecs, out[:-1], strict=True)
-           if shared[:4].hex() != got]
-    assert not bad, f"Wycheproof tcIds {bad[:20]} differ"
-    assert out[-1] == hashlib.sha256(b"".join(s for *_, s in vecs)).hexdigest()
+    check_wycheproof_on_board(board, "armv6-m", tmp_path, "m0plus")
 
 
 @needs_toolchain

@@ -134,19 +134,17 @@ def host_read(path, n):
 """
 
 
-@needs_toolchain
-def test_all_wycheproof_vectors_on_the_board(v7m_board: tuple[str, Board],
-                                             tmp_path: Path) -> None:
+def check_wycheproof_on_board(b: Board, impl: str, tmp_path: Path, name: str) -> None:
     """The 518 vectors (private and public key, 64 bytes each) read by the board from a host
-    file; it prints the first 4 bytes of each result and a SHA-256 of all of them."""
-    name, b = v7m_board
+    file, run by the X25519 code ``impl`` (x25519.IMPL); the board prints the first 4 bytes of
+    each result and a SHA-256 of all of them."""
     vecs = wycheproof()
     blob = b"".join(sk + pk for _, sk, pk, _ in vecs)
     path = tmp_path / "wycheproof.bin"
     path.write_bytes(blob)
     out = lines(b, SEMIHOSTING_READ + f"""
 import x25519, hashlib
-assert x25519.IMPL == "armv7e-m"
+assert x25519.IMPL == {impl!r}
 h = hashlib.sha256()
 data = host_read({str(path).encode()!r}, {len(blob)})
 for i in range(0, len(data), 64):
@@ -159,6 +157,14 @@ print(h.digest().hex())
            if shared[:4].hex() != got]
     assert not bad, f"{name}: Wycheproof tcIds {bad[:20]} differ"
     assert out[-1] == hashlib.sha256(b"".join(s for *_, s in vecs)).hexdigest()
+
+
+@needs_toolchain
+def test_all_wycheproof_vectors_on_the_board(v7m_board: tuple[str, Board],
+                                             tmp_path: Path) -> None:
+    """The 518 Wycheproof vectors by the ARMv7E-M machine code on the M4 and the M33."""
+    name, b = v7m_board
+    check_wycheproof_on_board(b, "armv7e-m", tmp_path, name)
 
 
 @needs_toolchain

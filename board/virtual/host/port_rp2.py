@@ -381,6 +381,7 @@ _ALIASES = (("read", 0), ("write", 0), ("count", 0), ("ctrl", 1),
             ("ctrl", 0), ("write", 0), ("count", 0), ("read", 1))
 _chan = []
 _advancing = False
+_STEP = 1024  # conversions the model delivers per pass of _advance
 
 
 def _advance():
@@ -413,6 +414,9 @@ def _advance():
                 _adc.conv = due
                 break
             m = n if n < ch.count else ch.count
+            # at most _STEP conversions a pass: a caller back after seconds would otherwise
+            # need one block of the whole backlog (16 KB after 17 s at 4 kHz) on the VM's heap
+            m = m if m < _STEP else _STEP
             if _field(ch.ctrl, "ring_size"):
                 raise ValueError("port_rp2: no model of ring_size on a DREQ-paced channel")
             size = 1 << _field(ch.ctrl, "size")
