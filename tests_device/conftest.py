@@ -125,6 +125,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         return
     for base in reversed(_LIVE_FLEETS):
         for mdir in fleet.meter_dirs(base):
+            try:
+                st = json.dumps(fleet.ctl(mdir, {"cmd": "status"}, timeout=2.0), sort_keys=True)
+            except fleet.SimError as e:
+                st = str(e)
+            report.sections.append((f"{base.parent.name}/{mdir.name} status", st))
             for name in ("supervisor.log", "supervisor.err"):
                 f = mdir / name
                 if f.exists():

@@ -173,8 +173,9 @@ def test_keys_problem_until_provisioned(meters: Meters, tmp_path: Path) -> None:
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert cli.stdout.splitlines()[-1] == "ok: nothing wrong found"
     assert re.search(r"^clock: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", cli.stdout, re.M)
+    assert_beating(meters, 0)
     d = json.loads(meterctl("doctor", "--port", port, "--json").stdout)
-    assert d["ok"] is True and d["keys"] is True and d["problems"] == []
+    assert d["ok"] is True and d["keys"] is True and d["problems"] == [], d["problems"]
     assert d["port"] == port and abs(d["rtc"] - time.time()) < 60  # epoch seconds
     assert_beating(meters, 0)
 

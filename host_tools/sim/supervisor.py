@@ -60,6 +60,7 @@ SIGINT_SETTLE_S = 0.3  # how long a SIGINT may take to reach the VM's prompt
 # meets a busy host may have to wait for the CPU, up to SIGINT_WAIT_MAX_S.
 SIGINT_CPU_NS = 30_000_000
 SIGINT_WAIT_MAX_S = 30.0
+HELD_INPUT_S = 5.0  # client input waiting longer than this is logged (_note_held_input)
 VM_FDS = (3, 4, 5)  # hw in, hw out, HAN out, as the VM sees them
 
 # The fallback VM process, when the native launcher (vmlaunch.py) cannot be
@@ -343,6 +344,7 @@ class Supervisor:
         self.rom_active = False  # the ROM runs its own code (not a file, not the REPL)
         self.file_running = False  # boot.py or main.py runs
         self.sigint_at = 0.0  # when the last SIGINT went out, until the VM acted on it
+        self.held_since, self.held_logged = 0.0, False  # client input the VM has not taken
         self.sigint_retries = 0
         self.sigint_cpu_ns = 0  # the VM main thread's CPU time when the last SIGINT went out
         self.power_mode = "run"
@@ -1113,6 +1115,23 @@ class Supervisor:
         if self.state != "off":
             self._check_sigint()
             self._feed_vm()
+        self._note_held_input(now)
+
+    def _note_held_input(self, now: float) -> None:
+        """Client bytes the VM has not taken for HELD_INPUT_S are logged once, with what holds
+        them: a board takes its input at once, so this is the trace a hung session leaves."""
+        if not self.to_vm:
+            self.held_since = 0.0
+            return
+        if not self.held_since:
+            self.held_since, self.held_logged = now, False
+        elif now - self.held_since > HELD_INPUT_S and not self.held_logged:
+            self.held_logged = True
+            self.log(f"client input held {now - self.held_since:.1f} s: {bytes(self.to_vm[:16])!r} "
+                     f"state={self.state} repl={self.repl} rom_active={self.rom_active} "
+                     f"file_running={self.file_running} sigint_at={self.sigint_at:.1f} "
+                     f"retries={self.sigint_retries} vm_pid={self.vm_pid} "
+                     f"caught={bool(self.vm_pid) and sigint_caught(self.vm_pid)}")
 
     @staticmethod
     def _hup(master: int) -> bool:
