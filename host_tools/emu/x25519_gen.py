@@ -37,12 +37,10 @@ products' stack frames (at most STACK_WIPE bytes below the entry's) are zeroed o
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import tempfile
 from pathlib import Path
 
-from host_tools.emu.build import REPO, EmuError, ensure_toolchain
+from host_tools.emu import mcode
+from host_tools.emu.build import REPO
 
 OUT = REPO / "firmware" / "lib" / "x25519_thumb.py"
 
@@ -55,6 +53,9 @@ STATE_SIZE = 576
 RES = A  # op 1 leaves X2 / Z2 here
 
 OP_STEP, OP_FINISH, OP_CSWAP, OP_LADDER = 0, 1, 2, 3
+LAYOUT = {"state_size": STATE_SIZE, "x1": X1, "x2": X2, "z2": Z2, "x3": X3, "z3": Z3,
+          "res": RES, "k": K, "op_ladder": OP_LADDER, "op_step": OP_STEP,
+          "op_finish": OP_FINISH, "op_cswap": OP_CSWAP}
 # Bytes of stack the ops use below the entry's saved registers (op_ladder 16, op_step 8,
 # fe_mul 144; checked by tests_host/test_x25519_ct_trace.py), wiped on return.
 STACK_WIPE = 176
@@ -837,7 +838,7 @@ def source() -> str:
     return "\n".join(a.lines) + "\n"
 
 
-def _m0plus_cycles(op: str, args: str) -> int:
+def _m0plus_cycles(op: str, args: str, _prev: str) -> int:
     """Cortex-M0+ cycles of one instruction, not a branch (its technical reference manual,
     3.3: loads and stores 2, LDM/STM/PUSH 1 + N, POP with PC 3 + N, MULS 1 on the RP2040's
     single-cycle multiplier, the rest 1)."""
@@ -849,6 +850,9 @@ def _m0plus_cycles(op: str, args: str) -> int:
     return 1
 
 
+M0PLUS = mcode.Timing(_m0plus_cycles, bl=3, taken=2, not_taken=1, bx_lr=3)
+
+
 def trace_counts(asm: str | None = None) -> tuple[int, int, dict[str, int]]:
     """(instructions, estimated Cortex-M0+ cycles, cycles per routine) of one X25519's
     machine code: op 3 (the ladder) and op 1 (inversion and final reduction), entry and
@@ -857,86 +861,15 @@ def trace_counts(asm: str | None = None) -> tuple[int, int, dict[str, int]]:
     [sp] (op_ladder, the squaring loops). Branches: B and a taken conditional branch 2
     cycles, not taken 1, BL 3, BX 3 (tests_host/test_x25519_ct_trace.py checks the
     instruction count against the emulator's; docs/BENCH.md the cycles against rp2040js)."""
-    lines = [ln.strip() for ln in (asm or source()).splitlines()]
-    where = {ln[:-1]: i for i, ln in enumerate(lines) if ln.endswith(":")}
-    routine: list[str] = []
-    name = ""
-    for ln in lines:
-        if ln.endswith(":") and not ln.startswith("."):
-            name = ln[:-1]
-        routine.append(name)
-    insns = cycles = 0
-    per: dict[str, int] = {}
-    for op_code in (OP_LADDER, OP_FINISH):
-        r4 = 0
-        zero = negative = False
-        frames: list[dict[str, int]] = [{}]
-        ret: list[int] = []
-        pc = where["entry"]
-        while True:
-            ln = lines[pc]
-            here = routine[pc]
-            pc += 1
-            if not ln or ln.endswith(":") or ln.startswith("."):
-                continue
-            op, _, args = ln.partition(" ")
-            cyc = _m0plus_cycles(op, args)
-            insns += 1
-            done = False
-            if op == "cmp" and args.startswith("r0, #"):  # the dispatch on the op code
-                zero = op_code == int(args.split("#")[1])
-            elif op == "movs" and args.startswith("r4, #"):
-                r4 = int(args.split("#")[1])
-            elif op == "str" and args == "r4, [sp]":
-                frames[-1]["sp"] = r4
-            elif op == "ldr" and args == "r4, [sp]":
-                r4 = frames[-1]["sp"]
-            elif op == "subs" and args == "r4, #1":
-                r4 -= 1
-                zero, negative = r4 == 0, r4 < 0
-            elif op == "bl":
-                ret.append(pc)
-                frames.append({})
-                pc = where[args]
-                cyc = 3
-            elif op in ("b", "bne", "bpl"):
-                taken = op == "b" or (op == "bne" and not zero) or (op == "bpl" and not negative)
-                if taken:
-                    pc = where[args]
-                cyc = 2 if taken else 1
-            elif (op == "pop" and "pc" in args) or (op == "bx" and args == "lr"):
-                cyc = 3 if op == "bx" else cyc
-                frames.pop()
-                if ret:
-                    pc = ret.pop()
-                else:
-                    done = True
-            cycles += cyc
-            per[here] = per.get(here, 0) + cyc
-            if done:
-                break
-    return insns, cycles, per
+    return mcode.walk(asm or source(), (OP_LADDER, OP_FINISH), M0PLUS)
 
 
 def assemble(asm: str) -> bytes:
     """Machine code of ``asm``, by arm-none-eabi-as for the Cortex-M0+."""
-    ensure_toolchain(quiet=True)
-    as_ = shutil.which("arm-none-eabi-as")
-    objcopy = shutil.which("arm-none-eabi-objcopy")
-    if as_ is None or objcopy is None:
-        raise EmuError("arm-none-eabi-as / objcopy not found")
-    with tempfile.TemporaryDirectory() as d:
-        src, obj, binf = Path(d) / "x.s", Path(d) / "x.o", Path(d) / "x.bin"
-        src.write_text(asm)
-        for args in ([as_, "-mcpu=cortex-m0plus", "-mthumb", "-o", str(obj), str(src)],
-                     [objcopy, "-O", "binary", "-j", ".text", str(obj), str(binf)]):
-            r = subprocess.run(args, capture_output=True, text=True)
-            if r.returncode != 0:
-                raise EmuError(f"{Path(args[0]).name}: {(r.stderr or r.stdout).strip()}")
-        return binf.read_bytes()
+    return mcode.assemble(asm, "-mcpu=cortex-m0plus")
 
 
-TEMPLATE = '''\
+HEADER = '''\
 # X25519 field arithmetic in ARMv6-M machine code, for MicroPython on Cortex-M0+ (RP2040)
 # and every later Cortex-M. GENERATED by `python -m host_tools.emu gen-x25519` from
 # host_tools/emu/x25519_gen.py (the assembly, and why it is machine code); do not edit.
@@ -949,48 +882,11 @@ TEMPLATE = '''\
 # the bit arg then one ladder step, {op_finish} = RES = X2 / Z2 mod p (fully reduced),
 # {op_cswap} = cswap by arg only. The state buffer: STATE_SIZE bytes, 32-byte little-endian
 # slots at these offsets.
-STATE_SIZE = {state_size}
-X1 = {x1}
-X2 = {x2}
-Z2 = {z2}
-X3 = {x3}
-Z3 = {z3}
-RES = {res}
-K = {k}
-OP_LADDER = {op_ladder}
-OP_STEP = {op_step}
-OP_FINISH = {op_finish}
-OP_CSWAP = {op_cswap}
-
-TRAMPOLINE = """
-@micropython.asm_thumb
-def run(r0, r1, r2, r3):
-    add(r0, 1)
-    mov(r12, r0)
-    mov(r0, r1)
-    mov(r1, r2)
-    mov(r2, r3)
-    bl(call)
-    b(done)
-    label(call)
-    bx(r12)
-    label(done)
-"""
-
-CODE = (
-{code}
-)
 '''
 
 
 def render(code: bytes) -> str:
-    rows = []
-    for i in range(0, len(code), 24):
-        esc = "".join(f"\\x{b:02x}" for b in code[i:i + 24])
-        rows.append(f'    b"{esc}"')
-    return TEMPLATE.format(state_size=STATE_SIZE, x1=X1, x2=X2, z2=Z2, x3=X3, z3=Z3,
-                           res=RES, k=K, op_ladder=OP_LADDER, op_step=OP_STEP,
-                           op_finish=OP_FINISH, op_cswap=OP_CSWAP, code="\n".join(rows))
+    return mcode.render(HEADER, code, LAYOUT)
 
 
 def generate(out: Path = OUT) -> int:
