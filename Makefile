@@ -131,7 +131,8 @@ clean:
 # `make test` runs the Cortex-M0+ smoke test and quick bench (and the M4 and M33 X25519
 # tests); bench-emulated adds the M4 and M33 component benches and the RP2040 cycle model
 # (rp2040js from npm), writes the component figures into docs/BENCH.md, and prints one
-# X25519's count on each board (docs/BENCH.md's X25519 tables).
+# X25519's count on each board (docs/BENCH.md's X25519 tables); `summary` puts the boards in
+# one table beside Elster's figures and the physical limits.
 .PHONY: emulated-toolchain emulated bench-emulated
 emulated-toolchain: setup
 	$(BIN)/python -m host_tools.emu toolchain
@@ -144,11 +145,13 @@ emulated: emulated-toolchain
 	$(BIN)/python -m host_tools.emu build --board rp2040
 
 bench-emulated: emulated
+	mkdir -p build/emulated
 	METER_EMU_FULL=1 $(BIN)/pytest -q tests_host/test_emulated.py
-	$(BIN)/python -m host_tools.emu run-bench --board m0plus --update-doc docs/BENCH.md
-	$(BIN)/python -m host_tools.emu run-bench --board m4 --update-doc docs/BENCH.md
-	$(BIN)/python -m host_tools.emu run-bench --board m33 --update-doc docs/BENCH.md
-	$(BIN)/python -m host_tools.emu run-bench --board rp2040 --update-doc docs/BENCH.md
+	$(BIN)/python -m host_tools.emu run-bench --board m0plus --update-doc docs/BENCH.md --json build/emulated/m0plus.json
+	$(BIN)/python -m host_tools.emu run-bench --board m4 --update-doc docs/BENCH.md --json build/emulated/m4.json
+	$(BIN)/python -m host_tools.emu run-bench --board m33 --update-doc docs/BENCH.md --json build/emulated/m33.json
+	$(BIN)/python -m host_tools.emu run-bench --board rp2040 --update-doc docs/BENCH.md --json build/emulated/rp2040.json
+	$(BIN)/python -m host_tools.emu summary build/emulated/m0plus.json build/emulated/rp2040.json build/emulated/m4.json build/emulated/m33.json --update-doc docs/BENCH.md
 	$(BIN)/python -m host_tools.emu x25519 --board m0plus
 	$(BIN)/python -m host_tools.emu c6 --board m0plus --seconds 60 --update-doc docs/BENCH.md
 	$(BIN)/python -m host_tools.emu c6 --board m0plus --seconds 60 --members 0 --update-doc docs/BENCH.md

@@ -4,6 +4,7 @@ toolchain   apt-get install the cross compiler and QEMU, only what is missing
 build       build the board's MicroPython (cached); prints the image's path
 run         boot the board under QEMU; prints its pty (mpremote connect PTY) and waits
 run-bench   C1-C5, C13/C14, a metrology tick beside Elster's figures (--update-doc docs/BENCH.md)
+summary     one table from run-bench --json files: ours, Elster's, the limit, both ratios
 c6          the whole meter's CPU share (C6) on the emulated M0+: --seconds 60 --members 50
 x25519      one X25519 (RFC 7748 vector) in instructions or cycles, machine code and pure Python
 heap32      heap bytes of firmware modules and objects, 32-bit board vs the 64-bit virtual board
@@ -30,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
         from host_tools.emu.bench import x25519_main
 
         return x25519_main(argv[1:])
+    if argv and argv[0] == "summary":
+        from host_tools.emu.summary import main as summary_main
+
+        return summary_main(argv[1:])
     if argv and argv[0] == "c6":
         from host_tools.emu.c6 import main as c6_main
 
