@@ -42,6 +42,7 @@ MARK = "summary"
 # (test, members, variant, X25519s the limit is made of)
 TIMED = (("C1", 50, None, 1), ("C2", 50, None, 0), ("C3", 50, None, 49), ("C4", 50, None, 1),
          ("C5", 50, "precomputed", 0), ("tick", None, None, 0))
+SHOWN = {t for t, *_ in TIMED} | {"C11", "C12", "C13", "C14"}
 
 
 @dataclass(frozen=True)
@@ -125,6 +126,20 @@ def rows(board: str, results: list[Result]) -> list[Row]:
     return out
 
 
+def _runs(by_board: dict[str, list[Result]], boards: list[str]) -> str:
+    """How many runs the medians are of: the common count, and the tests that differ."""
+    per_test: dict[str, set[int]] = {}
+    for b in boards:
+        for r in by_board[b]:
+            if r.samples and r.test in SHOWN:
+                per_test.setdefault(r.test, set()).add(len(r.samples))
+    counts = [n for ns in per_test.values() for n in ns]
+    common = max(set(counts), key=counts.count) if counts else 0
+    odd = [f"{t} {'/'.join(map(str, sorted(ns)))}" for t, ns in per_test.items()
+           if ns != {common}]
+    return f"{common} each" + (f" (medians of more: {', '.join(odd)})" if odd else "")
+
+
 def render(by_board: dict[str, list[Result]]) -> str:
     boards = [b for b in BOARD_ORDER if b in by_board]
     head = ["| test | board | ours | Elster AS300 | ours ÷ Elster | limit | ours ÷ limit |",
@@ -137,11 +152,11 @@ def render(by_board: dict[str, list[Result]]) -> str:
     order = {t: i for i, t in enumerate(dict.fromkeys(t for t, _ in body))}
     body.sort(key=lambda tb: order[tb[0]])  # stable: each test's boards in BOARD_ORDER
     labels = "; ".join(f"{b}: {board_spec(b).label}" for b in boards)
-    runs = sorted({len(r.samples) for b in boards for r in by_board[b] if r.samples})
-    note = (f"Boards ({labels}). Runs per figure: {', '.join(map(str, runs))} (medians). "
-            "ms at the board's clock: rp2040js cycles; M0+ instructions × its CPI "
+    note = (f"Boards ({labels}). Runs: {_runs(by_board, boards)}. ms at the board's "
+            "clock: rp2040js cycles; M0+ instructions × its CPI "
             f"{BOARDS['m0plus'].cpi_est} (the X25519 machine code by its timing walk); M4 and "
-            "M33 instructions at 1 per cycle (a lower bound). Elster at 72 MHz.")
+            "M33 instructions at 1 per cycle, a lower bound, and so are their ratios. Elster "
+            "at 72 MHz.")
     return "\n".join([note, "", *head, *(line for _, line in body)])
 
 
