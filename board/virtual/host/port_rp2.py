@@ -283,10 +283,10 @@ class _AdcModel:
 _adc = _AdcModel()
 
 # The (V, I) pairs into the conversions' order in native code (the same values as fill's loop,
-# which stays the fallback): 8,000 conversions a second at 4 kHz were that loop's, about half of
-# an idle rp2-pico meter's metrology time on this VM (docs/BENCH-sim.md, "Idle cost"). Compiled
-# by install() from this text: the ROM image is bytecode (mpy-cross without -march), the unix
-# VM compiles viper (MICROPY_EMIT_X64) and keeps the machine code outside the GC heap
+# which stays the fallback): 8,000 conversions a second at 4 kHz were that loop's, a third to a
+# half of an idle rp2-pico meter's metrology time on this VM (docs/BENCH-sim.md, "Idle cost").
+# Compiled by install() from this text: the ROM image is bytecode (mpy-cross without -march),
+# the unix VM compiles viper (MICROPY_EMIT_X64) and keeps the machine code outside the GC heap
 # (ports/unix/alloc.c, v1.28.0).
 _interleave = None
 _INTERLEAVE = """
