@@ -17,6 +17,11 @@ from micropython import const
 
 import lazy
 
+# bound once: a pass calls them a few times per task, each a global and an attribute lookup
+_ticks_us = time.ticks_us
+_ticks_diff = time.ticks_diff
+_ticks_add = time.ticks_add
+
 WINDOW_US = const(1000000)  # the accounting tick
 BATCH = const(4)  # messages a task handles per turn before others get theirs
 # The longest idle wait: every task's own due time (and a wake stream's input) ends it sooner;
@@ -55,6 +60,9 @@ _TOKENS = const(2)  # (_BUSY) records the bucket holds now
 _TOKENS_AT = const(4)  # (_LATE) ticks_ms the bucket was last filled up to
 _LOG_DROPPED = const(7)  # (_HANDLED) rate-limited records dropped since boot
 _UNLOGGED = const(8)  # (_ERRORS) ... of them not yet counted in a log record
+# (_RT) messages waiting in the tasks' mailboxes (rows 1 and up): a pass with none skips the
+# walk over them, which every idle wake-up would pay for otherwise
+_WAITING = const(1)
 # Records that anyone on the WAN can cause (rejected, unauthenticated lines; a full mailbox):
 # a token bucket, so that a flood costs a bounded number of flash writes per hour. Those over
 # it are counted (stats "log_dropped") and the count is logged when a token is free again.
@@ -104,6 +112,9 @@ class Kernel:
         self._qend = 2 * _KBOX  # entries of self._q in use
         self._f[_TOKENS] = _FLOOD_BURST
         self._f[_TOKENS_AT] = time.ticks_ms()
+        # the rows with a step, and those of them realtime: a pass walks only these
+        self._stepped = ()
+        self._rt = ()
 
     # -- set-up ---------------------------------------------------------------
     def add(self, name, factory, hw=None, capacity=8, period_ms=0, realtime=False):
@@ -136,6 +147,10 @@ class Kernel:
         self._names.append(name)
         self._objs.append(obj)
         self._steps.append(getattr(obj, "step", None) if period_ms else None)
+        if self._steps[i] is not None:
+            self._stepped += (i,)
+            if realtime:
+                self._rt += (i,)
         self._by_name[name] = i
         w = getattr(obj, "wake", None)
         if w is not None:
@@ -162,6 +177,8 @@ class Kernel:
         q[j] = q[j + 1] = None
         f[b + _QHEAD] = (h + 1) % f[b + _QCAP]
         f[b + _QN] -= 1
+        if i:
+            f[_WAITING] -= 1
         return msg
 
     # -- routing -----------------------------------------------------------------
@@ -213,6 +230,8 @@ class Kernel:
             q[j] = code
             q[j + 1] = payload
             f[b + _QN] = n + 1
+            if i:
+                f[_WAITING] += 1
             return True
         f[b + _QDROP] += 1
         if i and not f[b + _OVERFLOW]:
@@ -268,31 +287,34 @@ class Kernel:
 
     # -- scheduling ------------------------------------------------------------
     def _run_step(self, i, now):
+        # step i, due (run_once checked): its lateness, its time, its next due time
         f = self._f
         b = i * _NF
-        late = time.ticks_diff(now, self._due[i])
-        if late < 0:
-            return
+        late = _ticks_diff(now, self._due[i])
         if late > f[b + _LATE]:
             f[b + _LATE] = late
-        t0 = time.ticks_us()
+        t0 = _ticks_us()
         rest = None
         try:
             rest = self._steps[i]()
         except Exception as e:  # noqa: BLE001 - one task's fault must not stop the meter
             self._fault(i, e)
-        t1 = time.ticks_us()
-        f[b + _BUSY] += time.ticks_diff(t1, t0)
+        t1 = _ticks_us()
+        f[b + _BUSY] += _ticks_diff(t1, t0)
         if rest:
             # The step had nothing to do (it returned ms to rest): due then, or as soon as a
             # message is handled for it (run_once) or its wake stream has input (_wait), so that
             # an idle task costs no wake-ups every period.
-            self._due[i] = time.ticks_add(t1, rest * 1000)
+            self._due[i] = _ticks_add(t1, rest * 1000)
             return
-        # Next due on the period grid; skip missed slots rather than bunching.
-        due = time.ticks_add(self._due[i], f[b + _PERIOD])
-        if time.ticks_diff(t1, due) > 0:
-            due = time.ticks_add(t1, f[b + _PERIOD])
+        # Next due on the period grid; missed slots are skipped rather than bunched, and the
+        # grid kept: steps whose periods divide one another stay due in the same pass (one
+        # wake-up for all of them) even after a late one
+        p = f[b + _PERIOD]
+        due = _ticks_add(self._due[i], p)
+        late = _ticks_diff(t1, due)
+        if late > 0:
+            due = _ticks_add(due, (late // p + 1) * p)
         self._due[i] = due
 
     def _fault(self, i, e):
@@ -301,38 +323,15 @@ class Kernel:
         self.log(name, "task %s error: %s %s" % (name, type(e).__name__, e))
 
     def run_once(self):
-        now = time.ticks_us()
-        n = len(self._names)
-        steps = self._steps
-        for i in range(1, n):
-            if steps[i] is not None:
+        now = _ticks_us()
+        due = self._due
+        for i in self._stepped:
+            if _ticks_diff(now, due[i]) >= 0:
                 self._run_step(i, now)
-        pending = False
         f = self._f
-        for i in range(1, n):
-            b = i * _NF
-            k = 0
-            while f[b + _QN] and k < BATCH:
-                sender, kind, payload = self._take(i)
-                t0 = time.ticks_us()
-                try:
-                    self._objs[i].handle(sender, kind, payload)
-                except Exception as e:  # noqa: BLE001
-                    self._fault(i, e)
-                t1 = time.ticks_us()
-                f[b + _BUSY] += time.ticks_diff(t1, t0)
-                f[b + _HANDLED] += 1
-                k += 1
-                if steps[i] is not None and time.ticks_diff(self._due[i], t1) > f[b + _PERIOD]:
-                    # a resting step (no due this far off otherwise): the message may be work
-                    self._due[i] = t1
-                # the realtime steps between any two messages: sampling is never starved by
-                # a busy mailbox
-                t0 = time.ticks_us()
-                for r in range(1, n):
-                    if f[r * _NF + _RT] and steps[r] is not None:
-                        self._run_step(r, t0)
-            pending = pending or f[b + _QN] > 0
+        n = len(self._names)
+        if f[_WAITING]:
+            self._deliver(n)
         while f[_QN]:
             sender, kind, payload = self._take(0)
             try:
@@ -344,8 +343,8 @@ class Kernel:
                             (payload[0], 7, "out of memory" if type(e) is MemoryError
                              else "failed"))
         # the accounting window: each second, the busy time and lateness of the one that ended
-        now = time.ticks_us()
-        length = time.ticks_diff(now, self._win_start)
+        now = _ticks_us()
+        length = _ticks_diff(now, self._win_start)
         if length >= WINDOW_US:
             self._last_window = (length, self._win_sleep)
             for i in range(1, n):
@@ -364,29 +363,54 @@ class Kernel:
             # stay whole (docs/hardware.md, "Memory"). The time counts as the kernel's (busy,
             # no task's).
             gc.collect()
-            now = time.ticks_us()
-        if pending:
+            now = _ticks_us()
+        if f[_WAITING]:
+            # a mailbox its turn left messages in (BATCH), or a message sent in this pass to a
+            # task whose turn had passed (an answer back to cs_security): no idle wait before
+            # it is handled
             return
-        # a message sent in this pass to a task whose turn had passed (an answer back to
-        # cs_security) is pending too: no idle wait before it is handled
-        for i in range(1, n):
-            if f[i * _NF + _QN]:
-                return
         # Idle: sleep until the next step is due (at most IDLE_MAX_MS), rounded up to whole
         # ms: a step runs at most 1 ms late, and the kernel never spins through the rest of a
         # wait
         wait = IDLE_MAX_MS * 1000
-        for i in range(1, n):
-            if steps[i] is not None:
-                d = time.ticks_diff(self._due[i], now)
-                if d < wait:
-                    wait = d
+        for i in self._stepped:
+            d = _ticks_diff(due[i], now)
+            if d < wait:
+                wait = d
         if wait > 0:
             if self._wake is None:
                 self._sleep_ms((wait + 999) // 1000)
             else:
                 self._wait((wait + 999) // 1000)
-            self._win_sleep += time.ticks_diff(time.ticks_us(), now)
+            self._win_sleep += _ticks_diff(_ticks_us(), now)
+
+    def _deliver(self, n):
+        # each task's mailbox in turn, BATCH messages at most, the realtime steps between any
+        # two messages (sampling is never starved by a busy mailbox)
+        f = self._f
+        steps = self._steps
+        rts = self._rt
+        for i in range(1, n):
+            b = i * _NF
+            k = 0
+            while f[b + _QN] and k < BATCH:
+                sender, kind, payload = self._take(i)
+                t0 = _ticks_us()
+                try:
+                    self._objs[i].handle(sender, kind, payload)
+                except Exception as e:  # noqa: BLE001
+                    self._fault(i, e)
+                t1 = _ticks_us()
+                f[b + _BUSY] += _ticks_diff(t1, t0)
+                f[b + _HANDLED] += 1
+                k += 1
+                if steps[i] is not None and _ticks_diff(self._due[i], t1) > f[b + _PERIOD]:
+                    # a resting step (no due this far off otherwise): the message may be work
+                    self._due[i] = t1
+                t0 = _ticks_us()
+                for r in rts:
+                    if _ticks_diff(t0, self._due[r]) >= 0:
+                        self._run_step(r, t0)
 
     def _wait(self, ms):
         # The idle wait, which input on a wake stream ends: its task's step is due now. On a
@@ -397,7 +421,7 @@ class Kernel:
             for w, i in self._wake_by:
                 if w is s:
                     if ev & _POLLIN:
-                        self._due[i] = time.ticks_us()
+                        self._due[i] = _ticks_us()
                     if ev & _POLL_GONE:
                         gone = w  # a closed stream: waking on it would spin
         if gone is not None:

@@ -76,7 +76,7 @@ def build(now_s=None, unsealed_by_service=False):
     k.add("comm", Comm, hws.pop("comm"), capacity=16, period_ms=10)
     from tasks.status import Status
 
-    k.add("status", Status, hws.pop("status"), capacity=1, period_ms=250)
+    k.add("status", Status, hws.pop("status"), capacity=1, period_ms=Status.PERIOD_MS)
     # Prepaid credit and the HAN data diode
     from tasks.credit import Credit
 

@@ -87,7 +87,7 @@ def heartbeat(m: Meters, i: int) -> int:
 
 
 def assert_beating(m: Meters, i: int) -> None:
-    """main.py runs and the kernel's LED heartbeat (the status task, every 250 ms) toggles."""
+    """main.py runs and the kernel's LED heartbeat (the status task, every 500 ms) toggles."""
     wait_running(m, i)
     before = heartbeat(m, i)
     end = time.monotonic() + 3

@@ -132,7 +132,7 @@ def test_flash_refuses_an_old_pico_and_writes_nothing(meter: Meter, tmp_path: Pa
     assert str(e.value) == OLD_PICO
     assert snapshot(meter) == before
     wait_main(meter, "running")  # the old firmware goes on
-    assert heartbeats(meter, 1.0) >= 2
+    assert heartbeats(meter, 1.5) >= 2  # toggled every 500 ms (tasks/status.py)
 
 
 def test_cli_flash_and_doctor_refuse_in_one_line(meter: Meter, tmp_path: Path,
@@ -200,7 +200,7 @@ def test_firmware_stays_at_the_repl_on_an_old_version(meter: Meter) -> None:
             b.exec("import os\nos.remove('/boot.py')\n")
             b.soft_reset_to_main()
     wait_main(meter, "running")
-    assert heartbeats(meter, 1.0) >= 2
+    assert heartbeats(meter, 1.5) >= 2  # toggled every 500 ms (tasks/status.py)
 
 
 def test_a_sealed_meter_on_an_old_version_keeps_its_repl_closed(meter: Meter) -> None:
@@ -227,4 +227,4 @@ def test_a_sealed_meter_on_an_old_version_keeps_its_repl_closed(meter: Meter) ->
         (meter.fs / "data" / "sealed").unlink()
         fleet.power_cut(0, meter.base)
     wait_main(meter, "running")
-    assert heartbeats(meter, 1.0) >= 2
+    assert heartbeats(meter, 1.5) >= 2  # toggled every 500 ms (tasks/status.py)

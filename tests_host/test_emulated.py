@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -522,4 +523,11 @@ def test_c6_whole_meter_share_on_the_m0plus(figure: Callable[[str], None]) -> No
     assert not any(core0.errors.values()) and core0.answers[0].startswith("t=")
     assert core0.task_share("offswitch") < small.task_share("offswitch") / 2
     assert max(core0.shares()) < min(small.shares())
+    # issue 19's goal for a Pico's core 0: at most 10 % in estimated cycles (the median
+    # window; 9.2 % here, 12.8 % before the kernel's passes were trimmed)...
+    assert statistics.median(core0.shares()) * core0.cpi <= 0.10, c6.report(core0)
+    # ... with one kernel pass for the steps on one grid: the proxy's 50 a second, LoPA's
+    # rest and the WAN's input, no pass of its own for metrology, clock or the heartbeat
+    # (52.8 a second; 57.4 when a late step left its grid and the heartbeat was off it)
+    assert core0.passes / len(core0.windows) <= 54, c6.report(core0)
     figure(c6.report(big))

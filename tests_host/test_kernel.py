@@ -297,3 +297,79 @@ print(json.dumps({"first": first, "then": [[m[1], m[2][:2]] for m in a.got],
     assert r["first"] == [["log_data", [5, 7, "out of memory"]]]
     assert r["then"] == [["stats_data", [6, 0]]]  # kernel_svc imported again, served
     assert any("kernel log_read error: MemoryError" in t for t in r["sec"]), r["sec"]
+
+
+def test_a_late_step_keeps_its_grid_and_steps_on_one_grid_share_each_wake_up(
+        micropython: Run, tmp_path: Path) -> None:
+    # Two 100-ms steps start on one grid; one of them overruns (230 ms, a flash erase or a
+    # loaded host). Its missed slots are skipped, not bunched, and it comes back on the same
+    # grid, so that both are due in the same pass again: one wake-up a period for the two (the
+    # idle cost of a meter), not one each. The other's step takes 3 ms, so that due times
+    # taken from the end of a late run (rather than the grid) would fall in separate passes.
+    r = run_kernel(micropython, tmp_path, """
+wakes = [0]
+def sleep_ms(ms):
+    wakes[0] += 1
+    time.sleep_ms(ms)
+class Step(T):
+    def __init__(self, port, hw):
+        T.__init__(self, port, hw)
+        self.at = []
+        self.busy_us = hw["busy_us"]
+    def step(self):
+        self.at.append((wakes[0], time.ticks_ms()))
+        busy = self.busy_us(len(self.at))
+        t = time.ticks_us()
+        while time.ticks_diff(time.ticks_us(), t) < busy:
+            pass
+k = kernel.Kernel({}, LOG_OF, LOGS, lambda: 1000, sleep_ms)
+late = k.add("late", Step, {"busy_us": lambda n: 230000 if n == 3 else 0}, period_ms=100)
+other = k.add("other", Step, {"busy_us": lambda n: 3000}, period_ms=100)
+t0 = time.ticks_ms()
+k.run(1500)
+w0 = late.at[3][0]  # the first wake-up after the late run's pass
+print(json.dumps({"late": [[w, time.ticks_diff(t, t0)] for w, t in late.at],
+                  "late_wakes": [w for w, _ in late.at if w >= w0],
+                  "other_wakes": [w for w, _ in other.at if w >= w0]}))
+""")
+    late = r["late"]
+    assert isinstance(late, list) and 11 <= len(late) <= 14, late  # slots 3 and 4 skipped
+    # back on the grid: every run after the late one within a few ms after a multiple of 100
+    assert all(t % 100 < 20 for _, t in late[3:]), late
+    assert late[3][1] >= 400 - 5  # the missed slots skipped, not run at once
+    # ... and in the same passes as the other step: one wake-up a period for both
+    assert r["late_wakes"] == r["other_wakes"], r
+
+
+def test_the_kernel_idles_once_every_mailbox_is_empty_after_a_flood(micropython: Run,
+                                                                    tmp_path: Path) -> None:
+    # The kernel counts the messages waiting in all mailboxes (a pass with none skips the walk
+    # over them): after a flood that a full mailbox dropped, and an answer sent back to a task
+    # whose turn had passed, every accepted message is handled and then the kernel sleeps. A
+    # count that drifted up would never let it sleep (a core spinning); one that drifted down
+    # would leave messages unhandled.
+    r = run_kernel(micropython, tmp_path, """
+sleeps = []
+class Echo(T):
+    def handle(self, sender, kind, payload):
+        T.handle(self, sender, kind, payload)
+        self.port.send("a", "pong", payload)
+k = kernel.Kernel({("a", "b"): ("ping",), ("b", "a"): ("pong",)}, LOG_OF, LOGS, lambda: 1000,
+                  lambda ms: sleeps.append(ms))
+a = k.add("a", T, {}, capacity=8)
+b = k.add("b", Echo, {}, capacity=2)
+sent = [a.port.send("b", "ping", i) for i in range(10)]
+passes = []
+for _ in range(4):
+    n = len(sleeps)
+    k.run_once()
+    passes.append([len(a.got), len(b.got), len(sleeps) - n])
+print(json.dumps({"sent": sent, "passes": passes, "sleeps": sleeps,
+                  "dropped": k.stats()["tasks"]["b"]["dropped"]}))
+""")
+    assert r["sent"] == [True, True] + [False] * 8  # b's mailbox holds 2: the rest dropped
+    assert r["dropped"] == 8
+    # pass 1: b handles both pings and answers a, whose turn had passed: no idle wait;
+    # pass 2: a handles the answers, then the kernel sleeps; and sleeps on every pass after
+    assert r["passes"] == [[0, 2, 0], [2, 2, 1], [2, 2, 1], [2, 2, 1]], r["passes"]
+    assert r["sleeps"] == [100, 100, 100]  # IDLE_MAX_MS: no step is due

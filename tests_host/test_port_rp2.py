@@ -214,6 +214,30 @@ print(total, el, bad, breaks, board.adc.gaps, board.adc.dropped, board.adc.last_
     assert abs(total - elapsed * 4) <= 240, (total, elapsed)  # 4 per ms, the last 25 ms aside
 
 
+def test_the_models_native_interleave_writes_what_its_loop_writes(
+        vm: Callable[[str, str], str]) -> None:
+    # The DMA model puts the (V, I) pairs into the conversions' order in viper, compiled at
+    # install() (the VM's idle cost: docs/BENCH-sim.md "Idle cost"); fill's Python loop is the
+    # fallback. The same conversions through both, from a V and from an I, an odd count.
+    out = vm("rp2_pico", '''
+m = port_rp2._adc
+fast = port_rp2._interleave
+time.sleep_ms(50)
+board.adc.read_into(array("H", bytes(2048)), array("H", bytes(2048)))
+outs = []
+for i in (m.conv - 201, m.conv - 200):
+    for f in (fast, None):
+        port_rp2._interleave = f
+        o = array("H", bytes(2 * 101))
+        m.fill(i, o, 101)
+        outs.append(bytes(o))
+port_rp2._interleave = fast
+print(fast is not None, outs[0] == outs[1], outs[2] == outs[3], outs[0] != outs[2],
+      sum(1 for x in array("H", outs[1]) if x) > 90)
+''')
+    assert out.split() == ["True"] * 5, out
+
+
 def test_dma_keeps_running_through_a_flash_stall(vm: Callable[[str, str], str]) -> None:
     # A 120 ms erase stall: the CPU runs nothing, the DMA goes on.
     out = vm("rp2_pico", '''

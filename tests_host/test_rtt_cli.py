@@ -83,3 +83,27 @@ def test_thread_cpu_ns_counts_each_threads_own_work() -> None:
     th.join()
     assert tid[0] not in before and 0.1e9 <= after[tid[0]] < 0.2e9
     assert after[os.getpid()] - before[os.getpid()] < 0.05e9  # the main thread only waited
+
+
+def test_thread_wakeups_counts_each_threads_own_sleeps() -> None:
+    import threading
+
+    tid: list[int] = []
+    slept, done = threading.Event(), threading.Event()
+
+    def sleeper() -> None:
+        tid.append(threading.get_native_id())
+        for _ in range(30):  # 30 sleeps: 30 times blocked and woken
+            time.sleep(0.002)
+        slept.set()
+        done.wait(10)
+
+    before = rtt.thread_wakeups(os.getpid())
+    th = threading.Thread(target=sleeper)
+    th.start()
+    assert slept.wait(10)
+    after = rtt.thread_wakeups(os.getpid())
+    done.set()
+    th.join()
+    assert tid[0] not in before and 30 <= after[tid[0]] < 60
+    assert after[os.getpid()] - before[os.getpid()] < 10  # the main thread waited once

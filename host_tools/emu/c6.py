@@ -233,7 +233,9 @@ class _HeadEnd:
         pair = {mid: ref.pair_key(sk, pk, GID, mid, self.meter_id)
                 for mid, sk, _ in self.members}
         out = []
-        for raw in b"".join(lines).split(b"\n"):
+        # whole lines only: the board keeps the first KEEP bytes (board/emulated_port/py), so
+        # a long run's last answer may be cut
+        for raw in b"".join(lines).split(b"\n")[:-1]:
             if not raw.strip(b"\r~"):
                 continue
             f = wire.open_frame(keys, True, wire.from_line(raw))

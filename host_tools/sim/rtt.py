@@ -17,8 +17,8 @@ platform they come from (the virtual board: the host's CPU) and the run count.
 ``--sim`` needs no meter: it starts one virtual meter (``--profile``) in a temporary directory,
 flashes and provisions it (a keystore of its own), makes its LoPA key pair, measures its idle
 CPU share (supervisor and VM, the VM's main thread and core 1 apart, from each thread's
-/proc schedstat, over ``--idle`` seconds) and then every kind, and
-stops it.
+/proc schedstat, over ``--idle`` seconds) with each part's wake-ups a second (its voluntary
+context switches), then every kind, and stops it.
 """
 
 from __future__ import annotations
@@ -117,22 +117,46 @@ def thread_cpu_ns(pid: int) -> dict[int, int]:
     return out
 
 
+def thread_wakeups(pid: int) -> dict[int, int]:
+    """Each thread of process ``pid``: how often it has blocked and been woken again (its
+    voluntary context switches, /proc/PID/task/TID/status). An idle meter's cost is mostly
+    these wake-ups (docs/BENCH-sim.md, "Idle cost"). A thread that ended meanwhile is left
+    out."""
+    out: dict[int, int] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/status").read_text()
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                out[int(tid)] = int(line.split()[1])
+    return out
+
+
 def idle_share(pids: dict[str, int], seconds: float) -> dict[str, float]:
     """Each process's CPU share (of one core) over ``seconds`` of wall time, from its threads'
     schedstat; for the VM ("vm") also its main thread ("vm_main", the main core) and the rest
-    ("vm_threads": core 1, the off-switch)."""
+    ("vm_threads": core 1, the off-switch). "wakes_<name>": the same parts' wake-ups a
+    second."""
     t0 = time.monotonic()
     before = {k: thread_cpu_ns(p) for k, p in pids.items()}
+    woke = {k: thread_wakeups(p) for k, p in pids.items()}
     time.sleep(seconds)
     after = {k: thread_cpu_ns(p) for k, p in pids.items()}
+    woke_after = {k: thread_wakeups(p) for k, p in pids.items()}
     wall = time.monotonic() - t0
     share: dict[str, float] = {}
     for k, p in pids.items():
         d = {t: ns - before[k].get(t, 0) for t, ns in after[k].items()}
+        w = {t: n - woke[k].get(t, 0) for t, n in woke_after[k].items()}
         share[k] = sum(d.values()) / 1e9 / wall
+        share[f"wakes_{k}"] = sum(w.values()) / wall
         if k == "vm":
             share["vm_main"] = d.get(p, 0) / 1e9 / wall
             share["vm_threads"] = share["vm"] - share["vm_main"]
+            share["wakes_vm_main"] = w.get(p, 0) / wall
+            share["wakes_vm_threads"] = share["wakes_vm"] - share["wakes_vm_main"]
     share["total"] = sum(share[k] for k in pids)
     return share
 
@@ -228,7 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"idle CPU share over {a.idle:g} s (of one core): supervisor "
                       f"{i['supervisor']:.4f}, VM {i['vm']:.4f} (main thread "
                       f"{i['vm_main']:.4f}, core 1 {i['vm_threads']:.4f}), total "
-                      f"{i['total']:.4f}")
+                      f"{i['total']:.4f}; wake-ups a second: supervisor "
+                      f"{i['wakes_supervisor']:.1f}, main thread {i['wakes_vm_main']:.1f}, "
+                      f"core 1 {i['wakes_vm_threads']:.1f}")
             for res in out["results"]:
                 print(report(res))
         else:

@@ -137,9 +137,10 @@ class _Rtc:
 
 class _Wan:
     # A scripted head-end: lines (authenticated frames the host made, host_tools/emu/c6.py) in
-    # the file /c6_wan.txt, each due at an RTC second: "<due> <line>\n". Answers are kept
-    # (at most KEEP) for the host to check; nothing else is read.
-    KEEP = const(16)
+    # the file /c6_wan.txt, each due at an RTC second: "<due> <line>\n". The answers' bytes
+    # are kept (the first KEEP: comm writes a frame in several pieces, its escapes apart) for
+    # the host to check; nothing else is read.
+    KEEP = const(1024)
 
     def __init__(self, rtc):
         self._rtc = rtc
@@ -154,7 +155,8 @@ class _Wan:
             pass
         self._cur = None
         self._pos = 0
-        self.out = []
+        self.out = bytearray(self.KEEP)
+        self.kept = 0
         self.bytes_in = self.bytes_out = 0
         # what the kernel's idle wait polls (select.py here, sys.stdin on a Pico), so that comm
         # rests until a line is due
@@ -188,8 +190,10 @@ class _Wan:
 
     def write(self, data):
         self.bytes_out += len(data)
-        if len(self.out) < self.KEEP:
-            self.out.append(bytes(data))
+        n = min(len(data), self.KEEP - self.kept)
+        if n > 0:
+            self.out[self.kept:self.kept + n] = memoryview(data)[:n]
+            self.kept += n
 
 
 led = _Pin()

@@ -127,5 +127,5 @@ def run(seconds, t0):
     for j in range(w):
         print("W", " ".join(str(rows[j * m + i]) for i in range(m)))
     return (passes, gc_us, w, tuple(k._names), errors, handled,
-            (han.writes, han.bytes), (wan.bytes_in, wan.bytes_out), tuple(wan.out),
-            (adc.gaps, adc.dropped), free)
+            (han.writes, han.bytes), (wan.bytes_in, wan.bytes_out),
+            (bytes(wan.out[:wan.kept]),), (adc.gaps, adc.dropped), free)
