@@ -106,6 +106,45 @@ def _boot_output(port: str, seconds: float) -> bytes:
     return out[out.find(b"soft reboot"):]
 
 
+def _qstr_pools(port: str, script: str) -> tuple[int, int]:
+    """(n_pool, n_qstr) of micropython.qstr_info() after ``script``, in a fresh VM."""
+    import re
+
+    from tests_device.conftest import mpremote
+
+    r = mpremote(port, "exec", script + "import micropython\nmicropython.qstr_info()")
+    assert r.returncode == 0, r.stderr
+    m = re.search(r"n_pool=(\d+), n_qstr=(\d+)", r.stdout)
+    assert m, r.stdout
+    return int(m.group(1)), int(m.group(2))
+
+
+def test_the_firmwares_first_name_opens_the_pool_a_boards_would_have_after_1260(
+        card: tuple[Path, str]) -> None:
+    # On a board the ROM's names are C: the firmware's first 1,260 names fill the 20- to
+    # 640-entry pools (py/qstr.c). The virtual board's ROM interns its own ~580 names in the
+    # VM's pools: it fills them to the board's 1,260 before its ballast is measured, so that
+    # the firmware's first name opens the 1,280-entry pool (~14 KB, at least what a board's
+    # first 1,260 names cost) and not a 640-entry one followed by that one (~21 KB).
+    _, port = card
+    # micropython and qstr_info are the VM's static names: nothing new is interned
+    assert _qstr_pools(port, "") == (6, 1260)
+    pools, names = _qstr_pools(port, "a_name_of_the_firmwares = 1\n")
+    assert (pools, names) == (7, 1261)
+    # ... and the ROM's ballast still leaves the firmware the board's free heap at the REPL
+    r = mpremote_exec(port, "import gc\ngc.collect()\nprint(gc.mem_free())")
+    want = profiles.repl_free_bytes(profiles.get("pybv11"))
+    assert want is not None and abs(int(r) - want) <= 3 * 1024, (r, want)
+
+
+def mpremote_exec(port: str, script: str) -> str:
+    from tests_device.conftest import mpremote
+
+    r = mpremote(port, "exec", script)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip()
+
+
 def test_flash_installs_on_the_card_and_boots_at_the_boards_heap(
         card: tuple[Path, str]) -> None:
     base, port = card
