@@ -368,66 +368,6 @@ out({{"first": first, "again": again, "same_c": g.h_C[g.slot_of(10)] == big_c,
                          "lopa ciphertext refused: t 9 already released (next 11)"]
 
 
-def test_the_round_code_is_in_ram_only_while_it_works(micropython: Run, tmp_path: Path) -> None:
-    """C14 - C13 (docs/BENCH.md): a committed group keeps its objects and their classes
-    (tasks/dc_gobj.py), not the round code (tasks/dc_round.py, dc_group.py): that comes in for a
-    cold boundary, the blinding's slices and a CIPHERTEXT, and leaves once every blinding is
-    ready; a hot boundary (the blinding precomputed) imports nothing. A cold boundary that finds
-    no room for the code keeps the interval's value for a later step: the round stays exact."""
-    r = vm(micropython, f"""
-import builtins, sys
-ROUND = ("tasks.dc_round", "tasks.dc_group")
-def held():
-    return [n for n in ROUND if n in sys.modules]
-ms = [M({str(tmp_path)!r} + "/m%d" % i, 70 + i, "r%d" % i) for i in range(3)]
-for x in ms:
-    keygen(x)
-setup(ms, b"ram")
-for x in ms:
-    x.idle()
-committed = held()
-for x in ms:
-    x.close(20, 1000 + x.id)           # the first boundary: cold
-cold = held()                          # the next blinding's job is under way
-for x in ms:
-    x.idle()
-ready = held()
-before = list(sys.modules)
-for x in ms:
-    x.close(21, 2000 + x.id)           # hot: the blinding is ready
-hot = [n for n in sys.modules if n not in before]
-c21 = [x.c(b"ram", 21) for x in ms]
-for x in ms:
-    x.idle()
-after_c = held()
-real = builtins.__import__
-def no_room(name, g=None, l=None, fromlist=None, level=0):
-    if name == "tasks.dc_round" or fromlist and "dc_round" in fromlist:
-        raise MemoryError("memory allocation failed")
-    return real(name, g, l, fromlist, level)
-builtins.__import__ = no_room
-for x in ms:
-    x.close(23, 3000 + x.id)           # cold again (22 skipped), and no room for the code
-waiting = [x.req("ciphertext", G(b"ram") + struct.pack(">I", 23)) for x in ms]
-builtins.__import__ = real
-for x in ms:
-    x.idle()
-c23 = [x.c(b"ram", 23) for x in ms]
-for x in ms:
-    x.idle()
-out({{"committed": committed, "cold": cold, "ready": ready, "hot": hot, "after_c": after_c,
-     "end": held(), "c21": c21, "c23": c23, "waiting": waiting,
-     "logs": [t for x in ms for t in x.port.logs if "error" in t or "not encrypted" in t]}})
-""")
-    assert r["committed"] == [] and r["ready"] == [] and r["after_c"] == [] and r["end"] == []
-    assert r["cold"] == ["tasks.dc_round", "tasks.dc_group"]
-    assert r["hot"] == []
-    assert sum(r["c21"]) & 0xFFFFFFFF == sum(2000 + i for i in (70, 71, 72))
-    assert r["waiting"] == [[7, "out of memory"]] * 3  # no room for its code: nothing left
-    assert sum(r["c23"]) & 0xFFFFFFFF == sum(3000 + i for i in (70, 71, 72))
-    assert r["logs"] == []
-
-
 def test_every_bad_setup_input_is_refused_logged_and_changes_nothing(
         micropython: Run, tmp_path: Path) -> None:
     r = vm(micropython, f"""
@@ -1419,11 +1359,10 @@ def test_dc_security_modules_hold_no_mutable_state(micropython: Run) -> None:
     out = micropython("""
 import json
 import tasks.dc_security, tasks.dc_setup, tasks.dc_round, tasks.dc_rare
-import tasks.dc_base, tasks.dc_keys, tasks.dc_recover, tasks.dc_budget, tasks.dc_gobj
-import tasks.dc_group
+import tasks.dc_base, tasks.dc_keys, tasks.dc_recover, tasks.dc_budget
 bad = []
 for m in (tasks.dc_security, tasks.dc_setup, tasks.dc_round, tasks.dc_rare, tasks.dc_base,
-          tasks.dc_keys, tasks.dc_recover, tasks.dc_budget, tasks.dc_gobj, tasks.dc_group):
+          tasks.dc_keys, tasks.dc_recover, tasks.dc_budget):
     for g in dir(m):
         v = getattr(m, g)
         if g.startswith("__") or isinstance(v, (int, float, str, bytes, tuple, type)):

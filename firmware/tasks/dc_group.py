@@ -1,6 +1,6 @@
-# The DC security module's groups (tasks/dc_security.py): the request parsers' gid, a group's
-# RAM, the pads of a blinding or a recovery, and the once-per-(gid, t) release table (the member
-# blocks, _Members, are in tasks/dc_gobj.py). Imported by the feature modules that handle groups (dc_setup, dc_round,
+# The DC security module's groups (tasks/dc_security.py): the request parsers' gid, the member
+# blocks (_Members) a group's ids and pair keys live in, a group's RAM, and the once-per-(gid, t)
+# release table. Imported by the feature modules that handle groups (dc_setup, dc_round,
 # dc_recover, dc_rare), never by dc_security itself: on a meter in no group it is not in RAM
 # (dc_security._rounds drops it with the round code; docs/hardware.md "Memory").
 import struct
@@ -8,13 +8,12 @@ from micropython import const
 
 import store
 from tasks.dc_base import MAX_GROUPS_CAP, REL_FILE, REL_FMT, Refused
-from tasks.dc_gobj import _cap, _Members  # noqa: F401 - the member blocks, for the set-up's code
 
+_BLOCK = const(25)  # member slots per RAM block: no buffer above 1000 B (a fragmented heap)
 _GROUP_BASE = const(768)  # a group's RAM besides ids and keys: objects, history, job state
 _REL_BYTES = const(409)
 _REL_REC = const(25)
 _E_BAD_ARGS = const(6)
-_MASK = const(0xFFFFFFFF)
 
 
 def _u32(b, off):
@@ -31,62 +30,62 @@ def _gid(body, off):
     return bytes(body[off + 1:off + 1 + n]), off + 1 + n
 
 
+def _cap(n):
+    return n - 1 if n - 1 < _BLOCK else _BLOCK
+
+
 def group_ram(n):
     # a group's RAM: its blocks of ids and keys, and the rest (objects, round history)
     cap = _cap(n)
     return (40 * cap + 16) * ((n - 2 + cap) // cap) + _GROUP_BASE
 
 
+class _Members:
+    # The other n-1 members' ids and pair keys, in blocks of `cap` slots. Block layout: id j
+    # (8 B, big-endian) at [8j], K_ij (32 B) at [8 cap + 32 j]. A group file is the same blocks.
+    def __init__(self, n, blocks=None):
+        self.k = n - 1
+        self.cap = _cap(n)
+        if blocks is None:
+            nb = (self.k + self.cap - 1) // self.cap
+            blocks = [bytearray(40 * self.cap) for _ in range(nb)]
+        self.blocks = blocks
 
+    def id_at(self, i):
+        b = self.blocks[i // self.cap]
+        j = (i % self.cap) << 3
+        return b[j:j + 8]
 
-def pads(g, slots, i, end, msg, acc):
-    # acc + sum of s_ij * PRF(K_ij, t) over slots[i:end] (slots None: all others). The PRF's
-    # module is the caller's (tasks/dc_round.py, dc_recover.py): GROUPS, which loads this
-    # module too, does not need it.
-    from lopa_core import prf_msg
+    def key_at(self, i):
+        cap = self.cap
+        o = (cap << 3) + ((i % cap) << 5)
+        return self.blocks[i // cap][o:o + 32]
 
-    mem = g.mem
-    my_b = g.my_b
-    while i < end:
-        j = i if slots is None else slots[i]
-        v = prf_msg(mem.key_at(j), msg)
-        if my_b < mem.id_at(j):
-            acc += v
-        else:
-            acc -= v
-        i += 1
-    return acc & _MASK
+    def put_id(self, i, idb):
+        j = (i % self.cap) << 3
+        self.blocks[i // self.cap][j:j + 8] = idb
 
+    def put_key(self, i, key):
+        cap = self.cap
+        o = (cap << 3) + ((i % cap) << 5)
+        self.blocks[i // cap][o:o + 32] = key
 
-# The member blocks' writes and search (tasks/dc_gobj.py _Members), for the set-up and the
-# recovery: not in the class, whose code a committed group keeps in RAM.
-def put_id(mem, i, idb):
-    j = (i % mem.cap) << 3
-    mem.blocks[i // mem.cap][j:j + 8] = idb
-
-
-def put_key(mem, i, key):
-    cap = mem.cap
-    o = (cap << 3) + ((i % cap) << 5)
-    mem.blocks[i // cap][o:o + 32] = key
-
-
-def find(mem, count, needle):
-    # slot of the 8-byte id among the first `count` slots, else -1
-    cap = mem.cap
-    for bi in range(len(mem.blocks)):
-        k = count - bi * cap
-        if k <= 0:
-            break
-        # the needle among the block's first k (at most cap) 8-byte ids
-        buf = mem.blocks[bi]
-        end = (k if k < cap else cap) << 3
-        i = buf.find(needle, 0, end)
-        while i >= 0:
-            if not i & 7:
-                return bi * cap + (i >> 3)
-            i = buf.find(needle, i + 1, end)
-    return -1
+    def find(self, count, needle):
+        # slot of the 8-byte id among the first `count` slots, else -1
+        cap = self.cap
+        for bi in range(len(self.blocks)):
+            k = count - bi * cap
+            if k <= 0:
+                break
+            # the needle among the block's first k (at most cap) 8-byte ids
+            buf = self.blocks[bi]
+            end = (k if k < cap else cap) << 3
+            i = buf.find(needle, 0, end)
+            while i >= 0:
+                if not i & 7:
+                    return bi * cap + (i >> 3)
+                i = buf.find(needle, i + 1, end)
+        return -1
 
 
 def released(dc, gid):

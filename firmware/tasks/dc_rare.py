@@ -143,7 +143,7 @@ def read_group(path):
     if len(mem.blocks) != (mem.k + mem.cap - 1) // mem.cap \
             or len(mem.blocks[-1]) != 40 * mem.cap:
         return None
-    from tasks.dc_gobj import _Group  # the round code itself comes in only for its work
+    from tasks.dc_round import _Group  # the round code comes in with the first group
 
     return _Group(bytes(head[2:2 + gl]), n, m, lam, my_id, mem)
 

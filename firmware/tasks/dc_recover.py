@@ -9,7 +9,7 @@ from micropython import const
 
 import lopa_core as lopa
 from tasks.dc_base import SLICE, Refused, _hex
-from tasks.dc_group import _gid, find, pads
+from tasks.dc_group import _gid
 
 _MASK = const(0xFFFFFFFF)
 _E_BAD_ARGS = const(6)
@@ -49,7 +49,7 @@ def recover(dc, ref, body):
         if idb in seen:
             raise Refused(_E_BAD_ARGS, "repeats id %s" % _hex(idb))
         seen.append(idb)
-        j = find(g.mem, g.n - 1, idb)
+        j = g.mem.find(g.others(), idb)
         if j < 0:
             raise Refused(_E_BAD_ARGS, "non-member %s" % _hex(idb))
         slots.append(j)
@@ -69,7 +69,7 @@ def recover_slice(dc, job):
     end = i + SLICE
     if end > len(slots):
         end = len(slots)
-    acc = pads(g, slots, i, end, msg, acc)
+    acc = g.pads(slots, i, end, msg, acc)
     job[5] = i = end
     job[6] = acc
     if i < len(slots):

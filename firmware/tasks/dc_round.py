@@ -12,8 +12,7 @@ from micropython import const
 import lazy
 import lopa_core as lopa
 from tasks.dc_base import HIST, INLINE_MAX, SLICE, Refused, _hex
-from tasks.dc_gobj import _Group  # noqa: F401 - the group's class, for the set-up's code
-from tasks.dc_group import _gid, _u32, pads, released, save_released
+from tasks.dc_group import _gid, _u32, released, save_released
 
 _MASK = const(0xFFFFFFFF)
 _E_BAD_ARGS = const(6)
@@ -23,9 +22,71 @@ _F_SENT = const(2)  # c went out in a CIPHERTEXT answer
 # 4: RECOVER answered, C erased (set in tasks/dc_recover.py, which has these flags too)
 
 
+class _Group:
+    # A committed group: the other members' ids and keys (_Members), and the rounds, in RAM.
+    def __init__(self, gid, n, m, lam, my_id, members):
+        self.gid = gid
+        self.n = n
+        self.m = m
+        self.lam = lam
+        self.my_id = my_id
+        self.my_b = struct.pack(">Q", my_id)
+        self.mem = members
+        self.bytes = 0  # persisted file size
+        self.last_t = -1  # never encrypt one interval twice
+        self.h_t = array("I", bytes(4 * HIST))
+        self.h_c = array("I", bytes(4 * HIST))
+        self.h_C = array("I", bytes(4 * HIST))
+        self.h_f = bytearray(HIST)
+        self.h_x = 0  # slot written next
+        # precomputed x-independent part for interval pre_t: b + n_i + C_i
+        self.pre_t = -1
+        self.pre = 0
+        self.pre_C = 0
+        # the blinding job (target job_t; job_slot >= 0: a cold boundary waits for it)
+        self.job_t = -1
+        self.job_i = 0
+        self.job_acc = 0
+        self.job_msg = None
+        self.job_us = 0
+        self.job_slot = -1
+        self.job_x = 0
+        self.enc_hot = None
+        self.enc_cold = None
+
+    def others(self):
+        return self.n - 1
+
+    def slot_of(self, t):
+        for k in range(HIST):
+            if self.h_f[k] and self.h_t[k] == t:
+                return k
+        return -1
+
+    def pads(self, slots, i, end, msg, acc):
+        # acc + sum of s_ij * PRF(K_ij, t) over slots[i:end] (slots None: all others)
+        mem = self.mem
+        my_b = self.my_b
+        while i < end:
+            j = i if slots is None else slots[i]
+            v = lopa.prf_msg(mem.key_at(j), msg)
+            if my_b < mem.id_at(j):
+                acc += v
+            else:
+                acc -= v
+            i += 1
+        return acc & _MASK
+
+
 def start_job(dc, g, t, slot, x):
     dc._jobs = True
-    g.start(t, slot, x)
+    g.job_t = t
+    g.job_i = 0
+    g.job_acc = 0
+    g.job_msg = lopa.round_msg(g.gid, t)
+    g.job_us = 0
+    g.job_slot = slot
+    g.job_x = x
 
 
 def job_slice(dc, g, count):
@@ -33,12 +94,10 @@ def job_slice(dc, g, count):
     t0 = time.ticks_us()
     i = g.job_i
     end = i + count
-    k = g.n - 1
+    k = g.others()
     if end > k:
         end = k
-    if g.job_msg is None:
-        g.job_msg = lopa.round_msg(g.gid, g.job_t)
-    g.job_acc = pads(g, None, i, end, g.job_msg, g.job_acc)
+    g.job_acc = g.pads(None, i, end, g.job_msg, g.job_acc)
     g.job_i = i = end
     if i >= k:
         if g.lam > 0:  # the noise's code in RAM only while it runs
@@ -67,9 +126,8 @@ def job_slice(dc, g, count):
     return False
 
 
-def interval(dc, t, x, groups):
-    # the groups whose boundary is cold (dc_security._interval did the precomputed ones)
-    for g in groups:
+def interval(dc, t, x):
+    for g in dc._groups.values():
         if t <= g.last_t:
             dc._port.log("lopa: interval %d already encrypted for %s" % (t, _hex(g.gid)))
             continue
@@ -96,7 +154,7 @@ def interval(dc, t, x, groups):
                 g.job_slot, g.job_x = slot, x & _MASK  # under way: let it finish
             else:
                 start_job(dc, g, t, slot, x & _MASK)
-            if g.n - 1 <= INLINE_MAX:
+            if g.others() <= INLINE_MAX:
                 job_slice(dc, g, INLINE_MAX)
 
 

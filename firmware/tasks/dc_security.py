@@ -39,18 +39,15 @@ from tasks.dc_base import (  # noqa: F401  HIST, KEY_FILE: read by the bench and
 
 _E_BAD_ARGS = const(6)  # an underscored const is the compiler's only: each module has its own
 _E_FAILED = const(7)
-_MASK = const(0xFFFFFFFF)
-_F_VALID = const(1)  # as in tasks/dc_round.py: c is ready
 _REST_MS = const(1000)  # an idle step's rest (kernel.py): a message ends it at once
 
 class DcSecurity:
     def __init__(self, port, hw):
         self._port = port
-        self._late = None  # (t, x, groups): a cold boundary that found no room for its code
         # its key pair, the registrar's anchor and the committed groups, read once at boot by
         # code that is in RAM only while it runs (tasks/dc_rare.py init)
         lazy.call("tasks.dc_rare", "init", self, hw)
-        self._rounds_out()  # the round code comes in for its work only
+        self._rounds()  # loaded with the groups; dropped if there is none
 
     # -- helpers ----------------------------------------------------------------------
     def _rand_u32(self):
@@ -81,10 +78,7 @@ class DcSecurity:
             if kind == "ciphertext":
                 if not self._groups:
                     raise Refused(_E_BAD_ARGS, "unknown group")
-                try:
-                    self._rounds().ciphertext(self, ref, body)
-                finally:
-                    self._rounds_out()
+                self._rounds().ciphertext(self, ref, body)
                 return
             if kind == "recover":
                 try:
@@ -92,7 +86,6 @@ class DcSecurity:
                 finally:
                     if not self._recover:
                         lazy.drop("tasks.dc_recover")
-                        self._rounds_out()
                 return
             if kind == "pubkey":
                 # C2 (S2): the key it holds, answered from RAM: no import, no collection
@@ -153,7 +146,8 @@ class DcSecurity:
     def _release(self):
         lazy.drop("tasks.dc_setup")
         lazy.drop("x25519")  # only set-ups use it (lopa.pair_key, KEYGEN)
-        self._rounds_out()
+        if self._rounds() is None:  # the round code, dropped when no group is left
+            gc.collect()
 
     def _drop_setup(self, why):
         s = self._setup
@@ -171,78 +165,29 @@ class DcSecurity:
             from tasks import dc_recover as mod
         return mod
 
-    # -- rounds: tasks/dc_round.py (and dc_group.py), in RAM while they work -----------------
-    # A committed group's objects are tasks/dc_gobj.py's; the code that works on them comes in
-    # for a cold boundary, the blinding's slices, a CIPHERTEXT or a recovery, and leaves when
-    # none is left to do (C14 - C13 in docs/BENCH.md: not held between intervals). The hot
-    # boundary, the precomputed blinding added, is here: it loads nothing.
+    # -- rounds: tasks/dc_round.py (and dc_group.py), in RAM while this meter is in a group ---
     def _rounds(self):
-        # The round code (tasks/dc_round.py), imported when a group has work for it; None
-        # when no group is left.
+        # The round code (tasks/dc_round.py), imported while a group exists, dropped when none
+        # is left (no group: nothing to encrypt, and a first group's set-up has it out of RAM).
         import sys
 
-        if not self._groups:
-            self._rounds_out()
-            return None
         mod = sys.modules.get("tasks.dc_round")
-        if mod is None:
+        if mod is None and self._groups:
             gc.collect()  # its code fills low holes rather than splitting the free blocks
             from tasks import dc_round as mod
+        elif not self._groups:
+            # the groups' code (tasks/dc_group.py, its member blocks and release table) with it
+            if mod is not None or "tasks.dc_group" in sys.modules:
+                lazy.drop("tasks.dc_round")
+                lazy.drop("tasks.dc_group")
+                gc.collect()
+            return None
         return mod
-
-    def _rounds_out(self):
-        # The round code and the groups' (tasks/dc_group.py) out of RAM when nothing is left
-        # for them: no group, or no blinding or recovery job; never while a
-        # set-up is pending (whose code holds them itself)
-        import sys
-
-        if self._setup is not None or self._groups and (self._jobs or self._recover):
-            return
-        m = sys.modules
-        if "tasks.dc_round" in m or "tasks.dc_group" in m or not self._groups and "tasks.dc_gobj" in m:
-            lazy.drop("tasks.dc_round")
-            lazy.drop("tasks.dc_group")
-            if not self._groups:
-                lazy.drop("tasks.dc_gobj")  # the classes too, with the last group
-            gc.collect()
 
     def _interval(self, t, x):
         self._t = t
-        cold = None
-        for g in self._groups.values():
-            if g.pre_t != t or t <= g.last_t:
-                if cold is None:
-                    cold = []
-                cold.append(g)
-                continue
-            # hot: the blinding is ready, encrypting is one addition (tasks/dc_round.py has
-            # the cold boundary)
-            g.last_t = t
-            slot = g.h_x
-            g.h_x = (slot + 1) % HIST
-            g.h_t[slot] = t
-            t0 = time.ticks_us()
-            g.h_c[slot] = (x + g.pre) & _MASK
-            g.enc_hot = time.ticks_diff(time.ticks_us(), t0)
-            g.h_C[slot] = g.pre_C
-            g.h_f[slot] = _F_VALID
-            g.pre_t = -1
-            g.pre = g.pre_C = 0
-            g.start(t + 1, -1, 0)
-            self._jobs = True
-        if cold:
-            try:
-                mod = self._rounds()
-            except MemoryError:
-                # no room for the round code now (a heap in pieces): the boundary is done by a
-                # step, once there is (a later boundary before then loses this one: logged)
-                if self._late is not None:
-                    self._port.log_flood("lopa: interval %d not encrypted (no memory)"
-                                         % self._late[0])
-                self._late = (t, x, cold)
-                self._jobs = True
-                return
-            mod.interval(self, t, x, cold)
+        if self._groups:
+            self._rounds().interval(self, t, x)
 
     # -- idle work ----------------------------------------------------------------------
     def step(self):
@@ -251,14 +196,9 @@ class DcSecurity:
             self._setup_code().derive_one(self, s)
             return
         if self._recover or self._jobs:
-            try:
-                mod = self._rounds()
-            except MemoryError:  # no room for its code now: retried after a rest
-                gc.collect()
-                return _REST_MS
+            mod = self._rounds()
             if mod is None:  # the last group went meanwhile: nothing left to do
                 self._jobs = False
-                self._late = None
                 if self._recover:
                     self._recover = []
                     lazy.drop("tasks.dc_recover")
@@ -266,18 +206,8 @@ class DcSecurity:
             if self._recover:  # a slice of a recovery first, else of a blinding job
                 if self._recovery().step(self):
                     lazy.drop("tasks.dc_recover")
-                    self._rounds_out()
                 return
-            late = self._late
-            if late is not None:  # a cold boundary that waited for room
-                self._late = None
-                mod.interval(self, late[0], late[1], late[2])
             mod.step(self)
-            for g in self._groups.values():
-                if g.job_t >= 0:
-                    return
-            self._jobs = False  # every blinding is ready: the round code leaves
-            self._rounds_out()
             return
         # Nothing to do: all its work comes in messages (a set-up chunk, an interval's value, a
         # recovery), and the kernel makes the step due when one is handled; until then it rests

@@ -16,7 +16,7 @@ import lopa_core as lopa
 import store
 import lazy
 from tasks.dc_base import CHUNK_MAX, MAX_GROUPS_CAP, MAX_N, MIN_N, Refused, _hex, free
-from tasks.dc_group import _gid, _Members, find, group_ram, put_id, put_key, released
+from tasks.dc_group import _gid, _Members, group_ram, released
 
 _REC = const(40)  # id u64 + pk 32
 _E_BAD_ARGS = const(6)
@@ -169,12 +169,12 @@ def group_keys(dc, ref, meter_id, body, t0):
                 raise Refused(_E_BAD_ARGS, "this meter's id with another public key")
             has_self = True
             continue
-        if find(mem, s.got + n, idb) >= 0:
+        if mem.find(s.got + n, idb) >= 0:
             raise Refused(_E_BAD_ARGS, "duplicate member id %s" % _hex(idb))
         if bytes(mv[o + 8:o + _REC]) == my_pk:
             raise Refused(_E_BAD_ARGS, "this meter's public key under id %s" % _hex(idb))
-        put_id(mem, s.got + n, idb)
-        put_key(mem, s.got + n, mv[o + 8:o + _REC])
+        mem.put_id(s.got + n, idb)
+        mem.put_key(s.got + n, mv[o + 8:o + _REC])
         n += 1
     if not has_self and not s.self_seen and s.received + count == s.n:
         raise Refused(_E_BAD_ARGS, "this meter is not in the member list")
@@ -207,7 +207,7 @@ def derive_one(dc, s):
         dc._refuse(ref, "group_keys", Refused(
             _E_BAD_ARGS, "low-order public key for id %016x" % id_j))
         return
-    put_key(s.mem, slot, k)
+    s.mem.put_key(slot, k)
     dt = time.ticks_diff(time.ticks_us(), t0)
     s.work_us += dt
     s.work_dus += dt

@@ -60,8 +60,7 @@ LOPA_MODULES = ("/lib/lopa.mpy", "/lib/lopa_core.mpy", "/lib/lopa_noise.mpy", "/
                 "/lib/x25519_py.mpy", "/lib/x25519_thumb.mpy", "/lib/x25519_v7m.mpy",
                 "/tasks/dc_security.mpy", "/tasks/dc_base.mpy", "/tasks/dc_keys.mpy",
                 "/tasks/dc_setup.mpy", "/tasks/dc_rare.mpy", "/tasks/dc_round.mpy",
-                "/tasks/dc_recover.mpy", "/tasks/dc_budget.mpy", "/tasks/dc_group.mpy",
-                "/tasks/dc_gobj.mpy")
+                "/tasks/dc_recover.mpy", "/tasks/dc_budget.mpy", "/tasks/dc_group.mpy")
 # What the on-board bench imports; an emulated board (no flash image) gets these and what
 # they import, found in the firmware's sources.
 BENCH_IMPORTS = ("lopa", "metro", "x25519", "tasks.dc_security", "tasks.dc_setup",
