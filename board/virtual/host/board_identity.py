@@ -92,6 +92,7 @@ def apply(prof, hw, board_sys):
     if n:
         import gc
 
+        _fill_qstr_pools()
         gc.collect()
         n = gc.mem_free() - n - 32
         if n < 0:
@@ -101,6 +102,46 @@ def apply(prof, hw, board_sys):
         prof["free_at_boot"] = bytearray(n)
     return (prof["sysname"], prof["nodename"], prof["release"], prof["version"],
             prof["machine"])
+
+
+# The names a board's dynamic qstr pools hold before they need a seventh: 20 + 40 + ... + 640
+# (py/qstr.c qstr_add doubles the last pool's alloc; the first dynamic pool follows a static
+# pool whose alloc is 10: MICROPY_ALLOC_QSTR_ENTRIES_INIT, py/qstr.c, and mpy-tool.py's
+# frozen pool, min(len, 10); v1.28.0).
+_BOARD_POOLS_NAMES = 1260
+# The 640-entry pool on the VM: 640 * (8 + 2 + 1) B + its header, ~7 KB; a name's chars are
+# far less, the 1,280-entry pool twice as much
+_POOL_JUMP = (4096, 10240)
+
+
+def _fill_qstr_pools():
+    # On a board the ROM's names are C (static pools): the firmware's first name opens the
+    # first 20-entry dynamic pool. Here the ROM's ~580 names are interned in the VM's dynamic
+    # pools (20 ... 320), so the firmware's names landed in the 640- and 1,280-entry pools
+    # (~21 KB of the firmware's heap where a board's firmware of ~1,000 names pays ~9 KB as
+    # 32-bit objects, ~13 KB as 64-bit ones). The pools are filled with names of the ROM's
+    # (none an identifier: a leading space) up to the board's 1,260, before the ballast is
+    # measured: the firmware's first name then opens the 1,280-entry pool (~14 KB), at least
+    # what its first 1,260 names cost on a board. getattr interns its name argument
+    # (py/modbuiltins.c mp_builtin_getattr, mp_obj_str_get_qstr).
+    import gc
+
+    gc.collect()
+    i = 0
+    # the pool that the ROM's names left open is filled, then the 640-entry pool, whose
+    # allocation is the one jump of more than _POOL_JUMP on the way
+    opened = 0
+    while i < _BOARD_POOLS_NAMES:
+        before = gc.mem_free()
+        getattr(_hidden, " vb%d" % i, None)
+        i += 1
+        jump = before - gc.mem_free()
+        if jump > _POOL_JUMP[1]:
+            return  # the ROM's own names needed the seventh pool: nothing to fill
+        if jump > _POOL_JUMP[0]:
+            opened = i  # this name is the 640-entry pool's first
+        if opened and i - opened == 639:
+            return
 
 
 def load(prof):
