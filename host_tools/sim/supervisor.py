@@ -346,6 +346,7 @@ class Supervisor:
         self.sigint_at = 0.0  # when the last SIGINT went out, until the VM acted on it
         self.held_since, self.held_logged = 0.0, False  # client input the VM has not taken
         self.sigint_retries = 0
+        self.handed_to: str | None = None  # the file a held Ctrl-C was handed to (_hand_over)
         self.sigint_cpu_ns = 0  # the VM main thread's CPU time when the last SIGINT went out
         self.power_mode = "run"
         self.last_cr = False
@@ -477,6 +478,7 @@ class Supervisor:
         self.repl = "friendly"
         self.boot_buf.clear()
         self.rom_active, self.file_running, self.sigint_at = True, False, 0.0
+        self.handed_to = None
         self.raw_stage = 0
         self.scan_tail = b""
         self.files = {}
@@ -688,6 +690,17 @@ class Supervisor:
             if self.state == "booting":
                 self._ready()
         elif ev.get("ev") == "file":
+            name = str(ev["name"])
+            if ev.get("go"):
+                self._hand_over(name)
+            elif ev["s"] == "end" and self.handed_to == name:
+                self.handed_to = None
+                if ev.get("err") != "KeyboardInterrupt":
+                    # it ended without taking the Ctrl-C handed to it (a boot.py that never
+                    # turned Ctrl-C off): it goes to what runs next (main.py, or the REPL)
+                    self.to_vm[:0] = bytes([CTRL_C])
+                    if self.a.trace:
+                        self.log(f"ctrl-c not taken by {name}; held again")
             self.file_running = ev["s"] == "start"
             if not self.file_running:
                 self.sigint_at = 0.0  # whatever interrupted it has been handled
@@ -822,12 +835,33 @@ class Supervisor:
                     return
             del self.to_vm[:1]
 
-    def _sigint(self, retry: bool) -> None:
+    def _sigint(self, retry: bool, sig: int = signal.SIGINT) -> None:
         self.sigint_cpu_ns = main_thread_cpu_ns(self.vm_pid)
-        os.kill(self.vm_pid, signal.SIGINT)
+        os.kill(self.vm_pid, sig)
         self.sigint_at = time.monotonic()
         self.sigint_retries = self.sigint_retries + 1 if retry else 0
         self.stats["sigints"] += 1
+
+    def _hand_over(self, name: str) -> None:
+        """The ROM is about to run ``name`` and waits for this answer ("go"). A Ctrl-C held
+        while the ROM ran its own code (_hold_ctrl_c: the board still booting) is handed to
+        the file first: SIGUSR2 marks it in the native launcher, which makes it pending when
+        the file turns Ctrl-C off, or drops it when the file ends without doing so (then it
+        is held again for what runs next: the "file" end event); a file that neither ends nor
+        turns Ctrl-C off gets it as a SIGINT from _check_sigint (vmlaunch.py, rom.py
+        _run_file). A SIGINT sent here instead landed wherever the file had got to by then:
+        past firmware/main.py's micropython.kbd_intr(-1) (its first line; Ctrl-C stays off
+        while it reads the seal) the Ctrl-C went as a byte, which the firmware then read as
+        WAN input, and mpremote, its Ctrl-A eaten too, never got the raw REPL."""
+        self._feed_vm()  # what came before the Ctrl-C goes first (it waits: file not started)
+        if self.a.launcher and self.state == "on" and self.vm_pid \
+                and self.to_vm[:1] == bytes([CTRL_C]):
+            if self.a.trace:
+                self.log(f"ctrl-c -> handed to {name}")
+            self._sigint(retry=False, sig=signal.SIGUSR2)
+            del self.to_vm[:1]
+            self.handed_to = name
+        self._send_hw({"go": 1})
 
     def _sigint_unsettled(self) -> bool:
         """True while the last SIGINT may still be pending in the VM: sent less than

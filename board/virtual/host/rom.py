@@ -31,6 +31,7 @@
 # reaching one a closure object, both on the heap. Nothing of this module reaches the REPL's
 # globals (a Pico's REPL starts with an empty namespace): boot() takes itself out of them.
 import json
+import micropython
 import os
 import sys
 import time
@@ -360,6 +361,8 @@ class _Hardware:
                 self.meter = msg["meter"]
             if "cut" in msg:
                 _wp_arm(msg["cut"])
+            if "go" in msg:  # the supervisor's answer to a file's start (_run_file)
+                self.go = 1
 
     def output(self, name, value):
         self.outputs[name] = value
@@ -529,11 +532,13 @@ _fat_dev = None  # the FAT filesystem's block device (flashdev.py), which os.syn
 
 
 def _run_file(name, g):
+    # None: the file ran to its end, or there is none; else the name of the exception that
+    # ended it
     try:
         with open(name) as f:
             src = f.read()
     except OSError:
-        return False
+        return None
     err = None
     try:
         # Compiled before Ctrl-C turns into SIGINT, as a board's pyexec compiles a file before
@@ -545,10 +550,18 @@ def _run_file(name, g):
     while True:
         finished = False
         try:
-            # The supervisor turns Ctrl-C into SIGINT from this event on.
-            hw.event({"ev": "file", "name": name, "s": "start"})
             if err is not None:
+                hw.event({"ev": "file", "name": name, "s": "start"})
                 raise err
+            # The supervisor turns Ctrl-C into SIGINT from this event on. It answers ("go")
+            # once it has handed the file a Ctrl-C that came while the board booted (held until
+            # now, supervisor.py _hand_over), so that the file cannot turn Ctrl-C off before
+            # the launcher knows of it (vmlaunch.py).
+            hw.go = 0
+            hw.event({"ev": "file", "name": name, "s": "start", "go": 1})
+            while not hw.go:
+                hw._poll.poll(1000)
+                hw.poll()
             exec(code, g)
             finished = True
         except BaseException as e:  # noqa: BLE001 - a board prints and goes on
@@ -571,8 +584,11 @@ def _run_file(name, g):
                     print(line)
             err = type(e).__name__
         break
+    # Ctrl-C on, as between a board's files; a Ctrl-C handed to this file and not taken is
+    # dropped in the VM (vmlaunch.py: the supervisor hands it on to what runs next)
+    micropython.kbd_intr(3)
     hw.event({"ev": "file", "name": name, "s": "end", "err": err})
-    return True
+    return err
 
 
 def boot(g):
@@ -670,8 +686,9 @@ def boot(g):
     if identity is not None:  # the board's identity on it, its import filter and models
         hw.uname = identity(prof, hw, board_sys)
     hw.event({"ev": "booted", "mode": mode})
-    _run_file("boot.py", g)
-    if mode == "run":
+    # An exception out of boot.py (a Ctrl-C too) keeps main.py from running, as on a board
+    # (ports/rp2/main.c, ports/stm32/boardctrl.c boardctrl_run_boot_py, v1.28.0)
+    if _run_file("boot.py", g) is None and mode == "run":
         _run_file("main.py", g)
     # From here on Ctrl-C reaches the REPL (as a byte at its prompt).
     hw.event({"ev": "rom-done"})
