@@ -15,7 +15,8 @@ Run as its own process (``python -S supervisor.py ...``), one per meter, by
   main.py otherwise;
 - turns a client's Ctrl-C into SIGINT while the VM is executing with its
   interrupt character enabled (raw-paste included), and passes it as a byte
-  otherwise (at a prompt, or after ``micropython.kbd_intr(-1)``);
+  otherwise (at a prompt, or after ``micropython.kbd_intr(-1)``); one that comes while the
+  board boots is held and handed to the file the ROM starts next (``_hand_over``);
 - backs the hardware surface: input pins the host sets, output pins it reads,
   the waveform parameters of the ADC, and the HAN TX line on a second pty;
 - answers a JSON control socket (``ctl.sock``): status, power-cut, power-on, pins,

@@ -24,6 +24,10 @@ runs its ROM's C code from flash, so that its bytecode takes no heap. The ADC's 
 (``MPVM_ADC``, ``MPVM_ADC_MAP``) is mapped read-only and shared: the supervisor, the board's
 analog front end, writes the samples into it, as a board's ADC writes them by DMA.
 
+It schedules Ctrl-C as a board does (the VM's SIGINT handler replaced), and takes a Ctrl-C
+that the supervisor held while the board booted (SIGUSR2), pending from the moment the file
+the ROM starts turns Ctrl-C off (docs/virtual-board.md, "input held while the board boots").
+
 It also gives the VM a board's console input: its own ``mp_hal_stdin_rx_chr``, which the VM
 calls through its PLT in place of the unix port's, returns each byte as received (the port's
 turns LF into CR, so a CRLF script reached the lexer with every line end doubled).

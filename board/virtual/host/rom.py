@@ -31,7 +31,6 @@
 # reaching one a closure object, both on the heap. Nothing of this module reaches the REPL's
 # globals (a Pico's REPL starts with an empty namespace): boot() takes itself out of them.
 import json
-import micropython
 import os
 import sys
 import time
@@ -337,19 +336,21 @@ class _Hardware:
     def poll(self):
         # Apply whatever the supervisor sent (input pins, waveform). One thread reads the pipe
         # at a time (the flash model polls too, flashdev.py); another one returns at once.
+        # True when it read the supervisor's "go" (_run_file).
         if not _poll_lock.acquire(0):
-            return
+            return False
         try:
-            self._poll_pending()
+            return self._poll_pending()
         finally:
             _poll_lock.release()
 
     def _poll_pending(self):
+        go = False
         while self._poll.poll(0):
             line = self._in.readline()
             if not line:
                 self._poll.unregister(self._in)
-                return
+                return go
             msg = json.loads(line)
             if "inputs" in msg:
                 self.inputs.update(msg["inputs"])
@@ -362,7 +363,8 @@ class _Hardware:
             if "cut" in msg:
                 _wp_arm(msg["cut"])
             if "go" in msg:  # the supervisor's answer to a file's start (_run_file)
-                self.go = 1
+                go = True
+        return go
 
     def output(self, name, value):
         self.outputs[name] = value
@@ -557,11 +559,9 @@ def _run_file(name, g):
             # once it has handed the file a Ctrl-C that came while the board booted (held until
             # now, supervisor.py _hand_over), so that the file cannot turn Ctrl-C off before
             # the launcher knows of it (vmlaunch.py).
-            hw.go = 0
             hw.event({"ev": "file", "name": name, "s": "start", "go": 1})
-            while not hw.go:
+            while not hw.poll():
                 hw._poll.poll(1000)
-                hw.poll()
             exec(code, g)
             finished = True
         except BaseException as e:  # noqa: BLE001 - a board prints and goes on
@@ -586,6 +586,8 @@ def _run_file(name, g):
         break
     # Ctrl-C on, as between a board's files; a Ctrl-C handed to this file and not taken is
     # dropped in the VM (vmlaunch.py: the supervisor hands it on to what runs next)
+    import micropython
+
     micropython.kbd_intr(3)
     hw.event({"ev": "file", "name": name, "s": "end", "err": err})
     return err
