@@ -151,26 +151,35 @@ def test_blank_board_has_no_firmware(meters: Meters) -> None:
 
 
 def test_keys_problem_until_provisioned(meters: Meters, tmp_path: Path) -> None:
-    # Sessions back to back: each begins while the previous one's soft reset still boots the
-    # meter (a Ctrl-C then is held and handed to main.py: tests_device/test_sim_ctrl_c.py).
+    # Between two sessions the meter gets to run: a session that connects while the previous
+    # one's soft reset still boots the meter stops main.py before it has the kernel (a Ctrl-C
+    # then is handed to main.py's first lines, tests_device/test_sim_ctrl_c.py), and doctor
+    # then rightly reports "main.py was not running".
     port = meters.port(0)
+    assert_beating(meters, 0)
     r = doctor(port)
     keys = [p for p in r.problems if "no WAN keys" in p.problem]
     assert len(keys) == 1 and keys[0].fix == f"meterctl provision --port {port}"
+    assert_beating(meters, 0)
     cli = meterctl("doctor", "--port", port)
     assert cli.returncode == 1
     assert re.search(r"^problem: no WAN keys provisioned .*; fix: meterctl provision --port ",
                      cli.stdout, re.M), cli.stdout
+    assert_beating(meters, 0)
     provision(port, Keystore(tmp_path / "keystore.json"))
+    assert_beating(meters, 0)
     r = doctor(port)
     assert r.keys and r.ok, r.lines()
+    assert_beating(meters, 0)
     cli = meterctl("doctor", "--port", port)
     assert cli.returncode == 0, cli.stdout + cli.stderr
     assert cli.stdout.splitlines()[-1] == "ok: nothing wrong found"
     assert re.search(r"^clock: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", cli.stdout, re.M)
+    assert_beating(meters, 0)
     d = json.loads(meterctl("doctor", "--port", port, "--json").stdout)
     assert d["ok"] is True and d["keys"] is True and d["problems"] == [], d["problems"]
     assert d["port"] == port and abs(d["rtc"] - time.time()) < 60  # epoch seconds
+    assert_beating(meters, 0)
 
 
 def test_soft_resets_into_main_py_even_when_the_probe_fails(
