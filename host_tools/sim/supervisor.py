@@ -882,13 +882,15 @@ class Supervisor:
         return main_thread_cpu_ns(self.vm_pid) - self.sigint_cpu_ns < SIGINT_CPU_NS
 
     def _check_sigint(self) -> None:
-        """The VM now and then loses a SIGINT, mostly just as main.py starts. One cause is
+        """The VM now and then loses a SIGINT while the firmware imports. One cause is
         known: MicroPython's import takes whatever a Python VFS's stat raises for "not
         found" (extmod/vfs.c, mp_vfs_import_stat), and the virtual board's filesystem is
-        Python (board/virtual/host/rom.py, JailFS), so a KeyboardInterrupt raised there while
-        main.py imports is swallowed; a board's littlefs stat is C. A board never loses a
-        Ctrl-C, so one that has had no effect once the VM has run on (_sigint_unsettled) is
-        sent again, at most twice. Giving up logs where the VM's threads wait."""
+        Python (board/virtual/host/rom.py, JailFS; flashdev.py on a board profile), so a
+        KeyboardInterrupt raised there while main.py imports is swallowed; a board's littlefs
+        stat is C. A board never loses a Ctrl-C, so one that has had no effect once the VM has
+        run on (_sigint_unsettled) is sent again, at most twice; so is a Ctrl-C handed to a
+        file that has not turned Ctrl-C off (_hand_over). Giving up logs where the VM's threads
+        wait."""
         if not self.sigint_at or self._sigint_unsettled():
             return
         if self.sigint_retries < 2 and self.vm_pid and sigint_caught(self.vm_pid) and (
