@@ -307,6 +307,9 @@ class _Hardware:
         self.outputs = {}  # as the pins were left (a latching relay keeps its state)
         self.wave = {}
         self.meter = {}
+        # the supervisor's answer to a file's start (_run_file), whichever thread reads it (the
+        # flash model's may: flashdev.py _arm_check); made here, before the ballast is weighed
+        self.go = 0
         self._poll = select.poll()
         self._poll.register(self._in, select.POLLIN)
         # Battery-backed RAM (board.nvram; an STM32's backup SRAM): None without one (a Pico).
@@ -336,21 +339,19 @@ class _Hardware:
     def poll(self):
         # Apply whatever the supervisor sent (input pins, waveform). One thread reads the pipe
         # at a time (the flash model polls too, flashdev.py); another one returns at once.
-        # True when it read the supervisor's "go" (_run_file).
         if not _poll_lock.acquire(0):
-            return False
+            return
         try:
-            return self._poll_pending()
+            self._poll_pending()
         finally:
             _poll_lock.release()
 
     def _poll_pending(self):
-        go = False
         while self._poll.poll(0):
             line = self._in.readline()
             if not line:
                 self._poll.unregister(self._in)
-                return go
+                return
             msg = json.loads(line)
             if "inputs" in msg:
                 self.inputs.update(msg["inputs"])
@@ -362,9 +363,8 @@ class _Hardware:
                 self.meter = msg["meter"]
             if "cut" in msg:
                 _wp_arm(msg["cut"])
-            if "go" in msg:  # the supervisor's answer to a file's start (_run_file)
-                go = True
-        return go
+            if "go" in msg:
+                self.go = 1
 
     def output(self, name, value):
         self.outputs[name] = value
@@ -559,9 +559,11 @@ def _run_file(name, g):
             # once it has handed the file a Ctrl-C that came while the board booted (held until
             # now, supervisor.py _hand_over), so that the file cannot turn Ctrl-C off before
             # the launcher knows of it (vmlaunch.py).
+            hw.go = 0
             hw.event({"ev": "file", "name": name, "s": "start", "go": 1})
-            while not hw.poll():
-                hw._poll.poll(1000)
+            while not hw.go:
+                hw._poll.poll(50)
+                hw.poll()
             exec(code, g)
             finished = True
         except BaseException as e:  # noqa: BLE001 - a board prints and goes on
