@@ -151,8 +151,10 @@ def test_blank_board_has_no_firmware(meters: Meters) -> None:
 
 
 def test_keys_problem_until_provisioned(meters: Meters, tmp_path: Path) -> None:
-    # Between two sessions the meter gets to run: a virtual meter interrupted within a few
-    # hundred ms of its soft reset can miss the Ctrl-C (the supervisor's SIGINT race).
+    # Between two sessions the meter gets to run: a session that connects while the previous
+    # one's soft reset still boots the meter stops main.py before it has the kernel (a Ctrl-C
+    # then is handed to main.py's first lines, tests_device/test_sim_ctrl_c.py), and doctor
+    # then rightly reports "main.py was not running".
     port = meters.port(0)
     assert_beating(meters, 0)
     r = doctor(port)

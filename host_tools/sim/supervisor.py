@@ -15,7 +15,8 @@ Run as its own process (``python -S supervisor.py ...``), one per meter, by
   main.py otherwise;
 - turns a client's Ctrl-C into SIGINT while the VM is executing with its
   interrupt character enabled (raw-paste included), and passes it as a byte
-  otherwise (at a prompt, or after ``micropython.kbd_intr(-1)``);
+  otherwise (at a prompt, or after ``micropython.kbd_intr(-1)``); one that comes while the
+  board boots is held and handed to the file the ROM starts next (``_hand_over``);
 - backs the hardware surface: input pins the host sets, output pins it reads,
   the waveform parameters of the ADC, and the HAN TX line on a second pty;
 - answers a JSON control socket (``ctl.sock``): status, power-cut, power-on, pins,
@@ -346,6 +347,7 @@ class Supervisor:
         self.sigint_at = 0.0  # when the last SIGINT went out, until the VM acted on it
         self.held_since, self.held_logged = 0.0, False  # client input the VM has not taken
         self.sigint_retries = 0
+        self.handed_to: str | None = None  # the file a held Ctrl-C was handed to (_hand_over)
         self.sigint_cpu_ns = 0  # the VM main thread's CPU time when the last SIGINT went out
         self.power_mode = "run"
         self.last_cr = False
@@ -477,6 +479,7 @@ class Supervisor:
         self.repl = "friendly"
         self.boot_buf.clear()
         self.rom_active, self.file_running, self.sigint_at = True, False, 0.0
+        self.handed_to = None
         self.raw_stage = 0
         self.scan_tail = b""
         self.files = {}
@@ -688,6 +691,17 @@ class Supervisor:
             if self.state == "booting":
                 self._ready()
         elif ev.get("ev") == "file":
+            name = str(ev["name"])
+            if ev.get("go"):
+                self._hand_over(name)
+            elif ev["s"] == "end" and self.handed_to == name:
+                self.handed_to = None
+                if ev.get("err") != "KeyboardInterrupt":
+                    # it ended without taking the Ctrl-C handed to it (a boot.py that never
+                    # turned Ctrl-C off): it goes to what runs next (main.py, or the REPL)
+                    self.to_vm[:0] = bytes([CTRL_C])
+                    if self.a.trace:
+                        self.log(f"ctrl-c not taken by {name}; held again")
             self.file_running = ev["s"] == "start"
             if not self.file_running:
                 self.sigint_at = 0.0  # whatever interrupted it has been handled
@@ -822,12 +836,33 @@ class Supervisor:
                     return
             del self.to_vm[:1]
 
-    def _sigint(self, retry: bool) -> None:
+    def _sigint(self, retry: bool, sig: int = signal.SIGINT) -> None:
         self.sigint_cpu_ns = main_thread_cpu_ns(self.vm_pid)
-        os.kill(self.vm_pid, signal.SIGINT)
+        os.kill(self.vm_pid, sig)
         self.sigint_at = time.monotonic()
         self.sigint_retries = self.sigint_retries + 1 if retry else 0
         self.stats["sigints"] += 1
+
+    def _hand_over(self, name: str) -> None:
+        """The ROM is about to run ``name`` and waits for this answer ("go"). A Ctrl-C held
+        while the ROM ran its own code (_hold_ctrl_c: the board still booting) is handed to
+        the file first: SIGUSR2 marks it in the native launcher, which makes it pending when
+        the file turns Ctrl-C off, or drops it when the file ends without doing so (then it
+        is held again for what runs next: the "file" end event); a file that neither ends nor
+        turns Ctrl-C off gets it as a SIGINT from _check_sigint (vmlaunch.py, rom.py
+        _run_file). A SIGINT sent here instead landed wherever the file had got to by then:
+        past firmware/main.py's micropython.kbd_intr(-1) (its first line; Ctrl-C stays off
+        while it reads the seal) the Ctrl-C went as a byte, which the firmware then read as
+        WAN input, and mpremote, its Ctrl-A eaten too, never got the raw REPL."""
+        self._feed_vm()  # what came before the Ctrl-C goes first (it waits: file not started)
+        if self.a.launcher and self.state == "on" and self.vm_pid \
+                and self.to_vm[:1] == bytes([CTRL_C]):
+            if self.a.trace:
+                self.log(f"ctrl-c -> handed to {name}")
+            self._sigint(retry=False, sig=signal.SIGUSR2)
+            del self.to_vm[:1]
+            self.handed_to = name
+        self._send_hw({"go": 1})
 
     def _sigint_unsettled(self) -> bool:
         """True while the last SIGINT may still be pending in the VM: sent less than
@@ -847,13 +882,15 @@ class Supervisor:
         return main_thread_cpu_ns(self.vm_pid) - self.sigint_cpu_ns < SIGINT_CPU_NS
 
     def _check_sigint(self) -> None:
-        """The VM now and then loses a SIGINT, mostly just as main.py starts. One cause is
+        """The VM now and then loses a SIGINT while the firmware imports. One cause is
         known: MicroPython's import takes whatever a Python VFS's stat raises for "not
         found" (extmod/vfs.c, mp_vfs_import_stat), and the virtual board's filesystem is
-        Python (board/virtual/host/rom.py, JailFS), so a KeyboardInterrupt raised there while
-        main.py imports is swallowed; a board's littlefs stat is C. A board never loses a
-        Ctrl-C, so one that has had no effect once the VM has run on (_sigint_unsettled) is
-        sent again, at most twice. Giving up logs where the VM's threads wait."""
+        Python (board/virtual/host/rom.py, JailFS; flashdev.py on a board profile), so a
+        KeyboardInterrupt raised there while main.py imports is swallowed; a board's littlefs
+        stat is C. A board never loses a Ctrl-C, so one that has had no effect once the VM has
+        run on (_sigint_unsettled) is sent again, at most twice; so is a Ctrl-C handed to a
+        file that has not turned Ctrl-C off (_hand_over). Giving up logs where the VM's threads
+        wait."""
         if not self.sigint_at or self._sigint_unsettled():
             return
         if self.sigint_retries < 2 and self.vm_pid and sigint_caught(self.vm_pid) and (

@@ -24,6 +24,10 @@ runs its ROM's C code from flash, so that its bytecode takes no heap. The ADC's 
 (``MPVM_ADC``, ``MPVM_ADC_MAP``) is mapped read-only and shared: the supervisor, the board's
 analog front end, writes the samples into it, as a board's ADC writes them by DMA.
 
+It schedules Ctrl-C as a board does (the VM's SIGINT handler replaced), and takes a Ctrl-C
+that the supervisor held while the board booted (SIGUSR2), pending from the moment the file
+the ROM starts turns Ctrl-C off (docs/virtual-board.md, "input held while the board boots").
+
 It also gives the VM a board's console input: its own ``mp_hal_stdin_rx_chr``, which the VM
 calls through its PLT in place of the unix port's, returns each byte as received (the port's
 turns LF into CR, so a CRLF script reached the lexer with every line end doubled).
@@ -97,24 +101,49 @@ static void map_file(const char *file_env, const char *map_env, int flags, int p
    schedules the interrupt with the VM's own mp_sched_keyboard_interrupt(). */
 static void (*sched_kbd_intr)(void);
 
+static volatile sig_atomic_t handed_over; /* below */
+
 static void scheduled_sigint(int sig) {
     (void)sig;
+    handed_over = 0; /* the Ctrl-C handed over has come as a SIGINT after all */
     sched_kbd_intr();
 }
 
+/* A Ctrl-C that came while the board booted, handed by the supervisor to the file the ROM
+   starts next (supervisor.py _hand_over; the ROM waits for it before the file's first line,
+   rom.py _run_file). SIGUSR2 marks it. It becomes pending when the file turns Ctrl-C off
+   (micropython.kbd_intr(-1): firmware/main.py's first line), so that the file's next check
+   raises it, as on a board where it had come just before: a pending KeyboardInterrupt
+   survives kbd_intr(-1). Not at the file's first line: the virtual board runs Python of its
+   own inside the file's first statements (its import filter, its filesystem), where a board
+   runs C that checks nothing, so it would be raised there instead. A file that never turns
+   Ctrl-C off gets it from the supervisor as a SIGINT (its retry, supervisor.py
+   _check_sigint); the VM turning Ctrl-C on (the ROM after the file) drops it. */
+static void hand_over(int sig) {
+    (void)sig;
+    handed_over = 1;
+}
+
+static int (*real_sigaction)(int, const struct sigaction *, struct sigaction *);
+
 int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
-    static int (*real)(int, const struct sigaction *, struct sigaction *);
-    if (!real) {
-        real = (int (*)(int, const struct sigaction *, struct sigaction *))dlsym(RTLD_NEXT,
-                                                                                "sigaction");
+    if (!real_sigaction) {
+        real_sigaction = (int (*)(int, const struct sigaction *, struct sigaction *))dlsym(
+            RTLD_NEXT, "sigaction");
     }
-    if (sig == SIGINT && act && sched_kbd_intr && !(act->sa_flags & SA_SIGINFO)
-        && act->sa_handler != SIG_DFL && act->sa_handler != SIG_IGN) {
-        struct sigaction mine = *act;
-        mine.sa_handler = scheduled_sigint;
-        return real(sig, &mine, old);
+    if (sig == SIGINT && act && sched_kbd_intr && !(act->sa_flags & SA_SIGINFO)) {
+        if (act->sa_handler != SIG_DFL && act->sa_handler != SIG_IGN) {
+            struct sigaction mine = *act;
+            mine.sa_handler = scheduled_sigint;
+            handed_over = 0;
+            return real_sigaction(sig, &mine, old);
+        }
+        if (handed_over) {
+            handed_over = 0;
+            sched_kbd_intr();
+        }
     }
-    return real(sig, act, old);
+    return real_sigaction(sig, act, old);
 }
 
 /* The console's input as a board's USB CDC gives it: every byte unchanged. The unix port's
@@ -150,6 +179,11 @@ int main(int argc, char **argv) {
         return 1; /* the supervisor died before the death signal was armed */
     }
     signal(SIGINT, SIG_DFL);
+    struct sigaction usr2 = {0};
+    usr2.sa_handler = hand_over;
+    usr2.sa_flags = SA_RESTART; /* a blocking read in the ROM goes on undisturbed */
+    sigemptyset(&usr2.sa_mask);
+    sigaction(SIGUSR2, &usr2, NULL);
     map_file("MPVM_ROMFS", "MPVM_ROMFS_MAP", MAP_SHARED, PROT_READ);
     map_file("MPVM_BOARDROM", "MPVM_BOARDROM_MAP", MAP_PRIVATE, PROT_READ);
     map_file("MPVM_ADC", "MPVM_ADC_MAP", MAP_SHARED, PROT_READ);

@@ -307,6 +307,9 @@ class _Hardware:
         self.outputs = {}  # as the pins were left (a latching relay keeps its state)
         self.wave = {}
         self.meter = {}
+        # the supervisor's answer to a file's start (_run_file), whichever thread reads it (the
+        # flash model's may: flashdev.py _arm_check); made here, before the ballast is weighed
+        self.go = 0
         self._poll = select.poll()
         self._poll.register(self._in, select.POLLIN)
         # Battery-backed RAM (board.nvram; an STM32's backup SRAM): None without one (a Pico).
@@ -360,6 +363,8 @@ class _Hardware:
                 self.meter = msg["meter"]
             if "cut" in msg:
                 _wp_arm(msg["cut"])
+            if "go" in msg:
+                self.go = 1
 
     def output(self, name, value):
         self.outputs[name] = value
@@ -529,11 +534,13 @@ _fat_dev = None  # the FAT filesystem's block device (flashdev.py), which os.syn
 
 
 def _run_file(name, g):
+    # None: the file ran to its end, or there is none; else the name of the exception that
+    # ended it
     try:
         with open(name) as f:
             src = f.read()
     except OSError:
-        return False
+        return None
     err = None
     try:
         # Compiled before Ctrl-C turns into SIGINT, as a board's pyexec compiles a file before
@@ -545,10 +552,18 @@ def _run_file(name, g):
     while True:
         finished = False
         try:
-            # The supervisor turns Ctrl-C into SIGINT from this event on.
-            hw.event({"ev": "file", "name": name, "s": "start"})
             if err is not None:
+                hw.event({"ev": "file", "name": name, "s": "start"})
                 raise err
+            # The supervisor turns Ctrl-C into SIGINT from this event on. It answers ("go")
+            # once it has handed the file a Ctrl-C that came while the board booted (held until
+            # now, supervisor.py _hand_over), so that the file cannot turn Ctrl-C off before
+            # the launcher knows of it (vmlaunch.py).
+            hw.go = 0
+            hw.event({"ev": "file", "name": name, "s": "start", "go": 1})
+            while not hw.go:
+                hw._poll.poll(50)
+                hw.poll()
             exec(code, g)
             finished = True
         except BaseException as e:  # noqa: BLE001 - a board prints and goes on
@@ -571,8 +586,13 @@ def _run_file(name, g):
                     print(line)
             err = type(e).__name__
         break
+    # Ctrl-C on, as between a board's files; a Ctrl-C handed to this file and not taken is
+    # dropped in the VM (vmlaunch.py: the supervisor hands it on to what runs next)
+    import micropython
+
+    micropython.kbd_intr(3)
     hw.event({"ev": "file", "name": name, "s": "end", "err": err})
-    return True
+    return err
 
 
 def boot(g):
@@ -670,8 +690,9 @@ def boot(g):
     if identity is not None:  # the board's identity on it, its import filter and models
         hw.uname = identity(prof, hw, board_sys)
     hw.event({"ev": "booted", "mode": mode})
-    _run_file("boot.py", g)
-    if mode == "run":
+    # An exception out of boot.py (a Ctrl-C too) keeps main.py from running, as on a board
+    # (ports/rp2/main.c, ports/stm32/boardctrl.c boardctrl_run_boot_py, v1.28.0)
+    if _run_file("boot.py", g) is None and mode == "run":
         _run_file("main.py", g)
     # From here on Ctrl-C reaches the REPL (as a byte at its prompt).
     hw.event({"ev": "rom-done"})
