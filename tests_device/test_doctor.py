@@ -45,8 +45,9 @@ class Meters:
         return fleet.meter_status(i, self.base)
 
 
-def start_fleet(tmp: Path, n: int, heap: str | None, profile: str | None = None) -> Meters:
-    fleet.start(n, tmp, heap=heap, profile=profile)
+def start_fleet(tmp: Path, n: int, heap: str | None, profile: str | None = None,
+                board_pools: bool = False) -> Meters:
+    fleet.start(n, tmp, heap=heap, profile=profile, board_pools=board_pools)
     return Meters(tmp)
 
 

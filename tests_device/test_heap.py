@@ -80,13 +80,14 @@ def groups(link: MeterLink) -> dict[str, object]:
     return out
 
 
-def run_50_member_group(tmp: Path, profile: str, heap: str | None = None, n: int = N) -> None:
+def run_50_member_group(tmp: Path, profile: str, heap: str | None = None, n: int = N,
+                        board_pools: bool = False) -> None:
     """The whole flow on one meter: flash, provision, KEYGEN, an ``n``-member group (the
     meter and n - 1 members made on the host), a round checked against the lab truth, a
     reboot with the group."""
     # no heap given: a board's profile starts its VM with headroom and leaves the firmware what
     # the board has free at its REPL (profiles.repl_free_bytes)
-    m: Meters = start_fleet(tmp / "fleet", 1, heap, profile)
+    m: Meters = start_fleet(tmp / "fleet", 1, heap, profile, board_pools)
     free = profiles.repl_free_bytes(profiles.get(profile)) if heap is None else None
     # ram_alloc counts the ROM's ballast when there is one: ram_free is the firmware's figure
     heap = heap or (f"{profiles.vm_start_heap(profiles.get(profile))} "
@@ -159,10 +160,12 @@ def test_boots_and_runs_a_50_member_group_with_the_pyboards_heap(
         tmp_path: Path, real_port: str | None) -> None:
     # the Pyboard's 100 KB heap (as 64-bit objects) with a ROMFS partition: the unix profile
     # at the pybv11 profile's heap (the official PYBV11 build has no ROMFS; its code does not
-    # fit its heap and 112 KiB of flash: docs/hardware.md)
+    # fit its heap and 112 KiB of flash: docs/hardware.md); the qstr pools a board's (the
+    # ROM's names are C there: fleet.start board_pools)
     if real_port:
         pytest.skip(NEEDS_SIM + "; the heap cap is a VM option")
-    run_50_member_group(tmp_path, "unix", profiles.vm_heap(profiles.get("pybv11")))
+    run_50_member_group(tmp_path, "unix", profiles.vm_heap(profiles.get("pybv11")),
+                        board_pools=True)
 
 
 # What importing the firmware (meter.py and every module the boot imports: meter.build()

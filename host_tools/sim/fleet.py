@@ -159,7 +159,8 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
           timeout: float = 30.0, trace: bool = False,
           progress: Callable[[int, int], None] | None = None,
           time_scale: float | None = None, profile: str | None = None,
-          nvram_bytes: int | None = None, sd_bytes: int | None = None) -> list[dict[str, Any]]:
+          nvram_bytes: int | None = None, sd_bytes: int | None = None,
+          board_pools: bool = False) -> list[dict[str, Any]]:
     """Start meters 0..n-1 in ``base`` and wait until every VM is up. ``time_scale``: the
     virtual RTC runs that many times as fast as host time (soak tests; default 1).
     ``profile``: the port profile (host_tools/sim/profiles.py) each meter presents itself as;
@@ -170,7 +171,12 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
     given ``heap`` is the VM's, with no ballast), the flash size, the ROMFS partition and the
     battery-backed RAM (board.nvram, unless ``nvram_bytes`` is given: 0 none, as on a Pico).
     ``sd_bytes``: the micro SD card in a Pyboard's slot (a pybv11 profile only; 0: no card;
-    None: the profile's, a 32 MiB card). An unknown name raises SimError before anything starts."""
+    None: the profile's, a 32 MiB card). ``board_pools``: the unix profile standing for a
+    board (a heap cap given): its ROM's ~580 names are Python, interned in the VM's qstr pools
+    where a board's are C, so they decide where the firmware's names cross a pool's end; the ROM
+    fills the pools at boot as under a board's profile (board_identity.py fill_qstr_pools),
+    so that the firmware pays a board's pools (docs/virtual-board.md). An unknown name raises
+    SimError before anything starts."""
     if n < 1:
         raise SimError("--meters must be at least 1")
     if profile is not None:
@@ -219,6 +225,8 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
         prof = chosen[i]
         vm_heap = heap or profiles.vm_start_heap(prof)
         free = profiles.repl_free_bytes(prof)
+        if board_pools:
+            prof["board_pools"] = True
         if heap is None and free is not None:
             # the VM starts with headroom for the virtual board's own objects; the ROM
             # (board_identity.apply) leaves the firmware this much free with a ballast

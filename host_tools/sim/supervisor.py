@@ -468,6 +468,8 @@ class Supervisor:
             env["MPVM_PROFILE"] = json.dumps(self.profile, separators=(",", ":"))
         if self.a.nvram_bytes:
             env["MPVM_NVRAM"] = self.nvram
+        if self.profile is not None and self.profile.get("board_pools"):
+            env["MPVM_QSTR_FILL"] = "1"  # fleet.start board_pools
         self.vm_pid = os.posix_spawn(exe, argv, env, file_actions=actions, setsid=True)
         for fd in (con_slave, hw_in_r, hw_out_w, han_w):
             os.close(fd)

@@ -92,7 +92,7 @@ def apply(prof, hw, board_sys):
     if n:
         import gc
 
-        _fill_qstr_pools()
+        fill_qstr_pools()
         gc.collect()
         n = gc.mem_free() - n - 32
         if n < 0:
@@ -114,7 +114,7 @@ _BOARD_POOLS_NAMES = 1260
 _POOL_JUMP = (4096, 10240)
 
 
-def _fill_qstr_pools():
+def fill_qstr_pools():
     # On a board the ROM's names are C (static pools): the firmware's first name opens the
     # first 20-entry dynamic pool. Here the ROM's ~580 names are interned in the VM's dynamic
     # pools (20 ... 320), so the firmware's names landed in the 640- and 1,280-entry pools

@@ -628,6 +628,10 @@ def boot(g):
         identity = __import__("board_identity").load(prof)
         if prof["fs"]["type"] in ("lfs2", "fat"):
             flashdev = __import__("flashdev")
+    elif os.getenv("MPVM_QSTR_FILL"):
+        # the unix profile standing for a board (fleet.start board_pools): the qstr pools
+        # filled as under a board's profile, before the firmware's first name
+        __import__("board_identity").fill_qstr_pools()
     vfs.umount("/_rom")
     root, mode = sys.argv[1], sys.argv[2]
     fd_in, fd_out, fd_han, flash_bytes = [int(a) for a in sys.argv[3:7]]
