@@ -54,7 +54,7 @@ test-deps:
 # once in about half the time. TEST_JOBS=0 runs it in one process.
 TEST_JOBS ?= 2
 test: setup lint test-deps
-	$(BIN)/pytest -q -n $(TEST_JOBS) --dist loadfile --durations=40 tests_host tests_device
+	$(BIN)/pytest -q -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder --durations=40 tests_host tests_device
 
 test-host: setup
 	$(BIN)/pytest -q tests_host
