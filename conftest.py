@@ -40,27 +40,31 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 # written by the controller at the end of each xdist run), else FILE_SECONDS, else a guess by
 # its number of tests (a device test drives meters; most host tests take milliseconds).
 # Only under xdist: a one-process run keeps the usual order.
-FILE_SECONDS = {  # CI, 2 workers (the slowest files; the rest take 1-30 s each)
-    "tests_device/test_powercut.py": 290,
+FILE_SECONDS = {  # 2 workers: CI (7 December 2026) and 14 files measured on their own
+    "tests_device/test_powercut.py": 285,
     "tests_device/test_adversarial_headend.py": 230,
-    "tests_device/test_seal.py": 160,
-    "tests_device/test_soak.py": 125,
-    "tests_device/test_flashmodel.py": 120,
-    "tests_host/test_mutate.py": 90,
+    "tests_device/test_seal.py": 155,
+    "tests_device/test_flashmodel.py": 135,
+    "tests_device/test_soak.py": 120,
+    "tests_host/test_mutate.py": 120,
     "tests_device/test_forgery.py": 85,
     "tests_device/test_flash.py": 80,
-    "tests_device/test_calibrate.py": 70,
-    "tests_device/test_lopa_device.py": 70,
+    "tests_device/test_headend_device.py": 70,
     "tests_device/test_board_profiles.py": 70,
+    "tests_device/test_lopa_device.py": 65,
     "tests_device/test_meter.py": 60,
+    "tests_device/test_calibrate.py": 55,
     "tests_device/test_pybv11.py": 50,
+    "tests_device/test_offswitch_device.py": 47,
     "tests_device/test_bench.py": 45,
     "tests_device/test_heap.py": 45,
-    "tests_device/test_headend_device.py": 45,
     "tests_device/test_board_virtual.py": 40,
     "tests_device/test_versions_device.py": 40,
     "tests_host/test_emulated.py": 40,
     "tests_device/test_mqtt.py": 35,
+    "tests_host/test_port_rp2.py": 30,
+    "tests_device/test_link.py": 20,
+    "tests_host/test_fuzz.py": 20,
 }
 _CACHE_KEY = "meterctl/file-seconds"
 _RUN_SECONDS: dict[str, float] = {}
