@@ -230,6 +230,19 @@ def _programmed(profile: str, session_dir: Path, timeout: float) -> Path:
     return mdir
 
 
+def program_like_a_factory(mdir: Path, profile: str, session_dir: Path,
+                           timeout: float = 60.0) -> bool:
+    """Program the chip of the meter to be started in ``mdir`` with this session's image of
+    ``profile``, as own_meters() does; False for a profile without a flash image (unix: flash
+    it over its serial port)."""
+    from host_tools.bench.runner import clone_image
+
+    if profiles.get(profile)["fs"]["type"] not in ("lfs2", "fat"):
+        return False
+    clone_image(_programmed(profile, session_dir, timeout), mdir)
+    return True
+
+
 @contextlib.contextmanager
 def own_meters(tmp: Path, n: int, *, wave: dict[str, float] | None = None,
                timeout: float = 30.0, profile: str | None = None, flash_each: bool = False,

@@ -24,8 +24,10 @@ from host_tools.headend.client import open_link
 from host_tools.headend.keystore import Keystore
 from host_tools.headend.provision import provision
 from host_tools.headend.queries import read_log
-from host_tools.sim import fleet
+from host_tools.sim import fleet, profiles
 from host_tools.transport.serial import Board
+
+from .conftest import program_like_a_factory, session_profile
 
 NEEDS_SIM = "needs the virtual board's host-side control (running against --port)"
 # A None in sys.modules: `from cryptolib import aes` (lib/wan.py) raises ImportError, as on a
@@ -51,9 +53,13 @@ def meter(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> It
         pytest.skip(NEEDS_SIM)
     tmp = tmp_path_factory.mktemp("aes-fallback")
     base = tmp / "fleet"
-    port = fleet.start(1, base)[0]["port"]
+    name = session_profile() or profiles.DEFAULT
+    # programmed from the session's image (meterctl flash: test_flash.py)
+    programmed = program_like_a_factory(fleet.meter_dir(base, 0), name, tmp.parent)
+    port = fleet.start(1, base, profile=name)[0]["port"]
     try:
-        flash(port, timeout=30)
+        if not programmed:
+            flash(port, timeout=30)
         with Board(port, timeout=30) as b:
             b.enter_raw(soft_reset=True)
             b.exec(f"f = open('/boot.py', 'w')\nf.write({BOOT_NO_CRYPTOLIB!r})\nf.close()\n")

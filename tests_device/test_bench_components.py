@@ -22,7 +22,9 @@ from host_tools.headend.client import open_link
 from host_tools.headend.keystore import Keystore
 from host_tools.headend.lopa import codec
 from host_tools.headend.provision import provision
-from host_tools.sim import fleet
+from host_tools.sim import fleet, profiles
+
+from .conftest import program_like_a_factory, session_profile
 
 
 @dataclass
@@ -37,10 +39,14 @@ def meter(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> It
         pytest.skip("starts its own virtual meter (a real board: meterctl bench --port)")
     tmp = tmp_path_factory.mktemp("bench")
     base = tmp / "fleet"
-    port = fleet.start(1, base)[0]["port"]
+    name = session_profile() or profiles.DEFAULT
+    # programmed from the session's image (meterctl flash: test_flash.py)
+    programmed = program_like_a_factory(fleet.meter_dir(base, 0), name, tmp.parent)
+    port = fleet.start(1, base, profile=name)[0]["port"]
     try:
         ks = tmp / "keystore.json"
-        flash(port, timeout=30)
+        if not programmed:
+            flash(port, timeout=30)
         provision(port, Keystore(ks), force=True, interval_s=60, timeout=30)
         yield Meter(port, ks)
     finally:

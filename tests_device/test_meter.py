@@ -23,7 +23,7 @@ from host_tools.headend.provision import ProvisionError, provision
 from host_tools.headend.queries import read_log, read_profile
 from host_tools.sim import fleet, profiles
 
-from .conftest import give_consent
+from .conftest import give_consent, program_like_a_factory, session_profile
 
 INTERVAL_S = 3
 
@@ -60,9 +60,13 @@ def meter(tmp_path_factory: pytest.TempPathFactory, real_port: str | None) -> It
         port = real_port
     else:
         base = tmp / "fleet"
-        port = fleet.start(1, base)[0]["port"]
+        name = session_profile() or profiles.DEFAULT
+        # programmed from the session's image (meterctl flash: test_flash.py)
+        programmed = program_like_a_factory(fleet.meter_dir(base, 0), name, tmp.parent)
+        port = fleet.start(1, base, profile=name)[0]["port"]
     try:
-        flash(port)
+        if not programmed:
+            flash(port)
         ks = Keystore(tmp / "keystore.json")
         r = provision(port, ks, force=True, interval_s=INTERVAL_S)
         yield Meter(port, ks, base, r.meter_id)

@@ -19,9 +19,9 @@ from host_tools.headend.keystore import Keystore
 from host_tools.headend.provision import provision
 from host_tools.reliability import powercut
 from host_tools.reliability.fleetup import Meter, bring_up
-from host_tools.sim import fleet
+from host_tools.sim import fleet, profiles
 
-from .conftest import session_profile
+from .conftest import program_like_a_factory, session_profile
 
 CUTS = 51
 METERS = 3
@@ -56,9 +56,14 @@ def _campaign(base: Path, nvram: bool) -> Iterator[powercut.Campaign]:
         meters = bring_up(1, base / "fleet", ks, powercut.INTERVAL_S, powercut.LIMITS,
                           profile="unix")
     else:  # none, as on a Pico: the session's profile, on a meter started without it
-        rec = fleet.start(1, base / "fleet", profile=session_profile(), nvram_bytes=0)[0]
+        name = session_profile() or profiles.DEFAULT
+        # programmed from the session's image (meterctl flash is tested in test_flash.py)
+        programmed = program_like_a_factory(fleet.meter_dir(base / "fleet", 0), name,
+                                            base.parent)
+        rec = fleet.start(1, base / "fleet", profile=name, nvram_bytes=0)[0]
         try:
-            flash(str(rec["port"]), timeout=60.0)
+            if not programmed:
+                flash(str(rec["port"]), timeout=60.0)
             p = provision(str(rec["port"]), ks, force=True, interval_s=powercut.INTERVAL_S,
                           timeout=60.0, offswitch_limits=powercut.LIMITS)
         except BaseException:
