@@ -448,6 +448,48 @@ out({{"res": res, "sum": (sum(cs) - sum(rs)) & 0xFFFFFFFF,
     assert r["sum"] == 50 and r["old"] == 50 and r["leaked"] == 0
 
 
+def test_a_commit_without_room_for_the_round_code_changes_nothing_and_can_be_sent_again(
+        micropython: Run, tmp_path: Path) -> None:
+    # GROUP_COMMIT brings the round code in (tasks/dc_round.py); on a board its import can find
+    # no free block of the size it needs (a new qstr pool, a function's bytecode). Refused
+    # then, with nothing persisted: the set-up stays pending, and the same commit sent again
+    # once there is room commits the group.
+    r = vm(micropython, f"""
+import builtins
+ms = [M({str(tmp_path)!r} + "/m%d" % i, 30 + i, "c%d" % i) for i in range(3)]
+for x in ms:
+    keygen(x)
+members = [(x.id, x.pk) for x in ms]
+for x in ms:
+    assert x.req("group_begin", begin(b"room", 3))[0] == 0
+    assert x.req("group_keys", chunk(b"room", 0, members))[0] == 0
+a = ms[0]
+before = state(a)
+real = builtins.__import__
+def no_room(name, *args):
+    if len(args) > 2 and args[2] and "dc_round" in args[2]:
+        builtins.__import__ = real
+        raise MemoryError("memory allocation failed, allocating 1280 bytes")
+    return real(name, *args)
+builtins.__import__ = no_room
+refused = a.req("group_commit", G(b"room"))
+after = state(a)
+again = a.req("group_commit", G(b"room"))
+for x in ms[1:]:
+    assert x.req("group_commit", G(b"room"))[0] == 0
+for x in ms:
+    x.close(600, 7)
+out({{"refused": [refused[0], refused[1]], "same": before == after, "again": again[0],
+     "pending": a.groups()["pending"], "files": sorted(os.listdir(a.d)),
+     "sum": sum(x.c(b"room", 600) for x in ms) & 0xFFFFFFFF}})
+""")
+    assert r["refused"][0] != 0 and "out of memory" in r["refused"][1]
+    assert r["same"]  # nothing persisted, the set-up still pending
+    assert r["again"] == 0 and r["pending"] is None
+    assert any(b"room".hex() in f or "room" in f for f in r["files"])
+    assert r["sum"] == 21
+
+
 def test_power_cut_discards_a_pending_setup_and_keeps_committed_groups(
         micropython: Run, tmp_path: Path) -> None:
     r = vm(micropython, f"""

@@ -255,15 +255,17 @@ def group_commit(dc, ref, meter_id, body, t0):
             bad |= want[i] ^ body[off + i]
         if bad:
             raise Refused(_E_BAD_ARGS, "the registrar's certificate does not match the group")
-    path = dc._path(gid)
-    head = bytes((_FILE_VER, len(gid))) + gid + bytes(16 - len(gid)) \
-        + struct.pack(">HBfQ", s.n, s.m, s.lam, s.my_id)
-    store.save_bytes(path, [head] + s.mem.blocks)
-    # The derivations are done: X25519 leaves RAM before the round code comes in.
+    # The derivations are done: X25519 leaves RAM before the round code comes in, and the
+    # round code comes in before anything is persisted: a commit without room for it is
+    # refused with nothing on flash (the set-up stays pending; GROUP_COMMIT may be sent again).
     lazy.drop("x25519")
     gc.collect()
     from tasks import dc_round
 
+    path = dc._path(gid)
+    head = bytes((_FILE_VER, len(gid))) + gid + bytes(16 - len(gid)) \
+        + struct.pack(">HBfQ", s.n, s.m, s.lam, s.my_id)
+    store.save_bytes(path, [head] + s.mem.blocks)
     g = dc_round._Group(gid, s.n, s.m, s.lam, s.my_id, s.mem)
     g.bytes = store.size(path)
     old = dc._groups.get(gid)
