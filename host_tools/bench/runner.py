@@ -397,8 +397,10 @@ def first_meter(base: Path, keystore: Any, *, interval_s: int | None, heap: str 
 
     say("starting virtual meter 0")
     # the unix profile: its figures are labelled "virtual board" whatever it presents itself as,
-    # and its ROMFS keeps a 50-member group within the 192K heap the bench's setups assume
-    rec0 = fleet.start(1, base, heap=heap, timeout=max(60.0, timeout), profile="unix")[0]
+    # and its ROMFS keeps a 50-member group within the 192K heap the bench's setups assume; its
+    # qstr pools a board's (board_pools: docs/virtual-board.md, the ROM's names)
+    rec0 = fleet.start(1, base, heap=heap, timeout=max(60.0, timeout), profile="unix",
+                       board_pools=True)[0]
     say(f"flashing meter 0 ({rec0['port']})")
     flash(rec0["port"], timeout=timeout)
     _provision_all([rec0["port"]], keystore, interval_s, timeout)
@@ -417,7 +419,8 @@ def grow_fleet(base: Path, n: int, keystore: Any, *, interval_s: int | None,
     for i in range(1, n):
         clone_image(fleet.meter_dir(base, 0), fleet.meter_dir(base, i))
     say(f"starting {n} virtual meters")
-    recs = fleet.start(n, base, heap=heap, timeout=max(120.0, timeout), profile="unix")
+    recs = fleet.start(n, base, heap=heap, timeout=max(120.0, timeout), profile="unix",
+                       board_pools=True)
     ports = [str(r["port"]) for r in recs]
     say(f"provisioning {n} meters (interval {interval_s} s)")
     _provision_all(ports, keystore, interval_s, timeout)
