@@ -60,6 +60,10 @@ SIGINT_SETTLE_S = 0.3  # how long a SIGINT may take to reach the VM's prompt
 # been lost (the VM looks at a pending interrupt within microseconds of running); one that
 # meets a busy host may have to wait for the CPU, up to SIGINT_WAIT_MAX_S.
 SIGINT_CPU_NS = 30_000_000
+# ... or once it has been on a CPU this many times since: a VM idling in time.sleep_ms uses
+# little CPU (a sleeping main.py, an idle meter: 30 ms of it took over 10 s), but each wake-up
+# runs bytecode, where a pending interrupt is raised
+SIGINT_SLICES = 3
 SIGINT_WAIT_MAX_S = 30.0
 HELD_INPUT_S = 5.0  # client input waiting longer than this is logged (_note_held_input)
 VM_FDS = (3, 4, 5)  # hw in, hw out, HAN out, as the VM sees them
@@ -254,6 +258,16 @@ def main_thread_cpu_ns(pid: int) -> int:
         return 0
 
 
+def main_thread_slices(pid: int) -> int:
+    """How many times the VM's main thread has been on a CPU (schedstat's third field; -1
+    where the kernel has no schedstat)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/schedstat") as f:
+            return int(f.read().split()[2])
+    except (OSError, ValueError, IndexError):
+        return -1
+
+
 def sigint_caught(pid: int) -> bool:
     """True while the VM has its SIGINT handler installed, i.e. it is executing
     code with the interrupt character enabled. Idle at a prompt, or after
@@ -349,6 +363,7 @@ class Supervisor:
         self.sigint_retries = 0
         self.handed_to: str | None = None  # the file a held Ctrl-C was handed to (_hand_over)
         self.sigint_cpu_ns = 0  # the VM main thread's CPU time when the last SIGINT went out
+        self.sigint_slices = -1  # ... and its times on a CPU (main_thread_slices)
         self.power_mode = "run"
         self.last_cr = False
         self.expect_kill = False
@@ -840,6 +855,7 @@ class Supervisor:
 
     def _sigint(self, retry: bool, sig: int = signal.SIGINT) -> None:
         self.sigint_cpu_ns = main_thread_cpu_ns(self.vm_pid)
+        self.sigint_slices = main_thread_slices(self.vm_pid)
         os.kill(self.vm_pid, sig)
         self.sigint_at = time.monotonic()
         self.sigint_retries = self.sigint_retries + 1 if retry else 0
@@ -868,8 +884,9 @@ class Supervisor:
 
     def _sigint_unsettled(self) -> bool:
         """True while the last SIGINT may still be pending in the VM: sent less than
-        SIGINT_SETTLE_S ago, or since then the VM's main thread has not had SIGINT_CPU_NS of
-        CPU (a loaded host) and its handler is still installed (at a prompt it is not). Under
+        SIGINT_SETTLE_S ago, or since then the VM's main thread has neither had SIGINT_CPU_NS of
+        CPU nor been on a CPU SIGINT_SLICES times (a loaded host) and its handler is still
+        installed (at a prompt it is not). Under
         the fallback (CPython) launcher the unix port's own handler runs, and a SIGINT that
         meets one still pending makes it exit(1) inside the handler, which can hang the VM; the
         native launcher's handler only schedules the interrupt (vmlaunch.py). Either way no
@@ -880,6 +897,9 @@ class Supervisor:
         if waited < SIGINT_SETTLE_S:
             return True
         if not (self.vm_pid and sigint_caught(self.vm_pid)) or waited > SIGINT_WAIT_MAX_S:
+            return False
+        if self.sigint_slices >= 0 and \
+                main_thread_slices(self.vm_pid) - self.sigint_slices >= SIGINT_SLICES:
             return False
         return main_thread_cpu_ns(self.vm_pid) - self.sigint_cpu_ns < SIGINT_CPU_NS
 
