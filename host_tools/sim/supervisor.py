@@ -60,10 +60,13 @@ SIGINT_SETTLE_S = 0.3  # how long a SIGINT may take to reach the VM's prompt
 # been lost (the VM looks at a pending interrupt within microseconds of running); one that
 # meets a busy host may have to wait for the CPU, up to SIGINT_WAIT_MAX_S.
 SIGINT_CPU_NS = 30_000_000
-# ... or once it has been on a CPU this many times since: a VM idling in time.sleep_ms uses
-# little CPU (a sleeping main.py, an idle meter: 30 ms of it took over 10 s), but each wake-up
-# runs bytecode, where a pending interrupt is raised
-SIGINT_SLICES = 3
+# ... or, SIGINT_SLICES_S after it went out, once it has been on a CPU this many times since: a
+# VM idling in time.sleep_ms uses little CPU (a sleeping main.py, an idle meter: 30 ms of it
+# took over 10 s), but its wake-ups run bytecode, where a pending interrupt is raised (a signal
+# and the VM's own polls wake it too: three wake-ups within a second were no proof, and the
+# second SIGINT then met the first)
+SIGINT_SLICES = 20
+SIGINT_SLICES_S = 2.0
 SIGINT_WAIT_MAX_S = 30.0
 HELD_INPUT_S = 5.0  # client input waiting longer than this is logged (_note_held_input)
 VM_FDS = (3, 4, 5)  # hw in, hw out, HAN out, as the VM sees them
@@ -885,7 +888,8 @@ class Supervisor:
     def _sigint_unsettled(self) -> bool:
         """True while the last SIGINT may still be pending in the VM: sent less than
         SIGINT_SETTLE_S ago, or since then the VM's main thread has neither had SIGINT_CPU_NS of
-        CPU nor been on a CPU SIGINT_SLICES times (a loaded host) and its handler is still
+        CPU nor (after SIGINT_SLICES_S) been on a CPU SIGINT_SLICES times (a loaded host) and
+        its handler is still
         installed (at a prompt it is not). Under
         the fallback (CPython) launcher the unix port's own handler runs, and a SIGINT that
         meets one still pending makes it exit(1) inside the handler, which can hang the VM; the
@@ -898,7 +902,7 @@ class Supervisor:
             return True
         if not (self.vm_pid and sigint_caught(self.vm_pid)) or waited > SIGINT_WAIT_MAX_S:
             return False
-        if self.sigint_slices >= 0 and \
+        if waited >= SIGINT_SLICES_S and self.sigint_slices >= 0 and \
                 main_thread_slices(self.vm_pid) - self.sigint_slices >= SIGINT_SLICES:
             return False
         return main_thread_cpu_ns(self.vm_pid) - self.sigint_cpu_ns < SIGINT_CPU_NS
