@@ -239,7 +239,7 @@ def start(n: int, base: Path | None = None, *, heap: str | None = None, seed: in
                 "--flash-bytes", str(prof["fs"]["bytes"]),
                 "--romfs-bytes", str(prof["romfs_bytes"]), "--site", site,
                 "--rom", str(rom), *launcher]
-        if trace:
+        if trace or os.environ.get("METER_SIM_TRACE") == "1":  # every byte logged (debugging CI)
             args.append("--trace")
         if time_scale is not None:
             args += ["--time-scale", repr(float(time_scale))]

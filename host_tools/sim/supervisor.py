@@ -453,7 +453,9 @@ class Supervisor:
         return wave
 
     def log(self, msg: str) -> None:
-        self.log_f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {msg}\n")
+        now = time.time()
+        self.log_f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.localtime(now))}"
+                         f".{int(now * 1000) % 1000:03d} {msg}\n")
 
     # -- the VM ------------------------------------------------------------
     def power_on(self, mode: str) -> None:
