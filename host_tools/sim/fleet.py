@@ -15,6 +15,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import platform
 import socket
 import subprocess
 import sys
@@ -31,6 +32,7 @@ ROM = REPO / "board" / "virtual" / "host" / "rom.py"
 # flash models, the rp2 and stm32 hardware models): the ROM imports them under a profile that
 # needs them.
 ROM_EXTRAS = ("board_identity.py", "flashdev.py", "port_rp2.py", "port_stm32.py")
+ROM_NATIVE = ("flashdev.py",)  # compiled to x86-64 machine code (rom_image)
 PROFILE_FILE = "profile.json"  # a meter's port profile, kept across restarts
 BOARDSYS = ROM.with_name("boardsys.py")  # the board-like sys module object the ROM fills
 # what the host drives (cover 1: the terminal cover open; jumper 1: the service jumper fitted);
@@ -103,7 +105,16 @@ def rom_image(cache: Path | None = None) -> Path:
         src = ROM.with_name(name)
         if src.exists():
             mpy = "/" + name[:-3] + ".mpy"
-            files.append(ImageFile(src, mpy, compile_one(src, "/" + name, None)))
+            if name in ROM_NATIVE and platform.machine() in ("x86_64", "AMD64"):
+                # machine code, as the board's C it stands for: no check for a pending
+                # KeyboardInterrupt at its jumps (py/vm.c checks at every jump of bytecode;
+                # py/emitnative.c emits none), so a Ctrl-C that comes during a flash operation
+                # is raised in the firmware once it is over, as on a board, never inside it
+                # (where it went through littlefs's or FatFs's C, or was dropped in a stall)
+                code = compile_one(src, "/" + name, "x64", native=True)
+            else:
+                code = compile_one(src, "/" + name, None)
+            files.append(ImageFile(src, mpy, code))
     img = romfs_image(files)
     cache = cache or vmlaunch.default_cache()
     out = cache / f"boardrom-{hashlib.sha256(img).hexdigest()[:16]}.romfs"

@@ -68,6 +68,7 @@ SIGINT_CPU_NS = 30_000_000
 SIGINT_SLICES = 20
 SIGINT_SLICES_S = 2.0
 SIGINT_WAIT_MAX_S = 30.0
+BELL_BYTES = 8  # hw-bell.bin: byte 0 counts the hardware pipe's messages (mod 256)
 HELD_INPUT_S = 5.0  # client input waiting longer than this is logged (_note_held_input)
 VM_FDS = (3, 4, 5)  # hw in, hw out, HAN out, as the VM sees them
 
@@ -87,7 +88,7 @@ LAUNCHER = (
     "c.mmap.argtypes=[ctypes.c_void_p,ctypes.c_size_t,ctypes.c_int,ctypes.c_int,ctypes.c_int,"
     "ctypes.c_long]\n"
     "for e,fl,pr in (('MPVM_ROMFS',1,1),('MPVM_BOARDROM',2,1),('MPVM_ADC',1,1),"
-    "('MPVM_NVRAM',1,3)):\n"
+    "('MPVM_NVRAM',1,3),('MPVM_BELL',1,3)):\n"
     " os.environ.pop(e+'_MAP',None)\n"
     " r=os.environ.get(e,'')\n"
     " n=os.path.getsize(r) if r and os.path.isfile(r) else 0\n"
@@ -318,6 +319,15 @@ class Supervisor:
                 f.write(b"\xff" * a.romfs_bytes)
             os.replace(self.romfs + ".tmp", self.romfs)
         self.adc = AdcRing(os.path.join(self.dir, "adc.bin"))
+        # The hardware pipe's doorbell: a byte of a shared mapping (MPVM_BELL_MAP) counted up
+        # with every message sent down the pipe (_send_hw), which the VM's flash model reads
+        # without a system call: its poll(0) checked for a pending KeyboardInterrupt and raised
+        # a Ctrl-C inside a flash operation (flashdev.py _arm_check).
+        self.bell_path = os.path.join(self.dir, "hw-bell.bin")
+        with open(self.bell_path, "wb") as f:
+            f.write(bytes(BELL_BYTES))
+        with open(self.bell_path, "r+b") as f:
+            self.bell = mmap.mmap(f.fileno(), BELL_BYTES)
         self.log_f = open(os.path.join(self.dir, "supervisor.log"), "a", buffering=1)
         self.hw_path = os.path.join(self.dir, "hw.json")
         self.hw = self._load_hw()
@@ -488,6 +498,7 @@ class Supervisor:
             env["MPVM_PROFILE"] = json.dumps(self.profile, separators=(",", ":"))
         if self.a.nvram_bytes:
             env["MPVM_NVRAM"] = self.nvram
+        env["MPVM_BELL"] = self.bell_path
         if self.profile is not None and self.profile.get("board_pools"):
             env["MPVM_QSTR_FILL"] = "1"  # fleet.start board_pools
         self.vm_pid = os.posix_spawn(exe, argv, env, file_actions=actions, setsid=True)
@@ -528,6 +539,7 @@ class Supervisor:
                 os.write(self.hw_in, json.dumps(msg).encode() + b"\n")
             except OSError as e:
                 self.log(f"hw write failed: {e}")
+            self.bell[0] = (self.bell[0] + 1) & 0xFF
 
     def _close_vm_fds(self) -> None:
         for fd in (self.vm_con, self.hw_in, self.hw_out, self.han_in, self.vm_pidfd):

@@ -189,6 +189,8 @@ int main(int argc, char **argv) {
     map_file("MPVM_ADC", "MPVM_ADC_MAP", MAP_SHARED, PROT_READ);
     /* battery-backed RAM: written in place, shared with its file, so a SIGKILL keeps it */
     map_file("MPVM_NVRAM", "MPVM_NVRAM_MAP", MAP_SHARED, PROT_READ | PROT_WRITE);
+    /* the hardware pipe's doorbell (supervisor.py _send_hw), read by the flash model */
+    map_file("MPVM_BELL", "MPVM_BELL_MAP", MAP_SHARED, PROT_READ);
     void *vm = dlopen(argv[2], RTLD_LAZY | RTLD_GLOBAL);
     if (!vm) {
         fprintf(stderr, "mpvm: %s\n", dlerror());

@@ -103,6 +103,7 @@ class _Flash:
         self.hw = hw
         self.spec = spec
         self._wp = wp_hit
+        self._rung = hw.bell[0] if getattr(hw, "bell", None) is not None else 0
         if not hasattr(hw, "stalls"):
             hw.stalls = []
         path = mdir + "/flash.bin"
@@ -138,24 +139,34 @@ class _Flash:
     def _arm_check(self):
         # The power-cut campaign arms the write points through the hardware pipe, which the
         # firmware polls; a write polls it too when a message waits, so that a meter without
-        # firmware (tests_device/test_flashmodel.py) can be armed. Not a board behaviour.
-        if self._wp is not None and self.hw._poll.poll(0):
+        # firmware (tests_device/test_flashmodel.py) can be armed. Not a board behaviour. The
+        # doorbell (rom.py hw.bell) says so without a system call: poll(0) raises a pending
+        # KeyboardInterrupt (extmod/modselect.c), which must wait until the operation is over.
+        if self._wp is None:
+            return
+        bell = getattr(self.hw, "bell", None)
+        if bell is None:
+            if self.hw._poll.poll(0):
+                self.hw.poll()
+        elif bell[0] != self._rung:
+            self._rung = bell[0]
             self.hw.poll()
 
     def _stall(self, us):
-        # The chip is busy and the CPU waits with interrupts off: a Ctrl-C (SIGINT) that lands
-        # here is dropped, as a board sees none until the operation ends (the supervisor sends
-        # one that had no effect again).
+        # The chip is busy and the CPU waits with interrupts off. A Ctrl-C that comes meanwhile
+        # stays pending and is raised by the firmware's next check once the operation is over,
+        # as on a board: this module is machine code (fleet.py ROM_NATIVE: no check at its
+        # jumps) and time.sleep_us is usleep(), which a signal ends early without raising
+        # (ports/unix/mphalport.h, v1.28.0). time.sleep raised it here, inside littlefs's or
+        # FatFs's C, and this caught and dropped it (a meter writing its logs lost one Ctrl-C
+        # in four, and the supervisor sent it again only 2 s later).
         t0 = time.ticks_us()
         end = time.ticks_add(t0, us)
         while True:
             left = time.ticks_diff(end, time.ticks_us())
             if left <= 0:
                 break
-            try:
-                time.sleep(left / 1000000)
-            except KeyboardInterrupt:
-                pass
+            time.sleep_us(left)
         st = self.hw.stalls
         st.append((t0, time.ticks_us()))
         if len(st) > _STALLS:

@@ -323,6 +323,14 @@ class _Hardware:
 
             a = m.split()
             self.nvram = uctypes.bytearray_at(int(a[0]), int(a[1]))
+        # The hardware pipe's doorbell (supervisor.py _send_hw): None without the mapping
+        self.bell = None
+        m = os.getenv("MPVM_BELL_MAP")
+        if m:
+            import uctypes
+
+            a = m.split()
+            self.bell = uctypes.bytearray_at(int(a[0]), int(a[1]))
 
     def nvram_write(self, off, data):
         # Bytes off.. of the battery-backed RAM. A write point for the power-cut campaign
