@@ -214,14 +214,17 @@ class Stats:
 
 # -- the CS security module: parser (wan) and verification (verify) -------------------------
 class Link:
-    # the WAN link comm reads: the bytes of one input at a time
+    # the WAN link comm reads: one input's bytes at a time (give(), then comm's step reads them)
     def __init__(self):
-        self.data = b""
+        self.mv, self.at = memoryview(b""), 0
+
+    def give(self, data):
+        self.mv, self.at = memoryview(data), 0
 
     def readinto(self, buf):
-        n = min(len(buf), len(self.data))
-        buf[:n] = self.data[:n]
-        self.data = self.data[n:]
+        n = min(len(buf), len(self.mv) - self.at)
+        buf[:n] = self.mv[self.at:self.at + n]
+        self.at += n
         return n
 
     def write(self, data):
@@ -255,7 +258,7 @@ def through_comm(cs):
 
     def feed(line):
         n = comm.frames_in
-        link.data = line + b"\n"
+        link.give(line + b"\n")
         comm.step()
         return comm.frames_in > n
 
