@@ -4,11 +4,14 @@
 # with firmware/lib and firmware/ on MICROPYPATH). A mutator seeded from the host (xorshift32:
 # the same seed gives the same inputs) makes every input here, in the VM, so no process is
 # started per input. Targets, each against the real firmware objects:
-#   wan      the WAN frame parser and request decoding (CsSecurity.handle "frame_in"):
-#            payload and header fields mutated, then sealed and MACed with the test key
-#            (structure-aware: the mutations reach past the MAC check);
+#   wan      the WAN line and frame parser and request decoding: each input a line through
+#            the comm task (its line cutting and in-place unescape) into CsSecurity, as the
+#            kernel routes "frame_in" / "frame_err": payload and header fields mutated, then
+#            sealed and MACed with the test key (structure-aware: the mutations reach past
+#            the MAC check), and some lines' own structure (escapes, "~", line ends);
 #   verify   the CS security module's verification (MAC, meter id, counter): valid frames
-#            from the host mutated as raw bytes with no re-MAC, and exact replays;
+#            from the host mutated as raw bytes with no re-MAC, and exact replays (frames, as
+#            comm hands them on);
 #   chunk    the LoPA key-distribution handler (DcSecurity GROUP_BEGIN / GROUP_KEYS /
 #            GROUP_COMMIT) from a pending set-up;
 #   recover  the recovery-request handler (DcSecurity RECOVER) on a committed robust group.
@@ -210,6 +213,67 @@ class Stats:
 
 
 # -- the CS security module: parser (wan) and verification (verify) -------------------------
+class Link:
+    # the WAN link comm reads: one input's bytes at a time (give(), then comm's step reads them)
+    def __init__(self):
+        self.mv, self.at = memoryview(b""), 0
+
+    def give(self, data):
+        self.mv, self.at = memoryview(data), 0
+
+    def readinto(self, buf):
+        n = min(len(buf), len(self.mv) - self.at)
+        buf[:n] = self.mv[self.at:self.at + n]
+        self.at += n
+        return n
+
+    def write(self, data):
+        pass
+
+
+class CommPort:
+    # comm's port: what it sends goes straight to cs_security's handler, as the kernel routes
+    # it (policy.py: comm may send cs_security "frame_in" and "frame_err" only)
+    def __init__(self, cs):
+        self.cs = cs
+
+    def send(self, to, kind, payload=None):
+        if to != "cs_security" or kind not in ("frame_in", "frame_err") or not frozen(payload):
+            raise TypeError("comm sent %s -> %s" % (kind, to))
+        self.cs.handle("comm", kind, payload)
+        return True
+
+    def log(self, text):
+        pass
+
+
+def through_comm(cs):
+    # the wan target's way in: each input a line, through the comm task into cs_security ->
+    # feed(line), True when comm passed something on (a line not starting with "~" is a
+    # terminal's noise, which comm drops unlogged by design)
+    from tasks.comm import Comm
+
+    link = Link()
+    comm = Comm(CommPort(cs), {"wan": link})
+
+    def feed(line):
+        n = comm.frames_in
+        link.give(line + b"\n")
+        comm.step()
+        return comm.frames_in > n
+
+    return feed
+
+
+def as_frames(cs):
+    # the verify target's way in: each input a frame, as comm hands it on
+    def feed(frame):
+        cs.handle("comm", "frame_in", frame)
+        return True
+
+    return feed
+
+
 def make_cs(cfg):
     from tasks import cs_security
 
@@ -238,38 +302,47 @@ def cs_state(cs, counters):
             sorted(cs._pending.items()), store.load(counters, {}).get("down"))
 
 
-def feed_cs(st, cs, port, counters, i, line, hang_ms, forged=None):
+def feed_cs(st, cs, port, counters, feed, i, data, hang_ms, forged=None):
+    # feed: through_comm's (data: a line) or as_frames' (data: a frame)
     before = cs_state(cs, counters)
     acc, rej, logs = cs.accepted, cs.rejected, port.logs
     t0 = time.ticks_ms()
     try:
-        cs.handle("comm", "frame_in", line)
-    except Exception as e:  # anything escaping the handler is a crash
-        st.crash(i, line, e)
+        passed = feed(data)
+    except Exception as e:  # anything escaping the handlers is a crash
+        st.crash(i, data, e)
         return
     finally:
-        st.timed(i, line, t0, hang_ms)
+        st.timed(i, data, t0, hang_ms)
+    if not passed:
+        # no "~" line (a control byte or line end mutated in before it)
+        if cs_state(cs, counters) != before or cs.rejected > rej or cs.accepted > acc:
+            st.change(i, data, "a line comm dropped reached the CS module")
+        why = "not a frame line: dropped by comm"
+        st.reasons[why] = st.reasons.get(why, 0) + 1
+        return
     if cs.accepted > acc:
         st.accepted += 1
         if cs.rejected > rej:  # authentic, fresh, but the request refused (BAD_ARGS, ...)
             r = "authentic, refused: " + reason(port.last_log or "?")
             st.reasons[r] = st.reasons.get(r, 0) + 1
         if forged is not None and forged:
-            st.change(i, line, "forged frame accepted: " + forged)
+            st.change(i, data, "forged frame accepted: " + forged)
         cs._pending.clear()  # the answer would come from the task: nothing waits on it
     elif cs.rejected > rej:
         st.reject(port.last_log or "?")
         if port.logs == logs:
             st.unlogged += 1
         if cs_state(cs, counters) != before:
-            st.change(i, line, "rejected frame changed the CS state")
+            st.change(i, data, "rejected frame changed the CS state")
     else:
-        st.crash(i, line, Exception("neither accepted nor rejected"))
+        st.crash(i, data, Exception("neither accepted nor rejected"))
     port.sent.clear()
 
 
 def run_wan(cfg, rng, st):
     cs, port, counters = make_cs(cfg)
+    feed = through_comm(cs)
     import policy
 
     # each kind under the keys and counter of the role the policy gives it, so that every
@@ -290,7 +363,7 @@ def run_wan(cfg, rng, st):
     for line in cfg.get("replay", ()):
         line = bytes.fromhex(line)
         crashes, rej = st.crashes, cs.rejected
-        feed_cs(st, cs, port, counters, -1, line, cfg["hang_ms"])
+        feed_cs(st, cs, port, counters, feed, -1, line, cfg["hang_ms"])
         st.replayed.append("crash" if st.crashes > crashes else "rejected: " + port.last_log
                            if cs.rejected > rej else "accepted")
     for i in range(cfg["n"]):
@@ -342,12 +415,13 @@ def run_wan(cfg, rng, st):
             # the line's own structure: "~", line ends, escapes whole, cut and unknown
             line = mutate(line, rng, None, (b"~", b"\r", b"\n", b"\x1b", b"\x1b[", b"\x1bJ",
                                             b"\x1b@", b"\x03", b"A", b"\x00"))
-        feed_cs(st, cs, port, counters, i, line, cfg["hang_ms"])
+        feed_cs(st, cs, port, counters, feed, i, line, cfg["hang_ms"])
     return st
 
 
 def run_verify(cfg, rng, st):
     cs, port, counters = make_cs(cfg)
+    feed = as_frames(cs)
     fresh = [bytes.fromhex(f) for f in cfg["frames"]]  # valid frames, counters above "down"
     used = []  # frames accepted once: every later copy is a replay
     others = fresh + [bytes.fromhex(f) for f in cfg["foreign"]]
@@ -357,19 +431,19 @@ def run_verify(cfg, rng, st):
         if c < 3 and fresh:
             # a genuine frame, once: accepted (its counter is fresh); then only replays
             frame = fresh.pop(0)
-            feed_cs(st, cs, port, counters, i, wan.frame_to_line(frame), cfg["hang_ms"])
+            feed_cs(st, cs, port, counters, feed, i, frame, cfg["hang_ms"])
             used.append(frame)
             continue
         if c < 15 and used:
             frame = rng.pick(used)
-            feed_cs(st, cs, port, counters, i, wan.frame_to_line(frame), cfg["hang_ms"],
+            feed_cs(st, cs, port, counters, feed, i, frame, cfg["hang_ms"],
                     forged="replay")
             continue
         orig = rng.pick(fresh or used)
         frame = orig
         while frame == orig or frame in fresh:  # a splice can rebuild a genuine frame
             frame = mutate(orig, rng, others, None)
-        feed_cs(st, cs, port, counters, i, wan.frame_to_line(frame), cfg["hang_ms"],
+        feed_cs(st, cs, port, counters, feed, i, frame, cfg["hang_ms"],
                 forged="mutated, no re-MAC")
     return st
 

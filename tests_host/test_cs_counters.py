@@ -44,12 +44,13 @@ def boot():
     port = Port()
     cs = cs_security.CsSecurity(port, {{"info": {{"fw": "test"}}}})
 
-def line(ctr, kind=wan.K_INFO):
-    return wan.frame_to_line(wan.seal(KEYS, METER, False, kind, ctr, 0, b""))
+def frame(ctr, kind=wan.K_INFO):
+    # a command as comm hands it on (the line's escapes undone)
+    return bytes(wan.seal(KEYS, METER, False, kind, ctr, 0, b""))
 
-def feed(ln):
+def feed(f):
     # -> the answers, opened as the head-end opens them: [kind, up ctr, ref, payload text]
-    cs.handle("comm", "frame_in", ln)
+    cs.handle("comm", "frame_in", f)
     out = []
     for to, kind, p in port.sent:
         assert to == "comm" and kind == "frame_out"
@@ -80,14 +81,14 @@ INFO, ERROR, E_REPLAY = 0x01, 0x7F, 3
 def test_a_replayed_or_older_frame_is_refused_and_changes_nothing(micropython: Run,
                                                                   tmp_path: Path) -> None:
     r = run(micropython, tmp_path, """
-first = feed(line(5))
+first = feed(frame(5))
 state = (list(cs._down), list(cs._down_res), cs.accepted, store.load(cs_security.COUNTERS))
 nlog = len(port.logs)
-again = feed(line(5))          # the same frame, byte for byte
-older = feed(line(4))
+again = feed(frame(5))          # the same frame, byte for byte
+older = feed(frame(4))
 unchanged = (cs._down, cs._down_res, cs.accepted, store.load(cs_security.COUNTERS)) == state
 logs = port.logs[nlog:]
-after = feed(line(6))
+after = feed(frame(6))
 print(json.dumps({"first": first, "again": again, "older": older, "unchanged": unchanged,
                   "logs": logs, "after": after}))
 """)
@@ -109,10 +110,10 @@ def test_a_frame_accepted_before_a_reboot_is_refused_after_it(micropython: Run,
     r = run(micropython, tmp_path, """
 R = cs_security.RESERVE
 ctrs = (1, 2, R + 10, R + 11)      # R + 10: beyond the first reservation
-accepted = [feed(line(c))[0][0] for c in ctrs]
+accepted = [feed(frame(c))[0][0] for c in ctrs]
 boot()
-replays = [feed(line(c))[0] for c in ctrs]
-fresh = feed(line(cs._down[0] + 1))[0][0]
+replays = [feed(frame(c))[0] for c in ctrs]
+fresh = feed(frame(cs._down[0] + 1))[0][0]
 print(json.dumps({"accepted": accepted, "replays": replays, "fresh": fresh, "ctrs": ctrs}))
 """)
     assert r["accepted"] == [INFO] * 4
@@ -132,7 +133,7 @@ c = 0
 for answers in (1, 3, 40, 2, 70, 1):
     for _ in range(answers):
         c += 1
-        ups += [a[1] for a in feed(line(c))]
+        ups += [a[1] for a in feed(frame(c))]
     boot()
 print(json.dumps({"ups": ups}))
 """)

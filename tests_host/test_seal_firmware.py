@@ -58,7 +58,7 @@ print(json.dumps(r))
     r = json.loads(out.strip().splitlines()[-1])
     # a control byte ends whatever came before it: the frame after it still arrives, once
     for case in ("unsealed", "sealed"):
-        assert r[case]["sent"] == [["cs_security", "frame_in", "~AAAA"]], r
+        assert r[case]["sent"] == [["cs_security", "frame_in", "AAAA"]], r  # the frame
     assert r["unsealed"]["notices"] == 0
     assert r["sealed"]["notices"] == 2  # one for Ctrl-C, one for Ctrl-A, each once a second
 

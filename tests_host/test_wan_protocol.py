@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import json
 import random
 import re
 import struct
@@ -866,8 +867,6 @@ def answers(port):
 
 
 def _cs_vm(micropython: Run, tmp_path: Path, body: str) -> Any:
-    import json
-
     d = tmp_path / "data"
     d.mkdir()
     (d / "cs_keys.json").write_text("")  # replaced by store.save below
@@ -895,25 +894,31 @@ def test_an_unauthenticated_frame_gets_no_answer_bound_to_its_ref(micropython: R
         Host(OTHER_METER, MASTER).seal(False, wan.K_TOPUP, 77, 0, b"{}"),  # another meter
         host.seal(True, wan.K_TOPUP, 77, 0, b"{}"),                  # reflected
     ]
-    lines = [wire.to_line(f) for f in forged] + [b"~!\x1b!", b"~AAAA"]
+    frames = [*forged, b"AAAA"]
     r = _cs_vm(micropython, tmp_path, f"""
 cs, port = boot()
 res = {{"forged": []}}
-for line in {lines!r}:
-    cs.handle("comm", "frame_in", line)
+for frame in {frames!r}:
+    cs.handle("comm", "frame_in", frame)
     res["forged"].append(answers(port))
-cs.handle("comm", "frame_err", wan.E_TOO_BIG)  # a line over the cap
-res["over_cap"] = answers(port)
+# the lines comm could not make a frame of: over the cap, a bad escape (e.g. "~!\x1b!")
+cs.handle("comm", "frame_err", wan.E_TOO_BIG)
+cs.handle("comm", "frame_err", wan.E_MALFORMED)
+res["bad_lines"] = answers(port)
+res["bad_line_logs"] = port.logs[-2:]
 res["rejected"] = cs.rejected
 # after the MAC: ctr 0 and a reserved flag are the head-end's own frames: answered, bound to
 # their own counter
 for f in ({forge(kdm, ctr=0)!r}, {forge(kdm, ctr=78, flags=0x10)!r}):
-    cs.handle("comm", "frame_in", wan.frame_to_line(f))
+    cs.handle("comm", "frame_in", f)
 res["authentic"] = answers(port)
 print(json.dumps(res))
 """)
-    assert r["forged"] == [[]] * len(lines), r
-    assert r["over_cap"] == [] and r["rejected"] == len(lines) + 1
+    assert r["forged"] == [[]] * len(frames), r
+    assert r["bad_lines"] == [] and r["rejected"] == len(frames) + 2
+    assert r["bad_line_logs"] == [
+        "wan: rejected (line over cap)",
+        f"wan: rejected (bad line: a raw control byte or a bad escape, code {wan.E_MALFORMED})"]
     assert [(a[0], a[2], a[3]) for a in r["authentic"]] == [
         (0, wan.K_ERROR, wan.E_MALFORMED), (78, wan.K_ERROR, wan.E_MALFORMED)]
 
@@ -921,19 +926,19 @@ print(json.dumps(res))
 def test_replay_says_whether_a_command_of_that_counter_may_have_changed_the_meter(
         micropython: Run, tmp_path: Path) -> None:
     host = Host(METER, MASTER, wire.ROLE_SUPPLIER)  # TOPUP and READ: the supplier's
-    topup = wire.to_line(host.seal(False, wan.K_TOPUP, 5, 0, b'{"amount_mc": 1}'))
-    read = wire.to_line(host.seal(False, wan.K_READ, 6, 0, b""))
-    stale = wire.to_line(host.seal(False, wan.K_TOPUP, 3, 0, b"{}"))
+    topup = host.seal(False, wan.K_TOPUP, 5, 0, b'{"amount_mc": 1}')
+    read = host.seal(False, wan.K_READ, 6, 0, b"")
+    stale = host.seal(False, wan.K_TOPUP, 3, 0, b"{}")
     r = _cs_vm(micropython, tmp_path, f"""
 cs, port = boot()
 res = {{}}
-for line in ({topup!r}, {read!r}):
-    cs.handle("comm", "frame_in", line)
+for frame in ({topup!r}, {read!r}):
+    cs.handle("comm", "frame_in", frame)
 res["flash"] = store.load(cs_security.COUNTERS, None)
 answers(port)
 cs, port = boot()  # a reboot: every counter up to the reservation counts as used
-for name, line in (("replayed topup", {topup!r}), ("stale", {stale!r})):
-    cs.handle("comm", "frame_in", line)
+for name, frame in (("replayed topup", {topup!r}), ("stale", {stale!r})):
+    cs.handle("comm", "frame_in", frame)
     f = wan.line_to_frame(port.out[-1])
     res[name] = [answers(port)[0][0], f[21], int.from_bytes(f[22:26], "big"),
                  int.from_bytes(f[26:30], "big")]
@@ -957,10 +962,9 @@ def test_a_failed_counter_write_refuses_and_no_counter_is_used_twice(micropython
     # counters half a reservation apart (a head-end's counter may jump): every other frame
     # needs a new reservation on flash
     step = _firmware_const("tasks/cs_security.py", "RESERVE") // 2
-    lines = [wire.to_line(host.seal(False, wan.K_INFO, 1 + step * i, 0, b""))
-             for i in range(300)]
+    frames = [host.seal(False, wan.K_INFO, 1 + step * i, 0, b"") for i in range(300)]
     r = _cs_vm(micropython, tmp_path, f"""
-LINES = {lines!r}
+FRAMES = {frames!r}
 res = []
 for k in (1, 2, 3):
     for f in os.listdir(D):
@@ -980,7 +984,7 @@ for k in (1, 2, 3):
     sent = 0
     for i in range(100):  # up to the failure, and on through it
         acc = cs.accepted
-        cs.handle("comm", "frame_in", LINES[sent])
+        cs.handle("comm", "frame_in", FRAMES[sent])
         if cs.accepted > acc:
             accepted.append(sent + 1)
         got = answers(port)
@@ -992,17 +996,17 @@ for k in (1, 2, 3):
     # power cut; the flash works again
     armed[0], FAIL[0] = False, 0
     cs, port = boot()
-    for line in LINES[:sent]:  # every command again: all replays now
+    for frame in FRAMES[:sent]:  # every command again: all replays now
         acc = cs.accepted
-        cs.handle("comm", "frame_in", line)
+        cs.handle("comm", "frame_in", frame)
         if cs.accepted > acc:
-            accepted.append(LINES.index(line) + 1)
+            accepted.append(FRAMES.index(frame) + 1)
         up_used += [a[1] for a in answers(port)]
-    for line in LINES[sent:sent + 40]:
+    for frame in FRAMES[sent:sent + 40]:
         acc = cs.accepted
-        cs.handle("comm", "frame_in", line)
+        cs.handle("comm", "frame_in", frame)
         if cs.accepted > acc:
-            accepted.append(LINES.index(line) + 1)
+            accepted.append(FRAMES.index(frame) + 1)
         up_used += [a[1] for a in answers(port)]
     res.append({{"k": k, "up": up_used, "accepted": accepted, "silent": refused_silently,
                  "failed_logs": failed_logs}})
@@ -1069,20 +1073,267 @@ def test_a_meter_without_keys_answers_not_provisioned_only_with_a_counter_on_fla
         micropython: Run, tmp_path: Path) -> None:
     d = tmp_path / "data"
     d.mkdir()
-    line = wire.to_line(Host(METER, MASTER).seal(False, wan.K_INFO, 9, 0, b""))
+    frame = Host(METER, MASTER).seal(False, wan.K_INFO, 9, 0, b"")
     out = micropython(CS_PRELUDE.format(dir=str(d)) + f"""
 cs, port = boot()
 FAIL[0] = 1
-cs.handle("comm", "frame_in", {line!r})
+cs.handle("comm", "frame_in", {frame!r})
 res = {{"failing": answers(port)}}
 FAIL[0] = 0
-cs.handle("comm", "frame_in", {line!r})
+cs.handle("comm", "frame_in", {frame!r})
 res["working"] = answers(port)
 print(json.dumps(res))
 """)
-    import json
-
     r = json.loads(out.strip().splitlines()[-1])
     assert r["failing"] == []  # no crash, no frame with an up counter flash does not hold
     assert [(a[0], a[2], a[3]) for a in r["working"]] == [(9, wan.K_ERROR,
                                                            wan.E_NOT_PROVISIONED)]
+
+
+# ------------------------------------------- the comm task: each line made its frame in place (VM)
+
+ESCAPED = (0x01, 0x02, 0x03, 0x04, 0x05, 0x0A, 0x0D, 0x1B)  # what travels as ESC + byte ^ 0x40
+
+COMM_PRELUDE = """
+import gc, hashlib, micropython
+from tasks.comm import Comm
+
+
+class Link:
+    # the WAN link comm reads: bytes given, or a file's (no copy of what is left per read)
+    def __init__(self, data=b"", path=None):
+        self.mv, self.at = memoryview(data), 0
+        self.f = open(path, "rb") if path else None
+    def readinto(self, buf):
+        if self.f:
+            return self.f.readinto(buf) or 0
+        n = min(len(buf), len(self.mv) - self.at)
+        buf[:n] = self.mv[self.at:self.at + n]
+        self.at += n
+        return n
+    def write(self, b):
+        pass
+
+
+def said(kind, payload):
+    # a message of comm's as one line: the frame as a digest (printed at once, not kept: a
+    # list of them would leave the heap in pieces between the frames' garbage)
+    if kind == "frame_in":
+        return "%s %s %s" % (kind, type(payload) is bytes,
+                             hashlib.sha256(payload).digest()[:8].hex())
+    return "%s %d" % (kind, payload)
+
+
+class ToCs:
+    # comm's port as the kernel routes it: "frame_in" / "frame_err" to cs_security's handler
+    # (with cs None: printed, "GOT " + said())
+    def __init__(self, cs=None):
+        self.cs = cs
+    def send(self, to, kind, payload=None):
+        assert to == "cs_security" and kind in ("frame_in", "frame_err"), (to, kind)
+        if self.cs is not None:
+            self.cs.handle("comm", kind, payload)
+        else:
+            print("GOT " + said(kind, payload))
+        return True
+    def log(self, text):
+        pass
+"""
+
+
+def _comm_lines(rng: random.Random) -> list[bytes]:
+    """Lines as a WAN brings them, none with a raw Ctrl-A..Ctrl-E (comm drops what came before
+    one: test_seal_firmware.py): whole frames with every escapable byte, malformed escapes, raw
+    CRs inside, over the cap, and lines that are no frame lines."""
+    def some(n: int) -> bytes:  # bytes with every escapable one frequent
+        return bytes(rng.choice(ESCAPED) if rng.random() < 0.3 else rng.randrange(256)
+                     for _ in range(n))
+
+    frames = [bytes(range(256)) * 4, bytes(ESCAPED) * 93, b"", bytes(ESCAPED), b"\x1b" * 700]
+    frames += [some(rng.randrange(1100)) for _ in range(60)]
+    lines = [wire.to_line(f) for f in frames]
+    lines.append(b"~" + b"A" * 1499 + b"\n")                  # at the cap: a frame of "A"s
+    lines.append(b"~" + b"A" * 1499 + b"\r\n")                # and a terminal's CR after it
+    lines.append(b"~" + b"A" * 1500 + b"\n")                  # one over: TOO_BIG
+    lines.append(b"~" + b"B" * 1600 + b"\r\n")                # over comm's buffer: TOO_BIG
+    for _ in range(40):  # malformed: a raw CR inside, a truncated escape, a needless escape
+        body = wire.to_line(some(1 + rng.randrange(400)))[1:-1]
+        at = rng.randrange(len(body))
+        how = rng.randrange(3)
+        if how == 0:
+            body = body[:at] + b"\r" + body[at:] + b"x"
+        elif how == 1:
+            body += b"\x1b"
+        else:
+            b = rng.choice([c for c in range(256) if c ^ 0x40 not in ESCAPED
+                            and c not in (1, 2, 3, 4, 5, 10)])
+            body = body[:at] + bytes((0x1B, b)) + body[at:]
+        lines.append(b"~" + body + b"\n")
+    lines += [b"\n", b"\r\n", b"hello\n", b"x~" + wire.to_line(b"abc")]  # not frame lines
+    rng.shuffle(lines)
+    # a terminal's CR before the LF on some (never more than comm's buffer takes: one)
+    return [ln[:-1] + b"\r\n" if ln[-2:-1] != b"\r" and rng.random() < 0.3 else ln
+            for ln in lines]
+
+
+def _expected(line: bytes) -> str | None:
+    """What comm must send for ``line`` (as COMM_PRELUDE's said() prints it) by the firmware
+    codec, checked against the head-end's (None: not a frame line, nothing sent)."""
+    if line[:1] != b"~":
+        return None
+    try:
+        frame = bytes(wan.line_to_frame(line))
+    except wan.WanError as e:
+        with pytest.raises(wire.WireError) as host:
+            wire.from_line(line)
+        assert host.value.code == e.code, line
+        return f"frame_err {e.code}"
+    assert wire.from_line(line) == frame
+    return f"frame_in True {hashlib.sha256(frame).digest()[:8].hex()}"
+
+
+def test_comm_makes_each_line_the_frame_line_to_frame_makes_in_place(micropython: Run,
+                                                                    tmp_path: Path) -> None:
+    # comm undoes the escapes in its own line buffer (wan.unescape_into with dst = src):
+    # every frame it sends must be line_to_frame's, byte for byte, over a stream of lines
+    # that reuse the buffer; a line that line_to_frame refuses goes as frame_err with its code.
+    lines = _comm_lines(random.Random(1500))
+    stream = tmp_path / "stream.bin"
+    stream.write_bytes(b"".join(lines))
+    want = [e for e in (_expected(ln) for ln in lines) if e is not None]
+    assert {w.split()[0] for w in want} == {"frame_in", "frame_err"}
+    assert {w for w in want if w.startswith("frame_err")} == {
+        f"frame_err {wan.E_MALFORMED}", f"frame_err {wan.E_TOO_BIG}"}
+    out = micropython(COMM_PRELUDE + f"""
+import wan
+Comm(ToCs(), {{"wan": Link(path={str(stream)!r})}}).step()
+# line_to_frame's answers on the VM, line by line from the same stream
+with open({str(stream)!r}, "rb") as f:
+    for line in f:
+        if line[:1] != b"~":
+            continue
+        try:
+            print("WANT " + said("frame_in", bytes(wan.line_to_frame(line))))
+        except wan.WanError as e:
+            print("WANT " + said("frame_err", e.code))
+""")
+    got = [ln[4:] for ln in out.splitlines() if ln.startswith("GOT ")]
+    assert [ln[5:] for ln in out.splitlines() if ln.startswith("WANT ")] == want  # as CPython
+    assert len(got) == len(want)
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert g == w, (i, g, w)
+
+
+@pytest.mark.parametrize("line", [ln for ln in BAD_LINES if b"\n" not in ln])
+def test_a_malformed_line_reaches_cs_security_only_as_frame_err(micropython: Run,
+                                                                tmp_path: Path,
+                                                                line: bytes) -> None:
+    # Through comm into the real CS security module: no frame, a logged refusal, silence.
+    # A line with a raw Ctrl-A..Ctrl-E never gets that far: comm drops what came before one.
+    fed = line + b"\n"
+    r = _cs_vm(micropython, tmp_path, COMM_PRELUDE + f"""
+cs, port = boot()
+seen = []
+class Spy(ToCs):
+    def send(self, to, kind, payload=None):
+        seen.append([kind, payload if kind == "frame_err" else "a frame"])
+        return ToCs.send(self, to, kind, payload)
+Comm(Spy(cs), {{"wan": Link({fed!r})}}).step()
+print(json.dumps({{"seen": seen, "logs": port.logs, "out": answers(port),
+                  "accepted": cs.accepted, "rejected": cs.rejected}}))
+""")
+    assert r["out"] == [] and r["accepted"] == 0, r
+    if any(c in line for c in (1, 2, 3, 4, 5)):
+        assert r["seen"] == [] and r["logs"] == [] and r["rejected"] == 0, r
+    else:
+        assert r["seen"] == [["frame_err", wan.E_MALFORMED]], r
+        assert r["rejected"] == 1
+        assert r["logs"] == ["wan: rejected (bad line: a raw control byte or a bad escape, "
+                             f"code {wan.E_MALFORMED})"]
+
+
+def _heap_map(dump: str) -> str:
+    """micropython.mem_info(1)'s block table as one character a block ("." free, "=" a tail,
+    any other the head of an allocation): its lines of 64 blocks, and "(N lines all free)"."""
+    cells: list[str] = []
+    for ln in dump.splitlines():
+        if m := re.fullmatch(r"[0-9a-f]{8}: (\S*)", ln.strip()):
+            cells.append(m[1])
+        elif m := re.fullmatch(r"\((\d+) lines all free\)", ln.strip()):
+            cells.append("." * 64 * int(m[1]))
+    return "".join(cells)
+
+
+def _new_allocations(before: str, after: str) -> list[int]:
+    """The allocations (lengths in blocks) in ``after`` that ``before`` does not hold."""
+    runs = []
+    i = 0
+    while i < len(after):
+        if after[i] in ".=":
+            i += 1
+            continue
+        j = i + 1
+        while j < len(after) and after[j] == "=":
+            j += 1
+        if before[i:j + 1] != after[i:j + 1]:
+            runs.append(j - i)
+        i = j
+    return runs
+
+
+def test_a_frame_through_comm_and_cs_security_takes_two_frame_sized_blocks(
+        micropython: Run, tmp_path: Path) -> None:
+    # The Pyboard's heap, in pieces, had 15 KB free but not 1 KB in one piece for a 25-member
+    # GROUP_KEYS (payload 1011 B) when comm copied the line, cs_security made the frame of it
+    # and open_frame copied the payload: three blocks of a frame's size for one request. Now
+    # comm makes the frame in its own buffer and sends one copy; open_frame's payload is the
+    # second. Counted in the VM's block table with the collector off (nothing freed or
+    # reused): every allocation of the request, from the line's bytes to the routed payload,
+    # the second of two alike (the first grows the VM's tables: names, dicts, the pending
+    # requests, as a meter's first requests after boot do).
+    host = Host(METER, MASTER, wire.ROLE_AGGREGATOR)  # GROUP_KEYS: the aggregator's
+    payload = bytes(ESCAPED) + random.Random(1011).randbytes(1011 - len(ESCAPED))
+    lines = [wire.to_line(host.seal(False, wan.K_GROUP_KEYS, ctr, 0, payload))
+             for ctr in (5, 6)]
+    d = tmp_path / "data"
+    d.mkdir()
+    out = micropython(CS_PRELUDE.format(dir=str(d)) + COMM_PRELUDE + f"""
+store.save(cs_security.KEYS, {{"meter": {METER}, "master": {MASTER.hex()!r}}})
+routed = []
+class Routed(Port):
+    def send(self, to, kind, payload=None):
+        routed.append([to, kind, payload[0], payload[1], payload[2] == {payload!r}])
+        return Port.send(self, to, kind, payload)
+cs = cs_security.CsSecurity(Routed(), {{"info": {{"fw": "t"}}}})
+first = Comm(ToCs(cs), {{"wan": Link({lines[0]!r})}})
+comm = Comm(ToCs(cs), {{"wan": Link({lines[1]!r})}})
+first.step()
+cs._pending.clear()  # dc_security's answer: nothing waits on it
+gc.collect()
+gc.disable()
+print("HEAP BEFORE")
+micropython.mem_info(1)
+print("\\nHEAP END")
+comm.step()
+print("HEAP AFTER")
+micropython.mem_info(1)
+print("\\nHEAP END")
+gc.enable()
+print(json.dumps({{"routed": routed, "rejected": cs.rejected}}))
+""")
+    r = json.loads(out.strip().splitlines()[-1])
+    assert r["routed"] == [["dc_security", "group_keys", ctr, METER, True] for ctr in (5, 6)], r
+    assert r["rejected"] == 0
+    dumps = re.findall(r"HEAP (?:BEFORE|AFTER)\n(.*?)\nHEAP END", out, re.S)
+    assert len(dumps) == 2
+    total = re.search(r"GC: total: (\d+)", dumps[0])
+    assert total
+    before, after = _heap_map(dumps[0]), _heap_map(dumps[1])
+    block = int(total[1]) // len(before)
+    assert block in (16, 32) and len(before) == len(after)  # a 32- or 64-bit VM's GC block
+    new = _new_allocations(before, after)
+    big = sorted(n * block for n in new if n * block >= 1000)
+    print(f"\nMicroPython VM: one {len(payload)}-byte-payload frame (line {len(lines[1])} B) "
+          f"through comm into cs_security: {len(new)} allocations, {sum(new) * block} B; "
+          f"those of >= 1000 B: {big}")
+    assert 1 <= len(big) <= 2, big  # the frame's copy and open_frame's payload, no more

@@ -1,9 +1,9 @@
 # WAN protocol v1 codec (docs/PROTOCOL.md) for MicroPython and CPython.
 #
 # Pure codec: no I/O and no counter state. The caller reads lines from the
-# serial port, turns them into frames (line_to_frame), opens them
-# (open_frame), checks the counter against its own high-water mark, and seals
-# and writes the answer (seal, frame_to_line).
+# serial port, turns them into frames (line_to_frame; the meter's comm task in place in its
+# line buffer: line_span, unescape_into), opens them (open_frame), checks the counter
+# against its own high-water mark, and seals and writes the answer (seal, write_line).
 #
 # Frame (big-endian): ver u8 | kind u8 | flags u8 | meter u64 | ctr u32 |
 # ref u32 | len u16 | payload | mac (16 = HMAC-SHA256(k_mac_dir, all before)[:16]).
@@ -303,26 +303,29 @@ def open_frame(keys, meter_id, up, frame):
 # (~0.8 KB of heap on the 64-bit VM) that the Pyboard's boot at its heap has no room for.
 
 
-def line_to_frame(line):
-    """b"~<escaped frame>\\r\\n" (the "~" and line end optional) -> frame (a bytearray).
-
-    Every byte stands for itself except ESC, which with the byte after it (that byte XOR 0x40)
-    stands for an escaped byte; only that canonical form passes (docs/PROTOCOL.md "Lines")."""
-    end = len(line)
+def line_span(line, n):
+    """(start, end): where the escaped frame lies in line[:n], without the "~" and the line
+    end (CRs and LFs). Raises WanError TOO_BIG when the line is over LINE_CAP characters (the
+    "~" counts, present or not)."""
+    end = n
     while end and line[end - 1] in (10, 13):
         end -= 1
     start = 1 if end and line[0] == 126 else 0  # "~"
     if end - start + 1 > LINE_CAP:
         raise WanError(E_TOO_BIG, "wan: line over cap")
-    k = 0
-    for i in range(start, end):
-        if line[i] == _ESC:
-            k += 1
-    frame = bytearray(end - start - k)
+    return start, end
+
+
+def unescape_into(src, start, end, dst):
+    """Unescapes src[start:end] into dst[0:] -> the frame's length. Every byte stands for
+    itself except ESC, which with the byte after it (that byte XOR 0x40) stands for an escaped
+    byte; only that canonical form passes (docs/PROTOCOL.md "Lines"), else WanError MALFORMED.
+    dst may be src itself (the comm task's buffer: the frame replaces its line in place, as
+    unescaping only shrinks, each byte is written at or before where it was read)."""
     o = 0
     esc = False
     for i in range(start, end):
-        b = line[i]
+        b = src[i]
         if esc:
             b ^= _ESC_XOR
             esc = False
@@ -333,10 +336,23 @@ def line_to_frame(line):
             continue
         elif b < 28 and (0 < b < 6 or b == 10 or b == 13):
             raise WanError(E_MALFORMED, "wan: bad escape")  # a raw Ctrl-A..Ctrl-E, LF or CR
-        frame[o] = b
+        dst[o] = b
         o += 1
     if esc:
         raise WanError(E_MALFORMED, "wan: bad escape")  # ESC last: a truncated escape
+    return o
+
+
+def line_to_frame(line):
+    """b"~<escaped frame>\\r\\n" (the "~" and line end optional) -> frame (a bytearray of its
+    own; the meter's comm task unescapes in place instead: line_span, unescape_into)."""
+    start, end = line_span(line, len(line))
+    k = 0
+    for i in range(start, end):
+        if line[i] == _ESC:
+            k += 1
+    frame = bytearray(end - start - k)
+    unescape_into(line, start, end, frame)
     return frame
 
 

@@ -1,6 +1,7 @@
 # Communication module: WAN framing only. It cuts the byte stream into frame
-# lines and hands every one to the CS security module; it never interprets
-# a frame, and never routes to any other task (policy.py).
+# lines, turns each into its frame (the escapes undone in place, in the line's own buffer)
+# and hands every one to the CS security module; it never interprets a frame, and never
+# routes to any other task (policy.py).
 import time
 from micropython import const
 
@@ -56,7 +57,7 @@ class Comm:
         elif _CTRL_A <= b <= _CTRL_E:
             # A frame line never holds Ctrl-A..Ctrl-E raw (they travel escaped, wan.py): what
             # came before one is not a frame. Every other byte, CR included, is the line's: a
-            # CR inside a line makes it MALFORMED (wan.line_to_frame), one at its end is a
+            # CR inside a line makes it MALFORMED (wan.unescape_into), one at its end is a
             # terminal's line end.
             self._n, self._overflow = 0, False
             if b == _CTRL_C or b == _CTRL_A:
@@ -80,8 +81,20 @@ class Comm:
         self.frames_in += 1
         if over:
             self._port.send("cs_security", "frame_err", wan.E_TOO_BIG)
-        else:
-            self._port.send("cs_security", "frame_in", bytes(self._mv[:n]))  # one copy
+            return
+        # The frame replaces its line in the buffer (unescaping only shrinks): the copy sent
+        # is the path's only frame-sized block before open_frame's payload, where a line's
+        # copy and then the frame's took two (a Pyboard's heap, fragmented, had 15 KB free
+        # but not 1 KB in one piece: docs/hardware.md "Memory").
+        buf = self._buf
+        try:
+            start, end = wan.line_span(buf, n)
+            n = wan.unescape_into(buf, start, end, buf)
+        except wan.WanError as e:
+            # unauthenticated, so cs_security answers nothing: it logs the code
+            self._port.send("cs_security", "frame_err", e.code)
+            return
+        self._port.send("cs_security", "frame_in", bytes(self._mv[:n]))  # one copy
 
     def handle(self, sender, kind, payload):
         if kind == "frame_out":

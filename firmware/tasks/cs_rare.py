@@ -11,16 +11,12 @@ PROFILE_MAX = const(12)  # records per answer, to stay under the payload cap
 LOGS_MAX = const(10)
 
 
-def unprovisioned(cs, line):
+def unprovisioned(cs, frame):
     # No key yet: a well-formed command gets NOT_PROVISIONED, sealed under the
     # all-zero master key (PROTOCOL.md): a hint anyone could forge, never trusted (the head-end
     # opens answers with the meter's own keys only, so it is never taken for an answer).
     cs.rejected += 1
     cs._port.log_flood("wan: rejected (not provisioned)")
-    try:
-        frame = wan.line_to_frame(line)
-    except wan.WanError:
-        return
     if len(frame) < wan.HEADER + wan.MAC_LEN:
         return
     ver, _, flags, meter, ctr, _, n = struct.unpack_from(">BBBQIIH", frame, 0)

@@ -138,17 +138,19 @@ class CsSecurity:
         if kind == "frame_in":
             self._frame(payload)
         elif kind == "frame_err":
-            self._reject("line over cap")  # unauthenticated: silence
+            # a line comm could not make a frame of (its code): unauthenticated, so silence
+            self._reject("line over cap" if payload == wan.E_TOO_BIG else
+                         "bad line: a raw control byte or a bad escape, code %d" % payload)
         elif sender in ("metrology", "clock", "kernel", "dc_security", "offswitch", "credit"):
             self._answer(payload)
 
-    def _frame(self, line):
+    def _frame(self, frame):
+        # frame: comm has undone the line's escapes (bytes, its only copy on this path)
         if self._keys is None:
-            lazy.call("tasks.cs_rare", "unprovisioned", self, line)
+            lazy.call("tasks.cs_rare", "unprovisioned", self, frame)
             return
         role = -1
         try:
-            frame = wan.line_to_frame(line)
             role = wan.frame_role(frame)
             if not 0 <= role < len(self._keys):
                 # no keys for that role id: nothing can authenticate it, so silence
