@@ -298,8 +298,15 @@ def cs_state(cs, counters):
     # accepted requests and the pending table (the up counter of an ERROR answer may move:
     # every answer carries a fresh one, PROTOCOL.md)
     # (copies: the counters are lists by role, changed in place)
+    # (the file's "down" by role: a file from before roles holds the operator's alone, as an
+    # int, which the first write of the counters turns into the list it stands for)
+    down = store.load(counters, {}).get("down")
+    if isinstance(down, int):
+        down = [down]
+    if down is not None:
+        down = tuple(down) + (0,) * (len(cs._down) - len(down))
     return (cs.meter_id, cs._keys, tuple(cs._down), tuple(cs._down_res), cs.accepted,
-            sorted(cs._pending.items()), store.load(counters, {}).get("down"))
+            sorted(cs._pending.items()), down)
 
 
 def feed_cs(st, cs, port, counters, feed, i, data, hang_ms, forged=None):
