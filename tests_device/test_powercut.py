@@ -53,8 +53,12 @@ def test_campaign(tmp_path: Path) -> None:
 def _campaign(base: Path, nvram: bool) -> Iterator[powercut.Campaign]:
     ks = Keystore(base / "keystore.json")
     if nvram:  # the unix profile's battery-backed RAM, as on a Pyboard
+        # its qstr pools a board's (fleet.start board_pools): the VM's 1,280-entry pool (~14 KB
+        # in one block) otherwise opened at GROUP_COMMIT's import of the round code, which the
+        # firmware's names decide (the frame path's new names moved it there), and the
+        # set-up failed "out of memory" on a loaded host with the heap in pieces
         meters = bring_up(1, base / "fleet", ks, powercut.INTERVAL_S, powercut.LIMITS,
-                          profile="unix")
+                          profile="unix", board_pools=True)
     else:  # none, as on a Pico: the session's profile, on a meter started without it
         name = session_profile() or profiles.DEFAULT
         # programmed from the session's image (meterctl flash is tested in test_flash.py)

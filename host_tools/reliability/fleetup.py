@@ -44,13 +44,14 @@ def parallel(items: Iterable[T], fn: Callable[[T], Any], workers: int = 8) -> li
 def bring_up(n: int, base: Path, keystore: Keystore, interval_s: int,
              limits: Limits | None = None, time_scale: float | None = None,
              timeout: float = 60.0, workers: int = 8, sim_time: int | None = None,
-             profile: str | None = None) -> list[Meter]:
+             profile: str | None = None, board_pools: bool = False) -> list[Meter]:
     """Start ``n`` meters in ``base`` under port profile ``profile`` (None: the fleet's
     default, a Pico; ``time_scale``: the virtual RTC's rate; ``sim_time``: the RTCs held at
     this time, which only the host moves on, with the supervisor's set-clock; see
-    host_tools/sim/supervisor.py), flash and provision each; the fleet is stopped if any step
-    fails."""
-    recs = fleet.start(n, base, timeout=timeout, time_scale=time_scale, profile=profile)
+    host_tools/sim/supervisor.py; ``board_pools``: fleet.start's), flash and provision each;
+    the fleet is stopped if any step fails."""
+    recs = fleet.start(n, base, timeout=timeout, time_scale=time_scale, profile=profile,
+                       board_pools=board_pools)
     try:
         def one(rec: dict[str, Any]) -> Meter:
             port = str(rec["port"])
