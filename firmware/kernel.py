@@ -72,9 +72,18 @@ _MS_PER_TOKEN = const(225000)  # 3600000 // _FLOOD_PER_HOUR
 
 
 def frozen(payload, depth=0):
+    # What a message may carry: nothing its sender could change after the send.
     t = type(payload)
     if t in _IMMUTABLE:
         return True
+    if t is memoryview:
+        # A read-only view only: one into bytes (a WAN payload in its frame, routed without a
+        # copy). A view into a bytearray is writable, and its sender could change it.
+        try:
+            payload[0:0] = b""
+        except TypeError:
+            return True
+        return False
     if t is tuple and depth < 4:
         for x in payload:
             if not frozen(x, depth + 1):

@@ -100,14 +100,21 @@ print(json.dumps({"r1": r1, "closure": closure, "got": len(tasks["b"].got),
 def test_mutable_payloads_are_refused(micropython: Run, tmp_path: Path) -> None:
     r = run_kernel(micropython, tmp_path, """
 s = tasks["a"].port.send
-res = [s("b", "ping", bytearray(b"shared")), s("b", "ping", [1]), s("b", "ping", {"k": 1}),
-       s("b", "ping", (1, [2])), s("b", "ping", (1, (2, b"ok")))]
+shared = bytearray(b"shared")
+res = [s("b", "ping", shared), s("b", "ping", [1]), s("b", "ping", {"k": 1}),
+       s("b", "ping", (1, [2])), s("b", "ping", (1, (2, b"ok"))),
+       # a view: writable into a bytearray (even a view of a view), read-only into bytes
+       s("b", "ping", memoryview(shared)), s("b", "ping", (1, memoryview(shared)[1:3])),
+       s("b", "ping", memoryview(memoryview(shared))),
+       s("b", "ping", (1, memoryview(b"frame")[1:3]))]
 k.run_once()
-print(json.dumps({"res": res, "got": len(tasks["b"].got), "sec": texts("security")}))
+print(json.dumps({"res": res, "got": len(tasks["b"].got), "sec": texts("security"),
+                  "shared": bytes(shared).decode()}))
 """)
-    assert r["res"] == [False, False, False, False, True]
-    assert r["got"] == 1
-    assert r["sec"] == ["refused mutable payload a->b ping"] * 4
+    assert r["res"] == [False, False, False, False, True, False, False, False, True]
+    assert r["got"] == 2
+    assert r["sec"] == ["refused mutable payload a->b ping"] * 7
+    assert r["shared"] == "shared"  # the check wrote nothing into a writable view
 
 
 def test_rewriting_the_policy_at_run_time_grants_nothing(micropython: Run,

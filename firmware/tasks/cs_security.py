@@ -155,8 +155,9 @@ class CsSecurity:
             if not 0 <= role < len(self._keys):
                 # no keys for that role id: nothing can authenticate it, so silence
                 raise wan.WanError(0, "wan: unassigned role %d" % role, True)
+            # body: a view into the frame where it came in clear (routed without a copy)
             kind, flags, ctr, ref, body = wan.open_frame(self._keys[role], self.meter_id,
-                                                         False, frame)
+                                                         False, frame, True)
         except wan.WanError as e:
             # Only the checks after the MAC (ctr 0, reserved flags, a command with a ref) may
             # answer, and they answer the head-end's own counter; before it: silence.
@@ -220,7 +221,9 @@ class CsSecurity:
             if task == "dc_security":
                 # Binary (PROTOCOL.md "LoPA kinds"): the DC security module parses it; it also
                 # gets the meter id this channel authenticated (its own id in LoPA groups).
-                # open_frame's payload is bytes already: passed on, not copied
+                # The payload as it is, a view into the frame where it came in clear: a
+                # 25-member GROUP_KEYS is 1 KB, and the Pyboard's heap in pieces may not hold
+                # a second 1 KB block (dc_security reads it, and keeps no reference)
                 msg = (ctr, self.meter_id, body)
             elif task == "offswitch":
                 # Binary: the off-switch's own signed command (or a status nonce), which it
@@ -228,7 +231,7 @@ class CsSecurity:
                 msg = (ctr, bytes(body))
             else:
                 # JSON arguments, checked into plain numbers and names (tasks/cs_rare.py)
-                msg = lazy.call("tasks.cs_rare", "args", kind, ctr, body)
+                msg = lazy.call("tasks.cs_rare", "args", kind, ctr, bytes(body))
         except (ValueError, KeyError, TypeError, OverflowError) as e:  # fuzz: int(1e400)
             self._reject("bad args for kind %d: %s" % (kind, e), wan.E_BAD_ARGS, ctr,
                          role=role)
