@@ -49,13 +49,14 @@ test-deps:
 	    DEBIAN_FRONTEND=noninteractive apt-get -y -qq install --no-install-recommends \
 	      mosquitto >/dev/null; } || echo "mosquitto missing: its tests will skip"
 
-# Two workers (the CI machine's cores), one test file each at a time (a file's module fixtures,
-# its virtual meters, stay in one worker), the longest files first (conftest.py's order:
-# --no-loadscope-reorder keeps it). TEST_JOBS=3 fills the time most device tests wait on the
-# meters' clocks (14 of the slowest files: 648 and 593 s on 2 workers, 550 and 473 s on 3; the
-# whole suite 14 min 16 s on 3), but on 2 cores it made timing tests late (a realtime step
-# 44 ms late where 25 ms is the bound): not the default. TEST_JOBS=0: one process.
-TEST_JOBS ?= 2
+# Three workers on the CI machine's two cores, one test file each at a time (a file's module
+# fixtures, its virtual meters, stay in one worker), the longest files first (conftest.py's
+# order: --no-loadscope-reorder keeps it). Most device tests wait on the meters' clocks: on 2
+# workers the suite kept the 2 cores 31 % busy (18 min 25 s; 9 min 12 s user, 2 min 15 s sys),
+# on 3 it took 13 min 40 s (7 December 2026, this 2-core host). 4 took 10 min 50 s but then a
+# group set up at an interval boundary met a head-end race (fixed: docs/HEADEND.md): 3 keeps a
+# margin. TEST_JOBS=0: one process.
+TEST_JOBS ?= 3
 test: setup lint test-deps
 	$(BIN)/pytest -q -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder --durations=40 tests_host tests_device
 

@@ -43,6 +43,11 @@ HISTORY = 16  # intervals of ciphertexts a meter keeps (docs/PROTOCOL.md)
 # How far behind the head-end's reckoning a member may close an interval and still be waited
 # for: a starved VM or a meter whose clock is a little slow; beyond it the clock is wrong.
 LATE_CLOSE_MAX_S = 30
+# How far two members' clocks may disagree: each is set in whole seconds (provisioning,
+# TIME_SET), and the head-end reads one member's. A member's group is in force from the interval
+# its own clock was in at its commit, so a group's first round is an interval that had opened
+# on every member's clock by then.
+CLOCK_SKEW_S = 2.0
 
 
 class LopaError(Exception):
@@ -688,6 +693,7 @@ class HeadEnd:
             while len(results) < rounds:
                 if clock is None:
                     t, length, wait, clock = self._interval_read(op, list(tg.values()))
+                    t, wait = self._in_force(g, t, wait, clock)
                 else:
                     t, length, wait = self._interval_from(clock)
                 if self.state.round(gid, t) is not None:
@@ -762,6 +768,8 @@ class HeadEnd:
                 if clock is None:
                     t, length, wait, clock = self._interval_read(todo[0][4],
                                                                  list(everyone.values()))
+                    for g, *_ in todo:
+                        t, wait = self._in_force(g, t, wait, clock)
                 else:
                     t, length, wait = self._interval_from(clock)
                 now = [x for x in todo if self.state.round(x[0].gid, t) is None]
@@ -843,6 +851,22 @@ class HeadEnd:
         meter_now = meter_then + max(0.0, self.now() - host_then)
         t = int(meter_now // length)
         return t, length, max(0.0, (t + 1) * length - meter_now) + self.margin_s
+
+    def _in_force(self, g: GroupRow, t: int, wait: float, clock: tuple[int, float, int]
+                  ) -> tuple[int, float]:
+        """(t, seconds to wait), moved on to the first interval in force on every member when
+        ``t`` may be before it: one whose members' clocks may have been in the next interval
+        when they committed (set up just before a boundary: ``CLOCK_SKEW_S``). A member asked
+        for an interval before its group answers "no value", and does for good."""
+        if g.ready is None:
+            return t, wait
+        meter_then, host_then, length = clock
+        meter_now = meter_then + max(0.0, self.now() - host_then)
+        at_ready = meter_now - max(0.0, time.time() - g.ready)  # the read member's clock then
+        first = int((at_ready + CLOCK_SKEW_S) // length)
+        if t >= first:
+            return t, wait
+        return first, wait + (first - t) * length
 
     def _interval_read(self, op: Op, targets: list[Target]
                        ) -> tuple[int, int, float, tuple[int, float, int]]:

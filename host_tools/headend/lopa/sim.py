@@ -70,6 +70,7 @@ class _Group:
     lam: float
     ids: list[int]
     keys: dict[int, bytes]
+    first: int = 0  # the interval its commit came in, on the meter's own clock: its first value
 
 
 @dataclass
@@ -155,7 +156,8 @@ class SimMeter:
                 raise self._refuse(wire.E_FAILED, "no pending set-up")
             if len(s.ids) != s.n or self.meter_id not in s.ids:
                 raise self._refuse(wire.E_FAILED, "commit before all members arrived")
-            self.groups[gid] = _Group(gid, s.n, s.m, s.lam, list(s.ids), dict(s.keys))
+            self.groups[gid] = _Group(gid, s.n, s.m, s.lam, list(s.ids), dict(s.keys),
+                                      self.interval()[0])
             self.pending = None
             return codec.group_commit_resp(s.n, 700 * (s.n - 1), 64 + 40 * s.n)
         if kind == wire.K_CIPHERTEXT:
@@ -199,7 +201,7 @@ class SimMeter:
         if g is None:
             raise self._refuse(wire.E_FAILED, "no such group")
         cur, _ = self.interval()
-        if not cur - 16 <= t < cur:
+        if not max(cur - 16, g.first) <= t < cur:  # the firmware's dc_round.py: no value
             raise self._refuse(wire.E_FAILED, "no value")
         v = self.values.get((gid, t))
         if v is None:  # computed "at the close" of t, once

@@ -99,6 +99,7 @@ class GroupRow:
     m: int
     lam: float
     state: str
+    ready: float | None = None  # when its set-up was complete on every member (time.time())
 
 
 @dataclass(frozen=True)
@@ -209,11 +210,11 @@ class State:
 
     # -- groups ------------------------------------------------------------------------
     def group(self, gid: bytes) -> GroupRow | None:
-        rows = self._q("SELECT gid, n, m, lam, state FROM groups WHERE gid=?", (gid,))
+        rows = self._q("SELECT gid, n, m, lam, state, ready FROM groups WHERE gid=?", (gid,))
         return GroupRow(*rows[0]) if rows else None
 
     def groups(self) -> list[GroupRow]:
-        return [GroupRow(*r) for r in self._q("SELECT gid, n, m, lam, state FROM groups "
+        return [GroupRow(*r) for r in self._q("SELECT gid, n, m, lam, state, ready FROM groups "
                                               "ORDER BY created")]
 
     def members(self, gid: bytes) -> list[MemberRow]:
