@@ -247,6 +247,61 @@ def vm_threads(pid: int) -> str:
     return ", ".join(out)
 
 
+def vm_pcs(pid: int, samples: int = 5) -> str:
+    """Where the VM's main thread is running, a few samples 20 ms apart, each its instruction
+    pointer as a mapping and offset ("micropython_run...so+0x1234"; "[anon]+0x..": code the
+    VM made, such as the ROM's machine code): for the log when a Ctrl-C had no effect on a VM
+    that was on a CPU, which /proc alone cannot say. ptrace (x86-64 Linux only); "" when it
+    cannot be read. The VM is stopped for a moment per sample."""
+    import ctypes
+    import platform
+
+    if platform.machine() != "x86_64":
+        return ""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return ""
+    seize, interrupt, getregs, detach = 0x4206, 0x4207, 12, 17
+    libc.ptrace.restype = ctypes.c_long
+    libc.ptrace.argtypes = (ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+    regs = (ctypes.c_ulong * 27)()  # struct user_regs_struct; rip is its 17th field
+    pcs = []
+    for k in range(samples):
+        if k:
+            time.sleep(0.02)
+        if libc.ptrace(seize, pid, None, None) != 0:
+            return ""
+        try:
+            libc.ptrace(interrupt, pid, None, None)
+            os.waitpid(pid, 0x40000000)  # __WALL
+            if libc.ptrace(getregs, pid, None, ctypes.byref(regs)) == 0:
+                pcs.append(regs[16])
+        except OSError:
+            pass
+        finally:
+            libc.ptrace(detach, pid, None, None)
+    maps = []
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            for line in f:
+                parts = line.split()
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                name = os.path.basename(parts[5]) if len(parts) > 5 else "[anon]"
+                maps.append((lo, hi, int(parts[2], 16), parts[1], name))
+    except OSError:
+        return " ".join(hex(pc) for pc in pcs)
+    out = []
+    for pc in pcs:
+        where = hex(pc)
+        for lo, hi, off, perm, name in maps:
+            if lo <= pc < hi:
+                where = f"{name}+{pc - lo + off:#x} ({perm})"
+                break
+        out.append(where)
+    return ", ".join(out)
+
+
 def main_thread_cpu_ns(pid: int) -> int:
     """CPU time the VM's main thread (the one a SIGINT interrupts) has had, in ns."""
     try:
@@ -940,7 +995,10 @@ class Supervisor:
             self._sigint(retry=True)
         else:
             if self.file_running and self.vm_pid:
-                self.log(f"Ctrl-C had no effect; giving up (VM threads: {vm_threads(self.vm_pid)})")
+                threads = vm_threads(self.vm_pid)
+                where = vm_pcs(self.vm_pid) if f"{self.vm_pid} R " in f"{threads} " else ""
+                self.log(f"Ctrl-C had no effect; giving up (VM threads: {threads}"
+                         + (f"; its main thread at: {where})" if where else ")"))
             self.sigint_at = 0.0
 
     def _interrupt_pending(self) -> bool:
