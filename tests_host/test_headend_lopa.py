@@ -42,7 +42,9 @@ def kinds(f: SimFleet, kind: str) -> list[bytes]:
 
 # -- reference math ------------------------------------------------------------------------
 def test_reference_math_matches_the_firmware() -> None:
+    import hmac_sha256 as fw_h
     import lopa as fw  # firmware/lib, on the path via conftest
+    import lopa_core as fw_core
     import x25519 as fw_x
 
     rng = random.Random(5)
@@ -55,10 +57,23 @@ def test_reference_math_matches_the_firmware() -> None:
         k = ref.pair_key(sk_i, pk_j, gid, id_i, id_j)
         assert k == ref.pair_key(sk_j, pk_i, gid, id_j, id_i)
         assert k == fw.pair_key(sk_i, pk_j, gid, id_i, id_j)
+        # the set-up's path (tasks/dc_setup.py): the ids as their bytes, the gid's pads made once
+        b_i, b_j = id_i.to_bytes(8, "big"), id_j.to_bytes(8, "big")
+        assert fw_core.pair_info_b(b_i, b_j) == fw_core.pair_info_b(b_j, b_i) \
+            == fw.pair_info(id_i, id_j)
+        assert fw_core.pair_key_pads(sk_i, pk_j, fw_h.hmac_pads(gid),
+                                     fw_core.pair_info_b(b_i, b_j)) == k
         t = rng.getrandbits(32)
         assert ref.prf(k, gid, t) == fw.prf(k, gid, t)
         keys = {rng.getrandbits(64): rng.randbytes(32) for _ in range(6)}
         assert ref.blinding(keys, id_i, gid, t) == fw.blinding(list(keys.items()), id_i, gid, t)
+    # ids that differ in their low byte only, and in their high byte only: the bytes order as
+    # the numbers do
+    for a, b in ((0x0102030405060700, 0x0102030405060701), (0x00FFFFFFFFFFFFFF, 1 << 56)):
+        ab, bb = a.to_bytes(8, "big"), b.to_bytes(8, "big")
+        assert fw_core.pair_info_b(bb, ab) == fw.pair_info(a, b) == b"lopa" + ab + bb
+    with pytest.raises(ValueError, match="itself"):
+        fw_core.pair_info_b(bytes(8), bytes(8))
 
 
 def test_low_order_and_short_keys_are_rejected() -> None:

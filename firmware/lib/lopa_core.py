@@ -8,7 +8,7 @@
 #   PRF(K, t) = int(first 4 bytes, BE, of HMAC-SHA256(K, gid + t (8 B BE)))
 #
 # Ids and round numbers are public, so branching on them is fine.
-from hmac_sha256 import hkdf_sha256, hmac_pads, hmac_sha256_pads
+from hmac_sha256 import hmac_pads, hmac_sha256_pads
 
 try:
     from micropython import const
@@ -40,12 +40,27 @@ def pair_info(id_i, id_j):
 def pair_key(sk_i, pk_j, gid, id_i, id_j):
     """K_ij (32 bytes); equal to K_ji computed by member j. ValueError for a
     malformed or low-order public key, equal ids, or ids outside 64 bits."""
+    return pair_key_pads(sk_i, pk_j, hmac_pads(gid), pair_info(id_i, id_j))
+
+
+def pair_info_b(idb_i, idb_j):
+    """pair_info() of two ids given as their 8 bytes big-endian (as bytes they order as the
+    numbers do): a set-up's ids arrive so, and no int is made of them."""
+    if idb_i == idb_j:
+        raise ValueError("lopa: a member has no pair key with itself")
+    return b"lopa" + (idb_i + idb_j if idb_i < idb_j else idb_j + idb_i)
+
+
+def pair_key_pads(sk_i, pk_j, gid_pads, info):
+    """pair_key() with the gid's HMAC pads (hmac_pads(gid): one set-up makes them once for
+    all its members) and pair_info(). HKDF-SHA256 for 32 bytes of output: extract with the
+    gid as the salt, then one expand block, T(1) = HMAC(PRK, info + 0x01) (RFC 5869)."""
     # x25519 is imported here, not at the top: on the meter only a group set-up needs it
     # (tasks/dc_setup.py), and its code is then in RAM only while the set-up runs.
     from x25519 import shared_secret
 
-    info = pair_info(id_i, id_j)
-    return hkdf_sha256(shared_secret(sk_i, pk_j), gid, info, 32)
+    prk = hmac_sha256_pads(gid_pads, shared_secret(sk_i, pk_j))
+    return hmac_sha256_pads(hmac_pads(prk), info + b"\x01")
 
 
 def round_msg(gid, t):

@@ -36,6 +36,7 @@ class Setup:
         self.lam = lam
         self.my_id = my_id
         self.my_b = struct.pack(">Q", my_id)
+        self.pads = None  # hmac_pads(gid), made by the first derivation
         self.mem = _Members(n)
         self.got = 0  # others accepted (chunks done)
         self.received = 0  # members accepted, this meter included
@@ -196,16 +197,18 @@ def derive_one(dc, s):
     t0 = time.ticks_us()
     s.work -= 1
     slot = s.got + s.work
-    id_j = int.from_bytes(s.mem.id_at(slot), "big")
+    idb = bytes(s.mem.id_at(slot))
     pk = s.mem.key_at(slot)  # the member's public key, staged there by group_keys
+    if s.pads is None:
+        s.pads = lopa.hmac_pads(s.gid)  # the HKDF salt's pads, once for the whole set-up
     try:
-        k = _x25519(lopa.pair_key, dc._sk, pk, s.gid, s.my_id, id_j)
+        k = _x25519(lopa.pair_key_pads, dc._sk, pk, s.pads, lopa.pair_info_b(s.my_b, idb))
     except ValueError:
         # low-order point (all-zero X25519 output): the chunk is undone, nothing counts
         ref = s.work_ref
         s.work = None
         dc._refuse(ref, "group_keys", Refused(
-            _E_BAD_ARGS, "low-order public key for id %016x" % id_j))
+            _E_BAD_ARGS, "low-order public key for id %s" % _hex(idb)))
         return
     s.mem.put_key(slot, k)
     dt = time.ticks_diff(time.ticks_us(), t0)
