@@ -140,3 +140,54 @@ print(json.dumps({"ups": ups}))
     ups = r["ups"]
     assert len(ups) == 117
     assert ups == sorted(set(ups)), ups  # strictly increasing: never one used twice
+
+
+def test_a_request_without_memory_to_route_it_is_answered_failed_and_changes_nothing(
+        micropython: Run, tmp_path: Path) -> None:
+    # A board's heap, full or in pieces, at the moment a request is routed (the Pyboard's, 4
+    # workers: cs_security's MemoryError was a silence the head-end waited 30 s on). Before it
+    # is routed nothing was carried out: FAILED "out of memory". A task's refusal that cannot
+    # be written out for lack of memory is said short; a task's answer of what it carried out
+    # is never turned into a refusal.
+    r = run(micropython, tmp_path, """
+import lazy
+real_call = lazy.call
+def no_memory(*a):
+    raise MemoryError("memory allocation failed")
+cs_security.lazy.call = no_memory        # TIME_SET's JSON arguments: tasks/cs_rare.py
+a = feed(frame(5, wan.K_TIME_SET))
+routed = [s for s in port.sent if s[0] != "comm"]
+pending = len(cs._pending)
+cs_security.lazy.call = real_call
+cs.handle("comm", "frame_in", frame(6, wan.K_STATS))   # routed to the kernel, not answered yet
+b = [[to, kind] for to, kind, p in port.sent]
+port.sent = []
+real_log = port.log_flood
+def log_no_memory(text):
+    port.log_flood = real_log
+    raise MemoryError("memory allocation failed")
+port.log_flood = log_no_memory          # the refusal's log line finds no memory
+cs.handle("kernel", "stats_done", (6, 7, "no window closed yet"))
+out = []
+for to, kind, p in port.sent:
+    k, _, ctr, ref, body = wan.open_frame(KEYS, METER, True, p)
+    out.append([k, ref, list(wan.parse_error(body))])
+port.sent = []
+cs._pending[9] = (wan.K_GROUP_COMMIT, True, 0)   # a task's success answer, no memory to seal it
+real_send = cs._send
+def send_no_memory(*a, **k):
+    raise MemoryError("memory allocation failed")
+cs._send = send_no_memory
+try:
+    cs.handle("dc_security", "lopa_data", (9, 0, b"done"))
+    d = "answered"
+except MemoryError:
+    d = "silence"
+print(json.dumps({"a": a, "routed": routed, "pending": pending, "b": b, "c": out, "d": d,
+                  "accepted": cs.accepted}))
+""")
+    assert r["a"] == [[ERROR, r["a"][0][1], 5, [7, "out of memory"]]]
+    assert r["routed"] == [] and r["pending"] == 0  # nothing reached a task, nothing expected
+    assert r["b"] == [["kernel", "stats"]]  # routed (its answer comes from the kernel)
+    assert r["c"] == [[ERROR, 6, [7, "out of memory"]]]
+    assert r["d"] == "silence"  # never "FAILED" for what was carried out

@@ -14,6 +14,7 @@
 # role picks the keys its MAC is checked with; an authentic frame of a kind its role may not
 # send is refused with POLICY, to that role, and changes nothing. The uplink counter is one for
 # all roles: its values never repeat, and each role's keys are its own.
+import gc
 import json
 from micropython import const
 
@@ -203,7 +204,16 @@ class CsSecurity:
                 return
         self._down[role] = ctr
         self.accepted += 1
-        self._request(role, kind, ctr, body)
+        try:
+            self._request(role, kind, ctr, body)
+        except MemoryError:
+            # Raised before the request was routed (_request: nothing after the send
+            # allocates), so nothing was carried out: FAILED says so, where silence would keep
+            # the head-end waiting out its timeout (a board's heap, full or in pieces)
+            body = None
+            gc.collect()
+            self._reject("out of memory: kind %d" % kind, wan.E_FAILED, ctr, "out of memory",
+                         role)
 
     def _request(self, role, kind, ctr, body):
         if kind == wan.K_INFO:
@@ -242,10 +252,11 @@ class CsSecurity:
             self._reject("busy", wan.E_FAILED, ctr, role=role)
             return
         mkind, enc = _ROUTES[route + 2], _ROUTES[route + 3]
-        if not self._port.send(task, mkind, msg):
-            self._reject("not routed: %s %s" % (task, mkind), wan.E_FAILED, ctr, role=role)
-            return
+        # expected before it is routed: once routed, nothing here allocates (see _frame)
         self._pending[ctr] = (kind, enc, role)
+        if not self._port.send(task, mkind, msg):
+            del self._pending[ctr]
+            self._reject("not routed: %s %s" % (task, mkind), wan.E_FAILED, ctr, role=role)
 
     def _answer(self, payload):
         ref, code, body = payload
@@ -254,8 +265,16 @@ class CsSecurity:
             return  # not asked for (or asked before a reboot)
         kind, enc, role = req
         if code:
-            self._port.log_flood("request %d kind %d failed: %s" % (ref, kind, body))
-            self._error(role, code, ref, body.encode())
+            # A refusal: nothing was carried out, so one that cannot be written out for lack of
+            # memory is said short. (An answer of what was carried out is never turned into a
+            # refusal: without memory for it, silence, and the head-end's REPLAY check.)
+            try:
+                self._port.log_flood("request %d kind %d failed: %s" % (ref, kind, body))
+                self._error(role, code, ref, body.encode())
+            except MemoryError:
+                body = None
+                gc.collect()
+                self._error(role, code, ref, b"out of memory")
         else:
             self._send(role, kind, ref, body if isinstance(body, bytes) else body.encode(),
                        enc)
