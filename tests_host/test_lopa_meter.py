@@ -1528,3 +1528,45 @@ out({{"writes": writes, "same": same, "torn": torn, "ends": ends(met), "flat": e
     # after it would have been (the RAM only)
     assert r["flat"] == list(range(602, 619, 2)), r["flat"]
     assert r["flat_wh"] == r["last_wh"]
+
+
+def test_a_derivation_without_memory_is_done_again_never_skipped(micropython: Run,
+                                                                  tmp_path: Path) -> None:
+    # The Pyboard's heap under a 4-worker run: a set-up step's X25519 raised MemoryError, and
+    # the step had already counted it, so that member's slot would have kept its public key
+    # as the "pair key" (and the head-end waited 120 s). Now a derivation that found no memory
+    # is done again at the next step; three in a row refuse the chunk, which changes nothing.
+    r = vm(micropython, f"""
+import lopa_core
+ms = [M({str(tmp_path)!r} + "/m%d" % i, 700 + i, "q%d" % i) for i in range(4)]
+for x in ms:
+    keygen(x)
+a = ms[0]
+members = [(x.id, x.pk) for x in ms]
+real = lopa_core.pair_key_pads
+fail = [0]
+def short(*args):
+    if fail[0]:
+        fail[0] -= 1
+        raise MemoryError("memory allocation failed")
+    return real(*args)
+lopa_core.pair_key_pads = short
+assert a.req("group_begin", begin(b"oom", 4))[0] == 0
+fail[0] = 3                                  # three in a row: the chunk is refused
+before = state(a)
+code, text = a.req("group_keys", chunk(b"oom", 0, members))
+refused = [code, text, state(a) == before]
+fail[0] = 2                                  # two: done again, then the chunk completes
+code2, _ = a.req("group_keys", chunk(b"oom", 0, members))
+code3, _ = a.req("group_commit", G(b"oom"))
+g = a.dc._groups[b"oom"]
+ok = []
+for i in range(3):
+    j = int.from_bytes(g.mem.id_at(i), "big")
+    pk = [x.pk for x in ms if x.id == j][0]
+    ok.append(bytes(g.mem.key_at(i)) == lopa_core.pair_key(a.dc._sk, pk, b"oom", a.id, j))
+print(json.dumps({{"refused": refused, "code2": code2, "code3": code3, "ok": ok}}))
+""")
+    assert r["refused"] == [7, "out of memory", True]
+    assert (r["code2"], r["code3"]) == (0, 0)
+    assert r["ok"] == [True, True, True]  # every pair key derived, none skipped

@@ -193,7 +193,19 @@ class DcSecurity:
     def step(self):
         s = self._setup
         if s is not None and s.work:
-            self._setup_code().derive_one(self, s)
+            try:
+                self._setup_code().derive_one(self, s)
+            except MemoryError:
+                # Nothing of that derivation counted (derive_one): again at the next step,
+                # after a collection; the third in a row refuses the chunk, which changes no
+                # state (the head-end may send it again), rather than a head-end left waiting
+                gc.collect()
+                s.oom += 1
+                if s.oom >= 3:
+                    ref = s.work_ref
+                    s.work = None
+                    s.oom = 0
+                    self._refuse(ref, "group_keys", Refused(_E_FAILED, "out of memory"))
             return
         if self._recover or self._jobs:
             mod = self._rounds()

@@ -37,6 +37,7 @@ class Setup:
         self.my_id = my_id
         self.my_b = struct.pack(">Q", my_id)
         self.pads = None  # hmac_pads(gid), made by the first derivation
+        self.oom = 0  # derivations in a row that found no memory (dc_security.step)
         self.mem = _Members(n)
         self.got = 0  # others accepted (chunks done)
         self.received = 0  # members accepted, this meter included
@@ -195,8 +196,9 @@ def group_keys(dc, ref, meter_id, body, t0):
 def derive_one(dc, s):
     # ONE X25519 + HKDF: the unit of work of one step during set-up.
     t0 = time.ticks_us()
-    s.work -= 1
-    slot = s.got + s.work
+    # the next slot, the last first; s.work moves on only once its key is in it, so a
+    # derivation that raised (MemoryError: dc_security.step) is done again, never skipped
+    slot = s.got + s.work - 1
     idb = bytes(s.mem.id_at(slot))
     pk = s.mem.key_at(slot)  # the member's public key, staged there by group_keys
     if s.pads is None:
@@ -211,6 +213,8 @@ def derive_one(dc, s):
             _E_BAD_ARGS, "low-order public key for id %s" % _hex(idb)))
         return
     s.mem.put_key(slot, k)
+    s.work -= 1
+    s.oom = 0
     dt = time.ticks_diff(time.ticks_us(), t0)
     s.work_us += dt
     s.work_dus += dt
