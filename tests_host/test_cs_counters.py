@@ -183,11 +183,25 @@ try:
     d = "answered"
 except MemoryError:
     d = "silence"
+cs._send = real_send
+port.sent = []
+port_send = port.send
+def route_no_memory(to, kind, payload=None):   # the routing itself finds no memory
+    if to != "comm":
+        raise MemoryError("memory allocation failed")
+    return port_send(to, kind, payload)
+port.send = route_no_memory
+cs.handle("comm", "frame_in", frame(10, wan.K_STATS))
+port.send = port_send
+e = [[to, kind] for to, kind, p in port.sent]
+stale = 10 in cs._pending
 print(json.dumps({"a": a, "routed": routed, "pending": pending, "b": b, "c": out, "d": d,
-                  "accepted": cs.accepted}))
+                  "accepted": cs.accepted, "e": e, "stale": stale}))
 """)
     assert r["a"] == [[ERROR, r["a"][0][1], 5, [7, "out of memory"]]]
     assert r["routed"] == [] and r["pending"] == 0  # nothing reached a task, nothing expected
     assert r["b"] == [["kernel", "stats"]]  # routed (its answer comes from the kernel)
     assert r["c"] == [[ERROR, 6, [7, "out of memory"]]]
     assert r["d"] == "silence"  # never "FAILED" for what was carried out
+    assert r["e"] == [["comm", "frame_out"]]  # FAILED "out of memory", to the head-end
+    assert r["stale"] is False  # a request whose routing found no memory is not kept pending

@@ -211,6 +211,7 @@ class CsSecurity:
             # allocates), so nothing was carried out: FAILED says so, where silence would keep
             # the head-end waiting out its timeout (a board's heap, full or in pieces)
             body = None
+            self._pending.pop(ctr, None)  # (if the send itself found no memory)
             gc.collect()
             self._reject("out of memory: kind %d" % kind, wan.E_FAILED, ctr, "out of memory",
                          role)
