@@ -71,6 +71,10 @@ def _boot(sealed):
     # "Memory")
     del meter
     sys.modules.pop("meter", None)
+    # Held by main.py's globals too, which the REPL keeps after a Ctrl-C: what the meter
+    # holds can then be read there (tests_device/test_pybv11.py _heap_held), not only its code
+    global running
+    running = k
     seal.run(k)
 
 

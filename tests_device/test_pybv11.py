@@ -278,13 +278,14 @@ def test_firmware_runs_from_the_card(roomy: tuple[Path, str, Keystore]) -> None:
         assert _reading(link)["vrms"] > 200
 
 
-# What the firmware may hold after a boot, READ, the off-switch, HAN and a power cut (VM bytes;
-# measured 7 December 2026 after the seal, LoPA-split and UMAAL merges: 114,944 B, against the
-# 144,047 B the board leaves it; after a 3-member LoPA round 120,320 B): a bound on what grows
-# back. The build's peak is higher than what is held after it: with 118,176 B held here the
-# boot at the board's heap already failed (the test above is what guards it; docs/hardware.md,
+# What the firmware may hold after a boot, READ, the off-switch, HAN and a power cut (VM bytes,
+# its kernel and tasks included: main.py's `running` keeps them at the REPL; measured 7
+# December 2026: 140,864 B, against the 144,047 B the board leaves it). Until then the kernel
+# was a local of main.py's _boot, which the Ctrl-C freed, and this figure (114,944 B) left out
+# the build's objects: the running meter's ~26 KB. A bound on what grows back; the boot at the
+# board's heap is the test above, and the whole flow there is the xfail below (docs/hardware.md,
 # "Micro SD card")
-HELD_MAX = 120 * 1024
+HELD_MAX = 141 * 1024
 
 
 def test_the_firmware_heap_against_the_boards(roomy: tuple[Path, str, Keystore],
