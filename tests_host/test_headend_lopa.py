@@ -427,6 +427,31 @@ def test_a_group_set_up_at_a_boundary_starts_where_every_member_has_it() -> None
     assert he.run(GID, 1).rounds[0].t == t_read + 10
 
 
+def test_groups_set_up_at_a_boundary_run_together_from_where_every_member_has_them() -> None:
+    """run_many, as run above: two groups made a moment before a boundary, their members'
+    clocks a second ahead of the one whose READ sets the pace. Both groups' first round is
+    the interval in force on every member; none answers "no value"."""
+    f = sim_fleet(3)
+    f.clock.t = 1_700_000_000.25  # 0.75 s before a boundary of the 3-s intervals
+    pace = min(f.meters)
+    for i, m in f.meters.items():
+        if i != pace:
+            m.late_s = -1.0
+    he = headend(f)
+    assert not he.keys(f.targets).failed and not he.pubkeys(f.targets).failed
+    for gid in (GID, b"feeder-8"):
+        assert not he.group_create(gid, f.targets).failed
+    t_read = f.meters[pace].interval()[0]
+    assert {m.groups[b"feeder-8"].first - t_read for i, m in f.meters.items() if i != pace} \
+        == {1}
+    runs, failed = he.run_many([GID, b"feeder-8"], 2, lab=f.lab_probe())
+    assert not failed, failed
+    for run in runs:
+        assert [r.t for r in run.rounds] == [t_read + 1, t_read + 2], run.gid
+        for r in run.rounds:
+            assert r.ok and not r.missing and r.aggregate == r.expected, r.error
+
+
 def test_ctrl_c_during_recovery_keeps_every_answer_the_meters_gave(tmp_path: Path) -> None:
     """A meter answers RECOVER once per round: an answer received but dropped by a Ctrl-C
     would leave the round undecryptable for good. The requests under way finish and their
