@@ -374,6 +374,25 @@ print(hw.outputs["led"], machine.Pin("LED").value(), machine.Pin("GP25").id)
     assert out.strip() == "[('relay', 1)] 1"
 
 
+def test_a_pin_is_the_boards_static_object(vm: Callable[[str, str], str]) -> None:
+    """As on the board (ports/rp2/machine_pin.c mp_pin_make_new returns the GPIO's static
+    object): Pin(14), Pin("GP14") and Pin(a pin) are one object, and making one, configured or
+    not, takes nothing of the heap."""
+    out = vm("rp2_pico", '''
+import gc
+a = b = c = d = None
+gc.collect()
+f = gc.mem_free()
+a = machine.Pin(14)
+b = machine.Pin("GP14", machine.Pin.IN, machine.Pin.PULL_UP)
+c = machine.Pin(b)
+d = machine.Pin(14, machine.Pin.OUT, value=1)
+gc.collect()
+print(a is b and b is c and c is d, f - gc.mem_free(), a.value())
+''')
+    assert out.strip() == "True 0 1"
+
+
 def test_han_uart_transmits_only_and_blocks_at_the_baud_rate(
         vm: Callable[[str, str], str]) -> None:
     out = vm("rp2_pico", '''

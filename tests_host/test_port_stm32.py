@@ -173,6 +173,30 @@ print(hw.outputs.get("led"), board.led.value())
     assert lines[4:6] == ["1", "0 0"]
 
 
+def test_a_pin_is_the_boards_static_object(vm: Callable[..., str]) -> None:
+    """As on the board (ports/stm32/pin.c mp_pin_make_new returns the pin's static object):
+    every Pin() naming a pin, by board or cpu name or by a Pin, is the same object, and making
+    one, configured or not, takes nothing of the heap; a pin the chip lacks is refused."""
+    out = vm('''
+import gc
+a = b = c = d = e = None
+gc.collect()
+f = gc.mem_free()
+a = machine.Pin("X17")
+b = pyb.Pin("X17", pyb.Pin.IN, pyb.Pin.PULL_UP)
+c = machine.Pin(b)
+d = machine.Pin("B3")
+e = machine.Pin("SW", machine.Pin.OUT, value=1)
+gc.collect()
+print(a is b and b is c and c is d and d is e, f - gc.mem_free(), a.pull(), a.mode())
+try:
+    machine.Pin("D5")
+except ValueError as x:
+    print(x)
+''', board=False)
+    assert out.splitlines() == ["True 0 0 1", "Pin(D5) doesn't exist"]  # SW: OUT, no pull
+
+
 def test_relay_boot_state_on_fat(vm: Callable[..., str]) -> None:
     out = vm('''
 print(hw.outputs.get("relay"), board.relay.value())  # a new meter's: closed (shipped so)

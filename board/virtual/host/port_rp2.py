@@ -617,6 +617,7 @@ class _Rp2:
 _LEVEL = {}  # gpio -> output latch
 _MODE = {}  # gpio -> mode
 _PULL = {}
+_PINS = []  # gpio -> its Pin
 _WIRED_OUT = {15: "relay", 25: "led"}  # board/rp2_pico's pin map
 
 
@@ -655,8 +656,13 @@ class Pin:
     ALT_GPCK = 8
     ALT_USB = 9
 
+    def __new__(cls, id, *args, **kw):
+        # A board's pins are static objects (ports/rp2/machine_pin.c mp_pin_make_new,
+        # machine_pin_find; v1.28.0): Pin() returns the one asked for, the same each time, and
+        # takes no heap. They and their state are made at install, before the ballast.
+        return _PINS[_pin_id(id)]
+
     def __init__(self, id, mode=None, pull=None, *, value=None, alt=5):
-        self.id = _pin_id(id)
         if mode is not None or pull is not None or value is not None:
             self.init(mode, pull, value=value, alt=alt)
 
@@ -1237,6 +1243,12 @@ def install(hw):
     _LEVEL.clear()
     _MODE.clear()
     _PULL.clear()
+    _PINS.clear()
+    for g in range(48 if _CHIP == "RP2350B" else 30):
+        _LEVEL[g], _MODE[g], _PULL[g] = 0, Pin.IN, None  # reset: an input, no pull
+        p = object.__new__(Pin)
+        p.id = g
+        _PINS.append(p)
     import micropython
 
     for n in dir(micropython):

@@ -425,7 +425,12 @@ _PIN_NAMES = {
 }
 _OUTPUTS = {"C4": "relay", "A14": "led"}  # cpu pin -> hw.outputs name
 _INPUTS = {"B3": "button", "C13": "tamper", "C6": "cover", "C7": "jumper"}
-_pins = {}  # cpu name -> _PinState
+# cpu name -> the pin's object. A board's pins are static objects in flash and Pin(...)
+# returns the one named (ports/stm32/pin.c mp_pin_make_new, pin_find; v1.28.0): the same object
+# for every call and no heap. So all of the STM32F405RG's (LQFP64: ports A-C, PD2) are made at
+# install, before the ROM weighs its ballast, and Pin() only finds one.
+_pins = {}
+_CPU_PINS = tuple("%s%d" % (p, i) for p in "ABC" for i in range(16)) + ("D2",)
 _NOT_GIVEN = object()
 
 
@@ -454,21 +459,17 @@ class Pin:
     PULL_UP = 1
     PULL_DOWN = 2
 
-    def __init__(self, id, *args, **kw):
+    def __new__(cls, id, *args, **kw):
         if isinstance(id, Pin):
-            cpu = id._s.cpu
-        elif isinstance(id, str):
-            cpu = _PIN_NAMES.get(id)
-            if cpu is None and len(id) >= 2 and id[0] in "ABCD" and id[1:].isdigit():
-                cpu = id
-            if cpu is None:
-                raise ValueError("Pin(%s) doesn't exist" % id)
-        else:
+            return id
+        p = None
+        if isinstance(id, str):
+            p = _pins.get(_PIN_NAMES.get(id, id))
+        if p is None:
             raise ValueError("Pin(%s) doesn't exist" % (id,))
-        s = _pins.get(cpu)
-        if s is None:
-            s = _pins[cpu] = _PinState(cpu)
-        self._s = s
+        return p
+
+    def __init__(self, id, *args, **kw):
         if args or kw:
             self.init(*args, **kw)
 
@@ -1014,6 +1015,10 @@ def install(hw):
     _clock[0] = _time.ticks_us()
     _clock[1] = 0
     _pins.clear()
+    for cpu in _CPU_PINS:
+        p = object.__new__(Pin)
+        p._s = _PinState(cpu)
+        _pins[cpu] = p
     _timers.clear()
     nv = getattr(hw, "nvram", None)
     persist = nv is not None and hasattr(hw, "nvram_write")
