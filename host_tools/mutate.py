@@ -245,21 +245,33 @@ def confirm(root: Path, results: list[Result], timeout: float = TIMEOUT_S,
     killers = sorted({r.detail for r in results if r.outcome == "killed" and "::" in r.detail})
     if not killers:
         return results
+    why: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="mutate-baseline-", ignore_cleanup_errors=True) as tmp:
         tree = Path(tmp) / "tree"
         scratch(root, tree)
-        cmd = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf",
-               "--timeout", str(int(timeout)), *killers]
-        proc = subprocess.run(cmd, cwd=tree, env=_env(tree), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, timeout=timeout * 4,
-                              check=False)
-    broken = {ln.split(" ", 1)[1].split(" - ")[0] for ln in proc.stdout.splitlines()
-              if ln.startswith(("FAILED ", "ERROR "))}
-    if proc.returncode not in (0, 1):
-        broken = set(killers)
+        todo = killers
+        # A killer that fails here once runs again, alone: one that passes then passes without
+        # the mutation (a test starved on a loaded host, as in `make test`, where the suite
+        # runs beside this); one that fails twice is broken by something else.
+        for _ in range(2):
+            cmd = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf",
+                   "--timeout", str(int(timeout)), *todo]
+            proc = subprocess.run(cmd, cwd=tree, env=_env(tree), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, timeout=timeout * 4,
+                                  check=False)
+            why = {}
+            for ln in proc.stdout.splitlines():
+                if ln.startswith(("FAILED ", "ERROR ")):
+                    test, _, reason = ln.split(" ", 1)[1].partition(" - ")
+                    why[test] = reason[:200]
+            if proc.returncode not in (0, 1):
+                why = {k: why.get(k, f"pytest exited {proc.returncode}") for k in todo}
+            todo = sorted(why)
+            if not todo:
+                break
     return [Result(r.mutation, "error", r.seconds,
-                   f"its killer {r.detail} fails without the mutation too")
-            if r.outcome == "killed" and r.detail in broken else r for r in results]
+                   f"its killer {r.detail} fails without the mutation too: {why[r.detail]}")
+            if r.outcome == "killed" and r.detail in why else r for r in results]
 
 
 def main(argv: list[str] | None = None) -> int:
