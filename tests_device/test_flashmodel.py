@@ -131,18 +131,6 @@ def test_rp2_a_big_write_stalls_and_counts_erases(rp2: Meter) -> None:
     assert int(out) >= stall * 1000 * 0.99  # the VM waited for all of it
 
 
-def test_a_flash_stall_takes_none_of_the_firmwares_heap(rp2: Meter) -> None:
-    """The model records each stall (hw.stalls, which the timer and ADC models read) in slots
-    made before the ROM's ballast, as a board's flash driver takes no heap for it: 20 erases
-    after a power-up (the boot wrote nothing) leave the free heap where it was."""
-    rp2.cut()
-    out = rp2.run("import gc\nf0 = i = f = 0\ngc.collect()\nf0 = gc.mem_free()\n"
-                  "for i in range(20):\n with open('st%d' % (i % 2), 'wb') as f:\n"
-                  "  f.write(bytes(4096))\n"
-                  "f = None\ngc.collect()\nprint(f0 - gc.mem_free())")
-    assert int(out) <= 64, out  # before: ~0.8 KB, a list of 16 tuples grown in it
-
-
 def test_rp2_erase_counts_survive_cuts_and_restarts(rp2: Meter) -> None:
     rp2.run("for i in range(6):\n with open('w%d' % i, 'wb') as f:\n  f.write(bytes(8192))")
     before = _wear(rp2)["counts"]

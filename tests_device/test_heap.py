@@ -156,6 +156,16 @@ def test_boots_and_runs_a_50_member_group_with_the_picos_heap(
     run_50_member_group(tmp_path, "rp2-pico")
 
 
+def test_boots_and_runs_a_50_member_group_with_the_pico2s_heap(
+        tmp_path: Path, real_port: str | None) -> None:
+    # the official RPI_PICO2 build (RP2350): its 448 KB heap (as 64-bit objects), no ROMFS,
+    # littlefs on the modelled flash, the rp2_pico2 adapter on the port's models (RP2350
+    # registers and DMA)
+    if real_port:
+        pytest.skip(NEEDS_SIM + "; the heap cap is a VM option")
+    run_50_member_group(tmp_path, "rp2-pico2")
+
+
 def test_boots_and_runs_a_50_member_group_with_the_pyboards_heap(
         tmp_path: Path, real_port: str | None) -> None:
     # the Pyboard's 100 KB heap (as 64-bit objects) with a ROMFS partition: the unix profile

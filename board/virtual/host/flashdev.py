@@ -62,16 +62,6 @@ _HEAD = 24  # flash-wear.bin: programs, bytes programmed, stall us (3 x u64), th
 _STALLS = 16
 
 
-def stall_ring(hw):
-    # hw.stalls, the last _STALLS stalls as [start, end] ticks_us (the port models' timers and
-    # ADC read them): made once, here, before the ROM weighs its ballast, and written in place
-    # after, so that a write's stall takes none of the firmware's heap (a list of tuples grew
-    # in it, ~0.8 KB). [0, 0] is no stall.
-    if getattr(hw, "stall_i", None) is None:
-        hw.stalls = [[0, 0] for _ in range(_STALLS)]
-        hw.stall_i = bytearray(1)
-
-
 class _Wear:
     # Erase counts per unit and the totals, in place in flash-wear.bin: a power cut loses none.
     def __init__(self, host_vfs, path, units):
@@ -114,7 +104,8 @@ class _Flash:
         self.spec = spec
         self._wp = wp_hit
         self._rung = hw.bell[0] if getattr(hw, "bell", None) is not None else 0
-        stall_ring(hw)
+        if not hasattr(hw, "stalls"):
+            hw.stalls = []
         path = mdir + "/flash.bin"
         size = spec["bytes"]
         self.fresh = False
@@ -176,13 +167,11 @@ class _Flash:
             if left <= 0:
                 break
             time.sleep_us(left)
-        t1 = time.ticks_us()
-        i = self.hw.stall_i[0]
-        rec = self.hw.stalls[i]
-        rec[0] = t0  # [t0, the slot's old end]: empty, that stall ended before t0
-        rec[1] = t1
-        self.hw.stall_i[0] = (i + 1) % _STALLS
-        return time.ticks_diff(t1, t0)
+        st = self.hw.stalls
+        st.append((t0, time.ticks_us()))
+        if len(st) > _STALLS:
+            st.pop(0)
+        return time.ticks_diff(st[-1][1], t0)
 
 
 class RP2Flash(_Flash):
@@ -460,7 +449,8 @@ class SDCard:
         except OSError:
             self._cnt = host_vfs.open(mdir + "/sd-writes.bin", "w+b")
             self._cnt.write(self._n)
-        stall_ring(hw)
+        if not hasattr(hw, "stalls"):
+            hw.stalls = []
 
     def readblocks(self, n, buf, off=0):
         self.img.seek(n * 512 + off)
