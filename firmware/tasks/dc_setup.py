@@ -182,6 +182,7 @@ def group_keys(dc, ref, meter_id, body, t0):
         raise Refused(_E_BAD_ARGS, "this meter is not in the member list")
     mv = body = None
     s.work = n  # slots s.got .. s.got + n - 1 to derive, the last first
+    s.oom = 0  # a chunk starts with no failed derivation behind it
     s.work_h = h
     s.work_ref = ref
     s.work_count = count
