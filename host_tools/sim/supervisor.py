@@ -135,7 +135,8 @@ class AdcRing:
         self.path = path
         size = ADC_DATA + 4 * ADC_RING
         with open(path, "wb") as f:
-            f.write(bytes(size))
+            # the fields that never change are written once, before any VM maps the file
+            f.write(ADC_HEAD.pack(0, ADC_RATE, ADC_LEAD, ADC_RING) + bytes(size - ADC_HEAD.size))
         self.f = open(path, "r+b")  # open for the process's life
         self.mm = mmap.mmap(self.f.fileno(), size)
         mv = memoryview(self.mm)
@@ -170,7 +171,10 @@ class AdcRing:
         return int((time.monotonic() - self.t0) * ADC_RATE)
 
     def _head(self) -> None:
-        ADC_HEAD.pack_into(self.mm, 0, self.written, ADC_RATE, ADC_LEAD, ADC_RING)
+        # Only the count changes, in one aligned 8-byte store. struct.pack_into zeroes its
+        # target before it packs: a VM that read the head in between saw a rate of 0 and its
+        # ADC model divided by it (ZeroDivisionError in doctor's ADC probe, in CI).
+        self.mm[0:8] = self.written.to_bytes(8, "little")
 
     def top_up(self) -> None:
         if self.wave is None:

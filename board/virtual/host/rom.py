@@ -402,7 +402,15 @@ class _Hardware:
     # modelled flash chip: 0.5 ms a call, a third of a host core for an idle meter.)
     def adc_head(self):
         # (samples written since power-on, rate, how many of them are ahead of now, ring size)
-        return self._su[0]("<QIII", _adc, 0)
+        # Read until two reads agree: unpack_from reads byte by byte, so a read that overlaps
+        # the front end's store of the count can mix its old and new bytes.
+        unpack_from = self._su[0]
+        h = unpack_from("<QIII", _adc, 0)
+        while True:
+            h2 = unpack_from("<QIII", _adc, 0)
+            if h2 == h:
+                return h
+            h = h2
 
     def adc_read(self, k, n, v_buf, i_buf):
         # samples k .. k+n-1 of both channels into v_buf[0:n], i_buf[0:n] (array "H")
