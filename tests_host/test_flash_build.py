@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ast
 import hashlib
+import re
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import cast
@@ -14,6 +16,8 @@ import pytest
 from host_tools.flash import build, deploy
 from host_tools.flash.deploy import choose_mode
 from host_tools.transport.serial import Board, BoardError, BoardInfo, resolve_port
+
+from .conftest import micropython_binary
 
 
 def info(mpy: int | None, platform: str = "rp2") -> BoardInfo:
@@ -150,3 +154,31 @@ def test_a_romfs_partition_that_does_not_hold_the_image_is_refused() -> None:
         b.partition = held + b"\xff" * 512
         with pytest.raises(BoardError, match="does not hold the image just written"):
             deploy._finish_romfs(cast(Board, b), img)
+
+
+def test_the_pyboards_image_leaves_the_line_numbers_out(tmp_path: Path) -> None:
+    # Its 100 KB heap holds every imported module's bytecode (no ROMFS): mpy-cross -O3 leaves
+    # out the line-number tables, ~2 KB of the running meter's heap (docs/hardware.md).
+    src = tmp_path / "m.py"
+    src.write_text('def f():\n    x = 1\n    y = x + 1\n    raise ValueError(y)\n')
+    lean = build.compile_one(src, "/m.mpy", None, opt=build.OPT_LEVEL["stm32_pybv11"])
+    full = build.compile_one(src, "/m.mpy", None)
+    assert len(lean) < len(full)
+    exe = micropython_binary()
+    assert exe is not None
+    lines = {}
+    for name, data in (("lean", lean), ("full", full)):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "m.mpy").write_bytes(data)
+        r = subprocess.run([exe, "-c", "import m\nm.f()"], capture_output=True,
+                           text=True, cwd=d, env={"MICROPYPATH": str(d)})
+        m = re.search(r'File "m.mpy", line (\d+), in f', r.stdout + r.stderr)
+        assert m is not None, (r.stdout, r.stderr)
+        lines[name] = m.group(1)
+    assert lines == {"lean": "1", "full": "4"}
+    # and the Pyboard's image is compiled so, every module of it; the Pico's keeps them
+    for board, arch, opt in (("stm32_pybv11", "armv7emsp", 3), ("rp2_pico", "armv6m", 0)):
+        for f in build.build_image(board, arch):
+            if f.dest.endswith(".mpy") and not build.is_native(f.src):
+                assert f.data == build.compile_one(f.src, f.dest, arch, opt=opt), f.dest

