@@ -248,3 +248,46 @@ def test_a_ctrl_c_during_flash_writes_is_held_until_the_write_is_over_never_lost
     finally:
         os.close(fd)
         write_files(port, {"main.py": None, "spin.bin": None})
+
+
+# main.py ends on an exception with the heap full (its globals hold it all): a board's pyexec
+# prints it without allocating (py/obj.c mp_obj_print_exception); the ROM once needed heap to
+# word it and died of its own MemoryError, which hid the file's exception
+MAIN_RAISES_ON_A_FULL_HEAP = (
+    'e = ValueError("the heap is full")\n'
+    'keep = []\n'
+    'blocks = [None] * 4096\n'  # for the last one-block holes: a float each
+    'for size in (4096, 256, 16):\n'
+    '    try:\n'
+    '        while True:\n'
+    '            keep.append(bytearray(size))\n'
+    '    except MemoryError:\n'
+    '        pass\n'
+    'i = 0\n'
+    'try:\n'
+    '    while i < 4096:\n'
+    '        blocks[i] = i + 0.5\n'
+    '        i += 1\n'
+    'except MemoryError:\n'
+    '    pass\n'
+    'raise e\n'
+)
+
+
+def test_an_exception_on_a_full_heap_is_printed_as_a_board_prints_it(
+        meter: tuple[Path, str]) -> None:
+    base, port = meter
+    write_files(port, {"main.py": MAIN_RAISES_ON_A_FULL_HEAP})
+    fd = os.open(port, os.O_RDWR | os.O_NOCTTY)
+    try:
+        os.write(fd, b"\r\x01")
+        read_until(fd, RAW_BANNER, PROMPT_WITHIN_S)
+        out = soft_reset_to_main(fd) + read_until(fd, b">>> ", 2 * PROMPT_WITHIN_S)
+        assert b"ValueError: the heap is full" in out, out
+        assert b"MemoryError" not in out, out
+        assert fleet.meter_status(0, base)["files"]["main.py"] == "ended (ValueError)"
+    finally:
+        os.close(fd)
+        with Board(port) as b:  # main.py's globals hold the heap until a soft reset
+            b.enter_raw(soft_reset=True)
+            b.exec("import os\nos.remove('main.py')\n")

@@ -459,6 +459,28 @@ print(stm.mem8[0x40024000])
     assert out.splitlines() == ["7 []", "7"]
 
 
+def test_a_store_into_the_backup_sram_allocates_nothing(vm: Callable[..., str]) -> None:
+    # On a board a store is a bus write: a meter out of heap still logs its MemoryError into
+    # its battery-backed ring (lib/nvrec.py). The model's store once made the word's bytes anew,
+    # and that log call then died of a second MemoryError, taking the kernel with it.
+    out = vm('''
+def kept(off, data):  # the supervisor's side, which allocates nothing on the VM's heap
+    pass
+hw.nvram_write = kept
+nv = board.nvram
+import micropython
+micropython.heap_lock()
+try:
+    nv.write(100, b"credit")
+    r = "ok"
+except MemoryError:
+    r = "MemoryError"
+micropython.heap_unlock()
+print(r, bytes(hw.nvram[100:106]))
+''', nvram="bytearray(4096)")
+    assert out.splitlines() == ["ok b'credit'"]
+
+
 def test_keywords_the_port_lacks_raise_type_error(vm: Callable[..., str]) -> None:
     out = vm('''
 def check(f):

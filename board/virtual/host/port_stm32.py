@@ -97,6 +97,9 @@ class _Regs:
         self.r = {}
         self.wide = {}  # SxM0AR as written, before the 32-bit register cut it
         self.nvram = nvram  # the backup SRAM's contents (kept on VBAT)
+        # one word's bytes on their way into it: a store into the backup SRAM allocates
+        # nothing on a board (a firmware that logs a MemoryError there must not meet another)
+        self.word = bytearray(4)
         self.sampler = _Sampler(self)
 
     def get(self, a):
@@ -137,7 +140,11 @@ class _Regs:
             o = addr - BKPSRAM
             old = self.read(addr)
             v = (old & ~mask) | (v & mask)
-            data = bytes(((v >> (8 * k)) & 0xFF) for k in range(4))
+            data = self.word
+            data[0] = v & 0xFF
+            data[1] = (v >> 8) & 0xFF
+            data[2] = (v >> 16) & 0xFF
+            data[3] = (v >> 24) & 0xFF
             self.nvram[o:o + 4] = data
             if self.get(PWR + 4) & _PWR_BRE and self.persist:
                 with _hw_lock:  # kept across a power cut only with the regulator on

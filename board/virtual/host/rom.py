@@ -583,11 +583,14 @@ def _run_file(name, g):
             exec(code, g)
             finished = True
         except BaseException as e:  # noqa: BLE001 - a board prints and goes on
-            import io
-
-            buf = io.StringIO()
-            sys.print_exception(e, buf)
-            text = buf.getvalue()
+            text = _exception_text(e)
+            if text is None:
+                # No heap left to word it apart (the file's objects are still held by its
+                # globals): a board's pyexec prints it straight out without allocating
+                # (py/obj.c mp_obj_print_exception), and so does this, the ROM's frames too.
+                sys.print_exception(e)
+                err = type(e).__name__
+                break
             if isinstance(e, KeyboardInterrupt) and ('File "%s"' % name) not in text:
                 # The SIGINT landed in these lines, not in the file: before it began (on a
                 # board the interrupt is not on yet, and a Ctrl-C then is a byte), or after it
@@ -609,6 +612,22 @@ def _run_file(name, g):
     micropython.kbd_intr(3)
     hw.event({"ev": "file", "name": name, "s": "end", "err": err})
     return err
+
+
+def _exception_text(e):
+    # the traceback as text, or None if the heap has no room for it even after a collection
+    import gc
+    import io
+
+    for _ in range(2):
+        try:
+            buf = io.StringIO()
+            sys.print_exception(e, buf)
+            return buf.getvalue()
+        except MemoryError:
+            buf = None
+            gc.collect()
+    return None
 
 
 def boot(g):
