@@ -156,9 +156,19 @@ class CsSecurity:
             if not 0 <= role < len(self._keys):
                 # no keys for that role id: nothing can authenticate it, so silence
                 raise wan.WanError(0, "wan: unassigned role %d" % role, True)
-            # body: a view into the frame where it came in clear (routed without a copy)
-            kind, flags, ctr, ref, body = wan.open_frame(self._keys[role], self.meter_id,
-                                                         False, frame, True)
+            # body: a view into the frame where it came in clear (routed without a copy).
+            # Before its MAC is known good a frame may not be answered, so a MemoryError in
+            # its check is a silence the head-end waits out: it is checked once more after a
+            # collection (open_frame changes nothing of the frame)
+            for retry in (True, False):
+                try:
+                    kind, flags, ctr, ref, body = wan.open_frame(self._keys[role],
+                                                                 self.meter_id, False, frame, True)
+                    break
+                except MemoryError:
+                    if not retry:
+                        raise
+                    gc.collect()
         except wan.WanError as e:
             # Only the checks after the MAC (ctr 0, reserved flags, a command with a ref) may
             # answer, and they answer the head-end's own counter; before it: silence.
