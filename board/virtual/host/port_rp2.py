@@ -208,10 +208,17 @@ class _AdcModel:
         written, rate, _lead, size = _hw.adc_head()
         k_lo = self.ring_k(i, rate)
         m = self.ring_k(i + n - 1, rate) - k_lo + 1
-        vb = array("H", bytes(2 * m))
-        ib = array("H", bytes(2 * m))
-        if k_lo >= written - size:  # older samples are gone from the front end's ring
+        if m <= _RING_SCRATCH:
+            vb, ib = _ring_v, _ring_i  # the front end's samples: no block of the firmware's heap
+        else:  # a conversion far slower than the front end spans many of its samples
+            vb = array("H", bytes(2 * m))
+            ib = array("H", bytes(2 * m))
+        if k_lo >= written - size:
             _hw.adc_read(k_lo, m, vb, ib)
+        else:  # older samples are gone from the front end's ring: read as 0
+            for j in range(m):
+                vb[j] = 0
+                ib[j] = 0
         if self.seq == (0, 1) and 2 * self.period_cycles256() * rate == _ADC_CLK * 256:
             # V, I at the front end's own rate (the adapters' set-up): one sample a cycle
             t = q = 0
@@ -281,6 +288,18 @@ class _AdcModel:
 
 
 _adc = _AdcModel()
+
+# The model's own buffers, made at install() before the ROM weighs its ballast: a board's ADC
+# and DMA move the conversions without the CPU, and the model, which does it in Python, made
+# each pass's values and the front end's samples anew in the firmware's heap (4 KB a pass at
+# 1,024 conversions, ~16 KB a second at 4 kHz: garbage a Pico never makes, collected in the
+# firmware's time). _STEP conversions a pass at most; the samples they span in the front
+# end's ring (up to _RING_SCRATCH: one more than the pairs of two channels, or one channel at
+# the ring's rate).
+_RING_SCRATCH = 1026
+_ring_v = None
+_ring_i = None
+_pass_vals = {}  # DMA transfer size (1, 2, 4) -> an array of _STEP values
 
 # The (V, I) pairs into the conversions' order in native code (the same values as fill's loop,
 # which stays the fallback): 8,000 conversions a second at 4 kHz were that loop's, a third to a
@@ -450,7 +469,7 @@ def _advance():
             if dst is None or ch.read != _ADC_BASE + 0x0C:
                 ch.err()
                 continue
-            vals = array("BHI"[size >> 1], bytes(size * m))
+            vals = _pass_vals[size]
             _adc.fill(_adc.conv, vals, m)
             if inc:
                 dst[0:span] = uctypes.bytearray_at(uctypes.addressof(vals), span)
@@ -1224,6 +1243,12 @@ def install(hw):
     _hw = hw
     if _interleave is None:
         _compile_interleave()
+    global _ring_v, _ring_i
+    if _ring_v is None:
+        _ring_v = array("H", bytes(2 * _RING_SCRATCH))
+        _ring_i = array("H", bytes(2 * _RING_SCRATCH))
+        for size in (1, 2, 4):
+            _pass_vals[size] = array("BHI"[size >> 1], bytes(size * _STEP))
     if not hasattr(hw, "stalls"):
         hw.stalls = []
     machine_name = getattr(hw, "profile", {}).get("machine", "")
