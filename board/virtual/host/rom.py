@@ -331,6 +331,7 @@ class _Hardware:
 
             a = m.split()
             self.bell = uctypes.bytearray_at(int(a[0]), int(a[1]))
+        self._bell_seen = -1  # the bell as poll() last read it; -1: not read yet
 
     def nvram_write(self, off, data):
         # Bytes off.. of the battery-backed RAM. A write point for the power-cut campaign
@@ -347,9 +348,19 @@ class _Hardware:
     def poll(self):
         # Apply whatever the supervisor sent (input pins, waveform). One thread reads the pipe
         # at a time (the flash model polls too, flashdev.py); another one returns at once.
+        # The supervisor rings the doorbell after it writes a message (_send_hw): while the
+        # bell reads as at the last look, nothing was sent and no system call is made. Every
+        # pin read comes here: two a pass of core 1's 10-ms loop, each a poll() system call
+        # before (the bell counts modulo 256: a message is missed only if exactly 256 others
+        # follow it before the next look, and then only until the next one).
+        bell = self.bell
+        if bell is not None and bell[0] == self._bell_seen:
+            return
         if not _poll_lock.acquire(0):
             return
         try:
+            if bell is not None:
+                self._bell_seen = bell[0]  # before the pipe is read: a later ring is seen
             self._poll_pending()
         finally:
             _poll_lock.release()
