@@ -329,7 +329,15 @@ class Kernel:
     def _fault(self, i, e):
         self._f[i * _NF + _ERRORS] += 1
         name = self._names[i]
-        self.log(name, "task %s error: %s %s" % (name, type(e).__name__, e))
+        try:
+            self.log(name, "task %s error: %s %s" % (name, type(e).__name__, e))
+        except MemoryError:
+            # No heap to word it (the fault most likely a MemoryError too, on a full board):
+            # said short, or only counted (STATS errors); a fault must not stop the meter
+            try:
+                self.log(name, "task error: no memory to say which")
+            except MemoryError:
+                pass
 
     def run_once(self):
         now = _ticks_us()

@@ -320,6 +320,46 @@ print(json.dumps({"first": first, "then": [[m[1], m[2][:2]] for m in a.got],
     assert any("kernel log_read error: MemoryError" in t for t in r["sec"]), r["sec"]
 
 
+def test_a_fault_with_no_heap_to_log_it_is_counted_and_the_meter_runs_on(
+        micropython: Run, tmp_path: Path) -> None:
+    # A task's MemoryError on a full board, and no heap for its log line either: the kernel
+    # logged the fault with a formatted text, whose MemoryError ended the main loop (on the
+    # virtual Pyboard at its heap: the meter dropped to the REPL). Now it is said short, or,
+    # with no heap for that either, only counted; the next messages are delivered.
+    r = run_kernel(micropython, tmp_path, """
+class Faulty(T):
+    def handle(self, sender, kind, payload):
+        raise MemoryError("memory allocation failed")
+
+
+k2 = kernel.Kernel({("a", "f"): ("ping",), ("a", "b"): ("ping",)}, LOG_OF, LOGS, lambda: 1000)
+a = k2.add("a", T, {}, capacity=4)
+f = k2.add("f", Faulty, {}, capacity=4)
+b = k2.add("b", T, {}, capacity=4)
+real_log = k2.log
+calls = [0]
+def log_no_memory(task, text, limited=None):
+    calls[0] += 1
+    if calls[0] <= fails:
+        raise MemoryError("memory allocation failed")
+    return real_log(task, text, limited)
+k2.log = log_no_memory
+out = []
+for fails in (1, 2):
+    calls[0] = 0
+    a.port.send("f", "ping", 1)
+    a.port.send("b", "ping", 2)
+    k2.run_once()  # must not raise
+    out.append(len(b.got))
+k2.log = real_log
+print(json.dumps({"delivered": out, "errors": k2.stats()["tasks"]["f"]["errors"],
+                  "sec": [r[2] for r in k2.read_log("security", 0, 100)]}))
+""")
+    assert r["delivered"] == [1, 2]
+    assert r["errors"] == 2
+    assert r["sec"] == ["task error: no memory to say which"], r["sec"]
+
+
 def test_a_late_step_keeps_its_grid_and_steps_on_one_grid_share_each_wake_up(
         micropython: Run, tmp_path: Path) -> None:
     # Two 100-ms steps start on one grid; one of them overruns (230 ms, a flash erase or a
