@@ -228,10 +228,19 @@ try:
     b = "answered"
 except MemoryError:
     b = "MemoryError"
+fails[0] = 1                              # a forged frame (its MAC broken), the same fault
+forged = bytearray(frame(8))
+forged[-1] ^= 1
+accepted = cs.accepted
+port.sent = []
+cs.handle("comm", "frame_in", bytes(forged))
+f = [len(port.sent), cs.accepted - accepted]
 cs_security.wan.open_frame = real_open
 c = feed(frame(7))
-print(json.dumps({"a": a, "b": b, "c": c}))
+print(json.dumps({"a": a, "b": b, "c": c, "f": f}))
 """)
     assert [x[0] for x in r["a"]] == [INFO] and r["a"][0][2] == 5
     assert r["b"] == "MemoryError"
     assert [x[0] for x in r["c"]] == [INFO] and r["c"][0][2] == 7
+    # the second check is the whole check: a forged frame is still not answered nor accepted
+    assert r["f"] == [0, 0]
